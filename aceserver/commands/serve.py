@@ -1,0 +1,79 @@
+"""`aceserver serve [MODEL ...]`: serve ACE models over HTTP (FastAPI under uvicorn)."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+NAME = "serve"
+HELP = "Serve ACE models over HTTP: energies, forces, stresses as JSON or msgpack (see docs/serving.md)."
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("models", nargs="*", metavar="MODEL",
+                        help="model file, NAME=FILE, or the name of a shipped model (models/<name>/); "
+                             "several are served side by side, addressed by name. "
+                             "Default: the shipped default model.")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to bind (default 127.0.0.1, this machine only; 0.0.0.0 for all)")
+    parser.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
+    parser.add_argument("--token-file", metavar="F",
+                        help="file holding a bearer token; /v1 then answers only requests that send it")
+    parser.add_argument("--max-atoms", type=int, default=100_000, metavar="N",
+                        help="most atoms in one structure (default 100000; more: 413)")
+    parser.add_argument("--max-structures", type=int, default=1_000, metavar="N",
+                        help="most structures in one request (default 1000; more: 413)")
+    parser.add_argument("--max-body-mb", type=float, default=64.0, metavar="MB",
+                        help="largest request body in MiB (default 64; more: 413)")
+    parser.add_argument("--workers", type=int, default=0, metavar="N",
+                        help="evaluation threads (default: one per CPU)")
+    parser.add_argument("--drain-timeout", type=float, default=30.0, metavar="S",
+                        help="on SIGTERM/SIGINT, wait at most S seconds for requests in flight (default 30)")
+    parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    parser.add_argument("--access-log", action="store_true", help="log every request (off by default: costs time)")
+    parser.add_argument("--warm-only", action="store_true",
+                        help="load the models, compile/cache the kernels, and exit (e.g. while building an image)")
+
+
+def _read_token(path: str) -> str:
+    with open(path, encoding="utf-8") as fh:
+        token = fh.read().strip()
+    if not token:
+        raise ValueError(f"token file {path} is empty")
+    return token
+
+
+def run(args: argparse.Namespace) -> int:
+    from aceserver.errors import ModelFileError
+    from aceserver.serving.http.registry import ModelLookupError, ModelRegistry
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s: %(name)s: %(message)s")
+    try:
+        token = _read_token(args.token_file) if args.token_file else None
+        registry = ModelRegistry.load(args.models)
+    except (OSError, ValueError, ModelLookupError, ModelFileError) as ex:
+        print(f"aceserver serve: {ex}", file=sys.stderr)
+        return 2
+    for m in registry.models.values():
+        info = m.info()
+        print(f"aceserver serve: model {m.name!r} from {m.path}: species {', '.join(info['species'])}, "
+              f"rcut {info['rcut']} Å, {info['length_basis']} basis functions, sha256 {m.sha256[:12]}",
+              file=sys.stderr)
+    if args.warm_only:
+        registry.warm()
+        print("aceserver serve: kernels warmed", file=sys.stderr)
+        return 0
+
+    import uvicorn
+
+    from aceserver.serving.http import Settings, create_app
+
+    settings = Settings(token=token, max_atoms=args.max_atoms, max_structures=args.max_structures,
+                        max_body_bytes=int(args.max_body_mb * 1024 * 1024), workers=args.workers)
+    app = create_app(registry, settings)
+    config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
+                            access_log=args.access_log, timeout_graceful_shutdown=args.drain_timeout,
+                            server_header=False, lifespan="on")
+    server = uvicorn.Server(config)
+    server.run()
+    return 0 if server.started else 1

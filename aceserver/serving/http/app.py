@@ -1,0 +1,220 @@
+"""The FastAPI application: routes under /v1, health, readiness and metrics.
+
+Request bodies are read here (bounded), then decoded, validated, evaluated and encoded in a worker
+thread, so the event loop keeps answering /healthz during long evaluations (the numba kernels
+release the GIL).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import ValidationError
+
+import aceserver
+
+from . import codec
+from .compute import check_limits, evaluate_request
+from .errors import APIError, from_validation_error, install_handlers
+from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from .metrics import Metrics, MetricsMiddleware
+from .registry import ModelRegistry, ServedModel
+from .schema import CalculateRequest, CalculateResponse, ErrorBody, Health, ModelInfo, ModelList
+
+log = logging.getLogger("aceserver.http")
+
+
+@dataclass
+class Settings:
+    token: str | None = None                 # bearer token for /v1 (None: no authentication)
+    max_atoms: int = 100_000                 # atoms per structure (413 above)
+    max_structures: int = 1_000              # structures per request (413 above)
+    max_body_bytes: int = 64 * 1024 * 1024   # request body size (413 above)
+    max_images: int = 100_000                # periodic images within the cutoff sphere (422 above)
+    workers: int = 0                         # evaluation threads (0: one per CPU)
+
+
+class State:
+    def __init__(self) -> None:
+        self.ready = False
+        self.failure: str | None = None
+        self.draining = False
+
+
+def _error_responses(*codes: int) -> dict:
+    return {c: {"model": ErrorBody} for c in codes}
+
+
+def create_app(registry: ModelRegistry, settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    metrics = Metrics()
+    state = State()
+    executor = ThreadPoolExecutor(max_workers=settings.workers or os.cpu_count() or 1,
+                                  thread_name_prefix="ace-eval")
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        async def warm() -> None:
+            try:
+                await asyncio.get_running_loop().run_in_executor(executor, registry.warm)
+            except Exception as ex:  # readiness reports it; the server stays up for /healthz
+                log.exception("warm-up failed")
+                state.failure = f"warm-up failed: {type(ex).__name__}: {ex}"
+                return
+            state.ready = metrics.ready = True
+            log.info("ready: serving %s", ", ".join(registry.models))
+
+        task = asyncio.create_task(warm())
+        try:
+            yield
+        finally:
+            state.draining = True
+            metrics.ready = False
+            task.cancel()
+            executor.shutdown(wait=True, cancel_futures=False)
+
+    app = FastAPI(
+        title="aceserver HTTP API",
+        version=aceserver.__version__,
+        description="Energies, forces and stresses of atomic cluster expansion (ACE) potentials. "
+        "Units: energies eV, lengths Å, forces eV/Å, stress eV/Å³ (ASE Voigt order xx yy zz yz xz xy), "
+        "virial eV (W = -V·σ). Bodies are JSON or msgpack (Content-Type / Accept "
+        "`application/msgpack`); in msgpack every array is a map {dtype: \"<f8\", shape: [...], "
+        "data: <raw little-endian bytes>}.",
+        lifespan=lifespan,
+    )
+    app.state.registry, app.state.settings, app.state.metrics, app.state.ready = registry, settings, metrics, state
+    install_handlers(app, on_error=metrics.count_error)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+
+    bearer = HTTPBearer(auto_error=False, description="Bearer token, required when the server has a token file.")
+
+    async def require_token(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
+        if settings.token is None:
+            return
+        if credentials is None or credentials.scheme.lower() != "bearer":
+            raise APIError(401, "unauthorized", "missing bearer token (header `Authorization: Bearer <token>`)",
+                           "Authorization", headers={"WWW-Authenticate": "Bearer"})
+        if not secrets.compare_digest(credentials.credentials.encode(), settings.token.encode()):
+            raise APIError(401, "unauthorized", "wrong bearer token", "Authorization",
+                           headers={"WWW-Authenticate": "Bearer"})
+
+    def served(name: str) -> ServedModel:
+        m = registry.get(name)
+        if m is None:
+            raise APIError(404, "unknown_model", f"no model named {name!r}; served: {', '.join(registry.models)}",
+                           "name")
+        return m
+
+    v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_token)],
+                   responses=_error_responses(401, 422))
+
+    @v1.get("/models", response_model=ModelList, summary="List the served models")
+    async def list_models() -> dict:
+        return {"default": registry.default, "models": [m.info() for m in registry.models.values()]}
+
+    @v1.get("/models/{name}", response_model=ModelInfo, responses=_error_responses(404),
+            summary="Describe one model: species, cutoff (Å), basis size, sha256, fit errors, units")
+    async def model_info(name: str) -> dict:
+        return served(name).info()
+
+    def handle(m: ServedModel, body: bytes, codec_in: str, codec_out: str) -> tuple[bytes, int, int]:
+        try:
+            request = CalculateRequest.model_validate(codec.decode(body, codec_in))
+        except codec.DecodeError as ex:
+            raise APIError(400, "malformed_body", str(ex), ex.field) from None
+        except ValidationError as ex:
+            raise from_validation_error(ex.errors(include_url=False)) from None
+        check_limits(request, settings.max_atoms, settings.max_structures)
+        results = evaluate_request(m.model, request, m.has_committee, settings.max_images)
+        payload = {"model": m.name, "sha256": m.sha256, "results": results}
+        atoms = sum(len(s.positions) for s in request.structure_list())
+        return codec.encode(payload, codec_out), atoms, len(results)
+
+    calc_body = {"$ref": "#/components/schemas/CalculateRequest"}
+
+    @v1.post(
+        "/models/{name}/calculate",
+        response_model=CalculateResponse,
+        summary="Energy (eV), forces (eV/Å), stress (eV/Å³), virial (eV), per-atom energies (eV) of structures",
+        responses={
+            200: {"content": {codec.MSGPACK: {"schema": {"$ref": "#/components/schemas/CalculateResponse"}}},
+                  "description": "Results, one per structure; JSON or msgpack by the Accept header."},
+            **_error_responses(400, 404, 413, 415, 503),
+        },
+        openapi_extra={"requestBody": {"required": True, "content": {
+            "application/json": {"schema": calc_body}, codec.MSGPACK: {"schema": calc_body}}}},
+    )
+    async def calculate(name: str, request: Request) -> Response:
+        m = served(name)
+        if not state.ready:
+            raise APIError(503, "not_ready", state.failure or "models are still warming up; retry shortly",
+                           headers={"Retry-After": "1"})
+        codec_in = codec.request_codec(request.headers.get("content-type"))
+        if codec_in is None:
+            raise APIError(415, "unsupported_media_type",
+                           f"Content-Type must be application/json or {codec.MSGPACK}", "Content-Type")
+        body = await read_body(request, settings.max_body_bytes)
+        codec_out = codec.response_codec(request.headers.get("accept"))
+        loop = asyncio.get_running_loop()
+        payload, atoms, structures = await loop.run_in_executor(executor, handle, m, body, codec_in, codec_out)
+        metrics.count_evaluated(m.name, atoms, structures)
+        return Response(payload, media_type=codec_out)
+
+    app.include_router(v1)
+
+    @app.get("/healthz", response_model=Health, summary="Liveness: the process answers")
+    async def healthz() -> dict:
+        return {"status": "ok", "models": list(registry.models)}
+
+    @app.get("/readyz", response_model=Health, responses={503: {"model": Health}},
+             summary="Readiness: models loaded and kernels warmed")
+    async def readyz():
+        if state.ready and not state.draining:
+            return {"status": "ready", "models": list(registry.models)}
+        status = "draining" if state.draining else ("failed" if state.failure else "starting")
+        return JSONResponse({"status": status, "message": state.failure, "models": list(registry.models)},
+                            status_code=503)
+
+    @app.get("/metrics", response_class=Response, summary="Prometheus metrics (text format 0.0.4)",
+             responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}})
+    async def prometheus_metrics() -> Response:
+        return Response(metrics.render(), media_type=METRICS_CONTENT_TYPE)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            extra = CalculateRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+            components.update(extra.pop("$defs", {}))
+            components["CalculateRequest"] = extra
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi
+    return app
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, or 413 as soon as it is known to exceed `limit` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise APIError(413, "too_large", f"request body of {int(declared)} bytes exceeds the limit of {limit} bytes",
+                       "body")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise APIError(413, "too_large", f"request body exceeds the limit of {limit} bytes", "body")
+        chunks.append(chunk)
+    return b"".join(chunks)

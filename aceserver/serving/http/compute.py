@@ -1,0 +1,114 @@
+"""Turn a validated request into results by calling `model.evaluate` (runs in a worker thread)."""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+from ase.data import chemical_symbols
+
+from aceserver.errors import ACEInputError
+
+from .errors import APIError
+from .schema import DEFAULT_PROPERTIES, CalculateRequest, Property, Structure
+
+
+def properties_for(request: CalculateRequest, has_committee: bool) -> set[Property]:
+    if request.properties is None:
+        props = set(DEFAULT_PROPERTIES)
+        if has_committee:
+            props.add(Property.committee)
+        return props
+    props = set(request.properties)
+    if not has_committee and props & {Property.committee, Property.forces_committee}:
+        raise APIError(422, "invalid_input", "properties: this model has no committee; "
+                       "`committee` and `forces_committee` are not available", "properties")
+    return props
+
+
+def check_cell(cell: np.ndarray, pbc: np.ndarray, rcut: float, max_images: int, field: str) -> None:
+    """Reject periodic cells that are degenerate, or so thin that the cutoff sphere spans too many images."""
+    periodic = np.flatnonzero(pbc)
+    if periodic.size == 0:
+        return
+    rows = cell[periodic]
+    gram = rows @ rows.T
+    det_all = np.linalg.det(gram)
+    images = 1
+    for k, axis in enumerate(periodic):
+        others = np.delete(np.arange(periodic.size), k)
+        det_others = np.linalg.det(gram[np.ix_(others, others)]) if others.size else 1.0
+        height = math.sqrt(max(det_all, 0.0) / det_others) if det_others > 0 else 0.0
+        if not height > 1e-6:
+            raise APIError(422, "invalid_input",
+                           f"{field}: degenerate periodic cell: lattice vector {'abc'[axis]} is zero or linearly "
+                           f"dependent on the other periodic vectors (height {height:.3g} Å)", field)
+        images *= 2 * math.ceil(rcut / height) + 1
+    if images > max_images:
+        raise APIError(422, "invalid_input",
+                       f"{field}: periodic cell too thin for the cutoff ({rcut:g} Å): the cutoff sphere spans "
+                       f"{images} cell images (limit {max_images})", field)
+
+
+def check_limits(request: CalculateRequest, max_atoms: int, max_structures: int) -> None:
+    structures = request.structure_list()
+    if len(structures) > max_structures:
+        raise APIError(413, "too_large", f"structures: {len(structures)} structures in one request "
+                       f"(limit {max_structures})", "structures")
+    for i, s in enumerate(structures):
+        if len(s.positions) > max_atoms:
+            field = "structure.positions" if request.structure is not None else f"structures[{i}].positions"
+            raise APIError(413, "too_large", f"{field}: {len(s.positions)} atoms (limit {max_atoms} per structure)",
+                           field)
+
+
+def evaluate_structure(model: Any, s: Structure, props: set[Property], prefix: str, max_images: int) -> dict:
+    numbers = np.asarray(s.atomic_numbers(), dtype=np.int64)
+    species = set(model.elements)
+    for k, z in enumerate(numbers):
+        if chemical_symbols[z] not in species:
+            which = "numbers" if s.numbers is not None else "symbols"
+            raise APIError(422, "unknown_element",
+                           f"{prefix}.{which}[{k}]: element {chemical_symbols[z]} (Z={z}) is not in this model "
+                           f"(species: {', '.join(model.elements)})", f"{prefix}.{which}[{k}]")
+    positions = np.asarray(s.positions, dtype=np.float64).reshape(-1, 3)
+    cell = np.asarray(s.cell, dtype=np.float64) if s.cell is not None else np.zeros((3, 3))
+    pbc = np.asarray(s.pbc, dtype=bool)
+    check_cell(cell, pbc, float(model.rcut), max_images, f"{prefix}.cell")
+    committee = bool(props & {Property.committee, Property.forces_committee})
+    try:
+        ev = model.evaluate(numbers, positions, cell, pbc, committee=committee,
+                            committee_forces=Property.forces_committee in props)
+    except ACEInputError as ex:
+        field = f"{prefix}.{ex.field}" if ex.field else prefix
+        raise APIError(422, "unknown_element" if type(ex).__name__ == "UnknownElementError" else "invalid_input",
+                       f"{field}: {ex}", field) from None
+    out: dict[str, Any] = {}
+    if Property.energy in props:
+        out["energy"] = float(ev.energy)
+        out["free_energy"] = float(ev.energy)
+    if Property.forces in props:
+        out["forces"] = np.asarray(ev.forces)
+    if Property.stress in props:
+        out["stress"] = np.asarray(ev.stress(cell)) if abs(np.linalg.det(cell)) > 0 else None
+    if Property.virial in props:
+        out["virial"] = np.asarray(ev.virial)
+    if Property.energies in props:
+        out["energies"] = np.asarray(ev.energies)
+    if committee and ev.energy_committee is not None:
+        ec = np.asarray(ev.energy_committee)
+        out["energy_committee"] = ec
+        out["energy_std"] = float(np.std(ec))
+    if Property.forces_committee in props and ev.forces_committee is not None:
+        fc = np.asarray(ev.forces_committee)
+        out["forces_committee"] = fc
+        out["forces_std"] = np.std(fc, axis=0)
+    return out
+
+
+def evaluate_request(model: Any, request: CalculateRequest, has_committee: bool, max_images: int) -> list[dict]:
+    props = properties_for(request, has_committee)
+    if request.structure is not None:
+        return [evaluate_structure(model, request.structure, props, "structure", max_images)]
+    return [evaluate_structure(model, s, props, f"structures[{i}]", max_images)
+            for i, s in enumerate(request.structures)]

@@ -1,0 +1,184 @@
+"""Request and response schema of the HTTP API.
+
+These pydantic models are at once the validation of every request, the OpenAPI document
+and the API reference: units are stated in each field's description.
+Units: energies eV, lengths Å, forces eV/Å, stress eV/Å³ (ASE Voigt order xx yy zz yz xz xy),
+virial eV (W = -V·σ).
+"""
+from __future__ import annotations
+
+from enum import Enum
+from typing import Annotated, Any
+
+from ase.data import atomic_numbers
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic_core import PydanticCustomError
+
+UNITS = {
+    "energy": "eV",
+    "length": "Å",
+    "forces": "eV/Å",
+    "stress": "eV/Å³ (ASE Voigt order xx yy zz yz xz xy)",
+    "virial": "eV (W = -V·σ)",
+}
+
+# Finite float: NaN and ±inf are rejected; strict so that strings and booleans are not coerced.
+Finite = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+Vec3 = tuple[Finite, Finite, Finite]
+KNOWN_SYMBOLS = {s: z for s, z in atomic_numbers.items() if z > 0}
+
+
+def field_error(field: str, message: str) -> PydanticCustomError:
+    """A validation error of a model-level check that names the sub-field at fault (`ctx.field`)."""
+    return PydanticCustomError("invalid_field", "{field}: {problem}", {"field": field, "problem": message})
+
+
+def _known_symbol(value: str) -> str:
+    if value not in KNOWN_SYMBOLS:
+        raise PydanticCustomError("unknown_element", "unknown chemical symbol '{symbol}'", {"symbol": value})
+    return value
+
+
+def _pbc_triple(value: Any) -> Any:
+    # ASE accepts one flag for all three directions; normalise to three so there is one schema.
+    return [value] * 3 if isinstance(value, bool) else value
+
+
+class Property(str, Enum):
+    energy = "energy"
+    forces = "forces"
+    stress = "stress"
+    virial = "virial"
+    energies = "energies"
+    committee = "committee"
+    forces_committee = "forces_committee"
+
+
+DEFAULT_PROPERTIES = (Property.energy, Property.forces, Property.stress, Property.virial, Property.energies)
+
+
+class Structure(BaseModel):
+    """One atomic structure, mirroring `ase.Atoms`: give either `numbers` or `symbols`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    numbers: list[Annotated[int, Field(strict=True, ge=1, le=118)]] | None = Field(
+        None, description="Atomic numbers, one per atom (dimensionless). Give this or `symbols`.",
+        examples=[[14, 14]])
+    symbols: list[Annotated[str, AfterValidator(_known_symbol)]] | None = Field(
+        None, description="Chemical symbols, one per atom (e.g. \"Si\"). Give this or `numbers`.",
+        examples=[["Si", "Si"]])
+    positions: list[Vec3] = Field(
+        ..., min_length=1, description="Cartesian positions, shape (N, 3), in Å (N ≥ 1).",
+        examples=[[[0.0, 0.0, 0.0], [1.3575, 1.3575, 1.3575]]])
+    cell: tuple[Vec3, Vec3, Vec3] | None = Field(
+        None, description="Cell as three row vectors a, b, c, shape (3, 3), in Å. "
+        "Omit (or all zeros) for a finite cluster.",
+        examples=[[[0.0, 2.715, 2.715], [2.715, 0.0, 2.715], [2.715, 2.715, 0.0]]])
+    pbc: Annotated[tuple[bool, bool, bool], BeforeValidator(_pbc_triple)] = Field(
+        (False, False, False), description="Periodic boundary conditions along a, b, c (dimensionless); "
+        "one boolean applies to all three directions.", examples=[[True, True, True]])
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Structure":
+        if (self.numbers is None) == (self.symbols is None):
+            raise field_error("numbers", "give exactly one of `numbers` (atomic numbers) or `symbols` (chemical symbols)")
+        which = "numbers" if self.numbers is not None else "symbols"
+        n = len(self.numbers if self.numbers is not None else self.symbols)
+        if n != len(self.positions):
+            raise field_error("positions", f"{len(self.positions)} rows but {n} atoms in `{which}`; shape must be (N, 3)")
+        if any(self.pbc) and self.cell is None:
+            raise field_error("cell", "pbc is set but no cell was given")
+        return self
+
+    def atomic_numbers(self) -> list[int]:
+        if self.numbers is not None:
+            return self.numbers
+        return [KNOWN_SYMBOLS[s] for s in self.symbols]
+
+
+class CalculateRequest(BaseModel):
+    """Body of `POST /v1/models/{name}/calculate`: one `structure` or a list of `structures`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    structure: Structure | None = Field(None, description="One structure. Give this or `structures`.")
+    structures: list[Structure] | None = Field(
+        None, min_length=1, description="A batch of structures, evaluated in order. Give this or `structure`.")
+    properties: list[Property] | None = Field(
+        None, description="Outputs to return. Default: energy, forces, stress, virial, energies, "
+        "and committee where the model has a committee. `committee` adds energy_committee and "
+        "energy_std; `forces_committee` adds forces_committee and forces_std.")
+
+    @model_validator(mode="after")
+    def _one_of(self) -> "CalculateRequest":
+        if (self.structure is None) == (self.structures is None):
+            raise field_error("structure", "give exactly one of `structure` or `structures`")
+        return self
+
+    def structure_list(self) -> list[Structure]:
+        return [self.structure] if self.structure is not None else self.structures
+
+
+class Result(BaseModel):
+    """Results for one structure; properties that were not asked for are omitted."""
+
+    energy: float | None = Field(None, description="Total energy in eV (includes the one-body E0 terms).")
+    free_energy: float | None = Field(None, description="Equal to `energy` (no electronic entropy), eV.")
+    forces: list[list[float]] | None = Field(None, description="Forces, shape (N, 3), eV/Å.")
+    stress: list[float] | None = Field(
+        None, description="Stress σ = -W/V, shape (6,), Voigt order xx yy zz yz xz xy, eV/Å³ (ASE "
+        "convention). Absent (null) when the cell has zero volume.")
+    virial: list[list[float]] | None = Field(None, description="Virial W = -V·σ, shape (3, 3), eV.")
+    energies: list[float] | None = Field(None, description="Per-atom site energies, shape (N,), eV; sum to `energy`.")
+    energy_committee: list[float] | None = Field(None, description="Energy of each committee member, shape (K,), eV.")
+    energy_std: float | None = Field(None, description="Standard deviation of the committee energies, eV.")
+    forces_committee: list[list[list[float]]] | None = Field(
+        None, description="Forces of each committee member, shape (K, N, 3), eV/Å.")
+    forces_std: list[list[float]] | None = Field(
+        None, description="Standard deviation of the committee forces, shape (N, 3), eV/Å.")
+
+
+class CalculateResponse(BaseModel):
+    model: str = Field(..., description="Name of the model that evaluated the structures.")
+    sha256: str = Field(..., description="sha256 of the model file content (identifies the parameters).")
+    results: list[Result] = Field(..., description="One result per structure, in request order.")
+
+
+class ModelInfo(BaseModel):
+    name: str = Field(..., description="Name the model is addressed by in URLs.")
+    species: list[str] = Field(..., description="Chemical symbols the model has parameters for.")
+    rcut: float = Field(..., description="Cutoff radius, Å.")
+    length_basis: int = Field(..., description="Number of basis functions (length of the parameter vector).")
+    sha256: str = Field(..., description="sha256 of the model content.")
+    committee_size: int = Field(..., description="Number of committee members (0: no committee).")
+    fit_errors: dict[str, Any] | None = Field(
+        None, description="Fit errors recorded in the model file (energies meV/atom, forces meV/Å "
+        "unless the entry says otherwise).")
+    metadata: dict[str, Any] = Field(default_factory=dict, description="Free-form metadata of the model file.")
+    units: dict[str, str] = Field(default_factory=lambda: dict(UNITS), description="Units of all quantities.")
+
+
+class ModelList(BaseModel):
+    default: str = Field(..., description="Name of the default model (the first one served).")
+    models: list[ModelInfo]
+
+
+class ErrorDetail(BaseModel):
+    field: str | None = Field(None, description="The offending input, e.g. `structure.positions[3][1]`.")
+    message: str
+
+
+class ErrorBody(BaseModel):
+    """Every 4xx/5xx response carries this JSON body."""
+
+    kind: str = Field(..., description="Machine-readable error kind, e.g. `invalid_input`, `unknown_model`.")
+    message: str = Field(..., description="Human-readable description of the problem.")
+    field: str | None = Field(None, description="The offending input field, where there is one.")
+    details: list[ErrorDetail] = Field(default_factory=list, description="All problems found, where several.")
+
+
+class Health(BaseModel):
+    status: str = Field(..., description="`ok`, `ready`, `starting`, `draining` or `failed`.")
+    message: str | None = None
+    models: list[str] = Field(default_factory=list)

@@ -1,0 +1,29 @@
+"""Client for an `aceserver serve` HTTP server.
+
+    from aceclient import ACEServerCalculator
+    atoms.calc = ACEServerCalculator("http://127.0.0.1:8000")
+
+Units as on the server: energies eV, lengths Å, forces eV/Å, stress eV/Å³ (ASE convention).
+"""
+from .calculator import ACEServerCalculator
+from .errors import (
+    ACEServerConnectionError,
+    ACEServerError,
+    AuthenticationError,
+    InvalidInputError,
+    ModelNotFoundError,
+    RequestTooLargeError,
+    ServerNotReadyError,
+)
+
+__version__ = "0.1.0"
+__all__ = [
+    "ACEServerCalculator",
+    "ACEServerError",
+    "ACEServerConnectionError",
+    "AuthenticationError",
+    "InvalidInputError",
+    "ModelNotFoundError",
+    "RequestTooLargeError",
+    "ServerNotReadyError",
+]

@@ -1,0 +1,133 @@
+"""`ACEServerCalculator`: an ASE calculator whose results come from an aceserver HTTP server."""
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import httpx
+import msgpack
+import numpy as np
+from ase import Atoms
+from ase.calculators.calculator import Calculator, all_changes
+
+from .errors import ACEServerConnectionError, ACEServerError, from_response
+
+MSGPACK = "application/msgpack"
+JSON = "application/json"
+ARRAY_KEYS = {"dtype", "shape", "data"}
+# Everything the evaluator computes in one pass; asked for together so that ASE's caching works.
+PROPERTIES = ["energy", "forces", "stress", "energies"]
+
+
+def _pack_array(a: np.ndarray, dtype: str) -> dict:
+    a = np.ascontiguousarray(a, dtype=dtype)
+    return {"dtype": dtype, "shape": list(a.shape), "data": a.tobytes()}
+
+
+def _unpack(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        if obj.keys() == ARRAY_KEYS and isinstance(obj["data"], bytes):
+            return np.frombuffer(obj["data"], dtype=np.dtype(obj["dtype"])).reshape(obj["shape"]).copy()
+        return {k: _unpack(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_unpack(v) for v in obj]
+    return obj
+
+
+def structure(atoms: Atoms, binary: bool) -> dict:
+    """An `ase.Atoms` as the API's structure (positions and cell in Å)."""
+    if binary:
+        return {"numbers": _pack_array(atoms.numbers, "<i8"), "positions": _pack_array(atoms.positions, "<f8"),
+                "cell": _pack_array(np.asarray(atoms.cell), "<f8"), "pbc": [bool(p) for p in atoms.pbc]}
+    return {"numbers": atoms.numbers.tolist(), "positions": atoms.positions.tolist(),
+            "cell": np.asarray(atoms.cell).tolist(), "pbc": [bool(p) for p in atoms.pbc]}
+
+
+def ase_results(result: dict) -> dict:
+    """A server result as ASE calculator results (numpy arrays; absent properties left out)."""
+    out = {}
+    for key, value in result.items():
+        if value is None:
+            continue
+        out[key] = value if isinstance(value, (float, int)) else np.asarray(value, dtype=float)
+    if "energy" in out:
+        out.setdefault("free_energy", out["energy"])
+    return out
+
+
+class ACEServerCalculator(Calculator):
+    """ASE calculator that evaluates structures on an `aceserver serve` server.
+
+    url: the server, e.g. ``"http://127.0.0.1:8000"``. model: name of a served model (None: the
+    server's default). token: bearer token, when the server has one. binary: msgpack (default) or JSON.
+    One keep-alive HTTP connection is reused for all calls; `close()` (or a `with` block) ends it.
+    Server errors raise `aceclient.ACEServerError` subclasses carrying the server's message.
+    """
+
+    implemented_properties = ["energy", "free_energy", "forces", "stress", "energies"]
+
+    def __init__(self, url: str = "http://127.0.0.1:8000", model: str | None = None, token: str | None = None,
+                 *, binary: bool = True, timeout: float = 300.0, **kwargs):
+        super().__init__(**kwargs)
+        self.url = url.rstrip("/")
+        self.binary = binary
+        headers = {"Accept": MSGPACK if binary else JSON, "Content-Type": MSGPACK if binary else JSON}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
+        self.model = model if model is not None else self._get("/v1/models")["default"]
+        self.info = self._get(f"/v1/models/{self.model}")
+
+    # -- HTTP -----------------------------------------------------------------------------------
+    def _request(self, method: str, path: str, body: Any = None) -> Any:
+        content = None
+        if body is not None:
+            content = msgpack.packb(body, use_bin_type=True) if self.binary else json.dumps(body).encode()
+        try:
+            r = self._http.request(method, path, content=content)
+        except httpx.HTTPError as ex:
+            raise ACEServerConnectionError(f"{method} {self.url}{path} failed: {type(ex).__name__}: {ex}") from ex
+        ctype = r.headers.get("content-type", "")
+        try:
+            data = _unpack(msgpack.unpackb(r.content, raw=False)) if ctype.startswith(MSGPACK) else r.json()
+        except ValueError:
+            data = r.text
+        if r.status_code >= 400:
+            raise from_response(r.status_code, data)
+        return data
+
+    def _get(self, path: str) -> Any:
+        return self._request("GET", path)
+
+    def evaluate(self, images: Sequence[Atoms], properties: Sequence[str] | None = None) -> list[dict]:
+        """Raw server results for several structures in one request (one dict per structure)."""
+        body: dict[str, Any] = {"structures": [structure(a, self.binary) for a in images]}
+        if properties is not None:
+            body["properties"] = list(properties)
+        reply = self._request("POST", f"/v1/models/{self.model}/calculate", body)
+        if not isinstance(reply, dict) or len(reply.get("results", ())) != len(images):
+            raise ACEServerError(f"unexpected reply from {self.url}: {str(reply)[:200]}")
+        return [ase_results(r) for r in reply["results"]]
+
+    # -- ASE ------------------------------------------------------------------------------------
+    def calculate(self, atoms: Atoms | None = None, properties=("energy",), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        self.results = self.evaluate([self.atoms], self._properties())[0]
+
+    def calculate_many(self, images: Sequence[Atoms]) -> list[dict]:
+        """Energies (eV), forces (eV/Å), stress (eV/Å³), per-atom energies (eV) of many structures in
+        one request; a list of dicts with the same keys as `calc.results`."""
+        return self.evaluate(list(images), self._properties()) if len(images) else []
+
+    def _properties(self) -> list[str]:
+        return PROPERTIES + (["committee"] if self.info.get("committee_size") else [])
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> "ACEServerCalculator":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
