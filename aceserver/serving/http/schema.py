@@ -24,7 +24,19 @@ UNITS = {
 
 # Finite float: NaN and ±inf are rejected; strict so that strings and booleans are not coerced.
 Finite = Annotated[float, Field(strict=True, allow_inf_nan=False)]
-Vec3 = tuple[Finite, Finite, Finite]
+
+
+def _exactly(n: int, what: str):
+    """A before-validator giving a clear shape error instead of pydantic's per-item 'Field required'."""
+    def check(value: Any) -> Any:
+        if isinstance(value, (list, tuple)) and len(value) != n:
+            raise PydanticCustomError("wrong_shape", "expected {n} {what}, got {got}",
+                                      {"n": n, "what": what, "got": len(value)})
+        return value
+    return BeforeValidator(check)
+
+
+Vec3 = Annotated[tuple[Finite, Finite, Finite], _exactly(3, "Cartesian components (x, y, z)")]
 KNOWN_SYMBOLS = {s: z for s, z in atomic_numbers.items() if z > 0}
 
 
@@ -71,11 +83,11 @@ class Structure(BaseModel):
     positions: list[Vec3] = Field(
         ..., min_length=1, description="Cartesian positions, shape (N, 3), in Å (N ≥ 1).",
         examples=[[[0.0, 0.0, 0.0], [1.3575, 1.3575, 1.3575]]])
-    cell: tuple[Vec3, Vec3, Vec3] | None = Field(
+    cell: Annotated[tuple[Vec3, Vec3, Vec3], _exactly(3, "cell vectors (rows a, b, c)")] | None = Field(
         None, description="Cell as three row vectors a, b, c, shape (3, 3), in Å. "
         "Omit (or all zeros) for a finite cluster.",
         examples=[[[0.0, 2.715, 2.715], [2.715, 0.0, 2.715], [2.715, 2.715, 0.0]]])
-    pbc: Annotated[tuple[bool, bool, bool], BeforeValidator(_pbc_triple)] = Field(
+    pbc: Annotated[tuple[bool, bool, bool], _exactly(3, "flags (a, b, c)"), BeforeValidator(_pbc_triple)] = Field(
         (False, False, False), description="Periodic boundary conditions along a, b, c (dimensionless); "
         "one boolean applies to all three directions.", examples=[[True, True, True]])
 
