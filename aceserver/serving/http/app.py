@@ -198,6 +198,12 @@ def create_app(registry: ModelRegistry, settings: Settings | None = None) -> Fas
             extra = CalculateRequest.model_json_schema(ref_template="#/components/schemas/{model}")
             components.update(extra.pop("$defs", {}))
             components["CalculateRequest"] = extra
+            for path, item in schema["paths"].items():   # document which model names exist
+                for op in item.values():
+                    for param in op.get("parameters", []):
+                        if path.startswith("/v1/models/{name}") and param["name"] == "name":
+                            param["schema"] = {"type": "string", "enum": list(registry.models), "title": "Name"}
+                            param["description"] = "Name of a served model."
             app.openapi_schema = schema
         return app.openapi_schema
 
