@@ -30,23 +30,24 @@ def ylm_norms(lmax):
     return K
 
 
-@njit(cache=True, nogil=True)
-def ylm_grad(rvec, lmax, K, q, cs, Y, dY):
-    """Fill Y[(lmax+1)²] and dY[(lmax+1)², 3] (= ∂Y/∂rvec) for one vector rvec (r > 0).
+@njit(cache=True, nogil=True, inline="always")
+def ylm_grad(x0, x1, x2, lmax, K, q, cs, Y, dY, row):
+    """Fill Y[row, :(lmax+1)²] and dY[row, :, :] for the vector (x0, x1, x2), r > 0.
 
-    q (lmax+2, lmax+2) and cs (lmax+1, 2) are caller-owned scratch arrays.
+    dY holds the gradient of the polynomial extension at the unit vector, NOT yet projected:
+    ∂Y/∂R = (dY - (dY·R̂) R̂)/r, see `project`. The projection is linear, so the reverse pass
+    applies it once per neighbour instead of once per harmonic.
+    q (lmax+1, lmax+2) and cs (lmax+1, 2) are caller-owned scratch arrays.
     """
-    r = math.sqrt(rvec[0] ** 2 + rvec[1] ** 2 + rvec[2] ** 2)
-    x, y, z = rvec[0] / r, rvec[1] / r, rvec[2] / r
-    # q[l, m] = d^m P_l / dz^m, zero for m > l
-    for l in range(lmax + 2):
-        for m in range(lmax + 2):
-            q[l, m] = 0.0
+    r = math.sqrt(x0 * x0 + x1 * x1 + x2 * x2)
+    x, y, z = x0 / r, x1 / r, x2 / r
+    # q[l, m] = d^m P_l / dz^m for m <= l, and q[l, l+1] = 0
     dfact = 1.0                              # (2m-1)!!
     for m in range(lmax + 1):
         if m > 0:
             dfact *= 2 * m - 1
         q[m, m] = dfact
+        q[m, m + 1] = 0.0
         if m + 1 <= lmax:
             q[m + 1, m] = (2 * m + 1) * z * dfact
         for l in range(m + 2, lmax + 1):
@@ -58,28 +59,32 @@ def ylm_grad(rvec, lmax, K, q, cs, Y, dY):
         cs[m, 1] = x * cs[m - 1, 1] + y * cs[m - 1, 0]
     for l in range(lmax + 1):
         base = l * l + l
-        # m = 0
-        Y[base] = K[l, 0] * q[l, 0]
-        gx, gy, gz = 0.0, 0.0, K[l, 0] * q[l, 1]
-        _project(dY, base, gx, gy, gz, x, y, z, r)
+        Y[row, base] = K[l, 0] * q[l, 0]
+        dY[row, base, 0] = 0.0
+        dY[row, base, 1] = 0.0
+        dY[row, base, 2] = K[l, 0] * q[l, 1]
         for m in range(1, l + 1):
-            k = K[l, m]
+            kq = K[l, m] * q[l, m]
+            kqm = kq * m
+            kq1 = K[l, m] * q[l, m + 1]
             c, s = cs[m, 0], cs[m, 1]
             cm1, sm1 = cs[m - 1, 0], cs[m - 1, 1]
-            Y[base + m] = k * q[l, m] * c
-            Y[base - m] = k * q[l, m] * s
-            _project(dY, base + m, k * q[l, m] * m * cm1, -k * q[l, m] * m * sm1,
-                     k * q[l, m + 1] * c, x, y, z, r)
-            _project(dY, base - m, k * q[l, m] * m * sm1, k * q[l, m] * m * cm1,
-                     k * q[l, m + 1] * s, x, y, z, r)
+            Y[row, base + m] = kq * c
+            Y[row, base - m] = kq * s
+            dY[row, base + m, 0] = kqm * cm1
+            dY[row, base + m, 1] = -kqm * sm1
+            dY[row, base + m, 2] = kq1 * c
+            dY[row, base - m, 0] = kqm * sm1
+            dY[row, base - m, 1] = kqm * cm1
+            dY[row, base - m, 2] = kq1 * s
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _project(dY, i, gx, gy, gz, x, y, z, r):
-    d = gx * x + gy * y + gz * z
-    dY[i, 0] = (gx - d * x) / r
-    dY[i, 1] = (gy - d * y) / r
-    dY[i, 2] = (gz - d * z) / r
+def project(g0, g1, g2, u0, u1, u2, inv_r):
+    """Tangential part of g at the unit vector u, divided by r: turns the extension's gradient
+    into the true gradient of Y(R/|R|) with respect to R."""
+    d = g0 * u0 + g1 * u1 + g2 * u2
+    return (g0 - d * u0) * inv_r, (g1 - d * u1) * inv_r, (g2 - d * u2) * inv_r
 
 
 def real_sph_harm(vectors: np.ndarray, lmax: int):
@@ -95,8 +100,13 @@ def _batch(vectors, lmax):
     Y = np.empty((n, nlm))
     dY = np.empty((n, nlm, 3))
     K = ylm_norms(lmax)
-    q = np.empty((lmax + 2, lmax + 2))
+    q = np.empty((lmax + 1, lmax + 2))
     cs = np.empty((lmax + 1, 2))
     for i in range(n):
-        ylm_grad(vectors[i], lmax, K, q, cs, Y[i], dY[i])
+        x0, x1, x2 = vectors[i, 0], vectors[i, 1], vectors[i, 2]
+        ylm_grad(x0, x1, x2, lmax, K, q, cs, Y, dY, i)
+        r = math.sqrt(x0 * x0 + x1 * x1 + x2 * x2)
+        for lm in range(nlm):
+            dY[i, lm, 0], dY[i, lm, 1], dY[i, lm, 2] = project(
+                dY[i, lm, 0], dY[i, lm, 1], dY[i, lm, 2], x0 / r, x1 / r, x2 / r, 1.0 / r)
     return Y, dY
