@@ -65,7 +65,7 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = TMP / f"server-{self.port}.log"
         cmd = (command or serve_command()) + list(args)
-        if command is None:
+        if "--port" not in cmd:
             cmd += ["--port", str(self.port)]
         self._log = open(self.log, "wb")
         self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT,
@@ -84,7 +84,8 @@ class Server:
         raise TimeoutError(f"server not ready after {timeout} s:\n{self.output()}")
 
     def output(self) -> str:
-        self._log.flush()
+        if not self._log.closed:
+            self._log.flush()
         return self.log.read_text(errors="replace")[-5000:]
 
     def stop(self) -> int | None:

@@ -32,7 +32,7 @@ def _local_results(calc, atoms):
     a = atoms.copy()
     a.calc = calc
     out = {"energy": a.get_potential_energy(), "forces": a.get_forces(), "energies": a.get_potential_energies()}
-    if abs(a.cell.volume) > 0:
+    if a.pbc.all():
         out["stress"] = a.get_stress()
     return out
 

@@ -90,7 +90,8 @@ def evaluate_structure(model: Any, s: Structure, props: set[Property], prefix: s
     if Property.forces in props:
         out["forces"] = np.asarray(ev.forces)
     if Property.stress in props:
-        out["stress"] = np.asarray(ev.stress(cell)) if abs(np.linalg.det(cell)) > 0 else None
+        # as ACECalculator: stress only for cells periodic in all three directions
+        out["stress"] = np.asarray(ev.stress(cell)) if pbc.all() and abs(np.linalg.det(cell)) > 0 else None
     if Property.virial in props:
         out["virial"] = np.asarray(ev.virial)
     if Property.energies in props:

@@ -140,7 +140,7 @@ class Result(BaseModel):
     forces: list[list[float]] | None = Field(None, description="Forces, shape (N, 3), eV/Å.")
     stress: list[float] | None = Field(
         None, description="Stress σ = -W/V, shape (6,), Voigt order xx yy zz yz xz xy, eV/Å³ (ASE "
-        "convention). Absent (null) when the cell has zero volume.")
+        "convention). Null unless the structure is periodic in all three directions.")
     virial: list[list[float]] | None = Field(None, description="Virial W = -V·σ, shape (3, 3), eV.")
     energies: list[float] | None = Field(None, description="Per-atom site energies, shape (N,), eV; sum to `energy`.")
     energy_committee: list[float] | None = Field(None, description="Energy of each committee member, shape (K,), eV.")
