@@ -27,6 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="largest request body in MiB (default 64; more: 413)")
     parser.add_argument("--workers", type=int, default=0, metavar="N",
                         help="evaluation threads (default: one per CPU)")
+    parser.add_argument("--kernel-threads", type=int, default=1, choices=[0, 1],
+                        help="threads inside one evaluation: 1 (default) runs each request on the serial "
+                             "kernel, requests in parallel; 0 lets large structures use numba's threads")
     parser.add_argument("--drain-timeout", type=float, default=30.0, metavar="S",
                         help="on SIGTERM/SIGINT, wait at most S seconds for requests in flight (default 30)")
     parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
@@ -60,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
               f"rcut {info['rcut']} Å, {info['length_basis']} basis functions, sha256 {m.sha256[:12]}",
               file=sys.stderr)
     if args.warm_only:
-        registry.warm()
+        registry.warm(args.kernel_threads or None)
         print("aceserver serve: kernels warmed", file=sys.stderr)
         return 0
 
@@ -69,7 +72,8 @@ def run(args: argparse.Namespace) -> int:
     from aceserver.serving.http import Settings, create_app
 
     settings = Settings(token=token, max_atoms=args.max_atoms, max_structures=args.max_structures,
-                        max_body_bytes=int(args.max_body_mb * 1024 * 1024), workers=args.workers)
+                        max_body_bytes=int(args.max_body_mb * 1024 * 1024), workers=args.workers,
+                        kernel_threads=args.kernel_threads or None)
     app = create_app(registry, settings)
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
                             access_log=args.access_log, timeout_graceful_shutdown=args.drain_timeout,

@@ -42,6 +42,7 @@ class Settings:
     max_body_bytes: int = 64 * 1024 * 1024   # request body size (413 above)
     max_images: int = 100_000                # periodic images within the cutoff sphere (422 above)
     workers: int = 0                         # evaluation threads (0: one per CPU)
+    kernel_threads: int | None = 1           # threads inside one evaluation (1: serial kernel; None: numba's)
 
 
 class State:
@@ -66,7 +67,7 @@ def create_app(registry: ModelRegistry, settings: Settings | None = None) -> Fas
     async def lifespan(app: FastAPI):
         async def warm() -> None:
             try:
-                await asyncio.get_running_loop().run_in_executor(executor, registry.warm)
+                await asyncio.get_running_loop().run_in_executor(executor, registry.warm, settings.kernel_threads)
             except Exception as ex:  # readiness reports it; the server stays up for /healthz
                 log.exception("warm-up failed")
                 state.failure = f"warm-up failed: {type(ex).__name__}: {ex}"
@@ -136,7 +137,7 @@ def create_app(registry: ModelRegistry, settings: Settings | None = None) -> Fas
         except ValidationError as ex:
             raise from_validation_error(ex.errors(include_url=False)) from None
         check_limits(request, settings.max_atoms, settings.max_structures)
-        results = evaluate_request(m.model, request, m.has_committee, settings.max_images)
+        results = evaluate_request(m.model, request, m.has_committee, settings.max_images, settings.kernel_threads)
         payload = {"model": m.name, "sha256": m.sha256, "results": results}
         atoms = sum(len(s.positions) for s in request.structure_list())
         return codec.encode(payload, codec_out), atoms, len(results)

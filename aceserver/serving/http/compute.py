@@ -62,7 +62,8 @@ def check_limits(request: CalculateRequest, max_atoms: int, max_structures: int)
                            field)
 
 
-def evaluate_structure(model: Any, s: Structure, props: set[Property], prefix: str, max_images: int) -> dict:
+def evaluate_structure(model: Any, s: Structure, props: set[Property], prefix: str, max_images: int,
+                       threads: int | None) -> dict:
     numbers = np.asarray(s.atomic_numbers(), dtype=np.int64)
     species = set(model.elements)
     for k, z in enumerate(numbers):
@@ -78,7 +79,7 @@ def evaluate_structure(model: Any, s: Structure, props: set[Property], prefix: s
     committee = bool(props & {Property.committee, Property.forces_committee})
     try:
         ev = model.evaluate(numbers, positions, cell, pbc, committee=committee,
-                            committee_forces=Property.forces_committee in props)
+                            committee_forces=Property.forces_committee in props, threads=threads)
     except ACEInputError as ex:
         field = f"{prefix}.{ex.field}" if ex.field else prefix
         raise APIError(422, "unknown_element" if type(ex).__name__ == "UnknownElementError" else "invalid_input",
@@ -107,9 +108,11 @@ def evaluate_structure(model: Any, s: Structure, props: set[Property], prefix: s
     return out
 
 
-def evaluate_request(model: Any, request: CalculateRequest, has_committee: bool, max_images: int) -> list[dict]:
+def evaluate_request(model: Any, request: CalculateRequest, has_committee: bool, max_images: int,
+                     threads: int | None = 1) -> list[dict]:
+    """Results of every structure; `threads` goes to `model.evaluate` (1: serial kernel)."""
     props = properties_for(request, has_committee)
     if request.structure is not None:
-        return [evaluate_structure(model, request.structure, props, "structure", max_images)]
-    return [evaluate_structure(model, s, props, f"structures[{i}]", max_images)
+        return [evaluate_structure(model, request.structure, props, "structure", max_images, threads)]
+    return [evaluate_structure(model, s, props, f"structures[{i}]", max_images, threads)
             for i, s in enumerate(request.structures)]

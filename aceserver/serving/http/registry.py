@@ -108,18 +108,19 @@ class ServedModel:
             **({"units": info["units"]} if isinstance(info.get("units"), dict) else {}),
         }
 
-    def warm(self) -> None:
-        """Evaluate small structures once so the numba kernels are compiled (or loaded from cache)."""
+    def warm(self, threads: int | None = 1) -> None:
+        """Evaluate a cluster and a periodic grid once, so the numba kernels are compiled (or loaded
+        from numba's cache) before the server reports ready."""
         numbers = [atomic_numbers[e] for e in self.model.elements]
-        n = len(numbers)
-        r = 0.4 * float(self.model.rcut)
-        positions = np.array([[i * r, 0.1 * (i % 2), 0.0] for i in range(n + 1)])
-        zs = np.array(numbers + numbers[:1])
+        spacing = 0.45 * float(self.model.rcut)
         committee = self.has_committee
-        self.model.evaluate(zs, positions, np.zeros((3, 3)), np.zeros(3, bool),
-                            committee=committee, committee_forces=committee)
-        cell = np.eye(3) * (r * (n + 1))
-        self.model.evaluate(zs, positions, cell, np.ones(3, bool), committee=committee, committee_forces=committee)
+        grid = np.array([(i, j, k) for i in range(4) for j in range(4) for k in range(3)], dtype=float)
+        zs = np.array([numbers[i % len(numbers)] for i in range(len(grid))])
+        cell = np.diag([4.0, 4.0, 3.0]) * spacing
+        self.model.evaluate(zs, grid * spacing, cell, np.ones(3, bool), committee=committee,
+                            committee_forces=committee, threads=threads)
+        self.model.evaluate(zs[:5], grid[:5] * spacing, np.zeros((3, 3)), np.zeros(3, bool),
+                            committee=committee, committee_forces=committee, threads=threads)
 
 
 class ModelRegistry:
@@ -144,6 +145,6 @@ class ModelRegistry:
     def get(self, name: str) -> ServedModel | None:
         return self.models.get(name)
 
-    def warm(self) -> None:
+    def warm(self, threads: int | None = 1) -> None:
         for m in self.models.values():
-            m.warm()
+            m.warm(threads)
