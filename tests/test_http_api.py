@@ -225,3 +225,17 @@ def test_remote_md_equals_local_md(server, local):
     np.testing.assert_allclose(p_remote, p_local, rtol=0, atol=1e-12)
     np.testing.assert_allclose(v_remote, v_local, rtol=0, atol=1e-12)
     np.testing.assert_allclose(e_remote, e_local, rtol=0, atol=1e-12)
+
+
+def test_client_stress_only_for_periodic_cells(server):
+    from ase.calculators.calculator import PropertyNotImplementedError
+
+    from aceclient import ACEServerCalculator
+
+    cluster = si_structures()[-1]
+    assert not cluster.pbc.any()
+    with ACEServerCalculator(server.url, model="si") as remote:
+        cluster.calc = remote
+        cluster.get_potential_energy()
+        with pytest.raises(PropertyNotImplementedError):
+            cluster.get_stress()

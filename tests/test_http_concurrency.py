@@ -155,3 +155,38 @@ def test_sigterm_drains_in_flight_requests():
         with pytest.raises(httpx.ConnectError):
             httpx.get(f"{server.url}/healthz", timeout=5)
         assert "Finished server process" in server.output()
+
+
+@pytest.mark.slow
+def test_ready_only_after_warm_up(tmp_path):
+    """With an empty numba cache the kernels compile at start-up: meanwhile /healthz and /v1/models
+    answer, /readyz and calculate say 503; afterwards both succeed."""
+    server = Server([str(model_file("si"))], env={"NUMBA_CACHE_DIR": str(tmp_path / "numba-cache")})
+    try:
+        deadline = time.monotonic() + 60
+        seen_starting = False
+        with httpx.Client(timeout=10) as client:
+            while time.monotonic() < deadline:
+                try:
+                    ready = client.get(f"{server.url}/readyz")
+                except httpx.TransportError:
+                    time.sleep(0.05)
+                    continue
+                if ready.status_code == 200:
+                    break
+                assert ready.status_code == 503 and ready.json()["status"] == "starting"
+                seen_starting = True
+                assert client.get(f"{server.url}/healthz").status_code == 200
+                assert client.get(f"{server.url}/v1/models").json()["default"] == "si"
+                r = client.post(f"{server.url}/v1/models/si/calculate",
+                                json={"structure": {"numbers": [14], "positions": [[0, 0, 0]]}})
+                if r.status_code != 200:   # (unless warm-up finished in between)
+                    assert r.status_code == 503 and r.json()["kind"] == "not_ready" and "Retry-After" in r.headers
+                time.sleep(0.2)
+            assert seen_starting, "warm-up finished before the first probe"
+        server.wait_ready(120)
+        r = httpx.post(f"{server.url}/v1/models/si/calculate",
+                       json={"structure": {"numbers": [14], "positions": [[0, 0, 0]]}}, timeout=60)
+        assert r.status_code == 200
+    finally:
+        server.stop()
