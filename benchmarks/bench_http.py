@@ -124,6 +124,21 @@ def main() -> int:
                 remote = timed(call, args.repeat)
             print(f"remote {name:7s} request: {ms(remote)}; {overhead(remote, local)}")
 
+        # the same with the standard library's minimal client: separates server cost from httpx's
+        import http.client
+        conn = http.client.HTTPConnection("127.0.0.1", port)
+        payload = body([atoms], True)
+        def raw_call():
+            conn.request("POST", "/v1/models/si/calculate", body=payload,
+                         headers={"Content-Type": "application/msgpack", "Accept": "application/msgpack"})
+            r = conn.getresponse()
+            r.read()
+            assert r.status == 200
+        timed(raw_call, 20)
+        remote = timed(raw_call, args.repeat)
+        conn.close()
+        print(f"remote msgpack via http.client: {ms(remote)}; {overhead(remote, local)}")
+
         # with the aceclient calculator (what users call)
         sys.path.insert(0, str(REPO / "client"))
         from aceclient import ACEServerCalculator

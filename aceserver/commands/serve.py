@@ -74,6 +74,9 @@ def run(args: argparse.Namespace) -> int:
     settings = Settings(token=token, max_atoms=args.max_atoms, max_structures=args.max_structures,
                         max_body_bytes=int(args.max_body_mb * 1024 * 1024), workers=args.workers,
                         kernel_threads=args.kernel_threads or None)
+    if args.host not in ("127.0.0.1", "localhost", "::1") and token is None:
+        print(f"aceserver serve: warning: listening on {args.host} without --token-file: anyone who can reach "
+              "this port can use the server", file=sys.stderr)
     app = create_app(registry, settings)
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
                             access_log=args.access_log, timeout_graceful_shutdown=args.drain_timeout,

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -68,10 +69,11 @@ class ACEServerCalculator(Calculator):
     implemented_properties = ["energy", "free_energy", "forces", "stress", "energies"]
 
     def __init__(self, url: str = "http://127.0.0.1:8000", model: str | None = None, token: str | None = None,
-                 *, binary: bool = True, timeout: float = 300.0, **kwargs):
+                 *, binary: bool = True, timeout: float = 300.0, ready_timeout: float = 120.0, **kwargs):
         super().__init__(**kwargs)
         self.url = url.rstrip("/")
         self.binary = binary
+        self.ready_timeout = ready_timeout   # s to keep retrying while the server warms up (503 not_ready)
         headers = {"Accept": MSGPACK if binary else JSON, "Content-Type": MSGPACK if binary else JSON}
         if token:
             headers["Authorization"] = f"Bearer {token}"
@@ -84,18 +86,23 @@ class ACEServerCalculator(Calculator):
         content = None
         if body is not None:
             content = msgpack.packb(body, use_bin_type=True) if self.binary else json.dumps(body).encode()
-        try:
-            r = self._http.request(method, path, content=content)
-        except httpx.HTTPError as ex:
-            raise ACEServerConnectionError(f"{method} {self.url}{path} failed: {type(ex).__name__}: {ex}") from ex
-        ctype = r.headers.get("content-type", "")
-        try:
-            data = _unpack(msgpack.unpackb(r.content, raw=False)) if ctype.startswith(MSGPACK) else r.json()
-        except ValueError:
-            data = r.text
-        if r.status_code >= 400:
-            raise from_response(r.status_code, data)
-        return data
+        deadline = time.monotonic() + self.ready_timeout
+        while True:
+            try:
+                r = self._http.request(method, path, content=content)
+            except httpx.HTTPError as ex:
+                raise ACEServerConnectionError(f"{method} {self.url}{path} failed: {type(ex).__name__}: {ex}") from ex
+            ctype = r.headers.get("content-type", "")
+            try:
+                data = _unpack(msgpack.unpackb(r.content, raw=False)) if ctype.startswith(MSGPACK) else r.json()
+            except ValueError:
+                data = r.text
+            if r.status_code < 400:
+                return data
+            error = from_response(r.status_code, data)
+            if error.kind != "not_ready" or time.monotonic() > deadline:
+                raise error
+            time.sleep(0.5)   # the server is still compiling its kernels
 
     def _get(self, path: str) -> Any:
         return self._request("GET", path)
