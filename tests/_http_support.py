@@ -34,7 +34,8 @@ def make_model(committee: int = 0, seed: int = 0):
     model.parameters = rng.normal(scale=0.1, size=model.length_basis)
     if committee:
         model.committee = model.parameters + rng.normal(scale=0.01, size=(committee, model.length_basis))
-    model.metadata = {"fit_errors": {"energy_rmse_meV_per_atom": 1.5, "forces_rmse_meV_per_A": 50.0},
+    model.metadata = {"fit": {"errors": {"train": {"rmse": {"set": {"E": 0.0015, "F": 0.05, "V": None}}}},
+                              "units": {"E": "eV/atom", "F": "eV/Å", "V": "eV/atom"}},
                       "note": "random parameters, for tests"}
     return model
 

@@ -143,7 +143,8 @@ def test_model_listing_and_info(server):
     assert info["species"] == ["Si"] and info["rcut"] == model.rcut
     assert info["length_basis"] == model.length_basis and info["sha256"] == model.sha256
     assert info["committee_size"] == 4
-    assert info["fit_errors"]["energy_rmse_meV_per_atom"] == 1.5
+    assert info["fit_errors"]["train"]["rmse"]["set"]["E"] == 0.0015
+    assert info["fit_error_units"]["F"] == "eV/Å"
     assert info["units"]["energy"] == "eV" and info["units"]["length"] == "Å"
 
 

@@ -94,19 +94,28 @@ class ServedModel:
         return dict(self._info)
 
     def _describe(self) -> dict[str, Any]:
+        from .schema import ModelInfo
+
         info = dict(self.model.info())
         metadata = info.get("metadata") or {}
-        return {
+        # `aceserver fit` records errors in metadata.fit.errors (per data set) with metadata.fit.units
+        fit = metadata.get("fit") if isinstance(metadata.get("fit"), dict) else {}
+        errors = metadata.get("fit_errors", fit.get("errors"))
+        desc = {
             "name": self.name,
             "species": list(info.get("species", self.model.elements)),
             "rcut": float(info.get("rcut", self.model.rcut)),
             "length_basis": int(info["length_basis"]),
             "sha256": str(info["sha256"]),
             "committee_size": int(info.get("committee_size") or 0),
-            "fit_errors": metadata.get("fit_errors", metadata.get("errors")),
+            "fit_errors": errors if isinstance(errors, dict) else None,
+            "fit_error_units": fit.get("units") if isinstance(fit.get("units"), dict) else None,
             "metadata": metadata,
-            **({"units": info["units"]} if isinstance(info.get("units"), dict) else {}),
         }
+        if isinstance(info.get("units"), dict):
+            desc["units"] = {str(k): str(v) for k, v in info["units"].items()}
+        # validated once here, so that a model whose description does not fit the schema fails at start-up
+        return ModelInfo.model_validate(desc).model_dump()
 
     def warm(self, threads: int | None = 1) -> None:
         """Evaluate a cluster and a periodic grid once, so the numba kernels are compiled (or loaded

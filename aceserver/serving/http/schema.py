@@ -165,8 +165,10 @@ class ModelInfo(BaseModel):
     sha256: str = Field(..., description="sha256 of the model content.")
     committee_size: int = Field(..., description="Number of committee members (0: no committee).")
     fit_errors: dict[str, Any] | None = Field(
-        None, description="Fit errors recorded in the model file (energies meV/atom, forces meV/Å "
-        "unless the entry says otherwise).")
+        None, description="Fit errors recorded in the model file, e.g. {train|validation: {rmse|mae: "
+        "{config type: {E, F, V}}}}; units in `fit_error_units`.")
+    fit_error_units: dict[str, str] | None = Field(
+        None, description="Units of `fit_errors`, e.g. {E: eV/atom, F: eV/Å, V: eV/atom}.")
     metadata: dict[str, Any] = Field(default_factory=dict, description="Free-form metadata of the model file.")
     units: dict[str, str] = Field(default_factory=lambda: dict(UNITS), description="Units of all quantities.")
 
