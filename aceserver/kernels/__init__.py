@@ -1,0 +1,1 @@
+"""numba kernels (nogil, cached): neighbour list, ...."""

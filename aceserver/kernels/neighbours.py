@@ -1,0 +1,460 @@
+"""Cell-list neighbour list (numba), for any mix of periodic and open directions.
+
+    first, j, R = neighbour_list(positions, cell, pbc, rcut)
+
+Pairs are grouped by centre atom i in CSR form: the pairs of atom i are ``first[i]:first[i+1]``,
+``j`` holds the original index of the neighbour and ``R = r_j + S @ cell - r_i`` (S integer, zero in
+open directions) the vector from i to that image of j. Every pair with ``|R| < rcut`` is listed except
+the zero self vector (i, i, S=0); other images of atom i are included, and distinct atoms on top of
+each other appear with ``R = 0`` so that ``min_distance(R)`` can reveal them. The list is full (i->j and
+j->i); within each i pairs are sorted by j, then by S (lexicographic), independently of the binning.
+
+Method: the basis used for binning is the cell for periodic directions completed by an orthonormal
+complement for open ones (so open directions never depend on the possibly zero or arbitrary cell
+rows there). Positions are wrapped into the cell along periodic directions, binned into a grid whose
+bins are at least ``rcut`` thick (or finer, see ``_BINS_PER_CUTOFF``), and every atom scans the
+(2m+1)^3 bin images around it; for cells thinner than ``rcut`` m grows, which enumerates all periodic
+images. Two passes (count, then fill) allocate the output exactly once.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit
+
+from aceserver.errors import ACEInputError
+
+__all__ = ["neighbour_list", "min_distance", "DEFAULT_MAX_PAIRS", "DEFAULT_MAX_NEIGHBOURS"]
+
+# Limits that turn absurd inputs (a 0.1 Å periodic cell with rcut 6, a unit mix-up) into a clear
+# error instead of minutes of work or an out-of-memory crash. ~40 bytes per pair are allocated.
+DEFAULT_MAX_PAIRS = 50_000_000
+DEFAULT_MAX_NEIGHBOURS = 20_000  # per atom; dense solids at rcut ~10 Å have a few thousand
+_MAX_BIN_IMAGES = 50_000_000  # bins x scanned bin images, checked before any per-atom work
+_WORK_PER_PAIR = 64  # candidate visits allowed per permitted pair (skewed cells need more than ~6)
+
+# Bins are 1/_BINS_PER_CUTOFF of the cutoff thick (when the cell allows): 2 scans (2*2+1)^3 bins of
+# (rcut/2)^3, ~40% less volume than 27 bins of rcut^3, for a little more loop overhead.
+_BINS_PER_CUTOFF = 2
+# Relative slack on bin geometry and on the candidate test, so that rounding (in positions far from
+# the origin, or on bin boundaries) can never drop a pair; the final test on R is exact.
+_SLACK = 1e-8
+
+
+# ---------------------------------------------------------------------------------------------
+# numba kernels
+# ---------------------------------------------------------------------------------------------
+
+
+@njit(cache=True, nogil=True)
+def _fractional(positions, inv_basis, periodic, cell_p):
+    """Fractional coordinates in the binning basis, wrapped into [0, 1) along periodic directions.
+
+    Returns s (N,3), the integer wraps n (N,3) with r = r_wrapped + n @ cell, and r_wrapped (N,3).
+    """
+    N = positions.shape[0]
+    s = np.empty((N, 3))
+    n = np.zeros((N, 3), dtype=np.int64)
+    w = np.empty((N, 3))
+    for i in range(N):
+        for k in range(3):
+            s[i, k] = (positions[i, 0] * inv_basis[0, k] + positions[i, 1] * inv_basis[1, k]
+                       + positions[i, 2] * inv_basis[2, k])
+        for k in range(3):
+            if periodic[k]:
+                f = math.floor(s[i, k])
+                n[i, k] = np.int64(f)
+                s[i, k] -= f
+        for k in range(3):
+            w[i, k] = (positions[i, k] - n[i, 0] * cell_p[0, k] - n[i, 1] * cell_p[1, k]
+                       - n[i, 2] * cell_p[2, k])
+    return s, n, w
+
+
+@njit(cache=True, nogil=True)
+def _bin_atoms(s, lo, width, nb):
+    """Counting sort of atoms into bins; returns per-atom bin coordinates, bin offsets, atom order."""
+    N = s.shape[0]
+    nbins = nb[0] * nb[1] * nb[2]
+    cbin = np.empty((N, 3), dtype=np.int64)
+    start = np.zeros(nbins + 1, dtype=np.int64)
+    flat = np.empty(N, dtype=np.int64)
+    for i in range(N):
+        for k in range(3):
+            c = np.int64(math.floor((s[i, k] - lo[k]) / width[k]))
+            # s == 1.0 after wrapping a tiny negative value, or the top edge of an open direction
+            if c < 0:
+                c = 0
+            elif c >= nb[k]:
+                c = nb[k] - 1
+            cbin[i, k] = c
+        b = (cbin[i, 0] * nb[1] + cbin[i, 1]) * nb[2] + cbin[i, 2]
+        flat[i] = b
+        start[b + 1] += 1
+    for b in range(nbins):
+        start[b + 1] += start[b]
+    order = np.empty(N, dtype=np.int64)
+    fill = start[:-1].copy()
+    for i in range(N):  # stable: atoms stay in index order inside a bin
+        order[fill[flat[i]]] = i
+        fill[flat[i]] += 1
+    return cbin, start, order
+
+
+@njit(cache=True, nogil=True)
+def _count_visits(start, nb, m, periodic):
+    """Exact number of candidate (atom, atom image) visits the pair passes will make."""
+    total = 0
+    for b0 in range(nb[0]):
+        for b1 in range(nb[1]):
+            for b2 in range(nb[2]):
+                b = (b0 * nb[1] + b1) * nb[2] + b2
+                occ = start[b + 1] - start[b]
+                if occ == 0:
+                    continue
+                seen = 0
+                for d0 in range(-m[0], m[0] + 1):
+                    c0 = b0 + d0
+                    if periodic[0]:
+                        c0 = c0 % nb[0]
+                    elif c0 < 0 or c0 >= nb[0]:
+                        continue
+                    for d1 in range(-m[1], m[1] + 1):
+                        c1 = b1 + d1
+                        if periodic[1]:
+                            c1 = c1 % nb[1]
+                        elif c1 < 0 or c1 >= nb[1]:
+                            continue
+                        for d2 in range(-m[2], m[2] + 1):
+                            c2 = b2 + d2
+                            if periodic[2]:
+                                c2 = c2 % nb[2]
+                            elif c2 < 0 or c2 >= nb[2]:
+                                continue
+                            c = (c0 * nb[1] + c1) * nb[2] + c2
+                            seen += start[c + 1] - start[c]
+                total += occ * seen
+    return total
+
+
+@njit(cache=True, nogil=True)
+def _pairs(positions, wrapped, n, cell_p, cbin, start, order, nb, m, periodic, rsearch, rcut,
+           fill, first, out_j, out_R, out_key):
+    """Both passes in one kernel: with fill=False return the pair count of every atom; with
+    fill=True write j, R and a sort key into the CSR slots given by ``first``.
+
+    The key orders pairs by j, then by the image index (equivalent to ordering by S for a fixed
+    pair i, j since S = image + n_i - n_j).
+    """
+    N = positions.shape[0]
+    counts = np.zeros(N, dtype=np.int64)
+    rs2 = rsearch * rsearch
+    rc2 = rcut * rcut
+    # image offsets o and spans sp so that the key of an image is non-negative and unique
+    o = np.zeros(3, dtype=np.int64)
+    sp = np.ones(3, dtype=np.int64)
+    for k in range(3):
+        if periodic[k]:
+            o[k] = m[k] // nb[k] + 1
+            sp[k] = 2 * o[k] + 1
+    nkey = sp[0] * sp[1] * sp[2]
+    for i in range(N):
+        xi0 = wrapped[i, 0]
+        xi1 = wrapped[i, 1]
+        xi2 = wrapped[i, 2]
+        p = first[i] if fill else 0
+        cnt = 0
+        for d0 in range(-m[0], m[0] + 1):
+            c0 = cbin[i, 0] + d0
+            g0 = 0
+            if periodic[0]:
+                g0 = c0 // nb[0]  # floor division: which periodic image the bin lies in
+                c0 -= g0 * nb[0]
+            elif c0 < 0 or c0 >= nb[0]:
+                continue
+            for d1 in range(-m[1], m[1] + 1):
+                c1 = cbin[i, 1] + d1
+                g1 = 0
+                if periodic[1]:
+                    g1 = c1 // nb[1]
+                    c1 -= g1 * nb[1]
+                elif c1 < 0 or c1 >= nb[1]:
+                    continue
+                for d2 in range(-m[2], m[2] + 1):
+                    c2 = cbin[i, 2] + d2
+                    g2 = 0
+                    if periodic[2]:
+                        g2 = c2 // nb[2]
+                        c2 -= g2 * nb[2]
+                    elif c2 < 0 or c2 >= nb[2]:
+                        continue
+                    b = (c0 * nb[1] + c1) * nb[2] + c2
+                    lo_q = start[b]
+                    hi_q = start[b + 1]
+                    if lo_q == hi_q:
+                        continue
+                    # Cartesian image shift of this bin image, relative to atom i
+                    t0 = g0 * cell_p[0, 0] + g1 * cell_p[1, 0] + g2 * cell_p[2, 0] - xi0
+                    t1 = g0 * cell_p[0, 1] + g1 * cell_p[1, 1] + g2 * cell_p[2, 1] - xi1
+                    t2 = g0 * cell_p[0, 2] + g1 * cell_p[1, 2] + g2 * cell_p[2, 2] - xi2
+                    self_image = g0 == 0 and g1 == 0 and g2 == 0
+                    for q in range(lo_q, hi_q):
+                        j = order[q]
+                        a0 = wrapped[j, 0] + t0
+                        a1 = wrapped[j, 1] + t1
+                        a2 = wrapped[j, 2] + t2
+                        if a0 * a0 + a1 * a1 + a2 * a2 >= rs2:
+                            continue
+                        if self_image and j == i:
+                            continue
+                        # the returned vector is built from the caller's positions (R = r_j + S@cell
+                        # - r_i), and the strict cutoff is applied to exactly that vector
+                        S0 = g0 + n[i, 0] - n[j, 0]
+                        S1 = g1 + n[i, 1] - n[j, 1]
+                        S2 = g2 + n[i, 2] - n[j, 2]
+                        R0 = positions[j, 0] - positions[i, 0] + (
+                            S0 * cell_p[0, 0] + S1 * cell_p[1, 0] + S2 * cell_p[2, 0])
+                        R1 = positions[j, 1] - positions[i, 1] + (
+                            S0 * cell_p[0, 1] + S1 * cell_p[1, 1] + S2 * cell_p[2, 1])
+                        R2 = positions[j, 2] - positions[i, 2] + (
+                            S0 * cell_p[0, 2] + S1 * cell_p[1, 2] + S2 * cell_p[2, 2])
+                        if R0 * R0 + R1 * R1 + R2 * R2 >= rc2:
+                            continue
+                        if fill:
+                            out_j[p] = j
+                            out_R[p, 0] = R0
+                            out_R[p, 1] = R1
+                            out_R[p, 2] = R2
+                            out_key[p] = j * nkey + ((g0 + o[0]) * sp[1] + (g1 + o[1])) * sp[2] + (
+                                g2 + o[2])
+                            p += 1
+                        cnt += 1
+        counts[i] = cnt
+    return counts
+
+
+@njit(cache=True, nogil=True)
+def _sort_pairs(first, out_j, out_R, out_key):
+    """Sort the pairs of every atom by key, in place."""
+    N = first.shape[0] - 1
+    for i in range(N):
+        a = first[i]
+        b = first[i + 1]
+        if b - a < 2:
+            continue
+        perm = np.argsort(out_key[a:b]) + a
+        tj = out_j[perm]
+        tR = out_R[perm]
+        out_j[a:b] = tj
+        out_R[a:b] = tR
+
+
+@njit(cache=True, nogil=True)
+def _min_distance(R):
+    best = np.inf
+    for p in range(R.shape[0]):
+        r2 = R[p, 0] * R[p, 0] + R[p, 1] * R[p, 1] + R[p, 2] * R[p, 2]
+        if r2 < best:
+            best = r2
+    return math.sqrt(best)
+
+
+# ---------------------------------------------------------------------------------------------
+# Python wrapper: validation and the (3x3-sized) bin geometry
+# ---------------------------------------------------------------------------------------------
+
+
+def min_distance(R) -> float:
+    """Smallest |R| over the pairs of a neighbour list (``inf`` if there are none).
+
+    Zero means two distinct atoms on top of each other (or an atom on its own periodic image).
+    """
+    R = np.ascontiguousarray(R, dtype=np.float64).reshape(-1, 3)
+    return float(_min_distance(R))
+
+
+def _validate(positions, cell, pbc, rcut):
+    try:
+        positions = np.array(positions, dtype=np.float64, copy=True)
+    except (TypeError, ValueError) as exc:
+        raise ACEInputError(f"positions must be an (N, 3) array of numbers: {exc}", "positions") from None
+    if positions.size == 0:
+        positions = positions.reshape(0, 3)
+    if positions.ndim != 2 or positions.shape[1] != 3:
+        raise ACEInputError(f"positions must have shape (N, 3), got {positions.shape}", "positions")
+    if not np.all(np.isfinite(positions)):
+        bad = int(np.nonzero(~np.all(np.isfinite(positions), axis=1))[0][0])
+        raise ACEInputError(f"positions contain NaN or inf (first at atom {bad})", "positions")
+
+    try:
+        cell = np.array(cell, dtype=np.float64, copy=True)
+    except (TypeError, ValueError) as exc:
+        raise ACEInputError(f"cell must be a (3, 3) array of numbers: {exc}", "cell") from None
+    if cell.shape != (3, 3):
+        raise ACEInputError(f"cell must have shape (3, 3) (rows are lattice vectors), got {cell.shape}",
+                            "cell")
+    if not np.all(np.isfinite(cell)):
+        raise ACEInputError("cell contains NaN or inf", "cell")
+
+    pbc_arr = np.asarray(pbc)
+    if pbc_arr.ndim == 0:
+        pbc_arr = np.repeat(pbc_arr, 3)
+    if pbc_arr.shape != (3,) or pbc_arr.dtype.kind not in "biu":
+        raise ACEInputError(f"pbc must be 3 booleans, got {pbc!r}", "pbc")
+    if pbc_arr.dtype.kind != "b" and not np.all((pbc_arr == 0) | (pbc_arr == 1)):
+        raise ACEInputError(f"pbc must be 3 booleans, got {pbc!r}", "pbc")
+    pbc_arr = pbc_arr.astype(bool)
+
+    try:
+        rcut = float(rcut)
+    except (TypeError, ValueError):
+        raise ACEInputError(f"rcut must be a number, got {rcut!r}", "rcut") from None
+    if not (math.isfinite(rcut) and rcut > 0.0):
+        raise ACEInputError(f"rcut must be finite and > 0, got {rcut}", "rcut")
+    return positions, cell, pbc_arr, rcut
+
+
+def _binning_basis(cell, pbc):
+    """Rows: periodic cell vectors, completed by an orthonormal basis of their orthogonal complement.
+
+    Raises ACEInputError when the periodic vectors are (nearly) linearly dependent or vanishing.
+    """
+    per = [k for k in range(3) if pbc[k]]
+    opn = [k for k in range(3) if not pbc[k]]
+    vecs = cell[per]
+    lengths = np.linalg.norm(vecs, axis=1)
+    for k, length in zip(per, lengths):
+        if length < 1e-8:
+            raise ACEInputError(
+                f"cell vector {k} has length {length:.3g} Å but direction {k} is periodic", "cell")
+    if len(per) >= 2:
+        # volume (area) of the periodic vectors relative to the product of their lengths: a sine
+        gram = vecs @ vecs.T
+        sine = math.sqrt(max(np.linalg.det(gram), 0.0)) / float(np.prod(lengths))
+        if sine < 1e-6:
+            raise ACEInputError(
+                f"the periodic cell vectors {per} are (nearly) linearly dependent "
+                f"(normalised volume {sine:.3g}); the cell is degenerate", "cell")
+    if len(per) == 3:
+        comp = np.zeros((0, 3))
+    elif len(per) == 2:
+        nrm = np.cross(vecs[0], vecs[1])
+        comp = (nrm / np.linalg.norm(nrm))[None, :]
+    elif len(per) == 1:
+        a = vecs[0] / lengths[0]
+        e = np.zeros(3)
+        e[int(np.argmin(np.abs(a)))] = 1.0
+        u = e - (e @ a) * a
+        u /= np.linalg.norm(u)
+        comp = np.stack([u, np.cross(a, u)])
+    else:
+        comp = np.eye(3)
+    basis = np.empty((3, 3))
+    basis[per] = vecs
+    basis[opn] = comp
+    return basis
+
+
+def _too_many(message):
+    return ACEInputError(
+        message + " The periodic cell is too small for this cutoff (or the cell / positions are not "
+        "in Å); use a larger supercell or check the input.", "cell")
+
+
+def neighbour_list(positions, cell, pbc, rcut, *, max_pairs=DEFAULT_MAX_PAIRS,
+                   max_neighbours=DEFAULT_MAX_NEIGHBOURS):
+    """Full neighbour list within ``rcut`` (Å), in CSR form grouped by centre atom.
+
+    Parameters
+    ----------
+    positions : (N, 3) Å, any values (wrapped internally along periodic directions)
+    cell : (3, 3) Å, rows are lattice vectors; rows of open directions are ignored (may be zero)
+    pbc : (3,) bool (a single bool applies to all directions)
+    rcut : float > 0
+    max_pairs, max_neighbours : limits on the total pair count and on the pairs of any one atom;
+        exceeding them raises ACEInputError (field "cell") before the output is allocated.
+
+    Returns
+    -------
+    first : (N+1,) int64, the pairs of atom i are ``first[i]:first[i+1]``
+    j : (P,) int64, neighbour atom index
+    R : (P, 3) float64, ``positions[j] + S @ cell - positions[i]`` with 0 <= |R| < rcut, sorted by
+        (j, S) within each i. |R| = 0 only for distinct atoms on top of each other (see min_distance).
+    """
+    positions, cell, pbc, rcut = _validate(positions, cell, pbc, rcut)
+    N = positions.shape[0]
+    basis = _binning_basis(cell, pbc)  # validates the cell even for N == 0
+    if N == 0:
+        return np.zeros(1, dtype=np.int64), np.zeros(0, dtype=np.int64), np.zeros((0, 3))
+
+    inv_basis = np.linalg.inv(basis)
+    cell_p = np.where(pbc[:, None], cell, 0.0)  # open directions never shift
+    s, n, wrapped = _fractional(positions, inv_basis, pbc, cell_p)
+
+    # Search radius with slack for rounding of large coordinates; R itself is tested exactly.
+    scale = float(np.max(np.abs(positions))) + float(np.sum(np.abs(cell_p)))
+    rsearch = rcut * (1.0 + _SLACK) + 1e-12 * scale
+    # |Δs_k| <= |ΔR| |b_k| with b_k the k-th reciprocal (column of inv_basis): the spacing of lattice
+    # planes is 1/|b_k| (for open directions |b_k| = 1 and s_k is in Å).
+    recip = np.linalg.norm(inv_basis, axis=0)
+    lo = np.zeros(3)
+    width = np.ones(3)
+    nb = np.ones(3, dtype=np.int64)
+    for k in range(3):
+        if pbc[k]:
+            nb[k] = max(1, int(math.floor(_BINS_PER_CUTOFF / (rsearch * recip[k] * (1.0 + 1e-6)))))
+            width[k] = 1.0 / nb[k]
+        else:
+            lo[k] = float(s[:, k].min())
+            width[k] = rsearch * (1.0 + 1e-6) / _BINS_PER_CUTOFF
+            nb[k] = int(math.floor((float(s[:, k].max()) - lo[k]) / width[k])) + 1
+    # Keep the grid O(N) (vacuum, isolated atoms far apart): coarsen the finest direction.
+    max_bins = 2 * N + 64
+    while int(np.prod(nb)) > max_bins:
+        k = int(np.argmax(nb))
+        if pbc[k]:
+            nb[k] = max(1, nb[k] // 2)
+            width[k] = 1.0 / nb[k]
+        else:
+            span = float(s[:, k].max()) - lo[k]
+            width[k] *= 2.0
+            nb[k] = int(math.floor(span / width[k])) + 1
+    m_float = rsearch * recip / width * (1.0 + _SLACK)
+    # bin images each atom scans: 2m+1 per direction, but never more than nb in an open direction
+    scans = [2.0 * math.ceil(x) + 1.0 for x in m_float]
+    images = float(np.prod([sc if pbc[k] else min(sc, float(nb[k])) for k, sc in enumerate(scans)]))
+    if images * float(np.prod(nb)) > _MAX_BIN_IMAGES:
+        raise _too_many(f"rcut = {rcut} Å needs about {images:.3g} periodic images of the cell "
+                        f"per atom.")
+    m = np.array([int(math.ceil(x)) for x in m_float], dtype=np.int64)
+
+    cbin, start, order = _bin_atoms(s, lo, width, nb)
+    pair_limit = min(int(max_pairs), int(max_neighbours) * N)
+    visits = int(_count_visits(start, nb, m, pbc))
+    if visits > _WORK_PER_PAIR * pair_limit + 1_000_000:
+        raise _too_many(f"rcut = {rcut} Å would need about {visits:.3g} candidate pair checks "
+                        f"(limit about {_WORK_PER_PAIR * pair_limit:.3g}).")
+
+    dummy_j = np.zeros(0, dtype=np.int64)
+    dummy_R = np.zeros((0, 3))
+    first = np.zeros(N + 1, dtype=np.int64)
+    counts = _pairs(positions, wrapped, n, cell_p, cbin, start, order, nb, m, pbc, rsearch, rcut,
+                    False, first, dummy_j, dummy_R, dummy_j)
+    total = int(counts.sum())
+    worst = int(counts.max())
+    if worst > max_neighbours:
+        raise _too_many(f"atom {int(counts.argmax())} has {worst} neighbours within rcut = {rcut} Å "
+                        f"(limit {max_neighbours}).")
+    if total > max_pairs:
+        raise _too_many(f"{total} pairs within rcut = {rcut} Å exceed the limit of {max_pairs} "
+                        f"(about {40 * total / 1e9:.1f} GB).")
+    np.cumsum(counts, out=first[1:])
+
+    out_j = np.empty(total, dtype=np.int64)
+    out_R = np.empty((total, 3))
+    out_key = np.empty(total, dtype=np.int64)
+    _pairs(positions, wrapped, n, cell_p, cbin, start, order, nb, m, pbc, rsearch, rcut,
+           True, first, out_j, out_R, out_key)
+    _sort_pairs(first, out_j, out_R, out_key)
+    return first, out_j, out_R
