@@ -389,6 +389,12 @@ def neighbour_list(positions, cell, pbc, rcut, *, max_pairs=DEFAULT_MAX_PAIRS,
         return np.zeros(1, dtype=np.int64), np.zeros(0, dtype=np.int64), np.zeros((0, 3))
 
     inv_basis = np.linalg.inv(basis)
+    if pbc.any():
+        # the integer image of every atom must be exact (and fit int64)
+        reach = float(np.max(np.abs(positions))) * float(np.max(np.sum(np.abs(inv_basis), axis=0)[pbc]))
+        if reach > 1e12:
+            raise ACEInputError(f"positions lie about {reach:.3g} cells away from the periodic cell; "
+                                "wrap them (or check units)", "positions")
     cell_p = np.where(pbc[:, None], cell, 0.0)  # open directions never shift
     s, n, wrapped = _fractional(positions, inv_basis, pbc, cell_p)
 
@@ -411,7 +417,7 @@ def neighbour_list(positions, cell, pbc, rcut, *, max_pairs=DEFAULT_MAX_PAIRS,
             nb[k] = int(math.floor((float(s[:, k].max()) - lo[k]) / width[k])) + 1
     # Keep the grid O(N) (vacuum, isolated atoms far apart): coarsen the finest direction.
     max_bins = 2 * N + 64
-    while int(np.prod(nb)) > max_bins:
+    while math.prod(int(x) for x in nb) > max_bins:  # Python ints: the product may exceed int64
         k = int(np.argmax(nb))
         if pbc[k]:
             nb[k] = max(1, nb[k] // 2)
@@ -424,7 +430,7 @@ def neighbour_list(positions, cell, pbc, rcut, *, max_pairs=DEFAULT_MAX_PAIRS,
     # bin images each atom scans: 2m+1 per direction, but never more than nb in an open direction
     scans = [2.0 * math.ceil(x) + 1.0 for x in m_float]
     images = float(np.prod([sc if pbc[k] else min(sc, float(nb[k])) for k, sc in enumerate(scans)]))
-    if images * float(np.prod(nb)) > _MAX_BIN_IMAGES:
+    if images * math.prod(int(x) for x in nb) > _MAX_BIN_IMAGES:
         raise _too_many(f"rcut = {rcut} Å needs about {images:.3g} periodic images of the cell "
                         f"per atom.")
     m = np.array([int(math.ceil(x)) for x in m_float], dtype=np.int64)
