@@ -103,8 +103,29 @@ def _bin_atoms(s, lo, width, nb):
 
 
 @njit(cache=True, nogil=True)
+def _scan_table(nb, m, periodic):
+    """For bin c and offset d in [-m, m] along one direction: the bin scanned and its periodic image
+    (bin -1 past the edge of an open direction). Tables spare integer divisions in the hot loop."""
+    tb = np.empty((nb, 2 * m + 1), dtype=np.int64)
+    tg = np.zeros((nb, 2 * m + 1), dtype=np.int64)
+    for c in range(nb):
+        for a in range(2 * m + 1):
+            x = c + a - m
+            if periodic:
+                g = x // nb  # floor division: the periodic image the bin lies in
+                tg[c, a] = g
+                tb[c, a] = x - g * nb
+            else:
+                tb[c, a] = x if 0 <= x < nb else -1
+    return tb, tg
+
+
+@njit(cache=True, nogil=True)
 def _count_visits(start, nb, m, periodic):
     """Exact number of candidate (atom, atom image) visits the pair passes will make."""
+    tb0, _ = _scan_table(nb[0], m[0], periodic[0])
+    tb1, _ = _scan_table(nb[1], m[1], periodic[1])
+    tb2, _ = _scan_table(nb[2], m[2], periodic[2])
     total = 0
     for b0 in range(nb[0]):
         for b1 in range(nb[1]):
@@ -114,26 +135,20 @@ def _count_visits(start, nb, m, periodic):
                 if occ == 0:
                     continue
                 seen = 0
-                for d0 in range(-m[0], m[0] + 1):
-                    c0 = b0 + d0
-                    if periodic[0]:
-                        c0 = c0 % nb[0]
-                    elif c0 < 0 or c0 >= nb[0]:
+                for a0 in range(2 * m[0] + 1):
+                    c0 = tb0[b0, a0]
+                    if c0 < 0:
                         continue
-                    for d1 in range(-m[1], m[1] + 1):
-                        c1 = b1 + d1
-                        if periodic[1]:
-                            c1 = c1 % nb[1]
-                        elif c1 < 0 or c1 >= nb[1]:
+                    for a1 in range(2 * m[1] + 1):
+                        c1 = tb1[b1, a1]
+                        if c1 < 0:
                             continue
-                        for d2 in range(-m[2], m[2] + 1):
-                            c2 = b2 + d2
-                            if periodic[2]:
-                                c2 = c2 % nb[2]
-                            elif c2 < 0 or c2 >= nb[2]:
+                        base = (c0 * nb[1] + c1) * nb[2]
+                        for a2 in range(2 * m[2] + 1):
+                            c2 = tb2[b2, a2]
+                            if c2 < 0:
                                 continue
-                            c = (c0 * nb[1] + c1) * nb[2] + c2
-                            seen += start[c + 1] - start[c]
+                            seen += start[base + c2 + 1] - start[base + c2]
                 total += occ * seen
     return total
 
@@ -159,53 +174,58 @@ def _pairs(positions, wrapped, n, cell_p, cbin, start, order, nb, m, periodic, r
             o[k] = m[k] // nb[k] + 1
             sp[k] = 2 * o[k] + 1
     nkey = sp[0] * sp[1] * sp[2]
+    tb0, tg0 = _scan_table(nb[0], m[0], periodic[0])
+    tb1, tg1 = _scan_table(nb[1], m[1], periodic[1])
+    tb2, tg2 = _scan_table(nb[2], m[2], periodic[2])
+    # wrapped positions in bin order: the innermost loop reads memory contiguously
+    binned = np.empty((N, 3))
+    for q in range(N):
+        for k in range(3):
+            binned[q, k] = wrapped[order[q], k]
     for i in range(N):
-        xi0 = wrapped[i, 0]
-        xi1 = wrapped[i, 1]
-        xi2 = wrapped[i, 2]
+        ci0 = cbin[i, 0]
+        ci1 = cbin[i, 1]
+        ci2 = cbin[i, 2]
         p = first[i] if fill else 0
         cnt = 0
-        for d0 in range(-m[0], m[0] + 1):
-            c0 = cbin[i, 0] + d0
-            g0 = 0
-            if periodic[0]:
-                g0 = c0 // nb[0]  # floor division: which periodic image the bin lies in
-                c0 -= g0 * nb[0]
-            elif c0 < 0 or c0 >= nb[0]:
+        for a0 in range(2 * m[0] + 1):
+            c0 = tb0[ci0, a0]
+            if c0 < 0:
                 continue
-            for d1 in range(-m[1], m[1] + 1):
-                c1 = cbin[i, 1] + d1
-                g1 = 0
-                if periodic[1]:
-                    g1 = c1 // nb[1]
-                    c1 -= g1 * nb[1]
-                elif c1 < 0 or c1 >= nb[1]:
+            g0 = tg0[ci0, a0]
+            # Cartesian shift of the scanned image relative to atom i, built up one direction a time
+            u0 = g0 * cell_p[0, 0] - wrapped[i, 0]
+            u1 = g0 * cell_p[0, 1] - wrapped[i, 1]
+            u2 = g0 * cell_p[0, 2] - wrapped[i, 2]
+            for a1 in range(2 * m[1] + 1):
+                c1 = tb1[ci1, a1]
+                if c1 < 0:
                     continue
-                for d2 in range(-m[2], m[2] + 1):
-                    c2 = cbin[i, 2] + d2
-                    g2 = 0
-                    if periodic[2]:
-                        g2 = c2 // nb[2]
-                        c2 -= g2 * nb[2]
-                    elif c2 < 0 or c2 >= nb[2]:
+                g1 = tg1[ci1, a1]
+                v0 = u0 + g1 * cell_p[1, 0]
+                v1 = u1 + g1 * cell_p[1, 1]
+                v2 = u2 + g1 * cell_p[1, 2]
+                base = (c0 * nb[1] + c1) * nb[2]
+                for a2 in range(2 * m[2] + 1):
+                    c2 = tb2[ci2, a2]
+                    if c2 < 0:
                         continue
-                    b = (c0 * nb[1] + c1) * nb[2] + c2
-                    lo_q = start[b]
-                    hi_q = start[b + 1]
+                    lo_q = start[base + c2]
+                    hi_q = start[base + c2 + 1]
                     if lo_q == hi_q:
                         continue
-                    # Cartesian image shift of this bin image, relative to atom i
-                    t0 = g0 * cell_p[0, 0] + g1 * cell_p[1, 0] + g2 * cell_p[2, 0] - xi0
-                    t1 = g0 * cell_p[0, 1] + g1 * cell_p[1, 1] + g2 * cell_p[2, 1] - xi1
-                    t2 = g0 * cell_p[0, 2] + g1 * cell_p[1, 2] + g2 * cell_p[2, 2] - xi2
+                    g2 = tg2[ci2, a2]
+                    t0 = v0 + g2 * cell_p[2, 0]
+                    t1 = v1 + g2 * cell_p[2, 1]
+                    t2 = v2 + g2 * cell_p[2, 2]
                     self_image = g0 == 0 and g1 == 0 and g2 == 0
                     for q in range(lo_q, hi_q):
-                        j = order[q]
-                        a0 = wrapped[j, 0] + t0
-                        a1 = wrapped[j, 1] + t1
-                        a2 = wrapped[j, 2] + t2
+                        a0 = binned[q, 0] + t0
+                        a1 = binned[q, 1] + t1
+                        a2 = binned[q, 2] + t2
                         if a0 * a0 + a1 * a1 + a2 * a2 >= rs2:
                             continue
+                        j = order[q]
                         if self_image and j == i:
                             continue
                         # the returned vector is built from the caller's positions (R = r_j + S@cell
@@ -236,18 +256,39 @@ def _pairs(positions, wrapped, n, cell_p, cbin, start, order, nb, m, periodic, r
 
 @njit(cache=True, nogil=True)
 def _sort_pairs(first, out_j, out_R, out_key):
-    """Sort the pairs of every atom by key, in place."""
+    """Sort the pairs of every atom by key, in place (insertion sort: lists are short and the
+    bin scan leaves them partly ordered; argsort beyond that)."""
     N = first.shape[0] - 1
     for i in range(N):
         a = first[i]
         b = first[i + 1]
-        if b - a < 2:
+        if b - a > 256:
+            perm = np.argsort(out_key[a:b]) + a
+            out_key[a:b] = out_key[perm]
+            out_j[a:b] = out_j[perm]
+            out_R[a:b] = out_R[perm]
             continue
-        perm = np.argsort(out_key[a:b]) + a
-        tj = out_j[perm]
-        tR = out_R[perm]
-        out_j[a:b] = tj
-        out_R[a:b] = tR
+        for p in range(a + 1, b):
+            key = out_key[p]
+            if out_key[p - 1] <= key:
+                continue
+            jj = out_j[p]
+            r0 = out_R[p, 0]
+            r1 = out_R[p, 1]
+            r2 = out_R[p, 2]
+            q = p - 1
+            while q >= a and out_key[q] > key:
+                out_key[q + 1] = out_key[q]
+                out_j[q + 1] = out_j[q]
+                out_R[q + 1, 0] = out_R[q, 0]
+                out_R[q + 1, 1] = out_R[q, 1]
+                out_R[q + 1, 2] = out_R[q, 2]
+                q -= 1
+            out_key[q + 1] = key
+            out_j[q + 1] = jj
+            out_R[q + 1, 0] = r0
+            out_R[q + 1, 1] = r1
+            out_R[q + 1, 2] = r2
 
 
 @njit(cache=True, nogil=True)
