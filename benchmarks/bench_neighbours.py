@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -38,17 +40,40 @@ def _best(fn, repeat):
     return best
 
 
+_COLD = """
+import time
+t0 = time.perf_counter()
+import numpy as np
+from aceserver.kernels.neighbours import neighbour_list
+neighbour_list(np.zeros((2, 3)) + [[0, 0, 0], [1, 1, 1]], np.eye(3) * 5.43, True, 5.5)
+print(time.perf_counter() - t0)
+"""
+
+
+def _cold_start_seconds():
+    """Import + first call in a fresh interpreter with an empty numba cache: the full compile."""
+    root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+    with tempfile.TemporaryDirectory() as cache:
+        env = dict(os.environ, NUMBA_CACHE_DIR=cache,
+                   PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
+        out = subprocess.run([sys.executable, "-c", _COLD], env=env, capture_output=True, text=True,
+                             check=True)
+    return float(out.stdout.split()[-1])
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args(argv)
 
+    print(f"first call, empty numba cache (compile): {_cold_start_seconds():.2f} s")
     t0 = time.perf_counter()
     from aceserver.kernels.neighbours import neighbour_list
 
     small = _structure(64)
     neighbour_list(small.positions, small.cell.array, small.pbc, RCUT)
-    print(f"first call (import + compile or cache load): {time.perf_counter() - t0:.2f} s")
+    print(f"first call in this process (import + compile or on-disk cache load): "
+          f"{time.perf_counter() - t0:.2f} s")
     print(f"{'atoms':>6} {'pairs':>9} {'aceserver µs/atom':>18} {'ase µs/atom':>12} {'ase/ours':>9}")
     for n_atoms in (64, 1000, 8000):
         atoms = _structure(n_atoms)

@@ -317,7 +317,7 @@ def min_distance(R) -> float:
 
 def _validate(positions, cell, pbc, rcut):
     try:
-        positions = np.array(positions, dtype=np.float64, copy=True)
+        positions = np.array(positions, dtype=np.float64, order="C", copy=True)
     except (TypeError, ValueError) as exc:
         raise ACEInputError(f"positions must be an (N, 3) array of numbers: {exc}", "positions") from None
     if positions.size == 0:
@@ -329,7 +329,7 @@ def _validate(positions, cell, pbc, rcut):
         raise ACEInputError(f"positions contain NaN or inf (first at atom {bad})", "positions")
 
     try:
-        cell = np.array(cell, dtype=np.float64, copy=True)
+        cell = np.array(cell, dtype=np.float64, order="C", copy=True)
     except (TypeError, ValueError) as exc:
         raise ACEInputError(f"cell must be a (3, 3) array of numbers: {exc}", "cell") from None
     if cell.shape != (3, 3):
