@@ -370,3 +370,20 @@ def test_pair_limit():
     assert len(neighbour_list(*args, max_pairs=P)[1]) == P
     _raises("cell", *args, max_pairs=P - 1, match="pairs")
     _raises("cell", *args, max_neighbours=10, match="neighbours")
+
+
+def test_pair_limit_without_periodicity_names_positions():
+    mol = molecule("C60")
+    err = _raises("positions", mol.positions, np.zeros((3, 3)), False, 3.0, max_pairs=10)
+    assert "max_pairs" in str(err)
+
+
+def test_open_direction_far_away_with_periodic_in_plane():
+    """Huge coordinates along an open direction do not disturb wrapping in periodic ones."""
+    pos = np.array([[0.5, 0.5, 1e13], [1.5, 0.5, 1e13 + 1.0], [0.0, 0.0, -1e13]])
+    cell = np.diag([2.4, 2.4, 0.0])
+    i, j, R = _ours(pos, cell, (True, True, False), 2.5)
+    # each atom sees its 4 in-plane images at 2.4 Å; atoms 0 and 1 see each other twice each way
+    assert len(i) == 3 * 4 + 2 * 2
+    assert np.bincount(i).tolist() == [6, 6, 4]
+    assert np.all(np.linalg.norm(R, axis=1) < 2.5)

@@ -12,8 +12,8 @@ j->i); within each i pairs are sorted by j, then by S (lexicographic), independe
 Method: the basis used for binning is the cell for periodic directions completed by an orthonormal
 complement for open ones (so open directions never depend on the possibly zero or arbitrary cell
 rows there). Positions are wrapped into the cell along periodic directions, binned into a grid whose
-bins are at least ``rcut`` thick (or finer, see ``_BINS_PER_CUTOFF``), and every atom scans the
-(2m+1)^3 bin images around it; for cells thinner than ``rcut`` m grows, which enumerates all periodic
+bins are about rcut / ``_BINS_PER_CUTOFF`` thick (thicker in small systems), and every atom scans
+the (2m+1)^3 bin images around it; for cells thinner than ``rcut`` m grows, which enumerates all periodic
 images. Two passes (count, then fill) allocate the output exactly once.
 """
 from __future__ import annotations
@@ -397,10 +397,13 @@ def _binning_basis(cell, pbc):
     return basis
 
 
-def _too_many(message):
-    return ACEInputError(
-        message + " The periodic cell is too small for this cutoff (or the cell / positions are not "
-        "in Å); use a larger supercell or check the input.", "cell")
+def _too_many(message, pbc):
+    if pbc.any():
+        hint = (" The periodic cell is too small for this cutoff (use a larger supercell), or the cell"
+                " / positions are not in Å.")
+    else:
+        hint = " Check that positions are in Å, or raise max_pairs / max_neighbours."
+    return ACEInputError(message + hint, "cell" if pbc.any() else "positions")
 
 
 def neighbour_list(positions, cell, pbc, rcut, *, max_pairs=DEFAULT_MAX_PAIRS,
@@ -414,7 +417,9 @@ def neighbour_list(positions, cell, pbc, rcut, *, max_pairs=DEFAULT_MAX_PAIRS,
     pbc : (3,) bool (a single bool applies to all directions)
     rcut : float > 0
     max_pairs, max_neighbours : limits on the total pair count and on the pairs of any one atom;
-        exceeding them raises ACEInputError (field "cell") before the output is allocated.
+        exceeding them (or needing more than about 64 candidate checks per permitted pair) raises
+        ACEInputError before the output is allocated: field "cell" when any direction is periodic
+        (the usual cause is a cell much smaller than rcut), else "positions".
 
     Returns
     -------
@@ -432,7 +437,7 @@ def neighbour_list(positions, cell, pbc, rcut, *, max_pairs=DEFAULT_MAX_PAIRS,
     inv_basis = np.linalg.inv(basis)
     if pbc.any():
         # the integer image of every atom must be exact (and fit int64)
-        reach = float(np.max(np.abs(positions))) * float(np.max(np.sum(np.abs(inv_basis), axis=0)[pbc]))
+        reach = float(np.max(np.abs(positions @ inv_basis[:, pbc])))
         if reach > 1e12:
             raise ACEInputError(f"positions lie about {reach:.3g} cells away from the periodic cell; "
                                 "wrap them (or check units)", "positions")
@@ -447,7 +452,7 @@ def neighbour_list(positions, cell, pbc, rcut, *, max_pairs=DEFAULT_MAX_PAIRS,
     recip = np.linalg.norm(inv_basis, axis=0)
     lo = np.zeros(3)
     width = np.ones(3)
-    nb = np.ones(3, dtype=np.int64)
+    nb = [1, 1, 1]  # Python ints until the grid is capped: open spans / rcut may exceed int64
     for k in range(3):
         if pbc[k]:
             nb[k] = max(1, int(math.floor(_BINS_PER_CUTOFF / (rsearch * recip[k] * (1.0 + 1e-6)))))
@@ -458,8 +463,8 @@ def neighbour_list(positions, cell, pbc, rcut, *, max_pairs=DEFAULT_MAX_PAIRS,
             nb[k] = int(math.floor((float(s[:, k].max()) - lo[k]) / width[k])) + 1
     # Keep the grid O(N) (vacuum, isolated atoms far apart): coarsen the finest direction.
     max_bins = 2 * N + 64
-    while math.prod(int(x) for x in nb) > max_bins:  # Python ints: the product may exceed int64
-        k = int(np.argmax(nb))
+    while math.prod(nb) > max_bins:
+        k = nb.index(max(nb))
         if pbc[k]:
             nb[k] = max(1, nb[k] // 2)
             width[k] = 1.0 / nb[k]
@@ -471,17 +476,18 @@ def neighbour_list(positions, cell, pbc, rcut, *, max_pairs=DEFAULT_MAX_PAIRS,
     # bin images each atom scans: 2m+1 per direction, but never more than nb in an open direction
     scans = [2.0 * math.ceil(x) + 1.0 for x in m_float]
     images = float(np.prod([sc if pbc[k] else min(sc, float(nb[k])) for k, sc in enumerate(scans)]))
-    if images * math.prod(int(x) for x in nb) > _MAX_BIN_IMAGES:
+    if images * math.prod(nb) > _MAX_BIN_IMAGES:
         raise _too_many(f"rcut = {rcut} Å needs about {images:.3g} periodic images of the cell "
-                        f"per atom.")
+                        f"per atom.", pbc)
     m = np.array([int(math.ceil(x)) for x in m_float], dtype=np.int64)
+    nb = np.array(nb, dtype=np.int64)
 
     cbin, start, order = _bin_atoms(s, lo, width, nb)
     pair_limit = min(int(max_pairs), int(max_neighbours) * N)
     visits = int(_count_visits(start, nb, m, pbc))
     if visits > _WORK_PER_PAIR * pair_limit + 1_000_000:
         raise _too_many(f"rcut = {rcut} Å would need about {visits:.3g} candidate pair checks "
-                        f"(limit about {_WORK_PER_PAIR * pair_limit:.3g}).")
+                        f"(limit about {_WORK_PER_PAIR * pair_limit:.3g}).", pbc)
 
     dummy_j = np.zeros(0, dtype=np.int64)
     dummy_R = np.zeros((0, 3))
@@ -492,10 +498,10 @@ def neighbour_list(positions, cell, pbc, rcut, *, max_pairs=DEFAULT_MAX_PAIRS,
     worst = int(counts.max())
     if worst > max_neighbours:
         raise _too_many(f"atom {int(counts.argmax())} has {worst} neighbours within rcut = {rcut} Å "
-                        f"(limit {max_neighbours}).")
+                        f"(limit max_neighbours = {max_neighbours}).", pbc)
     if total > max_pairs:
-        raise _too_many(f"{total} pairs within rcut = {rcut} Å exceed the limit of {max_pairs} "
-                        f"(about {40 * total / 1e9:.1f} GB).")
+        raise _too_many(f"{total} pairs within rcut = {rcut} Å exceed max_pairs = {max_pairs} "
+                        f"(about {40 * total / 1e9:.1f} GB).", pbc)
     np.cumsum(counts, out=first[1:])
 
     out_j = np.empty(total, dtype=np.int64)
