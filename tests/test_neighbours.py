@@ -387,3 +387,22 @@ def test_open_direction_far_away_with_periodic_in_plane():
     assert len(i) == 3 * 4 + 2 * 2
     assert np.bincount(i).tolist() == [6, 6, 4]
     assert np.all(np.linalg.norm(R, axis=1) < 2.5)
+
+
+@pytest.mark.parametrize("pbc", [True, (True, True, False)])
+def test_same_lattice_in_a_skewed_basis_gives_the_same_pairs(pbc):
+    """A unimodular change of basis describes the same crystal: same pairs, same vectors."""
+    atoms = _rattled(bulk("Si", "diamond", 5.43, cubic=True), 0.1, 4)
+    U = np.array([[1, 0, 0], [5, 1, 0], [-3, 4, 1]]) if pbc is True else np.array(
+        [[1, 0, 0], [7, 1, 0], [0, 0, 1]])
+    skewed = U @ atoms.cell.array
+    i0, j0, R0 = _ours(atoms.positions, atoms.cell.array, pbc, 5.5)
+    i1, j1, R1 = check(atoms.positions, skewed, pbc, 5.5)
+    a = sorted(zip(i0.tolist(), j0.tolist(), np.round(R0, 8).tolist()))
+    b = sorted(zip(i1.tolist(), j1.tolist(), np.round(R1, 8).tolist()))
+    assert a == b
+    # the binning basis found for the skewed cell is as short as the cubic one
+    basis, T = nl._binning_basis(skewed, np.broadcast_to(np.asarray(pbc), (3,)))
+    per = np.broadcast_to(np.asarray(pbc), (3,))
+    np.testing.assert_allclose(np.sort(np.linalg.norm(basis[per], axis=1)), 5.43, atol=1e-9)
+    assert round(abs(np.linalg.det(T))) == 1

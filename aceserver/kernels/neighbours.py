@@ -9,9 +9,9 @@ the zero self vector (i, i, S=0); other images of atom i are included, and disti
 each other appear with ``R = 0`` so that ``min_distance(R)`` can reveal them. The list is full (i->j and
 j->i); within each i pairs are sorted by j, then by S (lexicographic), independently of the binning.
 
-Method: the basis used for binning is the cell for periodic directions completed by an orthonormal
-complement for open ones (so open directions never depend on the possibly zero or arbitrary cell
-rows there). Positions are wrapped into the cell along periodic directions, binned into a grid whose
+Method: the basis used for binning is a reduced (short, nearly orthogonal) basis of the periodic
+lattice, completed by an orthonormal complement for open directions (so these never depend on the
+possibly zero or arbitrary cell rows there). Positions are wrapped into the cell along periodic directions, binned into a grid whose
 bins are about rcut / ``_BINS_PER_CUTOFF`` thick (thicker in small systems), and every atom scans
 the (2m+1)^3 bin images around it; for cells thinner than ``rcut`` m grows, which enumerates all periodic
 images. Two passes (count, then fill) allocate the output exactly once.
@@ -32,7 +32,8 @@ __all__ = ["neighbour_list", "min_distance", "DEFAULT_MAX_PAIRS", "DEFAULT_MAX_N
 DEFAULT_MAX_PAIRS = 50_000_000
 DEFAULT_MAX_NEIGHBOURS = 20_000  # per atom; dense solids at rcut ~10 Å have a few thousand
 _MAX_BIN_IMAGES = 50_000_000  # bins x scanned bin images, checked before any per-atom work
-_WORK_PER_PAIR = 64  # candidate visits allowed per permitted pair (skewed cells need more than ~6)
+_WORK_PER_PAIR = 64  # candidate visits allowed per permitted pair (~5-30 in practice) ...
+_WORK_FREE = 200_000_000  # ... plus this many (a fraction of a second) whatever the pair limits
 
 # Bins are 1/_BINS_PER_CUTOFF of the cutoff thick (when the cell allows): 2 scans (2*2+1)^3 bins of
 # (rcut/2)^3, ~40% less volume than 27 bins of rcut^3, for a little more loop overhead.
@@ -155,25 +156,19 @@ def _count_visits(start, nb, m, periodic):
 
 @njit(cache=True, nogil=True)
 def _pairs(positions, wrapped, n, cell_p, cbin, start, order, nb, m, periodic, rsearch, rcut,
-           fill, first, out_j, out_R, out_key):
+           fill, first, out_j, out_R, out_key, key_T, key_H, key_sp):
     """Both passes in one kernel: with fill=False return the pair count of every atom; with
     fill=True write j, R and a sort key into the CSR slots given by ``first``.
 
-    The key orders pairs by j, then by the image index (equivalent to ordering by S for a fixed
-    pair i, j since S = image + n_i - n_j).
+    The key orders pairs by j, then by h = g @ key_T (g: the image scanned, in the basis cell_p);
+    with key_T the matrix from cell_p to the caller's cell, h differs from the caller's S only by
+    a constant for fixed i, j, so the key orders by S. key_H, key_sp: offset and span of h.
     """
     N = positions.shape[0]
     counts = np.zeros(N, dtype=np.int64)
     rs2 = rsearch * rsearch
     rc2 = rcut * rcut
-    # image offsets o and spans sp so that the key of an image is non-negative and unique
-    o = np.zeros(3, dtype=np.int64)
-    sp = np.ones(3, dtype=np.int64)
-    for k in range(3):
-        if periodic[k]:
-            o[k] = m[k] // nb[k] + 1
-            sp[k] = 2 * o[k] + 1
-    nkey = sp[0] * sp[1] * sp[2]
+    nkey = key_sp[0] * key_sp[1] * key_sp[2]
     tb0, tg0 = _scan_table(nb[0], m[0], periodic[0])
     tb1, tg1 = _scan_table(nb[1], m[1], periodic[1])
     tb2, tg2 = _scan_table(nb[2], m[2], periodic[2])
@@ -246,8 +241,10 @@ def _pairs(positions, wrapped, n, cell_p, cbin, start, order, nb, m, periodic, r
                             out_R[p, 0] = R0
                             out_R[p, 1] = R1
                             out_R[p, 2] = R2
-                            out_key[p] = j * nkey + ((g0 + o[0]) * sp[1] + (g1 + o[1])) * sp[2] + (
-                                g2 + o[2])
+                            h0 = g0 * key_T[0, 0] + g1 * key_T[1, 0] + g2 * key_T[2, 0] + key_H[0]
+                            h1 = g0 * key_T[0, 1] + g1 * key_T[1, 1] + g2 * key_T[2, 1] + key_H[1]
+                            h2 = g0 * key_T[0, 2] + g1 * key_T[1, 2] + g2 * key_T[2, 2] + key_H[2]
+                            out_key[p] = j * nkey + (h0 * key_sp[1] + h1) * key_sp[2] + h2
                             p += 1
                         cnt += 1
         counts[i] = cnt
@@ -356,8 +353,46 @@ def _validate(positions, cell, pbc, rcut):
     return positions, cell, pbc_arr, rcut
 
 
+def _reduce_lattice(vecs):
+    """Integer unimodular T such that T @ vecs is a short, nearly orthogonal basis of the same
+    lattice. Binning a skewed cell in a reduced basis scans far fewer candidates; the pairs found
+    are the same since both bases generate the same translations."""
+    p = len(vecs)
+    T = np.eye(p, dtype=np.int64)
+    for _ in range(100):
+        changed = False
+        B = T @ vecs
+        # pairwise (Gauss) step: b -= q a shortens b whenever |b.a| > |a|^2 / 2
+        for a in range(p):
+            for b in range(p):
+                if a == b:
+                    continue
+                x = float(B[b] @ B[a]) / float(B[a] @ B[a])
+                if abs(x) > 0.5 + 1e-9:
+                    T[b] -= round(x) * T[a]
+                    B[b] = T[b] @ vecs
+                    changed = True
+        if p == 3:
+            # the pairwise step can miss a shorter c +- a +- b
+            for k in range(3):
+                o1, o2 = [x for x in range(3) if x != k]
+                for s1 in (-1, 1):
+                    for s2 in (-1, 1):
+                        cand = T[k] + s1 * T[o1] + s2 * T[o2]
+                        v = cand @ vecs
+                        if v @ v < (B[k] @ B[k]) * (1.0 - 1e-9):
+                            T[k] = cand
+                            B[k] = v
+                            changed = True
+        if not changed:
+            break
+    return T
+
+
 def _binning_basis(cell, pbc):
-    """Rows: periodic cell vectors, completed by an orthonormal basis of their orthogonal complement.
+    """Rows: a reduced basis of the periodic lattice, completed by an orthonormal basis of its
+    orthogonal complement; and the integer T (3x3, identity on open directions) with
+    basis[periodic] = T[periodic][:, periodic] @ cell[periodic].
 
     Raises ACEInputError when the periodic vectors are (nearly) linearly dependent or vanishing.
     """
@@ -377,6 +412,10 @@ def _binning_basis(cell, pbc):
             raise ACEInputError(
                 f"the periodic cell vectors {per} are (nearly) linearly dependent "
                 f"(normalised volume {sine:.3g}); the cell is degenerate", "cell")
+    Tp = _reduce_lattice(vecs)
+    vecs = Tp @ vecs
+    T = np.eye(3, dtype=np.int64)
+    T[np.ix_(per, per)] = Tp
     if len(per) == 3:
         comp = np.zeros((0, 3))
     elif len(per) == 2:
@@ -394,7 +433,7 @@ def _binning_basis(cell, pbc):
     basis = np.empty((3, 3))
     basis[per] = vecs
     basis[opn] = comp
-    return basis
+    return basis, T
 
 
 def _too_many(message, pbc):
@@ -430,7 +469,7 @@ def neighbour_list(positions, cell, pbc, rcut, *, max_pairs=DEFAULT_MAX_PAIRS,
     """
     positions, cell, pbc, rcut = _validate(positions, cell, pbc, rcut)
     N = positions.shape[0]
-    basis = _binning_basis(cell, pbc)  # validates the cell even for N == 0
+    basis, T = _binning_basis(cell, pbc)  # validates the cell even for N == 0
     if N == 0:
         return np.zeros(1, dtype=np.int64), np.zeros(0, dtype=np.int64), np.zeros((0, 3))
 
@@ -441,7 +480,7 @@ def neighbour_list(positions, cell, pbc, rcut, *, max_pairs=DEFAULT_MAX_PAIRS,
         if reach > 1e12:
             raise ACEInputError(f"positions lie about {reach:.3g} cells away from the periodic cell; "
                                 "wrap them (or check units)", "positions")
-    cell_p = np.where(pbc[:, None], cell, 0.0)  # open directions never shift
+    cell_p = np.where(pbc[:, None], basis, 0.0)  # reduced lattice; open directions never shift
     s, n, wrapped = _fractional(positions, inv_basis, pbc, cell_p)
 
     # Search radius with slack for rounding of large coordinates; R itself is tested exactly.
@@ -485,15 +524,27 @@ def neighbour_list(positions, cell, pbc, rcut, *, max_pairs=DEFAULT_MAX_PAIRS,
     cbin, start, order = _bin_atoms(s, lo, width, nb)
     pair_limit = min(int(max_pairs), int(max_neighbours) * N)
     visits = int(_count_visits(start, nb, m, pbc))
-    if visits > _WORK_PER_PAIR * pair_limit + 1_000_000:
+    if visits > _WORK_PER_PAIR * pair_limit + _WORK_FREE:
         raise _too_many(f"rcut = {rcut} Å would need about {visits:.3g} candidate pair checks "
                         f"(limit about {_WORK_PER_PAIR * pair_limit:.3g}).", pbc)
+
+    # sort key: h = g @ T is the caller's shift up to a per-(i, j) constant; its range from the
+    # largest image index scanned. Python ints to detect int64 overflow (absurdly skewed cells),
+    # in which case pairs are ordered by the shift in the reduced basis instead.
+    g_max = [int(m[k]) // int(nb[k]) + 1 if pbc[k] else 0 for k in range(3)]
+    key_T = T
+    key_H = [sum(g_max[a] * abs(int(T[a, k])) for a in range(3)) for k in range(3)]
+    if N * math.prod(2 * h + 1 for h in key_H) >= 2**62:
+        key_T = np.eye(3, dtype=np.int64)
+        key_H = g_max
+    key_sp = np.array([2 * h + 1 for h in key_H], dtype=np.int64)
+    key_H = np.array(key_H, dtype=np.int64)
 
     dummy_j = np.zeros(0, dtype=np.int64)
     dummy_R = np.zeros((0, 3))
     first = np.zeros(N + 1, dtype=np.int64)
     counts = _pairs(positions, wrapped, n, cell_p, cbin, start, order, nb, m, pbc, rsearch, rcut,
-                    False, first, dummy_j, dummy_R, dummy_j)
+                    False, first, dummy_j, dummy_R, dummy_j, key_T, key_H, key_sp)
     total = int(counts.sum())
     worst = int(counts.max())
     if worst > max_neighbours:
@@ -508,6 +559,6 @@ def neighbour_list(positions, cell, pbc, rcut, *, max_pairs=DEFAULT_MAX_PAIRS,
     out_R = np.empty((total, 3))
     out_key = np.empty(total, dtype=np.int64)
     _pairs(positions, wrapped, n, cell_p, cbin, start, order, nb, m, pbc, rsearch, rcut,
-           True, first, out_j, out_R, out_key)
+           True, first, out_j, out_R, out_key, key_T, key_H, key_sp)
     _sort_pairs(first, out_j, out_R, out_key)
     return first, out_j, out_R
