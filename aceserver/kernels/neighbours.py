@@ -353,36 +353,54 @@ def _validate(positions, cell, pbc, rcut):
     return positions, cell, pbc_arr, rcut
 
 
+@njit(cache=True, nogil=True)
+def _row(T, k, vecs):
+    """Row k of T @ vecs."""
+    v = np.zeros(3)
+    for a in range(T.shape[0]):
+        for c in range(3):
+            v[c] += T[k, a] * vecs[a, c]
+    return v
+
+
+@njit(cache=True, nogil=True)
 def _reduce_lattice(vecs):
     """Integer unimodular T such that T @ vecs is a short, nearly orthogonal basis of the same
     lattice. Binning a skewed cell in a reduced basis scans far fewer candidates; the pairs found
-    are the same since both bases generate the same translations."""
-    p = len(vecs)
+    are the same since both bases generate the same translations. (numba only to keep the per-call
+    overhead small: this is 3x3 work.)"""
+    p = vecs.shape[0]
     T = np.eye(p, dtype=np.int64)
     for _ in range(100):
         changed = False
-        B = T @ vecs
         # pairwise (Gauss) step: b -= q a shortens b whenever |b.a| > |a|^2 / 2
         for a in range(p):
             for b in range(p):
                 if a == b:
                     continue
-                x = float(B[b] @ B[a]) / float(B[a] @ B[a])
+                va = _row(T, a, vecs)
+                vb = _row(T, b, vecs)
+                x = np.dot(vb, va) / np.dot(va, va)
                 if abs(x) > 0.5 + 1e-9:
-                    T[b] -= round(x) * T[a]
-                    B[b] = T[b] @ vecs
+                    q = np.int64(math.floor(x + 0.5))
+                    for c in range(p):
+                        T[b, c] -= q * T[a, c]
                     changed = True
         if p == 3:
             # the pairwise step can miss a shorter c +- a +- b
             for k in range(3):
-                o1, o2 = [x for x in range(3) if x != k]
+                o1 = 1 if k == 0 else 0
+                o2 = 1 if k == 2 else 2
                 for s1 in (-1, 1):
                     for s2 in (-1, 1):
                         cand = T[k] + s1 * T[o1] + s2 * T[o2]
-                        v = cand @ vecs
-                        if v @ v < (B[k] @ B[k]) * (1.0 - 1e-9):
+                        v = np.zeros(3)
+                        for a in range(3):
+                            for c in range(3):
+                                v[c] += cand[a] * vecs[a, c]
+                        vk = _row(T, k, vecs)
+                        if np.dot(v, v) < np.dot(vk, vk) * (1.0 - 1e-9):
                             T[k] = cand
-                            B[k] = v
                             changed = True
         if not changed:
             break
@@ -407,12 +425,12 @@ def _binning_basis(cell, pbc):
     if len(per) >= 2:
         # volume (area) of the periodic vectors relative to the product of their lengths: a sine
         gram = vecs @ vecs.T
-        sine = math.sqrt(max(np.linalg.det(gram), 0.0)) / float(np.prod(lengths))
+        sine = math.sqrt(max(np.linalg.det(gram), 0.0)) / math.prod(float(x) for x in lengths)
         if sine < 1e-6:
             raise ACEInputError(
                 f"the periodic cell vectors {per} are (nearly) linearly dependent "
                 f"(normalised volume {sine:.3g}); the cell is degenerate", "cell")
-    Tp = _reduce_lattice(vecs)
+    Tp = _reduce_lattice(np.ascontiguousarray(vecs))
     vecs = Tp @ vecs
     T = np.eye(3, dtype=np.int64)
     T[np.ix_(per, per)] = Tp
@@ -514,7 +532,7 @@ def neighbour_list(positions, cell, pbc, rcut, *, max_pairs=DEFAULT_MAX_PAIRS,
     m_float = rsearch * recip / width * (1.0 + _SLACK)
     # bin images each atom scans: 2m+1 per direction, but never more than nb in an open direction
     scans = [2.0 * math.ceil(x) + 1.0 for x in m_float]
-    images = float(np.prod([sc if pbc[k] else min(sc, float(nb[k])) for k, sc in enumerate(scans)]))
+    images = math.prod(sc if pbc[k] else min(sc, float(nb[k])) for k, sc in enumerate(scans))
     if images * math.prod(nb) > _MAX_BIN_IMAGES:
         raise _too_many(f"rcut = {rcut} Å needs about {images:.3g} periodic images of the cell "
                         f"per atom.", pbc)
