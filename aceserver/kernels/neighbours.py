@@ -482,8 +482,10 @@ def neighbour_list(positions, cell, pbc, rcut, *, max_pairs=DEFAULT_MAX_PAIRS,
     -------
     first : (N+1,) int64, the pairs of atom i are ``first[i]:first[i+1]``
     j : (P,) int64, neighbour atom index
-    R : (P, 3) float64, ``positions[j] + S @ cell - positions[i]`` with 0 <= |R| < rcut, sorted by
-        (j, S) within each i. |R| = 0 only for distinct atoms on top of each other (see min_distance).
+    R : (P, 3) float64, ``positions[j] + S @ cell - positions[i]`` (S integer; the shift is formed
+        in a reduced basis of the same lattice, equal to S @ cell up to rounding) with
+        0 <= |R| < rcut, sorted by (j, S) within each i. |R| = 0 only for distinct atoms on top of
+        each other (see min_distance).
     """
     positions, cell, pbc, rcut = _validate(positions, cell, pbc, rcut)
     N = positions.shape[0]
@@ -544,7 +546,7 @@ def neighbour_list(positions, cell, pbc, rcut, *, max_pairs=DEFAULT_MAX_PAIRS,
     visits = int(_count_visits(start, nb, m, pbc))
     if visits > _WORK_PER_PAIR * pair_limit + _WORK_FREE:
         raise _too_many(f"rcut = {rcut} Å would need about {visits:.3g} candidate pair checks "
-                        f"(limit about {_WORK_PER_PAIR * pair_limit:.3g}).", pbc)
+                        f"(limit {_WORK_PER_PAIR * pair_limit + _WORK_FREE:.3g}).", pbc)
 
     # sort key: h = g @ T is the caller's shift up to a per-(i, j) constant; its range from the
     # largest image index scanned. Python ints to detect int64 overflow (absurdly skewed cells),
