@@ -66,7 +66,7 @@ def test_quick_start_serves_and_client_example_runs():
         assert server.url in example
         r = subprocess.run([sys.executable, "-c", example], cwd=TMP, capture_output=True, text=True, timeout=120)
         assert r.returncode == 0, r.stderr
-        assert "energy" in r.stdout and "eV/Å³" in r.stdout and "energies [" in r.stdout
+        assert "energy" in r.stdout and "eV/Å³" in r.stdout and "batch energies [" in r.stdout
 
 
 def _dockerfile() -> dict[str, list[str]]:
