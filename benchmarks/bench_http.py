@@ -116,12 +116,17 @@ def main() -> int:
         for binary, name in ((True, "msgpack"), (False, "JSON")):
             ctype = "application/msgpack" if binary else "application/json"
             payload = body([atoms], binary)
+            handler = []
             with httpx.Client(headers={"Content-Type": ctype, "Accept": ctype}) as client:
                 def call():
                     r = client.post(calc_url, content=payload)
                     assert r.status_code == 200, r.text
+                    t = dict(part.strip().split(";dur=") for part in r.headers["server-timing"].split(","))
+                    handler.append((float(t["handler"]) - float(t["evaluate"])) / 1e3)
                 timed(call, 20)
+                handler.clear()
                 remote = timed(call, args.repeat)
+            print(f"  server handler time outside model.evaluate ({name}): {ms(handler)}")
             print(f"remote {name:7s} request: {ms(remote)}; {overhead(remote, local)}")
 
         # the same with the standard library's minimal client: separates server cost from httpx's

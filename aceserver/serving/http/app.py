@@ -10,6 +10,7 @@ import asyncio
 import logging
 import os
 import secrets
+import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -129,7 +130,7 @@ def create_app(registry: ModelRegistry, settings: Settings | None = None) -> Fas
     async def model_info(name: str) -> dict:
         return served(name).info()
 
-    def handle(m: ServedModel, body: bytes, codec_in: str, codec_out: str) -> tuple[bytes, int, int]:
+    def handle(m: ServedModel, body: bytes, codec_in: str, codec_out: str) -> tuple[bytes, int, int, float]:
         try:
             request = CalculateRequest.model_validate(codec.decode(body, codec_in))
         except codec.DecodeError as ex:
@@ -137,10 +138,12 @@ def create_app(registry: ModelRegistry, settings: Settings | None = None) -> Fas
         except ValidationError as ex:
             raise from_validation_error(ex.errors(include_url=False)) from None
         check_limits(request, settings.max_atoms, settings.max_structures)
+        t0 = time.perf_counter()
         results = evaluate_request(m.model, request, m.has_committee, settings.max_images, settings.kernel_threads)
+        seconds = time.perf_counter() - t0
         payload = {"model": m.name, "sha256": m.sha256, "results": results}
         atoms = sum(len(s.positions) for s in request.structure_list())
-        return codec.encode(payload, codec_out), atoms, len(results)
+        return codec.encode(payload, codec_out), atoms, len(results), seconds
 
     calc_body = {"$ref": "#/components/schemas/CalculateRequest"}
 
@@ -157,6 +160,7 @@ def create_app(registry: ModelRegistry, settings: Settings | None = None) -> Fas
             "application/json": {"schema": calc_body}, codec.MSGPACK: {"schema": calc_body}}}},
     )
     async def calculate(name: str, request: Request) -> Response:
+        start = time.perf_counter()
         m = served(name)
         if not state.ready:
             raise APIError(503, "not_ready", state.failure or "models are still warming up; retry shortly",
@@ -168,9 +172,11 @@ def create_app(registry: ModelRegistry, settings: Settings | None = None) -> Fas
         body = await read_body(request, settings.max_body_bytes)
         codec_out = codec.response_codec(request.headers.get("accept"))
         loop = asyncio.get_running_loop()
-        payload, atoms, structures = await loop.run_in_executor(executor, handle, m, body, codec_in, codec_out)
+        payload, atoms, structures, seconds = await loop.run_in_executor(executor, handle, m, body, codec_in, codec_out)
         metrics.count_evaluated(m.name, atoms, structures)
-        return Response(payload, media_type=codec_out)
+        # Server-Timing (ms): time in model.evaluate and in this handler, for clients measuring overhead
+        timing = f"evaluate;dur={1e3 * seconds:.3f}, handler;dur={1e3 * (time.perf_counter() - start):.3f}"
+        return Response(payload, media_type=codec_out, headers={"Server-Timing": timing})
 
     app.include_router(v1)
 
