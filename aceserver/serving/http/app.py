@@ -21,6 +21,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import ValidationError
+from starlette.requests import ClientDisconnect
 
 import aceserver
 
@@ -225,9 +226,12 @@ async def read_body(request: Request, limit: int) -> bytes:
         raise APIError(413, "too_large", f"request body of {int(declared)} bytes exceeds the limit of {limit} bytes",
                        "body")
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise APIError(413, "too_large", f"request body exceeds the limit of {limit} bytes", "body")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise APIError(413, "too_large", f"request body exceeds the limit of {limit} bytes", "body")
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise APIError(400, "client_disconnected", "the client went away while sending the body", "body") from None
     return b"".join(chunks)

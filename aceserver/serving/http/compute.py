@@ -1,6 +1,7 @@
 """Turn a validated request into results by calling `model.evaluate` (runs in a worker thread)."""
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any
 
@@ -11,6 +12,8 @@ from aceserver.errors import ACEInputError
 
 from .errors import APIError
 from .schema import DEFAULT_PROPERTIES, CalculateRequest, Property, Structure
+
+log = logging.getLogger("aceserver.http")
 
 
 def properties_for(request: CalculateRequest, has_committee: bool) -> set[Property]:
@@ -84,6 +87,11 @@ def evaluate_structure(model: Any, s: Structure, props: set[Property], prefix: s
         field = f"{prefix}.{ex.field}" if ex.field else prefix
         raise APIError(422, "unknown_element" if type(ex).__name__ == "UnknownElementError" else "invalid_input",
                        f"{field}: {ex}", field) from None
+    except (OverflowError, ZeroDivisionError, FloatingPointError) as ex:
+        # numerically extreme geometry that the evaluator did not name; still the user's input, not a 5xx
+        log.warning("evaluator arithmetic error on %s: %r", prefix, ex)
+        raise APIError(422, "invalid_input", f"{prefix}: geometry too extreme to evaluate "
+                       f"({type(ex).__name__}: {ex})", prefix) from None
     out: dict[str, Any] = {}
     if Property.energy in props:
         out["energy"] = float(ev.energy)

@@ -22,8 +22,10 @@ UNITS = {
     "virial": "eV (W = -V·σ)",
 }
 
-# Finite float: NaN and ±inf are rejected; strict so that strings and booleans are not coerced.
-Finite = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+# Coordinates (Å): finite (NaN and ±inf rejected) and at most MAX_COORDINATE in magnitude, so that no
+# input can overflow the neighbour search; strict so that strings and booleans are not coerced.
+MAX_COORDINATE = 1e6
+Finite = Annotated[float, Field(strict=True, allow_inf_nan=False, ge=-MAX_COORDINATE, le=MAX_COORDINATE)]
 
 
 def _exactly(n: int, what: str):
@@ -81,11 +83,11 @@ class Structure(BaseModel):
         None, description="Chemical symbols, one per atom (e.g. \"Si\"). Give this or `numbers`.",
         examples=[["Si", "Si"]])
     positions: list[Vec3] = Field(
-        ..., min_length=1, description="Cartesian positions, shape (N, 3), in Å (N ≥ 1).",
+        ..., min_length=1, description="Cartesian positions, shape (N, 3), in Å (N ≥ 1; |x| ≤ 1e6 Å).",
         examples=[[[0.0, 0.0, 0.0], [1.3575, 1.3575, 1.3575]]])
     cell: Annotated[tuple[Vec3, Vec3, Vec3], _exactly(3, "cell vectors (rows a, b, c)")] | None = Field(
-        None, description="Cell as three row vectors a, b, c, shape (3, 3), in Å. "
-        "Omit (or all zeros) for a finite cluster.",
+        None, description="Cell as three row vectors a, b, c, shape (3, 3), in Å (entries ≤ 1e6 Å in "
+        "magnitude). Omit (or all zeros) for a finite cluster.",
         examples=[[[0.0, 2.715, 2.715], [2.715, 0.0, 2.715], [2.715, 2.715, 0.0]]])
     pbc: Annotated[tuple[bool, bool, bool], _exactly(3, "flags (a, b, c)"), BeforeValidator(_pbc_triple)] = Field(
         (False, False, False), description="Periodic boundary conditions along a, b, c (dimensionless); "
