@@ -70,7 +70,7 @@ def test_openapi_fuzz_no_server_errors(mode):
 
 # Hypothesis fuzz of well-formed structures, so that random geometry reaches the evaluator itself
 # (schema-driven generation above mostly stops at validation).
-_coord = st.one_of(st.floats(-20, 20), st.sampled_from([0.0, 1e-9, -1e-9, 1e3, -1e4, 1e6]))
+_coord = st.one_of(st.floats(-20, 20), st.sampled_from([0.0, 1e-9, -1e-9, 1e3, -1e4, 1e6, -1e6, 1e300, -1.7e308]))
 _row = st.lists(_coord, min_size=3, max_size=3)
 
 
