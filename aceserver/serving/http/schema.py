@@ -11,7 +11,7 @@ from enum import Enum
 from typing import Annotated, Any
 
 from ase.data import atomic_numbers
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, model_validator
 from pydantic_core import PydanticCustomError
 
 UNITS = {
@@ -25,7 +25,7 @@ UNITS = {
 # Coordinates (Å): finite (NaN and ±inf rejected) and at most MAX_COORDINATE in magnitude, so that no
 # input can overflow the neighbour search; strict so that strings and booleans are not coerced.
 MAX_COORDINATE = 1e6
-Finite = Annotated[float, Field(strict=True, allow_inf_nan=False, ge=-MAX_COORDINATE, le=MAX_COORDINATE)]
+Coordinate = Annotated[float, Field(strict=True, allow_inf_nan=False, ge=-MAX_COORDINATE, le=MAX_COORDINATE)]
 
 
 def _exactly(n: int, what: str):
@@ -38,7 +38,7 @@ def _exactly(n: int, what: str):
     return BeforeValidator(check)
 
 
-Vec3 = Annotated[tuple[Finite, Finite, Finite], _exactly(3, "Cartesian components (x, y, z)")]
+Vec3 = Annotated[tuple[Coordinate, Coordinate, Coordinate], _exactly(3, "Cartesian components (x, y, z)")]
 KNOWN_SYMBOLS = {s: z for s, z in atomic_numbers.items() if z > 0}
 
 
@@ -89,7 +89,9 @@ class Structure(BaseModel):
         None, description="Cell as three row vectors a, b, c, shape (3, 3), in Å (entries ≤ 1e6 Å in "
         "magnitude). Omit (or all zeros) for a finite cluster.",
         examples=[[[0.0, 2.715, 2.715], [2.715, 0.0, 2.715], [2.715, 2.715, 0.0]]])
-    pbc: Annotated[tuple[bool, bool, bool], _exactly(3, "flags (a, b, c)"), BeforeValidator(_pbc_triple)] = Field(
+    pbc: Annotated[tuple[bool, bool, bool], _exactly(3, "flags (a, b, c)"), BeforeValidator(_pbc_triple),
+                   WithJsonSchema({"anyOf": [{"type": "boolean"}, {"type": "array", "items": {"type": "boolean"},
+                                                                   "minItems": 3, "maxItems": 3}]})] = Field(
         (False, False, False), description="Periodic boundary conditions along a, b, c (dimensionless); "
         "one boolean applies to all three directions.", examples=[[True, True, True]])
 
