@@ -8,7 +8,6 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -70,7 +69,7 @@ class Server:
             cmd += ["--port", str(self.port)]
         self._log = open(self.log, "wb")
         self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT,
-                                     env={**os.environ, **(env or {})}, start_new_session=True)
+                                     env={**os.environ, **(env or {})})
 
     def wait_ready(self, timeout: float = READY_TIMEOUT) -> "Server":
         deadline = time.monotonic() + timeout
@@ -90,9 +89,8 @@ class Server:
         return self.log.read_text(errors="replace")[-5000:]
 
     def stop(self) -> int | None:
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
+        if self.proc.poll() is None:    # one process: uvicorn runs inside `aceserver serve`
+            self.proc.kill()
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(10)
         self._log.close()
