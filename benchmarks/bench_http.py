@@ -59,6 +59,21 @@ def ms(xs) -> str:
            f"p90 {1e3 * np.percentile(xs, 90):.3f})"
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (Linux /proc), s."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_per_call(fn, repeat: int, pid: int) -> tuple[float, float]:
+    """CPU seconds per call spent in this process and in process `pid`: unlike wall time, this does
+    not depend on how busy the machine is."""
+    c0, s0 = time.process_time(), cpu_seconds(pid)
+    for _ in range(repeat):
+        fn()
+    return (time.process_time() - c0) / repeat, (cpu_seconds(pid) - s0) / repeat
+
+
 def overhead(remote, local) -> str:
     med = statistics.median(remote) - statistics.median(local)
     p10 = np.percentile(remote, 10) - np.percentile(local, 10)
@@ -93,6 +108,11 @@ def main() -> int:
     timed(lambda: evaluate(atoms), 20)
     local = timed(lambda: evaluate(atoms), args.repeat)
     print(f"in-process evaluate (serial kernel): {ms(local)}")
+    c0 = time.process_time()
+    for _ in range(args.repeat):
+        evaluate(atoms)
+    local_cpu = (time.process_time() - c0) / args.repeat
+    print(f"in-process evaluate CPU time: {1e3 * local_cpu:.3f} ms per call")
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -126,7 +146,11 @@ def main() -> int:
                 timed(call, 20)
                 handler.clear()
                 remote = timed(call, args.repeat)
+                client_cpu, server_cpu = cpu_per_call(call, args.repeat, proc.pid)
             print(f"  server handler time outside model.evaluate ({name}): {ms(handler)}")
+            print(f"  CPU per request ({name}): server {1e3 * server_cpu:.3f} ms (of which evaluate "
+                  f"~{1e3 * local_cpu:.3f}), client (httpx) {1e3 * client_cpu:.3f} ms; "
+                  f"CPU overhead over in-process {1e3 * (server_cpu + client_cpu - local_cpu):.3f} ms")
             print(f"remote {name:7s} request: {ms(remote)}; {overhead(remote, local)}")
 
         # the same with the standard library's minimal client: separates server cost from httpx's
@@ -152,7 +176,10 @@ def main() -> int:
                 calc.calculate(atoms, ["energy", "forces", "stress"])
             timed(calc_call, 20)
             remote = timed(calc_call, args.repeat)
+            client_cpu, server_cpu = cpu_per_call(calc_call, args.repeat, proc.pid)
         print(f"ACEServerCalculator.calculate (msgpack): {ms(remote)}; {overhead(remote, local)}")
+        print(f"  CPU per call: server {1e3 * server_cpu:.3f} ms, client {1e3 * client_cpu:.3f} ms; CPU overhead "
+              f"over in-process {1e3 * (server_cpu + client_cpu - local_cpu):.3f} ms")
 
         # 8 concurrent clients
         payload = body([atoms], True)

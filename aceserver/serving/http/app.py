@@ -42,7 +42,6 @@ class Settings:
     max_atoms: int = 100_000                 # atoms per structure (413 above)
     max_structures: int = 1_000              # structures per request (413 above)
     max_body_bytes: int = 64 * 1024 * 1024   # request body size (413 above)
-    max_images: int = 100_000                # periodic images within the cutoff sphere (422 above)
     workers: int = 0                         # evaluation threads (0: one per CPU)
     kernel_threads: int | None = 1           # threads inside one evaluation (1: serial kernel; None: numba's)
 
@@ -140,7 +139,7 @@ def create_app(registry: ModelRegistry, settings: Settings | None = None) -> Fas
             raise from_validation_error(ex.errors(include_url=False)) from None
         check_limits(request, settings.max_atoms, settings.max_structures)
         t0 = time.perf_counter()
-        results = evaluate_request(m.model, request, m.has_committee, settings.max_images, settings.kernel_threads)
+        results = evaluate_request(m.model, request, m.has_committee, settings.kernel_threads)
         seconds = time.perf_counter() - t0
         payload = {"model": m.name, "sha256": m.sha256, "results": results}
         atoms = sum(len(s.positions) for s in request.structure_list())

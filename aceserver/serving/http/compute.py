@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import logging
-import math
 from typing import Any
 
 import numpy as np
@@ -29,30 +28,6 @@ def properties_for(request: CalculateRequest, has_committee: bool) -> set[Proper
     return props
 
 
-def check_cell(cell: np.ndarray, pbc: np.ndarray, rcut: float, max_images: int, field: str) -> None:
-    """Reject periodic cells that are degenerate, or so thin that the cutoff sphere spans too many images."""
-    periodic = np.flatnonzero(pbc)
-    if periodic.size == 0:
-        return
-    rows = cell[periodic]
-    gram = rows @ rows.T
-    det_all = np.linalg.det(gram)
-    images = 1
-    for k, axis in enumerate(periodic):
-        others = np.delete(np.arange(periodic.size), k)
-        det_others = np.linalg.det(gram[np.ix_(others, others)]) if others.size else 1.0
-        height = math.sqrt(max(det_all, 0.0) / det_others) if det_others > 0 else 0.0
-        if not height > 1e-6:
-            raise APIError(422, "invalid_input",
-                           f"{field}: degenerate periodic cell: lattice vector {'abc'[axis]} is zero or linearly "
-                           f"dependent on the other periodic vectors (height {height:.3g} Å)", field)
-        images *= 2 * math.ceil(rcut / height) + 1
-    if images > max_images:
-        raise APIError(422, "invalid_input",
-                       f"{field}: periodic cell too thin for the cutoff ({rcut:g} Å): the cutoff sphere spans "
-                       f"{images} cell images (limit {max_images})", field)
-
-
 def check_limits(request: CalculateRequest, max_atoms: int, max_structures: int) -> None:
     structures = request.structure_list()
     if len(structures) > max_structures:
@@ -65,8 +40,7 @@ def check_limits(request: CalculateRequest, max_atoms: int, max_structures: int)
                            field)
 
 
-def evaluate_structure(model: Any, s: Structure, props: set[Property], prefix: str, max_images: int,
-                       threads: int | None) -> dict:
+def evaluate_structure(model: Any, s: Structure, props: set[Property], prefix: str, threads: int | None) -> dict:
     numbers = np.asarray(s.atomic_numbers(), dtype=np.int64)
     species = set(model.elements)
     for k, z in enumerate(numbers):
@@ -78,7 +52,6 @@ def evaluate_structure(model: Any, s: Structure, props: set[Property], prefix: s
     positions = np.asarray(s.positions, dtype=np.float64).reshape(-1, 3)
     cell = np.asarray(s.cell, dtype=np.float64) if s.cell is not None else np.zeros((3, 3))
     pbc = np.asarray(s.pbc, dtype=bool)
-    check_cell(cell, pbc, float(model.rcut), max_images, f"{prefix}.cell")
     committee = bool(props & {Property.committee, Property.forces_committee})
     try:
         ev = model.evaluate(numbers, positions, cell, pbc, committee=committee,
@@ -116,11 +89,10 @@ def evaluate_structure(model: Any, s: Structure, props: set[Property], prefix: s
     return out
 
 
-def evaluate_request(model: Any, request: CalculateRequest, has_committee: bool, max_images: int,
-                     threads: int | None = 1) -> list[dict]:
+def evaluate_request(model: Any, request: CalculateRequest, has_committee: bool, threads: int | None = 1) -> list[dict]:
     """Results of every structure; `threads` goes to `model.evaluate` (1: serial kernel)."""
     props = properties_for(request, has_committee)
     if request.structure is not None:
-        return [evaluate_structure(model, request.structure, props, "structure", max_images, threads)]
-    return [evaluate_structure(model, s, props, f"structures[{i}]", max_images, threads)
+        return [evaluate_structure(model, request.structure, props, "structure", threads)]
+    return [evaluate_structure(model, s, props, f"structures[{i}]", threads)
             for i, s in enumerate(request.structures)]
