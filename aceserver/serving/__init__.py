@@ -1,1 +1,0 @@
-"""Servers that hand ACE energies, forces and stresses to other programs (HTTP, i-PI)."""
