@@ -203,7 +203,7 @@ def test_client_default_model(server):
     from aceclient import ACEServerCalculator
 
     with ACEServerCalculator(server.url) as remote:
-        assert remote.model == "si" and remote.info["species"] == ["Si"]
+        assert remote.model == "si" and remote.model_info["species"] == ["Si"]
 
 
 def test_remote_md_equals_local_md(server, local):

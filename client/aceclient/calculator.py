@@ -5,6 +5,7 @@ import json
 import time
 from collections.abc import Sequence
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import msgpack
@@ -78,8 +79,12 @@ class ACEServerCalculator(Calculator):
         if token:
             headers["Authorization"] = f"Bearer {token}"
         self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
-        self.model = model if model is not None else self._get("/v1/models")["default"]
-        self.info = self._get(f"/v1/models/{self.model}")
+        try:
+            self.model = model if model is not None else self._get("/v1/models")["default"]
+            self.model_info = self._get(f"/v1/models/{quote(self.model, safe='')}")   # species, rcut (Å), ...
+        except BaseException:
+            self._http.close()
+            raise
 
     # -- HTTP -----------------------------------------------------------------------------------
     def _request(self, method: str, path: str, body: Any = None) -> Any:
@@ -112,7 +117,7 @@ class ACEServerCalculator(Calculator):
         body: dict[str, Any] = {"structures": [structure(a, self.binary) for a in images]}
         if properties is not None:
             body["properties"] = list(properties)
-        reply = self._request("POST", f"/v1/models/{self.model}/calculate", body)
+        reply = self._request("POST", f"/v1/models/{quote(self.model, safe='')}/calculate", body)
         if not isinstance(reply, dict) or len(reply.get("results", ())) != len(images):
             raise ACEServerError(f"unexpected reply from {self.url}: {str(reply)[:200]}")
         return [ase_results(r) for r in reply["results"]]
@@ -128,7 +133,7 @@ class ACEServerCalculator(Calculator):
         return self.evaluate(list(images), self._properties()) if len(images) else []
 
     def _properties(self) -> list[str]:
-        return PROPERTIES + (["committee"] if self.info.get("committee_size") else [])
+        return PROPERTIES + (["committee"] if self.model_info.get("committee_size") else [])
 
     def close(self) -> None:
         self._http.close()
