@@ -125,3 +125,23 @@ def test_docker_entry_command_outside_docker():
         assert subprocess.run(check, timeout=30).returncode == 0
         server.proc.send_signal(signal.SIGTERM)
         assert server.proc.wait(60) in (0, -signal.SIGTERM)
+
+
+def test_default_model_lookup(tmp_path, monkeypatch):
+    """zuo-Si when shipped, else Si-tiny, else a clear error naming where it looked."""
+    from aceserver.serving.http import registry
+
+    monkeypatch.setattr(registry, "models_dirs", lambda: [tmp_path])
+    with pytest.raises(registry.ModelLookupError, match="no shipped default model") as info:
+        registry.default_model()
+    assert str(tmp_path) in str(info.value) and "aceserver serve path/to/model.json" in str(info.value)
+    (tmp_path / "zuo-Si").mkdir()
+    (tmp_path / "zuo-Si" / "fit.yaml").write_text("not a model\n")     # a recipe only: not shipped yet
+    (tmp_path / "Si-tiny").mkdir()
+    (tmp_path / "Si-tiny" / "Si-tiny.json").write_text("{}")
+    assert registry.default_model() == ("Si-tiny", tmp_path / "Si-tiny" / "Si-tiny.json")
+    (tmp_path / "zuo-Si" / "zuo-Si.json").write_text("{}")
+    assert registry.default_model() == ("zuo-Si", tmp_path / "zuo-Si" / "zuo-Si.json")
+    assert registry.resolve("Si-tiny") == ("Si-tiny", tmp_path / "Si-tiny" / "Si-tiny.json")
+    with pytest.raises(registry.ModelLookupError, match="neither a model file nor a shipped model"):
+        registry.resolve("Cu-huge")
