@@ -42,7 +42,7 @@ class Settings:
     max_atoms: int = 100_000                 # atoms per structure (413 above)
     max_structures: int = 1_000              # structures per request (413 above)
     max_body_bytes: int = 64 * 1024 * 1024   # request body size (413 above)
-    workers: int = 0                         # evaluation threads (0: one per CPU)
+    workers: int = 0                         # evaluation threads (0: one per CPU this process may use)
     kernel_threads: int | None = 1           # threads inside one evaluation (1: serial kernel; None: numba's)
 
 
@@ -61,8 +61,8 @@ def create_app(registry: ModelRegistry, settings: Settings | None = None) -> Fas
     settings = settings or Settings()
     metrics = Metrics()
     state = State()
-    executor = ThreadPoolExecutor(max_workers=settings.workers or os.cpu_count() or 1,
-                                  thread_name_prefix="ace-eval")
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    executor = ThreadPoolExecutor(max_workers=settings.workers or cpus, thread_name_prefix="ace-eval")
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
