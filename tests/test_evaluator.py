@@ -231,3 +231,16 @@ def test_ase_calculator_md_and_optimiser(si_model, tmp_path):
     f0 = np.abs(mol.get_forces()).max()
     BFGS(mol, logfile=None).run(fmax=f0 / 10, steps=200)
     assert np.abs(mol.get_forces()).max() <= f0 / 10
+
+
+def test_one_compilation_serves_every_structure_size(si_model):
+    from aceserver.kernels import ace as K
+    from aceserver.kernels import neighbours as NL
+    for reps in (1, 2, 3):
+        at = si_cell() * (reps, 1, 1)
+        ev(si_model, at, threads=1)
+        si_model.basis_rows(at.numbers, at.positions, at.cell[:], at.pbc)
+    ev(si_model, cluster("Si6"), threads=1)
+    assert len(K.fast_serial.signatures) == 1
+    assert len(K.basis_rows.signatures) == 1
+    assert len(K.scatter_forces_virial.signatures) == 1
