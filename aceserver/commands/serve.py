@@ -6,7 +6,7 @@ import logging
 import sys
 
 NAME = "serve"
-HELP = "Serve ACE models over HTTP: energies, forces, stresses as JSON or msgpack (see docs/serving.md)."
+HELP = "serve ACE models over HTTP: energies, forces and stresses as JSON or msgpack"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
