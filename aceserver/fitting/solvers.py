@@ -93,12 +93,12 @@ def solve_qr(A, y, lam: float = 0.0, overwrite_a: bool = False) -> Solution:
                                      "condition_number": float(s[0] / s[-1]) if s[-1] > 0 else math.inf})
 
 
-def solve_rrqr(A, y, rtol: float = 1e-12) -> Solution:
+def solve_rrqr(A, y, rtol: float = 1e-12, overwrite_a: bool = False) -> Solution:
     """Column-pivoted QR; drops columns beyond the numerical rank (|R_kk| ≤ rtol |R_11|)."""
     A = np.asarray(A, dtype=float)
     y = np.asarray(y, dtype=float)
     m = A.shape[1]
-    Q, R, piv = scipy.linalg.qr(A, mode="economic", pivoting=True)
+    Q, R, piv = scipy.linalg.qr(A, mode="economic", pivoting=True, overwrite_a=overwrite_a)
     d = np.abs(np.diag(R))
     rank = int(np.sum(d > rtol * d[0])) if d.size and d[0] > 0 else 0
     coef = np.zeros(m)
@@ -162,8 +162,9 @@ def maximise_evidence(f: SVDFactors, var0_floor: float = 1e-8, vare_floor: float
 
 
 def solve_blr(A, y, committee_size: int = 0, seed: int = 0, var0_floor: float = 1e-8,
-              vare_floor: float = 1e-8, factors: SVDFactors | None = None) -> Solution:
-    f = factors if factors is not None else svd_factors(A, y)
+              vare_floor: float = 1e-8, factors: SVDFactors | None = None,
+              overwrite_a: bool = False) -> Solution:
+    f = factors if factors is not None else svd_factors(A, y, overwrite_a)
     var0, vare, lml = maximise_evidence(f, var0_floor, vare_floor)
     s2 = f.s ** 2
     t = var0 * s2 + vare
@@ -185,8 +186,8 @@ def solve_blr(A, y, committee_size: int = 0, seed: int = 0, var0_floor: float = 
 
 
 def solve_tsvd(A, y, A_val=None, y_val=None, rtol: float = 1e-9,
-               factors: SVDFactors | None = None) -> Solution:
-    f = factors if factors is not None else svd_factors(A, y)
+               factors: SVDFactors | None = None, overwrite_a: bool = False) -> Solution:
+    f = factors if factors is not None else svd_factors(A, y, overwrite_a)
     keep = f.s > rtol * f.s[0]
     z = np.where(keep, f.b / np.where(keep, f.s, 1.0), 0.0)   # coefficients in the V basis
     info = {"solver": "tsvd", "rtol": rtol, "condition_number": f.condition_number}
@@ -211,8 +212,12 @@ def solve_tsvd(A, y, A_val=None, y_val=None, rtol: float = 1e-9,
 SOLVERS = ("qr", "blr", "tsvd", "rrqr")
 
 
-def solve(spec: dict | str | None, A, y, A_val=None, y_val=None, seed: int = 0) -> Solution:
-    """Dispatch on ``spec = {"name": ..., params...}``; default BLR (upstream's default)."""
+def solve(spec: dict | str | None, A, y, A_val=None, y_val=None, seed: int = 0,
+          overwrite_a: bool = False) -> Solution:
+    """Dispatch on ``spec = {"name": ..., params...}``; default BLR (upstream's default).
+
+    ``overwrite_a`` lets the factorisation destroy A (no copy when A is Fortran-ordered).
+    """
     if spec is None:
         spec = {"name": "blr"}
     if isinstance(spec, str):
@@ -223,22 +228,22 @@ def solve(spec: dict | str | None, A, y, A_val=None, y_val=None, seed: int = 0) 
         if name == "qr":
             lam = float(spec.pop("lambda", spec.pop("lam", 0.0)))
             _no_extra(name, spec)
-            return solve_qr(A, y, lam=lam)
+            return solve_qr(A, y, lam=lam, overwrite_a=overwrite_a)
         if name == "blr":
             K = int(spec.pop("committee_size", 0))
             floors = dict(var0_floor=float(spec.pop("sig_0_floor", 1e-4)) ** 2,
                           vare_floor=float(spec.pop("sig_e_floor", 1e-4)) ** 2)
             spec.pop("factorization", None)
             _no_extra(name, spec)
-            return solve_blr(A, y, committee_size=K, seed=seed, **floors)
+            return solve_blr(A, y, committee_size=K, seed=seed, overwrite_a=overwrite_a, **floors)
         if name in ("tsvd", "truncated_svd", "truncatedsvd"):
             rtol = float(spec.pop("rtol", 1e-9))
             _no_extra(name, spec)
-            return solve_tsvd(A, y, A_val, y_val, rtol=rtol)
+            return solve_tsvd(A, y, A_val, y_val, rtol=rtol, overwrite_a=overwrite_a)
         if name == "rrqr":
             rtol = float(spec.pop("rtol", 1e-12))
             _no_extra(name, spec)
-            return solve_rrqr(A, y, rtol=rtol)
+            return solve_rrqr(A, y, rtol=rtol, overwrite_a=overwrite_a)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"solver {name!r}: {exc}") from None
     raise ValueError(f"unknown solver {name!r}; choose one of {SOLVERS}")
