@@ -207,13 +207,18 @@ def read_configs(path, keys: Keys = Keys(), elements: list[str] | None = None, i
     path = Path(path)
     if not path.exists():
         raise FitDataError("no such file", str(path))
-    try:
-        frames = ase.io.read(str(path), index=index, format="extxyz")
-    except Exception as exc:  # ase raises many types for unreadable files
-        raise FitDataError(f"cannot read extended XYZ: {exc}", str(path)) from exc
-    if not isinstance(frames, list):
-        frames = [frames]
-    return [config_from_atoms(a, keys, str(path), i, elements) for i, a in enumerate(frames)]
+    out = []
+    frames = ase.io.iread(str(path), index=index, format="extxyz")
+    while True:
+        frame = len(out)
+        try:
+            atoms = next(frames)
+        except StopIteration:
+            break
+        except Exception as exc:  # ase raises many types for unreadable frames
+            raise FitDataError(f"cannot read extended XYZ: {exc}", str(path), frame) from exc
+        out.append(config_from_atoms(atoms, keys, str(path), frame, elements))
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
