@@ -28,6 +28,7 @@ class FitResult:
     errors: dict                      # {"train": table, "validation": table?}
     timings: dict = field(default_factory=dict)
     shape: tuple = (0, 0)
+    predictions: dict = field(default_factory=dict)   # {"train": [(E, F, W)], "validation": ...}
 
 
 def acefit(model, train: list[Config], weights: dict | None = None, prior=None, solver=None,
@@ -67,12 +68,13 @@ def acefit(model, train: list[Config], weights: dict | None = None, prior=None, 
     model.parameters = sol.coef / gamma
     model.committee = None if sol.committee is None else sol.committee / gamma[None, :]
 
-    errs = {}
+    errs, preds = {}, {}
     if compute_errors:
         t0 = time.perf_counter()
-        errs["train"] = errors.compute_errors(model, train, threads)
-        if validation:
-            errs["validation"] = errors.compute_errors(model, validation, threads)
+        for name, cs in (("train", train), ("validation", validation)):
+            if cs:
+                preds[name] = errors.predict(model, cs, threads)
+                errs[name] = errors.error_table(cs, preds[name])
         timings["errors_s"] = time.perf_counter() - t0
 
     info = {k: v for k, v in sol.info.items()}
@@ -94,4 +96,5 @@ def acefit(model, train: list[Config], weights: dict | None = None, prior=None, 
     except ImportError:  # pragma: no cover
         pass
     model.metadata = meta
-    return FitResult(model=model, solver_info=info, errors=errs, timings=timings, shape=shape)
+    return FitResult(model=model, solver_info=info, errors=errs, timings=timings, shape=shape,
+                     predictions=preds)
