@@ -44,7 +44,7 @@ def run(args) -> int:
         print(f"aceserver eval: error: {exc}", file=sys.stderr)
         return 2
     if args.json:
-        from aceserver.commands.fit import jsonable
+        from aceserver.fitting.driver import jsonable
         print(json.dumps(jsonable(errors.public(table))))
     else:
         print(errors.format_table(table, f"errors of {args.model} on {', '.join(args.data)}"))

@@ -29,31 +29,12 @@ def sha256_file(path) -> str:
     return h.hexdigest()
 
 
-def jsonable(obj):
-    """Replace non-finite floats by None and numpy scalars by Python numbers (strict JSON)."""
-    import math
-
-    import numpy as np
-    if isinstance(obj, dict):
-        return {str(k): jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return jsonable(obj.tolist())
-    if isinstance(obj, (np.floating, float)):
-        return float(obj) if math.isfinite(obj) else None
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
-
-
 def run_fit(cfg, output=None, threads=None, plots=True, progress=None, out=None):
     """Run a parsed :class:`FitConfig`; returns (model, report dict)."""
     out = sys.stdout if out is None else out
     from aceserver.fitting import config as fconfig
     from aceserver.fitting import data, driver, errors
+    from aceserver.fitting.driver import jsonable
 
     t_start = time.perf_counter()
     elements = list(cfg.model["elements"])

@@ -21,6 +21,25 @@ from .data import DEFAULT_WEIGHTS, Config, normalise_weights
 log = logging.getLogger(__name__)
 
 
+def jsonable(obj):
+    """Strict-JSON copy: non-finite floats become None, numpy scalars/arrays Python numbers/lists."""
+    import math
+    from pathlib import Path
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return jsonable(obj.tolist())
+    if isinstance(obj, (np.floating, float)):
+        return float(obj) if math.isfinite(obj) else None
+    if isinstance(obj, (np.integer, np.bool_)):
+        return obj.item()
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
 @dataclass
 class FitResult:
     model: object
@@ -95,6 +114,6 @@ def acefit(model, train: list[Config], weights: dict | None = None, prior=None, 
         meta["fit"]["aceserver_version"] = __version__
     except ImportError:  # pragma: no cover
         pass
-    model.metadata = meta
+    model.metadata = jsonable(meta)
     return FitResult(model=model, solver_info=info, errors=errs, timings=timings, shape=shape,
                      predictions=preds)
