@@ -111,3 +111,26 @@ def test_error_table_units(toy):
     assert t["mae"]["a"]["E"] == pytest.approx(np.mean(np.abs(es)))
     txt = errors.format_table(t)
     assert "meV/atom" in txt and "set" in txt
+
+
+def test_reuse_assembled_system(toy):
+    """Weights and E0 can change without reassembly; a fit from a given system equals a fresh one."""
+    import copy
+    model, theta, configs = toy
+    w1 = {"default": {"E": 30, "F": 1, "V": 1}}
+    w2 = {"default": {"E": 5, "F": 2, "V": 0.5}, "a": {"E": 7}}
+    sys1 = assembly.assemble(model, configs, w1, threads=1)
+    sys2 = assembly.assemble(model, configs, w2, threads=1)
+    np.testing.assert_allclose(assembly.row_weights(sys1, configs, w2), sys2.w)
+    old = dict(model.E0)
+    new = {"Cu": -1.0, "Ni": 0.5}
+    y_new = assembly.with_E0(sys1, configs, old, new)
+    m2 = copy.deepcopy(model)
+    m2.E0 = new
+    np.testing.assert_allclose(y_new, assembly.assemble(m2, configs, w1, threads=1).y)
+    r_fresh = driver.acefit(model, configs, weights=w2, solver="blr", threads=1)
+    p_fresh = model.parameters.copy()
+    A_before = sys1.A.copy()
+    driver.acefit(model, configs, weights=w2, solver="blr", threads=1, system=sys1)
+    np.testing.assert_allclose(model.parameters, p_fresh, rtol=1e-10, atol=1e-12)
+    np.testing.assert_array_equal(sys1.A, A_before)     # not modified

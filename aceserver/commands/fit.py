@@ -29,16 +29,10 @@ def sha256_file(path) -> str:
     return h.hexdigest()
 
 
-def run_fit(cfg, output=None, threads=None, plots=True, progress=None, out=None):
-    """Run a parsed :class:`FitConfig`; returns (model, report dict)."""
-    out = sys.stdout if out is None else out
-    from aceserver.fitting import config as fconfig
-    from aceserver.fitting import data, driver, errors
-    from aceserver.fitting.driver import jsonable
-
-    t_start = time.perf_counter()
+def load_data(cfg):
+    """(train, validation, E0) for a :class:`FitConfig`: files read, split (seeded), E0 resolved."""
+    from aceserver.fitting import data
     elements = list(cfg.model["elements"])
-    threads = threads or cfg.threads
     train = []
     for p in cfg.train:
         train += data.read_configs(p, cfg.keys, elements=elements)
@@ -48,10 +42,32 @@ def run_fit(cfg, output=None, threads=None, plots=True, progress=None, out=None)
             validation += data.read_configs(p, cfg.keys, elements=elements)
     else:
         train, validation = data.split_train_validation(train, cfg.validation_fraction, cfg.seed)
-    E0 = data.resolve_E0(cfg.E0, elements, train)
+    return train, validation, data.resolve_E0(cfg.E0, elements, train)
+
+
+def run_fit(cfg, output=None, threads=None, plots=True, progress=None, out=None, prepared=None):
+    """Run a parsed :class:`FitConfig`; returns (model, report dict).
+
+    ``prepared``: optional (model, train, validation, train_system, validation_system) already built
+    from this configuration (as by :func:`load_data` and assembly), reused instead of rebuilding.
+    """
+    out = sys.stdout if out is None else out
+    from aceserver.fitting import config as fconfig
+    from aceserver.fitting import driver, errors
+    from aceserver.fitting.driver import jsonable
+
+    t_start = time.perf_counter()
+    elements = list(cfg.model["elements"])
+    threads = threads or cfg.threads
     t0 = time.perf_counter()
-    model = fconfig.build_model(cfg.model, E0)
-    model.E0 = dict(E0)
+    systems = (None, None)
+    if prepared is None:
+        train, validation, E0 = load_data(cfg)
+        model = fconfig.build_model(cfg.model, E0)
+        model.E0 = dict(E0)
+    else:
+        model, train, validation, *systems = prepared
+        E0 = dict(model.E0)
     t_build = time.perf_counter() - t0
     print(f"model: {elements}, {model.length_basis} basis functions; E0 {E0}", file=out)
     print(f"data: {len(train)} training configurations ({sum(c.natoms for c in train)} atoms), "
@@ -59,7 +75,7 @@ def run_fit(cfg, output=None, threads=None, plots=True, progress=None, out=None)
 
     res = driver.acefit(model, train, weights=cfg.weights, prior=cfg.prior, solver=cfg.solver,
                         validation=validation, seed=cfg.seed, threads=threads, progress=progress,
-                        memory_limit=cfg.memory_limit)
+                        memory_limit=cfg.memory_limit, system=systems[0], validation_system=systems[1])
     info = res.solver_info
     n, m = res.shape
     print(f"least squares: {n} observations x {m} parameters, assembled in {res.timings['assembly_s']:.2f} s "

@@ -196,9 +196,29 @@ def assemble(model, configs: list[Config], weights: dict | None = None, threads:
     return LsqSystem(A, y, w, cfg_idx, kind, time.perf_counter() - t0)
 
 
+def row_weights(system: LsqSystem, configs: list[Config], weights: dict | None) -> np.ndarray:
+    """The weights of an assembled system's rows under other ``weights`` (no reassembly needed)."""
+    weights = normalise_weights(weights)
+    per = np.array([[config_weights(c.config_type, weights)[k] for k in ("E", "F", "V")] for c in configs])
+    sq = np.sqrt([c.natoms for c in configs])
+    w = per[system.config, system.kind].astype(float)
+    ev = system.kind != KIND_F
+    w[ev] /= sq[system.config[ev]]
+    return w
+
+
+def with_E0(system: LsqSystem, configs: list[Config], old: dict[str, float], new: dict[str, float]) -> np.ndarray:
+    """Energy targets of an assembled system re-referenced from E0 ``old`` to ``new`` (eV)."""
+    shift = np.array([_e0_sum(c, old) - _e0_sum(c, new) for c in configs])
+    y = system.y.copy()
+    e = system.kind == KIND_E
+    y[e] += shift[system.config[e]]
+    return y
+
+
 def scaled_system(system: LsqSystem, gamma: np.ndarray, inplace: bool = False):
     """Ã = diag(w)·A·diag(1/γ) and ỹ = w∘y. With ``inplace`` A is overwritten (saves a copy)."""
-    A = system.A if inplace else system.A.copy()
+    A = system.A if inplace else np.array(system.A, order="F", copy=True)
     step = 4096
     inv = 1.0 / np.asarray(gamma, dtype=float)
     for a in range(0, A.shape[0], step):       # chunked: no full-size temporaries

@@ -53,12 +53,15 @@ class FitResult:
 def acefit(model, train: list[Config], weights: dict | None = None, prior=None, solver=None,
            validation: list[Config] | None = None, seed: int = 0, threads: int | None = None,
            progress: bool | None = None, memory_limit: int | None = None, executor=None,
-           compute_errors: bool = True) -> FitResult:
+           compute_errors: bool = True, system: assembly.LsqSystem | None = None,
+           validation_system: assembly.LsqSystem | None = None) -> FitResult:
     """Fit ``model.parameters`` (and ``model.committee``) in place; E0 must already be set on the model.
 
     ``prior``: spec for :func:`priors.make_prior` (default algebraic p = 4; "none" for P = I).
     ``solver``: spec for :func:`solvers.solve` (default BLR). ``validation``: configurations used
     by the truncated-SVD solver to choose its truncation, and reported separately.
+    ``system``/``validation_system``: already assembled (unweighted) systems of ``train``/``validation``
+    for this model and E0, reused without reassembly (they are not modified; weights are recomputed).
     """
     weights = normalise_weights(weights if weights is not None else DEFAULT_WEIGHTS)
     timings = {}
@@ -66,19 +69,30 @@ def acefit(model, train: list[Config], weights: dict | None = None, prior=None, 
     if gamma.shape != (model.length_basis,):
         raise ValueError(f"{len(gamma)} basis labels for {model.length_basis} parameters")
 
-    system = assembly.assemble(model, train, weights, threads=threads, progress=progress,
-                               executor=executor, memory_limit=memory_limit)
+    if system is None:
+        system = assembly.assemble(model, train, weights, threads=threads, progress=progress,
+                                   executor=executor, memory_limit=memory_limit)
+        inplace = True
+    else:
+        system = assembly.LsqSystem(system.A, system.y, assembly.row_weights(system, train, weights),
+                                    system.config, system.kind, system.seconds)
+        inplace = False
     timings["assembly_s"] = system.seconds
     shape = system.shape
-    At, yt = assembly.scaled_system(system, gamma, inplace=True)
+    At, yt = assembly.scaled_system(system, gamma, inplace=inplace)
     del system
 
     spec = {"name": "blr"} if solver is None else ({"name": solver} if isinstance(solver, str) else dict(solver))
     Av = yv = None
     if validation and str(spec.get("name", "")).lower() in ("tsvd", "truncated_svd", "truncatedsvd"):
-        vs = assembly.assemble(model, validation, weights, threads=threads, progress=progress,
-                               executor=executor, memory_limit=memory_limit)
-        Av, yv = assembly.scaled_system(vs, gamma, inplace=True)
+        if validation_system is None:
+            vs = assembly.assemble(model, validation, weights, threads=threads, progress=progress,
+                                   executor=executor, memory_limit=memory_limit)
+            Av, yv = assembly.scaled_system(vs, gamma, inplace=True)
+        else:
+            vs = validation_system
+            vs = assembly.LsqSystem(vs.A, vs.y, assembly.row_weights(vs, validation, weights), vs.config, vs.kind)
+            Av, yv = assembly.scaled_system(vs, gamma, inplace=False)
     t0 = time.perf_counter()
     sol = solvers.solve(spec, At, yt, Av, yv, seed=seed, overwrite_a=True)
     del At
