@@ -134,3 +134,19 @@ def test_reuse_assembled_system(toy):
     driver.acefit(model, configs, weights=w2, solver="blr", threads=1, system=sys1)
     np.testing.assert_allclose(model.parameters, p_fresh, rtol=1e-10, atol=1e-12)
     np.testing.assert_array_equal(sys1.A, A_before)     # not modified
+
+
+def test_selection_on_validation_rows(toy):
+    from aceserver.fitting import selection
+    model, theta, configs = toy
+    train, val = configs[:6], configs[6:]
+    ts = assembly.assemble(model, train, None, threads=1)
+    vs = assembly.assemble(model, val, None, threads=1)
+    cands = [{"prior": {"name": "none"}, "solver": "qr"},
+             {"prior": {"name": "none"}, "solver": "qr", "E0": {"Cu": 0.0, "Ni": 0.0}}]
+    res = selection.evaluate_candidates(model, train, val, ts, vs, cands, None, log=None)
+    assert res[0]["candidate"] is cands[0]              # the true E0 wins
+    assert res[0]["validation"]["rmse"]["E"] < 1e-8 and res[0]["validation"]["rmse"]["F"] < 1e-8
+    model.parameters = theta
+    full = errors.compute_errors(model, val, threads=1)
+    assert res[0]["validation"]["rmse"]["F"] == pytest.approx(full["rmse"]["set"]["F"], abs=1e-8)
