@@ -46,9 +46,13 @@ def card(name: str, cfg_raw: dict, report: dict, model_file: Path, log: str) -> 
              "## Data", ""]
     for d in data:
         lines.append(f"- `{Path(d['file']).name}` sha256 `{d['sha256']}`")
-    lines += ["", "Origins: see `tests/data/README.md` and `shared/data/README.md` (ACEData, ACEsuit; Zuo et al., "
-              "J. Phys. Chem. A 124, 731 (2020), via materialsvirtuallab/mlearn, BSD-3-Clause).", "",
-              "## Settings", "", "```yaml"]
+    if any("ZuoEtAl2020" in d["file"] for d in data):
+        origin = ("Origin: ACEData (ACEsuit) `minibenchmarks/ZuoEtAl2020`, converted from Y. Zuo et al., "
+                  "J. Phys. Chem. A 124, 731 (2020), data of materialsvirtuallab/mlearn (BSD-3-Clause); "
+                  "training split only (see shared/data/README.md).")
+    else:
+        origin = "Origin: ACEData repository (ACEsuit), see `tests/data/README.md`."
+    lines += ["", origin, "", "## Settings", "", "```yaml"]
     import yaml
     lines += yaml.safe_dump({k: cfg_raw[k] for k in ("model", "E0", "weights", "prior", "solver",
                                                      "validation_fraction", "seed") if k in cfg_raw},
