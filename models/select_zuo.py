@@ -65,8 +65,7 @@ def select_and_fit(el: str, threads=None):
     raw = dict(cfg.raw)
     raw["E0"] = best["E0"]
     raw["prior"] = best["prior"]
-    (d / "fit.yaml").write_text(head + f"# E0 and prior selected by models/select_zuo.py {el} "
-                                f"(see selection.json)\n" + yaml.safe_dump(raw, sort_keys=False))
+    (d / "fit.yaml").write_text(head + yaml.safe_dump(raw, sort_keys=False))
     cfg = fconfig.load_config(d / "fit.yaml")
 
     # the final fit reuses the assembled systems, re-referenced to the chosen E0
