@@ -111,7 +111,7 @@ def run_fit(cfg, output=None, threads=None, plots=True, progress=None, out=None,
         sets = {"train": (train, res.predictions["train"])}
         if validation:
             sets["validation"] = (validation, res.predictions["validation"])
-        written = parity_plots(cfg.output_plots, sets, cfg.name)
+        written = parity_plots(cfg.output_plots, sets, cfg.name, E0=dict(model.E0))
         print(f"parity plots: {', '.join(str(p) for p in written)}", file=out)
     report = jsonable({
         "model": str(output) if output else None,

@@ -1,4 +1,8 @@
-"""Parity plots (PNG, matplotlib Agg): predicted vs reference energies (eV/atom) and forces (eV/Å)."""
+"""Parity plots (PNG, matplotlib Agg): predicted vs reference energies (eV/atom) and forces (eV/Å).
+
+Energies are shown per atom relative to the one-body reference, (E − Σ E0)/N, when E0 is given, so
+that multi-species data are not spread out by composition alone.
+"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,12 +12,14 @@ import numpy as np
 from .data import Config
 
 
-def _collect(configs: list[Config], predictions):
+def _collect(configs: list[Config], predictions, E0=None):
+    from ase.data import chemical_symbols
     e_ref, e_pred, f_ref, f_pred = [], [], [], []
     for c, (E, F, _) in zip(configs, predictions):
         if c.energy is not None:
-            e_ref.append(c.energy / c.natoms)
-            e_pred.append(E / c.natoms)
+            ref = sum(E0[chemical_symbols[int(z)]] for z in c.numbers) if E0 else 0.0
+            e_ref.append((c.energy - ref) / c.natoms)
+            e_pred.append((E - ref) / c.natoms)
         if c.forces is not None:
             f_ref.append(c.forces.ravel())
             f_pred.append(np.asarray(F).ravel())
@@ -21,7 +27,8 @@ def _collect(configs: list[Config], predictions):
     return np.array(e_ref), np.array(e_pred), cat(f_ref), cat(f_pred)
 
 
-def parity_plots(outdir, sets: dict[str, tuple[list[Config], list]], title: str = "") -> list[Path]:
+def parity_plots(outdir, sets: dict[str, tuple[list[Config], list]], title: str = "",
+                 E0: dict[str, float] | None = None) -> list[Path]:
     """Write ``parity_energy.png`` and ``parity_forces.png``; ``sets`` maps a label (e.g. "train",
     "validation") to (configs, predictions) with predictions as from :func:`errors.predict`."""
     import matplotlib
@@ -30,9 +37,10 @@ def parity_plots(outdir, sets: dict[str, tuple[list[Config], list]], title: str 
 
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
-    data = {k: _collect(*v) for k, v in sets.items()}
+    data = {k: _collect(*v, E0=E0) for k, v in sets.items()}
     written = []
-    for what, iref, ipred, unit, fname in (("energy", 0, 1, "eV/atom", "parity_energy.png"),
+    ename = "energy − ΣE0" if E0 else "energy"
+    for what, iref, ipred, unit, fname in ((ename, 0, 1, "eV/atom", "parity_energy.png"),
                                            ("force components", 2, 3, "eV/Å", "parity_forces.png")):
         fig, ax = plt.subplots(figsize=(5, 5), dpi=120)
         lo, hi = np.inf, -np.inf
@@ -50,6 +58,7 @@ def parity_plots(outdir, sets: dict[str, tuple[list[Config], list]], title: str 
         ax.set_xlabel(f"reference {what} ({unit})")
         ax.set_ylabel(f"predicted {what} ({unit})")
         ax.set_title(f"{title} {what}".strip())
+        ax.tick_params(axis="x", labelrotation=30)
         ax.legend(loc="upper left", fontsize=8)
         fig.tight_layout()
         path = outdir / fname
