@@ -49,6 +49,28 @@ def si_tiny(threads):
     return total
 
 
+def si_tiny_cli():
+    """`aceserver fit` on models/Si-tiny/fit.yaml as a fresh process (imports, numba cache load, plots)."""
+    import subprocess
+    import tempfile
+
+    import yaml
+    raw = yaml.safe_load((ROOT / "models/Si-tiny/fit.yaml").read_text())
+    with tempfile.TemporaryDirectory() as tmp:
+        raw["data"]["train"] = str(ROOT / "tests/data/Si_tiny.xyz")
+        raw["output"] = {"model": f"{tmp}/si.json", "plots": f"{tmp}/plots"}
+        cfg = Path(tmp) / "fit.yaml"
+        cfg.write_text(yaml.safe_dump(raw))
+        times = []
+        for _ in range(2):
+            t0 = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "aceserver.cli", "fit", str(cfg), "--quiet"], check=True,
+                           cwd=ROOT, stdout=subprocess.DEVNULL)
+            times.append(time.perf_counter() - t0)
+    print(f"  aceserver fit (fresh process, with plots): {times[0]:.2f} s, again {times[1]:.2f} s")
+    return times[1]
+
+
 def cu_assembly(path, threads):
     import aceserver
     from aceserver.fitting import assembly, data
@@ -82,7 +104,10 @@ def main(argv=None):
     si_tiny(args.threads)
     print("Si_tiny end-to-end fit, second run (warm):")
     t = si_tiny(args.threads)
-    print(f"  -> {t:.2f} s (target < 20 s)")
+    print(f"  -> {t:.2f} s in process (target < 20 s)")
+    print("Si_tiny with the CLI:")
+    t = si_tiny_cli()
+    print(f"  -> {t:.2f} s end to end (target < 20 s)")
     if not args.skip_cu:
         if not Path(args.cu).exists():
             print(f"Cu data not found at {args.cu}; pass --cu")

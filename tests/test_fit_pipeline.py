@@ -53,7 +53,7 @@ def test_missing_observations_are_skipped(toy):
 
 def test_executor_blocks(toy):
     """Blocks are independent: any executor with submit() (e.g. Dask's) gives the same system."""
-    from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+    from concurrent.futures import ThreadPoolExecutor
     model, theta, configs = toy
     with ThreadPoolExecutor(2) as ex:
         a = assembly.assemble(model, configs, None, executor=ex)
