@@ -89,9 +89,9 @@ def zuo_card(el, cfg, report, results) -> str:
 
     text = card(f"zuo-{el}", cfg.raw, report, cfg.output_model, "")
     text = text.replace("Deterministic for the seed in fit.yaml.", "Deterministic for the seed in fit.yaml. "
-                        f"`aceserver fit models/zuo-{el}/fit.yaml` reassembles and refits with the selected settings; "
-                        "it reproduces this model's parameters to about 1e-8 relative (bitwise where E0 = 0): the "
-                        "selection run re-referenced E0 on already assembled rows instead of reassembling.")
+                        f"To redo the selection as well: `python models/select_zuo.py {el}` (its final fit reuses the "
+                        "selection's assembled rows, re-referenced to the chosen E0, so it agrees with "
+                        "`aceserver fit` to about 1e-8 relative in the parameters).")
     meta = report["metadata_fit"]
     nval, ntrain = meta["n_validation_configs"], meta["n_train_configs"]
     sel = ["", "## Hyperparameter selection", "",
