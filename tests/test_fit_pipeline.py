@@ -167,3 +167,10 @@ def test_selection_shared_qr_matches_direct_fit(toy):
         direct = selection.row_errors(vs, val, model.parameters)
         assert res["validation"]["rmse"]["F"] == pytest.approx(direct["rmse"]["F"], rel=1e-6)
         assert res["validation"]["rmse"]["E"] == pytest.approx(direct["rmse"]["E"], rel=1e-6)
+
+
+def test_progress_bar_runs(toy, capsys):
+    model, theta, configs = toy
+    sys_ = assembly.assemble(model, configs, None, threads=2, progress=True)
+    assert sys_.shape[0] > 0
+    assert "assembling" in capsys.readouterr().err
