@@ -57,6 +57,13 @@ def run_fit(cfg, output=None, threads=None, plots=True, progress=None, out=None,
     from aceserver.fitting.driver import jsonable
 
     t_start = time.perf_counter()
+    base = cfg.path.parent if cfg.path else Path.cwd()
+
+    def rel(p):
+        """Paths in reports and metadata are relative to the configuration file."""
+        import os
+        return os.path.relpath(Path(p).resolve(), base)
+
     elements = list(cfg.model["elements"])
     threads = threads or cfg.threads
     t0 = time.perf_counter()
@@ -90,10 +97,11 @@ def run_fit(cfg, output=None, threads=None, plots=True, progress=None, out=None,
 
     meta = model.metadata
     meta["fit"]["provenance"] = jsonable({
-        "config_file": str(cfg.path) if cfg.path else None,
+        "config_file": cfg.path.name if cfg.path else None,
         "config": cfg.raw,
-        "data": [{"file": str(p), "sha256": sha256_file(p)} for p in cfg.train + cfg.validation],
-        "command": " ".join(sys.argv),
+        "data": [{"file": rel(p), "sha256": sha256_file(p)} for p in cfg.train + cfg.validation],
+        "command": " ".join(["aceserver"] + sys.argv[1:]) if Path(sys.argv[0]).name in ("aceserver", "cli.py")
+        else None,
         "python": sys.version.split()[0],
     })
     meta["fit"]["timings_s"]["model_build_s"] = t_build
@@ -114,14 +122,14 @@ def run_fit(cfg, output=None, threads=None, plots=True, progress=None, out=None,
         written = parity_plots(cfg.output_plots, sets, cfg.name, E0=dict(model.E0))
         print(f"parity plots: {', '.join(str(p) for p in written)}", file=out)
     report = jsonable({
-        "model": str(output) if output else None,
+        "model": rel(output) if output else None,
         "sha256": getattr(model, "sha256", None) if output else None,
         "length_basis": model.length_basis,
         "shape": [n, m],
         "solver": info,
         "errors": {k: errors.public(v) for k, v in res.errors.items()},
         "timings_s": dict(res.timings, model_build_s=t_build, total_s=time.perf_counter() - t_start),
-        "plots": [str(p) for p in written],
+        "plots": [rel(p) for p in written],
     })
     return model, report
 
