@@ -41,7 +41,9 @@ def body(atoms_list, binary: bool) -> bytes:
         a = np.ascontiguousarray(a, dtype=dtype)
         return {"dtype": dtype, "shape": list(a.shape), "data": a.tobytes()} if binary else a.tolist()
     doc = {"structures": [{"numbers": arr(a.numbers, "<i8"), "positions": arr(a.positions, "<f8"),
-                           "cell": arr(np.asarray(a.cell), "<f8"), "pbc": a.pbc.tolist()} for a in atoms_list]}
+                           "cell": arr(np.asarray(a.cell), "<f8"), "pbc": a.pbc.tolist()} for a in atoms_list],
+           # what the in-process call computes (no committee, even where the model has one)
+           "properties": ["energy", "forces", "stress", "virial", "energies"]}
     return msgpack.packb(doc) if binary else httpx.Request("POST", "/", json=doc).content
 
 
