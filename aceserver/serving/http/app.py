@@ -118,8 +118,9 @@ def create_app(registry: ModelRegistry, settings: Settings | None = None) -> Fas
                            "name")
         return m
 
-    v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_token)],
-                   responses=_error_responses(401, 422))
+    # the token check (and its OpenAPI security scheme) exists only when a token is configured
+    v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_token)] if settings.token is not None else [],
+                   responses=_error_responses(*((401, 422) if settings.token is not None else (422,))))
 
     @v1.get("/models", response_model=ModelList, summary="List the served models")
     async def list_models() -> dict:
