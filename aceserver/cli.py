@@ -9,7 +9,7 @@ import importlib
 import sys
 
 # Sub-command modules, in the order `aceserver --help` lists them.
-COMMANDS = ("basis",)
+COMMANDS = ("basis", "ipi")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,118 @@
+"""Finding the i-PI (or ASE) server: addresses, connecting with back-off, closing politely."""
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from dataclasses import dataclass
+
+log = logging.getLogger("aceserver.ipi")
+
+DEFAULT_PREFIX = "/tmp/ipi_"  # i-PI's default and the one ASE hard-codes
+_UNIX_PATH_MAX = 107  # sun_path is 108 bytes including the terminating NUL
+
+
+@dataclass(frozen=True)
+class Address:
+    """A unix socket path or a TCP (host, port)."""
+
+    path: str | None = None
+    host: str | None = None
+    port: int | None = None
+
+    @classmethod
+    def unix(cls, name: str, prefix: str = DEFAULT_PREFIX) -> "Address":
+        # i-PI binds prefix + address, with the address stripped of whitespace.
+        path = prefix + name.strip()
+        if len(path.encode()) > _UNIX_PATH_MAX:
+            raise ValueError(f"unix socket path {path!r} is longer than {_UNIX_PATH_MAX} bytes")
+        return cls(path=path)
+
+    @classmethod
+    def inet(cls, spec: str) -> "Address":
+        host, sep, port = spec.rpartition(":")
+        if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"expected HOST:PORT, got {spec!r}")
+        return cls(host=host.strip("[]") or "localhost", port=int(port))
+
+    def __str__(self) -> str:
+        return f"unix:{self.path}" if self.path else f"{self.host}:{self.port}"
+
+    def _open(self) -> socket.socket:
+        if self.path:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            target = self.path
+        else:
+            info = socket.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM)[0]
+            sock = socket.socket(info[0], socket.SOCK_STREAM)
+            target = info[4]
+        try:
+            sock.connect(target)
+        except BaseException:
+            sock.close()
+            raise
+        if not self.path:
+            # Replies are one write each, but without NODELAY a small write waiting for a
+            # delayed ACK costs ~40 ms per call on loopback.
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
+
+
+# Errors that mean "no server listening yet": keep trying.
+_NOT_YET = (FileNotFoundError, ConnectionRefusedError, ConnectionResetError, ConnectionAbortedError)
+
+
+def connect(
+    address: Address,
+    timeout: float | None = None,
+    stop: threading.Event | None = None,
+    first_delay: float = 0.05,
+    max_delay: float = 1.0,
+) -> socket.socket | None:
+    """Connect, retrying with exponential back-off until the server appears.
+
+    Start order then does not matter. Gives up after ``timeout`` seconds (None: never)
+    with ConnectionError; returns None if ``stop`` is set while waiting.
+    """
+    stop = stop or threading.Event()
+    deadline = None if timeout is None else time.monotonic() + timeout
+    delay = first_delay
+    waiting_logged = False
+    while not stop.is_set():
+        try:
+            return address._open()
+        except _NOT_YET as exc:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise ConnectionError(f"no i-PI server at {address} after {timeout:g} s ({exc})") from exc
+            if not waiting_logged:
+                log.info("waiting for the server at %s", address)
+                waiting_logged = True
+        wait = delay if deadline is None else max(0.0, min(delay, deadline - time.monotonic()))
+        stop.wait(wait)
+        delay = min(delay * 1.5, max_delay)
+    return None
+
+
+def close_politely(sock: socket.socket, wait: float = 2.0) -> None:
+    """Close so that the server sees a clean EOF, never a reset.
+
+    Closing with unread bytes in the receive queue makes the kernel send a reset; i-PI 3.3
+    hangs on a reset that arrives while it waits for forces, but requeues the work on EOF.
+    So: stop writing (FIN), read and drop everything until the server closes its side (or
+    ``wait`` seconds pass), then close.
+    """
+    try:
+        sock.shutdown(socket.SHUT_WR)
+        sock.settimeout(0.2)
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            try:
+                if not sock.recv(65536):
+                    break
+            except socket.timeout:
+                continue
+    except OSError:
+        pass  # already reset or closed by the peer: nothing left to protect
+    finally:
+        sock.close()
