@@ -369,7 +369,7 @@ def model(tmp_path_factory):
 
 def test_potential_units_and_layout(model):
     atoms = si_structure(triclinic=True)
-    pot = ACEPotential.from_atoms(model, atoms)
+    pot = ACEPotential.from_atoms(model, atoms, extras=("energies", "committee"))
     h = atoms.cell.array.T / units.Bohr  # i-PI: lattice vectors as columns, Bohr
     energy, forces, virial, extras = pot.compute(h, atoms.positions / units.Bohr)
     ref = model.evaluate(atoms.numbers, atoms.positions, atoms.cell.array, atoms.pbc, committee=True)
@@ -388,6 +388,8 @@ def test_potential_units_and_layout(model):
     np.testing.assert_allclose(parsed["committee_pot"], ref.energy_committee / units.Hartree, rtol=1e-12)
     assert parsed["committee_uncertainty"] == pytest.approx(np.std(parsed["committee_pot"], ddof=1))
     assert ACEPotential.from_atoms(model, atoms, extras=()).compute(h, atoms.positions / units.Bohr)[3] == ""
+    assert json.loads(ACEPotential.from_atoms(model, atoms).compute(h, atoms.positions / units.Bohr)[3]).keys() \
+        == {"committee_pot", "committee_uncertainty"}  # the default
 
 
 def test_potential_rejects_wrong_atom_count_and_elements(model):
