@@ -1,0 +1,56 @@
+"""Product DAG for the AA basis, and the pruned fast form (ace-spec §3) — construction-time numpy."""
+from __future__ import annotations
+
+import numpy as np
+
+
+def build_product_dag(aa_spec: np.ndarray):
+    """Nodes so that node k = node[parent[k]] · A[node_a[k]] (parent -1 for a single A).
+
+    aa_spec: (nAA, max_order) sorted A indices, -1 padded. Each product reuses an existing node for
+    one of its (N-1)-factor sub-products where it can, else adds the prefix as an intermediate node.
+    Returns parent, node_a, aa_node (the node of each AA function).
+    """
+    index: dict[tuple, int] = {}
+    parent: list[int] = []
+    node_a: list[int] = []
+
+    def node(t: tuple) -> int:
+        if t in index:
+            return index[t]
+        if len(t) == 1:
+            par, a = -1, t[0]
+        else:
+            par, a = None, None
+            for drop in range(len(t) - 1, -1, -1):     # prefer dropping the last factor
+                sub = t[:drop] + t[drop + 1:]
+                if sub in index:
+                    par, a = index[sub], t[drop]
+                    break
+            if par is None:
+                par, a = node(t[:-1]), t[-1]
+        index[t] = len(parent)
+        parent.append(par)
+        node_a.append(a)
+        return index[t]
+
+    tuples = [tuple(int(x) for x in row if x >= 0) for row in aa_spec]
+    for t in sorted(tuples, key=len):
+        node(t)
+    aa_node = np.array([index[t] for t in tuples], dtype=np.int64)
+    return np.array(parent, dtype=np.int64), np.array(node_a, dtype=np.int64), aa_node
+
+
+def prune_dag(parent, node_a, node_coef):
+    """Keep nodes with a non-zero coefficient for some species, and their ancestors.
+
+    node_coef: (NZ, n_nodes). Returns (keep_nodes, parent', node_a (old A indices), coef')."""
+    keep = np.any(node_coef != 0.0, axis=0)
+    for k in range(len(parent) - 1, -1, -1):
+        if keep[k] and parent[k] >= 0:
+            keep[parent[k]] = True
+    new_index = -np.ones(len(parent), dtype=np.int64)
+    new_index[keep] = np.arange(int(keep.sum()))
+    par = parent[keep]
+    par = np.where(par >= 0, new_index[np.maximum(par, 0)], -1)
+    return keep, par, node_a[keep], np.ascontiguousarray(node_coef[:, keep])

@@ -1,0 +1,2 @@
+"""Hot kernels (numba, cache=True, nogil=True): spherical harmonics, radial splines, the ACE site
+pass (A -> AA -> energy and its pullback, or the basis rows for fitting) and force/virial assembly."""

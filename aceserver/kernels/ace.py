@@ -1,0 +1,353 @@
+"""The ACE site pass, written once: neighbours -> radial and angular parts -> A -> AA, then either
+
+* the fast form: E_i = E0 + Σ_k c_{z_i,k} AA_k + pair, with the reverse pass giving ∂E_i/∂R_ij, or
+* the basis form (for fitting): B = C·AA and pair sums per site, with forward-mode derivatives,
+  assembled into energy, force and virial rows of every basis function.
+
+Products AA are evaluated as a DAG: node k = AA[parent[k]] · A[a[k]] (parent -1: order one), so no
+product is recomputed. Per-pair gradients are written to pair slots (no write conflicts between
+threads) and scattered into forces and virial afterwards.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from .radial import agnesi, pair_envelope, spline_eval_all, spline_eval_one, spline_interval
+from .ylm import project, ylm_grad, ylm_norms
+
+
+@njit(cache=True, nogil=True)
+def site_features(i, first, nbr, R, zat, mb_t, mb_spl, lmax, K, q, cs,
+                  zj, rhat, rinv, Pm, dPm, Y, dY):
+    """Per neighbour jj of atom i: species zj, unit vector, 1/r, radials Pm = P(y)(1-y²)² with
+    their r-derivatives dPm, harmonics Y and the unprojected harmonic gradients dY (see ylm)."""
+    zi = zat[i]
+    n_poly = mb_spl.shape[2]
+    n_int = mb_spl.shape[0]
+    for jj in range(first[i + 1] - first[i]):
+        p = first[i] + jj
+        x0, x1, x2 = R[p, 0], R[p, 1], R[p, 2]
+        r = np.sqrt(x0 * x0 + x1 * x1 + x2 * x2)
+        z = zat[nbr[p]]
+        zj[jj] = z
+        rinv[jj] = 1.0 / r
+        rhat[jj, 0] = x0 / r
+        rhat[jj, 1] = x1 / r
+        rhat[jj, 2] = x2 / r
+        y, dy = agnesi(r, mb_t, zi, z)
+        w = 1.0 - y * y
+        env = w * w
+        denv = -4.0 * y * w
+        k, t = spline_interval(y, n_int)
+        for n in range(n_poly):
+            c0, c1, c2, c3 = mb_spl[k, 0, n], mb_spl[k, 1, n], mb_spl[k, 2, n], mb_spl[k, 3, n]
+            P = ((c0 * t + c1) * t + c2) * t + c3
+            dP = (3.0 * c0 * t + 2.0 * c1) * t + c2
+            Pm[jj, n] = P * env
+            dPm[jj, n] = (dP * env + P * denv) * dy
+        ylm_grad(x0, x1, x2, lmax, K, q, cs, Y, dY, jj)
+
+
+@njit(cache=True, nogil=True)
+def accumulate_a(J, zj, az_ptr, az_idx, a_poly, a_lm, Pm, Y, A):
+    """A_k = Σ_j R_k(r_ij) Y_k(R̂_ij) over the neighbours whose species matches A_k's channel."""
+    A[:] = 0.0
+    for jj in range(J):
+        z = zj[jj]
+        for t in range(az_ptr[z], az_ptr[z + 1]):
+            k = az_idx[t]
+            A[k] += Pm[jj, a_poly[k]] * Y[jj, a_lm[k]]
+
+
+@njit(cache=True, nogil=True)
+def forward_aa(A, parent, node_a, AA):
+    for k in range(parent.shape[0]):
+        p = parent[k]
+        if p < 0:
+            AA[k] = A[node_a[k]]
+        else:
+            AA[k] = AA[p] * A[node_a[k]]
+
+
+@njit(cache=True, nogil=True)
+def pair_energy_grad(i, first, nbr, R, zat, pr_t, pair_p, pair_spl, G, with_grad):
+    """Pair site energy Σ_j V_{z_i z_j}(r_ij) with merged splines; adds dV/dr r̂ to G."""
+    zi = zat[i]
+    e = 0.0
+    for jj in range(first[i + 1] - first[i]):
+        p = first[i] + jj
+        rv = R[p]
+        r = np.sqrt(rv[0] * rv[0] + rv[1] * rv[1] + rv[2] * rv[2])
+        z = zat[nbr[p]]
+        y, dy = agnesi(r, pr_t, zi, z)
+        f, df = pair_envelope(r, pr_t[zi, z, 3], pr_t[zi, z, 5], pair_p)
+        s, ds = spline_eval_one(pair_spl, zi, z, y)
+        e += s * f
+        if with_grad:
+            g = (ds * dy * f + s * df) / r
+            for a in range(3):
+                G[p, a] += g * rv[a]
+    return e
+
+
+@njit(cache=True, nogil=True)
+def _fast_range(start, stop, first, nbr, R, zat, e0, mb_t, mb_spl, lmax, a_poly, a_lm,
+                az_ptr, az_idx, parent, node_a, coef, pr_t, pair_p, pair_spl, with_grad,
+                E, G):
+    """Fast form for atoms start..stop-1: site energies E[i] and pair gradients G[p]."""
+    maxJ = 0
+    for i in range(start, stop):
+        maxJ = max(maxJ, first[i + 1] - first[i])
+    n_poly = mb_spl.shape[2]
+    nlm = (lmax + 1) ** 2
+    nA = a_poly.shape[0]
+    nN = parent.shape[0]
+    K = ylm_norms(lmax)
+    q = np.empty((lmax + 1, lmax + 2))
+    cs = np.empty((lmax + 1, 2))
+    zj = np.empty(maxJ, dtype=np.int64)
+    rhat = np.empty((maxJ, 3))
+    rinv = np.empty(maxJ)
+    Pm = np.empty((maxJ, n_poly))
+    dPm = np.empty((maxJ, n_poly))
+    Y = np.empty((maxJ, nlm))
+    dY = np.empty((maxJ, nlm, 3))
+    A = np.empty(nA)
+    dA = np.empty(nA)
+    AA = np.empty(nN)
+    dAA = np.empty(nN)
+    dEdP = np.empty(n_poly)
+    dEdY = np.empty(nlm)
+    for i in range(start, stop):
+        J = first[i + 1] - first[i]
+        zi = zat[i]
+        for p in range(first[i], first[i + 1]):
+            G[p, 0] = 0.0
+            G[p, 1] = 0.0
+            G[p, 2] = 0.0
+        e = e0[zi]
+        if J > 0:
+            site_features(i, first, nbr, R, zat, mb_t, mb_spl, lmax, K, q, cs,
+                          zj, rhat, rinv, Pm, dPm, Y, dY)
+            accumulate_a(J, zj, az_ptr, az_idx, a_poly, a_lm, Pm, Y, A)
+            forward_aa(A, parent, node_a, AA)
+            c = coef[zi]
+            for k in range(nN):
+                e += c[k] * AA[k]
+            if with_grad:
+                # reverse pass through the DAG: ∂E/∂AA -> ∂E/∂A
+                dA[:] = 0.0
+                for k in range(nN):
+                    dAA[k] = c[k]
+                for k in range(nN - 1, -1, -1):
+                    g = dAA[k]
+                    if g == 0.0:
+                        continue
+                    a = node_a[k]
+                    pk = parent[k]
+                    if pk < 0:
+                        dA[a] += g
+                    else:
+                        dA[a] += g * AA[pk]
+                        dAA[pk] += g * A[a]
+                # ∂E/∂A -> ∂E/∂R_ij through radials and harmonics
+                for jj in range(J):
+                    dEdP[:] = 0.0
+                    dEdY[:] = 0.0
+                    z = zj[jj]
+                    for t in range(az_ptr[z], az_ptr[z + 1]):
+                        k = az_idx[t]
+                        g = dA[k]
+                        dEdP[a_poly[k]] += g * Y[jj, a_lm[k]]
+                        dEdY[a_lm[k]] += g * Pm[jj, a_poly[k]]
+                    gr = 0.0
+                    for n in range(n_poly):
+                        gr += dEdP[n] * dPm[jj, n]
+                    g0 = 0.0
+                    g1 = 0.0
+                    g2 = 0.0
+                    for lm in range(nlm):
+                        g0 += dEdY[lm] * dY[jj, lm, 0]
+                        g1 += dEdY[lm] * dY[jj, lm, 1]
+                        g2 += dEdY[lm] * dY[jj, lm, 2]
+                    u0, u1, u2 = rhat[jj, 0], rhat[jj, 1], rhat[jj, 2]
+                    g0, g1, g2 = project(g0, g1, g2, u0, u1, u2, rinv[jj])
+                    p = first[i] + jj
+                    G[p, 0] += gr * u0 + g0
+                    G[p, 1] += gr * u1 + g1
+                    G[p, 2] += gr * u2 + g2
+            e += pair_energy_grad(i, first, nbr, R, zat, pr_t, pair_p, pair_spl, G, with_grad)
+        E[i] = e
+
+
+@njit(cache=True, nogil=True)
+def fast_serial(first, nbr, R, zat, e0, mb_t, mb_spl, lmax, a_poly, a_lm, az_ptr, az_idx,
+                parent, node_a, coef, pr_t, pair_p, pair_spl, with_grad):
+    N = first.shape[0] - 1
+    E = np.empty(N)
+    G = np.empty((R.shape[0], 3))
+    _fast_range(0, N, first, nbr, R, zat, e0, mb_t, mb_spl, lmax, a_poly, a_lm, az_ptr, az_idx,
+                parent, node_a, coef, pr_t, pair_p, pair_spl, with_grad, E, G)
+    return E, G
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def fast_parallel(first, nbr, R, zat, e0, mb_t, mb_spl, lmax, a_poly, a_lm, az_ptr, az_idx,
+                  parent, node_a, coef, pr_t, pair_p, pair_spl, with_grad, n_chunks):
+    """As fast_serial, over n_chunks blocks of atoms on numba's threads (n_chunks >= 1)."""
+    N = first.shape[0] - 1
+    E = np.empty(N)
+    G = np.empty((R.shape[0], 3))
+    n_chunks = min(N, n_chunks)
+    for c in prange(n_chunks):
+        _fast_range(c * N // n_chunks, (c + 1) * N // n_chunks, first, nbr, R, zat, e0, mb_t,
+                    mb_spl, lmax, a_poly, a_lm, az_ptr, az_idx, parent, node_a, coef, pr_t,
+                    pair_p, pair_spl, with_grad, E, G)
+    return E, G
+
+
+@njit(cache=True, nogil=True)
+def scatter_forces_virial(first, nbr, R, G, n_atoms):
+    """F_i += ∂E_i/∂R_ij, F_j -= ∂E_i/∂R_ij; W = -Σ ∂E_i/∂R_ij ⊗ R_ij."""
+    F = np.zeros((n_atoms, 3))
+    W = np.zeros((3, 3))
+    for i in range(n_atoms):
+        for p in range(first[i], first[i + 1]):
+            j = nbr[p]
+            for a in range(3):
+                F[i, a] += G[p, a]
+                F[j, a] -= G[p, a]
+                for b in range(3):
+                    W[a, b] -= G[p, a] * R[p, b]
+    return F, W
+
+
+@njit(cache=True, nogil=True)
+def basis_rows(first, nbr, R, zat, nz, mb_t, mb_spl, lmax, a_poly, a_lm, az_ptr, az_idx,
+               parent, node_a, aa_node, c_ptr, c_idx, c_val, pr_t, pair_p, pair_bspl,
+               with_grad):
+    """Energy, force and virial rows of every linear parameter (θ order), E0 excluded.
+
+    Returns e (L,), f (N, 3, L), v (3, 3, L). Forward mode: ∂AA/∂R_j by the product rule along
+    the same DAG, then ∂B = C·∂AA.
+    """
+    N = first.shape[0] - 1
+    nB = c_ptr.shape[0] - 1
+    n_pair_poly = pair_bspl.shape[2]
+    n_pair = n_pair_poly * nz
+    L = nz * (nB + n_pair)
+    e = np.zeros(L)
+    f = np.zeros((N, 3, L) if with_grad else (0, 3, L))
+    v = np.zeros((3, 3, L))
+    maxJ = 0
+    for i in range(N):
+        maxJ = max(maxJ, first[i + 1] - first[i])
+    n_poly = mb_spl.shape[2]
+    nlm = (lmax + 1) ** 2
+    nA = a_poly.shape[0]
+    nN = parent.shape[0]
+    K = ylm_norms(lmax)
+    q = np.empty((lmax + 1, lmax + 2))
+    cs = np.empty((lmax + 1, 2))
+    poly = np.empty(max(n_poly, n_pair_poly))
+    dpoly = np.empty(max(n_poly, n_pair_poly))
+    zj = np.empty(maxJ, dtype=np.int64)
+    rhat = np.empty((maxJ, 3))
+    rinv = np.empty(maxJ)
+    Pm = np.empty((maxJ, n_poly))
+    dPm = np.empty((maxJ, n_poly))
+    Y = np.empty((maxJ, nlm))
+    dY = np.empty((maxJ, nlm, 3))
+    A = np.empty(nA)
+    AA = np.empty(nN)
+    dA = np.zeros((nA, maxJ, 3))
+    dAA = np.zeros((nN, maxJ, 3)) if with_grad else np.zeros((0, maxJ, 3))
+    for i in range(N):
+        J = first[i + 1] - first[i]
+        if J == 0:
+            continue
+        zi = zat[i]
+        site_features(i, first, nbr, R, zat, mb_t, mb_spl, lmax, K, q, cs,
+                      zj, rhat, rinv, Pm, dPm, Y, dY)
+        accumulate_a(J, zj, az_ptr, az_idx, a_poly, a_lm, Pm, Y, A)
+        forward_aa(A, parent, node_a, AA)
+        if with_grad:
+            for jj in range(J):
+                u0, u1, u2 = rhat[jj, 0], rhat[jj, 1], rhat[jj, 2]
+                for lm in range(nlm):
+                    dY[jj, lm, 0], dY[jj, lm, 1], dY[jj, lm, 2] = project(
+                        dY[jj, lm, 0], dY[jj, lm, 1], dY[jj, lm, 2], u0, u1, u2, rinv[jj])
+            for k in range(nA):
+                for jj in range(J):
+                    for a in range(3):
+                        dA[k, jj, a] = 0.0
+            for jj in range(J):
+                z = zj[jj]
+                for t in range(az_ptr[z], az_ptr[z + 1]):
+                    k = az_idx[t]
+                    n = a_poly[k]
+                    lm = a_lm[k]
+                    for a in range(3):
+                        dA[k, jj, a] = dPm[jj, n] * Y[jj, lm] * rhat[jj, a] + Pm[jj, n] * dY[jj, lm, a]
+            for k in range(nN):
+                pk = parent[k]
+                ak = node_a[k]
+                if pk < 0:
+                    for jj in range(J):
+                        for a in range(3):
+                            dAA[k, jj, a] = dA[ak, jj, a]
+                else:
+                    for jj in range(J):
+                        for a in range(3):
+                            dAA[k, jj, a] = dAA[pk, jj, a] * A[ak] + AA[pk] * dA[ak, jj, a]
+        col0 = zi * nB
+        for b in range(nB):
+            val = 0.0
+            for t in range(c_ptr[b], c_ptr[b + 1]):
+                val += c_val[t] * AA[aa_node[c_idx[t]]]
+            e[col0 + b] += val
+            if with_grad:
+                for jj in range(J):
+                    p = first[i] + jj
+                    j = nbr[p]
+                    g0 = 0.0
+                    g1 = 0.0
+                    g2 = 0.0
+                    for t in range(c_ptr[b], c_ptr[b + 1]):
+                        node = aa_node[c_idx[t]]
+                        g0 += c_val[t] * dAA[node, jj, 0]
+                        g1 += c_val[t] * dAA[node, jj, 1]
+                        g2 += c_val[t] * dAA[node, jj, 2]
+                    _scatter_row(f, v, i, j, R[p], col0 + b, g0, g1, g2)
+        # pair basis: R^pair_n = P_n'(y) f(r) for the neighbour's species channel
+        pcol0 = nz * nB + zi * n_pair
+        for jj in range(J):
+            p = first[i] + jj
+            rv = R[p]
+            r = np.sqrt(rv[0] * rv[0] + rv[1] * rv[1] + rv[2] * rv[2])
+            z = zj[jj]
+            y, dy = agnesi(r, pr_t, zi, z)
+            fe, dfe = pair_envelope(r, pr_t[zi, z, 3], pr_t[zi, z, 5], pair_p)
+            spline_eval_all(pair_bspl, y, poly, dpoly)
+            for n in range(n_pair_poly):
+                col = pcol0 + n * nz + z
+                e[col] += poly[n] * fe
+                if with_grad:
+                    g = (dpoly[n] * dy * fe + poly[n] * dfe) / r
+                    _scatter_row(f, v, i, nbr[p], rv, col, g * rv[0], g * rv[1], g * rv[2])
+    return e, f, v
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _scatter_row(f, v, i, j, rv, col, g0, g1, g2):
+    f[i, 0, col] += g0
+    f[i, 1, col] += g1
+    f[i, 2, col] += g2
+    f[j, 0, col] -= g0
+    f[j, 1, col] -= g1
+    f[j, 2, col] -= g2
+    for b in range(3):
+        v[0, b, col] -= g0 * rv[b]
+        v[1, b, col] -= g1 * rv[b]
+        v[2, b, col] -= g2 * rv[b]

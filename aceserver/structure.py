@@ -1,0 +1,59 @@
+"""Validation of a structure before evaluation: every problem gets an ACEInputError naming the
+field, so front ends can answer 4xx / a clean error instead of crashing or returning garbage."""
+from __future__ import annotations
+
+import numpy as np
+from ase.data import chemical_symbols
+
+from .errors import ACEInputError, UnknownElementError
+
+MIN_DISTANCE = 1e-4   # Å; closer pairs are "atoms on top of each other"
+
+
+def species_lookup(elements) -> np.ndarray:
+    """Array over atomic numbers 0..118 giving the model's species index, -1 when absent."""
+    table = -np.ones(len(chemical_symbols), dtype=np.int64)
+    for k, sym in enumerate(elements):
+        table[chemical_symbols.index(sym)] = k
+    return table
+
+
+def prepare(numbers, positions, cell, pbc, lookup: np.ndarray, elements):
+    """Checked, contiguous float64/int64 arrays: (species index per atom, positions, cell, pbc)."""
+    try:
+        numbers = np.asarray(numbers)
+        positions = np.asarray(positions, dtype=np.float64)
+        cell = np.zeros((3, 3)) if cell is None else np.asarray(cell, dtype=np.float64)
+        pbc = np.broadcast_to(np.asarray(False if pbc is None else pbc, dtype=bool), (3,)).copy()
+    except (TypeError, ValueError) as err:
+        raise ACEInputError(f"structure arrays could not be read: {err}") from None
+    if numbers.ndim != 1 or not np.issubdtype(numbers.dtype, np.integer):
+        raise ACEInputError(f"numbers must be a 1-d array of integer atomic numbers, "
+                            f"got shape {numbers.shape} and dtype {numbers.dtype}", "numbers")
+    n = numbers.shape[0]
+    if positions.shape != (n, 3):
+        raise ACEInputError(f"positions must have shape ({n}, 3) for {n} atoms, "
+                            f"got {positions.shape}", "positions")
+    if cell.shape != (3, 3):
+        raise ACEInputError(f"cell must be 3x3 (rows are lattice vectors), got {cell.shape}", "cell")
+    if not np.all(np.isfinite(positions)):
+        bad = int(np.flatnonzero(~np.isfinite(positions).all(axis=1))[0])
+        raise ACEInputError(f"positions contain NaN or inf (first at atom {bad})", "positions")
+    if not np.all(np.isfinite(cell)):
+        raise ACEInputError("cell contains NaN or inf", "cell")
+    out_of_range = (numbers < 0) | (numbers >= len(lookup))
+    if out_of_range.any():
+        raise UnknownElementError(f"invalid atomic number {int(numbers[out_of_range][0])}", "numbers")
+    z = lookup[numbers]
+    if (z < 0).any():
+        missing = sorted({chemical_symbols[k] for k in numbers[z < 0]})
+        raise UnknownElementError(f"element(s) {', '.join(missing)} not in the model "
+                                  f"(it knows {', '.join(elements)})", "numbers")
+    if pbc.any():
+        # each periodic lattice vector must be non-zero and, together, span their directions
+        vecs = cell[pbc]
+        if np.linalg.matrix_rank(vecs, tol=1e-8 * max(1.0, np.abs(cell).max())) < len(vecs):
+            raise ACEInputError("the cell is degenerate along a periodic direction "
+                                f"(pbc={pbc.tolist()}, cell={cell.tolist()})", "cell")
+    return (np.ascontiguousarray(z), np.ascontiguousarray(positions), np.ascontiguousarray(cell),
+            pbc)
