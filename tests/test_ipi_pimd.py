@@ -115,9 +115,11 @@ def test_batch_size(tmp_path, model_path, model):
 @pytest.mark.parametrize(
     "how, options",
     [
-        # SIGTERM: the driver finishes its call and leaves; i-PI's default (consolidated) mode.
+        # SIGTERM: the driver finishes its call and leaves.
         ("SIGTERM", ""),
-        # SIGKILL: no clean-up at all. i-PI 3.3 only survives a reset in the legacy mode.
+        # SIGKILL: no clean-up in the driver at all; its guard process closes the connection.
+        ("SIGKILL", ""),
+        # i-PI's legacy mode, which survives even a reset.
         ("SIGKILL", "<consolidate_messages>false</consolidate_messages>"),
     ],
 )

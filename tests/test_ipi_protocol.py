@@ -337,6 +337,41 @@ def test_stop_ends_idle_connections(tmp_path):
     server.close()
 
 
+@pytest.mark.parametrize("guard", [True, False])
+def test_killed_driver_leaves_a_clean_eof(tmp_path, model, guard):
+    """SIGKILL while the server's bytes wait unread: the kernel would answer with a reset
+    (which hangs i-PI 3.3); the guard process closes the connection cleanly instead."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    atoms = si_structure()
+    atoms.write(tmp_path / "si.extxyz")
+    model.save(tmp_path / "si.model")
+    server = Server(tmp_path / "s")
+    args = [sys.executable, "-m", "aceserver.cli", "ipi", str(tmp_path / "si.model"), "--structure",
+            str(tmp_path / "si.extxyz"), "--unix", "s", "--socket-prefix", f"{tmp_path}/"]
+    driver = subprocess.Popen(args + ([] if guard else ["--no-guard"]), start_new_session=True)
+    try:
+        conn = server.accept()
+        handshake(conn)
+        os.kill(driver.pid, signal.SIGSTOP)  # so that nothing reads what comes next
+        conn.sendall(posdata(atoms.cell.array.T / units.Bohr, atoms.positions / units.Bohr) + hdr("GETFORCE"))
+        os.kill(driver.pid, signal.SIGKILL)
+        driver.wait(10)
+        if guard:
+            assert_clean_eof(conn)
+        else:  # what the guard prevents
+            conn.settimeout(5)
+            with pytest.raises(ConnectionResetError):
+                conn.recv(4096)
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL) if driver.poll() is None else None
+        driver.wait(10)
+        server.close()
+
+
 def test_tcp_sets_nodelay():
     listener = socket.create_server(("127.0.0.1", 0))
     port = listener.getsockname()[1]

@@ -26,6 +26,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--connect-timeout", type=float, default=600.0, metavar="SECONDS",
                         help="give up if no server appears within this time; 'inf' waits forever "
                              "(default: %(default)s)")
+    parser.add_argument("--no-guard", action="store_true",
+                        help="do not start the small watchdog process that closes the connections cleanly "
+                             "if this process is killed (without it, SIGKILL can hang i-PI 3.3)")
     parser.add_argument("--extras", default="committee", metavar="LIST",
                         help="comma-separated extras to send as a JSON object: 'committee' (committee_pot "
                              "and committee_uncertainty, Hartree; only if the model has a committee), "
@@ -62,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
              ", ".join(model.elements), potential.natoms, args.structure, args.clients, address)
 
     driver = Driver(potential, address, clients=args.clients, reconnect=args.reconnect,
-                    connect_timeout=args.connect_timeout)
+                    connect_timeout=args.connect_timeout, guard=not args.no_guard)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, frame: driver.stop(signal.Signals(signum).name))
     status = driver.run()

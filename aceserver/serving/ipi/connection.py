@@ -1,11 +1,17 @@
-"""Finding the i-PI (or ASE) server: addresses, connecting with back-off, closing politely."""
+"""Finding the i-PI (or ASE) server: addresses, connecting with back-off, guarding connections."""
 from __future__ import annotations
 
+import itertools
 import logging
 import socket
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass
+
+from . import guard
+from .guard import close_politely
 
 log = logging.getLogger("aceserver.ipi")
 
@@ -94,25 +100,43 @@ def connect(
     return None
 
 
-def close_politely(sock: socket.socket, wait: float = 2.0) -> None:
-    """Close so that the server sees a clean EOF, never a reset.
+class Guard:
+    """Hands a duplicate of every live connection to the guard process (see ``guard.py``),
+    which closes them politely if this process dies without doing so itself."""
 
-    Closing with unread bytes in the receive queue makes the kernel send a reset; i-PI 3.3
-    hangs on a reset that arrives while it waits for forces, but requeues the work on EOF.
-    So: stop writing (FIN), read and drop everything until the server closes its side (or
-    ``wait`` seconds pass), then close.
-    """
-    try:
-        sock.shutdown(socket.SHUT_WR)
-        sock.settimeout(0.2)
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
+    def __init__(self):
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            # -I: stdlib only, no site customisation, fast start.
+            self.process = subprocess.Popen([sys.executable, "-I", guard.__file__, str(theirs.fileno())],
+                                            pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL)
+        finally:
+            theirs.close()
+        self._control = ours
+        self._lock = threading.Lock()
+        self._keys = itertools.count()
+
+    def adopt(self, sock: socket.socket) -> bytes | None:
+        key = b"%d" % next(self._keys)
+        return key if self._send(b"A" + key, [sock.fileno()]) else None
+
+    def drop(self, key: bytes | None) -> None:
+        if key is not None:
+            self._send(b"D" + key, [])
+
+    def _send(self, message: bytes, fds: list[int]) -> bool:
+        with self._lock:
             try:
-                if not sock.recv(65536):
-                    break
-            except socket.timeout:
-                continue
-    except OSError:
-        pass  # already reset or closed by the peer: nothing left to protect
-    finally:
-        sock.close()
+                socket.send_fds(self._control, [message], fds)
+                return True
+            except OSError as exc:
+                log.warning("connection guard unavailable (%s): a killed driver may hang i-PI", exc)
+                return False
+
+    def close(self) -> None:
+        self._control.close()  # EOF: the guard exits
+        try:
+            self.process.wait(5)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()

@@ -14,7 +14,7 @@ import numpy as np
 
 from aceserver.errors import ACEInputError
 
-from .connection import Address, close_politely, connect
+from .connection import Address, Guard, close_politely, connect
 from .protocol import (
     EXIT,
     GETFORCE,
@@ -113,6 +113,8 @@ class Driver:
     concurrently. ``run()`` blocks until every connection is done and returns an exit status:
     OK (EXIT, EOF or stop()), FAILED (no server, evaluation failure without ``reconnect``)
     or BAD_INPUT (the server's structure does not fit the potential; retrying cannot help).
+    With ``guard`` a watchdog process holds a duplicate of each connection and closes it
+    cleanly should this process be killed (see ``guard.py``).
     """
 
     def __init__(
@@ -122,6 +124,7 @@ class Driver:
         clients: int = 1,
         reconnect: bool = False,
         connect_timeout: float | None = None,
+        guard: bool = True,
     ):
         if clients < 1:
             raise ValueError("clients must be at least 1")
@@ -130,6 +133,8 @@ class Driver:
         self.clients = clients
         self.reconnect = reconnect
         self.connect_timeout = connect_timeout
+        self.use_guard = guard
+        self._guard: Guard | None = None
         self.calls = 0
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -137,6 +142,11 @@ class Driver:
         self._status = OK
 
     def run(self) -> int:
+        if self.use_guard:
+            try:
+                self._guard = Guard()
+            except OSError as exc:
+                log.warning("cannot start the connection guard (%s): a killed driver may hang i-PI", exc)
         threads = [
             threading.Thread(target=self._serve, args=(i,), name=f"ipi-client-{i}", daemon=True)
             for i in range(self.clients)
@@ -146,6 +156,8 @@ class Driver:
         for thread in threads:
             while thread.is_alive():
                 thread.join(0.5)  # wake now and then so signal handlers run promptly
+        if self._guard is not None:
+            self._guard.close()
         return self._status
 
     def stop(self, reason: str = "stop requested") -> None:
@@ -176,6 +188,7 @@ class Driver:
             if sock is None:
                 return
             log.info("client %d connected to %s", index, self.address)
+            guard_key = self._guard.adopt(sock) if self._guard else None
             with self._lock:
                 self._sockets[index] = sock
             if self._stop.is_set():  # stop() may have missed this socket
@@ -208,6 +221,8 @@ class Driver:
                     self._sockets.pop(index, None)
                     self.calls += session.calls
                 close_politely(sock)
+                if self._guard:
+                    self._guard.drop(guard_key)
             if not retry:
                 return
             log.info("client %d: reconnecting", index)
