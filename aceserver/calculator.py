@@ -1,0 +1,44 @@
+"""ASE calculator for aceserver models: energy, free_energy, forces, stress, energies (per atom),
+plus the committee spread when the model carries a committee. Units: eV, Å, eV/Å, eV/Å³."""
+from __future__ import annotations
+
+import numpy as np
+from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
+
+from .model import ACEModel, load_model
+
+
+class ACECalculator(Calculator):
+    """ASE calculator over an `ACEModel` or a model file path.
+
+    results: energy, free_energy (eV), forces (eV/Å), stress (eV/Å³, Voigt, periodic cells only),
+    energies (eV per atom); with a committee also energy_committee (eV, one per member),
+    energy_std (eV), and with committee_forces=True forces_committee (K, N, 3) eV/Å.
+    """
+
+    implemented_properties = ["energy", "free_energy", "forces", "stress", "energies"]
+
+    def __init__(self, model_or_path, *, committee_forces: bool = False, threads=None, **kwargs):
+        super().__init__(**kwargs)
+        self.model = model_or_path if isinstance(model_or_path, ACEModel) else load_model(model_or_path)
+        self.committee_forces = committee_forces
+        self.threads = threads
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        atoms = self.atoms
+        res = self.model.evaluate(atoms.numbers, atoms.positions, atoms.cell[:], atoms.pbc,
+                                  committee=True, committee_forces=self.committee_forces,
+                                  threads=self.threads)
+        self.results = {"energy": res.energy, "free_energy": res.energy, "forces": res.forces,
+                        "energies": res.energies}
+        if atoms.pbc.all() and atoms.cell.rank == 3:
+            self.results["stress"] = res.stress(atoms.cell[:])
+        elif "stress" in properties:
+            raise PropertyNotImplementedError("stress needs a cell that is periodic in all three "
+                                              "directions")
+        if res.energy_committee is not None:
+            self.results["energy_committee"] = res.energy_committee
+            self.results["energy_std"] = float(np.std(res.energy_committee))
+        if res.forces_committee is not None:
+            self.results["forces_committee"] = res.forces_committee
