@@ -168,6 +168,23 @@ def test_split_reads(pair):
     assert replies.startswith(b"NEEDINIT    READY       FORCEREADY  ")
 
 
+def test_large_message(pair):
+    """Messages larger than the read buffer (here 120 kB of positions) arrive intact."""
+    server, client = pair
+    thread, holder = run_session(client, Toy())
+    server.sendall(hdr("STATUS") + hdr("INIT") + struct.pack("<ii", 0, 0))
+    assert recv_exact(server, 12) == b"NEEDINIT    "
+    q = np.random.default_rng(0).standard_normal((5000, 3))
+    sender = threading.Thread(target=server.sendall, args=(posdata(H, q) + hdr("GETFORCE"),))
+    sender.start()  # the socket buffer is smaller than the message: send while the driver reads
+    expected = golden_reply(q.sum(), -2.0 * q, H + H.T, b'{"n": 1}')
+    assert recv_exact(server, len(expected)) == expected
+    sender.join(5)
+    server.sendall(hdr("EXIT"))
+    thread.join(5)
+    assert holder.get("result") == "exit"
+
+
 def test_batched_layout_and_padding(pair):
     """batch_size:3 from INIT switches layouts; the padded repeat is not evaluated again."""
     server, client = pair

@@ -5,7 +5,7 @@ while bytes from the server wait unread in a socket, the kernel answers with a r
 reset that reaches i-PI 3.3 while it waits for forces kills its poll thread: i-PI hangs.
 No code in a killed process runs, so the driver hands a duplicate of every connection to this
 small process. While it holds one, the connection outlives the driver; when the driver dies,
-the guard reads what is left and closes politely, and i-PI sees EOF and requeues the work.
+the guard ends it in the way i-PI survives (``abandon``), and i-PI requeues the work.
 
 Run as a script (``python guard.py FD``, stdlib only, so it starts fast) with FD one end of a
 SOCK_SEQPACKET pair. Messages from the driver: b"A" + key with one file descriptor (adopt),
@@ -43,6 +43,32 @@ def close_politely(sock: socket.socket, wait: float = 2.0) -> None:
         sock.close()
 
 
+GETFORCE = b"GETFORCE    "
+
+
+def abandon(sock: socket.socket, grace: float = 0.1) -> None:
+    """End a connection whose driver died, in the way the server survives.
+
+    i-PI 3.3 survives EOF but not a reset in its default mode, and the reverse in its legacy
+    mode while it waits for FORCEREADY (it then loops on EOF forever). The legacy mode is
+    recognisable: its GETFORCE arrives alone, after HAVEDATA; i-PI 3's default mode sends it
+    together with POSDATA. So after a moment for messages in flight, a lone GETFORCE is left
+    unread (closing then resets the connection), and anything else ends with a clean EOF.
+    """
+    time.sleep(grace)
+    try:
+        pending = sock.recv(64, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    except (BlockingIOError, InterruptedError):
+        pending = b""
+    except OSError:
+        sock.close()
+        return
+    if pending == GETFORCE:
+        sock.close()
+    else:
+        close_politely(sock)
+
+
 def serve(control: socket.socket) -> None:
     held: dict[bytes, socket.socket] = {}
     while True:
@@ -58,7 +84,7 @@ def serve(control: socket.socket) -> None:
         elif op == b"D" and key in held:
             held.pop(key).close()
     for sock in held.values():  # the driver died holding these
-        close_politely(sock)
+        abandon(sock)
 
 
 if __name__ == "__main__":
