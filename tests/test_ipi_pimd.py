@@ -125,7 +125,7 @@ def test_batch_size(tmp_path, model_path, model):
 )
 def test_driver_replaced_mid_run(tmp_path, model_path, how, options):
     structure = _structure(tmp_path)
-    nbeads, steps = 8, 60
+    nbeads, steps = 8, 30
     name = unique_name("kill")
     xml = ipi_input(tmp_path, structure, nbeads=nbeads, steps=steps, unix=name,
                     ffsocket_options=options, trajectory=False)
