@@ -48,20 +48,17 @@ class Address:
     def _open(self) -> socket.socket:
         if self.path:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            target = self.path
-        else:
-            info = socket.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM)[0]
-            sock = socket.socket(info[0], socket.SOCK_STREAM)
-            target = info[4]
-        try:
-            sock.connect(target)
-        except BaseException:
-            sock.close()
-            raise
-        if not self.path:
-            # Replies are one write each, but without NODELAY a small write waiting for a
-            # delayed ACK costs ~40 ms per call on loopback.
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            try:
+                sock.connect(self.path)
+            except BaseException:
+                sock.close()
+                raise
+            return sock
+        # create_connection tries every address of the host (IPv6 and IPv4 "localhost").
+        sock = socket.create_connection((self.host, self.port))
+        # Replies are one write each, but without NODELAY a small write waiting for a
+        # delayed ACK costs ~40 ms per call on loopback.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return sock
 
 
