@@ -4,8 +4,10 @@
 
 1. Overhead per force call on a unix socket, 64 Si atoms. A minimal in-process server plays
    i-PI 3 (POSDATA+GETFORCE in one write, FORCEREADY, then the STATUS/READY probe) against
-   `aceserver ipi` in a child process; the bare `model.evaluate` time is subtracted. The same
-   loop against a driver with a zero-cost potential gives the pure protocol cost.
+   a Driver with a zero-cost potential in a child process: the protocol's cost. The adapter's
+   own cost (units, extras) is timed on a model that returns a fixed Evaluation. Their sum is
+   the driver overhead. The same loop against `aceserver ipi` with the real model, minus the
+   bare evaluation, is printed as a check; on a loaded machine it is within the noise.
 2. i-PI NVT PIMD, 8 beads, 64 atoms: steps/s with one and two driver connections (and with
    i-PI's batch_size=8), from i-PI's own "t/step" averages after the first 100 steps.
 
@@ -125,6 +127,16 @@ def serve_driver(command, path: str, atoms, calls):
         os.unlink(path)
 
 
+class Canned:
+    """The model's interface with a fixed answer: times the adapter without evaluation noise."""
+
+    def __init__(self, model, result):
+        self.elements, self.committee, self.result = model.elements, model.committee, result
+
+    def evaluate(self, *args, **kwargs):
+        return self.result
+
+
 def bench_overhead(args, directory: Path):
     from aceserver.serving.ipi import ACEPotential
 
@@ -133,44 +145,43 @@ def bench_overhead(args, directory: Path):
     path = model_file(args, directory)
     model = aceserver.load_model(path)
     numbers, cell, pbc = atoms.numbers, atoms.cell.array, atoms.pbc
-    h = cell.T / units.Bohr
-    adapters = {"none": ACEPotential.from_atoms(model, atoms, extras=()),
-                "energies": ACEPotential.from_atoms(model, atoms, extras=("energies", "committee"))}
+    h, q = cell.T / units.Bohr, atoms.positions / units.Bohr
     rng = np.random.default_rng(2)
     for _ in range(20):
         model.evaluate(numbers, atoms.positions, cell, pbc)
-    # Interleaved, so that load changes hit all three alike.
-    times = {"evaluate": [], "none": [], "energies": []}
+    evals = []
     for _ in range(args.calls):
         pos = atoms.positions + 1e-3 * units.Bohr * rng.standard_normal(atoms.positions.shape)
         t0 = time.perf_counter()
         model.evaluate(numbers, pos, cell, pbc)
-        t1 = time.perf_counter()
-        adapters["none"].compute(h, pos / units.Bohr)
-        t2 = time.perf_counter()
-        adapters["energies"].compute(h, pos / units.Bohr)
-        t3 = time.perf_counter()
-        times["evaluate"].append(t1 - t0)
-        times["none"].append(t2 - t1)
-        times["energies"].append(t3 - t2)
-    t = {k: np.array(v) for k, v in times.items()}
-    t_eval = np.median(t["evaluate"])
+        evals.append(time.perf_counter() - t0)
+    evals = np.array(evals)
+    canned = Canned(model, model.evaluate(numbers, atoms.positions, cell, pbc, committee=True))
+    adapter = {}
+    for label, extras in [("none", ()), ("energies", ("energies", "committee"))]:
+        pot = ACEPotential.from_atoms(canned, atoms, extras=extras)
+        t = []
+        for _ in range(args.calls):
+            t0 = time.perf_counter()
+            pot.compute(h, q)
+            t.append(time.perf_counter() - t0)
+        adapter[label] = np.median(t)
     sock = f"/tmp/ipi_bench_{os.getpid()}"
-    zero = serve_driver([sys.executable, "-c", ZERO_DRIVER, sock], sock, atoms, args.calls)
+    zero = np.median(serve_driver([sys.executable, "-c", ZERO_DRIVER, sock], sock, atoms, args.calls))
     print(f"64 Si atoms, unix socket, {args.calls} calls; medians (min) in µs")
-    print(f"  bare model.evaluate                      {t_eval * 1e6:9.1f} ({t['evaluate'].min() * 1e6:.1f})")
-    print(f"  protocol: Driver with a zero-cost potential {np.median(zero) * 1e6:6.1f} ({zero.min() * 1e6:.1f})"
-          "  (both sides' round trips, i-PI 3 style)")
+    print(f"  bare model.evaluate                          {np.median(evals) * 1e6:9.1f} ({evals.min() * 1e6:.1f})")
+    print(f"  protocol: Driver with a zero-cost potential  {zero * 1e6:9.1f}"
+          "   (both sides' round trips, i-PI 3 style)")
     for label in ["none", "energies"]:
-        extra = np.median(t[label] - t["evaluate"])
-        print(f"  ACEPotential over evaluate, extras {label:8s} {extra * 1e6:6.1f}"
-              f"  -> driver overhead per call {(np.median(zero) + extra) * 1e6:.1f}")
+        print(f"  ACEPotential (units, extras {label:8s})     {adapter[label] * 1e6:9.1f}"
+              f"   -> driver overhead per call: {(zero + adapter[label]) * 1e6:.1f}")
     for label, extras in [("none", ["--extras", "none"]), ("energies", ["--extras", "energies,committee"])]:
         cmd = [sys.executable, "-m", "aceserver.cli", "ipi", str(path), "--structure",
                str(directory / "si64.extxyz"), "--unix", Path(sock).name[len("ipi_"):], "-q", *extras]
         e2e = serve_driver(cmd, sock, atoms, args.calls)
-        print(f"  end to end, aceserver ipi, extras {label:8s} {np.median(e2e) * 1e6:9.1f} ({e2e.min() * 1e6:.1f})"
-              f"  minus evaluate: {(np.median(e2e) - t_eval) * 1e6:.1f} (min: {(e2e.min() - t['evaluate'].min()) * 1e6:.1f})")
+        print(f"  end to end, aceserver ipi --extras {label:8s} {np.median(e2e) * 1e6:9.1f} ({e2e.min() * 1e6:.1f})"
+              f"   minus evaluate: median {(np.median(e2e) - np.median(evals)) * 1e6:.1f},"
+              f" min {(e2e.min() - evals.min()) * 1e6:.1f}")
     return path
 
 

@@ -87,7 +87,10 @@ class Session:
                     return "stopped"
             elif header == INIT:
                 self.bead, text = read_init(channel)
-                batch = int(parse_init_string(text).get("batch_size", 1))
+                try:
+                    batch = int(parse_init_string(text).get("batch_size", 1))
+                except ValueError:
+                    raise ProtocolError(f"INIT string {text!r} has a bad batch_size") from None
                 self.batch = batch if batch > 1 else None
                 self.initialised = True
                 log.debug("INIT bead %d, %r", self.bead, text)
