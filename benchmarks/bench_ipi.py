@@ -149,13 +149,16 @@ def bench_overhead(args, directory: Path):
     rng = np.random.default_rng(2)
     for _ in range(20):
         model.evaluate(numbers, atoms.positions, cell, pbc)
-    evals = []
+    evals, serial = [], []
     for _ in range(args.calls):
         pos = atoms.positions + 1e-3 * units.Bohr * rng.standard_normal(atoms.positions.shape)
         t0 = time.perf_counter()
         model.evaluate(numbers, pos, cell, pbc)
-        evals.append(time.perf_counter() - t0)
-    evals = np.array(evals)
+        t1 = time.perf_counter()
+        model.evaluate(numbers, pos, cell, pbc, threads=1)
+        evals.append(t1 - t0)
+        serial.append(time.perf_counter() - t1)
+    evals, serial = np.array(evals), np.array(serial)
     canned = Canned(model, model.evaluate(numbers, atoms.positions, cell, pbc, committee=True))
     adapter = {}
     for label, extras in [("none", ()), ("energies", ("energies", "committee"))]:
@@ -170,6 +173,7 @@ def bench_overhead(args, directory: Path):
     zero = np.median(serve_driver([sys.executable, "-c", ZERO_DRIVER, sock], sock, atoms, args.calls))
     print(f"64 Si atoms, unix socket, {args.calls} calls; medians (min) in µs")
     print(f"  bare model.evaluate                          {np.median(evals) * 1e6:9.1f} ({evals.min() * 1e6:.1f})")
+    print(f"  bare model.evaluate(threads=1)               {np.median(serial) * 1e6:9.1f} ({serial.min() * 1e6:.1f})")
     print(f"  protocol: Driver with a zero-cost potential  {zero * 1e6:9.1f}"
           "   (both sides' round trips, i-PI 3 style)")
     for label in ["none", "energies"]:
