@@ -56,10 +56,13 @@ def run(args: argparse.Namespace) -> int:
         atoms = ase.io.read(args.structure, index=0)
         model = load_model(args.model)
         potential = ACEPotential.from_atoms(model, atoms, extras=extras, template_name=args.structure)
-        # Fails early on a bad template, and compiles the kernels before the server waits on us.
-        potential.evaluate_atoms(atoms)
     except (ACEInputError, ModelFileError, ValueError, OSError) as exc:
         log.error("%s", exc)
+        return 2
+    try:
+        potential.evaluate_atoms(atoms)
+    except ACEInputError as exc:
+        log.error("%s: %s", args.structure, exc)
         return 2
     log.info("model %s (%s), %d atoms from %s; %d connection(s) to %s", args.model,
              ", ".join(model.elements), potential.natoms, args.structure, args.clients, address)

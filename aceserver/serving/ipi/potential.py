@@ -10,7 +10,7 @@ import json
 import numpy as np
 from ase import units
 
-from aceserver.errors import ACEInputError, UnknownElementError
+from aceserver.errors import ACEInputError
 
 # ASE's constants, so that a round trip through ASE's SocketIOCalculator is exact;
 # i-PI's own constants differ from these by ~1e-8.
@@ -46,11 +46,6 @@ class ACEPotential:
         self.pbc = np.broadcast_to(np.asarray(pbc, dtype=bool), (3,)).copy()
         self.natoms = len(self.numbers)
         self.template_name = template_name
-        unknown = sorted(set(_symbols(self.numbers)) - set(model.elements))
-        if unknown:
-            raise UnknownElementError(
-                f"{template_name} contains {', '.join(unknown)}, but the model only has "
-                f"{', '.join(model.elements)}", field="numbers")
         extras = tuple(extras)
         bad = set(extras) - set(EXTRAS)
         if bad:
@@ -63,7 +58,8 @@ class ACEPotential:
         return cls(model, atoms.numbers, atoms.pbc, **kwargs)
 
     def evaluate_atoms(self, atoms):
-        """Evaluate a structure in ASE units (for warming up and checking the template)."""
+        """Evaluate a structure in ASE units: checks the template (elements the model lacks
+        raise UnknownElementError) and compiles the kernels before the server waits on us."""
         return self.model.evaluate(self.numbers, atoms.positions, atoms.cell.array, self.pbc,
                                    committee=self.send_committee)
 
@@ -89,8 +85,3 @@ class ACEPotential:
             extras["committee_uncertainty"] = float(np.std(committee, ddof=1)) if len(committee) > 1 else 0.0
         return json.dumps(extras) if extras else ""
 
-
-def _symbols(numbers):
-    from ase.data import chemical_symbols
-
-    return [chemical_symbols[z] if 0 < z < len(chemical_symbols) else f"Z={z}" for z in numbers]
