@@ -11,7 +11,6 @@ import time
 from dataclasses import dataclass
 
 from . import guard
-from .guard import close_politely
 
 log = logging.getLogger("aceserver.ipi")
 

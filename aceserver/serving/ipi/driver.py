@@ -14,7 +14,8 @@ import numpy as np
 
 from aceserver.errors import ACEInputError
 
-from .connection import Address, Guard, close_politely, connect
+from .connection import Address, Guard, connect
+from .guard import close_politely
 from .protocol import (
     EXIT,
     GETFORCE,
