@@ -54,62 +54,50 @@ def _check_bead_energies(directory, model, nbeads, steps):
         np.testing.assert_allclose(out["bead_potentials"][:, bead], ours, rtol=1e-7, atol=1e-6)
 
 
-@pytest.mark.parametrize("transport", ["unix", "inet"])
-def test_pimd_nvt(tmp_path, model_path, model, transport):
-    structure = _structure(tmp_path)
-    nbeads, steps = 4, 10
+def _run(directory, model_path, *driver_args, nbeads=4, steps=10, transport="unix", driver_first=False,
+         options="", triclinic=False):
+    """One complete i-PI run with one driver process; returns the driver's log."""
+    structure = _structure(directory, triclinic)
     if transport == "unix":
         name = unique_name("pimd")
         address, where = dict(unix=name), ["--unix", name]
     else:
         port = free_port()
         address, where = dict(port=port), ["--inet", f"127.0.0.1:{port}"]
-    xml = ipi_input(tmp_path, structure, nbeads=nbeads, steps=steps, **address)
-    with Children(tmp_path) as children:
-        if transport == "unix":  # the driver first: it must wait for the server to appear
-            driver = children.driver(model_path, structure, *where)
+    xml = ipi_input(directory, structure, nbeads=nbeads, steps=steps, ffsocket_options=options, **address)
+    with Children(directory) as children:
+        if driver_first:
+            driver = children.driver(model_path, structure, *where, *driver_args)
             server = children.ipi(xml)
-        else:  # the server first
+        else:
             server = children.ipi(xml)
-            driver = children.driver(model_path, structure, *where)
-        assert wait(server, TIMEOUT) == 0, (tmp_path / "ipi.log").read_text()[-3000:]
+            driver = children.driver(model_path, structure, *where, *driver_args)
+        assert wait(server, TIMEOUT) == 0, (directory / "ipi.log").read_text()[-3000:]
         assert wait(driver, 30) == 0
-    assert "EXIT from the server" in (tmp_path / "driver.log").read_text()
-    _check_bead_energies(tmp_path, model, nbeads, steps)
+    return (directory / "driver.log").read_text()
+
+
+@pytest.mark.parametrize("transport, driver_first", [("unix", True), ("inet", False)])
+def test_pimd_nvt(tmp_path, model_path, model, transport, driver_first):
+    # Both start orders: a driver started first must wait for the server's socket.
+    log = _run(tmp_path, model_path, transport=transport, driver_first=driver_first)
+    assert "EXIT from the server" in log
+    _check_bead_energies(tmp_path, model, nbeads=4, steps=10)
 
 
 def test_two_connections_share_the_beads(tmp_path, model_path, model):
-    structure = _structure(tmp_path)
-    nbeads, steps = 4, 10
-    name = unique_name("two")
-    xml = ipi_input(tmp_path, structure, nbeads=nbeads, steps=steps, unix=name,
-                    ffsocket_options="<slots>2</slots>")
-    with Children(tmp_path) as children:
-        server = children.ipi(xml)
-        driver = children.driver(model_path, structure, "--unix", name, "--clients", "2")
-        assert wait(server, TIMEOUT) == 0
-        assert wait(driver, 30) == 0
-    log = (tmp_path / "driver.log").read_text()
+    log = _run(tmp_path, model_path, "--clients", "2", options="<slots>2</slots>")
     calls = [int(line.split(" after ")[1].split()[0]) for line in log.splitlines() if "EXIT from the server" in line]
     assert len(calls) == 2 and min(calls) > 0, log  # both connections did work
-    assert sum(calls) == nbeads * (steps + 1)
-    _check_bead_energies(tmp_path, model, nbeads, steps)
+    assert sum(calls) == 4 * 11
+    _check_bead_energies(tmp_path, model, nbeads=4, steps=10)
 
 
 def test_batch_size(tmp_path, model_path, model):
     # 4 beads in batches of 3: the second batch is padded by i-PI with a repeated structure.
-    structure = _structure(tmp_path)
-    nbeads, steps = 4, 10
-    name = unique_name("batch")
-    xml = ipi_input(tmp_path, structure, nbeads=nbeads, steps=steps, unix=name,
-                    ffsocket_options="<batch_size>3</batch_size>")
-    with Children(tmp_path) as children:
-        server = children.ipi(xml)
-        driver = children.driver(model_path, structure, "--unix", name, "-vv")
-        assert wait(server, TIMEOUT) == 0
-        assert wait(driver, 30) == 0
-    assert "batch_size:3" in (tmp_path / "driver.log").read_text()
-    _check_bead_energies(tmp_path, model, nbeads, steps)
+    log = _run(tmp_path, model_path, "-vv", options="<batch_size>3</batch_size>")
+    assert "batch_size:3" in log
+    _check_bead_energies(tmp_path, model, nbeads=4, steps=10)
 
 
 @pytest.mark.parametrize(
@@ -119,7 +107,8 @@ def test_batch_size(tmp_path, model_path, model):
         ("SIGTERM", ""),
         # SIGKILL: no clean-up in the driver at all; its guard process closes the connection.
         ("SIGKILL", ""),
-        # i-PI's legacy mode, which survives even a reset.
+        # i-PI's legacy mode, which loops forever on EOF while it waits for forces: the guard
+        # must leave a reset there instead.
         ("SIGKILL", "<consolidate_messages>false</consolidate_messages>"),
     ],
 )
@@ -149,14 +138,7 @@ def test_driver_replaced_mid_run(tmp_path, model_path, how, options):
 
 def test_triclinic_virial(tmp_path, model_path, model):
     """i-PI's virial_md (W/V, atomic units) equals -σ from ACECalculator, off-diagonals included."""
-    structure = _structure(tmp_path, triclinic=True)
-    name = unique_name("tric")
-    xml = ipi_input(tmp_path, structure, nbeads=1, steps=1, unix=name)
-    with Children(tmp_path) as children:
-        server = children.ipi(xml)
-        driver = children.driver(model_path, structure, "--unix", name)
-        assert wait(server, TIMEOUT) == 0
-        assert wait(driver, 30) == 0
+    _run(tmp_path, model_path, nbeads=1, steps=1, triclinic=True)
     out = read_output(tmp_path, 1)
     atoms = bead_frames(tmp_path, 0)[0]  # step 0, as i-PI holds it
     atoms.calc = aceserver.ACECalculator(model)

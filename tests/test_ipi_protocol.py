@@ -46,6 +46,14 @@ def golden_reply(energy, forces, virial, extras: bytes) -> bytes:
             + struct.pack("<i", len(extras)) + extras)
 
 
+def handshake(conn, bead=0, text=b""):
+    """STATUS -> NEEDINIT, INIT, STATUS -> READY, as i-PI opens a connection."""
+    conn.sendall(hdr("STATUS"))
+    assert recv_exact(conn, 12) == b"NEEDINIT    "
+    conn.sendall(hdr("INIT") + struct.pack("<ii", bead, len(text)) + text + hdr("STATUS"))
+    assert recv_exact(conn, 12) == b"READY       "
+
+
 class Toy:
     """A potential that echoes its input, so that every byte of the reply is predictable."""
 
@@ -113,12 +121,7 @@ def test_ipi3_sequence_golden_bytes(pair):
     server, client = pair
     toy = Toy()
     thread, holder = run_session(client, toy)
-    server.sendall(hdr("STATUS"))
-    assert recv_exact(server, 12) == b"NEEDINIT    "
-    text = b" a : 1 , "
-    server.sendall(hdr("INIT") + struct.pack("<ii", 5, len(text)) + text)
-    server.sendall(hdr("STATUS"))
-    assert recv_exact(server, 12) == b"READY       "
+    handshake(server, bead=5, text=b" a : 1 , ")
     server.sendall(posdata(H, Q) + hdr("GETFORCE"))
     expected = golden_reply(Q.sum(), -2.0 * Q, H + H.T, b'{"n": 1}')
     assert recv_exact(server, len(expected)) == expected
@@ -190,11 +193,7 @@ def test_batched_layout_and_padding(pair):
     server, client = pair
     toy = Toy()
     thread, holder = run_session(client, toy)
-    server.sendall(hdr("STATUS"))
-    assert recv_exact(server, 12) == b"NEEDINIT    "
-    text = b" a : 1 , batch_size:3"
-    server.sendall(hdr("INIT") + struct.pack("<ii", 2, len(text)) + text + hdr("STATUS"))
-    assert recv_exact(server, 12) == b"READY       "
+    handshake(server, bead=2, text=b" a : 1 , batch_size:3")
     cells = [H, 2 * H, 2 * H]
     pos = [Q, Q + 1, Q + 1]  # the last one is i-PI's padding
     msg = hdr("POSDATA") + struct.pack("<i", 2)
@@ -257,13 +256,6 @@ def start_driver(driver):
     thread = threading.Thread(target=lambda: holder.setdefault("status", driver.run()), daemon=True)
     thread.start()
     return thread, holder
-
-
-def handshake(conn):
-    conn.sendall(hdr("STATUS"))
-    assert recv_exact(conn, 12) == b"NEEDINIT    "
-    conn.sendall(hdr("INIT") + struct.pack("<ii", 0, 0) + hdr("STATUS"))
-    assert recv_exact(conn, 12) == b"READY       "
 
 
 def assert_clean_eof(conn):
