@@ -43,7 +43,8 @@ def test_socketio_md_equals_direct(tmp_path, transport):
         where, server_args = ["--inet", f"localhost:{port}"], dict(port=port)
     with Children(tmp_path) as children:
         driver = children.driver(model_path, structure, *where)
-        with SocketIOCalculator(**server_args, timeout=60) as calc:
+        # The timeout bounds the wait for the driver, which may first compile the numba kernels.
+        with SocketIOCalculator(**server_args, timeout=120) as calc:
             socket = _md(atoms, calc)
         assert wait(driver, 30) == 0  # ASE closes without EXIT: EOF ends the driver cleanly
 

@@ -239,7 +239,8 @@ class Server:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.bind(self.path)
         self.sock.listen(4)
-        self.sock.settimeout(10)
+        # A bound, not an expectation: a driver process may first compile the numba kernels.
+        self.sock.settimeout(120)
 
     def accept(self):
         conn, _ = self.sock.accept()
