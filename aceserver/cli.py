@@ -9,7 +9,7 @@ import importlib
 import sys
 
 # Sub-command modules, in the order `aceserver --help` lists them.
-COMMANDS = ("basis", "ipi")
+COMMANDS = ("basis", "bench", "ipi")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -13,7 +13,7 @@ import numpy as np
 
 from .basis.ace1 import ACE1Basis, build_ace1_basis
 from .basis.polynomials import natural_spline_coefficients
-from .basis.products import build_product_dag, prune_dag
+from .basis.products import a_groups, build_product_dag, prune_dag
 from .errors import ACEInputError, ModelFileError
 from .evaluation import Evaluation
 from .io import modelfile
@@ -113,9 +113,7 @@ class ACEModel:
     @cached_property
     def _static(self) -> dict:
         b = self.basis
-        a_z = (b.a_spec[:, 0] - 1) % b.nz
-        order = np.argsort(a_z, kind="stable")
-        az_ptr = np.searchsorted(a_z[order], np.arange(b.nz + 1)).astype(np.int64)
+        groups, a_map = a_groups(b.a_spec, b.nz)
         parent, node_a, aa_node = build_product_dag(b.aa_spec)
         return dict(
             mb_t=np.ascontiguousarray(b.mb_transform), pr_t=np.ascontiguousarray(b.pair_transform),
@@ -123,10 +121,7 @@ class ACEModel:
             mb_spl=natural_spline_coefficients(b.mb_poly_nodes),
             pair_bspl=natural_spline_coefficients(b.pair_poly_nodes),
             lmax=b.lmax,
-            a_poly=((b.a_spec[:, 0] - 1) // b.nz).astype(np.int64),
-            a_lm=(b.a_spec[:, 1] ** 2 + b.a_spec[:, 1] + b.a_spec[:, 2]).astype(np.int64),
-            az_ptr=az_ptr, az_idx=order.astype(np.int64),
-            parent=parent, node_a=node_a, aa_node=aa_node,
+            **groups, parent=parent, node_a=a_map[node_a], aa_node=aa_node,
             c_ptr=b.coupling_indptr, c_idx=b.coupling_indices, c_val=b.coupling_data)
 
     def _merge(self, theta: np.ndarray):
@@ -168,8 +163,8 @@ class ACEModel:
 
     def _fast_pass(self, z, first, nbr, R, fast, with_grad, threads):
         s = self._static
-        args = (first, nbr, R, z, self._e0, s["mb_t"], s["mb_spl"], s["lmax"], s["a_poly"],
-                s["a_lm"], s["az_ptr"], s["az_idx"], fast["parent"], fast["node_a"],
+        args = (first, nbr, R, z, self._e0, s["mb_t"], s["mb_spl"], s["lmax"], s["gz_ptr"],
+                s["g_poly"], s["g_l"], s["g_start"], fast["parent"], fast["node_a"],
                 fast["coef"], s["pr_t"], s["pair_p"], fast["pair_spl"], with_grad)
         n = len(z)
         if threads != 1 and n >= PARALLEL_MIN_ATOMS and _PARALLEL_LOCK.acquire(blocking=False):
@@ -204,7 +199,7 @@ class ACEModel:
     def _basis_pass(self, z, first, nbr, R, with_grad=True):
         s = self._static
         return K.basis_rows(first, nbr, R, z, self.basis.nz, s["mb_t"], s["mb_spl"], s["lmax"],
-                            s["a_poly"], s["a_lm"], s["az_ptr"], s["az_idx"], s["parent"],
+                            s["gz_ptr"], s["g_poly"], s["g_l"], s["g_start"], s["parent"],
                             s["node_a"], s["aa_node"], s["c_ptr"], s["c_idx"], s["c_val"],
                             s["pr_t"], s["pair_p"], s["pair_bspl"], with_grad)
 

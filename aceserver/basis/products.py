@@ -54,3 +54,26 @@ def prune_dag(parent, node_a, node_coef):
     par = parent[keep]
     par = np.where(par >= 0, new_index[np.maximum(par, 0)], -1)
     return keep, par, node_a[keep], np.ascontiguousarray(node_coef[:, keep])
+
+
+def a_groups(a_spec: np.ndarray, nz: int):
+    """Kernel layout of the one-particle functions: one group per (n, l) with all 2l+1 m's
+    contiguous, groups sorted by species channel, so A loops run over contiguous memory.
+
+    Returns (tables, a_map): tables has gz_ptr (NZ+1), g_poly (polynomial index), g_l, g_start
+    (n_groups+1, last = total size); a_map maps basis A indices to kernel A indices.
+    """
+    nls = sorted({(int(n), int(l)) for n, l, _ in a_spec}, key=lambda nl: ((nl[0] - 1) % nz, nl))
+    start, g_start = {}, [0]
+    for n, l in nls:
+        start[(n, l)] = g_start[-1]
+        g_start.append(g_start[-1] + 2 * l + 1)
+    chan = np.array([(n - 1) % nz for n, _ in nls], dtype=np.int64)
+    tables = dict(
+        gz_ptr=np.searchsorted(chan, np.arange(nz + 1)).astype(np.int64),
+        g_poly=np.array([(n - 1) // nz for n, _ in nls], dtype=np.int64),
+        g_l=np.array([l for _, l in nls], dtype=np.int64),
+        g_start=np.array(g_start, dtype=np.int64))
+    a_map = np.array([start[(int(n), int(l))] + int(m) + int(l) for n, l, m in a_spec],
+                     dtype=np.int64)
+    return tables, a_map

@@ -50,14 +50,21 @@ def site_features(i, first, nbr, R, zat, mb_t, mb_spl, lmax, K, q, cs,
 
 
 @njit(cache=True, nogil=True)
-def accumulate_a(J, zj, az_ptr, az_idx, a_poly, a_lm, Pm, Y, A):
-    """A_k = Σ_j R_k(r_ij) Y_k(R̂_ij) over the neighbours whose species matches A_k's channel."""
+def accumulate_a(J, zj, gz_ptr, g_poly, g_l, g_start, Pm, Y, A):
+    """A_nlm = Σ_j R_n(r_ij) Y_lm(R̂_ij) over the neighbours in A's species channel.
+
+    A is laid out in groups of one (n, l) with its 2l+1 m's contiguous, groups sorted by species
+    channel (gz_ptr), so the inner loop runs over contiguous memory."""
     A[:] = 0.0
     for jj in range(J):
         z = zj[jj]
-        for t in range(az_ptr[z], az_ptr[z + 1]):
-            k = az_idx[t]
-            A[k] += Pm[jj, a_poly[k]] * Y[jj, a_lm[k]]
+        for g in range(gz_ptr[z], gz_ptr[z + 1]):
+            pr = Pm[jj, g_poly[g]]
+            l = g_l[g]
+            k0 = g_start[g]
+            y0 = l * l
+            for m in range(2 * l + 1):
+                A[k0 + m] += pr * Y[jj, y0 + m]
 
 
 @njit(cache=True, nogil=True)
@@ -92,8 +99,8 @@ def pair_energy_grad(i, first, nbr, R, zat, pr_t, pair_p, pair_spl, G, with_grad
 
 
 @njit(cache=True, nogil=True)
-def _fast_range(start, stop, first, nbr, R, zat, e0, mb_t, mb_spl, lmax, a_poly, a_lm,
-                az_ptr, az_idx, parent, node_a, coef, pr_t, pair_p, pair_spl, with_grad,
+def _fast_range(start, stop, first, nbr, R, zat, e0, mb_t, mb_spl, lmax, gz_ptr, g_poly, g_l,
+                g_start, parent, node_a, coef, pr_t, pair_p, pair_spl, with_grad,
                 E, G):
     """Fast form for atoms start..stop-1: site energies E[i] and pair gradients G[p]."""
     maxJ = 0
@@ -101,7 +108,7 @@ def _fast_range(start, stop, first, nbr, R, zat, e0, mb_t, mb_spl, lmax, a_poly,
         maxJ = max(maxJ, first[i + 1] - first[i])
     n_poly = mb_spl.shape[2]
     nlm = (lmax + 1) ** 2
-    nA = a_poly.shape[0]
+    nA = g_start[g_start.shape[0] - 1]
     nN = parent.shape[0]
     K = ylm_norms(lmax)
     q = np.empty((lmax + 1, lmax + 2))
@@ -130,7 +137,7 @@ def _fast_range(start, stop, first, nbr, R, zat, e0, mb_t, mb_spl, lmax, a_poly,
         if J > 0:
             site_features(i, first, nbr, R, zat, mb_t, mb_spl, lmax, K, q, cs,
                           zj, rhat, rinv, Pm, dPm, Y, dY)
-            accumulate_a(J, zj, az_ptr, az_idx, a_poly, a_lm, Pm, Y, A)
+            accumulate_a(J, zj, gz_ptr, g_poly, g_l, g_start, Pm, Y, A)
             forward_aa(A, parent, node_a, AA)
             c = coef[zi]
             for k in range(nN):
@@ -156,11 +163,18 @@ def _fast_range(start, stop, first, nbr, R, zat, e0, mb_t, mb_spl, lmax, a_poly,
                     dEdP[:] = 0.0
                     dEdY[:] = 0.0
                     z = zj[jj]
-                    for t in range(az_ptr[z], az_ptr[z + 1]):
-                        k = az_idx[t]
-                        g = dA[k]
-                        dEdP[a_poly[k]] += g * Y[jj, a_lm[k]]
-                        dEdY[a_lm[k]] += g * Pm[jj, a_poly[k]]
+                    for gg in range(gz_ptr[z], gz_ptr[z + 1]):
+                        n = g_poly[gg]
+                        pr = Pm[jj, n]
+                        l = g_l[gg]
+                        k0 = g_start[gg]
+                        y0 = l * l
+                        acc = 0.0
+                        for m in range(2 * l + 1):
+                            d = dA[k0 + m]
+                            acc += d * Y[jj, y0 + m]
+                            dEdY[y0 + m] += d * pr
+                        dEdP[n] += acc
                     gr = 0.0
                     for n in range(n_poly):
                         gr += dEdP[n] * dPm[jj, n]
@@ -182,18 +196,18 @@ def _fast_range(start, stop, first, nbr, R, zat, e0, mb_t, mb_spl, lmax, a_poly,
 
 
 @njit(cache=True, nogil=True)
-def fast_serial(first, nbr, R, zat, e0, mb_t, mb_spl, lmax, a_poly, a_lm, az_ptr, az_idx,
+def fast_serial(first, nbr, R, zat, e0, mb_t, mb_spl, lmax, gz_ptr, g_poly, g_l, g_start,
                 parent, node_a, coef, pr_t, pair_p, pair_spl, with_grad):
     N = first.shape[0] - 1
     E = np.empty(N)
     G = np.empty((R.shape[0], 3))
-    _fast_range(0, N, first, nbr, R, zat, e0, mb_t, mb_spl, lmax, a_poly, a_lm, az_ptr, az_idx,
+    _fast_range(0, N, first, nbr, R, zat, e0, mb_t, mb_spl, lmax, gz_ptr, g_poly, g_l, g_start,
                 parent, node_a, coef, pr_t, pair_p, pair_spl, with_grad, E, G)
     return E, G
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def fast_parallel(first, nbr, R, zat, e0, mb_t, mb_spl, lmax, a_poly, a_lm, az_ptr, az_idx,
+def fast_parallel(first, nbr, R, zat, e0, mb_t, mb_spl, lmax, gz_ptr, g_poly, g_l, g_start,
                   parent, node_a, coef, pr_t, pair_p, pair_spl, with_grad, n_chunks):
     """As fast_serial, over n_chunks blocks of atoms on numba's threads (n_chunks >= 1)."""
     N = first.shape[0] - 1
@@ -202,7 +216,7 @@ def fast_parallel(first, nbr, R, zat, e0, mb_t, mb_spl, lmax, a_poly, a_lm, az_p
     n_chunks = min(N, n_chunks)
     for c in prange(n_chunks):
         _fast_range(c * N // n_chunks, (c + 1) * N // n_chunks, first, nbr, R, zat, e0, mb_t,
-                    mb_spl, lmax, a_poly, a_lm, az_ptr, az_idx, parent, node_a, coef, pr_t,
+                    mb_spl, lmax, gz_ptr, g_poly, g_l, g_start, parent, node_a, coef, pr_t,
                     pair_p, pair_spl, with_grad, E, G)
     return E, G
 
@@ -224,7 +238,7 @@ def scatter_forces_virial(first, nbr, R, G, n_atoms):
 
 
 @njit(cache=True, nogil=True)
-def basis_rows(first, nbr, R, zat, nz, mb_t, mb_spl, lmax, a_poly, a_lm, az_ptr, az_idx,
+def basis_rows(first, nbr, R, zat, nz, mb_t, mb_spl, lmax, gz_ptr, g_poly, g_l, g_start,
                parent, node_a, aa_node, c_ptr, c_idx, c_val, pr_t, pair_p, pair_bspl,
                with_grad):
     """Energy, force and virial rows of every linear parameter (θ order), E0 excluded.
@@ -245,7 +259,7 @@ def basis_rows(first, nbr, R, zat, nz, mb_t, mb_spl, lmax, a_poly, a_lm, az_ptr,
         maxJ = max(maxJ, first[i + 1] - first[i])
     n_poly = mb_spl.shape[2]
     nlm = (lmax + 1) ** 2
-    nA = a_poly.shape[0]
+    nA = g_start[g_start.shape[0] - 1]
     nN = parent.shape[0]
     K = ylm_norms(lmax)
     q = np.empty((lmax + 1, lmax + 2))
@@ -270,7 +284,7 @@ def basis_rows(first, nbr, R, zat, nz, mb_t, mb_spl, lmax, a_poly, a_lm, az_ptr,
         zi = zat[i]
         site_features(i, first, nbr, R, zat, mb_t, mb_spl, lmax, K, q, cs,
                       zj, rhat, rinv, Pm, dPm, Y, dY)
-        accumulate_a(J, zj, az_ptr, az_idx, a_poly, a_lm, Pm, Y, A)
+        accumulate_a(J, zj, gz_ptr, g_poly, g_l, g_start, Pm, Y, A)
         forward_aa(A, parent, node_a, AA)
         if with_grad:
             for jj in range(J):
@@ -284,12 +298,15 @@ def basis_rows(first, nbr, R, zat, nz, mb_t, mb_spl, lmax, a_poly, a_lm, az_ptr,
                         dA[k, jj, a] = 0.0
             for jj in range(J):
                 z = zj[jj]
-                for t in range(az_ptr[z], az_ptr[z + 1]):
-                    k = az_idx[t]
-                    n = a_poly[k]
-                    lm = a_lm[k]
-                    for a in range(3):
-                        dA[k, jj, a] = dPm[jj, n] * Y[jj, lm] * rhat[jj, a] + Pm[jj, n] * dY[jj, lm, a]
+                for gg in range(gz_ptr[z], gz_ptr[z + 1]):
+                    n = g_poly[gg]
+                    l = g_l[gg]
+                    for m in range(2 * l + 1):
+                        k = g_start[gg] + m
+                        lm = l * l + m
+                        for a in range(3):
+                            dA[k, jj, a] = (dPm[jj, n] * Y[jj, lm] * rhat[jj, a]
+                                            + Pm[jj, n] * dY[jj, lm, a])
             for k in range(nN):
                 pk = parent[k]
                 ak = node_a[k]
