@@ -6,8 +6,8 @@
    i-PI 3 (POSDATA+GETFORCE in one write, FORCEREADY, then the STATUS/READY probe) against
    a Driver with a zero-cost potential in a child process: the protocol's cost. The adapter's
    own cost (units, extras) is timed on a model that returns a fixed Evaluation. Their sum is
-   the driver overhead. The same loop against `aceserver ipi` with the real model, minus the
-   bare evaluation, is printed as a check; on a loaded machine it is within the noise.
+   the driver overhead. The same loop against `aceserver ipi` with the real model is printed
+   as a check; on a shared machine its evaluation time varies more than the overhead.
 2. i-PI NVT PIMD, 8 beads, 64 atoms: steps/s with one and two driver connections (and with
    i-PI's batch_size=8), from i-PI's own "t/step" averages after the first 100 steps.
 
@@ -183,9 +183,8 @@ def bench_overhead(args, directory: Path):
         cmd = [sys.executable, "-m", "aceserver.cli", "ipi", str(path), "--structure",
                str(directory / "si64.extxyz"), "--unix", Path(sock).name[len("ipi_"):], "-q", *extras]
         e2e = serve_driver(cmd, sock, atoms, args.calls)
-        print(f"  end to end, aceserver ipi --extras {label:8s} {np.median(e2e) * 1e6:9.1f} ({e2e.min() * 1e6:.1f})"
-              f"   minus evaluate: median {(np.median(e2e) - np.median(evals)) * 1e6:.1f},"
-              f" min {(e2e.min() - evals.min()) * 1e6:.1f}")
+        # Only a check: the child's evaluation time varies as much as the two lines above.
+        print(f"  end to end, aceserver ipi --extras {label:8s} {np.median(e2e) * 1e6:9.1f} ({e2e.min() * 1e6:.1f})")
     return path
 
 
