@@ -18,7 +18,7 @@ from .errors import ACEInputError, ModelFileError
 from .evaluation import Evaluation
 from .io import modelfile
 from .kernels import ace as K
-from .kernels.neighbours import neighbour_list
+from .kernels.neighbours import min_distance, neighbour_list
 from .structure import MIN_DISTANCE, prepare, species_lookup
 
 # numba's default threading layer must not be entered by two threads at once: the parallel
@@ -149,29 +149,25 @@ class ACEModel:
         return self._merge(self._theta)
 
     # ---- evaluation -------------------------------------------------------------------------
-    def _neighbours(self, numbers, positions, cell, pbc):
+    def _neighbours(self, numbers, positions, cell, pbc, n_chunks=1):
         z, pos, cell, pbc = prepare(numbers, positions, cell, pbc, self._lookup, self.elements)
-        first, nbr, R = neighbour_list(pos, cell, pbc, self.rcut)
-        if len(R):
+        first, nbr, R = neighbour_list(pos, cell, pbc, self.rcut, n_chunks=n_chunks)
+        if len(R) and min_distance(R) < MIN_DISTANCE:
             d2 = np.einsum("ij,ij->i", R, R)
             k = int(np.argmin(d2))
-            if d2[k] < MIN_DISTANCE**2:
-                i = int(np.searchsorted(first, k, side="right") - 1)
-                raise ACEInputError(f"atoms {i} and {int(nbr[k])} are on top of each other "
+            i = int(np.searchsorted(first, k, side="right") - 1)
+            raise ACEInputError(f"atoms {i} and {int(nbr[k])} are on top of each other "
                                     f"(distance {np.sqrt(d2[k]):.3g} Å)", "positions")
         return z, first, nbr, R
 
-    def _fast_pass(self, z, first, nbr, R, fast, with_grad, threads):
+    def _fast_pass(self, z, first, nbr, R, fast, with_grad, parallel):
+        """Site energies and pair gradients; `parallel` only while holding _PARALLEL_LOCK."""
         s = self._static
         args = (first, nbr, R, z, self._e0, s["mb_t"], s["mb_spl"], s["lmax"], s["gz_ptr"],
                 s["g_poly"], s["g_l"], s["g_start"], fast["parent"], fast["node_a"],
                 fast["coef"], s["pr_t"], s["pair_p"], fast["pair_spl"], with_grad)
-        n = len(z)
-        if threads != 1 and n >= PARALLEL_MIN_ATOMS and _PARALLEL_LOCK.acquire(blocking=False):
-            try:
-                return K.fast_parallel(*args, 4 * numba.get_num_threads())
-            finally:
-                _PARALLEL_LOCK.release()
+        if parallel:
+            return K.fast_parallel(*args, 4 * numba.get_num_threads())
         return K.fast_serial(*args)
 
     def evaluate(self, numbers, positions, cell=None, pbc=False, *, committee=False,
@@ -181,8 +177,15 @@ class ACEModel:
         threads=1 forces the serial kernel; otherwise large structures use numba's threads.
         committee: also the energy of every committee member (eV); committee_forces: their forces.
         """
-        z, first, nbr, R = self._neighbours(numbers, positions, cell, pbc)
-        E, G = self._fast_pass(z, first, nbr, R, self._fast, forces, threads)
+        n = len(numbers) if np.ndim(numbers) == 1 else 0
+        parallel = threads != 1 and n >= PARALLEL_MIN_ATOMS and _PARALLEL_LOCK.acquire(blocking=False)
+        try:
+            z, first, nbr, R = self._neighbours(numbers, positions, cell, pbc,
+                                                n_chunks=4 * numba.get_num_threads() if parallel else 1)
+            E, G = self._fast_pass(z, first, nbr, R, self._fast, forces, parallel)
+        finally:
+            if parallel:
+                _PARALLEL_LOCK.release()
         if forces:
             F, W = K.scatter_forces_virial(first, nbr, R, G, len(z))
             W = 0.5 * (W + W.T)

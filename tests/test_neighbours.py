@@ -406,3 +406,14 @@ def test_same_lattice_in_a_skewed_basis_gives_the_same_pairs(pbc):
     per = np.broadcast_to(np.asarray(pbc), (3,))
     np.testing.assert_allclose(np.sort(np.linalg.norm(basis[per], axis=1)), 5.43, atol=1e-9)
     assert round(abs(np.linalg.det(T))) == 1
+
+
+def test_parallel_search_gives_identical_lists():
+    from ase.build import bulk
+    at = bulk("Si", "diamond", a=5.43, cubic=True) * (3, 3, 3)
+    at.rattle(0.1, seed=5)
+    serial = neighbour_list(at.positions, at.cell[:], at.pbc, 5.5)
+    for n_chunks in (2, 7, 1000):
+        par = neighbour_list(at.positions, at.cell[:], at.pbc, 5.5, n_chunks=n_chunks)
+        for a, b in zip(serial, par):
+            np.testing.assert_array_equal(a, b)

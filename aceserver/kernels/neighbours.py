@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 from aceserver.errors import ACEInputError
 
@@ -155,29 +155,11 @@ def _count_visits(start, nb, m, periodic):
 
 
 @njit(cache=True, nogil=True)
-def _pairs(positions, wrapped, n, cell_p, cbin, start, order, nb, m, periodic, rsearch, rcut,
-           fill, first, out_j, out_R, out_key, key_T, key_H, key_sp):
-    """Both passes in one kernel: with fill=False return the pair count of every atom; with
-    fill=True write j, R and a sort key into the CSR slots given by ``first``.
-
-    The key orders pairs by j, then by h = g @ key_T (g: the image scanned, in the basis cell_p);
-    with key_T the matrix from cell_p to the caller's cell, h differs from the caller's S only by
-    a constant for fixed i, j, so the key orders by S. key_H, key_sp: offset and span of h.
-    """
-    N = positions.shape[0]
-    counts = np.zeros(N, dtype=np.int64)
-    rs2 = rsearch * rsearch
-    rc2 = rcut * rcut
-    nkey = key_sp[0] * key_sp[1] * key_sp[2]
-    tb0, tg0 = _scan_table(nb[0], m[0], periodic[0])
-    tb1, tg1 = _scan_table(nb[1], m[1], periodic[1])
-    tb2, tg2 = _scan_table(nb[2], m[2], periodic[2])
-    # wrapped positions in bin order: the innermost loop reads memory contiguously
-    binned = np.empty((N, 3))
-    for q in range(N):
-        for k in range(3):
-            binned[q, k] = wrapped[order[q], k]
-    for i in range(N):
+def _pairs_range(lo, hi, positions, wrapped, binned, n, cell_p, cbin, start, order, nb, m,
+                 rs2, rc2, nkey, tb0, tg0, tb1, tg1, tb2, tg2, fill, first, out_j, out_R,
+                 out_key, key_T, key_H, key_sp, counts):
+    """Pair search (count or fill, see _pairs) for the centre atoms lo..hi-1."""
+    for i in range(lo, hi):
         ci0 = cbin[i, 0]
         ci1 = cbin[i, 1]
         ci2 = cbin[i, 2]
@@ -248,15 +230,80 @@ def _pairs(positions, wrapped, n, cell_p, cbin, start, order, nb, m, periodic, r
                             p += 1
                         cnt += 1
         counts[i] = cnt
+
+
+@njit(cache=True, nogil=True)
+def _pair_setup(wrapped, order, nb, m, periodic, rsearch, rcut, key_sp):
+    """Scan tables and bin-ordered positions shared by all centre atoms."""
+    N = wrapped.shape[0]
+    tb0, tg0 = _scan_table(nb[0], m[0], periodic[0])
+    tb1, tg1 = _scan_table(nb[1], m[1], periodic[1])
+    tb2, tg2 = _scan_table(nb[2], m[2], periodic[2])
+    # wrapped positions in bin order: the innermost loop reads memory contiguously
+    binned = np.empty((N, 3))
+    for q in range(N):
+        for k in range(3):
+            binned[q, k] = wrapped[order[q], k]
+    return (binned, rsearch * rsearch, rcut * rcut, key_sp[0] * key_sp[1] * key_sp[2],
+            tb0, tg0, tb1, tg1, tb2, tg2)
+
+
+@njit(cache=True, nogil=True)
+def _pairs(positions, wrapped, n, cell_p, cbin, start, order, nb, m, periodic, rsearch, rcut,
+           fill, first, out_j, out_R, out_key, key_T, key_H, key_sp):
+    """Both passes in one kernel: with fill=False return the pair count of every atom; with
+    fill=True write j, R and a sort key into the CSR slots given by ``first``.
+
+    The key orders pairs by j, then by h = g @ key_T (g: the image scanned, in the basis cell_p);
+    with key_T the matrix from cell_p to the caller's cell, h differs from the caller's S only by
+    a constant for fixed i, j, so the key orders by S. key_H, key_sp: offset and span of h.
+    """
+    N = positions.shape[0]
+    counts = np.zeros(N, dtype=np.int64)
+    binned, rs2, rc2, nkey, tb0, tg0, tb1, tg1, tb2, tg2 = _pair_setup(
+        wrapped, order, nb, m, periodic, rsearch, rcut, key_sp)
+    _pairs_range(0, N, positions, wrapped, binned, n, cell_p, cbin, start, order, nb, m, rs2,
+                 rc2, nkey, tb0, tg0, tb1, tg1, tb2, tg2, fill, first, out_j, out_R, out_key,
+                 key_T, key_H, key_sp, counts)
+    return counts
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _pairs_parallel(positions, wrapped, n, cell_p, cbin, start, order, nb, m, periodic, rsearch,
+                    rcut, fill, first, out_j, out_R, out_key, key_T, key_H, key_sp, n_chunks):
+    """_pairs with the centre atoms split into n_chunks blocks on numba's threads."""
+    N = positions.shape[0]
+    counts = np.zeros(N, dtype=np.int64)
+    binned, rs2, rc2, nkey, tb0, tg0, tb1, tg1, tb2, tg2 = _pair_setup(
+        wrapped, order, nb, m, periodic, rsearch, rcut, key_sp)
+    n_chunks = max(1, min(N, n_chunks))
+    for c in prange(n_chunks):
+        _pairs_range(c * N // n_chunks, (c + 1) * N // n_chunks, positions, wrapped, binned, n,
+                     cell_p, cbin, start, order, nb, m, rs2, rc2, nkey, tb0, tg0, tb1, tg1, tb2,
+                     tg2, fill, first, out_j, out_R, out_key, key_T, key_H, key_sp, counts)
     return counts
 
 
 @njit(cache=True, nogil=True)
 def _sort_pairs(first, out_j, out_R, out_key):
-    """Sort the pairs of every atom by key, in place (insertion sort: lists are short and the
-    bin scan leaves them partly ordered; argsort beyond that)."""
+    """Sort the pairs of every atom by key, in place."""
+    _sort_range(0, first.shape[0] - 1, first, out_j, out_R, out_key)
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _sort_pairs_parallel(first, out_j, out_R, out_key, n_chunks):
+    """_sort_pairs over n_chunks blocks of atoms on numba's threads."""
     N = first.shape[0] - 1
-    for i in range(N):
+    n_chunks = max(1, min(N, n_chunks))
+    for c in prange(n_chunks):
+        _sort_range(c * N // n_chunks, (c + 1) * N // n_chunks, first, out_j, out_R, out_key)
+
+
+@njit(cache=True, nogil=True)
+def _sort_range(lo, hi, first, out_j, out_R, out_key):
+    """Insertion sort of the pairs of atoms lo..hi-1 by key: lists are short and the bin scan
+    leaves them partly ordered; argsort beyond that."""
+    for i in range(lo, hi):
         a = first[i]
         b = first[i + 1]
         if b - a > 256:
@@ -464,7 +511,7 @@ def _too_many(message, pbc):
 
 
 def neighbour_list(positions, cell, pbc, rcut, *, max_pairs=DEFAULT_MAX_PAIRS,
-                   max_neighbours=DEFAULT_MAX_NEIGHBOURS):
+                   max_neighbours=DEFAULT_MAX_NEIGHBOURS, n_chunks=1):
     """Full neighbour list within ``rcut`` (Å), in CSR form grouped by centre atom.
 
     Parameters
@@ -486,6 +533,8 @@ def neighbour_list(positions, cell, pbc, rcut, *, max_pairs=DEFAULT_MAX_PAIRS,
         in a reduced basis of the same lattice, equal to S @ cell up to rounding) with
         0 <= |R| < rcut, sorted by (j, S) within each i. |R| = 0 only for distinct atoms on top of
         each other (see min_distance).
+    n_chunks : blocks of centre atoms searched in parallel on numba's threads; 1 runs the serial
+        kernels (safe from any thread). The result does not depend on it.
     """
     positions, cell, pbc, rcut = _validate(positions, cell, pbc, rcut)
     N = positions.shape[0]
@@ -563,8 +612,11 @@ def neighbour_list(positions, cell, pbc, rcut, *, max_pairs=DEFAULT_MAX_PAIRS,
     dummy_j = np.zeros(0, dtype=np.int64)
     dummy_R = np.zeros((0, 3))
     first = np.zeros(N + 1, dtype=np.int64)
-    counts = _pairs(positions, wrapped, n, cell_p, cbin, start, order, nb, m, pbc, rsearch, rcut,
-                    False, first, dummy_j, dummy_R, dummy_j, key_T, key_H, key_sp)
+    par = n_chunks > 1
+    search = _pairs_parallel if par else _pairs
+    extra = (n_chunks,) if par else ()
+    counts = search(positions, wrapped, n, cell_p, cbin, start, order, nb, m, pbc, rsearch, rcut,
+                    False, first, dummy_j, dummy_R, dummy_j, key_T, key_H, key_sp, *extra)
     total = int(counts.sum())
     worst = int(counts.max())
     if worst > max_neighbours:
@@ -578,7 +630,10 @@ def neighbour_list(positions, cell, pbc, rcut, *, max_pairs=DEFAULT_MAX_PAIRS,
     out_j = np.empty(total, dtype=np.int64)
     out_R = np.empty((total, 3))
     out_key = np.empty(total, dtype=np.int64)
-    _pairs(positions, wrapped, n, cell_p, cbin, start, order, nb, m, pbc, rsearch, rcut,
-           True, first, out_j, out_R, out_key, key_T, key_H, key_sp)
-    _sort_pairs(first, out_j, out_R, out_key)
+    search(positions, wrapped, n, cell_p, cbin, start, order, nb, m, pbc, rsearch, rcut,
+           True, first, out_j, out_R, out_key, key_T, key_H, key_sp, *extra)
+    if par:
+        _sort_pairs_parallel(first, out_j, out_R, out_key, n_chunks)
+    else:
+        _sort_pairs(first, out_j, out_R, out_key)
     return first, out_j, out_R

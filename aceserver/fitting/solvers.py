@@ -1,0 +1,254 @@
+"""Linear least-squares solvers on the weighted, prior-scaled system Ã c̃ ≈ ỹ (ace-spec §4.3).
+
+All solvers receive Ã = diag(w)·A·diag(1/γ) and ỹ = w∘y and return c̃ (the caller maps back with
+c = c̃/γ). They are deterministic for a given seed.
+
+* ``qr``    Householder QR least squares; λ > 0 solves the augmented system [Ã; λI] c̃ = [ỹ; 0]
+            (λ, not √λ, as ACEfit).
+* ``blr``   Bayesian linear regression, c̃ ~ N(0, σ₀² I), ỹ = Ãc̃ + ε, ε ~ N(0, σ_e² I); σ₀², σ_e²
+            maximise the log evidence computed from the thin SVD Ã = U S Vᵀ (ACEfit's
+            ``factorization = :svd``); c̃ is the posterior mean; optionally a committee of K posterior
+            draws c̃ + V diag(√covar) Vᵀ ξ, ξ ~ N(0, I).
+* ``tsvd``  truncated SVD: keep the k largest singular values; k minimises the residual on a
+            validation set when one is given, else k = #{s_i/s_max > rtol}.
+* ``rrqr``  rank-revealing (column-pivoted) QR: columns whose |R_ii|/|R_11| ≤ rtol are dropped.
+
+The thin SVD is computed as QR then SVD of the small triangle R, so that U (n_obs × M) is never
+stored: only Uᵀỹ is needed.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.linalg
+import scipy.optimize
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Solution:
+    coef: np.ndarray                      # c̃, length M
+    committee: np.ndarray | None = None   # (K, M) in c̃ coordinates
+    info: dict = field(default_factory=dict)
+
+
+@dataclass
+class SVDFactors:
+    s: np.ndarray       # (r,) singular values, descending
+    Vt: np.ndarray      # (r, M)
+    b: np.ndarray       # (r,) Uᵀ y
+    yy: float           # ‖y‖²
+    n_obs: int
+
+    @property
+    def condition_number(self) -> float:
+        return float(self.s[0] / self.s[-1]) if self.s.size and self.s[-1] > 0 else math.inf
+
+
+def svd_factors(A: np.ndarray, y: np.ndarray, overwrite_a: bool = False) -> SVDFactors:
+    """Thin SVD of A (via QR when A is tall) and Uᵀy, without forming U."""
+    A = np.asarray(A, dtype=float)
+    y = np.asarray(y, dtype=float)
+    n, m = A.shape
+    if n >= m:
+        yq, R = scipy.linalg.qr_multiply(A, y[None, :], mode="right", overwrite_a=overwrite_a)
+        Ur, s, Vt = scipy.linalg.svd(R, full_matrices=False, lapack_driver="gesdd")
+        b = Ur.T @ yq.ravel()
+    else:
+        U, s, Vt = scipy.linalg.svd(A, full_matrices=False, lapack_driver="gesdd")
+        b = U.T @ y
+    return SVDFactors(s=s, Vt=Vt, b=b, yy=float(y @ y), n_obs=n)
+
+
+# ---------------------------------------------------------------------------------------------
+# QR
+
+
+def solve_qr(A, y, lam: float = 0.0, overwrite_a: bool = False) -> Solution:
+    A = np.asarray(A, dtype=float)
+    y = np.asarray(y, dtype=float)
+    n, m = A.shape
+    if lam < 0:
+        raise ValueError("QR: lambda must be >= 0")
+    if lam > 0:
+        A = np.vstack([A, lam * np.eye(m)])
+        y = np.concatenate([y, np.zeros(m)])
+        overwrite_a = True
+    elif n < m:
+        raise ValueError(f"QR without ridge needs at least as many observations ({n}) as parameters ({m}); "
+                         "use lambda > 0, blr or tsvd")
+    qty, R = scipy.linalg.qr_multiply(A, y[None, :], mode="right", overwrite_a=overwrite_a)
+    qty = qty.ravel()
+    d = np.abs(np.diag(R))
+    if d.min() <= 1e-14 * d.max():
+        log.warning("QR: R is (numerically) singular, min|R_ii|/max|R_ii| = %.2e; the solution is "
+                    "ill-determined. Consider lambda > 0, blr, tsvd or rrqr.", d.min() / d.max())
+    coef = scipy.linalg.solve_triangular(R, qty, lower=False, check_finite=False)
+    s = scipy.linalg.svdvals(R)
+    return Solution(coef=coef, info={"solver": "qr", "lambda": lam,
+                                     "condition_number": float(s[0] / s[-1]) if s[-1] > 0 else math.inf})
+
+
+def solve_rrqr(A, y, rtol: float = 1e-12, overwrite_a: bool = False) -> Solution:
+    """Column-pivoted QR; drops columns beyond the numerical rank (|R_kk| ≤ rtol |R_11|)."""
+    A = np.asarray(A, dtype=float)
+    y = np.asarray(y, dtype=float)
+    m = A.shape[1]
+    Q, R, piv = scipy.linalg.qr(A, mode="economic", pivoting=True, overwrite_a=overwrite_a)
+    d = np.abs(np.diag(R))
+    rank = int(np.sum(d > rtol * d[0])) if d.size and d[0] > 0 else 0
+    coef = np.zeros(m)
+    if rank:
+        z = scipy.linalg.solve_triangular(R[:rank, :rank], Q[:, :rank].T @ y, lower=False)
+        coef[piv[:rank]] = z
+    return Solution(coef=coef, info={"solver": "rrqr", "rtol": rtol, "rank": rank, "n_params": m})
+
+
+# ---------------------------------------------------------------------------------------------
+# BLR
+
+
+def log_evidence(f: SVDFactors, var0: float, vare: float, grad: bool = False):
+    """Log marginal likelihood of y under c ~ N(0, var0 I), y = Ac + N(0, vare I).
+
+    log L = Σ_i [-½ b_i²/t_i - ½ log t_i] - (‖y‖² - ‖b‖²)/(2 vare) - ½ (N - r) log vare - N/2 log 2π,
+    t_i = var0 s_i² + vare, b = Uᵀy (ACEfit ``bayesian_linear_regression_svd``).
+    Returns log L, and with ``grad`` also (∂/∂var0, ∂/∂vare).
+    """
+    s2 = f.s ** 2
+    t = var0 * s2 + vare
+    b2 = f.b ** 2
+    r = f.s.size
+    resid = max(f.yy - float(b2.sum()), 0.0)
+    n = f.n_obs
+    val = float(-0.5 * np.sum(b2 / t) - 0.5 * np.sum(np.log(t)) - resid / (2 * vare)
+                - 0.5 * (n - r) * math.log(vare) - 0.5 * n * math.log(2 * math.pi))
+    if not grad:
+        return val
+    g0 = float(np.sum(0.5 * b2 * s2 / t ** 2 - 0.5 * s2 / t))
+    ge = float(np.sum(0.5 * b2 / t ** 2 - 0.5 / t) + resid / (2 * vare ** 2) - 0.5 * (n - r) / vare)
+    return val, (g0, ge)
+
+
+def maximise_evidence(f: SVDFactors, var0_floor: float = 1e-8, vare_floor: float = 1e-8,
+                      start: tuple[float, float] = (1.0, 1.0)) -> tuple[float, float, float]:
+    """(var0, vare, log L) at the maximum of the log evidence, optimised over log-variances."""
+    lo = np.log([var0_floor, vare_floor])
+
+    def fun(x):
+        v0, ve = np.exp(x)
+        val, (g0, ge) = log_evidence(f, v0, ve, grad=True)
+        return -val, -np.array([g0 * v0, ge * ve])
+
+    best = None
+    # start from ACEfit's (1, 1) and from a data-driven guess; keep the better optimum
+    yy_per = max(f.yy / max(f.n_obs, 1), 1e-300)
+    guesses = [np.log(np.maximum(start, [var0_floor, vare_floor]))]
+    s2sum = float(np.sum(f.s ** 2))
+    if s2sum > 0:
+        guesses.append(np.log(np.maximum([f.yy / s2sum * f.s.size, 1e-2 * yy_per], [var0_floor, vare_floor])))
+    for x0 in guesses:
+        res = scipy.optimize.minimize(fun, x0, jac=True, method="L-BFGS-B",
+                                      bounds=[(lo[0], 60.0), (lo[1], 60.0)],
+                                      options={"ftol": 1e-15, "gtol": 1e-10, "maxiter": 2000})
+        if best is None or res.fun < best.fun:
+            best = res
+    v0, ve = np.exp(best.x)
+    return float(v0), float(ve), float(-best.fun)
+
+
+def solve_blr(A, y, committee_size: int = 0, seed: int = 0, var0_floor: float = 1e-8,
+              vare_floor: float = 1e-8, factors: SVDFactors | None = None,
+              overwrite_a: bool = False) -> Solution:
+    f = factors if factors is not None else svd_factors(A, y, overwrite_a)
+    var0, vare, lml = maximise_evidence(f, var0_floor, vare_floor)
+    s2 = f.s ** 2
+    t = var0 * s2 + vare
+    coef = f.Vt.T @ (var0 * f.s / t * f.b)
+    committee = None
+    if committee_size:
+        covar = 1.0 / (s2 / vare + 1.0 / var0)
+        rng = np.random.default_rng(seed)
+        xi = rng.standard_normal((int(committee_size), f.Vt.shape[1]))
+        committee = coef[None, :] + ((xi @ f.Vt.T) * np.sqrt(covar)[None, :]) @ f.Vt
+    return Solution(coef=coef, committee=committee, info={
+        "solver": "blr", "sigma0_sq": var0, "sigmae_sq": vare, "log_evidence": lml,
+        "effective_parameters": float(np.sum(var0 * s2 / t)),
+        "condition_number": f.condition_number, "committee_size": int(committee_size), "seed": seed})
+
+
+# ---------------------------------------------------------------------------------------------
+# truncated SVD
+
+
+def solve_tsvd(A, y, A_val=None, y_val=None, rtol: float = 1e-9,
+               factors: SVDFactors | None = None, overwrite_a: bool = False) -> Solution:
+    f = factors if factors is not None else svd_factors(A, y, overwrite_a)
+    keep = f.s > rtol * f.s[0]
+    z = np.where(keep, f.b / np.where(keep, f.s, 1.0), 0.0)   # coefficients in the V basis
+    info = {"solver": "tsvd", "rtol": rtol, "condition_number": f.condition_number}
+    if A_val is not None and y_val is not None and len(y_val):
+        P = (np.asarray(A_val) @ f.Vt.T) * z[None, :]      # validation prediction, term by term
+        pred = np.cumsum(P, axis=1)                        # prediction with the first k terms
+        res = np.sqrt(np.sum((pred - np.asarray(y_val)[:, None]) ** 2, axis=0))
+        res[~keep] = np.inf
+        k = int(np.argmin(res)) + 1
+        info.update(truncation=k, validation_residual=float(res[k - 1]), chosen_on="validation")
+    else:
+        k = int(keep.sum())
+        info.update(truncation=k, chosen_on="rtol")
+    coef = f.Vt[:k].T @ z[:k]
+    info["n_singular_values"] = int(f.s.size)
+    return Solution(coef=coef, info=info)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+SOLVERS = ("qr", "blr", "tsvd", "rrqr")
+
+
+def solve(spec: dict | str | None, A, y, A_val=None, y_val=None, seed: int = 0,
+          overwrite_a: bool = False) -> Solution:
+    """Dispatch on ``spec = {"name": ..., params...}``; default BLR (upstream's default).
+
+    ``overwrite_a`` lets the factorisation destroy A (no copy when A is Fortran-ordered).
+    """
+    if spec is None:
+        spec = {"name": "blr"}
+    if isinstance(spec, str):
+        spec = {"name": spec}
+    spec = dict(spec)
+    name = str(spec.pop("name", "blr")).lower()
+    try:
+        if name == "qr":
+            lam = float(spec.pop("lambda", spec.pop("lam", 0.0)))
+            _no_extra(name, spec)
+            return solve_qr(A, y, lam=lam, overwrite_a=overwrite_a)
+        if name == "blr":
+            K = int(spec.pop("committee_size", 0))
+            floors = dict(var0_floor=float(spec.pop("sig_0_floor", 1e-4)) ** 2,
+                          vare_floor=float(spec.pop("sig_e_floor", 1e-4)) ** 2)
+            spec.pop("factorization", None)
+            _no_extra(name, spec)
+            return solve_blr(A, y, committee_size=K, seed=seed, overwrite_a=overwrite_a, **floors)
+        if name in ("tsvd", "truncated_svd", "truncatedsvd"):
+            rtol = float(spec.pop("rtol", 1e-9))
+            _no_extra(name, spec)
+            return solve_tsvd(A, y, A_val, y_val, rtol=rtol, overwrite_a=overwrite_a)
+        if name == "rrqr":
+            rtol = float(spec.pop("rtol", 1e-12))
+            _no_extra(name, spec)
+            return solve_rrqr(A, y, rtol=rtol, overwrite_a=overwrite_a)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"solver {name!r}: {exc}") from None
+    raise ValueError(f"unknown solver {name!r}; choose one of {SOLVERS}")
+
+
+def _no_extra(name, spec):
+    if spec:
+        raise ValueError(f"unknown parameter(s) {sorted(spec)} for solver {name!r}")
