@@ -24,7 +24,7 @@ from .structure import MIN_DISTANCE, prepare, species_lookup
 # numba's default threading layer must not be entered by two threads at once: the parallel
 # kernel runs under this lock, and a caller that finds it taken uses the serial kernel.
 _PARALLEL_LOCK = threading.Lock()
-PARALLEL_MIN_ATOMS = 32
+PARALLEL_MIN_ATOMS = 256   # below this, thread start-up and waits cost more than they save
 
 
 def ace1_model(elements, order, totaldegree, *, E0=None, Eref=None, **kwargs) -> "ACEModel":

@@ -171,7 +171,9 @@ def test_fast_form_equals_basis_form(si_model, tial_model):
 
 
 def test_parallel_kernel_equals_serial(tial_model):
-    at = tial_cell() * (3, 3, 3)
+    from aceserver.model import PARALLEL_MIN_ATOMS
+    at = tial_cell() * (4, 3, 3)
+    assert len(at) >= PARALLEL_MIN_ATOMS
     a = ev(tial_model, at, threads=1)
     b = ev(tial_model, at, threads=None)
     assert a.energy == pytest.approx(b.energy, rel=1e-13)

@@ -1,0 +1,138 @@
+"""Finding the i-PI (or ASE) server: addresses, connecting with back-off, guarding connections."""
+from __future__ import annotations
+
+import itertools
+import logging
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+
+from . import guard
+
+log = logging.getLogger("aceserver.ipi")
+
+DEFAULT_PREFIX = "/tmp/ipi_"  # i-PI's default and the one ASE hard-codes
+_UNIX_PATH_MAX = 107  # sun_path is 108 bytes including the terminating NUL
+
+
+@dataclass(frozen=True)
+class Address:
+    """A unix socket path or a TCP (host, port)."""
+
+    path: str | None = None
+    host: str | None = None
+    port: int | None = None
+
+    @classmethod
+    def unix(cls, name: str, prefix: str = DEFAULT_PREFIX) -> "Address":
+        # i-PI binds prefix + address, with the address stripped of whitespace.
+        path = prefix + name.strip()
+        if len(path.encode()) > _UNIX_PATH_MAX:
+            raise ValueError(f"unix socket path {path!r} is longer than {_UNIX_PATH_MAX} bytes")
+        return cls(path=path)
+
+    @classmethod
+    def inet(cls, spec: str) -> "Address":
+        host, sep, port = spec.rpartition(":")
+        if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"expected HOST:PORT, got {spec!r}")
+        return cls(host=host.strip("[]") or "localhost", port=int(port))
+
+    def __str__(self) -> str:
+        return f"unix:{self.path}" if self.path else f"{self.host}:{self.port}"
+
+    def _open(self) -> socket.socket:
+        if self.path:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                sock.connect(self.path)
+            except BaseException:
+                sock.close()
+                raise
+            return sock
+        # create_connection tries every address of the host (IPv6 and IPv4 "localhost").
+        sock = socket.create_connection((self.host, self.port))
+        # Replies are one write each, but without NODELAY a small write waiting for a
+        # delayed ACK costs ~40 ms per call on loopback.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
+
+
+# Errors that mean "no server listening yet": keep trying.
+_NOT_YET = (FileNotFoundError, ConnectionRefusedError, ConnectionResetError, ConnectionAbortedError)
+
+
+def connect(
+    address: Address,
+    timeout: float | None = None,
+    stop: threading.Event | None = None,
+    first_delay: float = 0.05,
+    max_delay: float = 1.0,
+) -> socket.socket | None:
+    """Connect, retrying with exponential back-off until the server appears.
+
+    Start order then does not matter. Gives up after ``timeout`` seconds (None: never)
+    with ConnectionError; returns None if ``stop`` is set while waiting.
+    """
+    stop = stop or threading.Event()
+    deadline = None if timeout is None else time.monotonic() + timeout
+    delay = first_delay
+    waiting_logged = False
+    while not stop.is_set():
+        try:
+            return address._open()
+        except _NOT_YET as exc:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise ConnectionError(f"no i-PI server at {address} after {timeout:g} s ({exc})") from exc
+            if not waiting_logged:
+                log.info("waiting for the server at %s", address)
+                waiting_logged = True
+        wait = delay if deadline is None else max(0.0, min(delay, deadline - time.monotonic()))
+        stop.wait(wait)
+        delay = min(delay * 1.5, max_delay)
+    return None
+
+
+class Guard:
+    """Hands a duplicate of every live connection to the guard process (see ``guard.py``),
+    which closes them politely if this process dies without doing so itself."""
+
+    def __init__(self):
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            # -I: stdlib only, no site customisation, fast start.
+            self.process = subprocess.Popen([sys.executable, "-I", guard.__file__, str(theirs.fileno())],
+                                            pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL)
+        finally:
+            theirs.close()
+        self._control = ours
+        self._lock = threading.Lock()
+        self._keys = itertools.count()
+
+    def adopt(self, sock: socket.socket) -> bytes | None:
+        key = b"%d" % next(self._keys)
+        return key if self._send(b"A" + key, [sock.fileno()]) else None
+
+    def drop(self, key: bytes | None) -> None:
+        if key is not None:
+            self._send(b"D" + key, [])
+
+    def _send(self, message: bytes, fds: list[int]) -> bool:
+        with self._lock:
+            try:
+                socket.send_fds(self._control, [message], fds)
+                return True
+            except OSError as exc:
+                log.warning("connection guard unavailable (%s): a killed driver may hang i-PI", exc)
+                return False
+
+    def close(self) -> None:
+        self._control.close()  # EOF: the guard exits
+        try:
+            self.process.wait(5)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()

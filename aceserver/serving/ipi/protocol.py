@@ -1,0 +1,193 @@
+"""The i-PI wire format: 12-byte headers, native-endian int32/float64 arrays, no framing.
+
+This module only moves bytes and numpy arrays; all values are in i-PI's atomic units
+(Bohr, Hartree) and in i-PI's layouts. The cell ``h`` is 3x3 with the lattice vectors
+as *columns*, sent in C order; the virial uses the same layout.
+
+Message layouts (see docs/ipi.md):
+    INIT       int32 bead index, int32 length, UTF-8 text
+    POSDATA    f64[9] h, f64[9] h^-1, int32 nat, f64[3 nat] positions
+    POSDATA    batched: int32 nat, B x (f64[9] h, f64[9] h^-1), B x f64[3 nat]
+    FORCEREADY f64 energy, int32 nat, f64[3 nat] forces, f64[9] virial, int32 length, extras
+    FORCEREADY batched: f64[B] energies, int32 nat, B x f64[3 nat], B x f64[9], B x (int32, extras)
+               (for B = 1 the two FORCEREADY layouts are the same bytes)
+"""
+from __future__ import annotations
+
+import socket
+from collections.abc import Sequence
+
+import numpy as np
+
+HEADER_LEN = 12
+
+
+def _header(name: str) -> bytes:
+    return name.ljust(HEADER_LEN).encode("ascii")
+
+
+STATUS = _header("STATUS")
+READY = _header("READY")
+NEEDINIT = _header("NEEDINIT")
+HAVEDATA = _header("HAVEDATA")
+INIT = _header("INIT")
+POSDATA = _header("POSDATA")
+GETFORCE = _header("GETFORCE")
+FORCEREADY = _header("FORCEREADY")
+EXIT = _header("EXIT")
+
+_INT32 = np.dtype(np.int32)
+_FLOAT64 = np.dtype(np.float64)
+# Refuse absurd sizes before allocating: a corrupted stream must not ask for terabytes.
+MAX_ATOMS = 100_000_000
+MAX_TEXT = 1 << 24
+
+
+class PeerClosed(ConnectionError):
+    """The server closed the connection (EOF) or reset it."""
+
+
+class ProtocolError(RuntimeError):
+    """The server sent something the protocol does not allow."""
+
+
+class Channel:
+    """A stream socket read through a buffer: every recv takes all that has arrived.
+
+    Besides saving system calls, this takes a whole write of the server off the socket at
+    once. i-PI 3 sends GETFORCE in the same write as POSDATA; if those bytes still sat unread
+    when this process died, the kernel would answer with a reset, which hangs i-PI 3.3.
+    """
+
+    CHUNK = 1 << 16
+
+    def __init__(self, sock: socket.socket):
+        self.sock = sock
+        self._buffer = bytearray()  # received, not yet consumed
+        self._scratch = bytearray(self.CHUNK)
+
+    def _receive(self, flags: int = 0) -> int:
+        try:
+            n = self.sock.recv_into(self._scratch, self.CHUNK, flags)
+        except ConnectionResetError as exc:
+            raise PeerClosed(str(exc)) from exc
+        self._buffer += memoryview(self._scratch)[:n]
+        return n
+
+    def read_into(self, buffer) -> None:
+        """Fill ``buffer`` (bytes-like, e.g. a numpy array) completely."""
+        view = memoryview(buffer).cast("B")
+        need = len(view)
+        got = min(need, len(self._buffer))
+        view[:got] = self._buffer[:got]
+        del self._buffer[:got]
+        while need - got >= self.CHUNK:  # bulk data (large systems): straight into place
+            try:
+                n = self.sock.recv_into(view[got:])
+            except ConnectionResetError as exc:
+                raise PeerClosed(str(exc)) from exc
+            if n == 0:
+                raise PeerClosed("the server closed the connection")
+            got += n
+        while len(self._buffer) < need - got:
+            if self._receive() == 0:
+                raise PeerClosed("the server closed the connection")
+        rest = need - got
+        view[got:] = self._buffer[:rest]
+        del self._buffer[:rest]
+
+    def read(self, size: int) -> bytes:
+        buffer = bytearray(size)
+        self.read_into(buffer)
+        return bytes(buffer)
+
+    def read_ahead(self) -> None:
+        """Take whatever else has already arrived off the socket, without blocking
+        (after a large message that came in several pieces: see the class docstring)."""
+        try:
+            while self._receive(socket.MSG_DONTWAIT):
+                pass
+        except (BlockingIOError, InterruptedError, PeerClosed):
+            pass  # nothing more yet; a reset or EOF is reported by the next read
+
+    def send(self, data: bytes) -> None:
+        try:
+            self.sock.sendall(data)
+        except (BrokenPipeError, ConnectionResetError) as exc:
+            raise PeerClosed(str(exc)) from exc
+
+
+def read_header(channel: Channel) -> bytes:
+    return channel.read(HEADER_LEN)
+
+
+def _read_array(channel: Channel, dtype: np.dtype, count: int) -> np.ndarray:
+    out = np.empty(count, dtype=dtype)
+    channel.read_into(out)
+    return out
+
+
+def read_init(channel: Channel) -> tuple[int, str]:
+    """The body of INIT: (bead index, init string)."""
+    bead, length = (int(x) for x in _read_array(channel, _INT32, 2))
+    if not 0 <= length <= MAX_TEXT:
+        raise ProtocolError(f"INIT string length {length} is out of range")
+    text = channel.read(length).decode("utf-8", errors="replace")
+    return bead, text
+
+
+def parse_init_string(text: str) -> dict[str, str]:
+    """Parse i-PI's ``" key : value , key2 : value2 , "`` leniently.
+
+    ASE sends a single NUL byte; anything without a ``:`` is ignored.
+    """
+    params: dict[str, str] = {}
+    for item in text.replace("\x00", "").split(","):
+        key, sep, value = item.partition(":")
+        if sep and key.strip():
+            params[key.strip()] = value.strip()
+    return params
+
+
+def _check_natoms(nat: int) -> int:
+    if not 0 < nat <= MAX_ATOMS:
+        raise ProtocolError(f"POSDATA announces {nat} atoms")
+    return nat
+
+
+def read_posdata(channel: Channel, batch: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The body of POSDATA: cells ``h`` (B, 3, 3) and positions (B, nat, 3), Bohr.
+
+    ``batch=None`` reads the plain layout (B = 1); an integer reads i-PI's batched one.
+    The inverse cell is read and dropped: i-PI and ASE disagree on its transpose.
+    """
+    if batch is None:
+        head = _read_array(channel, np.dtype(np.uint8), 18 * 8 + 4)
+        cells = head[:72].view(_FLOAT64).reshape(1, 3, 3)
+        nat = _check_natoms(int(head[144:].view(_INT32)[0]))
+    else:
+        nat = _check_natoms(int(_read_array(channel, _INT32, 1)[0]))
+        cells = _read_array(channel, _FLOAT64, batch * 18).reshape(batch, 2, 3, 3)[:, 0]
+    positions = _read_array(channel, _FLOAT64, (1 if batch is None else batch) * nat * 3)
+    return cells, positions.reshape(-1, nat, 3)
+
+
+def encode_forces(
+    energies: Sequence[float],
+    forces: Sequence[np.ndarray],
+    virials: Sequence[np.ndarray],
+    extras: Sequence[str],
+) -> bytes:
+    """FORCEREADY and its body for B structures, as one buffer (one write, one packet).
+
+    Per structure: energy (Hartree), forces (nat, 3) Hartree/Bohr, virial (3, 3) Hartree in
+    the layout of ``h``, extras text. For B = 1 the batched layout is the plain one.
+    """
+    nat = len(forces[0])
+    parts = [FORCEREADY, np.asarray(energies, dtype=_FLOAT64).tobytes(), np.int32(nat).tobytes()]
+    parts += [np.ascontiguousarray(f, dtype=_FLOAT64).tobytes() for f in forces]
+    parts += [np.ascontiguousarray(v, dtype=_FLOAT64).tobytes() for v in virials]
+    for text in extras:
+        data = text.encode("utf-8")
+        parts += [np.int32(len(data)).tobytes(), data]
+    return b"".join(parts)
