@@ -8,6 +8,7 @@ from ase.data import chemical_symbols
 from .errors import ACEInputError, UnknownElementError
 
 MIN_DISTANCE = 1e-4   # Å; closer pairs are "atoms on top of each other"
+MAX_COORDINATE = 1e8  # Å; beyond this positions or cell entries are not a structure (units?)
 
 
 def species_lookup(elements) -> np.ndarray:
@@ -41,6 +42,11 @@ def prepare(numbers, positions, cell, pbc, lookup: np.ndarray, elements):
         raise ACEInputError(f"positions contain NaN or inf (first at atom {bad})", "positions")
     if not np.all(np.isfinite(cell)):
         raise ACEInputError("cell contains NaN or inf", "cell")
+    if n and np.abs(positions).max() > MAX_COORDINATE:
+        raise ACEInputError(f"positions exceed {MAX_COORDINATE:g} Å in magnitude (are they in Å?)",
+                            "positions")
+    if np.abs(cell).max() > MAX_COORDINATE:
+        raise ACEInputError(f"cell entries exceed {MAX_COORDINATE:g} Å in magnitude", "cell")
     out_of_range = (numbers < 0) | (numbers >= len(lookup))
     if out_of_range.any():
         raise UnknownElementError(f"invalid atomic number {int(numbers[out_of_range][0])}", "numbers")

@@ -210,6 +210,10 @@ def test_bad_structures_get_clear_errors(tial_model):
         tial_model.evaluate(at.numbers, at.positions, np.diag([4.0, 4.0, 0.0]), True)
     with pytest.raises(ACEInputError, match="inf"):
         tial_model.evaluate(at.numbers, at.positions, np.diag([4.0, np.inf, 4.0]), True)
+    pos = at.positions.copy()
+    pos[0, 0] = 1e300
+    with pytest.raises(ACEInputError, match="exceed"):
+        tial_model.evaluate(at.numbers, pos, at.cell[:], True)
 
 
 def test_ase_calculator_md_and_optimiser(si_model, tmp_path):
