@@ -50,6 +50,20 @@ def site_features(i, first, nbr, R, zat, mb_t, mb_spl, lmax, K, q, cs,
 
 
 @njit(cache=True, nogil=True)
+def site_scratch(first, start, stop, n_poly, lmax):
+    """Per-neighbour work arrays for site_features, sized for atoms start..stop-1:
+    (K, q, cs, zj, rhat, rinv, Pm, dPm, Y, dY)."""
+    maxJ = 0
+    for i in range(start, stop):
+        maxJ = max(maxJ, first[i + 1] - first[i])
+    nlm = (lmax + 1) ** 2
+    return (ylm_norms(lmax), np.empty((lmax + 1, lmax + 2)), np.empty((lmax + 1, 2)),
+            np.empty(maxJ, dtype=np.int64), np.empty((maxJ, 3)), np.empty(maxJ),
+            np.empty((maxJ, n_poly)), np.empty((maxJ, n_poly)), np.empty((maxJ, nlm)),
+            np.empty((maxJ, nlm, 3)))
+
+
+@njit(cache=True, nogil=True)
 def accumulate_a(J, zj, gz_ptr, g_poly, g_l, g_start, Pm, Y, A):
     """A_nlm = Σ_j R_n(r_ij) Y_lm(R̂_ij) over the neighbours in A's species channel.
 
@@ -103,23 +117,11 @@ def _fast_range(start, stop, first, nbr, R, zat, e0, mb_t, mb_spl, lmax, gz_ptr,
                 g_start, parent, node_a, coef, pr_t, pair_p, pair_spl, with_grad,
                 E, G):
     """Fast form for atoms start..stop-1: site energies E[i] and pair gradients G[p]."""
-    maxJ = 0
-    for i in range(start, stop):
-        maxJ = max(maxJ, first[i + 1] - first[i])
     n_poly = mb_spl.shape[2]
     nlm = (lmax + 1) ** 2
     nA = g_start[g_start.shape[0] - 1]
     nN = parent.shape[0]
-    K = ylm_norms(lmax)
-    q = np.empty((lmax + 1, lmax + 2))
-    cs = np.empty((lmax + 1, 2))
-    zj = np.empty(maxJ, dtype=np.int64)
-    rhat = np.empty((maxJ, 3))
-    rinv = np.empty(maxJ)
-    Pm = np.empty((maxJ, n_poly))
-    dPm = np.empty((maxJ, n_poly))
-    Y = np.empty((maxJ, nlm))
-    dY = np.empty((maxJ, nlm, 3))
+    K, q, cs, zj, rhat, rinv, Pm, dPm, Y, dY = site_scratch(first, start, stop, n_poly, lmax)
     A = np.empty(nA)
     dA = np.empty(nA)
     AA = np.empty(nN)
@@ -254,25 +256,14 @@ def basis_rows(first, nbr, R, zat, nz, mb_t, mb_spl, lmax, gz_ptr, g_poly, g_l, 
     e = np.zeros(L)
     f = np.zeros((N, 3, L) if with_grad else (0, 3, L))
     v = np.zeros((3, 3, L))
-    maxJ = 0
-    for i in range(N):
-        maxJ = max(maxJ, first[i + 1] - first[i])
     n_poly = mb_spl.shape[2]
     nlm = (lmax + 1) ** 2
     nA = g_start[g_start.shape[0] - 1]
     nN = parent.shape[0]
-    K = ylm_norms(lmax)
-    q = np.empty((lmax + 1, lmax + 2))
-    cs = np.empty((lmax + 1, 2))
-    poly = np.empty(max(n_poly, n_pair_poly))
-    dpoly = np.empty(max(n_poly, n_pair_poly))
-    zj = np.empty(maxJ, dtype=np.int64)
-    rhat = np.empty((maxJ, 3))
-    rinv = np.empty(maxJ)
-    Pm = np.empty((maxJ, n_poly))
-    dPm = np.empty((maxJ, n_poly))
-    Y = np.empty((maxJ, nlm))
-    dY = np.empty((maxJ, nlm, 3))
+    K, q, cs, zj, rhat, rinv, Pm, dPm, Y, dY = site_scratch(first, 0, N, n_poly, lmax)
+    maxJ = zj.shape[0]
+    poly = np.empty(n_pair_poly)
+    dpoly = np.empty(n_pair_poly)
     A = np.empty(nA)
     AA = np.empty(nN)
     dA = np.zeros((nA, maxJ, 3))
