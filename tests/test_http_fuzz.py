@@ -77,7 +77,14 @@ _row = st.lists(_coord, min_size=3, max_size=3)
 @st.composite
 def _structures(draw):
     n = draw(st.integers(1, 12))
-    s = {"positions": draw(st.lists(_row, min_size=n, max_size=n))}
+    if draw(st.integers(0, 2)) == 0:
+        # jittered points of a 2.4 Å grid: mostly valid geometry, so these reach the kernels
+        jitter = draw(st.lists(st.lists(st.floats(-0.3, 0.3), min_size=3, max_size=3),
+                               min_size=n, max_size=n))
+        s = {"positions": [[2.4 * (k % 3) + d[0], 2.4 * (k // 3 % 3) + d[1], 2.4 * (k // 9) + d[2]]
+                           for k, d in enumerate(jitter)]}
+    else:
+        s = {"positions": draw(st.lists(_row, min_size=n, max_size=n))}
     if draw(st.booleans()):
         s["numbers"] = draw(st.lists(st.sampled_from([14, 14, 14, 6, 118]), min_size=n, max_size=n))
     else:
