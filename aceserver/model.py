@@ -33,7 +33,6 @@ def ace1_model(elements, order, totaldegree, *, E0=None, Eref=None, **kwargs) ->
     E0 (alias Eref): one-body energies in eV, a dict {symbol: value} or a list of pairs; missing
     means 0 for every element, as upstream.
     """
-    kwargs.pop("N", None) if "order" in kwargs else None
     basis = build_ace1_basis(elements, order, totaldegree, **kwargs)
     e0 = E0 if E0 is not None else Eref
     return ACEModel(basis, E0=dict(e0) if e0 is not None else None)
@@ -80,6 +79,7 @@ class ACEModel:
         theta.flags.writeable = False        # changes go through the setter (fast form rebuilt)
         self._theta = theta
         self.__dict__.pop("_fast", None)
+        self.__dict__.pop("_fast_committee", None)
         self._sha256 = None
 
     @property
@@ -107,6 +107,7 @@ class ACEModel:
             if members.ndim != 2 or members.shape[1] != self.length_basis:
                 raise ValueError(f"committee must have shape (K, {self.length_basis})")
         self._committee = members
+        self.__dict__.pop("_fast_committee", None)
         self._sha256 = None
 
     # ---- kernel tables ----------------------------------------------------------------------
@@ -124,29 +125,36 @@ class ACEModel:
             **groups, parent=parent, node_a=a_map[node_a], aa_node=aa_node,
             c_ptr=b.coupling_indptr, c_idx=b.coupling_indices, c_val=b.coupling_data)
 
-    def _merge(self, theta: np.ndarray):
-        """Fast form of one parameter vector: coefficients per product node and centre species
-        (c^AA = Cᵀ WB[:, z]), pruned, and one merged pair spline per species pair."""
+    def _merge(self, thetas: np.ndarray):
+        """Fast form of parameter vectors thetas (M, L): coefficients per product node, set and
+        centre species (c^AA = Cᵀ WB[:, z]), pruned, and merged pair splines per species pair."""
         b, s = self.basis, self._static
         nz, nB, n_pair = b.nz, b.n_b, b.n_pair
-        WB = theta[: nz * nB].reshape(nz, nB)
-        Wpair = theta[nz * nB:].reshape(nz, n_pair)
-        n_nodes = len(s["parent"])
-        node_coef = np.zeros((nz, n_nodes))
+        M = thetas.shape[0]
+        WB = thetas[:, : nz * nB].reshape(M, nz, nB)
+        Wpair = thetas[:, nz * nB:].reshape(M, nz, n_pair)
         rows = np.repeat(np.arange(nB), np.diff(s["c_ptr"]))
         nodes = s["aa_node"][s["c_idx"]]
-        for z in range(nz):
-            np.add.at(node_coef[z], nodes, WB[z, rows] * s["c_val"])
+        node_coef = np.zeros((M, nz, len(s["parent"])))
+        for m in range(M):
+            for z in range(nz):
+                np.add.at(node_coef[m, z], nodes, WB[m, z, rows] * s["c_val"])
         keep, parent, node_a, coef = prune_dag(s["parent"], s["node_a"], node_coef)
-        # pair: Wpair[z_i, n' * NZ + z_j] weights polynomial n' of channel z_j
-        pspl = s["pair_bspl"]                                 # (n_int, 4, n_pair_poly)
-        wp = Wpair.reshape(nz, n_pair // nz, nz)              # [z_i, n', z_j]
-        pair_spl = np.ascontiguousarray(np.einsum("kcn,inj->ijkc", pspl, wp))
+        # pair: Wpair[z_i, n' * NZ + z_j] weights polynomial n' of channel z_j; splines are
+        # linear in their node values, so the weighted sum of splines is one spline
+        pspl = s["pair_bspl"]                                     # (n_int, 4, n_pair_poly)
+        wp = Wpair.reshape(M, nz, n_pair // nz, nz)               # [m, z_i, n', z_j]
+        pair_spl = np.ascontiguousarray(np.einsum("kcn,minj->mijkc", pspl, wp))
         return dict(parent=parent, node_a=node_a, coef=coef, pair_spl=pair_spl)
 
     @cached_property
     def _fast(self) -> dict:
-        return self._merge(self._theta)
+        return self._merge(self._theta[None, :])
+
+    @cached_property
+    def _fast_committee(self) -> dict:
+        """The model and every committee member in one fast form (one A/AA pass for all)."""
+        return self._merge(np.vstack([self._theta[None, :], self._committee]))
 
     # ---- evaluation -------------------------------------------------------------------------
     def _neighbours(self, numbers, positions, cell, pbc, n_chunks=1):
@@ -178,11 +186,13 @@ class ACEModel:
         committee: also the energy of every committee member (eV); committee_forces: their forces.
         """
         n = len(numbers) if np.ndim(numbers) == 1 else 0
+        with_committee = committee and self._committee is not None
+        fast = self._fast_committee if with_committee else self._fast
         parallel = threads != 1 and n >= PARALLEL_MIN_ATOMS and _PARALLEL_LOCK.acquire(blocking=False)
         try:
             z, first, nbr, R = self._neighbours(numbers, positions, cell, pbc,
                                                 n_chunks=4 * numba.get_num_threads() if parallel else 1)
-            E, G = self._fast_pass(z, first, nbr, R, self._fast, forces, parallel)
+            E, G = self._fast_pass(z, first, nbr, R, fast, forces, parallel)
         finally:
             if parallel:
                 _PARALLEL_LOCK.release()
@@ -191,12 +201,13 @@ class ACEModel:
             W = 0.5 * (W + W.T)
         else:
             F, W = np.zeros((len(z), 3)), np.zeros((3, 3))
-        result = Evaluation(energy=float(E.sum()), forces=F, virial=W, energies=E)
-        if (committee or committee_forces) and self._committee is not None:
-            e_row, f_rows, _ = self._basis_pass(z, first, nbr, R, with_grad=committee_forces)
-            result.energy_committee = self._committee @ e_row + float(self._e0[z].sum())
-            if committee_forces:
-                result.forces_committee = np.einsum("nal,kl->kna", f_rows, self._committee)
+        result = Evaluation(energy=float(E[0].sum()), forces=F, virial=W, energies=E[0])
+        if with_committee:
+            result.energy_committee = E[1:].sum(axis=1)
+        if committee_forces and self._committee is not None:
+            # forces of every member: the basis rows once, contracted with each θ_m
+            _, f_rows, _ = self._basis_pass(z, first, nbr, R, with_grad=True)
+            result.forces_committee = np.einsum("nal,kl->kna", f_rows, self._committee)
         return result
 
     def _basis_pass(self, z, first, nbr, R, with_grad=True):

@@ -71,3 +71,23 @@ def test_missing_file_and_inconsistent_content(si_model, tmp_path):
     modelfile.write(tmp_path / "broken.json", {k: v for k, v in doc.items() if k != "sha256"})
     with pytest.raises(ModelFileError, match="a_spec"):
         aceserver.load_model(tmp_path / "broken.json")
+
+
+def test_committee_members_equal_models_with_their_parameters(tial_model):
+    rng = np.random.default_rng(5)
+    members = tial_model.parameters + 0.1 * rng.normal(size=(4, tial_model.length_basis))
+    model = aceserver.ACEModel(tial_model.basis, parameters=tial_model.parameters,
+                               E0=tial_model.E0, committee=members)
+    at = bulk("Al", "fcc", a=4.05, cubic=True) * (2, 2, 1)
+    at.numbers[::3] = 22
+    at.rattle(0.1, seed=2)
+    r = model.evaluate(at.numbers, at.positions, at.cell[:], True, committee=True,
+                       committee_forces=True)
+    plain = model.evaluate(at.numbers, at.positions, at.cell[:], True)
+    assert r.energy == plain.energy
+    np.testing.assert_array_equal(r.forces, plain.forces)
+    for k in (0, 3):
+        member = aceserver.ACEModel(tial_model.basis, parameters=members[k], E0=tial_model.E0)
+        m = member.evaluate(at.numbers, at.positions, at.cell[:], True)
+        assert r.energy_committee[k] == pytest.approx(m.energy, rel=1e-12)
+        np.testing.assert_allclose(r.forces_committee[k], m.forces, atol=1e-10)

@@ -42,10 +42,11 @@ def build_product_dag(aa_spec: np.ndarray):
 
 
 def prune_dag(parent, node_a, node_coef):
-    """Keep nodes with a non-zero coefficient for some species, and their ancestors.
+    """Keep nodes with a non-zero coefficient for some species (or parameter set), and their
+    ancestors.
 
-    node_coef: (NZ, n_nodes). Returns (keep_nodes, parent', node_a (old A indices), coef')."""
-    keep = np.any(node_coef != 0.0, axis=0)
+    node_coef: (..., n_nodes). Returns (keep_nodes, parent', node_a (old A indices), coef')."""
+    keep = np.any(node_coef.reshape(-1, node_coef.shape[-1]) != 0.0, axis=0)
     for k in range(len(parent) - 1, -1, -1):
         if keep[k] and parent[k] >= 0:
             keep[parent[k]] = True
@@ -53,7 +54,7 @@ def prune_dag(parent, node_a, node_coef):
     new_index[keep] = np.arange(int(keep.sum()))
     par = parent[keep]
     par = np.where(par >= 0, new_index[np.maximum(par, 0)], -1)
-    return keep, par, node_a[keep], np.ascontiguousarray(node_coef[:, keep])
+    return keep, par, node_a[keep], np.ascontiguousarray(node_coef[..., keep])
 
 
 def a_groups(a_spec: np.ndarray, nz: int):

@@ -92,10 +92,10 @@ def forward_aa(A, parent, node_a, AA):
 
 
 @njit(cache=True, nogil=True)
-def pair_energy_grad(i, first, nbr, R, zat, pr_t, pair_p, pair_spl, G, with_grad):
-    """Pair site energy Σ_j V_{z_i z_j}(r_ij) with merged splines; adds dV/dr r̂ to G."""
+def pair_energy_grad(i, first, nbr, R, zat, pr_t, pair_p, pair_spl, G, with_grad, E):
+    """Pair site energies Σ_j V^m_{z_i z_j}(r_ij) with merged splines, added to E[m, i] for every
+    parameter set m; the gradient of set 0 (dV/dr r̂) is added to G."""
     zi = zat[i]
-    e = 0.0
     for jj in range(first[i + 1] - first[i]):
         p = first[i] + jj
         rv = R[p]
@@ -103,20 +103,23 @@ def pair_energy_grad(i, first, nbr, R, zat, pr_t, pair_p, pair_spl, G, with_grad
         z = zat[nbr[p]]
         y, dy = agnesi(r, pr_t, zi, z)
         f, df = pair_envelope(r, pr_t[zi, z, 3], pr_t[zi, z, 5], pair_p)
-        s, ds = spline_eval_one(pair_spl, zi, z, y)
-        e += s * f
-        if with_grad:
-            g = (ds * dy * f + s * df) / r
-            for a in range(3):
-                G[p, a] += g * rv[a]
-    return e
+        k, t = spline_interval(y, pair_spl.shape[3])
+        for m in range(pair_spl.shape[0]):
+            s, ds = spline_eval_one(pair_spl, m, zi, z, k, t)
+            E[m, i] += s * f
+            if m == 0 and with_grad:
+                g = (ds * dy * f + s * df) / r
+                for a in range(3):
+                    G[p, a] += g * rv[a]
 
 
 @njit(cache=True, nogil=True)
 def _fast_range(start, stop, first, nbr, R, zat, e0, mb_t, mb_spl, lmax, gz_ptr, g_poly, g_l,
                 g_start, parent, node_a, coef, pr_t, pair_p, pair_spl, with_grad,
                 E, G):
-    """Fast form for atoms start..stop-1: site energies E[i] and pair gradients G[p]."""
+    """Fast form for atoms start..stop-1: site energies E[m, i] of every parameter set m
+    (0: the model, 1..: committee members, all from one A/AA pass) and the pair gradients
+    G[p] of set 0."""
     n_poly = mb_spl.shape[2]
     nlm = (lmax + 1) ** 2
     nA = g_start[g_start.shape[0] - 1]
@@ -135,15 +138,20 @@ def _fast_range(start, stop, first, nbr, R, zat, e0, mb_t, mb_spl, lmax, gz_ptr,
             G[p, 0] = 0.0
             G[p, 1] = 0.0
             G[p, 2] = 0.0
-        e = e0[zi]
+        for mm in range(coef.shape[0]):
+            E[mm, i] = e0[zi]
         if J > 0:
             site_features(i, first, nbr, R, zat, mb_t, mb_spl, lmax, K, q, cs,
                           zj, rhat, rinv, Pm, dPm, Y, dY)
             accumulate_a(J, zj, gz_ptr, g_poly, g_l, g_start, Pm, Y, A)
             forward_aa(A, parent, node_a, AA)
-            c = coef[zi]
-            for k in range(nN):
-                e += c[k] * AA[k]
+            for mm in range(coef.shape[0]):
+                cm = coef[mm, zi]
+                acc = 0.0
+                for k in range(nN):
+                    acc += cm[k] * AA[k]
+                E[mm, i] += acc
+            c = coef[0, zi]
             if with_grad:
                 # reverse pass through the DAG: ∂E/∂AA -> ∂E/∂A
                 dA[:] = 0.0
@@ -193,15 +201,14 @@ def _fast_range(start, stop, first, nbr, R, zat, e0, mb_t, mb_spl, lmax, gz_ptr,
                     G[p, 0] += gr * u0 + g0
                     G[p, 1] += gr * u1 + g1
                     G[p, 2] += gr * u2 + g2
-            e += pair_energy_grad(i, first, nbr, R, zat, pr_t, pair_p, pair_spl, G, with_grad)
-        E[i] = e
+            pair_energy_grad(i, first, nbr, R, zat, pr_t, pair_p, pair_spl, G, with_grad, E)
 
 
 @njit(cache=True, nogil=True)
 def fast_serial(first, nbr, R, zat, e0, mb_t, mb_spl, lmax, gz_ptr, g_poly, g_l, g_start,
                 parent, node_a, coef, pr_t, pair_p, pair_spl, with_grad):
     N = first.shape[0] - 1
-    E = np.empty(N)
+    E = np.empty((coef.shape[0], N))
     G = np.empty((R.shape[0], 3))
     _fast_range(0, N, first, nbr, R, zat, e0, mb_t, mb_spl, lmax, gz_ptr, g_poly, g_l, g_start,
                 parent, node_a, coef, pr_t, pair_p, pair_spl, with_grad, E, G)
@@ -213,7 +220,7 @@ def fast_parallel(first, nbr, R, zat, e0, mb_t, mb_spl, lmax, gz_ptr, g_poly, g_
                   parent, node_a, coef, pr_t, pair_p, pair_spl, with_grad, n_chunks):
     """As fast_serial, over n_chunks blocks of atoms on numba's threads (n_chunks >= 1)."""
     N = first.shape[0] - 1
-    E = np.empty(N)
+    E = np.empty((coef.shape[0], N))
     G = np.empty((R.shape[0], 3))
     n_chunks = min(N, n_chunks)
     for c in prange(n_chunks):

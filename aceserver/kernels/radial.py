@@ -58,10 +58,10 @@ def spline_eval_all(coef, y, out, dout):
 
 
 @njit(cache=True, nogil=True, inline="always")
-def spline_eval_one(coef, zi, zj, y):
-    """One spline function per species pair, coef (NZ, NZ, n_intervals, 4): value and d/dy."""
-    k, t = spline_interval(y, coef.shape[2])
-    c0, c1, c2, c3 = coef[zi, zj, k, 0], coef[zi, zj, k, 1], coef[zi, zj, k, 2], coef[zi, zj, k, 3]
+def spline_eval_one(coef, m, zi, zj, k, t):
+    """One spline function per parameter set and species pair, coef (M, NZ, NZ, n_intervals, 4),
+    on interval k at local coordinate t (see spline_interval): value and d/dy."""
+    c0, c1, c2, c3 = coef[m, zi, zj, k, 0], coef[m, zi, zj, k, 1], coef[m, zi, zj, k, 2], coef[m, zi, zj, k, 3]
     return ((c0 * t + c1) * t + c2) * t + c3, (3.0 * c0 * t + 2.0 * c1) * t + c2
 
 
