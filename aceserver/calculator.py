@@ -13,14 +13,17 @@ class ACECalculator(Calculator):
 
     results: energy, free_energy (eV), forces (eV/Å), stress (eV/Å³, Voigt, periodic cells only),
     energies (eV per atom); with a committee also energy_committee (eV, one per member),
-    energy_std (eV), and with committee_forces=True forces_committee (K, N, 3) eV/Å.
+    energy_std (eV) (committee=False skips them), and with committee_forces=True
+    forces_committee (K, N, 3) eV/Å.
     """
 
     implemented_properties = ["energy", "free_energy", "forces", "stress", "energies"]
 
-    def __init__(self, model_or_path, *, committee_forces: bool = False, threads=None, **kwargs):
+    def __init__(self, model_or_path, *, committee: bool = True, committee_forces: bool = False,
+                 threads=None, **kwargs):
         super().__init__(**kwargs)
         self.model = model_or_path if isinstance(model_or_path, ACEModel) else load_model(model_or_path)
+        self.committee = committee            # False skips the members' energies (faster MD)
         self.committee_forces = committee_forces
         self.threads = threads
 
@@ -28,7 +31,8 @@ class ACECalculator(Calculator):
         super().calculate(atoms, properties, system_changes)
         atoms = self.atoms
         res = self.model.evaluate(atoms.numbers, atoms.positions, atoms.cell[:], atoms.pbc,
-                                  committee=True, committee_forces=self.committee_forces,
+                                  committee=self.committee,
+                                  committee_forces=self.committee_forces,
                                   threads=self.threads)
         self.results = {"energy": res.energy, "free_energy": res.energy, "forces": res.forces,
                         "energies": res.energies}

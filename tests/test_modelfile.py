@@ -91,3 +91,22 @@ def test_committee_members_equal_models_with_their_parameters(tial_model):
         m = member.evaluate(at.numbers, at.positions, at.cell[:], True)
         assert r.energy_committee[k] == pytest.approx(m.energy, rel=1e-12)
         np.testing.assert_allclose(r.forces_committee[k], m.forces, atol=1e-10)
+
+
+def test_calculator_reports_committee_spread(tial_model):
+    from aceserver.calculator import ACECalculator
+    members = tial_model.parameters + 0.05 * np.random.default_rng(6).normal(
+        size=(5, tial_model.length_basis))
+    model = aceserver.ACEModel(tial_model.basis, parameters=tial_model.parameters,
+                               E0=tial_model.E0, committee=members)
+    at = bulk("Al", "fcc", a=4.05, cubic=True)
+    at.numbers[0] = 22
+    at.rattle(0.05, seed=3)
+    at.calc = ACECalculator(model, committee_forces=True)
+    e = at.get_potential_energy()
+    ec = at.calc.results["energy_committee"]
+    assert ec.shape == (5,) and at.calc.results["energy_std"] == pytest.approx(np.std(ec))
+    assert at.calc.results["energy_std"] > 0 and abs(np.mean(ec) - e) < 10 * np.std(ec)
+    assert at.calc.results["forces_committee"].shape == (5, len(at), 3)
+    at.calc = ACECalculator(model, committee=False)
+    assert at.get_potential_energy() == e and "energy_std" not in at.calc.results
