@@ -13,7 +13,7 @@ import numpy as np
 
 from .basis.ace1 import ACE1Basis, build_ace1_basis
 from .basis.polynomials import natural_spline_coefficients
-from .basis.products import a_groups, build_product_dag, prune_dag
+from .basis.products import a_dense_index, build_product_dag, prune_dag
 from .errors import ACEInputError, ModelFileError
 from .evaluation import Evaluation
 from .io import modelfile
@@ -114,7 +114,7 @@ class ACEModel:
     @cached_property
     def _static(self) -> dict:
         b = self.basis
-        groups, a_map = a_groups(b.a_spec, b.nz)
+        a_map = a_dense_index(b.a_spec, b.nz, b.mb_poly_nodes.shape[1], b.lmax)
         parent, node_a, aa_node = build_product_dag(b.aa_spec)
         return dict(
             mb_t=np.ascontiguousarray(b.mb_transform), pr_t=np.ascontiguousarray(b.pair_transform),
@@ -122,7 +122,7 @@ class ACEModel:
             mb_spl=natural_spline_coefficients(b.mb_poly_nodes),
             pair_bspl=natural_spline_coefficients(b.pair_poly_nodes),
             lmax=b.lmax,
-            **groups, parent=parent, node_a=a_map[node_a], aa_node=aa_node,
+            parent=parent, node_a=a_map[node_a], aa_node=aa_node,
             c_ptr=b.coupling_indptr, c_idx=b.coupling_indices, c_val=b.coupling_data)
 
     def _merge(self, thetas: np.ndarray):
@@ -171,8 +171,8 @@ class ACEModel:
     def _fast_pass(self, z, first, nbr, R, fast, with_grad, parallel):
         """Site energies and pair gradients; `parallel` only while holding _PARALLEL_LOCK."""
         s = self._static
-        args = (first, nbr, R, z, self._e0, s["mb_t"], s["mb_spl"], s["lmax"], s["gz_ptr"],
-                s["g_poly"], s["g_l"], s["g_start"], fast["parent"], fast["node_a"],
+        args = (first, nbr, R, z, self._e0, s["mb_t"], s["mb_spl"], s["lmax"],
+                fast["parent"], fast["node_a"],
                 fast["coef"], s["pr_t"], s["pair_p"], fast["pair_spl"], with_grad)
         if parallel:
             return K.fast_parallel(*args, 4 * numba.get_num_threads())
@@ -213,7 +213,7 @@ class ACEModel:
     def _basis_pass(self, z, first, nbr, R, with_grad=True):
         s = self._static
         return K.basis_rows(first, nbr, R, z, self.basis.nz, s["mb_t"], s["mb_spl"], s["lmax"],
-                            s["gz_ptr"], s["g_poly"], s["g_l"], s["g_start"], s["parent"],
+                            s["parent"],
                             s["node_a"], s["aa_node"], s["c_ptr"], s["c_idx"], s["c_val"],
                             s["pr_t"], s["pair_p"], s["pair_bspl"], with_grad)
 

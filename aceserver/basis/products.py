@@ -57,24 +57,10 @@ def prune_dag(parent, node_a, node_coef):
     return keep, par, node_a[keep], np.ascontiguousarray(node_coef[..., keep])
 
 
-def a_groups(a_spec: np.ndarray, nz: int):
-    """Kernel layout of the one-particle functions: one group per (n, l) with all 2l+1 m's
-    contiguous, groups sorted by species channel, so A loops run over contiguous memory.
-
-    Returns (tables, a_map): tables has gz_ptr (NZ+1), g_poly (polynomial index), g_l, g_start
-    (n_groups+1, last = total size); a_map maps basis A indices to kernel A indices.
-    """
-    nls = sorted({(int(n), int(l)) for n, l, _ in a_spec}, key=lambda nl: ((nl[0] - 1) % nz, nl))
-    start, g_start = {}, [0]
-    for n, l in nls:
-        start[(n, l)] = g_start[-1]
-        g_start.append(g_start[-1] + 2 * l + 1)
-    chan = np.array([(n - 1) % nz for n, _ in nls], dtype=np.int64)
-    tables = dict(
-        gz_ptr=np.searchsorted(chan, np.arange(nz + 1)).astype(np.int64),
-        g_poly=np.array([(n - 1) // nz for n, _ in nls], dtype=np.int64),
-        g_l=np.array([l for _, l in nls], dtype=np.int64),
-        g_start=np.array(g_start, dtype=np.int64))
-    a_map = np.array([start[(int(n), int(l))] + int(m) + int(l) for n, l, m in a_spec],
-                     dtype=np.int64)
-    return tables, a_map
+def a_dense_index(a_spec: np.ndarray, nz: int, n_poly: int, lmax: int) -> np.ndarray:
+    """Flat index of each one-particle function (n, l, m) in the kernels' dense A array of shape
+    (NZ channels, n_poly, (lmax+1)²): channel (n-1) % NZ, polynomial (n-1) // NZ, harmonic
+    l² + l + m."""
+    n, l, m = a_spec[:, 0] - 1, a_spec[:, 1], a_spec[:, 2]
+    nlm = (lmax + 1) ** 2
+    return ((n % nz) * n_poly * nlm + (n // nz) * nlm + l * l + l + m).astype(np.int64)

@@ -64,21 +64,32 @@ def site_scratch(first, start, stop, n_poly, lmax):
 
 
 @njit(cache=True, nogil=True)
-def accumulate_a(J, zj, gz_ptr, g_poly, g_l, g_start, Pm, Y, A):
-    """A_nlm = Σ_j R_n(r_ij) Y_lm(R̂_ij) over the neighbours in A's species channel.
+def accumulate_a(J, zj, Pm, Y, A):
+    """A[z, n, lm] = Σ_{j in channel z} R_n(r_ij) Y_lm(R̂_ij).
 
-    A is laid out in groups of one (n, l) with its 2l+1 m's contiguous, groups sorted by species
-    channel (gz_ptr), so the inner loop runs over contiguous memory."""
+    Dense in (n, lm): it holds (n, l) pairs the basis never uses, but the contiguous inner loop
+    vectorises and is several times faster than visiting only the used ones."""
     A[:] = 0.0
     for jj in range(J):
         z = zj[jj]
-        for g in range(gz_ptr[z], gz_ptr[z + 1]):
-            pr = Pm[jj, g_poly[g]]
-            l = g_l[g]
-            k0 = g_start[g]
-            y0 = l * l
-            for m in range(2 * l + 1):
-                A[k0 + m] += pr * Y[jj, y0 + m]
+        for n in range(Pm.shape[1]):
+            pr = Pm[jj, n]
+            for lm in range(Y.shape[1]):
+                A[z, n, lm] += pr * Y[jj, lm]
+
+
+@njit(cache=True, nogil=True)
+def pullback_a(jj, z, dA, Pm, Y, dEdP, dEdY):
+    """∂E/∂A -> ∂E/∂(radial n) and ∂E/∂(harmonic lm) of neighbour jj in channel z."""
+    dEdY[:] = 0.0
+    for n in range(Pm.shape[1]):
+        pr = Pm[jj, n]
+        acc = 0.0
+        for lm in range(Y.shape[1]):
+            d = dA[z, n, lm]
+            acc += d * Y[jj, lm]
+            dEdY[lm] += d * pr
+        dEdP[n] = acc
 
 
 @njit(cache=True, nogil=True)
@@ -114,19 +125,19 @@ def pair_energy_grad(i, first, nbr, R, zat, pr_t, pair_p, pair_spl, G, with_grad
 
 
 @njit(cache=True, nogil=True)
-def _fast_range(start, stop, first, nbr, R, zat, e0, mb_t, mb_spl, lmax, gz_ptr, g_poly, g_l,
-                g_start, parent, node_a, coef, pr_t, pair_p, pair_spl, with_grad,
-                E, G):
+def _fast_range(start, stop, first, nbr, R, zat, e0, mb_t, mb_spl, lmax, parent, node_a, coef,
+                pr_t, pair_p, pair_spl, with_grad, E, G):
     """Fast form for atoms start..stop-1: site energies E[m, i] of every parameter set m
     (0: the model, 1..: committee members, all from one A/AA pass) and the pair gradients
     G[p] of set 0."""
     n_poly = mb_spl.shape[2]
     nlm = (lmax + 1) ** 2
-    nA = g_start[g_start.shape[0] - 1]
     nN = parent.shape[0]
     K, q, cs, zj, rhat, rinv, Pm, dPm, Y, dY = site_scratch(first, start, stop, n_poly, lmax)
-    A = np.empty(nA)
-    dA = np.empty(nA)
+    A = np.empty((mb_t.shape[0], n_poly, nlm))
+    dA = np.empty((mb_t.shape[0], n_poly, nlm))
+    Af = A.reshape(-1)           # flat views: product nodes address A by flat index
+    dAf = dA.reshape(-1)
     AA = np.empty(nN)
     dAA = np.empty(nN)
     dEdP = np.empty(n_poly)
@@ -143,8 +154,8 @@ def _fast_range(start, stop, first, nbr, R, zat, e0, mb_t, mb_spl, lmax, gz_ptr,
         if J > 0:
             site_features(i, first, nbr, R, zat, mb_t, mb_spl, lmax, K, q, cs,
                           zj, rhat, rinv, Pm, dPm, Y, dY)
-            accumulate_a(J, zj, gz_ptr, g_poly, g_l, g_start, Pm, Y, A)
-            forward_aa(A, parent, node_a, AA)
+            accumulate_a(J, zj, Pm, Y, A)
+            forward_aa(Af, parent, node_a, AA)
             for mm in range(coef.shape[0]):
                 cm = coef[mm, zi]
                 acc = 0.0
@@ -164,27 +175,13 @@ def _fast_range(start, stop, first, nbr, R, zat, e0, mb_t, mb_spl, lmax, gz_ptr,
                     a = node_a[k]
                     pk = parent[k]
                     if pk < 0:
-                        dA[a] += g
+                        dAf[a] += g
                     else:
-                        dA[a] += g * AA[pk]
-                        dAA[pk] += g * A[a]
+                        dAf[a] += g * AA[pk]
+                        dAA[pk] += g * Af[a]
                 # ∂E/∂A -> ∂E/∂R_ij through radials and harmonics
                 for jj in range(J):
-                    dEdP[:] = 0.0
-                    dEdY[:] = 0.0
-                    z = zj[jj]
-                    for gg in range(gz_ptr[z], gz_ptr[z + 1]):
-                        n = g_poly[gg]
-                        pr = Pm[jj, n]
-                        l = g_l[gg]
-                        k0 = g_start[gg]
-                        y0 = l * l
-                        acc = 0.0
-                        for m in range(2 * l + 1):
-                            d = dA[k0 + m]
-                            acc += d * Y[jj, y0 + m]
-                            dEdY[y0 + m] += d * pr
-                        dEdP[n] += acc
+                    pullback_a(jj, zj[jj], dA, Pm, Y, dEdP, dEdY)
                     gr = 0.0
                     for n in range(n_poly):
                         gr += dEdP[n] * dPm[jj, n]
@@ -205,19 +202,19 @@ def _fast_range(start, stop, first, nbr, R, zat, e0, mb_t, mb_spl, lmax, gz_ptr,
 
 
 @njit(cache=True, nogil=True)
-def fast_serial(first, nbr, R, zat, e0, mb_t, mb_spl, lmax, gz_ptr, g_poly, g_l, g_start,
-                parent, node_a, coef, pr_t, pair_p, pair_spl, with_grad):
+def fast_serial(first, nbr, R, zat, e0, mb_t, mb_spl, lmax, parent, node_a, coef, pr_t, pair_p,
+                pair_spl, with_grad):
     N = first.shape[0] - 1
     E = np.empty((coef.shape[0], N))
     G = np.empty((R.shape[0], 3))
-    _fast_range(0, N, first, nbr, R, zat, e0, mb_t, mb_spl, lmax, gz_ptr, g_poly, g_l, g_start,
-                parent, node_a, coef, pr_t, pair_p, pair_spl, with_grad, E, G)
+    _fast_range(0, N, first, nbr, R, zat, e0, mb_t, mb_spl, lmax, parent, node_a, coef, pr_t,
+                pair_p, pair_spl, with_grad, E, G)
     return E, G
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def fast_parallel(first, nbr, R, zat, e0, mb_t, mb_spl, lmax, gz_ptr, g_poly, g_l, g_start,
-                  parent, node_a, coef, pr_t, pair_p, pair_spl, with_grad, n_chunks):
+def fast_parallel(first, nbr, R, zat, e0, mb_t, mb_spl, lmax, parent, node_a, coef, pr_t, pair_p,
+                  pair_spl, with_grad, n_chunks):
     """As fast_serial, over n_chunks blocks of atoms on numba's threads (n_chunks >= 1)."""
     N = first.shape[0] - 1
     E = np.empty((coef.shape[0], N))
@@ -225,8 +222,7 @@ def fast_parallel(first, nbr, R, zat, e0, mb_t, mb_spl, lmax, gz_ptr, g_poly, g_
     n_chunks = min(N, n_chunks)
     for c in prange(n_chunks):
         _fast_range(c * N // n_chunks, (c + 1) * N // n_chunks, first, nbr, R, zat, e0, mb_t,
-                    mb_spl, lmax, gz_ptr, g_poly, g_l, g_start, parent, node_a, coef, pr_t,
-                    pair_p, pair_spl, with_grad, E, G)
+                    mb_spl, lmax, parent, node_a, coef, pr_t, pair_p, pair_spl, with_grad, E, G)
     return E, G
 
 
@@ -247,8 +243,7 @@ def scatter_forces_virial(first, nbr, R, G, n_atoms):
 
 
 @njit(cache=True, nogil=True)
-def basis_rows(first, nbr, R, zat, nz, mb_t, mb_spl, lmax, gz_ptr, g_poly, g_l, g_start,
-               parent, node_a, aa_node, c_ptr, c_idx, c_val, pr_t, pair_p, pair_bspl,
+def basis_rows(first, nbr, R, zat, nz, mb_t, mb_spl, lmax, parent, node_a, aa_node, c_ptr, c_idx, c_val, pr_t, pair_p, pair_bspl,
                with_grad):
     """Energy, force and virial rows of every linear parameter (θ order), E0 excluded.
 
@@ -265,13 +260,14 @@ def basis_rows(first, nbr, R, zat, nz, mb_t, mb_spl, lmax, gz_ptr, g_poly, g_l, 
     v = np.zeros((3, 3, L))
     n_poly = mb_spl.shape[2]
     nlm = (lmax + 1) ** 2
-    nA = g_start[g_start.shape[0] - 1]
     nN = parent.shape[0]
     K, q, cs, zj, rhat, rinv, Pm, dPm, Y, dY = site_scratch(first, 0, N, n_poly, lmax)
     maxJ = zj.shape[0]
     poly = np.empty(n_pair_poly)
     dpoly = np.empty(n_pair_poly)
-    A = np.empty(nA)
+    A = np.empty((nz, n_poly, nlm))
+    Af = A.reshape(-1)
+    nA = Af.shape[0]
     AA = np.empty(nN)
     dA = np.zeros((nA, maxJ, 3))
     dAA = np.zeros((nN, maxJ, 3)) if with_grad else np.zeros((0, maxJ, 3))
@@ -282,8 +278,8 @@ def basis_rows(first, nbr, R, zat, nz, mb_t, mb_spl, lmax, gz_ptr, g_poly, g_l, 
         zi = zat[i]
         site_features(i, first, nbr, R, zat, mb_t, mb_spl, lmax, K, q, cs,
                       zj, rhat, rinv, Pm, dPm, Y, dY)
-        accumulate_a(J, zj, gz_ptr, g_poly, g_l, g_start, Pm, Y, A)
-        forward_aa(A, parent, node_a, AA)
+        accumulate_a(J, zj, Pm, Y, A)
+        forward_aa(Af, parent, node_a, AA)
         if with_grad:
             for jj in range(J):
                 u0, u1, u2 = rhat[jj, 0], rhat[jj, 1], rhat[jj, 2]
@@ -295,13 +291,10 @@ def basis_rows(first, nbr, R, zat, nz, mb_t, mb_spl, lmax, gz_ptr, g_poly, g_l, 
                     for a in range(3):
                         dA[k, jj, a] = 0.0
             for jj in range(J):
-                z = zj[jj]
-                for gg in range(gz_ptr[z], gz_ptr[z + 1]):
-                    n = g_poly[gg]
-                    l = g_l[gg]
-                    for m in range(2 * l + 1):
-                        k = g_start[gg] + m
-                        lm = l * l + m
+                k0 = zj[jj] * n_poly * nlm          # A functions of this neighbour's channel
+                for n in range(n_poly):
+                    for lm in range(nlm):
+                        k = k0 + n * nlm + lm
                         for a in range(3):
                             dA[k, jj, a] = (dPm[jj, n] * Y[jj, lm] * rhat[jj, a]
                                             + Pm[jj, n] * dY[jj, lm, a])
@@ -315,7 +308,7 @@ def basis_rows(first, nbr, R, zat, nz, mb_t, mb_spl, lmax, gz_ptr, g_poly, g_l, 
                 else:
                     for jj in range(J):
                         for a in range(3):
-                            dAA[k, jj, a] = dAA[pk, jj, a] * A[ak] + AA[pk] * dA[ak, jj, a]
+                            dAA[k, jj, a] = dAA[pk, jj, a] * Af[ak] + AA[pk] * dA[ak, jj, a]
         col0 = zi * nB
         for b in range(nB):
             val = 0.0
