@@ -159,7 +159,7 @@ class ACEModel:
     # ---- evaluation -------------------------------------------------------------------------
     def _neighbours(self, numbers, positions, cell, pbc, n_chunks=1):
         z, pos, cell, pbc = prepare(numbers, positions, cell, pbc, self._lookup, self.elements)
-        first, nbr, R = neighbour_list(pos, cell, pbc, self.rcut, n_chunks=n_chunks)
+        first, nbr, R = neighbour_list(pos, cell, pbc, self.rcut, n_chunks=n_chunks, sort=False)
         if len(R) and min_distance(R) < MIN_DISTANCE:
             d2 = np.einsum("ij,ij->i", R, R)
             k = int(np.argmin(d2))

@@ -417,3 +417,17 @@ def test_parallel_search_gives_identical_lists():
         par = neighbour_list(at.positions, at.cell[:], at.pbc, 5.5, n_chunks=n_chunks)
         for a, b in zip(serial, par):
             np.testing.assert_array_equal(a, b)
+
+
+def test_unsorted_lists_hold_the_same_pairs():
+    from ase.build import bulk
+    at = bulk("Cu", "fcc", a=3.61) * (2, 3, 2)
+    at.rattle(0.1, seed=6)
+    first, j, R = neighbour_list(at.positions, at.cell[:], at.pbc, 6.0)
+    uf, uj, uR = neighbour_list(at.positions, at.cell[:], at.pbc, 6.0, sort=False)
+    np.testing.assert_array_equal(first, uf)
+    for i in range(len(at)):
+        a, b = first[i], first[i + 1]
+        ref = sorted(zip(j[a:b], *np.round(R[a:b], 9).T))
+        got = sorted(zip(uj[a:b], *np.round(uR[a:b], 9).T))
+        assert ref == got

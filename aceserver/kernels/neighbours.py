@@ -511,7 +511,7 @@ def _too_many(message, pbc):
 
 
 def neighbour_list(positions, cell, pbc, rcut, *, max_pairs=DEFAULT_MAX_PAIRS,
-                   max_neighbours=DEFAULT_MAX_NEIGHBOURS, n_chunks=1):
+                   max_neighbours=DEFAULT_MAX_NEIGHBOURS, n_chunks=1, sort=True):
     """Full neighbour list within ``rcut`` (Å), in CSR form grouped by centre atom.
 
     Parameters
@@ -535,6 +535,8 @@ def neighbour_list(positions, cell, pbc, rcut, *, max_pairs=DEFAULT_MAX_PAIRS,
         each other (see min_distance).
     n_chunks : blocks of centre atoms searched in parallel on numba's threads; 1 runs the serial
         kernels (safe from any thread). The result does not depend on it.
+    sort : order each atom's pairs by (j, S). Without it the order is that of the bin scan: still
+        the same for the same input, and cheaper (the evaluator does not need the order).
     """
     positions, cell, pbc, rcut = _validate(positions, cell, pbc, rcut)
     N = positions.shape[0]
@@ -632,8 +634,8 @@ def neighbour_list(positions, cell, pbc, rcut, *, max_pairs=DEFAULT_MAX_PAIRS,
     out_key = np.empty(total, dtype=np.int64)
     search(positions, wrapped, n, cell_p, cbin, start, order, nb, m, pbc, rsearch, rcut,
            True, first, out_j, out_R, out_key, key_T, key_H, key_sp, *extra)
-    if par:
+    if sort and par:
         _sort_pairs_parallel(first, out_j, out_R, out_key, n_chunks)
-    else:
+    elif sort:
         _sort_pairs(first, out_j, out_R, out_key)
     return first, out_j, out_R
