@@ -165,15 +165,14 @@ class ACEModel:
             k = int(np.argmin(d2))
             i = int(np.searchsorted(first, k, side="right") - 1)
             raise ACEInputError(f"atoms {i} and {int(nbr[k])} are on top of each other "
-                                    f"(distance {np.sqrt(d2[k]):.3g} Å)", "positions")
+                                f"(distance {np.sqrt(d2[k]):.3g} Å)", "positions")
         return z, first, nbr, R
 
     def _fast_pass(self, z, first, nbr, R, fast, with_grad, parallel):
         """Site energies and pair gradients; `parallel` only while holding _PARALLEL_LOCK."""
         s = self._static
-        args = (first, nbr, R, z, self._e0, s["mb_t"], s["mb_spl"], s["lmax"],
-                fast["parent"], fast["node_a"],
-                fast["coef"], s["pr_t"], s["pair_p"], fast["pair_spl"], with_grad)
+        args = (first, nbr, R, z, self._e0, s["mb_t"], s["mb_spl"], s["lmax"], fast["parent"],
+                fast["node_a"], fast["coef"], s["pr_t"], s["pair_p"], fast["pair_spl"], with_grad)
         if parallel:
             return K.fast_parallel(*args, 4 * numba.get_num_threads())
         return K.fast_serial(*args)
@@ -213,9 +212,8 @@ class ACEModel:
     def _basis_pass(self, z, first, nbr, R, with_grad=True):
         s = self._static
         return K.basis_rows(first, nbr, R, z, self.basis.nz, s["mb_t"], s["mb_spl"], s["lmax"],
-                            s["parent"],
-                            s["node_a"], s["aa_node"], s["c_ptr"], s["c_idx"], s["c_val"],
-                            s["pr_t"], s["pair_p"], s["pair_bspl"], with_grad)
+                            s["parent"], s["node_a"], s["aa_node"], s["c_ptr"], s["c_idx"],
+                            s["c_val"], s["pr_t"], s["pair_p"], s["pair_bspl"], with_grad)
 
     def basis_rows(self, numbers, positions, cell=None, pbc=False, *, forces=True):
         """Design rows of θ (E0 excluded): e (L,) eV, f (N, 3, L) eV/Å, v (3, 3, L) eV, so that
