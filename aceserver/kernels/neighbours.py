@@ -455,6 +455,21 @@ def _reduce_lattice(vecs):
 
 
 def _binning_basis(cell, pbc):
+    """Cached _cell_basis: MD and servers see the same cell call after call."""
+    key = (cell.tobytes(), pbc.tobytes())
+    hit = _BASIS_CACHE.get(key)
+    if hit is None:
+        hit = _cell_basis(cell, pbc)
+        if len(_BASIS_CACHE) >= 64:
+            _BASIS_CACHE.clear()
+        _BASIS_CACHE[key] = hit
+    return hit[0].copy(), hit[1].copy()
+
+
+_BASIS_CACHE: dict = {}
+
+
+def _cell_basis(cell, pbc):
     """Rows: a reduced basis of the periodic lattice, completed by an orthonormal basis of its
     orthogonal complement; and the integer T (3x3, identity on open directions) with
     basis[periodic] = T[periodic][:, periodic] @ cell[periodic].
