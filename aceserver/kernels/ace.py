@@ -92,6 +92,15 @@ def pullback_a(jj, z, dA, Pm, Y, dEdP, dEdY):
         dEdP[n] = acc
 
 
+@njit(cache=True, nogil=True, fastmath=True)
+def dot(a, b):
+    """Σ a_k b_k; fastmath lets the sum vectorise (same inputs, same result, every call)."""
+    acc = 0.0
+    for k in range(a.shape[0]):
+        acc += a[k] * b[k]
+    return acc
+
+
 @njit(cache=True, nogil=True)
 def forward_aa(A, parent, node_a, AA):
     for k in range(parent.shape[0]):
@@ -157,11 +166,7 @@ def _fast_range(start, stop, first, nbr, R, zat, e0, mb_t, mb_spl, lmax, parent,
             accumulate_a(J, zj, Pm, Y, A)
             forward_aa(Af, parent, node_a, AA)
             for mm in range(coef.shape[0]):
-                cm = coef[mm, zi]
-                acc = 0.0
-                for k in range(nN):
-                    acc += cm[k] * AA[k]
-                E[mm, i] += acc
+                E[mm, i] += dot(coef[mm, zi], AA)
             c = coef[0, zi]
             if with_grad:
                 # reverse pass through the DAG: ∂E/∂AA -> ∂E/∂A
