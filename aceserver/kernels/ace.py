@@ -78,7 +78,7 @@ def accumulate_a(J, zj, Pm, Y, A):
                 A[z, n, lm] += pr * Y[jj, lm]
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, fastmath=True)
 def pullback_a(jj, z, dA, Pm, Y, dEdP, dEdY):
     """∂E/∂A -> ∂E/∂(radial n) and ∂E/∂(harmonic lm) of neighbour jj in channel z."""
     dEdY[:] = 0.0
