@@ -7,6 +7,7 @@ weighted validation residual (the fit's own objective) used for ranking.
 """
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -64,8 +65,8 @@ def evaluate_candidates(model, train: list[Config], validation: list[Config],
     factor under any weight set. So each group's weight-free rows are factorised once, A_g = Q_g·R_g;
     a candidate stacks c_g·R_g (c_g its weight for the group), divides by its prior's column scales
     (W·A·P⁻¹ has the same singular values and Uᵀ(Wy) as the stack [c_g·R_g·P⁻¹], with targets
-    [c_g·Q_gᵀy_g]) and E0 only changes the targets: each candidate costs one SVD of a matrix with
-    about as many rows as parameters.
+    [c_g·Q_gᵀy_g]) and E0 only changes the targets: each (weights, prior) pair costs one SVD of a
+    matrix with about as many rows as parameters, shared by consecutive candidates that differ only in E0.
 
     Ranked by ``key(result)`` (smallest first); default: the weighted validation RMSE under the
     candidate's own weights (the fit's objective; comparable only among candidates with equal weights).
@@ -93,18 +94,23 @@ def evaluate_candidates(model, train: list[Config], validation: list[Config],
         factors.append((ct, kind, R, QtY, (Y ** 2).sum(axis=1)))
     val_groups, val_scale = _row_groups(val_sys, validation)
     results = []
+    svds = {}           # (weights, prior) -> (group factors, prior scales, SVD): E0 only moves targets
     for cand in candidates:
         E0 = cand.get("E0") or dict(model.E0)
         k = E0s.index(E0)
         cw = cand.get("weights") or weights
-        c = [_group_factor(ct, kind, cw) for ct, kind, *_ in factors]
-        Rs = np.vstack([ci * f[2] for ci, f in zip(c, factors)])
+        tag = json.dumps([cw, cand.get("prior")], sort_keys=True, default=str)
+        if tag not in svds:
+            c = [_group_factor(ct, kind, cw) for ct, kind, *_ in factors]
+            gamma = priors.make_prior(model.basis_labels, cand.get("prior"))
+            Rs = np.vstack([ci * f[2] for ci, f in zip(c, factors)])
+            svds = {tag: (c, gamma, scipy.linalg.svd(Rs / gamma[None, :], full_matrices=False))}
+            del Rs
+        c, gamma, (Ur, sv, Vt) = svds[tag]
         bs = np.concatenate([ci * f[3][k] for ci, f in zip(c, factors)])
         yy = float(sum(ci ** 2 * f[4][k] for ci, f in zip(c, factors)))
-        gamma = priors.make_prior(model.basis_labels, cand.get("prior"))
         spec = cand.get("solver", "blr")
         spec = {"name": spec} if isinstance(spec, str) else dict(spec)
-        Ur, sv, Vt = scipy.linalg.svd(Rs / gamma[None, :], full_matrices=False)
         f = solvers.SVDFactors(s=sv, Vt=Vt, b=Ur.T @ bs, yy=yy, n_obs=n)
         name = spec.pop("name").lower()
         if name == "blr":
