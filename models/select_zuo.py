@@ -118,7 +118,13 @@ def zuo_card(el, cfg, report, results) -> str:
     meta = report["metadata_fit"]
     et, ft = TARGETS[el]
     nval, ntrain = meta["n_validation_configs"], meta["n_train_configs"]
-    sel = ["", "## Hyperparameter selection", "",
+    v = report["errors"]["validation"]["mae"]["default"]
+    verdict = lambda x, t: "below" if x < t else "not below"
+    sel = ["", "## Against the targets", "",
+           f"Validation MAE of this model: E {v['E'] * 1e3:.3f} meV/atom ({verdict(v['E'], et)} the target "
+           f"{et * 1e3:g}), F {v['F']:.4f} eV/Å ({verdict(v['F'], ft)} the target {ft:g}); targets: the best "
+           "published test-set MAE. The validation split is small, so these are estimates, not test errors.",
+           "", "## Hyperparameter selection", "",
            f"On the validation split ({nval} of the {ntrain + nval} training-split configurations, "
            "seeded); the Zuo test split was not used. Ranked by the score max(E MAE / E target, F MAE / F target), "
            f"the targets being the best published test-set MAE (E {et * 1e3:g} meV/atom, F {ft:g} eV/Å). "
