@@ -169,6 +169,26 @@ def test_selection_shared_qr_matches_direct_fit(toy):
         assert res["validation"]["rmse"]["E"] == pytest.approx(direct["rmse"]["E"], rel=1e-6)
 
 
+def test_selection_reweighted_candidates_match_direct_fits(toy):
+    """Candidates with their own weights (one factorisation per row group) equal direct fits."""
+    from aceserver.fitting import selection
+    model, theta, configs = toy
+    train, val = configs[:6], configs[6:]
+    ts = assembly.assemble(model, train, None, threads=1)
+    vs = assembly.assemble(model, val, None, threads=1)
+    cands = [{"prior": {"name": "algebraic", "p": 3}, "solver": "blr", "weights": w}
+             for w in ({"default": {"E": 3, "F": 1, "V": 1}}, {"default": {"E": 100, "F": 2, "V": 0.5}})]
+    res = selection.evaluate_candidates(model, train, val, ts, vs, cands, None, log=None,
+                                        key=lambda r: r["validation"]["mae"]["F"])
+    assert res[0]["validation"]["mae"]["F"] <= res[1]["validation"]["mae"]["F"]
+    for r in res:
+        c = r["candidate"]
+        driver.acefit(model, train, weights=c["weights"], prior=c["prior"], solver="blr", threads=1, system=ts)
+        direct = selection.row_errors(vs, val, model.parameters)
+        assert r["validation"]["rmse"]["F"] == pytest.approx(direct["rmse"]["F"], rel=1e-6)
+        assert r["validation"]["rmse"]["E"] == pytest.approx(direct["rmse"]["E"], rel=1e-6)
+
+
 def test_progress_bar_runs(toy, capsys):
     model, theta, configs = toy
     sys_ = assembly.assemble(model, configs, None, threads=2, progress=True)

@@ -7,6 +7,7 @@ weighted validation residual (the fit's own objective) used for ranking.
 """
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -34,44 +35,83 @@ def row_errors(system: assembly.LsqSystem, configs: list[Config], theta: np.ndar
     return out
 
 
+def _row_groups(system: assembly.LsqSystem, configs: list[Config]):
+    """Rows grouped by (config_type, kind), whose weights any weight set scales by one common factor;
+    returns ``[(config_type, kind, rows)]`` and each row's weight-free scale (1/√N for E and V, 1 for F)."""
+    types = [c.config_type for c in configs]
+    names = sorted(set(types))
+    tcode = np.array([names.index(t) for t in types], dtype=np.int64)[system.config]
+    key = tcode * 3 + system.kind.astype(np.int64)
+    groups = [(names[k // 3], int(k % 3), np.flatnonzero(key == k)) for k in np.unique(key)]
+    sq = np.sqrt(np.array([c.natoms for c in configs], dtype=float))
+    scale = np.where(system.kind == assembly.KIND_F, 1.0, 1.0 / sq[system.config])
+    return groups, scale
+
+
+def _group_factor(config_type: str, kind: int, weights: dict) -> float:
+    from .data import config_weights, normalise_weights
+    return float(config_weights(config_type, normalise_weights(weights))["EFV"[kind]])
+
+
 def evaluate_candidates(model, train: list[Config], validation: list[Config],
                         train_sys: assembly.LsqSystem, val_sys: assembly.LsqSystem,
-                        candidates: list[dict], weights: dict, seed: int = 0, log=print) -> list[dict]:
-    """Fit each candidate ``{"prior": ..., "solver": ..., "E0": {el: eV} | None}`` on ``train_sys``
-    and score it on ``val_sys``. Systems must have been assembled with ``model.E0``.
+                        candidates: list[dict], weights: dict, seed: int = 0, log=print,
+                        key=None) -> list[dict]:
+    """Fit each candidate ``{"prior": ..., "solver": ..., "E0": {el: eV} | None, "weights": {...} | None}``
+    on ``train_sys`` and score it on ``val_sys``. Systems must have been assembled with ``model.E0``;
+    a candidate without "weights" uses ``weights``.
 
-    One QR factorisation of the weighted design matrix W·A = Q·R serves every candidate with an
-    SVD-based solver (blr, tsvd): the prior only rescales columns, W·A·P⁻¹ = Q·(R·P⁻¹), and E0 only
-    changes the targets, so each candidate costs an SVD of the small triangle R·P⁻¹.
+    Weights only scale rows, and every row of one (config_type, kind) group is scaled by the same
+    factor under any weight set. So each group's weight-free rows are factorised once, A_g = Q_g·R_g;
+    a candidate stacks c_g·R_g (c_g its weight for the group), divides by its prior's column scales
+    (W·A·P⁻¹ has the same singular values and Uᵀ(Wy) as the stack [c_g·R_g·P⁻¹], with targets
+    [c_g·Q_gᵀy_g]) and E0 only changes the targets: each (weights, prior) pair costs one SVD of a
+    matrix with about as many rows as parameters, shared by consecutive candidates that differ only in E0.
+
+    Ranked by ``key(result)`` (smallest first); default: the weighted validation RMSE under the
+    candidate's own weights (the fit's objective; comparable only among candidates with equal weights).
     """
     import scipy.linalg
 
-    wt = assembly.row_weights(train_sys, train, weights)
-    wv = assembly.row_weights(val_sys, validation, weights)
     E0s = []
     for cand in candidates:
         E0 = cand.get("E0") or dict(model.E0)
         if E0 not in E0s:
             E0s.append(E0)
-    Y = np.stack([wt * assembly.with_E0(train_sys, train, model.E0, E0) for E0 in E0s])
-    A = np.array(train_sys.A, order="F", copy=True)
-    for a in range(0, A.shape[0], 4096):
-        A[a:a + 4096] *= wt[a:a + 4096, None]
-    n = A.shape[0]
-    if n < A.shape[1]:
+    Yall = np.stack([assembly.with_E0(train_sys, train, model.E0, E0) for E0 in E0s])
+    n = train_sys.shape[0]
+    if n < train_sys.shape[1]:
         raise ValueError("selection needs at least as many training observations as parameters")
-    QtY, R = scipy.linalg.qr_multiply(A, Y, mode="right", overwrite_a=True)   # rows: (Qᵀ y)ᵀ
-    del A
-    yy = (Y ** 2).sum(axis=1)
+    groups, scale = _row_groups(train_sys, train)
+    factors = []        # per group: (config_type, kind, R_g, (Q_gᵀ y_g) per E0, ‖y_g‖² per E0)
+    for ct, kind, rows in groups:
+        A = np.array(train_sys.A[rows], order="F", copy=True)
+        for a in range(0, A.shape[0], 4096):
+            A[a:a + 4096] *= scale[rows[a:a + 4096], None]
+        Y = Yall[:, rows] * scale[rows][None, :]
+        QtY, R = scipy.linalg.qr_multiply(A, Y, mode="right", overwrite_a=True)
+        del A
+        factors.append((ct, kind, R, QtY, (Y ** 2).sum(axis=1)))
+    val_groups, val_scale = _row_groups(val_sys, validation)
     results = []
+    svds = {}           # (weights, prior) -> (group factors, prior scales, SVD): E0 only moves targets
     for cand in candidates:
         E0 = cand.get("E0") or dict(model.E0)
         k = E0s.index(E0)
-        gamma = priors.make_prior(model.basis_labels, cand.get("prior"))
+        cw = cand.get("weights") or weights
+        tag = json.dumps([cw, cand.get("prior")], sort_keys=True, default=str)
+        if tag not in svds:
+            c = [_group_factor(ct, kind, cw) for ct, kind, *_ in factors]
+            gamma = priors.make_prior(model.basis_labels, cand.get("prior"))
+            Rs = np.vstack([ci * f[2] for ci, f in zip(c, factors)])
+            svds = {tag: (c, gamma, scipy.linalg.svd(Rs / gamma[None, :], full_matrices=False))}
+            del Rs
+        c, gamma, (Ur, sv, Vt) = svds[tag]
+        bs = np.concatenate([ci * f[3][k] for ci, f in zip(c, factors)])
+        yy = float(sum(ci ** 2 * f[4][k] for ci, f in zip(c, factors)))
         spec = cand.get("solver", "blr")
         spec = {"name": spec} if isinstance(spec, str) else dict(spec)
-        Ur, sv, Vt = scipy.linalg.svd(R / gamma[None, :], full_matrices=False)
-        f = solvers.SVDFactors(s=sv, Vt=Vt, b=Ur.T @ QtY[k], yy=float(yy[k]), n_obs=n)
+        f = solvers.SVDFactors(s=sv, Vt=Vt, b=Ur.T @ bs, yy=yy, n_obs=n)
         name = spec.pop("name").lower()
         if name == "blr":
             sol = solvers.solve_blr(None, None, committee_size=0, factors=f, **{
@@ -83,6 +123,9 @@ def evaluate_candidates(model, train: list[Config], validation: list[Config],
             raise ValueError(f"selection supports the SVD-based solvers blr and tsvd, not {name!r}")
         theta = sol.coef / gamma
         yv = assembly.with_E0(val_sys, validation, model.E0, E0)
+        wv = val_scale.copy()
+        for ct, kind, rows in val_groups:
+            wv[rows] *= _group_factor(ct, kind, cw)
         errs = row_errors(val_sys, validation, theta, yv)
         loss = float(math.sqrt(np.mean((wv * (val_sys.A @ theta - yv)) ** 2)))
         res = {"candidate": cand, "validation": errs, "weighted_rmse": loss,
@@ -91,4 +134,4 @@ def evaluate_candidates(model, train: list[Config], validation: list[Config],
         if log:
             e, f_ = errs["mae"]["E"], errs["mae"]["F"]
             log(f"  {cand}: validation MAE E {e * 1e3:.3f} meV/atom, F {f_:.4f} eV/Å; weighted RMSE {loss:.5g}")
-    return sorted(results, key=lambda r: r["weighted_rmse"])
+    return sorted(results, key=key or (lambda r: r["weighted_rmse"]))
