@@ -13,18 +13,7 @@ from aceserver.fitting.config import parse_config
 DATA = Path(__file__).parent / "data"
 
 
-def _ace1_available():
-    try:
-        import aceserver
-        aceserver.ace1_model  # noqa: B018
-        import aceserver.model  # noqa: F401
-        return True
-    except (ImportError, AttributeError):
-        return False
-
-
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(not _ace1_available(), reason="core ace1_model not available")]
+pytestmark = pytest.mark.slow
 
 
 def test_tial_fit_save_load_eval(tmp_path, capsys):
