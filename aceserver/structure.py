@@ -55,11 +55,5 @@ def prepare(numbers, positions, cell, pbc, lookup: np.ndarray, elements):
         missing = sorted({chemical_symbols[k] for k in numbers[z < 0]})
         raise UnknownElementError(f"element(s) {', '.join(missing)} not in the model "
                                   f"(it knows {', '.join(elements)})", "numbers")
-    if pbc.any():
-        # each periodic lattice vector must be non-zero and, together, span their directions
-        vecs = cell[pbc]
-        if np.linalg.matrix_rank(vecs, tol=1e-8 * max(1.0, np.abs(cell).max())) < len(vecs):
-            raise ACEInputError("the cell is degenerate along a periodic direction "
-                                f"(pbc={pbc.tolist()}, cell={cell.tolist()})", "cell")
     return (np.ascontiguousarray(z), np.ascontiguousarray(positions), np.ascontiguousarray(cell),
             pbc)

@@ -14,7 +14,7 @@ import numpy as np
 from .bondlengths import pair_r0
 from .coupling import coupled_block
 from .polynomials import jacobi_orthonormal, legendre_orthonormal, spline_nodes
-from .spec import LevelRule, a_spec, max_levels, product_blocks, radial_spec
+from .spec import LevelRule, max_levels, product_blocks, radial_spec
 from .transforms import AgnesiTransform
 
 
@@ -102,16 +102,17 @@ def build_ace1_basis(elements, order, totaldegree, *, rcut=None, r0="bondlen", r
     maxdeg = max(levels)
 
     # r0 per pair and one cutoff for all pairs (upstream: max over pairs of 2.5 r0)
+    bond_r0 = np.array([[pair_r0(a, b) for b in elements] for a in elements])
     if isinstance(r0, str):
         if r0 != "bondlen":
             raise ValueError(f"r0 must be 'bondlen', a number or a dict, got {r0!r}")
-        r0_mat = np.array([[pair_r0(a, b) for b in elements] for a in elements])
+        r0_mat = bond_r0
     elif isinstance(r0, dict):
         r0_mat = np.array([[float(r0.get((a, b), r0.get((b, a)))) for b in elements] for a in elements])
     else:
         r0_mat = np.full((nz, nz), float(r0))
     if rcut is None:
-        rcut = float((2.5 * np.array([[pair_r0(a, b) for b in elements] for a in elements])).max())
+        rcut = float((2.5 * bond_r0).max())
     rcut = float(rcut)
     if not (rcut > rin >= 0.0):
         raise ValueError(f"need rcut > rin >= 0, got rcut={rcut}, rin={rin}")
@@ -128,7 +129,6 @@ def build_ace1_basis(elements, order, totaldegree, *, rcut=None, r0="bondlen", r
     # one-particle and product specifications
     level = LevelRule(nz, wL)
     rspec = radial_spec(level, maxdeg)
-    aspec_full = a_spec(level, rspec)
     rspec_by_level = sorted(rspec, key=lambda nl: level(*nl))
     blocks = product_blocks(level, rspec_by_level, levels)
 

@@ -33,6 +33,3 @@ def pair_r0(symbol_i: str, symbol_j: str) -> float:
     """r0 of a species pair: the mean of the two bond lengths (ACEpotentials' :bondlen)."""
     return (bond_length(symbol_i) + bond_length(symbol_j)) / 2
 
-
-def known_elements() -> list[str]:
-    return [chemical_symbols[z] for z in sorted(_table())]

@@ -48,12 +48,6 @@ def radial_spec(level: LevelRule, maxlevel: float) -> list[tuple[int, int]]:
     return sorted(spec, key=lambda nl: (nl[1], nl[0]))
 
 
-def a_spec(level: LevelRule, rspec) -> list[tuple[int, int, int]]:
-    """(n, l, m) one-particle functions: rspec order, m ascending, stably sorted by level."""
-    flat = [(n, l, m) for (n, l) in rspec for m in range(-l, l + 1)]
-    return sorted(flat, key=lambda nlm: level(nlm[0], nlm[1]))
-
-
 def _signed_sum_zero_possible(ms) -> bool:
     sums = {0}
     for m in ms:
@@ -74,7 +68,6 @@ def _first_index_tuple(nls, starts) -> tuple[int, ...]:
         if t > 0 and nls[t] == nls[t - 1]:
             lo = ms[-1]
         for m in range(lo, ls[t] + 1):
-            # prune: what is left must be able to cancel the smallest |signed sum| so far
             found = dfs(t + 1, ms + [m])
             if found is not None:
                 return found

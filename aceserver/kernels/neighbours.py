@@ -483,7 +483,8 @@ def _cell_basis(cell, pbc):
     for k, length in zip(per, lengths):
         if length < 1e-8:
             raise ACEInputError(
-                f"cell vector {k} has length {length:.3g} Å but direction {k} is periodic", "cell")
+                f"the cell is degenerate: cell vector {k} has length {length:.3g} Å but direction {k} "
+                f"is periodic", "cell")
     if len(per) >= 2:
         # volume (area) of the periodic vectors relative to the product of their lengths: a sine
         gram = vecs @ vecs.T
