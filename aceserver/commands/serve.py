@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 
 NAME = "serve"
@@ -89,5 +90,8 @@ def run(args: argparse.Namespace) -> int:
                             access_log=args.access_log, timeout_graceful_shutdown=args.drain_timeout,
                             server_header=False, lifespan="on")
     server = uvicorn.Server(config)
+    # uvicorn re-raises SIGTERM once it has drained; a drained shutdown is a clean exit (code 0), as
+    # for PID 1 in a container, so the re-raised signal is ignored (uvicorn handles it while serving)
+    signal.signal(signal.SIGTERM, lambda signum, frame: None)
     server.run()
     return 0 if server.started else 1
