@@ -44,6 +44,16 @@ def _two_models(folder):
     return images, refs
 
 
+def _live_file(name):
+    """Models A and B, and the served file `live.json` holding A; returns images, refs, paths, live."""
+    folder = TMP / name
+    images, refs = _two_models(folder)
+    (sha_a, (path_a, _)), (sha_b, (path_b, _)) = refs.items()
+    live = folder / "live.json"
+    _replace(path_a, live)
+    return images, refs, (sha_a, path_a), (sha_b, path_b), live
+
+
 def _replace(src, dest):
     """Put src's content at dest atomically (what a fitting loop should do)."""
     tmp = dest.with_suffix(".tmp")
@@ -65,11 +75,7 @@ def _wait_for_sha(server, sha, timeout=30.0):
 
 
 def test_watch_swaps_atomically_under_load():
-    folder = TMP / "hot-swap"
-    images, refs = _two_models(folder)
-    (sha_a, (path_a, _)), (sha_b, (path_b, _)) = refs.items()
-    live = folder / "live.json"
-    _replace(path_a, live)
+    images, refs, (sha_a, path_a), (sha_b, path_b), live = _live_file("hot-swap")
     body = {"structures": _structures_json(images), "properties": ["energy"]}
     replies, failures, stop = [], [], threading.Event()
 
@@ -122,11 +128,7 @@ def test_watch_swaps_atomically_under_load():
 
 
 def test_sighup_reloads_once_without_watch():
-    folder = TMP / "sighup"
-    _, refs = _two_models(folder)
-    (sha_a, (path_a, _)), (sha_b, (path_b, _)) = refs.items()
-    live = folder / "live.json"
-    _replace(path_a, live)
+    _, refs, (sha_a, path_a), (sha_b, path_b), live = _live_file("sighup")
     with Server([f"live={live}"]) as server:
         _replace(path_b, live)
         time.sleep(1.5)
