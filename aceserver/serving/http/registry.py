@@ -104,9 +104,10 @@ def resolve(spec: str) -> tuple[str, Path]:
 class ServedModel:
     """A loaded model and its name; its description is computed once (served models do not change)."""
 
-    def __init__(self, name: str, model: Any, path: str | None = None):
+    def __init__(self, name: str, model: Any, path: str | None = None, stamp: tuple[int, int] | None = None):
         self.name, self.model, self.path = name, model, path
-        self.stamp = file_stamp(path)            # the file as it was when loaded (hot reload compares)
+        # the file as it was read (hot reload compares); reloads pass the stamp taken before reading
+        self.stamp = stamp if stamp is not None else file_stamp(path)
         self.loaded_at = time.time()
         self._info = self._describe()
         self.sha256: str = self._info["sha256"]
@@ -207,7 +208,7 @@ class ModelRegistry:
                 try:
                     if stamp is None:
                         raise FileNotFoundError(f"model file {old.path} is missing")
-                    new = ServedModel(name, load_model(old.path), old.path)
+                    new = ServedModel(name, load_model(old.path), old.path, stamp)
                     if new.sha256 == old.sha256:
                         continue
                     new.warm(threads)
