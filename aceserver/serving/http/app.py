@@ -219,12 +219,9 @@ def create_app(registry: ModelRegistry, settings: Settings | None = None) -> Fas
     app.include_router(v1)
     add_web_routes(app, metrics)
 
+    @app.get("/livez", response_model=Health, summary="Liveness (Kubernetes-style probe): the process answers")
     @app.get("/healthz", response_model=Health, summary="Liveness: the process answers")
     async def healthz() -> dict:
-        return {"status": "ok", "models": list(registry.models)}
-
-    @app.get("/livez", response_model=Health, summary="Liveness (Kubernetes-style probe): the process answers")
-    async def livez() -> dict:
         return {"status": "ok", "models": list(registry.models)}
 
     @app.get("/readyz", response_model=Health, responses={503: {"model": Health}},
