@@ -60,7 +60,8 @@ def serve_command() -> list[str]:
 class Server:
     """One `aceserver serve` process."""
 
-    def __init__(self, args: list[str], env: dict | None = None, command: list[str] | None = None, port=None):
+    def __init__(self, args: list[str], env: dict | None = None, command: list[str] | None = None, port=None,
+                 cwd=None, base_env: dict | None = None):
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = TMP / f"server-{self.port}.log"
@@ -68,8 +69,8 @@ class Server:
         if "--port" not in cmd:
             cmd += ["--port", str(self.port)]
         self._log = open(self.log, "wb")
-        self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT,
-                                     env={**os.environ, **(env or {})})
+        self.proc = subprocess.Popen(cmd, cwd=cwd or REPO, stdout=self._log, stderr=subprocess.STDOUT,
+                                     env={**(os.environ if base_env is None else base_env), **(env or {})})
 
     def wait_ready(self, timeout: float = READY_TIMEOUT) -> "Server":
         deadline = time.monotonic() + timeout

@@ -88,21 +88,25 @@ def _json_array(value: str) -> list[str]:
 
 def test_dockerfile_shape():
     df = _dockerfile()
-    assert "slim" in df["FROM"][0]
+    base = dict(a.split("=", 1) for a in df["ARG"] if "=" in a)["BASE_IMAGE"]
+    assert all(f.split()[0] == "${BASE_IMAGE}" for f in df["FROM"]), "build and runtime share one base"
+    assert "slim" in base
     assert df["USER"] and df["USER"][-1] not in ("root", "0")
     assert any("--warm-only" in run for run in df["RUN"]), "numba cache warmed at build time"
     assert any("NUMBA_CACHE_DIR" in env for env in df["ENV"])
     health = df["HEALTHCHECK"][0]
     assert "/readyz" in health
-    copied = {c.split()[0] for c in df["COPY"]}
+    copied = {src for c in df["COPY"] if not c.startswith("--from") for src in c.split()[:-1]}
     ignore = (REPO / "docker" / "Dockerfile.dockerignore").read_text()
     for src in copied:
         assert f"!{src.rstrip('/')}" in ignore.replace("/\n", "\n"), src
+        assert (REPO / src).exists(), src
     compose = yaml.safe_load((REPO / "docker" / "compose.yaml").read_text())
     service = compose["services"]["aceserver"]
     assert (REPO / "docker" / "compose.yaml").parent.joinpath(service["build"]["context"],
                                                                service["build"]["dockerfile"]).is_file()
-    assert all(p.startswith("127.0.0.1:") for p in service["ports"])
+    published = [p for s in compose["services"].values() for p in s.get("ports", [])]
+    assert published and all(p.startswith("127.0.0.1:") for p in published)
 
 
 def test_docker_entry_command_outside_docker():

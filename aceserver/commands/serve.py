@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 
 NAME = "serve"
@@ -34,6 +35,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="on SIGTERM/SIGINT, wait at most S seconds for requests in flight (default 30)")
     parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     parser.add_argument("--access-log", action="store_true", help="log every request (off by default: costs time)")
+    parser.add_argument("--watch", action="store_true",
+                        help="hot-swap models whose files change: the new file is loaded and warmed beside the "
+                             "old model, then swapped in; a broken file is refused and the old model serves on "
+                             "(SIGHUP does the same once, with or without --watch)")
+    parser.add_argument("--watch-interval", type=float, default=1.0, metavar="S",
+                        help="with --watch, look at the model files every S seconds (default 1)")
     parser.add_argument("--warm-only", action="store_true",
                         help="load the models, compile/cache the kernels, and exit (e.g. while building an image)")
 
@@ -73,7 +80,8 @@ def run(args: argparse.Namespace) -> int:
 
     settings = Settings(token=token, max_atoms=args.max_atoms, max_structures=args.max_structures,
                         max_body_bytes=int(args.max_body_mb * 1024 * 1024), workers=args.workers,
-                        kernel_threads=args.kernel_threads or None)
+                        kernel_threads=args.kernel_threads or None,
+                        watch_interval=args.watch_interval if args.watch else 0.0)
     if args.host not in ("127.0.0.1", "localhost", "::1") and token is None:
         print(f"aceserver serve: warning: listening on {args.host} without --token-file: anyone who can reach "
               "this port can use the server", file=sys.stderr)
@@ -82,5 +90,8 @@ def run(args: argparse.Namespace) -> int:
                             access_log=args.access_log, timeout_graceful_shutdown=args.drain_timeout,
                             server_header=False, lifespan="on")
     server = uvicorn.Server(config)
+    # uvicorn re-raises SIGTERM once it has drained; a drained shutdown is a clean exit (code 0), as
+    # for PID 1 in a container, so the re-raised signal is ignored (uvicorn handles it while serving)
+    signal.signal(signal.SIGTERM, lambda signum, frame: None)
     server.run()
     return 0 if server.started else 1

@@ -10,6 +10,8 @@ import asyncio
 import logging
 import os
 import secrets
+import signal
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -32,6 +34,7 @@ from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import Metrics, MetricsMiddleware
 from .registry import ModelRegistry, ServedModel
 from .schema import CalculateRequest, CalculateResponse, ErrorBody, Health, ModelInfo, ModelList
+from .web import add_model_plot_routes, add_web_routes
 
 log = logging.getLogger("aceserver.http")
 
@@ -44,6 +47,7 @@ class Settings:
     max_body_bytes: int = 64 * 1024 * 1024   # request body size (413 above)
     workers: int = 0                         # evaluation threads (0: one per CPU this process may use)
     kernel_threads: int | None = 1           # threads inside one evaluation (1: serial kernel; None: numba's)
+    watch_interval: float = 0.0              # poll model files every S seconds and hot-swap changed ones (0: off)
 
 
 class State:
@@ -76,14 +80,46 @@ def create_app(registry: ModelRegistry, settings: Settings | None = None) -> Fas
             state.ready = metrics.ready = True
             log.info("ready: serving %s", ", ".join(registry.models))
 
-        task = asyncio.create_task(warm())
+        reloader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ace-reload")
+
+        async def reload(force: bool) -> None:
+            if not state.ready:               # the first load is still warming; nothing to swap yet
+                return
+            done = await asyncio.get_running_loop().run_in_executor(
+                reloader, registry.reload, force, settings.kernel_threads)
+            for r in done:
+                metrics.count_reload(r.name, r.result)
+
+        async def watch() -> None:
+            while True:
+                await asyncio.sleep(settings.watch_interval)
+                try:
+                    await reload(False)
+                except Exception:             # never let the watcher die; the old models keep serving
+                    log.exception("model file watch failed")
+
+        def on_sighup() -> None:
+            log.info("SIGHUP: reloading model files")
+            tasks.add(t := asyncio.ensure_future(reload(True)))
+            t.add_done_callback(tasks.discard)
+
+        tasks = {asyncio.create_task(warm())}
+        if settings.watch_interval > 0:
+            tasks.add(asyncio.create_task(watch()))
+        sighup = hasattr(signal, "SIGHUP") and threading.current_thread() is threading.main_thread()
+        if sighup:
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, on_sighup)
         try:
             yield
         finally:
             state.draining = True
             metrics.ready = False
-            task.cancel()
+            if sighup:
+                asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
+            for t in list(tasks):
+                t.cancel()
             executor.shutdown(wait=True, cancel_futures=False)
+            reloader.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(
         title="aceserver HTTP API",
@@ -169,7 +205,7 @@ def create_app(registry: ModelRegistry, settings: Settings | None = None) -> Fas
         codec_in = codec.request_codec(request.headers.get("content-type"))
         if codec_in is None:
             raise APIError(415, "unsupported_media_type",
-                           f"Content-Type must be application/json or {codec.MSGPACK}", "Content-Type")
+                           f"Content-Type must be application/json, {codec.MSGPACK} or {codec.EXTXYZ}", "Content-Type")
         body = await read_body(request, settings.max_body_bytes)
         codec_out = codec.response_codec(request.headers.get("accept"))
         loop = asyncio.get_running_loop()
@@ -179,8 +215,11 @@ def create_app(registry: ModelRegistry, settings: Settings | None = None) -> Fas
         timing = f"evaluate;dur={1e3 * seconds:.3f}, handler;dur={1e3 * (time.perf_counter() - start):.3f}"
         return Response(payload, media_type=codec_out, headers={"Server-Timing": timing})
 
+    add_model_plot_routes(v1, served)
     app.include_router(v1)
+    add_web_routes(app, metrics)
 
+    @app.get("/livez", response_model=Health, summary="Liveness (Kubernetes-style probe): the process answers")
     @app.get("/healthz", response_model=Health, summary="Liveness: the process answers")
     async def healthz() -> dict:
         return {"status": "ok", "models": list(registry.models)}

@@ -17,6 +17,7 @@ import numpy as np
 JSON = "application/json"
 MSGPACK = "application/msgpack"
 MSGPACK_ALIASES = {MSGPACK, "application/x-msgpack", "application/vnd.msgpack"}
+EXTXYZ = "chemical/x-extxyz"       # requests only: extended XYZ text (the web page's form sends it)
 ARRAY_KEYS = {"dtype", "shape", "data"}
 REQUEST_DTYPES = {"<f8": np.dtype("<f8"), "<i8": np.dtype("<i8"), "<i4": np.dtype("<i4"), "|b1": np.dtype("?")}
 MAX_NDIM = 4
@@ -42,6 +43,8 @@ def request_codec(content_type: str | None) -> str | None:
         return JSON
     if mt in MSGPACK_ALIASES:
         return MSGPACK
+    if mt == EXTXYZ:
+        return EXTXYZ
     return None
 
 
@@ -92,12 +95,16 @@ def decode(body: bytes, codec: str) -> Any:
         if codec == MSGPACK:
             return msgpack.unpackb(body, raw=False, object_hook=_decode_array, strict_map_key=True,
                                    ext_hook=_reject_ext)
+        if codec == EXTXYZ:
+            from .extxyz import decode_extxyz
+
+            return decode_extxyz(body.decode("utf-8"))
         return json.loads(body)
     except DecodeError:
         raise
     except (ValueError, TypeError, RecursionError, msgpack.ExtraData, msgpack.FormatError,
             msgpack.StackError, UnicodeDecodeError) as ex:
-        kind = "msgpack" if codec == MSGPACK else "JSON"
+        kind = {MSGPACK: "msgpack", EXTXYZ: "extended XYZ"}.get(codec, "JSON")
         raise DecodeError(f"malformed {kind} body: {type(ex).__name__}: {ex}") from None
 
 

@@ -2,16 +2,21 @@
 
 Series: aceserver_http_requests_total{method,route,status}, aceserver_http_request_duration_seconds
 (histogram by route), aceserver_http_requests_in_flight, aceserver_atoms_evaluated_total{model},
-aceserver_structures_evaluated_total{model}, aceserver_errors_total{kind}, aceserver_ready.
+aceserver_structures_evaluated_total{model}, aceserver_errors_total{kind}, aceserver_ready,
+aceserver_model_reloads_total{model,result}. `snapshot()` gives the same counters as JSON, with
+latency percentiles of the latest calculate requests, for the web page.
 """
 from __future__ import annotations
 
 import bisect
 import threading
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
+
+import numpy as np
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+RECENT = 2000          # calculate latencies kept for the percentiles of `snapshot()`
 BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
@@ -32,6 +37,9 @@ class Metrics:
         self.errors: dict[str, int] = defaultdict(int)
         self.in_flight = 0
         self.ready = False
+        self.reloads: dict[tuple[str, str], int] = defaultdict(int)
+        self.recent: deque[tuple[float, float]] = deque(maxlen=RECENT)   # (unix time, seconds) of calculates
+        self.started = time.time()
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
         with self._lock:
@@ -39,6 +47,8 @@ class Metrics:
             counts = self.hist.setdefault(route, [0] * (len(BUCKETS) + 1))
             counts[bisect.bisect_left(BUCKETS, seconds)] += 1
             self.hist_sum[route] += seconds
+            if route.endswith("/calculate"):
+                self.recent.append((time.time(), seconds))
 
     def count_error(self, kind: str) -> None:
         with self._lock:
@@ -48,6 +58,31 @@ class Metrics:
         with self._lock:
             self.atoms[model] += atoms
             self.structures[model] += structures
+
+    def count_reload(self, model: str, result: str) -> None:
+        with self._lock:
+            self.reloads[(model, result)] += 1
+
+    def snapshot(self) -> dict:
+        """Counters and latency percentiles (ms) of the latest calculate requests, for the web page."""
+        with self._lock:
+            by_status: dict[str, int] = defaultdict(int)
+            for (_, route, status), n in self.requests.items():
+                if route.endswith("/calculate"):
+                    by_status[status] += n
+            lat = np.array([s for _, s in self.recent]) * 1e3
+            return {
+                "time": time.time(), "uptime_s": time.time() - self.started, "ready": self.ready,
+                "in_flight": self.in_flight,
+                "calculate_requests": sum(by_status.values()), "calculate_by_status": dict(by_status),
+                "atoms": sum(self.atoms.values()), "structures": sum(self.structures.values()),
+                "errors": dict(self.errors),
+                "reloads": [{"model": m, "result": r, "count": n} for (m, r), n in sorted(self.reloads.items())],
+                "latency_ms": {"window": int(lat.size), **({f"p{q}": float(np.percentile(lat, q)) for q in (50, 90, 99)}
+                                                          if lat.size else {})},
+                "units": {"uptime_s": "s", "latency_ms": "ms", "atoms": "atoms (cumulative)",
+                          "time": "s since 1970-01-01 UTC"},
+            }
 
     def render(self) -> str:
         with self._lock:
@@ -79,6 +114,10 @@ class Metrics:
             out += ["# HELP aceserver_errors_total Error responses, by kind (invalid_input, unknown_model, ...).",
                     "# TYPE aceserver_errors_total counter"]
             out += [f"aceserver_errors_total{_labels(kind=k)} {n}" for k, n in sorted(self.errors.items())]
+            out += ["# HELP aceserver_model_reloads_total Hot reloads of model files, by model and result "
+                    "(swapped, refused).", "# TYPE aceserver_model_reloads_total counter"]
+            out += [f"aceserver_model_reloads_total{_labels(model=m, result=r)} {n}"
+                    for (m, r), n in sorted(self.reloads.items())]
             out += ["# HELP aceserver_ready 1 once all models are loaded and warmed.",
                     "# TYPE aceserver_ready gauge", f"aceserver_ready {int(self.ready)}"]
         return "\n".join(out) + "\n"

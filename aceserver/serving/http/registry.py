@@ -5,8 +5,13 @@ Only the public model API is used: `load_model`, `model.info()`, `model.elements
 """
 from __future__ import annotations
 
+import logging
 import os
 import re
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +25,7 @@ DEFAULT_MODEL_NAMES = ("zuo-Si", "Si-tiny")
 SHIPPED_MODEL_FILES = ("{name}.json", "model.json", "{name}.ace.json", "{name}.yaml", "model.yaml")
 MODELS_DIR_ENV = "ACESERVER_MODELS_DIR"
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+log = logging.getLogger("aceserver.http")
 
 
 class ModelLookupError(LookupError):
@@ -27,13 +33,27 @@ class ModelLookupError(LookupError):
 
 
 def models_dirs() -> list[Path]:
-    """Folders holding shipped models: $ACESERVER_MODELS_DIR, the source checkout's `models/`,
-    and the installed package's `aceserver/data/models/`."""
+    """Folders holding shipped models: $ACESERVER_MODELS_DIR, the source checkout's `models/`
+    (editable installs), and the installed package's `aceserver/data/models/` (wheels, see setup.py)."""
     package = Path(__file__).resolve().parents[2]           # .../aceserver
-    dirs = [package.parent / "models", package / "data" / "models"]
+    dirs = [package / "data" / "models"]
+    if (package.parent / "pyproject.toml").is_file():      # a source checkout, not site-packages
+        dirs.insert(0, package.parent / "models")
     if os.environ.get(MODELS_DIR_ENV):
         dirs.insert(0, Path(os.environ[MODELS_DIR_ENV]))
     return dirs
+
+
+def shipped_models() -> list[tuple[str, Path]]:
+    """Every shipped model as (name, file), the first found of each name, in `models_dirs()` order."""
+    found: dict[str, Path] = {}
+    for d in models_dirs():
+        if not d.is_dir():
+            continue
+        for folder in sorted(p for p in d.iterdir() if p.is_dir()):
+            if folder.name not in found and (path := shipped_model_path(folder.name)) is not None:
+                found[folder.name] = path
+    return list(found.items())
 
 
 def shipped_model_path(name: str) -> Path | None:
@@ -84,8 +104,11 @@ def resolve(spec: str) -> tuple[str, Path]:
 class ServedModel:
     """A loaded model and its name; its description is computed once (served models do not change)."""
 
-    def __init__(self, name: str, model: Any, path: str | None = None):
+    def __init__(self, name: str, model: Any, path: str | None = None, stamp: tuple[int, int] | None = None):
         self.name, self.model, self.path = name, model, path
+        # the file as it was read (hot reload compares); reloads pass the stamp taken before reading
+        self.stamp = stamp if stamp is not None else file_stamp(path)
+        self.loaded_at = time.time()
         self._info = self._describe()
         self.sha256: str = self._info["sha256"]
         self.has_committee: bool = self._info["committee_size"] > 0
@@ -132,16 +155,75 @@ class ServedModel:
                             committee=committee, committee_forces=committee, threads=threads)
 
 
+def file_stamp(path: str | None) -> tuple[int, int] | None:
+    """(mtime in ns, size) of a model file, or None when there is no such file."""
+    try:
+        st = os.stat(path) if path else None
+    except OSError:
+        return None
+    return None if st is None else (st.st_mtime_ns, st.st_size)
+
+
+@dataclass
+class Reload:
+    """What one reload did to one model: `swapped`, `refused` (new file broken; old one serves on)."""
+
+    name: str
+    result: str
+    old_sha256: str
+    new_sha256: str | None = None
+    message: str = ""
+
+
 class ModelRegistry:
     def __init__(self, models: list[ServedModel]):
         if not models:
             raise ValueError("a server needs at least one model")
-        self.models = {}
+        models_by_name = {}
         for m in models:
-            if m.name in self.models:
+            if m.name in models_by_name:
                 raise ModelLookupError(f"two models are named {m.name!r}; use NAME=PATH to tell them apart")
-            self.models[m.name] = m
+            models_by_name[m.name] = m
+        # Replaced as a whole, never mutated: a request takes its ServedModel once (`get`) and finishes
+        # on it, so a swap never mixes two models within one reply.
+        self.models: dict[str, ServedModel] = models_by_name
         self.default = models[0].name
+        self._reload_lock = threading.Lock()
+        self._attempted: dict[str, tuple[int, int] | None] = {m.name: m.stamp for m in models}
+        self.reloads: deque[Reload] = deque(maxlen=100)    # the latest, for the web page
+
+    def reload(self, force: bool = False, threads: int | None = 1) -> list[Reload]:
+        """Load every served model file that changed since it was last tried (`force`: every file),
+        warm it beside the serving one and swap it in; a file that fails to load or warm is refused
+        and logged, and the model loaded before keeps serving. Unchanged content (same sha256) is kept."""
+        from aceserver import load_model
+
+        done: list[Reload] = []
+        with self._reload_lock:                  # one reload at a time (watcher and SIGHUP)
+            for name, old in list(self.models.items()):
+                stamp = file_stamp(old.path)
+                if old.path is None or (not force and stamp == self._attempted.get(name)):
+                    continue
+                self._attempted[name] = stamp
+                try:
+                    if stamp is None:
+                        raise FileNotFoundError(f"model file {old.path} is missing")
+                    new = ServedModel(name, load_model(old.path), old.path, stamp)
+                    if new.sha256 == old.sha256:
+                        continue
+                    new.warm(threads)
+                except Exception as ex:          # any failure: keep serving the old model
+                    r = Reload(name, "refused", old.sha256, message=f"{type(ex).__name__}: {ex}")
+                    log.error("reload of model %r from %s refused (%s); still serving sha256 %s",
+                              name, old.path, r.message, old.sha256[:12])
+                else:
+                    self.models = {**self.models, name: new}
+                    r = Reload(name, "swapped", old.sha256, new.sha256)
+                    log.info("model %r swapped: sha256 %s -> %s (%s)", name, old.sha256[:12], new.sha256[:12],
+                             old.path)
+                done.append(r)
+            self.reloads.extend(done)
+        return done
 
     @classmethod
     def load(cls, specs: list[str]) -> "ModelRegistry":

@@ -1,0 +1,246 @@
+// aceserver web page: served models, live metrics (hand-drawn SVG), and a calculate form.
+// Talks only to this server; no external scripts, fonts or styles.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const POLL_MS = 2000;
+const HISTORY = 150;                      // points kept per chart (5 min at 2 s)
+const history = [];                       // {t, rate, atoms, p50, p90, p99}
+let previous = null;                      // the last /metrics.json snapshot
+let models = [];
+
+function el(tag, attrs = {}, ...children) {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (k === "class") e.className = v; else e.setAttribute(k, v);
+  }
+  for (const c of children) e.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  return e;
+}
+
+function headers(extra = {}) {
+  const token = $("token").value.trim();
+  sessionStorage.setItem("aceserver-token", token);
+  return token ? { ...extra, Authorization: `Bearer ${token}` } : extra;
+}
+
+async function api(path, options = {}) {
+  const r = await fetch(path, { ...options, headers: headers(options.headers || {}) });
+  const body = (r.headers.get("content-type") || "").includes("json") ? await r.json() : await r.blob();
+  if (!r.ok) {
+    const msg = body && body.message ? `${body.kind}: ${body.message}` : `HTTP ${r.status}`;
+    throw new Error(msg);
+  }
+  return body;
+}
+
+const fmt = (x, digits = 4) => (x === null || x === undefined || Number.isNaN(x)) ? "–" : Number(x).toFixed(digits);
+
+// ---- models ------------------------------------------------------------------------------------
+function errorTable(errors, units) {
+  // errors: {set: {metric: {config_type: {E, F, V}}}}; units: {E: "eV/atom", F: "eV/Å", V: "eV/atom"}
+  const u = units || {};
+  const table = el("table", { class: "fit-errors" },
+    el("thead", {}, el("tr", {}, el("th", {}, "set"), el("th", {}, "metric"), el("th", {}, "config type"),
+      el("th", {}, `E (${u.E || "?"})`), el("th", {}, `F (${u.F || "?"})`), el("th", {}, `V (${u.V || "?"})`))));
+  const body = el("tbody");
+  for (const [set, metrics] of Object.entries(errors)) {
+    for (const [metric, rows] of Object.entries(metrics || {})) {
+      for (const [ct, v] of Object.entries(rows || {})) {
+        body.append(el("tr", {}, el("td", {}, set), el("td", {}, metric), el("td", {}, ct),
+          el("td", {}, fmt(v && v.E, 5)), el("td", {}, fmt(v && v.F, 4)), el("td", {}, fmt(v && v.V, 4))));
+      }
+    }
+  }
+  table.append(body);
+  return table;
+}
+
+function modelCard(m, isDefault) {
+  const facts = el("dl", { class: "facts" });
+  const fact = (k, v, cls) => facts.append(el("dt", {}, k), el("dd", cls ? { class: cls } : {}, v));
+  fact("species", m.species.join(", "));
+  fact("cutoff", `${fmt(m.rcut, 3)} Å`);
+  if (m.cutoffs && typeof m.cutoffs === "object") {       // per species pair, where the format has them
+    const pairs = Array.isArray(m.cutoffs) ? m.cutoffs.map((c) => JSON.stringify(c))
+      : Object.entries(m.cutoffs).map(([k, v]) => `${k}: ${typeof v === "number" ? fmt(v, 3) + " Å" : JSON.stringify(v)}`);
+    fact("cutoffs", pairs.join("; "));
+  }
+  fact("basis size", `${m.length_basis} functions`);
+  fact("format", m.format || "aceserver-model (JSON)");
+  fact("sha256", m.sha256, "mono sha");
+  fact("committee", m.committee_size > 0 ? `${m.committee_size} members` : "none");
+  const card = el("div", { class: "model", "data-model": m.name },
+    el("h3", {}, m.name, isDefault ? el("span", { class: "muted" }, " (default)") : ""), facts);
+  if (m.fit_errors) card.append(el("div", {}, "Fit errors:"), errorTable(m.fit_errors, m.fit_error_units));
+  else card.append(el("p", { class: "muted" }, "No fit errors recorded in this model file."));
+  const plots = el("div", { class: "plots" });
+  card.append(plots);
+  loadPlots(m.name, plots);
+  return card;
+}
+
+async function loadPlots(name, into) {
+  try {
+    const list = await api(`/v1/models/${encodeURIComponent(name)}/plots`);
+    for (const file of list.plots) {           // fetched with the token header, shown from a blob
+      const blob = await api(`/v1/models/${encodeURIComponent(name)}/plots/${encodeURIComponent(file)}`);
+      into.append(el("img", { src: URL.createObjectURL(blob), alt: `${name} ${file}`, title: file }));
+    }
+  } catch (e) {
+    into.append(el("p", { class: "muted" }, `parity plots unavailable (${e.message})`));
+  }
+}
+
+async function loadModels() {
+  try {
+    const list = await api("/v1/models");
+    models = list.models;
+    $("models-error").hidden = true;
+    $("models").replaceChildren(...models.map((m) => modelCard(m, m.name === list.default)));
+    const select = $("calc-model");
+    select.replaceChildren(...models.map((m) => el("option", { value: m.name }, m.name)));
+    select.value = list.default;
+    if (!$("calc-xyz").value) $("calc-xyz").value = exampleXYZ(models.find((m) => m.name === list.default));
+  } catch (e) {
+    $("models-error").textContent = `cannot list models: ${e.message}`;
+    $("models-error").hidden = false;
+  }
+}
+
+function exampleXYZ(m) {
+  // 8-atom diamond-cubic cell of the model's first species, slightly rattled (a = 5.43 Å)
+  const s = m ? m.species[0] : "Si";
+  const a = 5.43;
+  const frac = [[0, 0, 0], [0, .5, .5], [.5, 0, .5], [.5, .5, 0], [.25, .25, .25], [.25, .75, .75], [.75, .25, .75], [.75, .75, .25]];
+  const shift = [0.03, -0.02, 0.01];
+  const lines = frac.map((f, i) => `${s} ${f.map((x, k) => (a * x + (i === 0 ? shift[k] : 0)).toFixed(5)).join(" ")}`);
+  return `8\nLattice="${a} 0 0 0 ${a} 0 0 0 ${a}" Properties=species:S:1:pos:R:3 pbc="T T T"\n${lines.join("\n")}\n`;
+}
+
+// ---- live metrics ------------------------------------------------------------------------------
+function drawLines(svg, series, unit) {
+  const w = svg.clientWidth || 300, h = svg.clientHeight || 150, left = 44, bottom = 16, top = 8;
+  const all = series.flatMap((s) => s.values.filter((v) => v !== null && Number.isFinite(v)));
+  const ymax = Math.max(1, ...all) * 1.1;
+  const n = Math.max(2, ...series.map((s) => s.values.length));
+  const x = (i) => left + (w - left - 4) * i / (n - 1);
+  const y = (v) => top + (h - top - bottom) * (1 - v / ymax);
+  const ns = "http://www.w3.org/2000/svg";
+  const node = (tag, attrs, text) => {
+    const e = document.createElementNS(ns, tag);
+    for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, v);
+    if (text !== undefined) e.textContent = text;
+    return e;
+  };
+  const parts = [node("line", { x1: left, y1: y(0), x2: w - 4, y2: y(0), stroke: "#ccd" })];
+  for (const frac of [0.5, 1]) {
+    const v = ymax / 1.1 * frac;
+    parts.push(node("text", { x: 2, y: y(v) + 3 }, `${v >= 100 ? v.toFixed(0) : v.toPrecision(2)} ${unit}`));
+  }
+  parts.push(node("text", { x: left, y: h - 3 }, `last ${Math.round(n * POLL_MS / 1000)} s`));
+  for (const s of series) {
+    const pts = s.values.map((v, i) => (v === null ? null : `${x(i).toFixed(1)},${y(v).toFixed(1)}`)).filter(Boolean);
+    if (pts.length) parts.push(node("polyline", { points: pts.join(" "), fill: "none", stroke: s.color, "stroke-width": 1.5 }));
+  }
+  svg.replaceChildren(...parts);
+}
+
+function drawBars(svg, counts) {
+  const w = svg.clientWidth || 300, h = svg.clientHeight || 150;
+  const ns = "http://www.w3.org/2000/svg";
+  const entries = Object.entries(counts).sort((a, b) => b[1] - a[1]).slice(0, 6);
+  const max = Math.max(1, ...entries.map((e) => e[1]));
+  svg.style.height = `${Math.max(40, 12 + entries.length * 22)}px`;
+  const parts = [];
+  if (!entries.length) {
+    const t = document.createElementNS(ns, "text");
+    t.setAttribute("x", 8); t.setAttribute("y", 20); t.textContent = "no errors";
+    parts.push(t);
+  }
+  entries.forEach(([kind, n], i) => {
+    const yy = 8 + i * 22;
+    const bar = document.createElementNS(ns, "rect");
+    Object.entries({ x: 110, y: yy, width: Math.max(1, (w - 160) * n / max), height: 16, fill: "#b3261e" })
+      .forEach(([k, v]) => bar.setAttribute(k, v));
+    const label = document.createElementNS(ns, "text");
+    label.setAttribute("x", 4); label.setAttribute("y", yy + 12); label.textContent = kind;
+    const value = document.createElementNS(ns, "text");
+    value.setAttribute("x", 114 + (w - 160) * n / max); value.setAttribute("y", yy + 12); value.textContent = String(n);
+    parts.push(bar, label, value);
+  });
+  svg.replaceChildren(...parts);
+}
+
+async function poll() {
+  try {
+    const r = await fetch("/metrics.json");
+    const snap = await r.json();
+    $("status").textContent = snap.ready ? "ready" : "starting";
+    $("status").className = "badge " + (snap.ready ? "ready" : "");
+    $("uptime").textContent = `up ${Math.round(snap.uptime_s)} s`;
+    if (previous) {
+      const dt = Math.max(1e-3, snap.time - previous.time);
+      history.push({
+        rate: (snap.calculate_requests - previous.calculate_requests) / dt,
+        atoms: (snap.atoms - previous.atoms) / dt,
+        p50: snap.latency_ms.p50 ?? null, p90: snap.latency_ms.p90 ?? null, p99: snap.latency_ms.p99 ?? null,
+      });
+      if (history.length > HISTORY) history.shift();
+    }
+    previous = snap;
+    drawLines($("chart-rate"), [{ values: history.map((p) => p.rate), color: "#2462a8" }], "/s");
+    drawLines($("chart-latency"), [
+      { values: history.map((p) => p.p50), color: "#2462a8" },
+      { values: history.map((p) => p.p90), color: "#c77700" },
+      { values: history.map((p) => p.p99), color: "#b3261e" }], "ms");
+    drawLines($("chart-atoms"), [{ values: history.map((p) => p.atoms), color: "#2f7d32" }], "/s");
+    drawBars($("chart-errors"), snap.errors);
+    $("totals").textContent = `${snap.calculate_requests} calculate requests, ${snap.structures} structures, ` +
+      `${snap.atoms} atoms evaluated since start; ${Math.max(0, snap.in_flight - 1)} other requests in flight.`;
+    const shas = Object.fromEntries(snap.models.map((m) => [m.name, m.sha256]));
+    if (models.some((m) => shas[m.name] && shas[m.name] !== m.sha256)) loadModels();   // a hot swap happened
+  } catch (e) {
+    $("status").textContent = "unreachable";
+    $("status").className = "badge down";
+  }
+}
+
+// ---- calculate ---------------------------------------------------------------------------------
+async function calculate(event) {
+  event.preventDefault();
+  const name = $("calc-model").value;
+  $("calc-submit").disabled = true;
+  $("calc-error").hidden = true;
+  try {
+    const reply = await api(`/v1/models/${encodeURIComponent(name)}/calculate`, {
+      method: "POST", body: $("calc-xyz").value,
+      headers: { "Content-Type": "chemical/x-extxyz", Accept: "application/json" },
+    });
+    const res = reply.results[0];
+    const n = res.forces.length;
+    $("calc-energy").textContent = res.energy.toFixed(6);
+    $("calc-energy").dataset.value = String(res.energy);
+    $("calc-energy-atom").textContent = (res.energy / n).toFixed(6);
+    $("calc-natoms").textContent = String(n);
+    $("calc-sha").textContent = reply.sha256;
+    $("calc-stress").textContent = res.stress ? res.stress.map((s) => s.toExponential(4)).join("  ") : "– (not periodic in 3 directions)";
+    const symbols = $("calc-xyz").value.trim().split("\n").slice(2, 2 + n).map((l) => l.trim().split(/\s+/)[0]);
+    $("calc-forces").tBodies[0].replaceChildren(...res.forces.map((f, i) =>
+      el("tr", {}, el("td", {}, i), el("td", {}, symbols[i] || ""), ...f.map((c) => el("td", {}, c.toFixed(5))))));
+    $("calc-result").hidden = false;
+  } catch (e) {
+    $("calc-result").hidden = true;
+    $("calc-error").textContent = e.message;
+    $("calc-error").hidden = false;
+  } finally {
+    $("calc-submit").disabled = false;
+  }
+}
+
+$("token").value = sessionStorage.getItem("aceserver-token") || "";
+$("token").addEventListener("change", loadModels);
+$("calc-form").addEventListener("submit", calculate);
+loadModels();
+poll();
+setInterval(poll, POLL_MS);
