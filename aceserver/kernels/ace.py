@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from .pace import accumulate_a_rows, embed, pullback_a_rows, table_features
 from .radial import agnesi, pair_envelope, spline_eval_all, spline_eval_one, spline_interval
 from .ylm import project, ylm_grad, ylm_norms
 
@@ -93,17 +94,18 @@ def pullback_a(jj, z, dA, Pm, Y, dEdP, dEdY):
 
 
 @njit(cache=True, nogil=True, fastmath=True)
-def dot(a, b):
-    """Σ a_k b_k; fastmath lets the sum vectorise (same inputs, same result, every call)."""
+def dot_range(a, b, lo, hi):
+    """Σ_{lo<=k<hi} a_k b_k (vectorised, deterministic for the same inputs)."""
     acc = 0.0
-    for k in range(a.shape[0]):
+    for k in range(lo, hi):
         acc += a[k] * b[k]
     return acc
 
 
 @njit(cache=True, nogil=True)
-def forward_aa(A, parent, node_a, AA):
-    for k in range(parent.shape[0]):
+def forward_aa(A, parent, node_a, AA, lo, hi):
+    """Product nodes lo..hi-1: AA[k] = AA[parent[k]] · A[node_a[k]] (parent -1: A alone)."""
+    for k in range(lo, hi):
         p = parent[k]
         if p < 0:
             AA[k] = A[node_a[k]]
@@ -134,100 +136,142 @@ def pair_energy_grad(i, first, nbr, R, zat, pr_t, pair_p, pair_spl, G, with_grad
 
 
 @njit(cache=True, nogil=True)
-def _fast_range(start, stop, first, nbr, R, zat, e0, mb_t, mb_spl, lmax, parent, node_a, coef,
-                pr_t, pair_p, pair_spl, with_grad, E, G):
-    """Fast form for atoms start..stop-1: site energies E[m, i] of every parameter set m
-    (0: the model, 1..: committee members, all from one A/AA pass) and the pair gradients
-    G[p] of set 0."""
-    n_poly = mb_spl.shape[2]
-    nlm = (lmax + 1) ** 2
-    nN = parent.shape[0]
-    K, q, cs, zj, rhat, rinv, Pm, dPm, Y, dY = site_scratch(first, start, stop, n_poly, lmax)
-    A = np.empty((mb_t.shape[0], n_poly, nlm))
-    dA = np.empty((mb_t.shape[0], n_poly, nlm))
+def _fast_range(start, stop, first, nbr, R, zat, T, with_grad, E, G):
+    """Fast form for atoms start..stop-1 over the site tables T (see `SiteTables`): site energies
+    E[m, i] and the pair gradients G[p] = ∂E_i/∂R_ij of set 0.
+
+    Radial mode 0 (ace1): radials R_n(r) shared by every l, linear energy per parameter set m
+    (0: the model, 1..: committee members, all from one A/AA pass), ace1 pair term.
+    Radial mode 1 (tabulated, pacemaker): R_nl per species pair from Hermite tables plus the
+    basis g_k for the order-one nodes, densities ρ_p = coef[p]·AA with an embedding F(ρ), and
+    the core repulsion / ZBL terms. Both share the A, product-DAG and reverse passes; the
+    embedding only changes the seed of the reverse pass, ∂E/∂AA_k = Σ_p ∂E/∂ρ_p coef[p, k]."""
+    mode = T.mode
+    nlm = (T.lmax + 1) ** 2
+    nN = T.parent.shape[0]
+    M = T.coef.shape[0]
+    n_rad = T.mb_spl.shape[2] if mode == 0 else T.tab.shape[4]
+    n_rows = T.mb_spl.shape[2] if mode == 0 else T.row_off.shape[0]
+    K, q, cs, zj, rhat, rinv, rad, drad, Y, dY = site_scratch(first, start, stop, n_rad, T.lmax)
+    A = np.empty((T.e0.shape[0], n_rows, nlm))
+    dA = np.empty((T.e0.shape[0], n_rows, nlm))
     Af = A.reshape(-1)           # flat views: product nodes address A by flat index
     dAf = dA.reshape(-1)
     AA = np.empty(nN)
     dAA = np.empty(nN)
-    dEdP = np.empty(n_poly)
+    dEdrad = np.empty(n_rad)
     dEdY = np.empty(nlm)
+    seed = np.zeros(M)
+    rho = np.empty(M)
     for i in range(start, stop):
         J = first[i + 1] - first[i]
         zi = zat[i]
+        lo, hi = T.node_lo[zi], T.node_hi[zi]
         for p in range(first[i], first[i + 1]):
             G[p, 0] = 0.0
             G[p, 1] = 0.0
             G[p, 2] = 0.0
-        for mm in range(coef.shape[0]):
-            E[mm, i] = e0[zi]
-        if J > 0:
-            site_features(i, first, nbr, R, zat, mb_t, mb_spl, lmax, K, q, cs,
-                          zj, rhat, rinv, Pm, dPm, Y, dY)
-            accumulate_a(J, zj, Pm, Y, A)
-            forward_aa(Af, parent, node_a, AA)
-            for mm in range(coef.shape[0]):
-                E[mm, i] += dot(coef[mm, zi], AA)
-            c = coef[0, zi]
-            if with_grad:
-                # reverse pass through the DAG: ∂E/∂AA -> ∂E/∂A
-                dA[:] = 0.0
-                for k in range(nN):
-                    dAA[k] = c[k]
-                for k in range(nN - 1, -1, -1):
-                    g = dAA[k]
-                    if g == 0.0:
-                        continue
-                    a = node_a[k]
-                    pk = parent[k]
-                    if pk < 0:
-                        dAf[a] += g
+        for mm in range(E.shape[0]):
+            E[mm, i] = T.e0[zi]
+        if J == 0:
+            continue
+        jstar = -1
+        if mode == 0:
+            site_features(i, first, nbr, R, zat, T.mb_t, T.mb_spl, T.lmax, K, q, cs,
+                          zj, rhat, rinv, rad, drad, Y, dY)
+            accumulate_a(J, zj, rad, Y, A)
+        else:
+            jstar = table_features(i, first, nbr, R, zat, T, K, q, cs, zj, rhat, rinv, rad, drad,
+                                   Y, dY)
+            accumulate_a_rows(J, zj, rad, Y, A, T.row_off, T.row_lmax)
+        forward_aa(Af, T.parent, T.node_a, AA, lo, hi)
+        for mm in range(M):
+            rho[mm] = dot_range(T.coef[mm, zi], AA, lo, hi)
+        dEdcore = 0.0
+        dEdswitch = 0.0
+        if mode == 0:
+            for mm in range(M):
+                E[mm, i] += rho[mm]
+            seed[0] = 1.0
+        else:
+            e, dEdcore, dEdswitch = embed(zi, J, rho, rad, zj, T, seed, jstar, first[i], R)
+            E[0, i] += e
+        if with_grad:
+            # reverse pass through the DAG: ∂E/∂AA -> ∂E/∂A
+            dA[:] = 0.0
+            unset = True
+            for mm in range(M):
+                w = seed[mm]
+                if w != 0.0:
+                    c = T.coef[mm, zi]
+                    if unset:
+                        for k in range(lo, hi):
+                            dAA[k] = w * c[k]
+                        unset = False
                     else:
-                        dAf[a] += g * AA[pk]
-                        dAA[pk] += g * Af[a]
-                # ∂E/∂A -> ∂E/∂R_ij through radials and harmonics
-                for jj in range(J):
-                    pullback_a(jj, zj[jj], dA, Pm, Y, dEdP, dEdY)
-                    gr = 0.0
-                    for n in range(n_poly):
-                        gr += dEdP[n] * dPm[jj, n]
-                    g0 = 0.0
-                    g1 = 0.0
-                    g2 = 0.0
-                    for lm in range(nlm):
-                        g0 += dEdY[lm] * dY[jj, lm, 0]
-                        g1 += dEdY[lm] * dY[jj, lm, 1]
-                        g2 += dEdY[lm] * dY[jj, lm, 2]
-                    u0, u1, u2 = rhat[jj, 0], rhat[jj, 1], rhat[jj, 2]
-                    g0, g1, g2 = project(g0, g1, g2, u0, u1, u2, rinv[jj])
-                    p = first[i] + jj
-                    G[p, 0] += gr * u0 + g0
-                    G[p, 1] += gr * u1 + g1
-                    G[p, 2] += gr * u2 + g2
-            pair_energy_grad(i, first, nbr, R, zat, pr_t, pair_p, pair_spl, G, with_grad, E)
+                        for k in range(lo, hi):
+                            dAA[k] += w * c[k]
+            if unset:
+                dAA[lo:hi] = 0.0
+            for k in range(hi - 1, lo - 1, -1):
+                g = dAA[k]
+                if g == 0.0:
+                    continue
+                a = T.node_a[k]
+                pk = T.parent[k]
+                if pk < 0:
+                    dAf[a] += g
+                else:
+                    dAf[a] += g * AA[pk]
+                    dAA[pk] += g * Af[a]
+            # ∂E/∂A -> ∂E/∂R_ij through radials and harmonics
+            for jj in range(J):
+                if mode == 0:
+                    pullback_a(jj, zj[jj], dA, rad, Y, dEdrad, dEdY)
+                else:
+                    pullback_a_rows(jj, zj[jj], dA, rad, Y, dEdrad, dEdY, T.row_off, T.row_lmax)
+                    dEdrad[n_rad - 1] = dEdcore         # the last tabulated function is φ_core
+                gr = 0.0
+                for n in range(n_rad):
+                    gr += dEdrad[n] * drad[jj, n]
+                if jj == jstar:
+                    gr += dEdswitch
+                g0 = 0.0
+                g1 = 0.0
+                g2 = 0.0
+                for lm in range(nlm):
+                    g0 += dEdY[lm] * dY[jj, lm, 0]
+                    g1 += dEdY[lm] * dY[jj, lm, 1]
+                    g2 += dEdY[lm] * dY[jj, lm, 2]
+                u0, u1, u2 = rhat[jj, 0], rhat[jj, 1], rhat[jj, 2]
+                g0, g1, g2 = project(g0, g1, g2, u0, u1, u2, rinv[jj])
+                p = first[i] + jj
+                G[p, 0] += gr * u0 + g0
+                G[p, 1] += gr * u1 + g1
+                G[p, 2] += gr * u2 + g2
+        if mode == 0:
+            pair_energy_grad(i, first, nbr, R, zat, T.pr_t, T.pair_p, T.pair_spl, G, with_grad, E)
 
 
 @njit(cache=True, nogil=True)
-def fast_serial(first, nbr, R, zat, e0, mb_t, mb_spl, lmax, parent, node_a, coef, pr_t, pair_p,
-                pair_spl, with_grad):
+def fast_serial(first, nbr, R, zat, T, with_grad):
     N = first.shape[0] - 1
-    E = np.empty((coef.shape[0], N))
+    E = np.empty((T.coef.shape[0] if T.mode == 0 else 1, N))
     G = np.empty((R.shape[0], 3))
-    _fast_range(0, N, first, nbr, R, zat, e0, mb_t, mb_spl, lmax, parent, node_a, coef, pr_t,
-                pair_p, pair_spl, with_grad, E, G)
+    _fast_range(0, N, first, nbr, R, zat, T, with_grad, E, G)
     return E, G
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def fast_parallel(first, nbr, R, zat, e0, mb_t, mb_spl, lmax, parent, node_a, coef, pr_t, pair_p,
-                  pair_spl, with_grad, n_chunks):
+def fast_parallel(first, nbr, R, zat, T, with_grad, n_chunks):
     """As fast_serial, over n_chunks blocks of atoms on numba's threads (n_chunks >= 1)."""
     N = first.shape[0] - 1
-    E = np.empty((coef.shape[0], N))
+    E = np.empty((T.coef.shape[0] if T.mode == 0 else 1, N))
     G = np.empty((R.shape[0], 3))
     n_chunks = min(N, n_chunks)
     for c in prange(n_chunks):
-        _fast_range(c * N // n_chunks, (c + 1) * N // n_chunks, first, nbr, R, zat, e0, mb_t,
-                    mb_spl, lmax, parent, node_a, coef, pr_t, pair_p, pair_spl, with_grad, E, G)
+        _fast_range(c * N // n_chunks, (c + 1) * N // n_chunks, first, nbr, R, zat, T, with_grad,
+                    E, G)
     return E, G
 
 
@@ -284,7 +328,7 @@ def basis_rows(first, nbr, R, zat, nz, mb_t, mb_spl, lmax, parent, node_a, aa_no
         site_features(i, first, nbr, R, zat, mb_t, mb_spl, lmax, K, q, cs,
                       zj, rhat, rinv, Pm, dPm, Y, dY)
         accumulate_a(J, zj, Pm, Y, A)
-        forward_aa(Af, parent, node_a, AA)
+        forward_aa(Af, parent, node_a, AA, 0, nN)
         if with_grad:
             for jj in range(J):
                 u0, u1, u2 = rhat[jj, 0], rhat[jj, 1], rhat[jj, 2]
