@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .pace import accumulate_a_rows, embed, pullback_a_rows, table_features
+from .pace import accumulate_a_rows, embed, l_of_lm, pullback_a_rows, table_features
 from .radial import agnesi, pair_envelope, spline_eval_all, spline_eval_one, spline_interval
 from .ylm import project, ylm_grad, ylm_norms
 
@@ -114,6 +114,61 @@ def forward_aa(A, parent, node_a, AA, lo, hi):
 
 
 @njit(cache=True, nogil=True)
+def reverse_aa(Af, AA, parent, node_a, dAf, dAA, lo, hi):
+    """Reverse pass of the product DAG (nodes hi-1 .. lo): ∂E/∂AA -> ∂E/∂A."""
+    for k in range(hi - 1, lo - 1, -1):
+        g = dAA[k]
+        a = node_a[k]
+        pk = parent[k]
+        if pk < 0:
+            dAf[a] += g
+        else:
+            dAf[a] += g * AA[pk]
+            dAA[pk] += g * Af[a]
+
+
+@njit(cache=True, nogil=True)
+def forward_leaves(Af, AA, start, stop, leaf_a, LV, lo, hi, llo, lhi):
+    """Leaf products: roots (llo .. start[lo]-1) are A alone, the others AA[parent]·A[a]."""
+    first = start[lo] if hi > lo else lhi
+    for l in range(llo, first):
+        LV[l] = Af[leaf_a[l]]
+    for k in range(lo, hi):
+        ak = AA[k]
+        for l in range(start[k], stop[k]):
+            LV[l] = ak * Af[leaf_a[l]]
+
+
+@njit(cache=True, nogil=True)
+def reverse_leaves(Af, AA, start, stop, leaf_a, LW, dAf, dAA, lo, hi, llo, lhi):
+    """∂E/∂(leaf product) LW -> ∂E/∂A and ∂E/∂AA of the parents (added to dAA)."""
+    first = start[lo] if hi > lo else lhi
+    for l in range(llo, first):
+        dAf[leaf_a[l]] += LW[l]
+    for k in range(lo, hi):
+        ak = AA[k]
+        acc = 0.0
+        for l in range(start[k], stop[k]):
+            w = LW[l]
+            a = leaf_a[l]
+            acc += w * Af[a]
+            dAf[a] += w * ak
+        dAA[k] += acc
+
+
+@njit(cache=True, nogil=True)
+def seed_weights(seed, coef, zi, out, lo, hi):
+    """out[k] = Σ_m seed[m] coef[m, zi, k] for lo <= k < hi (sets with seed 0 skipped)."""
+    out[lo:hi] = 0.0
+    for mm in range(seed.shape[0]):
+        w = seed[mm]
+        if w != 0.0:
+            c = coef[mm, zi]
+            for k in range(lo, hi):
+                out[k] += w * c[k]
+
+
+@njit(cache=True, nogil=True)
 def pair_energy_grad(i, first, nbr, R, zat, pr_t, pair_p, pair_spl, G, with_grad, E):
     """Pair site energies Σ_j V^m_{z_i z_j}(r_ij) with merged splines, added to E[m, i] for every
     parameter set m; the gradient of set 0 (dV/dr r̂) is added to G."""
@@ -163,6 +218,10 @@ def _fast_range(start, stop, first, nbr, R, zat, T, with_grad, E, G):
     dEdY = np.empty(nlm)
     seed = np.zeros(M)
     rho = np.empty(M)
+    l_of = l_of_lm(T.lmax)
+    LV = np.empty(T.leaf_a.shape[0])       # leaf products AA[parent]·A[a]
+    LW = np.empty(T.leaf_a.shape[0])       # ∂E/∂(leaf product)
+    tmp = np.empty(nlm)
     for i in range(start, stop):
         J = first[i + 1] - first[i]
         zi = zat[i]
@@ -183,10 +242,13 @@ def _fast_range(start, stop, first, nbr, R, zat, T, with_grad, E, G):
         else:
             jstar = table_features(i, first, nbr, R, zat, T, K, q, cs, zj, rhat, rinv, rad, drad,
                                    Y, dY)
-            accumulate_a_rows(J, zj, rad, Y, A, T.row_off, T.row_lmax)
+            accumulate_a_rows(J, zj, rad, Y, A, T.row_off, T.row_lmax, l_of)
         forward_aa(Af, T.parent, T.node_a, AA, lo, hi)
+        llo, lhi = T.leaf_lo[zi], T.leaf_hi[zi]
+        forward_leaves(Af, AA, T.leaf_start, T.leaf_stop, T.leaf_a, LV, lo, hi, llo, lhi)
         for mm in range(M):
-            rho[mm] = dot_range(T.coef[mm, zi], AA, lo, hi)
+            rho[mm] = (dot_range(T.coef[mm, zi], AA, lo, hi)
+                       + dot_range(T.leaf_coef[mm, zi], LV, llo, lhi))
         dEdcore = 0.0
         dEdswitch = 0.0
         if mode == 0:
@@ -199,37 +261,18 @@ def _fast_range(start, stop, first, nbr, R, zat, T, with_grad, E, G):
         if with_grad:
             # reverse pass through the DAG: ∂E/∂AA -> ∂E/∂A
             dA[:] = 0.0
-            unset = True
-            for mm in range(M):
-                w = seed[mm]
-                if w != 0.0:
-                    c = T.coef[mm, zi]
-                    if unset:
-                        for k in range(lo, hi):
-                            dAA[k] = w * c[k]
-                        unset = False
-                    else:
-                        for k in range(lo, hi):
-                            dAA[k] += w * c[k]
-            if unset:
-                dAA[lo:hi] = 0.0
-            for k in range(hi - 1, lo - 1, -1):
-                g = dAA[k]
-                if g == 0.0:
-                    continue
-                a = T.node_a[k]
-                pk = T.parent[k]
-                if pk < 0:
-                    dAf[a] += g
-                else:
-                    dAf[a] += g * AA[pk]
-                    dAA[pk] += g * Af[a]
+            seed_weights(seed, T.coef, zi, dAA, lo, hi)
+            seed_weights(seed, T.leaf_coef, zi, LW, llo, lhi)
+            reverse_leaves(Af, AA, T.leaf_start, T.leaf_stop, T.leaf_a, LW, dAf, dAA, lo, hi, llo,
+                           lhi)
+            reverse_aa(Af, AA, T.parent, T.node_a, dAf, dAA, lo, hi)
             # ∂E/∂A -> ∂E/∂R_ij through radials and harmonics
             for jj in range(J):
                 if mode == 0:
                     pullback_a(jj, zj[jj], dA, rad, Y, dEdrad, dEdY)
                 else:
-                    pullback_a_rows(jj, zj[jj], dA, rad, Y, dEdrad, dEdY, T.row_off, T.row_lmax)
+                    pullback_a_rows(jj, zj[jj], dA, rad, Y, dEdrad, dEdY, T.row_off, T.row_lmax, l_of,
+                                    tmp)
                     dEdrad[n_rad - 1] = dEdcore         # the last tabulated function is φ_core
                 gr = 0.0
                 for n in range(n_rad):

@@ -24,6 +24,9 @@ SiteTables = namedtuple("SiteTables", [
     "row_off", "row_lmax",  # A row n holds functions row_off[n] + l, l <= row_lmax[n]
     "parent", "node_a", "node_lo", "node_hi",   # product DAG; species z uses nodes lo[z]..hi[z]-1
     "coef",            # (M, nz, n_nodes): M parameter sets (ace1) or densities (tabulated)
+    "leaf_start", "leaf_stop",  # (n_nodes,) leaves (childless products) under each node
+    "leaf_a", "leaf_lo", "leaf_hi",  # their A factor; species z's leaves leaf_lo[z]..leaf_hi[z]-1
+    "leaf_coef",       # (M, nz, n_leaves), like coef
     "emb_kind",        # (nz,) 0 FinnisSinclair, 1 FinnisSinclairShiftedScaled
     "emb_par",         # (nz, M, 2) prefactor, exponent per density (prefactor 0: unused)
     "rho_cut",         # (nz, 2) ρ_core cut-off and its width
@@ -109,32 +112,42 @@ def table_features(i, first, nbr, R, zat, T, K, q, cs, zj, rhat, rinv, rad, drad
 
 
 @njit(cache=True, nogil=True)
-def accumulate_a_rows(J, zj, rad, Y, A, row_off, row_lmax):
-    """A[z, n, lm] = Σ_{j in channel z} R_{n,l}(r_ij) Y_lm(R̂_ij), radials depending on l."""
+def l_of_lm(lmax):
+    """l of each flat harmonic index l² + l + m."""
+    out = np.empty((lmax + 1) ** 2, dtype=np.int64)
+    for l in range(lmax + 1):
+        out[l * l: (l + 1) * (l + 1)] = l
+    return out
+
+
+@njit(cache=True, nogil=True, fastmath=True)
+def accumulate_a_rows(J, zj, rad, Y, A, row_off, row_lmax, l_of):
+    """A[z, n, lm] = Σ_{j in channel z} R_{n,l}(r_ij) Y_lm(R̂_ij), radials depending on l
+    (one flat loop over lm per row, the radial gathered by l: short per-l loops cost more)."""
     A[:] = 0.0
     for jj in range(J):
         z = zj[jj]
         for n in range(A.shape[1]):
             o = row_off[n]
-            for l in range(row_lmax[n] + 1):
-                r = rad[jj, o + l]
-                for lm in range(l * l, (l + 1) * (l + 1)):
-                    A[z, n, lm] += r * Y[jj, lm]
+            for lm in range((row_lmax[n] + 1) ** 2):
+                A[z, n, lm] += rad[jj, o + l_of[lm]] * Y[jj, lm]
 
 
 @njit(cache=True, nogil=True, fastmath=True)
-def pullback_a_rows(jj, z, dA, rad, Y, dEdrad, dEdY, row_off, row_lmax):
+def pullback_a_rows(jj, z, dA, rad, Y, dEdrad, dEdY, row_off, row_lmax, l_of, tmp):
     """∂E/∂A -> ∂E/∂(radial function) and ∂E/∂(harmonic lm) of neighbour jj in channel z."""
     dEdY[:] = 0.0
     for n in range(dA.shape[1]):
         o = row_off[n]
-        for l in range(row_lmax[n] + 1):
-            r = rad[jj, o + l]
+        L = row_lmax[n]
+        for lm in range((L + 1) ** 2):
+            d = dA[z, n, lm]
+            dEdY[lm] += d * rad[jj, o + l_of[lm]]
+            tmp[lm] = d * Y[jj, lm]
+        for l in range(L + 1):
             acc = 0.0
             for lm in range(l * l, (l + 1) * (l + 1)):
-                d = dA[z, n, lm]
-                acc += d * Y[jj, lm]
-                dEdY[lm] += d * r
+                acc += tmp[lm]
             dEdrad[o + l] = acc
 
 

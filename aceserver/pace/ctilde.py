@@ -83,31 +83,67 @@ def real_products(table, N, L, K):
     return uniq[keep], coef[keep]
 
 
+def split_leaves(parent, node_a, coef):
+    """Product nodes without children ("leaves", most of them) are not stored as nodes: each
+    is listed under its parent (CSR) with its own A factor and coefficients, and evaluated as
+    AA[parent]·A[a] in the energy sum. Returns the internal DAG (parent, node_a, coef) and the
+    leaves (start, stop per internal node; roots: parent -1; leaf_a; leaf_coef (P, n_leaves))."""
+    n = len(parent)
+    has_child = np.zeros(n, dtype=bool)
+    has_child[parent[parent >= 0]] = True
+    internal = has_child
+    new = -np.ones(n, dtype=np.int64)
+    new[internal] = np.arange(int(internal.sum()))
+    ip = parent[internal]
+    ip = np.where(ip >= 0, new[np.maximum(ip, 0)], -1)
+    leaves = np.flatnonzero(~internal)
+    lp = np.where(parent[leaves] >= 0, new[np.maximum(parent[leaves], 0)], -1)
+    order = np.argsort(lp, kind="stable")          # roots (-1) first, then by parent
+    leaves, lp = leaves[order], lp[order]
+    n_int = int(internal.sum())
+    start = np.searchsorted(lp, np.arange(n_int), side="left")
+    stop = np.searchsorted(lp, np.arange(n_int), side="right")
+    n_roots = int((lp < 0).sum())
+    return (ip, node_a[internal], coef[:, internal], start, stop, n_roots, node_a[leaves],
+            coef[:, leaves])
+
+
 def species_dags(spec, N, L, K):
-    """One product DAG per central species, concatenated: parent, node_a (flat real A index),
-    node_lo, node_hi (species z evaluates nodes node_lo[z]..node_hi[z]-1) and coef (Pmax, nz,
-    n_nodes) with ρ_p(i) = Σ_k coef[p, z_i, k] AA_k."""
+    """One product DAG per central species, concatenated, with its leaves split off (see
+    split_leaves). Species z evaluates internal nodes node_lo[z]..node_hi[z]-1 and leaves
+    leaf_lo[z]..leaf_hi[z]-1, of which the first are roots (products of one A) up to the start
+    of node_lo[z]'s leaves. ρ_p(i) = Σ_k coef[p, z_i, k] AA_k + Σ_leaves leaf_coef[p, z_i, l]
+    AA[parent_l] A[leaf_a_l]."""
     nz = len(spec.elements)
     Pmax = max(e.ndensity for e in spec.embeddings)
-    parents, node_as, coefs = [], [], []
+    parts = []
     lo = np.zeros(nz, dtype=np.int64)
     hi = np.zeros(nz, dtype=np.int64)
-    total = 0
+    llo = np.zeros(nz, dtype=np.int64)
+    lhi = np.zeros(nz, dtype=np.int64)
+    n_nodes = n_leaves = 0
     for z in range(nz):
         tuples, coef = real_products(spec.functions[z], N, L, K)
-        lo[z] = total
+        lo[z], llo[z] = n_nodes, n_leaves
         if len(tuples):
             parent, node_a, aa_node = build_product_dag(tuples)
             c = np.zeros((Pmax, len(parent)))
             c[: coef.shape[1], aa_node] = coef.T
-            parents.append(np.where(parent >= 0, parent + total, -1))
-            node_as.append(node_a)
-            coefs.append((z, c))
-            total += len(parent)
-        hi[z] = total
-    coef_all = np.zeros((Pmax, nz, total))
-    for z, c in coefs:
-        coef_all[:, z, lo[z]: hi[z]] = c
-    cat = (lambda xs: np.concatenate(xs).astype(np.int64)) if parents else (
-        lambda xs: np.zeros(0, dtype=np.int64))
-    return cat(parents), cat(node_as), lo, hi, coef_all
+            ip, ia, ic, start, stop, n_roots, la, lc = split_leaves(parent, node_a, c)
+            parts.append((z, np.where(ip >= 0, ip + n_nodes, -1), ia, ic, start + n_leaves,
+                          stop + n_leaves, la, lc))
+            n_nodes += len(ip)
+            n_leaves += len(la)
+        hi[z], lhi[z] = n_nodes, n_leaves
+    coef_all = np.zeros((Pmax, nz, n_nodes))
+    leaf_coef = np.zeros((Pmax, nz, n_leaves))
+    for z, ip, ia, ic, start, stop, la, lc in parts:
+        coef_all[:, z, lo[z]: hi[z]] = ic
+        leaf_coef[:, z, llo[z]: lhi[z]] = lc
+
+    def cat(k):
+        return (np.concatenate([p[k] for p in parts]).astype(np.int64) if parts
+                else np.zeros(0, dtype=np.int64))
+    return dict(parent=cat(1), node_a=cat(2), node_lo=lo, node_hi=hi, coef=coef_all,
+                leaf_start=cat(4), leaf_stop=cat(5), leaf_a=cat(6), leaf_lo=llo, leaf_hi=lhi,
+                leaf_coef=leaf_coef)

@@ -72,8 +72,8 @@ class PACEPotential(SitePotential):
         spec = self.spec
         nz = len(spec.elements)
         tab, h, rc, (N, L, K) = hermite_tables(spec)
-        parent, node_a, lo, hi, coef = species_dags(spec, N, L, K)
-        P = coef.shape[0]
+        dag = species_dags(spec, N, L, K)
+        P = dag["coef"].shape[0]
         emb_par = np.zeros((nz, P, 2))
         for z, e in enumerate(spec.embeddings):
             emb_par[z, : e.ndensity] = e.params
@@ -85,7 +85,7 @@ class PACEPotential(SitePotential):
             mb_spl=unused(3), pr_t=unused(3), pair_p=0, pair_spl=unused(5), tab=tab, tab_h=h,
             tab_rc=rc, row_off=np.concatenate([np.arange(N) * (L + 1), N * (L + 1) + np.arange(K)]),
             row_lmax=np.concatenate([np.full(N, L), np.zeros(K)]).astype(np.int64),
-            parent=parent, node_a=node_a, node_lo=lo, node_hi=hi, coef=np.ascontiguousarray(coef),
+            **dag,
             emb_kind=np.array([EMBEDDING_KINDS[e.kind] for e in spec.embeddings], dtype=np.int64),
             emb_par=emb_par,
             rho_cut=np.array([(e.rho_core_cutoff, e.drho_core_cutoff) for e in spec.embeddings]),
