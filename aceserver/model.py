@@ -253,7 +253,10 @@ class ACEModel(SitePotential):
         return self._sha256
 
     def info(self) -> dict:
-        return {"species": self.elements, "rcut": self.rcut, "length_basis": self.length_basis,
+        el = self.elements
+        return {"format": "aceserver-json", "species": el, "rcut": self.rcut,
+                "cutoffs": {f"{a}-{b}": self.rcut for a in el for b in el},
+                "length_basis": self.length_basis,
                 "n_manybody": self.basis.n_b, "n_pair": self.basis.n_pair, "E0": self.E0,
                 "committee_size": 0 if self._committee is None else int(len(self._committee)),
                 "sha256": self.sha256, "settings": self.basis.settings,

@@ -440,3 +440,42 @@ def _species_functions(funcs, mu0, nel, P, bonds) -> FunctionTable:
     table.ls[owner, col] = ls
     table.ms[comb, t] = ms_all
     return table
+
+
+def _flow(value) -> str:
+    """A YAML flow value (JSON numbers and lists are valid YAML; floats round-trip exactly)."""
+    return json.dumps(value)
+
+
+def write_yace(spec: YaceSpec, path) -> str:
+    """Write a YaceSpec as a `.yace` file in pacemaker's layout (readable by pyace, LAMMPS
+    ML-PACE and `read_yace`); returns the file's sha256."""
+    lines = [f"elements: {_flow(list(spec.elements))}", f"E0: {_flow(spec.E0.tolist())}",
+             f"deltaSplineBins: {_flow(spec.delta_spline_bins)}", "embeddings:"]
+    for z, e in enumerate(spec.embeddings):
+        lines.append(f"  {z}: {{ndensity: {e.ndensity}, FS_parameters: {_flow(e.params.reshape(-1).tolist())}, "
+                     f"npoti: {e.kind}, rho_core_cutoff: {_flow(e.rho_core_cutoff)}, "
+                     f"drho_core_cutoff: {_flow(e.drho_core_cutoff)}}}")
+    lines.append("bonds:")
+    for (i, j), b in sorted(spec.bonds.items()):
+        lines.append(f"  [{i}, {j}]: {{nradmax: {b.nradmax}, lmax: {b.lmax}, nradbasemax: {b.nradbase}, "
+                     f"radbasename: {b.radbase}, radparameters: {_flow([b.lam])}, "
+                     f"radcoefficients: {_flow(b.crad.tolist())}, prehc: {_flow(b.prehc)}, "
+                     f"lambdahc: {_flow(b.lambdahc)}, rcut: {_flow(b.rcut)}, dcut: {_flow(b.dcut)}, "
+                     f"rcut_in: {_flow(b.rcut_in)}, dcut_in: {_flow(b.dcut_in)}, "
+                     f"inner_cutoff_type: {spec.inner_cutoff_type}}}")
+    lines.append("functions:")
+    for mu0, t in enumerate(spec.functions):
+        lines.append(f"  {mu0}:")
+        starts = np.searchsorted(t.comb_owner, np.arange(len(t) + 1))
+        for f in range(len(t)):
+            nu = int(t.rank[f])
+            s0, s1 = starts[f], starts[f + 1]
+            lines.append(
+                f"    - {{mu0: {mu0}, rank: {nu}, ndensity: {t.ctildes.shape[1]}, num_ms_combs: {s1 - s0}, "
+                f"mus: {_flow(t.mus[f, :nu].tolist())}, ns: {_flow((t.ns[f, :nu] + 1).tolist())}, "
+                f"ls: {_flow(t.ls[f, :nu].tolist())}, ms_combs: {_flow(t.ms[s0:s1, :nu].reshape(-1).tolist())}, "
+                f"ctildes: {_flow(t.ctildes[s0:s1].reshape(-1).tolist())}}}")
+    data = ("\n".join(lines) + "\n").encode("utf-8")
+    Path(path).write_bytes(data)
+    return hashlib.sha256(data).hexdigest()
