@@ -292,3 +292,22 @@ def test_unknown_element_and_close_atoms():
         pot.evaluate([29, 8], [[0, 0, 0], [2, 0, 0]])
     with pytest.raises(ACEInputError, match="closer"):
         pot.evaluate([29, 29], [[0, 0, 0], [0.0005, 0, 0]])
+
+
+def test_ipi_potential_and_bench_accept_yace(capsys):
+    """The i-PI adapter and `aceserver bench` take a .yace like any model."""
+    from aceserver.cli import main
+    from aceserver.serving.ipi import ACEPotential
+    from aceserver.serving.ipi.potential import BOHR, HARTREE
+
+    atoms, d = _reference(DATA / "YBCO_3x3x1.json")
+    pot = aceserver.load_model(YBCO)
+    ipi = ACEPotential.from_atoms(pot, atoms, extras=("energies", "committee"))
+    energy, forces, virial, extras = ipi.compute(atoms.cell[:].T / BOHR, atoms.positions / BOHR)
+    assert abs(energy * HARTREE - d["energy"]) < 1e-8 * len(atoms)
+    np.testing.assert_allclose(forces * HARTREE / BOHR, d["forces"], atol=1e-7)
+    assert "committee_pot" not in json.loads(extras)
+    assert main(["bench", str(CU), "--structures", "fcc108", "--calls", "20", "--threads", "1",
+                 "--json"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["model"]["elements"] == ["Cu"] and out["us_per_atom"] > 0
