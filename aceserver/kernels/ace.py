@@ -13,7 +13,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .pace import accumulate_a_rows, embed, l_of_lm, pullback_a_rows, table_features
+from .pace import (accumulate_a_rows, embed, expand_rows, full_rows, l_of_lm, pullback_a_rows,
+                   table_features)
 from .radial import agnesi, pair_envelope, spline_eval_all, spline_eval_one, spline_interval
 from .ylm import project, ylm_grad, ylm_norms
 
@@ -221,7 +222,10 @@ def _fast_range(start, stop, first, nbr, R, zat, T, with_grad, E, G):
     l_of = l_of_lm(T.lmax)
     LV = np.empty(T.leaf_a.shape[0])       # leaf products AA[parent]·A[a]
     LW = np.empty(T.leaf_a.shape[0])       # ∂E/∂(leaf product)
-    tmp = np.empty(nlm)
+    n_full = full_rows(T.row_lmax, T.lmax) if mode == 1 else 0
+    maxJ = zj.shape[0] if mode == 1 else 0
+    Rx = np.empty((maxJ, n_full, nlm))      # tabulated mode: radials spread over lm
+    dRx = np.empty((maxJ, n_full, nlm))
     for i in range(start, stop):
         J = first[i + 1] - first[i]
         zi = zat[i]
@@ -242,7 +246,8 @@ def _fast_range(start, stop, first, nbr, R, zat, T, with_grad, E, G):
         else:
             jstar = table_features(i, first, nbr, R, zat, T, K, q, cs, zj, rhat, rinv, rad, drad,
                                    Y, dY)
-            accumulate_a_rows(J, zj, rad, Y, A, T.row_off, T.row_lmax, l_of)
+            expand_rows(J, rad, drad, Rx, dRx, T.row_off, l_of, n_full)
+            accumulate_a_rows(J, zj, rad, Rx, Y, A, T.row_off, n_full)
         forward_aa(Af, T.parent, T.node_a, AA, lo, hi)
         llo, lhi = T.leaf_lo[zi], T.leaf_hi[zi]
         forward_leaves(Af, AA, T.leaf_start, T.leaf_stop, T.leaf_a, LV, lo, hi, llo, lhi)
@@ -270,13 +275,13 @@ def _fast_range(start, stop, first, nbr, R, zat, T, with_grad, E, G):
             for jj in range(J):
                 if mode == 0:
                     pullback_a(jj, zj[jj], dA, rad, Y, dEdrad, dEdY)
+                    gr = 0.0
+                    for n in range(n_rad):
+                        gr += dEdrad[n] * drad[jj, n]
                 else:
-                    pullback_a_rows(jj, zj[jj], dA, rad, Y, dEdrad, dEdY, T.row_off, T.row_lmax, l_of,
-                                    tmp)
-                    dEdrad[n_rad - 1] = dEdcore         # the last tabulated function is φ_core
-                gr = 0.0
-                for n in range(n_rad):
-                    gr += dEdrad[n] * drad[jj, n]
+                    gr = pullback_a_rows(jj, zj[jj], dA, rad, drad, Rx, dRx, Y, dEdY, T.row_off,
+                                         n_full)
+                    gr += dEdcore * drad[jj, n_rad - 1]     # the last tabulated function is φ_core
                 if jj == jstar:
                     gr += dEdswitch
                 g0 = 0.0

@@ -120,35 +120,61 @@ def l_of_lm(lmax):
     return out
 
 
+@njit(cache=True, nogil=True)
+def full_rows(row_lmax, lmax):
+    """Rows 0..n_full-1 carry every l <= lmax (R_nl), the rest l = 0 only (g_k)."""
+    n = 0
+    while n < row_lmax.shape[0] and row_lmax[n] == lmax:
+        n += 1
+    return n
+
+
+@njit(cache=True, nogil=True)
+def expand_rows(J, rad, drad, Rx, dRx, row_off, l_of, n_full):
+    """R_{n,l(lm)} and its derivative spread over the harmonics of each full row, so that the
+    A accumulation and its pullback are contiguous loops over lm."""
+    for jj in range(J):
+        for n in range(n_full):
+            o = row_off[n]
+            for lm in range(Rx.shape[2]):
+                Rx[jj, n, lm] = rad[jj, o + l_of[lm]]
+                dRx[jj, n, lm] = drad[jj, o + l_of[lm]]
+
+
 @njit(cache=True, nogil=True, fastmath=True)
-def accumulate_a_rows(J, zj, rad, Y, A, row_off, row_lmax, l_of):
-    """A[z, n, lm] = Σ_{j in channel z} R_{n,l}(r_ij) Y_lm(R̂_ij), radials depending on l
-    (one flat loop over lm per row, the radial gathered by l: short per-l loops cost more)."""
+def accumulate_a_rows(J, zj, rad, Rx, Y, A, row_off, n_full):
+    """A[z, n, lm] = Σ_{j in channel z} R_{n,l}(r_ij) Y_lm(R̂_ij): full rows from the spread
+    radials, the l = 0 rows (basis g_k) from the radials directly."""
     A[:] = 0.0
     for jj in range(J):
         z = zj[jj]
-        for n in range(A.shape[1]):
-            o = row_off[n]
-            for lm in range((row_lmax[n] + 1) ** 2):
-                A[z, n, lm] += rad[jj, o + l_of[lm]] * Y[jj, lm]
+        for n in range(n_full):
+            for lm in range(A.shape[2]):
+                A[z, n, lm] += Rx[jj, n, lm] * Y[jj, lm]
+        y0 = Y[jj, 0]
+        for n in range(n_full, A.shape[1]):
+            A[z, n, 0] += rad[jj, row_off[n]] * y0
 
 
 @njit(cache=True, nogil=True, fastmath=True)
-def pullback_a_rows(jj, z, dA, rad, Y, dEdrad, dEdY, row_off, row_lmax, l_of, tmp):
-    """∂E/∂A -> ∂E/∂(radial function) and ∂E/∂(harmonic lm) of neighbour jj in channel z."""
+def pullback_a_rows(jj, z, dA, rad, drad, Rx, dRx, Y, dEdY, row_off, n_full):
+    """∂E/∂A -> ∂E/∂(harmonic lm) of neighbour jj (into dEdY) and Σ ∂E/∂R · dR/dr (returned)."""
     dEdY[:] = 0.0
-    for n in range(dA.shape[1]):
-        o = row_off[n]
-        L = row_lmax[n]
-        for lm in range((L + 1) ** 2):
+    gr = 0.0
+    for n in range(n_full):
+        for lm in range(dA.shape[2]):
             d = dA[z, n, lm]
-            dEdY[lm] += d * rad[jj, o + l_of[lm]]
-            tmp[lm] = d * Y[jj, lm]
-        for l in range(L + 1):
-            acc = 0.0
-            for lm in range(l * l, (l + 1) * (l + 1)):
-                acc += tmp[lm]
-            dEdrad[o + l] = acc
+            dEdY[lm] += d * Rx[jj, n, lm]
+            gr += d * Y[jj, lm] * dRx[jj, n, lm]
+    y0 = Y[jj, 0]
+    e0 = 0.0
+    for n in range(n_full, dA.shape[1]):
+        d = dA[z, n, 0]
+        o = row_off[n]
+        e0 += d * rad[jj, o]
+        gr += d * y0 * drad[jj, o]
+    dEdY[0] += e0
+    return gr
 
 
 @njit(cache=True, nogil=True)
