@@ -129,32 +129,49 @@ def reverse_aa(Af, AA, parent, node_a, dAf, dAA, lo, hi):
 
 
 @njit(cache=True, nogil=True)
-def forward_leaves(Af, AA, start, stop, leaf_a, LV, lo, hi, llo, lhi):
-    """Leaf products: roots (llo .. start[lo]-1) are A alone, the others AA[parent]·A[a]."""
+def leaf_densities(Af, AA, start, stop, leaf_a, leaf_coef, zi, TP, rho, lo, hi, llo, lhi):
+    """Adds the leaves to rho[m]: roots (llo .. start[lo]-1) contribute c·A[a], the leaves
+    under node k contribute AA[k]·TP[m, k] with TP[m, k] = Σ_leaves c_m A[a] (kept for the
+    reverse pass)."""
+    M = rho.shape[0]
     first = start[lo] if hi > lo else lhi
     for l in range(llo, first):
-        LV[l] = Af[leaf_a[l]]
+        x = Af[leaf_a[l]]
+        for mm in range(M):
+            rho[mm] += leaf_coef[mm, zi, l] * x
     for k in range(lo, hi):
-        ak = AA[k]
+        for mm in range(M):
+            TP[mm, k] = 0.0
         for l in range(start[k], stop[k]):
-            LV[l] = ak * Af[leaf_a[l]]
+            x = Af[leaf_a[l]]
+            for mm in range(M):
+                TP[mm, k] += leaf_coef[mm, zi, l] * x
+        ak = AA[k]
+        for mm in range(M):
+            rho[mm] += ak * TP[mm, k]
 
 
 @njit(cache=True, nogil=True)
-def reverse_leaves(Af, AA, start, stop, leaf_a, LW, dAf, dAA, lo, hi, llo, lhi):
-    """∂E/∂(leaf product) LW -> ∂E/∂A and ∂E/∂AA of the parents (added to dAA)."""
+def reverse_leaves(AA, start, stop, leaf_a, leaf_coef, zi, TP, seed, dAf, dAA, lo, hi, llo, lhi):
+    """Leaves in reverse, with ∂E/∂ρ_m = seed[m]: into ∂E/∂A (dAf) and ∂E/∂AA of the parents."""
+    M = seed.shape[0]
     first = start[lo] if hi > lo else lhi
     for l in range(llo, first):
-        dAf[leaf_a[l]] += LW[l]
+        w = 0.0
+        for mm in range(M):
+            w += seed[mm] * leaf_coef[mm, zi, l]
+        dAf[leaf_a[l]] += w
     for k in range(lo, hi):
         ak = AA[k]
         acc = 0.0
-        for l in range(start[k], stop[k]):
-            w = LW[l]
-            a = leaf_a[l]
-            acc += w * Af[a]
-            dAf[a] += w * ak
+        for mm in range(M):
+            acc += seed[mm] * TP[mm, k]
         dAA[k] += acc
+        for l in range(start[k], stop[k]):
+            w = 0.0
+            for mm in range(M):
+                w += seed[mm] * leaf_coef[mm, zi, l]
+            dAf[leaf_a[l]] += w * ak
 
 
 @njit(cache=True, nogil=True)
@@ -220,8 +237,7 @@ def _fast_range(start, stop, first, nbr, R, zat, T, with_grad, E, G):
     seed = np.zeros(M)
     rho = np.empty(M)
     l_of = l_of_lm(T.lmax)
-    LV = np.empty(T.leaf_a.shape[0])       # leaf products AA[parent]·A[a]
-    LW = np.empty(T.leaf_a.shape[0])       # ∂E/∂(leaf product)
+    TP = np.empty((M, nN if T.leaf_a.shape[0] else 0))   # Σ_leaves c·A per node and set
     n_full = full_rows(T.row_lmax, T.lmax) if mode == 1 else 0
     maxJ = zj.shape[0] if mode == 1 else 0
     Rx = np.empty((maxJ, n_full, nlm))      # tabulated mode: radials spread over lm
@@ -250,10 +266,11 @@ def _fast_range(start, stop, first, nbr, R, zat, T, with_grad, E, G):
             accumulate_a_rows(J, zj, rad, Rx, Y, A, T.row_off, n_full)
         forward_aa(Af, T.parent, T.node_a, AA, lo, hi)
         llo, lhi = T.leaf_lo[zi], T.leaf_hi[zi]
-        forward_leaves(Af, AA, T.leaf_start, T.leaf_stop, T.leaf_a, LV, lo, hi, llo, lhi)
         for mm in range(M):
-            rho[mm] = (dot_range(T.coef[mm, zi], AA, lo, hi)
-                       + dot_range(T.leaf_coef[mm, zi], LV, llo, lhi))
+            rho[mm] = dot_range(T.coef[mm, zi], AA, lo, hi)
+        if lhi > llo:
+            leaf_densities(Af, AA, T.leaf_start, T.leaf_stop, T.leaf_a, T.leaf_coef, zi, TP, rho,
+                           lo, hi, llo, lhi)
         dEdcore = 0.0
         dEdswitch = 0.0
         if mode == 0:
@@ -267,9 +284,9 @@ def _fast_range(start, stop, first, nbr, R, zat, T, with_grad, E, G):
             # reverse pass through the DAG: ∂E/∂AA -> ∂E/∂A
             dA[:] = 0.0
             seed_weights(seed, T.coef, zi, dAA, lo, hi)
-            seed_weights(seed, T.leaf_coef, zi, LW, llo, lhi)
-            reverse_leaves(Af, AA, T.leaf_start, T.leaf_stop, T.leaf_a, LW, dAf, dAA, lo, hi, llo,
-                           lhi)
+            if lhi > llo:
+                reverse_leaves(AA, T.leaf_start, T.leaf_stop, T.leaf_a, T.leaf_coef, zi, TP, seed,
+                               dAf, dAA, lo, hi, llo, lhi)
             reverse_aa(Af, AA, T.parent, T.node_a, dAf, dAA, lo, hi)
             # ∂E/∂A -> ∂E/∂R_ij through radials and harmonics
             for jj in range(J):
