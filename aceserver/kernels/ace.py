@@ -13,8 +13,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .pace import (accumulate_a_rows, embed, expand_rows, full_rows, l_of_lm, pullback_a_rows,
-                   table_features)
+from .pace import (accumulate_a_rows, embed, expand_rows, full_rows, l_of_lm, neighbour_vector,
+                   pullback_a_rows, table_features)
 from .radial import agnesi, pair_envelope, spline_eval_all, spline_eval_one, spline_interval
 from .ylm import project, ylm_grad, ylm_norms
 
@@ -28,15 +28,7 @@ def site_features(i, first, nbr, R, zat, mb_t, mb_spl, lmax, K, q, cs,
     n_poly = mb_spl.shape[2]
     n_int = mb_spl.shape[0]
     for jj in range(first[i + 1] - first[i]):
-        p = first[i] + jj
-        x0, x1, x2 = R[p, 0], R[p, 1], R[p, 2]
-        r = np.sqrt(x0 * x0 + x1 * x1 + x2 * x2)
-        z = zat[nbr[p]]
-        zj[jj] = z
-        rinv[jj] = 1.0 / r
-        rhat[jj, 0] = x0 / r
-        rhat[jj, 1] = x1 / r
-        rhat[jj, 2] = x2 / r
+        x0, x1, x2, r, z = neighbour_vector(first[i] + jj, jj, R, zat, nbr, zj, rinv, rhat)
         y, dy = agnesi(r, mb_t, zi, z)
         w = 1.0 - y * y
         env = w * w

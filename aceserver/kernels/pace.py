@@ -56,6 +56,21 @@ def smooth_step(x, x_in, delta):
             3.75 * (0.25 - u2 / 2.0 + u2 * u2 / 4.0) * (-2.0 / delta))
 
 
+@njit(cache=True, nogil=True, inline="always")
+def neighbour_vector(p, jj, R, zat, nbr, zj, rinv, rhat):
+    """Pair slot p as neighbour jj: stores its species, 1/r and unit vector; returns x, y, z, r
+    and the species."""
+    x0, x1, x2 = R[p, 0], R[p, 1], R[p, 2]
+    r = math.sqrt(x0 * x0 + x1 * x1 + x2 * x2)
+    z = zat[nbr[p]]
+    zj[jj] = z
+    rinv[jj] = 1.0 / r
+    rhat[jj, 0] = x0 / r
+    rhat[jj, 1] = x1 / r
+    rhat[jj, 2] = x2 / r
+    return x0, x1, x2, r, z
+
+
 @njit(cache=True, nogil=True)
 def table_features(i, first, nbr, R, zat, T, K, q, cs, zj, rhat, rinv, rad, drad, Y, dY):
     """Per neighbour jj of atom i: species, unit vector, 1/r, harmonics, and every tabulated
@@ -67,15 +82,7 @@ def table_features(i, first, nbr, R, zat, T, K, q, cs, zj, rhat, rinv, rad, drad
     best = np.inf
     jstar = -1
     for jj in range(first[i + 1] - first[i]):
-        p = first[i] + jj
-        x0, x1, x2 = R[p, 0], R[p, 1], R[p, 2]
-        r = math.sqrt(x0 * x0 + x1 * x1 + x2 * x2)
-        z = zat[nbr[p]]
-        zj[jj] = z
-        rinv[jj] = 1.0 / r
-        rhat[jj, 0] = x0 / r
-        rhat[jj, 1] = x1 / r
-        rhat[jj, 2] = x2 / r
+        x0, x1, x2, r, z = neighbour_vector(first[i] + jj, jj, R, zat, nbr, zj, rinv, rhat)
         ylm_grad(x0, x1, x2, T.lmax, K, q, cs, Y, dY, jj)
         rc = T.tab_rc[zi, z]
         if r >= rc:
