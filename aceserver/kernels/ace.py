@@ -111,6 +111,8 @@ def reverse_aa(Af, AA, parent, node_a, dAf, dAA, lo, hi):
     """Reverse pass of the product DAG (nodes hi-1 .. lo): ∂E/∂AA -> ∂E/∂A."""
     for k in range(hi - 1, lo - 1, -1):
         g = dAA[k]
+        if g == 0.0:
+            continue
         a = node_a[k]
         pk = parent[k]
         if pk < 0:
@@ -169,13 +171,21 @@ def reverse_leaves(AA, start, stop, leaf_a, leaf_coef, zi, TP, seed, dAf, dAA, l
 @njit(cache=True, nogil=True)
 def seed_weights(seed, coef, zi, out, lo, hi):
     """out[k] = Σ_m seed[m] coef[m, zi, k] for lo <= k < hi (sets with seed 0 skipped)."""
-    out[lo:hi] = 0.0
+    unset = True
     for mm in range(seed.shape[0]):
         w = seed[mm]
         if w != 0.0:
             c = coef[mm, zi]
-            for k in range(lo, hi):
-                out[k] += w * c[k]
+            if unset:
+                for k in range(lo, hi):
+                    out[k] = w * c[k]
+                unset = False
+            else:
+                for k in range(lo, hi):
+                    out[k] += w * c[k]
+    if unset:
+        for k in range(lo, hi):
+            out[k] = 0.0
 
 
 @njit(cache=True, nogil=True)
