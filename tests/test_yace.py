@@ -311,3 +311,15 @@ def test_ipi_potential_and_bench_accept_yace(capsys):
                  "--json"]) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert out["model"]["elements"] == ["Cu"] and out["us_per_atom"] > 0
+
+
+def test_threaded_kernel_equals_serial():
+    """Large cells run on numba's threads: same numbers as the serial pass."""
+    pot = aceserver.load_model(YBCO)
+    atoms, _ = _reference(DATA / "YBCO_3x3x1.json")
+    big = atoms * (2, 2, 2)                              # 936 atoms: the threaded kernel
+    args = (big.numbers, big.positions, big.cell[:], True)
+    serial, threaded = pot.evaluate(*args, threads=1), pot.evaluate(*args)
+    assert abs(serial.energy - threaded.energy) < 1e-9
+    np.testing.assert_allclose(threaded.forces, serial.forces, atol=1e-10)
+    np.testing.assert_allclose(threaded.virial, serial.virial, atol=1e-9)

@@ -211,7 +211,7 @@ def pair_energy_grad(i, first, nbr, R, zat, pr_t, pair_p, pair_spl, G, with_grad
 
 
 @njit(cache=True, nogil=True)
-def _fast_range(start, stop, first, nbr, R, zat, T, with_grad, E, G):
+def _fast_range(start, stop, first, nbr, R, zat, T, mode, with_grad, E, G):
     """Fast form for atoms start..stop-1 over the site tables T (see `SiteTables`): site energies
     E[m, i] and the pair gradients G[p] = ∂E_i/∂R_ij of set 0.
 
@@ -221,7 +221,6 @@ def _fast_range(start, stop, first, nbr, R, zat, T, with_grad, E, G):
     basis g_k for the order-one nodes, densities ρ_p = coef[p]·AA with an embedding F(ρ), and
     the core repulsion / ZBL terms. Both share the A, product-DAG and reverse passes; the
     embedding only changes the seed of the reverse pass, ∂E/∂AA_k = Σ_p ∂E/∂ρ_p coef[p, k]."""
-    mode = T.mode
     nlm = (T.lmax + 1) ** 2
     nN = T.parent.shape[0]
     M = T.coef.shape[0]
@@ -321,25 +320,57 @@ def _fast_range(start, stop, first, nbr, R, zat, T, with_grad, E, G):
 
 
 @njit(cache=True, nogil=True)
-def fast_serial(first, nbr, R, zat, T, with_grad):
+def _serial(first, nbr, R, zat, T, with_grad, mode):
     N = first.shape[0] - 1
-    E = np.empty((T.coef.shape[0] if T.mode == 0 else 1, N))
+    E = np.empty((T.coef.shape[0] if mode == 0 else 1, N))
     G = np.empty((R.shape[0], 3))
-    _fast_range(0, N, first, nbr, R, zat, T, with_grad, E, G)
+    _fast_range(0, N, first, nbr, R, zat, T, mode, with_grad, E, G)
     return E, G
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def fast_parallel(first, nbr, R, zat, T, with_grad, n_chunks):
-    """As fast_serial, over n_chunks blocks of atoms on numba's threads (n_chunks >= 1)."""
+def _parallel(first, nbr, R, zat, T, with_grad, n_chunks, mode):
     N = first.shape[0] - 1
-    E = np.empty((T.coef.shape[0] if T.mode == 0 else 1, N))
+    E = np.empty((T.coef.shape[0] if mode == 0 else 1, N))
     G = np.empty((R.shape[0], 3))
     n_chunks = min(N, n_chunks)
     for c in prange(n_chunks):
-        _fast_range(c * N // n_chunks, (c + 1) * N // n_chunks, first, nbr, R, zat, T, with_grad,
-                    E, G)
+        _fast_range(c * N // n_chunks, (c + 1) * N // n_chunks, first, nbr, R, zat, T, mode,
+                    with_grad, E, G)
     return E, G
+
+
+# One entry point per radial mode: the mode reaches the site pass as a compile-time constant,
+# so each compiled pass holds only its own branches (a runtime mode costs ace1 models ~10 %).
+@njit(cache=True, nogil=True)
+def _serial_ace1(first, nbr, R, zat, T, with_grad):
+    return _serial(first, nbr, R, zat, T, with_grad, 0)
+
+
+@njit(cache=True, nogil=True)
+def _serial_tabulated(first, nbr, R, zat, T, with_grad):
+    return _serial(first, nbr, R, zat, T, with_grad, 1)
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _parallel_ace1(first, nbr, R, zat, T, with_grad, n_chunks):
+    return _parallel(first, nbr, R, zat, T, with_grad, n_chunks, 0)
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _parallel_tabulated(first, nbr, R, zat, T, with_grad, n_chunks):
+    return _parallel(first, nbr, R, zat, T, with_grad, n_chunks, 1)
+
+
+def fast_serial(first, nbr, R, zat, T, with_grad):
+    """Site energies E (sets, N) and pair gradients G (pairs, 3) over the site tables T."""
+    return (_serial_ace1 if T.mode == 0 else _serial_tabulated)(first, nbr, R, zat, T, with_grad)
+
+
+def fast_parallel(first, nbr, R, zat, T, with_grad, n_chunks):
+    """As fast_serial, over n_chunks blocks of atoms on numba's threads (n_chunks >= 1)."""
+    return (_parallel_ace1 if T.mode == 0 else _parallel_tabulated)(first, nbr, R, zat, T,
+                                                                     with_grad, n_chunks)
 
 
 @njit(cache=True, nogil=True)
