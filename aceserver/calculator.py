@@ -5,11 +5,13 @@ from __future__ import annotations
 import numpy as np
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 
-from .model import ACEModel, load_model
+from .model import load_model
+from .potential import SitePotential
 
 
 class ACECalculator(Calculator):
-    """ASE calculator over an `ACEModel` or a model file path.
+    """ASE calculator over a potential (`ACEModel`, `PACEPotential`) or a file path (aceserver
+    model file or pacemaker `.yace`).
 
     results: energy, free_energy (eV), forces (eV/Å), stress (eV/Å³, Voigt, periodic cells only),
     energies (eV per atom); with a committee also energy_committee (eV, one per member),
@@ -22,7 +24,8 @@ class ACECalculator(Calculator):
     def __init__(self, model_or_path, *, committee: bool = True, committee_forces: bool = False,
                  threads=None, **kwargs):
         super().__init__(**kwargs)
-        self.model = model_or_path if isinstance(model_or_path, ACEModel) else load_model(model_or_path)
+        self.model = (model_or_path if isinstance(model_or_path, SitePotential)
+                      else load_model(model_or_path))
         self.committee = committee            # False skips the members' energies (faster MD)
         self.committee_forces = committee_forces
         self.threads = threads

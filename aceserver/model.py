@@ -5,26 +5,20 @@ E = Σ_i [E0(Z_i) + Σ_n Wpair[n, z_i] Σ_j R^pair_n(r_ij) + Σ_k WB[k, z_i] B_k
 """
 from __future__ import annotations
 
-import threading
 from functools import cached_property
+from pathlib import Path
 
-import numba
 import numpy as np
 
 from .basis.ace1 import ACE1Basis, build_ace1_basis
 from .basis.polynomials import natural_spline_coefficients
 from .basis.products import a_dense_index, build_product_dag, prune_dag
-from .errors import ACEInputError, ModelFileError
-from .evaluation import Evaluation
+from .errors import ModelFileError
 from .io import modelfile
 from .kernels import ace as K
-from .kernels.neighbours import min_distance, neighbour_list
-from .structure import MIN_DISTANCE, prepare, species_lookup
-
-# numba's default threading layer must not be entered by two threads at once: the parallel
-# kernel runs under this lock, and a caller that finds it taken uses the serial kernel.
-_PARALLEL_LOCK = threading.Lock()
-PARALLEL_MIN_ATOMS = 256   # below this, thread start-up and waits cost more than they save
+from .kernels.pace import SiteTables, unused
+from .potential import PARALLEL_MIN_ATOMS, SitePotential  # noqa: F401 (re-exported)
+from .structure import species_lookup
 
 
 def ace1_model(elements, order, totaldegree, *, E0=None, Eref=None, **kwargs) -> "ACEModel":
@@ -38,7 +32,7 @@ def ace1_model(elements, order, totaldegree, *, E0=None, Eref=None, **kwargs) ->
     return ACEModel(basis, E0=dict(e0) if e0 is not None else None)
 
 
-class ACEModel:
+class ACEModel(SitePotential):
     def __init__(self, basis: ACE1Basis, parameters=None, E0=None, committee=None, metadata=None):
         self.basis = basis
         self._lookup = species_lookup(basis.elements)
@@ -147,67 +141,40 @@ class ACEModel:
         pair_spl = np.ascontiguousarray(np.einsum("kcn,minj->mijkc", pspl, wp))
         return dict(parent=parent, node_a=node_a, coef=coef, pair_spl=pair_spl)
 
-    @cached_property
-    def _fast(self) -> dict:
-        return self._merge(self._theta[None, :])
+    def _site_tables(self, fast: dict):
+        s, nz = self._static, self.basis.nz
+        n_nodes = len(fast["parent"])
+        return SiteTables(
+            mode=0, e0=self._e0, lmax=s["lmax"], mb_t=s["mb_t"], mb_spl=s["mb_spl"], pr_t=s["pr_t"],
+            pair_p=s["pair_p"], pair_spl=fast["pair_spl"], tab=unused(5), tab_h=unused(2),
+            tab_rc=unused(2), row_off=unused(1, np.int64), row_lmax=unused(1, np.int64),
+            parent=fast["parent"], node_a=fast["node_a"], node_lo=np.zeros(nz, dtype=np.int64),
+            node_hi=np.full(nz, n_nodes, dtype=np.int64), coef=fast["coef"],
+            leaf_start=np.zeros(n_nodes, dtype=np.int64), leaf_stop=np.zeros(n_nodes, dtype=np.int64),
+            leaf_a=np.zeros(0, dtype=np.int64), leaf_lo=np.zeros(nz, dtype=np.int64),
+            leaf_hi=np.zeros(nz, dtype=np.int64), leaf_coef=np.zeros((fast["coef"].shape[0], nz, 0)),
+            emb_kind=unused(1, np.int64), emb_par=unused(3), rho_cut=unused(2), inner=0,
+            zin=unused(3))
 
     @cached_property
-    def _fast_committee(self) -> dict:
+    def _fast(self):
+        return self._site_tables(self._merge(self._theta[None, :]))
+
+    @cached_property
+    def _fast_committee(self):
         """The model and every committee member in one fast form (one A/AA pass for all)."""
-        return self._merge(np.vstack([self._theta[None, :], self._committee]))
+        return self._site_tables(self._merge(np.vstack([self._theta[None, :], self._committee])))
 
-    # ---- evaluation -------------------------------------------------------------------------
-    def _neighbours(self, numbers, positions, cell, pbc, n_chunks=1):
-        z, pos, cell, pbc = prepare(numbers, positions, cell, pbc, self._lookup, self.elements)
-        first, nbr, R = neighbour_list(pos, cell, pbc, self.rcut, n_chunks=n_chunks, sort=False)
-        if len(R) and min_distance(R) < MIN_DISTANCE:
-            d2 = np.einsum("ij,ij->i", R, R)
-            k = int(np.argmin(d2))
-            i = int(np.searchsorted(first, k, side="right") - 1)
-            raise ACEInputError(f"atoms {i} and {int(nbr[k])} are on top of each other "
-                                f"(distance {np.sqrt(d2[k]):.3g} Å)", "positions")
-        return z, first, nbr, R
+    # ---- evaluation (SitePotential.evaluate) ------------------------------------------------
+    def _tables(self, committee: bool):
+        if committee and self._committee is not None:
+            return self._fast_committee
+        return self._fast
 
-    def _fast_pass(self, z, first, nbr, R, fast, with_grad, parallel):
-        """Site energies and pair gradients; `parallel` only while holding _PARALLEL_LOCK."""
-        s = self._static
-        args = (first, nbr, R, z, self._e0, s["mb_t"], s["mb_spl"], s["lmax"], fast["parent"],
-                fast["node_a"], fast["coef"], s["pr_t"], s["pair_p"], fast["pair_spl"], with_grad)
-        if parallel:
-            return K.fast_parallel(*args, 4 * numba.get_num_threads())
-        return K.fast_serial(*args)
-
-    def evaluate(self, numbers, positions, cell=None, pbc=False, *, committee=False,
-                 committee_forces=False, forces=True, threads=None) -> Evaluation:
-        """Energy (eV), forces (eV/Å), virial (eV) and per-atom energies of one structure.
-
-        threads=1 forces the serial kernel; otherwise large structures use numba's threads.
-        committee: also the energy of every committee member (eV); committee_forces: their forces.
-        """
-        n = len(numbers) if np.ndim(numbers) == 1 else 0
-        with_committee = committee and self._committee is not None
-        fast = self._fast_committee if with_committee else self._fast
-        parallel = threads != 1 and n >= PARALLEL_MIN_ATOMS and _PARALLEL_LOCK.acquire(blocking=False)
-        try:
-            z, first, nbr, R = self._neighbours(numbers, positions, cell, pbc,
-                                                n_chunks=4 * numba.get_num_threads() if parallel else 1)
-            E, G = self._fast_pass(z, first, nbr, R, fast, forces, parallel)
-        finally:
-            if parallel:
-                _PARALLEL_LOCK.release()
-        if forces:
-            F, W = K.scatter_forces_virial(first, nbr, R, G, len(z))
-            W = 0.5 * (W + W.T)
-        else:
-            F, W = np.zeros((len(z), 3)), np.zeros((3, 3))
-        result = Evaluation(energy=float(E[0].sum()), forces=F, virial=W, energies=E[0])
-        if with_committee:
-            result.energy_committee = E[1:].sum(axis=1)
-        if committee_forces and self._committee is not None:
-            # forces of every member: the basis rows once, contracted with each θ_m
-            _, f_rows, _ = self._basis_pass(z, first, nbr, R, with_grad=True)
-            result.forces_committee = np.einsum("nal,kl->kna", f_rows, self._committee)
-        return result
+    def _committee_forces(self, z, first, nbr, R):
+        """Forces of every member: the basis rows once, contracted with each θ_m."""
+        _, f_rows, _ = self._basis_pass(z, first, nbr, R, with_grad=True)
+        return np.einsum("nal,kl->kna", f_rows, self._committee)
 
     def _basis_pass(self, z, first, nbr, R, with_grad=True):
         s = self._static
@@ -286,16 +253,40 @@ class ACEModel:
         return self._sha256
 
     def info(self) -> dict:
-        return {"species": self.elements, "rcut": self.rcut, "length_basis": self.length_basis,
+        el = self.elements
+        return {"format": "aceserver-json", "species": el, "rcut": self.rcut,
+                "cutoffs": {f"{a}-{b}": self.rcut for a in el for b in el},
+                "length_basis": self.length_basis,
                 "n_manybody": self.basis.n_b, "n_pair": self.basis.n_pair, "E0": self.E0,
                 "committee_size": 0 if self._committee is None else int(len(self._committee)),
                 "sha256": self.sha256, "settings": self.basis.settings,
                 "metadata": self.metadata, "units": modelfile.UNITS}
 
 
-def load_model(path) -> ACEModel:
-    """Load a model file written by `ACEModel.save` (no basis is rebuilt)."""
+def load_model(path):
+    """Load a potential: an aceserver model file (written by `ACEModel.save` or `aceserver
+    convert`; no basis is rebuilt) or a pacemaker `.yace` file. Returns an ACEModel or a
+    PACEPotential; both evaluate through the same interface."""
+    from .pace.potential import MODEL_KIND, PACEPotential, load_yace
+
+    if is_yace(path):
+        return load_yace(path)
     doc = modelfile.read(path)
-    model = ACEModel.from_document(doc, source=str(path))
-    model._sha256 = doc["sha256"]
+    if doc.get("model") == MODEL_KIND:
+        model = PACEPotential.from_document(doc, source=str(path))
+    else:
+        model = ACEModel.from_document(doc, source=str(path))
+        model._sha256 = doc["sha256"]
     return model
+
+
+def is_yace(path) -> bool:
+    """A `.yace` file: by extension, or (any other name) by content that is YAML, not JSON."""
+    p = Path(path)
+    if p.suffix.lower() == ".yace":
+        return True
+    if p.suffix.lower() == ".json" or not p.is_file():
+        return False
+    with open(p, "rb") as fh:
+        head = fh.read(256).lstrip()
+    return head.startswith(b"elements:")

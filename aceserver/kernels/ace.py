@@ -13,6 +13,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from .pace import (accumulate_a_rows, embed, expand_rows, full_rows, l_of_lm, neighbour_vector,
+                   pullback_a_rows, table_features)
 from .radial import agnesi, pair_envelope, spline_eval_all, spline_eval_one, spline_interval
 from .ylm import project, ylm_grad, ylm_norms
 
@@ -26,15 +28,7 @@ def site_features(i, first, nbr, R, zat, mb_t, mb_spl, lmax, K, q, cs,
     n_poly = mb_spl.shape[2]
     n_int = mb_spl.shape[0]
     for jj in range(first[i + 1] - first[i]):
-        p = first[i] + jj
-        x0, x1, x2 = R[p, 0], R[p, 1], R[p, 2]
-        r = np.sqrt(x0 * x0 + x1 * x1 + x2 * x2)
-        z = zat[nbr[p]]
-        zj[jj] = z
-        rinv[jj] = 1.0 / r
-        rhat[jj, 0] = x0 / r
-        rhat[jj, 1] = x1 / r
-        rhat[jj, 2] = x2 / r
+        x0, x1, x2, r, z = neighbour_vector(first[i] + jj, jj, R, zat, nbr, zj, rinv, rhat)
         y, dy = agnesi(r, mb_t, zi, z)
         w = 1.0 - y * y
         env = w * w
@@ -93,22 +87,105 @@ def pullback_a(jj, z, dA, Pm, Y, dEdP, dEdY):
 
 
 @njit(cache=True, nogil=True, fastmath=True)
-def dot(a, b):
-    """Σ a_k b_k; fastmath lets the sum vectorise (same inputs, same result, every call)."""
+def dot_range(a, b, lo, hi):
+    """Σ_{lo<=k<hi} a_k b_k (vectorised, deterministic for the same inputs)."""
     acc = 0.0
-    for k in range(a.shape[0]):
+    for k in range(lo, hi):
         acc += a[k] * b[k]
     return acc
 
 
 @njit(cache=True, nogil=True)
-def forward_aa(A, parent, node_a, AA):
-    for k in range(parent.shape[0]):
+def forward_aa(A, parent, node_a, AA, lo, hi):
+    """Product nodes lo..hi-1: AA[k] = AA[parent[k]] · A[node_a[k]] (parent -1: A alone)."""
+    for k in range(lo, hi):
         p = parent[k]
         if p < 0:
             AA[k] = A[node_a[k]]
         else:
             AA[k] = AA[p] * A[node_a[k]]
+
+
+@njit(cache=True, nogil=True)
+def reverse_aa(Af, AA, parent, node_a, dAf, dAA, lo, hi):
+    """Reverse pass of the product DAG (nodes hi-1 .. lo): ∂E/∂AA -> ∂E/∂A."""
+    for k in range(hi - 1, lo - 1, -1):
+        g = dAA[k]
+        if g == 0.0:
+            continue
+        a = node_a[k]
+        pk = parent[k]
+        if pk < 0:
+            dAf[a] += g
+        else:
+            dAf[a] += g * AA[pk]
+            dAA[pk] += g * Af[a]
+
+
+@njit(cache=True, nogil=True)
+def leaf_densities(Af, AA, start, stop, leaf_a, leaf_coef, zi, TP, rho, lo, hi, llo, lhi):
+    """Adds the leaves to rho[m]: roots (llo .. start[lo]-1) contribute c·A[a], the leaves
+    under node k contribute AA[k]·TP[m, k] with TP[m, k] = Σ_leaves c_m A[a] (kept for the
+    reverse pass)."""
+    M = rho.shape[0]
+    first = start[lo] if hi > lo else lhi
+    for l in range(llo, first):
+        x = Af[leaf_a[l]]
+        for mm in range(M):
+            rho[mm] += leaf_coef[mm, zi, l] * x
+    for k in range(lo, hi):
+        for mm in range(M):
+            TP[mm, k] = 0.0
+        for l in range(start[k], stop[k]):
+            x = Af[leaf_a[l]]
+            for mm in range(M):
+                TP[mm, k] += leaf_coef[mm, zi, l] * x
+        ak = AA[k]
+        for mm in range(M):
+            rho[mm] += ak * TP[mm, k]
+
+
+@njit(cache=True, nogil=True)
+def reverse_leaves(AA, start, stop, leaf_a, leaf_coef, zi, TP, seed, dAf, dAA, lo, hi, llo, lhi):
+    """Leaves in reverse, with ∂E/∂ρ_m = seed[m]: into ∂E/∂A (dAf) and ∂E/∂AA of the parents."""
+    M = seed.shape[0]
+    first = start[lo] if hi > lo else lhi
+    for l in range(llo, first):
+        w = 0.0
+        for mm in range(M):
+            w += seed[mm] * leaf_coef[mm, zi, l]
+        dAf[leaf_a[l]] += w
+    for k in range(lo, hi):
+        ak = AA[k]
+        acc = 0.0
+        for mm in range(M):
+            acc += seed[mm] * TP[mm, k]
+        dAA[k] += acc
+        for l in range(start[k], stop[k]):
+            w = 0.0
+            for mm in range(M):
+                w += seed[mm] * leaf_coef[mm, zi, l]
+            dAf[leaf_a[l]] += w * ak
+
+
+@njit(cache=True, nogil=True)
+def seed_weights(seed, coef, zi, out, lo, hi):
+    """out[k] = Σ_m seed[m] coef[m, zi, k] for lo <= k < hi (sets with seed 0 skipped)."""
+    unset = True
+    for mm in range(seed.shape[0]):
+        w = seed[mm]
+        if w != 0.0:
+            c = coef[mm, zi]
+            if unset:
+                for k in range(lo, hi):
+                    out[k] = w * c[k]
+                unset = False
+            else:
+                for k in range(lo, hi):
+                    out[k] += w * c[k]
+    if unset:
+        for k in range(lo, hi):
+            out[k] = 0.0
 
 
 @njit(cache=True, nogil=True)
@@ -134,101 +211,166 @@ def pair_energy_grad(i, first, nbr, R, zat, pr_t, pair_p, pair_spl, G, with_grad
 
 
 @njit(cache=True, nogil=True)
-def _fast_range(start, stop, first, nbr, R, zat, e0, mb_t, mb_spl, lmax, parent, node_a, coef,
-                pr_t, pair_p, pair_spl, with_grad, E, G):
-    """Fast form for atoms start..stop-1: site energies E[m, i] of every parameter set m
-    (0: the model, 1..: committee members, all from one A/AA pass) and the pair gradients
-    G[p] of set 0."""
-    n_poly = mb_spl.shape[2]
-    nlm = (lmax + 1) ** 2
-    nN = parent.shape[0]
-    K, q, cs, zj, rhat, rinv, Pm, dPm, Y, dY = site_scratch(first, start, stop, n_poly, lmax)
-    A = np.empty((mb_t.shape[0], n_poly, nlm))
-    dA = np.empty((mb_t.shape[0], n_poly, nlm))
+def _fast_range(start, stop, first, nbr, R, zat, T, mode, with_grad, E, G):
+    """Fast form for atoms start..stop-1 over the site tables T (see `SiteTables`): site energies
+    E[m, i] and the pair gradients G[p] = ∂E_i/∂R_ij of set 0.
+
+    Radial mode 0 (ace1): radials R_n(r) shared by every l, linear energy per parameter set m
+    (0: the model, 1..: committee members, all from one A/AA pass), ace1 pair term.
+    Radial mode 1 (tabulated, pacemaker): R_nl per species pair from Hermite tables plus the
+    basis g_k for the order-one nodes, densities ρ_p = coef[p]·AA with an embedding F(ρ), and
+    the core repulsion / ZBL terms. Both share the A, product-DAG and reverse passes; the
+    embedding only changes the seed of the reverse pass, ∂E/∂AA_k = Σ_p ∂E/∂ρ_p coef[p, k]."""
+    nlm = (T.lmax + 1) ** 2
+    nN = T.parent.shape[0]
+    M = T.coef.shape[0]
+    n_rad = T.mb_spl.shape[2] if mode == 0 else T.tab.shape[4]
+    n_rows = T.mb_spl.shape[2] if mode == 0 else T.row_off.shape[0]
+    K, q, cs, zj, rhat, rinv, rad, drad, Y, dY = site_scratch(first, start, stop, n_rad, T.lmax)
+    A = np.empty((T.e0.shape[0], n_rows, nlm))
+    dA = np.empty((T.e0.shape[0], n_rows, nlm))
     Af = A.reshape(-1)           # flat views: product nodes address A by flat index
     dAf = dA.reshape(-1)
     AA = np.empty(nN)
     dAA = np.empty(nN)
-    dEdP = np.empty(n_poly)
+    dEdrad = np.empty(n_rad)
     dEdY = np.empty(nlm)
+    seed = np.zeros(M)
+    rho = np.empty(M)
+    l_of = l_of_lm(T.lmax)
+    TP = np.empty((M, nN if T.leaf_a.shape[0] else 0))   # Σ_leaves c·A per node and set
+    n_full = full_rows(T.row_lmax, T.lmax) if mode == 1 else 0
+    maxJ = zj.shape[0] if mode == 1 else 0
+    Rx = np.empty((maxJ, n_full, nlm))      # tabulated mode: radials spread over lm
+    dRx = np.empty((maxJ, n_full, nlm))
     for i in range(start, stop):
         J = first[i + 1] - first[i]
         zi = zat[i]
+        lo, hi = T.node_lo[zi], T.node_hi[zi]
         for p in range(first[i], first[i + 1]):
             G[p, 0] = 0.0
             G[p, 1] = 0.0
             G[p, 2] = 0.0
-        for mm in range(coef.shape[0]):
-            E[mm, i] = e0[zi]
-        if J > 0:
-            site_features(i, first, nbr, R, zat, mb_t, mb_spl, lmax, K, q, cs,
-                          zj, rhat, rinv, Pm, dPm, Y, dY)
-            accumulate_a(J, zj, Pm, Y, A)
-            forward_aa(Af, parent, node_a, AA)
-            for mm in range(coef.shape[0]):
-                E[mm, i] += dot(coef[mm, zi], AA)
-            c = coef[0, zi]
-            if with_grad:
-                # reverse pass through the DAG: ∂E/∂AA -> ∂E/∂A
-                dA[:] = 0.0
-                for k in range(nN):
-                    dAA[k] = c[k]
-                for k in range(nN - 1, -1, -1):
-                    g = dAA[k]
-                    if g == 0.0:
-                        continue
-                    a = node_a[k]
-                    pk = parent[k]
-                    if pk < 0:
-                        dAf[a] += g
-                    else:
-                        dAf[a] += g * AA[pk]
-                        dAA[pk] += g * Af[a]
-                # ∂E/∂A -> ∂E/∂R_ij through radials and harmonics
-                for jj in range(J):
-                    pullback_a(jj, zj[jj], dA, Pm, Y, dEdP, dEdY)
+        for mm in range(E.shape[0]):
+            E[mm, i] = T.e0[zi]
+        if J == 0:
+            continue
+        jstar = -1
+        if mode == 0:
+            site_features(i, first, nbr, R, zat, T.mb_t, T.mb_spl, T.lmax, K, q, cs,
+                          zj, rhat, rinv, rad, drad, Y, dY)
+            accumulate_a(J, zj, rad, Y, A)
+        else:
+            jstar = table_features(i, first, nbr, R, zat, T, K, q, cs, zj, rhat, rinv, rad, drad,
+                                   Y, dY)
+            expand_rows(J, rad, drad, Rx, dRx, T.row_off, l_of, n_full)
+            accumulate_a_rows(J, zj, rad, Rx, Y, A, T.row_off, n_full)
+        forward_aa(Af, T.parent, T.node_a, AA, lo, hi)
+        llo, lhi = T.leaf_lo[zi], T.leaf_hi[zi]
+        for mm in range(M):
+            rho[mm] = dot_range(T.coef[mm, zi], AA, lo, hi)
+        if lhi > llo:
+            leaf_densities(Af, AA, T.leaf_start, T.leaf_stop, T.leaf_a, T.leaf_coef, zi, TP, rho,
+                           lo, hi, llo, lhi)
+        dEdcore = 0.0
+        dEdswitch = 0.0
+        if mode == 0:
+            for mm in range(M):
+                E[mm, i] += rho[mm]
+            seed[0] = 1.0
+        else:
+            e, dEdcore, dEdswitch = embed(zi, J, rho, rad, zj, T, seed, jstar, first[i], R)
+            E[0, i] += e
+        if with_grad:
+            # reverse pass through the DAG: ∂E/∂AA -> ∂E/∂A
+            dA[:] = 0.0
+            seed_weights(seed, T.coef, zi, dAA, lo, hi)
+            if lhi > llo:
+                reverse_leaves(AA, T.leaf_start, T.leaf_stop, T.leaf_a, T.leaf_coef, zi, TP, seed,
+                               dAf, dAA, lo, hi, llo, lhi)
+            reverse_aa(Af, AA, T.parent, T.node_a, dAf, dAA, lo, hi)
+            # ∂E/∂A -> ∂E/∂R_ij through radials and harmonics
+            for jj in range(J):
+                if mode == 0:
+                    pullback_a(jj, zj[jj], dA, rad, Y, dEdrad, dEdY)
                     gr = 0.0
-                    for n in range(n_poly):
-                        gr += dEdP[n] * dPm[jj, n]
-                    g0 = 0.0
-                    g1 = 0.0
-                    g2 = 0.0
-                    for lm in range(nlm):
-                        g0 += dEdY[lm] * dY[jj, lm, 0]
-                        g1 += dEdY[lm] * dY[jj, lm, 1]
-                        g2 += dEdY[lm] * dY[jj, lm, 2]
-                    u0, u1, u2 = rhat[jj, 0], rhat[jj, 1], rhat[jj, 2]
-                    g0, g1, g2 = project(g0, g1, g2, u0, u1, u2, rinv[jj])
-                    p = first[i] + jj
-                    G[p, 0] += gr * u0 + g0
-                    G[p, 1] += gr * u1 + g1
-                    G[p, 2] += gr * u2 + g2
-            pair_energy_grad(i, first, nbr, R, zat, pr_t, pair_p, pair_spl, G, with_grad, E)
+                    for n in range(n_rad):
+                        gr += dEdrad[n] * drad[jj, n]
+                else:
+                    gr = pullback_a_rows(jj, zj[jj], dA, rad, drad, Rx, dRx, Y, dEdY, T.row_off,
+                                         n_full)
+                    gr += dEdcore * drad[jj, n_rad - 1]     # the last tabulated function is φ_core
+                if jj == jstar:
+                    gr += dEdswitch
+                g0 = 0.0
+                g1 = 0.0
+                g2 = 0.0
+                for lm in range(nlm):
+                    g0 += dEdY[lm] * dY[jj, lm, 0]
+                    g1 += dEdY[lm] * dY[jj, lm, 1]
+                    g2 += dEdY[lm] * dY[jj, lm, 2]
+                u0, u1, u2 = rhat[jj, 0], rhat[jj, 1], rhat[jj, 2]
+                g0, g1, g2 = project(g0, g1, g2, u0, u1, u2, rinv[jj])
+                p = first[i] + jj
+                G[p, 0] += gr * u0 + g0
+                G[p, 1] += gr * u1 + g1
+                G[p, 2] += gr * u2 + g2
+        if mode == 0:
+            pair_energy_grad(i, first, nbr, R, zat, T.pr_t, T.pair_p, T.pair_spl, G, with_grad, E)
 
 
 @njit(cache=True, nogil=True)
-def fast_serial(first, nbr, R, zat, e0, mb_t, mb_spl, lmax, parent, node_a, coef, pr_t, pair_p,
-                pair_spl, with_grad):
+def _serial(first, nbr, R, zat, T, with_grad, mode):
     N = first.shape[0] - 1
-    E = np.empty((coef.shape[0], N))
+    E = np.empty((T.coef.shape[0] if mode == 0 else 1, N))
     G = np.empty((R.shape[0], 3))
-    _fast_range(0, N, first, nbr, R, zat, e0, mb_t, mb_spl, lmax, parent, node_a, coef, pr_t,
-                pair_p, pair_spl, with_grad, E, G)
+    _fast_range(0, N, first, nbr, R, zat, T, mode, with_grad, E, G)
     return E, G
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def fast_parallel(first, nbr, R, zat, e0, mb_t, mb_spl, lmax, parent, node_a, coef, pr_t, pair_p,
-                  pair_spl, with_grad, n_chunks):
-    """As fast_serial, over n_chunks blocks of atoms on numba's threads (n_chunks >= 1)."""
+def _parallel(first, nbr, R, zat, T, with_grad, n_chunks, mode):
     N = first.shape[0] - 1
-    E = np.empty((coef.shape[0], N))
+    E = np.empty((T.coef.shape[0] if mode == 0 else 1, N))
     G = np.empty((R.shape[0], 3))
     n_chunks = min(N, n_chunks)
     for c in prange(n_chunks):
-        _fast_range(c * N // n_chunks, (c + 1) * N // n_chunks, first, nbr, R, zat, e0, mb_t,
-                    mb_spl, lmax, parent, node_a, coef, pr_t, pair_p, pair_spl, with_grad, E, G)
+        _fast_range(c * N // n_chunks, (c + 1) * N // n_chunks, first, nbr, R, zat, T, mode,
+                    with_grad, E, G)
     return E, G
+
+
+# One entry point per radial mode: the mode reaches the site pass as a compile-time constant,
+# so each compiled pass holds only its own branches (a runtime mode costs ace1 models ~10 %).
+@njit(cache=True, nogil=True)
+def _serial_ace1(first, nbr, R, zat, T, with_grad):
+    return _serial(first, nbr, R, zat, T, with_grad, 0)
+
+
+@njit(cache=True, nogil=True)
+def _serial_tabulated(first, nbr, R, zat, T, with_grad):
+    return _serial(first, nbr, R, zat, T, with_grad, 1)
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _parallel_ace1(first, nbr, R, zat, T, with_grad, n_chunks):
+    return _parallel(first, nbr, R, zat, T, with_grad, n_chunks, 0)
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _parallel_tabulated(first, nbr, R, zat, T, with_grad, n_chunks):
+    return _parallel(first, nbr, R, zat, T, with_grad, n_chunks, 1)
+
+
+def fast_serial(first, nbr, R, zat, T, with_grad):
+    """Site energies E (sets, N) and pair gradients G (pairs, 3) over the site tables T."""
+    return (_serial_ace1 if T.mode == 0 else _serial_tabulated)(first, nbr, R, zat, T, with_grad)
+
+
+def fast_parallel(first, nbr, R, zat, T, with_grad, n_chunks):
+    """As fast_serial, over n_chunks blocks of atoms on numba's threads (n_chunks >= 1)."""
+    return (_parallel_ace1 if T.mode == 0 else _parallel_tabulated)(first, nbr, R, zat, T,
+                                                                     with_grad, n_chunks)
 
 
 @njit(cache=True, nogil=True)
@@ -284,7 +426,7 @@ def basis_rows(first, nbr, R, zat, nz, mb_t, mb_spl, lmax, parent, node_a, aa_no
         site_features(i, first, nbr, R, zat, mb_t, mb_spl, lmax, K, q, cs,
                       zj, rhat, rinv, Pm, dPm, Y, dY)
         accumulate_a(J, zj, Pm, Y, A)
-        forward_aa(Af, parent, node_a, AA)
+        forward_aa(Af, parent, node_a, AA, 0, nN)
         if with_grad:
             for jj in range(J):
                 u0, u1, u2 = rhat[jj, 0], rhat[jj, 1], rhat[jj, 2]

@@ -22,7 +22,8 @@ from ase.data import atomic_numbers
 # what `aceserver serve` with no MODEL serves.
 DEFAULT_MODEL_NAMES = ("zuo-Si", "Si-tiny")
 # Names of the model file inside `models/<name>/`, tried in order; `{name}` is the model's name.
-SHIPPED_MODEL_FILES = ("{name}.json", "model.json", "{name}.ace.json", "{name}.yaml", "model.yaml")
+SHIPPED_MODEL_FILES = ("{name}.json", "model.json", "{name}.ace.json", "{name}.yaml", "model.yaml",
+                       "{name}.yace", "model.yace")
 MODELS_DIR_ENV = "ACESERVER_MODELS_DIR"
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 log = logging.getLogger("aceserver.http")
@@ -130,6 +131,8 @@ class ServedModel:
             "rcut": float(info.get("rcut", self.model.rcut)),
             "length_basis": int(info["length_basis"]),
             "sha256": str(info["sha256"]),
+            "format": str(info.get("format", "aceserver-json")),
+            "cutoffs": info.get("cutoffs"),
             "committee_size": int(info.get("committee_size") or 0),
             "fit_errors": errors if isinstance(errors, dict) else None,
             "fit_error_units": fit.get("units") if isinstance(fit.get("units"), dict) else None,

@@ -166,7 +166,12 @@ class ModelInfo(BaseModel):
     species: list[str] = Field(..., description="Chemical symbols the model has parameters for.")
     rcut: float = Field(..., description="Cutoff radius, Å.")
     length_basis: int = Field(..., description="Number of basis functions (length of the parameter vector).")
-    sha256: str = Field(..., description="sha256 of the model content.")
+    sha256: str = Field(..., description="sha256 of the model content; for a pacemaker potential, of the "
+                        "original `.yace` file.")
+    format: str = Field("aceserver-json", description="Format the potential came from: `aceserver-json` "
+                        "(aceserver model file) or `yace` (pacemaker).")
+    cutoffs: dict[str, float] | None = Field(
+        None, description="Cutoff radius per ordered species pair `A-B` (centre-neighbour), Å.")
     committee_size: int = Field(..., description="Number of committee members (0: no committee).")
     fit_errors: dict[str, Any] | None = Field(
         None, description="Fit errors recorded in the model file, e.g. {train|validation: {rmse|mae: "

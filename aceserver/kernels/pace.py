@@ -1,0 +1,243 @@
+"""The site tables every potential compiles to, and the pieces of the site pass that only
+tabulated (pacemaker) potentials use: radials R_nl per species pair from cubic Hermite tables,
+the A accumulation with l-dependent radials, the embedding F(ρ_1..ρ_P) with the core-repulsion
+cut-off or the ZBL switch. The pass itself is `ace._fast_range`."""
+from __future__ import annotations
+
+import math
+from collections import namedtuple
+
+import numpy as np
+from numba import njit
+
+from .ylm import ylm_grad
+
+SiteTables = namedtuple("SiteTables", [
+    "mode",            # int: 0 ace1 radials and pair term, 1 tabulated radials with an embedding
+    "e0",              # (nz,) eV, one-body energies
+    "lmax",            # int
+    "mb_t", "mb_spl",  # ace1: Agnesi transform (nz, nz, 7) and radial splines (n_int, 4, n_poly)
+    "pr_t", "pair_p", "pair_spl",   # ace1 pair term
+    "tab",             # tabulated: (nz, nz, n_nodes, 2, nf) value and d/dr at r = n·h; functions
+                       #   R_nl (index n(L+1)+l), g_k (N(L+1)+k), φ_core (last)
+    "tab_h", "tab_rc",  # (nz, nz) node spacing and cut-off, Å
+    "row_off", "row_lmax",  # A row n holds functions row_off[n] + l, l <= row_lmax[n]
+    "parent", "node_a", "node_lo", "node_hi",   # product DAG; species z uses nodes lo[z]..hi[z]-1
+    "coef",            # (M, nz, n_nodes): M parameter sets (ace1) or densities (tabulated)
+    "leaf_start", "leaf_stop",  # (n_nodes,) leaves (childless products) under each node
+    "leaf_a", "leaf_lo", "leaf_hi",  # their A factor; species z's leaves leaf_lo[z]..leaf_hi[z]-1
+    "leaf_coef",       # (M, nz, n_leaves), like coef
+    "emb_kind",        # (nz,) 0 FinnisSinclair, 1 FinnisSinclairShiftedScaled
+    "emb_par",         # (nz, M, 2) prefactor, exponent per density (prefactor 0: unused)
+    "rho_cut",         # (nz, 2) ρ_core cut-off and its width
+    "inner",           # int: 0 density, 1 distance, 2 zbl
+    "zin",             # (nz, nz, 2) inner cut-off r_in, Δ_in (ZBL switch)
+])
+
+INNER_TYPES = {"density": 0, "distance": 1, "zbl": 2}
+EMBEDDING_KINDS = {"FinnisSinclair": 0, "FinnisSinclairShiftedScaled": 1}
+
+
+def unused(ndim, dtype=np.float64):
+    """Placeholder for a table the other radial mode uses (same type, so one compile)."""
+    return np.zeros((1,) * ndim, dtype=dtype)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def smooth_step(x, x_in, delta):
+    """1 for x <= x_in - Δ, 0 for x >= x_in, quintic in between; value and d/dx."""
+    if x <= x_in - delta:
+        return 1.0, 0.0
+    if x >= x_in:
+        return 0.0, 0.0
+    u = 1.0 - 2.0 * (1.0 + (x - x_in) / delta)
+    u2 = u * u
+    return (0.5 + 3.75 * u * (0.25 - u2 / 6.0 + u2 * u2 / 20.0),
+            3.75 * (0.25 - u2 / 2.0 + u2 * u2 / 4.0) * (-2.0 / delta))
+
+
+@njit(cache=True, nogil=True, inline="always")
+def neighbour_vector(p, jj, R, zat, nbr, zj, rinv, rhat):
+    """Pair slot p as neighbour jj: stores its species, 1/r and unit vector; returns x, y, z, r
+    and the species."""
+    x0, x1, x2 = R[p, 0], R[p, 1], R[p, 2]
+    r = math.sqrt(x0 * x0 + x1 * x1 + x2 * x2)
+    z = zat[nbr[p]]
+    zj[jj] = z
+    rinv[jj] = 1.0 / r
+    rhat[jj, 0] = x0 / r
+    rhat[jj, 1] = x1 / r
+    rhat[jj, 2] = x2 / r
+    return x0, x1, x2, r, z
+
+
+@njit(cache=True, nogil=True)
+def table_features(i, first, nbr, R, zat, T, K, q, cs, zj, rhat, rinv, rad, drad, Y, dY):
+    """Per neighbour jj of atom i: species, unit vector, 1/r, harmonics, and every tabulated
+    radial function with its r-derivative (cubic Hermite on the node values and derivatives;
+    zero at and beyond the pair's cut-off). Returns the neighbour that decides the ZBL switch
+    (smallest r - (r_in - Δ_in) within the cut-off; -1 if none or not a ZBL potential)."""
+    zi = zat[i]
+    nf = T.tab.shape[4]
+    best = np.inf
+    jstar = -1
+    for jj in range(first[i + 1] - first[i]):
+        x0, x1, x2, r, z = neighbour_vector(first[i] + jj, jj, R, zat, nbr, zj, rinv, rhat)
+        ylm_grad(x0, x1, x2, T.lmax, K, q, cs, Y, dY, jj)
+        rc = T.tab_rc[zi, z]
+        if r >= rc:
+            rad[jj, :] = 0.0
+            drad[jj, :] = 0.0
+            continue
+        h = T.tab_h[zi, z]
+        u = r / h
+        k = int(u)
+        n_last = int(rc / h + 0.5) - 1
+        if k > n_last:
+            k = n_last
+        t = u - k
+        t2 = t * t
+        t3 = t2 * t
+        h00 = 2.0 * t3 - 3.0 * t2 + 1.0
+        h10 = (t3 - 2.0 * t2 + t) * h
+        h01 = 3.0 * t2 - 2.0 * t3
+        h11 = (t3 - t2) * h
+        d00 = 6.0 * (t2 - t) / h
+        d10 = 3.0 * t2 - 4.0 * t + 1.0
+        d11 = 3.0 * t2 - 2.0 * t
+        tb = T.tab[zi, z]
+        for f in range(nf):
+            v0, s0, v1, s1 = tb[k, 0, f], tb[k, 1, f], tb[k + 1, 0, f], tb[k + 1, 1, f]
+            rad[jj, f] = h00 * v0 + h10 * s0 + h01 * v1 + h11 * s1
+            drad[jj, f] = d00 * (v0 - v1) + d10 * s0 + d11 * s1
+        if T.inner == 2:
+            d = r - (T.zin[zi, z, 0] - T.zin[zi, z, 1])
+            if d < best:
+                best = d
+                jstar = jj
+    return jstar
+
+
+@njit(cache=True, nogil=True)
+def l_of_lm(lmax):
+    """l of each flat harmonic index l² + l + m."""
+    out = np.empty((lmax + 1) ** 2, dtype=np.int64)
+    for l in range(lmax + 1):
+        out[l * l: (l + 1) * (l + 1)] = l
+    return out
+
+
+@njit(cache=True, nogil=True)
+def full_rows(row_lmax, lmax):
+    """Rows 0..n_full-1 carry every l <= lmax (R_nl), the rest l = 0 only (g_k)."""
+    n = 0
+    while n < row_lmax.shape[0] and row_lmax[n] == lmax:
+        n += 1
+    return n
+
+
+@njit(cache=True, nogil=True)
+def expand_rows(J, rad, drad, Rx, dRx, row_off, l_of, n_full):
+    """R_{n,l(lm)} and its derivative spread over the harmonics of each full row, so that the
+    A accumulation and its pullback are contiguous loops over lm."""
+    for jj in range(J):
+        for n in range(n_full):
+            o = row_off[n]
+            for lm in range(Rx.shape[2]):
+                Rx[jj, n, lm] = rad[jj, o + l_of[lm]]
+                dRx[jj, n, lm] = drad[jj, o + l_of[lm]]
+
+
+@njit(cache=True, nogil=True, fastmath=True)
+def accumulate_a_rows(J, zj, rad, Rx, Y, A, row_off, n_full):
+    """A[z, n, lm] = Σ_{j in channel z} R_{n,l}(r_ij) Y_lm(R̂_ij): full rows from the spread
+    radials, the l = 0 rows (basis g_k) from the radials directly."""
+    A[:] = 0.0
+    for jj in range(J):
+        z = zj[jj]
+        for n in range(n_full):
+            for lm in range(A.shape[2]):
+                A[z, n, lm] += Rx[jj, n, lm] * Y[jj, lm]
+        y0 = Y[jj, 0]
+        for n in range(n_full, A.shape[1]):
+            A[z, n, 0] += rad[jj, row_off[n]] * y0
+
+
+@njit(cache=True, nogil=True, fastmath=True)
+def pullback_a_rows(jj, z, dA, rad, drad, Rx, dRx, Y, dEdY, row_off, n_full):
+    """∂E/∂A -> ∂E/∂(harmonic lm) of neighbour jj (into dEdY) and Σ ∂E/∂R · dR/dr (returned)."""
+    dEdY[:] = 0.0
+    gr = 0.0
+    for n in range(n_full):
+        for lm in range(dA.shape[2]):
+            d = dA[z, n, lm]
+            dEdY[lm] += d * Rx[jj, n, lm]
+            gr += d * Y[jj, lm] * dRx[jj, n, lm]
+    y0 = Y[jj, 0]
+    e0 = 0.0
+    for n in range(n_full, dA.shape[1]):
+        d = dA[z, n, 0]
+        o = row_off[n]
+        e0 += d * rad[jj, o]
+        gr += d * y0 * drad[jj, o]
+    dEdY[0] += e0
+    return gr
+
+
+@njit(cache=True, nogil=True)
+def embedding(kind, rho, m):
+    """F(ρ) and F'(ρ) of one density with exponent m (prefactor applied by the caller)."""
+    a = abs(rho)
+    s = 1.0 if rho > 0 else (-1.0 if rho < 0 else 0.0)
+    if kind == 0:                                 # FinnisSinclair: |ρ|^m, linear near 0
+        w = 1e6
+        lam = w ** (1.0 - m)
+        if a <= 1e-10:
+            return lam * rho, lam
+        wa3 = (w * a) ** 3
+        g = math.exp(-wa3) if wa3 <= 30.0 else 0.0
+        dg = -3.0 * wa3 / a * g
+        am = a ** m
+        return (s * ((1.0 - g) * am + lam * g * a),
+                -dg * am + (1.0 - g) * m * am / a + lam * (dg * a + g))
+    if abs(m - 1.0) < 1e-10:                      # FinnisSinclairShiftedScaled
+        return rho, 1.0
+    nu = 1.0 / m
+    e = math.exp(-a)
+    x_off = nu ** (nu / (1.0 - nu)) * e
+    y_off = nu ** (1.0 / (1.0 - nu)) * e
+    return s * ((x_off + a) ** m - y_off), y_off + m * (1.0 - x_off) * (x_off + a) ** (m - 1.0)
+
+
+@njit(cache=True, nogil=True)
+def embed(zi, J, rho, rad, zj, T, seed, jstar, p0, R):
+    """Site energy (without E0) from the densities rho and the core repulsion; fills seed[p] =
+    ∂E/∂ρ_p and returns (E, ∂E/∂ρ_core, ∂E/∂r of the ZBL-switch neighbour jstar)."""
+    nf = rad.shape[1]
+    core = 0.0
+    for jj in range(J):
+        core += rad[jj, nf - 1]
+    Fs = 0.0
+    for p in range(rho.shape[0]):
+        w = T.emb_par[zi, p, 0]
+        if w == 0.0:
+            seed[p] = 0.0
+            continue
+        F, dF = embedding(T.emb_kind[zi], rho[p], T.emb_par[zi, p, 1])
+        Fs += w * F
+        seed[p] = w * dF
+    if T.inner == 2:
+        f, df = 1.0, 0.0
+        if jstar >= 0:
+            rv = R[p0 + jstar]
+            r = math.sqrt(rv[0] * rv[0] + rv[1] * rv[1] + rv[2] * rv[2])
+            r_in, d_in = T.zin[zi, zj[jstar], 0], T.zin[zi, zj[jstar], 1]
+            f, dfx = smooth_step(r_in - r, d_in, d_in)
+            df = -dfx
+        for p in range(rho.shape[0]):
+            seed[p] *= f
+        return Fs * f + core * (1.0 - f), 1.0 - f, (Fs - core) * df
+    fc, dfc = smooth_step(core, T.rho_cut[zi, 0], T.rho_cut[zi, 1])
+    for p in range(rho.shape[0]):
+        seed[p] *= fc
+    return Fs * fc + core, 1.0 + Fs * dfc, 0.0

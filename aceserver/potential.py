@@ -1,0 +1,77 @@
+"""What every potential shares: structure checks, the neighbour list, the site pass over the
+potential's SiteTables (serial or on numba's threads) and the force/virial assembly.
+
+Subclasses (ACEModel from an ace1 basis, PACEPotential from a pacemaker .yace file) provide
+`elements`, `rcut`, `_lookup`, `_tables(committee)` and, with a committee, `_committee_forces`.
+Front ends (ASE calculator, HTTP, i-PI, bench) call only `evaluate`, `info()`, `elements`,
+`rcut`, `sha256` and `committee`.
+"""
+from __future__ import annotations
+
+import threading
+
+import numba
+import numpy as np
+
+from .errors import ACEInputError
+from .evaluation import Evaluation
+from .kernels import ace as K
+from .kernels.neighbours import min_distance, neighbour_list
+from .structure import MIN_DISTANCE, prepare
+
+# numba's default threading layer must not be entered by two threads at once: the parallel
+# kernel runs under this lock, and a caller that finds it taken uses the serial kernel.
+_PARALLEL_LOCK = threading.Lock()
+PARALLEL_MIN_ATOMS = 256   # below this, thread start-up and waits cost more than they save
+
+
+class SitePotential:
+    committee = None
+    min_distance = MIN_DISTANCE      # Å; closer pairs are refused
+
+    def _neighbours(self, numbers, positions, cell, pbc, n_chunks=1):
+        z, pos, cell, pbc = prepare(numbers, positions, cell, pbc, self._lookup, self.elements)
+        first, nbr, R = neighbour_list(pos, cell, pbc, self.rcut, n_chunks=n_chunks, sort=False)
+        if len(R) and min_distance(R) < self.min_distance:
+            d2 = np.einsum("ij,ij->i", R, R)
+            k = int(np.argmin(d2))
+            i = int(np.searchsorted(first, k, side="right") - 1)
+            what = ("are on top of each other" if self.min_distance == MIN_DISTANCE else
+                    f"are closer than this potential's smallest tabulated distance "
+                    f"{self.min_distance:.3g} Å")
+            raise ACEInputError(f"atoms {i} and {int(nbr[k])} {what} (distance "
+                                f"{np.sqrt(d2[k]):.3g} Å)", "positions")
+        return z, first, nbr, R
+
+    def evaluate(self, numbers, positions, cell=None, pbc=False, *, committee=False,
+                 committee_forces=False, forces=True, threads=None) -> Evaluation:
+        """Energy (eV), forces (eV/Å), virial (eV) and per-atom energies of one structure.
+
+        threads=1 forces the serial kernel; otherwise large structures use numba's threads.
+        committee: also the energy of every committee member (eV); committee_forces: their forces.
+        """
+        n = len(numbers) if np.ndim(numbers) == 1 else 0
+        with_committee = committee and self.committee is not None
+        tables = self._tables(with_committee)
+        parallel = threads != 1 and n >= PARALLEL_MIN_ATOMS and _PARALLEL_LOCK.acquire(blocking=False)
+        try:
+            n_chunks = 4 * numba.get_num_threads() if parallel else 1
+            z, first, nbr, R = self._neighbours(numbers, positions, cell, pbc, n_chunks=n_chunks)
+            if parallel:
+                E, G = K.fast_parallel(first, nbr, R, z, tables, forces, n_chunks)
+            else:
+                E, G = K.fast_serial(first, nbr, R, z, tables, forces)
+        finally:
+            if parallel:
+                _PARALLEL_LOCK.release()
+        if forces:
+            F, W = K.scatter_forces_virial(first, nbr, R, G, len(z))
+            W = 0.5 * (W + W.T)
+        else:
+            F, W = np.zeros((len(z), 3)), np.zeros((3, 3))
+        result = Evaluation(energy=float(E[0].sum()), forces=F, virial=W, energies=E[0])
+        if with_committee:
+            result.energy_committee = E[1:].sum(axis=1)
+        if committee_forces and self.committee is not None:
+            result.forces_committee = self._committee_forces(z, first, nbr, R)
+        return result
