@@ -30,7 +30,7 @@ FORMAT_NOTE = ("exported by aceserver; units eV and Å; radial and pair function
 # Candidates for the ChebExpCos scaling λ (< 0 puts [r_min, rcut] on most of the Chebyshev
 # interval, which keeps the fit well conditioned) and the number K of basis functions g_k.
 DEFAULT_LAMBDAS = (-1.0, -2.0, -3.0)
-DEFAULT_NRADBASE = (60,)
+DEFAULT_NRADBASE = 60
 DEFAULT_DELTA_SPLINE_BINS = 1e-3   # pyace/ML-PACE table spacing (Å): 1e-4 changes nothing we can
                                    # measure here but takes 2.7x the memory (zuo-Si 0.77 GB)
 
@@ -124,52 +124,42 @@ def render_yace(elements, E0, delta, bonds, functions, metadata) -> str:
 
 
 # ---- radial fits ------------------------------------------------------------------------------
-def _bond_targets(model, order1, zi, zj):
-    """(many-body radials R_n, rank-1 function φ = Σ_n c_n R_n Y00 + V) of bond (zi, zj);
-    order1[zi, zj, n] = c_n (real Y00 included)."""
+def _bond_target(model, order1, zi, zj):
+    """Bond (zi, zj)'s functions to fit, as r -> (values, slopes) with columns: our many-body
+    radials R_n (n = 0..n_poly-1), then the rank-1 function φ = Σ_n c_n R_n + V (order-one
+    terms, c_n = order1[zi, zj, n] with the real Y00 included, plus the pair potential)."""
     s, fast = model._static, model._fast
+    c = order1[zi, zj]
 
-    def radials(r):
-        return model_radials(r, s["mb_t"], zi, zj, s["mb_spl"])
-
-    def rank1(r):
-        R, dR = radials(r)
+    def target(r):
+        R, dR = model_radials(r, s["mb_t"], zi, zj, s["mb_spl"])
         V, dV = model_pair(r, s["pr_t"], zi, zj, s["pair_p"], fast["pair_spl"][0, zi, zj])
-        c = order1[zi, zj]
-        return (R @ c + V)[:, None], (dR @ c + dV)[:, None]
-    return radials, rank1
+        return np.column_stack([R, R @ c + V]), np.column_stack([dR, dR @ c + dV])
+    return target
 
 
 def fit_radials(model, order1, *, r_min=None, basis="ChebExpCos", lambdas=DEFAULT_LAMBDAS,
                 nradbase=DEFAULT_NRADBASE, delta=DEFAULT_DELTA_SPLINE_BINS, dcut=1e-8):
-    """Per bond, the λ and K (one K for all bonds) with the smallest slope error of the rank-1
-    (pair) function; returns (K, {bond: (λ, r_min, fit of radials, fit of rank-1 function)}).
+    """Per bond, the λ with the smallest slope error of the rank-1 (pair) function; returns
+    {bond: (λ, r_min, fit)}, fit columns as _bond_target.
 
     The many-body radials do not steer the choice: their error is set by the periodic part of our
-    100-node spline interpolation, which no smooth basis of moderate K represents, and is the
-    same for every candidate (docs/lammps-export.md, "Accuracy")."""
+    100-node spline interpolation, which no smooth basis of moderate K represents, and is about
+    the same for every candidate λ (docs/lammps-export.md, "Accuracy")."""
     nz = model.basis.nz
     r0 = model.basis.mb_transform[:, :, 3]
-    best = None
-    for K in nradbase:
-        fits = {}
-        worst = 0.0
-        for zi in range(nz):
-            for zj in range(nz):
-                rmin = float(0.5 * r0[zi, zj] if r_min is None else r_min)
-                radials, rank1 = _bond_targets(model, order1, zi, zj)
-                cands = []
-                for lam in lambdas:
-                    fr = fit_bond(radials, basis, lam, model.rcut, dcut, K, rmin, delta)
-                    fp = fit_bond(rank1, basis, lam, model.rcut, dcut, K, rmin, delta)
-                    score = float(fp.max_slope_error.max())
-                    cands.append((score, lam, fr, fp))
-                score, lam, fr, fp = min(cands, key=lambda c: c[0])
-                fits[(zi, zj)] = (lam, rmin, fr, fp)
-                worst = max(worst, score)
-        if best is None or worst < best[0]:
-            best = (worst, K, fits)
-    return best[1], best[2]
+    fits = {}
+    for zi in range(nz):
+        for zj in range(nz):
+            rmin = float(0.5 * r0[zi, zj] if r_min is None else r_min)
+            if not 0.0 < rmin < model.rcut:
+                raise ValueError(f"r_min must lie in (0, rcut = {model.rcut}), got {rmin}")
+            target = _bond_target(model, order1, zi, zj)
+            cands = [(lam, fit_bond(target, basis, lam, model.rcut, dcut, nradbase, rmin, delta))
+                     for lam in lambdas]
+            lam, fit = min(cands, key=lambda c: c[1].max_slope_error[-1])
+            fits[(zi, zj)] = (lam, rmin, fit)
+    return fits
 
 
 # ---- export -------------------------------------------------------------------------------------
@@ -189,25 +179,29 @@ def export_yace(model, path, *, r_min=None, basis="ChebExpCos", lambdas=DEFAULT_
     b, f = model.basis, model._fast
     nz, n_poly, lmax = b.nz, b.mb_poly_nodes.shape[1], b.lmax
     ang = expand_model(f["parent"], f["node_a"], f["coef"][0], nz, n_poly, lmax)
-    K, fits = fit_radials(model, ang.order1, r_min=r_min, basis=basis, lambdas=lambdas, nradbase=nradbase,
-                          delta=delta_spline_bins, dcut=dcut)
+    K = int(nradbase)
+    if K < 1:
+        raise ValueError(f"nradbase must be a positive integer, got {nradbase}")
+    fits = fit_radials(model, ang.order1, r_min=r_min, basis=basis, lambdas=lambdas,
+                       nradbase=K, delta=delta_spline_bins, dcut=dcut)
     bonds, radial_acc = {}, {}
     functions = [[] for _ in range(nz)]
-    for (zi, zj), (lam, rmin, fr, fp) in fits.items():
+    for (zi, zj), (lam, rmin, fit) in fits.items():
+        crad, cpair = fit.coefficients[:n_poly], fit.coefficients[n_poly]
         bonds[(zi, zj)] = dict(
             nradmax=n_poly, lmax=lmax, nradbasemax=K, radbasename=basis, radparameters=[lam],
-            radcoefficients=[[list(fr.coefficients[n])] * (lmax + 1) for n in range(n_poly)],
+            radcoefficients=[[list(crad[n])] * (lmax + 1) for n in range(n_poly)],
             rcut=model.rcut, dcut=dcut)
         # rank-1 functions: the fitted pair + order-one function of this bond
         for k in range(K):
             functions[zi].append(dict(mus=[zj], ns=[k + 1], ls=[0], ms=[[0]],
-                                      ctildes=[fp.coefficients[0, k]]))
+                                      ctildes=[cpair[k]]))
         radial_acc[f"{b.elements[zi]}-{b.elements[zj]}"] = dict(
             radbasename=basis, radparameter=lam, r_min=rmin,
-            manybody_radial_max_error=float(fr.max_error.max()),
-            manybody_radial_max_slope_error=float(fr.max_slope_error.max()),
-            pair_max_error_eV=float(fp.max_error.max()),
-            pair_max_slope_error_eV_per_A=float(fp.max_slope_error.max()))
+            manybody_radial_max_error=float(fit.max_error[:n_poly].max()),
+            manybody_radial_max_slope_error_per_A=float(fit.max_slope_error[:n_poly].max()),
+            pair_max_error_eV=float(fit.max_error[n_poly]),
+            pair_max_slope_error_eV_per_A=float(fit.max_slope_error[n_poly]))
     for zi in range(nz):
         for fn in ang.functions[zi]:
             functions[zi].append(dict(mus=fn.mus, ns=[n + 1 for n in fn.ns], ls=fn.ls, ms=fn.ms,

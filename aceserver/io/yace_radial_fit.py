@@ -110,22 +110,17 @@ def pace_basis(name: str, lam: float, rcut: float, dcut: float, K: int, r):
     return np.where(inside[:, None], g, 0.0), np.where(inside[:, None], dg, 0.0)
 
 
-def hermite_as_pace(values, slopes, rcut, delta, r):
+def hermite_as_pace(node_values, node_slopes, h, r):
     """What pyace / ML-PACE evaluate from a tabulated function: value and slope at the nodes
-    n·h, h = rcut/int(rcut/delta), joined by cubic Hermite polynomials (yace-format.md §9).
-    values/slopes: callables r -> (len(r), m). Returns (f, df) at r, shape (len(r), m)."""
-    nlut = int(rcut / delta)
-    h = rcut / nlut
+    n·h joined by cubic Hermite polynomials (yace-format.md §9). node_values/node_slopes:
+    (n_nodes, m) at nodes 0, h, 2h, ...; returns (f, df) at r, shape (len(r), m)."""
     k = np.floor(r / h).astype(np.int64)
-    r0, r1 = k * h, (k + 1) * h
-    f0, f1 = values(r0), values(r1)
-    d0, d1 = slopes(r0), slopes(r1)
-    t = ((r - r0) / h)[:, None]
-    h00, h10, h01, h11 = (2 * t**3 - 3 * t**2 + 1, t**3 - 2 * t**2 + t, -2 * t**3 + 3 * t**2,
-                          t**3 - t**2)
-    f = h00 * f0 + h10 * h * d0 + h01 * f1 + h11 * h * d1
-    dh00, dh10, dh01, dh11 = 6 * t**2 - 6 * t, 3 * t**2 - 4 * t + 1, -6 * t**2 + 6 * t, 3 * t**2 - 2 * t
-    df = (dh00 * f0 + dh01 * f1) / h + dh10 * d0 + dh11 * d1
+    f0, f1, d0, d1 = node_values[k], node_values[k + 1], node_slopes[k], node_slopes[k + 1]
+    t = ((r - k * h) / h)[:, None]
+    t2, t3 = t * t, t * t * t
+    f = ((2 * t3 - 3 * t2 + 1) * f0 + (t3 - 2 * t2 + t) * h * d0 + (-2 * t3 + 3 * t2) * f1
+         + (t3 - t2) * h * d1)
+    df = ((6 * t2 - 6 * t) * (f0 - f1) / h + (3 * t2 - 4 * t + 1) * d0 + (3 * t2 - 2 * t) * d1)
     return f, df
 
 
@@ -134,16 +129,20 @@ class RadialFit:
     """Least-squares coefficients (m functions x K) of targets in one bond's PACE basis, with
     the measured max abs errors of what pyace evaluates (value, slope) on [r_min, rcut]."""
     coefficients: np.ndarray
-    max_error: np.ndarray          # per function, eV or unit radial
+    max_error: np.ndarray          # per function
     max_slope_error: np.ndarray    # per function, per Å
 
 
-def fit_bond(target, name, lam, rcut, dcut, K, r_min, delta, slope_weight=0.3, n_fit=3000,
+def fit_bond(target, name, lam, rcut, dcut, K, r_min, delta, slope_weight=0.3, n_fit=None,
              n_check=20000):
     """Fit the functions target(r) -> (f (n, m), df (n, m)) on [r_min, rcut] as Σ_k c_k g_k.
 
-    Rows: values and slope_weight·slopes (Å) at n_fit points; each function's rows are scaled by
-    its size so all are fitted to the same relative accuracy."""
+    Rows: values and slope_weight·slopes (Å) at n_fit points clustered towards both ends (four
+    per basis function at least); columns scaled to unit norm and tiny singular values cut, so
+    the coefficients stay bounded although g_k live on [0, rcut]. The error is measured on
+    n_check random points of [r_min, rcut) through pyace's Hermite tables of spacing
+    h = rcut / int(rcut / delta)."""
+    n_fit = n_fit or max(3000, 4 * K)
     r = r_min + (rcut - r_min) * 0.5 * (1 - np.cos(np.linspace(0, np.pi, n_fit)))
     r = r[r < rcut]
     f, df = target(r)
@@ -152,10 +151,13 @@ def fit_bond(target, name, lam, rcut, dcut, K, r_min, delta, slope_weight=0.3, n
     B = np.vstack([f, slope_weight * df])
     col = np.linalg.norm(M, axis=0)
     col[col == 0] = 1.0
-    coef = np.linalg.lstsq(M / col, B, rcond=None)[0] / col[:, None]     # (K, m)
-    rc = np.sort(np.random.default_rng(0).uniform(r_min, rcut, n_check))
-    fit_v, fit_d = hermite_as_pace(lambda x: pace_basis(name, lam, rcut, dcut, K, x)[0] @ coef,
-                                   lambda x: pace_basis(name, lam, rcut, dcut, K, x)[1] @ coef,
-                                   rcut, delta, rc)
+    coef = np.linalg.lstsq(M / col, B, rcond=1e-13)[0] / col[:, None]     # (K, m)
+    h = rcut / int(rcut / delta)
+    rc = np.random.default_rng(0).uniform(r_min, rcut, n_check)
+    rc = rc[rc < rcut - h]                  # the last interval ends at rcut, where pyace gives 0
+    k0 = int(np.floor(rc.min() / h))
+    nodes = np.arange(k0, int(np.floor(rc.max() / h)) + 2) * h
+    gn, dgn = pace_basis(name, lam, rcut, dcut, K, nodes)
+    fit_v, fit_d = hermite_as_pace(gn @ coef, dgn @ coef, h, rc - k0 * h)
     tv, td = target(rc)
     return RadialFit(coef.T.copy(), np.abs(fit_v - tv).max(axis=0), np.abs(fit_d - td).max(axis=0))
