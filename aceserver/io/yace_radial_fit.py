@@ -138,11 +138,11 @@ def fit_bond(target, name, lam, rcut, dcut, K, r_min, delta, slope_weight=0.3, n
     """Fit the functions target(r) -> (f (n, m), df (n, m)) on [r_min, rcut] as Σ_k c_k g_k.
 
     Rows: values and slope_weight·slopes (Å) at n_fit points clustered towards both ends (four
-    per basis function at least); columns scaled to unit norm and tiny singular values cut, so
+    per basis function, 800 at least); columns scaled to unit norm and tiny singular values cut, so
     the coefficients stay bounded although g_k live on [0, rcut]. The error is measured on
     n_check random points of [r_min, rcut) through pyace's Hermite tables of spacing
     h = rcut / int(rcut / delta)."""
-    n_fit = n_fit or max(3000, 4 * K)
+    n_fit = n_fit or max(800, 8 * K)
     r = r_min + (rcut - r_min) * 0.5 * (1 - np.cos(np.linspace(0, np.pi, n_fit)))
     r = r[r < rcut]
     f, df = target(r)
