@@ -15,24 +15,9 @@ from pyace import PyACECalculator
 
 import aceserver
 from aceserver.commands.bench import build_structure
-from aceserver.io.yace_export import export_yace
+from aceserver.io.yace_export import export_yace, verify_with_pyace
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def differences(model, path, structures):
-    """max |ΔE|/atom (eV), |ΔF| (eV/Å), |Δσ| (eV/Å³) of pyace against our evaluator."""
-    calc = PyACECalculator(str(path))
-    dE = dF = dS = 0.0
-    for at in structures:
-        at = at.copy()
-        at.calc = calc
-        ours = model.evaluate(at.numbers, at.positions, at.cell[:], at.pbc)
-        sigma = -ours.virial / at.get_volume()
-        dE = max(dE, abs(at.get_potential_energy() - ours.energy) / len(at))
-        dF = max(dF, np.abs(at.get_forces() - ours.forces).max())
-        dS = max(dS, np.abs(at.get_stress() - sigma[[0, 1, 2, 1, 0, 0], [0, 1, 2, 2, 2, 1]]).max())
-    return dE, dF, dS
 
 
 def structures_for(name, model):
@@ -72,7 +57,9 @@ def main():
         meta = export_yace(model, path, nradbase=args.nradbase, verify=False)
         t_export = time.perf_counter() - t0
         structs = structures_for(name, model)
-        dE, dF, dS = differences(model, path, structs)
+        d = verify_with_pyace(model, path, structs)
+        dE, dF, dS = (d["max_energy_error_eV_per_atom"], d["max_force_error_eV_per_A"],
+                      d["max_stress_error_eV_per_A3"])
         print(f"{name:>14}: export {t_export:5.1f} s ({path.stat().st_size / 1e6:.2f} MB, "
               f"K = {meta['nradbasemax']}); pyace vs ours on {len(structs)} structures: "
               f"max |dE| {dE:.1e} eV/atom, max |dF| {dF:.1e} eV/Å, max |dσ| {dS:.1e} eV/Å³")

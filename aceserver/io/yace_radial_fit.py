@@ -15,45 +15,31 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit
 
-from ..kernels.radial import agnesi, pair_envelope, spline_interval
+from ..kernels.radial import agnesi, mb_radials, pair_envelope, spline_eval_one, spline_interval
 
 
-# ---- our functions, exactly as the kernels evaluate them ---------------------------------------
+# ---- our functions, through the kernels' own radial code ---------------------------------------
 @njit(cache=True, nogil=True)
 def model_radials(r, mb_t, zi, zj, mb_spl):
-    """Many-body radials R_n(r) = spline_n(y) (1 - y²)² of centre zi, neighbour zj and dR_n/dr,
-    shape (len(r), n_poly) (as kernels.ace.site_features)."""
-    n_int, n_poly = mb_spl.shape[0], mb_spl.shape[2]
-    R = np.zeros((r.shape[0], n_poly))
-    dR = np.zeros((r.shape[0], n_poly))
+    """Many-body radials R_n(r) of centre zi, neighbour zj and dR_n/dr, shape (len(r), n_poly)."""
+    R = np.zeros((r.shape[0], mb_spl.shape[2]))
+    dR = np.zeros((r.shape[0], mb_spl.shape[2]))
     for i in range(r.shape[0]):
-        y, dy = agnesi(r[i], mb_t, zi, zj)
-        w = 1.0 - y * y
-        env = w * w
-        denv = -4.0 * y * w
-        k, t = spline_interval(y, n_int)
-        for n in range(n_poly):
-            c0, c1, c2, c3 = mb_spl[k, 0, n], mb_spl[k, 1, n], mb_spl[k, 2, n], mb_spl[k, 3, n]
-            P = ((c0 * t + c1) * t + c2) * t + c3
-            dP = (3.0 * c0 * t + 2.0 * c1) * t + c2
-            R[i, n] = P * env
-            dR[i, n] = (dP * env + P * denv) * dy
+        mb_radials(r[i], mb_t, zi, zj, mb_spl, R, dR, i)
     return R, dR
 
 
 @njit(cache=True, nogil=True)
-def model_pair(r, pr_t, zi, zj, pair_p, spl):
-    """Merged pair potential V(r) = s(y) f_env(r) of centre zi, neighbour zj and dV/dr; spl is
-    that pair's merged spline (n_int, 4) (as kernels.ace.pair_energy_grad)."""
+def model_pair(r, pr_t, zi, zj, pair_p, pair_spl):
+    """Merged pair potential V(r) = s(y) f_env(r) of centre zi, neighbour zj and dV/dr, from the
+    fast form's pair_spl (M, NZ, NZ, n_int, 4), parameter set 0."""
     V = np.zeros(r.shape[0])
     dV = np.zeros(r.shape[0])
     for i in range(r.shape[0]):
         y, dy = agnesi(r[i], pr_t, zi, zj)
         f, df = pair_envelope(r[i], pr_t[zi, zj, 3], pr_t[zi, zj, 5], pair_p)
-        k, t = spline_interval(y, spl.shape[0])
-        c0, c1, c2, c3 = spl[k, 0], spl[k, 1], spl[k, 2], spl[k, 3]
-        s = ((c0 * t + c1) * t + c2) * t + c3
-        ds = (3.0 * c0 * t + 2.0 * c1) * t + c2
+        k, t = spline_interval(y, pair_spl.shape[3])
+        s, ds = spline_eval_one(pair_spl, 0, zi, zj, k, t)
         V[i] = s * f
         dV[i] = ds * dy * f + s * df
     return V, dV
