@@ -28,7 +28,7 @@ except ImportError:
 needs_pyace = pytest.mark.skipif(
     PyACECalculator is None,
     reason="pyace (PyPI python-ace, Academic Software License: non-commercial) is not installed; "
-           "pip install --pre '.[pyace]' to run the pyace comparison")
+           "pip install '.[pyace]' to run the pyace comparison")
 
 
 def _yace_loader():
