@@ -221,6 +221,10 @@ def test_bad_export_arguments_are_named(tmp_path):
         export_yace(model, tmp_path / "x.yaml", verify=False)
     with pytest.raises(ValueError, match="r_min"):
         export_yace(model, tmp_path / "x.yace", r_min=7.0, verify=False)
+    with pytest.raises(ValueError, match="lambdas"):
+        export_yace(model, tmp_path / "x.yace", basis="ChebPow", verify=False)
+    with pytest.raises(ValueError, match="basis"):
+        export_yace(model, tmp_path / "x.yace", basis="Bessel", verify=False)
 
 
 def _compare_with_pyace(model, path, structures):

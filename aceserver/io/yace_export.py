@@ -182,6 +182,11 @@ def export_yace(model, path, *, r_min=None, basis="ChebExpCos", lambdas=DEFAULT_
     K = int(nradbase)
     if K < 1:
         raise ValueError(f"nradbase must be a positive integer, got {nradbase}")
+    if basis not in ("ChebExpCos", "ChebPow"):
+        raise ValueError(f"basis must be 'ChebExpCos' or 'ChebPow', got {basis!r}")
+    lambdas = tuple(float(x) for x in lambdas)
+    if not lambdas or any(x == 0.0 or (basis == "ChebPow" and x < 1.0) for x in lambdas):
+        raise ValueError(f"lambdas must be nonzero ({basis}: >= 1 for ChebPow), got {lambdas}")
     fits = fit_radials(model, ang.order1, r_min=r_min, basis=basis, lambdas=lambdas,
                        nradbase=K, delta=delta_spline_bins, dcut=dcut)
     bonds, radial_acc = {}, {}
