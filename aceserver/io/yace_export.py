@@ -25,8 +25,8 @@ import numpy as np
 from .yace_angular import expand_model
 from .yace_radial_fit import fit_bond, model_pair, model_radials
 
-FORMAT_NOTE = ("exported by aceserver; units eV and Å; radial and pair functions fitted, "
-               "see metadata.accuracy")
+FORMAT_NOTE = ("exported by aceserver; units eV and Angstrom; angular part exact, radial and pair "
+               "functions fitted on [r_min, rcut]: see radial_accuracy and accuracy_vs_pyace")
 # Candidates for the ChebExpCos scaling λ (< 0 puts [r_min, rcut] on most of the Chebyshev
 # interval, which keeps the fit well conditioned) and the number K of basis functions g_k.
 DEFAULT_LAMBDAS = (-1.0, -2.0, -3.0)
@@ -169,16 +169,17 @@ def export_yace(model, path, *, r_min=None, basis="ChebExpCos", lambdas=DEFAULT_
     """Write `model` as a pacemaker .yace file at `path`; returns the metadata written into it.
 
     r_min (Å): lower end of the radial fits (default 0.5·r0 per species pair); below it the
-    exported radials are not controlled. verify: when pyace is installed, compare its energies
-    and forces with ours on rattled bulk cells and record the differences."""
+    exported radials are not controlled. nradbase: K, radial basis functions per species pair.
+    basis, lambdas: PACE radial basis and candidate scalings λ (the best per pair is kept).
+    delta_spline_bins (Å): spacing of pyace's / ML-PACE's radial tables. dcut (Å): width of
+    ChebExpCos's extra cut-off, kept negligible. verify: when pyace is installed, compare its
+    energies, forces and stress with ours on two rattled 64-atom cells and store the result
+    (`accuracy_vs_pyace`). Returned in addition to the file's metadata: `export_seconds`."""
     t0 = time.perf_counter()
     path = Path(path)
     if path.suffix != ".yace":
         raise ValueError(f"{path}: the file name must end in .yace (LAMMPS picks its reader "
                          "by the extension)")
-    b, f = model.basis, model._fast
-    nz, n_poly, lmax = b.nz, b.mb_poly_nodes.shape[1], b.lmax
-    ang = expand_model(f["parent"], f["node_a"], f["coef"][0], nz, n_poly, lmax)
     K = int(nradbase)
     if K < 1:
         raise ValueError(f"nradbase must be a positive integer, got {nradbase}")
@@ -187,6 +188,11 @@ def export_yace(model, path, *, r_min=None, basis="ChebExpCos", lambdas=DEFAULT_
     lambdas = tuple(float(x) for x in lambdas)
     if not lambdas or any(x == 0.0 or (basis == "ChebPow" and x < 1.0) for x in lambdas):
         raise ValueError(f"lambdas must be nonzero ({basis}: >= 1 for ChebPow), got {lambdas}")
+    if not (delta_spline_bins > 0 and dcut > 0):
+        raise ValueError(f"delta_spline_bins and dcut must be > 0 Å, got {delta_spline_bins}, {dcut}")
+    b, f = model.basis, model._fast
+    nz, n_poly, lmax = b.nz, b.mb_poly_nodes.shape[1], b.lmax
+    ang = expand_model(f["parent"], f["node_a"], f["coef"][0], nz, n_poly, lmax)
     fits = fit_radials(model, ang.order1, r_min=r_min, basis=basis, lambdas=lambdas,
                        nradbase=K, delta=delta_spline_bins, dcut=dcut)
     bonds, radial_acc = {}, {}
