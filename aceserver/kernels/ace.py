@@ -15,7 +15,8 @@ from numba import njit, prange
 
 from .pace import (accumulate_a_rows, embed, expand_rows, full_rows, l_of_lm, neighbour_vector,
                    pullback_a_rows, table_features)
-from .radial import agnesi, pair_envelope, spline_eval_all, spline_eval_one, spline_interval
+from .radial import (agnesi, mb_radials, pair_envelope, spline_eval_all, spline_eval_one,
+                     spline_interval)
 from .ylm import project, ylm_grad, ylm_norms
 
 
@@ -25,21 +26,9 @@ def site_features(i, first, nbr, R, zat, mb_t, mb_spl, lmax, K, q, cs,
     """Per neighbour jj of atom i: species zj, unit vector, 1/r, radials Pm = P(y)(1-y²)² with
     their r-derivatives dPm, harmonics Y and the unprojected harmonic gradients dY (see ylm)."""
     zi = zat[i]
-    n_poly = mb_spl.shape[2]
-    n_int = mb_spl.shape[0]
     for jj in range(first[i + 1] - first[i]):
         x0, x1, x2, r, z = neighbour_vector(first[i] + jj, jj, R, zat, nbr, zj, rinv, rhat)
-        y, dy = agnesi(r, mb_t, zi, z)
-        w = 1.0 - y * y
-        env = w * w
-        denv = -4.0 * y * w
-        k, t = spline_interval(y, n_int)
-        for n in range(n_poly):
-            c0, c1, c2, c3 = mb_spl[k, 0, n], mb_spl[k, 1, n], mb_spl[k, 2, n], mb_spl[k, 3, n]
-            P = ((c0 * t + c1) * t + c2) * t + c3
-            dP = (3.0 * c0 * t + 2.0 * c1) * t + c2
-            Pm[jj, n] = P * env
-            dPm[jj, n] = (dP * env + P * denv) * dy
+        mb_radials(r, mb_t, zi, z, mb_spl, Pm, dPm, jj)
         ylm_grad(x0, x1, x2, lmax, K, q, cs, Y, dY, jj)
 
 

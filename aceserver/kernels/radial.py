@@ -48,6 +48,23 @@ def spline_interval(y, n_intervals):
 
 
 @njit(cache=True, nogil=True, inline="always")
+def mb_radials(r, mb_t, zi, zj, mb_spl, P, dP, row):
+    """Many-body radials spline_n(y) (1 - y²)² of centre zi, neighbour zj at distance r, and their
+    r-derivatives, into P[row, :] and dP[row, :]; mb_spl (n_intervals, 4, n_poly)."""
+    y, dy = agnesi(r, mb_t, zi, zj)
+    w = 1.0 - y * y
+    env = w * w
+    denv = -4.0 * y * w
+    k, t = spline_interval(y, mb_spl.shape[0])
+    for n in range(mb_spl.shape[2]):
+        c0, c1, c2, c3 = mb_spl[k, 0, n], mb_spl[k, 1, n], mb_spl[k, 2, n], mb_spl[k, 3, n]
+        p = ((c0 * t + c1) * t + c2) * t + c3
+        dp = (3.0 * c0 * t + 2.0 * c1) * t + c2
+        P[row, n] = p * env
+        dP[row, n] = (dp * env + p * denv) * dy
+
+
+@njit(cache=True, nogil=True, inline="always")
 def spline_eval_all(coef, y, out, dout):
     """All spline functions at y: coef (n_intervals, 4, n_fun) -> out[n], dout[n] (d/dy)."""
     k, t = spline_interval(y, coef.shape[0])
