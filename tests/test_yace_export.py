@@ -95,7 +95,7 @@ def test_complex_expansion_reproduces_every_real_product(path):
     nz, n_poly, lmax = b.nz, b.mb_poly_nodes.shape[1], b.lmax
     rng = np.random.default_rng(1)
     A_real, A_cplx = _environment_a(model, rng)
-    parent, node_a = f["parent"], f["node_a"]
+    parent, node_a = f.parent, f.node_a
     AA = np.empty(len(parent))               # our real products along the DAG
     for k in range(len(parent)):
         AA[k] = A_real[node_a[k]] * (AA[parent[k]] if parent[k] >= 0 else 1.0)
@@ -107,9 +107,9 @@ def test_complex_expansion_reproduces_every_real_product(path):
     np.testing.assert_allclose(rebuilt.imag, 0.0, atol=1e-12 * scale)
 
     # the collected functions: Σ m = 0, real coefficients, and the site energy of species 0
-    ang = expand_model(parent, node_a, f["coef"][0], nz, n_poly, lmax)
+    ang = expand_model(parent, node_a, f.coef[0], nz, n_poly, lmax)
     assert ang.max_dropped_msum < 1e-12 and ang.max_imag < 1e-12
-    coef = f["coef"][0][0]
+    coef = f.coef[0][0]
     many = sum(coef[k] * AA[k] for k in range(len(parent)) if parent[k] >= 0)
     order1 = sum(coef[k] * AA[k] for k in range(len(parent)) if parent[k] < 0)
     exported = sum(c * math.prod(A_cplx[(z, n, l, m)] for z, n, l, m in zip(fn.mus, fn.ns, fn.ls, ms))
@@ -149,7 +149,7 @@ def test_radial_fit_error_is_below_the_documented_bound():
 
     def pair(r):
         from aceserver.io.yace_radial_fit import model_pair
-        V, dV = model_pair(r, s["pr_t"], 0, 0, s["pair_p"], fast["pair_spl"])
+        V, dV = model_pair(r, s["pr_t"], 0, 0, s["pair_p"], fast.pair_spl)
         return V[:, None], dV[:, None]
 
     fit = fit_bond(pair, "ChebExpCos", -3.0, model.rcut, 1e-8, 60, 1.2, 1e-3)

@@ -133,7 +133,7 @@ def _bond_target(model, order1, zi, zj):
 
     def target(r):
         R, dR = model_radials(r, s["mb_t"], zi, zj, s["mb_spl"])
-        V, dV = model_pair(r, s["pr_t"], zi, zj, s["pair_p"], fast["pair_spl"])
+        V, dV = model_pair(r, s["pr_t"], zi, zj, s["pair_p"], fast.pair_spl)
         return np.column_stack([R, R @ c + V]), np.column_stack([dR, dR @ c + dV])
     return target
 
@@ -192,7 +192,9 @@ def export_yace(model, path, *, r_min=None, basis="ChebExpCos", lambdas=DEFAULT_
         raise ValueError(f"delta_spline_bins and dcut must be > 0 Å, got {delta_spline_bins}, {dcut}")
     b, f = model.basis, model._fast
     nz, n_poly, lmax = b.nz, b.mb_poly_nodes.shape[1], b.lmax
-    ang = expand_model(f["parent"], f["node_a"], f["coef"][0], nz, n_poly, lmax)
+    if len(f.leaf_a):            # ace1 tables keep every product as a DAG node, none as a leaf
+        raise ValueError("export expects an ace1 model's product DAG without leaf lists")
+    ang = expand_model(f.parent, f.node_a, f.coef[0], nz, n_poly, lmax)
     fits = fit_radials(model, ang.order1, r_min=r_min, basis=basis, lambdas=lambdas,
                        nradbase=K, delta=delta_spline_bins, dcut=dcut)
     bonds, radial_acc = {}, {}
