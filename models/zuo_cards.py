@@ -131,11 +131,11 @@ def write_card(el: str):
     L += error_rows(report["errors"]["train"])
     L += ["", "## Selection", "",
           "One recipe for all six Zuo elements (`models/select_zuo.py`): nested ace1 bases (order 3 with "
-          "totaldegree [12,10,8] ... [26,22,18], and order 4 [26,22,18,14]; rcut 2.5 bond lengths), the "
-          "largest assembled once, smaller ones as leading column blocks. Stage 1 on bases up to 827 functions: "
-          "algebraic prior p ∈ {2, 3, 4, 6} × energy weight w_E ∈ {3, 10, 30, 100} (force weight 1) × "
-          "E0 ∈ {0, mean energy per atom}; stage 2: the two best (p, w_E) of stage 1 on the 1307 and 1634 "
-          "function bases. BLR throughout.", "",
+          "totaldegree [12,10,8], [16,12,10], [20,16,12], [24,20,16] and order 4 [24,20,16,12]; rcut 2.5 "
+          "bond lengths), the largest assembled once, smaller ones as leading column blocks. Stage 1 on the "
+          "order-3 bases: algebraic prior p ∈ {2, 4, 6} × energy weight w_E ∈ {10, 30, 100} (force weight 1) × "
+          "E0 ∈ {0, mean energy per atom}; stage 2: the best (p, w_E) of stage 1 (on the 827-function basis) "
+          "on the order-4 basis. BLR throughout.", "",
           "Score per fold: E MAE/E target + F MAE/F target. Rule (one standard error): the fewest basis "
           "functions among candidates whose mean score is within one standard error (over folds) of the best "
           f"mean score. Best: {best['n_basis']} functions, score {bm:.3f} ± {bse:.3f}; chosen: "
