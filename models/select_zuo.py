@@ -253,9 +253,10 @@ def main(argv=None):
             rerank(el)
         return
     if args.cards:
-        from zuo_cards import write_card
+        from zuo_cards import readme_tables, write_card
         for el in args.elements:
             write_card(el)
+        readme_tables()
         return
     if not args.data_dir:
         ap.error("give --data-dir DIR or set ACESERVER_DATA (the directory holding ZuoEtAl2020/)")

@@ -162,6 +162,10 @@ def write_card(el: str):
               "| training configurations | CV E MAE (meV/atom) | CV F MAE (eV/Å) |", "|---|---|---|"]
         L += [f"| {r['n_train_configs']:.0f} | {r['mae_mean']['E'] * 1e3:.3f} ± {r['mae_std']['E'] * 1e3:.3f} | "
               f"{r['mae_mean']['F']:.4f} ± {r['mae_std']['F']:.4f} |" for r in study["learning_curve"]]
+    if (d / "cv_larger_basis.json").exists():
+        extra = json.loads((d / "cv_larger_basis.json").read_text())
+        L += ["", "Larger bases (`cv_larger_basis.json`): " + extra["note"], "", *HEAD]
+        L += [_cand_row(r, t) for r in sorted(extra["results"], key=lambda r: r["n_basis"])]
     L += ["", "## Reproduce", "", "From the repository root, with the data placed under DIR (or $ACESERVER_DATA):",
           "", "```bash", f"aceserver fit models/zuo-{el}/fit.yaml --data-dir DIR        # this model",
           f"python models/select_zuo.py --data-dir DIR {el}              # the CV numbers, the selection and the model",
@@ -169,3 +173,49 @@ def write_card(el: str):
           "`select_zuo.py` fits the final model from the selection's assembled columns; `aceserver fit` "
           "re-assembles and agrees with it to about 1e-7 relative in the parameters.", ""]
     (d / "README.md").write_text("\n".join(L))
+
+
+def readme_tables():
+    """Fill the CV summary and the study summary into models/README.md (between their markers)."""
+    import re
+    rows = ["| model | chosen basis | prior p | w_E | E0 (eV) | CV E MAE (meV/atom) | E target | "
+            "CV F MAE (eV/Å) | F target | targets met | time |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    study = []
+    total = 0.0
+    for el in ("Ni", "Cu", "Li", "Mo", "Si", "Ge"):
+        d = HERE / f"zuo-{el}"
+        if not (d / "selection.json").exists() or not (d / "report.json").exists():
+            rows.append(f"| zuo-{el} | not refitted in this run | | | | | | | | | |")
+            continue
+        sel = json.loads((d / "selection.json").read_text())
+        if "chosen" not in sel:
+            rows.append(f"| zuo-{el} | selection incomplete | | | | | | | | | |")
+            continue
+        t = sel["targets"]
+        r = next(x for x in sel["results"] if _same(x["candidate"], sel["chosen"]))
+        c = r["candidate"]
+        E, F = r["mae_mean"]["E"], r["mae_mean"]["F"]
+        met = int(E <= t["E"]) + int(F <= t["F"])
+        secs = sel["timings_s"].get("total_s", 0.0)
+        total += secs
+        rows.append(f"| zuo-{el} | {r['n_basis']} ({c['basis'].replace('order ', 'o').replace(', totaldegree ', ' ')}) | "
+                    f"{c['prior']['p']} | {c['weights']['default']['E']:g} | {list(c['E0'].values())[0]:g} | "
+                    f"{E * 1e3:.3f} ± {r['mae_std']['E'] * 1e3:.3f} | {t['E'] * 1e3:g} | "
+                    f"{F:.4f} ± {r['mae_std']['F']:.4f} | {t['F']:g} | {met} of 2 | {secs / 60:.0f} min |")
+        if (d / "study.json").exists():
+            st = json.loads((d / "study.json").read_text())
+            bc = basis_curve(sel, st)
+            lc = st["learning_curve"]
+            study.append(f"- **{el}**: CV E / F MAE from {bc[0]['n_basis']} to {bc[-1]['n_basis']} functions: "
+                         + ", ".join(f"{x['n_basis']}: {x['mae_mean']['E'] * 1e3:.2f} / {x['mae_mean']['F']:.4f}"
+                                     for x in bc)
+                         + f" (meV/atom / eV/Å). Learning curve ({r['n_basis']} functions), "
+                         + ", ".join(f"{x['n_train_configs']:.0f} configs: {x['mae_mean']['E'] * 1e3:.2f} / "
+                                     f"{x['mae_mean']['F']:.4f}" for x in lc) + ".")
+    rows += ["", "CV MAE: mean ± standard deviation over the 5 folds. Targets: the best published test-set MAE "
+             f"(GAP, MTP, ACEpotentials.jl). Selection time, all six: {total / 60:.0f} min."]
+    text = (HERE / "README.md").read_text()
+    for tag, body in (("zuo-table", rows), ("study-summary", study)):
+        text = re.sub(f"<!-- {tag} -->.*?<!-- /{tag} -->", f"<!-- {tag} -->\n" + "\n".join(body) + f"\n<!-- /{tag} -->",
+                      text, flags=re.S)
+    (HERE / "README.md").write_text(text)
