@@ -55,6 +55,11 @@ def study_plots(el: str, sel: dict, study: dict) -> list[str]:
     d.mkdir(exist_ok=True)
     t = sel["targets"]
     out = []
+    extra = []
+    if (d.parent / "cv_larger_basis.json").exists():
+        main = {r["n_basis"] for r in sel["results"]}
+        extra = [r for r in json.loads((d.parent / "cv_larger_basis.json").read_text())["results"]
+                 if r["n_basis"] not in main and _same(r["candidate"]["E0"], sel["chosen"]["E0"])]
     for name, rows, x, xlabel in (
             ("cv_basis_size.png", basis_curve(sel, study), lambda r: r["n_basis"], "basis functions"),
             ("cv_learning_curve.png", study["learning_curve"], lambda r: r["n_train_configs"],
@@ -64,6 +69,10 @@ def study_plots(el: str, sel: dict, study: dict) -> list[str]:
             xs = [x(r) for r in rows]
             ax.errorbar(xs, [r["mae_mean"][k] * scale for r in rows], yerr=[r["mae_std"][k] * scale for r in rows],
                         marker="o", capsize=3, label="5-fold CV MAE (mean ± sd over folds)")
+            if "basis" in name and extra:
+                ax.errorbar([r["n_basis"] for r in extra], [r["mae_mean"][k] * scale for r in extra],
+                            yerr=[r["mae_std"][k] * scale for r in extra], marker="s", ls="none", capsize=3,
+                            color="C1", label="earlier run, larger basis (cv_larger_basis.json)")
             ax.axhline(tgt, color="k", ls="--", lw=1, label="target (best published test MAE)")
             ax.set_xscale("log")
             ax.set_xlabel(xlabel)
@@ -165,7 +174,9 @@ def write_card(el: str):
     if (d / "cv_larger_basis.json").exists():
         extra = json.loads((d / "cv_larger_basis.json").read_text())
         L += ["", "Larger bases (`cv_larger_basis.json`): " + extra["note"], "", *HEAD]
-        L += [_cand_row(r, t) for r in sorted(extra["results"], key=lambda r: r["n_basis"])]
+        main = {r["n_basis"] for r in res}
+        L += [_cand_row(r, t) for r in sorted(extra["results"], key=lambda r: r["n_basis"])
+              if _same(r["candidate"]["E0"], sel["chosen"]["E0"]) and (r["n_basis"] not in main or r["n_basis"] == 827)]
     L += ["", "## Reproduce", "", "From the repository root, with the data placed under DIR (or $ACESERVER_DATA):",
           "", "```bash", f"aceserver fit models/zuo-{el}/fit.yaml --data-dir DIR        # this model",
           f"python models/select_zuo.py --data-dir DIR {el}              # the CV numbers, the selection and the model",
