@@ -177,6 +177,9 @@ def write_card(el: str):
         main = {r["n_basis"] for r in res}
         L += [_cand_row(r, t) for r in sorted(extra["results"], key=lambda r: r["n_basis"])
               if _same(r["candidate"]["E0"], sel["chosen"]["E0"]) and (r["n_basis"] not in main or r["n_basis"] == 827)]
+        L += [f"| {x['n_basis']} | {x['basis'].replace('order ', '').replace(', totaldegree ', ' ')} | {x['p']} | "
+              f"{x['w_E']:g} | {x['E0']:g} | {x['E_mae'][0] * 1e3:.3f} ± {x['E_mae'][1] * 1e3:.3f} | "
+              f"{x['F_mae'][0]:.4f} ± {x['F_mae'][1]:.4f} | (log only) |" for x in extra.get("from_log", [])]
     L += ["", "## Reproduce", "", "From the repository root, with the data placed under DIR (or $ACESERVER_DATA):",
           "", "```bash", f"aceserver fit models/zuo-{el}/fit.yaml --data-dir DIR        # this model",
           f"python models/select_zuo.py --data-dir DIR {el}              # the CV numbers, the selection and the model",
