@@ -1,9 +1,15 @@
-"""Hyperparameter selection on a validation split, reusing one assembly.
+"""Hyperparameter selection reusing one assembly: on a validation split, or by K-fold cross-validation.
 
-Prior, solver, weights and E0 do not change the design matrix, so candidates that differ only in
-those are compared on systems assembled once. Each candidate is fitted on the training system and
-scored on the validation system's rows: per-atom energy and force-component RMSE/MAE, and the
-weighted validation residual (the fit's own objective) used for ranking.
+Prior, solver, weights and E0 do not change the design matrix, and a smaller nested basis is a subset
+of its columns, so candidates that differ only in those are compared on systems assembled once.
+
+* :func:`evaluate_candidates`: fit on a training system, score on a validation system's rows.
+* K-fold CV (:func:`kfold`, :class:`BlockFactors`, :func:`cross_validate`): folds are sets of
+  configurations (seeded, stratified by config_type); per-fold errors and their mean and spread;
+  :func:`one_standard_error` picks the simplest candidate within one standard error of the best;
+  :func:`learning_curve` gives CV error against training-set size.
+
+Errors: energy per atom (eV/atom), force components (eV/Å), virial per atom (eV/atom).
 """
 from __future__ import annotations
 
