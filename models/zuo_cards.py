@@ -227,7 +227,8 @@ def readme_tables():
                          + ", ".join(f"{x['n_train_configs']:.0f} configs: {x['mae_mean']['E'] * 1e3:.2f} / "
                                      f"{x['mae_mean']['F']:.4f}" for x in lc) + ".")
     rows += ["", "CV MAE: mean ± standard deviation over the 5 folds. Targets: the best published test-set MAE "
-             f"(GAP, MTP, ACEpotentials.jl). Selection time, all six: {total / 60:.0f} min."]
+             f"(GAP, MTP, ACEpotentials.jl). Time: the sum of the six selections' wall times is {total / 60:.0f} min "
+             "on a 2-core machine shared with other jobs (load 8–18); up to three elements ran at once."]
     text = (HERE / "README.md").read_text()
     for tag, body in (("zuo-table", rows), ("study-summary", study)):
         text = re.sub(f"<!-- {tag} -->.*?<!-- /{tag} -->", f"<!-- {tag} -->\n" + "\n".join(body) + f"\n<!-- /{tag} -->",
