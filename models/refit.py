@@ -2,6 +2,7 @@
 
     python models/refit.py Si-tiny [TiAl-tutorial ...]
     python models/refit.py --card-only zuo-Cu [...]    # rewrite cards from the stored reports
+    (zuo-<El> models are selected and fitted by models/select_zuo.py; their cards by models/zuo_cards.py)
 
 Runs `aceserver fit models/<name>/fit.yaml` (writes the model file, report.json and parity plots
 next to fit.yaml) and writes the card from the report: data (files and sha256), settings, solver,
@@ -101,14 +102,13 @@ def recard(name: str):
     from aceserver.fitting.config import load_config
 
     d = HERE / name
+    if (d / "selection.json").exists():          # zuo-<El>: cross-validation card
+        from zuo_cards import write_card
+        return write_card(name.split("-", 1)[1])
     cfg = load_config(d / "fit.yaml")
     report = json.loads(cfg.output_report.read_text())
     report["metadata_fit"] = aceserver.load_model(cfg.output_model).metadata.get("fit", {})
-    if (d / "selection.json").exists():
-        from select_zuo import zuo_card
-        text = zuo_card(name.split("-", 1)[1], cfg, report, json.loads((d / "selection.json").read_text()))
-    else:
-        text = card(name, cfg.raw, report, cfg.output_model, "")
+    text = card(name, cfg.raw, report, cfg.output_model, "")
     (d / "README.md").write_text(text)
 
 

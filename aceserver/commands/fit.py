@@ -19,6 +19,8 @@ def add_arguments(parser):
     parser.add_argument("--threads", type=int, help="assembly/evaluation threads (overrides the config)")
     parser.add_argument("--no-plots", action="store_true", help="do not write parity plots")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--data-dir", metavar="DIR", help="data directory for configurations with "
+                        "'data: {relative_to: data_dir}' (default: $ACESERVER_DATA)")
 
 
 def sha256_file(path) -> str:
@@ -99,7 +101,8 @@ def run_fit(cfg, output=None, threads=None, plots=True, progress=None, out=None,
     meta["fit"]["provenance"] = jsonable({
         "config_file": cfg.path.name if cfg.path else None,
         "config": cfg.raw,
-        "data": [{"file": rel(p), "sha256": sha256_file(p)} for p in cfg.train + cfg.validation],
+        # by file name and checksum only: no path of the machine that fitted
+        "data": [{"file": Path(p).name, "sha256": sha256_file(p)} for p in cfg.train + cfg.validation],
         "command": " ".join(["aceserver"] + sys.argv[1:]) if Path(sys.argv[0]).name in ("aceserver", "cli.py")
         else None,
         "python": sys.version.split()[0],
@@ -141,7 +144,7 @@ def run(args) -> int:
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     try:
-        cfg = load_config(args.config)
+        cfg = load_config(args.config, data_dir=args.data_dir)
         _, report = run_fit(cfg, output=args.output, threads=args.threads, plots=not args.no_plots,
                             progress=False if args.quiet else None)
     except (FitConfigError, ACEInputError, AssemblyMemoryError, ValueError, OSError) as exc:

@@ -16,6 +16,9 @@ Example (the upstream Si test; paths are relative to the YAML file)::
       virial_key: dft_virial
       stress_key: null          # a stress (eV/Å³) is converted to a virial if no virial is found
       config_type_key: config_type
+      relative_to: config       # "config": file names relative to this YAML file; "data_dir": relative
+                                # to the data directory (--data-dir or $ACESERVER_DATA)
+      source: null              # where to get the files (shown when one is missing)
     weights:                    # per config_type; "default" for the rest (upstream: E 30, F 1, V 1)
       default: {E: 30, F: 1, V: 1}
       liq: {E: 10, F: 0.66, V: 0.25}
@@ -42,7 +45,9 @@ from .data import DEFAULT_WEIGHTS, Keys, normalise_weights
 
 TOP_KEYS = {"model", "E0", "data", "weights", "prior", "solver", "validation_fraction", "seed",
             "threads", "memory_limit_gb", "output", "name", "description"}
-DATA_KEYS = {"train", "validation", "energy_key", "force_key", "virial_key", "stress_key", "config_type_key"}
+DATA_KEYS = {"train", "validation", "energy_key", "force_key", "virial_key", "stress_key", "config_type_key",
+             "relative_to", "source"}
+DATA_ENV = "ACESERVER_DATA"      # the data directory when --data-dir is not given
 OUTPUT_KEYS = {"model", "plots", "report"}
 
 
@@ -72,14 +77,38 @@ class FitConfig:
     path: Path | None = None
 
 
-def _paths(value, base: Path, what: str) -> list[Path]:
+def _paths(value, base: Path, what: str, source: str | None = None) -> list[Path]:
     if value is None:
         return []
     if isinstance(value, (str, Path)):
         value = [value]
     if not isinstance(value, list) or not all(isinstance(v, (str, Path)) for v in value):
         raise FitConfigError(f"{what} must be a file name or a list of file names")
-    return [(base / v).resolve() if not Path(v).is_absolute() else Path(v) for v in value]
+    out = [(base / v).resolve() if not Path(v).is_absolute() else Path(v) for v in value]
+    for v, p in zip(value, out):
+        if not p.is_file():
+            raise FitConfigError(f"{what}: data file {v} not found (looked for {p})"
+                                 + (f"; get it from: {source}" if source else ""))
+    return out
+
+
+def data_base(d: dict, base: Path, data_dir=None) -> Path:
+    """The directory that data file names are relative to: the YAML file's, or the data directory
+    (``data_dir``, else $ACESERVER_DATA) when ``relative_to: data_dir``."""
+    import os
+    rel = d.get("relative_to", "config")
+    if rel == "config":
+        return base
+    if rel != "data_dir":
+        raise FitConfigError(f"'data.relative_to' must be 'config' or 'data_dir', got {rel!r}")
+    data_dir = data_dir or os.environ.get(DATA_ENV)
+    if not data_dir:
+        src = d.get("source")
+        raise FitConfigError("this configuration names its data files relative to a data directory: pass "
+                             f"--data-dir DIR or set {DATA_ENV}=DIR" + (f" (data: {src})" if src else ""))
+    if not Path(data_dir).is_dir():
+        raise FitConfigError(f"data directory {data_dir} does not exist")
+    return Path(data_dir).resolve()
 
 
 def _unknown(d: dict, allowed: set, where: str):
@@ -89,7 +118,7 @@ def _unknown(d: dict, allowed: set, where: str):
                              f"allowed: {sorted(allowed)}")
 
 
-def parse_config(raw: dict, base: Path = Path(".")) -> FitConfig:
+def parse_config(raw: dict, base: Path = Path("."), data_dir=None) -> FitConfig:
     if not isinstance(raw, dict):
         raise FitConfigError("the fit configuration must be a YAML mapping")
     raw = copy.deepcopy(raw)
@@ -138,15 +167,17 @@ def parse_config(raw: dict, base: Path = Path(".")) -> FitConfig:
         raise FitConfigError("'output' must be a mapping")
     _unknown(out, OUTPUT_KEYS, "'output'")
     opath = lambda v: None if v in (None, False) else ((base / v).resolve() if not Path(v).is_absolute() else Path(v))
-    return FitConfig(model=model, E0=E0, train=_paths(d["train"], base, "'data.train'"),
-                     validation=_paths(d.get("validation"), base, "'data.validation'"), keys=keys,
+    dbase, src = data_base(d, base, data_dir), d.get("source")
+    return FitConfig(model=model, E0=E0, train=_paths(d["train"], dbase, "'data.train'", src),
+                     validation=_paths(d.get("validation"), dbase, "'data.validation'", src), keys=keys,
                      weights=weights, prior=prior, solver=solver, validation_fraction=vf, seed=seed,
                      threads=threads, memory_limit=mem, output_model=opath(out.get("model")),
                      output_plots=opath(out.get("plots")), output_report=opath(out.get("report")),
                      name=str(raw.get("name", "")), raw=raw)
 
 
-def load_config(path) -> FitConfig:
+def load_config(path, data_dir=None) -> FitConfig:
+    """Read a fit configuration; ``data_dir``: the data directory for ``relative_to: data_dir``."""
     path = Path(path)
     try:
         text = path.read_text()
@@ -156,7 +187,7 @@ def load_config(path) -> FitConfig:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise FitConfigError(f"{path} is not valid YAML: {exc}") from None
-    cfg = parse_config(raw, path.parent.resolve())
+    cfg = parse_config(raw, path.parent.resolve(), data_dir)
     cfg.path = path.resolve()
     return cfg
 

@@ -157,8 +157,43 @@ def maximise_evidence(f: SVDFactors, var0_floor: float = 1e-8, vare_floor: float
                                       options={"ftol": 1e-15, "gtol": 1e-10, "maxiter": 2000})
         if best is None or res.fun < best.fun:
             best = res
-    v0, ve = np.exp(best.x)
-    return float(v0), float(ve), float(-best.fun)
+    x = _newton_polish(fun, best.x, lo)
+    v0, ve = np.exp(x)
+    return float(v0), float(ve), float(-fun(x)[0])
+
+
+def _newton_polish(fun, x, lo, steps: int = 20):
+    """Newton steps on the 2-D log-variance problem from L-BFGS-B's stopping point, so that the
+    optimum does not depend on where the quasi-Newton iteration happened to stop (two factorisations
+    of the same system then give the same hyperparameters to rounding). Hessian by central
+    differences of the analytic gradient; a step is kept only if it lowers the gradient norm and
+    the objective does not rise; bounds are respected."""
+    x = np.asarray(x, dtype=float).copy()
+    fx, g = fun(x)
+    for _ in range(steps):
+        if not np.all(np.isfinite(g)) or np.linalg.norm(g) == 0.0:
+            break
+        h = 1e-5 * np.maximum(1.0, np.abs(x))
+        H = np.empty((2, 2))
+        for i in range(2):
+            e = np.zeros(2)
+            e[i] = h[i]
+            H[:, i] = (fun(x + e)[1] - fun(x - e)[1]) / (2 * h[i])
+        H = 0.5 * (H + H.T)
+        try:
+            if np.any(np.linalg.eigvalsh(H) <= 0):
+                break
+            step = np.linalg.solve(H, g)
+        except np.linalg.LinAlgError:
+            break
+        xn = np.clip(x - step, lo, 60.0)
+        fn, gn = fun(xn)
+        if not (np.isfinite(fn) and fn <= fx + 1e-12 * abs(fx) and np.linalg.norm(gn) < np.linalg.norm(g)):
+            break
+        x, fx, g = xn, fn, gn
+        if np.max(np.abs(step)) < 1e-13:
+            break
+    return x
 
 
 def solve_blr(A, y, committee_size: int = 0, seed: int = 0, var0_floor: float = 1e-8,

@@ -1,0 +1,237 @@
+"""Cards and study plots of the zuo-<El> models from their stored results (no fitting).
+
+    python models/select_zuo.py --cards Si Cu ...
+
+Reads models/zuo-<El>/{fit.yaml, report.json, <model>.json, selection.json, study.json} and writes
+README.md (the card) and, where study.json exists, plots/cv_basis_size.png and plots/cv_learning_curve.png.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import yaml
+
+HERE = Path(__file__).resolve().parent
+
+
+def _score(r, targets):
+    from aceserver.fitting.selection import target_score
+    return target_score(r, (targets["E"], targets["F"]))
+
+
+def _cand_row(r, targets, mark=""):
+    c = r["candidate"]
+    m, se = _score(r, targets)
+    return (f"| {r['n_basis']}{mark} | {c['basis'].replace('order ', '').replace(', totaldegree ', ' ')} | "
+            f"{c['prior']['p']} | {c['weights']['default']['E']:g} | {list(c['E0'].values())[0]:g} | "
+            f"{r['mae_mean']['E'] * 1e3:.3f} ± {r['mae_std']['E'] * 1e3:.3f} | "
+            f"{r['mae_mean']['F']:.4f} ± {r['mae_std']['F']:.4f} | {m:.3f} ± {se:.3f} |")
+
+
+HEAD = ("| basis functions | order, totaldegree | prior p | w_E | E0 (eV) | CV E MAE (meV/atom) | "
+        "CV F MAE (eV/Å) | score ± SE |", "|---|---|---|---|---|---|---|---|")
+
+
+def _same(a, b):
+    return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+
+
+def basis_curve(sel: dict, study: dict) -> list[dict]:
+    """CV results of the study's prior and weights with the chosen E0, one per basis (smallest first)."""
+    E0 = sel["chosen"]["E0"]
+    rows = [r for r in sel["results"] + sel.get("extra_results", []) if _same(r["candidate"]["prior"], study["basis_curve"]["prior"])
+            and _same(r["candidate"]["weights"], study["basis_curve"]["weights"]) and _same(r["candidate"]["E0"], E0)]
+    return sorted(rows, key=lambda r: r["n_basis"])
+
+
+def study_plots(el: str, sel: dict, study: dict) -> list[str]:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    d = HERE / f"zuo-{el}" / "plots"
+    d.mkdir(exist_ok=True)
+    t = sel["targets"]
+    out = []
+    extra = []
+    if (d.parent / "cv_larger_basis.json").exists():
+        main = {r["n_basis"] for r in sel["results"]}
+        extra = [r for r in json.loads((d.parent / "cv_larger_basis.json").read_text())["results"]
+                 if r["n_basis"] not in main and _same(r["candidate"]["E0"], sel["chosen"]["E0"])]
+    for name, rows, x, xlabel in (
+            ("cv_basis_size.png", basis_curve(sel, study), lambda r: r["n_basis"], "basis functions"),
+            ("cv_learning_curve.png", study["learning_curve"], lambda r: r["n_train_configs"],
+             "training configurations (mean over folds)")):
+        fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+        for ax, k, scale, unit, tgt in ((axes[0], "E", 1e3, "meV/atom", t["E"] * 1e3), (axes[1], "F", 1.0, "eV/Å", t["F"])):
+            xs = [x(r) for r in rows]
+            ax.errorbar(xs, [r["mae_mean"][k] * scale for r in rows], yerr=[r["mae_std"][k] * scale for r in rows],
+                        marker="o", capsize=3, label="5-fold CV MAE (mean ± sd over folds)")
+            if "basis" in name and extra:
+                ax.errorbar([r["n_basis"] for r in extra], [r["mae_mean"][k] * scale for r in extra],
+                            yerr=[r["mae_std"][k] * scale for r in extra], marker="s", ls="none", capsize=3,
+                            color="C1", label="earlier run, larger basis (cv_larger_basis.json)")
+            ax.axhline(tgt, color="k", ls="--", lw=1, label="target (best published test MAE)")
+            ax.set_xscale("log")
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel(f"{k} MAE ({unit})")
+        axes[0].legend(fontsize=7)
+        fig.suptitle(f"zuo-{el}: " + ("CV error against basis size" if "basis" in name else "learning curve"))
+        fig.tight_layout()
+        fig.savefig(d / name, dpi=110)
+        plt.close(fig)
+        out.append(f"plots/{name}")
+    return out
+
+
+def write_card(el: str):
+    import aceserver
+    from refit import error_rows
+
+    d = HERE / f"zuo-{el}"
+    raw = yaml.safe_load((d / "fit.yaml").read_text())
+    report = json.loads((d / "report.json").read_text())
+    sel = json.loads((d / "selection.json").read_text())
+    model_file = d / raw["output"]["model"]
+    meta = aceserver.load_model(model_file).metadata.get("fit", {})
+    t = sel["targets"]
+    res = sel["results"]
+    chosen = next(r for r in res if _same(r["candidate"], sel["chosen"]))
+    best = next(r for r in res if _same(r["candidate"], sel["best"]))
+    cm, cse = _score(chosen, t)
+    bm, bse = _score(best, t)
+    verdict = lambda x, tg: "at or below" if x <= tg else "above"
+    E, F = chosen["mae_mean"]["E"], chosen["mae_mean"]["F"]
+    tm = sel["timings_s"]
+    L = [f"# zuo-{el}", "", raw.get("description", ""), "",
+         "## Cross-validated error against the targets", "",
+         f"5-fold cross-validation over the {sum(sel['fold_sizes'])} configurations of the training split "
+         f"(folds of {sel['fold_sizes']} configurations, seed {sel['seed']}), this model's settings:", "",
+         "| | CV MAE (mean ± sd over folds) | target (best published test MAE) | |", "|---|---|---|---|",
+         f"| energy | {E * 1e3:.3f} ± {chosen['mae_std']['E'] * 1e3:.3f} meV/atom | {t['E'] * 1e3:g} meV/atom | "
+         f"{verdict(E, t['E'])} |",
+         f"| forces | {F:.4f} ± {chosen['mae_std']['F']:.4f} eV/Å | {t['F']:g} eV/Å | {verdict(F, t['F'])} |", "",
+         "Per fold (E meV/atom, F eV/Å): " + ", ".join(
+             f"({f['mae']['E'] * 1e3:.3f}, {f['mae']['F']:.4f})" for f in chosen["folds"]) + ".",
+         "These are estimates from the training split; the Zuo test split was not read. Reproduce them "
+         f"(and this model) with `python models/select_zuo.py --data-dir DIR {el}` from the repository root.", "",
+         "## Files", "",
+         f"- model: `{model_file.name}` (sha256 of the file `{hashlib.sha256(model_file.read_bytes()).hexdigest()}`; "
+         f"model identity `{report.get('sha256')}`)",
+         "- settings: `fit.yaml`; fit report: `report.json`; CV results: `selection.json`"
+         + ("; study: `study.json`" if (d / "study.json").exists() else "") + "; plots: `plots/`", "",
+         "## Data", ""]
+    for x in meta.get("provenance", {}).get("data", []):
+        L.append(f"- `{Path(x['file']).name}` sha256 `{x['sha256']}`")
+    L += ["", "Origin: ACEData repository (github.com/ACEsuit/ACEData), `minibenchmarks/ZuoEtAl2020.tar.gz`, "
+          "converted from Y. Zuo et al., J. Phys. Chem. A 124, 731 (2020), data of materialsvirtuallab/mlearn "
+          "(BSD-3-Clause); training split only. Place it as `DIR/ZuoEtAl2020/"
+          f"{el}_train.xyz` (see models/README.md).", "", "## Settings", "", "```yaml"]
+    L += yaml.safe_dump({k: raw[k] for k in ("model", "E0", "weights", "prior", "solver", "seed") if k in raw},
+                        sort_keys=False).rstrip().splitlines()
+    s = report["solver"]
+    L += ["```", "", "## Fit on the whole training split", "",
+          f"`{s.get('solver')}` on {report['shape'][0]} observations x {report['shape'][1]} parameters; "
+          f"sigma0_sq {s.get('sigma0_sq', 0):.4g}, sigmae_sq {s.get('sigmae_sq', 0):.4g}, effective parameters "
+          f"{s.get('effective_parameters', 0):.0f}, committee of {s.get('committee_size')}.", "",
+          "Training errors (in-sample; the CV numbers above are the estimate of generalisation):", ""]
+    L += error_rows(report["errors"]["train"])
+    L += ["", "## Selection", "",
+          "One recipe for all six Zuo elements (`models/select_zuo.py`): nested ace1 bases (order 3 with "
+          "totaldegree [12,10,8], [16,12,10], [20,16,12], [24,20,16] and order 4 [24,20,16,12]; rcut 2.5 "
+          "bond lengths), the largest assembled once, smaller ones as leading column blocks. Stage 1 on the "
+          "order-3 bases: algebraic prior p ∈ {2, 4, 6} × energy weight w_E ∈ {10, 30, 100} (force weight 1) × "
+          "E0 ∈ {0, mean energy per atom}; stage 2: the best (p, w_E) of stage 1 (on the 827-function basis) "
+          "on the order-4 basis. BLR throughout.", "",
+          "Score per fold: E MAE/E target + F MAE/F target. Rule (one standard error): the fewest basis "
+          "functions among candidates whose mean score is within one standard error (over folds) of the best "
+          f"mean score. Best: {best['n_basis']} functions, score {bm:.3f} ± {bse:.3f}; chosen: "
+          f"{chosen['n_basis']} functions, score {cm:.3f} ± {cse:.3f} (marked *).", "",
+          f"Time on a shared 2-core box: assembly {tm.get('assembly_s', 0):.0f} s, block factors "
+          f"{tm.get('block_qr_s', 0):.0f} s, stage 1 {tm.get('stage1_s', 0):.0f} s, stage 2 "
+          f"{tm.get('stage2_s', 0):.0f} s" + (f", study {tm['study_s']:.0f} s" if "study_s" in tm else "")
+          + (f", final fit {tm['final_fit_s']:.0f} s; total {tm['total_s'] / 60:.1f} min" if "total_s" in tm else "")
+          + f" ({len(res)} candidates).", "", "The 15 best candidates by mean score:", "", *HEAD]
+    top = sorted(res, key=lambda r: _score(r, t)[0])[:15]
+    if chosen not in top:
+        top.append(chosen)
+    L += [_cand_row(r, t, "*" if r is chosen else "") for r in top]
+    if (d / "study.json").exists():
+        study = json.loads((d / "study.json").read_text())
+        plots = study_plots(el, sel, study)
+        bc = study["basis_curve"]
+        L += ["", "## Generalisation study", "",
+              f"CV error against basis size (prior p {bc['prior']['p']}, w_E {bc['weights']['default']['E']:g}: "
+              f"the best pair of stage 1; E0 as chosen) — `{plots[0]}`:", "", *HEAD]
+        L += [_cand_row(r, t) for r in basis_curve(sel, study)]
+        L += ["", f"Learning curve (the chosen candidate; each fold's model fitted on 1/5 .. 5/5 of each "
+              f"training fold, scored on the held-out fold) — `{plots[1]}`:", "",
+              "| training configurations | CV E MAE (meV/atom) | CV F MAE (eV/Å) |", "|---|---|---|"]
+        L += [f"| {r['n_train_configs']:.0f} | {r['mae_mean']['E'] * 1e3:.3f} ± {r['mae_std']['E'] * 1e3:.3f} | "
+              f"{r['mae_mean']['F']:.4f} ± {r['mae_std']['F']:.4f} |" for r in study["learning_curve"]]
+    if (d / "cv_larger_basis.json").exists():
+        extra = json.loads((d / "cv_larger_basis.json").read_text())
+        L += ["", "Larger bases (`cv_larger_basis.json`): " + extra["note"], "", *HEAD]
+        main = {r["n_basis"] for r in res}
+        L += [_cand_row(r, t) for r in sorted(extra["results"], key=lambda r: r["n_basis"])
+              if _same(r["candidate"]["E0"], sel["chosen"]["E0"]) and (r["n_basis"] not in main or r["n_basis"] == 827)]
+        L += [f"| {x['n_basis']} | {x['basis'].replace('order ', '').replace(', totaldegree ', ' ')} | {x['p']} | "
+              f"{x['w_E']:g} | {x['E0']:g} | {x['E_mae'][0] * 1e3:.3f} ± {x['E_mae'][1] * 1e3:.3f} | "
+              f"{x['F_mae'][0]:.4f} ± {x['F_mae'][1]:.4f} | (log only) |" for x in extra.get("from_log", [])]
+    L += ["", "## Reproduce", "", "From the repository root, with the data placed under DIR (or $ACESERVER_DATA):",
+          "", "```bash", f"aceserver fit models/zuo-{el}/fit.yaml --data-dir DIR        # this model",
+          f"python models/select_zuo.py --data-dir DIR {el}              # the CV numbers, the selection and the model",
+          "```", "",
+          "`select_zuo.py` fits the final model from the selection's assembled columns (the chosen basis is a "
+          "column subset of the largest one); `aceserver fit` assembles the chosen basis itself. Checked for "
+          "zuo-Si: the two give identical parameters and committee.", ""]
+    (d / "README.md").write_text("\n".join(L))
+
+
+def readme_tables():
+    """Fill the CV summary and the study summary into models/README.md (between their markers)."""
+    import re
+    rows = ["| model | chosen basis | prior p | w_E | E0 (eV) | CV E MAE (meV/atom) | E target | "
+            "CV F MAE (eV/Å) | F target | targets met | time |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    study = []
+    total = 0.0
+    for el in ("Ni", "Cu", "Li", "Mo", "Si", "Ge"):
+        d = HERE / f"zuo-{el}"
+        if not (d / "selection.json").exists() or not (d / "report.json").exists():
+            rows.append(f"| zuo-{el} | not refitted in this run | | | | | | | | | |")
+            continue
+        sel = json.loads((d / "selection.json").read_text())
+        if "chosen" not in sel:
+            rows.append(f"| zuo-{el} | selection incomplete | | | | | | | | | |")
+            continue
+        t = sel["targets"]
+        r = next(x for x in sel["results"] if _same(x["candidate"], sel["chosen"]))
+        c = r["candidate"]
+        E, F = r["mae_mean"]["E"], r["mae_mean"]["F"]
+        met = int(E <= t["E"]) + int(F <= t["F"])
+        secs = sel["timings_s"].get("total_s", 0.0)
+        total += secs
+        rows.append(f"| zuo-{el} | {r['n_basis']} ({c['basis'].replace('order ', 'o').replace(', totaldegree ', ' ')}) | "
+                    f"{c['prior']['p']} | {c['weights']['default']['E']:g} | {list(c['E0'].values())[0]:g} | "
+                    f"{E * 1e3:.3f} ± {r['mae_std']['E'] * 1e3:.3f} | {t['E'] * 1e3:g} | "
+                    f"{F:.4f} ± {r['mae_std']['F']:.4f} | {t['F']:g} | {met} of 2 | {secs / 60:.0f} min |")
+        if (d / "study.json").exists():
+            st = json.loads((d / "study.json").read_text())
+            bc = basis_curve(sel, st)
+            lc = st["learning_curve"]
+            study.append(f"- **{el}**: CV E / F MAE from {bc[0]['n_basis']} to {bc[-1]['n_basis']} functions: "
+                         + ", ".join(f"{x['n_basis']}: {x['mae_mean']['E'] * 1e3:.2f} / {x['mae_mean']['F']:.4f}"
+                                     for x in bc)
+                         + f" (meV/atom / eV/Å). Learning curve ({r['n_basis']} functions), "
+                         + ", ".join(f"{x['n_train_configs']:.0f} configs: {x['mae_mean']['E'] * 1e3:.2f} / "
+                                     f"{x['mae_mean']['F']:.4f}" for x in lc) + ".")
+    rows += ["", "CV MAE: mean ± standard deviation over the 5 folds. Targets: the best published test-set MAE "
+             f"(GAP, MTP, ACEpotentials.jl). Time: the sum of the six selections' wall times is {total / 60:.0f} min "
+             "on a 2-core machine shared with other jobs (load 8–18); up to three elements ran at once."]
+    text = (HERE / "README.md").read_text()
+    for tag, body in (("zuo-table", rows), ("study-summary", study)):
+        text = re.sub(f"<!-- {tag} -->.*?<!-- /{tag} -->", f"<!-- {tag} -->\n" + "\n".join(body) + f"\n<!-- /{tag} -->",
+                      text, flags=re.S)
+    (HERE / "README.md").write_text(text)
