@@ -22,26 +22,26 @@ from .ylm import project, ylm_grad, ylm_norms
 
 @njit(cache=True, nogil=True)
 def site_features(i, first, nbr, R, zat, mb_t, mb_spl, lmax, K, q, cs,
-                  zj, rhat, rinv, Pm, dPm, Y, dY):
-    """Per neighbour jj of atom i: species zj, unit vector, 1/r, radials Pm = P(y)(1-y²)² with
+                  zj, rhat, r, rinv, Pm, dPm, Y, dY):
+    """Per neighbour jj of atom i: species zj, unit vector, r, 1/r, radials Pm = P(y)(1-y²)² with
     their r-derivatives dPm, harmonics Y and the unprojected harmonic gradients dY (see ylm)."""
-    zi = zat[i]
-    for jj in range(first[i + 1] - first[i]):
-        x0, x1, x2, r, z = neighbour_vector(first[i] + jj, jj, R, zat, nbr, zj, rinv, rhat)
-        mb_radials(r, mb_t, zi, z, mb_spl, Pm, dPm, jj)
+    J = first[i + 1] - first[i]
+    for jj in range(J):
+        x0, x1, x2, r[jj], _ = neighbour_vector(first[i] + jj, jj, R, zat, nbr, zj, rinv, rhat)
         ylm_grad(x0, x1, x2, lmax, K, q, cs, Y, dY, jj)
+    mb_radials(J, r, mb_t, zat[i], zj, mb_spl, Pm, dPm)
 
 
 @njit(cache=True, nogil=True)
 def site_scratch(first, start, stop, n_poly, lmax):
     """Per-neighbour work arrays for site_features, sized for atoms start..stop-1:
-    (K, q, cs, zj, rhat, rinv, Pm, dPm, Y, dY)."""
+    (K, q, cs, zj, rhat, r, rinv, Pm, dPm, Y, dY)."""
     maxJ = 0
     for i in range(start, stop):
         maxJ = max(maxJ, first[i + 1] - first[i])
     nlm = (lmax + 1) ** 2
     return (ylm_norms(lmax), np.empty((lmax + 1, lmax + 2)), np.empty((lmax + 1, 2)),
-            np.empty(maxJ, dtype=np.int64), np.empty((maxJ, 3)), np.empty(maxJ),
+            np.empty(maxJ, dtype=np.int64), np.empty((maxJ, 3)), np.empty(maxJ), np.empty(maxJ),
             np.empty((maxJ, n_poly)), np.empty((maxJ, n_poly)), np.empty((maxJ, nlm)),
             np.empty((maxJ, nlm, 3)))
 
@@ -221,7 +221,7 @@ def _fast_range(start, stop, first, nbr, R, zat, T, mode, with_grad, E, G):
     M = T.coef.shape[0]
     n_rad = T.mb_spl.shape[2] if mode == 0 else T.tab.shape[4]
     n_rows = T.mb_spl.shape[2] if mode == 0 else T.row_off.shape[0]
-    K, q, cs, zj, rhat, rinv, rad, drad, Y, dY = site_scratch(first, start, stop, n_rad, T.lmax)
+    K, q, cs, zj, rhat, rr, rinv, rad, drad, Y, dY = site_scratch(first, start, stop, n_rad, T.lmax)
     A = np.empty((T.e0.shape[0], n_rows, nlm))
     dA = np.empty((T.e0.shape[0], n_rows, nlm))
     Af = A.reshape(-1)           # flat views: product nodes address A by flat index
@@ -253,7 +253,7 @@ def _fast_range(start, stop, first, nbr, R, zat, T, mode, with_grad, E, G):
         jstar = -1
         if mode == 0:
             site_features(i, first, nbr, R, zat, T.mb_t, T.mb_spl, T.lmax, K, q, cs,
-                          zj, rhat, rinv, rad, drad, Y, dY)
+                          zj, rhat, rr, rinv, rad, drad, Y, dY)
             accumulate_a(J, zj, rad, Y, A)
         else:
             jstar = table_features(i, first, nbr, R, zat, T, K, q, cs, zj, rhat, rinv, rad, drad,
@@ -403,7 +403,7 @@ def basis_rows(first, nbr, R, zat, nz, mb_t, mb_spl, lmax, parent, node_a, aa_no
     n_poly = mb_spl.shape[2]
     nlm = (lmax + 1) ** 2
     nN = parent.shape[0]
-    K, q, cs, zj, rhat, rinv, Pm, dPm, Y, dY = site_scratch(first, 0, N, n_poly, lmax)
+    K, q, cs, zj, rhat, rr, rinv, Pm, dPm, Y, dY = site_scratch(first, 0, N, n_poly, lmax)
     maxJ = zj.shape[0]
     poly = np.empty(n_pair_poly)
     dpoly = np.empty(n_pair_poly)
@@ -419,7 +419,7 @@ def basis_rows(first, nbr, R, zat, nz, mb_t, mb_spl, lmax, parent, node_a, aa_no
             continue
         zi = zat[i]
         site_features(i, first, nbr, R, zat, mb_t, mb_spl, lmax, K, q, cs,
-                      zj, rhat, rinv, Pm, dPm, Y, dY)
+                      zj, rhat, rr, rinv, Pm, dPm, Y, dY)
         accumulate_a(J, zj, Pm, Y, A)
         forward_aa(Af, parent, node_a, AA, 0, nN)
         if with_grad:
