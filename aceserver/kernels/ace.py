@@ -123,43 +123,47 @@ def leaf_densities(Af, AA, start, stop, leaf_a, leaf_coef, zi, TP, rho, lo, hi, 
     under node k contribute AA[k]·TP[m, k] with TP[m, k] = Σ_leaves c_m A[a] (kept for the
     reverse pass)."""
     M = rho.shape[0]
+    lc = leaf_coef[:, zi]
     first = start[lo] if hi > lo else lhi
     for l in range(llo, first):
         x = Af[leaf_a[l]]
         for mm in range(M):
-            rho[mm] += leaf_coef[mm, zi, l] * x
-    for k in range(lo, hi):
+            rho[mm] += lc[mm, l] * x
+    st, sp, aa, tp = start[lo:hi], stop[lo:hi], AA[lo:hi], TP[:, lo:hi]
+    for k in range(st.shape[0]):
         for mm in range(M):
-            TP[mm, k] = 0.0
-        for l in range(start[k], stop[k]):
+            tp[mm, k] = 0.0
+        for l in range(st[k], sp[k]):
             x = Af[leaf_a[l]]
             for mm in range(M):
-                TP[mm, k] += leaf_coef[mm, zi, l] * x
-        ak = AA[k]
+                tp[mm, k] += lc[mm, l] * x
+        ak = aa[k]
         for mm in range(M):
-            rho[mm] += ak * TP[mm, k]
+            rho[mm] += ak * tp[mm, k]
 
 
 @njit(cache=True, nogil=True)
 def reverse_leaves(AA, start, stop, leaf_a, leaf_coef, zi, TP, seed, dAf, dAA, lo, hi, llo, lhi):
     """Leaves in reverse, with ∂E/∂ρ_m = seed[m]: into ∂E/∂A (dAf) and ∂E/∂AA of the parents."""
     M = seed.shape[0]
+    lc = leaf_coef[:, zi]
     first = start[lo] if hi > lo else lhi
     for l in range(llo, first):
         w = 0.0
         for mm in range(M):
-            w += seed[mm] * leaf_coef[mm, zi, l]
+            w += seed[mm] * lc[mm, l]
         dAf[leaf_a[l]] += w
-    for k in range(lo, hi):
-        ak = AA[k]
+    st, sp, aa, tp, dAk = start[lo:hi], stop[lo:hi], AA[lo:hi], TP[:, lo:hi], dAA[lo:hi]
+    for k in range(st.shape[0]):
+        ak = aa[k]
         acc = 0.0
         for mm in range(M):
-            acc += seed[mm] * TP[mm, k]
-        dAA[k] += acc
-        for l in range(start[k], stop[k]):
+            acc += seed[mm] * tp[mm, k]
+        dAk[k] += acc
+        for l in range(st[k], sp[k]):
             w = 0.0
             for mm in range(M):
-                w += seed[mm] * leaf_coef[mm, zi, l]
+                w += seed[mm] * lc[mm, l]
             dAf[leaf_a[l]] += w * ak
 
 
