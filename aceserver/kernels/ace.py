@@ -76,8 +76,8 @@ def pullback_a(jj, z, dA, Pm, Y, dEdP, dEdY):
 
 
 # The node-range helpers below loop over views [lo:hi] with the index from 0, never over
-# range(lo, hi): with a start read from an array numba keeps its negative-index wrap-around on
-# every access and LLVM unrolls and vectorises less (ace1 models were ×1.4 slower, RESULTS.md).
+# range(lo, hi): with a loop start read from an array the compiled loops unroll and vectorise
+# less (likely numba's negative-index wrap-around); ace1 models were ×1.4 slower (RESULTS.md).
 @njit(cache=True, nogil=True, fastmath=True)
 def dot_range(a, b, lo, hi):
     """Σ_{lo<=k<hi} a_k b_k (vectorised, deterministic for the same inputs)."""
