@@ -80,10 +80,13 @@ def test_blr_with_committee_equals_in_memory(case):
 
 
 def test_tsvd_equals_in_memory(case):
+    """Same truncation and fitted values to 1e-10. The kept part has condition number up to 1/rtol =
+    1e9, so rounding-level differences of R move its coefficients by up to ~1e-7 in theory; measured
+    ~1e-10 (Si_tiny) and ~1e-11 (TiAl_tiny): asserted at 1e-9."""
     dense, stream, r1, r2 = _fit_both(case, {"name": "tsvd", "rtol": 1e-9})
     gamma = priors.make_prior(dense.basis_labels, None)
     assert r2.solver_info["truncation"] == r1.solver_info["truncation"]
-    assert _rel(gamma * stream.parameters, gamma * dense.parameters) < TOL
+    assert _rel(gamma * stream.parameters, gamma * dense.parameters) < 1e-9
     A = case["system"].A
     assert _rel(A @ stream.parameters, A @ dense.parameters) < TOL
 
@@ -101,7 +104,7 @@ def test_tsvd_validation_choice_equals_in_memory(case):
     assert r2.solver_info["truncation"] == r1.solver_info["truncation"]
     assert r2.solver_info["validation_residual"] == pytest.approx(r1.solver_info["validation_residual"], rel=1e-8)
     gamma = priors.make_prior(d.basis_labels, None)
-    assert _rel(gamma * s.parameters, gamma * d.parameters) < TOL
+    assert _rel(gamma * s.parameters, gamma * d.parameters) < 1e-9        # as test_tsvd_equals_in_memory
 
 
 def test_ridge_qr_equals_in_memory(case):

@@ -38,6 +38,7 @@ API (also meant for selection and cross-validation — labels are arbitrary hash
 """
 from __future__ import annotations
 
+import math
 import os
 import threading
 import time
@@ -59,12 +60,13 @@ class GroupFactors:
     """Triangular factors (R_g, Q_gᵀY_g, S_g, rows_g) kept per row-group label; see the module doc.
 
     Rows added to a group are buffered and folded into its R once ``chunk_rows`` rows are waiting
-    in all groups together (default 2·n_basis: the QR work per row is then 1.5× that of one dense QR).
+    in all groups together (default n_basis, at least 256: the QR work per row is then twice that of
+    one dense QR, and the buffer and its re-factoring copy take 3·n_basis² numbers).
     """
 
     def __init__(self, n_basis: int, n_targets: int = 1, chunk_rows: int | None = None):
         self.n_basis, self.n_targets = int(n_basis), int(n_targets)
-        self.chunk_rows = int(chunk_rows or max(2 * self.n_basis, 256))
+        self.chunk_rows = int(chunk_rows or max(self.n_basis, 256))
         self._R: dict = {}
         self._QtY: dict = {}
         self._resid: dict = {}
@@ -259,8 +261,8 @@ def config_rows(model, cfg: Config, elements: list[str], E0: dict | None = None)
     return out
 
 
-def _ordered_map(fn, items, threads: int):
-    """fn(item) for each item, yielded in order, at most 2·threads computed ahead (bounded memory)."""
+def _ordered_map(fn, items, threads: int, ahead: int = 2):
+    """fn(item) for each item, yielded in order, at most ahead·threads computed ahead (bounded memory)."""
     if threads <= 1:
         for it in items:
             yield fn(it)
@@ -271,7 +273,7 @@ def _ordered_map(fn, items, threads: int):
         try:
             for x in it:
                 window.append(ex.submit(fn, x))
-                if len(window) >= 2 * threads:
+                if len(window) >= ahead * threads:
                     yield window.popleft().result()
             while window:
                 yield window.popleft().result()
@@ -280,29 +282,83 @@ def _ordered_map(fn, items, threads: int):
                 f.cancel()
 
 
-def reduce_configs(model, configs: list[Config], threads: int | None = None, progress: bool | None = None,
-                   chunk_rows: int | None = None, on_config=None) -> GroupFactors:
-    """Reduce the configurations' rows to per-(config_type, kind) factors, computing blocks in threads.
+def leaves(configs: list[Config], n_basis: int, leaf_rows: int | None = None) -> list[list[int]]:
+    """The configurations cut, in order, into runs of at least ``leaf_rows`` rows (default
+    max(8·n_basis, 4096)): the leaves of the reduction tree. They depend on the data and the basis
+    only, so every path (threads here, any number of Dask workers) reduces in the same tree and
+    gives the same numbers."""
+    from .assembly import count_rows
+    per = int(leaf_rows or max(8 * int(n_basis), 4096))
+    out, cur, rows = [], [], 0
+    for i, c in enumerate(configs):
+        cur.append(i)
+        rows += count_rows(c)
+        if rows >= per:
+            out.append(cur)
+            cur, rows = [], 0
+    if cur:
+        out.append(cur)
+    return out
 
-    Blocks are folded in the order of ``configs`` (the result does not depend on thread timing).
-    ``on_config()`` is called after each configuration (progress).
-    """
+
+def tree_merge(parts):
+    """Merge an iterable of GroupFactors (the leaves, in order) in the canonical binary tree: pairs
+    (0,1), (2,3), … then pairs of those, an odd last one carried up — kept as a binary counter, so at
+    most log₂(leaves) partial results are held at once."""
+    stack = []                                  # (level, factors)
+    for gf in parts:
+        level = 0
+        while stack and stack[-1][0] == level:
+            gf = stack.pop()[1].merge(gf)
+            level += 1
+        stack.append((level, gf))
+    if not stack:
+        raise ValueError("no configurations to reduce")
+    gf = stack.pop()[1]
+    while stack:
+        gf = stack.pop()[1].merge(gf)
+    return gf
+
+
+def reduce_leaf(model, configs: list[Config], chunk_rows: int | None = None, on_config=None) -> GroupFactors:
+    """One leaf: the configurations' rows, in order, folded into per-(config_type, kind) factors."""
     elements = list(model.basis.elements)
     E0 = dict(model.E0)
     gf = GroupFactors(model.length_basis, 1 + len(elements), chunk_rows)
+    for c in configs:
+        for label, A, Y in config_rows(model, c, elements, E0):
+            gf.add(label, A, Y)
+        if on_config is not None:
+            on_config()
+    return gf.flush()
+
+
+def reduce_configs(model, configs: list[Config], threads: int | None = None, progress: bool | None = None,
+                   chunk_rows: int | None = None, leaf_rows: int | None = None, on_config=None) -> GroupFactors:
+    """Reduce the configurations' rows to per-(config_type, kind) factors.
+
+    The leaves (:func:`leaves`) are reduced on ``threads`` threads (default: all CPUs), each with
+    single-threaded BLAS, and merged by :func:`tree_merge`: the numbers depend neither on the thread
+    count nor on timing, and equal those of Dask workers (:mod:`.cluster`). At most ``threads`` leaves
+    are in flight. ``on_config()`` is called after each configuration (progress).
+    """
+    from threadpoolctl import threadpool_limits
+    from tqdm.auto import tqdm
     if progress is None:
         import sys
         progress = len(configs) >= 20 and sys.stderr.isatty()
-    from tqdm.auto import tqdm
-    with tqdm(total=len(configs), desc="reducing", unit="config", disable=not progress) as bar:
-        for rows in _ordered_map(lambda c: config_rows(model, c, elements, E0), configs,
-                                 threads or os.cpu_count() or 1):
-            for label, A, Y in rows:
-                gf.add(label, A, Y)
+    threads = threads or os.cpu_count() or 1
+    cut = leaves(configs, model.length_basis, leaf_rows)
+    with tqdm(total=len(configs), desc="reducing", unit="config", disable=not progress) as bar, \
+            threadpool_limits(limits=1, user_api="blas"):
+        def tick():
             bar.update()
             if on_config is not None:
                 on_config()
-    return gf.flush()
+
+        parts = _ordered_map(lambda run: reduce_leaf(model, [configs[i] for i in run], chunk_rows, tick), cut,
+                             threads, ahead=1)
+        return tree_merge(parts).flush()
 
 
 def group_scales(labels, weights: dict | None) -> list[float]:
@@ -331,14 +387,19 @@ def group_rows(configs: list[Config]) -> dict:
     return rows
 
 
-def memory_estimate(n_basis: int, rows_per_group, chunk_rows: int | None = None, threads: int = 1,
-                    block_rows: int = 0) -> int:
-    """Bytes of the streaming path: each group's R (min(rows, m) × m), the row buffer with its
-    re-factoring copy, the final combination, and the blocks in flight (2 per thread)."""
+def memory_estimate(n_basis: int, rows_per_group, threads: int = 1, block_rows: int = 0,
+                    chunk_rows: int | None = None, leaf_rows: int | None = None) -> int:
+    """Bytes of the streaming path (:func:`reduce_configs`): per thread, one leaf in progress (each
+    group's R, min(rows, m) × m, the row buffer, its re-factoring copy, one block); the partial
+    results of the tree (log₂ leaves + 1 sets of R); the final combination and its SVD (4 m × m)."""
     m = int(n_basis)
-    chunk = int(chunk_rows or max(2 * m, 256))
-    r = sum(min(int(n), m) for n in rows_per_group)
-    return 8 * m * (r + 2 * (chunk + m) + 2 * m + 2 * max(threads, 1) * int(block_rows))
+    rows_per_group = [int(n) for n in rows_per_group]
+    chunk = int(chunk_rows or max(m, 256))
+    r = sum(min(n, m) for n in rows_per_group)
+    n_leaves = max(1, -(-sum(rows_per_group) // int(leaf_rows or max(8 * m, 4096))))
+    leaf = r + chunk + (chunk + m) + int(block_rows)
+    tree = (math.ceil(math.log2(n_leaves)) + 1) * r
+    return 8 * m * (min(max(threads, 1), n_leaves) * leaf + tree + 4 * m)
 
 
 def _rss() -> int:
