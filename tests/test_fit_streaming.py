@@ -186,3 +186,26 @@ def test_path_chosen_by_memory_budget():
     assert res.run["path"] == "streaming"
     assert res.run["peak_rss_gb"] >= res.run["rss_before_gb"] > 0
     assert model.metadata["fit"]["assembly"]["path"] == "streaming"
+
+
+def test_selection_from_reduced_system_equals_dense(case):
+    """selection.evaluate_candidates from GroupFactors (weights, prior, E0 per candidate) scores as
+    from the assembled training matrix."""
+    from aceserver.fitting import selection
+    train, val = data.split_train_validation(case["configs"], 0.25, seed=2)
+    model = case["model"]()
+    ts = assembly.assemble(model, train, None, progress=False)
+    vs = assembly.assemble(model, val, None, progress=False)
+    gf = streaming.reduce_configs(model, train, threads=2, progress=False)
+    E0b = {el: v - 0.05 for el, v in case["E0"].items()}
+    cands = [{"prior": {"name": "algebraic", "p": 4}, "solver": "blr"},
+             {"prior": {"name": "algebraic", "p": 3}, "solver": "blr", "E0": E0b,
+              "weights": {"default": {"E": 5.0, "F": 2.0, "V": 0.5}}},
+             {"prior": {"name": "gaussian"}, "solver": {"name": "tsvd", "rtol": 1e-6}}]
+    dense = selection.evaluate_candidates(model, train, val, ts, vs, cands, case["weights"], log=None)
+    red = selection.evaluate_candidates(model, train, val, gf, vs, cands, case["weights"], log=None)
+    assert [id(r["candidate"]) for r in red] == [id(r["candidate"]) for r in dense]
+    for a, b in zip(dense, red):
+        assert b["weighted_rmse"] == pytest.approx(a["weighted_rmse"], rel=1e-8)
+        for k in ("E", "F"):
+            assert b["validation"]["rmse"][k] == pytest.approx(a["validation"]["rmse"][k], rel=1e-8)

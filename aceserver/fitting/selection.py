@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from . import assembly, priors, solvers
+from . import assembly, priors, solvers, streaming
 from .data import Config
 
 
@@ -73,6 +73,9 @@ def evaluate_candidates(model, train: list[Config], validation: list[Config],
     """
     import scipy.linalg
 
+    if isinstance(train_sys, streaming.GroupFactors):       # a reduced (streaming / Dask) training system
+        return evaluate_candidates_reduced(model, validation, train_sys, val_sys, candidates, weights, seed,
+                                           log, key)
     E0s = []
     for cand in candidates:
         E0 = cand.get("E0") or dict(model.E0)
@@ -134,4 +137,35 @@ def evaluate_candidates(model, train: list[Config], validation: list[Config],
         if log:
             e, f_ = errs["mae"]["E"], errs["mae"]["F"]
             log(f"  {cand}: validation MAE E {e * 1e3:.3f} meV/atom, F {f_:.4f} eV/Å; weighted RMSE {loss:.5g}")
+    return sorted(results, key=key or (lambda r: r["weighted_rmse"]))
+
+
+def evaluate_candidates_reduced(model, validation: list[Config], train: streaming.GroupFactors,
+                                val_sys: assembly.LsqSystem, candidates: list[dict], weights: dict,
+                                seed: int = 0, log=print, key=None) -> list[dict]:
+    """:func:`evaluate_candidates` from per-(config_type, kind) factors (:func:`streaming.reduce_configs`,
+    built under ``model.E0``) instead of an assembled training matrix: a candidate's weights rescale
+    the groups' factors, its prior the columns, its E0 the target combination; any solver works."""
+    elements = list(model.basis.elements)
+    val_groups, val_scale = _row_groups(val_sys, validation)
+    results = []
+    for cand in candidates:
+        E0 = cand.get("E0") or dict(model.E0)
+        cw = cand.get("weights") or weights
+        gamma = priors.make_prior(model.basis_labels, cand.get("prior"))
+        red = train.combine(train.labels, streaming.group_scales(train.labels, cw), col_scale=gamma,
+                            alpha=streaming.e0_alpha(elements, model.E0, E0))
+        sol = red.solve(cand.get("solver", "blr"), seed=seed)
+        theta = sol.coef / gamma
+        yv = assembly.with_E0(val_sys, validation, model.E0, E0)
+        wv = val_scale.copy()
+        for ct, kind, rows in val_groups:
+            wv[rows] *= _group_factor(ct, kind, cw)
+        errs = row_errors(val_sys, validation, theta, yv)
+        loss = float(math.sqrt(np.mean((wv * (val_sys.A @ theta - yv)) ** 2)))
+        results.append({"candidate": cand, "validation": errs, "weighted_rmse": loss,
+                        "solver_info": {k: v for k, v in sol.info.items() if isinstance(v, (int, float, str))}})
+        if log:
+            log(f"  {cand}: validation MAE E {errs['mae']['E'] * 1e3:.3f} meV/atom, F {errs['mae']['F']:.4f} eV/Å; "
+                f"weighted RMSE {loss:.5g}")
     return sorted(results, key=key or (lambda r: r["weighted_rmse"]))

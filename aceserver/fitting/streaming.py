@@ -284,11 +284,11 @@ def _ordered_map(fn, items, threads: int, ahead: int = 2):
 
 def leaves(configs: list[Config], n_basis: int, leaf_rows: int | None = None) -> list[list[int]]:
     """The configurations cut, in order, into runs of at least ``leaf_rows`` rows (default
-    max(8·n_basis, 4096)): the leaves of the reduction tree. They depend on the data and the basis
+    max(4·n_basis, 2048)): the leaves of the reduction tree. They depend on the data and the basis
     only, so every path (threads here, any number of Dask workers) reduces in the same tree and
     gives the same numbers."""
     from .assembly import count_rows
-    per = int(leaf_rows or max(8 * int(n_basis), 4096))
+    per = int(leaf_rows or max(4 * int(n_basis), 2048))
     out, cur, rows = [], [], 0
     for i, c in enumerate(configs):
         cur.append(i)
@@ -396,7 +396,7 @@ def memory_estimate(n_basis: int, rows_per_group, threads: int = 1, block_rows: 
     rows_per_group = [int(n) for n in rows_per_group]
     chunk = int(chunk_rows or max(m, 256))
     r = sum(min(n, m) for n in rows_per_group)
-    n_leaves = max(1, -(-sum(rows_per_group) // int(leaf_rows or max(8 * m, 4096))))
+    n_leaves = max(1, -(-sum(rows_per_group) // int(leaf_rows or max(4 * m, 2048))))
     leaf = r + chunk + (chunk + m) + int(block_rows)
     tree = (math.ceil(math.log2(n_leaves)) + 1) * r
     return 8 * m * (min(max(threads, 1), n_leaves) * leaf + tree + 4 * m)
