@@ -209,3 +209,51 @@ def test_selection_from_reduced_system_equals_dense(case):
         assert b["weighted_rmse"] == pytest.approx(a["weighted_rmse"], rel=1e-8)
         for k in ("E", "F"):
             assert b["validation"]["rmse"][k] == pytest.approx(a["validation"]["rmse"][k], rel=1e-8)
+
+
+def _cli(argv):
+    import argparse
+
+    from aceserver.commands import fit as fit_cmd
+    p = argparse.ArgumentParser()
+    fit_cmd.add_arguments(p)
+    return fit_cmd.run(p.parse_args(argv))
+
+
+def _tial_tiny_config(tmp_path):
+    import yaml
+    cfg = {"model": SETS["TiAl_tiny"]["model"], "E0": SETS["TiAl_tiny"]["E0"],
+           "data": {"train": str(DATA / "TiAl_tiny.xyz"), "energy_key": "energy", "force_key": "force",
+                    "virial_key": "virial"},
+           "solver": {"name": "blr", "committee_size": 2}, "output": {"model": "m.json", "plots": None}}
+    path = tmp_path / "fit.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_cli_estimate(tmp_path, capsys):
+    path = _tial_tiny_config(tmp_path)
+    assert _cli([str(path), "--estimate", "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    rows, m = 807, 270                   # 33 configurations: 1 E + 3N F + 6 V rows each; TiAl basis size
+    assert f"rows: {rows} (33 training configurations" in out
+    assert f"basis functions: {m}" in out
+    assert f"in-memory path: {2 * rows * m * 8 / 2**20:.1f} MiB" in out
+    assert "rows/s per thread" in out and "assembly: about" in out
+    assert not (tmp_path / "m.json").exists()          # nothing fitted
+
+
+def test_cli_streaming_chosen_by_budget_and_forced(tmp_path, capsys):
+    import json
+    path = _tial_tiny_config(tmp_path)
+    assert _cli([str(path), "--memory-budget", "0.001", "--json-report", str(tmp_path / "r1.json"), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "path: streaming; peak memory" in out
+    r1 = json.loads((tmp_path / "r1.json").read_text())
+    assert r1["assembly"]["path"] == "streaming" and r1["assembly"]["peak_rss_gb"] > 0
+    assert _cli([str(path), "--json-report", str(tmp_path / "r2.json"), "--quiet"]) == 0
+    assert json.loads((tmp_path / "r2.json").read_text())["assembly"]["path"] == "in-memory"
+    assert _cli([str(path), "--streaming", "--json-report", str(tmp_path / "r3.json"), "--quiet"]) == 0
+    r3 = json.loads((tmp_path / "r3.json").read_text())
+    assert r3["assembly"]["path"] == "streaming"
+    assert r3["errors"] == r1["errors"]
