@@ -53,12 +53,44 @@ def _group_factor(config_type: str, kind: int, weights: dict) -> float:
     return float(config_weights(config_type, normalise_weights(weights))["EFV"[kind]])
 
 
+def _system_factors(model, train: list[Config], train_sys: assembly.LsqSystem, E0s: list[dict]):
+    """Row count and per group (config_type, kind, R_g, (Q_gᵀ y_g) per E0, ‖y_g‖² per E0) of an
+    assembled training system."""
+    import scipy.linalg
+    Yall = np.stack([assembly.with_E0(train_sys, train, model.E0, E0) for E0 in E0s])
+    groups, scale = _row_groups(train_sys, train)
+    factors = []
+    for ct, kind, rows in groups:
+        A = np.array(train_sys.A[rows], order="F", copy=True)
+        for a in range(0, A.shape[0], 4096):
+            A[a:a + 4096] *= scale[rows[a:a + 4096], None]
+        Y = Yall[:, rows] * scale[rows][None, :]
+        QtY, R = scipy.linalg.qr_multiply(A, Y, mode="right", overwrite_a=True)
+        del A
+        factors.append((ct, kind, R, QtY, (Y ** 2).sum(axis=1)))
+    return train_sys.shape[0], factors
+
+
+def _reduced_factors(model, gf: streaming.GroupFactors, E0s: list[dict]):
+    """The same per-group factors from :class:`streaming.GroupFactors` (built under ``model.E0``):
+    E0 is a combination α of their target columns, ‖y_g‖² = ‖Q_gᵀY_gα‖² + αᵀS_gα."""
+    elements = list(model.basis.elements)
+    alphas = [streaming.e0_alpha(elements, model.E0, E0) for E0 in E0s]
+    factors = []
+    for ct, kind in gf.labels:
+        R, QtY, S, _ = gf.factor((ct, kind))
+        qty = np.stack([QtY @ a for a in alphas])
+        factors.append((ct, "EFV".index(kind), R, qty, np.array([q @ q + a @ S @ a for q, a in zip(qty, alphas)])))
+    return factors
+
+
 def evaluate_candidates(model, train: list[Config], validation: list[Config],
                         train_sys: assembly.LsqSystem, val_sys: assembly.LsqSystem,
                         candidates: list[dict], weights: dict, seed: int = 0, log=print,
                         key=None) -> list[dict]:
     """Fit each candidate ``{"prior": ..., "solver": ..., "E0": {el: eV} | None, "weights": {...} | None}``
     on ``train_sys`` and score it on ``val_sys``. Systems must have been assembled with ``model.E0``;
+    ``train_sys`` may also be the :class:`streaming.GroupFactors` of the training configurations;
     a candidate without "weights" uses ``weights``.
 
     Weights only scale rows, and every row of one (config_type, kind) group is scaled by the same
@@ -73,28 +105,17 @@ def evaluate_candidates(model, train: list[Config], validation: list[Config],
     """
     import scipy.linalg
 
-    if isinstance(train_sys, streaming.GroupFactors):       # a reduced (streaming / Dask) training system
-        return evaluate_candidates_reduced(model, validation, train_sys, val_sys, candidates, weights, seed,
-                                           log, key)
     E0s = []
     for cand in candidates:
         E0 = cand.get("E0") or dict(model.E0)
         if E0 not in E0s:
             E0s.append(E0)
-    Yall = np.stack([assembly.with_E0(train_sys, train, model.E0, E0) for E0 in E0s])
-    n = train_sys.shape[0]
-    if n < train_sys.shape[1]:
+    if isinstance(train_sys, streaming.GroupFactors):       # reduced (streaming / Dask) training factors
+        n, factors = train_sys.total_rows, _reduced_factors(model, train_sys, E0s)
+    else:
+        n, factors = _system_factors(model, train, train_sys, E0s)
+    if n < model.length_basis:
         raise ValueError("selection needs at least as many training observations as parameters")
-    groups, scale = _row_groups(train_sys, train)
-    factors = []        # per group: (config_type, kind, R_g, (Q_gᵀ y_g) per E0, ‖y_g‖² per E0)
-    for ct, kind, rows in groups:
-        A = np.array(train_sys.A[rows], order="F", copy=True)
-        for a in range(0, A.shape[0], 4096):
-            A[a:a + 4096] *= scale[rows[a:a + 4096], None]
-        Y = Yall[:, rows] * scale[rows][None, :]
-        QtY, R = scipy.linalg.qr_multiply(A, Y, mode="right", overwrite_a=True)
-        del A
-        factors.append((ct, kind, R, QtY, (Y ** 2).sum(axis=1)))
     val_groups, val_scale = _row_groups(val_sys, validation)
     results = []
     svds = {}           # (weights, prior) -> (group factors, prior scales, SVD): E0 only moves targets
@@ -139,33 +160,3 @@ def evaluate_candidates(model, train: list[Config], validation: list[Config],
             log(f"  {cand}: validation MAE E {e * 1e3:.3f} meV/atom, F {f_:.4f} eV/Å; weighted RMSE {loss:.5g}")
     return sorted(results, key=key or (lambda r: r["weighted_rmse"]))
 
-
-def evaluate_candidates_reduced(model, validation: list[Config], train: streaming.GroupFactors,
-                                val_sys: assembly.LsqSystem, candidates: list[dict], weights: dict,
-                                seed: int = 0, log=print, key=None) -> list[dict]:
-    """:func:`evaluate_candidates` from per-(config_type, kind) factors (:func:`streaming.reduce_configs`,
-    built under ``model.E0``) instead of an assembled training matrix: a candidate's weights rescale
-    the groups' factors, its prior the columns, its E0 the target combination; any solver works."""
-    elements = list(model.basis.elements)
-    val_groups, val_scale = _row_groups(val_sys, validation)
-    results = []
-    for cand in candidates:
-        E0 = cand.get("E0") or dict(model.E0)
-        cw = cand.get("weights") or weights
-        gamma = priors.make_prior(model.basis_labels, cand.get("prior"))
-        red = train.combine(train.labels, streaming.group_scales(train.labels, cw), col_scale=gamma,
-                            alpha=streaming.e0_alpha(elements, model.E0, E0))
-        sol = red.solve(cand.get("solver", "blr"), seed=seed)
-        theta = sol.coef / gamma
-        yv = assembly.with_E0(val_sys, validation, model.E0, E0)
-        wv = val_scale.copy()
-        for ct, kind, rows in val_groups:
-            wv[rows] *= _group_factor(ct, kind, cw)
-        errs = row_errors(val_sys, validation, theta, yv)
-        loss = float(math.sqrt(np.mean((wv * (val_sys.A @ theta - yv)) ** 2)))
-        results.append({"candidate": cand, "validation": errs, "weighted_rmse": loss,
-                        "solver_info": {k: v for k, v in sol.info.items() if isinstance(v, (int, float, str))}})
-        if log:
-            log(f"  {cand}: validation MAE E {errs['mae']['E'] * 1e3:.3f} meV/atom, F {errs['mae']['F']:.4f} eV/Å; "
-                f"weighted RMSE {loss:.5g}")
-    return sorted(results, key=key or (lambda r: r["weighted_rmse"]))
