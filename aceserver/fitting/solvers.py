@@ -75,7 +75,7 @@ def qr_reduce(A: np.ndarray, Y: np.ndarray, overwrite_a: bool = False):
     if info != 0:
         raise RuntimeError(f"LAPACK dormqr failed (info {info})")
     rest = Z[r:]
-    return np.triu(R[:r]), np.array(Z[:r]), rest.T @ rest
+    return R[:r], np.array(Z[:r]), rest.T @ rest       # scipy's R is already upper triangular
 
 
 def svd_factors(A: np.ndarray, y: np.ndarray, overwrite_a: bool = False) -> SVDFactors:

@@ -109,10 +109,19 @@ class GroupFactors:
             return
         self._buf[label] = []
         self._nbuf -= sum(a.shape[0] for a, _ in parts)
-        A = np.vstack([self._R[label]] + [a for a, _ in parts])
-        Y = np.vstack([self._QtY[label]] + [y for _, y in parts])
-        del parts
-        self._R[label], self._QtY[label], S = solvers.qr_reduce(np.asfortranarray(A), Y, overwrite_a=True)
+        parts.insert(0, (self._R[label], self._QtY[label]))
+        self._R[label] = self._QtY[label] = None
+        n = sum(a.shape[0] for a, _ in parts)
+        A = np.empty((n, self.n_basis), order="F")      # one copy, in LAPACK's order: factored in place
+        Y = np.empty((n, self.n_targets), order="F")
+        i = 0
+        while parts:
+            a, y = parts.pop(0)
+            A[i:i + a.shape[0]] = a
+            Y[i:i + a.shape[0]] = y
+            i += a.shape[0]
+            del a, y
+        self._R[label], self._QtY[label], S = solvers.qr_reduce(A, Y, overwrite_a=True)
         self._resid[label] += S
 
     def flush(self) -> "GroupFactors":
