@@ -109,9 +109,10 @@ class DaskReducer:
     """``reducer(configs) -> GroupFactors`` for :func:`driver.acefit`, computed on a Dask cluster.
 
     ``client``: a ``dask.distributed.Client``. ``definition``: :func:`model_definition`. ``keys``:
-    the observation keys. ``n_basis``: the basis size (default: asked of a worker). ``leaf_rows``: rows per task (default :func:`streaming.leaves`'; the same
-    leaves and tree as a local streaming fit, so the same numbers). ``on_task(done, total)``: called
-    after each task.
+    the observation keys. ``n_basis``: the basis size (default: asked of a worker). ``leaf_rows``:
+    rows per task (default that of :func:`streaming.leaves`, which gives the leaves and the tree of a
+    local streaming fit and so its numbers; another value gives other rounding). ``on_task(done,
+    total)``: called after each task.
     """
 
     path = "dask"
