@@ -3,7 +3,8 @@
 Modules: ``data`` (reading, observation keys, weights, E0), ``assembly`` (weighted least-squares rows
 from ``model.basis_rows``), ``priors`` (smoothness priors), ``solvers`` (QR, BLR, truncated SVD,
 rank-revealing QR), ``errors`` (RMSE/MAE tables), ``plots`` (parity plots), ``config`` (YAML fit
-configurations), ``driver`` (``acefit``).
+configurations), ``driver`` (``acefit``), ``streaming`` (the system reduced block by block to
+per-group triangular factors, for fits larger than memory), ``cluster`` (that reduction on Dask workers).
 
     from aceserver.fitting import acefit, read_configs, Keys
     train = read_configs("Si_tiny.xyz", Keys("dft_energy", "dft_force", "dft_virial"))

@@ -42,6 +42,11 @@ class FitDataError(ACEInputError):
         super().__init__(f"{', '.join(where)}: {message}" if where else message, field=field)
         self.file = file
         self.frame = frame
+        self._parts = (message, file, frame, field)
+
+    def __reduce__(self):
+        # the same error after a round trip between processes (a Dask worker and the client)
+        return (type(self), self._parts)
 
 
 @dataclass

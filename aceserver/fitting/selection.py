@@ -18,7 +18,7 @@ import math
 
 import numpy as np
 
-from . import assembly, priors, solvers
+from . import assembly, priors, solvers, streaming
 from .data import Config
 
 
@@ -59,12 +59,44 @@ def _group_factor(config_type: str, kind: int, weights: dict) -> float:
     return float(config_weights(config_type, normalise_weights(weights))["EFV"[kind]])
 
 
+def _system_factors(model, train: list[Config], train_sys: assembly.LsqSystem, E0s: list[dict]):
+    """Row count and per group (config_type, kind, R_g, (Q_gᵀ y_g) per E0, ‖y_g‖² per E0) of an
+    assembled training system."""
+    import scipy.linalg
+    Yall = np.stack([assembly.with_E0(train_sys, train, model.E0, E0) for E0 in E0s])
+    groups, scale = _row_groups(train_sys, train)
+    factors = []
+    for ct, kind, rows in groups:
+        A = np.array(train_sys.A[rows], order="F", copy=True)
+        for a in range(0, A.shape[0], 4096):
+            A[a:a + 4096] *= scale[rows[a:a + 4096], None]
+        Y = Yall[:, rows] * scale[rows][None, :]
+        QtY, R = scipy.linalg.qr_multiply(A, Y, mode="right", overwrite_a=True)
+        del A
+        factors.append((ct, kind, R, QtY, (Y ** 2).sum(axis=1)))
+    return train_sys.shape[0], factors
+
+
+def _reduced_factors(model, gf: streaming.GroupFactors, E0s: list[dict]):
+    """The same per-group factors from :class:`streaming.GroupFactors` (built under ``model.E0``):
+    E0 is a combination α of their target columns, ‖y_g‖² = ‖Q_gᵀY_gα‖² + αᵀS_gα."""
+    elements = list(model.basis.elements)
+    alphas = [streaming.e0_alpha(elements, model.E0, E0) for E0 in E0s]
+    factors = []
+    for ct, kind in gf.labels:
+        R, QtY, S, _ = gf.factor((ct, kind))
+        qty = np.stack([QtY @ a for a in alphas])
+        factors.append((ct, "EFV".index(kind), R, qty, np.array([q @ q + a @ S @ a for q, a in zip(qty, alphas)])))
+    return factors
+
+
 def evaluate_candidates(model, train: list[Config], validation: list[Config],
                         train_sys: assembly.LsqSystem, val_sys: assembly.LsqSystem,
                         candidates: list[dict], weights: dict, seed: int = 0, log=print,
                         key=None) -> list[dict]:
     """Fit each candidate ``{"prior": ..., "solver": ..., "E0": {el: eV} | None, "weights": {...} | None}``
     on ``train_sys`` and score it on ``val_sys``. Systems must have been assembled with ``model.E0``;
+    ``train_sys`` may also be the :class:`streaming.GroupFactors` of the training configurations;
     a candidate without "weights" uses ``weights``.
 
     Weights only scale rows, and every row of one (config_type, kind) group is scaled by the same
@@ -84,20 +116,12 @@ def evaluate_candidates(model, train: list[Config], validation: list[Config],
         E0 = cand.get("E0") or dict(model.E0)
         if E0 not in E0s:
             E0s.append(E0)
-    Yall = np.stack([assembly.with_E0(train_sys, train, model.E0, E0) for E0 in E0s])
-    n = train_sys.shape[0]
-    if n < train_sys.shape[1]:
+    if isinstance(train_sys, streaming.GroupFactors):       # reduced (streaming / Dask) training factors
+        n, factors = train_sys.total_rows, _reduced_factors(model, train_sys, E0s)
+    else:
+        n, factors = _system_factors(model, train, train_sys, E0s)
+    if n < model.length_basis:
         raise ValueError("selection needs at least as many training observations as parameters")
-    groups, scale = _row_groups(train_sys, train)
-    factors = []        # per group: (config_type, kind, R_g, (Q_gᵀ y_g) per E0, ‖y_g‖² per E0)
-    for ct, kind, rows in groups:
-        A = np.array(train_sys.A[rows], order="F", copy=True)
-        for a in range(0, A.shape[0], 4096):
-            A[a:a + 4096] *= scale[rows[a:a + 4096], None]
-        Y = Yall[:, rows] * scale[rows][None, :]
-        QtY, R = scipy.linalg.qr_multiply(A, Y, mode="right", overwrite_a=True)
-        del A
-        factors.append((ct, kind, R, QtY, (Y ** 2).sum(axis=1)))
     val_groups, val_scale = _row_groups(val_sys, validation)
     results = []
     svds = {}           # (weights, prior) -> (group factors, prior scales, SVD): E0 only moves targets

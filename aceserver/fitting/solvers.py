@@ -43,10 +43,39 @@ class SVDFactors:
     b: np.ndarray       # (r,) Uᵀ y
     yy: float           # ‖y‖²
     n_obs: int
+    resid: float | None = None   # ‖y‖² − ‖Uᵀy‖², computed without cancellation where known
+
+    @property
+    def residual(self) -> float:
+        """‖y‖² − ‖b‖²: ``resid`` when known, else by subtraction (which loses the digits of ‖y‖²
+        that the residual does not have, e.g. with large energy targets)."""
+        if self.resid is not None:
+            return self.resid
+        return max(self.yy - float(np.sum(self.b ** 2)), 0.0)
 
     @property
     def condition_number(self) -> float:
         return float(self.s[0] / self.s[-1]) if self.s.size and self.s[-1] > 0 else math.inf
+
+
+def qr_reduce(A: np.ndarray, Y: np.ndarray, overwrite_a: bool = False):
+    """Householder QR of A (n × m): R (min(n, m) × m), QᵀY (min(n, m) × K) and the Gram matrix
+    Zᵀ Z of the rest of QᵀY (the least-squares residuals' Gram matrix, summed from squares rather
+    than obtained as YᵀY − (QᵀY)ᵀQᵀY, which cancels). Q is never formed."""
+    A = np.asarray(A, dtype=float)
+    Y = np.asarray(Y, dtype=float)
+    Y = Y.reshape(A.shape[0], -1)
+    n, m = A.shape
+    r = min(n, m)
+    if n == 0:
+        return np.zeros((0, m)), np.zeros((0, Y.shape[1])), np.zeros((Y.shape[1], Y.shape[1]))
+    (qr, tau), R = scipy.linalg.qr(A, mode="raw", overwrite_a=overwrite_a, check_finite=False)
+    Z, _, info = scipy.linalg.lapack.dormqr("L", "T", qr[:, :r], tau, np.array(Y, order="F", copy=True),
+                                            max(1, 64 * Y.shape[1]), overwrite_c=1)
+    if info != 0:
+        raise RuntimeError(f"LAPACK dormqr failed (info {info})")
+    rest = Z[r:]
+    return R[:r], np.array(Z[:r]), rest.T @ rest       # scipy's R is already upper triangular
 
 
 def svd_factors(A: np.ndarray, y: np.ndarray, overwrite_a: bool = False) -> SVDFactors:
@@ -54,14 +83,16 @@ def svd_factors(A: np.ndarray, y: np.ndarray, overwrite_a: bool = False) -> SVDF
     A = np.asarray(A, dtype=float)
     y = np.asarray(y, dtype=float)
     n, m = A.shape
+    resid = None
     if n >= m:
-        yq, R = scipy.linalg.qr_multiply(A, y[None, :], mode="right", overwrite_a=overwrite_a)
+        R, qty, G = qr_reduce(A, y, overwrite_a)
         Ur, s, Vt = scipy.linalg.svd(R, full_matrices=False, lapack_driver="gesdd")
-        b = Ur.T @ yq.ravel()
+        b = Ur.T @ qty[:, 0]
+        resid = float(G[0, 0])
     else:
         U, s, Vt = scipy.linalg.svd(A, full_matrices=False, lapack_driver="gesdd")
         b = U.T @ y
-    return SVDFactors(s=s, Vt=Vt, b=b, yy=float(y @ y), n_obs=n)
+    return SVDFactors(s=s, Vt=Vt, b=b, yy=float(y @ y), n_obs=n, resid=resid)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -123,7 +154,7 @@ def log_evidence(f: SVDFactors, var0: float, vare: float, grad: bool = False):
     t = var0 * s2 + vare
     b2 = f.b ** 2
     r = f.s.size
-    resid = max(f.yy - float(b2.sum()), 0.0)
+    resid = f.residual
     n = f.n_obs
     val = float(-0.5 * np.sum(b2 / t) - 0.5 * np.sum(np.log(t)) - resid / (2 * vare)
                 - 0.5 * (n - r) * math.log(vare) - 0.5 * n * math.log(2 * math.pi))
@@ -221,7 +252,10 @@ def solve_blr(A, y, committee_size: int = 0, seed: int = 0, var0_floor: float = 
 
 
 def solve_tsvd(A, y, A_val=None, y_val=None, rtol: float = 1e-9,
-               factors: SVDFactors | None = None, overwrite_a: bool = False) -> Solution:
+               factors: SVDFactors | None = None, overwrite_a: bool = False,
+               val_offset: float = 0.0) -> Solution:
+    """``val_offset``: a squared residual the validation rows do not show (a reduced validation system
+    (R_v, Q_vᵀy_v) leaves out ‖y_v‖² − ‖Q_vᵀy_v‖²); it moves no minimum, only the reported residual."""
     f = factors if factors is not None else svd_factors(A, y, overwrite_a)
     keep = f.s > rtol * f.s[0]
     z = np.where(keep, f.b / np.where(keep, f.s, 1.0), 0.0)   # coefficients in the V basis
@@ -229,7 +263,7 @@ def solve_tsvd(A, y, A_val=None, y_val=None, rtol: float = 1e-9,
     if A_val is not None and y_val is not None and len(y_val):
         P = (np.asarray(A_val) @ f.Vt.T) * z[None, :]      # validation prediction, term by term
         pred = np.cumsum(P, axis=1)                        # prediction with the first k terms
-        res = np.sqrt(np.sum((pred - np.asarray(y_val)[:, None]) ** 2, axis=0))
+        res = np.sqrt(np.sum((pred - np.asarray(y_val)[:, None]) ** 2, axis=0) + max(val_offset, 0.0))
         res[~keep] = np.inf
         k = int(np.argmin(res)) + 1
         info.update(truncation=k, validation_residual=float(res[k - 1]), chosen_on="validation")
@@ -248,10 +282,15 @@ SOLVERS = ("qr", "blr", "tsvd", "rrqr")
 
 
 def solve(spec: dict | str | None, A, y, A_val=None, y_val=None, seed: int = 0,
-          overwrite_a: bool = False) -> Solution:
+          overwrite_a: bool = False, reduced: tuple[float, int] | None = None,
+          val_offset: float = 0.0) -> Solution:
     """Dispatch on ``spec = {"name": ..., params...}``; default BLR (upstream's default).
 
     ``overwrite_a`` lets the factorisation destroy A (no copy when A is Fortran-ordered).
+    ``reduced = (‖y − Ac_ls‖², n_obs)``: A and y are the triangular factor R and Qᵀy of a larger system
+    (see :mod:`aceserver.fitting.streaming`); every solver gives the same answer from them, since
+    QR, ridge, column-pivoted QR and the SVD of A are those of R, and BLR's evidence needs only
+    the least-squares residual and the row count besides. ``val_offset``: see :func:`solve_tsvd`.
     """
     if spec is None:
         spec = {"name": "blr"}
@@ -270,11 +309,13 @@ def solve(spec: dict | str | None, A, y, A_val=None, y_val=None, seed: int = 0,
                           vare_floor=float(spec.pop("sig_e_floor", 1e-4)) ** 2)
             spec.pop("factorization", None)
             _no_extra(name, spec)
-            return solve_blr(A, y, committee_size=K, seed=seed, overwrite_a=overwrite_a, **floors)
+            return solve_blr(A, y, committee_size=K, seed=seed, overwrite_a=overwrite_a,
+                             factors=_reduced_factors(A, y, reduced, overwrite_a), **floors)
         if name in ("tsvd", "truncated_svd", "truncatedsvd"):
             rtol = float(spec.pop("rtol", 1e-9))
             _no_extra(name, spec)
-            return solve_tsvd(A, y, A_val, y_val, rtol=rtol, overwrite_a=overwrite_a)
+            return solve_tsvd(A, y, A_val, y_val, rtol=rtol, overwrite_a=overwrite_a,
+                              factors=_reduced_factors(A, y, reduced, overwrite_a), val_offset=val_offset)
         if name == "rrqr":
             rtol = float(spec.pop("rtol", 1e-12))
             _no_extra(name, spec)
@@ -282,6 +323,16 @@ def solve(spec: dict | str | None, A, y, A_val=None, y_val=None, seed: int = 0,
     except (TypeError, ValueError) as exc:
         raise ValueError(f"solver {name!r}: {exc}") from None
     raise ValueError(f"unknown solver {name!r}; choose one of {SOLVERS}")
+
+
+def _reduced_factors(R, qty, reduced, overwrite_a) -> SVDFactors | None:
+    """SVD factors of a reduced system: those of R, with the full system's residual and row count."""
+    if reduced is None:
+        return None
+    f = svd_factors(R, qty, overwrite_a)
+    f.resid, f.n_obs = float(reduced[0]), int(reduced[1])
+    f.yy = f.resid + float(qty @ qty)
+    return f
 
 
 def _no_extra(name, spec):

@@ -1,0 +1,259 @@
+"""Streaming least squares (aceserver.fitting.streaming) against the in-memory solvers.
+
+The in-memory path factors the whole weighted, prior-scaled matrix; the streaming path reduces each
+(config_type, kind) group block by block to its triangular factor and combines them. Both solve the
+same problem, so where the problem fixes its answer to rounding level (BLR, truncated SVD, ridge QR)
+the parameters agree to 1e-10 relative (2-norm); for plain QR and rank-revealing QR of a matrix with
+condition number 1e11 only the fitted values are fixed that well, and those are compared.
+"""
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import aceserver
+from aceserver.fitting import assembly, data, driver, priors, solvers, streaming
+
+from test_fit_silicon import BLR_THRESHOLDS, QR_THRESHOLDS, WEIGHTS as SI_WEIGHTS, _check
+
+DATA = Path(__file__).parent / "data"
+TOL = 1e-10
+
+
+def _resid(f: solvers.SVDFactors, rtol=1e-8):
+    """Residual outside the numerical range of A (rank-deficient A: the split between the residual and
+    the components along singular values at rounding level is itself rounding)."""
+    small = f.s < rtol * f.s[0]
+    return f.residual + float(np.sum(f.b[small] ** 2))
+
+
+def _rel(a, b):
+    return float(np.linalg.norm(np.asarray(a) - np.asarray(b)) / np.linalg.norm(np.asarray(b)))
+
+
+SETS = {
+    "Si_tiny": dict(file="Si_tiny.xyz", keys=data.Keys("dft_energy", "dft_force", "dft_virial"),
+                    model=dict(elements=["Si"], order=3, totaldegree=12, rcut=5.5), E0={"Si": -158.54496821},
+                    weights=SI_WEIGHTS),
+    "TiAl_tiny": dict(file="TiAl_tiny.xyz", keys=data.Keys("energy", "force", "virial"),
+                      model=dict(elements=["Ti", "Al"], order=3, totaldegree=6, rcut=5.5),
+                      E0={"Ti": -1586.0195, "Al": -105.5954},
+                      weights={"default": {"E": 30.0, "F": 1.0, "V": 1.0}}),
+}
+
+
+@pytest.fixture(scope="module", params=sorted(SETS))
+def case(request):
+    s = SETS[request.param]
+    configs = data.read_configs(DATA / s["file"], s["keys"], elements=s["model"]["elements"])
+
+    def model():
+        return aceserver.ace1_model(**s["model"], E0=dict(s["E0"]))
+
+    system = assembly.assemble(model(), configs, s["weights"], progress=False)
+    return dict(s, name=request.param, configs=configs, model=model, system=system)
+
+
+def _fit_both(case, solver, seed=0):
+    dense, stream = case["model"](), case["model"]()
+    r1 = driver.acefit(dense, case["configs"], weights=case["weights"], solver=solver, seed=seed,
+                       system=case["system"], compute_errors=False)
+    r2 = driver.acefit(stream, case["configs"], weights=case["weights"], solver=solver, seed=seed,
+                       streaming=True, threads=2, compute_errors=False, progress=False)
+    assert r1.run["path"] == "in-memory" and r2.run["path"] == "streaming"
+    assert r2.shape == r1.shape
+    return dense, stream, r1, r2
+
+
+def test_blr_with_committee_equals_in_memory(case):
+    dense, stream, r1, r2 = _fit_both(case, {"name": "blr", "committee_size": 5}, seed=3)
+    gamma = priors.make_prior(dense.basis_labels, None)
+    # the evidence maximum is fixed to rounding level, so are the hyperparameters
+    for k in ("sigma0_sq", "sigmae_sq", "log_evidence", "effective_parameters"):
+        assert r2.solver_info[k] == pytest.approx(r1.solver_info[k], rel=TOL), k
+    assert _rel(gamma * stream.parameters, gamma * dense.parameters) < TOL
+    assert _rel(stream.committee * gamma, dense.committee * gamma) < TOL
+    if case["name"] == "Si_tiny":                   # full rank: the parameters themselves
+        assert _rel(stream.parameters, dense.parameters) < TOL
+    A = case["system"].A
+    assert _rel(A @ stream.parameters, A @ dense.parameters) < TOL
+
+
+def test_tsvd_equals_in_memory(case):
+    """Same truncation and fitted values to 1e-10. The kept part has condition number up to 1/rtol =
+    1e9, so rounding-level differences of R move its coefficients by up to ~1e-7 in theory; measured
+    ~1e-10 (Si_tiny) and ~1e-11 (TiAl_tiny): asserted at 1e-9."""
+    dense, stream, r1, r2 = _fit_both(case, {"name": "tsvd", "rtol": 1e-9})
+    gamma = priors.make_prior(dense.basis_labels, None)
+    assert r2.solver_info["truncation"] == r1.solver_info["truncation"]
+    assert _rel(gamma * stream.parameters, gamma * dense.parameters) < 1e-9
+    A = case["system"].A
+    assert _rel(A @ stream.parameters, A @ dense.parameters) < TOL
+
+
+def test_tsvd_validation_choice_equals_in_memory(case):
+    train, val = data.split_train_validation(case["configs"], 0.25, seed=1)
+    out = []
+    for flag in (False, True):
+        m = case["model"]()
+        res = driver.acefit(m, train, weights=case["weights"], solver="tsvd", validation=val,
+                            streaming=flag, threads=2, compute_errors=False, progress=False)
+        out.append((m, res))
+    (d, r1), (s, r2) = out
+    assert r1.solver_info["chosen_on"] == r2.solver_info["chosen_on"] == "validation"
+    assert r2.solver_info["truncation"] == r1.solver_info["truncation"]
+    assert r2.solver_info["validation_residual"] == pytest.approx(r1.solver_info["validation_residual"], rel=1e-8)
+    gamma = priors.make_prior(d.basis_labels, None)
+    assert _rel(gamma * s.parameters, gamma * d.parameters) < 1e-9        # as test_tsvd_equals_in_memory
+
+
+def test_ridge_qr_equals_in_memory(case):
+    dense, stream, _, _ = _fit_both(case, {"name": "qr", "lambda": 1e-3})
+    assert _rel(stream.parameters, dense.parameters) < TOL
+
+
+def test_qr_and_rrqr_fitted_values_equal_in_memory(case):
+    """Plain QR only where the matrix has full rank (TiAl_tiny's 807 x 270 is rank-deficient, its
+    unregularised QR answer is not determined). Rank-revealing QR keeps the columns down to
+    |R_kk| = 1e-12 |R_11|, so its fitted values move with eps times a larger condition number: 1e-9."""
+    A = case["system"].A
+    for spec, tol in ((["qr", TOL], ["rrqr", 1e-9]) if case["name"] == "Si_tiny" else (["rrqr", 1e-9],)):
+        dense, stream, _, _ = _fit_both(case, spec)
+        assert _rel(A @ stream.parameters, A @ dense.parameters) < tol, spec
+
+
+def test_group_factors_reweighting_and_E0(case):
+    """Any weights and E0 from one reduction: combine() equals the dense weighted system's factors."""
+    model = case["model"]()
+    gf = streaming.reduce_configs(model, case["configs"], threads=2, progress=False)
+    assert gf.total_rows == case["system"].shape[0]
+    weights = {"default": {"E": 7.0, "F": 0.5, "V": 2.0}}
+    E0 = {el: v + 0.37 * (i + 1) for i, (el, v) in enumerate(case["E0"].items())}
+    gamma = priors.make_prior(model.basis_labels, {"name": "algebraic", "p": 3})
+    red = gf.combine(gf.labels, streaming.group_scales(gf.labels, weights), col_scale=gamma,
+                     alpha=streaming.e0_alpha(list(model.basis.elements), case["E0"], E0))
+    sysm = case["system"]
+    w = assembly.row_weights(sysm, case["configs"], weights)
+    y = assembly.with_E0(sysm, case["configs"], case["E0"], E0)
+    A = sysm.A * w[:, None] / gamma[None, :]
+    yw = w * y
+    ref = solvers.svd_factors(A, yw)
+    got = solvers.svd_factors(red.R, red.qty)
+    np.testing.assert_allclose(got.s, ref.s, rtol=1e-10, atol=1e-12 * ref.s[0])
+    assert red.yy == pytest.approx(float(yw @ yw), rel=1e-12)
+    got.resid = red.resid
+    assert _resid(got) == pytest.approx(_resid(ref), rel=1e-8)
+    assert red.n_obs == len(yw)
+
+
+def test_merge_equals_single_reduction(case):
+    model = case["model"]()
+    cs = case["configs"]
+    whole = streaming.reduce_configs(model, cs, threads=1, progress=False)
+    a = streaming.reduce_configs(model, cs[::2], threads=1, progress=False)
+    b = streaming.reduce_configs(model, cs[1::2], threads=1, progress=False)
+    a.merge(streaming.GroupFactors.from_payload(b.to_payload()))
+    assert sorted(a.labels) == sorted(whole.labels)
+    r1, r2 = whole.combine(), a.combine()
+    s1, s2 = solvers.svd_factors(r1.R, r1.qty), solvers.svd_factors(r2.R, r2.qty)
+    np.testing.assert_allclose(s2.s, s1.s, rtol=1e-10, atol=1e-12 * s1.s[0])
+    assert r2.yy == pytest.approx(r1.yy, rel=1e-12)
+    s1.resid, s2.resid = r1.resid, r2.resid
+    assert _resid(s2) == pytest.approx(_resid(s1), rel=1e-8)
+
+
+def test_silicon_thresholds_on_streaming_path():
+    """The upstream Si accuracy thresholds (test_fit_silicon) hold on the streaming path."""
+    s = SETS["Si_tiny"]
+    configs = data.read_configs(DATA / s["file"], s["keys"], elements=["Si"])
+    for solver, th in (({"name": "blr", "committee_size": 4}, BLR_THRESHOLDS), ("qr", QR_THRESHOLDS)):
+        model = aceserver.ace1_model(**s["model"], E0=dict(s["E0"]))
+        res = driver.acefit(model, configs, weights=s["weights"], solver=solver, streaming=True, progress=False)
+        assert res.run["path"] == "streaming"
+        _check(res.errors["train"], th)
+
+
+def test_path_chosen_by_memory_budget():
+    s = SETS["TiAl_tiny"]
+    configs = data.read_configs(DATA / s["file"], s["keys"], elements=s["model"]["elements"])
+    model = aceserver.ace1_model(**s["model"], E0=dict(s["E0"]))
+    need = assembly.memory_estimate(sum(assembly.count_rows(c) for c in configs), model.length_basis)
+    assert driver.choose_path(model, configs, memory_budget=need + 1) == "in-memory"
+    assert driver.choose_path(model, configs, memory_budget=need - 1) == "streaming"
+    assert driver.choose_path(model, configs, streaming=True, memory_budget=10 * need) == "streaming"
+    res = driver.acefit(model, configs, weights=s["weights"], memory_budget=need // 2, compute_errors=False,
+                        progress=False)
+    assert res.run["path"] == "streaming"
+    assert res.run["peak_rss_gb"] >= res.run["rss_before_gb"] > 0
+    assert model.metadata["fit"]["assembly"]["path"] == "streaming"
+
+
+def test_selection_from_reduced_system_equals_dense(case):
+    """selection.evaluate_candidates from GroupFactors (weights, prior, E0 per candidate) scores as
+    from the assembled training matrix."""
+    from aceserver.fitting import selection
+    train, val = data.split_train_validation(case["configs"], 0.25, seed=2)
+    model = case["model"]()
+    ts = assembly.assemble(model, train, None, progress=False)
+    vs = assembly.assemble(model, val, None, progress=False)
+    gf = streaming.reduce_configs(model, train, threads=2, progress=False)
+    E0b = {el: v - 0.05 for el, v in case["E0"].items()}
+    cands = [{"prior": {"name": "algebraic", "p": 4}, "solver": "blr"},
+             {"prior": {"name": "algebraic", "p": 3}, "solver": "blr", "E0": E0b,
+              "weights": {"default": {"E": 5.0, "F": 2.0, "V": 0.5}}},
+             {"prior": {"name": "gaussian"}, "solver": {"name": "tsvd", "rtol": 1e-6}}]
+    dense = selection.evaluate_candidates(model, train, val, ts, vs, cands, case["weights"], log=None)
+    red = selection.evaluate_candidates(model, train, val, gf, vs, cands, case["weights"], log=None)
+    assert [id(r["candidate"]) for r in red] == [id(r["candidate"]) for r in dense]
+    for a, b in zip(dense, red):
+        assert b["weighted_rmse"] == pytest.approx(a["weighted_rmse"], rel=1e-8)
+        for k in ("E", "F"):
+            assert b["validation"]["rmse"][k] == pytest.approx(a["validation"]["rmse"][k], rel=1e-8)
+
+
+def _cli(argv):
+    import argparse
+
+    from aceserver.commands import fit as fit_cmd
+    p = argparse.ArgumentParser()
+    fit_cmd.add_arguments(p)
+    return fit_cmd.run(p.parse_args(argv))
+
+
+def _tial_tiny_config(tmp_path):
+    import yaml
+    cfg = {"model": SETS["TiAl_tiny"]["model"], "E0": SETS["TiAl_tiny"]["E0"],
+           "data": {"train": str(DATA / "TiAl_tiny.xyz"), "energy_key": "energy", "force_key": "force",
+                    "virial_key": "virial"},
+           "solver": {"name": "blr", "committee_size": 2}, "output": {"model": "m.json", "plots": None}}
+    path = tmp_path / "fit.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_cli_estimate(tmp_path, capsys):
+    path = _tial_tiny_config(tmp_path)
+    assert _cli([str(path), "--estimate", "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    rows, m = 807, 270                   # 33 configurations: 1 E + 3N F + 6 V rows each; TiAl basis size
+    assert f"rows: {rows} (33 training configurations" in out
+    assert f"basis functions: {m}" in out
+    assert f"in-memory path: {2 * rows * m * 8 / 2**20:.1f} MiB" in out
+    assert "rows/s per thread" in out and "assembly: about" in out
+    assert not (tmp_path / "m.json").exists()          # nothing fitted
+
+
+def test_cli_streaming_chosen_by_budget_and_forced(tmp_path, capsys):
+    import json
+    path = _tial_tiny_config(tmp_path)
+    assert _cli([str(path), "--memory-budget", "0.001", "--json-report", str(tmp_path / "r1.json"), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "path: streaming; peak memory" in out
+    r1 = json.loads((tmp_path / "r1.json").read_text())
+    assert r1["assembly"]["path"] == "streaming" and r1["assembly"]["peak_rss_gb"] > 0
+    assert _cli([str(path), "--json-report", str(tmp_path / "r2.json"), "--quiet"]) == 0
+    assert json.loads((tmp_path / "r2.json").read_text())["assembly"]["path"] == "in-memory"
+    assert _cli([str(path), "--streaming", "--json-report", str(tmp_path / "r3.json"), "--quiet"]) == 0
+    r3 = json.loads((tmp_path / "r3.json").read_text())
+    assert r3["assembly"]["path"] == "streaming"
+    assert r3["errors"] == r1["errors"]
