@@ -24,8 +24,7 @@ def model_radials(r, mb_t, zi, zj, mb_spl):
     """Many-body radials R_n(r) of centre zi, neighbour zj and dR_n/dr, shape (len(r), n_poly)."""
     R = np.zeros((r.shape[0], mb_spl.shape[2]))
     dR = np.zeros((r.shape[0], mb_spl.shape[2]))
-    for i in range(r.shape[0]):
-        mb_radials(r[i], mb_t, zi, zj, mb_spl, R, dR, i)
+    mb_radials(r.shape[0], r, mb_t, zi, np.full(r.shape[0], zj), mb_spl, R, dR)
     return R, dR
 
 

@@ -22,26 +22,26 @@ from .ylm import project, ylm_grad, ylm_norms
 
 @njit(cache=True, nogil=True)
 def site_features(i, first, nbr, R, zat, mb_t, mb_spl, lmax, K, q, cs,
-                  zj, rhat, rinv, Pm, dPm, Y, dY):
-    """Per neighbour jj of atom i: species zj, unit vector, 1/r, radials Pm = P(y)(1-y²)² with
+                  zj, rhat, r, rinv, Pm, dPm, Y, dY):
+    """Per neighbour jj of atom i: species zj, unit vector, r, 1/r, radials Pm = P(y)(1-y²)² with
     their r-derivatives dPm, harmonics Y and the unprojected harmonic gradients dY (see ylm)."""
-    zi = zat[i]
-    for jj in range(first[i + 1] - first[i]):
-        x0, x1, x2, r, z = neighbour_vector(first[i] + jj, jj, R, zat, nbr, zj, rinv, rhat)
-        mb_radials(r, mb_t, zi, z, mb_spl, Pm, dPm, jj)
+    J = first[i + 1] - first[i]
+    for jj in range(J):
+        x0, x1, x2, r[jj], _ = neighbour_vector(first[i] + jj, jj, R, zat, nbr, zj, rinv, rhat)
         ylm_grad(x0, x1, x2, lmax, K, q, cs, Y, dY, jj)
+    mb_radials(J, r, mb_t, zat[i], zj, mb_spl, Pm, dPm)
 
 
 @njit(cache=True, nogil=True)
 def site_scratch(first, start, stop, n_poly, lmax):
     """Per-neighbour work arrays for site_features, sized for atoms start..stop-1:
-    (K, q, cs, zj, rhat, rinv, Pm, dPm, Y, dY)."""
+    (K, q, cs, zj, rhat, r, rinv, Pm, dPm, Y, dY)."""
     maxJ = 0
     for i in range(start, stop):
         maxJ = max(maxJ, first[i + 1] - first[i])
     nlm = (lmax + 1) ** 2
     return (ylm_norms(lmax), np.empty((lmax + 1, lmax + 2)), np.empty((lmax + 1, 2)),
-            np.empty(maxJ, dtype=np.int64), np.empty((maxJ, 3)), np.empty(maxJ),
+            np.empty(maxJ, dtype=np.int64), np.empty((maxJ, 3)), np.empty(maxJ), np.empty(maxJ),
             np.empty((maxJ, n_poly)), np.empty((maxJ, n_poly)), np.empty((maxJ, nlm)),
             np.empty((maxJ, nlm, 3)))
 
@@ -75,11 +75,15 @@ def pullback_a(jj, z, dA, Pm, Y, dEdP, dEdY):
         dEdP[n] = acc
 
 
+# The node-range helpers below loop over views [lo:hi] with the index from 0, never over
+# range(lo, hi): with a loop start read from an array the compiled loops unroll and vectorise
+# less (likely numba's negative-index wrap-around); ace1 models were ×1.4 slower (RESULTS.md).
 @njit(cache=True, nogil=True, fastmath=True)
 def dot_range(a, b, lo, hi):
     """Σ_{lo<=k<hi} a_k b_k (vectorised, deterministic for the same inputs)."""
     acc = 0.0
-    for k in range(lo, hi):
+    a, b = a[lo:hi], b[lo:hi]
+    for k in range(a.shape[0]):
         acc += a[k] * b[k]
     return acc
 
@@ -87,23 +91,25 @@ def dot_range(a, b, lo, hi):
 @njit(cache=True, nogil=True)
 def forward_aa(A, parent, node_a, AA, lo, hi):
     """Product nodes lo..hi-1: AA[k] = AA[parent[k]] · A[node_a[k]] (parent -1: A alone)."""
-    for k in range(lo, hi):
-        p = parent[k]
+    par, na, out = parent[lo:hi], node_a[lo:hi], AA[lo:hi]
+    for k in range(par.shape[0]):
+        p = par[k]
         if p < 0:
-            AA[k] = A[node_a[k]]
+            out[k] = A[na[k]]
         else:
-            AA[k] = AA[p] * A[node_a[k]]
+            out[k] = AA[p] * A[na[k]]
 
 
 @njit(cache=True, nogil=True)
 def reverse_aa(Af, AA, parent, node_a, dAf, dAA, lo, hi):
     """Reverse pass of the product DAG (nodes hi-1 .. lo): ∂E/∂AA -> ∂E/∂A."""
-    for k in range(hi - 1, lo - 1, -1):
-        g = dAA[k]
+    par, na, dAk = parent[lo:hi], node_a[lo:hi], dAA[lo:hi]
+    for k in range(par.shape[0] - 1, -1, -1):
+        g = dAk[k]
         if g == 0.0:
             continue
-        a = node_a[k]
-        pk = parent[k]
+        a = na[k]
+        pk = par[k]
         if pk < 0:
             dAf[a] += g
         else:
@@ -117,43 +123,47 @@ def leaf_densities(Af, AA, start, stop, leaf_a, leaf_coef, zi, TP, rho, lo, hi, 
     under node k contribute AA[k]·TP[m, k] with TP[m, k] = Σ_leaves c_m A[a] (kept for the
     reverse pass)."""
     M = rho.shape[0]
+    lc = leaf_coef[:, zi]
     first = start[lo] if hi > lo else lhi
     for l in range(llo, first):
         x = Af[leaf_a[l]]
         for mm in range(M):
-            rho[mm] += leaf_coef[mm, zi, l] * x
-    for k in range(lo, hi):
+            rho[mm] += lc[mm, l] * x
+    st, sp, aa, tp = start[lo:hi], stop[lo:hi], AA[lo:hi], TP[:, lo:hi]
+    for k in range(st.shape[0]):
         for mm in range(M):
-            TP[mm, k] = 0.0
-        for l in range(start[k], stop[k]):
+            tp[mm, k] = 0.0
+        for l in range(st[k], sp[k]):
             x = Af[leaf_a[l]]
             for mm in range(M):
-                TP[mm, k] += leaf_coef[mm, zi, l] * x
-        ak = AA[k]
+                tp[mm, k] += lc[mm, l] * x
+        ak = aa[k]
         for mm in range(M):
-            rho[mm] += ak * TP[mm, k]
+            rho[mm] += ak * tp[mm, k]
 
 
 @njit(cache=True, nogil=True)
 def reverse_leaves(AA, start, stop, leaf_a, leaf_coef, zi, TP, seed, dAf, dAA, lo, hi, llo, lhi):
     """Leaves in reverse, with ∂E/∂ρ_m = seed[m]: into ∂E/∂A (dAf) and ∂E/∂AA of the parents."""
     M = seed.shape[0]
+    lc = leaf_coef[:, zi]
     first = start[lo] if hi > lo else lhi
     for l in range(llo, first):
         w = 0.0
         for mm in range(M):
-            w += seed[mm] * leaf_coef[mm, zi, l]
+            w += seed[mm] * lc[mm, l]
         dAf[leaf_a[l]] += w
-    for k in range(lo, hi):
-        ak = AA[k]
+    st, sp, aa, tp, dAk = start[lo:hi], stop[lo:hi], AA[lo:hi], TP[:, lo:hi], dAA[lo:hi]
+    for k in range(st.shape[0]):
+        ak = aa[k]
         acc = 0.0
         for mm in range(M):
-            acc += seed[mm] * TP[mm, k]
-        dAA[k] += acc
-        for l in range(start[k], stop[k]):
+            acc += seed[mm] * tp[mm, k]
+        dAk[k] += acc
+        for l in range(st[k], sp[k]):
             w = 0.0
             for mm in range(M):
-                w += seed[mm] * leaf_coef[mm, zi, l]
+                w += seed[mm] * lc[mm, l]
             dAf[leaf_a[l]] += w * ak
 
 
@@ -161,20 +171,20 @@ def reverse_leaves(AA, start, stop, leaf_a, leaf_coef, zi, TP, seed, dAf, dAA, l
 def seed_weights(seed, coef, zi, out, lo, hi):
     """out[k] = Σ_m seed[m] coef[m, zi, k] for lo <= k < hi (sets with seed 0 skipped)."""
     unset = True
+    out = out[lo:hi]
     for mm in range(seed.shape[0]):
         w = seed[mm]
         if w != 0.0:
-            c = coef[mm, zi]
+            c = coef[mm, zi, lo:hi]
             if unset:
-                for k in range(lo, hi):
+                for k in range(out.shape[0]):
                     out[k] = w * c[k]
                 unset = False
             else:
-                for k in range(lo, hi):
+                for k in range(out.shape[0]):
                     out[k] += w * c[k]
     if unset:
-        for k in range(lo, hi):
-            out[k] = 0.0
+        out[:] = 0.0
 
 
 @njit(cache=True, nogil=True)
@@ -215,7 +225,7 @@ def _fast_range(start, stop, first, nbr, R, zat, T, mode, with_grad, E, G):
     M = T.coef.shape[0]
     n_rad = T.mb_spl.shape[2] if mode == 0 else T.tab.shape[4]
     n_rows = T.mb_spl.shape[2] if mode == 0 else T.row_off.shape[0]
-    K, q, cs, zj, rhat, rinv, rad, drad, Y, dY = site_scratch(first, start, stop, n_rad, T.lmax)
+    K, q, cs, zj, rhat, rr, rinv, rad, drad, Y, dY = site_scratch(first, start, stop, n_rad, T.lmax)
     A = np.empty((T.e0.shape[0], n_rows, nlm))
     dA = np.empty((T.e0.shape[0], n_rows, nlm))
     Af = A.reshape(-1)           # flat views: product nodes address A by flat index
@@ -247,7 +257,7 @@ def _fast_range(start, stop, first, nbr, R, zat, T, mode, with_grad, E, G):
         jstar = -1
         if mode == 0:
             site_features(i, first, nbr, R, zat, T.mb_t, T.mb_spl, T.lmax, K, q, cs,
-                          zj, rhat, rinv, rad, drad, Y, dY)
+                          zj, rhat, rr, rinv, rad, drad, Y, dY)
             accumulate_a(J, zj, rad, Y, A)
         else:
             jstar = table_features(i, first, nbr, R, zat, T, K, q, cs, zj, rhat, rinv, rad, drad,
@@ -397,7 +407,7 @@ def basis_rows(first, nbr, R, zat, nz, mb_t, mb_spl, lmax, parent, node_a, aa_no
     n_poly = mb_spl.shape[2]
     nlm = (lmax + 1) ** 2
     nN = parent.shape[0]
-    K, q, cs, zj, rhat, rinv, Pm, dPm, Y, dY = site_scratch(first, 0, N, n_poly, lmax)
+    K, q, cs, zj, rhat, rr, rinv, Pm, dPm, Y, dY = site_scratch(first, 0, N, n_poly, lmax)
     maxJ = zj.shape[0]
     poly = np.empty(n_pair_poly)
     dpoly = np.empty(n_pair_poly)
@@ -413,7 +423,7 @@ def basis_rows(first, nbr, R, zat, nz, mb_t, mb_spl, lmax, parent, node_a, aa_no
             continue
         zi = zat[i]
         site_features(i, first, nbr, R, zat, mb_t, mb_spl, lmax, K, q, cs,
-                      zj, rhat, rinv, Pm, dPm, Y, dY)
+                      zj, rhat, rr, rinv, Pm, dPm, Y, dY)
         accumulate_a(J, zj, Pm, Y, A)
         forward_aa(Af, parent, node_a, AA, 0, nN)
         if with_grad:
