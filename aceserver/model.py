@@ -150,9 +150,8 @@ class ACEModel(SitePotential):
             tab_rc=unused(2), row_off=unused(1, np.int64), row_lmax=unused(1, np.int64),
             parent=fast["parent"], node_a=fast["node_a"], node_lo=np.zeros(nz, dtype=np.int64),
             node_hi=np.full(nz, n_nodes, dtype=np.int64), coef=fast["coef"],
-            leaf_start=np.zeros(n_nodes, dtype=np.int64), leaf_stop=np.zeros(n_nodes, dtype=np.int64),
-            leaf_a=np.zeros(0, dtype=np.int64), leaf_lo=np.zeros(nz, dtype=np.int64),
-            leaf_hi=np.zeros(nz, dtype=np.int64), leaf_coef=np.zeros((fast["coef"].shape[0], nz, 0)),
+            leaf_parent=np.zeros(0, dtype=np.uint32), leaf_a=np.zeros(0, dtype=np.uint32), leaf_lo=np.zeros(nz, dtype=np.int64),
+            leaf_hi=np.zeros(nz, dtype=np.int64), leaf_coef=np.zeros((nz, 0, fast["coef"].shape[0])),
             emb_kind=unused(1, np.int64), emb_par=unused(3), rho_cut=unused(2), inner=0,
             zin=unused(3))
 

@@ -13,8 +13,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .pace import (accumulate_a_rows, embed, expand_rows, full_rows, l_of_lm, neighbour_vector,
-                   pullback_a_rows, table_features)
+from .pace import (accumulate_a_rows, embed, full_rows, neighbour_vector, pullback_a_rows,
+                   table_features)
 from .radial import (agnesi, mb_radials, pair_envelope, spline_eval_all, spline_eval_one,
                      spline_interval)
 from .ylm import project, ylm_grad, ylm_norms
@@ -117,54 +117,50 @@ def reverse_aa(Af, AA, parent, node_a, dAf, dAA, lo, hi):
             dAA[pk] += g * Af[a]
 
 
-@njit(cache=True, nogil=True)
-def leaf_densities(Af, AA, start, stop, leaf_a, leaf_coef, zi, TP, rho, lo, hi, llo, lhi):
-    """Adds the leaves to rho[m]: roots (llo .. start[lo]-1) contribute c·A[a], the leaves
-    under node k contribute AA[k]·TP[m, k] with TP[m, k] = Σ_leaves c_m A[a] (kept for the
-    reverse pass)."""
+@njit(cache=True, nogil=True, fastmath=True)
+def leaf_densities(Af, AA, leaf_parent, leaf_a, leaf_coef, zi, rho, llo, lhi):
+    """Adds the leaves llo..lhi-1 to rho[m]: Σ_l c_{l,m} AA[parent_l] A[a_l] (AA = 1 at the
+    roots' parent). One flat loop: most internal nodes have only a few leaves, so a loop per
+    node costs more than it saves. Two densities (most pacemaker files) get their own loop,
+    both sums in registers, each product formed once."""
     M = rho.shape[0]
-    lc = leaf_coef[:, zi]
-    first = start[lo] if hi > lo else lhi
-    for l in range(llo, first):
-        x = Af[leaf_a[l]]
-        for mm in range(M):
-            rho[mm] += lc[mm, l] * x
-    st, sp, aa, tp = start[lo:hi], stop[lo:hi], AA[lo:hi], TP[:, lo:hi]
-    for k in range(st.shape[0]):
-        for mm in range(M):
-            tp[mm, k] = 0.0
-        for l in range(st[k], sp[k]):
-            x = Af[leaf_a[l]]
-            for mm in range(M):
-                tp[mm, k] += lc[mm, l] * x
-        ak = aa[k]
-        for mm in range(M):
-            rho[mm] += ak * tp[mm, k]
+    lc, lp, la = leaf_coef[zi, llo:lhi], leaf_parent[llo:lhi], leaf_a[llo:lhi]
+    if M == 2:
+        r0, r1 = rho[0], rho[1]
+        for l in range(la.shape[0]):
+            x = AA[lp[l]] * Af[la[l]]
+            r0 += lc[l, 0] * x
+            r1 += lc[l, 1] * x
+        rho[0], rho[1] = r0, r1
+        return
+    for mm in range(M):
+        r = rho[mm]
+        for l in range(la.shape[0]):
+            r += lc[l, mm] * AA[lp[l]] * Af[la[l]]
+        rho[mm] = r
 
 
-@njit(cache=True, nogil=True)
-def reverse_leaves(AA, start, stop, leaf_a, leaf_coef, zi, TP, seed, dAf, dAA, lo, hi, llo, lhi):
-    """Leaves in reverse, with ∂E/∂ρ_m = seed[m]: into ∂E/∂A (dAf) and ∂E/∂AA of the parents."""
+@njit(cache=True, nogil=True, fastmath=True)
+def reverse_leaves(Af, AA, leaf_parent, leaf_a, leaf_coef, zi, seed, dAf, dAA, llo, lhi):
+    """Leaves in reverse, with ∂E/∂ρ_m = seed[m]: into ∂E/∂A (dAf) and ∂E/∂AA of the parents
+    (dAA[n_nodes], the roots' parent, collects what nothing reads)."""
     M = seed.shape[0]
-    lc = leaf_coef[:, zi]
-    first = start[lo] if hi > lo else lhi
-    for l in range(llo, first):
+    lc, lp, la = leaf_coef[zi, llo:lhi], leaf_parent[llo:lhi], leaf_a[llo:lhi]
+    if M == 2:
+        s0, s1 = seed[0], seed[1]
+        for l in range(la.shape[0]):
+            a, p = la[l], lp[l]
+            w = s0 * lc[l, 0] + s1 * lc[l, 1]
+            dAA[p] += w * Af[a]
+            dAf[a] += w * AA[p]
+        return
+    for l in range(la.shape[0]):
+        a, p = la[l], lp[l]
         w = 0.0
         for mm in range(M):
-            w += seed[mm] * lc[mm, l]
-        dAf[leaf_a[l]] += w
-    st, sp, aa, tp, dAk = start[lo:hi], stop[lo:hi], AA[lo:hi], TP[:, lo:hi], dAA[lo:hi]
-    for k in range(st.shape[0]):
-        ak = aa[k]
-        acc = 0.0
-        for mm in range(M):
-            acc += seed[mm] * tp[mm, k]
-        dAk[k] += acc
-        for l in range(st[k], sp[k]):
-            w = 0.0
-            for mm in range(M):
-                w += seed[mm] * lc[mm, l]
-            dAf[leaf_a[l]] += w * ak
+            w += seed[mm] * lc[l, mm]
+        dAA[p] += w * Af[a]
+        dAf[a] += w * AA[p]
 
 
 @njit(cache=True, nogil=True)
@@ -230,18 +226,14 @@ def _fast_range(start, stop, first, nbr, R, zat, T, mode, with_grad, E, G):
     dA = np.empty((T.e0.shape[0], n_rows, nlm))
     Af = A.reshape(-1)           # flat views: product nodes address A by flat index
     dAf = dA.reshape(-1)
-    AA = np.empty(nN)
-    dAA = np.empty(nN)
+    AA = np.empty(nN + 1)        # AA[nN] = 1: the parent of the leaves that are one A alone
+    AA[nN] = 1.0
+    dAA = np.empty(nN + 1)
     dEdrad = np.empty(n_rad)
     dEdY = np.empty(nlm)
     seed = np.zeros(M)
     rho = np.empty(M)
-    l_of = l_of_lm(T.lmax)
-    TP = np.empty((M, nN if T.leaf_a.shape[0] else 0))   # Σ_leaves c·A per node and set
     n_full = full_rows(T.row_lmax, T.lmax) if mode == 1 else 0
-    maxJ = zj.shape[0] if mode == 1 else 0
-    Rx = np.empty((maxJ, n_full, nlm))      # tabulated mode: radials spread over lm
-    dRx = np.empty((maxJ, n_full, nlm))
     for i in range(start, stop):
         J = first[i + 1] - first[i]
         zi = zat[i]
@@ -262,15 +254,13 @@ def _fast_range(start, stop, first, nbr, R, zat, T, mode, with_grad, E, G):
         else:
             jstar = table_features(i, first, nbr, R, zat, T, K, q, cs, zj, rhat, rinv, rad, drad,
                                    Y, dY)
-            expand_rows(J, rad, drad, Rx, dRx, T.row_off, l_of, n_full)
-            accumulate_a_rows(J, zj, rad, Rx, Y, A, T.row_off, n_full)
+            accumulate_a_rows(J, zj, rad, Y, A, T.row_off, n_full, T.lmax)
         forward_aa(Af, T.parent, T.node_a, AA, lo, hi)
         llo, lhi = T.leaf_lo[zi], T.leaf_hi[zi]
         for mm in range(M):
             rho[mm] = dot_range(T.coef[mm, zi], AA, lo, hi)
         if lhi > llo:
-            leaf_densities(Af, AA, T.leaf_start, T.leaf_stop, T.leaf_a, T.leaf_coef, zi, TP, rho,
-                           lo, hi, llo, lhi)
+            leaf_densities(Af, AA, T.leaf_parent, T.leaf_a, T.leaf_coef, zi, rho, llo, lhi)
         dEdcore = 0.0
         dEdswitch = 0.0
         if mode == 0:
@@ -285,8 +275,8 @@ def _fast_range(start, stop, first, nbr, R, zat, T, mode, with_grad, E, G):
             dA[:] = 0.0
             seed_weights(seed, T.coef, zi, dAA, lo, hi)
             if lhi > llo:
-                reverse_leaves(AA, T.leaf_start, T.leaf_stop, T.leaf_a, T.leaf_coef, zi, TP, seed,
-                               dAf, dAA, lo, hi, llo, lhi)
+                reverse_leaves(Af, AA, T.leaf_parent, T.leaf_a, T.leaf_coef, zi, seed, dAf, dAA,
+                               llo, lhi)
             reverse_aa(Af, AA, T.parent, T.node_a, dAf, dAA, lo, hi)
             # ∂E/∂A -> ∂E/∂R_ij through radials and harmonics
             for jj in range(J):
@@ -296,8 +286,8 @@ def _fast_range(start, stop, first, nbr, R, zat, T, mode, with_grad, E, G):
                     for n in range(n_rad):
                         gr += dEdrad[n] * drad[jj, n]
                 else:
-                    gr = pullback_a_rows(jj, zj[jj], dA, rad, drad, Rx, dRx, Y, dEdY, T.row_off,
-                                         n_full)
+                    gr = pullback_a_rows(jj, zj[jj], dA, rad, drad, Y, dEdY, T.row_off, n_full,
+                                         T.lmax)
                     gr += dEdcore * drad[jj, n_rad - 1]     # the last tabulated function is φ_core
                 if jj == jstar:
                     gr += dEdswitch

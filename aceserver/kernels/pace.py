@@ -24,9 +24,10 @@ SiteTables = namedtuple("SiteTables", [
     "row_off", "row_lmax",  # A row n holds functions row_off[n] + l, l <= row_lmax[n]
     "parent", "node_a", "node_lo", "node_hi",   # product DAG; species z uses nodes lo[z]..hi[z]-1
     "coef",            # (M, nz, n_nodes): M parameter sets (ace1) or densities (tabulated)
-    "leaf_start", "leaf_stop",  # (n_nodes,) leaves (childless products) under each node
-    "leaf_a", "leaf_lo", "leaf_hi",  # their A factor; species z's leaves leaf_lo[z]..leaf_hi[z]-1
-    "leaf_coef",       # (M, nz, n_leaves), like coef
+    "leaf_parent", "leaf_a",  # leaves (childless products AA[parent]·A[a]), uint32; parent
+                       #   n_nodes (AA = 1 there) for products of one A
+    "leaf_lo", "leaf_hi",  # species z's leaves leaf_lo[z]..leaf_hi[z]-1
+    "leaf_coef",       # (nz, n_leaves, M): coefficients of each leaf for the M sets
     "emb_kind",        # (nz,) 0 FinnisSinclair, 1 FinnisSinclairShiftedScaled
     "emb_par",         # (nz, M, 2) prefactor, exponent per density (prefactor 0: unused)
     "rho_cut",         # (nz, 2) ρ_core cut-off and its width
@@ -136,50 +137,53 @@ def full_rows(row_lmax, lmax):
     return n
 
 
-@njit(cache=True, nogil=True)
-def expand_rows(J, rad, drad, Rx, dRx, row_off, l_of, n_full):
-    """R_{n,l(lm)} and its derivative spread over the harmonics of each full row, so that the
-    A accumulation and its pullback are contiguous loops over lm."""
-    for jj in range(J):
-        for n in range(n_full):
-            o = row_off[n]
-            for lm in range(Rx.shape[2]):
-                Rx[jj, n, lm] = rad[jj, o + l_of[lm]]
-                dRx[jj, n, lm] = drad[jj, o + l_of[lm]]
-
-
 @njit(cache=True, nogil=True, fastmath=True)
-def accumulate_a_rows(J, zj, rad, Rx, Y, A, row_off, n_full):
-    """A[z, n, lm] = Σ_{j in channel z} R_{n,l}(r_ij) Y_lm(R̂_ij): full rows from the spread
-    radials, the l = 0 rows (basis g_k) from the radials directly."""
+def accumulate_a_rows(J, zj, rad, Y, A, row_off, n_full, lmax):
+    """A[z, n, lm] = Σ_{j in channel z} R_{n,l}(r_ij) Y_lm(R̂_ij): the full rows (every l)
+    block by block in l, the l = 0 rows (basis g_k) from the radials directly."""
     A[:] = 0.0
     for jj in range(J):
         z = zj[jj]
+        y = Y[jj]
         for n in range(n_full):
-            for lm in range(A.shape[2]):
-                A[z, n, lm] += Rx[jj, n, lm] * Y[jj, lm]
-        y0 = Y[jj, 0]
+            o = row_off[n]
+            a = A[z, n]
+            for l in range(lmax + 1):
+                R = rad[jj, o + l]
+                for m in range(2 * l + 1):
+                    a[l * l + m] += R * y[l * l + m]
+        y0 = y[0]
         for n in range(n_full, A.shape[1]):
             A[z, n, 0] += rad[jj, row_off[n]] * y0
 
 
 @njit(cache=True, nogil=True, fastmath=True)
-def pullback_a_rows(jj, z, dA, rad, drad, Rx, dRx, Y, dEdY, row_off, n_full):
-    """∂E/∂A -> ∂E/∂(harmonic lm) of neighbour jj (into dEdY) and Σ ∂E/∂R · dR/dr (returned)."""
+def pullback_a_rows(jj, z, dA, rad, drad, Y, dEdY, row_off, n_full, lmax):
+    """∂E/∂A -> ∂E/∂(harmonic lm) of neighbour jj (into dEdY) and Σ ∂E/∂R · dR/dr (returned).
+    Block by block in l with a running lm (spreading R_nl over lm first was slower)."""
     dEdY[:] = 0.0
     gr = 0.0
+    y = Y[jj]
     for n in range(n_full):
-        for lm in range(dA.shape[2]):
-            d = dA[z, n, lm]
-            dEdY[lm] += d * Rx[jj, n, lm]
-            gr += d * Y[jj, lm] * dRx[jj, n, lm]
-    y0 = Y[jj, 0]
+        o = row_off[n]
+        d = dA[z, n]
+        lm = 0
+        for l in range(lmax + 1):
+            R = rad[jj, o + l]
+            acc = 0.0
+            for m in range(2 * l + 1):
+                dd = d[lm]
+                acc += dd * y[lm]
+                dEdY[lm] += dd * R
+                lm += 1
+            gr += acc * drad[jj, o + l]
+    y0 = y[0]
     e0 = 0.0
     for n in range(n_full, dA.shape[1]):
-        d = dA[z, n, 0]
+        dd = dA[z, n, 0]
         o = row_off[n]
-        e0 += d * rad[jj, o]
-        gr += d * y0 * drad[jj, o]
+        e0 += dd * rad[jj, o]
+        gr += dd * y0 * drad[jj, o]
     dEdY[0] += e0
     return gr
 

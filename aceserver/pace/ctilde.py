@@ -85,9 +85,10 @@ def real_products(table, N, L, K):
 
 def split_leaves(parent, node_a, coef):
     """Product nodes without children ("leaves", most of them) are not stored as nodes: each
-    is listed under its parent (CSR) with its own A factor and coefficients, and evaluated as
+    is kept as (its parent, its own A factor, its coefficients) and evaluated as
     AA[parent]·A[a] in the energy sum. Returns the internal DAG (parent, node_a, coef) and the
-    leaves (start, stop per internal node; roots: parent -1; leaf_a; leaf_coef (P, n_leaves))."""
+    leaves, ordered by parent (leaf_parent: internal index, -1 for products of one A; leaf_a;
+    leaf_coef (P, n_leaves))."""
     n = len(parent)
     has_child = np.zeros(n, dtype=bool)
     has_child[parent[parent >= 0]] = True
@@ -100,20 +101,17 @@ def split_leaves(parent, node_a, coef):
     lp = np.where(parent[leaves] >= 0, new[np.maximum(parent[leaves], 0)], -1)
     order = np.argsort(lp, kind="stable")          # roots (-1) first, then by parent
     leaves, lp = leaves[order], lp[order]
-    n_int = int(internal.sum())
-    start = np.searchsorted(lp, np.arange(n_int), side="left")
-    stop = np.searchsorted(lp, np.arange(n_int), side="right")
-    n_roots = int((lp < 0).sum())
-    return (ip, node_a[internal], coef[:, internal], start, stop, n_roots, node_a[leaves],
-            coef[:, leaves])
+    return ip, node_a[internal], coef[:, internal], lp, node_a[leaves], coef[:, leaves]
 
 
 def species_dags(spec, N, L, K):
     """One product DAG per central species, concatenated, with its leaves split off (see
     split_leaves). Species z evaluates internal nodes node_lo[z]..node_hi[z]-1 and leaves
-    leaf_lo[z]..leaf_hi[z]-1, of which the first are roots (products of one A) up to the start
-    of node_lo[z]'s leaves. ρ_p(i) = Σ_k coef[p, z_i, k] AA_k + Σ_leaves leaf_coef[p, z_i, l]
-    AA[parent_l] A[leaf_a_l]."""
+    leaf_lo[z]..leaf_hi[z]-1; a leaf's parent is a global internal node, or n_nodes (one past
+    the last) for products of one A: the site pass keeps AA[n_nodes] = 1. Leaf indices are
+    uint32 (without a sign the compiled scatter loops skip the negative-index wrap-around).
+    ρ_p(i) = Σ_k coef[p, z_i, k] AA_k + Σ_leaves leaf_coef[z_i, l, p] AA[parent_l] A[leaf_a_l]
+    (coefficients stored leaf by leaf: the densities of one leaf are read together)."""
     nz = len(spec.elements)
     Pmax = max(e.ndensity for e in spec.embeddings)
     parts = []
@@ -129,21 +127,25 @@ def species_dags(spec, N, L, K):
             parent, node_a, aa_node = build_product_dag(tuples)
             c = np.zeros((Pmax, len(parent)))
             c[: coef.shape[1], aa_node] = coef.T
-            ip, ia, ic, start, stop, n_roots, la, lc = split_leaves(parent, node_a, c)
-            parts.append((z, np.where(ip >= 0, ip + n_nodes, -1), ia, ic, start + n_leaves,
-                          stop + n_leaves, la, lc))
+            ip, ia, ic, lp, la, lc = split_leaves(parent, node_a, c)
+            parts.append((z, np.where(ip >= 0, ip + n_nodes, -1), ia, ic,
+                          np.where(lp >= 0, lp + n_nodes, -1), la, lc))
             n_nodes += len(ip)
             n_leaves += len(la)
         hi[z], lhi[z] = n_nodes, n_leaves
     coef_all = np.zeros((Pmax, nz, n_nodes))
-    leaf_coef = np.zeros((Pmax, nz, n_leaves))
-    for z, ip, ia, ic, start, stop, la, lc in parts:
+    leaf_coef = np.zeros((nz, n_leaves, Pmax))
+    for z, ip, ia, ic, lp, la, lc in parts:
         coef_all[:, z, lo[z]: hi[z]] = ic
-        leaf_coef[:, z, llo[z]: lhi[z]] = lc
+        leaf_coef[z, llo[z]: lhi[z], :] = lc.T
 
-    def cat(k):
-        return (np.concatenate([p[k] for p in parts]).astype(np.int64) if parts
-                else np.zeros(0, dtype=np.int64))
+    def cat(k, dtype=np.int64):
+        return (np.concatenate([p[k] for p in parts]).astype(dtype) if parts
+                else np.zeros(0, dtype=dtype))
+    leaf_parent = cat(4)
+    leaf_parent[leaf_parent < 0] = n_nodes
+    if max(n_nodes, int(cat(5).max(initial=0))) >= 2**32:
+        raise ValueError("potential too large: product indices beyond 32 bits")
     return dict(parent=cat(1), node_a=cat(2), node_lo=lo, node_hi=hi, coef=coef_all,
-                leaf_start=cat(4), leaf_stop=cat(5), leaf_a=cat(6), leaf_lo=llo, leaf_hi=lhi,
-                leaf_coef=leaf_coef)
+                leaf_parent=leaf_parent.astype(np.uint32), leaf_a=cat(5, np.uint32),
+                leaf_lo=llo, leaf_hi=lhi, leaf_coef=leaf_coef)
