@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from aceserver.kernels import ace as K                                    # noqa: E402
-from aceserver.kernels.pace import accumulate_a_rows, embed, full_rows, table_features  # noqa: E402
+from aceserver.kernels.pace import embed, table_features  # noqa: E402
 
 
 @njit(cache=True, nogil=True)
@@ -36,39 +36,45 @@ def staged(first, nbr, R, zat, T, stage):
     mode = T.mode
     N = first.shape[0] - 1
     nlm = (T.lmax + 1) ** 2
+    nz = T.e0.shape[0]
     nN = T.parent.shape[0]
     M = T.coef.shape[0]
-    n_rad = T.mb_spl.shape[2] if mode == 0 else T.tab.shape[4]
-    n_rows = T.mb_spl.shape[2] if mode == 0 else T.row_off.shape[0]
-    Kn, q, cs, zj, rhat, rr, rinv, rad, drad, Y, dY = K.site_scratch(first, 0, N, n_rad, T.lmax)
-    A = np.empty((T.e0.shape[0], n_rows, nlm))
-    dA = np.empty((T.e0.shape[0], n_rows, nlm))
+    if mode == 0:
+        n_rad = T.mb_spl.shape[2]
+        row_off = np.arange(n_rad)
+        row_lmax = np.full(n_rad, T.lmax)
+        ls = 0
+    else:
+        n_rad = T.tab.shape[4]
+        row_off = T.row_off
+        row_lmax = T.row_lmax
+        ls = 1
+    Kn, Q, C, S, zb, slot, zj, rhat, rr, rinv, rad, drad, Y, dY = K.site_scratch(
+        first, 0, N, n_rad, T.lmax, nz)
+    A = np.empty((nz, row_off.shape[0], nlm))
+    dA = np.empty((nz, row_off.shape[0], nlm))
     Af = A.reshape(-1)
     dAf = dA.reshape(-1)
     AA = np.ones(nN + 1)
-    dAA = np.ones(nN + 1)
+    dAA = np.empty(nN + 1)
     seed = np.zeros(M)
     rho = np.empty(M)
-    n_full = full_rows(T.row_lmax, T.lmax) if mode == 1 else 0
     chk = 0.0
     for i in range(N):
-        J = first[i + 1] - first[i]
         zi = zat[i]
         lo, hi = T.node_lo[zi], T.node_hi[zi]
+        J = K.sort_neighbours(i, first, nbr, zat, zb, slot)
         jstar = -1
         if mode == 0:
-            K.site_features(i, first, nbr, R, zat, T.mb_t, T.mb_spl, T.lmax, Kn, q, cs,
+            K.site_features(i, J, slot, R, zat, nbr, T.mb_t, T.mb_spl, T.lmax, Kn, Q, C, S,
                             zj, rhat, rr, rinv, rad, drad, Y, dY)
         else:
-            jstar = table_features(i, first, nbr, R, zat, T, Kn, q, cs, zj, rhat, rinv, rad, drad,
-                                   Y, dY)
-        chk += rad[0, 0] + dY[J - 1, nlm - 1, 2]
+            jstar = table_features(i, J, slot, R, zat, nbr, T, Kn, Q, C, S, zj, rhat, rinv, rad,
+                                   drad, Y, dY)
+        chk += rad[0, 0] + dY[2, nlm - 1, J - 1]
         if stage < 1:
             continue
-        if mode == 0:
-            K.accumulate_a(J, zj, rad, Y, A)
-        else:
-            accumulate_a_rows(J, zj, rad, Y, A, T.row_off, n_full, T.lmax)
+        K.accumulate_a(zb, rad, Y, A, row_off, row_lmax, ls)
         chk += Af[-1]
         if stage < 2:
             continue
@@ -82,14 +88,15 @@ def staged(first, nbr, R, zat, T, stage):
             seed[0] = 1.0
             chk += rho[0]
         else:
-            e, _, _ = embed(zi, J, rho, rad, zj, T, seed, jstar, first[i], R)
+            e, _, _ = embed(zi, J, rho, rad, zj, T, seed, jstar, slot, R)
             chk += e
         if stage < 3:
             continue
         dA[:] = 0.0
         K.seed_weights(seed, T.coef, zi, dAA, lo, hi)
         if lhi > llo:
-            K.reverse_leaves(Af, AA, T.leaf_parent, T.leaf_a, T.leaf_coef, zi, seed, dAf, dAA, llo, lhi)
+            K.reverse_leaves(Af, AA, T.leaf_parent, T.leaf_a, T.leaf_coef, zi, seed, dAf, dAA,
+                             llo, lhi)
         K.reverse_aa(Af, AA, T.parent, T.node_a, dAf, dAA, lo, hi)
         chk += dAf[0]
     return chk

@@ -22,10 +22,10 @@ from ..kernels.radial import agnesi, mb_radials, pair_envelope, spline_eval_one,
 @njit(cache=True, nogil=True)
 def model_radials(r, mb_t, zi, zj, mb_spl):
     """Many-body radials R_n(r) of centre zi, neighbour zj and dR_n/dr, shape (len(r), n_poly)."""
-    R = np.zeros((r.shape[0], mb_spl.shape[2]))
-    dR = np.zeros((r.shape[0], mb_spl.shape[2]))
+    R = np.zeros((mb_spl.shape[2], r.shape[0]))
+    dR = np.zeros((mb_spl.shape[2], r.shape[0]))
     mb_radials(r.shape[0], r, mb_t, zi, np.full(r.shape[0], zj), mb_spl, R, dR)
-    return R, dR
+    return R.T.copy(), dR.T.copy()
 
 
 @njit(cache=True, nogil=True)

@@ -13,66 +13,134 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .pace import (accumulate_a_rows, embed, full_rows, neighbour_vector, pullback_a_rows,
-                   table_features)
+from .pace import embed, neighbour_vector, table_features
 from .radial import (agnesi, mb_radials, pair_envelope, spline_eval_all, spline_eval_one,
                      spline_interval)
 from .ylm import project, ylm_grad, ylm_norms
 
 
 @njit(cache=True, nogil=True)
-def site_features(i, first, nbr, R, zat, mb_t, mb_spl, lmax, K, q, cs,
+def sort_neighbours(i, first, nbr, zat, zb, slot):
+    """Neighbours of atom i grouped by species: slot[jj] is the pair slot of the jj-th, and
+    species z holds jj in zb[z]..zb[z+1]-1 (so the sums over a species channel are contiguous).
+    Returns J, the number of neighbours."""
+    p0 = first[i]
+    J = first[i + 1] - p0
+    nz = zb.shape[0] - 1
+    if nz == 1:
+        zb[0] = 0
+        zb[1] = J
+        for jj in range(J):
+            slot[jj] = p0 + jj
+        return J
+    zb[:] = 0
+    for p in range(p0, p0 + J):
+        zb[zat[nbr[p]] + 1] += 1
+    for z in range(nz):
+        zb[z + 1] += zb[z]
+    for p in range(p0, p0 + J):          # zb[z] runs ahead while filling, then is shifted back
+        z = zat[nbr[p]]
+        slot[zb[z]] = p
+        zb[z] += 1
+    for z in range(nz, 0, -1):
+        zb[z] = zb[z - 1]
+    zb[0] = 0
+    return J
+
+
+@njit(cache=True, nogil=True)
+def site_features(i, J, slot, R, zat, nbr, mb_t, mb_spl, lmax, K, Q, C, S,
                   zj, rhat, r, rinv, Pm, dPm, Y, dY):
-    """Per neighbour jj of atom i: species zj, unit vector, r, 1/r, radials Pm = P(y)(1-y²)² with
-    their r-derivatives dPm, harmonics Y and the unprojected harmonic gradients dY (see ylm)."""
-    J = first[i + 1] - first[i]
+    """Per neighbour jj of atom i (pair slot slot[jj]): species zj, unit vector, r, 1/r, radials
+    Pm[n, jj] = P(y)(1-y²)² with their r-derivatives dPm, harmonics Y[lm, jj] and the
+    unprojected harmonic gradients dY[a, lm, jj] (see ylm)."""
     for jj in range(J):
-        x0, x1, x2, r[jj], _ = neighbour_vector(first[i] + jj, jj, R, zat, nbr, zj, rinv, rhat)
-        ylm_grad(x0, x1, x2, lmax, K, q, cs, Y, dY, jj)
+        r[jj], _ = neighbour_vector(slot[jj], jj, R, zat, nbr, zj, rinv, rhat)
+    ylm_grad(J, rhat, lmax, K, Q, C, S, Y, dY)
     mb_radials(J, r, mb_t, zat[i], zj, mb_spl, Pm, dPm)
 
 
 @njit(cache=True, nogil=True)
-def site_scratch(first, start, stop, n_poly, lmax):
-    """Per-neighbour work arrays for site_features, sized for atoms start..stop-1:
-    (K, q, cs, zj, rhat, r, rinv, Pm, dPm, Y, dY)."""
+def site_scratch(first, start, stop, n_rad, lmax, nz):
+    """Work arrays for atoms start..stop-1, neighbours on the last axis:
+    (K, Q, C, S, zb, slot, zj, rhat, r, rinv, rad, drad, Y, dY)."""
     maxJ = 0
     for i in range(start, stop):
         maxJ = max(maxJ, first[i + 1] - first[i])
     nlm = (lmax + 1) ** 2
-    return (ylm_norms(lmax), np.empty((lmax + 1, lmax + 2)), np.empty((lmax + 1, 2)),
-            np.empty(maxJ, dtype=np.int64), np.empty((maxJ, 3)), np.empty(maxJ), np.empty(maxJ),
-            np.empty((maxJ, n_poly)), np.empty((maxJ, n_poly)), np.empty((maxJ, nlm)),
-            np.empty((maxJ, nlm, 3)))
-
-
-@njit(cache=True, nogil=True)
-def accumulate_a(J, zj, Pm, Y, A):
-    """A[z, n, lm] = Σ_{j in channel z} R_n(r_ij) Y_lm(R̂_ij).
-
-    Dense in (n, lm): it holds (n, l) pairs the basis never uses, but the contiguous inner loop
-    vectorises and is several times faster than visiting only the used ones."""
-    A[:] = 0.0
-    for jj in range(J):
-        z = zj[jj]
-        for n in range(Pm.shape[1]):
-            pr = Pm[jj, n]
-            for lm in range(Y.shape[1]):
-                A[z, n, lm] += pr * Y[jj, lm]
+    return (ylm_norms(lmax), np.empty((lmax + 1, lmax + 2, maxJ)), np.empty((lmax + 1, maxJ)),
+            np.empty((lmax + 1, maxJ)), np.empty(nz + 1, dtype=np.int64),
+            np.empty(maxJ, dtype=np.int64), np.empty(maxJ, dtype=np.int64), np.empty((3, maxJ)),
+            np.empty(maxJ), np.empty(maxJ),
+            np.empty((n_rad, maxJ)), np.empty((n_rad, maxJ)), np.empty((nlm, maxJ)),
+            np.empty((3, nlm, maxJ)))
 
 
 @njit(cache=True, nogil=True, fastmath=True)
-def pullback_a(jj, z, dA, Pm, Y, dEdP, dEdY):
-    """∂E/∂A -> ∂E/∂(radial n) and ∂E/∂(harmonic lm) of neighbour jj in channel z."""
-    dEdY[:] = 0.0
-    for n in range(Pm.shape[1]):
-        pr = Pm[jj, n]
-        acc = 0.0
-        for lm in range(Y.shape[1]):
-            d = dA[z, n, lm]
-            acc += d * Y[jj, lm]
-            dEdY[lm] += d * pr
-        dEdP[n] = acc
+def accumulate_a(zb, rad, Y, A, row_off, row_lmax, ls):
+    """A[z, n, lm] = Σ_{j in channel z} R_{n,l}(r_ij) Y_lm(R̂_ij), as dot products over the
+    channel's neighbours. Row n's radial for degree l is rad[row_off[n] + l·ls] (ls = 0: one
+    radial for every l, the ace1 basis; ls = 1: R_nl); row n holds l <= row_lmax[n]."""
+    nlm = A.shape[2]
+    for z in range(A.shape[0]):
+        b, e = zb[z], zb[z + 1]
+        for n in range(A.shape[1]):
+            o = row_off[n]
+            top = row_lmax[n]
+            for l in range(top + 1):
+                rr = rad[o + l * ls, b:e]
+                for lm in range(l * l, (l + 1) * (l + 1)):
+                    y = Y[lm, b:e]
+                    acc = 0.0
+                    for j in range(rr.shape[0]):
+                        acc += rr[j] * y[j]
+                    A[z, n, lm] = acc
+            for lm in range((top + 1) * (top + 1), nlm):
+                A[z, n, lm] = 0.0
+
+
+@njit(cache=True, nogil=True, fastmath=True)
+def pullback_a(J, zb, dA, rad, drad, Y, dY, row_off, row_lmax, ls, dEdY, dEdR, gr, g):
+    """∂E/∂A -> per neighbour jj: gr[jj] = Σ_f ∂E/∂rad_f · drad_f/dr and g[:, jj] = Σ_lm ∂E/∂Y_lm
+    · dY_lm (unprojected), through scratch dEdY (nlm, J) and dEdR (n_rad, J). Loops run over
+    the neighbours of one channel innermost."""
+    for lm in range(dEdY.shape[0]):
+        for j in range(J):
+            dEdY[lm, j] = 0.0
+    for f in range(dEdR.shape[0]):
+        for j in range(J):
+            dEdR[f, j] = 0.0
+    for z in range(dA.shape[0]):
+        b, e = zb[z], zb[z + 1]
+        if e == b:
+            continue
+        for n in range(dA.shape[1]):
+            o = row_off[n]
+            for l in range(row_lmax[n] + 1):
+                f = o + l * ls
+                rr, der = rad[f, b:e], dEdR[f, b:e]
+                for lm in range(l * l, (l + 1) * (l + 1)):
+                    d = dA[z, n, lm]
+                    if d == 0.0:
+                        continue
+                    y, dy = Y[lm, b:e], dEdY[lm, b:e]
+                    for j in range(rr.shape[0]):
+                        dy[j] += d * rr[j]
+                        der[j] += d * y[j]
+    for j in range(J):
+        gr[j] = 0.0
+        g[0, j] = 0.0
+        g[1, j] = 0.0
+        g[2, j] = 0.0
+    for f in range(dEdR.shape[0]):
+        for j in range(J):
+            gr[j] += dEdR[f, j] * drad[f, j]
+    for lm in range(dEdY.shape[0]):
+        for j in range(J):
+            e = dEdY[lm, j]
+            g[0, j] += e * dY[0, lm, j]
+            g[1, j] += e * dY[1, lm, j]
+            g[2, j] += e * dY[2, lm, j]
 
 
 # The node-range helpers below loop over views [lo:hi] with the index from 0, never over
@@ -217,25 +285,37 @@ def _fast_range(start, stop, first, nbr, R, zat, T, mode, with_grad, E, G):
     the core repulsion / ZBL terms. Both share the A, product-DAG and reverse passes; the
     embedding only changes the seed of the reverse pass, ∂E/∂AA_k = Σ_p ∂E/∂ρ_p coef[p, k]."""
     nlm = (T.lmax + 1) ** 2
+    nz = T.e0.shape[0]
     nN = T.parent.shape[0]
     M = T.coef.shape[0]
-    n_rad = T.mb_spl.shape[2] if mode == 0 else T.tab.shape[4]
-    n_rows = T.mb_spl.shape[2] if mode == 0 else T.row_off.shape[0]
-    K, q, cs, zj, rhat, rr, rinv, rad, drad, Y, dY = site_scratch(first, start, stop, n_rad, T.lmax)
-    A = np.empty((T.e0.shape[0], n_rows, nlm))
-    dA = np.empty((T.e0.shape[0], n_rows, nlm))
+    if mode == 0:            # one radial per n for every l
+        n_rad = T.mb_spl.shape[2]
+        row_off = np.arange(n_rad)
+        row_lmax = np.full(n_rad, T.lmax)
+        ls = 0
+    else:                    # R_nl at row_off[n] + l, then the g_k rows (l = 0)
+        n_rad = T.tab.shape[4]
+        row_off = T.row_off
+        row_lmax = T.row_lmax
+        ls = 1
+    n_rows = row_off.shape[0]
+    K, Q, C, S, zb, slot, zj, rhat, rr, rinv, rad, drad, Y, dY = site_scratch(
+        first, start, stop, n_rad, T.lmax, nz)
+    maxJ = slot.shape[0]
+    dEdY = np.empty((nlm, maxJ))
+    dEdR = np.empty((n_rad, maxJ))
+    gr = np.empty(maxJ)
+    g = np.empty((3, maxJ))
+    A = np.empty((nz, n_rows, nlm))
+    dA = np.empty((nz, n_rows, nlm))
     Af = A.reshape(-1)           # flat views: product nodes address A by flat index
     dAf = dA.reshape(-1)
     AA = np.empty(nN + 1)        # AA[nN] = 1: the parent of the leaves that are one A alone
     AA[nN] = 1.0
     dAA = np.empty(nN + 1)
-    dEdrad = np.empty(n_rad)
-    dEdY = np.empty(nlm)
     seed = np.zeros(M)
     rho = np.empty(M)
-    n_full = full_rows(T.row_lmax, T.lmax) if mode == 1 else 0
     for i in range(start, stop):
-        J = first[i + 1] - first[i]
         zi = zat[i]
         lo, hi = T.node_lo[zi], T.node_hi[zi]
         for p in range(first[i], first[i + 1]):
@@ -244,17 +324,17 @@ def _fast_range(start, stop, first, nbr, R, zat, T, mode, with_grad, E, G):
             G[p, 2] = 0.0
         for mm in range(E.shape[0]):
             E[mm, i] = T.e0[zi]
+        J = sort_neighbours(i, first, nbr, zat, zb, slot)
         if J == 0:
             continue
         jstar = -1
         if mode == 0:
-            site_features(i, first, nbr, R, zat, T.mb_t, T.mb_spl, T.lmax, K, q, cs,
+            site_features(i, J, slot, R, zat, nbr, T.mb_t, T.mb_spl, T.lmax, K, Q, C, S,
                           zj, rhat, rr, rinv, rad, drad, Y, dY)
-            accumulate_a(J, zj, rad, Y, A)
         else:
-            jstar = table_features(i, first, nbr, R, zat, T, K, q, cs, zj, rhat, rinv, rad, drad,
-                                   Y, dY)
-            accumulate_a_rows(J, zj, rad, Y, A, T.row_off, n_full, T.lmax)
+            jstar = table_features(i, J, slot, R, zat, nbr, T, K, Q, C, S, zj, rhat, rinv, rad,
+                                   drad, Y, dY)
+        accumulate_a(zb, rad, Y, A, row_off, row_lmax, ls)
         forward_aa(Af, T.parent, T.node_a, AA, lo, hi)
         llo, lhi = T.leaf_lo[zi], T.leaf_hi[zi]
         for mm in range(M):
@@ -268,7 +348,7 @@ def _fast_range(start, stop, first, nbr, R, zat, T, mode, with_grad, E, G):
                 E[mm, i] += rho[mm]
             seed[0] = 1.0
         else:
-            e, dEdcore, dEdswitch = embed(zi, J, rho, rad, zj, T, seed, jstar, first[i], R)
+            e, dEdcore, dEdswitch = embed(zi, J, rho, rad, zj, T, seed, jstar, slot, R)
             E[0, i] += e
         if with_grad:
             # reverse pass through the DAG: ∂E/∂AA -> ∂E/∂A
@@ -279,31 +359,19 @@ def _fast_range(start, stop, first, nbr, R, zat, T, mode, with_grad, E, G):
                                llo, lhi)
             reverse_aa(Af, AA, T.parent, T.node_a, dAf, dAA, lo, hi)
             # ∂E/∂A -> ∂E/∂R_ij through radials and harmonics
+            pullback_a(J, zb, dA, rad, drad, Y, dY, row_off, row_lmax, ls, dEdY, dEdR, gr, g)
+            if mode == 1:
+                for jj in range(J):     # the last tabulated function is φ_core
+                    gr[jj] += dEdcore * drad[n_rad - 1, jj]
+                if jstar >= 0:
+                    gr[jstar] += dEdswitch
             for jj in range(J):
-                if mode == 0:
-                    pullback_a(jj, zj[jj], dA, rad, Y, dEdrad, dEdY)
-                    gr = 0.0
-                    for n in range(n_rad):
-                        gr += dEdrad[n] * drad[jj, n]
-                else:
-                    gr = pullback_a_rows(jj, zj[jj], dA, rad, drad, Y, dEdY, T.row_off, n_full,
-                                         T.lmax)
-                    gr += dEdcore * drad[jj, n_rad - 1]     # the last tabulated function is φ_core
-                if jj == jstar:
-                    gr += dEdswitch
-                g0 = 0.0
-                g1 = 0.0
-                g2 = 0.0
-                for lm in range(nlm):
-                    g0 += dEdY[lm] * dY[jj, lm, 0]
-                    g1 += dEdY[lm] * dY[jj, lm, 1]
-                    g2 += dEdY[lm] * dY[jj, lm, 2]
-                u0, u1, u2 = rhat[jj, 0], rhat[jj, 1], rhat[jj, 2]
-                g0, g1, g2 = project(g0, g1, g2, u0, u1, u2, rinv[jj])
-                p = first[i] + jj
-                G[p, 0] += gr * u0 + g0
-                G[p, 1] += gr * u1 + g1
-                G[p, 2] += gr * u2 + g2
+                u0, u1, u2 = rhat[0, jj], rhat[1, jj], rhat[2, jj]
+                g0, g1, g2 = project(g[0, jj], g[1, jj], g[2, jj], u0, u1, u2, rinv[jj])
+                p = slot[jj]
+                G[p, 0] += gr[jj] * u0 + g0
+                G[p, 1] += gr[jj] * u1 + g1
+                G[p, 2] += gr[jj] * u2 + g2
         if mode == 0:
             pair_energy_grad(i, first, nbr, R, zat, T.pr_t, T.pair_p, T.pair_spl, G, with_grad, E)
 
@@ -397,8 +465,11 @@ def basis_rows(first, nbr, R, zat, nz, mb_t, mb_spl, lmax, parent, node_a, aa_no
     n_poly = mb_spl.shape[2]
     nlm = (lmax + 1) ** 2
     nN = parent.shape[0]
-    K, q, cs, zj, rhat, rr, rinv, Pm, dPm, Y, dY = site_scratch(first, 0, N, n_poly, lmax)
+    K, Q, C, S, zb, slot, zj, rhat, rr, rinv, Pm, dPm, Y, dY = site_scratch(first, 0, N, n_poly,
+                                                                              lmax, nz)
     maxJ = zj.shape[0]
+    row_off = np.arange(n_poly)
+    row_lmax = np.full(n_poly, lmax)
     poly = np.empty(n_pair_poly)
     dpoly = np.empty(n_pair_poly)
     A = np.empty((nz, n_poly, nlm))
@@ -408,20 +479,20 @@ def basis_rows(first, nbr, R, zat, nz, mb_t, mb_spl, lmax, parent, node_a, aa_no
     dA = np.zeros((nA, maxJ, 3))
     dAA = np.zeros((nN, maxJ, 3)) if with_grad else np.zeros((0, maxJ, 3))
     for i in range(N):
-        J = first[i + 1] - first[i]
+        J = sort_neighbours(i, first, nbr, zat, zb, slot)
         if J == 0:
             continue
         zi = zat[i]
-        site_features(i, first, nbr, R, zat, mb_t, mb_spl, lmax, K, q, cs,
+        site_features(i, J, slot, R, zat, nbr, mb_t, mb_spl, lmax, K, Q, C, S,
                       zj, rhat, rr, rinv, Pm, dPm, Y, dY)
-        accumulate_a(J, zj, Pm, Y, A)
+        accumulate_a(zb, Pm, Y, A, row_off, row_lmax, 0)
         forward_aa(Af, parent, node_a, AA, 0, nN)
         if with_grad:
             for jj in range(J):
-                u0, u1, u2 = rhat[jj, 0], rhat[jj, 1], rhat[jj, 2]
+                u0, u1, u2 = rhat[0, jj], rhat[1, jj], rhat[2, jj]
                 for lm in range(nlm):
-                    dY[jj, lm, 0], dY[jj, lm, 1], dY[jj, lm, 2] = project(
-                        dY[jj, lm, 0], dY[jj, lm, 1], dY[jj, lm, 2], u0, u1, u2, rinv[jj])
+                    dY[0, lm, jj], dY[1, lm, jj], dY[2, lm, jj] = project(
+                        dY[0, lm, jj], dY[1, lm, jj], dY[2, lm, jj], u0, u1, u2, rinv[jj])
             for k in range(nA):
                 for jj in range(J):
                     for a in range(3):
@@ -432,8 +503,8 @@ def basis_rows(first, nbr, R, zat, nz, mb_t, mb_spl, lmax, parent, node_a, aa_no
                     for lm in range(nlm):
                         k = k0 + n * nlm + lm
                         for a in range(3):
-                            dA[k, jj, a] = (dPm[jj, n] * Y[jj, lm] * rhat[jj, a]
-                                            + Pm[jj, n] * dY[jj, lm, a])
+                            dA[k, jj, a] = (dPm[n, jj] * Y[lm, jj] * rhat[a, jj]
+                                            + Pm[n, jj] * dY[a, lm, jj])
             for k in range(nN):
                 pk = parent[k]
                 ak = node_a[k]
@@ -453,7 +524,7 @@ def basis_rows(first, nbr, R, zat, nz, mb_t, mb_spl, lmax, parent, node_a, aa_no
             e[col0 + b] += val
             if with_grad:
                 for jj in range(J):
-                    p = first[i] + jj
+                    p = slot[jj]
                     j = nbr[p]
                     g0 = 0.0
                     g1 = 0.0
@@ -467,7 +538,7 @@ def basis_rows(first, nbr, R, zat, nz, mb_t, mb_spl, lmax, parent, node_a, aa_no
         # pair basis: R^pair_n = P_n'(y) f(r) for the neighbour's species channel
         pcol0 = nz * nB + zi * n_pair
         for jj in range(J):
-            p = first[i] + jj
+            p = slot[jj]
             rv = R[p]
             r = np.sqrt(rv[0] * rv[0] + rv[1] * rv[1] + rv[2] * rv[2])
             z = zj[jj]

@@ -59,36 +59,37 @@ def smooth_step(x, x_in, delta):
 
 @njit(cache=True, nogil=True, inline="always")
 def neighbour_vector(p, jj, R, zat, nbr, zj, rinv, rhat):
-    """Pair slot p as neighbour jj: stores its species, 1/r and unit vector; returns x, y, z, r
-    and the species."""
+    """Pair slot p as neighbour jj: stores its species, 1/r and unit vector rhat[:, jj];
+    returns r and the species."""
     x0, x1, x2 = R[p, 0], R[p, 1], R[p, 2]
     r = math.sqrt(x0 * x0 + x1 * x1 + x2 * x2)
     z = zat[nbr[p]]
     zj[jj] = z
     rinv[jj] = 1.0 / r
-    rhat[jj, 0] = x0 / r
-    rhat[jj, 1] = x1 / r
-    rhat[jj, 2] = x2 / r
-    return x0, x1, x2, r, z
+    rhat[0, jj] = x0 / r
+    rhat[1, jj] = x1 / r
+    rhat[2, jj] = x2 / r
+    return r, z
 
 
 @njit(cache=True, nogil=True)
-def table_features(i, first, nbr, R, zat, T, K, q, cs, zj, rhat, rinv, rad, drad, Y, dY):
-    """Per neighbour jj of atom i: species, unit vector, 1/r, harmonics, and every tabulated
-    radial function with its r-derivative (cubic Hermite on the node values and derivatives;
-    zero at and beyond the pair's cut-off). Returns the neighbour that decides the ZBL switch
-    (smallest r - (r_in - Δ_in) within the cut-off; -1 if none or not a ZBL potential)."""
+def table_features(i, J, slot, R, zat, nbr, T, K, Q, C, S, zj, rhat, rinv, rad, drad, Y, dY):
+    """Per neighbour jj of atom i (pair slot slot[jj]): species, unit vector, 1/r, harmonics,
+    and every tabulated radial function with its r-derivative into rad[f, jj], drad[f, jj]
+    (cubic Hermite on the node values and derivatives; zero at and beyond the pair's cut-off).
+    Returns the neighbour that decides the ZBL switch (smallest r - (r_in - Δ_in) within the
+    cut-off; -1 if none or not a ZBL potential)."""
     zi = zat[i]
     nf = T.tab.shape[4]
     best = np.inf
     jstar = -1
-    for jj in range(first[i + 1] - first[i]):
-        x0, x1, x2, r, z = neighbour_vector(first[i] + jj, jj, R, zat, nbr, zj, rinv, rhat)
-        ylm_grad(x0, x1, x2, T.lmax, K, q, cs, Y, dY, jj)
+    for jj in range(J):
+        r, z = neighbour_vector(slot[jj], jj, R, zat, nbr, zj, rinv, rhat)
         rc = T.tab_rc[zi, z]
         if r >= rc:
-            rad[jj, :] = 0.0
-            drad[jj, :] = 0.0
+            for f in range(nf):
+                rad[f, jj] = 0.0
+                drad[f, jj] = 0.0
             continue
         h = T.tab_h[zi, z]
         u = r / h
@@ -109,83 +110,15 @@ def table_features(i, first, nbr, R, zat, T, K, q, cs, zj, rhat, rinv, rad, drad
         tb = T.tab[zi, z]
         for f in range(nf):
             v0, s0, v1, s1 = tb[k, 0, f], tb[k, 1, f], tb[k + 1, 0, f], tb[k + 1, 1, f]
-            rad[jj, f] = h00 * v0 + h10 * s0 + h01 * v1 + h11 * s1
-            drad[jj, f] = d00 * (v0 - v1) + d10 * s0 + d11 * s1
+            rad[f, jj] = h00 * v0 + h10 * s0 + h01 * v1 + h11 * s1
+            drad[f, jj] = d00 * (v0 - v1) + d10 * s0 + d11 * s1
         if T.inner == 2:
             d = r - (T.zin[zi, z, 0] - T.zin[zi, z, 1])
             if d < best:
                 best = d
                 jstar = jj
+    ylm_grad(J, rhat, T.lmax, K, Q, C, S, Y, dY)
     return jstar
-
-
-@njit(cache=True, nogil=True)
-def l_of_lm(lmax):
-    """l of each flat harmonic index l² + l + m."""
-    out = np.empty((lmax + 1) ** 2, dtype=np.int64)
-    for l in range(lmax + 1):
-        out[l * l: (l + 1) * (l + 1)] = l
-    return out
-
-
-@njit(cache=True, nogil=True)
-def full_rows(row_lmax, lmax):
-    """Rows 0..n_full-1 carry every l <= lmax (R_nl), the rest l = 0 only (g_k)."""
-    n = 0
-    while n < row_lmax.shape[0] and row_lmax[n] == lmax:
-        n += 1
-    return n
-
-
-@njit(cache=True, nogil=True, fastmath=True)
-def accumulate_a_rows(J, zj, rad, Y, A, row_off, n_full, lmax):
-    """A[z, n, lm] = Σ_{j in channel z} R_{n,l}(r_ij) Y_lm(R̂_ij): the full rows (every l)
-    block by block in l, the l = 0 rows (basis g_k) from the radials directly."""
-    A[:] = 0.0
-    for jj in range(J):
-        z = zj[jj]
-        y = Y[jj]
-        for n in range(n_full):
-            o = row_off[n]
-            a = A[z, n]
-            for l in range(lmax + 1):
-                R = rad[jj, o + l]
-                for m in range(2 * l + 1):
-                    a[l * l + m] += R * y[l * l + m]
-        y0 = y[0]
-        for n in range(n_full, A.shape[1]):
-            A[z, n, 0] += rad[jj, row_off[n]] * y0
-
-
-@njit(cache=True, nogil=True, fastmath=True)
-def pullback_a_rows(jj, z, dA, rad, drad, Y, dEdY, row_off, n_full, lmax):
-    """∂E/∂A -> ∂E/∂(harmonic lm) of neighbour jj (into dEdY) and Σ ∂E/∂R · dR/dr (returned).
-    Block by block in l with a running lm (spreading R_nl over lm first was slower)."""
-    dEdY[:] = 0.0
-    gr = 0.0
-    y = Y[jj]
-    for n in range(n_full):
-        o = row_off[n]
-        d = dA[z, n]
-        lm = 0
-        for l in range(lmax + 1):
-            R = rad[jj, o + l]
-            acc = 0.0
-            for m in range(2 * l + 1):
-                dd = d[lm]
-                acc += dd * y[lm]
-                dEdY[lm] += dd * R
-                lm += 1
-            gr += acc * drad[jj, o + l]
-    y0 = y[0]
-    e0 = 0.0
-    for n in range(n_full, dA.shape[1]):
-        dd = dA[z, n, 0]
-        o = row_off[n]
-        e0 += dd * rad[jj, o]
-        gr += dd * y0 * drad[jj, o]
-    dEdY[0] += e0
-    return gr
 
 
 @njit(cache=True, nogil=True)
@@ -214,13 +147,13 @@ def embedding(kind, rho, m):
 
 
 @njit(cache=True, nogil=True)
-def embed(zi, J, rho, rad, zj, T, seed, jstar, p0, R):
+def embed(zi, J, rho, rad, zj, T, seed, jstar, slot, R):
     """Site energy (without E0) from the densities rho and the core repulsion; fills seed[p] =
     ∂E/∂ρ_p and returns (E, ∂E/∂ρ_core, ∂E/∂r of the ZBL-switch neighbour jstar)."""
-    nf = rad.shape[1]
+    nf = rad.shape[0]
     core = 0.0
     for jj in range(J):
-        core += rad[jj, nf - 1]
+        core += rad[nf - 1, jj]
     Fs = 0.0
     for p in range(rho.shape[0]):
         w = T.emb_par[zi, p, 0]
@@ -233,7 +166,7 @@ def embed(zi, J, rho, rad, zj, T, seed, jstar, p0, R):
     if T.inner == 2:
         f, df = 1.0, 0.0
         if jstar >= 0:
-            rv = R[p0 + jstar]
+            rv = R[slot[jstar]]
             r = math.sqrt(rv[0] * rv[0] + rv[1] * rv[1] + rv[2] * rv[2])
             r_in, d_in = T.zin[zi, zj[jstar], 0], T.zin[zi, zj[jstar], 1]
             f, dfx = smooth_step(r_in - r, d_in, d_in)

@@ -49,8 +49,8 @@ def spline_interval(y, n_intervals):
 
 @njit(cache=True, nogil=True)
 def mb_radials(J, r, mb_t, zi, zj, mb_spl, P, dP):
-    """Many-body radials spline_n(y) (1 - y²)² of centre zi for rows j < J (neighbour species
-    zj[j] at distance r[j]) and their r-derivatives, into P[j, :] and dP[j, :]; mb_spl
+    """Many-body radials spline_n(y) (1 - y²)² of centre zi for neighbours j < J (species
+    zj[j] at distance r[j]) and their r-derivatives, into P[:, j] and dP[:, j]; mb_spl
     (n_intervals, 4, n_poly). One call per site, not per neighbour: inlined per neighbour,
     numba's reference counting of the four arrays cost ace1 models ~25 % of site_features."""
     for j in range(J):
@@ -63,8 +63,8 @@ def mb_radials(J, r, mb_t, zi, zj, mb_spl, P, dP):
             c0, c1, c2, c3 = mb_spl[k, 0, n], mb_spl[k, 1, n], mb_spl[k, 2, n], mb_spl[k, 3, n]
             v = ((c0 * t + c1) * t + c2) * t + c3
             dv = (3.0 * c0 * t + 2.0 * c1) * t + c2
-            P[j, n] = v * env
-            dP[j, n] = (dv * env + v * denv) * dy
+            P[n, j] = v * env
+            dP[n, j] = (dv * env + v * denv) * dy
 
 
 @njit(cache=True, nogil=True, inline="always")

@@ -30,53 +30,76 @@ def ylm_norms(lmax):
     return K
 
 
-@njit(cache=True, nogil=True, inline="always")
-def ylm_grad(x0, x1, x2, lmax, K, q, cs, Y, dY, row):
-    """Fill Y[row, :(lmax+1)²] and dY[row, :, :] for the vector (x0, x1, x2), r > 0.
+@njit(cache=True, nogil=True, fastmath=True)
+def ylm_grad(J, u, lmax, K, Q, C, S, Y, dY):
+    """Fill Y[:(lmax+1)², j] and dY[a, lm, j] for the unit vectors u[:, j], j < J.
 
-    dY holds the gradient of the polynomial extension at the unit vector, NOT yet projected:
-    ∂Y/∂R = (dY - (dY·R̂) R̂)/r, see `project`. The projection is linear, so the reverse pass
-    applies it once per neighbour instead of once per harmonic.
-    q (lmax+1, lmax+2) and cs (lmax+1, 2) are caller-owned scratch arrays.
+    Neighbours are the last (contiguous) axis and the innermost loop, so the recursions run as
+    vector loops over neighbours. dY holds the gradient of the polynomial extension at the unit
+    vector, NOT yet projected: ∂Y/∂R = (dY - (dY·R̂) R̂)/r, see `project`. The projection is
+    linear, so the reverse pass applies it once per neighbour instead of once per harmonic.
+    Q (lmax+1, lmax+2, ≥J), C and S (lmax+1, ≥J) are caller-owned scratch arrays.
     """
-    r = math.sqrt(x0 * x0 + x1 * x1 + x2 * x2)
-    x, y, z = x0 / r, x1 / r, x2 / r
-    # q[l, m] = d^m P_l / dz^m for m <= l, and q[l, l+1] = 0
+    x, y, z = u[0, :J], u[1, :J], u[2, :J]
+    c0, s0 = C[0, :J], S[0, :J]
+    for j in range(J):
+        c0[j] = 1.0
+        s0[j] = 0.0
+    for m in range(1, lmax + 1):            # c_m + i s_m = (x + i y)^m
+        cp, sp, cm, sm = C[m - 1, :J], S[m - 1, :J], C[m, :J], S[m, :J]
+        for j in range(J):
+            cm[j] = x[j] * cp[j] - y[j] * sp[j]
+            sm[j] = x[j] * sp[j] + y[j] * cp[j]
+    # Q[l, m] = d^m P_l / dz^m for m <= l, and Q[l, l+1] = 0
     dfact = 1.0                              # (2m-1)!!
     for m in range(lmax + 1):
         if m > 0:
             dfact *= 2 * m - 1
-        q[m, m] = dfact
-        q[m, m + 1] = 0.0
+        qmm, qm1 = Q[m, m, :J], Q[m, m + 1, :J]
+        for j in range(J):
+            qmm[j] = dfact
+            qm1[j] = 0.0
         if m + 1 <= lmax:
-            q[m + 1, m] = (2 * m + 1) * z * dfact
+            q = Q[m + 1, m, :J]
+            f = (2 * m + 1) * dfact
+            for j in range(J):
+                q[j] = f * z[j]
         for l in range(m + 2, lmax + 1):
-            q[l, m] = ((2 * l - 1) * z * q[l - 1, m] - (l + m - 1) * q[l - 2, m]) / (l - m)
-    cs[0, 0] = 1.0
-    cs[0, 1] = 0.0
-    for m in range(1, lmax + 1):
-        cs[m, 0] = x * cs[m - 1, 0] - y * cs[m - 1, 1]
-        cs[m, 1] = x * cs[m - 1, 1] + y * cs[m - 1, 0]
+            a = (2 * l - 1) / (l - m)
+            b = (l + m - 1) / (l - m)
+            q, q1, q2 = Q[l, m, :J], Q[l - 1, m, :J], Q[l - 2, m, :J]
+            for j in range(J):
+                q[j] = a * z[j] * q1[j] - b * q2[j]
     for l in range(lmax + 1):
         base = l * l + l
-        Y[row, base] = K[l, 0] * q[l, 0]
-        dY[row, base, 0] = 0.0
-        dY[row, base, 1] = 0.0
-        dY[row, base, 2] = K[l, 0] * q[l, 1]
+        k0 = K[l, 0]
+        q0, q1 = Q[l, 0, :J], Q[l, 1, :J]
+        yb, d0, d1, d2 = Y[base, :J], dY[0, base, :J], dY[1, base, :J], dY[2, base, :J]
+        for j in range(J):
+            yb[j] = k0 * q0[j]
+            d0[j] = 0.0
+            d1[j] = 0.0
+            d2[j] = k0 * q1[j]
         for m in range(1, l + 1):
-            kq = K[l, m] * q[l, m]
-            kqm = kq * m
-            kq1 = K[l, m] * q[l, m + 1]
-            c, s = cs[m, 0], cs[m, 1]
-            cm1, sm1 = cs[m - 1, 0], cs[m - 1, 1]
-            Y[row, base + m] = kq * c
-            Y[row, base - m] = kq * s
-            dY[row, base + m, 0] = kqm * cm1
-            dY[row, base + m, 1] = -kqm * sm1
-            dY[row, base + m, 2] = kq1 * c
-            dY[row, base - m, 0] = kqm * sm1
-            dY[row, base - m, 1] = kqm * cm1
-            dY[row, base - m, 2] = kq1 * s
+            km = K[l, m]
+            kmm = km * m
+            qm, qm1 = Q[l, m, :J], Q[l, m + 1, :J]
+            c, s, cm1, sm1 = C[m, :J], S[m, :J], C[m - 1, :J], S[m - 1, :J]
+            yp, ym = Y[base + m, :J], Y[base - m, :J]
+            p0, p1, p2 = dY[0, base + m, :J], dY[1, base + m, :J], dY[2, base + m, :J]
+            n0, n1, n2 = dY[0, base - m, :J], dY[1, base - m, :J], dY[2, base - m, :J]
+            for j in range(J):
+                kq = km * qm[j]
+                kqm = kmm * qm[j]
+                kq1 = km * qm1[j]
+                yp[j] = kq * c[j]
+                ym[j] = kq * s[j]
+                p0[j] = kqm * cm1[j]
+                p1[j] = -kqm * sm1[j]
+                p2[j] = kq1 * c[j]
+                n0[j] = kqm * sm1[j]
+                n1[j] = kqm * cm1[j]
+                n2[j] = kq1 * s[j]
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -97,16 +120,22 @@ def real_sph_harm(vectors: np.ndarray, lmax: int):
 def _batch(vectors, lmax):
     n = vectors.shape[0]
     nlm = (lmax + 1) ** 2
+    u = np.empty((3, n))
+    rinv = np.empty(n)
+    for i in range(n):
+        r = math.sqrt(vectors[i, 0] ** 2 + vectors[i, 1] ** 2 + vectors[i, 2] ** 2)
+        rinv[i] = 1.0 / r
+        for a in range(3):
+            u[a, i] = vectors[i, a] / r
+    Yt = np.empty((nlm, n))
+    dYt = np.empty((3, nlm, n))
+    ylm_grad(n, u, lmax, ylm_norms(lmax), np.empty((lmax + 1, lmax + 2, n)),
+             np.empty((lmax + 1, n)), np.empty((lmax + 1, n)), Yt, dYt)
     Y = np.empty((n, nlm))
     dY = np.empty((n, nlm, 3))
-    K = ylm_norms(lmax)
-    q = np.empty((lmax + 1, lmax + 2))
-    cs = np.empty((lmax + 1, 2))
     for i in range(n):
-        x0, x1, x2 = vectors[i, 0], vectors[i, 1], vectors[i, 2]
-        ylm_grad(x0, x1, x2, lmax, K, q, cs, Y, dY, i)
-        r = math.sqrt(x0 * x0 + x1 * x1 + x2 * x2)
         for lm in range(nlm):
+            Y[i, lm] = Yt[lm, i]
             dY[i, lm, 0], dY[i, lm, 1], dY[i, lm, 2] = project(
-                dY[i, lm, 0], dY[i, lm, 1], dY[i, lm, 2], x0 / r, x1 / r, x2 / r, 1.0 / r)
+                dYt[0, lm, i], dYt[1, lm, i], dYt[2, lm, i], u[0, i], u[1, i], u[2, i], rinv[i])
     return Y, dY
