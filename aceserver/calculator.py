@@ -7,6 +7,11 @@ from ase.calculators.calculator import Calculator, PropertyNotImplementedError, 
 
 from .model import load_model
 from .potential import SitePotential
+from .verlet import DEFAULT_SKIN, VerletList
+
+
+def _same(a, b) -> bool:
+    return a.shape == b.shape and bool((a == b).all())
 
 
 class ACECalculator(Calculator):
@@ -17,18 +22,42 @@ class ACECalculator(Calculator):
     energies (eV per atom); with a committee also energy_committee (eV, one per member),
     energy_std (eV) (committee=False skips them), and with committee_forces=True
     forces_committee (K, N, 3) eV/Å.
+
+    skin (Å, default 0.3): successive calls reuse the neighbour search while no atom has moved
+    more than skin/2 since it ran (a Verlet list, see aceserver.verlet); 0 searches every call.
     """
 
     implemented_properties = ["energy", "free_energy", "forces", "stress", "energies"]
 
     def __init__(self, model_or_path, *, committee: bool = True, committee_forces: bool = False,
-                 threads=None, **kwargs):
+                 threads=None, skin: float = DEFAULT_SKIN, **kwargs):
         super().__init__(**kwargs)
         self.model = (model_or_path if isinstance(model_or_path, SitePotential)
                       else load_model(model_or_path))
         self.committee = committee            # False skips the members' energies (faster MD)
         self.committee_forces = committee_forces
         self.threads = threads
+        # Verlet list (Å skin; 0 searches every call): successive calls of MD or a relaxation
+        # reuse the neighbour search while atoms move less than skin/2
+        self.verlet = VerletList(skin) if skin else None
+
+    def check_state(self, atoms, tol=1e-15):
+        """What changed since the last calculation, as ASE's compare_atoms (same properties,
+        arrays present in only one of the two count as changed), but with exact comparisons:
+        ASE's np.allclose checks cost ~0.5 ms per get_* call, as much as evaluating a small cell.
+        Differences below tol are reported as changes, which only costs a recomputation."""
+        old = self.atoms
+        if old is None:
+            return list(all_changes)
+        changes = [] if _same(old.cell.array, atoms.cell.array) else ["cell"]
+        if not _same(old.pbc, atoms.pbc):
+            changes.append("pbc")
+        for prop in all_changes:
+            if prop not in ("cell", "pbc"):
+                a, b = old.arrays.get(prop), atoms.arrays.get(prop)
+                if (a is None) != (b is None) or (a is not None and not _same(a, b)):
+                    changes.append(prop)
+        return changes
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
@@ -36,7 +65,7 @@ class ACECalculator(Calculator):
         res = self.model.evaluate(atoms.numbers, atoms.positions, atoms.cell[:], atoms.pbc,
                                   committee=self.committee,
                                   committee_forces=self.committee_forces,
-                                  threads=self.threads)
+                                  threads=self.threads, verlet=self.verlet)
         self.results = {"energy": res.energy, "free_energy": res.energy, "forces": res.forces,
                         "energies": res.energies}
         if atoms.pbc.all() and atoms.cell.rank == 3:

@@ -29,9 +29,12 @@ class SitePotential:
     committee = None
     min_distance = MIN_DISTANCE      # Å; closer pairs are refused
 
-    def _neighbours(self, numbers, positions, cell, pbc, n_chunks=1):
+    def _neighbours(self, numbers, positions, cell, pbc, n_chunks=1, verlet=None):
         z, pos, cell, pbc = prepare(numbers, positions, cell, pbc, self._lookup, self.elements)
-        first, nbr, R = neighbour_list(pos, cell, pbc, self.rcut, n_chunks=n_chunks, sort=False)
+        if verlet is None:
+            first, nbr, R = neighbour_list(pos, cell, pbc, self.rcut, n_chunks=n_chunks, sort=False)
+        else:
+            first, nbr, R = verlet.pairs(z, pos, cell, pbc, self.rcut, n_chunks=n_chunks)
         if len(R) and min_distance(R) < self.min_distance:
             d2 = np.einsum("ij,ij->i", R, R)
             k = int(np.argmin(d2))
@@ -44,11 +47,13 @@ class SitePotential:
         return z, first, nbr, R
 
     def evaluate(self, numbers, positions, cell=None, pbc=False, *, committee=False,
-                 committee_forces=False, forces=True, threads=None) -> Evaluation:
+                 committee_forces=False, forces=True, threads=None, verlet=None) -> Evaluation:
         """Energy (eV), forces (eV/Å), virial (eV) and per-atom energies of one structure.
 
         threads=1 forces the serial kernel; otherwise large structures use numba's threads.
         committee: also the energy of every committee member (eV); committee_forces: their forces.
+        verlet: a `VerletList` kept by a caller that evaluates one structure as it moves (MD):
+        the neighbour search is then reused while atoms move less than half its skin.
         """
         n = len(numbers) if np.ndim(numbers) == 1 else 0
         with_committee = committee and self.committee is not None
@@ -56,7 +61,8 @@ class SitePotential:
         parallel = threads != 1 and n >= PARALLEL_MIN_ATOMS and _PARALLEL_LOCK.acquire(blocking=False)
         try:
             n_chunks = 4 * numba.get_num_threads() if parallel else 1
-            z, first, nbr, R = self._neighbours(numbers, positions, cell, pbc, n_chunks=n_chunks)
+            z, first, nbr, R = self._neighbours(numbers, positions, cell, pbc, n_chunks=n_chunks,
+                                                verlet=verlet)
             if parallel:
                 E, G = K.fast_parallel(first, nbr, R, z, tables, forces, n_chunks)
             else:

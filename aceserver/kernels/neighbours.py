@@ -350,6 +350,42 @@ def _min_distance(R):
 # ---------------------------------------------------------------------------------------------
 
 
+@njit(cache=True, nogil=True)
+def refresh_pairs(first_ref, nbr_ref, R_ref, disp, rcut):
+    """The pairs within rcut (Å) of a list built with a larger cut-off, after the atoms moved by
+    disp (N, 3) Å since it was built: R = R_ref + disp[j] - disp[i]. CSR as neighbour_list,
+    in the reference order. Exact as long as no atom moved more than half the extra distance."""
+    N = first_ref.shape[0] - 1
+    rc2 = rcut * rcut
+    first = np.zeros(N + 1, dtype=np.int64)
+    for i in range(N):
+        c = 0
+        for p in range(first_ref[i], first_ref[i + 1]):
+            j = nbr_ref[p]
+            x0 = R_ref[p, 0] + disp[j, 0] - disp[i, 0]
+            x1 = R_ref[p, 1] + disp[j, 1] - disp[i, 1]
+            x2 = R_ref[p, 2] + disp[j, 2] - disp[i, 2]
+            if x0 * x0 + x1 * x1 + x2 * x2 < rc2:
+                c += 1
+        first[i + 1] = first[i] + c
+    nbr = np.empty(first[N], dtype=np.int64)
+    R = np.empty((first[N], 3))
+    q = 0
+    for i in range(N):
+        for p in range(first_ref[i], first_ref[i + 1]):
+            j = nbr_ref[p]
+            x0 = R_ref[p, 0] + disp[j, 0] - disp[i, 0]
+            x1 = R_ref[p, 1] + disp[j, 1] - disp[i, 1]
+            x2 = R_ref[p, 2] + disp[j, 2] - disp[i, 2]
+            if x0 * x0 + x1 * x1 + x2 * x2 < rc2:
+                nbr[q] = j
+                R[q, 0] = x0
+                R[q, 1] = x1
+                R[q, 2] = x2
+                q += 1
+    return first, nbr, R
+
+
 def min_distance(R) -> float:
     """Smallest |R| over the pairs of a neighbour list (``inf`` if there are none).
 

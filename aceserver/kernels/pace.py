@@ -81,6 +81,7 @@ def table_features(i, J, slot, R, zat, nbr, T, K, Q, C, S, zj, rhat, rinv, rad, 
     cut-off; -1 if none or not a ZBL potential)."""
     zi = zat[i]
     nf = T.tab.shape[4]
+    row = np.empty((2, nf))
     best = np.inf
     jstar = -1
     for jj in range(J):
@@ -107,11 +108,15 @@ def table_features(i, J, slot, R, zat, nbr, T, K, Q, C, S, zj, rhat, rinv, rad, 
         d00 = 6.0 * (t2 - t) / h
         d10 = 3.0 * t2 - 4.0 * t + 1.0
         d11 = 3.0 * t2 - 2.0 * t
-        tb = T.tab[zi, z]
+        v0, s0 = T.tab[zi, z, k, 0], T.tab[zi, z, k, 1]
+        v1, s1 = T.tab[zi, z, k + 1, 0], T.tab[zi, z, k + 1, 1]
+        rj, dj = row[0], row[1]
+        for f in range(nf):          # contiguous: vectorises; then one strided copy
+            rj[f] = h00 * v0[f] + h10 * s0[f] + h01 * v1[f] + h11 * s1[f]
+            dj[f] = d00 * (v0[f] - v1[f]) + d10 * s0[f] + d11 * s1[f]
         for f in range(nf):
-            v0, s0, v1, s1 = tb[k, 0, f], tb[k, 1, f], tb[k + 1, 0, f], tb[k + 1, 1, f]
-            rad[f, jj] = h00 * v0 + h10 * s0 + h01 * v1 + h11 * s1
-            drad[f, jj] = d00 * (v0 - v1) + d10 * s0 + d11 * s1
+            rad[f, jj] = rj[f]
+            drad[f, jj] = dj[f]
         if T.inner == 2:
             d = r - (T.zin[zi, z, 0] - T.zin[zi, z, 1])
             if d < best:

@@ -11,6 +11,7 @@ import numpy as np
 from ase import units
 
 from aceserver.errors import ACEInputError
+from aceserver.verlet import VerletList
 
 # ASE's constants, so that a round trip through ASE's SocketIOCalculator is exact;
 # i-PI's own constants differ from these by ~1e-8.
@@ -52,6 +53,8 @@ class ACEPotential:
             raise ValueError(f"unknown extras {sorted(bad)}; choose from {EXTRAS}")
         self.send_energies = "energies" in extras
         self.send_committee = "committee" in extras and getattr(model, "committee", None) is not None
+        # one connection follows one trajectory: reuse its neighbour search between steps
+        self.verlet = VerletList()
 
     @classmethod
     def from_atoms(cls, model, atoms, **kwargs) -> "ACEPotential":
@@ -69,7 +72,7 @@ class ACEPotential:
                 f"the server sent {len(positions)} atoms, but {self.template_name} has "
                 f"{self.natoms}; they must be the same atoms in the same order", field="positions")
         ev = self.model.evaluate(self.numbers, positions * BOHR, h.T * BOHR, self.pbc,
-                                 committee=self.send_committee)
+                                 committee=self.send_committee, verlet=self.verlet)
         virial = ev.virial / HARTREE
         # i-PI keeps only the upper triangle, so send the symmetric part.
         virial = 0.5 * (virial + virial.T)

@@ -1,0 +1,45 @@
+"""Verlet neighbour list for one evolving structure (MD, relaxations, i-PI clients).
+
+Neighbours are searched within rcut + skin once; while no atom has moved more than skin/2 since
+then (same atoms, cell and periodicity), every pair now closer than rcut is in that list, so a
+call only recomputes its pair vectors and keeps those within rcut (`refresh_pairs`). The search
+is the costliest part of evaluating a small cell; the refresh costs a few per cent of it.
+
+The list belongs to one caller (an ASE calculator, an i-PI connection); servers that answer
+unrelated structures do not use one.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .kernels.neighbours import neighbour_list, refresh_pairs
+
+DEFAULT_SKIN = 0.3   # Å: MD steps move atoms ~0.01 Å, so a search lasts tens of steps
+
+
+class VerletList:
+    """Pairs within rcut + skin (Å) of the last searched structure; `pairs` answers within rcut."""
+
+    def __init__(self, skin: float = DEFAULT_SKIN):
+        if not skin > 0:
+            raise ValueError(f"skin must be > 0 Å, got {skin}")
+        self.skin = float(skin)
+        self.searches = 0      # how often the full search ran (for tests and benchmarks)
+        self._ref = None
+
+    def pairs(self, z, positions, cell, pbc, rcut, n_chunks=1):
+        """CSR (first, nbr, R) of the pairs within rcut, as neighbour_list(sort=False) gives them
+        up to order. z, positions, cell, pbc: checked arrays (see structure.prepare)."""
+        ref = self._ref
+        if ref is not None and ref["rcut"] == rcut and ref["z"].shape == z.shape \
+                and (ref["z"] == z).all() and (ref["cell"] == cell).all() \
+                and (ref["pbc"] == pbc).all():
+            disp = positions - ref["positions"]
+            if len(disp) == 0 or np.einsum("ij,ij->i", disp, disp).max() <= (0.5 * self.skin) ** 2:
+                return refresh_pairs(ref["first"], ref["nbr"], ref["R"], disp, rcut)
+        first, nbr, R = neighbour_list(positions, cell, pbc, rcut + self.skin, n_chunks=n_chunks,
+                                       sort=False)
+        self.searches += 1
+        self._ref = dict(rcut=rcut, z=z.copy(), cell=cell.copy(), pbc=pbc.copy(),
+                         positions=positions.copy(), first=first, nbr=nbr, R=R)
+        return refresh_pairs(first, nbr, R, np.zeros_like(positions), rcut)
