@@ -64,9 +64,9 @@ class SitePotential:
             z, first, nbr, R = self._neighbours(numbers, positions, cell, pbc, n_chunks=n_chunks,
                                                 verlet=verlet)
             if parallel:
-                E, G = K.fast_parallel(first, nbr, R, z, tables, forces, n_chunks)
+                E, G, ec = K.fast_parallel(first, nbr, R, z, tables, forces, n_chunks)
             else:
-                E, G = K.fast_serial(first, nbr, R, z, tables, forces)
+                E, G, ec = K.fast_serial(first, nbr, R, z, tables, forces)
         finally:
             if parallel:
                 _PARALLEL_LOCK.release()
@@ -77,7 +77,7 @@ class SitePotential:
             F, W = np.zeros((len(z), 3)), np.zeros((3, 3))
         result = Evaluation(energy=float(E[0].sum()), forces=F, virial=W, energies=E[0])
         if with_committee:
-            result.energy_committee = E[1:].sum(axis=1)
+            result.energy_committee = ec
         if committee_forces and self.committee is not None:
             result.forces_committee = self._committee_forces(z, first, nbr, R)
         return result

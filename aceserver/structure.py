@@ -37,15 +37,18 @@ def prepare(numbers, positions, cell, pbc, lookup: np.ndarray, elements):
                             f"got {positions.shape}", "positions")
     if cell.shape != (3, 3):
         raise ACEInputError(f"cell must be 3x3 (rows are lattice vectors), got {cell.shape}", "cell")
-    if not np.all(np.isfinite(positions)):
-        bad = int(np.flatnonzero(~np.isfinite(positions).all(axis=1))[0])
-        raise ACEInputError(f"positions contain NaN or inf (first at atom {bad})", "positions")
-    if not np.all(np.isfinite(cell)):
-        raise ACEInputError("cell contains NaN or inf", "cell")
-    if n and np.abs(positions).max() > MAX_COORDINATE:
+    # one reduction each for the usual case; the detailed checks only when something is off
+    big = float(np.abs(positions).max()) if n else 0.0
+    if not big <= MAX_COORDINATE:                  # NaN compares false
+        if not np.all(np.isfinite(positions)):
+            bad = int(np.flatnonzero(~np.isfinite(positions).all(axis=1))[0])
+            raise ACEInputError(f"positions contain NaN or inf (first at atom {bad})", "positions")
         raise ACEInputError(f"positions exceed {MAX_COORDINATE:g} Å in magnitude (are they in Å?)",
                             "positions")
-    if np.abs(cell).max() > MAX_COORDINATE:
+    big = float(np.abs(cell).max())
+    if not big <= MAX_COORDINATE:
+        if not np.all(np.isfinite(cell)):
+            raise ACEInputError("cell contains NaN or inf", "cell")
         raise ACEInputError(f"cell entries exceed {MAX_COORDINATE:g} Å in magnitude", "cell")
     out_of_range = (numbers < 0) | (numbers >= len(lookup))
     if out_of_range.any():

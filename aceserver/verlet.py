@@ -31,9 +31,10 @@ class VerletList:
         """CSR (first, nbr, R) of the pairs within rcut, as neighbour_list(sort=False) gives them
         up to order. z, positions, cell, pbc: checked arrays (see structure.prepare)."""
         ref = self._ref
-        if ref is not None and ref["rcut"] == rcut and ref["z"].shape == z.shape \
-                and (ref["z"] == z).all() and (ref["cell"] == cell).all() \
-                and (ref["pbc"] == pbc).all():
+        same = (ref is not None and ref["rcut"] == rcut and ref["z"].shape == z.shape
+                and ref["z"].tobytes() == z.tobytes() and ref["cell"].tobytes() == cell.tobytes()
+                and ref["pbc"].tobytes() == pbc.tobytes())
+        if same:
             disp = positions - ref["positions"]
             if len(disp) == 0 or np.einsum("ij,ij->i", disp, disp).max() <= (0.5 * self.skin) ** 2:
                 return refresh_pairs(ref["first"], ref["nbr"], ref["R"], disp, rcut)

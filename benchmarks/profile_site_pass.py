@@ -158,7 +158,7 @@ def main():
     rows.append(("full (pullback)", t, t - prev))
     tn = cpu_min(lambda: pot._neighbours(atoms.numbers, atoms.positions, atoms.cell.array, atoms.pbc),
                  args.calls, args.rounds) / n * 1e6
-    E, G = K.fast_serial(first, nbr, R, z, T, True)
+    E, G, _ = K.fast_serial(first, nbr, R, z, T, True)
     ts = cpu_min(lambda: K.scatter_forces_virial(first, nbr, R, G, n), args.calls, args.rounds) / n * 1e6
     te = cpu_min(lambda: pot.evaluate(atoms.numbers, atoms.positions, atoms.cell.array, atoms.pbc,
                                       threads=1), args.calls, args.rounds) / n * 1e6

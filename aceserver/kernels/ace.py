@@ -252,10 +252,13 @@ def seed_weights(seed, coef, zi, out, lo, hi):
 
 
 @njit(cache=True, nogil=True)
-def pair_energy_grad(i, first, nbr, R, zat, pr_t, pair_p, pair_spl, G, with_grad, E):
-    """Pair site energies Σ_j V^m_{z_i z_j}(r_ij) with merged splines, added to E[m, i] for every
-    parameter set m; the gradient of set 0 (dV/dr r̂) is added to G."""
+def pair_energy_grad(i, first, nbr, R, zat, pr_t, pair_p, pair_spl, G, with_grad, E, H):
+    """Pair site energy Σ_j V_{z_i z_j}(r_ij) of parameter set 0 (merged splines) added to E[0, i]
+    and its gradient (dV/dr r̂) to G. With committee sets (H non-empty), H[z_i, z_j, k, :] adds
+    (t³, t², t, 1)·f_env of every pair on spline interval k: each set's pair energy is then one
+    contraction of its spline coefficients with H (`committee_energies`)."""
     zi = zat[i]
+    hist = H.shape[0] > 0
     for jj in range(first[i + 1] - first[i]):
         p = first[i] + jj
         rv = R[p]
@@ -264,22 +267,28 @@ def pair_energy_grad(i, first, nbr, R, zat, pr_t, pair_p, pair_spl, G, with_grad
         y, dy = agnesi(r, pr_t, zi, z)
         f, df = pair_envelope(r, pr_t[zi, z, 3], pr_t[zi, z, 5], pair_p)
         k, t = spline_interval(y, pair_spl.shape[3])
-        for m in range(pair_spl.shape[0]):
-            s, ds = spline_eval_one(pair_spl, m, zi, z, k, t)
-            E[m, i] += s * f
-            if m == 0 and with_grad:
-                g = (ds * dy * f + s * df) / r
-                for a in range(3):
-                    G[p, a] += g * rv[a]
+        s, ds = spline_eval_one(pair_spl, 0, zi, z, k, t)
+        E[0, i] += s * f
+        if with_grad:
+            g = (ds * dy * f + s * df) / r
+            for a in range(3):
+                G[p, a] += g * rv[a]
+        if hist:
+            H[zi, z, k, 3] += f
+            H[zi, z, k, 2] += t * f
+            H[zi, z, k, 1] += t * t * f
+            H[zi, z, k, 0] += t * t * t * f
 
 
 @njit(cache=True, nogil=True)
-def _fast_range(start, stop, first, nbr, R, zat, T, mode, with_grad, E, G):
+def _fast_range(start, stop, first, nbr, R, zat, T, mode, with_grad, E, G, SAA, H):
     """Fast form for atoms start..stop-1 over the site tables T (see `SiteTables`): site energies
-    E[m, i] and the pair gradients G[p] = ∂E_i/∂R_ij of set 0.
+    E[0, i] and the pair gradients G[p] = ∂E_i/∂R_ij of parameter set 0.
 
-    Radial mode 0 (ace1): radials R_n(r) shared by every l, linear energy per parameter set m
-    (0: the model, 1..: committee members, all from one A/AA pass), ace1 pair term.
+    Radial mode 0 (ace1): radials R_n(r) shared by every l, linear energy, ace1 pair term. With
+    committee sets (SAA, H non-empty) the pass adds AA of every site to SAA[z_i] and the pair
+    histogram to H; the members' total energies are contractions of those (committee_energies),
+    so a committee costs one vector add per site instead of one energy pass per member.
     Radial mode 1 (tabulated, pacemaker): R_nl per species pair from Hermite tables plus the
     basis g_k for the order-one nodes, densities ρ_p = coef[p]·AA with an embedding F(ρ), and
     the core repulsion / ZBL terms. Both share the A, product-DAG and reverse passes; the
@@ -322,8 +331,7 @@ def _fast_range(start, stop, first, nbr, R, zat, T, mode, with_grad, E, G):
             G[p, 0] = 0.0
             G[p, 1] = 0.0
             G[p, 2] = 0.0
-        for mm in range(E.shape[0]):
-            E[mm, i] = T.e0[zi]
+        E[0, i] = T.e0[zi]
         J = sort_neighbours(i, first, nbr, zat, zb, slot)
         if J == 0:
             continue
@@ -337,16 +345,19 @@ def _fast_range(start, stop, first, nbr, R, zat, T, mode, with_grad, E, G):
         accumulate_a(zb, rad, Y, A, row_off, row_lmax, ls)
         forward_aa(Af, T.parent, T.node_a, AA, lo, hi)
         llo, lhi = T.leaf_lo[zi], T.leaf_hi[zi]
-        for mm in range(M):
+        for mm in range(M if mode == 1 else 1):
             rho[mm] = dot_range(T.coef[mm, zi], AA, lo, hi)
         if lhi > llo:
             leaf_densities(Af, AA, T.leaf_parent, T.leaf_a, T.leaf_coef, zi, rho, llo, lhi)
         dEdcore = 0.0
         dEdswitch = 0.0
         if mode == 0:
-            for mm in range(M):
-                E[mm, i] += rho[mm]
+            E[0, i] += rho[0]
             seed[0] = 1.0
+            if SAA.shape[0] > 0:
+                sa, aa = SAA[zi, lo:hi], AA[lo:hi]
+                for k in range(sa.shape[0]):
+                    sa[k] += aa[k]
         else:
             e, dEdcore, dEdswitch = embed(zi, J, rho, rad, zj, T, seed, jstar, slot, R)
             E[0, i] += e
@@ -373,28 +384,40 @@ def _fast_range(start, stop, first, nbr, R, zat, T, mode, with_grad, E, G):
                 G[p, 1] += gr[jj] * u1 + g1
                 G[p, 2] += gr[jj] * u2 + g2
         if mode == 0:
-            pair_energy_grad(i, first, nbr, R, zat, T.pr_t, T.pair_p, T.pair_spl, G, with_grad, E)
+            pair_energy_grad(i, first, nbr, R, zat, T.pr_t, T.pair_p, T.pair_spl, G, with_grad, E,
+                             H)
+
+
+@njit(cache=True, nogil=True)
+def _committee_sums(T, mode, n):
+    """Per-chunk accumulators of the committee sums (empty without committee sets)."""
+    if mode == 0 and T.coef.shape[0] > 1:
+        return (np.zeros((n, T.coef.shape[1], T.coef.shape[2])),
+                np.zeros((n,) + T.pair_spl.shape[1:]))
+    return np.zeros((n, 0, 0)), np.zeros((n, 0, 0, 0, 0))
 
 
 @njit(cache=True, nogil=True)
 def _serial(first, nbr, R, zat, T, with_grad, mode):
     N = first.shape[0] - 1
-    E = np.empty((T.coef.shape[0] if mode == 0 else 1, N))
+    E = np.empty((1, N))
     G = np.empty((R.shape[0], 3))
-    _fast_range(0, N, first, nbr, R, zat, T, mode, with_grad, E, G)
-    return E, G
+    SAA, H = _committee_sums(T, mode, 1)
+    _fast_range(0, N, first, nbr, R, zat, T, mode, with_grad, E, G, SAA[0], H[0])
+    return E, G, SAA[0], H[0]
 
 
 @njit(cache=True, nogil=True, parallel=True)
 def _parallel(first, nbr, R, zat, T, with_grad, n_chunks, mode):
     N = first.shape[0] - 1
-    E = np.empty((T.coef.shape[0] if mode == 0 else 1, N))
+    E = np.empty((1, N))
     G = np.empty((R.shape[0], 3))
     n_chunks = min(N, n_chunks)
+    SAA, H = _committee_sums(T, mode, n_chunks)
     for c in prange(n_chunks):
         _fast_range(c * N // n_chunks, (c + 1) * N // n_chunks, first, nbr, R, zat, T, mode,
-                    with_grad, E, G)
-    return E, G
+                    with_grad, E, G, SAA[c], H[c])
+    return E, G, SAA.sum(axis=0), H.sum(axis=0)
 
 
 # One entry point per radial mode: the mode reaches the site pass as a compile-time constant,
@@ -419,15 +442,28 @@ def _parallel_tabulated(first, nbr, R, zat, T, with_grad, n_chunks):
     return _parallel(first, nbr, R, zat, T, with_grad, n_chunks, 1)
 
 
+def committee_energies(T, zat, SAA, H):
+    """Total energies (eV) of parameter sets 1.. (the committee) from the pass's sums."""
+    if SAA.shape[1] == 0:
+        return None
+    mb = np.einsum("mzk,zk->m", T.coef[1:], SAA)
+    pair = np.einsum("mabkc,abkc->m", T.pair_spl[1:], H)
+    return mb + pair + float(T.e0[zat].sum())
+
+
 def fast_serial(first, nbr, R, zat, T, with_grad):
-    """Site energies E (sets, N) and pair gradients G (pairs, 3) over the site tables T."""
-    return (_serial_ace1 if T.mode == 0 else _serial_tabulated)(first, nbr, R, zat, T, with_grad)
+    """Site energies E (1, N) and pair gradients G (pairs, 3) of the potential over the site
+    tables T, and the committee's total energies (None without committee sets)."""
+    E, G, SAA, H = (_serial_ace1 if T.mode == 0 else _serial_tabulated)(first, nbr, R, zat, T,
+                                                                        with_grad)
+    return E, G, committee_energies(T, zat, SAA, H)
 
 
 def fast_parallel(first, nbr, R, zat, T, with_grad, n_chunks):
     """As fast_serial, over n_chunks blocks of atoms on numba's threads (n_chunks >= 1)."""
-    return (_parallel_ace1 if T.mode == 0 else _parallel_tabulated)(first, nbr, R, zat, T,
-                                                                     with_grad, n_chunks)
+    E, G, SAA, H = (_parallel_ace1 if T.mode == 0 else _parallel_tabulated)(
+        first, nbr, R, zat, T, with_grad, n_chunks)
+    return E, G, committee_energies(T, zat, SAA, H)
 
 
 @njit(cache=True, nogil=True)
