@@ -147,7 +147,8 @@ class ACEModel(SitePotential):
         return SiteTables(
             mode=0, e0=self._e0, lmax=s["lmax"], mb_t=s["mb_t"], mb_spl=s["mb_spl"], pr_t=s["pr_t"],
             pair_p=s["pair_p"], pair_spl=fast["pair_spl"], tab=unused(5), tab_h=unused(2),
-            tab_rc=unused(2), row_off=unused(1, np.int64), row_lmax=unused(1, np.int64),
+            tab_rc=unused(2), row_off=np.arange(s["mb_spl"].shape[2], dtype=np.int64),
+            row_lmax=used_lmax(fast["node_a"], nz, s["mb_spl"].shape[2], s["lmax"]),
             parent=fast["parent"], node_a=fast["node_a"], node_lo=np.zeros(nz, dtype=np.int64),
             node_hi=np.full(nz, n_nodes, dtype=np.int64), coef=fast["coef"],
             leaf_parent=np.zeros(0, dtype=np.uint32), leaf_a=np.zeros(0, dtype=np.uint32), leaf_lo=np.zeros(nz, dtype=np.int64),
@@ -260,6 +261,17 @@ class ACEModel(SitePotential):
                 "committee_size": 0 if self._committee is None else int(len(self._committee)),
                 "sha256": self.sha256, "settings": self.basis.settings,
                 "metadata": self.metadata, "units": modelfile.UNITS}
+
+
+def used_lmax(node_a, nz, n_rows, lmax):
+    """Per radial n, the largest l of any A[z, n, l, m] the product DAG reads (-1: none): the
+    site pass accumulates A and its pullback only up to there."""
+    nlm = (lmax + 1) ** 2
+    a = np.asarray(node_a, dtype=np.int64) % (n_rows * nlm)
+    n, lm = a // nlm, a % nlm
+    out = np.full(n_rows, -1, dtype=np.int64)
+    np.maximum.at(out, n, np.floor(np.sqrt(lm + 0.5)).astype(np.int64))
+    return out
 
 
 def load_model(path):

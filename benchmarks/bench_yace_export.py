@@ -2,7 +2,7 @@
 force and stress differences, and (zuo-Si) µs/atom of pyace against `model.evaluate` on the
 rattled 64-atom diamond cell, timed alternately in one run. Needs pyace (pip install '.[pyace]').
 
-    python benchmarks/bench_yace_export.py [--calls 20] [--nradbase 60]
+    python benchmarks/bench_yace_export.py [--calls 20] [--nradbase 60] [--models zuo-Si]
 """
 import argparse
 import tempfile
@@ -48,9 +48,11 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--calls", type=int, default=20)
     ap.add_argument("--nradbase", type=int, default=60)
+    ap.add_argument("--models", default="Si-tiny,TiAl-tutorial,zuo-Si",
+                    help="comma-separated shipped models (the speed comparison runs for zuo-Si)")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp())
-    for name in ("Si-tiny", "TiAl-tutorial", "zuo-Si"):
+    for name in args.models.split(","):
         model = aceserver.load_model(ROOT / "models" / name / f"{name}.json")
         path = tmp / f"{name}.yace"
         t0 = time.perf_counter()

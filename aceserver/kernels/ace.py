@@ -297,16 +297,13 @@ def _fast_range(start, stop, first, nbr, R, zat, T, mode, with_grad, E, G, SAA, 
     nz = T.e0.shape[0]
     nN = T.parent.shape[0]
     M = T.coef.shape[0]
-    if mode == 0:            # one radial per n for every l
-        n_rad = T.mb_spl.shape[2]
-        row_off = np.arange(n_rad)
-        row_lmax = np.full(n_rad, T.lmax)
-        ls = 0
-    else:                    # R_nl at row_off[n] + l, then the g_k rows (l = 0)
-        n_rad = T.tab.shape[4]
-        row_off = T.row_off
-        row_lmax = T.row_lmax
-        ls = 1
+    # A row n holds l <= row_lmax[n] (what the DAG reads); its radial for degree l is
+    # rad[row_off[n] + l·ls]: ace1 (ls = 0) one radial per n for every l, tabulated (ls = 1)
+    # R_nl, then the g_k rows (l = 0)
+    n_rad = T.mb_spl.shape[2] if mode == 0 else T.tab.shape[4]
+    row_off = T.row_off
+    row_lmax = T.row_lmax
+    ls = 0 if mode == 0 else 1
     n_rows = row_off.shape[0]
     K, Q, C, S, zb, slot, zj, rhat, rr, rinv, rad, drad, Y, dY = site_scratch(
         first, start, stop, n_rad, T.lmax, nz)
