@@ -20,16 +20,27 @@ def add_arguments(parser):
     parser.add_argument("input", metavar="IN", help="pacemaker .yace file or aceserver model file (.json)")
     parser.add_argument("output", metavar="OUT", help="output: .json (aceserver model file) or .yace")
     parser.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
+    parser.add_argument("--nradbase", type=int, default=None,
+                        help="export to .yace: K radial basis functions per species pair (default "
+                             "60; 600-1200 for agreement with our evaluator to ~1e-5 eV/Å, see "
+                             "docs/lammps-export.md)")
+    parser.add_argument("--radial-lambda", type=float, nargs="+", default=None, metavar="LAMBDA",
+                        help="export to .yace: candidate ChebExpCos scalings λ (default -1 -2 -3)")
 
 
-def _write_yace(model, out: Path) -> dict:
+def _write_yace(model, out: Path, nradbase=None, lambdas=None) -> dict:
     from aceserver.pace.potential import PACEPotential
     if isinstance(model, PACEPotential):
         from aceserver.io.yace import write_yace
         write_yace(model.spec, out)
         return {"format": "yace", "source": "pacemaker potential (content unchanged)"}
     from aceserver.io.yace_export import export_yace       # ACE1 model -> pacemaker C-tilde basis
-    return export_yace(model, out)
+    kw = {}
+    if nradbase is not None:
+        kw["nradbase"] = nradbase
+    if lambdas:
+        kw["lambdas"] = tuple(lambdas)
+    return export_yace(model, out, **kw)
 
 
 def run(args) -> int:
@@ -49,7 +60,7 @@ def run(args) -> int:
             model.save(out)
             report = {"format": "aceserver-json"}
         else:
-            report = _write_yace(model, out)
+            report = _write_yace(model, out, args.nradbase, args.radial_lambda)
     except (ModelFileError, ValueError, OSError) as exc:
         print(f"aceserver convert: {exc}", file=sys.stderr)
         return 2
