@@ -419,6 +419,7 @@ def _parallel(first, nbr, R, zat, T, with_grad, n_chunks, mode):
 
 # One entry point per radial mode: the mode reaches the site pass as a compile-time constant,
 # so each compiled pass holds only its own branches (a runtime mode costs ace1 models ~10 %).
+# The parallel ones are thin: the prange lives in _parallel (compiled with parallel=True).
 @njit(cache=True, nogil=True)
 def _serial_ace1(first, nbr, R, zat, T, with_grad):
     return _serial(first, nbr, R, zat, T, with_grad, 0)
@@ -429,12 +430,12 @@ def _serial_tabulated(first, nbr, R, zat, T, with_grad):
     return _serial(first, nbr, R, zat, T, with_grad, 1)
 
 
-@njit(cache=True, nogil=True, parallel=True)
+@njit(cache=True, nogil=True)
 def _parallel_ace1(first, nbr, R, zat, T, with_grad, n_chunks):
     return _parallel(first, nbr, R, zat, T, with_grad, n_chunks, 0)
 
 
-@njit(cache=True, nogil=True, parallel=True)
+@njit(cache=True, nogil=True)
 def _parallel_tabulated(first, nbr, R, zat, T, with_grad, n_chunks):
     return _parallel(first, nbr, R, zat, T, with_grad, n_chunks, 1)
 
