@@ -522,23 +522,23 @@ def basis_rows(first, nbr, R, zat, nz, mb_t, mb_spl, lmax, parent, node_a, aa_no
         accumulate_a(zb, Pm, Y, A, row_off, row_lmax, 0)
         forward_aa(Af, parent, node_a, AA, 0, nN)
         if with_grad:
-            for jj in range(J):
-                u0, u1, u2 = rhat[0, jj], rhat[1, jj], rhat[2, jj]
-                for lm in range(nlm):
+            for lm in range(nlm):               # loops over neighbours innermost (contiguous)
+                for jj in range(J):
                     dY[0, lm, jj], dY[1, lm, jj], dY[2, lm, jj] = project(
-                        dY[0, lm, jj], dY[1, lm, jj], dY[2, lm, jj], u0, u1, u2, rinv[jj])
+                        dY[0, lm, jj], dY[1, lm, jj], dY[2, lm, jj], rhat[0, jj], rhat[1, jj],
+                        rhat[2, jj], rinv[jj])
             for k in range(nA):
                 for jj in range(J):
                     for a in range(3):
                         dA[k, jj, a] = 0.0
-            for jj in range(J):
-                k0 = zj[jj] * n_poly * nlm          # A functions of this neighbour's channel
+            for z in range(nz):                  # A functions of each neighbour's channel
                 for n in range(n_poly):
                     for lm in range(nlm):
-                        k = k0 + n * nlm + lm
-                        for a in range(3):
-                            dA[k, jj, a] = (dPm[n, jj] * Y[lm, jj] * rhat[a, jj]
-                                            + Pm[n, jj] * dY[a, lm, jj])
+                        k = (z * n_poly + n) * nlm + lm
+                        for jj in range(zb[z], zb[z + 1]):
+                            for a in range(3):
+                                dA[k, jj, a] = (dPm[n, jj] * Y[lm, jj] * rhat[a, jj]
+                                                + Pm[n, jj] * dY[a, lm, jj])
             for k in range(nN):
                 pk = parent[k]
                 ak = node_a[k]
