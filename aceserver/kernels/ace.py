@@ -185,7 +185,7 @@ def reverse_aa(Af, AA, parent, node_a, dAf, dAA, lo, hi):
             dAA[pk] += g * Af[a]
 
 
-@njit(cache=True, nogil=True, fastmath=True)
+@njit(cache=True, nogil=True)   # no fastmath: it vectorises the sums with gathers, 1.6x slower
 def leaf_densities(Af, AA, leaf_parent, leaf_a, leaf_coef, zi, rho, llo, lhi):
     """Adds the leaves llo..lhi-1 to rho[m]: Σ_l c_{l,m} AA[parent_l] A[a_l] (AA = 1 at the
     roots' parent). One flat loop: most internal nodes have only a few leaves, so a loop per
@@ -208,7 +208,7 @@ def leaf_densities(Af, AA, leaf_parent, leaf_a, leaf_coef, zi, rho, llo, lhi):
         rho[mm] = r
 
 
-@njit(cache=True, nogil=True, fastmath=True)
+@njit(cache=True, nogil=True)
 def reverse_leaves(Af, AA, leaf_parent, leaf_a, leaf_coef, zi, seed, dAf, dAA, llo, lhi):
     """Leaves in reverse, with ∂E/∂ρ_m = seed[m]: into ∂E/∂A (dAf) and ∂E/∂AA of the parents
     (dAA[n_nodes], the roots' parent, collects what nothing reads)."""
