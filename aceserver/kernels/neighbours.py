@@ -38,6 +38,8 @@ _WORK_FREE = 200_000_000  # ... plus this many (a fraction of a second) whatever
 # Bins are 1/_BINS_PER_CUTOFF of the cutoff thick (when the cell allows): 2 scans (2*2+1)^3 bins of
 # (rcut/2)^3, ~40% less volume than 27 bins of rcut^3, for a little more loop overhead.
 _BINS_PER_CUTOFF = 2
+_ONE_PASS_MAX_VISITS = 2_000_000  # serial searches with at most this many candidate checks run in
+                                  # one pass, into buffers of that size (≤ 80 MB)
 # Relative slack on bin geometry and on the candidate test, so that rounding (in positions far from
 # the origin, or on bin boundaries) can never drop a pair; the final test on R is exact.
 _SLACK = 1e-8
@@ -265,6 +267,24 @@ def _pairs(positions, wrapped, n, cell_p, cbin, start, order, nb, m, periodic, r
     _pairs_range(0, N, positions, wrapped, binned, n, cell_p, cbin, start, order, nb, m, rs2,
                  rc2, nkey, tb0, tg0, tb1, tg1, tb2, tg2, fill, first, out_j, out_R, out_key,
                  key_T, key_H, key_sp, counts)
+    return counts
+
+
+@njit(cache=True, nogil=True)
+def _pairs_one_pass(positions, wrapped, n, cell_p, cbin, start, order, nb, m, periodic, rsearch,
+                    rcut, first, out_j, out_R, out_key, key_T, key_H, key_sp):
+    """Serial search in one pass: atom i's pairs are appended after atom i-1's (first filled as
+    it goes), into outputs sized by the exact candidate count (an upper bound on the pairs)."""
+    N = positions.shape[0]
+    counts = np.zeros(N, dtype=np.int64)
+    binned, rs2, rc2, nkey, tb0, tg0, tb1, tg1, tb2, tg2 = _pair_setup(
+        wrapped, order, nb, m, periodic, rsearch, rcut, key_sp)
+    first[0] = 0
+    for i in range(N):
+        _pairs_range(i, i + 1, positions, wrapped, binned, n, cell_p, cbin, start, order, nb, m,
+                     rs2, rc2, nkey, tb0, tg0, tb1, tg1, tb2, tg2, True, first, out_j, out_R,
+                     out_key, key_T, key_H, key_sp, counts)
+        first[i + 1] = first[i] + counts[i]
     return counts
 
 
@@ -562,6 +582,19 @@ def _too_many(message, pbc):
     return ACEInputError(message + hint, "cell" if pbc.any() else "positions")
 
 
+def _check_counts(counts, rcut, max_pairs, max_neighbours, pbc) -> int:
+    """The total pair count, after checking it and the largest count of one atom."""
+    total = int(counts.sum())
+    worst = int(counts.max())
+    if worst > max_neighbours:
+        raise _too_many(f"atom {int(counts.argmax())} has {worst} neighbours within rcut = {rcut} Å "
+                        f"(limit max_neighbours = {max_neighbours}).", pbc)
+    if total > max_pairs:
+        raise _too_many(f"{total} pairs within rcut = {rcut} Å exceed max_pairs = {max_pairs} "
+                        f"(about {40 * total / 1e9:.1f} GB).", pbc)
+    return total
+
+
 def neighbour_list(positions, cell, pbc, rcut, *, max_pairs=DEFAULT_MAX_PAIRS,
                    max_neighbours=DEFAULT_MAX_NEIGHBOURS, n_chunks=1, sort=True):
     """Full neighbour list within ``rcut`` (Å), in CSR form grouped by centre atom.
@@ -663,22 +696,30 @@ def neighbour_list(positions, cell, pbc, rcut, *, max_pairs=DEFAULT_MAX_PAIRS,
     key_sp = np.array([2 * h + 1 for h in key_H], dtype=np.int64)
     key_H = np.array(key_H, dtype=np.int64)
 
-    dummy_j = np.zeros(0, dtype=np.int64)
-    dummy_R = np.zeros((0, 3))
     first = np.zeros(N + 1, dtype=np.int64)
     par = n_chunks > 1
+    if not par and visits <= _ONE_PASS_MAX_VISITS:
+        # small searches: one pass into outputs sized by the candidate count, instead of a
+        # counting pass and a filling pass (the search is most of the cost of a small cell)
+        out_j = np.empty(visits, dtype=np.int64)
+        out_R = np.empty((visits, 3))
+        out_key = np.empty(visits, dtype=np.int64)
+        counts = _pairs_one_pass(positions, wrapped, n, cell_p, cbin, start, order, nb, m, pbc,
+                                 rsearch, rcut, first, out_j, out_R, out_key, key_T, key_H, key_sp)
+        _check_counts(counts, rcut, max_pairs, max_neighbours, pbc)
+        total = int(first[N])
+        out_j, out_R, out_key = out_j[:total].copy(), out_R[:total].copy(), out_key[:total]
+        if sort:
+            _sort_pairs(first, out_j, out_R, out_key)
+        return first, out_j, out_R
+
+    dummy_j = np.zeros(0, dtype=np.int64)
+    dummy_R = np.zeros((0, 3))
     search = _pairs_parallel if par else _pairs
     extra = (n_chunks,) if par else ()
     counts = search(positions, wrapped, n, cell_p, cbin, start, order, nb, m, pbc, rsearch, rcut,
                     False, first, dummy_j, dummy_R, dummy_j, key_T, key_H, key_sp, *extra)
-    total = int(counts.sum())
-    worst = int(counts.max())
-    if worst > max_neighbours:
-        raise _too_many(f"atom {int(counts.argmax())} has {worst} neighbours within rcut = {rcut} Å "
-                        f"(limit max_neighbours = {max_neighbours}).", pbc)
-    if total > max_pairs:
-        raise _too_many(f"{total} pairs within rcut = {rcut} Å exceed max_pairs = {max_pairs} "
-                        f"(about {40 * total / 1e9:.1f} GB).", pbc)
+    total = _check_counts(counts, rcut, max_pairs, max_neighbours, pbc)
     np.cumsum(counts, out=first[1:])
 
     out_j = np.empty(total, dtype=np.int64)
