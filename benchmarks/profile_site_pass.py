@@ -39,12 +39,10 @@ def staged(first, nbr, R, zat, T, stage):
     nz = T.e0.shape[0]
     nN = T.parent.shape[0]
     M = T.coef.shape[0]
-    n_rad = T.mb_spl.shape[2] if mode == 0 else T.tab.shape[4]
-    row_off = T.row_off
-    row_lmax = T.row_lmax
-    ls = 0 if mode == 0 else 1
-    Kn, Q, C, S, zb, slot, zj, rhat, rr, rinv, rad, drad, Y, dY = K.site_scratch(
-        first, 0, N, n_rad, T.lmax, nz)
+    n_rad, ls = K.radial_layout(T, mode)
+    row_off, row_lmax = T.row_off, T.row_lmax
+    scratch = K.site_scratch(first, 0, N, n_rad, T.lmax, nz)
+    Kn, Q, C, S, zb, slot, zj, rhat, rr, rinv, rad, drad, Y, dY = scratch
     A = np.empty((nz, row_off.shape[0], nlm))
     dA = np.empty((nz, row_off.shape[0], nlm))
     Af = A.reshape(-1)

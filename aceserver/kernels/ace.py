@@ -281,6 +281,16 @@ def pair_energy_grad(i, first, nbr, R, zat, pr_t, pair_p, pair_spl, G, with_grad
 
 
 @njit(cache=True, nogil=True)
+def radial_layout(T, mode):
+    """(number of radial functions per neighbour, ls). A row n holds l <= row_lmax[n] (what the
+    DAG reads); its radial for degree l is rad[row_off[n] + l·ls]: ace1 (ls = 0) one radial per
+    n for every l, tabulated (ls = 1) R_nl, then the g_k rows (l = 0) and φ_core."""
+    if mode == 0:
+        return T.mb_spl.shape[2], 0
+    return T.tab.shape[4], 1
+
+
+@njit(cache=True, nogil=True)
 def _fast_range(start, stop, first, nbr, R, zat, T, mode, with_grad, E, G, SAA, H):
     """Fast form for atoms start..stop-1 over the site tables T (see `SiteTables`): site energies
     E[0, i] and the pair gradients G[p] = ∂E_i/∂R_ij of parameter set 0.
@@ -297,13 +307,8 @@ def _fast_range(start, stop, first, nbr, R, zat, T, mode, with_grad, E, G, SAA, 
     nz = T.e0.shape[0]
     nN = T.parent.shape[0]
     M = T.coef.shape[0]
-    # A row n holds l <= row_lmax[n] (what the DAG reads); its radial for degree l is
-    # rad[row_off[n] + l·ls]: ace1 (ls = 0) one radial per n for every l, tabulated (ls = 1)
-    # R_nl, then the g_k rows (l = 0)
-    n_rad = T.mb_spl.shape[2] if mode == 0 else T.tab.shape[4]
-    row_off = T.row_off
-    row_lmax = T.row_lmax
-    ls = 0 if mode == 0 else 1
+    n_rad, ls = radial_layout(T, mode)
+    row_off, row_lmax = T.row_off, T.row_lmax
     n_rows = row_off.shape[0]
     K, Q, C, S, zb, slot, zj, rhat, rr, rinv, rad, drad, Y, dY = site_scratch(
         first, start, stop, n_rad, T.lmax, nz)

@@ -124,20 +124,18 @@ def _scan_table(nb, m, periodic):
 
 
 @njit(cache=True, nogil=True)
-def _count_visits(start, nb, m, periodic):
-    """Exact number of candidate (atom, atom image) visits the pair passes will make."""
+def _bin_visits(start, nb, m, periodic):
+    """Per bin, how many candidate atoms (atom images) the scan of one of its atoms visits."""
     tb0, _ = _scan_table(nb[0], m[0], periodic[0])
     tb1, _ = _scan_table(nb[1], m[1], periodic[1])
     tb2, _ = _scan_table(nb[2], m[2], periodic[2])
-    total = 0
+    seen = np.zeros(nb[0] * nb[1] * nb[2], dtype=np.int64)
     for b0 in range(nb[0]):
         for b1 in range(nb[1]):
             for b2 in range(nb[2]):
                 b = (b0 * nb[1] + b1) * nb[2] + b2
-                occ = start[b + 1] - start[b]
-                if occ == 0:
+                if start[b + 1] == start[b]:
                     continue
-                seen = 0
                 for a0 in range(2 * m[0] + 1):
                     c0 = tb0[b0, a0]
                     if c0 < 0:
@@ -149,10 +147,18 @@ def _count_visits(start, nb, m, periodic):
                         base = (c0 * nb[1] + c1) * nb[2]
                         for a2 in range(2 * m[2] + 1):
                             c2 = tb2[b2, a2]
-                            if c2 < 0:
-                                continue
-                            seen += start[base + c2 + 1] - start[base + c2]
-                total += occ * seen
+                            if c2 >= 0:
+                                seen[b] += start[base + c2 + 1] - start[base + c2]
+    return seen
+
+
+@njit(cache=True, nogil=True)
+def _count_visits(start, nb, m, periodic):
+    """Exact number of candidate (atom, atom image) visits the pair passes will make."""
+    seen = _bin_visits(start, nb, m, periodic)
+    total = 0
+    for b in range(seen.shape[0]):
+        total += (start[b + 1] - start[b]) * seen[b]
     return total
 
 
@@ -290,30 +296,13 @@ def _pairs_one_pass(positions, wrapped, n, cell_p, cbin, start, order, nb, m, pe
 
 @njit(cache=True, nogil=True)
 def _visit_offsets(cbin, start, nb, m, periodic):
-    """Per centre atom, where its candidates start in a buffer of all candidate visits (the
-    same scan as _count_visits, per atom): offsets (N+1,), the last being the total."""
-    tb0, _ = _scan_table(nb[0], m[0], periodic[0])
-    tb1, _ = _scan_table(nb[1], m[1], periodic[1])
-    tb2, _ = _scan_table(nb[2], m[2], periodic[2])
+    """Per centre atom, where its candidates start in a buffer of all candidate visits:
+    offsets (N+1,), the last being the total (= _count_visits)."""
+    seen = _bin_visits(start, nb, m, periodic)
     N = cbin.shape[0]
     off = np.zeros(N + 1, dtype=np.int64)
     for i in range(N):
-        b0, b1, b2 = cbin[i, 0], cbin[i, 1], cbin[i, 2]
-        seen = 0
-        for a0 in range(2 * m[0] + 1):
-            c0 = tb0[b0, a0]
-            if c0 < 0:
-                continue
-            for a1 in range(2 * m[1] + 1):
-                c1 = tb1[b1, a1]
-                if c1 < 0:
-                    continue
-                base = (c0 * nb[1] + c1) * nb[2]
-                for a2 in range(2 * m[2] + 1):
-                    c2 = tb2[b2, a2]
-                    if c2 >= 0:
-                        seen += start[base + c2 + 1] - start[base + c2]
-        off[i + 1] = off[i] + seen
+        off[i + 1] = off[i] + seen[(cbin[i, 0] * nb[1] + cbin[i, 1]) * nb[2] + cbin[i, 2]]
     return off
 
 
@@ -439,18 +428,8 @@ def refresh_pairs(first_ref, nbr_ref, R_ref, disp, rcut):
     N = first_ref.shape[0] - 1
     rc2 = rcut * rcut
     first = np.zeros(N + 1, dtype=np.int64)
-    for i in range(N):
-        c = 0
-        for p in range(first_ref[i], first_ref[i + 1]):
-            j = nbr_ref[p]
-            x0 = R_ref[p, 0] + disp[j, 0] - disp[i, 0]
-            x1 = R_ref[p, 1] + disp[j, 1] - disp[i, 1]
-            x2 = R_ref[p, 2] + disp[j, 2] - disp[i, 2]
-            if x0 * x0 + x1 * x1 + x2 * x2 < rc2:
-                c += 1
-        first[i + 1] = first[i] + c
-    nbr = np.empty(first[N], dtype=np.int64)
-    R = np.empty((first[N], 3))
+    nbr = np.empty(nbr_ref.shape[0], dtype=np.int64)     # at most every reference pair
+    R = np.empty((nbr_ref.shape[0], 3))
     q = 0
     for i in range(N):
         for p in range(first_ref[i], first_ref[i + 1]):
@@ -464,6 +443,8 @@ def refresh_pairs(first_ref, nbr_ref, R_ref, disp, rcut):
                 R[q, 1] = x1
                 R[q, 2] = x2
                 q += 1
+        first[i + 1] = q
+    nbr, R = nbr[:q], R[:q]
     return first, nbr, R
 
 
