@@ -294,50 +294,6 @@ def _pairs_one_pass(positions, wrapped, n, cell_p, cbin, start, order, nb, m, pe
     return counts
 
 
-@njit(cache=True, nogil=True)
-def _visit_offsets(cbin, start, nb, m, periodic):
-    """Per centre atom, where its candidates start in a buffer of all candidate visits:
-    offsets (N+1,), the last being the total (= _count_visits)."""
-    seen = _bin_visits(start, nb, m, periodic)
-    N = cbin.shape[0]
-    off = np.zeros(N + 1, dtype=np.int64)
-    for i in range(N):
-        off[i + 1] = off[i] + seen[(cbin[i, 0] * nb[1] + cbin[i, 1]) * nb[2] + cbin[i, 2]]
-    return off
-
-
-@njit(cache=True, nogil=True, parallel=True)
-def _pairs_parallel_one_pass(positions, wrapped, n, cell_p, cbin, start, order, nb, m, periodic,
-                             rsearch, rcut, off, first, out_j, out_R, key_T, key_H, key_sp,
-                             n_chunks):
-    """_pairs_one_pass on numba's threads: atom i writes from off[i] (its candidate offset) in
-    scratch buffers, then its pairs are packed into out_j/out_R at first[i]. Returns counts."""
-    N = positions.shape[0]
-    counts = np.zeros(N, dtype=np.int64)
-    binned, rs2, rc2, nkey, tb0, tg0, tb1, tg1, tb2, tg2 = _pair_setup(
-        wrapped, order, nb, m, periodic, rsearch, rcut, key_sp)
-    total = off[N]
-    buf_j = np.empty(total, dtype=np.int64)
-    buf_R = np.empty((total, 3))
-    buf_key = np.empty(total, dtype=np.int64)
-    n_chunks = max(1, min(N, n_chunks))
-    for c in prange(n_chunks):
-        _pairs_range(c * N // n_chunks, (c + 1) * N // n_chunks, positions, wrapped, binned, n,
-                     cell_p, cbin, start, order, nb, m, rs2, rc2, nkey, tb0, tg0, tb1, tg1, tb2,
-                     tg2, True, off, buf_j, buf_R, buf_key, key_T, key_H, key_sp, counts)
-    first[0] = 0
-    for i in range(N):
-        first[i + 1] = first[i] + counts[i]
-    for c in prange(n_chunks):
-        for i in range(c * N // n_chunks, (c + 1) * N // n_chunks):
-            for k in range(counts[i]):
-                out_j[first[i] + k] = buf_j[off[i] + k]
-                out_R[first[i] + k, 0] = buf_R[off[i] + k, 0]
-                out_R[first[i] + k, 1] = buf_R[off[i] + k, 1]
-                out_R[first[i] + k, 2] = buf_R[off[i] + k, 2]
-    return counts
-
-
 @njit(cache=True, nogil=True, parallel=True)
 def _pairs_parallel(positions, wrapped, n, cell_p, cbin, start, order, nb, m, periodic, rsearch,
                     rcut, fill, first, out_j, out_R, out_key, key_T, key_H, key_sp, n_chunks):
@@ -740,16 +696,6 @@ def neighbour_list(positions, cell, pbc, rcut, *, max_pairs=DEFAULT_MAX_PAIRS,
 
     first = np.zeros(N + 1, dtype=np.int64)
     par = n_chunks > 1
-    if par and not sort and visits <= _ONE_PASS_MAX_VISITS:
-        off = _visit_offsets(cbin, start, nb, m, pbc)
-        out_j = np.empty(visits, dtype=np.int64)    # sized for the worst case, trimmed below
-        out_R = np.empty((visits, 3))
-        counts = _pairs_parallel_one_pass(positions, wrapped, n, cell_p, cbin, start, order, nb,
-                                          m, pbc, rsearch, rcut, off, first, out_j, out_R, key_T,
-                                          key_H, key_sp, n_chunks)
-        _check_counts(counts, rcut, max_pairs, max_neighbours, pbc)
-        total = int(first[N])
-        return first, out_j[:total].copy(), out_R[:total].copy()
     if not par and visits <= _ONE_PASS_MAX_VISITS:
         # small searches: one pass into outputs sized by the candidate count, instead of a
         # counting pass and a filling pass (the search is most of the cost of a small cell)
