@@ -6,16 +6,11 @@ import math
 
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 
-from .model import load_model
 from .evaluation import volume
+from .model import load_model
 from .potential import SitePotential
+from .structure import same_array
 from .verlet import DEFAULT_SKIN, VerletList
-
-
-def _same(a, b) -> bool:
-    """Exactly equal arrays (bytes compare: a few times cheaper than numpy's reductions on the
-    small arrays of a structure)."""
-    return a.shape == b.shape and a.dtype == b.dtype and a.tobytes() == b.tobytes()
 
 
 class ACECalculator(Calculator):
@@ -53,13 +48,13 @@ class ACECalculator(Calculator):
         old = self.atoms
         if old is None:
             return list(all_changes)
-        changes = [] if _same(old.cell.array, atoms.cell.array) else ["cell"]
-        if not _same(old.pbc, atoms.pbc):
+        changes = [] if same_array(old.cell.array, atoms.cell.array) else ["cell"]
+        if not same_array(old.pbc, atoms.pbc):
             changes.append("pbc")
         for prop in all_changes:
             if prop not in ("cell", "pbc"):
                 a, b = old.arrays.get(prop), atoms.arrays.get(prop)
-                if (a is None) != (b is None) or (a is not None and not _same(a, b)):
+                if (a is None) != (b is None) or (a is not None and not same_array(a, b)):
                     changes.append(prop)
         return changes
 

@@ -151,8 +151,9 @@ class ACEModel(SitePotential):
             row_lmax=used_lmax(fast["node_a"], nz, s["mb_spl"].shape[2], s["lmax"]),
             parent=fast["parent"], node_a=fast["node_a"], node_lo=np.zeros(nz, dtype=np.int64),
             node_hi=np.full(nz, n_nodes, dtype=np.int64), coef=fast["coef"],
-            leaf_parent=np.zeros(0, dtype=np.uint32), leaf_a=np.zeros(0, dtype=np.uint32), leaf_lo=np.zeros(nz, dtype=np.int64),
-            leaf_hi=np.zeros(nz, dtype=np.int64), leaf_coef=np.zeros((nz, 0, fast["coef"].shape[0])),
+            leaf_parent=np.zeros(0, dtype=np.uint32), leaf_a=np.zeros(0, dtype=np.uint32),
+            leaf_lo=np.zeros(nz, dtype=np.int64), leaf_hi=np.zeros(nz, dtype=np.int64),
+            leaf_coef=np.zeros((nz, 0, fast["coef"].shape[0])),
             emb_kind=unused(1, np.int64), emb_par=unused(3), rho_cut=unused(2), inner=0,
             zin=unused(3))
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from .kernels.neighbours import neighbour_list, refresh_pairs
+from .structure import same_array
 
 DEFAULT_SKIN = 0.3   # Å: MD steps move atoms ~0.01 Å, so a search lasts tens of steps
 
@@ -31,9 +32,8 @@ class VerletList:
         """CSR (first, nbr, R) of the pairs within rcut, as neighbour_list(sort=False) gives them
         up to order. z, positions, cell, pbc: checked arrays (see structure.prepare)."""
         ref = self._ref
-        same = (ref is not None and ref["rcut"] == rcut and ref["z"].shape == z.shape
-                and ref["z"].tobytes() == z.tobytes() and ref["cell"].tobytes() == cell.tobytes()
-                and ref["pbc"].tobytes() == pbc.tobytes())
+        same = (ref is not None and ref["rcut"] == rcut and same_array(ref["z"], z)
+                and same_array(ref["cell"], cell) and same_array(ref["pbc"], pbc))
         if same:
             disp = positions - ref["positions"]
             if len(disp) == 0 or np.einsum("ij,ij->i", disp, disp).max() <= (0.5 * self.skin) ** 2:

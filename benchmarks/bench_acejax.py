@@ -19,11 +19,10 @@ import argparse
 import json
 import os
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
+from md_timing import PEER_LOOP, ase_call, md_calls
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -48,16 +47,7 @@ atoms.calc = ACECalculator(model, meta)
 atoms.get_potential_energy(); atoms.get_forces(); atoms.get_stress()
 start = atoms.positions.copy()
 print(json.dumps({"len_basis": int(meta["len_basis"])}), flush=True)
-for line in sys.stdin:
-    calls, seed = (int(x) for x in line.split())
-    rng = np.random.default_rng(seed)
-    atoms.positions = start
-    t = time.perf_counter()
-    for _ in range(calls):
-        atoms.positions = atoms.positions + rng.normal(scale=0.002, size=atoms.positions.shape)
-        atoms.get_potential_energy(); atoms.get_forces(); atoms.get_stress()
-    print(time.perf_counter() - t, flush=True)
-"""
+""" + PEER_LOOP
 
 
 def structure():
@@ -65,18 +55,6 @@ def structure():
     atoms = bulk("Si", "diamond", a=5.43, cubic=True) * (2, 2, 2)
     atoms.rattle(0.05, seed=1)
     return atoms
-
-
-def md_calls(atoms, call, calls, seed):
-    rng = np.random.default_rng(seed)
-    start = atoms.positions.copy()
-    t = time.perf_counter()
-    for _ in range(calls):
-        atoms.positions = atoms.positions + rng.normal(scale=0.002, size=atoms.positions.shape)
-        call()
-    dt = time.perf_counter() - t
-    atoms.positions = start
-    return dt
 
 
 def main():
@@ -103,15 +81,14 @@ def main():
     plain.calc = aceserver.ACECalculator(model, threads=1, committee=committee, skin=0)
     bare = atoms.copy()
 
-    def calc_call(a):
-        return lambda: (a.get_potential_energy(), a.get_forces(), a.get_stress())
+    start = atoms.positions.copy()
 
     def eval_call():
         r = model.evaluate(bare.numbers, bare.positions, bare.cell[:], bare.pbc, threads=1,
                            committee=committee)
         r.stress(bare.cell[:])
 
-    ours_call, plain_call = calc_call(ours), calc_call(plain)
+    ours_call, plain_call = ase_call(ours), ase_call(plain)
     for c in (ours_call, plain_call, eval_call):
         c()
 
@@ -130,13 +107,13 @@ def main():
 
     rows = {k: [] for k in ("calc", "calc_skin0", "evaluate", "acejax")}
     for r in range(args.rounds):
-        rows["calc"].append(md_calls(ours, ours_call, args.calls, r) / args.calls / n * 1e6)
+        rows["calc"].append(md_calls(ours, start, ours_call, args.calls, r) / args.calls / n * 1e6)
         if worker:
             worker.stdin.write(f"{args.calls} {r}\n")
             worker.stdin.flush()
             rows["acejax"].append(float(worker.stdout.readline()) / args.calls / n * 1e6)
-        rows["calc_skin0"].append(md_calls(plain, plain_call, args.calls, r) / args.calls / n * 1e6)
-        rows["evaluate"].append(md_calls(bare, eval_call, args.calls, r) / args.calls / n * 1e6)
+        for key, a, call in (("calc_skin0", plain, plain_call), ("evaluate", bare, eval_call)):
+            rows[key].append(md_calls(a, start, call, args.calls, r) / args.calls / n * 1e6)
     if worker:
         worker.stdin.close()
         worker.wait()

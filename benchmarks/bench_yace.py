@@ -17,10 +17,10 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
+from md_timing import PEER_LOOP, ase_call, md_calls
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_POTENTIAL = HERE.parent / "tests" / "data" / "Cu-PBE-core-rep.yace"
@@ -38,16 +38,7 @@ atoms.calc = PyACECalculator(setup["potential"], recursive_evaluator=True, recur
 atoms.get_potential_energy()
 start = atoms.positions.copy()
 print("ready", flush=True)
-for line in sys.stdin:
-    calls, seed = (int(x) for x in line.split())
-    rng = np.random.default_rng(seed)
-    atoms.positions = start
-    t = time.perf_counter()
-    for _ in range(calls):
-        atoms.positions = atoms.positions + rng.normal(scale=0.002, size=atoms.positions.shape)
-        atoms.get_potential_energy(); atoms.get_forces(); atoms.get_stress()
-    print(time.perf_counter() - t, flush=True)
-"""
+""" + PEER_LOOP
 
 
 def structure(seed=1):
@@ -66,18 +57,8 @@ def ours(potential_path, atoms):
     atoms.calc = aceserver.ACECalculator(potential_path, threads=1)
     atoms.get_potential_energy()
     start = atoms.positions.copy()
-
-    def run(calls, seed):
-        rng = np.random.default_rng(seed)
-        atoms.positions = start
-        t = time.perf_counter()
-        for _ in range(calls):
-            atoms.positions = atoms.positions + rng.normal(scale=0.002, size=atoms.positions.shape)
-            atoms.get_potential_energy()
-            atoms.get_forces()
-            atoms.get_stress()
-        return time.perf_counter() - t
-    return run
+    call = ase_call(atoms)
+    return lambda calls, seed: md_calls(atoms, start, call, calls, seed)
 
 
 def pyace_worker(python, potential_path, atoms):

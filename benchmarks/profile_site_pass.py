@@ -43,6 +43,7 @@ def staged(first, nbr, R, zat, T, stage):
     row_off, row_lmax = T.row_off, T.row_lmax
     scratch = K.site_scratch(first, 0, N, n_rad, T.lmax, nz)
     Kn, Q, C, S, zb, slot, zj, rhat, rr, rinv, rad, drad, Y, dY = scratch
+    row = np.empty((2, n_rad))
     A = np.empty((nz, row_off.shape[0], nlm))
     dA = np.empty((nz, row_off.shape[0], nlm))
     Af = A.reshape(-1)
@@ -62,7 +63,7 @@ def staged(first, nbr, R, zat, T, stage):
                             zj, rhat, rr, rinv, rad, drad, Y, dY)
         else:
             jstar = table_features(i, J, slot, R, zat, nbr, T, Kn, Q, C, S, zj, rhat, rinv, rad,
-                                   drad, Y, dY)
+                                   drad, Y, dY, row)
         chk += rad[0, 0] + dY[2, nlm - 1, J - 1]
         if stage < 1:
             continue

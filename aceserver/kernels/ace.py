@@ -317,6 +317,7 @@ def _fast_range(start, stop, first, nbr, R, zat, T, mode, with_grad, E, G, SAA, 
     dEdR = np.empty((n_rad, maxJ))
     gr = np.empty(maxJ)
     g = np.empty((3, maxJ))
+    row = np.empty((2, n_rad))   # one neighbour's tabulated radials (table_features)
     A = np.empty((nz, n_rows, nlm))
     dA = np.empty((nz, n_rows, nlm))
     Af = A.reshape(-1)           # flat views: product nodes address A by flat index
@@ -343,7 +344,7 @@ def _fast_range(start, stop, first, nbr, R, zat, T, mode, with_grad, E, G, SAA, 
                           zj, rhat, rr, rinv, rad, drad, Y, dY)
         else:
             jstar = table_features(i, J, slot, R, zat, nbr, T, K, Q, C, S, zj, rhat, rinv, rad,
-                                   drad, Y, dY)
+                                   drad, Y, dY, row)
         accumulate_a(zb, rad, Y, A, row_off, row_lmax, ls)
         forward_aa(Af, T.parent, T.node_a, AA, lo, hi)
         llo, lhi = T.leaf_lo[zi], T.leaf_hi[zi]

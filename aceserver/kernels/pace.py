@@ -73,15 +73,15 @@ def neighbour_vector(p, jj, R, zat, nbr, zj, rinv, rhat):
 
 
 @njit(cache=True, nogil=True)
-def table_features(i, J, slot, R, zat, nbr, T, K, Q, C, S, zj, rhat, rinv, rad, drad, Y, dY):
+def table_features(i, J, slot, R, zat, nbr, T, K, Q, C, S, zj, rhat, rinv, rad, drad, Y, dY,
+                   row):
     """Per neighbour jj of atom i (pair slot slot[jj]): species, unit vector, 1/r, harmonics,
     and every tabulated radial function with its r-derivative into rad[f, jj], drad[f, jj]
     (cubic Hermite on the node values and derivatives; zero at and beyond the pair's cut-off).
     Returns the neighbour that decides the ZBL switch (smallest r - (r_in - Δ_in) within the
-    cut-off; -1 if none or not a ZBL potential)."""
+    cut-off; -1 if none or not a ZBL potential). row: (2, ≥ nf) scratch."""
     zi = zat[i]
     nf = T.tab.shape[4]
-    row = np.empty((2, nf))
     best = np.inf
     jstar = -1
     for jj in range(J):
