@@ -125,3 +125,17 @@ def test_cv_on_one_assembly_equals_refitting_each_fold(case, si, tial):
     pick = selection.one_standard_error(res, score)
     assert score(pick)[0] <= score(best)[0] + score(best)[1]
     assert all(r["n_basis"] >= pick["n_basis"] for r in res if score(r)[0] <= score(best)[0] + score(best)[1])
+    # paired: the band is the standard error of each candidate's per-fold excess over the best
+    fs = lambda r: selection.fold_scores(r, (1e-3, 0.05))
+    pp = selection.one_standard_error(res, score, fold_score=fs)
+    d = fs(pp) - fs(best)
+    assert d.mean() <= d.std(ddof=1) / np.sqrt(len(d)) + 1e-15
+    for r in res:
+        dr = fs(r) - fs(best)
+        if r["n_basis"] < pp["n_basis"]:         # every smaller candidate is clearly worse
+            assert dr.mean() > dr.std(ddof=1) / np.sqrt(len(dr))
+    # the max score is the worse of the two ratios, fold by fold
+    r0 = res[0]
+    smax = [max(f["mae"]["E"] / 1e-3, f["mae"]["F"] / 0.05) for f in r0["folds"]]
+    m, se = selection.target_score(r0, (1e-3, 0.05), combine="max")
+    assert m == pytest.approx(np.mean(smax)) and se == pytest.approx(np.std(smax, ddof=1) / np.sqrt(3))
