@@ -59,8 +59,15 @@ class ACECalculator(Calculator):
         return changes
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
-        super().calculate(atoms, properties, system_changes)
+        # ASE's get_property has just stored a copy of these atoms (use_cache); the base class's
+        # calculate would copy them again (a third of the calculator's overhead on a 64-atom
+        # cell) and create a working directory this calculator never uses. Copy only when the
+        # stored atoms differ (a direct call of calculate).
+        if atoms is not None and (self.atoms is None or self.check_state(atoms)):
+            self.atoms = atoms.copy()
         atoms = self.atoms
+        if atoms is None:
+            raise ValueError("no atoms: pass them to calculate() or to a get_* method")
         res = self.model.evaluate(atoms.numbers, atoms.positions, atoms.cell[:], atoms.pbc,
                                   committee=self.committee,
                                   committee_forces=self.committee_forces,

@@ -178,6 +178,7 @@ def test_parallel_kernel_equals_serial(tial_model):
     b = ev(tial_model, at, threads=None)
     assert a.energy == pytest.approx(b.energy, rel=1e-13)
     np.testing.assert_allclose(a.forces, b.forces, atol=1e-12)
+    np.testing.assert_allclose(a.virial, b.virial, rtol=1e-13, atol=1e-11)   # the threaded scatter
 
 
 def test_concurrent_threads_give_serial_numbers(tial_model):
@@ -237,6 +238,27 @@ def test_ase_calculator_md_and_optimiser(si_model, tmp_path):
     f0 = np.abs(mol.get_forces()).max()
     BFGS(mol, logfile=None).run(fmax=f0 / 10, steps=200)
     assert np.abs(mol.get_forces()).max() <= f0 / 10
+
+
+def test_ase_calculator_direct_calculate_calls_snapshot_the_atoms(si_model):
+    """calculate() called directly (not through get_*) with changed atoms must recompute from
+    them and keep its own copy (the calculator skips ASE's second copy only when the stored
+    atoms are the same)."""
+    from aceserver.calculator import ACECalculator
+    calc = ACECalculator(si_model, skin=0)
+    a, b = si_cell(0.05), si_cell(0.08)
+    calc.calculate(a, ["energy", "forces"])
+    assert calc.atoms is not a and np.array_equal(calc.atoms.positions, a.positions)
+    calc.calculate(b, ["energy", "forces"])
+    ref = ev(si_model, b)
+    assert calc.results["energy"] == pytest.approx(ref.energy, rel=1e-13)
+    np.testing.assert_allclose(calc.results["forces"], ref.forces, rtol=0, atol=1e-12)
+    b.positions[0] += 0.1                        # the stored copy does not follow the caller's atoms
+    assert not np.array_equal(calc.atoms.positions, b.positions)
+    b.calc = calc                                # through get_*: one fresh evaluation per change
+    assert b.get_potential_energy() == pytest.approx(ev(si_model, b).energy, rel=1e-13)
+    with pytest.raises(ValueError, match="no atoms"):
+        ACECalculator(si_model).calculate()
 
 
 def test_one_compilation_serves_every_structure_size(si_model):
