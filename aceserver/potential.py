@@ -65,13 +65,17 @@ class SitePotential:
                                                 verlet=verlet)
             if parallel:
                 E, G, ec = K.fast_parallel(first, nbr, R, z, tables, forces, n_chunks)
+                if forces:
+                    F, W = K.scatter_forces_virial_parallel(first, nbr, R, G, len(z),
+                                                            numba.get_num_threads())
             else:
                 E, G, ec = K.fast_serial(first, nbr, R, z, tables, forces)
+                if forces:
+                    F, W = K.scatter_forces_virial(first, nbr, R, G, len(z))
         finally:
             if parallel:
                 _PARALLEL_LOCK.release()
         if forces:
-            F, W = K.scatter_forces_virial(first, nbr, R, G, len(z))
             W = 0.5 * (W + W.T)
         else:
             F, W = np.zeros((len(z), 3)), np.zeros((3, 3))

@@ -486,6 +486,27 @@ def scatter_forces_virial(first, nbr, R, G, n_atoms):
     return F, W
 
 
+@njit(cache=True, nogil=True, parallel=True)
+def scatter_forces_virial_parallel(first, nbr, R, G, n_atoms, n_blocks):
+    """scatter_forces_virial over n_blocks blocks of atoms on numba's threads; each block
+    scatters into its own force array (F_j of a neighbour may lie in any block), summed after."""
+    n_blocks = max(1, min(n_blocks, n_atoms))
+    Fb = np.zeros((n_blocks, n_atoms, 3))
+    Wb = np.zeros((n_blocks, 3, 3))
+    for c in prange(n_blocks):
+        F = Fb[c]
+        W = Wb[c]
+        for i in range(c * n_atoms // n_blocks, (c + 1) * n_atoms // n_blocks):
+            for p in range(first[i], first[i + 1]):
+                j = nbr[p]
+                for a in range(3):
+                    F[i, a] += G[p, a]
+                    F[j, a] -= G[p, a]
+                    for b in range(3):
+                        W[a, b] -= G[p, a] * R[p, b]
+    return Fb.sum(axis=0), Wb.sum(axis=0)
+
+
 @njit(cache=True, nogil=True)
 def basis_rows(first, nbr, R, zat, nz, mb_t, mb_spl, lmax, parent, node_a, aa_node, c_ptr, c_idx, c_val, pr_t, pair_p, pair_bspl,
                with_grad):
