@@ -471,11 +471,9 @@ def fast_parallel(first, nbr, R, zat, T, with_grad, n_chunks):
 
 
 @njit(cache=True, nogil=True)
-def scatter_forces_virial(first, nbr, R, G, n_atoms):
-    """F_i += ∂E_i/∂R_ij, F_j -= ∂E_i/∂R_ij; W = -Σ ∂E_i/∂R_ij ⊗ R_ij."""
-    F = np.zeros((n_atoms, 3))
-    W = np.zeros((3, 3))
-    for i in range(n_atoms):
+def _scatter_range(lo, hi, first, nbr, R, G, F, W):
+    """Atoms lo..hi-1: F_i += ∂E_i/∂R_ij, F_j -= ∂E_i/∂R_ij; W -= ∂E_i/∂R_ij ⊗ R_ij."""
+    for i in range(lo, hi):
         for p in range(first[i], first[i + 1]):
             j = nbr[p]
             for a in range(3):
@@ -483,6 +481,14 @@ def scatter_forces_virial(first, nbr, R, G, n_atoms):
                 F[j, a] -= G[p, a]
                 for b in range(3):
                     W[a, b] -= G[p, a] * R[p, b]
+
+
+@njit(cache=True, nogil=True)
+def scatter_forces_virial(first, nbr, R, G, n_atoms):
+    """Forces F (N, 3) and virial W = -Σ ∂E_i/∂R_ij ⊗ R_ij from the pair gradients G."""
+    F = np.zeros((n_atoms, 3))
+    W = np.zeros((3, 3))
+    _scatter_range(0, n_atoms, first, nbr, R, G, F, W)
     return F, W
 
 
@@ -494,16 +500,8 @@ def scatter_forces_virial_parallel(first, nbr, R, G, n_atoms, n_blocks):
     Fb = np.zeros((n_blocks, n_atoms, 3))
     Wb = np.zeros((n_blocks, 3, 3))
     for c in prange(n_blocks):
-        F = Fb[c]
-        W = Wb[c]
-        for i in range(c * n_atoms // n_blocks, (c + 1) * n_atoms // n_blocks):
-            for p in range(first[i], first[i + 1]):
-                j = nbr[p]
-                for a in range(3):
-                    F[i, a] += G[p, a]
-                    F[j, a] -= G[p, a]
-                    for b in range(3):
-                        W[a, b] -= G[p, a] * R[p, b]
+        _scatter_range(c * n_atoms // n_blocks, (c + 1) * n_atoms // n_blocks, first, nbr, R, G,
+                       Fb[c], Wb[c])
     return Fb.sum(axis=0), Wb.sum(axis=0)
 
 
