@@ -4,27 +4,32 @@
     python models/select_zuo.py --cards Si [Cu ...]          # rewrite cards and plots from stored results
 
 DIR holds ZuoEtAl2020/<El>_train.xyz (see models/README.md; default $ACESERVER_DATA). The Zuo test
-splits are never read. One recipe for all six elements:
+splits are never read. One recipe for all six elements (ace1 defaults unless said):
 
-* basis: a nested chain of ace1 bases (ace1 defaults: rcut 2.5 bond lengths, Agnesi transforms),
-  order 3 with totaldegree [12,10,8] (88 functions for one element), [16,12,10] (158), [20,16,12]
-  (319), [24,20,16] (827), and order 4 [24,20,16,12] (954). Each basis is a
-  subset of the next, so the largest is assembled once and every smaller one is a leading block of
-  its columns (aceserver.fitting.selection.prefix_order);
-* stage 1, on every basis up to 827 functions: algebraic prior p in {2, 4, 6} x energy weight
-  w_E in {10, 30, 100} (force weight 1) x E0 in {0, mean training energy per atom};
-* stage 2: the best (prior, w_E) pair of stage 1 (mean CV score on the 827-function basis),
-  both E0, on the order-4 basis (954);
+* stage 0, cutoff: rcut in {2.25, 2.5, 2.75} bond lengths (ace1's default is 2.5), each on the
+  order-3 totaldegree [24,20,16] basis (827 functions for one element) with the whole stage-1 grid;
+  the cutoff of the best mean score is kept;
+* at that cutoff a nested chain of bases: order 3 with totaldegree [12,10,8] (88), [16,12,10] (158),
+  [20,16,12] (319), [24,20,16] (827), order 4 [24,20,16,12] (954) and [26,22,18,14] (1634). Each basis
+  is a subset of the next, so only the largest is assembled and every smaller one is a leading block
+  of its columns (aceserver.fitting.selection.prefix_order);
+* stage 1, on the order-3 bases: prior (algebraic p in {2, 4, 6}; exponential with wl 2, wn 3) x
+  energy weight w_E in {3, 10, 30, 100, 300} (force weight 1) x E0 in {0, mean energy per atom}
+  (the 827-function results are those of stage 0);
+* stage 2: the three best (prior, w_E) pairs of stage 1 (mean score on the 827-function basis), both
+  E0, on the order-4 bases;
 * BLR (evidence maximisation) throughout; the Zuo data have no config_type, so there are no
   per-type weights to choose.
 
-Each candidate is scored per fold by s_k = E MAE_k / E target + F MAE_k / F target (targets: the best
-published test-set MAE). Rule (one standard error): among candidates whose mean score is within one
-standard error (over the 5 folds) of the best mean score, the one with the fewest basis functions,
-then the lowest mean score. The chosen candidate is written to models/zuo-<El>/fit.yaml and fitted
-on the whole training split (`aceserver fit` code path, reusing the assembled columns) with a
-10-member committee. For Si and Cu also a study: CV error against basis size (best stage-1 prior and
-weights) and against training-set size (the chosen candidate; 1/5 .. 5/5 of each training fold).
+Each candidate is scored by the worse of its two mean ratios, max(CV E MAE / E target, CV F MAE /
+F target) (targets: the best published test-set MAE), which is at most 1 exactly when both mean CV
+errors meet their targets. Rule (paired one standard error): among the kept cutoff's candidates
+whose mean excess over the best candidate, fold by fold, is within one standard error of that
+excess for the energy ratio and for the force ratio, the one with the fewest basis functions, then
+the lowest score. The choice is written to models/zuo-<El>/fit.yaml and fitted on the whole training split
+(`aceserver fit` code path, reusing the assembled columns) with a 10-member committee. For Si and Cu
+also a study: CV error against basis size (the best stage-1 pair) and against training-set size (the
+chosen candidate; 1/5 .. 5/5 of each training fold).
 """
 from __future__ import annotations
 
@@ -44,13 +49,17 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
-CHAIN = [(3, [12, 10, 8]), (3, [16, 12, 10]), (3, [20, 16, 12]), (3, [24, 20, 16]), (4, [24, 20, 16, 12])]
-STAGE1 = 4                     # stage 1 on CHAIN[:STAGE1]; its last basis ranks the pairs for stage 2
-P_VALUES = (2, 4, 6)
-E_WEIGHTS = (10.0, 30.0, 100.0)
-N_STAGE2 = 1
+CHAIN = [(3, [12, 10, 8]), (3, [16, 12, 10]), (3, [20, 16, 12]), (3, [24, 20, 16]),
+         (4, [24, 20, 16, 12]), (4, [26, 22, 18, 14])]
+STAGE1 = 4                     # stage 1 on CHAIN[:STAGE1]; CHAIN[STAGE1 - 1] ranks cutoffs and pairs
+CUTOFFS = (2.25, 2.5, 2.75)    # rcut in bond lengths
+PRIORS = ({"name": "algebraic", "p": 2}, {"name": "algebraic", "p": 4}, {"name": "algebraic", "p": 6},
+          {"name": "exponential", "wl": 2.0, "wn": 3.0})
+E_WEIGHTS = (3.0, 10.0, 30.0, 100.0, 300.0)
+N_STAGE2 = 3
 K, SEED, LC_PARTS = 5, 0, 5
 STUDY = ("Si", "Cu")
+COMBINE = "worse"              # score: the worse of the two mean CV MAE / target ratios
 # best published test-set MAE: energy (eV/atom), forces (eV/Å)
 TARGETS = {"Ni": (0.33e-3, 0.010), "Cu": (0.22e-3, 0.005), "Li": (0.17e-3, 0.005),
            "Mo": (2.24e-3, 0.09), "Si": (2.21e-3, 0.06), "Ge": (1.79e-3, 0.05)}
@@ -64,15 +73,61 @@ def basis_name(order, td) -> str:
 
 def score(result, el):
     from aceserver.fitting.selection import target_score
-    return target_score(result, TARGETS[el])
+    return target_score(result, TARGETS[el], combine=COMBINE)
+
+
+def fold_score(result, el):
+    """Per fold (E MAE / E target, F MAE / F target): the paired rule checks both."""
+    from aceserver.fitting.selection import fold_ratios
+    return fold_ratios(result, TARGETS[el])
 
 
 def log(msg):
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
+def rcut_of(el: str, factor: float) -> float:
+    from aceserver.basis.bondlengths import pair_r0
+    return float(factor * pair_r0(el, el))
+
+
+class Assembled:
+    """One cutoff's nested chain of bases: the largest assembled, block factors per fold."""
+
+    def __init__(self, el, train, chain, factor, folds, always, threads, timings, tag):
+        import aceserver
+        from aceserver.fitting import assembly, selection
+        self.models = [aceserver.ace1_model(elements=[el], order=o, totaldegree=td, rcut=rcut_of(el, factor))
+                       for o, td in chain]
+        self.names = [basis_name(o, td) for o, td in chain]
+        top = self.models[-1]
+        self.order, self.where = selection.prefix_order(self.models[:-1], top)
+        self.where.append(np.arange(top.length_basis))
+        self.sizes = {n: m.length_basis for n, m in zip(self.names, self.models)}
+        self.labels = [top.basis_labels[j] for j in self.order]
+        self.E0ref = {el: 0.0}
+        top.E0 = self.E0ref
+        t0 = time.perf_counter()
+        self.system = assembly.assemble(top, train, None, threads=threads, progress=False)
+        timings[f"{tag}_assembly_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        self.factors = selection.BlockFactors(self.system, train, folds + [always], [el], self.E0ref,
+                                              columns=self.order)
+        timings[f"{tag}_block_qr_s"] = time.perf_counter() - t0
+        log(f"  rcut {factor} bond lengths ({rcut_of(el, factor):.3f} Å): assembled {self.system.shape} in "
+            f"{timings[f'{tag}_assembly_s']:.0f} s, block factors in {timings[f'{tag}_block_qr_s']:.0f} s")
+
+    def cv(self, candidates, keep):
+        from aceserver.fitting import selection
+        return selection.cross_validate(self.factors, list(range(K)), [K], candidates, self.labels, self.sizes,
+                                        log=log, on_result=keep)
+
+
+def _same(a, b):
+    return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+
+
 def select_and_fit(el: str, data_dir: Path, threads: int | None = None):
-    import aceserver
     from aceserver.fitting import assembly, data, selection
     from aceserver.fitting.driver import jsonable
 
@@ -83,93 +138,101 @@ def select_and_fit(el: str, data_dir: Path, threads: int | None = None):
     if not path.is_file():
         raise SystemExit(f"missing data file {path}; get it from: {SOURCE}")
     train = data.read_configs(path, data.Keys(energy="energy", force="force"), elements=[el])
-    models = [aceserver.ace1_model(elements=[el], order=o, totaldegree=td) for o, td in CHAIN]
     names = [basis_name(o, td) for o, td in CHAIN]
-    top = models[-1]
-    order, where = selection.prefix_order(models[:-1], top)
-    where.append(np.arange(top.length_basis))            # the top basis is the whole column order
-    sizes = {n: m.length_basis for n, m in zip(names, models)}
-    labels = [top.basis_labels[j] for j in order]
-    E0ref = {el: 0.0}
-    top.E0 = E0ref
-    log(f"zuo-{el}: {len(train)} configurations, {sum(c.natoms for c in train)} atoms; bases {sizes}")
-
-    t0 = time.perf_counter()
-    system = assembly.assemble(top, train, None, threads=threads, progress=False)
-    timings["assembly_s"] = time.perf_counter() - t0
-    log(f"  assembled {system.shape} in {timings['assembly_s']:.0f} s")
+    log(f"zuo-{el}: {len(train)} configurations, {sum(c.natoms for c in train)} atoms")
     folds = selection.kfold(train, K, SEED)
     always = np.array([i for i, c in enumerate(train) if c.natoms == 1], dtype=np.int64)
-    t0 = time.perf_counter()
-    factors = selection.BlockFactors(system, train, folds + [always], [el], E0ref, columns=order)
-    timings["block_qr_s"] = time.perf_counter() - t0
-    log(f"  block factors in {timings['block_qr_s']:.0f} s")
 
     e_mean = round(float(np.mean([c.energy / c.natoms for c in train])), 6)
     E0s = [{el: 0.0}, {el: e_mean}]
-    pairs = [({"name": "algebraic", "p": p}, {"default": {"E": we, "F": 1.0, "V": 1.0}})
-             for p in P_VALUES for we in E_WEIGHTS]
+    pairs = [(pr, {"default": {"E": we, "F": 1.0, "V": 1.0}}) for pr in PRIORS for we in E_WEIGHTS]
     out = {"element": el, "data": {"file": path.name, "sha256": _sha256(path)}, "folds": K, "seed": SEED,
-           "targets": {"E": TARGETS[el][0], "F": TARGETS[el][1]}, "bases": sizes,
-           "fold_sizes": [len(f) for f in folds], "results": [], "timings_s": timings}
+           "targets": {"E": TARGETS[el][0], "F": TARGETS[el][1]}, "score": COMBINE,
+           "cutoffs_bond_lengths": list(CUTOFFS), "fold_sizes": [len(f) for f in folds],
+           "results": [], "cutoff_results": [], "timings_s": timings}
     sink = d / "selection.json"
 
-    def keep(r):
-        out["results"].append(r)
-        sink.write_text(json.dumps(jsonable(out), indent=1))
+    def keeper(where):
+        def keep(r):
+            out[where].append(r)
+            sink.write_text(json.dumps(jsonable(out), indent=1))
+        return keep
 
-    def cands(bases, prs):
-        return [{"basis": b, "prior": pr, "weights": w, "E0": E0, "solver": {"name": "blr"}}
-                for b in bases for pr, w in prs for E0 in E0s]
+    def cands(bases, prs, factor):
+        return [{"basis": b, "rcut_bond_lengths": factor, "prior": pr, "weights": w, "E0": E0,
+                 "solver": {"name": "blr"}} for b in bases for pr, w in prs for E0 in E0s]
 
-    cv = lambda cs: selection.cross_validate(factors, list(range(K)), [K], cs, labels, sizes, log=log,
-                                             on_result=keep)
+    # stage 0: the cutoff, on the largest order-3 basis with the whole stage-1 grid
+    mid = names[STAGE1 - 1]
     t0 = time.perf_counter()
-    stage1 = cv(cands(names[:STAGE1], pairs))
+    for f in CUTOFFS:
+        run = Assembled(el, train, CHAIN[STAGE1 - 1:STAGE1], f, folds, always, threads, timings, f"cut{f}")
+        run.cv(cands([mid], pairs, f), keeper("cutoff_results"))
+        del run
+    timings["stage0_s"] = time.perf_counter() - t0
+    best_at = {f: min(score(r, el)[0] for r in out["cutoff_results"] if r["candidate"]["rcut_bond_lengths"] == f)
+               for f in CUTOFFS}
+    factor = min(CUTOFFS, key=lambda f: best_at[f])
+    out["rcut_bond_lengths"], out["rcut"] = factor, rcut_of(el, factor)
+    log(f"  best mean score per cutoff {best_at}: rcut {factor} bond lengths")
+
+    # stages 1 and 2 on the chain at that cutoff
+    run = Assembled(el, train, CHAIN, factor, folds, always, threads, timings, "main")
+    out["bases"] = run.sizes
+    keep = keeper("results")
+    for r in out["cutoff_results"]:
+        if r["candidate"]["rcut_bond_lengths"] == factor:
+            keep(r)
+    t0 = time.perf_counter()
+    run.cv(cands(names[:STAGE1 - 1], pairs, factor), keep)
+    stage1 = list(out["results"])
     timings["stage1_s"] = time.perf_counter() - t0
-    ranked = sorted(pairs, key=lambda pw: min(score(r, el)[0] for r in stage1 if r["candidate"]["basis"] == names[STAGE1 - 1]
-                                              and r["candidate"]["prior"] == pw[0]
-                                              and r["candidate"]["weights"] == pw[1]))
+    ranked = sorted(pairs, key=lambda pw: min(score(r, el)[0] for r in stage1 if r["candidate"]["basis"] == mid
+                                              and _same(r["candidate"]["prior"], pw[0])
+                                              and _same(r["candidate"]["weights"], pw[1])))
     t0 = time.perf_counter()
-    cv(cands(names[STAGE1:], ranked[:N_STAGE2]))
+    run.cv(cands(names[STAGE1:], ranked[:N_STAGE2], factor), keep)
     timings["stage2_s"] = time.perf_counter() - t0
 
     results = out["results"]
-    chosen = selection.one_standard_error(results, lambda r: score(r, el))
+    chosen = selection.one_standard_error(results, lambda r: score(r, el), fold_score=lambda r: fold_score(r, el))
     best = min(results, key=lambda r: score(r, el)[0])
-    out["rule"] = ("one standard error: fewest basis functions among candidates with mean score within one "
-                   "standard error of the best; score per fold = E MAE/E target + F MAE/F target")
+    out["rule"] = ("paired one standard error: fewest basis functions among candidates whose mean per-fold "
+                   "excess over the best, in E MAE/E target and in F MAE/F target, is within one standard "
+                   "error of that excess; score = max(mean E MAE/E target, mean F MAE/F target)")
     out["best"], out["chosen"] = best["candidate"], chosen["candidate"]
     log(f"  best {best['candidate']} score {score(best, el)}; chosen {chosen['candidate']} {score(chosen, el)}")
     sink.write_text(json.dumps(jsonable(out), indent=1))
 
     cand = chosen["candidate"]
     b = names.index(cand["basis"])
+    system, order = run.system, run.order
     if el in STUDY:
         t0 = time.perf_counter()
         study = {"basis_curve": {"prior": ranked[0][0], "weights": ranked[0][1]}}
-        ncols = sizes[cand["basis"]]
+        ncols = run.sizes[cand["basis"]]
         parts = selection.split_blocks(folds, LC_PARTS, SEED)
         blocks = [p for fp in parts for p in fp] + [always]
-        lf = selection.BlockFactors(system, train, blocks, [el], E0ref, columns=order[:ncols])
+        lf = selection.BlockFactors(system, train, blocks, [el], run.E0ref, columns=order[:ncols])
         ids = [[f * LC_PARTS + j for j in range(LC_PARTS)] for f in range(K)]
-        study["learning_curve"] = selection.learning_curve(lf, ids, [len(blocks) - 1], cand, labels, ncols, log=log)
+        study["learning_curve"] = selection.learning_curve(lf, ids, [len(blocks) - 1], cand, run.labels, ncols,
+                                                           log=log)
         del lf
         timings["study_s"] = time.perf_counter() - t0
         (d / "study.json").write_text(json.dumps(jsonable(study), indent=1))
 
     # the final fit: the chosen basis's columns of the assembled matrix, E0 re-referenced
     t0 = time.perf_counter()
-    write_fit_yaml(el, CHAIN[b], cand)
+    write_fit_yaml(el, CHAIN[b], out["rcut"], cand)
     from aceserver.commands.fit import run_fit
     from aceserver.fitting import config as fconfig
     cfg = fconfig.load_config(d / "fit.yaml", data_dir=data_dir)
-    model = models[b]
+    model = run.models[b]
     model.E0 = dict(cand["E0"])
-    cols = order[where[b]]
-    sub = assembly.LsqSystem(np.asfortranarray(system.A[:, cols]), assembly.with_E0(system, train, E0ref, cand["E0"]),
-                             system.w, system.config, system.kind, timings["assembly_s"])
-    del factors, system
+    cols = order[run.where[b]]
+    sub = assembly.LsqSystem(np.asfortranarray(system.A[:, cols]), assembly.with_E0(system, train, run.E0ref, cand["E0"]),
+                             system.w, system.config, system.kind, timings["main_assembly_s"])
+    run.factors = run.system = system = None
     buf = io.StringIO()
     with redirect_stdout(buf):
         model, report = run_fit(cfg, threads=threads, progress=False, prepared=(model, train, [], sub, None))
@@ -181,45 +244,12 @@ def select_and_fit(el: str, data_dir: Path, threads: int | None = None):
     log(f"zuo-{el} done in {timings['total_s']:.0f} s")
 
 
-def recipe_subset(results: list, el: str) -> list:
-    """The results of this recipe's candidates (stage 1, then stage 2 for its best pairs) among
-    ``results`` (e.g. a stored run of a wider grid); raises if a needed candidate is missing."""
-    names = [basis_name(o, td) for o, td in CHAIN]
-    def pick(basis, p, we):
-        return [r for r in results if r["candidate"]["basis"] == basis and r["candidate"]["prior"]["p"] == p
-                and r["candidate"]["weights"]["default"]["E"] == we]
-    stage1 = [r for b in names[:STAGE1] for p in P_VALUES for we in E_WEIGHTS for r in pick(b, p, we)]
-    pairs = [(p, we) for p in P_VALUES for we in E_WEIGHTS]
-    ranked = sorted(pairs, key=lambda pw: min(score(r, el)[0] for r in pick(names[STAGE1 - 1], *pw)))
-    stage2 = [r for b in names[STAGE1:] for pw in ranked[:N_STAGE2] for r in pick(b, *pw)]
-    if len(stage1) != 2 * STAGE1 * len(pairs) or len(stage2) != 2 * (len(CHAIN) - STAGE1) * N_STAGE2:
-        raise ValueError(f"zuo-{el}: the stored results do not hold every candidate of this recipe")
-    return stage1 + stage2
-
-
-def rerank(el: str):
-    """Re-apply this recipe and rule to a stored selection.json (which may hold a wider grid)."""
-    from aceserver.fitting import selection
-    path = HERE / f"zuo-{el}" / "selection.json"
-    sel = json.loads(path.read_text())
-    old = sel.get("chosen")
-    extra = [r for r in sel["results"] if r not in (sub := recipe_subset(sel["results"], el))]
-    sel["results"] = sub
-    if extra:     # kept for the study (its basis curve), not ranked
-        sel["extra_results"] = sel.get("extra_results", []) + extra
-    chosen = selection.one_standard_error(sub, lambda r: score(r, el))
-    sel["best"] = min(sub, key=lambda r: score(r, el)[0])["candidate"]
-    sel["chosen"] = chosen["candidate"]
-    path.write_text(json.dumps(sel, indent=1))
-    print(f"zuo-{el}: chosen {sel['chosen']}" + (" (unchanged)" if sel["chosen"] == old else f" (was {old})"))
-
-
 def _sha256(path):
     from aceserver.commands.fit import sha256_file
     return sha256_file(path)
 
 
-def write_fit_yaml(el, basis, cand):
+def write_fit_yaml(el, basis, rcut, cand):
     o, td = basis
     head = (f"# Zuo et al. 2020 benchmark, {el}: chosen by 5-fold cross-validation on the training split\n"
             f"# (`python models/select_zuo.py --data-dir DIR {el}`; rule and candidates in selection.json).\n"
@@ -228,7 +258,7 @@ def write_fit_yaml(el, basis, cand):
     raw = {"name": f"zuo-{el}",
            "description": f"Zuo et al. 2020 {el} training split, BLR with a 10-member committee; "
                           "hyperparameters chosen by 5-fold cross-validation",
-           "model": {"elements": [el], "order": o, "totaldegree": list(td)},
+           "model": {"elements": [el], "order": o, "totaldegree": list(td), "rcut": rcut},
            "E0": dict(cand["E0"]),
            "data": {"relative_to": "data_dir", "train": f"ZuoEtAl2020/{el}_train.xyz", "source": SOURCE,
                     "energy_key": "energy", "force_key": "force"},
@@ -246,12 +276,7 @@ def main(argv=None):
                     help="directory holding ZuoEtAl2020/<El>_train.xyz (default $ACESERVER_DATA)")
     ap.add_argument("--threads", type=int, default=None, help="assembly threads (default: all CPUs)")
     ap.add_argument("--cards", action="store_true", help="only rewrite cards and plots from stored results")
-    ap.add_argument("--rerank", action="store_true", help="re-apply the recipe and rule to stored results")
     args = ap.parse_args(argv)
-    if args.rerank:
-        for el in args.elements:
-            rerank(el)
-        return
     if args.cards:
         from zuo_cards import readme_tables, write_card
         for el in args.elements:

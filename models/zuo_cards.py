@@ -16,22 +16,29 @@ import yaml
 HERE = Path(__file__).resolve().parent
 
 
-def _score(r, targets):
+def _score(r, targets, combine="worse"):
     from aceserver.fitting.selection import target_score
-    return target_score(r, (targets["E"], targets["F"]))
+    return target_score(r, (targets["E"], targets["F"]), combine=combine)
+
+
+def prior_name(pr: dict) -> str:
+    """A prior spec in a few characters: 'alg p 4', 'exp wl 2 wn 3'."""
+    short = {"algebraic": "alg", "exponential": "exp", "gaussian": "gauss"}
+    return " ".join([short.get(pr["name"], pr["name"])] + [f"{k} {v:g}" for k, v in pr.items() if k != "name"])
 
 
 def _cand_row(r, targets, mark=""):
     c = r["candidate"]
     m, se = _score(r, targets)
     return (f"| {r['n_basis']}{mark} | {c['basis'].replace('order ', '').replace(', totaldegree ', ' ')} | "
-            f"{c['prior']['p']} | {c['weights']['default']['E']:g} | {list(c['E0'].values())[0]:g} | "
+            f"{c.get('rcut_bond_lengths', 2.5):g} | "
+            f"{prior_name(c['prior'])} | {c['weights']['default']['E']:g} | {list(c['E0'].values())[0]:g} | "
             f"{r['mae_mean']['E'] * 1e3:.3f} ± {r['mae_std']['E'] * 1e3:.3f} | "
             f"{r['mae_mean']['F']:.4f} ± {r['mae_std']['F']:.4f} | {m:.3f} ± {se:.3f} |")
 
 
-HEAD = ("| basis functions | order, totaldegree | prior p | w_E | E0 (eV) | CV E MAE (meV/atom) | "
-        "CV F MAE (eV/Å) | score ± SE |", "|---|---|---|---|---|---|---|---|")
+HEAD = ("| basis functions | order, totaldegree | rcut (bond lengths) | prior | w_E | E0 (eV) | CV E MAE (meV/atom) | "
+        "CV F MAE (eV/Å) | score ± SE |", "|---|---|---|---|---|---|---|---|---|")
 
 
 def _same(a, b):
@@ -55,11 +62,6 @@ def study_plots(el: str, sel: dict, study: dict) -> list[str]:
     d.mkdir(exist_ok=True)
     t = sel["targets"]
     out = []
-    extra = []
-    if (d.parent / "cv_larger_basis.json").exists():
-        main = {r["n_basis"] for r in sel["results"]}
-        extra = [r for r in json.loads((d.parent / "cv_larger_basis.json").read_text())["results"]
-                 if r["n_basis"] not in main and _same(r["candidate"]["E0"], sel["chosen"]["E0"])]
     for name, rows, x, xlabel in (
             ("cv_basis_size.png", basis_curve(sel, study), lambda r: r["n_basis"], "basis functions"),
             ("cv_learning_curve.png", study["learning_curve"], lambda r: r["n_train_configs"],
@@ -69,10 +71,6 @@ def study_plots(el: str, sel: dict, study: dict) -> list[str]:
             xs = [x(r) for r in rows]
             ax.errorbar(xs, [r["mae_mean"][k] * scale for r in rows], yerr=[r["mae_std"][k] * scale for r in rows],
                         marker="o", capsize=3, label="5-fold CV MAE (mean ± sd over folds)")
-            if "basis" in name and extra:
-                ax.errorbar([r["n_basis"] for r in extra], [r["mae_mean"][k] * scale for r in extra],
-                            yerr=[r["mae_std"][k] * scale for r in extra], marker="s", ls="none", capsize=3,
-                            color="C1", label="earlier run, larger basis (cv_larger_basis.json)")
             ax.axhline(tgt, color="k", ls="--", lw=1, label="target (best published test MAE)")
             ax.set_xscale("log")
             ax.set_xlabel(xlabel)
@@ -138,22 +136,49 @@ def write_card(el: str):
           f"{s.get('effective_parameters', 0):.0f}, committee of {s.get('committee_size')}.", "",
           "Training errors (in-sample; the CV numbers above are the estimate of generalisation):", ""]
     L += error_rows(report["errors"]["train"])
+    cuts = sel.get("cutoff_results", [])
+    cut_rows = []
+    for f in sel.get("cutoffs_bond_lengths", []):
+        rs = [r for r in cuts if r["candidate"]["rcut_bond_lengths"] == f]
+        if rs:
+            b = min(rs, key=lambda r: _score(r, t)[0])
+            m, se = _score(b, t)
+            cut_rows.append(f"| {f:g}{' *' if f == sel['rcut_bond_lengths'] else ''} | {f * float(sel['rcut']) / sel['rcut_bond_lengths']:.3f} | "
+                            f"{prior_name(b['candidate']['prior'])}, w_E {b['candidate']['weights']['default']['E']:g} | "
+                            f"{b['mae_mean']['E'] * 1e3:.3f} ± {b['mae_std']['E'] * 1e3:.3f} | "
+                            f"{b['mae_mean']['F']:.4f} ± {b['mae_std']['F']:.4f} | {m:.3f} ± {se:.3f} |")
+    secs = {"assembly": sum(v for k, v in tm.items() if k.endswith("assembly_s")),
+            "block factors": sum(v for k, v in tm.items() if k.endswith("block_qr_s"))}
     L += ["", "## Selection", "",
-          "One recipe for all six Zuo elements (`models/select_zuo.py`): nested ace1 bases (order 3 with "
-          "totaldegree [12,10,8], [16,12,10], [20,16,12], [24,20,16] and order 4 [24,20,16,12]; rcut 2.5 "
-          "bond lengths), the largest assembled once, smaller ones as leading column blocks. Stage 1 on the "
-          "order-3 bases: algebraic prior p ∈ {2, 4, 6} × energy weight w_E ∈ {10, 30, 100} (force weight 1) × "
-          "E0 ∈ {0, mean energy per atom}; stage 2: the best (p, w_E) of stage 1 (on the 827-function basis) "
-          "on the order-4 basis. BLR throughout.", "",
-          "Score per fold: E MAE/E target + F MAE/F target. Rule (one standard error): the fewest basis "
-          "functions among candidates whose mean score is within one standard error (over folds) of the best "
-          f"mean score. Best: {best['n_basis']} functions, score {bm:.3f} ± {bse:.3f}; chosen: "
-          f"{chosen['n_basis']} functions, score {cm:.3f} ± {cse:.3f} (marked *).", "",
-          f"Time on a shared 2-core box: assembly {tm.get('assembly_s', 0):.0f} s, block factors "
-          f"{tm.get('block_qr_s', 0):.0f} s, stage 1 {tm.get('stage1_s', 0):.0f} s, stage 2 "
-          f"{tm.get('stage2_s', 0):.0f} s" + (f", study {tm['study_s']:.0f} s" if "study_s" in tm else "")
+          "One recipe for all six Zuo elements (`models/select_zuo.py`, details in its docstring and in "
+          "models/README.md):", "",
+          "- stage 0, cutoff: rcut ∈ {2.25, 2.5, 2.75} bond lengths (ace1 default 2.5), each on the order-3 "
+          "totaldegree [24,20,16] basis with the whole stage-1 grid; the cutoff with the best mean score is kept;",
+          "- at that cutoff, nested ace1 bases: order 3 with totaldegree [12,10,8], [16,12,10], [20,16,12], "
+          "[24,20,16] and order 4 [24,20,16,12], [26,22,18,14]; the largest assembled once, smaller ones as "
+          "leading column blocks;",
+          "- stage 1 on the order-3 bases: prior (algebraic p ∈ {2, 4, 6}; exponential wl 2, wn 3) × energy "
+          "weight w_E ∈ {3, 10, 30, 100, 300} (force weight 1) × E0 ∈ {0, mean energy per atom};",
+          "- stage 2: the three best (prior, w_E) pairs of stage 1 (on the 827-function basis), both E0, on "
+          "the order-4 bases. BLR throughout.", "",
+          "Score: the worse of the two mean ratios, max(CV E MAE/E target, CV F MAE/F target), at most 1 "
+          "exactly when both mean CV errors meet their targets (± its fold standard error). Rule (paired one "
+          "standard error): the fewest basis functions among the kept cutoff's candidates whose mean excess "
+          "over the best candidate, fold by fold, is within one standard error of that excess, for the "
+          "energy ratio and for the force ratio; then the lowest "
+          f"score. Best: {best['n_basis']} functions, score {bm:.3f} ± {bse:.3f}; chosen: "
+          f"{chosen['n_basis']} functions, score {cm:.3f} ± {cse:.3f} (marked *).", ""]
+    if cut_rows:
+        L += ["Stage 0, the best candidate per cutoff (order 3 [24,20,16]; * kept):", "",
+              "| rcut (bond lengths) | rcut (Å) | prior, w_E | CV E MAE (meV/atom) | CV F MAE (eV/Å) | score ± SE |",
+              "|---|---|---|---|---|---|", *cut_rows, ""]
+    L += [f"Time on this 2-core box, one element at a time: assembly {secs['assembly']:.0f} s (four assemblies), "
+          f"block factors {secs['block factors']:.0f} s, stage 0 CV and assemblies {tm.get('stage0_s', 0):.0f} s, "
+          f"stage 1 {tm.get('stage1_s', 0):.0f} s, stage 2 {tm.get('stage2_s', 0):.0f} s"
+          + (f", study {tm['study_s']:.0f} s" if "study_s" in tm else "")
           + (f", final fit {tm['final_fit_s']:.0f} s; total {tm['total_s'] / 60:.1f} min" if "total_s" in tm else "")
-          + f" ({len(res)} candidates).", "", "The 15 best candidates by mean score:", "", *HEAD]
+          + f" ({len(res) + len([r for r in cuts if r['candidate']['rcut_bond_lengths'] != sel.get('rcut_bond_lengths')])} candidates).",
+          "", "The 15 best candidates of the kept cutoff by mean score:", "", *HEAD]
     top = sorted(res, key=lambda r: _score(r, t)[0])[:15]
     if chosen not in top:
         top.append(chosen)
@@ -163,7 +188,7 @@ def write_card(el: str):
         plots = study_plots(el, sel, study)
         bc = study["basis_curve"]
         L += ["", "## Generalisation study", "",
-              f"CV error against basis size (prior p {bc['prior']['p']}, w_E {bc['weights']['default']['E']:g}: "
+              f"CV error against basis size (prior {prior_name(bc['prior'])}, w_E {bc['weights']['default']['E']:g}: "
               f"the best pair of stage 1; E0 as chosen) — `{plots[0]}`:", "", *HEAD]
         L += [_cand_row(r, t) for r in basis_curve(sel, study)]
         L += ["", f"Learning curve (the chosen candidate; each fold's model fitted on 1/5 .. 5/5 of each "
@@ -171,15 +196,6 @@ def write_card(el: str):
               "| training configurations | CV E MAE (meV/atom) | CV F MAE (eV/Å) |", "|---|---|---|"]
         L += [f"| {r['n_train_configs']:.0f} | {r['mae_mean']['E'] * 1e3:.3f} ± {r['mae_std']['E'] * 1e3:.3f} | "
               f"{r['mae_mean']['F']:.4f} ± {r['mae_std']['F']:.4f} |" for r in study["learning_curve"]]
-    if (d / "cv_larger_basis.json").exists():
-        extra = json.loads((d / "cv_larger_basis.json").read_text())
-        L += ["", "Larger bases (`cv_larger_basis.json`): " + extra["note"], "", *HEAD]
-        main = {r["n_basis"] for r in res}
-        L += [_cand_row(r, t) for r in sorted(extra["results"], key=lambda r: r["n_basis"])
-              if _same(r["candidate"]["E0"], sel["chosen"]["E0"]) and (r["n_basis"] not in main or r["n_basis"] == 827)]
-        L += [f"| {x['n_basis']} | {x['basis'].replace('order ', '').replace(', totaldegree ', ' ')} | {x['p']} | "
-              f"{x['w_E']:g} | {x['E0']:g} | {x['E_mae'][0] * 1e3:.3f} ± {x['E_mae'][1] * 1e3:.3f} | "
-              f"{x['F_mae'][0]:.4f} ± {x['F_mae'][1]:.4f} | (log only) |" for x in extra.get("from_log", [])]
     L += ["", "## Reproduce", "", "From the repository root, with the data placed under DIR (or $ACESERVER_DATA):",
           "", "```bash", f"aceserver fit models/zuo-{el}/fit.yaml --data-dir DIR        # this model",
           f"python models/select_zuo.py --data-dir DIR {el}              # the CV numbers, the selection and the model",
@@ -193,18 +209,18 @@ def write_card(el: str):
 def readme_tables():
     """Fill the CV summary and the study summary into models/README.md (between their markers)."""
     import re
-    rows = ["| model | chosen basis | prior p | w_E | E0 (eV) | CV E MAE (meV/atom) | E target | "
-            "CV F MAE (eV/Å) | F target | targets met | time |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    rows = ["| model | chosen basis | rcut (Å) | prior | w_E | E0 (eV) | CV E MAE (meV/atom) | E target | "
+            "CV F MAE (eV/Å) | F target | targets met | time |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     study = []
     total = 0.0
     for el in ("Ni", "Cu", "Li", "Mo", "Si", "Ge"):
         d = HERE / f"zuo-{el}"
         if not (d / "selection.json").exists() or not (d / "report.json").exists():
-            rows.append(f"| zuo-{el} | not refitted in this run | | | | | | | | | |")
+            rows.append(f"| zuo-{el} | not refitted in this run | | | | | | | | | | |")
             continue
         sel = json.loads((d / "selection.json").read_text())
-        if "chosen" not in sel:
-            rows.append(f"| zuo-{el} | selection incomplete | | | | | | | | | |")
+        if "chosen" not in sel or "rcut" not in sel:
+            rows.append(f"| zuo-{el} | selection incomplete | | | | | | | | | | |")
             continue
         t = sel["targets"]
         r = next(x for x in sel["results"] if _same(x["candidate"], sel["chosen"]))
@@ -214,7 +230,8 @@ def readme_tables():
         secs = sel["timings_s"].get("total_s", 0.0)
         total += secs
         rows.append(f"| zuo-{el} | {r['n_basis']} ({c['basis'].replace('order ', 'o').replace(', totaldegree ', ' ')}) | "
-                    f"{c['prior']['p']} | {c['weights']['default']['E']:g} | {list(c['E0'].values())[0]:g} | "
+                    f"{sel['rcut']:.3g} ({sel['rcut_bond_lengths']:g} bl) | {prior_name(c['prior'])} | "
+                    f"{c['weights']['default']['E']:g} | {list(c['E0'].values())[0]:g} | "
                     f"{E * 1e3:.3f} ± {r['mae_std']['E'] * 1e3:.3f} | {t['E'] * 1e3:g} | "
                     f"{F:.4f} ± {r['mae_std']['F']:.4f} | {t['F']:g} | {met} of 2 | {secs / 60:.0f} min |")
         if (d / "study.json").exists():
@@ -228,8 +245,8 @@ def readme_tables():
                          + ", ".join(f"{x['n_train_configs']:.0f} configs: {x['mae_mean']['E'] * 1e3:.2f} / "
                                      f"{x['mae_mean']['F']:.4f}" for x in lc) + ".")
     rows += ["", "CV MAE: mean ± standard deviation over the 5 folds. Targets: the best published test-set MAE "
-             f"(GAP, MTP, ACEpotentials.jl). Time: the sum of the six selections' wall times is {total / 60:.0f} min "
-             "on a 2-core machine shared with other jobs (load 8–18); up to three elements ran at once."]
+             f"(GAP, MTP, ACEpotentials.jl). rcut in Å and in bond lengths (bl). Time: the six selections ran one "
+             f"after the other on a 2-core machine; their wall times sum to {total / 60:.0f} min."]
     text = (HERE / "README.md").read_text()
     for tag, body in (("zuo-table", rows), ("study-summary", study)):
         text = re.sub(f"<!-- {tag} -->.*?<!-- /{tag} -->", f"<!-- {tag} -->\n" + "\n".join(body) + f"\n<!-- /{tag} -->",
