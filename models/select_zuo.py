@@ -102,7 +102,6 @@ class Assembled:
         self.names = [basis_name(o, td) for o, td in chain]
         top = self.models[-1]
         self.order, self.where = selection.prefix_order(self.models[:-1], top)
-        self.where.append(np.arange(top.length_basis))
         self.sizes = {n: m.length_basis for n, m in zip(self.names, self.models)}
         self.labels = [top.basis_labels[j] for j in self.order]
         self.E0ref = {el: 0.0}
@@ -237,6 +236,12 @@ def select_and_fit(el: str, data_dir: Path, threads: int | None = None):
     with redirect_stdout(buf):
         model, report = run_fit(cfg, threads=threads, progress=False, prepared=(model, train, [], sub, None))
     print(buf.getvalue(), flush=True)
+    # guard: the written model must predict the training energies it was fitted to (a column
+    # order mix-up between the assembled system and the model gives errors of eV/atom)
+    worst = max(abs(model.evaluate(c.numbers, c.positions, c.cell, c.pbc).energy - c.energy) / c.natoms
+                for c in train[:: max(1, len(train) // 5)])
+    if worst > 0.05:
+        raise RuntimeError(f"zuo-{el}: the fitted model misses training energies by {worst:.3g} eV/atom")
     timings["final_fit_s"] = time.perf_counter() - t0
     timings["total_s"] = time.perf_counter() - t_all
     cfg.output_report.write_text(json.dumps(report, indent=2))

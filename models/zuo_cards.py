@@ -201,8 +201,12 @@ def write_card(el: str):
           f"python models/select_zuo.py --data-dir DIR {el}              # the CV numbers, the selection and the model",
           "```", "",
           "`select_zuo.py` fits the final model from the selection's assembled columns (the chosen basis is a "
-          "column subset of the largest one); `aceserver fit` assembles the chosen basis itself. Checked for "
-          "zuo-Si: the two give identical parameters and committee.", ""]
+          "column subset of the largest one); `aceserver fit` assembles the chosen basis itself."
+          + (" This model file was written by `aceserver fit` from `fit.yaml`: the selection run of "
+             "2026-12-03 mapped the columns of the largest basis of the chain (the one chosen here) to the "
+             "model in the wrong order (fixed in `selection.prefix_order`; `select_zuo.py` now checks the "
+             "written model against training energies). The CV numbers were not affected."
+             if chosen["n_basis"] == max(sel["bases"].values()) else ""), ""]
     (d / "README.md").write_text("\n".join(L))
 
 

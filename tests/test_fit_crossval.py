@@ -54,9 +54,11 @@ def test_folds_stratified(si, tial):
 def test_nested_bases_are_leading_columns(tial):
     big = aceserver.ace1_model(elements=["Ti", "Al"], order=3, totaldegree=[7, 6, 5], rcut=5.0)
     small = aceserver.ace1_model(elements=["Ti", "Al"], order=2, totaldegree=[6, 5], rcut=5.0)
-    order, (where,) = selection.prefix_order([small], big)
+    order, (where, where_big) = selection.prefix_order([small], big)
     assert sorted(order.tolist()) == list(range(big.length_basis))
     assert sorted(where.tolist()) == list(range(small.length_basis))   # small = leading block
+    # the largest basis's own parameters, in its own order (what a final fit of it needs)
+    np.testing.assert_array_equal(order[where_big], np.arange(big.length_basis))
     c = tial[3]
     eb, fb, _ = big.basis_rows(c.numbers, c.positions, c.cell, c.pbc)
     es, fs, _ = small.basis_rows(c.numbers, c.positions, c.cell, c.pbc)
@@ -96,7 +98,7 @@ def test_cv_on_one_assembly_equals_refitting_each_fold(case, si, tial):
     elements = big.elements
     big.E0 = E0s[0]
     system = assembly.assemble(big, configs, None, threads=1)          # assembled once
-    order, (where,) = selection.prefix_order([small], big)
+    order, (where, _) = selection.prefix_order([small], big)
     folds = selection.kfold(configs, 3, seed=1)
     always = [np.array([i for i, c in enumerate(configs) if c.natoms == 1], dtype=np.int64)]
     blocks = folds + always

@@ -53,13 +53,17 @@ def test_missing_data_dir_or_file_names_the_file_and_its_source(setup):
         load_config(setup / "cfg" / "fit.yaml", data_dir=setup / "nowhere")
 
 
-def test_cli_fit_records_data_by_name_and_sha256_only(setup, capsys):
+def test_cli_fit_records_data_by_name_and_sha256_only(setup, capsys, monkeypatch):
     args = argparse.Namespace(config=str(setup / "cfg" / "fit.yaml"), json_report=None, output=None, threads=1,
                               no_plots=True, quiet=True, data_dir=str(setup / "data"))
+    # the command line as typed, with absolute paths: the model file records it without them
+    monkeypatch.setattr("sys.argv", ["aceserver", "fit", args.config, "--data-dir", args.data_dir,
+                                     f"--json-report={setup / 'r.json'}"])
     assert fit_cmd.run(args) == 0
     text = (setup / "cfg" / "si.json").read_text()
     meta = json.loads(text)
     assert str(setup) not in text                                     # no path of this machine
+    assert _find(meta, "provenance")["command"] == "aceserver fit .../fit.yaml --data-dir .../data --json-report=.../r.json"
     data = _find(meta, "provenance")["data"]
     assert data == [{"file": "Si_tiny.xyz", "sha256": fit_cmd.sha256_file(DATA / "Si_tiny.xyz")}]
     args.data_dir = None

@@ -37,6 +37,19 @@ def add_arguments(parser):
                      help="start a local Dask cluster of N worker processes for the blocks (needs aceserver[dask])")
 
 
+def portable_command(argv: list[str]) -> str:
+    """The command line as a model file records it: absolute paths (e.g. --data-dir /data/zuo,
+    --output=/home/me/m.json) shortened to .../<last component>, so that no path of the machine
+    that fitted ends up in the file."""
+    out = []
+    for a in argv:
+        opt, eq, val = a.partition("=") if a.startswith("--") else ("", "", a)
+        if val and (Path(val).is_absolute() or val.startswith("~")):
+            val = ".../" + Path(val).name
+        out.append(opt + eq + val)
+    return " ".join(out)
+
+
 def sha256_file(path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -131,8 +144,8 @@ def run_fit(cfg, output=None, threads=None, plots=True, progress=None, out=None,
         "config": cfg.raw,
         # by file name and checksum only: no path of the machine that fitted
         "data": [{"file": Path(p).name, "sha256": sha256_file(p)} for p in cfg.train + cfg.validation],
-        "command": " ".join(["aceserver"] + sys.argv[1:]) if Path(sys.argv[0]).name in ("aceserver", "cli.py")
-        else None,
+        "command": portable_command(["aceserver"] + sys.argv[1:])
+        if Path(sys.argv[0]).name in ("aceserver", "cli.py") else None,
         "python": sys.version.split()[0],
     })
     meta["fit"]["timings_s"]["model_build_s"] = t_build

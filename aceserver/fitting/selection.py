@@ -239,7 +239,9 @@ def nested_columns(small, big) -> np.ndarray:
 
 def prefix_order(models: list, big) -> tuple[np.ndarray, list[np.ndarray]]:
     """A column order of ``big`` in which each of ``models`` (nested, smallest first) is a leading
-    block: returns (order, [positions in ``order`` of each model's parameters, in its own order])."""
+    block: returns (order, [positions in ``order`` of each model's parameters, in its own order]),
+    the list ending with ``big``'s own (the inverse of ``order``), so that ``order[where[b]]``
+    are the columns of ``big`` holding model b's parameters in model b's order."""
     order, pos_of, where = [], {}, []
     for m in list(models) + [big]:
         cols = nested_columns(m, big) if m is not big else np.arange(big.length_basis)
@@ -251,7 +253,9 @@ def prefix_order(models: list, big) -> tuple[np.ndarray, list[np.ndarray]]:
             where.append(np.array([pos_of[int(c)] for c in cols], dtype=np.int64))
         if len(order) != len(set(order)) or (m is not big and len(pos_of) != len(cols)):
             raise ValueError("the bases are not nested (each must contain the previous)")
-    return np.array(order, dtype=np.int64), where
+    order = np.array(order, dtype=np.int64)
+    where.append(np.argsort(order))
+    return order, where
 
 
 class BlockFactors:
