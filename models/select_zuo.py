@@ -49,6 +49,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
+from zuo_cards import _same  # noqa: E402  (equal JSON-like candidate specs)
+
 CHAIN = [(3, [12, 10, 8]), (3, [16, 12, 10]), (3, [20, 16, 12]), (3, [24, 20, 16]),
          (4, [24, 20, 16, 12]), (4, [26, 22, 18, 14])]
 STAGE1 = 4                     # stage 1 on CHAIN[:STAGE1]; CHAIN[STAGE1 - 1] ranks cutoffs and pairs
@@ -120,10 +122,6 @@ class Assembled:
         from aceserver.fitting import selection
         return selection.cross_validate(self.factors, list(range(K)), [K], candidates, self.labels, self.sizes,
                                         log=log, on_result=keep)
-
-
-def _same(a, b):
-    return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
 
 
 def select_and_fit(el: str, data_dir: Path, threads: int | None = None):

@@ -38,8 +38,8 @@ def add_arguments(parser):
 
 
 def portable_command(argv: list[str]) -> str:
-    """The command line as a model file records it: absolute paths (e.g. --data-dir /data/zuo,
-    --output=/home/me/m.json) shortened to .../<last component>, so that no path of the machine
+    """The command line as a model file records it: absolute paths (values of --data-dir DIR,
+    --output=FILE and the like) shortened to .../<last component>, so that no path of the machine
     that fitted ends up in the file."""
     out = []
     for a in argv:
