@@ -432,3 +432,21 @@ def test_unsorted_lists_hold_the_same_pairs():
         ref = sorted(zip(j[a:b], *np.round(R[a:b], 9).T))
         got = sorted(zip(uj[a:b], *np.round(uR[a:b], 9).T))
         assert ref == got
+
+
+@pytest.mark.parametrize("sort", [True, False])
+def test_one_pass_and_two_pass_searches_agree(monkeypatch, sort):
+    # small searches append pairs into candidate-sized scratch in one pass (serial or per block
+    # of atoms); large ones count, then fill: all four give the same arrays, in the same order
+    at = bulk("Si", "diamond", a=5.43, cubic=True) * (3, 3, 2)
+    at.rattle(0.1, seed=7)
+    args = (at.positions, at.cell[:], (True, False, True), 5.0)
+    ref = neighbour_list(*args, sort=sort)
+    got = [neighbour_list(*args, sort=sort, n_chunks=5)]
+    monkeypatch.setattr(nl, "_ONE_PASS_MAX_VISITS", 0)
+    got += [neighbour_list(*args, sort=sort), neighbour_list(*args, sort=sort, n_chunks=5)]
+    for other in got:
+        for a, b in zip(ref, other):
+            np.testing.assert_array_equal(a, b)
+    if sort:
+        check(*args)   # and the two-pass list is right (against ase)

@@ -14,7 +14,11 @@ lattice, completed by an orthonormal complement for open directions (so these ne
 possibly zero or arbitrary cell rows there). Positions are wrapped into the cell along periodic directions, binned into a grid whose
 bins are about rcut / ``_BINS_PER_CUTOFF`` thick (thicker in small systems), and every atom scans
 the (2m+1)^3 bin images around it; for cells thinner than ``rcut`` m grows, which enumerates all periodic
-images. Two passes (count, then fill) allocate the output exactly once.
+images. Along the innermost direction the scanned bins are visited as runs of consecutive bins,
+whose atoms are contiguous in bin order. Candidates within reach are gathered without branching,
+then turned into pairs. Up to a few million candidates the search runs in one pass into scratch
+sized by the exact candidate count (per block of atoms when threaded), then copied out; larger
+searches count, then fill, so the output is allocated exactly once.
 """
 from __future__ import annotations
 
@@ -38,8 +42,8 @@ _WORK_FREE = 200_000_000  # ... plus this many (a fraction of a second) whatever
 # Bins are 1/_BINS_PER_CUTOFF of the cutoff thick (when the cell allows): 2 scans (2*2+1)^3 bins of
 # (rcut/2)^3, ~40% less volume than 27 bins of rcut^3, for a little more loop overhead.
 _BINS_PER_CUTOFF = 2
-_ONE_PASS_MAX_VISITS = 2_000_000  # serial searches with at most this many candidate checks run in
-                                  # one pass, into buffers of that size (≤ 80 MB)
+_ONE_PASS_MAX_VISITS = 2_000_000  # searches with at most this many candidate checks run in one
+                                  # pass, into scratch of that size (≤ 80 MB, a fifth written)
 # Relative slack on bin geometry and on the candidate test, so that rounding (in positions far from
 # the origin, or on bin boundaries) can never drop a pair; the final test on R is exact.
 _SLACK = 1e-8
@@ -124,11 +128,39 @@ def _scan_table(nb, m, periodic):
 
 
 @njit(cache=True, nogil=True)
+def _segment_table(nb, m, periodic):
+    """The scan of _scan_table along the innermost direction as runs of consecutive bins in one
+    periodic image: for bin c, seg_n[c] runs, run s covering bins seg_lo[c, s]..seg_hi[c, s]-1 of
+    image seg_g[c, s]. The atoms of a run are contiguous in bin order, so the pair search loops
+    over them at once instead of bin by bin (bins hold one or two atoms)."""
+    tb, tg = _scan_table(nb, m, periodic)
+    seg_n = np.zeros(nb, dtype=np.int64)
+    seg_lo = np.zeros((nb, 2 * m + 1), dtype=np.int64)
+    seg_hi = np.zeros((nb, 2 * m + 1), dtype=np.int64)
+    seg_g = np.zeros((nb, 2 * m + 1), dtype=np.int64)
+    for c in range(nb):
+        k = -1
+        for a in range(2 * m + 1):
+            b = tb[c, a]
+            if b < 0:
+                continue
+            if k >= 0 and tg[c, a] == seg_g[c, k] and b == seg_hi[c, k]:
+                seg_hi[c, k] = b + 1
+            else:
+                k += 1
+                seg_lo[c, k] = b
+                seg_hi[c, k] = b + 1
+                seg_g[c, k] = tg[c, a]
+        seg_n[c] = k + 1
+    return seg_n, seg_lo, seg_hi, seg_g
+
+
+@njit(cache=True, nogil=True)
 def _bin_visits(start, nb, m, periodic):
     """Per bin, how many candidate atoms (atom images) the scan of one of its atoms visits."""
     tb0, _ = _scan_table(nb[0], m[0], periodic[0])
     tb1, _ = _scan_table(nb[1], m[1], periodic[1])
-    tb2, _ = _scan_table(nb[2], m[2], periodic[2])
+    sn2, slo2, shi2, _ = _segment_table(nb[2], m[2], periodic[2])
     seen = np.zeros(nb[0] * nb[1] * nb[2], dtype=np.int64)
     for b0 in range(nb[0]):
         for b1 in range(nb[1]):
@@ -136,6 +168,7 @@ def _bin_visits(start, nb, m, periodic):
                 b = (b0 * nb[1] + b1) * nb[2] + b2
                 if start[b + 1] == start[b]:
                     continue
+                v = 0
                 for a0 in range(2 * m[0] + 1):
                     c0 = tb0[b0, a0]
                     if c0 < 0:
@@ -145,34 +178,44 @@ def _bin_visits(start, nb, m, periodic):
                         if c1 < 0:
                             continue
                         base = (c0 * nb[1] + c1) * nb[2]
-                        for a2 in range(2 * m[2] + 1):
-                            c2 = tb2[b2, a2]
-                            if c2 >= 0:
-                                seen[b] += start[base + c2 + 1] - start[base + c2]
+                        for r in range(sn2[b2]):
+                            v += start[base + shi2[b2, r]] - start[base + slo2[b2, r]]
+                seen[b] = v
     return seen
 
 
 @njit(cache=True, nogil=True)
 def _count_visits(start, nb, m, periodic):
-    """Exact number of candidate (atom, atom image) visits the pair passes will make."""
+    """Exact number of candidate (atom, atom image) visits the pair passes will make, and the
+    visits per atom of every bin."""
     seen = _bin_visits(start, nb, m, periodic)
     total = 0
     for b in range(seen.shape[0]):
         total += (start[b + 1] - start[b]) * seen[b]
-    return total
+    return total, seen
 
 
 @njit(cache=True, nogil=True)
-def _pairs_range(lo, hi, positions, wrapped, binned, n, cell_p, cbin, start, order, nb, m,
-                 rs2, rc2, nkey, tb0, tg0, tb1, tg1, tb2, tg2, fill, first, out_j, out_R,
-                 out_key, key_T, key_H, key_sp, counts):
-    """Pair search (count or fill, see _pairs) for the centre atoms lo..hi-1."""
+def _pairs_range(lo, hi, p, positions, wrapped, binned, n, cell_p, cbin, start, order, nb, m,
+                 rs2, rc2, nkey, tb0, tg0, tb1, tg1, sn2, slo2, shi2, sg2, fill, keyed, append,
+                 first, out_j, out_R, out_key, key_T, key_H, key_sp, counts, cap):
+    """Pair search for the centre atoms lo..hi-1: counts[i] gets atom i's pair count; with fill
+    its pairs are written too (with keyed, their sort keys), from slot first[i] on, or with
+    append after the previous atom's pairs from slot p on (first[i] then gets the slot).
+    cap: the most candidates one atom visits. Returns the slot after the last pair written."""
+    # Candidates are gathered without a branch (whether one lies within reach is a coin toss
+    # the CPU cannot predict), then only those are turned into pairs.
+    cand = np.empty(cap, dtype=np.int64)
+    image = np.empty((cap, 3), dtype=np.int64)
     for i in range(lo, hi):
         ci0 = cbin[i, 0]
         ci1 = cbin[i, 1]
         ci2 = cbin[i, 2]
-        p = first[i] if fill else 0
-        cnt = 0
+        if fill and append:
+            first[i] = p
+        elif fill:
+            p = first[i]
+        k = 0
         for a0 in range(2 * m[0] + 1):
             c0 = tb0[ci0, a0]
             if c0 < 0:
@@ -191,53 +234,55 @@ def _pairs_range(lo, hi, positions, wrapped, binned, n, cell_p, cbin, start, ord
                 v1 = u1 + g1 * cell_p[1, 1]
                 v2 = u2 + g1 * cell_p[1, 2]
                 base = (c0 * nb[1] + c1) * nb[2]
-                for a2 in range(2 * m[2] + 1):
-                    c2 = tb2[ci2, a2]
-                    if c2 < 0:
-                        continue
-                    lo_q = start[base + c2]
-                    hi_q = start[base + c2 + 1]
-                    if lo_q == hi_q:
-                        continue
-                    g2 = tg2[ci2, a2]
+                for r in range(sn2[ci2]):
+                    g2 = sg2[ci2, r]
                     t0 = v0 + g2 * cell_p[2, 0]
                     t1 = v1 + g2 * cell_p[2, 1]
                     t2 = v2 + g2 * cell_p[2, 2]
-                    self_image = g0 == 0 and g1 == 0 and g2 == 0
-                    for q in range(lo_q, hi_q):
-                        a0 = binned[q, 0] + t0
-                        a1 = binned[q, 1] + t1
-                        a2 = binned[q, 2] + t2
-                        if a0 * a0 + a1 * a1 + a2 * a2 >= rs2:
-                            continue
-                        j = order[q]
-                        if self_image and j == i:
-                            continue
-                        # the returned vector is built from the caller's positions (R = r_j + S@cell
-                        # - r_i), and the strict cutoff is applied to exactly that vector
-                        S0 = g0 + n[i, 0] - n[j, 0]
-                        S1 = g1 + n[i, 1] - n[j, 1]
-                        S2 = g2 + n[i, 2] - n[j, 2]
-                        R0 = positions[j, 0] - positions[i, 0] + (
-                            S0 * cell_p[0, 0] + S1 * cell_p[1, 0] + S2 * cell_p[2, 0])
-                        R1 = positions[j, 1] - positions[i, 1] + (
-                            S0 * cell_p[0, 1] + S1 * cell_p[1, 1] + S2 * cell_p[2, 1])
-                        R2 = positions[j, 2] - positions[i, 2] + (
-                            S0 * cell_p[0, 2] + S1 * cell_p[1, 2] + S2 * cell_p[2, 2])
-                        if R0 * R0 + R1 * R1 + R2 * R2 >= rc2:
-                            continue
-                        if fill:
-                            out_j[p] = j
-                            out_R[p, 0] = R0
-                            out_R[p, 1] = R1
-                            out_R[p, 2] = R2
-                            h0 = g0 * key_T[0, 0] + g1 * key_T[1, 0] + g2 * key_T[2, 0] + key_H[0]
-                            h1 = g0 * key_T[0, 1] + g1 * key_T[1, 1] + g2 * key_T[2, 1] + key_H[1]
-                            h2 = g0 * key_T[0, 2] + g1 * key_T[1, 2] + g2 * key_T[2, 2] + key_H[2]
-                            out_key[p] = j * nkey + (h0 * key_sp[1] + h1) * key_sp[2] + h2
-                            p += 1
-                        cnt += 1
+                    for q in range(start[base + slo2[ci2, r]], start[base + shi2[ci2, r]]):
+                        d0 = binned[q, 0] + t0
+                        d1 = binned[q, 1] + t1
+                        d2 = binned[q, 2] + t2
+                        cand[k] = q
+                        image[k, 0] = g0
+                        image[k, 1] = g1
+                        image[k, 2] = g2
+                        k += d0 * d0 + d1 * d1 + d2 * d2 < rs2
+        cnt = 0
+        for t in range(k):
+            j = order[cand[t]]
+            g0 = image[t, 0]
+            g1 = image[t, 1]
+            g2 = image[t, 2]
+            if j == i and g0 == 0 and g1 == 0 and g2 == 0:
+                continue
+            # the returned vector is built from the caller's positions (R = r_j + S@cell - r_i),
+            # and the strict cutoff is applied to exactly that vector
+            S0 = g0 + n[i, 0] - n[j, 0]
+            S1 = g1 + n[i, 1] - n[j, 1]
+            S2 = g2 + n[i, 2] - n[j, 2]
+            R0 = positions[j, 0] - positions[i, 0] + (
+                S0 * cell_p[0, 0] + S1 * cell_p[1, 0] + S2 * cell_p[2, 0])
+            R1 = positions[j, 1] - positions[i, 1] + (
+                S0 * cell_p[0, 1] + S1 * cell_p[1, 1] + S2 * cell_p[2, 1])
+            R2 = positions[j, 2] - positions[i, 2] + (
+                S0 * cell_p[0, 2] + S1 * cell_p[1, 2] + S2 * cell_p[2, 2])
+            if R0 * R0 + R1 * R1 + R2 * R2 >= rc2:
+                continue
+            if fill:
+                out_j[p] = j
+                out_R[p, 0] = R0
+                out_R[p, 1] = R1
+                out_R[p, 2] = R2
+            if fill and keyed:
+                h0 = g0 * key_T[0, 0] + g1 * key_T[1, 0] + g2 * key_T[2, 0] + key_H[0]
+                h1 = g0 * key_T[0, 1] + g1 * key_T[1, 1] + g2 * key_T[2, 1] + key_H[1]
+                h2 = g0 * key_T[0, 2] + g1 * key_T[1, 2] + g2 * key_T[2, 2] + key_H[2]
+                out_key[p] = j * nkey + (h0 * key_sp[1] + h1) * key_sp[2] + h2
+            p += 1
+            cnt += 1
         counts[i] = cnt
+    return p
 
 
 @njit(cache=True, nogil=True)
@@ -246,21 +291,21 @@ def _pair_setup(wrapped, order, nb, m, periodic, rsearch, rcut, key_sp):
     N = wrapped.shape[0]
     tb0, tg0 = _scan_table(nb[0], m[0], periodic[0])
     tb1, tg1 = _scan_table(nb[1], m[1], periodic[1])
-    tb2, tg2 = _scan_table(nb[2], m[2], periodic[2])
+    sn2, slo2, shi2, sg2 = _segment_table(nb[2], m[2], periodic[2])
     # wrapped positions in bin order: the innermost loop reads memory contiguously
     binned = np.empty((N, 3))
     for q in range(N):
         for k in range(3):
             binned[q, k] = wrapped[order[q], k]
     return (binned, rsearch * rsearch, rcut * rcut, key_sp[0] * key_sp[1] * key_sp[2],
-            tb0, tg0, tb1, tg1, tb2, tg2)
+            tb0, tg0, tb1, tg1, sn2, slo2, shi2, sg2)
 
 
 @njit(cache=True, nogil=True)
 def _pairs(positions, wrapped, n, cell_p, cbin, start, order, nb, m, periodic, rsearch, rcut,
-           fill, first, out_j, out_R, out_key, key_T, key_H, key_sp):
+           fill, keyed, first, out_j, out_R, out_key, key_T, key_H, key_sp, cap):
     """Both passes in one kernel: with fill=False return the pair count of every atom; with
-    fill=True write j, R and a sort key into the CSR slots given by ``first``.
+    fill=True write j, R (and with keyed a sort key) into the CSR slots given by ``first``.
 
     The key orders pairs by j, then by h = g @ key_T (g: the image scanned, in the basis cell_p);
     with key_T the matrix from cell_p to the caller's cell, h differs from the caller's S only by
@@ -268,46 +313,97 @@ def _pairs(positions, wrapped, n, cell_p, cbin, start, order, nb, m, periodic, r
     """
     N = positions.shape[0]
     counts = np.zeros(N, dtype=np.int64)
-    binned, rs2, rc2, nkey, tb0, tg0, tb1, tg1, tb2, tg2 = _pair_setup(
+    binned, rs2, rc2, nkey, tb0, tg0, tb1, tg1, sn2, slo2, shi2, sg2 = _pair_setup(
         wrapped, order, nb, m, periodic, rsearch, rcut, key_sp)
-    _pairs_range(0, N, positions, wrapped, binned, n, cell_p, cbin, start, order, nb, m, rs2,
-                 rc2, nkey, tb0, tg0, tb1, tg1, tb2, tg2, fill, first, out_j, out_R, out_key,
-                 key_T, key_H, key_sp, counts)
+    _pairs_range(0, N, 0, positions, wrapped, binned, n, cell_p, cbin, start, order, nb, m, rs2,
+                 rc2, nkey, tb0, tg0, tb1, tg1, sn2, slo2, shi2, sg2, fill, keyed, False, first,
+                 out_j, out_R, out_key, key_T, key_H, key_sp, counts, cap)
     return counts
 
 
 @njit(cache=True, nogil=True)
 def _pairs_one_pass(positions, wrapped, n, cell_p, cbin, start, order, nb, m, periodic, rsearch,
-                    rcut, first, out_j, out_R, out_key, key_T, key_H, key_sp):
+                    rcut, keyed, first, out_j, out_R, out_key, key_T, key_H, key_sp, cap):
     """Serial search in one pass: atom i's pairs are appended after atom i-1's (first filled as
     it goes), into outputs sized by the exact candidate count (an upper bound on the pairs)."""
     N = positions.shape[0]
     counts = np.zeros(N, dtype=np.int64)
-    binned, rs2, rc2, nkey, tb0, tg0, tb1, tg1, tb2, tg2 = _pair_setup(
+    binned, rs2, rc2, nkey, tb0, tg0, tb1, tg1, sn2, slo2, shi2, sg2 = _pair_setup(
         wrapped, order, nb, m, periodic, rsearch, rcut, key_sp)
-    first[0] = 0
-    for i in range(N):
-        _pairs_range(i, i + 1, positions, wrapped, binned, n, cell_p, cbin, start, order, nb, m,
-                     rs2, rc2, nkey, tb0, tg0, tb1, tg1, tb2, tg2, True, first, out_j, out_R,
-                     out_key, key_T, key_H, key_sp, counts)
-        first[i + 1] = first[i] + counts[i]
+    first[N] = _pairs_range(0, N, 0, positions, wrapped, binned, n, cell_p, cbin, start, order,
+                            nb, m, rs2, rc2, nkey, tb0, tg0, tb1, tg1, sn2, slo2, shi2, sg2,
+                            True, keyed, True, first, out_j, out_R, out_key, key_T, key_H,
+                            key_sp, counts, cap)
     return counts
 
 
 @njit(cache=True, nogil=True, parallel=True)
 def _pairs_parallel(positions, wrapped, n, cell_p, cbin, start, order, nb, m, periodic, rsearch,
-                    rcut, fill, first, out_j, out_R, out_key, key_T, key_H, key_sp, n_chunks):
+                    rcut, fill, keyed, first, out_j, out_R, out_key, key_T, key_H, key_sp, cap,
+                    n_chunks):
     """_pairs with the centre atoms split into n_chunks blocks on numba's threads."""
     N = positions.shape[0]
     counts = np.zeros(N, dtype=np.int64)
-    binned, rs2, rc2, nkey, tb0, tg0, tb1, tg1, tb2, tg2 = _pair_setup(
+    binned, rs2, rc2, nkey, tb0, tg0, tb1, tg1, sn2, slo2, shi2, sg2 = _pair_setup(
         wrapped, order, nb, m, periodic, rsearch, rcut, key_sp)
     n_chunks = max(1, min(N, n_chunks))
     for c in prange(n_chunks):
-        _pairs_range(c * N // n_chunks, (c + 1) * N // n_chunks, positions, wrapped, binned, n,
-                     cell_p, cbin, start, order, nb, m, rs2, rc2, nkey, tb0, tg0, tb1, tg1, tb2,
-                     tg2, fill, first, out_j, out_R, out_key, key_T, key_H, key_sp, counts)
+        _pairs_range(c * N // n_chunks, (c + 1) * N // n_chunks, 0, positions, wrapped, binned,
+                     n, cell_p, cbin, start, order, nb, m, rs2, rc2, nkey, tb0, tg0, tb1, tg1,
+                     sn2, slo2, shi2, sg2, fill, keyed, False, first, out_j, out_R, out_key,
+                     key_T, key_H, key_sp, counts, cap)
     return counts
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _pairs_parallel_one_pass(positions, wrapped, n, cell_p, cbin, start, order, nb, m, periodic,
+                             rsearch, rcut, keyed, seen, key_T, key_H, key_sp, cap, n_chunks):
+    """The search in one pass on numba's threads. Each block of centre atoms appends its pairs to
+    its own stretch of a scratch buffer, sized by the block's exact candidate count; the blocks
+    are then copied, in parallel, into outputs of the exact size. Returns first, counts, j, R and
+    the sort keys (empty unless keyed)."""
+    N = positions.shape[0]
+    counts = np.zeros(N, dtype=np.int64)
+    binned, rs2, rc2, nkey, tb0, tg0, tb1, tg1, sn2, slo2, shi2, sg2 = _pair_setup(
+        wrapped, order, nb, m, periodic, rsearch, rcut, key_sp)
+    n_chunks = max(1, min(N, n_chunks))
+    # scratch stretch of every block: the candidates its atoms visit (seen: per bin)
+    room = np.zeros(n_chunks + 1, dtype=np.int64)
+    for c in range(n_chunks):
+        v = 0
+        for i in range(c * N // n_chunks, (c + 1) * N // n_chunks):
+            v += seen[(cbin[i, 0] * nb[1] + cbin[i, 1]) * nb[2] + cbin[i, 2]]
+        room[c + 1] = room[c] + v
+    buf_j = np.empty(room[n_chunks], dtype=np.int64)
+    buf_R = np.empty((room[n_chunks], 3))
+    buf_key = np.empty(room[n_chunks] if keyed else 0, dtype=np.int64)
+    at = np.empty(N + 1, dtype=np.int64)
+    for c in prange(n_chunks):
+        _pairs_range(c * N // n_chunks, (c + 1) * N // n_chunks, room[c], positions, wrapped,
+                     binned, n, cell_p, cbin, start, order, nb, m, rs2, rc2, nkey, tb0, tg0,
+                     tb1, tg1, sn2, slo2, shi2, sg2, True, keyed, True, at, buf_j, buf_R,
+                     buf_key, key_T, key_H, key_sp, counts, cap)
+    first = np.zeros(N + 1, dtype=np.int64)
+    for i in range(N):
+        first[i + 1] = first[i] + counts[i]
+    P = first[N]
+    out_j = np.empty(P, dtype=np.int64)
+    out_R = np.empty((P, 3))
+    out_key = np.empty(P if keyed else 0, dtype=np.int64)
+    for c in prange(n_chunks):
+        lo = c * N // n_chunks
+        hi = (c + 1) * N // n_chunks
+        if hi == lo:
+            continue
+        shift = at[lo] - first[lo]
+        for q in range(first[lo], first[hi]):
+            out_j[q] = buf_j[q + shift]
+            out_R[q, 0] = buf_R[q + shift, 0]
+            out_R[q, 1] = buf_R[q + shift, 1]
+            out_R[q, 2] = buf_R[q + shift, 2]
+            if keyed:
+                out_key[q] = buf_key[q + shift]
+    return first, counts, out_j, out_R, out_key
 
 
 @njit(cache=True, nogil=True)
@@ -677,7 +773,9 @@ def neighbour_list(positions, cell, pbc, rcut, *, max_pairs=DEFAULT_MAX_PAIRS,
 
     cbin, start, order = _bin_atoms(s, lo, width, nb)
     pair_limit = min(int(max_pairs), int(max_neighbours) * N)
-    visits = int(_count_visits(start, nb, m, pbc))
+    visits, seen = _count_visits(start, nb, m, pbc)
+    visits = int(visits)
+    cap = int(seen.max())   # the most candidates one atom visits: the search's scratch
     if visits > _WORK_PER_PAIR * pair_limit + _WORK_FREE:
         raise _too_many(f"rcut = {rcut} Å would need about {visits:.3g} candidate pair checks "
                         f"(limit {_WORK_PER_PAIR * pair_limit + _WORK_FREE:.3g}).", pbc)
@@ -694,37 +792,43 @@ def neighbour_list(positions, cell, pbc, rcut, *, max_pairs=DEFAULT_MAX_PAIRS,
     key_sp = np.array([2 * h + 1 for h in key_H], dtype=np.int64)
     key_H = np.array(key_H, dtype=np.int64)
 
-    first = np.zeros(N + 1, dtype=np.int64)
     par = n_chunks > 1
-    if not par and visits <= _ONE_PASS_MAX_VISITS:
-        # small searches: one pass into outputs sized by the candidate count, instead of a
-        # counting pass and a filling pass (the search is most of the cost of a small cell)
-        out_j = np.empty(visits, dtype=np.int64)
-        out_R = np.empty((visits, 3))
-        out_key = np.empty(visits, dtype=np.int64)
-        counts = _pairs_one_pass(positions, wrapped, n, cell_p, cbin, start, order, nb, m, pbc,
-                                 rsearch, rcut, first, out_j, out_R, out_key, key_T, key_H, key_sp)
-        _check_counts(counts, rcut, max_pairs, max_neighbours, pbc)
-        total = int(first[N])
-        out_j, out_R, out_key = out_j[:total].copy(), out_R[:total].copy(), out_key[:total]
-        if sort:
-            _sort_pairs(first, out_j, out_R, out_key)
-        return first, out_j, out_R
-
-    dummy_j = np.zeros(0, dtype=np.int64)
-    dummy_R = np.zeros((0, 3))
-    search = _pairs_parallel if par else _pairs
-    extra = (n_chunks,) if par else ()
-    counts = search(positions, wrapped, n, cell_p, cbin, start, order, nb, m, pbc, rsearch, rcut,
-                    False, first, dummy_j, dummy_R, dummy_j, key_T, key_H, key_sp, *extra)
-    total = _check_counts(counts, rcut, max_pairs, max_neighbours, pbc)
-    np.cumsum(counts, out=first[1:])
-
-    out_j = np.empty(total, dtype=np.int64)
-    out_R = np.empty((total, 3))
-    out_key = np.empty(total, dtype=np.int64)
-    search(positions, wrapped, n, cell_p, cbin, start, order, nb, m, pbc, rsearch, rcut,
-           True, first, out_j, out_R, out_key, key_T, key_H, key_sp, *extra)
+    if visits <= _ONE_PASS_MAX_VISITS:
+        # one pass into scratch sized by the candidate count, instead of a counting pass and a
+        # filling pass (the search is most of the cost of a small cell)
+        if par:
+            first, counts, out_j, out_R, out_key = _pairs_parallel_one_pass(
+                positions, wrapped, n, cell_p, cbin, start, order, nb, m, pbc, rsearch, rcut,
+                sort, seen, key_T, key_H, key_sp, cap, n_chunks)
+            _check_counts(counts, rcut, max_pairs, max_neighbours, pbc)
+        else:
+            first = np.zeros(N + 1, dtype=np.int64)
+            out_j = np.empty(visits, dtype=np.int64)
+            out_R = np.empty((visits, 3))
+            out_key = np.empty(visits if sort else 0, dtype=np.int64)
+            counts = _pairs_one_pass(positions, wrapped, n, cell_p, cbin, start, order, nb, m,
+                                     pbc, rsearch, rcut, sort, first, out_j, out_R, out_key,
+                                     key_T, key_H, key_sp, cap)
+            _check_counts(counts, rcut, max_pairs, max_neighbours, pbc)
+            total = int(first[N])
+            out_j, out_R = out_j[:total].copy(), out_R[:total].copy()
+            out_key = out_key[:total] if sort else out_key
+    else:
+        first = np.zeros(N + 1, dtype=np.int64)
+        dummy_j = np.zeros(0, dtype=np.int64)
+        dummy_R = np.zeros((0, 3))
+        search = _pairs_parallel if par else _pairs
+        extra = (cap, n_chunks) if par else (cap,)
+        counts = search(positions, wrapped, n, cell_p, cbin, start, order, nb, m, pbc, rsearch,
+                        rcut, False, False, first, dummy_j, dummy_R, dummy_j, key_T, key_H, key_sp,
+                        *extra)
+        total = _check_counts(counts, rcut, max_pairs, max_neighbours, pbc)
+        np.cumsum(counts, out=first[1:])
+        out_j = np.empty(total, dtype=np.int64)
+        out_R = np.empty((total, 3))
+        out_key = np.empty(total if sort else 0, dtype=np.int64)
+        search(positions, wrapped, n, cell_p, cbin, start, order, nb, m, pbc, rsearch, rcut,
+               True, sort, first, out_j, out_R, out_key, key_T, key_H, key_sp, *extra)
     if sort and par:
         _sort_pairs_parallel(first, out_j, out_R, out_key, n_chunks)
     elif sort:
