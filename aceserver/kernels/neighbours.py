@@ -206,7 +206,8 @@ def _pairs_range(lo, hi, p, positions, wrapped, binned, n, cell_p, cbin, start, 
     # Candidates are gathered without a branch (whether one lies within reach is a coin toss
     # the CPU cannot predict), then only those are turned into pairs.
     cand = np.empty(cap, dtype=np.int64)
-    image = np.empty((cap, 3), dtype=np.int64)
+    run_of = np.empty(cap, dtype=np.int64)
+    run_g = np.empty(((2 * m[0] + 1) * (2 * m[1] + 1) * (2 * m[2] + 1), 3), dtype=np.int64)
     for i in range(lo, hi):
         ci0 = cbin[i, 0]
         ci1 = cbin[i, 1]
@@ -216,6 +217,7 @@ def _pairs_range(lo, hi, p, positions, wrapped, binned, n, cell_p, cbin, start, 
         elif fill:
             p = first[i]
         k = 0
+        nr = 0
         for a0 in range(2 * m[0] + 1):
             c0 = tb0[ci0, a0]
             if c0 < 0:
@@ -239,21 +241,23 @@ def _pairs_range(lo, hi, p, positions, wrapped, binned, n, cell_p, cbin, start, 
                     t0 = v0 + g2 * cell_p[2, 0]
                     t1 = v1 + g2 * cell_p[2, 1]
                     t2 = v2 + g2 * cell_p[2, 2]
+                    run_g[nr, 0] = g0
+                    run_g[nr, 1] = g1
+                    run_g[nr, 2] = g2
                     for q in range(start[base + slo2[ci2, r]], start[base + shi2[ci2, r]]):
                         d0 = binned[q, 0] + t0
                         d1 = binned[q, 1] + t1
                         d2 = binned[q, 2] + t2
                         cand[k] = q
-                        image[k, 0] = g0
-                        image[k, 1] = g1
-                        image[k, 2] = g2
+                        run_of[k] = nr
                         k += d0 * d0 + d1 * d1 + d2 * d2 < rs2
+                    nr += 1
         cnt = 0
         for t in range(k):
             j = order[cand[t]]
-            g0 = image[t, 0]
-            g1 = image[t, 1]
-            g2 = image[t, 2]
+            g0 = run_g[run_of[t], 0]
+            g1 = run_g[run_of[t], 1]
+            g2 = run_g[run_of[t], 2]
             if j == i and g0 == 0 and g1 == 0 and g2 == 0:
                 continue
             # the returned vector is built from the caller's positions (R = r_j + S@cell - r_i),
