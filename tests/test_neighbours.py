@@ -403,7 +403,7 @@ def test_same_lattice_in_a_skewed_basis_gives_the_same_pairs(pbc):
     b = sorted(zip(i1.tolist(), j1.tolist(), np.round(R1, 8).tolist()))
     assert a == b
     # the binning basis found for the skewed cell is as short as the cubic one
-    basis, T = nl._binning_basis(skewed, np.broadcast_to(np.asarray(pbc), (3,)))
+    basis, T, _, _ = nl._binning_basis(skewed, np.broadcast_to(np.asarray(pbc), (3,)))
     per = np.broadcast_to(np.asarray(pbc), (3,))
     np.testing.assert_allclose(np.sort(np.linalg.norm(basis[per], axis=1)), 5.43, atol=1e-9)
     assert round(abs(np.linalg.det(T))) == 1

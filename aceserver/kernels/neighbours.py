@@ -80,6 +80,41 @@ def _fractional(positions, inv_basis, periodic, cell_p):
 
 
 @njit(cache=True, nogil=True)
+def _frame(positions, inv_basis, periodic, basis):
+    """Everything per atom that the bin geometry needs, in one call (each numpy call on these
+    small arrays costs microseconds, which add up to most of a small cell's search): the
+    periodic lattice cell_p, the fractional coordinates (see _fractional), how many cells away
+    the farthest atom lies, the largest coordinate scale, and the range of s."""
+    cell_p = np.zeros((3, 3))
+    reach = 0.0
+    scale = 0.0
+    for k in range(3):
+        if periodic[k]:
+            for c in range(3):
+                cell_p[k, c] = basis[k, c]
+                scale += abs(basis[k, c])
+    big = 0.0
+    for i in range(positions.shape[0]):
+        for k in range(3):
+            big = max(big, abs(positions[i, k]))
+            if periodic[k]:
+                f = (positions[i, 0] * inv_basis[0, k] + positions[i, 1] * inv_basis[1, k]
+                     + positions[i, 2] * inv_basis[2, k])
+                reach = max(reach, abs(f))
+    s, n, w = _fractional(positions, inv_basis, periodic, cell_p)
+    s_min = np.empty(3)
+    s_max = np.empty(3)
+    for k in range(3):
+        s_min[k] = np.inf
+        s_max[k] = -np.inf
+    for i in range(s.shape[0]):
+        for k in range(3):
+            s_min[k] = min(s_min[k], s[i, k])
+            s_max[k] = max(s_max[k], s[i, k])
+    return cell_p, s, n, w, reach, big + scale, s_min, s_max
+
+
+@njit(cache=True, nogil=True)
 def _bin_atoms(s, lo, width, nb):
     """Counting sort of atoms into bins; returns per-atom bin coordinates, bin offsets, atom order."""
     N = s.shape[0]
@@ -193,6 +228,14 @@ def _count_visits(start, nb, m, periodic):
     for b in range(seen.shape[0]):
         total += (start[b + 1] - start[b]) * seen[b]
     return total, seen
+
+
+@njit(cache=True, nogil=True)
+def _bin_and_count(s, lo, width, nb, m, periodic):
+    """_bin_atoms and _count_visits in one call; also the most candidates one atom visits."""
+    cbin, start, order = _bin_atoms(s, lo, width, nb)
+    visits, seen = _count_visits(start, nb, m, periodic)
+    return cbin, start, order, visits, seen, seen.max()
 
 
 @njit(cache=True, nogil=True)
@@ -609,15 +652,20 @@ def _reduce_lattice(vecs):
 
 
 def _binning_basis(cell, pbc):
-    """Cached _cell_basis: MD and servers see the same cell call after call."""
+    """Cached _cell_basis, the inverse of the basis and the lengths of its columns: MD and
+    servers see the same cell call after call."""
     key = (cell.tobytes(), pbc.tobytes())
     hit = _BASIS_CACHE.get(key)
     if hit is None:
-        hit = _cell_basis(cell, pbc)
+        basis, T = _cell_basis(cell, pbc)
+        inv_basis = np.linalg.inv(basis)
+        hit = (basis, T, inv_basis, np.linalg.norm(inv_basis, axis=0))
+        for a in hit:
+            a.flags.writeable = False    # shared between calls (and threads)
         if len(_BASIS_CACHE) >= 64:
             _BASIS_CACHE.clear()
         _BASIS_CACHE[key] = hit
-    return hit[0].copy(), hit[1].copy()
+    return hit
 
 
 _BASIS_CACHE: dict = {}
@@ -723,63 +771,59 @@ def neighbour_list(positions, cell, pbc, rcut, *, max_pairs=DEFAULT_MAX_PAIRS,
     """
     positions, cell, pbc, rcut = _validate(positions, cell, pbc, rcut)
     N = positions.shape[0]
-    basis, T = _binning_basis(cell, pbc)  # validates the cell even for N == 0
+    basis, T, inv_basis, recip = _binning_basis(cell, pbc)  # validates the cell even if N == 0
     if N == 0:
         return np.zeros(1, dtype=np.int64), np.zeros(0, dtype=np.int64), np.zeros((0, 3))
 
-    inv_basis = np.linalg.inv(basis)
-    if pbc.any():
+    # cell_p: the reduced lattice (zero rows along open directions, which never shift)
+    cell_p, s, n, wrapped, reach, scale, s_min, s_max = _frame(positions, inv_basis, pbc, basis)
+    if reach > 1e12:
         # the integer image of every atom must be exact (and fit int64)
-        reach = float(np.max(np.abs(positions @ inv_basis[:, pbc])))
-        if reach > 1e12:
-            raise ACEInputError(f"positions lie about {reach:.3g} cells away from the periodic cell; "
-                                "wrap them (or check units)", "positions")
-    cell_p = np.where(pbc[:, None], basis, 0.0)  # reduced lattice; open directions never shift
-    s, n, wrapped = _fractional(positions, inv_basis, pbc, cell_p)
+        raise ACEInputError(f"positions lie about {reach:.3g} cells away from the periodic cell; "
+                            "wrap them (or check units)", "positions")
 
     # Search radius with slack for rounding of large coordinates; R itself is tested exactly.
-    scale = float(np.max(np.abs(positions))) + float(np.sum(np.abs(cell_p)))
     rsearch = rcut * (1.0 + _SLACK) + 1e-12 * scale
     # |Δs_k| <= |ΔR| |b_k| with b_k the k-th reciprocal (column of inv_basis): the spacing of lattice
     # planes is 1/|b_k| (for open directions |b_k| = 1 and s_k is in Å).
-    recip = np.linalg.norm(inv_basis, axis=0)
-    lo = np.zeros(3)
-    width = np.ones(3)
+    recip = recip.tolist()
+    periodic = pbc.tolist()
+    lo = [0.0, 0.0, 0.0]
+    width = [1.0, 1.0, 1.0]
     nb = [1, 1, 1]  # Python ints until the grid is capped: open spans / rcut may exceed int64
     for k in range(3):
-        if pbc[k]:
+        if periodic[k]:
             nb[k] = max(1, int(math.floor(_BINS_PER_CUTOFF / (rsearch * recip[k] * (1.0 + 1e-6)))))
             width[k] = 1.0 / nb[k]
         else:
-            lo[k] = float(s[:, k].min())
+            lo[k] = float(s_min[k])
             width[k] = rsearch * (1.0 + 1e-6) / _BINS_PER_CUTOFF
-            nb[k] = int(math.floor((float(s[:, k].max()) - lo[k]) / width[k])) + 1
+            nb[k] = int(math.floor((float(s_max[k]) - lo[k]) / width[k])) + 1
     # Keep the grid O(N) (vacuum, isolated atoms far apart): coarsen the finest direction.
     max_bins = 2 * N + 64
     while math.prod(nb) > max_bins:
         k = nb.index(max(nb))
-        if pbc[k]:
+        if periodic[k]:
             nb[k] = max(1, nb[k] // 2)
             width[k] = 1.0 / nb[k]
         else:
-            span = float(s[:, k].max()) - lo[k]
+            span = float(s_max[k]) - lo[k]
             width[k] *= 2.0
             nb[k] = int(math.floor(span / width[k])) + 1
-    m_float = rsearch * recip / width * (1.0 + _SLACK)
+    m_float = [rsearch * recip[k] / width[k] * (1.0 + _SLACK) for k in range(3)]
+    m = [int(math.ceil(x)) for x in m_float]
     # bin images each atom scans: 2m+1 per direction, but never more than nb in an open direction
-    scans = [2.0 * math.ceil(x) + 1.0 for x in m_float]
-    images = math.prod(sc if pbc[k] else min(sc, float(nb[k])) for k, sc in enumerate(scans))
+    images = math.prod(2 * m[k] + 1 if periodic[k] else min(2 * m[k] + 1, nb[k]) for k in range(3))
     if images * math.prod(nb) > _MAX_BIN_IMAGES:
         raise _too_many(f"rcut = {rcut} Å needs about {images:.3g} periodic images of the cell "
                         f"per atom.", pbc)
-    m = np.array([int(math.ceil(x)) for x in m_float], dtype=np.int64)
-    nb = np.array(nb, dtype=np.int64)
 
-    cbin, start, order = _bin_atoms(s, lo, width, nb)
+    cbin, start, order, visits, seen, cap = _bin_and_count(
+        s, np.array(lo), np.array(width), np.array(nb, dtype=np.int64),
+        np.array(m, dtype=np.int64), pbc)
     pair_limit = min(int(max_pairs), int(max_neighbours) * N)
-    visits, seen = _count_visits(start, nb, m, pbc)
     visits = int(visits)
-    cap = int(seen.max())   # the most candidates one atom visits: the search's scratch
+    cap = int(cap)   # the most candidates one atom visits: the search's scratch
     if visits > _WORK_PER_PAIR * pair_limit + _WORK_FREE:
         raise _too_many(f"rcut = {rcut} Å would need about {visits:.3g} candidate pair checks "
                         f"(limit {_WORK_PER_PAIR * pair_limit + _WORK_FREE:.3g}).", pbc)
@@ -787,14 +831,17 @@ def neighbour_list(positions, cell, pbc, rcut, *, max_pairs=DEFAULT_MAX_PAIRS,
     # sort key: h = g @ T is the caller's shift up to a per-(i, j) constant; its range from the
     # largest image index scanned. Python ints to detect int64 overflow (absurdly skewed cells),
     # in which case pairs are ordered by the shift in the reduced basis instead.
-    g_max = [int(m[k]) // int(nb[k]) + 1 if pbc[k] else 0 for k in range(3)]
+    g_max = [m[k] // nb[k] + 1 if periodic[k] else 0 for k in range(3)]
     key_T = T
-    key_H = [sum(g_max[a] * abs(int(T[a, k])) for a in range(3)) for k in range(3)]
+    Tl = T.tolist()
+    key_H = [sum(g_max[a] * abs(Tl[a][k]) for a in range(3)) for k in range(3)]
     if N * math.prod(2 * h + 1 for h in key_H) >= 2**62:
         key_T = np.eye(3, dtype=np.int64)
         key_H = g_max
     key_sp = np.array([2 * h + 1 for h in key_H], dtype=np.int64)
     key_H = np.array(key_H, dtype=np.int64)
+    nb = np.array(nb, dtype=np.int64)
+    m = np.array(m, dtype=np.int64)
 
     par = n_chunks > 1
     if visits <= _ONE_PASS_MAX_VISITS:
