@@ -450,3 +450,24 @@ def test_one_pass_and_two_pass_searches_agree(monkeypatch, sort):
             np.testing.assert_array_equal(a, b)
     if sort:
         check(*args)   # and the two-pass list is right (against ase)
+
+
+def test_visit_count_equals_a_direct_count():
+    # the per-bin candidate count sizes the one-pass scratch: check the separable box sum
+    # against a direct sum over every scanned bin image (periodic images count once each)
+    rng = np.random.default_rng(0)
+    for _ in range(100):
+        nb = rng.integers(1, 6, 3)
+        m = rng.integers(0, 4, 3)
+        periodic = rng.random(3) < 0.6
+        occ = rng.integers(0, 3, nb.prod())
+        start = np.concatenate([[0], np.cumsum(occ)]).astype(np.int64)
+        want = np.zeros(nb.prod(), dtype=np.int64)
+        for b in itertools.product(*(range(k) for k in nb)):
+            for d in itertools.product(*(range(-k, k + 1) for k in m)):
+                c = [b[k] + d[k] for k in range(3)]
+                if any(not periodic[k] and not 0 <= c[k] < nb[k] for k in range(3)):
+                    continue
+                c = [c[k] % nb[k] for k in range(3)]
+                want[np.ravel_multi_index(b, nb)] += occ[np.ravel_multi_index(c, nb)]
+        np.testing.assert_array_equal(nl._bin_visits(start, nb, m, periodic), want)

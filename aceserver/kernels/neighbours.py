@@ -192,30 +192,44 @@ def _segment_table(nb, m, periodic):
 
 @njit(cache=True, nogil=True)
 def _bin_visits(start, nb, m, periodic):
-    """Per bin, how many candidate atoms (atom images) the scan of one of its atoms visits."""
+    """Per bin, how many candidate atoms (atom images) the scan of one of its atoms visits.
+
+    The scanned bins are a product of per-direction offsets, so the count is a box sum done one
+    direction at a time (a periodic bin seen through several images counts once per image)."""
     tb0, _ = _scan_table(nb[0], m[0], periodic[0])
     tb1, _ = _scan_table(nb[1], m[1], periodic[1])
-    sn2, slo2, shi2, _ = _segment_table(nb[2], m[2], periodic[2])
-    seen = np.zeros(nb[0] * nb[1] * nb[2], dtype=np.int64)
-    for b0 in range(nb[0]):
-        for b1 in range(nb[1]):
-            for b2 in range(nb[2]):
-                b = (b0 * nb[1] + b1) * nb[2] + b2
-                if start[b + 1] == start[b]:
-                    continue
-                v = 0
-                for a0 in range(2 * m[0] + 1):
-                    c0 = tb0[b0, a0]
-                    if c0 < 0:
-                        continue
-                    for a1 in range(2 * m[1] + 1):
-                        c1 = tb1[b1, a1]
-                        if c1 < 0:
-                            continue
-                        base = (c0 * nb[1] + c1) * nb[2]
-                        for r in range(sn2[b2]):
-                            v += start[base + shi2[b2, r]] - start[base + slo2[b2, r]]
-                seen[b] = v
+    tb2, _ = _scan_table(nb[2], m[2], periodic[2])
+    n0, n1, n2 = nb[0], nb[1], nb[2]
+    occ = np.empty((n0, n1, n2), dtype=np.int64)
+    for b0 in range(n0):
+        for b1 in range(n1):
+            for b2 in range(n2):
+                b = (b0 * n1 + b1) * n2 + b2
+                occ[b0, b1, b2] = start[b + 1] - start[b]
+    s2 = np.zeros((n0, n1, n2), dtype=np.int64)
+    for b0 in range(n0):
+        for b1 in range(n1):
+            for b2 in range(n2):
+                for a in range(2 * m[2] + 1):
+                    c = tb2[b2, a]
+                    if c >= 0:
+                        s2[b0, b1, b2] += occ[b0, b1, c]
+    s1 = np.zeros((n0, n1, n2), dtype=np.int64)
+    for b0 in range(n0):
+        for b1 in range(n1):
+            for a in range(2 * m[1] + 1):
+                c = tb1[b1, a]
+                if c >= 0:
+                    for b2 in range(n2):
+                        s1[b0, b1, b2] += s2[b0, c, b2]
+    seen = np.zeros(n0 * n1 * n2, dtype=np.int64)
+    for b0 in range(n0):
+        for a in range(2 * m[0] + 1):
+            c = tb0[b0, a]
+            if c >= 0:
+                for b1 in range(n1):
+                    for b2 in range(n2):
+                        seen[(b0 * n1 + b1) * n2 + b2] += s1[c, b1, b2]
     return seen
 
 
