@@ -38,30 +38,32 @@ def build_product_dag(aa_spec: np.ndarray):
     for t in sorted(tuples, key=len):
         node(t)
     parent, node_a = np.array(parent, dtype=np.int64), np.array(node_a, dtype=np.int64)
+    order = np.empty(len(parent), dtype=np.int64)          # product order of each node
+    for t, k in index.items():
+        order[k] = len(t)
     aa_node = np.array([index[t] for t in tuples], dtype=np.int64)
-    return _parent_order(parent, node_a, aa_node)
+    return _parent_order(parent, node_a, order, aa_node)
 
 
-def _parent_order(parent, node_a, aa_node):
+def renumber_parents(parent, new_index):
+    """Parent indices mapped through new_index (old node -> new node); -1 (no parent) stays."""
+    return np.where(parent >= 0, new_index[np.maximum(parent, 0)], -1)
+
+
+def _parent_order(parent, node_a, order, aa_node):
     """Renumber nodes so that, order by order, children of one parent are adjacent and parents
     are visited in increasing order (the forward pass reads parents, the reverse pass adds into
     them, as a sweep instead of jumps)."""
-    depth = np.zeros(len(parent), dtype=np.int64)
-    for k in range(len(parent)):                 # parents come before their children
-        if parent[k] >= 0:
-            depth[k] = depth[parent[k]] + 1
     new_of_old = np.empty(len(parent), dtype=np.int64)
     done = 0
-    for d in range(int(depth.max()) + 1 if len(parent) else 0):
-        ks = np.flatnonzero(depth == d)
-        key_parent = np.where(parent[ks] >= 0, new_of_old[np.maximum(parent[ks], 0)], -1)
-        ks = ks[np.lexsort((node_a[ks], key_parent))]
+    for n in np.unique(order):                   # a node's parent has a lower order
+        ks = np.flatnonzero(order == n)
+        ks = ks[np.lexsort((node_a[ks], renumber_parents(parent[ks], new_of_old)))]
         new_of_old[ks] = np.arange(done, done + len(ks))
         done += len(ks)
     old_of_new = np.argsort(new_of_old)
-    par = parent[old_of_new]
-    par = np.where(par >= 0, new_of_old[np.maximum(par, 0)], -1)
-    return par, node_a[old_of_new], new_of_old[aa_node]
+    return (renumber_parents(parent[old_of_new], new_of_old), node_a[old_of_new],
+            new_of_old[aa_node])
 
 
 def prune_dag(parent, node_a, node_coef):
@@ -75,8 +77,7 @@ def prune_dag(parent, node_a, node_coef):
             keep[parent[k]] = True
     new_index = -np.ones(len(parent), dtype=np.int64)
     new_index[keep] = np.arange(int(keep.sum()))
-    par = parent[keep]
-    par = np.where(par >= 0, new_index[np.maximum(par, 0)], -1)
+    par = renumber_parents(parent[keep], new_index)
     return keep, par, node_a[keep], np.ascontiguousarray(node_coef[..., keep])
 
 

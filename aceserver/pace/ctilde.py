@@ -21,7 +21,7 @@ import itertools
 
 import numpy as np
 
-from ..basis.products import build_product_dag
+from ..basis.products import build_product_dag, renumber_parents
 
 SQ4PI = np.sqrt(4 * np.pi)
 
@@ -95,10 +95,9 @@ def split_leaves(parent, node_a, coef):
     internal = has_child
     new = -np.ones(n, dtype=np.int64)
     new[internal] = np.arange(int(internal.sum()))
-    ip = parent[internal]
-    ip = np.where(ip >= 0, new[np.maximum(ip, 0)], -1)
+    ip = renumber_parents(parent[internal], new)
     leaves = np.flatnonzero(~internal)
-    lp = np.where(parent[leaves] >= 0, new[np.maximum(parent[leaves], 0)], -1)
+    lp = renumber_parents(parent[leaves], new)
     order = np.argsort(lp, kind="stable")          # roots (-1) first, then by parent
     leaves, lp = leaves[order], lp[order]
     return ip, node_a[internal], coef[:, internal], lp, node_a[leaves], coef[:, leaves]
