@@ -13,9 +13,9 @@ import importlib
 __version__ = "0.1.0"
 
 _LAZY = {
-    "ace1_model": "aceserver.model",
-    "ACEModel": "aceserver.model",
-    "load_model": "aceserver.model",
+    "ace1_model": "aceserver.ace1.model",
+    "ACEModel": "aceserver.ace1.model",
+    "load_model": "aceserver.loading",
     "ACECalculator": "aceserver.calculator",
     "Evaluation": "aceserver.evaluation",
 }

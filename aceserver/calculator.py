@@ -7,10 +7,10 @@ import math
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 
 from .evaluation import volume
-from .model import load_model
-from .potential import SitePotential
+from .evaluation.site_potential import SitePotential
+from .evaluation.verlet import DEFAULT_SKIN, VerletList
+from .loading import load_model
 from .structure import same_array
-from .verlet import DEFAULT_SKIN, VerletList
 
 
 class ACECalculator(Calculator):

@@ -16,7 +16,7 @@ import numpy as np
 CHILD = r'''
 import sys, time, json, numpy as np
 from ase.build import bulk
-from aceserver.model import load_model
+from aceserver.loading import load_model
 m = load_model(sys.argv[1])
 at = bulk(m.elements[0], "diamond", a=5.43, cubic=True) * (2, 2, 2)
 at.positions += np.random.default_rng(0).normal(scale=0.1, size=at.positions.shape)

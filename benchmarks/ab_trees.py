@@ -20,8 +20,8 @@ CHILD = r"""
 import json, sys, time
 import numpy as np
 from ase.build import bulk
-from aceserver.model import load_model
-from aceserver.kernels import ace as K
+from aceserver.loading import load_model
+from aceserver.kernels import site_pass as K
 
 path, cell, a, repeats, calls = sys.argv[1], sys.argv[2], float(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 m = load_model(path)

@@ -69,7 +69,7 @@ def main():
     import numba
     numba.set_num_threads(1)
     import aceserver
-    from aceserver.model import load_model
+    from aceserver.loading import load_model
     model = load_model(args.model)
     committee = not args.no_committee
     atoms = structure()

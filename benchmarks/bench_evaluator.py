@@ -12,7 +12,7 @@ import numba
 import numpy as np
 
 import aceserver
-from aceserver.commands.bench import build_structure, time_calls
+from aceserver.benchmarking import build_structure, time_calls
 
 
 def main():

@@ -14,8 +14,8 @@ import numpy as np
 from pyace import PyACECalculator
 
 import aceserver
-from aceserver.commands.bench import build_structure
-from aceserver.io.yace_export import export_yace, verify_with_pyace
+from aceserver.benchmarking import build_structure
+from aceserver.pacemaker.export import export_yace, verify_with_pyace
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -25,8 +25,8 @@ from numba import njit
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from aceserver.kernels import ace as K                                    # noqa: E402
-from aceserver.kernels.pace import embed, table_features  # noqa: E402
+from aceserver.kernels import site_pass as K                                   # noqa: E402
+from aceserver.kernels.pace_features import embed, table_features  # noqa: E402
 
 
 @njit(cache=True, nogil=True)
@@ -96,7 +96,7 @@ def staged(first, nbr, R, zat, T, stage):
 
 
 def load(path):
-    from aceserver.model import load_model
+    from aceserver.loading import load_model
     return load_model(path)
 
 

@@ -171,7 +171,7 @@ def test_fast_form_equals_basis_form(si_model, tial_model):
 
 
 def test_parallel_kernel_equals_serial(tial_model):
-    from aceserver.model import PARALLEL_MIN_ATOMS
+    from aceserver.evaluation.site_potential import PARALLEL_MIN_ATOMS
     at = tial_cell() * (4, 3, 3)
     assert len(at) >= PARALLEL_MIN_ATOMS
     a = ev(tial_model, at, threads=1)
@@ -262,7 +262,7 @@ def test_ase_calculator_direct_calculate_calls_snapshot_the_atoms(si_model):
 
 
 def test_one_compilation_serves_every_structure_size(si_model):
-    from aceserver.kernels import ace as K
+    from aceserver.kernels import site_pass as K
     from aceserver.kernels import neighbours as NL
     for reps in (1, 2, 3):
         at = si_cell() * (reps, 1, 1)

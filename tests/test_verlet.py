@@ -6,7 +6,7 @@ import pytest
 from ase.build import bulk
 
 from aceserver.kernels.neighbours import neighbour_list
-from aceserver.verlet import VerletList
+from aceserver.evaluation.verlet import VerletList
 
 
 def _pair_set(first, nbr, R):

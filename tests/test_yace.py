@@ -19,8 +19,8 @@ from ase.build import bulk
 
 import aceserver
 from aceserver.errors import ACEInputError, ModelFileError
-from aceserver.io.yace import read_yace, write_yace
-from aceserver.pace.potential import PACEPotential
+from aceserver.pacemaker.yace import read_yace, write_yace
+from aceserver.pacemaker.potential import PACEPotential
 
 DATA = Path(__file__).resolve().parent / "data"
 CU = DATA / "Cu-PBE-core-rep.yace"
@@ -148,7 +148,7 @@ def test_fd_real_cu_compressed_core_repulsion(cu_spec):
 
 def test_fd_rho_core_cutoff_transition(cu_spec):
     """ρ_core cut-off lowered so that atoms sit inside the switching interval."""
-    from aceserver.pace.radial import core_repulsion
+    from aceserver.pacemaker.radial_basis import core_repulsion
     atoms = _cu_cell(a=3.2, rattle=0.1, seed=5)
     b = cu_spec.bonds[(0, 0)]
     i, d = _pair_distances(atoms, b.rcut)

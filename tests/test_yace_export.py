@@ -10,10 +10,10 @@ import yaml
 from scipy.special import sph_harm_y
 
 import aceserver
-from aceserver.commands.bench import build_structure
-from aceserver.io.yace_angular import SQRT_4PI, expand_model, expand_nodes, real_to_complex
-from aceserver.io.yace_export import export_yace, verify_with_pyace
-from aceserver.io.yace_radial_fit import fit_bond, model_radials, pace_basis
+from aceserver.benchmarking import build_structure
+from aceserver.pacemaker.export_angular import SQRT_4PI, expand_model, expand_nodes, real_to_complex
+from aceserver.pacemaker.export import export_yace, verify_with_pyace
+from aceserver.pacemaker.export_radial import fit_bond, model_radials, pace_basis
 from aceserver.kernels.ylm import real_sph_harm
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -148,7 +148,7 @@ def test_radial_fit_error_is_below_the_documented_bound():
     s, fast = model._static, model._fast
 
     def pair(r):
-        from aceserver.io.yace_radial_fit import model_pair
+        from aceserver.pacemaker.export_radial import model_pair
         V, dV = model_pair(r, s["pr_t"], 0, 0, s["pair_p"], fast.pair_spl)
         return V[:, None], dV[:, None]
 

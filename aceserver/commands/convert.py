@@ -29,12 +29,12 @@ def add_arguments(parser):
 
 
 def _write_yace(model, out: Path, nradbase=None, lambdas=None) -> dict:
-    from aceserver.pace.potential import PACEPotential
+    from aceserver.pacemaker.potential import PACEPotential
     if isinstance(model, PACEPotential):
-        from aceserver.io.yace import write_yace
+        from aceserver.pacemaker.yace import write_yace
         write_yace(model.spec, out)
         return {"format": "yace", "source": "pacemaker potential (content unchanged)"}
-    from aceserver.io.yace_export import export_yace       # ACE1 model -> pacemaker C-tilde basis
+    from aceserver.pacemaker.export import export_yace       # ACE1 model -> pacemaker C-tilde basis
     kw = {}
     if nradbase is not None:
         kw["nradbase"] = nradbase
@@ -45,7 +45,7 @@ def _write_yace(model, out: Path, nradbase=None, lambdas=None) -> dict:
 
 def run(args) -> int:
     from aceserver.errors import ModelFileError
-    from aceserver.model import load_model
+    from aceserver.loading import load_model
 
     src, out = Path(args.input), Path(args.output)
     if out.suffix.lower() not in (".json", ".yace"):

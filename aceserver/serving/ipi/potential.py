@@ -11,7 +11,7 @@ import numpy as np
 from ase import units
 
 from aceserver.errors import ACEInputError
-from aceserver.verlet import VerletList
+from aceserver.evaluation.verlet import VerletList
 
 # ASE's constants, so that a round trip through ASE's SocketIOCalculator is exact;
 # i-PI's own constants differ from these by ~1e-8.

@@ -13,11 +13,11 @@ import threading
 import numba
 import numpy as np
 
-from .errors import ACEInputError
-from .evaluation import Evaluation
-from .kernels import ace as K
-from .kernels.neighbours import min_distance, neighbour_list
-from .structure import MIN_DISTANCE, prepare
+from ..errors import ACEInputError
+from .result import Evaluation
+from ..kernels import site_pass as K
+from ..kernels.neighbours import min_distance, neighbour_list
+from ..structure import MIN_DISTANCE, prepare
 
 # numba's default threading layer must not be entered by two threads at once: the parallel
 # kernel runs under this lock, and a caller that finds it taken uses the serial kernel.

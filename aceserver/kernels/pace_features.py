@@ -1,47 +1,15 @@
-"""The site tables every potential compiles to, and the pieces of the site pass that only
-tabulated (pacemaker) potentials use: radials R_nl per species pair from cubic Hermite tables,
-the A accumulation with l-dependent radials, the embedding F(ρ_1..ρ_P) with the core-repulsion
-cut-off or the ZBL switch. The pass itself is `ace._fast_range`."""
+"""The pieces of the site pass that only tabulated (pacemaker) potentials use: radials R_nl per
+species pair from cubic Hermite tables, the A accumulation with l-dependent radials, the embedding
+F(ρ_1..ρ_P) with the core-repulsion cut-off or the ZBL switch. The pass itself is
+`site_pass._fast_range`; the tables are `site_tables.SiteTables`."""
 from __future__ import annotations
 
 import math
-from collections import namedtuple
 
 import numpy as np
 from numba import njit
 
 from .ylm import ylm_grad
-
-SiteTables = namedtuple("SiteTables", [
-    "mode",            # int: 0 ace1 radials and pair term, 1 tabulated radials with an embedding
-    "e0",              # (nz,) eV, one-body energies
-    "lmax",            # int
-    "mb_t", "mb_spl",  # ace1: Agnesi transform (nz, nz, 7) and radial splines (n_int, 4, n_poly)
-    "pr_t", "pair_p", "pair_spl",   # ace1 pair term
-    "tab",             # tabulated: (nz, nz, n_nodes, 2, nf) value and d/dr at r = n·h; functions
-                       #   R_nl (index n(L+1)+l), g_k (N(L+1)+k), φ_core (last)
-    "tab_h", "tab_rc",  # (nz, nz) node spacing and cut-off, Å
-    "row_off", "row_lmax",  # A row n holds functions row_off[n] + l, l <= row_lmax[n]
-    "parent", "node_a", "node_lo", "node_hi",   # product DAG; species z uses nodes lo[z]..hi[z]-1
-    "coef",            # (M, nz, n_nodes): M parameter sets (ace1) or densities (tabulated)
-    "leaf_parent", "leaf_a",  # leaves (childless products AA[parent]·A[a]), uint32; parent
-                       #   n_nodes (AA = 1 there) for products of one A
-    "leaf_lo", "leaf_hi",  # species z's leaves leaf_lo[z]..leaf_hi[z]-1
-    "leaf_coef",       # (nz, n_leaves, M): coefficients of each leaf for the M sets
-    "emb_kind",        # (nz,) 0 FinnisSinclair, 1 FinnisSinclairShiftedScaled
-    "emb_par",         # (nz, M, 2) prefactor, exponent per density (prefactor 0: unused)
-    "rho_cut",         # (nz, 2) ρ_core cut-off and its width
-    "inner",           # int: 0 density, 1 distance, 2 zbl
-    "zin",             # (nz, nz, 2) inner cut-off r_in, Δ_in (ZBL switch)
-])
-
-INNER_TYPES = {"density": 0, "distance": 1, "zbl": 2}
-EMBEDDING_KINDS = {"FinnisSinclair": 0, "FinnisSinclairShiftedScaled": 1}
-
-
-def unused(ndim, dtype=np.float64):
-    """Placeholder for a table the other radial mode uses (same type, so one compile)."""
-    return np.zeros((1,) * ndim, dtype=dtype)
 
 
 @njit(cache=True, nogil=True, inline="always")

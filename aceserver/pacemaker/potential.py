@@ -13,12 +13,12 @@ import numpy as np
 
 from ..errors import ACEInputError, ModelFileError
 from ..io import modelfile
-from ..io.yace import YaceSpec, parse_document, read_yace
-from ..kernels.pace import EMBEDDING_KINDS, INNER_TYPES, SiteTables, unused
-from ..potential import SitePotential
+from .yace import YaceSpec, parse_document, read_yace
+from ..kernels.site_tables import EMBEDDING_KINDS, INNER_TYPES, SiteTables, unused
+from ..evaluation.site_potential import SitePotential
 from ..structure import MIN_DISTANCE, species_lookup
 from .ctilde import species_dags
-from .radial import hermite_tables
+from .radial_basis import hermite_tables
 
 MODEL_KIND = "PACE"
 

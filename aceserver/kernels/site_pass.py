@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .pace import embed, neighbour_vector, table_features
+from .pace_features import embed, neighbour_vector, table_features
 from .radial import (agnesi, mb_radials, pair_envelope, spline_eval_all, spline_eval_one,
                      spline_interval)
 from .ylm import project, ylm_grad, ylm_norms

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .yace_angular import expand_model
-from .yace_radial_fit import fit_bond, model_pair, model_radials
+from .export_angular import expand_model
+from .export_radial import fit_bond, model_pair, model_radials
 
 FORMAT_NOTE = ("exported by aceserver; units eV and Angstrom; angular part exact, radial and pair "
                "functions fitted on [r_min, rcut]: see radial_accuracy and accuracy_vs_pyace")
@@ -252,7 +252,7 @@ def verify_with_pyace(model, path, structures=None) -> dict | None:
     except ImportError:
         return None
     if structures is None:
-        from ..commands.bench import build_structure
+        from ..benchmarking import build_structure
         structures = [build_structure("diamond64", model.elements, seed=s) for s in (0, 1)]
     calc = PyACECalculator(str(path))
     dE = dF = dS = 0.0

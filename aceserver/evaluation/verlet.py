@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .kernels.neighbours import neighbour_list, refresh_pairs
-from .structure import same_array
+from ..kernels.neighbours import neighbour_list, refresh_pairs
+from ..structure import same_array
 
 DEFAULT_SKIN = 0.3   # Å: MD steps move atoms ~0.01 Å, so a search lasts tens of steps
 

@@ -1,0 +1,46 @@
+"""Post-processing that every front end (ASE calculator, HTTP, i-PI, CLI) needs, defined once.
+
+* Stress: ASE's σ = -W/V in eV/Å³, Voigt order xx yy zz yz xz xy, and only for cells periodic in
+  all three directions with a non-zero volume (elsewhere a volume means nothing).
+* Virial: W = -Σ_ij ∂E_i/∂R_ij ⊗ R_ij in eV, symmetric (`SitePotential.evaluate` symmetrises it).
+* Committee spread: the population standard deviation of the K members' predictions,
+  sqrt(Σ_k (x_k - x̄)² / K) (ddof 0: the spread of the committee as sampled, 0 for K = 1),
+  in the members' units. HTTP's `energy_std`/`forces_std`, the ASE calculator's `energy_std` and
+  i-PI's `committee_uncertainty` all use it.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+VOIGT = ((0, 0), (1, 1), (2, 2), (1, 2), (0, 2), (0, 1))   # xx yy zz yz xz xy
+COMMITTEE_DDOF = 0
+
+
+def volume(cell) -> float:
+    """|det(cell)| in Å³ (a triple product in floats: np.linalg.det costs ~40 µs per call)."""
+    (a0, a1, a2), (b0, b1, b2), (c0, c1, c2) = np.asarray(cell, dtype=float).tolist()
+    return abs(a0 * (b1 * c2 - b2 * c1) - a1 * (b0 * c2 - b2 * c0) + a2 * (b0 * c1 - b1 * c0))
+
+
+def voigt(tensor) -> np.ndarray:
+    """(3, 3) -> (6,) in Voigt order xx yy zz yz xz xy."""
+    t = np.asarray(tensor)
+    return np.array([t[i, j] for i, j in VOIGT])
+
+
+def has_stress(cell, pbc) -> bool:
+    """Stress is defined for cells periodic in all three directions with a non-zero volume."""
+    return cell is not None and bool(np.all(pbc)) and volume(cell) > 0.0
+
+
+def stress(virial, cell) -> np.ndarray:
+    """ASE stress σ = -W/V in Voigt order (xx, yy, zz, yz, xz, xy), eV/Å³."""
+    v = volume(cell)
+    if v <= 0.0:
+        raise ValueError("stress needs a cell with non-zero volume")
+    return voigt(-np.asarray(virial) / v)
+
+
+def committee_spread(values, axis: int = 0):
+    """Standard deviation over the committee axis (ddof 0, see the module docstring)."""
+    return np.std(np.asarray(values), axis=axis, ddof=COMMITTEE_DDOF)

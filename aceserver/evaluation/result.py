@@ -1,0 +1,44 @@
+"""The one result type every potential returns and every front end reads, units on each field.
+
+Units: energies eV, positions and cell Å (cell rows are lattice vectors), forces eV/Å,
+virial eV with W = -V·σ (σ the ASE stress), stress eV/Å³ in Voigt order xx yy zz yz xz xy.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import postprocess
+
+
+@dataclass
+class Evaluation:
+    energy: float                      # eV, includes the one-body E0 terms
+    forces: np.ndarray                 # (N, 3) eV/Å
+    virial: np.ndarray                 # (3, 3) eV, symmetric, W = -Σ_ij ∂E_i/∂R_ij ⊗ R_ij
+    energies: np.ndarray               # (N,) eV, per-atom site energies, sum to `energy`
+    energy_committee: np.ndarray | None = None   # (K,) eV, one energy per committee member
+    forces_committee: np.ndarray | None = None   # (K, N, 3) eV/Å, only when asked for
+
+    def stress(self, cell: np.ndarray) -> np.ndarray:
+        """ASE stress σ = -W/V in Voigt order (xx, yy, zz, yz, xz, xy), eV/Å³."""
+        return postprocess.stress(self.virial, cell)
+
+    def periodic_stress(self, cell, pbc) -> np.ndarray | None:
+        """The stress where it is defined (3-D periodic cell, non-zero volume), else None."""
+        return self.stress(cell) if postprocess.has_stress(cell, pbc) else None
+
+    @property
+    def energy_std(self) -> float | None:
+        """Committee spread of the energy, eV (`postprocess.committee_spread`); None without one."""
+        if self.energy_committee is None:
+            return None
+        return float(postprocess.committee_spread(self.energy_committee))
+
+    @property
+    def forces_std(self) -> np.ndarray | None:
+        """Committee spread of the forces, (N, 3) eV/Å; None unless committee forces were asked for."""
+        if self.forces_committee is None:
+            return None
+        return postprocess.committee_spread(self.forces_committee)
