@@ -86,9 +86,9 @@ def snapshot(yaces) -> dict[str, np.ndarray]:
                     out[key + "/energy_committee"] = np.asarray(ev.energy_committee)
                 if ev.forces_committee is not None:
                     out[key + "/forces_committee"] = np.asarray(ev.forces_committee)
-            if hasattr(model, "basis_rows") and sname in ("bulk", "slab"):
+            if path.suffix == ".json" and sname in ("bulk", "slab"):       # ace1 models: fitting rows
                 rows = model.basis_rows(atoms.numbers, atoms.positions, atoms.cell.array, atoms.pbc)
-                for k, v in (rows.items() if isinstance(rows, dict) else enumerate(rows)):
+                for k, v in enumerate(rows):
                     out[f"{name}/{sname}/rows/{k}"] = np.asarray(v)
         with tempfile.TemporaryDirectory() as tmp:
             if path.suffix == ".yace":
