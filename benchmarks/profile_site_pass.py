@@ -25,6 +25,8 @@ from numba import njit
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from aceserver.kernels import atomic_base as AB  # noqa: E402
+from aceserver.kernels import scatter as SC  # noqa: E402
 from aceserver.kernels import site_pass as K                                   # noqa: E402
 from aceserver.kernels.pace_features import embed, table_features  # noqa: E402
 
@@ -41,7 +43,7 @@ def staged(first, nbr, R, zat, T, stage):
     M = T.coef.shape[0]
     n_rad, ls = K.radial_layout(T, mode)
     row_off, row_lmax = T.row_off, T.row_lmax
-    scratch = K.site_scratch(first, 0, N, n_rad, T.lmax, nz)
+    scratch = AB.site_scratch(first, 0, N, n_rad, T.lmax, nz)
     Kn, Q, C, S, zb, slot, zj, rhat, rr, rinv, rad, drad, Y, dY = scratch
     row = np.empty((2, n_rad))
     A = np.empty((nz, row_off.shape[0], nlm))
@@ -56,10 +58,10 @@ def staged(first, nbr, R, zat, T, stage):
     for i in range(N):
         zi = zat[i]
         lo, hi = T.node_lo[zi], T.node_hi[zi]
-        J = K.sort_neighbours(i, first, nbr, zat, zb, slot)
+        J = AB.sort_neighbours(i, first, nbr, zat, zb, slot)
         jstar = -1
         if mode == 0:
-            K.site_features(i, J, slot, R, zat, nbr, T.mb_t, T.mb_spl, T.lmax, Kn, Q, C, S,
+            AB.site_features(i, J, slot, R, zat, nbr, T.mb_t, T.mb_spl, T.lmax, Kn, Q, C, S,
                             zj, rhat, rr, rinv, rad, drad, Y, dY)
         else:
             jstar = table_features(i, J, slot, R, zat, nbr, T, Kn, Q, C, S, zj, rhat, rinv, rad,
@@ -67,14 +69,14 @@ def staged(first, nbr, R, zat, T, stage):
         chk += rad[0, 0] + dY[2, nlm - 1, J - 1]
         if stage < 1:
             continue
-        K.accumulate_a(zb, rad, Y, A, row_off, row_lmax, ls)
+        AB.accumulate_a(zb, rad, Y, A, row_off, row_lmax, ls)
         chk += Af[-1]
         if stage < 2:
             continue
-        K.forward_aa(Af, T.parent, T.node_a, AA, lo, hi)
+        AB.forward_aa(Af, T.parent, T.node_a, AA, lo, hi)
         llo, lhi = T.leaf_lo[zi], T.leaf_hi[zi]
         for mm in range(M):
-            rho[mm] = K.dot_range(T.coef[mm, zi], AA, lo, hi)
+            rho[mm] = AB.dot_range(T.coef[mm, zi], AA, lo, hi)
         if lhi > llo:
             K.leaf_densities(Af, AA, T.leaf_parent, T.leaf_a, T.leaf_coef, zi, rho, llo, lhi)
         if mode == 0:
@@ -90,7 +92,7 @@ def staged(first, nbr, R, zat, T, stage):
         if lhi > llo:
             K.reverse_leaves(Af, AA, T.leaf_parent, T.leaf_a, T.leaf_coef, zi, seed, dAf, dAA,
                              llo, lhi)
-        K.reverse_aa(Af, AA, T.parent, T.node_a, dAf, dAA, lo, hi)
+        AB.reverse_aa(Af, AA, T.parent, T.node_a, dAf, dAA, lo, hi)
         chk += dAf[0]
     return chk
 
@@ -152,7 +154,7 @@ def main():
     tn = cpu_min(lambda: pot._neighbours(atoms.numbers, atoms.positions, atoms.cell.array, atoms.pbc),
                  args.calls, args.rounds) / n * 1e6
     E, G, _ = K.fast_serial(first, nbr, R, z, T, True)
-    ts = cpu_min(lambda: K.scatter_forces_virial(first, nbr, R, G, n), args.calls, args.rounds) / n * 1e6
+    ts = cpu_min(lambda: SC.scatter_forces_virial(first, nbr, R, G, n), args.calls, args.rounds) / n * 1e6
     te = cpu_min(lambda: pot.evaluate(atoms.numbers, atoms.positions, atoms.cell.array, atoms.pbc,
                                       threads=1), args.calls, args.rounds) / n * 1e6
     print(f"{'stage':<18}{'cumulative':>12}{'this stage':>12}   (µs/atom, CPU time, min of {args.rounds})")

@@ -13,6 +13,8 @@ from ase.neighborlist import neighbor_list as ase_neighbor_list
 
 from aceserver.errors import ACEInputError
 from aceserver.kernels import neighbours as nl
+from aceserver.kernels.lattice import binning_basis
+from aceserver.kernels.neighbour_search import _bin_visits
 from aceserver.kernels.neighbours import min_distance, neighbour_list
 
 
@@ -403,7 +405,7 @@ def test_same_lattice_in_a_skewed_basis_gives_the_same_pairs(pbc):
     b = sorted(zip(i1.tolist(), j1.tolist(), np.round(R1, 8).tolist()))
     assert a == b
     # the binning basis found for the skewed cell is as short as the cubic one
-    basis, T, _, _ = nl._binning_basis(skewed, np.broadcast_to(np.asarray(pbc), (3,)))
+    basis, T, _, _ = binning_basis(skewed, np.broadcast_to(np.asarray(pbc), (3,)))
     per = np.broadcast_to(np.asarray(pbc), (3,))
     np.testing.assert_allclose(np.sort(np.linalg.norm(basis[per], axis=1)), 5.43, atol=1e-9)
     assert round(abs(np.linalg.det(T))) == 1
@@ -470,4 +472,4 @@ def test_visit_count_equals_a_direct_count():
                     continue
                 c = [c[k] % nb[k] for k in range(3)]
                 want[np.ravel_multi_index(b, nb)] += occ[np.ravel_multi_index(c, nb)]
-        np.testing.assert_array_equal(nl._bin_visits(start, nb, m, periodic), want)
+        np.testing.assert_array_equal(_bin_visits(start, nb, m, periodic), want)

@@ -13,10 +13,10 @@ from ..basis.ace1 import ACE1Basis, build_ace1_basis
 from ..basis.polynomials import natural_spline_coefficients
 from ..basis.products import a_dense_index, build_product_dag, prune_dag
 from ..errors import ModelFileError
-from ..io import modelfile
-from ..kernels import site_pass as K
-from ..kernels.site_tables import SiteTables, unused
 from ..evaluation.site_potential import SitePotential
+from ..io import modelfile
+from ..kernels.basis_rows import basis_rows
+from ..kernels.site_tables import SiteTables, unused
 from ..structure import species_lookup
 
 
@@ -178,7 +178,7 @@ class ACEModel(SitePotential):
 
     def _basis_pass(self, z, first, nbr, R, with_grad=True):
         s = self._static
-        return K.basis_rows(first, nbr, R, z, self.basis.nz, s["mb_t"], s["mb_spl"], s["lmax"],
+        return basis_rows(first, nbr, R, z, self.basis.nz, s["mb_t"], s["mb_spl"], s["lmax"],
                             s["parent"], s["node_a"], s["aa_node"], s["c_ptr"], s["c_idx"],
                             s["c_val"], s["pr_t"], s["pair_p"], s["pair_bspl"], with_grad)
 

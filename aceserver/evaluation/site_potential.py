@@ -16,6 +16,7 @@ import numpy as np
 from ..errors import ACEInputError
 from .result import Evaluation
 from ..kernels import site_pass as K
+from ..kernels.scatter import scatter_forces_virial, scatter_forces_virial_parallel
 from ..kernels.neighbours import min_distance, neighbour_list
 from ..structure import MIN_DISTANCE, prepare
 
@@ -66,12 +67,12 @@ class SitePotential:
             if parallel:
                 E, G, ec = K.fast_parallel(first, nbr, R, z, tables, forces, n_chunks)
                 if forces:
-                    F, W = K.scatter_forces_virial_parallel(first, nbr, R, G, len(z),
+                    F, W = scatter_forces_virial_parallel(first, nbr, R, G, len(z),
                                                             numba.get_num_threads())
             else:
                 E, G, ec = K.fast_serial(first, nbr, R, z, tables, forces)
                 if forces:
-                    F, W = K.scatter_forces_virial(first, nbr, R, G, len(z))
+                    F, W = scatter_forces_virial(first, nbr, R, G, len(z))
         finally:
             if parallel:
                 _PARALLEL_LOCK.release()

@@ -1,0 +1,134 @@
+"""The basis form of the site pass, for fitting: B = C·AA and the pair sums per site, with
+forward-mode derivatives (∂AA/∂R_j by the product rule along the same DAG), assembled into energy,
+force and virial rows of every linear parameter (θ order, see `ace1.model`). Units: eV, eV/Å, eV.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from .atomic_base import accumulate_a, forward_aa, site_features, site_scratch, sort_neighbours
+from .radial import agnesi, pair_envelope, spline_eval_all
+from .ylm import project
+
+
+@njit(cache=True, nogil=True)
+def basis_rows(first, nbr, R, zat, nz, mb_t, mb_spl, lmax, parent, node_a, aa_node, c_ptr, c_idx, c_val, pr_t, pair_p, pair_bspl,
+               with_grad):
+    """Energy, force and virial rows of every linear parameter (θ order), E0 excluded.
+
+    Returns e (L,), f (N, 3, L), v (3, 3, L). Forward mode: ∂AA/∂R_j by the product rule along
+    the same DAG, then ∂B = C·∂AA.
+    """
+    N = first.shape[0] - 1
+    nB = c_ptr.shape[0] - 1
+    n_pair_poly = pair_bspl.shape[2]
+    n_pair = n_pair_poly * nz
+    L = nz * (nB + n_pair)
+    e = np.zeros(L)
+    f = np.zeros((N, 3, L) if with_grad else (0, 3, L))
+    v = np.zeros((3, 3, L))
+    n_poly = mb_spl.shape[2]
+    nlm = (lmax + 1) ** 2
+    nN = parent.shape[0]
+    K, Q, C, S, zb, slot, zj, rhat, rr, rinv, Pm, dPm, Y, dY = site_scratch(first, 0, N, n_poly,
+                                                                              lmax, nz)
+    maxJ = zj.shape[0]
+    row_off = np.arange(n_poly)
+    row_lmax = np.full(n_poly, lmax)
+    poly = np.empty(n_pair_poly)
+    dpoly = np.empty(n_pair_poly)
+    A = np.empty((nz, n_poly, nlm))
+    Af = A.reshape(-1)
+    nA = Af.shape[0]
+    AA = np.empty(nN)
+    dA = np.zeros((nA, maxJ, 3))
+    dAA = np.zeros((nN, maxJ, 3)) if with_grad else np.zeros((0, maxJ, 3))
+    for i in range(N):
+        J = sort_neighbours(i, first, nbr, zat, zb, slot)
+        if J == 0:
+            continue
+        zi = zat[i]
+        site_features(i, J, slot, R, zat, nbr, mb_t, mb_spl, lmax, K, Q, C, S,
+                      zj, rhat, rr, rinv, Pm, dPm, Y, dY)
+        accumulate_a(zb, Pm, Y, A, row_off, row_lmax, 0)
+        forward_aa(Af, parent, node_a, AA, 0, nN)
+        if with_grad:
+            for lm in range(nlm):               # loops over neighbours innermost (contiguous)
+                for jj in range(J):
+                    dY[0, lm, jj], dY[1, lm, jj], dY[2, lm, jj] = project(
+                        dY[0, lm, jj], dY[1, lm, jj], dY[2, lm, jj], rhat[0, jj], rhat[1, jj],
+                        rhat[2, jj], rinv[jj])
+            for k in range(nA):
+                for jj in range(J):
+                    for a in range(3):
+                        dA[k, jj, a] = 0.0
+            for z in range(nz):                  # A functions of each neighbour's channel
+                for n in range(n_poly):
+                    for lm in range(nlm):
+                        k = (z * n_poly + n) * nlm + lm
+                        for jj in range(zb[z], zb[z + 1]):
+                            for a in range(3):
+                                dA[k, jj, a] = (dPm[n, jj] * Y[lm, jj] * rhat[a, jj]
+                                                + Pm[n, jj] * dY[a, lm, jj])
+            for k in range(nN):
+                pk = parent[k]
+                ak = node_a[k]
+                if pk < 0:
+                    for jj in range(J):
+                        for a in range(3):
+                            dAA[k, jj, a] = dA[ak, jj, a]
+                else:
+                    for jj in range(J):
+                        for a in range(3):
+                            dAA[k, jj, a] = dAA[pk, jj, a] * Af[ak] + AA[pk] * dA[ak, jj, a]
+        col0 = zi * nB
+        for b in range(nB):
+            val = 0.0
+            for t in range(c_ptr[b], c_ptr[b + 1]):
+                val += c_val[t] * AA[aa_node[c_idx[t]]]
+            e[col0 + b] += val
+            if with_grad:
+                for jj in range(J):
+                    p = slot[jj]
+                    j = nbr[p]
+                    g0 = 0.0
+                    g1 = 0.0
+                    g2 = 0.0
+                    for t in range(c_ptr[b], c_ptr[b + 1]):
+                        node = aa_node[c_idx[t]]
+                        g0 += c_val[t] * dAA[node, jj, 0]
+                        g1 += c_val[t] * dAA[node, jj, 1]
+                        g2 += c_val[t] * dAA[node, jj, 2]
+                    _scatter_row(f, v, i, j, R[p], col0 + b, g0, g1, g2)
+        # pair basis: R^pair_n = P_n'(y) f(r) for the neighbour's species channel
+        pcol0 = nz * nB + zi * n_pair
+        for jj in range(J):
+            p = slot[jj]
+            rv = R[p]
+            r = np.sqrt(rv[0] * rv[0] + rv[1] * rv[1] + rv[2] * rv[2])
+            z = zj[jj]
+            y, dy = agnesi(r, pr_t, zi, z)
+            fe, dfe = pair_envelope(r, pr_t[zi, z, 3], pr_t[zi, z, 5], pair_p)
+            spline_eval_all(pair_bspl, y, poly, dpoly)
+            for n in range(n_pair_poly):
+                col = pcol0 + n * nz + z
+                e[col] += poly[n] * fe
+                if with_grad:
+                    g = (dpoly[n] * dy * fe + poly[n] * dfe) / r
+                    _scatter_row(f, v, i, nbr[p], rv, col, g * rv[0], g * rv[1], g * rv[2])
+    return e, f, v
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _scatter_row(f, v, i, j, rv, col, g0, g1, g2):
+    f[i, 0, col] += g0
+    f[i, 1, col] += g1
+    f[i, 2, col] += g2
+    f[j, 0, col] -= g0
+    f[j, 1, col] -= g1
+    f[j, 2, col] -= g2
+    for b in range(3):
+        v[0, b, col] -= g0 * rv[b]
+        v[1, b, col] -= g1 * rv[b]
+        v[2, b, col] -= g2 * rv[b]
