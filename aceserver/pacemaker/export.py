@@ -1,6 +1,6 @@
 """Export a fitted linear ACE model (`ACEModel`, with its pair term) to a pacemaker `.yace` file that
 pyace and LAMMPS `pair_style pace` evaluate (format: yace-format.md §2, docs/lammps-export.md),
-written by `yace.write_yace`.
+written by `yace.write_yace`; `save_yace` writes any loaded model (a pacemaker potential as is).
 
 What the file holds, per centre species μ_i (embedding F(ρ) = ρ: FinnisSinclairShiftedScaled with
 ndensity 1 and FS_parameters [1, 1]; no core repulsion):
@@ -22,8 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ..benchmarking import build_structure
 from .export_angular import expand_model
 from .export_radial import fit_bond, model_pair, model_radials
+from .potential import PACEPotential
 from .yace import Bond, Embedding, FunctionTable, YaceSpec, write_yace
 
 FORMAT_NOTE = ("exported by aceserver; units eV and Angstrom; angular part exact, radial and pair "
@@ -190,7 +192,6 @@ def verify_with_pyace(model, path, structures=None) -> dict | None:
     except ImportError:
         return None
     if structures is None:
-        from ..benchmarking import build_structure
         structures = [build_structure("diamond64", model.elements, seed=s) for s in (0, 1)]
     calc = PyACECalculator(str(path))
     dE = dF = dS = 0.0
@@ -207,3 +208,17 @@ def verify_with_pyace(model, path, structures=None) -> dict | None:
     return dict(structures=len(structures), max_energy_error_eV_per_atom=dE,
                 max_force_error_eV_per_A=dF, max_stress_error_eV_per_A3=dS)
 
+
+def save_yace(model, path, nradbase=None, lambdas=None) -> dict:
+    """Write a loaded model as a .yace file (`aceserver convert IN OUT.yace`): a pacemaker potential
+    as its content, unchanged; an ace1 model through `export_yace` (nradbase, lambdas: its options,
+    None for the defaults). Returns a report: the format and source, or the export's metadata."""
+    if isinstance(model, PACEPotential):
+        write_yace(model.spec, path)
+        return {"format": "yace", "source": "pacemaker potential (content unchanged)"}
+    kw = {}
+    if nradbase is not None:
+        kw["nradbase"] = nradbase
+    if lambdas:
+        kw["lambdas"] = tuple(lambdas)
+    return export_yace(model, path, **kw)
