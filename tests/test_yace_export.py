@@ -11,7 +11,8 @@ from scipy.special import sph_harm_y
 
 import aceserver
 from aceserver.benchmarking import build_structure
-from aceserver.pacemaker.export_angular import SQRT_4PI, expand_model, expand_nodes, real_to_complex
+from aceserver.basis.harmonics import SQRT_4PI, real_to_complex
+from aceserver.pacemaker.export_angular import expand_model, expand_nodes
 from aceserver.pacemaker.export import export_yace, verify_with_pyace
 from aceserver.pacemaker.export_radial import fit_bond, model_radials, pace_basis
 from aceserver.kernels.ylm import real_sph_harm

@@ -16,7 +16,7 @@ from ..errors import ModelFileError
 from ..evaluation.site_potential import SitePotential
 from ..io import modelfile
 from ..kernels.basis_rows import basis_rows
-from ..kernels.site_tables import SiteTables, unused
+from ..kernels.site_tables import SiteTables, a_fields, unused
 from ..structure import species_lookup
 
 
@@ -266,9 +266,7 @@ class ACEModel(SitePotential):
 def used_lmax(node_a, nz, n_rows, lmax):
     """Per radial n, the largest l of any A[z, n, l, m] the product DAG reads (-1: none): the
     site pass accumulates A and its pullback only up to there."""
-    nlm = (lmax + 1) ** 2
-    a = np.asarray(node_a, dtype=np.int64) % (n_rows * nlm)
-    n, lm = a // nlm, a % nlm
+    _, n, l, _ = a_fields(np.asarray(node_a, dtype=np.int64).reshape(-1), n_rows, lmax)
     out = np.full(n_rows, -1, dtype=np.int64)
-    np.maximum.at(out, n, np.floor(np.sqrt(lm + 0.5)).astype(np.int64))
+    np.maximum.at(out, n, l)
     return out

@@ -18,6 +18,8 @@ from functools import lru_cache
 
 import numpy as np
 
+from .harmonics import complex_to_real
+
 RANK_TOL = 1e-12     # upstream: absolute threshold on the Gram eigenvalues
 ZERO_COLUMN_TOL = 1e-13
 
@@ -61,22 +63,6 @@ def cg_tensor(l1: int, l2: int, L: int) -> np.ndarray:
             if abs(M) <= L:
                 out[m1 + l1, m2 + l2, M + L] = clebsch_gordan(l1, m1, l2, m2, L, M)
     return out
-
-
-@lru_cache(maxsize=None)
-def complex_to_real(l: int) -> np.ndarray:
-    """D with Y^complex_m = Σ_μ D[m+l, μ+l] R_μ, R the real SpheriCart harmonics (no Condon-Shortley
-    phase): R_0 = Y_0, R_m = ((-1)^m Y_m + Y_-m)/√2, R_-m = i (Y_-m - (-1)^m Y_m)/√2 for m > 0."""
-    C = np.zeros((2 * l + 1, 2 * l + 1), dtype=complex)   # R = C Y
-    C[l, l] = 1.0
-    s = 1.0 / math.sqrt(2.0)
-    for m in range(1, l + 1):
-        sign = (-1) ** m
-        C[l + m, l + m] = sign * s
-        C[l + m, l - m] = s
-        C[l - m, l - m] = 1j * s
-        C[l - m, l + m] = -1j * sign * s
-    return C.conj().T     # C is unitary, so Y = C^H R
 
 
 def _chains(ls: tuple[int, ...]) -> list[tuple[int, ...]]:

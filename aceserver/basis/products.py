@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..kernels.site_tables import a_index
+
 
 def build_product_dag(aa_spec: np.ndarray):
     """Nodes so that node k = node[parent[k]] · A[node_a[k]] (parent -1 for a single A).
@@ -86,5 +88,4 @@ def a_dense_index(a_spec: np.ndarray, nz: int, n_poly: int, lmax: int) -> np.nda
     (NZ channels, n_poly, (lmax+1)²): channel (n-1) % NZ, polynomial (n-1) // NZ, harmonic
     l² + l + m."""
     n, l, m = a_spec[:, 0] - 1, a_spec[:, 1], a_spec[:, 2]
-    nlm = (lmax + 1) ** 2
-    return ((n % nz) * n_poly * nlm + (n // nz) * nlm + l * l + l + m).astype(np.int64)
+    return a_index(n % nz, n // nz, l, m, n_poly, lmax).astype(np.int64)

@@ -28,21 +28,6 @@ def add_arguments(parser):
                         help="export to .yace: candidate ChebExpCos scalings λ (default -1 -2 -3)")
 
 
-def _write_yace(model, out: Path, nradbase=None, lambdas=None) -> dict:
-    from aceserver.pacemaker.potential import PACEPotential
-    if isinstance(model, PACEPotential):
-        from aceserver.pacemaker.yace import write_yace
-        write_yace(model.spec, out)
-        return {"format": "yace", "source": "pacemaker potential (content unchanged)"}
-    from aceserver.pacemaker.export import export_yace       # ACE1 model -> pacemaker C-tilde basis
-    kw = {}
-    if nradbase is not None:
-        kw["nradbase"] = nradbase
-    if lambdas:
-        kw["lambdas"] = tuple(lambdas)
-    return export_yace(model, out, **kw)
-
-
 def run(args) -> int:
     from aceserver.errors import ModelFileError
     from aceserver.loading import load_model
@@ -60,7 +45,8 @@ def run(args) -> int:
             model.save(out)
             report = {"format": "aceserver-json"}
         else:
-            report = _write_yace(model, out, args.nradbase, args.radial_lambda)
+            from aceserver.pacemaker.export import save_yace
+            report = save_yace(model, out, args.nradbase, args.radial_lambda)
     except (ModelFileError, ValueError, OSError) as exc:
         print(f"aceserver convert: {exc}", file=sys.stderr)
         return 2

@@ -3,7 +3,8 @@ base (construction time, numpy).
 
 pacemaker uses A_{μnlm} = Σ_j R_nl(r) Y^ACE_lm(r̂) with Y^ACE_lm = √(4π) Y_lm (complex, with the
 Condon-Shortley phase), and densities ρ_p = Σ_f Σ_s Re(c̃_{f,s,p} ∏_t A_{μ_t n_t l_t m_{s,t}}).
-Our kernels use real harmonics Y^r (no Condon-Shortley phase, ylm.py), for which, with m > 0,
+Our kernels use real harmonics Y^r (no Condon-Shortley phase, ylm.py), for which, with m > 0
+(`basis.harmonics`, the one conversion),
 
     Y^ACE_{l,m}  = √(4π) (-1)^m (Y^r_{l,m} + i Y^r_{l,-m}) / √2,
     Y^ACE_{l,-m} = √(4π)        (Y^r_{l,m} - i Y^r_{l,-m}) / √2,      Y^ACE_{l,0} = √(4π) Y^r_{l,0},
@@ -21,20 +22,14 @@ import itertools
 
 import numpy as np
 
+from ..basis.harmonics import SQRT_4PI, complex_weights
 from ..basis.products import build_product_dag, renumber_parents
-
-SQ4PI = np.sqrt(4 * np.pi)
-
-
-def a_index(z, row, l, m, n_rows, nlm):
-    """Flat index of the real A[z, row, l² + l + m] in the kernels' dense array."""
-    return (z * n_rows + row) * nlm + l * l + l + m
+from ..kernels.site_tables import a_index
 
 
 def real_products(table, N, L, K):
     """(tuples, coef): every real product (sorted A indices, -1 padded, shape (U, rankmax)) of
     one species' C-tilde functions and its coefficient per density (U, P)."""
-    nlm = (L + 1) ** 2
     n_rows = N + K
     P = table.ctildes.shape[1]
     rmax = table.mus.shape[1] if len(table) else 1
@@ -48,15 +43,14 @@ def real_products(table, N, L, K):
         ms = table.ms[sel, :nu]
         ct = table.ctildes[sel]
         if nu == 1:
-            idx = a_index(mus, N + ns, 0, 0, n_rows, nlm)
+            idx = a_index(mus, N + ns, 0, 0, n_rows, L)
             keys.append(np.pad(idx, ((0, 0), (0, rmax - 1)), constant_values=-1))
-            coefs.append(ct * SQ4PI)
+            coefs.append(ct * SQRT_4PI)
             continue
         am = np.abs(ms)
-        sign = np.where((ms > 0) & (am % 2 == 1), -1.0, 1.0)
         # per factor: weight of the +|m| (cos) and -|m| (sin) real function, as (re, im) parts
-        w_cos = np.where(ms == 0, SQ4PI, SQ4PI * sign / np.sqrt(2))
-        w_sin_im = np.where(ms == 0, 0.0, np.where(ms > 0, 1.0, -1.0) * SQ4PI * sign / np.sqrt(2))
+        w_cos, w_sin_im = complex_weights(ms)
+        w_cos, w_sin_im = SQRT_4PI * w_cos, SQRT_4PI * w_sin_im
         for bits in itertools.product((0, 1), repeat=int(nu)):
             bits = np.array(bits)
             n_im = int(bits.sum())
@@ -67,7 +61,7 @@ def real_products(table, N, L, K):
             if not live.any():
                 continue
             m_real = np.where(bits[None, :] == 1, -am, am)
-            idx = np.sort(a_index(mus, ns, ls, m_real, n_rows, nlm)[live], axis=1)
+            idx = np.sort(a_index(mus, ns, ls, m_real, n_rows, L)[live], axis=1)
             keys.append(np.pad(idx, ((0, 0), (0, rmax - nu)), constant_values=-1))
             coefs.append(ct[live] * w[live, None])
     if not keys:

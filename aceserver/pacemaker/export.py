@@ -1,13 +1,14 @@
 """Export a fitted linear ACE model (`ACEModel`, with its pair term) to a pacemaker `.yace` file that
-pyace and LAMMPS `pair_style pace` evaluate (format: yace-format.md §2, docs/lammps-export.md).
+pyace and LAMMPS `pair_style pace` evaluate (format: yace-format.md §2, docs/lammps-export.md),
+written by `yace.write_yace`; `save_yace` writes any loaded model (a pacemaker potential as is).
 
 What the file holds, per centre species μ_i (embedding F(ρ) = ρ: FinnisSinclairShiftedScaled with
 ndensity 1 and FS_parameters [1, 1]; no core repulsion):
 
-* rank ≥ 2 functions: our many-body products, rewritten exactly as complex products (yace_angular),
+* rank ≥ 2 functions: our many-body products, rewritten exactly as complex products (export_angular),
   on radial functions R_nl = Σ_k c_nk g_k fitted to ours (l-independent, as ours);
 * rank-1 functions: the pair potential plus our order-one terms Σ_n c_n A_n00, one radial
-  function per (centre, neighbour) species fitted as Σ_k d_k g_k (yace_radial_fit);
+  function per (centre, neighbour) species fitted as Σ_k d_k g_k (export_radial);
 * E0 per species, exactly.
 
 Only the radial fits are approximate; their measured errors, and the energy/force differences of
@@ -15,15 +16,17 @@ pyace against our evaluator when pyace is installed, go into the file's `metadat
 """
 from __future__ import annotations
 
-import math
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
+from ..benchmarking import build_structure
 from .export_angular import expand_model
 from .export_radial import fit_bond, model_pair, model_radials
+from .potential import PACEPotential
+from .yace import Bond, Embedding, FunctionTable, YaceSpec, write_yace
 
 FORMAT_NOTE = ("exported by aceserver; units eV and Angstrom; angular part exact, radial and pair "
                "functions fitted on [r_min, rcut]: see radial_accuracy and accuracy_vs_pyace")
@@ -35,92 +38,30 @@ DEFAULT_DELTA_SPLINE_BINS = 1e-3   # pyace/ML-PACE table spacing (Å): 1e-4 chan
                                    # measure here but takes 2.7x the memory (zuo-Si 0.77 GB)
 
 
-# ---- YAML text (yaml-cpp is strict: ints as ints; PyYAML needs a '.' in floats) -----------------
-def _float(x) -> str:
-    x = float(x)
-    if not math.isfinite(x):
-        raise ValueError(f"cannot export a non-finite number ({x})")
-    s = repr(x)
-    if "e" in s and "." not in s.split("e")[0]:
-        mant, exp = s.split("e")
-        s = f"{mant}.0e{exp}"
-    if "e" in s and s.split("e")[1][0] not in "+-":
-        mant, exp = s.split("e")
-        s = f"{mant}e+{exp}"
-    return s
+def _linear_embedding() -> Embedding:
+    """F(ρ) = ρ (the model is linear): FinnisSinclairShiftedScaled, one density, FS_parameters
+    [1, 1]; the core-repulsion energy cut-off far out of reach."""
+    return Embedding(kind="FinnisSinclairShiftedScaled", ndensity=1, params=np.array([[1.0, 1.0]]),
+                     rho_core_cutoff=100000.0, drho_core_cutoff=250.0)
 
 
-def _floats(xs) -> str:
-    return "[" + ", ".join(_float(x) for x in xs) + "]"
-
-
-def _ints(xs) -> str:
-    return "[" + ", ".join(str(int(x)) for x in xs) + "]"
-
-
-def _string(s) -> str:
-    s = str(s).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-    return f'"{s}"'
-
-
-def _metadata_lines(meta: dict, indent: int) -> list[str]:
-    """Plain nested mapping -> block YAML (strings quoted, numbers as numbers)."""
-    lines = []
-    pad = " " * indent
-    for key, value in meta.items():
-        if isinstance(value, dict):
-            lines.append(f"{pad}{key}:")
-            lines.extend(_metadata_lines(value, indent + 2))
-        elif isinstance(value, bool):
-            lines.append(f"{pad}{key}: {'true' if value else 'false'}")
-        elif isinstance(value, (int, np.integer)):
-            lines.append(f"{pad}{key}: {int(value)}")
-        elif isinstance(value, (float, np.floating)):
-            lines.append(f"{pad}{key}: {_float(value)}")
-        elif isinstance(value, (list, tuple)):
-            items = [(_float(v) if isinstance(v, (float, np.floating)) else
-                      str(int(v)) if isinstance(v, (int, np.integer)) else _string(v)) for v in value]
-            lines.append(f"{pad}{key}: [{', '.join(items)}]")
-        elif value is None:
-            lines.append(f"{pad}{key}: null")
-        else:
-            lines.append(f"{pad}{key}: {_string(value)}")
-    return lines
-
-
-def render_yace(elements, E0, delta, bonds, functions, metadata) -> str:
-    """The .yace text: keys in pacemaker's order, then our `metadata` (readers ignore it)."""
-    out = [f"elements: [{', '.join(elements)}]", f"E0: {_floats(E0)}",
-           f"deltaSplineBins: {_float(delta)}", "embeddings:"]
-    for mu in range(len(elements)):
-        out.append(f"  {mu}: {{ndensity: 1, FS_parameters: [1.0, 1.0], "
-                   f"npoti: FinnisSinclairShiftedScaled, rho_core_cutoff: 100000.0, "
-                   f"drho_core_cutoff: 250.0}}")
-    out.append("bonds:")
-    for (zi, zj), b in bonds.items():
-        crad = "[" + ", ".join("[" + ", ".join(_floats(row) for row in per_l) + "]"
-                               for per_l in b["radcoefficients"]) + "]"
-        out.append(
-            f"  [{zi}, {zj}]: {{nradmax: {b['nradmax']}, lmax: {b['lmax']}, "
-            f"nradbasemax: {b['nradbasemax']}, radbasename: {b['radbasename']}, "
-            f"radparameters: {_floats(b['radparameters'])}, radcoefficients: {crad}, "
-            f"prehc: 0.0, lambdahc: 1.0, rcut: {_float(b['rcut'])}, dcut: {_float(b['dcut'])}, "
-            f"rcut_in: 0.0, dcut_in: 0.0, inner_cutoff_type: density}}")
-    out.append("functions:")
-    for mu0, funcs in enumerate(functions):
-        if not funcs:
-            out.append(f"  {mu0}: []")
-            continue
-        out.append(f"  {mu0}:")
-        for f in funcs:
-            ms = [m for row in f["ms"] for m in row]
-            out.append(
-                f"    - {{mu0: {mu0}, rank: {len(f['mus'])}, ndensity: 1, "
-                f"num_ms_combs: {len(f['ms'])}, mus: {_ints(f['mus'])}, ns: {_ints(f['ns'])}, "
-                f"ls: {_ints(f['ls'])}, ms_combs: {_ints(ms)}, ctildes: {_floats(f['ctildes'])}}}")
-    out.append("metadata:")
-    out.extend(_metadata_lines(metadata, 2))
-    return "\n".join(out) + "\n"
+def _function_table(funcs) -> FunctionTable:
+    """One centre species' functions (dicts: mus, ns (0-based), ls per factor; ms, a list of m
+    tuples; ctildes, one per m tuple) as the reader's FunctionTable, one density."""
+    rank = np.array([len(f["mus"]) for f in funcs], dtype=np.int64)
+    rmax = int(rank.max(initial=1))
+    mus, ns, ls = (np.full((len(funcs), rmax), -1, dtype=np.int64) for _ in range(3))
+    ms, owner, ctildes = [], [], []
+    for k, f in enumerate(funcs):
+        nu = rank[k]
+        mus[k, :nu], ns[k, :nu], ls[k, :nu] = f["mus"], f["ns"], f["ls"]
+        ms.extend(list(row) + [0] * (rmax - nu) for row in f["ms"])
+        owner.extend([k] * len(f["ms"]))
+        ctildes.extend(f["ctildes"])
+    return FunctionTable(rank=rank, mus=mus, ns=ns, ls=ls,
+                         ms=np.array(ms, dtype=np.int64).reshape(-1, rmax),
+                         comb_owner=np.array(owner, dtype=np.int64),
+                         ctildes=np.array(ctildes, dtype=float).reshape(-1, 1))
 
 
 # ---- radial fits ------------------------------------------------------------------------------
@@ -201,14 +142,13 @@ def export_yace(model, path, *, r_min=None, basis="ChebExpCos", lambdas=DEFAULT_
     functions = [[] for _ in range(nz)]
     for (zi, zj), (lam, rmin, fit) in fits.items():
         crad, cpair = fit.coefficients[:n_poly], fit.coefficients[n_poly]
-        bonds[(zi, zj)] = dict(
-            nradmax=n_poly, lmax=lmax, nradbasemax=K, radbasename=basis, radparameters=[lam],
-            radcoefficients=[[list(crad[n])] * (lmax + 1) for n in range(n_poly)],
-            rcut=model.rcut, dcut=dcut)
+        bonds[(zi, zj)] = Bond(          # our radials do not depend on l: the same row for every l
+            radbase=basis, nradmax=n_poly, lmax=lmax, nradbase=K, lam=lam,
+            crad=np.repeat(crad[:, None, :], lmax + 1, axis=1), prehc=0.0, lambdahc=1.0,
+            rcut=float(model.rcut), dcut=float(dcut), rcut_in=0.0, dcut_in=0.0)
         # rank-1 functions: the fitted pair + order-one function of this bond
         for k in range(K):
-            functions[zi].append(dict(mus=[zj], ns=[k + 1], ls=[0], ms=[[0]],
-                                      ctildes=[cpair[k]]))
+            functions[zi].append(dict(mus=[zj], ns=[k], ls=[0], ms=[[0]], ctildes=[cpair[k]]))
         radial_acc[f"{b.elements[zi]}-{b.elements[zj]}"] = dict(
             radbasename=basis, radparameter=lam, r_min=rmin,
             manybody_radial_max_error=float(fit.max_error[:n_poly].max()),
@@ -217,8 +157,11 @@ def export_yace(model, path, *, r_min=None, basis="ChebExpCos", lambdas=DEFAULT_
             pair_max_slope_error_eV_per_A=float(fit.max_slope_error[n_poly]))
     for zi in range(nz):
         for fn in ang.functions[zi]:
-            functions[zi].append(dict(mus=fn.mus, ns=[n + 1 for n in fn.ns], ls=fn.ls, ms=fn.ms,
-                                      ctildes=fn.ctildes))
+            functions[zi].append(dict(mus=fn.mus, ns=fn.ns, ls=fn.ls, ms=fn.ms, ctildes=fn.ctildes))
+    spec = YaceSpec(elements=list(b.elements), E0=np.array([model.E0[el] for el in b.elements], dtype=float),
+                    delta_spline_bins=float(delta_spline_bins),
+                    embeddings=[_linear_embedding() for _ in range(nz)], bonds=bonds,
+                    functions=[_function_table(f) for f in functions], inner_cutoff_type="density")
     metadata = dict(
         note=FORMAT_NOTE,
         exported_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -231,15 +174,12 @@ def export_yace(model, path, *, r_min=None, basis="ChebExpCos", lambdas=DEFAULT_
                      max_imaginary_part=float(ang.max_imag),
                      max_relative_dropped=float(ang.max_relative_dropped_small)),
         radial_accuracy=radial_acc)
-    text = render_yace(b.elements, [model.E0[el] for el in b.elements], delta_spline_bins, bonds,
-                       functions, metadata)
-    path.write_text(text)
+    write_yace(spec, path, metadata)
     if verify:
         check = verify_with_pyace(model, path)
         if check is not None:
             metadata["accuracy_vs_pyace"] = check
-            path.write_text(render_yace(b.elements, [model.E0[el] for el in b.elements],
-                                        delta_spline_bins, bonds, functions, metadata))
+            write_yace(spec, path, metadata)
     metadata["export_seconds"] = time.perf_counter() - t0
     return metadata
 
@@ -252,7 +192,6 @@ def verify_with_pyace(model, path, structures=None) -> dict | None:
     except ImportError:
         return None
     if structures is None:
-        from ..benchmarking import build_structure
         structures = [build_structure("diamond64", model.elements, seed=s) for s in (0, 1)]
     calc = PyACECalculator(str(path))
     dE = dF = dS = 0.0
@@ -268,3 +207,18 @@ def verify_with_pyace(model, path, structures=None) -> dict | None:
             dS = max(dS, float(np.abs(at.get_stress() - voigt).max()))
     return dict(structures=len(structures), max_energy_error_eV_per_atom=dE,
                 max_force_error_eV_per_A=dF, max_stress_error_eV_per_A3=dS)
+
+
+def save_yace(model, path, nradbase=None, lambdas=None) -> dict:
+    """Write a loaded model as a .yace file (`aceserver convert IN OUT.yace`): a pacemaker potential
+    as its content, unchanged; an ace1 model through `export_yace` (nradbase, lambdas: its options,
+    None for the defaults). Returns a report: the format and source, or the export's metadata."""
+    if isinstance(model, PACEPotential):
+        write_yace(model.spec, path)
+        return {"format": "yace", "source": "pacemaker potential (content unchanged)"}
+    kw = {}
+    if nradbase is not None:
+        kw["nradbase"] = nradbase
+    if lambdas:
+        kw["lambdas"] = tuple(lambdas)
+    return export_yace(model, path, **kw)

@@ -2,7 +2,8 @@
 functions rewritten, exactly, as sums of products of the complex ones pacemaker evaluates.
 
 Our harmonics (kernels/ylm.py) are real, L²-normalised, without Condon-Shortley phase; pacemaker's
-are Y^ACE_lm = √(4π) Y_lm, complex, with that phase (yace-format.md §6). With Y = complex Y_lm:
+are Y^ACE_lm = √(4π) Y_lm, complex, with that phase (yace-format.md §6). With Y = complex Y_lm
+(`basis.harmonics.real_to_complex`):
 
     Yr_l0 = Y_l0,   Yr_l,k = ((-1)^k Y_lk + Y_l,-k)/√2,   Yr_l,-k = ((-1)^k Y_lk - Y_l,-k)/(√2 i)
 
@@ -11,34 +12,12 @@ expands into complex products. Terms are collected under a canonical (sorted) fa
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
 
-SQRT_4PI = math.sqrt(4.0 * math.pi)
-
-
-def real_to_complex(l: int, m: int) -> list[tuple[int, complex]]:
-    """Yr_lm = Σ (coefficient · Y^ACE_lμ) / √(4π): the list of (μ, coefficient)."""
-    if m == 0:
-        return [(0, 1.0 + 0j)]
-    k = abs(m)
-    sign = (-1.0) ** k
-    s2 = math.sqrt(2.0)
-    if m > 0:
-        return [(k, sign / s2 + 0j), (-k, 1.0 / s2 + 0j)]
-    return [(k, sign / (s2 * 1j)), (-k, -1.0 / (s2 * 1j))]
-
-
-def decode_dense_index(a: int, nz: int, n_poly: int, lmax: int) -> tuple[int, int, int, int]:
-    """Kernel flat A index -> (neighbour species z, radial n (0-based), l, m); inverse of
-    basis.products.a_dense_index."""
-    nlm = (lmax + 1) ** 2
-    z, rest = divmod(int(a), n_poly * nlm)
-    n, lm = divmod(rest, nlm)
-    l = math.isqrt(lm)
-    return z, n, l, lm - l * l - l
+from ..basis.harmonics import SQRT_4PI, real_to_complex
+from ..kernels.site_tables import a_fields
 
 
 def expand_nodes(parent, node_a, nz, n_poly, lmax):
@@ -49,7 +28,7 @@ def expand_nodes(parent, node_a, nz, n_poly, lmax):
     for k in range(len(parent)):
         a = int(node_a[k])
         if a not in factor:
-            z, n, l, m = decode_dense_index(a, nz, n_poly, lmax)
+            z, n, l, m = a_fields(a, n_poly, lmax)
             factor[a] = [((z, n, l, mu), c / SQRT_4PI) for mu, c in real_to_complex(l, m)]
         p = int(parent[k])
         if p < 0:
@@ -103,7 +82,7 @@ def expand_model(parent, node_a, coef, nz, n_poly, lmax, small=1e-13) -> Angular
         for k in np.flatnonzero(coef[zi]):
             c = coef[zi, k]
             if parent[k] < 0:
-                z, n, l, m = decode_dense_index(node_a[k], nz, n_poly, lmax)
+                z, n, l, m = a_fields(node_a[k], n_poly, lmax)
                 if l != 0:
                     dropped_msum = max(dropped_msum, abs(c))
                     continue

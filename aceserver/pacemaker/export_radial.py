@@ -9,13 +9,13 @@ deltaSplineBins and interpolated with cubic Hermite polynomials -- is measured o
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
 from numba import njit
 
 from ..kernels.radial import agnesi, mb_radials, pair_envelope, spline_eval_one, spline_interval
+from .radial_basis import basis_functions
 
 
 # ---- our functions, through the kernels' own radial code ---------------------------------------
@@ -44,55 +44,14 @@ def model_pair(r, pr_t, zi, zj, pair_p, pair_spl):
     return V, dV
 
 
-# ---- PACE radial bases (yace-format.md §4), our own implementation ------------------------------
-def _chebyshev(x, K):
-    """T_k(x) and dT_k/dx for k = 0..K, shape (len(x), K+1)."""
-    T = np.empty((x.size, K + 1))
-    dT = np.empty((x.size, K + 1))
-    U = np.empty((x.size, K + 1))         # U_k, second kind: dT_k/dx = k U_{k-1}
-    T[:, 0], U[:, 0], dT[:, 0] = 1.0, 1.0, 0.0
-    if K >= 1:
-        T[:, 1], U[:, 1], dT[:, 1] = x, 2 * x, 1.0
-    for k in range(2, K + 1):
-        T[:, k] = 2 * x * T[:, k - 1] - T[:, k - 2]
-        U[:, k] = 2 * x * U[:, k - 1] - U[:, k - 2]
-    for k in range(2, K + 1):
-        dT[:, k] = k * U[:, k - 1]
-    return T, dT
-
-
+# ---- PACE radial bases (yace-format.md §4): radial_basis's, in the fits' layout ------------------
 def pace_basis(name: str, lam: float, rcut: float, dcut: float, K: int, r):
-    """g_k(r) and dg_k/dr, k = 0..K-1, shape (len(r), K); zero for r >= rcut."""
+    """g_k(r) and dg_k/dr, k = 0..K-1, shape (len(r), K): `radial_basis.basis_functions`
+    transposed, and zero for r >= rcut (pyace evaluates nothing there)."""
     r = np.asarray(r, dtype=float)
-    inside = r < rcut
-    if name == "ChebExpCos":
-        e = np.exp(-lam * r / rcut)
-        el = math.exp(-lam)
-        x = 1.0 - 2.0 * (e - el) / (1.0 - el)
-        dx = 2.0 * lam / rcut * e / (1.0 - el)
-        T, dT = _chebyshev(x, K - 1)
-        cheb = np.concatenate([np.ones((r.size, 1)), 0.5 * (1.0 - T[:, 1:])], axis=1)
-        dcheb = np.concatenate([np.zeros((r.size, 1)), -0.5 * dT[:, 1:] * dx[:, None]], axis=1)
-        env = 0.5 * (1.0 + np.cos(np.pi * r / rcut))
-        denv = -0.5 * np.pi / rcut * np.sin(np.pi * r / rcut)
-        tail = r > rcut - dcut                     # the extra cosine cut-off of the last dcut
-        arg = np.pi * (r - rcut + dcut) / dcut
-        env2 = np.where(tail, 0.5 * (1.0 + np.cos(arg)), 1.0)
-        denv2 = np.where(tail, -0.5 * np.pi / dcut * np.sin(arg), 0.0)
-        envelope, denvelope = env * env2, denv * env2 + env * denv2
-        g = cheb * envelope[:, None]
-        dg = dcheb * envelope[:, None] + cheb * denvelope[:, None]
-    elif name == "ChebPow":
-        base = np.clip(1.0 - r / rcut, 0.0, None)
-        y = base**lam
-        dy = -lam / rcut * base ** (lam - 1.0)
-        x = 1.0 - 2.0 * y
-        T, dT = _chebyshev(x, K)
-        g = 0.5 * (1.0 - T[:, 1:])
-        dg = -0.5 * dT[:, 1:] * (-2.0 * dy)[:, None]
-    else:
-        raise ValueError(f"unsupported PACE radial basis {name!r}")
-    return np.where(inside[:, None], g, 0.0), np.where(inside[:, None], dg, 0.0)
+    g, dg = basis_functions(name, r, K, lam, rcut, dcut)
+    inside = (r < rcut)[:, None]
+    return np.where(inside, g.T, 0.0), np.where(inside, dg.T, 0.0)
 
 
 def hermite_as_pace(node_values, node_slopes, h, r):

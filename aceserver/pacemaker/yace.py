@@ -1,5 +1,7 @@
-"""Reader of pacemaker `.yace` files (the C-tilde ACE basis as YAML): parsed and checked into plain
-Python/numpy data, every problem a ModelFileError naming the key.
+"""The pacemaker `.yace` format (the C-tilde ACE basis as YAML; units eV, Å): the one reader,
+`read_yace` (parsed and checked into a YaceSpec of plain Python/numpy data, every problem a
+ModelFileError naming the key), and the one writer, `write_yace` (used by `aceserver convert` for
+pacemaker potentials and by the ace1 export; floats written so that they read back exactly).
 
 The YAML keys bonds by `[i, j]` flow sequences, which a plain safe loader rejects ("unhashable
 key"); a safe loader with a mapping constructor that turns list keys into tuples reads them
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -442,30 +445,89 @@ def _species_functions(funcs, mu0, nel, P, bonds) -> FunctionTable:
     return table
 
 
-def _flow(value) -> str:
-    """A YAML flow value (JSON numbers and lists are valid YAML; floats round-trip exactly)."""
-    return json.dumps(value)
+# --- the writer -------------------------------------------------------------------------------
+# yaml-cpp (pyace, ML-PACE) is strict: integers as integers. PyYAML reads a float only with a '.'
+# in it ("1e-08" is a string there). Floats: Python's shortest repr, which reads back exactly.
+def _float(x) -> str:
+    x = float(x)
+    if not math.isfinite(x):
+        raise ValueError(f"cannot write a non-finite number ({x}) to a .yace file")
+    s = repr(x)
+    if "e" in s and "." not in s.split("e")[0]:
+        mant, exp = s.split("e")
+        s = f"{mant}.0e{exp}"
+    if "e" in s and s.split("e")[1][0] not in "+-":
+        mant, exp = s.split("e")
+        s = f"{mant}e+{exp}"
+    return s
 
 
-def write_yace(spec: YaceSpec, path) -> str:
-    """Write a YaceSpec as a `.yace` file in pacemaker's layout (readable by pyace, LAMMPS
-    ML-PACE and `read_yace`); returns the file's sha256."""
-    lines = [f"elements: {_flow(list(spec.elements))}", f"E0: {_flow(spec.E0.tolist())}",
-             f"deltaSplineBins: {_flow(spec.delta_spline_bins)}", "embeddings:"]
+def _floats(xs) -> str:
+    """A flow list of floats; nested for a multi-dimensional array."""
+    a = np.asarray(xs, dtype=float)
+    if a.ndim > 1:
+        return "[" + ", ".join(_floats(row) for row in a) + "]"
+    return "[" + ", ".join(_float(x) for x in a) + "]"
+
+
+def _ints(xs) -> str:
+    return "[" + ", ".join(str(int(x)) for x in xs) + "]"
+
+
+def _string(s) -> str:
+    s = str(s).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return f'"{s}"'
+
+
+def _metadata_lines(meta: dict, indent: int) -> list[str]:
+    """Plain nested mapping -> block YAML (strings quoted, numbers as numbers)."""
+    lines = []
+    pad = " " * indent
+    for key, value in meta.items():
+        if isinstance(value, dict):
+            lines.append(f"{pad}{key}:")
+            lines.extend(_metadata_lines(value, indent + 2))
+        elif isinstance(value, bool):
+            lines.append(f"{pad}{key}: {'true' if value else 'false'}")
+        elif isinstance(value, (int, np.integer)):
+            lines.append(f"{pad}{key}: {int(value)}")
+        elif isinstance(value, (float, np.floating)):
+            lines.append(f"{pad}{key}: {_float(value)}")
+        elif isinstance(value, (list, tuple)):
+            items = [(_float(v) if isinstance(v, (float, np.floating)) else
+                      str(int(v)) if isinstance(v, (int, np.integer)) else _string(v)) for v in value]
+            lines.append(f"{pad}{key}: [{', '.join(items)}]")
+        elif value is None:
+            lines.append(f"{pad}{key}: null")
+        else:
+            lines.append(f"{pad}{key}: {_string(value)}")
+    return lines
+
+
+def render_yace(spec: YaceSpec, metadata: dict | None = None) -> str:
+    """The .yace text of a YaceSpec: keys in pacemaker's order, one flow mapping per embedding,
+    bond and function (the layout `read_yace` parses fast), then `metadata` if given (our own
+    key: pyace, ML-PACE and `read_yace` ignore it)."""
+    lines = [f"elements: [{', '.join(_string(e) for e in spec.elements)}]",
+             f"E0: {_floats(spec.E0)}", f"deltaSplineBins: {_float(spec.delta_spline_bins)}",
+             "embeddings:"]
     for z, e in enumerate(spec.embeddings):
-        lines.append(f"  {z}: {{ndensity: {e.ndensity}, FS_parameters: {_flow(e.params.reshape(-1).tolist())}, "
-                     f"npoti: {e.kind}, rho_core_cutoff: {_flow(e.rho_core_cutoff)}, "
-                     f"drho_core_cutoff: {_flow(e.drho_core_cutoff)}}}")
+        lines.append(f"  {z}: {{ndensity: {e.ndensity}, FS_parameters: {_floats(e.params.reshape(-1))}, "
+                     f"npoti: {e.kind}, rho_core_cutoff: {_float(e.rho_core_cutoff)}, "
+                     f"drho_core_cutoff: {_float(e.drho_core_cutoff)}}}")
     lines.append("bonds:")
     for (i, j), b in sorted(spec.bonds.items()):
         lines.append(f"  [{i}, {j}]: {{nradmax: {b.nradmax}, lmax: {b.lmax}, nradbasemax: {b.nradbase}, "
-                     f"radbasename: {b.radbase}, radparameters: {_flow([b.lam])}, "
-                     f"radcoefficients: {_flow(b.crad.tolist())}, prehc: {_flow(b.prehc)}, "
-                     f"lambdahc: {_flow(b.lambdahc)}, rcut: {_flow(b.rcut)}, dcut: {_flow(b.dcut)}, "
-                     f"rcut_in: {_flow(b.rcut_in)}, dcut_in: {_flow(b.dcut_in)}, "
+                     f"radbasename: {b.radbase}, radparameters: {_floats([b.lam])}, "
+                     f"radcoefficients: {_floats(b.crad)}, prehc: {_float(b.prehc)}, "
+                     f"lambdahc: {_float(b.lambdahc)}, rcut: {_float(b.rcut)}, dcut: {_float(b.dcut)}, "
+                     f"rcut_in: {_float(b.rcut_in)}, dcut_in: {_float(b.dcut_in)}, "
                      f"inner_cutoff_type: {spec.inner_cutoff_type}}}")
     lines.append("functions:")
     for mu0, t in enumerate(spec.functions):
+        if not len(t):
+            lines.append(f"  {mu0}: []")
+            continue
         lines.append(f"  {mu0}:")
         starts = np.searchsorted(t.comb_owner, np.arange(len(t) + 1))
         for f in range(len(t)):
@@ -473,9 +535,18 @@ def write_yace(spec: YaceSpec, path) -> str:
             s0, s1 = starts[f], starts[f + 1]
             lines.append(
                 f"    - {{mu0: {mu0}, rank: {nu}, ndensity: {t.ctildes.shape[1]}, num_ms_combs: {s1 - s0}, "
-                f"mus: {_flow(t.mus[f, :nu].tolist())}, ns: {_flow((t.ns[f, :nu] + 1).tolist())}, "
-                f"ls: {_flow(t.ls[f, :nu].tolist())}, ms_combs: {_flow(t.ms[s0:s1, :nu].reshape(-1).tolist())}, "
-                f"ctildes: {_flow(t.ctildes[s0:s1].reshape(-1).tolist())}}}")
-    data = ("\n".join(lines) + "\n").encode("utf-8")
+                f"mus: {_ints(t.mus[f, :nu])}, ns: {_ints(t.ns[f, :nu] + 1)}, "
+                f"ls: {_ints(t.ls[f, :nu])}, ms_combs: {_ints(t.ms[s0:s1, :nu].reshape(-1))}, "
+                f"ctildes: {_floats(t.ctildes[s0:s1].reshape(-1))}}}")
+    if metadata is not None:
+        lines.append("metadata:")
+        lines.extend(_metadata_lines(metadata, 2))
+    return "\n".join(lines) + "\n"
+
+
+def write_yace(spec: YaceSpec, path, metadata: dict | None = None) -> str:
+    """Write a YaceSpec as a `.yace` file in pacemaker's layout (readable by pyace, LAMMPS
+    ML-PACE and `read_yace`), with `metadata` if given; returns the file's sha256."""
+    data = render_yace(spec, metadata).encode("utf-8")
     Path(path).write_bytes(data)
     return hashlib.sha256(data).hexdigest()
