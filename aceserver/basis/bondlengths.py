@@ -6,7 +6,7 @@ from functools import lru_cache
 from importlib import resources
 
 import yaml
-from ase.data import atomic_numbers, chemical_symbols
+from ase.data import atomic_numbers
 
 
 @lru_cache(maxsize=1)
