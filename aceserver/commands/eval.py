@@ -22,7 +22,7 @@ def add_arguments(parser):
 
 
 def evaluate_errors(model, paths, keys, threads=None):
-    from aceserver.fitting import data, errors
+    from aceserver.fitting import data, error_tables as errors
     configs = []
     for p in paths:
         configs += data.read_configs(p, keys, elements=list(model.elements))
@@ -31,7 +31,7 @@ def evaluate_errors(model, paths, keys, threads=None):
 
 def run(args) -> int:
     from aceserver.errors import ACEInputError, ModelFileError
-    from aceserver.fitting import errors
+    from aceserver.fitting import error_tables as errors
     from aceserver.fitting.config import load_model_file
     from aceserver.fitting.data import Keys
 
@@ -44,7 +44,7 @@ def run(args) -> int:
         print(f"aceserver eval: error: {exc}", file=sys.stderr)
         return 2
     if args.json:
-        from aceserver.fitting.driver import jsonable
+        from aceserver.fitting.fit_model import jsonable
         print(json.dumps(jsonable(errors.public(table))))
     else:
         print(errors.format_table(table, f"errors of {args.model} on {', '.join(args.data)}"))

@@ -85,8 +85,8 @@ def run_fit(cfg, output=None, threads=None, plots=True, progress=None, out=None,
     """
     out = sys.stdout if out is None else out
     from aceserver.fitting import config as fconfig
-    from aceserver.fitting import driver, errors
-    from aceserver.fitting.driver import jsonable
+    from aceserver.fitting import error_tables as errors, fit_model as driver
+    from aceserver.fitting.fit_model import jsonable
 
     t_start = time.perf_counter()
     base = cfg.path.parent if cfg.path else Path.cwd()
