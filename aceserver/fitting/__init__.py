@@ -13,6 +13,8 @@ Modules, in data-flow order:
     error_tables  RMSE/MAE per config_type (the one RMSE/MAE computation), printed tables
     plots         parity plots
     config        YAML fit configurations
+    workflow      ``aceserver fit``/``eval`` as library calls: ``run_fit``, ``load_data``,
+                  ``estimate``, provenance, ``evaluate_errors``
     selection/    hyperparameter selection on one assembly: validation split, K-fold
                   cross-validation, nested bases, scoring rules
 
