@@ -15,7 +15,7 @@ Units: energies eV, forces eV/Å, virials eV (W = -V·σ).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import ase.io

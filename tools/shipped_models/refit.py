@@ -39,7 +39,7 @@ def card(name: str, cfg_raw: dict, report: dict, model_file: Path, log: str) -> 
              "## Files", "",
              f"- model: `{model_file.name}` (sha256 of the file `{sha}`"
              + (f"; model identity `{report['sha256']}`" if report.get("sha256") else "") + ")",
-             f"- settings: `fit.yaml`; fit report: `report.json`; parity plots: `plots/`", "",
+             "- settings: `fit.yaml`; fit report: `report.json`; parity plots: `plots/`", "",
              "## Data", ""]
     for d in data:
         lines.append(f"- `{Path(d['file']).name}` sha256 `{d['sha256']}`")
