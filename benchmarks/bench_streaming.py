@@ -34,9 +34,9 @@ DEFAULT_CU = ROOT.parent / "shared/data/ZuoEtAl2020/Cu_train.xyz"
 
 
 def child(mode: str, cu: str, n_configs: int | None, threads: int) -> dict:
-    from aceserver.commands.fit import load_data
     from aceserver.fitting import config as fconfig
-    from aceserver.fitting import driver
+    from aceserver.fitting import fit_model as driver
+    from aceserver.fitting.workflow import load_data
 
     cfg = fconfig.load_config(ROOT / "models/zuo-Cu/fit.yaml")
     cfg.train = [Path(cu).resolve()]

@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 
 import aceserver
-from aceserver.fitting import assembly, data, driver, errors, selection
+from aceserver.fitting import assembly, data, selection
+from aceserver.fitting import error_tables as errors
+from aceserver.fitting import fit_model as driver
 
 DATA = Path(__file__).parent / "data"
 SI_KEYS = data.Keys(energy="dft_energy", force="dft_force", virial="dft_virial")

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from aceserver.commands.fit import run_fit
+from aceserver.fitting.workflow import run_fit
 from aceserver.fitting import cluster, data
 from aceserver.fitting.config import load_config
 
@@ -110,7 +110,7 @@ def test_data_error_on_worker_is_the_local_error(client, tmp_path):
 
 def test_local_fit_imports_no_dask(tmp_path):
     import subprocess
-    code = ("import sys; from aceserver.commands.fit import run_fit; from aceserver.fitting.config import load_config;"
+    code = ("import sys; from aceserver.fitting.workflow import run_fit; from aceserver.fitting.config import load_config;"
             f"cfg = load_config({str(ROOT / 'models/Si-tiny/fit.yaml')!r}); cfg.solver = {{'name': 'qr'}};"
             f"run_fit(cfg, output={str(tmp_path / 'm.json')!r}, plots=False, progress=False, streaming=True);"
             "bad = [m for m in sys.modules if m.split('.')[0] in ('dask', 'distributed')]; assert not bad, bad")

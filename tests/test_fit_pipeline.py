@@ -2,7 +2,9 @@
 import numpy as np
 import pytest
 
-from aceserver.fitting import assembly, driver, errors, priors
+from aceserver.fitting import assembly, priors
+from aceserver.fitting import error_tables as errors
+from aceserver.fitting import fit_model as driver
 from aceserver.fitting.data import config_weights, normalise_weights
 from fit_toy_model import ToyModel, synthetic_configs
 

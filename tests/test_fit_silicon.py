@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from aceserver.fitting import data, driver, solvers
+from aceserver.fitting import data, solvers
+from aceserver.fitting import fit_model as driver
 
 DATA = Path(__file__).parent / "data"
 E0 = {"Si": -158.54496821}
@@ -111,7 +112,7 @@ def test_silicon_stable_least_squares(si_data):
 
 def test_silicon_save_load_round_trip(blr_fit, tmp_path, si_data):
     import aceserver
-    from aceserver.fitting import errors
+    from aceserver.fitting import error_tables as errors
     model, res = blr_fit
     path = tmp_path / "si.json"
     model.save(str(path))

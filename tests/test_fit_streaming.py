@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 import aceserver
-from aceserver.fitting import assembly, data, driver, priors, solvers, streaming
+from aceserver.fitting import assembly, data, priors, solvers, streaming
+from aceserver.fitting import fit_model as driver
 
 from test_fit_silicon import BLR_THRESHOLDS, QR_THRESHOLDS, WEIGHTS as SI_WEIGHTS, _check
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from aceserver.commands import eval as eval_cmd
-from aceserver.commands.fit import run_fit
+from aceserver.fitting.workflow import run_fit
 from aceserver.fitting.config import parse_config
 
 DATA = Path(__file__).parent / "data"

@@ -1,11 +1,19 @@
 """`aceserver eval MODEL DATA.xyz`: error table (RMSE, MAE per config_type and overall) of a model on data."""
 from __future__ import annotations
 
+import importlib
 import json
 import sys
 
 NAME = "eval"
 HELP = "evaluate a model on extended-XYZ data and print RMSE/MAE per config_type"
+
+
+def __getattr__(name):
+    # evaluate_errors moved to aceserver.fitting.workflow; importable from here for one release
+    if name == "evaluate_errors":
+        return importlib.import_module("aceserver.fitting.workflow").evaluate_errors
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def add_arguments(parser):
@@ -21,19 +29,13 @@ def add_arguments(parser):
                         help='print {"rmse": {TYPE|"set": {"E","F","V"}}, "mae": ...} in eV/atom, eV/Å, eV/atom')
 
 
-def evaluate_errors(model, paths, keys, threads=None):
-    from aceserver.fitting import data, errors
-    configs = []
-    for p in paths:
-        configs += data.read_configs(p, keys, elements=list(model.elements))
-    return errors.compute_errors(model, configs, threads)
-
-
 def run(args) -> int:
     from aceserver.errors import ACEInputError, ModelFileError
-    from aceserver.fitting import errors
+    from aceserver.fitting import error_tables
     from aceserver.fitting.config import load_model_file
     from aceserver.fitting.data import Keys
+    from aceserver.fitting.fit_model import jsonable
+    from aceserver.fitting.workflow import evaluate_errors
 
     keys = Keys(energy=args.energy_key, force=args.force_key, virial=args.virial_key,
                 stress=args.stress_key, config_type=args.config_type_key)
@@ -44,8 +46,7 @@ def run(args) -> int:
         print(f"aceserver eval: error: {exc}", file=sys.stderr)
         return 2
     if args.json:
-        from aceserver.fitting.driver import jsonable
-        print(json.dumps(jsonable(errors.public(table))))
+        print(json.dumps(jsonable(error_tables.public(table))))
     else:
-        print(errors.format_table(table, f"errors of {args.model} on {', '.join(args.data)}"))
+        print(error_tables.format_table(table, f"errors of {args.model} on {', '.join(args.data)}"))
     return 0

@@ -1,16 +1,28 @@
 """Fitting linear ACE models to extended-XYZ data (ACEpotentials.jl's ``acefit!`` workflow).
 
-Modules: ``data`` (reading, observation keys, weights, E0), ``assembly`` (weighted least-squares rows
-from ``model.basis_rows``), ``priors`` (smoothness priors), ``solvers`` (QR, BLR, truncated SVD,
-rank-revealing QR), ``errors`` (RMSE/MAE tables), ``plots`` (parity plots), ``config`` (YAML fit
-configurations), ``driver`` (``acefit``), ``streaming`` (the system reduced block by block to
-per-group triangular factors, for fits larger than memory), ``cluster`` (that reduction on Dask workers).
+Modules, in data-flow order:
+
+    data          reading extended XYZ, observation keys, per-config_type weights, E0
+    assembly      weighted least-squares rows from ``model.basis_rows``; row groups (config_type, kind)
+    priors        smoothness priors (the column scales γ)
+    solvers       QR, BLR, truncated SVD, rank-revealing QR; ``solve_from_svd`` on shared SVD factors
+    streaming     the system reduced block by block to per-group triangular factors (fits larger
+                  than memory); peak-memory measurement
+    cluster       that reduction on Dask workers
+    fit_model     ``acefit``: data → weighted, prior-scaled least squares → parameters (+ committee)
+    error_tables  RMSE/MAE per config_type (the one RMSE/MAE computation), printed tables
+    plots         parity plots
+    config        YAML fit configurations
+    workflow      ``aceserver fit``/``eval`` as library calls: ``run_fit``, ``load_data``,
+                  ``estimate``, provenance, ``evaluate_errors``
+    selection/    hyperparameter selection on one assembly: validation split, K-fold
+                  cross-validation, nested bases, scoring rules
 
     from aceserver.fitting import acefit, read_configs, Keys
     train = read_configs("Si_tiny.xyz", Keys("dft_energy", "dft_force", "dft_virial"))
     result = acefit(model, train, weights={"default": {"E": 30, "F": 1, "V": 1}}, solver="blr")
 """
 from .data import Config, FitDataError, Keys, read_configs
-from .driver import FitResult, acefit
+from .fit_model import FitResult, acefit
 
 __all__ = ["Config", "FitDataError", "FitResult", "Keys", "acefit", "read_configs"]

@@ -16,15 +16,18 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 
 import numpy as np
+from ase.data import chemical_symbols
+
+from aceserver.evaluation.postprocess import VOIGT
 
 from .data import Config, config_weights, normalise_weights
 
-VOIGT = ((0, 0), (1, 1), (2, 2), (1, 2), (0, 2), (0, 1))
 KIND_E, KIND_F, KIND_V = 0, 1, 2
 
 
@@ -69,7 +72,6 @@ def count_rows(cfg: Config) -> int:
 
 
 def _e0_sum(cfg: Config, E0: dict[str, float]) -> float:
-    from ase.data import chemical_symbols
     return float(sum(E0[chemical_symbols[int(z)]] for z in cfg.numbers))
 
 
@@ -168,7 +170,6 @@ def assemble(model, configs: list[Config], weights: dict | None = None, threads:
         kind[a:b] = blk.kind
 
     if progress is None:
-        import sys
         progress = len(configs) >= 20 and sys.stderr.isatty()
     from tqdm.auto import tqdm
     bar = tqdm(total=len(configs), desc="assembling", unit="config", disable=not progress)
@@ -205,6 +206,24 @@ def row_weights(system: LsqSystem, configs: list[Config], weights: dict | None) 
     ev = system.kind != KIND_F
     w[ev] /= sq[system.config[ev]]
     return w
+
+
+def row_groups(system: LsqSystem, configs: list[Config]):
+    """Rows grouped by (config_type, kind), whose weights any weight set scales by one common factor;
+    returns ``[(config_type, kind, rows)]`` and each row's weight-free scale (1/√N for E and V, 1 for F)."""
+    types = [c.config_type for c in configs]
+    names = sorted(set(types))
+    tcode = np.array([names.index(t) for t in types], dtype=np.int64)[system.config]
+    key = tcode * 3 + system.kind.astype(np.int64)
+    groups = [(names[k // 3], int(k % 3), np.flatnonzero(key == k)) for k in np.unique(key)]
+    sq = np.sqrt(np.array([c.natoms for c in configs], dtype=float))
+    scale = np.where(system.kind == KIND_F, 1.0, 1.0 / sq[system.config])
+    return groups, scale
+
+
+def group_factor(config_type: str, kind: int, weights: dict) -> float:
+    """The common weight of the rows of one (config_type, kind) group under ``weights``."""
+    return float(config_weights(config_type, normalise_weights(weights))["EFV"[kind]])
 
 
 def with_E0(system: LsqSystem, configs: list[Config], old: dict[str, float], new: dict[str, float]) -> np.ndarray:

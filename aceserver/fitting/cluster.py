@@ -18,9 +18,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 from pathlib import Path
 
+import ase.io
+
 from . import streaming
+from . import config
 from .data import Config, FitDataError, Keys, config_from_atoms
 
 _MODELS: dict = {}      # per worker process: model definition → built model
@@ -36,8 +40,7 @@ def worker_model(defn: dict):
     key = json.dumps(defn, sort_keys=True)
     model = _MODELS.get(key)
     if model is None:
-        from .config import build_model
-        model = build_model(defn["model"], defn["E0"])
+        model = config.build_model(defn["model"], defn["E0"])
         model.E0 = dict(defn["E0"])
         _MODELS[key] = model
     return model
@@ -46,7 +49,6 @@ def worker_model(defn: dict):
 def read_frames(path: str, frames: list[int], keys: Keys, elements: list[str]) -> list[Config]:
     """The configurations of ``frames`` (0-based, in the order given) of an extended-XYZ file,
     checked as by :func:`data.read_configs` (same errors, naming file, frame and field)."""
-    import ase.io
     frames = [int(f) for f in frames]
     if not Path(path).exists():
         raise FitDataError("no such file (on this worker)", str(path))
@@ -106,7 +108,7 @@ def _length_basis(defn: dict) -> int:
 
 
 class DaskReducer:
-    """``reducer(configs) -> GroupFactors`` for :func:`driver.acefit`, computed on a Dask cluster.
+    """``reducer(configs) -> GroupFactors`` for :func:`fit_model.acefit`, computed on a Dask cluster.
 
     ``client``: a ``dask.distributed.Client``. ``definition``: :func:`model_definition`. ``keys``:
     the observation keys. ``n_basis``: the basis size (default: asked of a worker). ``leaf_rows``:
@@ -152,7 +154,6 @@ class DaskReducer:
         del level
         progress = self.progress
         if progress is None:
-            import sys
             progress = sys.stderr.isatty()
         done = 0
         try:

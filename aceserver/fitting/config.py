@@ -36,10 +36,14 @@ Example (the upstream Si test; paths are relative to the YAML file)::
 from __future__ import annotations
 
 import copy
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+
+from aceserver.ace1.model import ace1_model
+from aceserver.loading import load_model
 
 from .data import DEFAULT_WEIGHTS, Keys, normalise_weights
 
@@ -95,7 +99,6 @@ def _paths(value, base: Path, what: str, source: str | None = None) -> list[Path
 def data_base(d: dict, base: Path, data_dir=None) -> Path:
     """The directory that data file names are relative to: the YAML file's, or the data directory
     (``data_dir``, else $ACESERVER_DATA) when ``relative_to: data_dir``."""
-    import os
     rel = d.get("relative_to", "config")
     if rel == "config":
         return base
@@ -194,10 +197,9 @@ def load_config(path, data_dir=None) -> FitConfig:
 
 def build_model(model_kwargs: dict, E0: dict):
     """The model to fit: ``aceserver.ace1_model(**model_kwargs, E0=E0)`` (the core's constructor)."""
-    import aceserver
-    return aceserver.ace1_model(**model_kwargs, E0=E0)
+    return ace1_model(**model_kwargs, E0=E0)
 
 
 def load_model_file(path):
-    import aceserver
-    return aceserver.load_model(path)
+    """A fitted model file (``aceserver.load_model``), as ``aceserver eval`` reads it."""
+    return load_model(path)

@@ -15,10 +15,12 @@ Units: energies eV, forces eV/Å, virials eV (W = -V·σ).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
+import ase.io
 import numpy as np
+from ase.data import chemical_symbols
 
 from aceserver.errors import ACEInputError
 
@@ -153,7 +155,6 @@ def config_from_atoms(atoms, keys: Keys = Keys(), file: str = "<memory>", frame:
     cell = _finite(np.asarray(atoms.cell[:], dtype=float), file, frame, "cell")
     pbc = np.asarray(atoms.pbc, dtype=bool)
     if elements is not None:
-        from ase.data import chemical_symbols
         known = set(elements)
         for z in np.unique(numbers):
             sym = chemical_symbols[z] if 0 < z < len(chemical_symbols) else str(z)
@@ -207,8 +208,6 @@ def config_from_atoms(atoms, keys: Keys = Keys(), file: str = "<memory>", frame:
 
 def read_configs(path, keys: Keys = Keys(), elements: list[str] | None = None, index=":") -> list[Config]:
     """Read an extended-XYZ file (via ase.io) into a list of :class:`Config`."""
-    import ase.io
-
     path = Path(path)
     if not path.exists():
         raise FitDataError("no such file", str(path))
@@ -272,8 +271,6 @@ def isolated_atom_energies(configs: list[Config]) -> dict[str, float]:
     Configurations whose config_type contains "isolated" are preferred; otherwise any one-atom
     configuration counts. Inconsistent values for the same element are an error.
     """
-    from ase.data import chemical_symbols
-
     single = [c for c in configs if c.natoms == 1 and c.energy is not None]
     tagged = [c for c in single if "isolated" in c.config_type.lower()]
     out: dict[str, tuple[float, Config]] = {}

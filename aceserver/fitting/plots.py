@@ -8,12 +8,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from ase.data import chemical_symbols
 
 from .data import Config
 
 
 def _collect(configs: list[Config], predictions, E0=None):
-    from ase.data import chemical_symbols
     e_ref, e_pred, f_ref, f_pred = [], [], [], []
     for c, (E, F, _) in zip(configs, predictions):
         if c.energy is not None:
@@ -30,7 +30,7 @@ def _collect(configs: list[Config], predictions, E0=None):
 def parity_plots(outdir, sets: dict[str, tuple[list[Config], list]], title: str = "",
                  E0: dict[str, float] | None = None) -> list[Path]:
     """Write ``parity_energy.png`` and ``parity_forces.png``; ``sets`` maps a label (e.g. "train",
-    "validation") to (configs, predictions) with predictions as from :func:`errors.predict`."""
+    "validation") to (configs, predictions) with predictions as from :func:`error_tables.predict`."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -281,6 +281,23 @@ def solve_tsvd(A, y, A_val=None, y_val=None, rtol: float = 1e-9,
 SOLVERS = ("qr", "blr", "tsvd", "rrqr")
 
 
+def solve_from_svd(spec: dict | str | None, factors: SVDFactors, committee_size: int = 0, seed: int = 0,
+                   what: str = "selection") -> Solution:
+    """The SVD-based solvers (``blr``, ``tsvd``) on given SVD factors: how selection and
+    cross-validation fit each candidate from one shared factorisation. ``spec`` as for :func:`solve`
+    (default BLR; its floors ``sig_0_floor``, ``sig_e_floor`` and tsvd's ``rtol`` are read);
+    ``what`` names the caller in the error for any other solver."""
+    spec = {"name": "blr"} if spec is None else ({"name": spec} if isinstance(spec, str) else dict(spec))
+    name = str(spec.pop("name", "blr")).lower()
+    if name == "blr":
+        return solve_blr(None, None, committee_size=committee_size, seed=seed, factors=factors,
+                         var0_floor=float(spec.get("sig_0_floor", 1e-4)) ** 2,
+                         vare_floor=float(spec.get("sig_e_floor", 1e-4)) ** 2)
+    if name == "tsvd":
+        return solve_tsvd(None, None, rtol=float(spec.get("rtol", 1e-9)), factors=factors)
+    raise ValueError(f"{what} supports the SVD-based solvers blr and tsvd, not {name!r}")
+
+
 def solve(spec: dict | str | None, A, y, A_val=None, y_val=None, seed: int = 0,
           overwrite_a: bool = False, reduced: tuple[float, int] | None = None,
           val_offset: float = 0.0) -> Solution:

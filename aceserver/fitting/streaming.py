@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import threading
 import time
 from collections import deque
@@ -47,9 +48,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
+from ase.data import chemical_symbols
 
 from . import solvers
-from .assembly import KIND_E, KIND_F, KIND_V, config_block
+from .assembly import KIND_E, KIND_F, KIND_V, config_block, count_rows
 from .data import Config, config_weights, normalise_weights
 
 KINDS = {KIND_E: "E", KIND_F: "F", KIND_V: "V"}
@@ -258,7 +260,6 @@ def config_rows(model, cfg: Config, elements: list[str], E0: dict | None = None)
     Y[:, 0] = blk.y
     e = blk.kind == KIND_E
     if e.any():
-        from ase.data import chemical_symbols
         syms = [chemical_symbols[int(z)] for z in cfg.numbers]
         Y[e, 1:] = [syms.count(el) for el in elements]
     Y *= blk.w[:, None]
@@ -296,7 +297,6 @@ def leaves(configs: list[Config], n_basis: int, leaf_rows: int | None = None) ->
     max(4·n_basis, 2048)): the leaves of the reduction tree. They depend on the data and the basis
     only, so every path (threads here, any number of Dask workers) reduces in the same tree and
     gives the same numbers."""
-    from .assembly import count_rows
     per = int(leaf_rows or max(4 * int(n_basis), 2048))
     out, cur, rows = [], [], 0
     for i, c in enumerate(configs):
@@ -354,7 +354,6 @@ def reduce_configs(model, configs: list[Config], threads: int | None = None, pro
     from threadpoolctl import threadpool_limits
     from tqdm.auto import tqdm
     if progress is None:
-        import sys
         progress = len(configs) >= 20 and sys.stderr.isatty()
     threads = threads or os.cpu_count() or 1
     cut = leaves(configs, model.length_basis, leaf_rows)

@@ -1,10 +1,11 @@
 """Select and fit the Zuo et al. (2020) models by 5-fold cross-validation on their *training* splits.
 
-    python models/select_zuo.py --data-dir DIR Si [Cu ...]   # select, fit, write selection.json etc.
-    python models/select_zuo.py --cards Si [Cu ...]          # rewrite cards and plots from stored results
+    python -m tools.shipped_models.zuo_select --data-dir DIR Si [Cu ...]   # select, fit, write selection.json etc.
+    python -m tools.shipped_models.zuo_cards Si [Cu ...]                  # rewrite cards and plots from stored results
 
-DIR holds ZuoEtAl2020/<El>_train.xyz (see models/README.md; default $ACESERVER_DATA). The Zuo test
-splits are never read. One recipe for all six elements (ace1 defaults unless said):
+(from the repository root). DIR holds ZuoEtAl2020/<El>_train.xyz (see README.md here; default
+$ACESERVER_DATA). The Zuo test splits are never read. One recipe for all six elements (constants in
+:mod:`.zuo_recipe`; ace1 defaults unless said):
 
 * stage 0, cutoff: rcut in {2.25, 2.5, 2.75} bond lengths (ace1's default is 2.5), each on the
   order-3 totaldegree [24,20,16] basis (827 functions for one element) with the whole stage-1 grid;
@@ -37,7 +38,6 @@ import argparse
 import io
 import json
 import os
-import sys
 import time
 from contextlib import redirect_stdout
 from pathlib import Path
@@ -45,60 +45,25 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
-sys.path.insert(0, str(HERE))
+import aceserver
+from aceserver.fitting import assembly, data, selection
+from aceserver.fitting import config as fconfig
+from aceserver.fitting.fit_model import jsonable
+from aceserver.fitting.workflow import run_fit, sha256_file
 
-from zuo_cards import _same  # noqa: E402  (equal JSON-like candidate specs)
-
-CHAIN = [(3, [12, 10, 8]), (3, [16, 12, 10]), (3, [20, 16, 12]), (3, [24, 20, 16]),
-         (4, [24, 20, 16, 12]), (4, [26, 22, 18, 14])]
-STAGE1 = 4                     # stage 1 on CHAIN[:STAGE1]; CHAIN[STAGE1 - 1] ranks cutoffs and pairs
-CUTOFFS = (2.25, 2.5, 2.75)    # rcut in bond lengths
-PRIORS = ({"name": "algebraic", "p": 2}, {"name": "algebraic", "p": 4}, {"name": "algebraic", "p": 6},
-          {"name": "exponential", "wl": 2.0, "wn": 3.0})
-E_WEIGHTS = (3.0, 10.0, 30.0, 100.0, 300.0)
-N_STAGE2 = 3
-K, SEED, LC_PARTS = 5, 0, 5
-STUDY = ("Si", "Cu")
-COMBINE = "worse"              # score: the worse of the two mean CV MAE / target ratios
-# best published test-set MAE: energy (eV/atom), forces (eV/Å)
-TARGETS = {"Ni": (0.33e-3, 0.010), "Cu": (0.22e-3, 0.005), "Li": (0.17e-3, 0.005),
-           "Mo": (2.24e-3, 0.09), "Si": (2.21e-3, 0.06), "Ge": (1.79e-3, 0.05)}
-SOURCE = ("ACEData repository (github.com/ACEsuit/ACEData), minibenchmarks/ZuoEtAl2020.tar.gz; "
-          "unpack so that <data dir>/ZuoEtAl2020/<El>_train.xyz exists (see models/README.md)")
-
-
-def basis_name(order, td) -> str:
-    return f"order {order}, totaldegree {list(td)}"
-
-
-def score(result, el):
-    from aceserver.fitting.selection import target_score
-    return target_score(result, TARGETS[el], combine=COMBINE)
-
-
-def fold_score(result, el):
-    """Per fold (E MAE / E target, F MAE / F target): the paired rule checks both."""
-    from aceserver.fitting.selection import fold_ratios
-    return fold_ratios(result, TARGETS[el])
+from .common import MODELS, same
+from .zuo_recipe import (CHAIN, COMBINE, CUTOFFS, E_WEIGHTS, K, LC_PARTS, N_STAGE2, PRIORS, SEED, SOURCE,
+                         STAGE1, STUDY, TARGETS, basis_name, fold_score, rcut_of, score)
 
 
 def log(msg):
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def rcut_of(el: str, factor: float) -> float:
-    from aceserver.basis.bondlengths import pair_r0
-    return float(factor * pair_r0(el, el))
-
-
 class Assembled:
     """One cutoff's nested chain of bases: the largest assembled, block factors per fold."""
 
     def __init__(self, el, train, chain, factor, folds, always, threads, timings, tag):
-        import aceserver
-        from aceserver.fitting import assembly, selection
         self.models = [aceserver.ace1_model(elements=[el], order=o, totaldegree=td, rcut=rcut_of(el, factor))
                        for o, td in chain]
         self.names = [basis_name(o, td) for o, td in chain]
@@ -119,16 +84,13 @@ class Assembled:
             f"{timings[f'{tag}_assembly_s']:.0f} s, block factors in {timings[f'{tag}_block_qr_s']:.0f} s")
 
     def cv(self, candidates, keep):
-        from aceserver.fitting import selection
         return selection.cross_validate(self.factors, list(range(K)), [K], candidates, self.labels, self.sizes,
                                         log=log, on_result=keep)
 
 
 def select_and_fit(el: str, data_dir: Path, threads: int | None = None):
-    from aceserver.fitting import assembly, data, selection
-    from aceserver.fitting.driver import jsonable
-
-    d = HERE / f"zuo-{el}"
+    d = MODELS / f"zuo-{el}"
+    tg = TARGETS[el]
     t_all = time.perf_counter()
     timings = {}
     path = data_dir / "ZuoEtAl2020" / f"{el}_train.xyz"
@@ -143,7 +105,7 @@ def select_and_fit(el: str, data_dir: Path, threads: int | None = None):
     e_mean = round(float(np.mean([c.energy / c.natoms for c in train])), 6)
     E0s = [{el: 0.0}, {el: e_mean}]
     pairs = [(pr, {"default": {"E": we, "F": 1.0, "V": 1.0}}) for pr in PRIORS for we in E_WEIGHTS]
-    out = {"element": el, "data": {"file": path.name, "sha256": _sha256(path)}, "folds": K, "seed": SEED,
+    out = {"element": el, "data": {"file": path.name, "sha256": sha256_file(path)}, "folds": K, "seed": SEED,
            "targets": {"E": TARGETS[el][0], "F": TARGETS[el][1]}, "score": COMBINE,
            "cutoffs_bond_lengths": list(CUTOFFS), "fold_sizes": [len(f) for f in folds],
            "results": [], "cutoff_results": [], "timings_s": timings}
@@ -167,7 +129,7 @@ def select_and_fit(el: str, data_dir: Path, threads: int | None = None):
         run.cv(cands([mid], pairs, f), keeper("cutoff_results"))
         del run
     timings["stage0_s"] = time.perf_counter() - t0
-    best_at = {f: min(score(r, el)[0] for r in out["cutoff_results"] if r["candidate"]["rcut_bond_lengths"] == f)
+    best_at = {f: min(score(r, tg)[0] for r in out["cutoff_results"] if r["candidate"]["rcut_bond_lengths"] == f)
                for f in CUTOFFS}
     factor = min(CUTOFFS, key=lambda f: best_at[f])
     out["rcut_bond_lengths"], out["rcut"] = factor, rcut_of(el, factor)
@@ -184,21 +146,21 @@ def select_and_fit(el: str, data_dir: Path, threads: int | None = None):
     run.cv(cands(names[:STAGE1 - 1], pairs, factor), keep)
     stage1 = list(out["results"])
     timings["stage1_s"] = time.perf_counter() - t0
-    ranked = sorted(pairs, key=lambda pw: min(score(r, el)[0] for r in stage1 if r["candidate"]["basis"] == mid
-                                              and _same(r["candidate"]["prior"], pw[0])
-                                              and _same(r["candidate"]["weights"], pw[1])))
+    ranked = sorted(pairs, key=lambda pw: min(score(r, tg)[0] for r in stage1 if r["candidate"]["basis"] == mid
+                                              and same(r["candidate"]["prior"], pw[0])
+                                              and same(r["candidate"]["weights"], pw[1])))
     t0 = time.perf_counter()
     run.cv(cands(names[STAGE1:], ranked[:N_STAGE2], factor), keep)
     timings["stage2_s"] = time.perf_counter() - t0
 
     results = out["results"]
-    chosen = selection.one_standard_error(results, lambda r: score(r, el), fold_score=lambda r: fold_score(r, el))
-    best = min(results, key=lambda r: score(r, el)[0])
+    chosen = selection.one_standard_error(results, lambda r: score(r, tg), fold_score=lambda r: fold_score(r, tg))
+    best = min(results, key=lambda r: score(r, tg)[0])
     out["rule"] = ("paired one standard error: fewest basis functions among candidates whose mean per-fold "
                    "excess over the best, in E MAE/E target and in F MAE/F target, is within one standard "
                    "error of that excess; score = max(mean E MAE/E target, mean F MAE/F target)")
     out["best"], out["chosen"] = best["candidate"], chosen["candidate"]
-    log(f"  best {best['candidate']} score {score(best, el)}; chosen {chosen['candidate']} {score(chosen, el)}")
+    log(f"  best {best['candidate']} score {score(best, tg)}; chosen {chosen['candidate']} {score(chosen, tg)}")
     sink.write_text(json.dumps(jsonable(out), indent=1))
 
     cand = chosen["candidate"]
@@ -221,8 +183,6 @@ def select_and_fit(el: str, data_dir: Path, threads: int | None = None):
     # the final fit: the chosen basis's columns of the assembled matrix, E0 re-referenced
     t0 = time.perf_counter()
     write_fit_yaml(el, CHAIN[b], out["rcut"], cand)
-    from aceserver.commands.fit import run_fit
-    from aceserver.fitting import config as fconfig
     cfg = fconfig.load_config(d / "fit.yaml", data_dir=data_dir)
     model = run.models[b]
     model.E0 = dict(cand["E0"])
@@ -247,15 +207,10 @@ def select_and_fit(el: str, data_dir: Path, threads: int | None = None):
     log(f"zuo-{el} done in {timings['total_s']:.0f} s")
 
 
-def _sha256(path):
-    from aceserver.commands.fit import sha256_file
-    return sha256_file(path)
-
-
 def write_fit_yaml(el, basis, rcut, cand):
     o, td = basis
     head = (f"# Zuo et al. 2020 benchmark, {el}: chosen by 5-fold cross-validation on the training split\n"
-            f"# (`python models/select_zuo.py --data-dir DIR {el}`; rule and candidates in selection.json).\n"
+            f"# (`python -m tools.shipped_models.zuo_select --data-dir DIR {el}`; rule and candidates in selection.json).\n"
             f"# Data: {SOURCE}.\n"
             f"# Refit from the repository root:  aceserver fit models/zuo-{el}/fit.yaml --data-dir DIR\n")
     raw = {"name": f"zuo-{el}",
@@ -269,23 +224,17 @@ def write_fit_yaml(el, basis, rcut, cand):
            "solver": {"name": "blr", "committee_size": 10},
            "validation_fraction": 0.0, "seed": 0,
            "output": {"model": f"zuo-{el}.json", "plots": "plots", "report": "report.json"}}
-    (HERE / f"zuo-{el}" / "fit.yaml").write_text(head + yaml.safe_dump(raw, sort_keys=False, allow_unicode=True))
+    (MODELS / f"zuo-{el}" / "fit.yaml").write_text(head + yaml.safe_dump(raw, sort_keys=False, allow_unicode=True))
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m tools.shipped_models.zuo_select",
+                                 description=__doc__.split("\n\n")[0])
     ap.add_argument("elements", nargs="+", choices=sorted(TARGETS))
     ap.add_argument("--data-dir", default=os.environ.get("ACESERVER_DATA"),
                     help="directory holding ZuoEtAl2020/<El>_train.xyz (default $ACESERVER_DATA)")
     ap.add_argument("--threads", type=int, default=None, help="assembly threads (default: all CPUs)")
-    ap.add_argument("--cards", action="store_true", help="only rewrite cards and plots from stored results")
     args = ap.parse_args(argv)
-    if args.cards:
-        from zuo_cards import readme_tables, write_card
-        for el in args.elements:
-            write_card(el)
-        readme_tables()
-        return
     if not args.data_dir:
         ap.error("give --data-dir DIR or set ACESERVER_DATA (the directory holding ZuoEtAl2020/)")
     for el in args.elements:

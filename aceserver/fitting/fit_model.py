@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import datetime as _dt
 import logging
+import math
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
-from . import assembly, errors, priors, solvers
+from aceserver import __version__
+
+from . import assembly, error_tables, priors, solvers
 from . import streaming as stream
 from .data import DEFAULT_WEIGHTS, Config, normalise_weights
 
@@ -24,8 +28,6 @@ log = logging.getLogger(__name__)
 
 def jsonable(obj):
     """Strict-JSON copy: non-finite floats become None, numpy scalars/arrays Python numbers/lists."""
-    import math
-    from pathlib import Path
     if isinstance(obj, dict):
         return {str(k): jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
@@ -166,8 +168,8 @@ def _finish(model, train, validation, weights, prior, spec, seed, threads, gamma
         t0 = time.perf_counter()
         for name, cs in (("train", train), ("validation", validation)):
             if cs:
-                preds[name] = errors.predict(model, cs, threads)
-                errs[name] = errors.error_table(cs, preds[name])
+                preds[name] = error_tables.predict(model, cs, threads)
+                errs[name] = error_tables.error_table(cs, preds[name])
         timings["errors_s"] = time.perf_counter() - t0
 
     info = {k: v for k, v in sol.info.items()}
@@ -178,16 +180,12 @@ def _finish(model, train, validation, weights, prior, spec, seed, threads, gamma
         "weights": weights, "E0": dict(model.E0), "seed": seed,
         "n_train_configs": len(train), "n_validation_configs": len(validation or []),
         "n_observations": int(shape[0]), "n_basis": int(shape[1]),
-        "errors": {k: errors.public(v) for k, v in errs.items()},
+        "errors": {k: error_tables.public(v) for k, v in errs.items()},
         "units": {"E": "eV/atom", "F": "eV/Å", "V": "eV/atom"},
         "timings_s": timings, "assembly": run,
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "aceserver_version": __version__,
     }
-    try:
-        from aceserver import __version__
-        meta["fit"]["aceserver_version"] = __version__
-    except ImportError:  # pragma: no cover
-        pass
     model.metadata = jsonable(meta)
     return FitResult(model=model, solver_info=info, errors=errs, timings=timings, shape=shape,
                      predictions=preds, run=run)

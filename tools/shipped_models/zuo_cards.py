@@ -1,24 +1,30 @@
 """Cards and study plots of the zuo-<El> models from their stored results (no fitting).
 
-    python models/select_zuo.py --cards Si Cu ...
+    python -m tools.shipped_models.zuo_cards [Si Cu ...]     # default: all six, and the tables of models/README.md
 
 Reads models/zuo-<El>/{fit.yaml, report.json, <model>.json, selection.json, study.json} and writes
-README.md (the card) and, where study.json exists, plots/cv_basis_size.png and plots/cv_learning_curve.png.
+README.md (the card) and, where study.json exists, plots/cv_basis_size.png and plots/cv_learning_curve.png;
+then fills the CV summary and the study summary into models/README.md (between their markers).
 """
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import yaml
 
-HERE = Path(__file__).resolve().parent
+from aceserver.loading import load_model
+
+from .common import MODELS, error_rows, same
+from .zuo_recipe import TARGETS, score
 
 
-def _score(r, targets, combine="worse"):
-    from aceserver.fitting.selection import target_score
-    return target_score(r, (targets["E"], targets["F"]), combine=combine)
+def _score(r, targets):
+    """Score against the targets stored in selection.json (``{"E": eV/atom, "F": eV/Å}``)."""
+    return score(r, (targets["E"], targets["F"]))
 
 
 def prior_name(pr: dict) -> str:
@@ -41,15 +47,11 @@ HEAD = ("| basis functions | order, totaldegree | rcut (bond lengths) | prior | 
         "CV F MAE (eV/Å) | score ± SE |", "|---|---|---|---|---|---|---|---|---|")
 
 
-def _same(a, b):
-    return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
-
-
 def basis_curve(sel: dict, study: dict) -> list[dict]:
     """CV results of the study's prior and weights with the chosen E0, one per basis (smallest first)."""
     E0 = sel["chosen"]["E0"]
-    rows = [r for r in sel["results"] + sel.get("extra_results", []) if _same(r["candidate"]["prior"], study["basis_curve"]["prior"])
-            and _same(r["candidate"]["weights"], study["basis_curve"]["weights"]) and _same(r["candidate"]["E0"], E0)]
+    rows = [r for r in sel["results"] + sel.get("extra_results", []) if same(r["candidate"]["prior"], study["basis_curve"]["prior"])
+            and same(r["candidate"]["weights"], study["basis_curve"]["weights"]) and same(r["candidate"]["E0"], E0)]
     return sorted(rows, key=lambda r: r["n_basis"])
 
 
@@ -58,7 +60,7 @@ def study_plots(el: str, sel: dict, study: dict) -> list[str]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    d = HERE / f"zuo-{el}" / "plots"
+    d = MODELS / f"zuo-{el}" / "plots"
     d.mkdir(exist_ok=True)
     t = sel["targets"]
     out = []
@@ -85,19 +87,16 @@ def study_plots(el: str, sel: dict, study: dict) -> list[str]:
 
 
 def write_card(el: str):
-    import aceserver
-    from refit import error_rows
-
-    d = HERE / f"zuo-{el}"
+    d = MODELS / f"zuo-{el}"
     raw = yaml.safe_load((d / "fit.yaml").read_text())
     report = json.loads((d / "report.json").read_text())
     sel = json.loads((d / "selection.json").read_text())
     model_file = d / raw["output"]["model"]
-    meta = aceserver.load_model(model_file).metadata.get("fit", {})
+    meta = load_model(model_file).metadata.get("fit", {})
     t = sel["targets"]
     res = sel["results"]
-    chosen = next(r for r in res if _same(r["candidate"], sel["chosen"]))
-    best = next(r for r in res if _same(r["candidate"], sel["best"]))
+    chosen = next(r for r in res if same(r["candidate"], sel["chosen"]))
+    best = next(r for r in res if same(r["candidate"], sel["best"]))
     cm, cse = _score(chosen, t)
     bm, bse = _score(best, t)
     verdict = lambda x, tg: "at or below" if x <= tg else "above"
@@ -114,7 +113,7 @@ def write_card(el: str):
          "Per fold (E meV/atom, F eV/Å): " + ", ".join(
              f"({f['mae']['E'] * 1e3:.3f}, {f['mae']['F']:.4f})" for f in chosen["folds"]) + ".",
          "These are estimates from the training split; the Zuo test split was not read. Reproduce them "
-         f"(and this model) with `python models/select_zuo.py --data-dir DIR {el}` from the repository root.", "",
+         f"(and this model) with `python -m tools.shipped_models.zuo_select --data-dir DIR {el}` from the repository root.", "",
          "## Files", "",
          f"- model: `{model_file.name}` (sha256 of the file `{hashlib.sha256(model_file.read_bytes()).hexdigest()}`; "
          f"model identity `{report.get('sha256')}`)",
@@ -150,7 +149,7 @@ def write_card(el: str):
     secs = {"assembly": sum(v for k, v in tm.items() if k.endswith("assembly_s")),
             "block factors": sum(v for k, v in tm.items() if k.endswith("block_qr_s"))}
     L += ["", "## Selection", "",
-          "One recipe for all six Zuo elements (`models/select_zuo.py`, details in its docstring and in "
+          "One recipe for all six Zuo elements (`tools/shipped_models/zuo_select.py`, details in its docstring and in "
           "models/README.md):", "",
           "- stage 0, cutoff: rcut ∈ {2.25, 2.5, 2.75} bond lengths (ace1 default 2.5), each on the order-3 "
           "totaldegree [24,20,16] basis with the whole stage-1 grid; the cutoff with the best mean score is kept;",
@@ -197,14 +196,14 @@ def write_card(el: str):
         L += [f"| {r['n_train_configs']:.0f} | {r['mae_mean']['E'] * 1e3:.3f} ± {r['mae_std']['E'] * 1e3:.3f} | "
               f"{r['mae_mean']['F']:.4f} ± {r['mae_std']['F']:.4f} |" for r in study["learning_curve"]]
     L += ["", "## Reproduce", "", "From the repository root, with the data placed under DIR (or $ACESERVER_DATA):",
-          "", "```bash", f"aceserver fit models/zuo-{el}/fit.yaml --data-dir DIR        # this model",
-          f"python models/select_zuo.py --data-dir DIR {el}              # the CV numbers, the selection and the model",
+          "", "```bash", f"aceserver fit models/zuo-{el}/fit.yaml --data-dir DIR             # this model",
+          f"python -m tools.shipped_models.zuo_select --data-dir DIR {el}   # the CV numbers, the selection and the model",
           "```", "",
-          "`select_zuo.py` fits the final model from the selection's assembled columns (the chosen basis is a "
+          "`zuo_select` fits the final model from the selection's assembled columns (the chosen basis is a "
           "column subset of the largest one); `aceserver fit` assembles the chosen basis itself."
           + (" This model file was written by `aceserver fit` from `fit.yaml`: the selection run of "
              "2026-12-03 mapped the columns of the largest basis of the chain (the one chosen here) to the "
-             "model in the wrong order (fixed in `selection.prefix_order`; `select_zuo.py` now checks the "
+             "model in the wrong order (fixed in `selection.prefix_order`; `zuo_select` now checks the "
              "written model against training energies). The CV numbers were not affected."
              if chosen["n_basis"] == max(sel["bases"].values()) else ""), ""]
     (d / "README.md").write_text("\n".join(L))
@@ -212,13 +211,12 @@ def write_card(el: str):
 
 def readme_tables():
     """Fill the CV summary and the study summary into models/README.md (between their markers)."""
-    import re
     rows = ["| model | chosen basis | rcut (Å) | prior | w_E | E0 (eV) | CV E MAE (meV/atom) | E target | "
             "CV F MAE (eV/Å) | F target | targets met | time |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     study = []
     total = 0.0
     for el in ("Ni", "Cu", "Li", "Mo", "Si", "Ge"):
-        d = HERE / f"zuo-{el}"
+        d = MODELS / f"zuo-{el}"
         if not (d / "selection.json").exists() or not (d / "report.json").exists():
             rows.append(f"| zuo-{el} | not refitted in this run | | | | | | | | | | |")
             continue
@@ -227,7 +225,7 @@ def readme_tables():
             rows.append(f"| zuo-{el} | selection incomplete | | | | | | | | | | |")
             continue
         t = sel["targets"]
-        r = next(x for x in sel["results"] if _same(x["candidate"], sel["chosen"]))
+        r = next(x for x in sel["results"] if same(x["candidate"], sel["chosen"]))
         c = r["candidate"]
         E, F = r["mae_mean"]["E"], r["mae_mean"]["F"]
         met = int(E <= t["E"]) + int(F <= t["F"])
@@ -251,8 +249,25 @@ def readme_tables():
     rows += ["", "CV MAE: mean ± standard deviation over the 5 folds. Targets: the best published test-set MAE "
              f"(GAP, MTP, ACEpotentials.jl). rcut in Å and in bond lengths (bl). Time: the six selections ran one "
              f"after the other on a 2-core machine; their wall times sum to {total / 60:.0f} min."]
-    text = (HERE / "README.md").read_text()
+    text = (MODELS / "README.md").read_text()
     for tag, body in (("zuo-table", rows), ("study-summary", study)):
         text = re.sub(f"<!-- {tag} -->.*?<!-- /{tag} -->", f"<!-- {tag} -->\n" + "\n".join(body) + f"\n<!-- /{tag} -->",
                       text, flags=re.S)
-    (HERE / "README.md").write_text(text)
+    (MODELS / "README.md").write_text(text)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="python -m tools.shipped_models.zuo_cards",
+                                 description=__doc__.split("\n\n")[0])
+    ap.add_argument("elements", nargs="*", metavar="El", help=f"one of {sorted(TARGETS)} (default: all six)")
+    args = ap.parse_args(argv)
+    unknown = sorted(set(args.elements) - set(TARGETS))
+    if unknown:
+        ap.error(f"no zuo model for {unknown}; choose from {sorted(TARGETS)}")
+    for el in args.elements or sorted(TARGETS):
+        write_card(el)
+    readme_tables()
+
+
+if __name__ == "__main__":
+    main()

@@ -3,6 +3,10 @@
 The full model (E0 included) is evaluated with ``model.evaluate``. Energy errors are per atom (E/N),
 force errors per Cartesian component, virial errors per atom over the 6 Voigt components (W/N).
 Stored values are in eV/atom, eV/Å, eV/atom; printed tables show E and V in meV/atom.
+
+:func:`rmse_mae` is the one RMSE/MAE computation of fitting: :func:`error_table` (predictions of
+the full model), :func:`kind_errors` (residuals of assembled design rows, as selection and
+cross-validation score candidates) and everything built on them use it.
 """
 from __future__ import annotations
 
@@ -12,10 +16,32 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from .assembly import VOIGT
+from aceserver.evaluation.postprocess import VOIGT
+
+from .assembly import KIND_E, KIND_F, KIND_V
 from .data import Config
 
 SET = "set"
+
+
+def rmse_mae(r: np.ndarray) -> tuple[float, float]:
+    """(RMSE, MAE) of the residuals ``r`` (non-empty)."""
+    return float(np.sqrt(np.mean(r ** 2))), float(np.mean(np.abs(r)))
+
+
+def kind_errors(r: np.ndarray, kind: np.ndarray, natoms: np.ndarray) -> dict:
+    """``{"rmse": {"E", "F", "V"}, "mae": {...}}`` of design-row residuals ``r`` (model − target),
+    given each row's kind (``assembly.KIND_*``) and its configuration's atom count: E and V rows
+    divided by N (eV/atom), F rows as they are (eV/Å). ``None`` where a kind has no rows."""
+    out = {"rmse": {}, "mae": {}}
+    for k, code in (("E", KIND_E), ("F", KIND_F), ("V", KIND_V)):
+        sel = kind == code
+        if not sel.any():
+            out["rmse"][k] = out["mae"][k] = None
+            continue
+        rk = r[sel] if code == KIND_F else r[sel] / natoms[sel]
+        out["rmse"][k], out["mae"][k] = rmse_mae(rk)
+    return out
 
 
 def predict(model, configs: list[Config], threads: int | None = None):
@@ -59,9 +85,7 @@ def error_table(configs: list[Config], predictions) -> dict:
         out["count"][g] = d["n"]
         for k in ("E", "F", "V"):
             if d[k]:
-                r = np.concatenate(d[k])
-                out["rmse"][g][k] = float(np.sqrt(np.mean(r ** 2)))
-                out["mae"][g][k] = float(np.mean(np.abs(r)))
+                out["rmse"][g][k], out["mae"][g][k] = rmse_mae(np.concatenate(d[k]))
             else:
                 out["rmse"][g][k] = None
                 out["mae"][g][k] = None
@@ -69,6 +93,7 @@ def error_table(configs: list[Config], predictions) -> dict:
 
 
 def compute_errors(model, configs: list[Config], threads: int | None = None) -> dict:
+    """:func:`error_table` of the model's predictions on ``configs``."""
     return error_table(configs, predict(model, configs, threads))
 
 

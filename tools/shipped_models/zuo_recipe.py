@@ -1,0 +1,46 @@
+"""The Zuo et al. (2020) selection recipe: the candidate grid, the targets and the score.
+
+Targets are the best published test-set MAE, energy (eV/atom) and forces (eV/Å). A candidate's score
+is the worse of its two mean ratios, max(CV E MAE / E target, CV F MAE / F target), with its
+standard error over the folds (:func:`aceserver.fitting.selection.target_score`, ``combine="worse"``).
+"""
+from __future__ import annotations
+
+from aceserver.basis.bondlengths import pair_r0
+from aceserver.fitting.selection import fold_ratios, target_score
+
+CHAIN = [(3, [12, 10, 8]), (3, [16, 12, 10]), (3, [20, 16, 12]), (3, [24, 20, 16]),
+         (4, [24, 20, 16, 12]), (4, [26, 22, 18, 14])]
+STAGE1 = 4                     # stage 1 on CHAIN[:STAGE1]; CHAIN[STAGE1 - 1] ranks cutoffs and pairs
+CUTOFFS = (2.25, 2.5, 2.75)    # rcut in bond lengths
+PRIORS = ({"name": "algebraic", "p": 2}, {"name": "algebraic", "p": 4}, {"name": "algebraic", "p": 6},
+          {"name": "exponential", "wl": 2.0, "wn": 3.0})
+E_WEIGHTS = (3.0, 10.0, 30.0, 100.0, 300.0)
+N_STAGE2 = 3
+K, SEED, LC_PARTS = 5, 0, 5
+STUDY = ("Si", "Cu")
+COMBINE = "worse"              # score: the worse of the two mean CV MAE / target ratios
+# best published test-set MAE: energy (eV/atom), forces (eV/Å)
+TARGETS = {"Ni": (0.33e-3, 0.010), "Cu": (0.22e-3, 0.005), "Li": (0.17e-3, 0.005),
+           "Mo": (2.24e-3, 0.09), "Si": (2.21e-3, 0.06), "Ge": (1.79e-3, 0.05)}
+SOURCE = ("ACEData repository (github.com/ACEsuit/ACEData), minibenchmarks/ZuoEtAl2020.tar.gz; "
+          "unpack so that <data dir>/ZuoEtAl2020/<El>_train.xyz exists (see models/README.md)")
+
+
+def basis_name(order, td) -> str:
+    return f"order {order}, totaldegree {list(td)}"
+
+
+def score(result, targets: tuple[float, float]) -> tuple[float, float]:
+    """(mean score, standard error) of a CV result against (E target, F target)."""
+    return target_score(result, targets, combine=COMBINE)
+
+
+def fold_score(result, targets: tuple[float, float]):
+    """Per fold (E MAE / E target, F MAE / F target): the paired rule checks both."""
+    return fold_ratios(result, targets)
+
+
+def rcut_of(el: str, factor: float) -> float:
+    """``factor`` bond lengths of ``el`` in Å."""
+    return float(factor * pair_r0(el, el))
