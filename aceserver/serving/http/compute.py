@@ -9,7 +9,7 @@ from ase.data import chemical_symbols
 
 from aceserver.errors import ACEInputError
 
-from .errors import APIError
+from .error_replies import APIError
 from .schema import DEFAULT_PROPERTIES, CalculateRequest, Property, Structure
 
 log = logging.getLogger("aceserver.http")
