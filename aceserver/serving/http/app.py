@@ -51,7 +51,7 @@ def create_app(registry: ModelRegistry, settings: Settings | None = None) -> Fas
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
 
     # the token check (and its OpenAPI security scheme) exists only when a token is configured
-    v1 = {"prefix": "/v1", "dependencies": [Depends(require_token)] if settings.token is not None else [],
+    v1 = {"dependencies": [Depends(require_token)] if settings.token is not None else [],
           "responses": error_responses(*((401, 422) if settings.token is not None else (422,)))}
     app.include_router(models.router, **v1)
     app.include_router(calculate.router, **v1)

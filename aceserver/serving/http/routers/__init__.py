@@ -6,6 +6,7 @@
     metrics     /metrics (Prometheus), /metrics.json (the web page's feed)
     web         the web page at /
 
-The /v1 routers get their prefix, the bearer-token dependency and the shared error responses
-where they are included, because those depend on the server's settings.
+The /v1 routers carry their prefix themselves (so the route templates that the metrics count by
+are the full paths); the bearer-token dependency and the shared error responses are added where
+they are included, because those depend on the server's settings.
 """

@@ -23,7 +23,7 @@ from ..registry import ServedModel
 from ..schema import CalculateRequest, CalculateResponse
 from ..settings import Settings
 
-router = APIRouter()
+router = APIRouter(prefix="/v1")
 
 CALC_BODY = {"$ref": "#/components/schemas/CalculateRequest"}
 

@@ -15,7 +15,7 @@ from ..schema import ModelInfo, ModelList
 
 PLOT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,100}\.png$")
 
-router = APIRouter()
+router = APIRouter(prefix="/v1")
 
 
 def _plots_dir(model_path: str | None) -> Path | None:
