@@ -1,12 +1,12 @@
 """ASE calculator for aceserver models: energy, free_energy, forces, stress, energies (per atom),
-plus the committee spread when the model carries a committee. Units: eV, Å, eV/Å, eV/Å³."""
-from __future__ import annotations
+plus the committee spread when the model carries a committee. Units: eV, Å, eV/Å, eV/Å³.
 
-import math
+Stress and committee spread are read from the `Evaluation` (`aceserver.evaluation.postprocess`
+defines them for every front end)."""
+from __future__ import annotations
 
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 
-from .evaluation import volume
 from .evaluation.site_potential import SitePotential
 from .evaluation.verlet import DEFAULT_SKIN, VerletList
 from .loading import load_model
@@ -20,7 +20,9 @@ class ACECalculator(Calculator):
     results: energy, free_energy (eV), forces (eV/Å), stress (eV/Å³, Voigt, periodic cells only),
     energies (eV per atom); with a committee also energy_committee (eV, one per member),
     energy_std (eV) (committee=False skips them), and with committee_forces=True
-    forces_committee (K, N, 3) eV/Å.
+    forces_committee (K, N, 3) eV/Å. energy_std is the committee spread as HTTP and i-PI report
+    it: the population standard deviation sqrt(Σ_k (E_k - Ē)² / K) over the K members (ddof 0;
+    `aceserver.evaluation.postprocess.committee_spread`).
 
     skin (Å, default 0.3): successive calls reuse the neighbour search while no atom has moved
     more than skin/2 since it ran (a Verlet list, see aceserver.verlet); 0 searches every call.
@@ -74,16 +76,14 @@ class ACECalculator(Calculator):
                                   threads=self.threads, verlet=self.verlet)
         self.results = {"energy": res.energy, "free_energy": res.energy, "forces": res.forces,
                         "energies": res.energies}
-        cell = atoms.cell.array
-        if atoms.pbc.all() and volume(cell) > 0.0:
-            self.results["stress"] = res.stress(cell)
+        stress = res.periodic_stress(atoms.cell.array, atoms.pbc)
+        if stress is not None:
+            self.results["stress"] = stress
         elif "stress" in properties:
             raise PropertyNotImplementedError("stress needs a cell that is periodic in all three "
                                               "directions")
         if res.energy_committee is not None:
             self.results["energy_committee"] = res.energy_committee
-            e = res.energy_committee.tolist()
-            mean = sum(e) / len(e)
-            self.results["energy_std"] = math.sqrt(sum((x - mean) ** 2 for x in e) / len(e))
+            self.results["energy_std"] = res.energy_std
         if res.forces_committee is not None:
             self.results["forces_committee"] = res.forces_committee

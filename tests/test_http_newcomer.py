@@ -36,7 +36,7 @@ def _blocks(text: str, lang: str) -> list[str]:
 
 
 def _models_env() -> dict:
-    from aceserver.serving.http.registry import ModelLookupError, default_model
+    from aceserver.catalogue import ModelLookupError, default_model
 
     try:
         default_model()
@@ -133,19 +133,19 @@ def test_docker_entry_command_outside_docker():
 
 def test_default_model_lookup(tmp_path, monkeypatch):
     """zuo-Si when shipped, else Si-tiny, else a clear error naming where it looked."""
-    from aceserver.serving.http import registry
+    from aceserver import catalogue
 
-    monkeypatch.setattr(registry, "models_dirs", lambda: [tmp_path])
-    with pytest.raises(registry.ModelLookupError, match="no shipped default model") as info:
-        registry.default_model()
+    monkeypatch.setattr(catalogue, "models_dirs", lambda: [tmp_path])
+    with pytest.raises(catalogue.ModelLookupError, match="no shipped default model") as info:
+        catalogue.default_model()
     assert str(tmp_path) in str(info.value) and "aceserver serve path/to/model.json" in str(info.value)
     (tmp_path / "zuo-Si").mkdir()
     (tmp_path / "zuo-Si" / "fit.yaml").write_text("not a model\n")     # a recipe only: not shipped yet
     (tmp_path / "Si-tiny").mkdir()
     (tmp_path / "Si-tiny" / "Si-tiny.json").write_text("{}")
-    assert registry.default_model() == ("Si-tiny", tmp_path / "Si-tiny" / "Si-tiny.json")
+    assert catalogue.default_model() == ("Si-tiny", tmp_path / "Si-tiny" / "Si-tiny.json")
     (tmp_path / "zuo-Si" / "zuo-Si.json").write_text("{}")
-    assert registry.default_model() == ("zuo-Si", tmp_path / "zuo-Si" / "zuo-Si.json")
-    assert registry.resolve("Si-tiny") == ("Si-tiny", tmp_path / "Si-tiny" / "Si-tiny.json")
-    with pytest.raises(registry.ModelLookupError, match="neither a model file nor a shipped model"):
-        registry.resolve("Cu-huge")
+    assert catalogue.default_model() == ("zuo-Si", tmp_path / "zuo-Si" / "zuo-Si.json")
+    assert catalogue.resolve("Si-tiny") == ("Si-tiny", tmp_path / "Si-tiny" / "Si-tiny.json")
+    with pytest.raises(catalogue.ModelLookupError, match="neither a model file nor a shipped model"):
+        catalogue.resolve("Cu-huge")

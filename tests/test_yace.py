@@ -298,7 +298,7 @@ def test_ipi_potential_and_bench_accept_yace(capsys):
     """The i-PI adapter and `aceserver bench` take a .yace like any model."""
     from aceserver.cli import main
     from aceserver.serving.ipi import ACEPotential
-    from aceserver.serving.ipi.potential import BOHR, HARTREE
+    from aceserver.serving.ipi.adapter import BOHR, HARTREE
 
     atoms, d = _reference(DATA / "YBCO_3x3x1.json")
     pot = aceserver.load_model(YBCO)

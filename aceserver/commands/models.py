@@ -13,30 +13,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
 
 
-def describe(name: str, path) -> dict:
-    from aceserver import load_model
-
-    row = {"name": name, "path": str(path)}
-    try:
-        info = load_model(str(path)).info()
-    except Exception as ex:  # a broken file is listed with its problem, the others still are
-        row["error"] = f"{type(ex).__name__}: {ex}"
-        return row
-    row.update(species=list(info["species"]), rcut=float(info["rcut"]), length_basis=int(info["length_basis"]),
-               committee_size=int(info.get("committee_size") or 0), sha256=str(info["sha256"]))
-    return row
-
-
 def run(args: argparse.Namespace) -> int:
-    from aceserver.serving.http.registry import DEFAULT_MODEL_NAMES, models_dirs, shipped_models
+    from aceserver.catalogue import listing
 
-    rows = [describe(name, path) for name, path in shipped_models()]
-    default = next((n for n in DEFAULT_MODEL_NAMES if any(r["name"] == n for r in rows)), None)
+    found = listing()
+    rows, default = found["models"], found["default"]
     if args.json:
-        print(json.dumps({"default": default, "searched": [str(d) for d in models_dirs()], "models": rows},
-                         indent=1, ensure_ascii=False))
+        print(json.dumps(found, indent=1, ensure_ascii=False))
         return 0 if rows else 1
-    print("searched: " + ", ".join(str(d) for d in models_dirs()))
+    print("searched: " + ", ".join(found["searched"]))
     if not rows:
         print("no shipped models found", file=sys.stderr)
         return 1

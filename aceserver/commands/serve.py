@@ -54,8 +54,9 @@ def _read_token(path: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from aceserver.catalogue import ModelLookupError
     from aceserver.errors import ModelFileError
-    from aceserver.serving.http.registry import ModelLookupError, ModelRegistry
+    from aceserver.serving.http import ModelRegistry
 
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s: %(name)s: %(message)s")
     try:

@@ -1,4 +1,5 @@
-"""Body codecs: JSON and msgpack, chosen by Content-Type (requests) and Accept (responses).
+"""Body codecs: JSON and msgpack, chosen by Content-Type (requests) and Accept (responses);
+extended XYZ text in requests (`extxyz.py`). Malformed bodies raise `DecodeError` (a 400).
 
 msgpack carries every numeric array as a map ``{"dtype": "<f8", "shape": [N, 3], "data": <bin>}``:
 ``data`` holds the raw little-endian buffer in C order. Requests may use such maps or plain nested
@@ -14,6 +15,9 @@ from typing import Any
 import msgpack
 import numpy as np
 
+from .error_replies import DecodeError
+from .extxyz import decode_extxyz
+
 JSON = "application/json"
 MSGPACK = "application/msgpack"
 MSGPACK_ALIASES = {MSGPACK, "application/x-msgpack", "application/vnd.msgpack"}
@@ -21,14 +25,6 @@ EXTXYZ = "chemical/x-extxyz"       # requests only: extended XYZ text (the web p
 ARRAY_KEYS = {"dtype", "shape", "data"}
 REQUEST_DTYPES = {"<f8": np.dtype("<f8"), "<i8": np.dtype("<i8"), "<i4": np.dtype("<i4"), "|b1": np.dtype("?")}
 MAX_NDIM = 4
-
-
-class DecodeError(ValueError):
-    """The body cannot be decoded; ``field`` names where, when known."""
-
-    def __init__(self, message: str, field: str = "body"):
-        super().__init__(message)
-        self.field = field
 
 
 def media_type(header: str | None) -> str:
@@ -96,8 +92,6 @@ def decode(body: bytes, codec: str) -> Any:
             return msgpack.unpackb(body, raw=False, object_hook=_decode_array, strict_map_key=True,
                                    ext_hook=_reject_ext)
         if codec == EXTXYZ:
-            from .extxyz import decode_extxyz
-
             return decode_extxyz(body.decode("utf-8"))
         return json.loads(body)
     except DecodeError:

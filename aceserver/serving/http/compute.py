@@ -1,4 +1,9 @@
-"""Turn a validated request into results by calling `model.evaluate` (runs in a worker thread)."""
+"""Turn a validated request into results by calling `model.evaluate` (runs in a worker thread).
+
+The results are read from the `Evaluation` as it defines them (`aceserver.evaluation`): the stress
+only where `postprocess.has_stress` says it exists, the committee spread as `energy_std` and
+`forces_std` (population standard deviation, ddof 0); nothing is recomputed here.
+"""
 from __future__ import annotations
 
 import logging
@@ -9,7 +14,7 @@ from ase.data import chemical_symbols
 
 from aceserver.errors import ACEInputError
 
-from .errors import APIError
+from .error_replies import APIError
 from .schema import DEFAULT_PROPERTIES, CalculateRequest, Property, Structure
 
 log = logging.getLogger("aceserver.http")
@@ -72,20 +77,18 @@ def evaluate_structure(model: Any, s: Structure, props: set[Property], prefix: s
     if Property.forces in props:
         out["forces"] = np.asarray(ev.forces)
     if Property.stress in props:
-        # as ACECalculator: stress only for cells periodic in all three directions
-        out["stress"] = np.asarray(ev.stress(cell)) if pbc.all() and abs(np.linalg.det(cell)) > 0 else None
+        # as ACECalculator: stress only for cells periodic in all three directions (else null)
+        out["stress"] = ev.periodic_stress(cell, pbc)
     if Property.virial in props:
         out["virial"] = np.asarray(ev.virial)
     if Property.energies in props:
         out["energies"] = np.asarray(ev.energies)
     if committee and ev.energy_committee is not None:
-        ec = np.asarray(ev.energy_committee)
-        out["energy_committee"] = ec
-        out["energy_std"] = float(np.std(ec))
+        out["energy_committee"] = np.asarray(ev.energy_committee)
+        out["energy_std"] = ev.energy_std
     if Property.forces_committee in props and ev.forces_committee is not None:
-        fc = np.asarray(ev.forces_committee)
-        out["forces_committee"] = fc
-        out["forces_std"] = np.std(fc, axis=0)
+        out["forces_committee"] = np.asarray(ev.forces_committee)
+        out["forces_std"] = ev.forces_std
     return out
 
 

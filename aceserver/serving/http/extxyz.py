@@ -8,14 +8,14 @@ from __future__ import annotations
 import io
 from typing import Any
 
+from ase.io import read
+
+from .error_replies import DecodeError
+
 MAX_FRAMES_READ = 10_000     # the request limit (--max-structures) applies after this
 
 
 def decode_extxyz(text: str) -> dict[str, Any]:
-    from ase.io import read
-
-    from .codec import DecodeError
-
     if not text.strip():
         raise DecodeError("empty extended XYZ text")
     try:

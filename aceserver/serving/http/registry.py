@@ -1,105 +1,27 @@
-"""The models a server serves, addressed by name; where shipped models are found; kernel warm-up.
+"""The models a server serves, addressed by name; kernel warm-up; hot reload of model files.
 
 Only the public model API is used: `load_model`, `model.info()`, `model.elements`, `model.rcut`,
-`model.evaluate(...)`.
+`model.evaluate(...)`. Where MODEL arguments and shipped models are found is `aceserver.catalogue`.
 """
 from __future__ import annotations
 
 import logging
 import os
-import re
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from ase.data import atomic_numbers
 
-# Shipped models live in `models/<name>/` (see `shipped_model_path`); the first of these that exists is
-# what `aceserver serve` with no MODEL serves.
-DEFAULT_MODEL_NAMES = ("zuo-Si", "Si-tiny")
-# Names of the model file inside `models/<name>/`, tried in order; `{name}` is the model's name.
-SHIPPED_MODEL_FILES = ("{name}.json", "model.json", "{name}.ace.json", "{name}.yaml", "model.yaml",
-                       "{name}.yace", "model.yace")
-MODELS_DIR_ENV = "ACESERVER_MODELS_DIR"
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+from aceserver.catalogue import ModelLookupError, default_model, resolve
+from aceserver.loading import load_model
+
+from .schema import ModelInfo
+
 log = logging.getLogger("aceserver.http")
-
-
-class ModelLookupError(LookupError):
-    """A MODEL argument names neither a model file nor a shipped model."""
-
-
-def models_dirs() -> list[Path]:
-    """Folders holding shipped models: $ACESERVER_MODELS_DIR, the source checkout's `models/`
-    (editable installs), and the installed package's `aceserver/data/models/` (wheels, see setup.py)."""
-    package = Path(__file__).resolve().parents[2]           # .../aceserver
-    dirs = [package / "data" / "models"]
-    if (package.parent / "pyproject.toml").is_file():      # a source checkout, not site-packages
-        dirs.insert(0, package.parent / "models")
-    if os.environ.get(MODELS_DIR_ENV):
-        dirs.insert(0, Path(os.environ[MODELS_DIR_ENV]))
-    return dirs
-
-
-def shipped_models() -> list[tuple[str, Path]]:
-    """Every shipped model as (name, file), the first found of each name, in `models_dirs()` order."""
-    found: dict[str, Path] = {}
-    for d in models_dirs():
-        if not d.is_dir():
-            continue
-        for folder in sorted(p for p in d.iterdir() if p.is_dir()):
-            if folder.name not in found and (path := shipped_model_path(folder.name)) is not None:
-                found[folder.name] = path
-    return list(found.items())
-
-
-def shipped_model_path(name: str) -> Path | None:
-    """The model file of the shipped model `name` (`models/<name>/<file>`), or None."""
-    for d in models_dirs():
-        for pattern in SHIPPED_MODEL_FILES:
-            p = d / name / pattern.format(name=name)
-            if p.is_file():
-                return p
-    return None
-
-
-def default_model() -> tuple[str, Path]:
-    for name in DEFAULT_MODEL_NAMES:
-        p = shipped_model_path(name)
-        if p is not None:
-            return name, p
-    searched = ", ".join(str(d) for d in models_dirs())
-    raise ModelLookupError(
-        f"no MODEL given and no shipped default model ({' or '.join(DEFAULT_MODEL_NAMES)}) was found in "
-        f"{searched}. Give a model file: `aceserver serve path/to/model.json`, or set ${MODELS_DIR_ENV}.")
-
-
-def resolve(spec: str) -> tuple[str, Path]:
-    """`NAME=PATH`, `PATH` (name: file name without suffixes) or a shipped model's name -> (name, path)."""
-    name, sep, path = spec.partition("=")
-    if sep:
-        p = Path(path)
-        if not p.is_file():
-            raise ModelLookupError(f"model file {path!r} (for model {name!r}) does not exist")
-    else:
-        p = Path(spec)
-        if p.is_file():
-            name = p.name.split(".")[0]
-        else:
-            found = shipped_model_path(spec)
-            if found is None:
-                raise ModelLookupError(
-                    f"{spec!r} is neither a model file nor a shipped model (looked in "
-                    f"{', '.join(str(d) for d in models_dirs())})")
-            name, p = spec, found
-    if not NAME_RE.match(name):
-        raise ModelLookupError(f"model name {name!r} must be 1-64 characters of letters, digits, '.', '_', '-'; "
-                               "use NAME=PATH to choose one")
-    return name, p
 
 
 class ServedModel:
@@ -118,8 +40,6 @@ class ServedModel:
         return dict(self._info)
 
     def _describe(self) -> dict[str, Any]:
-        from .schema import ModelInfo
-
         info = dict(self.model.info())
         metadata = info.get("metadata") or {}
         # `aceserver fit` records errors in metadata.fit.errors (per data set) with metadata.fit.units
@@ -199,8 +119,6 @@ class ModelRegistry:
         """Load every served model file that changed since it was last tried (`force`: every file),
         warm it beside the serving one and swap it in; a file that fails to load or warm is refused
         and logged, and the model loaded before keeps serving. Unchanged content (same sha256) is kept."""
-        from aceserver import load_model
-
         done: list[Reload] = []
         with self._reload_lock:                  # one reload at a time (watcher and SIGHUP)
             for name, old in list(self.models.items()):
@@ -231,8 +149,6 @@ class ModelRegistry:
     @classmethod
     def load(cls, specs: list[str]) -> "ModelRegistry":
         """Load the models named on the command line (none: the shipped default)."""
-        from aceserver import load_model
-
         pairs = [resolve(s) for s in specs] if specs else [default_model()]
         return cls([ServedModel(name, load_model(str(path)), str(path)) for name, path in pairs])
 

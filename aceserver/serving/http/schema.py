@@ -148,11 +148,14 @@ class Result(BaseModel):
     virial: list[list[float]] | None = Field(None, description="Virial W = -V·σ, shape (3, 3), eV.")
     energies: list[float] | None = Field(None, description="Per-atom site energies, shape (N,), eV; sum to `energy`.")
     energy_committee: list[float] | None = Field(None, description="Energy of each committee member, shape (K,), eV.")
-    energy_std: float | None = Field(None, description="Standard deviation of the committee energies, eV.")
+    energy_std: float | None = Field(
+        None, description="Committee spread of the energy, eV: the population standard deviation of the K "
+        "members' energies, sqrt(Σ_k (E_k - E_mean)² / K) (ddof 0; 0 for K = 1).")
     forces_committee: list[list[list[float]]] | None = Field(
         None, description="Forces of each committee member, shape (K, N, 3), eV/Å.")
     forces_std: list[list[float]] | None = Field(
-        None, description="Standard deviation of the committee forces, shape (N, 3), eV/Å.")
+        None, description="Committee spread of the forces, shape (N, 3), eV/Å: per component, the population "
+        "standard deviation over the K members, sqrt(Σ_k (F_k - F_mean)² / K) (ddof 0).")
 
 
 class CalculateResponse(BaseModel):

@@ -2,11 +2,12 @@
 
     protocol    the wire format (headers, arrays, atomic units); knows nothing of physics
     connection  addresses, connect with back-off, closing without hanging the server
+    guard       the watchdog process that closes the connections politely if the driver dies
     driver      the protocol state machine and the multi-connection loop
-    potential   the model behind it: unit conversion and ``model.evaluate``
+    adapter     the model behind it (``ACEPotential``): unit conversion and ``model.evaluate``
 """
+from .adapter import ACEPotential
 from .connection import Address, connect
 from .driver import Driver, Session
-from .potential import ACEPotential
 
 __all__ = ["ACEPotential", "Address", "Driver", "Session", "connect"]

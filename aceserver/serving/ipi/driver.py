@@ -2,7 +2,7 @@
 
 Knows nothing of physics. A *potential* is any object with
 ``compute(h, positions) -> (energy, forces, virial, extras)`` in atomic units and i-PI
-layouts (see ``protocol``); ``ACEPotential`` in ``potential.py`` is the one we ship.
+layouts (see ``protocol``); ``ACEPotential`` in ``adapter.py`` is the one we ship.
 """
 from __future__ import annotations
 

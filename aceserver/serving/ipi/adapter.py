@@ -33,9 +33,10 @@ class ACEPotential:
     never a "raw" key: either makes i-PI 3.3's parser raise and hang) with
 
     * ``energies``: per-atom energies, Hartree;
-    * ``committee_pot`` (Hartree) and ``committee_uncertainty`` (their standard deviation,
-      Hartree) when the model has a committee. These are the keys i-PI's
-      ``<ffcommittee parse_json="true">`` reads.
+    * ``committee_pot`` (Hartree) and ``committee_uncertainty`` (their spread, Hartree: the
+      population standard deviation sqrt(Σ_k (E_k - Ē)² / K), ddof 0, as over HTTP and in
+      ``ACECalculator``; see ``aceserver.evaluation.postprocess``) when the model has a
+      committee. These are the keys i-PI's ``<ffcommittee parse_json="true">`` reads.
 
     ``extras`` selects which of those are sent (a subset of EXTRAS); with nothing to send
     the extras are an empty string.
@@ -73,18 +74,18 @@ class ACEPotential:
                 f"{self.natoms}; they must be the same atoms in the same order", field="positions")
         ev = self.model.evaluate(self.numbers, positions * BOHR, h.T * BOHR, self.pbc,
                                  committee=self.send_committee, verlet=self.verlet)
-        virial = ev.virial / HARTREE
-        # i-PI keeps only the upper triangle, so send the symmetric part.
-        virial = 0.5 * (virial + virial.T)
-        return (ev.energy / HARTREE, ev.forces * (BOHR / HARTREE), virial, self._extras(ev))
+        # i-PI keeps only the upper triangle, so the virial must be symmetric: the Evaluation's is
+        # (SitePotential.evaluate symmetrises it). Symmetrising again here, 0.5 * (W + W.T) of a
+        # symmetric W, gave the same bits, so it was dropped.
+        return (ev.energy / HARTREE, ev.forces * (BOHR / HARTREE), ev.virial / HARTREE, self._extras(ev))
 
     def _extras(self, ev) -> str:
         extras = {}
         if self.send_energies:
             extras["energies"] = (np.asarray(ev.energies) / HARTREE).tolist()
         if self.send_committee and ev.energy_committee is not None:
-            committee = np.asarray(ev.energy_committee) / HARTREE
-            extras["committee_pot"] = committee.tolist()
-            extras["committee_uncertainty"] = float(np.std(committee, ddof=1)) if len(committee) > 1 else 0.0
+            extras["committee_pot"] = (np.asarray(ev.energy_committee) / HARTREE).tolist()
+            # the one committee spread (evaluation.postprocess: population std, ddof 0), in Hartree
+            extras["committee_uncertainty"] = ev.energy_std / HARTREE
         return json.dumps(extras) if extras else ""
 

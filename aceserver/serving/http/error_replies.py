@@ -1,7 +1,9 @@
-"""API errors and the handlers that turn every failure into a JSON `ErrorBody`.
+"""API errors and the handlers that turn every failure into a JSON `ErrorBody` reply.
 
 User input never produces a 5xx: decoding, validation and evaluator input errors are 4xx with the
 offending field named. A 500 means a bug in the server and is logged with its traceback.
+(The library's own exception hierarchy is `aceserver.errors`; `ACEInputError` becomes a 422 in
+`compute.py`.)
 """
 from __future__ import annotations
 
@@ -13,6 +15,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from .schema import ErrorBody
 
 log = logging.getLogger("aceserver.http")
 
@@ -29,6 +33,19 @@ class APIError(Exception):
 
     def body(self) -> dict[str, Any]:
         return {"kind": self.kind, "message": self.message, "field": self.field, "details": self.details}
+
+
+class DecodeError(ValueError):
+    """The body cannot be decoded (a 400 `malformed_body`); ``field`` names where, when known."""
+
+    def __init__(self, message: str, field: str = "body"):
+        super().__init__(message)
+        self.field = field
+
+
+def error_responses(*codes: int) -> dict:
+    """OpenAPI `responses` entries: each status code answers with an `ErrorBody`."""
+    return {c: {"model": ErrorBody} for c in codes}
 
 
 def field_path(loc: tuple | list) -> str:

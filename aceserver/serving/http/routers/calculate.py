@@ -1,0 +1,79 @@
+"""POST /v1/models/{name}/calculate: energies, forces, stresses of structures.
+
+The body is read here (bounded, `deps.limited_body`), then decoded, validated, evaluated and
+encoded in a worker thread (`evaluate_body`), so the event loop keeps answering /healthz during
+long evaluations (the numba kernels release the GIL).
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from fastapi import APIRouter, Depends
+from fastapi.responses import Response
+from pydantic import ValidationError
+
+from .. import codec
+from .. import dependencies as deps
+from ..compute import check_limits, evaluate_request
+from ..error_replies import APIError, DecodeError, error_responses, from_validation_error
+from ..metrics import Metrics
+from ..registry import ServedModel
+from ..schema import CalculateRequest, CalculateResponse
+from ..settings import Settings
+
+router = APIRouter(prefix="/v1")
+
+CALC_BODY = {"$ref": "#/components/schemas/CalculateRequest"}
+
+
+def evaluate_body(m: ServedModel, body: bytes, codec_in: str, codec_out: str,
+                  settings: Settings) -> tuple[bytes, int, int, float]:
+    """Decode, validate, check the limits, evaluate and encode one request (in a worker thread);
+    returns the encoded reply, the atoms and structures evaluated, and the seconds in `evaluate`."""
+    try:
+        request = CalculateRequest.model_validate(codec.decode(body, codec_in))
+    except DecodeError as ex:
+        raise APIError(400, "malformed_body", str(ex), ex.field) from None
+    except ValidationError as ex:
+        raise from_validation_error(ex.errors(include_url=False)) from None
+    check_limits(request, settings.max_atoms, settings.max_structures)
+    t0 = time.perf_counter()
+    results = evaluate_request(m.model, request, m.has_committee, settings.kernel_threads)
+    seconds = time.perf_counter() - t0
+    payload = {"model": m.name, "sha256": m.sha256, "results": results}
+    atoms = sum(len(s.positions) for s in request.structure_list())
+    return codec.encode(payload, codec_out), atoms, len(results), seconds
+
+
+# The dependencies run in the order given: the model is looked up (404) before readiness (503), the
+# Content-Type (415) before the body is read (413).
+@router.post(
+    "/models/{name}/calculate",
+    response_model=CalculateResponse,
+    summary="Energy (eV), forces (eV/Å), stress (eV/Å³), virial (eV), per-atom energies (eV) of structures",
+    responses={
+        200: {"content": {codec.MSGPACK: {"schema": {"$ref": "#/components/schemas/CalculateResponse"}}},
+              "description": "Results, one per structure; JSON or msgpack by the Accept header."},
+        **error_responses(400, 404, 413, 415, 503),
+    },
+    openapi_extra={"requestBody": {"required": True, "content": {
+        "application/json": {"schema": CALC_BODY}, codec.MSGPACK: {"schema": CALC_BODY}}}},
+)
+async def calculate(start: float = Depends(deps.started_at),
+                    m: ServedModel = Depends(deps.served_model),
+                    ready: None = Depends(deps.require_ready),
+                    codecs: tuple[str, str] = Depends(deps.body_codecs),
+                    body: bytes = Depends(deps.limited_body),
+                    settings: Settings = Depends(deps.settings),
+                    metrics: Metrics = Depends(deps.metrics),
+                    executor: ThreadPoolExecutor = Depends(deps.executor)) -> Response:
+    codec_in, codec_out = codecs
+    loop = asyncio.get_running_loop()
+    payload, atoms, structures, seconds = await loop.run_in_executor(
+        executor, evaluate_body, m, body, codec_in, codec_out, settings)
+    metrics.count_evaluated(m.name, atoms, structures)
+    # Server-Timing (ms): time in model.evaluate and in this handler, for clients measuring overhead
+    timing = f"evaluate;dur={1e3 * seconds:.3f}, handler;dur={1e3 * (time.perf_counter() - start):.3f}"
+    return Response(payload, media_type=codec_out, headers={"Server-Timing": timing})

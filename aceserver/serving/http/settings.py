@@ -1,0 +1,23 @@
+"""The server's options (`Settings`, from `aceserver serve`'s flags) and its lifecycle (`State`:
+warming, ready, failed, draining). Both live on `app.state` for the routers' dependencies."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class Settings:
+    token: str | None = None                 # bearer token for /v1 (None: no authentication)
+    max_atoms: int = 100_000                 # atoms per structure (413 above)
+    max_structures: int = 1_000              # structures per request (413 above)
+    max_body_bytes: int = 64 * 1024 * 1024   # request body size (413 above)
+    workers: int = 0                         # evaluation threads (0: one per CPU this process may use)
+    kernel_threads: int | None = 1           # threads inside one evaluation (1: serial kernel; None: numba's)
+    watch_interval: float = 0.0              # poll model files every S seconds and hot-swap changed ones (0: off)
+
+
+class State:
+    def __init__(self) -> None:
+        self.ready = False
+        self.failure: str | None = None
+        self.draining = False
