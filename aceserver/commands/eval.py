@@ -1,19 +1,11 @@
 """`aceserver eval MODEL DATA.xyz`: error table (RMSE, MAE per config_type and overall) of a model on data."""
 from __future__ import annotations
 
-import importlib
 import json
 import sys
 
 NAME = "eval"
 HELP = "evaluate a model on extended-XYZ data and print RMSE/MAE per config_type"
-
-
-def __getattr__(name):
-    # evaluate_errors moved to aceserver.fitting.workflow; importable from here for one release
-    if name == "evaluate_errors":
-        return importlib.import_module("aceserver.fitting.workflow").evaluate_errors
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def add_arguments(parser):

@@ -5,7 +5,6 @@ and writes the JSON report.
 """
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 import sys
@@ -13,17 +12,6 @@ from pathlib import Path
 
 NAME = "fit"
 HELP = "fit an ACE model to extended-XYZ training data described by a YAML file"
-
-# Moved to aceserver.fitting.workflow; importable from here for one release (lazily: `aceserver
-# --help` imports every command module).
-_MOVED = ("run_fit", "load_data", "estimate", "portable_command", "sha256_file")
-
-
-def __getattr__(name):
-    if name in _MOVED:
-        return getattr(importlib.import_module("aceserver.fitting.workflow"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
 
 def add_arguments(parser):
     parser.add_argument("config", help="fit configuration (YAML); see aceserver.fitting.config for the keys")
