@@ -10,7 +10,7 @@
     settings      the server's options and its lifecycle state
     dependencies  auth, body limits, the served model and readiness as FastAPI dependencies
     routers/      the routes, one router per resource
-    metrics       Prometheus counters and the middleware that times every request
+    counters      Prometheus counters and the middleware that times every request
     app           `create_app`: the routers, handlers, middleware and lifespan put together
 """
 from .app import create_app

@@ -22,7 +22,7 @@ import aceserver
 
 from .dependencies import require_token
 from .error_replies import error_responses, install_handlers
-from .metrics import Metrics, MetricsMiddleware
+from .counters import Metrics, MetricsMiddleware
 from .registry import ModelRegistry
 from .routers import calculate, models, probes, web
 from .routers import metrics as metrics_routes

@@ -17,7 +17,7 @@ from starlette.requests import ClientDisconnect
 
 from . import codec
 from .error_replies import APIError
-from .metrics import Metrics
+from .counters import Metrics
 from .registry import ModelRegistry, ServedModel
 from .settings import Settings, State
 

@@ -18,7 +18,7 @@ from .. import codec
 from .. import dependencies as deps
 from ..compute import check_limits, evaluate_request
 from ..error_replies import APIError, DecodeError, error_responses, from_validation_error
-from ..metrics import Metrics
+from ..counters import Metrics
 from ..registry import ServedModel
 from ..schema import CalculateRequest, CalculateResponse
 from ..settings import Settings

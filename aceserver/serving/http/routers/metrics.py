@@ -6,7 +6,7 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import Response
 
 from .. import dependencies as deps
-from ..metrics import CONTENT_TYPE, Metrics
+from ..counters import CONTENT_TYPE, Metrics
 from ..registry import ModelRegistry
 
 router = APIRouter()
