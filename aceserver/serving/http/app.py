@@ -20,9 +20,9 @@ from fastapi.staticfiles import StaticFiles
 
 import aceserver
 
+from .counters import Metrics, MetricsMiddleware
 from .dependencies import require_token
 from .error_replies import error_responses, install_handlers
-from .counters import Metrics, MetricsMiddleware
 from .registry import ModelRegistry
 from .routers import calculate, models, probes, web
 from .routers import metrics as metrics_routes
