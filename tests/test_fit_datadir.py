@@ -8,6 +8,7 @@ import pytest
 
 from aceserver.commands import fit as fit_cmd
 from aceserver.fitting.config import FitConfigError, load_config
+from aceserver.fitting.workflow import sha256_file
 
 DATA = Path(__file__).parent / "data"
 YAML = """
@@ -65,7 +66,7 @@ def test_cli_fit_records_data_by_name_and_sha256_only(setup, capsys, monkeypatch
     assert str(setup) not in text                                     # no path of this machine
     assert _find(meta, "provenance")["command"] == "aceserver fit .../fit.yaml --data-dir .../data --json-report=.../r.json"
     data = _find(meta, "provenance")["data"]
-    assert data == [{"file": "Si_tiny.xyz", "sha256": fit_cmd.sha256_file(DATA / "Si_tiny.xyz")}]
+    assert data == [{"file": "Si_tiny.xyz", "sha256": sha256_file(DATA / "Si_tiny.xyz")}]
     args.data_dir = None
     assert fit_cmd.run(args) == 2
     assert "--data-dir" in capsys.readouterr().err
