@@ -179,6 +179,30 @@ def test_msgpack_array_larger_than_any_field_is_refused_before_it_is_unpacked(se
     check(reply, watch, 413, 2 * len(body) / 2**20 + SLACK_MB, "1000000", "(300000)")
 
 
+@pytest.mark.parametrize("content_type, body", [
+    ("application/json", b"[" + b"[]," * 10_000_000 + b"[]]"),                  # 30 MB: 10 M lists
+    ("application/msgpack", msgpack.packb([{}] * 20_000_000)),                  # 20 MB: 20 M maps
+], ids=["json-lists", "msgpack-maps"])
+def test_body_of_tiny_containers_is_refused_before_it_is_built(server, content_type, body):
+    # a request holds at most one array per atom (>= 9 bytes of JSON, 5 of msgpack) and a few
+    # per structure, and maps only per structure; before the fix these parsed into ~20-60 bytes of
+    # Python objects per byte of body
+    reply, watch = attack(server, body, content_type)
+    check(reply, watch, 400, 2 * len(body) / 2**20 + SLACK_MB, "a calculate request of this size holds at most")
+
+
+def test_large_json_body_does_not_stall_healthz(server):
+    # 30 structures of 100000 atoms with atomic number 0 (23 MB): json.loads builds ~9 M Python
+    # objects (seconds, holding the GIL before the fix); the schema stops at the first bad number
+    # of each structure. Memory: the parsed document (up to ~12 bytes per byte of body: an 80-byte
+    # list per 8-byte row) and the body held twice (read, joined): 14x, 16x with a margin.
+    s = {"numbers": [0] * 100_000, "positions": [[0, 0, 0]] * 100_000}
+    body = json.dumps({"structures": [s] * 30}, separators=(",", ":")).encode()
+    reply, watch = attack(server, body, "application/json")
+    doc = check(reply, watch, 422, 16 * len(body) / 2**20 + SLACK_MB, "structures[0].numbers[0]")
+    assert doc["more_details"] == 30 - 20
+
+
 def compressed_si(repeat: int, scale: float) -> dict:
     a = bulk("Si", cubic=True).repeat(repeat)
     a.set_cell(a.cell * scale, scale_atoms=True)
