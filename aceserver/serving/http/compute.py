@@ -50,7 +50,7 @@ def _check_keys(obj: dict, known: tuple[str, ...], where: str) -> None:
     if len(obj) > len(known):
         extra = next(k for k in obj if k not in known)
         raise APIError(422, "invalid_input", f"{where}: {len(obj)} fields; only {', '.join(known)} are allowed "
-                       f"(unknown: {str(extra)[:80]!r})", where or "body")
+                       f"(unknown: {str(extra)[:80]!r})", where)
 
 
 def check_document(doc: Any, max_atoms: int, max_structures: int) -> None:
@@ -58,7 +58,7 @@ def check_document(doc: Any, max_atoms: int, max_structures: int) -> None:
     builds a model per atom): list lengths only, so the check costs microseconds."""
     if not isinstance(doc, dict):
         return                                  # the schema names the problem
-    _check_keys(doc, REQUEST_KEYS, "")
+    _check_keys(doc, REQUEST_KEYS, "body")
     structures = doc.get("structures")
     if isinstance(structures, list):
         if len(structures) > max_structures:
