@@ -88,6 +88,10 @@ def _int(text: str) -> int:
     return int(text)
 
 
+def _constant(text: str) -> float:  # NaN, Infinity, -Infinity (accepted here; the schema refuses them)
+    return float(text)
+
+
 def media_type(header: str | None) -> str:
     """`application/json; charset=utf-8` -> `application/json` (lower case)."""
     return (header or "").split(";", 1)[0].strip().lower()
@@ -164,7 +168,7 @@ def decode(body: bytes, codec: str, max_atoms: int = 100_000, max_structures: in
         for what, count, limit in (("arrays", body.count(b"["), limits[0]), ("objects", body.count(b"{"), limits[1])):
             if count > limit:
                 raise _too_many(what, limit, count)
-        return json.loads(body, parse_float=_float, parse_int=_int)
+        return json.loads(body, parse_float=_float, parse_int=_int, parse_constant=_constant)
     except DecodeError:
         raise
     except (ValueError, TypeError, RecursionError, msgpack.ExtraData, msgpack.FormatError,
