@@ -17,5 +17,15 @@ class UnknownElementError(ACEInputError):
     """A structure holds an element that the model has no parameters for."""
 
 
+class TooManyPairsError(ACEInputError):
+    """A structure has more neighbour pairs than the caller allows (``pairs`` > ``limit``); raised by
+    the neighbour search after counting and before allocating them, so front ends can answer it as
+    a work limit (HTTP 413) rather than as a bad structure."""
+
+    def __init__(self, message: str, field: str | None, pairs: int, limit: int):
+        super().__init__(message, field)
+        self.pairs, self.limit = pairs, limit
+
+
 class ModelFileError(ValueError):
     """A model file is corrupted, truncated, of an unknown schema version or otherwise unreadable."""

@@ -24,6 +24,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="most atoms in one structure (default 100000; more: 413)")
     parser.add_argument("--max-structures", type=int, default=1_000, metavar="N",
                         help="most structures in one request (default 1000; more: 413)")
+    parser.add_argument("--max-pairs", type=int, default=10_000_000, metavar="N",
+                        help="work budget of one request: neighbour pairs within the cutoff, summed over its "
+                             "structures (default 10000000: about 0.5 GB and a few seconds; more: 413)")
     parser.add_argument("--max-body-mb", type=float, default=64.0, metavar="MB",
                         help="largest request body in MiB (default 64; more: 413)")
     parser.add_argument("--workers", type=int, default=0, metavar="N",
@@ -80,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
     from aceserver.serving.http import Settings, create_app
 
     settings = Settings(token=token, max_atoms=args.max_atoms, max_structures=args.max_structures,
+                        max_pairs=args.max_pairs,
                         max_body_bytes=int(args.max_body_mb * 1024 * 1024), workers=args.workers,
                         kernel_threads=args.kernel_threads or None,
                         watch_interval=args.watch_interval if args.watch else 0.0)

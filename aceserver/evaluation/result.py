@@ -20,6 +20,7 @@ class Evaluation:
     energies: np.ndarray               # (N,) eV, per-atom site energies, sum to `energy`
     energy_committee: np.ndarray | None = None   # (K,) eV, one energy per committee member
     forces_committee: np.ndarray | None = None   # (K, N, 3) eV/Å, only when asked for
+    pairs: int = 0                     # neighbour pairs (i, j, image) within rcut: the work done
 
     def stress(self, cell: np.ndarray) -> np.ndarray:
         """ASE stress σ = -W/V in Voigt order (xx, yy, zz, yz, xz, xy), eV/Å³."""

@@ -17,7 +17,7 @@ from ..errors import ACEInputError
 from .result import Evaluation
 from ..kernels import site_pass as K
 from ..kernels.scatter import scatter_forces_virial, scatter_forces_virial_parallel
-from ..kernels.neighbours import min_distance, neighbour_list
+from ..kernels.neighbours import DEFAULT_MAX_PAIRS, min_distance, neighbour_list
 from ..structure import MIN_DISTANCE, prepare
 
 # numba's default threading layer must not be entered by two threads at once: the parallel
@@ -30,10 +30,12 @@ class SitePotential:
     committee = None
     min_distance = MIN_DISTANCE      # Å; closer pairs are refused
 
-    def _neighbours(self, numbers, positions, cell, pbc, n_chunks=1, verlet=None):
+    def _neighbours(self, numbers, positions, cell, pbc, n_chunks=1, verlet=None,
+                    max_pairs=DEFAULT_MAX_PAIRS):
         z, pos, cell, pbc = prepare(numbers, positions, cell, pbc, self._lookup, self.elements)
         if verlet is None:
-            first, nbr, R = neighbour_list(pos, cell, pbc, self.rcut, n_chunks=n_chunks, sort=False)
+            first, nbr, R = neighbour_list(pos, cell, pbc, self.rcut, n_chunks=n_chunks, sort=False,
+                                           max_pairs=max_pairs)
         else:
             first, nbr, R = verlet.pairs(z, pos, cell, pbc, self.rcut, n_chunks=n_chunks)
         if len(R) and min_distance(R) < self.min_distance:
@@ -48,13 +50,16 @@ class SitePotential:
         return z, first, nbr, R
 
     def evaluate(self, numbers, positions, cell=None, pbc=False, *, committee=False,
-                 committee_forces=False, forces=True, threads=None, verlet=None) -> Evaluation:
+                 committee_forces=False, forces=True, threads=None, verlet=None,
+                 max_pairs=DEFAULT_MAX_PAIRS) -> Evaluation:
         """Energy (eV), forces (eV/Å), virial (eV) and per-atom energies of one structure.
 
         threads=1 forces the serial kernel; otherwise large structures use numba's threads.
         committee: also the energy of every committee member (eV); committee_forces: their forces.
         verlet: a `VerletList` kept by a caller that evaluates one structure as it moves (MD):
         the neighbour search is then reused while atoms move less than half its skin.
+        max_pairs: the most neighbour pairs allowed (a work and memory bound, ~50 bytes and
+        ~0.3 µs per pair); more raises `TooManyPairsError` before the pairs are allocated.
         """
         n = len(numbers) if np.ndim(numbers) == 1 else 0
         with_committee = committee and self.committee is not None
@@ -63,7 +68,7 @@ class SitePotential:
         try:
             n_chunks = 4 * numba.get_num_threads() if parallel else 1
             z, first, nbr, R = self._neighbours(numbers, positions, cell, pbc, n_chunks=n_chunks,
-                                                verlet=verlet)
+                                                verlet=verlet, max_pairs=max_pairs)
             if parallel:
                 E, G, ec = K.fast_parallel(first, nbr, R, z, tables, forces, n_chunks)
                 if forces:
@@ -80,7 +85,7 @@ class SitePotential:
             W = 0.5 * (W + W.T)
         else:
             F, W = np.zeros((len(z), 3)), np.zeros((3, 3))
-        result = Evaluation(energy=float(E[0].sum()), forces=F, virial=W, energies=E[0])
+        result = Evaluation(energy=float(E[0].sum()), forces=F, virial=W, energies=E[0], pairs=len(nbr))
         if with_committee:
             result.energy_committee = ec
         if committee_forces and self.committee is not None:

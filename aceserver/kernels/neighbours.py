@@ -29,7 +29,7 @@ import math
 
 import numpy as np
 
-from aceserver.errors import ACEInputError
+from aceserver.errors import ACEInputError, TooManyPairsError
 
 from .lattice import binning_basis
 from .neighbour_search import (bin_and_count, frame, pairs, pairs_one_pass, pairs_parallel,
@@ -107,13 +107,16 @@ def _validate(positions, cell, pbc, rcut):
     return positions, cell, pbc_arr, rcut
 
 
-def _too_many(message, pbc):
+def _too_many(message, pbc, pairs=None, limit=None):
     if pbc.any():
         hint = (" The periodic cell is too small for this cutoff (use a larger supercell), or the cell"
                 " / positions are not in Å.")
     else:
         hint = " Check that positions are in Å, or raise max_pairs / max_neighbours."
-    return ACEInputError(message + hint, "cell" if pbc.any() else "positions")
+    field = "cell" if pbc.any() else "positions"
+    if pairs is not None:     # the total pair count over its limit: a work limit the caller may answer apart
+        return TooManyPairsError(message + hint, field, pairs, limit)
+    return ACEInputError(message + hint, field)
 
 
 def _check_counts(counts, rcut, max_pairs, max_neighbours, pbc) -> int:
@@ -125,7 +128,7 @@ def _check_counts(counts, rcut, max_pairs, max_neighbours, pbc) -> int:
                         f"(limit max_neighbours = {max_neighbours}).", pbc)
     if total > max_pairs:
         raise _too_many(f"{total} pairs within rcut = {rcut} Å exceed max_pairs = {max_pairs} "
-                        f"(about {40 * total / 1e9:.1f} GB).", pbc)
+                        f"(about {40 * total / 1e9:.1f} GB).", pbc, total, int(max_pairs))
     return total
 
 
@@ -142,7 +145,8 @@ def neighbour_list(positions, cell, pbc, rcut, *, max_pairs=DEFAULT_MAX_PAIRS,
     max_pairs, max_neighbours : limits on the total pair count and on the pairs of any one atom;
         exceeding them (or needing more than about 64 candidate checks per permitted pair) raises
         ACEInputError before the output is allocated: field "cell" when any direction is periodic
-        (the usual cause is a cell much smaller than rcut), else "positions".
+        (the usual cause is a cell much smaller than rcut), else "positions". Over max_pairs it is
+        its subclass TooManyPairsError, with the count (``pairs``) and the limit.
 
     Returns
     -------

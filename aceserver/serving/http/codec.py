@@ -5,6 +5,23 @@ msgpack carries every numeric array as a map ``{"dtype": "<f8", "shape": [N, 3],
 ``data`` holds the raw little-endian buffer in C order. Requests may use such maps or plain nested
 lists anywhere an array is expected; responses always use maps for arrays. dtypes accepted in
 requests: ``<f8`` (float64), ``<i8`` / ``<i4`` (integers), ``|b1`` (booleans). No pickle, no ext types.
+
+Limits apply while decoding, before anything is built per atom: an msgpack array larger than the
+largest per-structure field (positions, 3 × max_atoms values) is a 413 before its Python list is
+made, and extended XYZ headers are checked before ASE reads the text (`extxyz.scan`).
+
+A JSON or msgpack body cannot be counted per structure before it is parsed. What parsing costs is
+bounded by the body size (`--max-body-mb`) and by `max_containers`: a request holds at most one
+array per atom (its position row) and a few per structure, and each atom takes at least
+`MIN_ATOM_BYTES` of the body (objects: a few per structure), so more is refused (400) before
+`json.loads` (a byte count), or while msgpack unpacks (its list and map hooks). Without it 60 MB
+of `[],` parsed into 21 M lists: 4 s holding the GIL and 1.2 GB. Within it, a JSON body costs up
+to ~12 bytes of memory per byte and ~0.1 s per MiB (measured on a 2-core AMD EPYC: 65-76 MiB of
+the smallest rows, 4-8 M atoms: 6-8 s, +810-860 MB; 34 MiB of full-precision positions, 1e6
+atoms: 1.3 s, +200 MB): keep `--max-body-mb` near what real requests need. The number hooks make
+`json.loads` call Python per number, where the interpreter can hand the GIL to the event loop:
+/healthz waited 1.3 s behind one 34 MiB `json.loads` (6 s behind 76 MiB), 0.1 s with the hooks,
+which cost 0-20% more parsing time.
 """
 from __future__ import annotations
 
@@ -15,7 +32,7 @@ from typing import Any
 import msgpack
 import numpy as np
 
-from .error_replies import DecodeError
+from .error_replies import APIError, DecodeError
 from .extxyz import decode_extxyz
 
 JSON = "application/json"
@@ -25,6 +42,54 @@ EXTXYZ = "chemical/x-extxyz"       # requests only: extended XYZ text (the web p
 ARRAY_KEYS = {"dtype", "shape", "data"}
 REQUEST_DTYPES = {"<f8": np.dtype("<f8"), "<i8": np.dtype("<i8"), "<i4": np.dtype("<i4"), "|b1": np.dtype("?")}
 MAX_NDIM = 4
+MIN_ATOM_BYTES = {JSON: 9, MSGPACK: 5}   # `[0,0,0],1,` less a comma; msgpack: a fixarray of 3 fixints and 1
+OBJECTS_PER_STRUCTURE = 8                # the structure and (msgpack) array maps for its fields
+
+
+def max_containers(body_bytes: int, codec: str, max_structures: int) -> tuple[int, int]:
+    """The most arrays, and the most objects (maps), a calculate request of this size can hold:
+    an array per atom (its position row) and a few per structure; objects only per structure."""
+    objects = OBJECTS_PER_STRUCTURE * max_structures + 8
+    return body_bytes // MIN_ATOM_BYTES[codec] + objects, objects
+
+
+def _too_many(what: str, limit: int, count: int | None = None) -> DecodeError:
+    held = f"{count}" if count is not None else f"more than {limit}"    # msgpack stops counting at the limit
+    return DecodeError(f"the body holds {held} {what}; a calculate request of this size holds at most {limit} "
+                       "(arrays: one per atom and a few per structure; objects: a few per structure)")
+
+
+class _Counter:
+    """msgpack's list and map hooks: count the containers as they are built, stop past the limits,
+    and turn array maps into lists (`_decode_array`)."""
+
+    def __init__(self, limits: tuple[int, int], max_values: int):
+        self.max_lists, self.max_maps = limits
+        self.max_values, self.lists, self.maps = max_values, 0, 0
+
+    def list_hook(self, items: list) -> list:
+        self.lists += 1
+        if self.lists > self.max_lists:
+            raise _too_many("arrays", self.max_lists)
+        return items
+
+    def object_hook(self, obj: dict) -> Any:
+        self.maps += 1
+        if self.maps > self.max_maps:
+            raise _too_many("maps", self.max_maps)
+        return _decode_array(obj, self.max_values)
+
+
+def _float(text: str) -> float:     # JSON number hooks: Python calls, where the GIL can switch
+    return float(text)
+
+
+def _int(text: str) -> int:
+    return int(text)
+
+
+def _constant(text: str) -> float:  # NaN, Infinity, -Infinity (accepted here; the schema refuses them)
+    return float(text)
 
 
 def media_type(header: str | None) -> str:
@@ -64,7 +129,7 @@ def _quality(params: list[str]) -> float:
     return 1.0
 
 
-def _decode_array(obj: dict) -> Any:
+def _decode_array(obj: dict, max_values: int) -> Any:
     if obj.keys() != ARRAY_KEYS:
         return obj
     dtype, shape, data = obj["dtype"], obj["shape"], obj["data"]
@@ -76,6 +141,9 @@ def _decode_array(obj: dict) -> Any:
     if not isinstance(data, bytes):
         raise DecodeError("array data must be msgpack bin (raw little-endian bytes)")
     dt = REQUEST_DTYPES[dtype]
+    if math.prod(shape) > max_values:
+        raise APIError(413, "too_large", f"an array of shape {shape} holds {math.prod(shape)} values, more than "
+                       f"any field of a structure within the limits may hold ({max_values})", "body")
     if len(data) != math.prod(shape) * dt.itemsize:
         raise DecodeError(f"array of shape {shape} and dtype {dtype} needs {math.prod(shape) * dt.itemsize} "
                           f"bytes, got {len(data)}")
@@ -83,17 +151,24 @@ def _decode_array(obj: dict) -> Any:
     return np.frombuffer(data, dtype=dt).reshape(shape).tolist()
 
 
-def decode(body: bytes, codec: str) -> Any:
-    """Decode a request body; raise DecodeError on malformed input."""
+def decode(body: bytes, codec: str, max_atoms: int = 100_000, max_structures: int = 1_000) -> Any:
+    """Decode a request body; raise DecodeError on malformed input, APIError 413 where the limits
+    (atoms per structure, structures per request) can be seen before decoding the whole body."""
     if not body:
         raise DecodeError("empty request body")
     try:
-        if codec == MSGPACK:
-            return msgpack.unpackb(body, raw=False, object_hook=_decode_array, strict_map_key=True,
-                                   ext_hook=_reject_ext)
         if codec == EXTXYZ:
-            return decode_extxyz(body.decode("utf-8"))
-        return json.loads(body)
+            return decode_extxyz(body, max_atoms, max_structures)
+        limits = max_containers(len(body), codec, max_structures)
+        if codec == MSGPACK:
+            hooks = _Counter(limits, 3 * max_atoms)
+            return msgpack.unpackb(body, raw=False, object_hook=hooks.object_hook, list_hook=hooks.list_hook,
+                                   strict_map_key=True, ext_hook=_reject_ext)
+        # brackets inside strings count too: the counts are never below the containers json.loads builds
+        for what, count, limit in (("arrays", body.count(b"["), limits[0]), ("objects", body.count(b"{"), limits[1])):
+            if count > limit:
+                raise _too_many(what, limit, count)
+        return json.loads(body, parse_float=_float, parse_int=_int, parse_constant=_constant)
     except DecodeError:
         raise
     except (ValueError, TypeError, RecursionError, msgpack.ExtraData, msgpack.FormatError,

@@ -1,4 +1,8 @@
-"""Turn a validated request into results by calling `model.evaluate` (runs in a worker thread).
+"""Turn a validated request into results by calling `model.evaluate` (runs in a worker thread),
+within the request's limits: `check_document` counts structures and atoms in the decoded document
+before pydantic builds anything per atom; `check_limits` repeats it on the validated request; the
+work budget (neighbour pairs summed over the request, `--max-pairs`) is passed down to each
+structure's neighbour search, which counts its pairs before allocating them (413 `too_large`).
 
 The results are read from the `Evaluation` as it defines them (`aceserver.evaluation`): the stress
 only where `postprocess.has_stress` says it exists, the committee spread as `energy_std` and
@@ -12,7 +16,7 @@ from typing import Any
 import numpy as np
 from ase.data import chemical_symbols
 
-from aceserver.errors import ACEInputError
+from aceserver.errors import ACEInputError, TooManyPairsError
 
 from .error_replies import APIError
 from .schema import DEFAULT_PROPERTIES, CalculateRequest, Property, Structure
@@ -33,6 +37,45 @@ def properties_for(request: CalculateRequest, has_committee: bool) -> set[Proper
     return props
 
 
+def _too_large(field: str, what: str) -> APIError:
+    return APIError(413, "too_large", f"{field}: {what}", field)
+
+
+STRUCTURE_KEYS = ("numbers", "symbols", "positions", "cell", "pbc")
+REQUEST_KEYS = ("structure", "structures", "properties")
+
+
+def _check_keys(obj: dict, known: tuple[str, ...], where: str) -> None:
+    # unknown keys are refused by the schema one error each: a million of them would be a million errors
+    if len(obj) > len(known):
+        extra = next(k for k in obj if k not in known)
+        raise APIError(422, "invalid_input", f"{where}: {len(obj)} fields; only {', '.join(known)} are allowed "
+                       f"(unknown: {str(extra)[:80]!r})", where)
+
+
+def check_document(doc: Any, max_atoms: int, max_structures: int) -> None:
+    """The structure and atom limits on the decoded document, before schema validation (which
+    builds a model per atom): list lengths only, so the check costs microseconds."""
+    if not isinstance(doc, dict):
+        return                                  # the schema names the problem
+    _check_keys(doc, REQUEST_KEYS, "body")
+    structures = doc.get("structures")
+    if isinstance(structures, list):
+        if len(structures) > max_structures:
+            raise _too_large("structures", f"{len(structures)} structures in one request (limit {max_structures})")
+        items = [(f"structures[{i}]", s) for i, s in enumerate(structures)]
+    else:
+        items = [("structure", doc.get("structure"))]
+    for where, s in items:
+        if not isinstance(s, dict):
+            continue
+        _check_keys(s, STRUCTURE_KEYS, where)
+        for key in ("positions", "numbers", "symbols"):
+            value = s.get(key)
+            if isinstance(value, (list, tuple)) and len(value) > max_atoms:
+                raise _too_large(f"{where}.{key}", f"{len(value)} atoms (limit {max_atoms} per structure)")
+
+
 def check_limits(request: CalculateRequest, max_atoms: int, max_structures: int) -> None:
     structures = request.structure_list()
     if len(structures) > max_structures:
@@ -45,7 +88,18 @@ def check_limits(request: CalculateRequest, max_atoms: int, max_structures: int)
                            field)
 
 
-def evaluate_structure(model: Any, s: Structure, props: set[Property], prefix: str, threads: int | None) -> dict:
+class PairBudget:
+    """Neighbour pairs a request may still use (`Settings.max_pairs`, summed over its structures)."""
+
+    def __init__(self, limit: int):
+        self.limit = self.remaining = int(limit)
+
+    def spend(self, pairs: int) -> None:
+        self.remaining -= pairs
+
+
+def evaluate_structure(model: Any, s: Structure, props: set[Property], prefix: str, threads: int | None,
+                       budget: PairBudget | None = None) -> dict:
     numbers = np.asarray(s.atomic_numbers(), dtype=np.int64)
     species = set(model.elements)
     for k, z in enumerate(numbers):
@@ -58,9 +112,17 @@ def evaluate_structure(model: Any, s: Structure, props: set[Property], prefix: s
     cell = np.asarray(s.cell, dtype=np.float64) if s.cell is not None else np.zeros((3, 3))
     pbc = np.asarray(s.pbc, dtype=bool)
     committee = bool(props & {Property.committee, Property.forces_committee})
+    limit = {} if budget is None else {"max_pairs": budget.remaining}
     try:
         ev = model.evaluate(numbers, positions, cell, pbc, committee=committee,
-                            committee_forces=Property.forces_committee in props, threads=threads)
+                            committee_forces=Property.forces_committee in props, threads=threads, **limit)
+    except TooManyPairsError as ex:
+        if budget is None:
+            raise
+        used = budget.limit - budget.remaining
+        spent = f" ({used} used by the structures before it)" if used else ""
+        raise APIError(413, "too_large", f"{prefix}: {ex.pairs} neighbour pairs within the cutoff; a request may "
+                       f"use at most {budget.limit} (--max-pairs){spent}", prefix) from None
     except ACEInputError as ex:
         field = f"{prefix}.{ex.field}" if ex.field else prefix
         raise APIError(422, "unknown_element" if type(ex).__name__ == "UnknownElementError" else "invalid_input",
@@ -70,6 +132,8 @@ def evaluate_structure(model: Any, s: Structure, props: set[Property], prefix: s
         log.warning("evaluator arithmetic error on %s: %r", prefix, ex)
         raise APIError(422, "invalid_input", f"{prefix}: geometry too extreme to evaluate "
                        f"({type(ex).__name__}: {ex})", prefix) from None
+    if budget is not None:
+        budget.spend(ev.pairs)
     out: dict[str, Any] = {}
     if Property.energy in props:
         out["energy"] = float(ev.energy)
@@ -92,10 +156,14 @@ def evaluate_structure(model: Any, s: Structure, props: set[Property], prefix: s
     return out
 
 
-def evaluate_request(model: Any, request: CalculateRequest, has_committee: bool, threads: int | None = 1) -> list[dict]:
-    """Results of every structure; `threads` goes to `model.evaluate` (1: serial kernel)."""
+def evaluate_request(model: Any, request: CalculateRequest, has_committee: bool, threads: int | None = 1,
+                     max_pairs: int | None = None) -> list[dict]:
+    """Results of every structure; `threads` goes to `model.evaluate` (1: serial kernel);
+    `max_pairs` bounds the neighbour pairs summed over the request (None: only the evaluator's own
+    per-structure limit)."""
     props = properties_for(request, has_committee)
+    budget = None if max_pairs is None else PairBudget(max_pairs)
     if request.structure is not None:
-        return [evaluate_structure(model, request.structure, props, "structure", threads)]
-    return [evaluate_structure(model, s, props, f"structures[{i}]", threads)
+        return [evaluate_structure(model, request.structure, props, "structure", threads, budget)]
+    return [evaluate_structure(model, s, props, f"structures[{i}]", threads, budget)
             for i, s in enumerate(request.structures)]

@@ -1,7 +1,8 @@
 """FastAPI dependencies shared by the routers: the server's objects (on `request.app.state`, put
 there by `create_app`), the bearer-token check, the served model a path names, readiness, and the
-limits on a request body (size; the atom and structure limits apply once it is decoded, in
-`compute.check_limits`).
+limit on a request body's size. The other limits apply as early as each can be seen: while the
+body is decoded (`codec`, `extxyz.scan`), on the decoded document before validation
+(`compute.check_document`), and in each structure's neighbour search (the pair budget).
 
 Every dependency is `async def`: FastAPI would run a plain `def` in its thread pool.
 """

@@ -2,6 +2,9 @@
 
 User input never produces a 5xx: decoding, validation and evaluator input errors are 4xx with the
 offending field named. A 500 means a bug in the server and is logged with its traceback.
+Every error document is bounded whatever the input: at most `MAX_DETAILS` entries in `details`
+(plus `more_details`, the count of the rest), messages cut at `MAX_MESSAGE` characters and field
+paths at `MAX_FIELD` (they may quote the input).
 (The library's own exception hierarchy is `aceserver.errors`; `ACEInputError` becomes a 422 in
 `compute.py`.)
 """
@@ -20,6 +23,16 @@ from .schema import ErrorBody
 
 log = logging.getLogger("aceserver.http")
 
+MAX_DETAILS = 20       # entries of `details`; the rest are counted in `more_details`
+MAX_MESSAGE = 1000     # characters of a message
+MAX_FIELD = 200        # characters of a field path
+
+
+def _cut(text: str | None, limit: int) -> str | None:
+    if text is None or len(text) <= limit:
+        return text
+    return text[:limit] + f"... ({len(text) - limit} more characters)"
+
 
 class APIError(Exception):
     """An error with its HTTP status, machine-readable kind and the offending field."""
@@ -32,7 +45,11 @@ class APIError(Exception):
         self.headers = headers
 
     def body(self) -> dict[str, Any]:
-        return {"kind": self.kind, "message": self.message, "field": self.field, "details": self.details}
+        """The error document, bounded (see the module docstring)."""
+        details = [{"field": _cut(d.get("field"), MAX_FIELD), "message": _cut(d.get("message"), MAX_MESSAGE)}
+                   for d in self.details[:MAX_DETAILS]]
+        return {"kind": self.kind, "message": _cut(self.message, MAX_MESSAGE), "field": _cut(self.field, MAX_FIELD),
+                "details": details, "more_details": max(0, len(self.details) - MAX_DETAILS)}
 
 
 class DecodeError(ValueError):

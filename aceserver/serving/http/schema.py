@@ -76,14 +76,16 @@ class Structure(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    # fail_fast on the per-atom lists: validation stops at the first bad entry, so a million bad atoms
+    # make one error (not a million, each a dict in memory and an entry in the reply).
     numbers: list[Annotated[int, Field(strict=True, ge=1, le=118)]] | None = Field(
-        None, description="Atomic numbers, one per atom (dimensionless). Give this or `symbols`.",
+        None, fail_fast=True, description="Atomic numbers, one per atom (dimensionless). Give this or `symbols`.",
         examples=[[14, 14]])
     symbols: list[Annotated[str, AfterValidator(_known_symbol)]] | None = Field(
-        None, description="Chemical symbols, one per atom (e.g. \"Si\"). Give this or `numbers`.",
+        None, fail_fast=True, description="Chemical symbols, one per atom (e.g. \"Si\"). Give this or `numbers`.",
         examples=[["Si", "Si"]])
     positions: list[Vec3] = Field(
-        ..., min_length=1, description="Cartesian positions, shape (N, 3), in Å (N ≥ 1; |x| ≤ 1e6 Å).",
+        ..., min_length=1, fail_fast=True, description="Cartesian positions, shape (N, 3), in Å (N ≥ 1; |x| ≤ 1e6 Å).",
         examples=[[[0.0, 0.0, 0.0], [1.3575, 1.3575, 1.3575]]])
     cell: Annotated[tuple[Vec3, Vec3, Vec3], _exactly(3, "cell vectors (rows a, b, c)")] | None = Field(
         None, description="Cell as three row vectors a, b, c, shape (3, 3), in Å (entries ≤ 1e6 Å in "
@@ -122,7 +124,7 @@ class CalculateRequest(BaseModel):
     structures: list[Structure] | None = Field(
         None, min_length=1, description="A batch of structures, evaluated in order. Give this or `structure`.")
     properties: list[Property] | None = Field(
-        None, description="Outputs to return. Default: energy, forces, stress, virial, energies, "
+        None, fail_fast=True, description="Outputs to return. Default: energy, forces, stress, virial, energies, "
         "and committee where the model has a committee. `committee` adds energy_committee and "
         "energy_std; `forces_committee` adds forces_committee and forces_std.")
 
@@ -201,7 +203,10 @@ class ErrorBody(BaseModel):
     kind: str = Field(..., description="Machine-readable error kind, e.g. `invalid_input`, `unknown_model`.")
     message: str = Field(..., description="Human-readable description of the problem.")
     field: str | None = Field(None, description="The offending input field, where there is one.")
-    details: list[ErrorDetail] = Field(default_factory=list, description="All problems found, where several.")
+    details: list[ErrorDetail] = Field(
+        default_factory=list, description="The problems found, where several: at most 20 (the first found); "
+        "validation stops at the first bad entry of a per-atom list.")
+    more_details: int = Field(0, description="How many further problems were found but not listed in `details`.")
 
 
 class Health(BaseModel):

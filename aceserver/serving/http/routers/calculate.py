@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from .. import codec
 from .. import dependencies as deps
-from ..compute import check_limits, evaluate_request
+from ..compute import check_document, check_limits, evaluate_request
 from ..error_replies import APIError, DecodeError, error_responses, from_validation_error
 from ..counters import Metrics
 from ..registry import ServedModel
@@ -30,17 +30,19 @@ CALC_BODY = {"$ref": "#/components/schemas/CalculateRequest"}
 
 def evaluate_body(m: ServedModel, body: bytes, codec_in: str, codec_out: str,
                   settings: Settings) -> tuple[bytes, int, int, float]:
-    """Decode, validate, check the limits, evaluate and encode one request (in a worker thread);
+    """Decode, check the limits, validate, evaluate and encode one request (in a worker thread);
     returns the encoded reply, the atoms and structures evaluated, and the seconds in `evaluate`."""
     try:
-        request = CalculateRequest.model_validate(codec.decode(body, codec_in))
+        doc = codec.decode(body, codec_in, settings.max_atoms, settings.max_structures)
+        check_document(doc, settings.max_atoms, settings.max_structures)
+        request = CalculateRequest.model_validate(doc)
     except DecodeError as ex:
         raise APIError(400, "malformed_body", str(ex), ex.field) from None
     except ValidationError as ex:
         raise from_validation_error(ex.errors(include_url=False)) from None
     check_limits(request, settings.max_atoms, settings.max_structures)
     t0 = time.perf_counter()
-    results = evaluate_request(m.model, request, m.has_committee, settings.kernel_threads)
+    results = evaluate_request(m.model, request, m.has_committee, settings.kernel_threads, settings.max_pairs)
     seconds = time.perf_counter() - t0
     payload = {"model": m.name, "sha256": m.sha256, "results": results}
     atoms = sum(len(s.positions) for s in request.structure_list())
