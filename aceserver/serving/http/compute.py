@@ -1,5 +1,10 @@
 """Turn a validated request into results by calling `model.evaluate` (runs in a worker thread).
 
+`evaluate_request` looks at its `cancel` event before every structure and raises `Abandoned` once
+it is set (the client went away, or the drain deadline passed: `lifecycle.py`). One structure is
+one call of the compiled site kernel, which cannot be interrupted from Python; the request limits
+bound what that call costs.
+
 The results are read from the `Evaluation` as it defines them (`aceserver.evaluation`): the stress
 only where `postprocess.has_stress` says it exists, the committee spread as `energy_std` and
 `forces_std` (population standard deviation, ddof 0); nothing is recomputed here.
@@ -7,6 +12,7 @@ only where `postprocess.has_stress` says it exists, the committee spread as `ene
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Any
 
 import numpy as np
@@ -18,6 +24,10 @@ from .error_replies import APIError
 from .schema import DEFAULT_PROPERTIES, CalculateRequest, Property, Structure
 
 log = logging.getLogger("aceserver.http")
+
+
+class Abandoned(Exception):
+    """The request was given up before this structure; no one waits for its results."""
 
 
 def properties_for(request: CalculateRequest, has_committee: bool) -> set[Property]:
@@ -92,10 +102,16 @@ def evaluate_structure(model: Any, s: Structure, props: set[Property], prefix: s
     return out
 
 
-def evaluate_request(model: Any, request: CalculateRequest, has_committee: bool, threads: int | None = 1) -> list[dict]:
-    """Results of every structure; `threads` goes to `model.evaluate` (1: serial kernel)."""
+def evaluate_request(model: Any, request: CalculateRequest, has_committee: bool, threads: int | None = 1,
+                     cancel: threading.Event | None = None) -> list[dict]:
+    """Results of every structure; `threads` goes to `model.evaluate` (1: serial kernel); once
+    `cancel` is set, `Abandoned` is raised before the next structure."""
     props = properties_for(request, has_committee)
-    if request.structure is not None:
-        return [evaluate_structure(model, request.structure, props, "structure", threads)]
-    return [evaluate_structure(model, s, props, f"structures[{i}]", threads)
-            for i, s in enumerate(request.structures)]
+    named = ([("structure", request.structure)] if request.structure is not None else
+             [(f"structures[{i}]", s) for i, s in enumerate(request.structures)])
+    results = []
+    for prefix, s in named:
+        if cancel is not None and cancel.is_set():
+            raise Abandoned(f"stopped before {prefix}")
+        results.append(evaluate_structure(model, s, props, prefix, threads))
+    return results
