@@ -307,6 +307,22 @@ def test_malformed_http_gets_the_json_error_document(server, data):
         s.close()
 
 
+def test_content_length_shorter_than_the_body(server):
+    """The bytes after the declared body are a garbled next request: a JSON 400, then the
+    connection is closed; the server logs no traceback."""
+    with watched(server):
+        s = connect(server)
+        body = json.dumps(SMALL).encode()
+        s.sendall(raw_request("/v1/models/si/calculate", body, headers={**AUTH, **JSON})
+                  .replace(f"Content-Length: {len(body)}".encode(), b"Content-Length: 5"))
+        status, headers, reply = read_reply(s)
+        doc = assert_json_error(status, headers, reply, 400, json.loads(reply).get("kind"))
+        assert doc["kind"] in ("malformed_request", "malformed_body"), doc
+        assert closed_by_server(s, 5)
+        s.close()
+    assert "Traceback" not in server.output()
+
+
 def test_stalled_body_gets_408_and_is_closed(server):
     """A Content-Length larger than the body sent: a JSON 408 once the body timeout has passed."""
     with watched(server):

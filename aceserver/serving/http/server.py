@@ -97,6 +97,10 @@ class Protocol(HttpToolsProtocol):
         log.warning("%s: %s", kind, message)
         if self.on_error is not None:
             self.on_error(kind)
+        if self.cycle is not None and not self.cycle.response_complete:
+            # a request in progress (garbage after its body): its reply can no longer be framed here
+            self.cycle.disconnected = True
+            self.cycle.message_event.set()
         body = json.dumps(APIError(status, kind, message).body()).encode()
         head = [f"HTTP/1.1 {status} {http.HTTPStatus(status).phrase}".encode(),
                 *(name + b": " + value for name, value in self.server_state.default_headers),
