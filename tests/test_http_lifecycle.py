@@ -214,6 +214,9 @@ def test_abandoned_requests_stop_and_are_not_counted(server):
         clients = [connect(server) for _ in range(4)]
         for s in clients:
             s.sendall(raw_request("/v1/models/si/calculate", big, headers={**AUTH, **JSON}))
+        deadline = time.monotonic() + 30      # the four requests (and this one) are in the server
+        while metric(server, "aceserver_http_requests_in_flight") < 5 and time.monotonic() < deadline:
+            time.sleep(0.02)
         time.sleep(0.3)                       # bodies read, two evaluations started, two queued
         for s in clients:
             s.close()
