@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
+import threading
 
 NAME = "serve"
 HELP = "serve ACE models over HTTP: energies, forces and stresses as JSON or msgpack"
@@ -35,7 +37,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="threads inside one evaluation: 1 (default) runs each request on the serial "
                              "kernel, requests in parallel; 0 lets large structures use numba's threads")
     parser.add_argument("--drain-timeout", type=float, default=30.0, metavar="S",
-                        help="on SIGTERM/SIGINT, wait at most S seconds for requests in flight (default 30)")
+                        help="on SIGTERM/SIGINT, wait at most S seconds for requests in flight; those not "
+                             "answered by then get a 503 `shutting_down` and the process exits (default 30)")
+    parser.add_argument("--header-timeout", type=float, default=10.0, metavar="S",
+                        help="a request's line and headers must arrive within S seconds of the connection or "
+                             "of the previous reply (default 10; else 408, or an idle connection is closed)")
+    parser.add_argument("--body-timeout", type=float, default=60.0, metavar="S",
+                        help="a request's body must arrive within S seconds of its headers (default 60; else 408)")
+    parser.add_argument("--keep-alive-timeout", type=float, default=5.0, metavar="S",
+                        help="close a connection idle for S seconds between requests (default 5)")
+    parser.add_argument("--max-connections", type=int, default=100, metavar="N",
+                        help="most open connections; beyond, requests other than the probes get a 503 "
+                             "`too_many_connections` (default 100)")
     parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     parser.add_argument("--access-log", action="store_true", help="log every request (off by default: costs time)")
     parser.add_argument("--watch", action="store_true",
@@ -78,25 +91,35 @@ def run(args: argparse.Namespace) -> int:
         print("aceserver serve: kernels warmed", file=sys.stderr)
         return 0
 
-    import uvicorn
-
     from aceserver.serving.http import Settings, create_app
+    from aceserver.serving.http.server import make_server
 
     settings = Settings(token=token, max_atoms=args.max_atoms, max_structures=args.max_structures,
                         max_pairs=args.max_pairs,
                         max_body_bytes=int(args.max_body_mb * 1024 * 1024), workers=args.workers,
                         kernel_threads=args.kernel_threads or None,
-                        watch_interval=args.watch_interval if args.watch else 0.0)
+                        watch_interval=args.watch_interval if args.watch else 0.0,
+                        drain_timeout=args.drain_timeout, header_timeout=args.header_timeout,
+                        body_timeout=args.body_timeout, keep_alive_timeout=args.keep_alive_timeout,
+                        max_connections=args.max_connections)
     if args.host not in ("127.0.0.1", "localhost", "::1") and token is None:
         print(f"aceserver serve: warning: listening on {args.host} without --token-file: anyone who can reach "
               "this port can use the server", file=sys.stderr)
     app = create_app(registry, settings)
-    config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
-                            access_log=args.access_log, timeout_graceful_shutdown=args.drain_timeout,
-                            server_header=False, lifespan="on")
-    server = uvicorn.Server(config)
+    server = make_server(app, args.host, args.port, args.log_level, args.access_log)
     # uvicorn re-raises SIGTERM once it has drained; a drained shutdown is a clean exit (code 0), as
     # for PID 1 in a container, so the re-raised signal is ignored (uvicorn handles it while serving)
     signal.signal(signal.SIGTERM, lambda signum, frame: None)
     server.run()
-    return 0 if server.started else 1
+    code = 0 if server.started else 1
+    if app.state.drain.expired and threading.active_count() > 1:
+        # requests were cut at the drain deadline: their threads may still be inside a compiled
+        # kernel, which cannot be interrupted and would hold the interpreter's exit until the
+        # structure is done; their results have no one to go to
+        print(f"aceserver serve: drain timeout ({args.drain_timeout:g} s) passed; exiting without waiting for "
+              "evaluations in progress", file=sys.stderr)
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code

@@ -174,7 +174,12 @@ function drawBars(svg, counts) {
 
 async function poll() {
   try {
-    const r = await fetch("/metrics.json");
+    const r = await fetch("/metrics.json", { headers: headers() });   // behind the token, when there is one
+    if (r.status === 401) {
+      $("status").textContent = "token needed";
+      $("status").className = "badge down";
+      return;
+    }
     const snap = await r.json();
     $("status").textContent = snap.ready ? "ready" : "starting";
     $("status").className = "badge " + (snap.ready ? "ready" : "");

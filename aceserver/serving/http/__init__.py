@@ -1,6 +1,7 @@
 """HTTP service for ACE models (FastAPI under uvicorn); see docs/serving.md.
 
-`create_app(registry, settings)` builds the application; `aceserver serve` runs it.
+`create_app(registry, settings)` builds the application; `server.make_server(app, ...)` gives the
+uvicorn server that `aceserver serve` runs.
 
     schema        request and response models: validation, OpenAPI document and API reference
     codec         JSON and msgpack bodies (extxyz: extended XYZ requests)
@@ -11,7 +12,9 @@
     dependencies  auth, body limits, the served model and readiness as FastAPI dependencies
     routers/      the routes, one router per resource
     counters      Prometheus counters and the middleware that times every request
+    lifecycle     a request in flight: cancelled when its client goes, cut at the drain deadline
     app           `create_app`: the routers, handlers, middleware and lifespan put together
+    server        uvicorn for this app: JSON protocol errors, timeouts, connection limit, drain clock
 """
 from .app import create_app
 from .registry import ModelRegistry, ServedModel

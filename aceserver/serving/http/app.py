@@ -1,6 +1,9 @@
 """The FastAPI application: `create_app` puts the server's objects on `app.state`, installs the
-error handlers and the metrics middleware, includes the routers (`routers/`), and documents the
-API; `lifespan` warms the models, watches their files and drains on shutdown.
+error handlers, the metrics and drain middleware, includes the routers (`routers/`), and
+documents the API; `lifespan` warms the models, watches their files and drains on shutdown.
+
+With a token, everything but the probes (/healthz, /livez, /readyz), /metrics and the web page's
+own files (/, /ui/) asks for it: /v1, /metrics.json, /openapi.json, /docs and /redoc.
 """
 from __future__ import annotations
 
@@ -23,7 +26,8 @@ import aceserver
 from .counters import Metrics, MetricsMiddleware
 from .dependencies import require_token
 from .error_replies import error_responses, install_handlers
-from .registry import ModelRegistry
+from .lifecycle import Drain, DrainMiddleware
+from .registry import ModelRegistry, without_paths
 from .routers import calculate, models, probes, web
 from .routers import metrics as metrics_routes
 from .schema import CalculateRequest
@@ -42,23 +46,27 @@ DESCRIPTION = (
 def create_app(registry: ModelRegistry, settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    # the API reference routes are `web.reference`'s, so that they can carry the token check
     app = FastAPI(title="aceserver HTTP API", version=aceserver.__version__, description=DESCRIPTION,
-                  lifespan=lifespan)
+                  lifespan=lifespan, openapi_url=None, docs_url=None, redoc_url=None)
     app.state.registry, app.state.settings, app.state.metrics = registry, settings, Metrics()
-    app.state.server_state = State()
+    app.state.server_state, app.state.drain = State(), Drain()
     app.state.executor = ThreadPoolExecutor(max_workers=settings.workers or cpus, thread_name_prefix="ace-eval")
     install_handlers(app, on_error=app.state.metrics.count_error)
-    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+    app.add_middleware(DrainMiddleware, drain=app.state.drain, on_error=app.state.metrics.count_error)
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)   # outermost: it sees the drain's 503s
 
     # the token check (and its OpenAPI security scheme) exists only when a token is configured
-    v1 = {"dependencies": [Depends(require_token)] if settings.token is not None else [],
-          "responses": error_responses(*((401, 422) if settings.token is not None else (422,)))}
+    token = [Depends(require_token)] if settings.token is not None else []
+    v1 = {"dependencies": token, "responses": error_responses(*((401, 422) if token else (422,)))}
     app.include_router(models.router, **v1)
     app.include_router(calculate.router, **v1)
     app.include_router(web.router)
+    app.include_router(web.reference, dependencies=token)
     app.mount("/ui", StaticFiles(directory=web.WEB_DIR), name="ui")
     app.include_router(probes.router)
     app.include_router(metrics_routes.router)
+    app.include_router(metrics_routes.feed, dependencies=token, responses=error_responses(401) if token else None)
     app.openapi = partial(openapi, app)
     return app
 
@@ -66,7 +74,8 @@ def create_app(registry: ModelRegistry, settings: Settings | None = None) -> Fas
 @asynccontextmanager
 async def lifespan(app: FastAPI):
     """Warm the models in the background (readiness waits for it), hot-swap changed model files
-    (the watcher, SIGHUP), and on shutdown finish the evaluations in flight."""
+    (the watcher, SIGHUP); on shutdown the evaluations in flight have finished, or were cut at
+    the drain deadline (`server.Server`, `lifecycle.Drain`): those are not waited for."""
     registry, settings, metrics = app.state.registry, app.state.settings, app.state.metrics
     state, executor = app.state.server_state, app.state.executor
 
@@ -75,7 +84,7 @@ async def lifespan(app: FastAPI):
             await asyncio.get_running_loop().run_in_executor(executor, registry.warm, settings.kernel_threads)
         except Exception as ex:  # readiness reports it; the server stays up for /healthz
             log.exception("warm-up failed")
-            state.failure = f"warm-up failed: {type(ex).__name__}: {ex}"
+            state.failure = without_paths(f"warm-up failed: {type(ex).__name__}: {ex}")
             return
         state.ready = metrics.ready = True
         log.info("ready: serving %s", ", ".join(registry.models))
@@ -118,7 +127,7 @@ async def lifespan(app: FastAPI):
             asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
         for t in list(tasks):
             t.cancel()
-        executor.shutdown(wait=True, cancel_futures=False)
+        executor.shutdown(wait=not app.state.drain.expired, cancel_futures=app.state.drain.expired)
         reloader.shutdown(wait=False, cancel_futures=True)
 
 

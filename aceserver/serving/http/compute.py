@@ -4,6 +4,11 @@ before pydantic builds anything per atom; `check_limits` repeats it on the valid
 work budget (neighbour pairs summed over the request, `--max-pairs`) is passed down to each
 structure's neighbour search, which counts its pairs before allocating them (413 `too_large`).
 
+`evaluate_request` looks at its `cancel` event before every structure and raises `Abandoned` once
+it is set (the client went away, or the drain deadline passed: `lifecycle.py`). One structure is
+one call of the compiled site kernel, which cannot be interrupted from Python; the request limits
+bound what that call costs.
+
 The results are read from the `Evaluation` as it defines them (`aceserver.evaluation`): the stress
 only where `postprocess.has_stress` says it exists, the committee spread as `energy_std` and
 `forces_std` (population standard deviation, ddof 0); nothing is recomputed here.
@@ -11,6 +16,7 @@ only where `postprocess.has_stress` says it exists, the committee spread as `ene
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Any
 
 import numpy as np
@@ -22,6 +28,10 @@ from .error_replies import APIError
 from .schema import DEFAULT_PROPERTIES, CalculateRequest, Property, Structure
 
 log = logging.getLogger("aceserver.http")
+
+
+class Abandoned(Exception):
+    """The request was given up before this structure; no one waits for its results."""
 
 
 def properties_for(request: CalculateRequest, has_committee: bool) -> set[Property]:
@@ -157,13 +167,17 @@ def evaluate_structure(model: Any, s: Structure, props: set[Property], prefix: s
 
 
 def evaluate_request(model: Any, request: CalculateRequest, has_committee: bool, threads: int | None = 1,
-                     max_pairs: int | None = None) -> list[dict]:
+                     max_pairs: int | None = None, cancel: threading.Event | None = None) -> list[dict]:
     """Results of every structure; `threads` goes to `model.evaluate` (1: serial kernel);
     `max_pairs` bounds the neighbour pairs summed over the request (None: only the evaluator's own
-    per-structure limit)."""
+    per-structure limit); once `cancel` is set, `Abandoned` is raised before the next structure."""
     props = properties_for(request, has_committee)
     budget = None if max_pairs is None else PairBudget(max_pairs)
-    if request.structure is not None:
-        return [evaluate_structure(model, request.structure, props, "structure", threads, budget)]
-    return [evaluate_structure(model, s, props, f"structures[{i}]", threads, budget)
-            for i, s in enumerate(request.structures)]
+    named = ([("structure", request.structure)] if request.structure is not None else
+             [(f"structures[{i}]", s) for i, s in enumerate(request.structures)])
+    results = []
+    for prefix, s in named:
+        if cancel is not None and cancel.is_set():
+            raise Abandoned(f"stopped before {prefix}")
+        results.append(evaluate_structure(model, s, props, prefix, threads, budget))
+    return results

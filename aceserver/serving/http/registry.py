@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 import time
 from collections import deque
@@ -87,6 +88,16 @@ def file_stamp(path: str | None) -> tuple[int, int] | None:
     return None if st is None else (st.st_mtime_ns, st.st_size)
 
 
+# an absolute path (POSIX or Windows) and its last component
+_PATH_RE = re.compile(r"(?<![\w.~:/-])(?:/|[A-Za-z]:[\\/])(?:[^\s'\"/\\]+[/\\])*([^\s'\"/\\]*)")
+
+
+def without_paths(text: str) -> str:
+    """`text` with every absolute file path shortened to its file name: replies never name a path
+    of the server's machine (the log keeps them)."""
+    return _PATH_RE.sub(lambda m: m.group(1) or "<path>", text)
+
+
 @dataclass
 class Reload:
     """What one reload did to one model: `swapped`, `refused` (new file broken; old one serves on)."""
@@ -95,7 +106,11 @@ class Reload:
     result: str
     old_sha256: str
     new_sha256: str | None = None
-    message: str = ""
+    message: str = ""                 # for the log; `reply()` gives it without file paths
+
+    def reply(self) -> dict[str, Any]:
+        return {"name": self.name, "result": self.result, "old_sha256": self.old_sha256,
+                "new_sha256": self.new_sha256, "message": without_paths(self.message)}
 
 
 class ModelRegistry:

@@ -16,6 +16,12 @@ class Settings:
     workers: int = 0                         # evaluation threads (0: one per CPU this process may use)
     kernel_threads: int | None = 1           # threads inside one evaluation (1: serial kernel; None: numba's)
     watch_interval: float = 0.0              # poll model files every S seconds and hot-swap changed ones (0: off)
+    # connections and shutdown (`server.py`, `lifecycle.py`); seconds
+    drain_timeout: float = 30.0              # on SIGTERM, requests not answered by then get a 503 `shutting_down`
+    header_timeout: float = 10.0             # request line and headers, from the connection or the previous reply
+    body_timeout: float = 60.0               # the request body, from the end of its headers
+    keep_alive_timeout: float = 5.0          # an idle connection between requests
+    max_connections: int = 100               # open connections; beyond: 503 `too_many_connections` (not probes)
 
 
 class State:

@@ -2,15 +2,17 @@
 
 The body is read here (bounded, `deps.limited_body`), then decoded, validated, evaluated and
 encoded in a worker thread (`evaluate_body`), so the event loop keeps answering /healthz during
-long evaluations (the numba kernels release the GIL).
+long evaluations (the numba kernels release the GIL). Meanwhile the connection is watched: a
+client that goes away stops its evaluation before the next structure (`lifecycle.py`).
 """
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 from pydantic import ValidationError
 
@@ -19,6 +21,7 @@ from .. import dependencies as deps
 from ..compute import check_document, check_limits, evaluate_request
 from ..error_replies import APIError, DecodeError, error_responses, from_validation_error
 from ..counters import Metrics
+from ..lifecycle import until_done_or_gone
 from ..registry import ServedModel
 from ..schema import CalculateRequest, CalculateResponse
 from ..settings import Settings
@@ -28,10 +31,11 @@ router = APIRouter(prefix="/v1")
 CALC_BODY = {"$ref": "#/components/schemas/CalculateRequest"}
 
 
-def evaluate_body(m: ServedModel, body: bytes, codec_in: str, codec_out: str,
-                  settings: Settings) -> tuple[bytes, int, int, float]:
+def evaluate_body(m: ServedModel, body: bytes, codec_in: str, codec_out: str, settings: Settings,
+                  cancel: threading.Event | None = None) -> tuple[bytes, int, int, float]:
     """Decode, check the limits, validate, evaluate and encode one request (in a worker thread);
-    returns the encoded reply, the atoms and structures evaluated, and the seconds in `evaluate`."""
+    returns the encoded reply, the atoms and structures evaluated, and the seconds in `evaluate`.
+    Once `cancel` is set, `compute.Abandoned` is raised before the next structure."""
     try:
         doc = codec.decode(body, codec_in, settings.max_atoms, settings.max_structures)
         check_document(doc, settings.max_atoms, settings.max_structures)
@@ -42,7 +46,8 @@ def evaluate_body(m: ServedModel, body: bytes, codec_in: str, codec_out: str,
         raise from_validation_error(ex.errors(include_url=False)) from None
     check_limits(request, settings.max_atoms, settings.max_structures)
     t0 = time.perf_counter()
-    results = evaluate_request(m.model, request, m.has_committee, settings.kernel_threads, settings.max_pairs)
+    results = evaluate_request(m.model, request, m.has_committee, settings.kernel_threads, settings.max_pairs,
+                               cancel)
     seconds = time.perf_counter() - t0
     payload = {"model": m.name, "sha256": m.sha256, "results": results}
     atoms = sum(len(s.positions) for s in request.structure_list())
@@ -63,7 +68,8 @@ def evaluate_body(m: ServedModel, body: bytes, codec_in: str, codec_out: str,
     openapi_extra={"requestBody": {"required": True, "content": {
         "application/json": {"schema": CALC_BODY}, codec.MSGPACK: {"schema": CALC_BODY}}}},
 )
-async def calculate(start: float = Depends(deps.started_at),
+async def calculate(request: Request,
+                    start: float = Depends(deps.started_at),
                     m: ServedModel = Depends(deps.served_model),
                     ready: None = Depends(deps.require_ready),
                     codecs: tuple[str, str] = Depends(deps.body_codecs),
@@ -72,9 +78,10 @@ async def calculate(start: float = Depends(deps.started_at),
                     metrics: Metrics = Depends(deps.metrics),
                     executor: ThreadPoolExecutor = Depends(deps.executor)) -> Response:
     codec_in, codec_out = codecs
-    loop = asyncio.get_running_loop()
-    payload, atoms, structures, seconds = await loop.run_in_executor(
-        executor, evaluate_body, m, body, codec_in, codec_out, settings)
+    cancel = threading.Event()
+    work = asyncio.get_running_loop().run_in_executor(
+        executor, evaluate_body, m, body, codec_in, codec_out, settings, cancel)
+    payload, atoms, structures, seconds = await until_done_or_gone(work, request.receive, cancel)
     metrics.count_evaluated(m.name, atoms, structures)
     # Server-Timing (ms): time in model.evaluate and in this handler, for clients measuring overhead
     timing = f"evaluate;dur={1e3 * seconds:.3f}, handler;dur={1e3 * (time.perf_counter() - start):.3f}"

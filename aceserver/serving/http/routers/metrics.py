@@ -1,5 +1,6 @@
-"""The server's counters: /metrics in Prometheus text format, /metrics.json for the web page (the
-same counters with latency percentiles, the served models and the latest hot reloads)."""
+"""The server's counters: /metrics in Prometheus text format (`router`, open for scrapers), and
+/metrics.json for the web page (`feed`: the same counters with latency percentiles, the served
+models and the latest hot reloads; behind the token when the server has one)."""
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends
@@ -10,15 +11,16 @@ from ..counters import CONTENT_TYPE, Metrics
 from ..registry import ModelRegistry
 
 router = APIRouter()
+feed = APIRouter()
 
 
-@router.get("/metrics.json", summary="The server's counters and latency percentiles as JSON (the web page's feed)")
+@feed.get("/metrics.json", summary="The server's counters and latency percentiles as JSON (the web page's feed)")
 async def metrics_json(metrics: Metrics = Depends(deps.metrics),
                        registry: ModelRegistry = Depends(deps.registry)) -> dict:
     snap = metrics.snapshot()
     snap["models"] = [{"name": m.name, "sha256": m.sha256, "loaded_at": m.loaded_at}
                       for m in registry.models.values()]
-    snap["recent_reloads"] = [vars(r) for r in list(registry.reloads)[-10:]]
+    snap["recent_reloads"] = [r.reply() for r in list(registry.reloads)[-10:]]
     return snap
 
 
