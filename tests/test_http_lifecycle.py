@@ -126,7 +126,7 @@ def assert_json_error(status: int, headers: dict, body: bytes, code: int, kind: 
     assert headers.get("content-type", "").startswith("application/json"), headers
     assert len(body) < 1024, len(body)
     doc = json.loads(body)
-    assert set(doc) == {"kind", "message", "field", "details"} and doc["kind"] == kind, doc
+    assert set(doc) == {"kind", "message", "field", "details", "more_details"} and doc["kind"] == kind, doc
     return doc
 
 
