@@ -24,6 +24,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from aceserver.fitting import assembly
+
 EPS = np.finfo(float).eps
 
 
@@ -62,3 +64,43 @@ def lsq_bounds(A, b, x, lam: float = 0.0, rtol: float | None = None, extra_resid
 def rel(a, b) -> float:
     """‖a − b‖ / ‖b‖ (2-norm)."""
     return float(np.linalg.norm(np.asarray(a) - np.asarray(b)) / np.linalg.norm(np.asarray(b)))
+
+
+def scaled_system(system, configs, weights, gamma, rows=None, cols=None, y=None):
+    """The matrix and targets a fit solves, diag(w)·A·diag(1/γ) and w∘y (aceserver.fitting.assembly),
+    optionally of a subset of rows and columns (a cross-validation fold, a nested basis)."""
+    w = assembly.row_weights(system, configs, weights)
+    y = system.y if y is None else y
+    rows = slice(None) if rows is None else rows
+    A = system.A[rows] if cols is None else system.A[rows][:, cols]
+    return A * w[rows, None] / gamma[None, :], w[rows] * y[rows]
+
+
+def prediction_bound(A_val, gamma, c, c_rel) -> float:
+    """Bound on the change of any validation RMSE or MAE (per row, or per atom for energies) when the
+    prior-scaled parameters c move by at most c_rel·‖c‖: every row's prediction moves by at most
+    ‖A_val·diag(1/γ)‖₂ ‖δc‖, and an RMSE or MAE by no more than its largest row."""
+    return float(np.linalg.norm(np.asarray(A_val) / gamma[None, :], 2) * c_rel * np.linalg.norm(c))
+
+
+def hyper_rel(info_a: dict, info_b: dict) -> float:
+    """Relative difference of BLR's λ² = σ_e²/σ₀² between two fits (0 for other solvers): it moves
+    c by at most that fraction of ‖c‖ (‖(AᵀA + λ²)⁻¹λ²c‖ ≤ ‖c‖)."""
+    if "sigma0_sq" not in info_a:
+        return 0.0
+    la = info_a["sigmae_sq"] / info_a["sigma0_sq"]
+    return abs(info_b["sigmae_sq"] / info_b["sigma0_sq"] / la - 1)
+
+
+def solver_bounds(A, b, c, info: dict) -> Bounds:
+    """lsq_bounds for the problem the solver that reported ``info`` solved (BLR: ridge with
+    λ² = σ_e²/σ₀²; truncated SVD: its rtol, or the truncation it chose; QR: λ or none)."""
+    name = info.get("solver")
+    if name == "blr":
+        return lsq_bounds(A, b, c, lam=float(np.sqrt(info["sigmae_sq"] / info["sigma0_sq"])))
+    if name == "tsvd":
+        s = np.linalg.svd(A, compute_uv=False)
+        k = int(info["truncation"])
+        rtol = (0.5 * (s[k - 1] + s[k]) if k < s.size else 0.5 * s[-1]) / s[0]   # keeps exactly k
+        return lsq_bounds(A, b, c, rtol=rtol)
+    return lsq_bounds(A, b, c, lam=float(info.get("lambda") or 0.0))
