@@ -1,6 +1,5 @@
 """The numba evaluator against independent references: finite differences, symmetry, supercells,
 the basis form, and bad input."""
-import numba
 import numpy as np
 import pytest
 from ase import Atoms
@@ -10,7 +9,7 @@ from ase.build import bulk
 import aceserver
 from aceserver.errors import ACEInputError, UnknownElementError
 from aceserver.evaluation.site_potential import PARALLEL_MIN_ATOMS
-from aceserver.kernels import site_pass
+from sum_bounds import scatter_bounds
 
 
 def ev(model, atoms, **kw):
@@ -179,26 +178,6 @@ def test_fast_form_equals_basis_form(si_model, tial_model):
         np.testing.assert_allclose(v @ theta, r.virial, atol=1e-10 * np.abs(r.virial).max())
 
 
-def _scatter_bounds(model, at):
-    """Worst-case rounding bounds of the force/virial scatter summed in another order (blocks of atoms
-    on threads, then the blocks): recursive summation of n terms errs by at most (n-1)ε Σ|terms|
-    (Higham §4.2), once per ordering, so two orderings differ by 2nε Σ|terms|. Terms: the pair
-    gradients G_p = ∂E_i/∂R_ij of the serial site pass (aceserver.kernels); per atom, its own
-    pairs and the pairs naming it as neighbour; for the virial, every G_p ⊗ R_p."""
-    eps = np.finfo(float).eps
-    z, first, nbr, R = model._neighbours(at.numbers, at.positions, at.cell[:], at.pbc)
-    _, G, _ = site_pass.fast_serial(first, nbr, R, z, model._tables(False), True)
-    owner = np.repeat(np.arange(len(at)), np.diff(first))
-    absG = np.abs(G)
-    per_atom = np.zeros((len(at), 3))
-    np.add.at(per_atom, owner, absG)
-    np.add.at(per_atom, nbr, absG)
-    n_atom = np.bincount(owner, minlength=len(at)) + np.bincount(nbr, minlength=len(at)) + numba.get_num_threads()
-    f_bound = 2 * n_atom[:, None] * eps * per_atom
-    w_bound = 2 * len(G) * eps * np.abs(G).T @ np.abs(R)
-    return f_bound, w_bound
-
-
 def test_parallel_kernel_equals_serial(tial_model):
     """Site energies are computed site by site in both kernels; only the scatter's sums are
     reassociated. Measured on an AMD EPYC (2 numba threads): forces 2.8e-16 eV/Å, virial 1.8e-12 eV
@@ -209,7 +188,7 @@ def test_parallel_kernel_equals_serial(tial_model):
     b = ev(tial_model, at, threads=None)
     # the energy: n site energies summed by numpy in the same order (nε Σ|E_i| is the bound, were it not)
     assert a.energy == pytest.approx(b.energy, rel=0, abs=2 * len(at) * np.finfo(float).eps * np.abs(a.energies).sum())
-    f_bound, w_bound = _scatter_bounds(tial_model, at)
+    f_bound, w_bound = scatter_bounds(tial_model, at)
     assert np.all(np.abs(a.forces - b.forces) <= f_bound)
     assert np.all(np.abs(a.virial - b.virial) <= 0.5 * (w_bound + w_bound.T))   # W is symmetrised
 
