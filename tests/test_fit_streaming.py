@@ -17,7 +17,7 @@ import aceserver
 from aceserver.fitting import assembly, data, priors, solvers, streaming
 from aceserver.fitting import fit_model as driver
 
-from lsq_bounds import lsq_bounds
+from lsq_bounds import lsq_bounds, perturbation_estimate, solver_bounds
 from test_fit_silicon import BLR_THRESHOLDS, QR_THRESHOLDS, WEIGHTS as SI_WEIGHTS, _check
 
 DATA = Path(__file__).parent / "data"
@@ -143,16 +143,31 @@ def test_tsvd_validation_choice_equals_in_memory(case):
     (d, r1), (s, r2) = out
     assert r1.solver_info["chosen_on"] == r2.solver_info["chosen_on"] == "validation"
     assert r2.solver_info["truncation"] == r1.solver_info["truncation"]
-    assert r2.solver_info["validation_residual"] == pytest.approx(r1.solver_info["validation_residual"], rel=1e-8)
-    # fitted values on the training rows, as test_tsvd_equals_in_memory (the kept part's coefficients
-    # are not determined); the bound for the truncation both paths chose
     Aw, yw, gamma = _weighted(dict(case, system=assembly.assemble(d, train, case["weights"], progress=False),
                                    configs=train), d)
-    c = gamma * d.parameters
-    f = solvers.svd_factors(Aw, yw)
+    Av, yv, _ = _weighted(dict(case, system=assembly.assemble(d, val, case["weights"], progress=False),
+                               configs=val), d)
     k = r1.solver_info["truncation"]
-    rtol = 0.5 * (f.s[k - 1] + f.s[k]) / f.s[0] if k < f.s.size else 0.5 * f.s[-1] / f.s[0]
-    assert _rel(Aw @ (gamma * s.parameters), Aw @ c) < lsq_bounds(Aw, yw, c, rtol=rtol).fitted_rel
+
+    def val_residual(A):
+        """‖A_v c_k − y_v‖ of the truncated-SVD fit of (A, y) with the k both paths chose."""
+        f = solvers.svd_factors(A, yw)
+        return float(np.linalg.norm(Av @ (f.Vt[:k].T @ (f.b[:k] / f.s[:k])) - yv))
+
+    # the validation residual sees the kept part's ill-determined coefficients (κ_k up to 1e9), for
+    # which no sharp closed-form bound is at hand: its sensitivity to a backward error η is
+    # estimated by random perturbations (lsq_bounds.perturbation_estimate), times 2 (two solutions)
+    # and 10 (a random direction's underestimate): 1.1e-6 (Si_tiny) / 4.2e-7 (TiAl_tiny). Measured on
+    # an AMD EPYC: the paths differ by 3.6e-10 / 2.5e-11 (1 BLAS thread) and 1.2e-9 / 1.0e-10
+    # (2 threads) of 1.97 / 0.90, where the former fixed rel=1e-8 was used to 6 %.
+    tol = 20 * perturbation_estimate(Aw, val_residual)
+    assert val_residual(Aw) == pytest.approx(r1.solver_info["validation_residual"], rel=0, abs=tol)
+    diff = abs(r2.solver_info["validation_residual"] - r1.solver_info["validation_residual"])
+    assert diff <= tol, (diff, tol)
+    # fitted values on the training rows, as test_tsvd_equals_in_memory (the kept part's coefficients
+    # are not determined); the bound for the truncation both paths chose
+    c = gamma * d.parameters
+    assert _rel(Aw @ (gamma * s.parameters), Aw @ c) < solver_bounds(Aw, yw, c, r1.solver_info).fitted_rel
 
 
 def test_ridge_qr_equals_in_memory(case):
