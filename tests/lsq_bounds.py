@@ -4,7 +4,7 @@ Two backward-stable solvers (Householder QR, SVD, the streaming QR tree in any o
 the exact solution of a problem whose matrix and targets lie within η (normwise, relative) of the
 given A and b. We take η = √m·ε, m the number of columns: the size Householder QR's backward error
 has in practice (Higham, Accuracy and Stability of Numerical Algorithms, 2nd ed., §19.3; the
-worst-case bound grows like m·n·ε and is never approached). Two such solutions differ by at most
+worst-case bound grows like m·n·ε and is not approached in practice). Two such solutions differ by at most
 twice the first-order change of one, for x (Higham Thm 20.1) and for the fitted values ŷ = Ax:
 
     ‖δx‖ / ‖x‖ ≤ η κ (2 + (κ + 1) ‖r‖ / (‖A‖ ‖x‖))
@@ -59,11 +59,6 @@ def lsq_bounds(A, b, x, lam: float = 0.0, rtol: float | None = None, extra_resid
     x_rel = 2 * eta * kappa * (2 + (kappa + 1) * r / (norm_A * nx))
     fitted_rel = 2 * eta * (norm_b + norm_A * nx + kappa * r) / float(np.linalg.norm(fitted))
     return Bounds(kappa=float(kappa), eta=float(eta), x_rel=float(x_rel), fitted_rel=float(fitted_rel))
-
-
-def rel(a, b) -> float:
-    """‖a − b‖ / ‖b‖ (2-norm)."""
-    return float(np.linalg.norm(np.asarray(a) - np.asarray(b)) / np.linalg.norm(np.asarray(b)))
 
 
 def scaled_system(system, configs, weights, gamma, rows=None, cols=None, y=None):

@@ -17,7 +17,7 @@ import aceserver
 from aceserver.fitting import assembly, data, priors, solvers, streaming
 from aceserver.fitting import fit_model as driver
 
-from lsq_bounds import lsq_bounds, perturbation_estimate, solver_bounds
+from lsq_bounds import hyper_rel, lsq_bounds, perturbation_estimate, solver_bounds
 from test_fit_silicon import BLR_THRESHOLDS, QR_THRESHOLDS, WEIGHTS as SI_WEIGHTS, _check
 
 DATA = Path(__file__).parent / "data"
@@ -108,7 +108,7 @@ def test_blr_with_committee_equals_in_memory(case):
     Aw, yw, gamma = _weighted(case, dense)
     lam = np.sqrt(r1.solver_info["sigmae_sq"] / r1.solver_info["sigma0_sq"])
     c = gamma * dense.parameters
-    dh = abs(r2.solver_info["sigmae_sq"] / r2.solver_info["sigma0_sq"] / lam ** 2 - 1)
+    dh = hyper_rel(r1.solver_info, r2.solver_info)
     b = lsq_bounds(Aw, yw, c, lam=lam)
     assert _rel(gamma * stream.parameters, c) < b.x_rel + dh
     # the committee is c + a fixed linear map of the same random draws (same seed): the map is the
