@@ -69,6 +69,8 @@ def test_fit_then_eval_round_trip(toy_env, capsys):
     assert (toy_env / "out/plots/parity_energy.png").stat().st_size > 1000
     assert (toy_env / "out/plots/parity_forces.png").exists()
     model = ToyModel.load(toy_env / "out/toy.json")
+    # statistical, not rounding: the seeded 1e-3 noise of the targets moves the BLR fit of θ by up to
+    # 0.055 (measured); rounding moves it by ~1e-11 on any CPU
     np.testing.assert_allclose(model.parameters, THETA, rtol=0.05, atol=0.05)
     assert model.committee.shape == (4, 4)
     assert model.E0 == {"Cu": -3.0}

@@ -1,4 +1,10 @@
-"""Assembly, weights, priors and the fit driver on a toy linear pair model (no ACE basis needed)."""
+"""Assembly, weights, priors and the fit driver on a toy linear pair model (no ACE basis needed).
+
+Tolerances: the toy system's weighted matrix has κ = 4.8e3 (2.4e5 prior-scaled) and exact targets
+(r = 0), so QR recovers θ to ~√m ε κ ~ 1e-11 (asserted 1e-7); BLR, tsvd and rrqr regularise or
+truncate and are asserted only to their bias (1e-4 to 1e-6). Fits of the same system by the same
+path are asserted to 1e-10 (measured: equal). Comparisons of two paths use tests/lsq_bounds.py.
+"""
 import numpy as np
 import pytest
 
@@ -7,6 +13,7 @@ from aceserver.fitting import error_tables as errors
 from aceserver.fitting import fit_model as driver
 from aceserver.fitting.data import config_weights, normalise_weights
 from fit_toy_model import ToyModel, synthetic_configs
+from lsq_bounds import hyper_rel, prediction_bound, scaled_system, solver_bounds
 
 
 @pytest.fixture(scope="module")
@@ -155,6 +162,18 @@ def test_selection_on_validation_rows(toy):
     assert res[0]["validation"]["rmse"]["F"] == pytest.approx(full["rmse"]["set"]["F"], abs=1e-6)
 
 
+def _validation_tol(model, train, ts, vs, weights, prior, other_info):
+    """How far a validation RMSE of two fits of the same problem may differ (lsq_bounds): the toy fits
+    exactly, so its RMSEs (~1e-8) are rounding-level and a relative tolerance on them is a coin flip
+    (the former rel=1e-6 was met with 20 % of it to spare); bound the predictions' change instead."""
+    gamma = priors.make_prior(model.basis_labels, prior)
+    A, b = scaled_system(ts, train, weights, gamma)
+    c = gamma * model.parameters
+    info = model.metadata["fit"]["solver_info"]
+    c_rel = solver_bounds(A, b, c, info).x_rel + hyper_rel(info, other_info)
+    return prediction_bound(vs.A, gamma, c, c_rel)
+
+
 def test_selection_shared_qr_matches_direct_fit(toy):
     """The shared-QR candidate fits equal direct fits with the same prior, solver and E0."""
     from aceserver.fitting import selection
@@ -167,8 +186,9 @@ def test_selection_shared_qr_matches_direct_fit(toy):
         (res,) = selection.evaluate_candidates(model, train, val, ts, vs, [cand], None, log=None)
         driver.acefit(model, train, prior=cand["prior"], solver=cand["solver"], threads=1, system=ts)
         direct = selection.row_errors(vs, val, model.parameters)
-        assert res["validation"]["rmse"]["F"] == pytest.approx(direct["rmse"]["F"], rel=1e-6)
-        assert res["validation"]["rmse"]["E"] == pytest.approx(direct["rmse"]["E"], rel=1e-6)
+        tol = _validation_tol(model, train, ts, vs, None, cand["prior"], res["solver_info"])
+        assert res["validation"]["rmse"]["F"] == pytest.approx(direct["rmse"]["F"], rel=0, abs=tol)
+        assert res["validation"]["rmse"]["E"] == pytest.approx(direct["rmse"]["E"], rel=0, abs=tol)
 
 
 def test_selection_reweighted_candidates_match_direct_fits(toy):
@@ -187,8 +207,9 @@ def test_selection_reweighted_candidates_match_direct_fits(toy):
         c = r["candidate"]
         driver.acefit(model, train, weights=c["weights"], prior=c["prior"], solver="blr", threads=1, system=ts)
         direct = selection.row_errors(vs, val, model.parameters)
-        assert r["validation"]["rmse"]["F"] == pytest.approx(direct["rmse"]["F"], rel=1e-6)
-        assert r["validation"]["rmse"]["E"] == pytest.approx(direct["rmse"]["E"], rel=1e-6)
+        tol = _validation_tol(model, train, ts, vs, c["weights"], c["prior"], r["solver_info"])
+        assert r["validation"]["rmse"]["F"] == pytest.approx(direct["rmse"]["F"], rel=0, abs=tol)
+        assert r["validation"]["rmse"]["E"] == pytest.approx(direct["rmse"]["E"], rel=0, abs=tol)
 
 
 def test_progress_bar_runs(toy, capsys):

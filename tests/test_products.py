@@ -19,6 +19,7 @@ def test_dag_products_equal_direct_products():
         assert parent[k] < k                       # parents are evaluated first
         AA[k] = A[node_a[k]] * (AA[parent[k]] if parent[k] >= 0 else 1.0)
     direct = np.array([np.prod(A[row[row >= 0]]) for row in aa_spec])
+    # products of ≤ 3 factors (order 3) formed in another order: ≤ 3ε relative (measured 2.2e-16)
     np.testing.assert_allclose(AA[aa_node], direct, rtol=1e-13)
 
 

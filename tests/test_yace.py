@@ -21,6 +21,7 @@ import aceserver
 from aceserver.errors import ACEInputError, ModelFileError
 from aceserver.pacemaker.yace import read_yace, write_yace
 from aceserver.pacemaker.potential import PACEPotential
+from sum_bounds import scatter_bounds
 
 DATA = Path(__file__).resolve().parent / "data"
 CU = DATA / "Cu-PBE-core-rep.yace"
@@ -45,6 +46,9 @@ def _reference(path):
 
 
 def _check_against(d, n, energy, forces, stress, energies=None):
+    """pyace's float64 numbers, summed in its own order: measured (AMD EPYC) 5e-13 eV/atom,
+    5e-11 eV/Å, 4e-13 eV/Å³, 4e-11 eV per site, at least 200 times inside the limits below
+    (nε Σ|terms| with ~1e4 terms of a few eV is ~1e-11); a wrong term is off by far more."""
     assert abs(energy - d["energy"]) / n < 1e-8                       # eV/atom
     assert np.abs(np.asarray(forces) - d["forces"]).max() < 1e-7       # eV/Å
     assert np.abs(np.asarray(stress) - d["stress_voigt_ase"]).max() < 1e-8   # eV/Å³
@@ -320,6 +324,10 @@ def test_threaded_kernel_equals_serial():
     big = atoms * (2, 2, 2)                              # 936 atoms: the threaded kernel
     args = (big.numbers, big.positions, big.cell[:], True)
     serial, threaded = pot.evaluate(*args, threads=1), pot.evaluate(*args)
-    assert abs(serial.energy - threaded.energy) < 1e-9
-    np.testing.assert_allclose(threaded.forces, serial.forces, atol=1e-10)
-    np.testing.assert_allclose(threaded.virial, serial.virial, atol=1e-9)
+    # only the scatter's sums are reassociated: sum_bounds.scatter_bounds (measured with 2
+    # threads: forces 2e-15 eV/Å, virial 8.5e-12 eV against bounds 1.9e-13 and 1.4e-7; the former
+    # fixed virial atol=1e-9 was used to 0.9 %)
+    assert abs(serial.energy - threaded.energy) <= 2 * len(big) * np.finfo(float).eps * np.abs(serial.energies).sum()
+    f_bound, w_bound = scatter_bounds(pot, big)
+    assert np.all(np.abs(threaded.forces - serial.forces) <= f_bound)
+    assert np.all(np.abs(threaded.virial - serial.virial) <= 0.5 * (w_bound + w_bound.T))
