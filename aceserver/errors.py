@@ -29,3 +29,8 @@ class TooManyPairsError(ACEInputError):
 
 class ModelFileError(ValueError):
     """A model file is corrupted, truncated, of an unknown schema version or otherwise unreadable."""
+
+
+class EvaluationCancelled(RuntimeError):
+    """An evaluation stopped because its caller asked it to (`evaluate(cancel=...)`): nobody waits
+    for the result. Not an input error."""

@@ -13,16 +13,17 @@ import threading
 import numba
 import numpy as np
 
-from ..errors import ACEInputError
-from .result import Evaluation
+from ..errors import ACEInputError, EvaluationCancelled
 from ..kernels import site_pass as K
-from ..kernels.scatter import scatter_forces_virial, scatter_forces_virial_parallel
 from ..kernels.neighbours import DEFAULT_MAX_PAIRS, min_distance, neighbour_list
+from ..kernels.scatter import scatter_forces_virial, scatter_forces_virial_parallel
 from ..structure import MIN_DISTANCE, prepare
+from .result import Evaluation
 
 # numba's default threading layer must not be entered by two threads at once: the parallel
 # kernel runs under this lock, and a caller that finds it taken uses the serial kernel.
 _PARALLEL_LOCK = threading.Lock()
+CANCEL_BLOCK_ATOMS = 1024   # a cancellable evaluation looks at its event this often (~10-50 ms of work)
 PARALLEL_MIN_ATOMS = 256   # below this, thread start-up and waits cost more than they save
 
 
@@ -51,7 +52,7 @@ class SitePotential:
 
     def evaluate(self, numbers, positions, cell=None, pbc=False, *, committee=False,
                  committee_forces=False, forces=True, threads=None, verlet=None,
-                 max_pairs=DEFAULT_MAX_PAIRS) -> Evaluation:
+                 max_pairs=DEFAULT_MAX_PAIRS, cancel=None) -> Evaluation:
         """Energy (eV), forces (eV/Å), virial (eV) and per-atom energies of one structure.
 
         threads=1 forces the serial kernel; otherwise large structures use numba's threads.
@@ -60,7 +61,12 @@ class SitePotential:
         the neighbour search is then reused while atoms move less than half its skin.
         max_pairs: the most neighbour pairs allowed (a work and memory bound, ~50 bytes and
         ~0.3 µs per pair); more raises `TooManyPairsError` before the pairs are allocated.
+        cancel: a `threading.Event`; once it is set, the evaluation raises `EvaluationCancelled`
+        at the next block of CANCEL_BLOCK_ATOMS atoms (serial kernel; the threaded kernel runs to
+        its end, so there it is looked at only on entry). The numbers do not depend on it.
         """
+        if cancel is not None and cancel.is_set():
+            raise EvaluationCancelled("evaluation cancelled by its caller")
         n = len(numbers) if np.ndim(numbers) == 1 else 0
         with_committee = committee and self.committee is not None
         tables = self._tables(with_committee)
@@ -74,6 +80,14 @@ class SitePotential:
                 if forces:
                     F, W = scatter_forces_virial_parallel(first, nbr, R, G, len(z),
                                                             numba.get_num_threads())
+            elif cancel is not None:
+                out = K.fast_serial_blocks(first, nbr, R, z, tables, forces, cancel.is_set,
+                                           CANCEL_BLOCK_ATOMS)
+                if out is None:
+                    raise EvaluationCancelled("evaluation cancelled by its caller")
+                E, G, ec = out
+                if forces:
+                    F, W = scatter_forces_virial(first, nbr, R, G, len(z))
             else:
                 E, G, ec = K.fast_serial(first, nbr, R, z, tables, forces)
                 if forces:

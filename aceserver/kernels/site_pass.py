@@ -244,6 +244,24 @@ def _serial(first, nbr, R, zat, T, with_grad, mode):
     return E, G, SAA[0], H[0]
 
 
+@njit(cache=True, nogil=True)
+def serial_outputs(first, R, T):
+    """Zeroed outputs of the serial pass, for `serial_block`: site energies E (1, N), pair gradients
+    G (pairs, 3) and the committee sums SAA, H (empty without committee sets)."""
+    E = np.empty((1, first.shape[0] - 1))
+    G = np.empty((R.shape[0], 3))
+    SAA, H = _committee_sums(T, T.mode, 1)
+    return E, G, SAA[0], H[0]
+
+
+@njit(cache=True, nogil=True)
+def serial_block(start, stop, first, nbr, R, zat, T, with_grad, E, G, SAA, H):
+    """The serial pass over atoms start..stop-1 into the outputs of `serial_outputs`. Consecutive
+    blocks from 0 to N give the same bits as one `fast_serial` call (sites are independent; the
+    committee sums accumulate in the same order), so a caller can stop between blocks."""
+    _fast_range(start, stop, first, nbr, R, zat, T, T.mode, with_grad, E, G, SAA, H)
+
+
 @njit(cache=True, nogil=True, parallel=True)
 def _parallel(first, nbr, R, zat, T, with_grad, n_chunks, mode):
     N = first.shape[0] - 1
@@ -294,6 +312,18 @@ def fast_serial(first, nbr, R, zat, T, with_grad):
     tables T, and the committee's total energies (None without committee sets)."""
     E, G, SAA, H = (_serial_ace1 if T.mode == 0 else _serial_tabulated)(first, nbr, R, zat, T,
                                                                         with_grad)
+    return E, G, committee_energies(T, zat, SAA, H)
+
+
+def fast_serial_blocks(first, nbr, R, zat, T, with_grad, stop_requested, block_atoms):
+    """As fast_serial, block_atoms atoms at a time, asking `stop_requested()` before each block;
+    returns None once it says yes (the work is abandoned), else what fast_serial returns."""
+    E, G, SAA, H = serial_outputs(first, R, T)
+    n = first.shape[0] - 1
+    for start in range(0, n, block_atoms):
+        if stop_requested():
+            return None
+        serial_block(start, min(n, start + block_atoms), first, nbr, R, zat, T, with_grad, E, G, SAA, H)
     return E, G, committee_energies(T, zat, SAA, H)
 
 

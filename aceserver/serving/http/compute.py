@@ -5,9 +5,9 @@ work budget (neighbour pairs summed over the request, `--max-pairs`) is passed d
 structure's neighbour search, which counts its pairs before allocating them (413 `too_large`).
 
 `evaluate_request` looks at its `cancel` event before every structure and raises `Abandoned` once
-it is set (the client went away, or the drain deadline passed: `lifecycle.py`). One structure is
-one call of the compiled site kernel, which cannot be interrupted from Python; the request limits
-bound what that call costs.
+it is set (the client went away, or the drain deadline passed: `lifecycle.py`); inside a structure
+the evaluator looks at it every `CANCEL_BLOCK_ATOMS` atoms (`SitePotential.evaluate(cancel=...)`,
+serial kernel), so a large structure stops at its next block of atoms too.
 
 The results are read from the `Evaluation` as it defines them (`aceserver.evaluation`): the stress
 only where `postprocess.has_stress` says it exists, the committee spread as `energy_std` and
@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from ase.data import chemical_symbols
 
-from aceserver.errors import ACEInputError, TooManyPairsError
+from aceserver.errors import ACEInputError, EvaluationCancelled, TooManyPairsError
 
 from .error_replies import APIError
 from .schema import DEFAULT_PROPERTIES, CalculateRequest, Property, Structure
@@ -109,7 +109,7 @@ class PairBudget:
 
 
 def evaluate_structure(model: Any, s: Structure, props: set[Property], prefix: str, threads: int | None,
-                       budget: PairBudget | None = None) -> dict:
+                       budget: PairBudget | None = None, cancel: threading.Event | None = None) -> dict:
     numbers = np.asarray(s.atomic_numbers(), dtype=np.int64)
     species = set(model.elements)
     for k, z in enumerate(numbers):
@@ -125,7 +125,10 @@ def evaluate_structure(model: Any, s: Structure, props: set[Property], prefix: s
     limit = {} if budget is None else {"max_pairs": budget.remaining}
     try:
         ev = model.evaluate(numbers, positions, cell, pbc, committee=committee,
-                            committee_forces=Property.forces_committee in props, threads=threads, **limit)
+                            committee_forces=Property.forces_committee in props, threads=threads,
+                            cancel=cancel, **limit)
+    except EvaluationCancelled:
+        raise Abandoned(f"stopped inside {prefix}") from None
     except TooManyPairsError as ex:
         if budget is None:
             raise
@@ -179,5 +182,5 @@ def evaluate_request(model: Any, request: CalculateRequest, has_committee: bool,
     for prefix, s in named:
         if cancel is not None and cancel.is_set():
             raise Abandoned(f"stopped before {prefix}")
-        results.append(evaluate_structure(model, s, props, prefix, threads, budget))
+        results.append(evaluate_structure(model, s, props, prefix, threads, budget, cancel))
     return results
