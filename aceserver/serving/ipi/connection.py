@@ -61,6 +61,29 @@ class Address:
         return sock
 
 
+KEEPALIVE_PROBES = 6
+KEEPALIVE_INTERVAL = 10.0  # seconds between probes (at most the idle time)
+_KEEPALIVE_MAX = 32767  # Linux's limit for TCP_KEEPIDLE and TCP_KEEPINTVL
+
+
+def set_keepalive(sock: socket.socket, idle: float | None) -> None:
+    """TCP keep-alive: after ``idle`` seconds without traffic the kernel probes the server's host,
+    every min(idle, 10) s; 6 unanswered probes end the connection (the next read fails).
+
+    This is what notices a server host that vanished (power, network) while the driver waits
+    between messages, which no read timeout may bound. A live host answers the probes whatever
+    its i-PI is doing, so a slow simulation is never cut. Unix sockets need none (a dead peer
+    process means EOF); None or 0 leaves the socket as it is.
+    """
+    if not idle or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return
+    interval = min(idle, KEEPALIVE_INTERVAL)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for name, value in (("TCP_KEEPIDLE", idle), ("TCP_KEEPINTVL", interval), ("TCP_KEEPCNT", KEEPALIVE_PROBES)):
+        if hasattr(socket, name):  # Linux; elsewhere the system's keep-alive defaults apply
+            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), min(max(1, round(value)), _KEEPALIVE_MAX))
+
+
 # Errors that mean "no server listening yet": keep trying.
 _NOT_YET = (FileNotFoundError, ConnectionRefusedError, ConnectionResetError, ConnectionAbortedError)
 
