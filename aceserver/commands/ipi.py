@@ -22,7 +22,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--clients", type=int, default=1, metavar="N",
                         help="connections served in parallel by this process (default: %(default)s)")
     parser.add_argument("--reconnect", action="store_true",
-                        help="when the server goes away without EXIT, or an evaluation fails, connect again")
+                        help="when the server goes away without EXIT, stalls inside a message, or sends a structure that "
+                             "fails to evaluate, connect again (a wrong atom count is never retried)")
     parser.add_argument("--connect-timeout", type=float, default=600.0, metavar="SECONDS",
                         help="give up if no server appears within this time; 'inf' waits forever "
                              "(default: %(default)s)")

@@ -75,6 +75,8 @@ class Channel:
     CHUNK = 1 << 16
 
     def __init__(self, sock: socket.socket, timeout: float | None = None):
+        if timeout == float("inf"):
+            timeout = None
         self.sock = sock
         self.timeout = timeout
         self._buffer = bytearray()  # received, not yet consumed
@@ -82,9 +84,8 @@ class Channel:
         if timeout is not None:
             if not timeout > 0:
                 raise ValueError(f"timeout must be > 0 s or None, got {timeout}")
-            sec = int(timeout)
-            usec = max(int(round((timeout - sec) * 1e6)), 0 if sec else 1)  # 0 s 0 µs: no timeout
-            timeval = struct.pack("ll", sec, usec)  # struct timeval
+            # struct timeval; at least 1 µs, since 0 s 0 µs would mean no timeout at all
+            timeval = struct.pack("ll", *divmod(max(1, round(timeout * 1e6)), 1_000_000))
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
 
