@@ -38,6 +38,7 @@ from ipi_support import (
     recv_exact,
     si_structure,
     start_driver,
+    unique_name,
     wait,
 )
 
@@ -309,3 +310,69 @@ def test_real_ipi_run_with_short_timeouts(tmp_path):
     log = (tmp_path / "driver.log").read_text()
     assert "stalled" not in log and log.count("EXIT from the server") == 2, log
     assert list(read_output(tmp_path, 4)["step"]) == list(range(6))
+
+
+class FailsOnce:
+    """The ACE potential, except that its ``fail_at``-th call finds NaN positions: a bad bead
+    that a requeue can cure, so that the real i-PI run can finish.
+
+    With ``hold``, each later call of the other connections waits up to 50 ms for the failed
+    connection (served by the same driver thread) to be back and computing. Otherwise i-PI
+    could finish its short run before the reconnection (0.2 s), and the reconnected driver
+    would wait for a next server. 50 ms, not longer: i-PI waits for every running call
+    before it requeues or accepts a connection, so a longer hold would stall i-PI instead."""
+
+    def __init__(self, potential, fail_at, hold=False):
+        self.potential = potential
+        self.fail_at = fail_at
+        self.hold = hold
+        self.calls = 0
+        self.lock = threading.Lock()
+        self.failed_thread = None
+        self.came_back = threading.Event()
+
+    def compute(self, h, q):
+        thread = threading.current_thread().name
+        with self.lock:
+            self.calls += 1
+            call = self.calls
+        if call == self.fail_at:
+            self.failed_thread = thread
+            q = q.copy()
+            q[0, 0] = np.nan
+        elif thread == self.failed_thread:
+            self.came_back.set()
+        elif self.hold and self.failed_thread is not None:
+            self.came_back.wait(0.05)
+        return self.potential.compute(h, q)
+
+
+@pytest.mark.parametrize("reconnect", [False, True])
+def test_real_ipi_survives_a_bad_bead(tmp_path, model, caplog, reconnect):
+    """Real i-PI, 4 beads over 2 connections, 20 steps; the 10th call has NaN positions. i-PI
+    gets EOF on that connection, requeues the bead and finishes the run on the other connection
+    (and on the failed one, which comes back with ``reconnect``: 70 held calls give it up to
+    3.5 s for a 0.2 s wait)."""
+    steps = 20
+    caplog.set_level("INFO", logger="aceserver.ipi")
+    atoms = si_structure()
+    structure = tmp_path / "init.extxyz"
+    atoms.write(structure)
+    name = unique_name("badbead")
+    xml = ipi_input(tmp_path, structure, nbeads=4, steps=steps, unix=name, ffsocket_options="<slots>2</slots>",
+                    trajectory=False)
+    potential = FailsOnce(ACEPotential.from_atoms(model, atoms, extras=()), fail_at=10, hold=reconnect)
+    driver = Driver(potential, Address.unix(name), clients=2, reconnect=reconnect, connect_timeout=60)
+    with Children(tmp_path) as children:
+        server = children.ipi(xml)
+        thread, holder = start_driver(driver)
+        assert wait(server, 90) == 0, (tmp_path / "ipi.log").read_text()[-3000:]
+        thread.join(30)
+    assert not thread.is_alive(), caplog.text
+    assert holder["status"] == (OK if reconnect else BAD_INPUT)
+    assert "positions contain NaN" in caplog.text
+    assert potential.came_back.is_set() == reconnect
+    assert caplog.text.count(" connected to ") == (3 if reconnect else 2)
+    assert caplog.text.count("EXIT from the server") == (2 if reconnect else 1)
+    assert list(read_output(tmp_path, 4)["step"]) == list(range(steps + 1))  # every step was computed
+    assert driver.calls == 4 * (steps + 1)  # the bad bead was answered again, by a healthy connection
