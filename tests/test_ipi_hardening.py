@@ -193,6 +193,39 @@ def test_cli_read_timeout(tmp_path):
     server.close()
 
 
+@pytest.mark.parametrize("transport", ["unix", "tcp"])
+def test_server_that_never_accepts(tmp_path, caplog, transport):
+    """A listening server that never accepts (frozen, its backlog full): a blocking connect
+    waited forever on a unix socket (about 2 minutes over TCP), past --connect-timeout and
+    deaf to stop(). Now each attempt is bounded and retried until the timeout."""
+    if transport == "unix":
+        listener = socket.socket(socket.AF_UNIX)
+        listener.bind(str(tmp_path / "s"))
+        address = Address(path=str(tmp_path / "s"))
+    else:
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        address = Address.inet(f"127.0.0.1:{listener.getsockname()[1]}")
+    listener.listen(0)
+    filler = socket.socket(listener.family)  # takes the one place in the backlog
+    filler.connect(listener.getsockname())
+    driver = Driver(Echo(), address, connect_timeout=T, guard=False)
+    thread, holder = start_driver(driver)
+    thread.join(T + SLACK)
+    assert not thread.is_alive(), "the driver still waits for a server that never accepts"
+    assert holder["status"] == FAILED
+    assert "no i-PI server" in caplog.text
+    # and without a connect timeout, stop() ends the wait
+    driver = Driver(Echo(), address, connect_timeout=None, guard=False)
+    thread, holder = start_driver(driver)
+    time.sleep(0.5)
+    driver.stop("test")
+    thread.join(10 + SLACK)  # the current attempt ends within 10 s (connection._ATTEMPT)
+    assert not thread.is_alive() and holder["status"] == OK
+    filler.close()
+    listener.close()
+
+
 # ---------------------------------------------------------------- one bad bead
 
 

@@ -44,17 +44,21 @@ class Address:
     def __str__(self) -> str:
         return f"unix:{self.path}" if self.path else f"{self.host}:{self.port}"
 
-    def _open(self) -> socket.socket:
+    def _open(self, timeout: float) -> socket.socket:
+        """One connection attempt of at most ``timeout`` seconds; the socket it returns blocks."""
         if self.path:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
+                sock.settimeout(timeout)  # a full backlog then fails at once instead of blocking
                 sock.connect(self.path)
+                sock.settimeout(None)
             except BaseException:
                 sock.close()
                 raise
             return sock
         # create_connection tries every address of the host (IPv6 and IPv4 "localhost").
-        sock = socket.create_connection((self.host, self.port))
+        sock = socket.create_connection((self.host, self.port), timeout=timeout)
+        sock.settimeout(None)
         # Replies are one write each, but without NODELAY a small write waiting for a
         # delayed ACK costs ~40 ms per call on loopback.
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -84,8 +88,13 @@ def set_keepalive(sock: socket.socket, idle: float | None) -> None:
             sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), min(max(1, round(value)), _KEEPALIVE_MAX))
 
 
-# Errors that mean "no server listening yet": keep trying.
-_NOT_YET = (FileNotFoundError, ConnectionRefusedError, ConnectionResetError, ConnectionAbortedError)
+# Errors that mean "no server listening yet", or one that does not accept (a full backlog:
+# BlockingIOError on a unix socket, TimeoutError over TCP): keep trying.
+_NOT_YET = (FileNotFoundError, ConnectionRefusedError, ConnectionResetError, ConnectionAbortedError,
+            BlockingIOError, TimeoutError)
+# Seconds for one attempt: a blocking connect to a server that never accepts would wait
+# forever on a unix socket (minutes over TCP), past the timeout and deaf to stop().
+_ATTEMPT = 10.0
 
 
 def connect(
@@ -105,8 +114,9 @@ def connect(
     delay = first_delay
     waiting_logged = False
     while not stop.is_set():
+        attempt = _ATTEMPT if deadline is None else min(_ATTEMPT, max(0.01, deadline - time.monotonic()))
         try:
-            return address._open()
+            return address._open(attempt)
         except _NOT_YET as exc:
             if deadline is not None and time.monotonic() >= deadline:
                 raise ConnectionError(f"no i-PI server at {address} after {timeout:g} s ({exc})") from exc
