@@ -4,7 +4,8 @@ A stall *inside* a message ends that connection within the read timeout; waiting
 messages never does (i-PI may take minutes between steps). A bead the model cannot evaluate
 (NaN positions or cell) fails its own connection, cleanly (a FIN, which i-PI answers by
 requeueing), while the other connections of the process go on computing correct forces and
-``reconnect`` brings the failed one back.
+``reconnect`` brings the failed one back. A server that listens but never accepts no longer
+blocks ``connect`` forever.
 
 Time bounds: the read timeout T is ours to choose (1 s here); after a stall the driver closes
 politely, waiting up to 2 s for the server's FIN (``guard.close_politely``), which a stalled
@@ -19,6 +20,7 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import datetime
 
 import numpy as np
 import pytest
@@ -326,23 +328,30 @@ def test_bad_bead_with_reconnect(tmp_path, model, caplog):
 
 
 def test_real_ipi_run_with_short_timeouts(tmp_path):
-    """A real i-PI PIMD run over TCP with a read timeout of 0.2 s and keep-alive after 1 s:
-    i-PI's start-up and its work between steps take longer than that, yet no call is cut."""
+    """A real i-PI PIMD run over TCP with a read timeout of 0.5 s and keep-alive after 1 s,
+    while i-PI polls its connections only every 1.5 s (``<latency>``): the driver waits longer
+    than its read timeout between messages, and no call is cut. (A stall inside one of i-PI's
+    messages would take i-PI's process being descheduled for 0.5 s between two writes.)"""
     structure = tmp_path / "init.extxyz"
     si_structure().write(structure)
     model_path = make_model(tmp_path / "si.model")
     port = free_port()
-    xml = ipi_input(tmp_path, structure, nbeads=4, steps=5, port=port, ffsocket_options="<slots>2</slots>",
-                    trajectory=False)
+    xml = ipi_input(tmp_path, structure, nbeads=2, steps=2, port=port,
+                    ffsocket_options="<slots>2</slots><latency>1.5</latency>", trajectory=False)
     with Children(tmp_path) as children:
-        driver = children.driver(model_path, structure, "--inet", f"127.0.0.1:{port}", "--clients", "2",
-                                 "--read-timeout", "0.2", "--keepalive", "1")
         server = children.ipi(xml)
+        driver = children.driver(model_path, structure, "--inet", f"127.0.0.1:{port}", "--clients", "2",
+                                 "--read-timeout", "0.5", "--keepalive", "1", "-vv")
         assert wait(server, 90) == 0, (tmp_path / "ipi.log").read_text()[-3000:]
         assert wait(driver, 30) == 0
     log = (tmp_path / "driver.log").read_text()
     assert "stalled" not in log and log.count("EXIT from the server") == 2, log
-    assert list(read_output(tmp_path, 4)["step"]) == list(range(6))
+    assert list(read_output(tmp_path, 2)["step"]) == list(range(3))
+    # The log's time stamps (-vv logs each INIT) show a wait between messages, e.g. from the
+    # connection to i-PI's first message, longer than the read timeout.
+    stamps = [datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f") for line in log.splitlines()
+              if " aceserver ipi: " in line]
+    assert max(np.diff(stamps)).total_seconds() > 0.5, log
 
 
 class FailsOnce:
