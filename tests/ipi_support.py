@@ -1,4 +1,5 @@
-"""Shared pieces of the i-PI driver tests: a small real ACE model, i-PI inputs, child processes.
+"""Shared pieces of the i-PI driver tests: a small real ACE model, i-PI inputs, child processes,
+and a scripted server (a plain socket speaking the protocol's bytes) for the driver.
 
 Every child process is started through ``Children``, which kills whatever is still running
 when the test ends (pass or fail), and every wait is bounded.
@@ -10,8 +11,10 @@ import os
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -189,3 +192,72 @@ def wait_for_steps(directory: Path, steps: int, timeout: float) -> int:
             break
         time.sleep(0.01)
     return seen
+
+
+# ---------------------------------------------------------------- a scripted server
+
+
+def hdr(name: str) -> bytes:
+    return name.encode().ljust(12)
+
+
+def posdata(h: np.ndarray, q: np.ndarray) -> bytes:
+    """Plain POSDATA exactly as i-PI writes it (the inverse cell is garbage on purpose)."""
+    return hdr("POSDATA") + h.tobytes() + np.full(9, np.nan).tobytes() + struct.pack("<i", len(q)) + q.tobytes()
+
+
+def recv_exact(sock: socket.socket, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        chunk = sock.recv(n - len(data))
+        assert chunk, f"EOF after {len(data)} of {n} bytes"
+        data += chunk
+    return data
+
+
+def handshake(conn, bead=0, text=b""):
+    """STATUS -> NEEDINIT, INIT, STATUS -> READY, as i-PI opens a connection."""
+    conn.sendall(hdr("STATUS"))
+    assert recv_exact(conn, 12) == b"NEEDINIT    "
+    conn.sendall(hdr("INIT") + struct.pack("<ii", bead, len(text)) + text + hdr("STATUS"))
+    assert recv_exact(conn, 12) == b"READY       "
+
+
+class Server:
+    """A listening unix socket standing in for i-PI."""
+
+    def __init__(self, path, listen=True):
+        self.path = str(path)
+        self.sock = None
+        if listen:
+            self.listen()
+
+    def listen(self):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.bind(self.path)
+        self.sock.listen(4)
+        # A bound, not an expectation: a driver process may first compile the numba kernels.
+        self.sock.settimeout(120)
+
+    def accept(self):
+        conn, _ = self.sock.accept()
+        conn.settimeout(10)
+        return conn
+
+    def close(self):
+        if self.sock:
+            self.sock.close()
+
+
+def start_driver(driver):
+    holder = {}
+    thread = threading.Thread(target=lambda: holder.setdefault("status", driver.run()), daemon=True)
+    thread.start()
+    return thread, holder
+
+
+def assert_clean_eof(conn):
+    """The peer closed with FIN, not a reset, and read everything we sent."""
+    conn.settimeout(5)
+    assert conn.recv(4096) == b""  # a reset would raise ConnectionResetError here
+    conn.close()  # as i-PI does; the driver waits for it before closing its side

@@ -12,7 +12,17 @@ import numpy as np
 import pytest
 from ase import units
 
-from ipi_support import make_model, si_structure
+from ipi_support import (
+    Server,
+    assert_clean_eof,
+    handshake,
+    hdr,
+    make_model,
+    posdata,
+    recv_exact,
+    si_structure,
+    start_driver,
+)
 
 import aceserver
 from aceserver.errors import ACEInputError, UnknownElementError
@@ -21,37 +31,11 @@ from aceserver.serving.ipi.driver import BAD_INPUT, FAILED, OK
 from aceserver.serving.ipi.protocol import Channel, PeerClosed, ProtocolError, parse_init_string
 
 
-def hdr(name: str) -> bytes:
-    return name.encode().ljust(12)
-
-
-def posdata(h: np.ndarray, q: np.ndarray) -> bytes:
-    """Plain POSDATA exactly as i-PI writes it (the inverse cell is garbage on purpose)."""
-    return hdr("POSDATA") + h.tobytes() + np.full(9, np.nan).tobytes() + struct.pack("<i", len(q)) + q.tobytes()
-
-
-def recv_exact(sock: socket.socket, n: int) -> bytes:
-    data = b""
-    while len(data) < n:
-        chunk = sock.recv(n - len(data))
-        assert chunk, f"EOF after {len(data)} of {n} bytes"
-        data += chunk
-    return data
-
-
 def golden_reply(energy, forces, virial, extras: bytes) -> bytes:
     nat = len(forces)
     return (b"FORCEREADY  " + struct.pack("<d", energy) + struct.pack("<i", nat)
             + struct.pack(f"<{3 * nat}d", *forces.ravel()) + struct.pack("<9d", *virial.ravel())
             + struct.pack("<i", len(extras)) + extras)
-
-
-def handshake(conn, bead=0, text=b""):
-    """STATUS -> NEEDINIT, INIT, STATUS -> READY, as i-PI opens a connection."""
-    conn.sendall(hdr("STATUS"))
-    assert recv_exact(conn, 12) == b"NEEDINIT    "
-    conn.sendall(hdr("INIT") + struct.pack("<ii", bead, len(text)) + text + hdr("STATUS"))
-    assert recv_exact(conn, 12) == b"READY       "
 
 
 class Toy:
@@ -224,46 +208,6 @@ def test_unexpected_message_is_a_protocol_error(pair):
 
 
 # ---------------------------------------------------------------- the Driver on a real unix socket
-
-
-class Server:
-    """A listening unix socket standing in for i-PI."""
-
-    def __init__(self, path, listen=True):
-        self.path = str(path)
-        self.sock = None
-        if listen:
-            self.listen()
-
-    def listen(self):
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.bind(self.path)
-        self.sock.listen(4)
-        # A bound, not an expectation: a driver process may first compile the numba kernels.
-        self.sock.settimeout(120)
-
-    def accept(self):
-        conn, _ = self.sock.accept()
-        conn.settimeout(10)
-        return conn
-
-    def close(self):
-        if self.sock:
-            self.sock.close()
-
-
-def start_driver(driver):
-    holder = {}
-    thread = threading.Thread(target=lambda: holder.setdefault("status", driver.run()), daemon=True)
-    thread.start()
-    return thread, holder
-
-
-def assert_clean_eof(conn):
-    """The peer closed with FIN, not a reset, and read everything we sent."""
-    conn.settimeout(5)
-    assert conn.recv(4096) == b""  # a reset would raise ConnectionResetError here
-    conn.close()  # as i-PI does; the driver waits for it before closing its side
 
 
 @pytest.mark.parametrize("consolidated", [True, False])

@@ -22,10 +22,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--clients", type=int, default=1, metavar="N",
                         help="connections served in parallel by this process (default: %(default)s)")
     parser.add_argument("--reconnect", action="store_true",
-                        help="when the server goes away without EXIT, or an evaluation fails, connect again")
+                        help="when the server goes away without EXIT, stalls inside a message, or sends a structure that "
+                             "fails to evaluate, connect again (a wrong atom count is never retried)")
     parser.add_argument("--connect-timeout", type=float, default=600.0, metavar="SECONDS",
                         help="give up if no server appears within this time; 'inf' waits forever "
                              "(default: %(default)s)")
+    parser.add_argument("--read-timeout", type=float, default=60.0, metavar="SECONDS",
+                        help="end a connection whose server stops for this long in the middle of a message, "
+                             "or stops reading our reply; between messages the driver waits as long as the "
+                             "server needs; 'inf' never ends one (default: %(default)s)")
+    parser.add_argument("--keepalive", type=float, default=60.0, metavar="SECONDS",
+                        help="TCP only: after this long without traffic, probe the server's host every "
+                             "min(SECONDS, 10) s and end the connection after 6 unanswered probes; "
+                             "0 turns it off (default: %(default)s)")
     parser.add_argument("--no-guard", action="store_true",
                         help="do not start the small watchdog process that closes the connections cleanly "
                              "if this process is killed (without it, SIGKILL can hang i-PI 3.3)")
@@ -50,6 +59,10 @@ def run(args: argparse.Namespace) -> int:
     from aceserver.serving.ipi import ACEPotential, Address, Driver
 
     try:
+        if not args.read_timeout > 0:
+            raise ValueError(f"--read-timeout must be > 0 s (or inf), got {args.read_timeout}")
+        if not args.keepalive >= 0:
+            raise ValueError(f"--keepalive must be >= 0 s, got {args.keepalive}")
         address = (Address.unix(args.unix, args.socket_prefix) if args.unix is not None
                    else Address.inet(args.inet))
         extras = () if args.extras.strip() == "none" else [x.strip() for x in args.extras.split(",") if x.strip()]
@@ -68,7 +81,8 @@ def run(args: argparse.Namespace) -> int:
              ", ".join(model.elements), potential.natoms, args.structure, args.clients, address)
 
     driver = Driver(potential, address, clients=args.clients, reconnect=args.reconnect,
-                    connect_timeout=args.connect_timeout, guard=not args.no_guard)
+                    connect_timeout=args.connect_timeout, guard=not args.no_guard,
+                    read_timeout=args.read_timeout, keepalive=args.keepalive)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, frame: driver.stop(signal.Signals(signum).name))
     status = driver.run()

@@ -10,8 +10,9 @@ import json
 import numpy as np
 from ase import units
 
-from aceserver.errors import ACEInputError
 from aceserver.evaluation.verlet import VerletList
+
+from .driver import TemplateMismatch
 
 # ASE's constants, so that a round trip through ASE's SocketIOCalculator is exact;
 # i-PI's own constants differ from these by ~1e-8.
@@ -69,7 +70,7 @@ class ACEPotential:
 
     def compute(self, h: np.ndarray, positions: np.ndarray):
         if len(positions) != self.natoms:
-            raise ACEInputError(
+            raise TemplateMismatch(
                 f"the server sent {len(positions)} atoms, but {self.template_name} has "
                 f"{self.natoms}; they must be the same atoms in the same order", field="positions")
         ev = self.model.evaluate(self.numbers, positions * BOHR, h.T * BOHR, self.pbc,

@@ -44,25 +44,57 @@ class Address:
     def __str__(self) -> str:
         return f"unix:{self.path}" if self.path else f"{self.host}:{self.port}"
 
-    def _open(self) -> socket.socket:
+    def _open(self, timeout: float) -> socket.socket:
+        """One connection attempt of at most ``timeout`` seconds; the socket it returns blocks."""
         if self.path:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
+                sock.settimeout(timeout)  # a full backlog then fails at once instead of blocking
                 sock.connect(self.path)
+                sock.settimeout(None)
             except BaseException:
                 sock.close()
                 raise
             return sock
         # create_connection tries every address of the host (IPv6 and IPv4 "localhost").
-        sock = socket.create_connection((self.host, self.port))
+        sock = socket.create_connection((self.host, self.port), timeout=timeout)
+        sock.settimeout(None)
         # Replies are one write each, but without NODELAY a small write waiting for a
         # delayed ACK costs ~40 ms per call on loopback.
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return sock
 
 
-# Errors that mean "no server listening yet": keep trying.
-_NOT_YET = (FileNotFoundError, ConnectionRefusedError, ConnectionResetError, ConnectionAbortedError)
+KEEPALIVE_PROBES = 6
+KEEPALIVE_INTERVAL = 10.0  # seconds between probes (at most the idle time)
+_KEEPALIVE_MAX = 32767  # Linux's limit for TCP_KEEPIDLE and TCP_KEEPINTVL
+
+
+def set_keepalive(sock: socket.socket, idle: float | None) -> None:
+    """TCP keep-alive: after ``idle`` seconds without traffic the kernel probes the server's host,
+    every min(idle, 10) s; 6 unanswered probes end the connection (the next read fails).
+
+    This is what notices a server host that vanished (power, network) while the driver waits
+    between messages, which no read timeout may bound. A live host answers the probes whatever
+    its i-PI is doing, so a slow simulation is never cut. Unix sockets need none (a dead peer
+    process means EOF); None or 0 leaves the socket as it is.
+    """
+    if not idle or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return
+    interval = min(idle, KEEPALIVE_INTERVAL)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for name, value in (("TCP_KEEPIDLE", idle), ("TCP_KEEPINTVL", interval), ("TCP_KEEPCNT", KEEPALIVE_PROBES)):
+        if hasattr(socket, name):  # Linux; elsewhere the system's keep-alive defaults apply
+            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), min(max(1, round(value)), _KEEPALIVE_MAX))
+
+
+# Errors that mean "no server listening yet", or one that does not accept (a full backlog:
+# BlockingIOError on a unix socket, TimeoutError over TCP): keep trying.
+_NOT_YET = (FileNotFoundError, ConnectionRefusedError, ConnectionResetError, ConnectionAbortedError,
+            BlockingIOError, TimeoutError)
+# Seconds for one attempt: a blocking connect to a server that never accepts would wait
+# forever on a unix socket (minutes over TCP), past the timeout and deaf to stop().
+_ATTEMPT = 10.0
 
 
 def connect(
@@ -82,8 +114,9 @@ def connect(
     delay = first_delay
     waiting_logged = False
     while not stop.is_set():
+        attempt = _ATTEMPT if deadline is None else min(_ATTEMPT, max(0.01, deadline - time.monotonic()))
         try:
-            return address._open()
+            return address._open(attempt)
         except _NOT_YET as exc:
             if deadline is not None and time.monotonic() >= deadline:
                 raise ConnectionError(f"no i-PI server at {address} after {timeout:g} s ({exc})") from exc

@@ -12,9 +12,9 @@ import threading
 
 import numpy as np
 
-from aceserver.errors import ACEInputError
+from aceserver.errors import ACEInputError, UnknownElementError
 
-from .connection import Address, Guard, connect
+from .connection import Address, Guard, connect, set_keepalive
 from .guard import close_politely
 from .protocol import (
     EXIT,
@@ -27,6 +27,7 @@ from .protocol import (
     STATUS,
     Channel,
     PeerClosed,
+    PeerStalled,
     ProtocolError,
     encode_forces,
     parse_init_string,
@@ -39,6 +40,17 @@ log = logging.getLogger("aceserver.ipi")
 
 # Exit statuses of Driver.run
 OK, FAILED, BAD_INPUT = 0, 1, 2
+
+DEFAULT_READ_TIMEOUT = 60.0  # s without a byte in the middle of a message (never between messages)
+DEFAULT_KEEPALIVE = 60.0  # s of silence before TCP keep-alive probes the server's host
+_RETRY_FIRST, _RETRY_MAX = 0.2, 5.0  # s before reconnecting; doubles while connections keep failing
+
+
+class TemplateMismatch(ACEInputError):
+    """Raised by a potential when the server's structures can never fit it (the atom count
+    differs from the template's): every connection would fail the same way, so the driver
+    stops the whole process with BAD_INPUT, even with ``reconnect``. Any other ACEInputError
+    is one bad structure (NaN positions): only its own connection fails."""
 
 
 class Session:
@@ -63,8 +75,9 @@ class Session:
     def run(self) -> str:
         """Serve until EXIT ("exit") or, after a finished call, a stop request ("stopped").
 
-        Raises PeerClosed when the server goes away, ProtocolError on nonsense, and whatever
-        the potential raises (the caller closes the socket so that the server requeues).
+        Raises PeerClosed when the server goes away, PeerStalled when it stops in the middle
+        of a message, ProtocolError on nonsense, and whatever the potential raises (the caller
+        closes the socket so that the server requeues).
         """
         channel = self.channel
         while True:
@@ -114,9 +127,14 @@ class Driver:
     """Serve ``clients`` connections to ``address`` in parallel threads, one potential shared.
 
     The evaluator releases the GIL, so beads sent to different connections are evaluated
-    concurrently. ``run()`` blocks until every connection is done and returns an exit status:
-    OK (EXIT, EOF or stop()), FAILED (no server, evaluation failure without ``reconnect``)
-    or BAD_INPUT (the server's structure does not fit the potential; retrying cannot help).
+    concurrently. Each connection ends on its own; ``run()`` blocks until every one is done and
+    returns the worst of their statuses: OK (EXIT, EOF or stop()); FAILED (no server, an
+    evaluation failure, a server that stalled in the middle of a message); BAD_INPUT (a
+    structure that cannot be evaluated, e.g. NaN positions). With ``reconnect`` a failed
+    connection connects again instead and adds nothing to the status. A TemplateMismatch (or
+    an element the model lacks) is BAD_INPUT for the whole process: it stops every connection.
+    ``read_timeout`` (s, None: never) bounds a stall inside a message, never the wait between
+    messages; ``keepalive`` (s, None or 0: off) is the idle time before TCP keep-alive probes.
     With ``guard`` a watchdog process holds a duplicate of each connection and closes it
     cleanly should this process be killed (see ``guard.py``).
     """
@@ -129,15 +147,23 @@ class Driver:
         reconnect: bool = False,
         connect_timeout: float | None = None,
         guard: bool = True,
+        read_timeout: float | None = DEFAULT_READ_TIMEOUT,
+        keepalive: float | None = DEFAULT_KEEPALIVE,
     ):
         if clients < 1:
             raise ValueError("clients must be at least 1")
+        if read_timeout is not None and not read_timeout > 0:
+            raise ValueError(f"read_timeout must be > 0 s or None, got {read_timeout}")
+        if keepalive is not None and not keepalive >= 0:
+            raise ValueError(f"keepalive must be >= 0 s or None, got {keepalive}")
         self.potential = potential
         self.address = address
         self.clients = clients
         self.reconnect = reconnect
         self.connect_timeout = connect_timeout
         self.use_guard = guard
+        self.read_timeout = None if read_timeout == float("inf") else read_timeout
+        self.keepalive = None if keepalive == float("inf") else keepalive
         self._guard: Guard | None = None
         self.calls = 0
         self._stop = threading.Event()
@@ -182,6 +208,7 @@ class Driver:
             self._status = max(self._status, status)
 
     def _serve(self, index: int) -> None:
+        delay = _RETRY_FIRST
         while not self._stop.is_set():
             try:
                 sock = connect(self.address, self.connect_timeout, self._stop)
@@ -192,34 +219,50 @@ class Driver:
             if sock is None:
                 return
             log.info("client %d connected to %s", index, self.address)
+            try:
+                set_keepalive(sock, self.keepalive)
+                channel = Channel(sock, self.read_timeout)
+            except OSError as exc:
+                log.error("client %d: cannot set the socket options: %s", index, exc)
+                close_politely(sock)
+                self._fail(FAILED)
+                return
             guard_key = self._guard.adopt(sock) if self._guard else None
             with self._lock:
                 self._sockets[index] = sock
             if self._stop.is_set():  # stop() may have missed this socket
                 sock.shutdown(socket.SHUT_RD)
-            session = Session(Channel(sock), self.potential, self._stop)
+            session = Session(channel, self.potential, self._stop)
             retry = False
             try:
                 outcome = session.run()
                 log.info("client %d: %s after %d force calls", index,
                          "EXIT from the server" if outcome == "exit" else "stopped", session.calls)
-            except PeerClosed:
+            except PeerClosed as exc:
                 if not self._stop.is_set():
-                    log.info("client %d: the server closed the connection after %d force calls",
-                             index, session.calls)
+                    log.info("client %d: the server closed the connection after %d force calls (%s)",
+                             index, session.calls, exc)
                     retry = self.reconnect
-            except ACEInputError as exc:
+            except PeerStalled as exc:
+                log.error("client %d: the server stalled: %s (read timeout); closing this connection",
+                          index, exc)
+                retry = self._failed(FAILED)
+            except (TemplateMismatch, UnknownElementError) as exc:
                 log.error("client %d: %s", index, exc)
                 self._fail(BAD_INPUT)
                 self.stop("the structure does not fit the model")
+            except ACEInputError as exc:
+                # One bad structure (NaN positions, atoms on top of each other): the closed
+                # connection is i-PI's answer, and it requeues the request; the others go on.
+                log.error("client %d: the server sent a structure that cannot be evaluated: %s; "
+                          "closing this connection", index, exc)
+                retry = self._failed(BAD_INPUT)
             except Exception as exc:
                 # Nothing in the protocol reports an error: closing (politely) is how the
                 # server learns that this request must go to another client.
                 log.error("client %d: %s: %s; closing the connection so that the server requeues the work",
                           index, type(exc).__name__, exc, exc_info=not isinstance(exc, ProtocolError))
-                retry = self.reconnect
-                if not retry:
-                    self._fail(FAILED)
+                retry = self._failed(FAILED)
             finally:
                 with self._lock:
                     self._sockets.pop(index, None)
@@ -229,5 +272,16 @@ class Driver:
                     self._guard.drop(guard_key)
             if not retry:
                 return
-            log.info("client %d: reconnecting", index)
-            self._stop.wait(0.2)  # do not spin if the failure repeats at once
+            # back off while the failures repeat (a bad bead that i-PI keeps requeueing)
+            if session.calls:
+                delay = _RETRY_FIRST
+            log.info("client %d: reconnecting in %.1f s", index, delay)
+            self._stop.wait(delay)
+            delay = min(2 * delay, _RETRY_MAX)
+
+    def _failed(self, status: int) -> bool:
+        """A connection failed: True to reconnect, else its status counts for the process."""
+        if self.reconnect:
+            return True
+        self._fail(status)
+        return False

@@ -15,6 +15,7 @@ Message layouts (see docs/ipi.md):
 from __future__ import annotations
 
 import socket
+import struct
 from collections.abc import Sequence
 
 import numpy as np
@@ -51,28 +52,66 @@ class ProtocolError(RuntimeError):
     """The server sent something the protocol does not allow."""
 
 
+class PeerStalled(ConnectionError):
+    """The server stopped in the middle of a message, or stopped reading our reply, for longer
+    than the channel's timeout."""
+
+
 class Channel:
     """A stream socket read through a buffer: every recv takes all that has arrived.
 
     Besides saving system calls, this takes a whole write of the server off the socket at
     once. i-PI 3 sends GETFORCE in the same write as POSDATA; if those bytes still sat unread
     when this process died, the kernel would answer with a reset, which hangs i-PI 3.3.
+
+    ``timeout`` (seconds, None: never) bounds a stall *inside* a message: once a message has
+    begun, every ``timeout`` seconds at least one byte of it must arrive, and a reply must be
+    read by the server at that pace, else PeerStalled. Between messages (``wait_for_message``)
+    the channel waits as long as the server needs: i-PI may take minutes between steps.
+    The timeout is the kernel's (SO_RCVTIMEO/SO_SNDTIMEO), so the socket stays a blocking one
+    and a call costs no extra poll.
     """
 
     CHUNK = 1 << 16
 
-    def __init__(self, sock: socket.socket):
+    def __init__(self, sock: socket.socket, timeout: float | None = None):
+        if timeout == float("inf"):
+            timeout = None
         self.sock = sock
+        self.timeout = timeout
         self._buffer = bytearray()  # received, not yet consumed
         self._scratch = bytearray(self.CHUNK)
+        if timeout is not None:
+            if not timeout > 0:
+                raise ValueError(f"timeout must be > 0 s or None, got {timeout}")
+            # struct timeval; at least 1 µs, since 0 s 0 µs would mean no timeout at all
+            timeval = struct.pack("ll", *divmod(max(1, round(timeout * 1e6)), 1_000_000))
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
 
-    def _receive(self, flags: int = 0) -> int:
+    def _recv_into(self, view) -> int:
         try:
-            n = self.sock.recv_into(self._scratch, self.CHUNK, flags)
+            return self.sock.recv_into(view, len(view))
         except ConnectionResetError as exc:
             raise PeerClosed(str(exc)) from exc
+        except BlockingIOError as exc:  # SO_RCVTIMEO ran out
+            raise PeerStalled(f"no data for {self.timeout:g} s in the middle of a message") from exc
+        except TimeoutError as exc:  # ETIMEDOUT from the kernel: TCP keep-alive found no peer
+            raise PeerClosed(f"the connection timed out ({exc})") from exc
+
+    def _receive(self) -> int:
+        n = self._recv_into(memoryview(self._scratch))
         self._buffer += memoryview(self._scratch)[:n]
         return n
+
+    def wait_for_message(self) -> None:
+        """Block until the first byte of the next message has arrived, however long that takes."""
+        while not self._buffer:
+            try:
+                if self._receive() == 0:
+                    raise PeerClosed("EOF")
+            except PeerStalled:
+                continue  # between messages the server may take as long as it needs
 
     def read_into(self, buffer) -> None:
         """Fill ``buffer`` (bytes-like, e.g. a numpy array) completely."""
@@ -82,16 +121,13 @@ class Channel:
         view[:got] = self._buffer[:got]
         del self._buffer[:got]
         while need - got >= self.CHUNK:  # bulk data (large systems): straight into place
-            try:
-                n = self.sock.recv_into(view[got:])
-            except ConnectionResetError as exc:
-                raise PeerClosed(str(exc)) from exc
+            n = self._recv_into(view[got:])
             if n == 0:
-                raise PeerClosed("the server closed the connection")
+                raise PeerClosed("EOF")
             got += n
         while len(self._buffer) < need - got:
             if self._receive() == 0:
-                raise PeerClosed("the server closed the connection")
+                raise PeerClosed("EOF")
         rest = need - got
         view[got:] = self._buffer[:rest]
         del self._buffer[:rest]
@@ -105,19 +141,25 @@ class Channel:
         """Take whatever else has already arrived off the socket, without blocking
         (after a large message that came in several pieces: see the class docstring)."""
         try:
-            while self._receive(socket.MSG_DONTWAIT):
-                pass
-        except (BlockingIOError, InterruptedError, PeerClosed):
-            pass  # nothing more yet; a reset or EOF is reported by the next read
+            while n := self.sock.recv_into(self._scratch, self.CHUNK, socket.MSG_DONTWAIT):
+                self._buffer += memoryview(self._scratch)[:n]
+        except OSError:
+            pass  # nothing more yet (EAGAIN); a reset or EOF is reported by the next read
 
     def send(self, data: bytes) -> None:
         try:
             self.sock.sendall(data)
         except (BrokenPipeError, ConnectionResetError) as exc:
             raise PeerClosed(str(exc)) from exc
+        except BlockingIOError as exc:  # SO_SNDTIMEO ran out: the server does not read
+            raise PeerStalled(f"the server has not read our reply for {self.timeout:g} s") from exc
+        except TimeoutError as exc:
+            raise PeerClosed(f"the connection timed out ({exc})") from exc
 
 
 def read_header(channel: Channel) -> bytes:
+    """The next message's header: waits without limit for it to begin, then reads it whole."""
+    channel.wait_for_message()
     return channel.read(HEADER_LEN)
 
 
