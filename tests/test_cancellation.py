@@ -1,7 +1,10 @@
 """Cancelling an evaluation between blocks of atoms (`SitePotential.evaluate(cancel=...)`): the
 numbers are the serial kernel's bit for bit when nobody cancels, and a cancelled evaluation stops at
 the next block instead of running to the end (issue 21: a large structure of an abandoned request)."""
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -71,3 +74,18 @@ def test_http_request_abandoned_inside_a_structure(si_model, big, small_blocks):
     with pytest.raises(Abandoned, match="inside structure"):
         evaluate_request(si_model, request, has_committee=False, threads=1, cancel=ev)
     assert ev.looks == 4
+
+
+def test_server_warm_up_prepares_the_path_requests_take():
+    """The HTTP server reports ready only once the kernels its requests run are compiled (or loaded
+    from numba's cache): requests pass a cancel event, so warm-up must too (a fresh process, so the
+    kernels' signatures show what warm-up alone did)."""
+    code = ("import sys; sys.path.insert(0, 'tests'); from _http_support import model_file; "
+            "import aceserver; from aceserver.serving.http import ServedModel; "
+            "from aceserver.kernels import site_pass; "
+            "p = str(model_file('si')); ServedModel('si', aceserver.load_model(p), p).warm(1); "
+            "print(len(site_pass.serial_block.signatures), len(site_pass.serial_outputs.signatures))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["1", "1"], out.stdout

@@ -66,17 +66,19 @@ class ServedModel:
 
     def warm(self, threads: int | None = 1) -> None:
         """Evaluate a cluster and a periodic grid once, so the numba kernels are compiled (or loaded
-        from numba's cache) before the server reports ready."""
+        from numba's cache) before the server reports ready: through the cancellable path that
+        requests take (`evaluate(cancel=...)`, `compute.evaluate_structure`)."""
         numbers = [atomic_numbers[e] for e in self.model.elements]
         spacing = 0.45 * float(self.model.rcut)
         committee = self.has_committee
         grid = np.array([(i, j, k) for i in range(4) for j in range(4) for k in range(3)], dtype=float)
         zs = np.array([numbers[i % len(numbers)] for i in range(len(grid))])
         cell = np.diag([4.0, 4.0, 3.0]) * spacing
+        never = threading.Event()
         self.model.evaluate(zs, grid * spacing, cell, np.ones(3, bool), committee=committee,
-                            committee_forces=committee, threads=threads)
+                            committee_forces=committee, threads=threads, cancel=never)
         self.model.evaluate(zs[:5], grid[:5] * spacing, np.zeros((3, 3)), np.zeros(3, bool),
-                            committee=committee, committee_forces=committee, threads=threads)
+                            committee=committee, committee_forces=committee, threads=threads, cancel=never)
 
 
 def file_stamp(path: str | None) -> tuple[int, int] | None:
