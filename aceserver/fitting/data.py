@@ -313,8 +313,7 @@ def split_train_validation(configs: list[Config], fraction: float, seed: int = 0
         raise ValueError(f"validation fraction must be in [0, 1), got {fraction}")
     if fraction == 0.0:
         return list(configs), []
-    keep = [i for i, c in enumerate(configs) if c.natoms == 1]
-    rest = [i for i, c in enumerate(configs) if c.natoms > 1]
+    rest = [i for i, c in enumerate(configs) if c.natoms > 1]    # isolated atoms never validate
     rng = np.random.default_rng(seed)
     perm = rng.permutation(len(rest))
     nval = int(round(fraction * len(rest)))
