@@ -2,7 +2,7 @@
 
 * `until_done_or_gone` awaits work running in a thread and watches the connection meanwhile: when
   the client disconnects it sets the work's cancel event (`compute.evaluate_request` stops before
-  the next structure) and the request ends as a 499 `client_disconnected`, not counted as served.
+  the next structure, the evaluator at its next block of atoms) and the request ends as a 499 `client_disconnected`, not counted as served.
 * `Drain` and `DrainMiddleware`: on shutdown the server (`server.Server`) starts the drain clock;
   requests that have not begun their reply when `--drain-timeout` runs out are cancelled and
   answered with a JSON 503 `shutting_down` (their evaluation threads are told to stop as above).
