@@ -12,6 +12,7 @@ Modules, in data-flow order:
     fit_model     ``acefit``: data → weighted, prior-scaled least squares → parameters (+ committee)
     error_tables  RMSE/MAE per config_type (the one RMSE/MAE computation), printed tables
     plots         parity plots
+    active_set    D-optimal active sets by block-wise MaxVol; the extrapolation grade γ
     config        YAML fit configurations
     workflow      ``aceserver fit``/``eval`` as library calls: ``run_fit``, ``load_data``,
                   ``estimate``, provenance, ``evaluate_errors``
