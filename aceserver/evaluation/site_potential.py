@@ -77,21 +77,18 @@ class SitePotential:
                                                 verlet=verlet, max_pairs=max_pairs)
             if parallel:
                 E, G, ec = K.fast_parallel(first, nbr, R, z, tables, forces, n_chunks)
-                if forces:
-                    F, W = scatter_forces_virial_parallel(first, nbr, R, G, len(z),
-                                                            numba.get_num_threads())
-            elif cancel is not None:
+            elif cancel is None:
+                E, G, ec = K.fast_serial(first, nbr, R, z, tables, forces)
+            else:
                 out = K.fast_serial_blocks(first, nbr, R, z, tables, forces, cancel.is_set,
                                            CANCEL_BLOCK_ATOMS)
                 if out is None:
                     raise EvaluationCancelled("evaluation cancelled by its caller")
                 E, G, ec = out
-                if forces:
-                    F, W = scatter_forces_virial(first, nbr, R, G, len(z))
-            else:
-                E, G, ec = K.fast_serial(first, nbr, R, z, tables, forces)
-                if forces:
-                    F, W = scatter_forces_virial(first, nbr, R, G, len(z))
+            if forces and parallel:
+                F, W = scatter_forces_virial_parallel(first, nbr, R, G, len(z), numba.get_num_threads())
+            elif forces:
+                F, W = scatter_forces_virial(first, nbr, R, G, len(z))
         finally:
             if parallel:
                 _PARALLEL_LOCK.release()
