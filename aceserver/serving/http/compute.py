@@ -87,15 +87,14 @@ def check_document(doc: Any, max_atoms: int, max_structures: int) -> None:
 
 
 def check_limits(request: CalculateRequest, max_atoms: int, max_structures: int) -> None:
+    """The same limits on the validated request (arrays sent as msgpack buffers are counted here)."""
     structures = request.structure_list()
     if len(structures) > max_structures:
-        raise APIError(413, "too_large", f"structures: {len(structures)} structures in one request "
-                       f"(limit {max_structures})", "structures")
+        raise _too_large("structures", f"{len(structures)} structures in one request (limit {max_structures})")
     for i, s in enumerate(structures):
         if len(s.positions) > max_atoms:
             field = "structure.positions" if request.structure is not None else f"structures[{i}].positions"
-            raise APIError(413, "too_large", f"{field}: {len(s.positions)} atoms (limit {max_atoms} per structure)",
-                           field)
+            raise _too_large(field, f"{len(s.positions)} atoms (limit {max_atoms} per structure)")
 
 
 class PairBudget:
