@@ -23,8 +23,9 @@ LAYERS = [
     ("aceserver.ace1", 4), ("aceserver.pacemaker", 4),
     ("aceserver.loading", 5), ("aceserver.catalogue", 5),
     ("aceserver.calculator", 6), ("aceserver.fitting", 6),
-    ("aceserver.serving", 7),
-    ("aceserver.commands", 8), ("aceserver.cli", 8),
+    ("aceserver.jobs", 7),
+    ("aceserver.serving", 8),
+    ("aceserver.commands", 9), ("aceserver.cli", 9),
 ]
 # deprecated re-exports of old import paths, kept for one release: they import upwards by design
 SHIMS = {"aceserver.model"}

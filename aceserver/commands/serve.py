@@ -57,6 +57,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(SIGHUP does the same once, with or without --watch)")
     parser.add_argument("--watch-interval", type=float, default=1.0, metavar="S",
                         help="with --watch, look at the model files every S seconds (default 1)")
+    jobs = parser.add_argument_group("jobs (relaxations and MD on the server: /v1/jobs)")
+    jobs.add_argument("--jobs-dir", metavar="DIR",
+                      help="keep jobs and their frames in DIR (an SQLite database); without it the server runs no "
+                           "jobs. On start, jobs left running by a previous server are marked `interrupted`")
+    jobs.add_argument("--max-jobs", type=int, default=0, metavar="N",
+                      help="jobs running at once, on their own threads (default: half the CPUs, at least 1)")
+    jobs.add_argument("--jobs-ttl", type=float, default=168.0, metavar="HOURS",
+                      help="delete finished jobs and their frames HOURS after they ended (default 168, a week)")
+    jobs.add_argument("--jobs-max-atom-steps", type=int, default=100_000_000, metavar="N",
+                      help="most atoms × steps in one job (default 1e8; more: 413)")
+    jobs.add_argument("--jobs-max-frame-atoms", type=int, default=2_000_000, metavar="N",
+                      help="most atoms × frames kept for one job, ~88 bytes each (default 2e6, ~180 MB; more: 413)")
     parser.add_argument("--warm-only", action="store_true",
                         help="load the models, compile/cache the kernels, and exit (e.g. while building an image)")
 
@@ -101,7 +113,9 @@ def run(args: argparse.Namespace) -> int:
                         watch_interval=args.watch_interval if args.watch else 0.0,
                         drain_timeout=args.drain_timeout, header_timeout=args.header_timeout,
                         body_timeout=args.body_timeout, keep_alive_timeout=args.keep_alive_timeout,
-                        max_connections=args.max_connections)
+                        max_connections=args.max_connections, jobs_dir=args.jobs_dir, max_jobs=args.max_jobs,
+                        jobs_ttl_hours=args.jobs_ttl, jobs_max_atom_steps=args.jobs_max_atom_steps,
+                        jobs_max_frame_atoms=args.jobs_max_frame_atoms)
     if args.host not in ("127.0.0.1", "localhost", "::1") and token is None:
         print(f"aceserver serve: warning: listening on {args.host} without --token-file: anyone who can reach "
               "this port can use the server", file=sys.stderr)

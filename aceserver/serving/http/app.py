@@ -22,13 +22,14 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.staticfiles import StaticFiles
 
 import aceserver
+from aceserver.jobs import JobLimits, JobManager
 
 from .counters import Metrics, MetricsMiddleware
 from .dependencies import require_token
 from .error_replies import error_responses, install_handlers
 from .lifecycle import Drain, DrainMiddleware
 from .registry import ModelRegistry, without_paths
-from .routers import calculate, models, probes, web
+from .routers import calculate, jobs, models, probes, web
 from .routers import metrics as metrics_routes
 from .schema import CalculateRequest
 from .settings import Settings, State
@@ -52,6 +53,9 @@ def create_app(registry: ModelRegistry, settings: Settings | None = None) -> Fas
     app.state.registry, app.state.settings, app.state.metrics = registry, settings, Metrics()
     app.state.server_state, app.state.drain = State(), Drain()
     app.state.executor = ThreadPoolExecutor(max_workers=settings.workers or cpus, thread_name_prefix="ace-eval")
+    app.state.jobs = None if settings.jobs_dir is None else JobManager(
+        settings.jobs_dir, settings.max_jobs or max(1, cpus // 2), settings.jobs_ttl_hours,
+        JobLimits(settings.jobs_max_atom_steps, settings.jobs_max_frame_atoms, settings.jobs_max_queued))
     install_handlers(app, on_error=app.state.metrics.count_error)
     app.add_middleware(DrainMiddleware, drain=app.state.drain, on_error=app.state.metrics.count_error)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)   # outermost: it sees the drain's 503s
@@ -61,6 +65,7 @@ def create_app(registry: ModelRegistry, settings: Settings | None = None) -> Fas
     v1 = {"dependencies": token, "responses": error_responses(*((401, 422) if token else (422,)))}
     app.include_router(models.router, **v1)
     app.include_router(calculate.router, **v1)
+    app.include_router(jobs.router, **v1)
     app.include_router(web.router)
     app.include_router(web.reference, dependencies=token)
     app.mount("/ui", StaticFiles(directory=web.WEB_DIR), name="ui")
@@ -127,6 +132,8 @@ async def lifespan(app: FastAPI):
             asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
         for t in list(tasks):
             t.cancel()
+        if app.state.jobs is not None:      # running jobs stop after their current step: `interrupted`
+            await asyncio.to_thread(app.state.jobs.shutdown)
         executor.shutdown(wait=not app.state.drain.expired, cancel_futures=app.state.drain.expired)
         reloader.shutdown(wait=False, cancel_futures=True)
 
@@ -140,6 +147,10 @@ def openapi(app: FastAPI) -> dict[str, Any]:
         extra = CalculateRequest.model_json_schema(ref_template="#/components/schemas/{model}")
         components.update(extra.pop("$defs", {}))
         components["CalculateRequest"] = extra
+        for cls in (jobs.RelaxJobRequest, jobs.MDJobRequest):     # the jobs route reads its body itself too
+            extra = cls.model_json_schema(ref_template="#/components/schemas/{model}")
+            components.update(extra.pop("$defs", {}))
+            components[cls.__name__] = extra
         for path, item in schema["paths"].items():   # document which model names exist
             for op in item.values():
                 for param in op.get("parameters", []):

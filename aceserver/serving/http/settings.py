@@ -22,6 +22,13 @@ class Settings:
     body_timeout: float = 60.0               # the request body, from the end of its headers
     keep_alive_timeout: float = 5.0          # an idle connection between requests
     max_connections: int = 100               # open connections; beyond: 503 `too_many_connections` (not probes)
+    # jobs (`aceserver.jobs`, routers/jobs.py); no jobs directory: no jobs
+    jobs_dir: str | None = None              # SQLite store of jobs and frames
+    max_jobs: int = 0                        # jobs running at once (0: half the CPUs, at least 1)
+    jobs_ttl_hours: float = 168.0            # finished jobs and their frames are deleted this long after the end
+    jobs_max_atom_steps: int = 100_000_000   # atoms × steps of one job (413 above)
+    jobs_max_frame_atoms: int = 2_000_000    # atoms × frames of one job, ~88 bytes each (413 above)
+    jobs_max_queued: int = 1_000             # jobs waiting at once (503 `too_many_jobs` above)
 
 
 class State:

@@ -1,0 +1,214 @@
+"""Jobs queued, run and watched: `JobManager` runs at most `max_jobs` jobs at once on its own
+threads (apart from the threads that answer calculate requests, so that a long MD run never holds
+up a short request: the kernels release the GIL), keeps every job and frame in the `JobStore`,
+tells subscribers (the HTTP frame streams) when a frame or a final state arrives, and cancels a
+job between two steps.
+
+On start the store's unfinished jobs become `interrupted` and finished jobs older than the time
+to live are deleted; expired jobs are deleted again on every submit. `shutdown` stops the running
+jobs after their current step (state `interrupted`) and marks the queued ones the same way.
+"""
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from ase import Atoms
+
+from aceserver.errors import ACEInputError, TooManyPairsError
+from aceserver.evaluation.site_potential import SitePotential
+
+from . import frames, runner
+from .limits import JobLimits, JobQueueFull, check
+from .spec import MDJob, RelaxJob
+from .store import FINISHED, JobStore
+
+log = logging.getLogger("aceserver.jobs")
+
+
+@dataclass
+class _Live:
+    cancel: threading.Event = field(default_factory=threading.Event)
+    future: Future | None = None
+    step: int = 0
+    listeners: list[Callable[[], None]] = field(default_factory=list)
+
+
+class _Sink:
+    """runner.Sink for one job: frames into the store, then a word to the subscribers."""
+
+    def __init__(self, manager: "JobManager", job_id: str, live: _Live):
+        self.manager, self.job_id, self.live = manager, job_id, live
+
+    def frame(self, frame: dict) -> None:
+        self.manager.store.add_frame(self.job_id, frame["index"], frame["step"], frames.encode(frame))
+        self.manager._notify(self.live)
+
+    def step(self, step: int) -> None:
+        self.live.step = step
+
+
+def error_document(ex: BaseException) -> dict[str, Any]:
+    """A failed job's error, in the shape of the API's error documents (kind, message, field)."""
+    if isinstance(ex, TooManyPairsError):
+        return {"kind": "too_large", "message": str(ex), "field": "structure"}
+    if isinstance(ex, ACEInputError):
+        field = f"structure.{ex.field}" if ex.field else "structure"
+        return {"kind": "invalid_input", "message": f"{field}: {ex}", "field": field}
+    return {"kind": "internal", "message": f"internal error ({type(ex).__name__}); see the server log",
+            "field": None}
+
+
+class JobManager:
+    def __init__(self, directory: str | Path, max_jobs: int = 1, ttl_hours: float = 168.0,
+                 limits: JobLimits | None = None):
+        self.store = JobStore(directory)
+        self.max_jobs, self.ttl_s, self.limits = max_jobs, ttl_hours * 3600.0, limits or JobLimits()
+        self.interrupted_at_start = self.store.mark_interrupted()
+        self.expired_at_start = self.store.expire(self.ttl_s)
+        self._pool = ThreadPoolExecutor(max_workers=max_jobs, thread_name_prefix="ace-job")
+        self._live: dict[str, _Live] = {}
+        self._lock = threading.Lock()
+        self._closing = False
+
+    # -- submit, run, cancel ------------------------------------------------------------------
+    def check(self, model: SitePotential, atoms: Atoms, spec: RelaxJob | MDJob, where: str = "structure") -> None:
+        """What `submit` checks first (`limits.check`): raises `JobInputError` / `JobTooLarge`."""
+        check(model, atoms, spec, self.limits, where, gamma_available=getattr(model, "active_set", None) is not None)
+
+    def submit(self, model: SitePotential, model_name: str, sha256: str, atoms: Atoms, spec: RelaxJob | MDJob,
+               where: str = "structure") -> str:
+        """Queue a job; its id. Raises `JobInputError` / `JobTooLarge` (naming the field) or `JobQueueFull`."""
+        self.check(model, atoms, spec, where)
+        self.store.expire(self.ttl_s)
+        with self._lock:
+            if self._closing:
+                raise JobQueueFull("the server is shutting down")
+            if self.store.count(("queued",)) >= self.limits.max_queued:
+                raise JobQueueFull(f"{self.limits.max_queued} jobs are already queued; retry later")
+            job_id = secrets.token_hex(8)
+            self.store.create(job_id, spec.kind, model_name, sha256, spec.model_dump(mode="json"), len(atoms),
+                              spec.steps)
+            live = self._live[job_id] = _Live()
+            live.future = self._pool.submit(self._run, job_id, model, atoms.copy(), spec, live)
+        return job_id
+
+    def _run(self, job_id: str, model: SitePotential, atoms: Atoms, spec: RelaxJob | MDJob, live: _Live) -> None:
+        try:
+            if live.cancel.is_set():       # cancelled (or the server stopping) between queue and start
+                self.store.finish(job_id, "interrupted" if self._closing else "cancelled",
+                                  reason="the server stopped" if self._closing else "cancelled before it started")
+                return
+            if not self.store.start(job_id):
+                return
+            self._notify(live)
+            try:
+                out = runner.run(model, atoms, spec, _Sink(self, job_id, live), live.cancel)
+            except Exception as ex:
+                if not isinstance(ex, ACEInputError):
+                    log.exception("job %s failed", job_id)
+                self.store.finish(job_id, "failed", live.step, error=error_document(ex))
+                return
+            if out.state == "cancelled" and self._closing:
+                self.store.finish(job_id, "interrupted", out.step, "the server stopped while the job was running",
+                                  converged=out.converged)
+            else:
+                self.store.finish(job_id, out.state, out.step, out.reason, out.halt, converged=out.converged)
+        finally:
+            with self._lock:
+                self._live.pop(job_id, None)
+            self._notify(live)
+
+    def cancel(self, job_id: str) -> dict[str, Any] | None:
+        """Cancel a queued job at once, a running one after its current step; a finished job is left
+        as it is. The job's status (None: no such job)."""
+        with self._lock:
+            live = self._live.get(job_id)
+        if live is not None:
+            live.cancel.set()
+            if live.future is not None and live.future.cancel():     # still queued: it never starts
+                self.store.finish(job_id, "cancelled", reason="cancelled before it started")
+                with self._lock:
+                    self._live.pop(job_id, None)
+                self._notify(live)
+        return self.status(job_id)
+
+    def wait(self, job_id: str, timeout: float | None = None) -> dict[str, Any] | None:
+        """Block until the job has finished (or timeout seconds); its status."""
+        with self._lock:
+            live = self._live.get(job_id)
+        if live is not None and live.future is not None:
+            try:
+                live.future.result(timeout)
+            except Exception:
+                pass
+        return self.status(job_id)
+
+    # -- reading ------------------------------------------------------------------------------
+    def status(self, job_id: str) -> dict[str, Any] | None:
+        job = self.store.get(job_id)
+        if job is None:
+            return None
+        live = self._live.get(job_id)
+        if live is not None and job["state"] == "running":
+            job["step"] = max(job["step"], live.step)
+        return describe(job)
+
+    def list(self, state: str | None = None, limit: int = 100, offset: int = 0) -> list[dict[str, Any]]:
+        return [self.status(j["id"]) or describe(j) for j in self.store.list(state, limit, offset)]
+
+    def subscribe(self, job_id: str, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call `callback()` (from a job thread: keep it short) after every frame and at the job's end;
+        returns the function that unsubscribes. A finished job never calls."""
+        with self._lock:
+            live = self._live.get(job_id)
+            if live is None:
+                return lambda: None
+            live.listeners.append(callback)
+
+        def unsubscribe() -> None:
+            with self._lock:
+                if callback in live.listeners:
+                    live.listeners.remove(callback)
+        return unsubscribe
+
+    def _notify(self, live: _Live) -> None:
+        with self._lock:
+            listeners = list(live.listeners)
+        for fn in listeners:
+            try:
+                fn()
+            except Exception:        # a subscriber's failure is its own
+                log.exception("job subscriber failed")
+
+    def shutdown(self, wait: bool = True) -> None:
+        """Stop: running jobs end after their current step, queued ones never start; all `interrupted`."""
+        with self._lock:
+            self._closing = True
+            lives = list(self._live.items())
+        for _, live in lives:
+            live.cancel.set()
+        self._pool.shutdown(wait=wait, cancel_futures=True)
+        self.store.mark_interrupted()
+        if wait:
+            self.store.close()
+
+
+def describe(job: dict[str, Any]) -> dict[str, Any]:
+    """A job's public status: the stored row plus progress and timings (seconds)."""
+    out = {k: job[k] for k in ("id", "kind", "model", "model_sha256", "state", "reason", "halt", "error",
+                               "converged", "n_atoms", "steps", "step", "frames", "created", "started", "finished")}
+    out["parameters"] = job["spec"]
+    out["progress"] = min(1.0, job["step"] / job["steps"]) if job["steps"] else 0.0
+    end = job["finished"] if job["finished"] is not None else time.time()
+    out["seconds"] = (end - job["started"]) if job["started"] is not None else None
+    out["seconds_per_step"] = (out["seconds"] / job["step"]) if job["step"] and out["seconds"] else None
+    if job["state"] == "done":
+        out["progress"] = 1.0
+    return out

@@ -1,0 +1,128 @@
+"""Run one job: an ASE optimiser or MD integrator on an `ACECalculator` (the one evaluation path),
+a frame handed to the sink every `write_every` steps, the halt conditions checked every
+`check_every` steps, the cancel event looked at after every step. Knows nothing of storage or HTTP.
+
+Steps are ASE's `nsteps`: step 0 is the given structure; the first and the last step (converged,
+halted, cancelled or the last of the run) are always written.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+from ase import Atoms, units
+from ase.filters import FrechetCellFilter
+from ase.md.langevin import Langevin
+from ase.md.nose_hoover_chain import IsotropicMTKNPT
+from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
+from ase.md.verlet import VelocityVerlet
+from ase.optimize import BFGS, FIRE, LBFGS
+
+from aceserver.calculator import ACECalculator
+from aceserver.evaluation.site_potential import SitePotential
+
+from . import frames
+from .spec import Halt, MDJob, MDParameters, RelaxJob
+
+OPTIMIZERS = {"FIRE": FIRE, "BFGS": BFGS, "LBFGS": LBFGS}
+UNITS = {"max_gamma": "", "max_energy_std": " eV", "max_force": " eV/Å"}
+
+
+class Sink(Protocol):
+    def frame(self, frame: dict) -> None: ...       # a frame to keep (in order of `index`)
+    def step(self, step: int) -> None: ...          # progress: the step just done
+
+
+@dataclass
+class Outcome:
+    state: str                          # done, halted or cancelled
+    step: int                           # the last step done
+    reason: str | None = None           # why it halted
+    halt: dict | None = None            # {condition, value, threshold, step}
+    converged: bool | None = None       # relaxations: fmax reached
+    frames: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+def initial_velocities(atoms: Atoms, p: MDParameters) -> None:
+    """Seeded Maxwell-Boltzmann velocities at `temperature_K`, zero total momentum (as MDParameters says)."""
+    MaxwellBoltzmannDistribution(atoms, temperature_K=p.temperature_K, rng=np.random.default_rng(p.seed))
+    Stationary(atoms)
+
+
+def integrator(atoms: Atoms, p: MDParameters):
+    dt = p.timestep_fs * units.fs
+    if p.ensemble == "nve":
+        return VelocityVerlet(atoms, timestep=dt)
+    if p.ensemble == "nvt":
+        # the noise has its own stream of the same seed (the velocities used default_rng(seed))
+        return Langevin(atoms, timestep=dt, temperature_K=p.temperature_K, friction=p.friction_per_fs / units.fs,
+                        fixcm=False, rng=np.random.default_rng([p.seed, 1]))
+    return IsotropicMTKNPT(atoms, timestep=dt, temperature_K=p.temperature_K, pressure_au=p.pressure_GPa * units.GPa,
+                           tdamp=(p.tdamp_fs or 100 * p.timestep_fs) * units.fs,
+                           pdamp=(p.pdamp_fs or 1000 * p.timestep_fs) * units.fs)
+
+
+def halt_reason(halt: Halt, frame: dict) -> dict | None:
+    """The first condition of `halt` that the frame's values exceed, as {condition, value, threshold}."""
+    values = {"max_gamma": frame.get("max_gamma"), "max_energy_std": frame.get("energy_std"),
+              "max_force": frame.get("max_force")}
+    for name, threshold in halt.active().items():
+        value = values[name]
+        if value is not None and value > threshold:
+            return {"condition": name, "value": value, "threshold": threshold, "step": frame["step"]}
+    return None
+
+
+def run(model: SitePotential, atoms: Atoms, spec: RelaxJob | MDJob, sink: Sink,
+        cancel: threading.Event | None = None) -> Outcome:
+    """Run `spec` on a copy of `atoms` with `model`; frames go to `sink`. Raises what the evaluator
+    raises on bad geometry (`aceserver.errors.ACEInputError`)."""
+    atoms = atoms.copy()
+    atoms.calc = calc = ACECalculator(model, committee=needs_committee(spec))
+    md = isinstance(spec, MDJob)
+    if md:
+        p = spec.parameters
+        initial_velocities(atoms, p)
+        dyn = integrator(atoms, p)
+        loop, last, dt_fs = dyn.irun(p.steps), p.steps, p.timestep_fs
+    else:
+        p = spec.parameters
+        target = FrechetCellFilter(atoms, scalar_pressure=p.pressure_GPa * units.GPa) if p.cell_filter else atoms
+        dyn = OPTIMIZERS[p.optimizer](target, logfile=None)
+        loop, last, dt_fs = dyn.irun(fmax=p.fmax, steps=p.max_steps), p.max_steps, None
+    written, step, converged = 0, 0, False
+    checks = spec.halt.active()
+    for converged in loop:
+        step = dyn.nsteps
+        final = step >= last or (converged and not md)
+        write = step % spec.write_every == 0 or final
+        check = bool(checks) and step % spec.check_every == 0
+        cancelled = cancel is not None and cancel.is_set()
+        frame = None
+        if write or check or cancelled:
+            frame = frames.make(atoms, calc.results, written, step, None if dt_fs is None else step * dt_fs, md)
+        halt = halt_reason(spec.halt, frame) if check else None
+        stop = halt is not None or cancelled
+        if write or stop:
+            sink.frame(frame)
+            written += 1
+        sink.step(step)
+        if halt is not None:
+            unit = UNITS[halt["condition"]]
+            reason = (f"{halt['condition']}: {halt['value']:.6g}{unit} > {halt['threshold']:.6g}{unit} "
+                      f"at step {step}")
+            return Outcome("halted", step, reason, halt, None if md else bool(converged), written)
+        if stop:
+            return Outcome("cancelled", step, None, None, None if md else bool(converged), written)
+    return Outcome("done", step, None, None, None if md else bool(converged), written)
+
+
+def needs_committee(spec: RelaxJob | MDJob) -> bool:
+    return spec.halt.max_energy_std is not None or "energy_std" in spec.record
+
+
+def needs_gamma(spec: RelaxJob | MDJob) -> bool:
+    return spec.halt.max_gamma is not None or "gamma" in spec.record
