@@ -20,7 +20,8 @@ class ACECalculator(Calculator):
     results: energy, free_energy (eV), forces (eV/Å), stress (eV/Å³, Voigt, periodic cells only),
     energies (eV per atom); with a committee also energy_committee (eV, one per member),
     energy_std (eV) (committee=False skips them), and with committee_forces=True
-    forces_committee (K, N, 3) eV/Å. energy_std is the committee spread as HTTP and i-PI report
+    forces_committee (K, N, 3) eV/Å; with gamma=True (a model with an active set) gamma (N,), the
+    extrapolation grade of every atom (dimensionless, `aceserver.evaluation.uncertainty`). energy_std is the committee spread as HTTP and i-PI report
     it: the population standard deviation sqrt(Σ_k (E_k - Ē)² / K) over the K members (ddof 0;
     `aceserver.evaluation.postprocess.committee_spread`).
 
@@ -31,12 +32,13 @@ class ACECalculator(Calculator):
     implemented_properties = ["energy", "free_energy", "forces", "stress", "energies"]
 
     def __init__(self, model_or_path, *, committee: bool = True, committee_forces: bool = False,
-                 threads=None, skin: float = DEFAULT_SKIN, **kwargs):
+                 threads=None, skin: float = DEFAULT_SKIN, gamma: bool = False, **kwargs):
         super().__init__(**kwargs)
         self.model = (model_or_path if isinstance(model_or_path, SitePotential)
                       else load_model(model_or_path))
         self.committee = committee            # False skips the members' energies (faster MD)
         self.committee_forces = committee_forces
+        self.gamma = gamma                    # also γ per atom (needs an attached active set)
         self.threads = threads
         # Verlet list (Å skin; 0 searches every call): successive calls of MD or a relaxation
         # reuse the neighbour search while atoms move less than skin/2
@@ -73,7 +75,7 @@ class ACECalculator(Calculator):
         res = self.model.evaluate(atoms.numbers, atoms.positions, atoms.cell[:], atoms.pbc,
                                   committee=self.committee,
                                   committee_forces=self.committee_forces,
-                                  threads=self.threads, verlet=self.verlet)
+                                  threads=self.threads, verlet=self.verlet, gamma=self.gamma)
         self.results = {"energy": res.energy, "free_energy": res.energy, "forces": res.forces,
                         "energies": res.energies}
         stress = res.periodic_stress(atoms.cell.array, atoms.pbc)
@@ -87,3 +89,5 @@ class ACECalculator(Calculator):
             self.results["energy_std"] = res.energy_std
         if res.forces_committee is not None:
             self.results["forces_committee"] = res.forces_committee
+        if res.gamma is not None:
+            self.results["gamma"] = res.gamma

@@ -46,7 +46,7 @@ def frame_count(spec: RelaxJob | MDJob) -> int:
 
 
 def check(model: SitePotential, atoms: Atoms, spec: RelaxJob | MDJob, limits: JobLimits,
-          where: str = "structure", gamma_available: bool = False) -> None:
+          where: str = "structure") -> None:
     species = set(model.elements)
     which = "numbers"
     for k, symbol in enumerate(atoms.get_chemical_symbols()):
@@ -63,10 +63,11 @@ def check(model: SitePotential, atoms: Atoms, spec: RelaxJob | MDJob, limits: Jo
     if needs_committee(spec) and model.committee is None:
         field = "halt.max_energy_std" if spec.halt.max_energy_std is not None else "record"
         raise JobInputError(f"{field}: the energy spread needs a model with a committee; this one has none", field)
-    if needs_gamma(spec) and not gamma_available:
+    if needs_gamma(spec) and model.active_set is None:
         field = "halt.max_gamma" if spec.halt.max_gamma is not None else "record"
+        why = f" ({model.active_set_problem})" if model.active_set_problem else ""
         raise JobInputError(f"{field}: the extrapolation grade γ needs a model with an active set; this one has "
-                            "none", field)
+                            f"none{why}", field)
     n = len(atoms)
     if n * spec.steps > limits.max_atom_steps:
         field = "parameters.steps" if isinstance(spec, MDJob) else "parameters.max_steps"

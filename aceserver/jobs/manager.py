@@ -80,7 +80,7 @@ class JobManager:
     # -- submit, run, cancel ------------------------------------------------------------------
     def check(self, model: SitePotential, atoms: Atoms, spec: RelaxJob | MDJob, where: str = "structure") -> None:
         """What `submit` checks first (`limits.check`): raises `JobInputError` / `JobTooLarge`."""
-        check(model, atoms, spec, self.limits, where, gamma_available=getattr(model, "active_set", None) is not None)
+        check(model, atoms, spec, self.limits, where)
 
     def submit(self, model: SitePotential, model_name: str, sha256: str, atoms: Atoms, spec: RelaxJob | MDJob,
                where: str = "structure") -> str:

@@ -26,6 +26,12 @@ from aceserver.evaluation.site_potential import SitePotential
 from . import frames
 from .spec import Halt, MDJob, MDParameters, RelaxJob
 
+try:                    # ASE >= 3.29; before it the same draw was MaxwellBoltzmannDistribution (deprecated since)
+    from ase.md.velocitydistribution import thermalize_momenta
+except ImportError:     # pragma: no cover
+    def thermalize_momenta(atoms: Atoms, temperature_K: float, *, rng=None) -> None:
+        MaxwellBoltzmannDistribution(atoms, temperature_K=temperature_K, rng=rng)
+
 OPTIMIZERS = {"FIRE": FIRE, "BFGS": BFGS, "LBFGS": LBFGS}
 UNITS = {"max_gamma": "", "max_energy_std": " eV", "max_force": " eV/Å"}
 
@@ -48,7 +54,7 @@ class Outcome:
 
 def initial_velocities(atoms: Atoms, p: MDParameters) -> None:
     """Seeded Maxwell-Boltzmann velocities at `temperature_K`, zero total momentum (as MDParameters says)."""
-    MaxwellBoltzmannDistribution(atoms, temperature_K=p.temperature_K, rng=np.random.default_rng(p.seed))
+    thermalize_momenta(atoms, p.temperature_K, rng=np.random.default_rng(p.seed))
     Stationary(atoms)
 
 
@@ -81,7 +87,7 @@ def run(model: SitePotential, atoms: Atoms, spec: RelaxJob | MDJob, sink: Sink,
     """Run `spec` on a copy of `atoms` with `model`; frames go to `sink`. Raises what the evaluator
     raises on bad geometry (`aceserver.errors.ACEInputError`)."""
     atoms = atoms.copy()
-    atoms.calc = calc = ACECalculator(model, committee=needs_committee(spec))
+    atoms.calc = calc = ACECalculator(model, committee=needs_committee(spec), gamma=needs_gamma(spec))
     md = isinstance(spec, MDJob)
     if md:
         p = spec.parameters
@@ -103,7 +109,8 @@ def run(model: SitePotential, atoms: Atoms, spec: RelaxJob | MDJob, sink: Sink,
         cancelled = cancel is not None and cancel.is_set()
         frame = None
         if write or check or cancelled:
-            frame = frames.make(atoms, calc.results, written, step, None if dt_fs is None else step * dt_fs, md)
+            frame = frames.make(atoms, calc.results, written, step, None if dt_fs is None else step * dt_fs, md,
+                                calc.results.get("gamma"))
         halt = halt_reason(spec.halt, frame) if check else None
         stop = halt is not None or cancelled
         if write or stop:

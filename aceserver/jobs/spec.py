@@ -73,9 +73,10 @@ class RelaxJob(_Common):
 
 
 class MDParameters(BaseModel):
-    """Molecular dynamics with an ASE integrator. Initial velocities: ASE's
-    `MaxwellBoltzmannDistribution(atoms, temperature_K=temperature_K, rng=numpy.random.default_rng(seed))`,
-    then `Stationary(atoms)` (zero total momentum, temperature kept): the same seed gives the same run."""
+    """Molecular dynamics with an ASE integrator. Initial momenta: ASE's Maxwell-Boltzmann draw
+    `thermalize_momenta(atoms, temperature_K, rng=numpy.random.default_rng(seed))` (before ASE 3.29
+    `MaxwellBoltzmannDistribution`, the same draw), then `Stationary(atoms)` (zero total momentum,
+    temperature kept): the same seed gives the same run. Langevin noise: `default_rng([seed, 1])`."""
 
     model_config = ConfigDict(extra="forbid")
 
