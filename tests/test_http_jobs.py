@@ -1,0 +1,235 @@
+"""The jobs API over HTTP, against a real `aceserver serve --jobs-dir` process: a job's frames equal
+an in-process ASE run with the same seed; every frame format (NDJSON, SSE, msgpack, extxyz, ASE
+.traj) carries the same numbers; frames stream while the job runs; calculate requests are answered
+while jobs run; cancel; bad parameters are 422 naming the field, a missing model 404, too much work
+413; a server killed with SIGKILL keeps every frame it reported and marks the job interrupted.
+"""
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import time
+
+import httpx
+import msgpack
+import numpy as np
+import pytest
+from ase import units
+from ase.build import bulk
+from ase.io import read
+from ase.md.velocitydistribution import Stationary, thermalize_momenta
+from ase.md.verlet import VelocityVerlet
+
+from _http_support import REPO, TMP, Server, model_file
+
+from aceserver.calculator import ACECalculator
+from aceserver.loading import load_model
+
+pytestmark = pytest.mark.timeout(600)
+SI_TINY = REPO / "models" / "Si-tiny" / "Si-tiny.json"
+
+
+def structure(atoms):
+    return {"numbers": atoms.numbers.tolist(), "positions": atoms.positions.tolist(),
+            "cell": atoms.cell.array.tolist(), "pbc": atoms.pbc.tolist()}
+
+
+def cell64():
+    return bulk("Si", "diamond", a=5.43, cubic=True).repeat(2)
+
+
+def server_args(jobs_dir):
+    return [str(SI_TINY), f"si={model_file('si')}", "--jobs-dir", str(jobs_dir), "--max-jobs", "2",
+            "--workers", "2", "--max-atoms", "500", "--jobs-max-atom-steps", "20000000"]
+
+
+@pytest.fixture(scope="module")
+def server():
+    jobs_dir = TMP / "jobs-main"
+    with Server(server_args(jobs_dir)) as s:
+        yield s
+
+
+def submit(url, **body):
+    body.setdefault("structure", structure(cell64()))
+    r = httpx.post(f"{url}/v1/jobs", json=body, timeout=60)
+    assert r.status_code == 202, r.text
+    return r.json()["ids"][0]
+
+
+def wait(url, job, timeout=300):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = httpx.get(f"{url}/v1/jobs/{job}", timeout=30).json()
+        if status["state"] not in ("queued", "running"):
+            return status
+        time.sleep(0.05)
+    raise TimeoutError(job)
+
+
+def ndjson(url, job):
+    r = httpx.get(f"{url}/v1/jobs/{job}/frames", timeout=120)
+    assert r.status_code == 200 and r.headers["content-type"].startswith("application/x-ndjson")
+    return [json.loads(line) for line in r.text.splitlines()]
+
+
+def test_frames_equal_in_process_ase_and_every_format_agrees(server):
+    job = submit(server.url, kind="md", parameters={"steps": 100, "seed": 11, "temperature_K": 300},
+                 write_every=20)
+    status = wait(server.url, job)
+    assert status["state"] == "done" and status["frames"] == 6 and status["progress"] == 1.0
+    frames = ndjson(server.url, job)
+    # the reference: ASE's VelocityVerlet on an ACECalculator, momenta as MDParameters documents them
+    a = cell64()
+    a.calc = ACECalculator(load_model(str(SI_TINY)))
+    thermalize_momenta(a, 300.0, rng=np.random.default_rng(11))
+    Stationary(a)
+    ref = {}
+    for _ in VelocityVerlet(a, timestep=1.0 * units.fs).irun(100):
+        ref[len(ref)] = (a.positions.copy(), a.get_momenta(), a.get_potential_energy())
+    assert [f["step"] for f in frames] == [0, 20, 40, 60, 80, 100]
+    for f in frames:
+        pos, mom, e = ref[f["step"]]
+        np.testing.assert_allclose(f["positions"], pos, rtol=0, atol=1e-8)     # the issue's bound
+        np.testing.assert_allclose(f["momenta"], mom, rtol=0, atol=1e-10)
+        assert f["energy"] == pytest.approx(e, abs=1e-9) and f["time_fs"] == pytest.approx(f["step"] * 1.0)
+    # msgpack stream: the same numbers, bit for bit (JSON floats round-trip exactly)
+    r = httpx.get(f"{server.url}/v1/jobs/{job}/frames?format=msgpack", timeout=60)
+    unpacker = msgpack.Unpacker(raw=False)
+    unpacker.feed(r.content)
+    packed = list(unpacker)
+    assert len(packed) == 6
+    for f, p in zip(frames, packed):
+        pos = np.frombuffer(p["positions"]["data"], "<f8").reshape(p["positions"]["shape"])
+        np.testing.assert_array_equal(pos, np.asarray(f["positions"]))
+        assert p["energy"] == f["energy"] and p["step"] == f["step"]
+    # SSE: one `frame` event per frame, then `end` with the job's status
+    r = httpx.get(f"{server.url}/v1/jobs/{job}/frames?format=sse&start=4", timeout=60)
+    assert r.headers["content-type"].startswith("text/event-stream")
+    events = [e for e in r.text.split("\n\n") if e.strip()]
+    assert [e.splitlines()[0] for e in events] == ["event: frame", "event: frame", "event: end"]
+    assert json.loads(events[0].splitlines()[2][len("data: "):])["step"] == 80
+    assert json.loads(events[-1].splitlines()[1][len("data: "):])["state"] == "done"
+    # whole files, read back with ASE
+    r = httpx.get(f"{server.url}/v1/jobs/{job}/frames?format=extxyz", timeout=60)
+    images = read(io.StringIO(r.text), index=":", format="extxyz")
+    r = httpx.get(f"{server.url}/v1/jobs/{job}/frames?format=traj", timeout=60)
+    path = TMP / f"{job}.traj"
+    path.write_bytes(r.content)
+    trajectory = read(path, index=":")
+    for images_ in (images, trajectory):
+        assert len(images_) == 6
+        for img, f in zip(images_, frames):
+            np.testing.assert_allclose(img.positions, f["positions"], rtol=0, atol=1e-8)
+            np.testing.assert_allclose(img.get_momenta(), f["momenta"], rtol=0, atol=1e-8)
+            np.testing.assert_allclose(img.get_forces(), f["forces"], rtol=0, atol=1e-8)
+            assert img.get_potential_energy() == pytest.approx(f["energy"], abs=1e-8)
+
+
+def test_frames_stream_while_the_job_runs_and_calculate_is_answered(server):
+    """Two long jobs fill --max-jobs 2; a third waits queued. Frames of a running job arrive on the
+    stream while its status says running, and calculate requests are answered meanwhile (the jobs
+    have their own threads; nothing here measures time)."""
+    url = server.url
+    jobs = [submit(url, kind="md", parameters={"steps": 200_000, "seed": k}, write_every=20) for k in range(3)]
+    seen = []
+    with httpx.stream("GET", f"{url}/v1/jobs/{jobs[0]}/frames", timeout=120) as r:
+        for line in r.iter_lines():
+            seen.append(json.loads(line))
+            if len(seen) == 3:
+                break
+    status = httpx.get(f"{url}/v1/jobs/{jobs[0]}").json()
+    assert status["state"] == "running" and status["frames"] >= 3
+    assert [f["index"] for f in seen] == [0, 1, 2]
+    assert httpx.get(f"{url}/v1/jobs/{jobs[2]}").json()["state"] == "queued"
+    calc_body = {"structure": structure(cell64())}
+    for _ in range(5):
+        r = httpx.post(f"{url}/v1/models/Si-tiny/calculate", json=calc_body, timeout=60)
+        assert r.status_code == 200
+    after = [httpx.get(f"{url}/v1/jobs/{j}").json() for j in jobs[:2]]
+    assert all(s["state"] == "running" and s["step"] < 200_000 for s in after)
+    # cancel: a running job stops after its current step, the queued one never starts
+    for j in reversed(jobs):            # the queued one first, before a cancelled job frees its thread
+        r = httpx.delete(f"{url}/v1/jobs/{j}")
+        assert r.status_code == 200
+    final = [wait(url, j) for j in jobs]
+    assert [s["state"] for s in final] == ["cancelled"] * 3
+    assert final[2]["started"] is None and final[2]["frames"] == 0
+    frames = ndjson(url, jobs[0])
+    assert frames[-1]["step"] == final[0]["step"] and len(frames) == final[0]["frames"]
+    listed = httpx.get(f"{url}/v1/jobs?state=cancelled").json()["jobs"]
+    assert set(jobs) <= {j["id"] for j in listed}
+
+
+@pytest.mark.parametrize("body, status, field", [
+    ({"kind": "md", "parameters": {"steps": 0}}, 422, "parameters.steps"),
+    ({"kind": "md", "parameters": {"steps": 10, "timestep_fs": -1}}, 422, "parameters.timestep_fs"),
+    ({"kind": "md", "parameters": {"steps": 10, "ensemble": "nph"}}, 422, "parameters.ensemble"),
+    ({"kind": "md"}, 422, "parameters"),
+    ({"kind": "relax", "parameters": {"optimizer": "CG"}}, 422, "parameters.optimizer"),
+    ({"kind": "relax", "halt": {"max_force": -1}}, 422, "halt.max_force"),
+    ({"kind": "relax", "write_every": 0}, 422, "write_every"),
+    ({"kind": "relax", "speed": "fast"}, 422, "speed"),
+    ({"kind": "dance"}, 422, "kind"),
+    ({"parameters": {"steps": 10}}, 422, "kind"),
+    ({"kind": "md", "parameters": {"steps": 10}, "halt": {"max_gamma": 3}}, 422, "halt.max_gamma"),
+    ({"kind": "md", "parameters": {"steps": 10}, "model": "si", "halt": {"max_energy_std": 0.1}}, 422,
+     "halt.max_energy_std"),
+    ({"kind": "md", "parameters": {"steps": 1_000_000}}, 413, "parameters.steps"),
+    ({"kind": "md", "parameters": {"steps": 10}, "model": "nope"}, 404, "model"),
+])
+def test_bad_requests_name_the_field(server, body, status, field):
+    body = {"structure": structure(cell64()), **body}
+    r = httpx.post(f"{server.url}/v1/jobs", json=body, timeout=30)
+    assert r.status_code == status, r.text
+    doc = r.json()
+    assert doc["field"] == field and doc["kind"] in ("invalid_input", "too_large", "unknown_model")
+    assert field in doc["message"]
+
+
+def test_unknown_job_and_unfinished_files(server):
+    for method in ("GET", "DELETE"):
+        r = httpx.request(method, f"{server.url}/v1/jobs/0123456789abcdef", timeout=30)
+        assert r.status_code == 404 and r.json()["kind"] == "unknown_job"
+    job = submit(server.url, kind="md", parameters={"steps": 200_000}, write_every=1000)
+    r = httpx.get(f"{server.url}/v1/jobs/{job}/frames?format=traj", timeout=30)
+    assert r.status_code == 409 and r.json()["field"] == "format"
+    httpx.delete(f"{server.url}/v1/jobs/{job}")
+    assert wait(server.url, job)["state"] == "cancelled"
+
+
+def test_batch_of_structures_is_one_job_each(server):
+    a, b = cell64(), cell64()
+    b.positions += 0.02
+    r = httpx.post(f"{server.url}/v1/jobs", json={"structures": [structure(a), structure(b)], "kind": "relax",
+                                                 "parameters": {"fmax": 0.05, "optimizer": "FIRE"}}, timeout=30)
+    assert r.status_code == 202
+    ids = r.json()["ids"]
+    assert len(set(ids)) == 2
+    for j in ids:
+        s = wait(server.url, j)
+        assert s["state"] == "done" and s["converged"] is True
+        assert ndjson(server.url, j)[-1]["max_force"] <= 0.05
+
+
+def test_sigkill_keeps_reported_frames_and_marks_interrupted(tmp_path):
+    jobs_dir = tmp_path / "jobs"
+    with Server(server_args(jobs_dir)) as s:
+        job = submit(s.url, kind="md", parameters={"steps": 200_000, "seed": 5}, write_every=10)
+        seen = []
+        with httpx.stream("GET", f"{s.url}/v1/jobs/{job}/frames", timeout=120) as r:
+            for line in r.iter_lines():
+                seen.append(json.loads(line))
+                if len(seen) == 5:
+                    break
+        s.proc.kill()                       # SIGKILL: no shutdown code runs
+        s.proc.wait(30)
+    with Server(server_args(jobs_dir)) as s:
+        status = httpx.get(f"{s.url}/v1/jobs/{job}").json()
+        assert status["state"] == "interrupted" and "running" in status["reason"]
+        assert status["frames"] >= 5
+        frames = ndjson(s.url, job)
+        assert len(frames) == status["frames"]
+        for before, after in zip(seen, frames):
+            assert before == after
