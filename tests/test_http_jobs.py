@@ -233,3 +233,118 @@ def test_sigkill_keeps_reported_frames_and_marks_interrupted(tmp_path):
         assert len(frames) == status["frames"]
         for before, after in zip(seen, frames):
             assert before == after
+
+
+def test_openapi_fuzz_of_the_jobs_routes(tmp_path):
+    """schemathesis on the /v1/jobs operations of a server whose jobs may be only tiny (so that the
+    generated jobs finish at once): no 5xx, the server stays up."""
+    import schemathesis
+    from hypothesis import HealthCheck, given, settings
+
+    args = [str(SI_TINY), "--jobs-dir", str(tmp_path / "jobs"), "--max-jobs", "1", "--max-atoms", "64",
+            "--jobs-max-atom-steps", "2000", "--jobs-max-frame-atoms", "2000"]
+    with Server(args) as s:
+        schema = schemathesis.openapi.from_url(f"{s.url}/openapi.json")
+        statuses: dict[int, int] = {}
+        for result in schema.get_all_operations():
+            operation = result.ok()
+            if not operation.path.startswith("/v1/jobs"):
+                continue
+
+            @settings(max_examples=40, deadline=None, database=None, derandomize=True,
+                      suppress_health_check=list(HealthCheck))
+            @given(case=operation.as_strategy())
+            def check(case):
+                response = case.call(base_url=s.url, timeout=30)
+                statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
+                assert response.status_code < 500, (case.method, case.path, case.body, response.text[:500])
+
+            check()
+        assert s.proc.poll() is None
+        assert sum(statuses.values()) > 100, statuses
+
+
+def test_client_streams_atoms_and_halts_on_max_force(server):
+    """aceclient.ACEJobs: a halt on max_force at the first check step where an in-process ASE run
+    (same seed) has a force above the threshold; the frames come back as ase.Atoms."""
+    from aceclient import ACEJobs, InvalidInputError, JobFailedError
+
+    steps, check_every, seed = 60, 3, 4
+    a = cell64()
+    a.positions += np.random.default_rng(1).normal(scale=0.01, size=a.positions.shape)
+    ref = a.copy()
+    ref.calc = ACECalculator(load_model(str(SI_TINY)))
+    thermalize_momenta(ref, 600.0, rng=np.random.default_rng(seed))
+    Stationary(ref)
+    fmax = []
+    for _ in VelocityVerlet(ref, timestep=1.0 * units.fs).irun(steps):
+        fmax.append(np.linalg.norm(ref.get_forces(), axis=1).max())
+    threshold = float((fmax[0] + max(fmax)) / 2)
+    first = next(k for k in range(0, steps + 1, check_every) if fmax[k] > threshold)
+    with ACEJobs(server.url) as jobs:
+        images = jobs.run(a, "md", parameters={"steps": steps, "temperature_K": 600.0, "seed": seed},
+                          write_every=10, check_every=check_every, halt={"max_force": threshold})
+        status = jobs.status(images[-1].info["job"])
+        assert status["state"] == "halted" and status["halt"]["step"] == first
+        assert [im.info["step"] for im in images] == sorted({*range(0, first + 1, 10), first})
+        last = images[-1]
+        assert last.info["max_force"] == pytest.approx(fmax[first], rel=1e-9)
+        assert np.linalg.norm(last.get_forces(), axis=1).max() == pytest.approx(fmax[first], rel=1e-9)
+        assert last.get_momenta().shape == (64, 3) and last.info["time_fs"] == pytest.approx(first * 1.0)
+        # relax: the last frame is converged; the trajectory as a file reads back in ASE
+        images = jobs.run(a, "relax", parameters={"fmax": 0.02, "optimizer": "LBFGS"})
+        assert np.linalg.norm(images[-1].get_forces(), axis=1).max() <= 0.02
+        with pytest.raises(InvalidInputError) as info:
+            jobs.submit(a, "md", parameters={"steps": -5})
+        assert info.value.field == "parameters.steps"
+        job = jobs.submit(a, "md", parameters={"steps": 200_000}, write_every=100)
+        jobs.cancel(job)
+        assert jobs.wait(job, timeout=120)["state"] == "cancelled"
+        # a job that fails (two atoms on top of each other): run raises with the error document
+        broken = a.copy()
+        broken.positions[1] = broken.positions[0]
+        with pytest.raises(JobFailedError) as failed:
+            jobs.run(broken, "md", parameters={"steps": 10})
+        assert failed.value.kind == "invalid_input" and failed.value.field == "structure.positions"
+
+
+def test_command_line_submit_watch_fetch_list_cancel(server, tmp_path):
+    import subprocess
+    import sys
+
+    from ase.io import write
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "aceserver.cli", "jobs", *args, "--url", server.url],
+                              capture_output=True, text=True, timeout=300)
+
+    a = cell64()
+    a.positions += np.random.default_rng(2).normal(scale=0.03, size=a.positions.shape)
+    path = tmp_path / "start.xyz"
+    write(path, [a, a], format="extxyz")
+    spec = tmp_path / "relax.yaml"
+    spec.write_text("kind: relax\nparameters:\n  optimizer: FIRE\n")
+    out = cli("submit", str(path), "--spec", str(spec), "--param", "fmax=0.05", "--write-every", "5")
+    assert out.returncode == 0, out.stderr
+    ids = out.stdout.split()
+    assert len(ids) == 2
+    watched = cli("watch", ids[0])
+    assert watched.returncode == 0, watched.stderr
+    assert f"job {ids[0]}: done" in watched.stdout
+    rows = [line.split() for line in watched.stdout.splitlines()[1:-1]]
+    frames = ndjson(server.url, ids[0])
+    assert [int(r[0]) for r in rows] == [f["step"] for f in frames]
+    assert float(rows[-1][-1]) <= 0.05
+    wait(server.url, ids[1])
+    traj = tmp_path / "out.traj"
+    assert cli("fetch", ids[1], "-o", str(traj)).returncode == 0
+    images = read(traj, index=":")
+    np.testing.assert_allclose(images[-1].positions, ndjson(server.url, ids[1])[-1]["positions"], atol=1e-12)
+    listed = cli("list", "--state", "done")
+    assert ids[0] in listed.stdout and ids[1] in listed.stdout
+    md_id = cli("submit", str(path), "--kind", "md", "--param", "steps=200000", "--write-every", "1000").stdout.split()
+    for j in md_id:
+        assert cli("cancel", j).returncode == 0
+    assert {wait(server.url, j)["state"] for j in md_id} == {"cancelled"}
+    bad = cli("submit", str(path), "--kind", "md", "--param", "steps=0")
+    assert bad.returncode == 1 and "parameters.steps" in bad.stderr

@@ -3,9 +3,13 @@
     from aceclient import ACEServerCalculator
     atoms.calc = ACEServerCalculator("http://127.0.0.1:8000")
 
+    jobs = ACEJobs("http://127.0.0.1:8000")            # relaxations and MD on the server
+    images = jobs.run(atoms, "md", parameters={"steps": 1000, "temperature_K": 300, "seed": 1})
+
 Units as on the server: energies eV, lengths Å, forces eV/Å, stress eV/Å³ (ASE convention).
 """
 from .calculator import ACEServerCalculator
+from .jobs import ACEJobs, JobFailedError
 from .errors import (
     ACEServerConnectionError,
     ACEServerError,
@@ -19,6 +23,8 @@ from .errors import (
 __version__ = "0.1.0"
 __all__ = [
     "ACEServerCalculator",
+    "ACEJobs",
+    "JobFailedError",
     "ACEServerError",
     "ACEServerConnectionError",
     "AuthenticationError",
