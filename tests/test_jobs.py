@@ -282,3 +282,50 @@ def test_failed_job_carries_an_error_document(si_tiny, tmp_path):
     assert status["state"] == "failed" and frames == []
     assert status["error"]["kind"] == "invalid_input" and status["error"]["field"] == "structure.positions"
     manager.shutdown()
+
+
+def test_nvt_npt_and_cell_relaxation_follow_ase(si_tiny, tmp_path):
+    """Langevin (noise from default_rng([seed, 1])), IsotropicMTKNPT and a FIRE relaxation under
+    FrechetCellFilter at 1 GPa, built here from ASE as the spec documents them: same positions and
+    cells (the same operations on the same numbers, so 1e-8 Å holds with room)."""
+    from ase.filters import FrechetCellFilter
+    from ase.md.langevin import Langevin
+    from ase.md.nose_hoover_chain import IsotropicMTKNPT
+    from ase.optimize import FIRE
+
+    manager = JobManager(tmp_path)
+    start = cell64(a=5.46)
+    start.positions += np.random.default_rng(8).normal(scale=0.02, size=start.positions.shape)
+
+    def thermal(a, seed=3, T=500.0):
+        a.calc = ACECalculator(si_tiny)
+        thermalize_momenta(a, T, rng=np.random.default_rng(seed))
+        Stationary(a)
+        return a
+
+    nvt = thermal(start.copy())
+    Langevin(nvt, timestep=2 * units.fs, temperature_K=500.0, friction=0.02 / units.fs, fixcm=False,
+             rng=np.random.default_rng([3, 1])).run(30)
+    npt = thermal(start.copy())
+    IsotropicMTKNPT(npt, timestep=2 * units.fs, temperature_K=500.0, pressure_au=2.0 * units.GPa,
+                    tdamp=100 * 2 * units.fs, pdamp=1000 * 2 * units.fs).run(30)
+    relaxed = start.copy()
+    relaxed.calc = ACECalculator(si_tiny)
+    FIRE(FrechetCellFilter(relaxed, scalar_pressure=1.0 * units.GPa), logfile=None).run(fmax=0.01, steps=300)
+    common = {"steps": 30, "seed": 3, "temperature_K": 500.0, "timestep_fs": 2.0}
+    cases = [
+        (MDJob.model_validate({"kind": "md", "write_every": 30, "parameters": {
+            **common, "ensemble": "nvt", "friction_per_fs": 0.02}}), nvt),
+        (MDJob.model_validate({"kind": "md", "write_every": 30, "parameters": {
+            **common, "ensemble": "npt", "pressure_GPa": 2.0}}), npt),
+        (RelaxJob.model_validate({"kind": "relax", "write_every": 1000, "parameters": {
+            "optimizer": "FIRE", "fmax": 0.01, "max_steps": 300, "cell_filter": True, "pressure_GPa": 1.0}}), relaxed),
+    ]
+    for spec, ref in cases:
+        status, frames = run(manager, si_tiny, start, spec)
+        assert status["state"] == "done", status
+        np.testing.assert_allclose(frames[-1]["positions"], ref.positions, rtol=0, atol=1e-8)
+        np.testing.assert_allclose(frames[-1]["cell"], ref.cell.array, rtol=0, atol=1e-8)
+    assert not np.allclose(npt.cell.array, start.cell.array)        # the barostat did move the cell
+    assert status["converged"] is True
+    manager.shutdown()
