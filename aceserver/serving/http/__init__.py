@@ -4,6 +4,7 @@
 uvicorn server that `aceserver serve` runs.
 
     schema        request and response models: validation, OpenAPI document and API reference
+    job_schema    the jobs API's requests (a job spec + model + structures) and job statuses
     codec         JSON and msgpack bodies (extxyz: extended XYZ requests)
     compute       a validated request -> `model.evaluate` -> results (reads the `Evaluation`)
     error_replies `APIError` and the handlers that turn every failure into an `ErrorBody`
