@@ -18,7 +18,7 @@ from typing import Any, AsyncIterator, Callable, Literal
 
 import numpy as np
 from ase import Atoms
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from aceserver.jobs import JobInputError, JobManager, JobQueueFull, JobTooLarge
@@ -39,6 +39,7 @@ HEARTBEAT_S = 15.0              # an SSE comment this often while a job makes no
 JOB_BODY = {"oneOf": [{"$ref": "#/components/schemas/RelaxJobRequest"},
                       {"$ref": "#/components/schemas/MDJobRequest"}],
             "discriminator": {"propertyName": "kind"}}
+JobId = Path(..., pattern="^[0-9a-f]{16}$", description="A job's id (16 hex digits), as POST /v1/jobs gave it.")
 MEDIA = {"ndjson": "application/x-ndjson", "sse": "text/event-stream", "msgpack": codec.MSGPACK,
          "extxyz": "chemical/x-extxyz", "traj": "application/octet-stream"}
 
@@ -124,13 +125,13 @@ async def _status(jobs: JobManager, job_id: str) -> dict[str, Any]:
 
 @router.get("/{job_id}", response_model=JobStatus, summary="A job's state, progress and timings",
             responses=error_responses(404))
-async def get_job(job_id: str, jobs: JobManager = Depends(manager)) -> dict:
+async def get_job(job_id: str = JobId, jobs: JobManager = Depends(manager)) -> dict:
     return await _status(jobs, job_id)
 
 
 @router.delete("/{job_id}", response_model=JobStatus, responses=error_responses(404),
                summary="Cancel a job: a queued one at once, a running one after its current step")
-async def cancel_job(job_id: str, jobs: JobManager = Depends(manager)) -> dict:
+async def cancel_job(job_id: str = JobId, jobs: JobManager = Depends(manager)) -> dict:
     status = await asyncio.to_thread(jobs.cancel, job_id)
     if status is None:
         raise not_found(job_id)
@@ -198,7 +199,7 @@ def _whole_file(jobs: JobManager, job_id: str, fmt: str, start: int) -> bytes:
     "once it has finished (extxyz, traj)", description=FRAME_DOC,
     responses={200: {"content": {v: {} for v in MEDIA.values()}, "description": FRAME_DOC},
                **error_responses(404, 409)})
-async def get_frames(job_id: str, jobs: JobManager = Depends(manager),
+async def get_frames(job_id: str = JobId, jobs: JobManager = Depends(manager),
                      format: Literal["ndjson", "sse", "msgpack", "extxyz", "traj"] = Query(
                          "ndjson", description="ndjson, sse, msgpack: streamed as made; extxyz, traj: the whole "
                          "trajectory, once the job has finished."),
