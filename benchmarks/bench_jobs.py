@@ -9,7 +9,8 @@ Starts `aceserver serve Si-tiny --jobs-dir TMP --max-jobs 2` on a free loopback 
      done, as the client sees it; write_every 10), in-process ASE VelocityVerlet on an
      ACECalculator (the baseline), and the client-driven loop (ASE VelocityVerlet on
      aceclient.ACEServerCalculator, one HTTP request per step); medians over the rounds;
-  3. 100 jobs of 8 atoms (200 steps each) submitted at once against the same jobs one after another.
+  3. 100 jobs of 8 atoms (200 steps each) submitted at once against the same jobs one after another;
+  4. calculate latency (64 atoms) with two MD jobs running against an idle server.
 """
 from __future__ import annotations
 
@@ -141,6 +142,28 @@ def main() -> None:
             conc = time.perf_counter() - t0
             print(f"3. 100 jobs of 8 atoms x 200 steps: one after another {seq:.2f} s, submitted at once "
                   f"{conc:.2f} s ({seq / conc:.2f}x faster; --max-jobs 2)")
+            # 4. calculate latency while two long jobs run (--max-jobs 2) against an idle server
+            calc = {"structure": structure(cell)}
+
+            def latencies(n=100):
+                out = []
+                with httpx.Client(timeout=60) as c:
+                    for _ in range(n):
+                        t0 = time.perf_counter()
+                        assert c.post(f"{url}/v1/models/Si-tiny/calculate", json=calc).status_code == 200
+                        out.append(time.perf_counter() - t0)
+                return out
+            idle = latencies()
+            ids = [httpx.post(f"{url}/v1/jobs", json={"structure": structure(cell), "kind": "md", "write_every": 100,
+                                                     "parameters": {"steps": 1_000_000, "seed": k}}).json()["ids"][0]
+                   for k in range(2)]
+            time.sleep(1.0)
+            busy = latencies()
+            for j in ids:
+                httpx.delete(f"{url}/v1/jobs/{j}")
+            print(f"4. calculate (64 atoms, JSON) latency: idle median {1e3 * statistics.median(idle):.2f} ms "
+                  f"(p90 {1e3 * np.percentile(idle, 90):.2f}); with 2 MD jobs running median "
+                  f"{1e3 * statistics.median(busy):.2f} ms (p90 {1e3 * np.percentile(busy, 90):.2f})")
         finally:
             proc.terminate()
             proc.wait(30)
