@@ -111,6 +111,9 @@ def test_frames_equal_in_process_ase_and_every_format_agrees(server):
     assert [e.splitlines()[0] for e in events] == ["event: frame", "event: frame", "event: end"]
     assert json.loads(events[0].splitlines()[2][len("data: "):])["step"] == 80
     assert json.loads(events[-1].splitlines()[1][len("data: "):])["state"] == "done"
+    # an EventSource reconnecting sends the last id it saw: the stream goes on after it
+    again = httpx.get(f"{server.url}/v1/jobs/{job}/frames?format=sse", headers={"Last-Event-ID": "3"}, timeout=60)
+    assert [e for e in again.text.split("\n\n") if e.strip()][:2] == events[:2]
     # whole files, read back with ASE
     r = httpx.get(f"{server.url}/v1/jobs/{job}/frames?format=extxyz", timeout=60)
     images = read(io.StringIO(r.text), index=":", format="extxyz")

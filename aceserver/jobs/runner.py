@@ -101,6 +101,8 @@ def run(model: SitePotential, atoms: Atoms, spec: RelaxJob | MDJob, sink: Sink,
         loop, last, dt_fs = dyn.irun(fmax=p.fmax, steps=p.max_steps), p.max_steps, None
     written, step, converged = 0, 0, False
     checks = spec.halt.active()
+    # γ only for the steps that check it, unless every frame records it (it does not change the forces)
+    gamma_every = spec.check_every if spec.halt.max_gamma is not None and "gamma" not in spec.record else None
     for converged in loop:
         step = dyn.nsteps
         final = step >= last or (converged and not md)
@@ -117,6 +119,8 @@ def run(model: SitePotential, atoms: Atoms, spec: RelaxJob | MDJob, sink: Sink,
             sink.frame(frame)
             written += 1
         sink.step(step)
+        if gamma_every is not None:          # for the evaluation of the next step, made inside irun
+            calc.gamma = (step + 1) % gamma_every == 0
         if halt is not None:
             unit = UNITS[halt["condition"]]
             reason = (f"{halt['condition']}: {halt['value']:.6g}{unit} > {halt['threshold']:.6g}{unit} "

@@ -160,11 +160,12 @@ async def stream_frames(jobs: JobManager, job_id: str, start: int, encode: Calla
             job = await asyncio.to_thread(jobs.store.get, job_id)   # the state first: frames come before the end
             if job is None:
                 return
-            blobs = await asyncio.to_thread(lambda: list(jobs.store.frames(job_id, index, index + 64)))
-            for blob in blobs:
-                yield encode(blob)
-            index += len(blobs)
-            if blobs:
+            # read and encode off the event loop (a frame of many atoms takes milliseconds to encode)
+            chunks = await asyncio.to_thread(lambda: [encode(b) for b in jobs.store.frames(job_id, index, index + 64)])
+            for chunk in chunks:
+                yield chunk
+            index += len(chunks)
+            if chunks:
                 continue
             if job["state"] in FINISHED:
                 if sse:
@@ -199,11 +200,12 @@ def _whole_file(jobs: JobManager, job_id: str, fmt: str, start: int) -> bytes:
     "once it has finished (extxyz, traj)", description=FRAME_DOC,
     responses={200: {"content": {v: {} for v in MEDIA.values()}, "description": FRAME_DOC},
                **error_responses(404, 409)})
-async def get_frames(job_id: str = JobId, jobs: JobManager = Depends(manager),
+async def get_frames(request: Request, job_id: str = JobId, jobs: JobManager = Depends(manager),
                      format: Literal["ndjson", "sse", "msgpack", "extxyz", "traj"] = Query(
                          "ndjson", description="ndjson, sse, msgpack: streamed as made; extxyz, traj: the whole "
                          "trajectory, once the job has finished."),
-                     start: int = Query(0, ge=0, description="First frame index to send.")) -> Response:
+                     start: int = Query(0, ge=0, description="First frame index to send (SSE: also after the "
+                                        "`Last-Event-ID` header's frame).")) -> Response:
     job = await _status(jobs, job_id)
     if format in ("extxyz", "traj"):
         if job["state"] not in FINISHED:
@@ -213,6 +215,9 @@ async def get_frames(job_id: str = JobId, jobs: JobManager = Depends(manager),
         ext = "xyz" if format == "extxyz" else "traj"
         return Response(data, media_type=MEDIA[format],
                         headers={"Content-Disposition": f'attachment; filename="{job_id}.{ext}"'})
+    last_event = request.headers.get("last-event-id", "")
+    if format == "sse" and last_event.isdigit():        # an EventSource reconnecting: go on after that frame
+        start = max(start, int(last_event) + 1)
     encode = {"ndjson": _ndjson, "sse": _sse, "msgpack": bytes}[format]
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     return StreamingResponse(stream_frames(jobs, job_id, start, encode, format == "sse"), media_type=MEDIA[format],
