@@ -9,6 +9,7 @@ shows the server's own error message. A screenshot is kept outside the repositor
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -122,5 +123,35 @@ def test_web_page_in_headless_chromium():
             assert not driver.find_element(By.ID, "calc-result").is_displayed()
             # the only console entry now is the browser's note of the 422 response itself
             assert all("422" in m for m in _console_errors(driver))
+        finally:
+            driver.quit()
+
+
+def test_jobs_list_and_live_energy_plot(tmp_path):
+    """A running MD job is listed; clicking it plots its energies from the frame stream as they come
+    (the plotted last energy is a frame's energy per atom as the API gives it)."""
+    from ase.build import bulk
+    from selenium.webdriver.common.by import By
+
+    atoms = bulk("Si", "diamond", a=5.43, cubic=True).repeat(2)
+    body = {"kind": "md", "write_every": 20, "parameters": {"steps": 200_000, "seed": 1},
+            "structure": {"numbers": atoms.numbers.tolist(), "positions": atoms.positions.tolist(),
+                          "cell": atoms.cell.array.tolist(), "pbc": True}}
+    with Server([MODEL, "--jobs-dir", str(tmp_path / "jobs")]) as server:
+        job = httpx.post(f"{server.url}/v1/jobs", json=body, timeout=30).json()["ids"][0]
+        driver = _driver()
+        try:
+            driver.get(server.url + "/")
+            link = _wait(lambda: driver.find_elements(By.CSS_SELECTOR, f'tr[data-job="{job}"] a'), what="the job row")
+            link[0].click()
+            _wait(lambda: int(driver.find_element(By.ID, "job-plot").get_attribute("data-frames") or 0) >= 3,
+                  what="three frames plotted")
+            assert len(driver.find_elements(By.CSS_SELECTOR, "#job-plot polyline")) == 2   # E_pot and E_tot
+            shown = float(driver.find_element(By.ID, "job-plot").get_attribute("data-last-energy"))
+            httpx.delete(f"{server.url}/v1/jobs/{job}", timeout=30)
+            lines = httpx.get(f"{server.url}/v1/jobs/{job}/frames", timeout=60).text.splitlines()
+            energies = {json.loads(x)["energy"] / len(atoms) for x in lines}
+            assert shown in energies
+            assert _console_errors(driver) == []
         finally:
             driver.quit()

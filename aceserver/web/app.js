@@ -1,4 +1,5 @@
-// aceserver web page: served models, live metrics (hand-drawn SVG), and a calculate form.
+// aceserver web page: served models, live metrics (hand-drawn SVG), jobs with a live energy plot, and a
+// calculate form.
 // Talks only to this server; no external scripts, fonts or styles.
 "use strict";
 
@@ -211,6 +212,99 @@ async function poll() {
   }
 }
 
+// ---- jobs --------------------------------------------------------------------------------------
+let watching = null;                      // {id, controller} of the job whose energies are plotted
+
+async function pollJobs() {
+  try {
+    const r = await fetch("/v1/jobs?limit=20", { headers: headers() });
+    const body = await r.json();
+    if (!r.ok || !body.enabled) {
+      $("jobs-note").textContent = r.ok ? "This server runs no jobs (start it with --jobs-dir DIR)." : `${body.kind}: ${body.message}`;
+      $("jobs-table").hidden = true;
+      return;
+    }
+    $("jobs-note").textContent = body.jobs.length ? "Click a job to plot its energies." : "No jobs yet (POST /v1/jobs).";
+    $("jobs-table").hidden = !body.jobs.length;
+    $("jobs-table").tBodies[0].replaceChildren(...body.jobs.map((j) => {
+      const link = el("a", { href: "#" }, j.id);
+      link.addEventListener("click", (e) => { e.preventDefault(); watchJob(j.id); });
+      return el("tr", { "data-job": j.id }, el("td", {}, link), el("td", {}, j.kind), el("td", {}, j.model),
+        el("td", { class: `state ${j.state}` }, j.state + (j.reason ? ` (${j.reason})` : "")),
+        el("td", {}, `${j.step} / ${j.steps}`), el("td", {}, j.frames),
+        el("td", {}, j.seconds_per_step ? fmt(1e3 * j.seconds_per_step, 3) : "–"));
+    }));
+  } catch (e) { /* the metrics poll reports an unreachable server */ }
+}
+
+function drawSeries(svg, xs, series, unit) {
+  // lines against xs, each axis scaled to the data (energies are negative and vary little)
+  const w = svg.clientWidth || 600, h = svg.clientHeight || 220, left = 80, bottom = 16, top = 8;
+  const all = series.flatMap((s) => s.values.filter((v) => v !== null && Number.isFinite(v)));
+  if (!all.length || !xs.length) return;
+  let lo = Math.min(...all), hi = Math.max(...all);
+  if (hi - lo < 1e-9) { lo -= 1e-6; hi += 1e-6; }
+  const x0 = xs[0], x1 = Math.max(xs[xs.length - 1], x0 + 1);
+  const x = (v) => left + (w - left - 4) * (v - x0) / (x1 - x0);
+  const y = (v) => top + (h - top - bottom) * (1 - (v - lo) / (hi - lo));
+  const ns = "http://www.w3.org/2000/svg";
+  const node = (tag, attrs, text) => {
+    const e = document.createElementNS(ns, tag);
+    for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, v);
+    if (text !== undefined) e.textContent = text;
+    return e;
+  };
+  const parts = [node("text", { x: 2, y: y(hi) + 8 }, `${hi.toFixed(5)} ${unit}`),
+                 node("text", { x: 2, y: y(lo) }, `${lo.toFixed(5)} ${unit}`),
+                 node("text", { x: left, y: h - 3 }, `step ${x0}`),
+                 node("text", { x: w - 80, y: h - 3 }, `step ${xs[xs.length - 1]}`)];
+  for (const s of series) {
+    const pts = s.values.map((v, i) => (v === null ? null : `${x(xs[i]).toFixed(1)},${y(v).toFixed(1)}`)).filter(Boolean);
+    if (pts.length) parts.push(node("polyline", { points: pts.join(" "), fill: "none", stroke: s.color, "stroke-width": 1.5 }));
+  }
+  svg.replaceChildren(...parts);
+}
+
+async function watchJob(id) {
+  // the job's NDJSON frame stream (fetch, so that the token header goes with it), plotted as it comes
+  if (watching) watching.controller.abort();
+  const controller = new AbortController();
+  watching = { id, controller };
+  const steps = [], epot = [], etot = [];
+  const svg = $("job-plot");
+  svg.dataset.frames = "0";
+  svg.replaceChildren();
+  $("job-plot-title").textContent = `job ${id}`;
+  $("job-plot-figure").hidden = false;
+  try {
+    const r = await fetch(`/v1/jobs/${encodeURIComponent(id)}/frames?format=ndjson`, { headers: headers(), signal: controller.signal });
+    if (!r.ok) throw new Error(`HTTP ${r.status}`);
+    const reader = r.body.getReader();
+    const decoder = new TextDecoder();
+    let buffer = "";
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      buffer += decoder.decode(value, { stream: true });
+      let nl;
+      while ((nl = buffer.indexOf("\n")) >= 0) {
+        const f = JSON.parse(buffer.slice(0, nl));
+        buffer = buffer.slice(nl + 1);
+        const n = f.numbers.length;
+        steps.push(f.step);
+        epot.push(f.energy / n);
+        etot.push(f.kinetic_energy === null ? null : (f.energy + f.kinetic_energy) / n);
+      }
+      drawSeries(svg, steps, [{ values: epot, color: "#2462a8" }, { values: etot, color: "#b3261e" }], "eV/atom");
+      svg.dataset.frames = String(steps.length);
+      svg.dataset.lastEnergy = String(epot[epot.length - 1]);
+    }
+    $("job-plot-title").textContent = `job ${id}: ${steps.length} frames (the job has ended)`;
+  } catch (e) {
+    if (e.name !== "AbortError") $("job-plot-title").textContent = `job ${id}: ${e.message}`;
+  }
+}
+
 // ---- calculate ---------------------------------------------------------------------------------
 async function calculate(event) {
   event.preventDefault();
@@ -249,3 +343,5 @@ $("calc-form").addEventListener("submit", calculate);
 loadModels();
 poll();
 setInterval(poll, POLL_MS);
+pollJobs();
+setInterval(pollJobs, POLL_MS);

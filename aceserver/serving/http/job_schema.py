@@ -122,6 +122,7 @@ class JobSubmitted(BaseModel):
 
 class JobList(BaseModel):
     jobs: list[JobStatus] = Field(..., description="Newest first.")
+    enabled: bool = Field(..., description="Whether this server runs jobs (started with --jobs-dir).")
 
 
 FRAME_DOC = (

@@ -108,12 +108,16 @@ async def submit(request: Request,
     return JSONResponse({"ids": ids, "jobs": statuses}, status_code=202, headers={"Location": f"/v1/jobs/{ids[0]}"})
 
 
-@router.get("", response_model=JobList, summary="Jobs, newest first")
-async def list_jobs(jobs: JobManager = Depends(manager),
+@router.get("", response_model=JobList, summary="Jobs, newest first (an empty list with `enabled: false` on a "
+            "server without --jobs-dir)")
+async def list_jobs(request: Request,
                     state: Literal["queued", "running", "done", "halted", "failed", "cancelled",
                                    "interrupted"] | None = Query(None, description="Only jobs in this state."),
                     limit: int = Query(100, ge=1, le=1000), offset: int = Query(0, ge=0)) -> dict:
-    return {"jobs": await asyncio.to_thread(jobs.list, state, limit, offset)}
+    jobs = getattr(request.app.state, "jobs", None)
+    if jobs is None:
+        return {"jobs": [], "enabled": False}
+    return {"jobs": await asyncio.to_thread(jobs.list, state, limit, offset), "enabled": True}
 
 
 async def _status(jobs: JobManager, job_id: str) -> dict[str, Any]:
