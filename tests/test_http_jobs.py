@@ -351,3 +351,27 @@ def test_command_line_submit_watch_fetch_list_cancel(server, tmp_path):
     assert {wait(server.url, j)["state"] for j in md_id} == {"cancelled"}
     bad = cli("submit", str(path), "--kind", "md", "--param", "steps=0")
     assert bad.returncode == 1 and "parameters.steps" in bad.stderr
+
+
+def test_sigterm_stops_running_jobs_as_interrupted(tmp_path):
+    """A drained shutdown (SIGTERM) stops a running job after its current step and a queued one
+    before it starts, both `interrupted`, every frame kept; the server exits cleanly."""
+    import signal
+
+    jobs_dir = tmp_path / "jobs"
+    args = server_args(jobs_dir)
+    args[args.index("--max-jobs") + 1] = "1"
+    with Server(args) as s:
+        running = submit(s.url, kind="md", parameters={"steps": 200_000}, write_every=50)
+        queued = submit(s.url, kind="md", parameters={"steps": 10})
+        deadline = time.monotonic() + 120
+        while httpx.get(f"{s.url}/v1/jobs/{running}").json()["frames"] < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        s.proc.send_signal(signal.SIGTERM)
+        assert s.proc.wait(60) == 0
+    with Server(args) as s:
+        first, second = (httpx.get(f"{s.url}/v1/jobs/{j}").json() for j in (running, queued))
+        assert first["state"] == second["state"] == "interrupted"
+        assert "server stopped" in first["reason"] and first["step"] < 200_000
+        assert len(ndjson(s.url, running)) == first["frames"] >= 2
+        assert ndjson(s.url, running)[-1]["step"] == first["step"]
