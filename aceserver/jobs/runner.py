@@ -8,7 +8,7 @@ halted, cancelled or the last of the run) are always written.
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
@@ -48,8 +48,7 @@ class Outcome:
     reason: str | None = None           # why it halted
     halt: dict | None = None            # {condition, value, threshold, step}
     converged: bool | None = None       # relaxations: fmax reached
-    frames: int = 0
-    extra: dict = field(default_factory=dict)
+    frames: int = 0                     # frames written
 
 
 def initial_velocities(atoms: Atoms, p: MDParameters) -> None:

@@ -156,7 +156,12 @@ async def stream_frames(jobs: JobManager, job_id: str, start: int, encode: Calla
     """The job's frames from `start`, each as soon as it is stored; ends once the job has finished."""
     loop = asyncio.get_running_loop()
     new = asyncio.Event()
-    unsubscribe = jobs.subscribe(job_id, lambda: loop.call_soon_threadsafe(new.set))
+    def wake() -> None:                   # from a job thread
+        try:
+            loop.call_soon_threadsafe(new.set)
+        except RuntimeError:              # the event loop has closed: the server is stopping
+            pass
+    unsubscribe = jobs.subscribe(job_id, wake)
     index = start
     try:
         while True:
