@@ -204,3 +204,107 @@ def test_isolated_atom_has_a_zero_row(cu):
     """An atom without neighbours has ρ = 0 and every product 0: a row of zeros, γ = 0."""
     D = cu.descriptors([29, 29], [[0, 0, 0], [20.0, 0, 0]])
     assert np.all(D == 0.0)
+
+
+# ---- pacemaker itself (pyace, the [pyace] test extra) ----------------------------------------
+def pyace_basis(tmp_path, nradmax_by_orders, lmax_by_orders):
+    """A random Cu B-basis potential (pacemaker's .yaml form) and its C-tilde .yace, written by
+    pyace; returns (ACEBBasisSet, PACEPotential of the .yace)."""
+    pyace = pytest.importorskip("pyace")
+    cfg = {"deltaSplineBins": 0.001, "elements": ["Cu"],
+           "embeddings": {"ALL": {"npot": "FinnisSinclairShiftedScaled", "ndensity": 2,
+                                  "fs_parameters": [1, 1, 1, 0.5],
+                                  "rho_core_cut": 200000, "drho_core_cut": 250}},
+           "bonds": {"ALL": {"radbase": "ChebExpCos", "radparameters": [5.25], "rcut": 5.0,
+                             "dcut": 0.01, "NameOfCutoffFunction": "cos",
+                             "core-repulsion": [0.0, 5.0]}},
+           "functions": {"ALL": {"nradmax_by_orders": nradmax_by_orders,
+                                 "lmax_by_orders": lmax_by_orders}}}
+    np.random.seed(0)             # pyace draws the random coefficients from numpy's global state
+    bconf = pyace.create_multispecies_basis_config(cfg, func_coefs_initializer="random")
+    bb = pyace.ACEBBasisSet(bconf)
+    bb.to_ACECTildeBasisSet().save_yaml(str(tmp_path / "b.yace"))
+    return bb, load_yace(tmp_path / "b.yace")
+
+
+def pyace_calculator(bb, tmp_path, inverse=None):
+    """pyace's B-basis evaluator with an active set: `inverse` (A⁻¹), or the identity of pacemaker's
+    full size (n_functions·ndensity) only to make it compute the full projections dE_dc."""
+    pyace = pytest.importorskip("pyace")
+    n = (len(bb.basis_rank1[0]) + len(bb.basis[0])) * bb.map_embedding_specifications[0].ndensity
+    path = tmp_path / "active.asi.npz"
+    np.savez(path, Cu=np.eye(n) if inverse is None else inverse)
+    ev = pyace.ACEBEvaluator(bb)
+    ev.load_active_set(str(path))
+    return pyace.ACECalculator(ev), ev     # the calculator does not own its evaluator: keep both
+
+
+def pyace_rows(calc_ev, at, rcut):
+    from pyace.atomicenvironment import aseatoms_to_atomicenvironment
+    calc = calc_ev[0]
+    calc.compute(aseatoms_to_atomicenvironment(at, cutoff=rcut), compute_projections=True)
+    return np.array(calc.dE_dc), np.array(calc.gamma_grade)
+
+
+def cu_cells(seed, n, amp):
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        at = bulk("Cu", "fcc", a=3.5 + 0.1 * rng.random(), cubic=True).repeat(2)
+        at.positions += amp * rng.standard_normal(at.positions.shape)
+        out.append(at)
+    return out
+
+
+def test_columns_are_pacemakers_projections_times_coefficients(tmp_path):
+    """pacemaker's full projections of B function k at density p are dE_dc[p·n_B + k] =
+    F_p'(ρ_p)·B_k. The .yace C-tilde function j holds c̃ = Σ_{k in j} c_{k,p} (generalised CG of
+    k), summed over the B functions k with j's (μ, n, l) (several couplings of the same
+    (μ, n, l), from rank 4 on), so our column p·n_j + j is Σ_{k in j} c_{k,p} dE_dc[p·n_B + k].
+    Rank 4 with l up to 1 has such merged functions; the test asserts one is there."""
+    bb, pot = pyace_basis(tmp_path, [6, 3, 2, 2], [0, 2, 2, 1])
+    funcs = list(bb.basis_rank1[0]) + list(bb.basis[0])
+    nb, P = len(funcs), 2
+    t = pot.spec.functions[0]
+    nc = len(t)
+    key = {}
+    for j in range(nc):
+        nu = int(t.rank[j])
+        key[(tuple(t.mus[j, :nu]), tuple(t.ns[j, :nu] + 1), tuple(t.ls[j, :nu]))] = j
+    owner = np.array([key[(tuple(f.mus), tuple(f.ns), tuple(f.ls))] for f in funcs])
+    assert nc < nb and np.all(np.diff(owner) >= 0)      # merged, and pacemaker's order kept
+    M = np.zeros((P * nb, P * nc))
+    for k, f in enumerate(funcs):
+        for p in range(P):
+            M[p * nb + k, p * nc + owner[k]] = f.coeffs[p]
+    calc = pyace_calculator(bb, tmp_path)
+    for at in cu_cells(1, 2, 0.15):
+        theirs = pyace_rows(calc, at, pot.rcut)[0] @ M
+        ours = pot.descriptors(*args(at))
+        # two evaluators of the same sums (same radial splines) in different orders
+        bound = 64 * EPS * np.abs(ours).sum(axis=1, keepdims=True)
+        assert (np.abs(ours - theirs) < bound).all()
+
+
+def test_gamma_equals_pyace_with_the_same_active_set(tmp_path):
+    """Rank ≤ 3: every C-tilde function is one B function, so our columns are pacemaker's full
+    projections scaled by the constants c_{k,p}, and γ (unchanged by constant column scaling)
+    must equal pyace's with the active set of the same training atoms (pacemaker's MaxVol)."""
+    from pyace.activelearning import maxvol as pyace_maxvol
+    bb, pot = pyace_basis(tmp_path, [4, 2, 1], [0, 2, 1])
+    train = cu_cells(0, 4, 0.1)
+    calc = pyace_calculator(bb, tmp_path)
+    theirs = np.vstack([pyace_rows(calc, at, pot.rcut)[0] for at in train])
+    ours = np.vstack([pot.descriptors(*args(at)) for at in train])
+    rows, _ = pyace_maxvol(theirs.copy(), tol=1.001, max_iters=300)
+    calc = pyace_calculator(bb, tmp_path, inverse=np.linalg.inv(theirs[rows]))
+    A = ours[rows]
+    pot.attach_active_set({"Cu": np.linalg.inv(A)})
+    # γ = max|b A⁻¹| moves by ~κ·δ for relative rounding δ of the rows (64·ε, as above) with κ
+    # the condition number of A with equilibrated columns (rounding is relative per column)
+    kappa = np.linalg.cond(A / np.abs(A).max(axis=0))
+    for at in cu_cells(5, 3, 0.25):
+        g_theirs = pyace_rows(calc, at, pot.rcut)[1]
+        g_ours = pot.evaluate(*args(at), gamma=True).gamma
+        np.testing.assert_allclose(g_ours, g_theirs, rtol=64 * EPS * kappa, atol=0)
+        assert g_theirs.max() > 5      # the test cells extrapolate: large γ are compared too
