@@ -308,3 +308,33 @@ def test_gamma_equals_pyace_with_the_same_active_set(tmp_path):
         g_ours = pot.evaluate(*args(at), gamma=True).gamma
         np.testing.assert_allclose(g_ours, g_theirs, rtol=64 * EPS * kappa, atol=0)
         assert g_theirs.max() > 5      # the test cells extrapolate: large γ are compared too
+
+
+def test_core_cutoff_is_not_applied_as_in_pacemaker(tmp_path):
+    """Inside the core-repulsion cut-off (ρ_core ≥ rho_core_cut, where f_cut = 0 and the site
+    energy is the core repulsion alone, independent of every c̃) the projections are still
+    w_p F_p'(ρ_p)·g: pacemaker's dE_dc leaves f_cut out too, so γ keeps flagging such atoms."""
+    pyace = pytest.importorskip("pyace")
+    cfg = {"deltaSplineBins": 0.001, "elements": ["Cu"],
+           "embeddings": {"ALL": {"npot": "FinnisSinclairShiftedScaled", "ndensity": 2,
+                                  "fs_parameters": [1, 1, 1, 0.5],
+                                  "rho_core_cut": 2.0, "drho_core_cut": 1.5}},
+           "bonds": {"ALL": {"radbase": "ChebExpCos", "radparameters": [5.25], "rcut": 5.0,
+                             "dcut": 0.01, "NameOfCutoffFunction": "cos",
+                             "core-repulsion": [50.0, 1.0], "inner_cutoff_type": "density"}},
+           "functions": {"ALL": {"nradmax_by_orders": [4, 2, 1], "lmax_by_orders": [0, 2, 1]}}}
+    np.random.seed(0)
+    bb = pyace.ACEBBasisSet(pyace.create_multispecies_basis_config(
+        cfg, func_coefs_initializer="random"))
+    bb.to_ACECTildeBasisSet().save_yaml(str(tmp_path / "c.yace"))
+    pot = load_yace(tmp_path / "c.yace")
+    funcs = list(bb.basis_rank1[0]) + list(bb.basis[0])
+    scale = np.concatenate([[f.coeffs[p] for f in funcs] for p in range(2)])
+    calc = pyace_calculator(bb, tmp_path)
+    at = bulk("Cu", "fcc", a=2.6, cubic=True)        # nearest neighbours at 1.84 Å: ρ_core ≈ 10
+    e = [site_energies(scaled(pot.spec, 0, 0, 0, s), at) for s in (0.5, 2.0)]
+    assert np.array_equal(e[0], e[1])                # f_cut = 0: c̃ does not enter the energy
+    ours = pot.descriptors(*args(at))
+    theirs = pyace_rows(calc, at, pot.rcut)[0] * scale
+    assert np.abs(ours).max() > 0
+    assert (np.abs(ours - theirs) < 64 * EPS * np.abs(ours).sum(axis=1, keepdims=True)).all()
