@@ -8,15 +8,18 @@ For central atom i of species z, C-tilde function f and density p,
     projection_{f,p}(i) = w_p F_p'(ρ_p(i)) · g_{f,p}(i),   ρ_p = Σ_f g_{f,p},
 
 i.e. ∂/∂s of the embedding energy Σ_p w_p F_p(ρ_p) when all of f's c̃ at density p are scaled by
-s (at s = 1). Like pacemaker's own projections, the core-repulsion cut-off f_cut(ρ_core) or the
-ZBL switch that multiplies the embedding energy is not applied (∂E_i/∂s = f_cut · projection),
+s (at s = 1). As in pacemaker's own projections (dE_dc), the core-repulsion cut-off f_cut(ρ_core)
+or the ZBL switch that multiplies the embedding energy is left out (∂E_i/∂s = f_cut · projection),
 and the core repulsion / ZBL energy is not linear in any c̃, so it has no column. Columns are
-density-major: column p·n_fn[z] + f, f in the `.yace` order of species z's functions.
+density-major, as pacemaker's: column p·n_fn[z] + f, f in the `.yace` order of species z's
+functions.
 
-The kernel evaluates every product of every function through its own product DAG
-(`ProjectionTables`, built by `pacemaker.projections`): the energy DAG merges products that
-several functions share and drops exact cancellations, so it cannot split ρ_p by function.
-Radials, harmonics and A are the site pass's (`pace_features.table_features`, `atomic_base`).
+The energy's tables merge a product that several functions share, so they cannot split ρ_p by
+function; the kernel has its own product DAG over every function's products
+(`ProjectionTables`, built by `pacemaker.projections`). Like the site pass it keeps only the
+products with children as nodes: a term reads AA[term_par]·A[term_a], where AA[n_nodes] = 1 (a
+product of one A) and A[n_A] = 1 (a term on a node). Radials, harmonics and A are the site
+pass's (`pace_features.table_features`, `atomic_base`).
 """
 from __future__ import annotations
 
@@ -29,15 +32,40 @@ from .atomic_base import accumulate_a, forward_aa, site_scratch, sort_neighbours
 from .pace_features import embedding, table_features
 
 ProjectionTables = namedtuple("ProjectionTables", [
-    "parent", "node_a",    # product DAG over every (function, product) term (node k = AA[parent]·A[a])
+    "parent", "node_a",    # product DAG (node k = AA[parent[k]]·A[node_a[k]], parent -1: A alone)
     "node_lo", "node_hi",  # species z evaluates nodes node_lo[z]..node_hi[z]-1
-    "term_lo", "term_hi",  # species z's terms term_lo[z]..term_hi[z]-1
-    "term_node",           # (T,) the node whose AA value the term multiplies
-    "term_fn",             # (T,) the function (0-based within its species) the term belongs to
+    "fn_off",              # (nz,) species z's functions start at fn_ptr[fn_off[z]]
+    "fn_ptr",              # function f of species z owns terms fn_ptr[fn_off[z]+f]..fn_ptr[fn_off[z]+f+1]-1
+    "term_par",            # (T,) AA index of the term's product (n_nodes: the constant 1)
+    "term_a",              # (T,) flat A index of its last factor (n_A: the constant 1)
     "term_coef",           # (T, Pmax) coefficient per density (c̃ times the real-harmonic weight)
     "n_fn",                # (nz,) functions per species
     "n_dens",              # (nz,) densities per species
 ])
+
+
+@njit(cache=True, nogil=True)
+def _function_sums(AA, Af, PT, zi, g):
+    """g[f, p] = Σ over function f's terms of coef[t, p]·AA[par_t]·A[a_t] (species zi)."""
+    P = PT.n_dens[zi]
+    ptr = PT.fn_ptr[PT.fn_off[zi]: PT.fn_off[zi] + PT.n_fn[zi] + 1]
+    tp, ta, tc = PT.term_par, PT.term_a, PT.term_coef
+    for f in range(ptr.shape[0] - 1):
+        if P == 2:                         # most pacemaker files: both sums in registers
+            s0 = 0.0
+            s1 = 0.0
+            for t in range(ptr[f], ptr[f + 1]):
+                x = AA[tp[t]] * Af[ta[t]]
+                s0 += tc[t, 0] * x
+                s1 += tc[t, 1] * x
+            g[f, 0] = s0
+            g[f, 1] = s1
+        else:
+            for p in range(P):
+                s = 0.0
+                for t in range(ptr[f], ptr[f + 1]):
+                    s += tc[t, p] * AA[tp[t]] * Af[ta[t]]
+                g[f, p] = s
 
 
 @njit(cache=True, nogil=True)
@@ -51,12 +79,15 @@ def _rows(atoms, first, nbr, R, zat, T, PT, out):
     K, Q, C, S, zb, slot, zj, rhat, rr, rinv, rad, drad, Y, dY = site_scratch(
         first, 0, N, n_rad, T.lmax, nz)
     row = np.empty((2, n_rad))
-    A = np.empty((nz, n_rows, nlm))
-    Af = A.reshape(-1)
-    AA = np.empty(PT.parent.shape[0])
-    Pmax = PT.term_coef.shape[1]
-    g = np.empty((PT.n_fn.max(), Pmax))
-    dF = np.empty(Pmax)
+    nA = nz * n_rows * nlm
+    Af = np.empty(nA + 1)                  # flat A, then the constant 1
+    Af[nA] = 1.0
+    A = Af[:nA].reshape((nz, n_rows, nlm))
+    nN = PT.parent.shape[0]
+    AA = np.empty(nN + 1)                  # the nodes, then the constant 1
+    AA[nN] = 1.0
+    g = np.empty((max(1, PT.n_fn.max()), PT.term_coef.shape[1]))
+    dF = np.empty(PT.term_coef.shape[1])
     for r in range(atoms.shape[0]):
         i = atoms[r]
         zi = zat[i]
@@ -68,14 +99,8 @@ def _rows(atoms, first, nbr, R, zat, T, PT, out):
                        row)
         accumulate_a(zb, rad, Y, A, T.row_off, T.row_lmax, 1)
         forward_aa(Af, PT.parent, PT.node_a, AA, PT.node_lo[zi], PT.node_hi[zi])
+        _function_sums(AA, Af, PT, zi, g)
         nf, P = PT.n_fn[zi], PT.n_dens[zi]
-        g[:nf, :] = 0.0
-        tn, tf = PT.term_node, PT.term_fn
-        for t in range(PT.term_lo[zi], PT.term_hi[zi]):
-            v = AA[tn[t]]
-            f = tf[t]
-            for p in range(P):
-                g[f, p] += PT.term_coef[t, p] * v
         for p in range(P):
             rho = 0.0
             for f in range(nf):
