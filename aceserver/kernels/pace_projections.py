@@ -35,7 +35,7 @@ ProjectionTables = namedtuple("ProjectionTables", [
     "parent", "node_a",    # product DAG (node k = AA[parent[k]]·A[node_a[k]], parent -1: A alone)
     "node_lo", "node_hi",  # species z evaluates nodes node_lo[z]..node_hi[z]-1
     "fn_off",              # (nz,) species z's functions start at fn_ptr[fn_off[z]]
-    "fn_ptr",              # function f of species z owns terms fn_ptr[fn_off[z]+f]..fn_ptr[fn_off[z]+f+1]-1
+    "fn_ptr",              # species z's function f owns terms fn_ptr[o+f]..fn_ptr[o+f+1]-1, o = fn_off[z]
     "term_par",            # (T,) AA index of the term's product (n_nodes: the constant 1)
     "term_a",              # (T,) flat A index of its last factor (n_A: the constant 1)
     "term_coef",           # (T, Pmax) coefficient per density (c̃ times the real-harmonic weight)
