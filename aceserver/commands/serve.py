@@ -69,6 +69,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="most atoms × steps in one job (default 1e8; more: 413)")
     jobs.add_argument("--jobs-max-frame-atoms", type=int, default=2_000_000, metavar="N",
                       help="most atoms × frames kept for one job, ~88 bytes each (default 2e6, ~180 MB; more: 413)")
+    jobs.add_argument("--scheduler", metavar="ADDRESS",
+                      help="run the jobs on the workers of this dask.distributed scheduler (e.g. tcp://host:8786), "
+                           "which must see the model files at the same paths; --max-jobs then bounds the jobs in "
+                           "flight on the cluster")
     parser.add_argument("--warm-only", action="store_true",
                         help="load the models, compile/cache the kernels, and exit (e.g. while building an image)")
 
@@ -115,11 +119,15 @@ def run(args: argparse.Namespace) -> int:
                         body_timeout=args.body_timeout, keep_alive_timeout=args.keep_alive_timeout,
                         max_connections=args.max_connections, jobs_dir=args.jobs_dir, max_jobs=args.max_jobs,
                         jobs_ttl_hours=args.jobs_ttl, jobs_max_atom_steps=args.jobs_max_atom_steps,
-                        jobs_max_frame_atoms=args.jobs_max_frame_atoms)
+                        jobs_max_frame_atoms=args.jobs_max_frame_atoms, scheduler=args.scheduler)
     if args.host not in ("127.0.0.1", "localhost", "::1") and token is None:
         print(f"aceserver serve: warning: listening on {args.host} without --token-file: anyone who can reach "
               "this port can use the server", file=sys.stderr)
-    app = create_app(registry, settings)
+    try:
+        app = create_app(registry, settings)
+    except (OSError, ValueError) as ex:      # the jobs directory or the scheduler
+        print(f"aceserver serve: {ex}", file=sys.stderr)
+        return 2
     server = make_server(app, args.host, args.port, args.log_level, args.access_log)
     # uvicorn re-raises SIGTERM once it has drained; a drained shutdown is a clean exit (code 0), as
     # for PID 1 in a container, so the re-raised signal is ignored (uvicorn handles it while serving)

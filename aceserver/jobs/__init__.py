@@ -7,6 +7,7 @@ threads, kept durably, streamed back as frames, halted on conditions. Knows noth
     limits    checks before a job is queued: model, cell, work (atoms × steps), disk (atoms × frames)
     store     the SQLite store of jobs and frames (WAL): states, progress, expiry
     manager   `JobManager`: the job threads, submit, cancel, status, subscribers, shutdown
+    cluster   jobs on a dask.distributed cluster (`--scheduler`): frames back through a Queue, cancel by an Event
 
 Units: eV, Å, eV/Å, fs, K, GPa; stress eV/Å³ (ASE Voigt order xx yy zz yz xz xy).
 """

@@ -10,6 +10,7 @@ jobs after their current step (state `interrupted`) and marks the queued ones th
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import secrets
 import threading
@@ -21,11 +22,11 @@ from typing import Any, Callable
 
 from ase import Atoms
 
-from aceserver.errors import ACEInputError, TooManyPairsError
+from aceserver.errors import ACEInputError
 from aceserver.evaluation.site_potential import SitePotential
 
-from . import frames, runner
-from .limits import JobLimits, JobQueueFull, check
+from . import cluster, frames, runner
+from .limits import JobInputError, JobLimits, JobQueueFull, check
 from .spec import MDJob, RelaxJob
 from .store import FINISHED, JobStore
 
@@ -53,22 +54,22 @@ class _Sink:
     def step(self, step: int) -> None:
         self.live.step = step
 
-
-def error_document(ex: BaseException) -> dict[str, Any]:
-    """A failed job's error, in the shape of the API's error documents (kind, message, field)."""
-    if isinstance(ex, TooManyPairsError):
-        return {"kind": "too_large", "message": str(ex), "field": "structure"}
-    if isinstance(ex, ACEInputError):
-        field = f"structure.{ex.field}" if ex.field else "structure"
-        return {"kind": "invalid_input", "message": f"{field}: {ex}", "field": field}
-    return {"kind": "internal", "message": f"internal error ({type(ex).__name__}); see the server log",
-            "field": None}
+    def blob(self, blob: bytes) -> None:
+        """A frame already encoded (from a cluster worker)."""
+        frame = frames.decode(blob)
+        self.manager.store.add_frame(self.job_id, frame["index"], frame["step"], blob)
+        self.live.step = frame["step"]
+        self.manager._notify(self.live)
 
 
 class JobManager:
+    """Jobs in `directory`; at most `max_jobs` run at once, here, or with a dask.distributed `client`
+    on its cluster (`cluster.py`; then max_jobs bounds the jobs in flight on the cluster)."""
+
     def __init__(self, directory: str | Path, max_jobs: int = 1, ttl_hours: float = 168.0,
-                 limits: JobLimits | None = None):
+                 limits: JobLimits | None = None, client=None):
         self.store = JobStore(directory)
+        self.client, self.owns_client = client, False
         self.max_jobs, self.ttl_s, self.limits = max_jobs, ttl_hours * 3600.0, limits or JobLimits()
         self.interrupted_at_start = self.store.mark_interrupted()
         self.expired_at_start = self.store.expire(self.ttl_s)
@@ -78,14 +79,18 @@ class JobManager:
         self._closing = False
 
     # -- submit, run, cancel ------------------------------------------------------------------
-    def check(self, model: SitePotential, atoms: Atoms, spec: RelaxJob | MDJob, where: str = "structure") -> None:
+    def check(self, model: SitePotential, atoms: Atoms, spec: RelaxJob | MDJob, where: str = "structure",
+              source: str | None = None) -> None:
         """What `submit` checks first (`limits.check`): raises `JobInputError` / `JobTooLarge`."""
         check(model, atoms, spec, self.limits, where)
+        if self.client is not None and source is None:
+            raise JobInputError("model: this model has no file the cluster's workers could load", "model")
 
     def submit(self, model: SitePotential, model_name: str, sha256: str, atoms: Atoms, spec: RelaxJob | MDJob,
-               where: str = "structure") -> str:
-        """Queue a job; its id. Raises `JobInputError` / `JobTooLarge` (naming the field) or `JobQueueFull`."""
-        self.check(model, atoms, spec, where)
+               where: str = "structure", source: str | None = None) -> str:
+        """Queue a job; its id. Raises `JobInputError` / `JobTooLarge` (naming the field) or `JobQueueFull`.
+        source: the model's file (what cluster workers load; needed with a client)."""
+        self.check(model, atoms, spec, where, source)
         self.store.expire(self.ttl_s)
         with self._lock:
             if self._closing:
@@ -96,10 +101,11 @@ class JobManager:
             self.store.create(job_id, spec.kind, model_name, sha256, spec.model_dump(mode="json"), len(atoms),
                               spec.steps)
             live = self._live[job_id] = _Live()
-            live.future = self._pool.submit(self._run, job_id, model, atoms.copy(), spec, live)
+            live.future = self._pool.submit(self._run, job_id, model, atoms.copy(), spec, live, source)
         return job_id
 
-    def _run(self, job_id: str, model: SitePotential, atoms: Atoms, spec: RelaxJob | MDJob, live: _Live) -> None:
+    def _run(self, job_id: str, model: SitePotential, atoms: Atoms, spec: RelaxJob | MDJob, live: _Live,
+             source: str | None = None) -> None:
         try:
             if live.cancel.is_set():       # cancelled (or the server stopping) between queue and start
                 self.store.finish(job_id, "interrupted" if self._closing else "cancelled",
@@ -108,18 +114,27 @@ class JobManager:
             if not self.store.start(job_id):
                 return
             self._notify(live)
+            sink = _Sink(self, job_id, live)
             try:
-                out = runner.run(model, atoms, spec, _Sink(self, job_id, live), live.cancel)
+                if self.client is None:
+                    out = dataclasses.asdict(runner.run(model, atoms, spec, sink, live.cancel))
+                else:
+                    out = cluster.run(self.client, job_id, model, source, atoms, spec, live.cancel, sink.blob)
             except Exception as ex:
                 if not isinstance(ex, ACEInputError):
                     log.exception("job %s failed", job_id)
-                self.store.finish(job_id, "failed", live.step, error=error_document(ex))
+                self.store.finish(job_id, "failed", live.step, error=runner.error_document(ex))
                 return
-            if out.state == "cancelled" and self._closing:
-                self.store.finish(job_id, "interrupted", out.step, "the server stopped while the job was running",
-                                  converged=out.converged)
+            if out["state"] == "failed":                 # on a cluster worker
+                if out["error"]["kind"] == "internal":
+                    log.error("job %s failed on a worker: %s", job_id, out.get("detail"))
+                self.store.finish(job_id, "failed", live.step, error=out["error"])
+            elif out["state"] == "cancelled" and self._closing:
+                self.store.finish(job_id, "interrupted", out["step"], "the server stopped while the job was running",
+                                  converged=out["converged"])
             else:
-                self.store.finish(job_id, out.state, out.step, out.reason, out.halt, converged=out.converged)
+                self.store.finish(job_id, out["state"], out["step"], out["reason"], out["halt"],
+                                  converged=out["converged"])
         finally:
             with self._lock:
                 self._live.pop(job_id, None)
@@ -196,6 +211,8 @@ class JobManager:
             live.cancel.set()
         self._pool.shutdown(wait=wait, cancel_futures=True)
         self.store.mark_interrupted()
+        if self.client is not None and self.owns_client:
+            self.client.close()
         if wait:
             self.store.close()
 

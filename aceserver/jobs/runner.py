@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 from ase import Atoms, units
@@ -21,6 +21,7 @@ from ase.md.verlet import VelocityVerlet
 from ase.optimize import BFGS, FIRE, LBFGS
 
 from aceserver.calculator import ACECalculator
+from aceserver.errors import ACEInputError, TooManyPairsError
 from aceserver.evaluation.site_potential import SitePotential
 
 from . import frames
@@ -136,3 +137,14 @@ def needs_committee(spec: RelaxJob | MDJob) -> bool:
 
 def needs_gamma(spec: RelaxJob | MDJob) -> bool:
     return spec.halt.max_gamma is not None or "gamma" in spec.record
+
+
+def error_document(ex: BaseException) -> dict[str, Any]:
+    """A failed job's error, in the shape of the API's error documents (kind, message, field)."""
+    if isinstance(ex, TooManyPairsError):
+        return {"kind": "too_large", "message": str(ex), "field": "structure"}
+    if isinstance(ex, ACEInputError):
+        field = f"structure.{ex.field}" if ex.field else "structure"
+        return {"kind": "invalid_input", "message": f"{field}: {ex}", "field": field}
+    return {"kind": "internal", "message": f"internal error ({type(ex).__name__}); see the server log",
+            "field": None}

@@ -46,12 +46,14 @@ class JobStore:
     def __init__(self, directory: str | Path):
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.directory / "jobs.sqlite", check_same_thread=False, isolation_level=None)
         self._lock = threading.Lock()
-        with self._lock:
+        try:
+            self._db = sqlite3.connect(self.directory / "jobs.sqlite", check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(SCHEMA)
+        except sqlite3.Error as ex:       # not writable, not a database, ...
+            raise OSError(f"cannot use {self.directory / 'jobs.sqlite'} as the jobs database: {ex}") from None
 
     def close(self) -> None:
         with self._lock:

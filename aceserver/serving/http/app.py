@@ -23,6 +23,7 @@ from fastapi.staticfiles import StaticFiles
 
 import aceserver
 from aceserver.jobs import JobLimits, JobManager
+from aceserver.jobs import cluster as jobs_cluster
 
 from .counters import Metrics, MetricsMiddleware
 from .dependencies import require_token
@@ -53,9 +54,13 @@ def create_app(registry: ModelRegistry, settings: Settings | None = None) -> Fas
     app.state.registry, app.state.settings, app.state.metrics = registry, settings, Metrics()
     app.state.server_state, app.state.drain = State(), Drain()
     app.state.executor = ThreadPoolExecutor(max_workers=settings.workers or cpus, thread_name_prefix="ace-eval")
-    app.state.jobs = None if settings.jobs_dir is None else JobManager(
-        settings.jobs_dir, settings.max_jobs or max(1, cpus // 2), settings.jobs_ttl_hours,
-        JobLimits(settings.jobs_max_atom_steps, settings.jobs_max_frame_atoms, settings.jobs_max_queued))
+    app.state.jobs = None
+    if settings.jobs_dir is not None:
+        client = None if settings.scheduler is None else jobs_cluster.connect(settings.scheduler)
+        app.state.jobs = JobManager(
+            settings.jobs_dir, settings.max_jobs or max(1, cpus // 2), settings.jobs_ttl_hours,
+            JobLimits(settings.jobs_max_atom_steps, settings.jobs_max_frame_atoms, settings.jobs_max_queued), client)
+        app.state.jobs.owns_client = client is not None
     install_handlers(app, on_error=app.state.metrics.count_error)
     app.add_middleware(DrainMiddleware, drain=app.state.drain, on_error=app.state.metrics.count_error)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)   # outermost: it sees the drain's 503s

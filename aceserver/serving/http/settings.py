@@ -29,6 +29,7 @@ class Settings:
     jobs_max_atom_steps: int = 100_000_000   # atoms × steps of one job (413 above)
     jobs_max_frame_atoms: int = 2_000_000    # atoms × frames of one job, ~88 bytes each (413 above)
     jobs_max_queued: int = 1_000             # jobs waiting at once (503 `too_many_jobs` above)
+    scheduler: str | None = None             # run jobs on this dask.distributed scheduler (None: here)
 
 
 class State:

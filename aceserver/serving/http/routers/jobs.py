@@ -78,8 +78,8 @@ def submit_body(jobs: JobManager, registry: ModelRegistry, body: bytes, codec_in
     named = [(where, _atoms(s)) for where, s in request.named_structures()]
     try:
         for where, atoms in named:       # every structure is checked before any is queued
-            jobs.check(m.model, atoms, spec, where)
-        return [jobs.submit(m.model, m.name, m.sha256, atoms, spec, where) for where, atoms in named]
+            jobs.check(m.model, atoms, spec, where, m.path)
+        return [jobs.submit(m.model, m.name, m.sha256, atoms, spec, where, m.path) for where, atoms in named]
     except JobTooLarge as ex:
         raise APIError(413, "too_large", str(ex), ex.field) from None
     except JobInputError as ex:
