@@ -375,3 +375,23 @@ def test_sigterm_stops_running_jobs_as_interrupted(tmp_path):
         assert "server stopped" in first["reason"] and first["step"] < 200_000
         assert len(ndjson(s.url, running)) == first["frames"] >= 2
         assert ndjson(s.url, running)[-1]["step"] == first["step"]
+
+
+def test_jobs_need_the_token_when_the_server_has_one(tmp_path):
+    token = tmp_path / "token"
+    token.write_text("s3cret\n")
+    with Server([str(SI_TINY), "--jobs-dir", str(tmp_path / "jobs"), "--token-file", str(token)]) as s:
+        body = {"structure": structure(cell64()), "kind": "md", "parameters": {"steps": 5}}
+        for method, path in (("POST", "/v1/jobs"), ("GET", "/v1/jobs"), ("GET", "/v1/jobs/0123456789abcdef"),
+                             ("GET", "/v1/jobs/0123456789abcdef/frames"), ("DELETE", "/v1/jobs/0123456789abcdef")):
+            r = httpx.request(method, s.url + path, json=body if method == "POST" else None, timeout=30)
+            assert r.status_code == 401 and r.json()["kind"] == "unauthorized", (method, path)
+        auth = {"Authorization": "Bearer s3cret"}
+        r = httpx.post(f"{s.url}/v1/jobs", json=body, headers=auth, timeout=30)
+        assert r.status_code == 202
+        job = r.json()["ids"][0]
+        deadline = time.monotonic() + 120
+        while httpx.get(f"{s.url}/v1/jobs/{job}", headers=auth).json()["state"] != "done":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert len(httpx.get(f"{s.url}/v1/jobs/{job}/frames", headers=auth).text.splitlines()) == 6
