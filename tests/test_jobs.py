@@ -132,7 +132,9 @@ def test_halt_on_max_energy_std_at_first_check(si_tiny, tmp_path):
                                                           halt={"max_energy_std": threshold}))
     assert status["state"] == "halted"
     assert status["halt"]["condition"] == "max_energy_std" and status["halt"]["step"] == first == status["step"]
-    assert status["halt"]["value"] == pytest.approx(spread[first], rel=1e-9)
+    # numpy's std and the evaluator's spread of the same K energies (~1e4 eV) differ by rounding only
+    scale = np.abs(ref[first][1]["energy_committee"]).max()
+    assert status["halt"]["value"] == pytest.approx(spread[first], abs=64 * np.finfo(float).eps * scale)
     assert "max_energy_std" in status["reason"] and f"step {first}" in status["reason"]
     assert frames[-1]["step"] == first and frames[-1]["energy_std"] > threshold
     manager.shutdown()
@@ -173,7 +175,11 @@ def test_halt_on_max_gamma_at_first_check(small_with_active_set, tmp_path):
     for f in frames:
         D = model.descriptors(f["numbers"], f["positions"], f["cell"], f["pbc"])
         g = np.abs(D @ A_inv).max(axis=1)
-        np.testing.assert_allclose(f["gamma"], g, rtol=1e-6, atol=1e-9)
+        # the job's rows come from the site pass, these from `descriptors`; each product D A⁻¹ rounds
+        # by at most L·ε·max_k Σ_j |D_j||A⁻¹_jk| (A is ill-conditioned: cancellation), so twice that
+        # bounds the difference (4× for the summation order, as tests/test_descriptors.py)
+        bound = 2 * 4 * D.shape[1] * np.finfo(float).eps * (np.abs(D) @ np.abs(A_inv)).max(axis=1)
+        assert (np.abs(f["gamma"] - g) <= bound).all(), (np.abs(f["gamma"] - g) / bound).max()
         gamma.append(g.max())
     gamma = np.array(gamma)
     threshold = float((gamma[0] + gamma.max()) / 2)
@@ -182,7 +188,8 @@ def test_halt_on_max_gamma_at_first_check(small_with_active_set, tmp_path):
     status, halted = run(manager, model, atoms, md(steps, T=3000.0, write_every=100, check_every=check_every,
                                                   halt={"max_gamma": threshold}))
     assert status["state"] == "halted" and status["step"] == first
-    assert status["halt"] == {"condition": "max_gamma", "value": pytest.approx(gamma[first], rel=1e-9),
+    # the halted run evaluates the same positions as the recording run: the same γ, bit for bit
+    assert status["halt"] == {"condition": "max_gamma", "value": frames[first]["max_gamma"],
                               "threshold": threshold, "step": first}
     assert [f["step"] for f in halted] == [0, first]
     manager.shutdown()
