@@ -31,6 +31,7 @@ from .spec import MDJob, RelaxJob
 from .store import FINISHED, JobStore
 
 log = logging.getLogger("aceserver.jobs")
+COMMIT_INTERVAL_S = 0.05        # frames are committed (and streamed) at least this often while a job runs
 
 
 @dataclass
@@ -42,24 +43,38 @@ class _Live:
 
 
 class _Sink:
-    """runner.Sink for one job: frames into the store, then a word to the subscribers."""
+    """runner.Sink for one job: frames into the store, then a word to the subscribers. Frames are
+    committed together at most every COMMIT_INTERVAL_S (one SQLite commit costs ~0.2 ms, a 64-atom
+    MD step ~1.5 ms) and at the end; nothing is streamed or counted before its commit."""
 
     def __init__(self, manager: "JobManager", job_id: str, live: _Live):
         self.manager, self.job_id, self.live = manager, job_id, live
+        self.pending: list[tuple[int, int, bytes]] = []
+        self.last = time.monotonic()
 
     def frame(self, frame: dict) -> None:
-        self.manager.store.add_frame(self.job_id, frame["index"], frame["step"], frames.encode(frame))
-        self.manager._notify(self.live)
-
-    def step(self, step: int) -> None:
-        self.live.step = step
+        self._add(frame["index"], frame["step"], frames.encode(frame))
 
     def blob(self, blob: bytes) -> None:
         """A frame already encoded (from a cluster worker)."""
         frame = frames.decode(blob)
-        self.manager.store.add_frame(self.job_id, frame["index"], frame["step"], blob)
         self.live.step = frame["step"]
-        self.manager._notify(self.live)
+        self._add(frame["index"], frame["step"], blob)
+
+    def _add(self, index: int, step: int, blob: bytes) -> None:
+        self.pending.append((index, step, blob))
+        if time.monotonic() - self.last >= COMMIT_INTERVAL_S:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.pending:
+            self.manager.store.add_frames(self.job_id, self.pending)
+            self.pending = []
+            self.manager._notify(self.live)
+        self.last = time.monotonic()
+
+    def step(self, step: int) -> None:
+        self.live.step = step
 
 
 class JobManager:
@@ -116,10 +131,13 @@ class JobManager:
             self._notify(live)
             sink = _Sink(self, job_id, live)
             try:
-                if self.client is None:
-                    out = dataclasses.asdict(runner.run(model, atoms, spec, sink, live.cancel))
-                else:
-                    out = cluster.run(self.client, job_id, model, source, atoms, spec, live.cancel, sink.blob)
+                try:
+                    if self.client is None:
+                        out = dataclasses.asdict(runner.run(model, atoms, spec, sink, live.cancel))
+                    else:
+                        out = cluster.run(self.client, job_id, model, source, atoms, spec, live.cancel, sink.blob)
+                finally:
+                    sink.flush()                 # every frame made is stored before the final state
             except Exception as ex:
                 if not isinstance(ex, ACEInputError):
                     log.exception("job %s failed", job_id)

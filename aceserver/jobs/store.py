@@ -2,8 +2,8 @@
 
 Tables: `jobs` (one row per job: kind, model, state, reason, halt, error document, spec, progress,
 timings as Unix seconds) and `frames` (job, index, step, the frame as msgpack bytes, `frames.py`).
-A frame is committed before the job's frame count says it exists, so every frame a reader has
-seen survives the process being killed (SIGKILL); WAL with synchronous=NORMAL loses nothing on a
+A frame is committed before the job's frame count says it exists (and before any stream sends it),
+so every frame a reader has seen survives the process being killed (SIGKILL); WAL with synchronous=NORMAL loses nothing on a
 process crash (only an OS crash or power loss can lose the last transactions).
 
 States: queued, running, then one of done, halted, failed, cancelled, interrupted (the server
@@ -133,11 +133,17 @@ class JobStore:
     # -- frames -------------------------------------------------------------------------------
     def add_frame(self, job_id: str, index: int, step: int, blob: bytes) -> None:
         """Keep a frame and count it, in one transaction (committed on return)."""
+        self.add_frames(job_id, [(index, step, blob)])
+
+    def add_frames(self, job_id: str, rows: list[tuple[int, int, bytes]]) -> None:
+        """Keep frames (index, step, bytes; consecutive indices) and count them, in one transaction."""
+        if not rows:
+            return
         with self._lock:
             self._db.execute("BEGIN")
-            self._db.execute("INSERT INTO frames (job, idx, step, data) VALUES (?, ?, ?, ?)",
-                             (job_id, index, step, blob))
-            self._db.execute("UPDATE jobs SET frames = ?, step = ? WHERE id = ?", (index + 1, step, job_id))
+            self._db.executemany("INSERT INTO frames (job, idx, step, data) VALUES (?, ?, ?, ?)",
+                                 [(job_id, i, st, b) for i, st, b in rows])
+            self._db.execute("UPDATE jobs SET frames = ?, step = ? WHERE id = ?", (rows[-1][0] + 1, rows[-1][1], job_id))
             self._db.execute("COMMIT")
 
     def frames(self, job_id: str, start: int = 0, stop: int | None = None) -> Iterator[bytes]:
