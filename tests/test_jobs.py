@@ -11,7 +11,6 @@ steps with the same calculator, so positions agree to rounding of identical oper
 """
 from __future__ import annotations
 
-import threading
 import time
 from pathlib import Path
 

@@ -28,7 +28,7 @@ from aceserver.evaluation.site_potential import SitePotential
 from . import cluster, frames, runner
 from .limits import JobInputError, JobLimits, JobQueueFull, check
 from .spec import MDJob, RelaxJob
-from .store import FINISHED, JobStore
+from .store import JobStore
 
 log = logging.getLogger("aceserver.jobs")
 COMMIT_INTERVAL_S = 0.05        # frames are committed (and streamed) at least this often while a job runs

@@ -32,6 +32,7 @@ from .lifecycle import Drain, DrainMiddleware
 from .registry import ModelRegistry, without_paths
 from .routers import calculate, jobs, models, probes, web
 from .routers import metrics as metrics_routes
+from .job_schema import MDJobRequest, RelaxJobRequest
 from .schema import CalculateRequest
 from .settings import Settings, State
 
@@ -152,7 +153,7 @@ def openapi(app: FastAPI) -> dict[str, Any]:
         extra = CalculateRequest.model_json_schema(ref_template="#/components/schemas/{model}")
         components.update(extra.pop("$defs", {}))
         components["CalculateRequest"] = extra
-        for cls in (jobs.RelaxJobRequest, jobs.MDJobRequest):     # the jobs route reads its body itself too
+        for cls in (RelaxJobRequest, MDJobRequest):     # the jobs route reads its body itself too
             extra = cls.model_json_schema(ref_template="#/components/schemas/{model}")
             components.update(extra.pop("$defs", {}))
             components[cls.__name__] = extra

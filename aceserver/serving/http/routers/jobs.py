@@ -29,8 +29,7 @@ from .. import codec
 from .. import dependencies as deps
 from ..compute import check_document
 from ..error_replies import APIError, DecodeError, error_responses
-from ..job_schema import (FRAME_DOC, JobList, JobStatus, JobSubmitted, MDJobRequest, RelaxJobRequest, job_spec,
-                          not_found, validate_request)
+from ..job_schema import FRAME_DOC, JobList, JobStatus, JobSubmitted, job_spec, not_found, validate_request
 from ..registry import ModelRegistry
 from ..settings import Settings
 
