@@ -56,6 +56,9 @@ DATA = Path(__file__).parent / "data"
 K = 4
 EPS = np.finfo(float).eps
 ULPS2 = 2 * EPS
+# these rows' active set has cond(A) ≈ 2.5e9, so B A⁻¹ carries rounding errors of ~cond·ε ≈ 5e-7:
+# MaxVol's tolerance must lie above that or its swaps can cycle (fitting/active_set.py)
+MAXVOL_TOL = 1e-5
 PROPS = ["energy", "forces", "gamma", "max_gamma", "energies_std", "forces_std"]
 
 
@@ -75,7 +78,7 @@ def training_frames():
 def model():
     m = si_model()
     blocks = [m.descriptors(a.numbers, a.positions, a.cell.array, a.pbc) for a in training_frames()]
-    active = maxvol(blocks)
+    active = maxvol(blocks, tol=MAXVOL_TOL)
     m.attach_active_set({"Si": active.inverse}, m.sha256)
     return m
 
@@ -338,9 +341,10 @@ def test_gamma_report_statistics(model):
                        ("max", g.max())):
         assert si[key] == pytest.approx(value, rel=0, abs=tol), key
     # MaxVol over these very atoms: none extrapolates beyond 1 + its tolerance
-    assert si["max"] <= 1 + 1e-8 and si["above_5"] == 0.0
-    # the L active atoms have γ = 1 up to rounding: the fraction above 1 lies between these two counts
-    assert np.mean(g > 1 + 1e-9) <= si["above_1"] <= np.mean(g > 1 - 1e-9)
+    assert si["max"] <= 1 + MAXVOL_TOL and si["above_5"] == 0.0
+    # the L active atoms have γ = 1 up to rounding (~5e-7, see MAXVOL_TOL) and the rest at most
+    # 1 + MAXVOL_TOL: the fraction above 1 lies between these two counts
+    assert np.mean(g > 1 + MAXVOL_TOL) <= si["above_1"] <= np.mean(g > 1 - MAXVOL_TOL)
     worst = np.argsort([-x.max() for x in per_frame], kind="stable")[:3]
     assert [f["index"] for f in report["frames"]] == list(worst)
     assert report["frames"][0]["max_gamma"] == pytest.approx(per_frame[worst[0]].max(), rel=0, abs=tol)

@@ -28,6 +28,7 @@ from ase.data import chemical_symbols
 from aceserver.errors import ACEInputError, EvaluationCancelled, TooManyPairsError
 
 from .error_replies import APIError
+from .registry import without_paths
 from .schema import (COMMITTEE_PROPERTIES, DEFAULT_PROPERTIES, GAMMA_PROPERTIES, CalculateRequest, Property,
                      Structure)
 
@@ -39,7 +40,9 @@ class Abandoned(Exception):
 
 
 def properties_for(request: CalculateRequest, has_committee: bool, has_active_set: bool = False,
-                   name: str = "this model") -> set[Property]:
+                   name: str = "this model", problem: str | None = None) -> set[Property]:
+    """The properties to compute; 422 for those the model cannot give (no committee, no active set:
+    `problem` says why none is attached, where the model knows)."""
     if request.properties is None:
         props = set(DEFAULT_PROPERTIES)
         if has_committee:
@@ -51,7 +54,8 @@ def properties_for(request: CalculateRequest, has_committee: bool, has_active_se
         raise APIError(422, "invalid_input", f"properties: model {name!r} has no committee; {asked} "
                        "need one (`committee`, `forces_committee`, `energies_std`, `forces_std`)", "properties")
     if not has_active_set and props & GAMMA_PROPERTIES:
-        raise APIError(422, "no_active_set", f"properties: model {name!r} has no active set, so `gamma` and "
+        why = f" ({problem})" if problem else ""
+        raise APIError(422, "no_active_set", f"properties: model {name!r} has no active set{why}, so `gamma` and "
                        "`max_gamma` are not available; build one with `aceserver activeset MODEL DATA.xyz` "
                        "(training data of the model, extended XYZ; it writes the sidecar MODEL.activeset.npz "
                        "beside the model file) and reload the server", "properties")
@@ -151,7 +155,7 @@ def evaluate_structure(model: Any, s: Structure, props: set[Property], prefix: s
                             energies_committee=Property.energies_std in props,
                             gamma=bool(props & GAMMA_PROPERTIES), threads=threads, cancel=cancel, **limit)
         # the same structure again, so the same pairs: the budget was checked (and is spent) once
-        descriptors = (model.descriptors(numbers, positions, cell, pbc, max_pairs=ev.pairs)
+        descriptors = (model.descriptors(numbers, positions, cell, pbc, threads=threads, max_pairs=ev.pairs)
                        if Property.descriptors in props else None)
     except EvaluationCancelled:
         raise Abandoned(f"stopped inside {prefix}") from None
@@ -211,7 +215,8 @@ def evaluate_request(model: Any, request: CalculateRequest, has_committee: bool,
     `max_pairs` bounds the neighbour pairs summed over the request (None: only the evaluator's own
     per-structure limit); once `cancel` is set, `Abandoned` is raised before the next structure.
     `name` (the served model's) is quoted in errors; `max_descriptor_values`: `check_descriptors`."""
-    props = properties_for(request, has_committee, getattr(model, "active_set", None) is not None, name)
+    props = properties_for(request, has_committee, getattr(model, "active_set", None) is not None, name,
+                           without_paths(getattr(model, "active_set_problem", None) or "") or None)
     check_descriptors(model, request, props, max_descriptor_values)
     budget = None if max_pairs is None else PairBudget(max_pairs)
     named = ([("structure", request.structure)] if request.structure is not None else
