@@ -350,3 +350,25 @@ def test_gamma_report_statistics(model):
     assert report["frames"][0]["max_gamma"] == pytest.approx(per_frame[worst[0]].max(), rel=0, abs=tol)
     text = format_gamma_report(report, "title")
     assert "Si" in text and "most extrapolative frames" in text and "Si_tiny.xyz:" in text
+
+
+def test_eval_command_prints_gamma(model, monkeypatch, capsys):
+    import argparse
+
+    from aceserver.commands import eval as eval_cmd
+    from aceserver.fitting import config as fconfig
+
+    monkeypatch.setattr(fconfig, "load_model_file", lambda path: model)
+    parser = argparse.ArgumentParser()
+    eval_cmd.add_arguments(parser)
+    argv = ["model.json", str(DATA / "Si_tiny.xyz"), "--energy-key", "dft_energy", "--force-key", "dft_force",
+            "--virial-key", "dft_virial", "--threads", "1", "--top", "2"]
+    assert eval_cmd.run(parser.parse_args(argv)) == 0
+    text = capsys.readouterr().out
+    assert "meV/atom" in text and "extrapolation grade γ per species" in text and "most extrapolative" in text
+    assert eval_cmd.run(parser.parse_args(argv + ["--json"])) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert set(doc) == {"rmse", "mae", "gamma"}
+    assert doc["gamma"]["species"]["Si"]["atoms"] == 229 and len(doc["gamma"]["frames"]) == 2
+    assert eval_cmd.run(parser.parse_args(argv + ["--json", "--no-gamma"])) == 0
+    assert "gamma" not in json.loads(capsys.readouterr().out)

@@ -92,6 +92,18 @@ def test_web_page_in_headless_chromium():
                 "numbers": atoms.numbers.tolist(), "positions": atoms.positions.tolist(),
                 "cell": atoms.cell.array.tolist(), "pbc": atoms.pbc.tolist()}}).json()
             assert float(shown) == pytest.approx(api["results"][0]["energy"], rel=1e-12, abs=1e-9)
+            # max γ of the form's structure where the model has an active set, else the page says so
+            gamma = driver.find_element(By.ID, "calc-gamma")
+            if info["gamma_available"]:
+                assert "active set (γ)\nSi:" in text
+                expected = httpx.post(f"{server.url}/v1/models/{MODEL}/calculate", timeout=60, json={
+                    "structure": {"numbers": atoms.numbers.tolist(), "positions": atoms.positions.tolist(),
+                                  "cell": atoms.cell.array.tolist(), "pbc": atoms.pbc.tolist()},
+                    "properties": ["max_gamma"]}).json()["results"][0]["max_gamma"]
+                assert float(gamma.get_attribute("data-value")) == pytest.approx(expected, rel=1e-12)
+            else:
+                assert "active set (γ)\nnone" in text
+                assert "no active set" in gamma.text and gamma.get_attribute("data-value") == ""
             assert driver.find_element(By.ID, "calc-sha").text == info["sha256"]
             rows = driver.find_elements(By.CSS_SELECTOR, "#calc-forces tbody tr")
             assert len(rows) == len(atoms)

@@ -46,7 +46,8 @@ def run(args) -> int:
         model = load_model_file(args.model)
         configs = read_data(model, args.data, keys)
         table = error_tables.compute_errors(model, configs, args.threads)
-        with_gamma = model.active_set is not None and not args.no_gamma
+        has_active_set = getattr(model, "active_set", None) is not None
+        with_gamma = has_active_set and not args.no_gamma
         gamma = gamma_report(model, configs, args.threads, args.top) if with_gamma else None
     except (ModelFileError, ACEInputError, ValueError, OSError) as exc:
         print(f"aceserver eval: error: {exc}", file=sys.stderr)
@@ -61,6 +62,6 @@ def run(args) -> int:
     if gamma is not None:
         print()
         print(format_gamma_report(gamma, "extrapolation grade γ per species (active set of the model)"))
-    elif model.active_set is None and not args.no_gamma:
+    elif not has_active_set and not args.no_gamma:
         print("\n(no γ statistics: the model has no active set; `aceserver activeset MODEL DATA.xyz` builds one)")
     return 0
