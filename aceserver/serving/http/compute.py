@@ -57,7 +57,7 @@ def properties_for(request: CalculateRequest, has_committee: bool, has_active_se
         why = f" ({problem})" if problem else ""
         raise APIError(422, "no_active_set", f"properties: model {name!r} has no active set{why}, so `gamma` and "
                        "`max_gamma` are not available; build one with `aceserver activeset MODEL DATA.xyz` "
-                       "(training data of the model, extended XYZ; it writes the sidecar MODEL.activeset.npz "
+                       "(the model's training data, extended XYZ; it writes the sidecar <model stem>.activeset.npz "
                        "beside the model file) and reload the server", "properties")
     return props
 
