@@ -372,3 +372,19 @@ def test_eval_command_prints_gamma(model, monkeypatch, capsys):
     assert doc["gamma"]["species"]["Si"]["atoms"] == 229 and len(doc["gamma"]["frames"]) == 2
     assert eval_cmd.run(parser.parse_args(argv + ["--json", "--no-gamma"])) == 0
     assert "gamma" not in json.loads(capsys.readouterr().out)
+
+
+def test_ipi_command_refuses_gamma_it_cannot_send(tmp_path, structure, caplog):
+    """`aceserver ipi` stops before connecting (status 2) when γ cannot be sent, saying why."""
+    from aceserver.cli import main
+
+    path = tmp_path / "plain.json"
+    si_model().save(path)                      # a committee, no active set
+    structure[0].write(tmp_path / "s.extxyz")
+    base = ["ipi", str(path), "--structure", str(tmp_path / "s.extxyz"), "--unix", "never", "--connect-timeout", "0"]
+    assert main(base + ["--gamma-every", "5"]) == 2
+    assert "--gamma-every needs 'gamma' or 'max_gamma' in --extras" in caplog.text
+    assert main(base + ["--extras", "committee,max_gamma"]) == 2
+    assert "need a model with an active set" in caplog.text and "aceserver activeset" in caplog.text
+    assert main(base + ["--extras", "max_gamma", "--gamma-every", "0"]) == 2
+    assert "gamma_every must be a positive integer, got 0" in caplog.text

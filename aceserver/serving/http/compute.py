@@ -67,7 +67,10 @@ def check_descriptors(model: Any, request: CalculateRequest, props: set[Property
     reply: a request over `limit` of them, summed over its structures, is a 413 before any work."""
     if Property.descriptors not in props:
         return
-    width = max(model.descriptor_sizes.values())
+    sizes = getattr(model, "descriptor_sizes", None)
+    if not sizes:
+        raise APIError(422, "invalid_input", "properties: this model has no per-atom descriptors", "properties")
+    width = max(sizes.values())
     atoms = sum(len(s.positions) for s in request.structure_list())
     if atoms * width > limit:
         raise _too_large("properties", f"`descriptors` of {atoms} atoms × {width} columns = {atoms * width} "

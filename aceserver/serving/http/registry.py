@@ -63,7 +63,8 @@ class ServedModel:
         desc["gamma_available"] = active is not None
         desc["active_set"] = (None if active is None else
                               {str(el): int(np.shape(a)[0]) for el, a in active.inverses.items()})
-        desc["descriptor_sizes"] = {str(el): int(n) for el, n in self.model.descriptor_sizes.items()}
+        sizes = getattr(self.model, "descriptor_sizes", None)    # a family may have no descriptors
+        desc["descriptor_sizes"] = None if sizes is None else {str(el): int(n) for el, n in sizes.items()}
         if isinstance(info.get("units"), dict):
             desc["units"] = {str(k): str(v) for k, v in info["units"].items()}
         # validated once here, so that a model whose description does not fit the schema fails at start-up
@@ -83,7 +84,7 @@ class ServedModel:
         # γ too where there is an active set: its descriptor kernel compiles on first use as well
         self.model.evaluate(zs, grid * spacing, cell, np.ones(3, bool), committee=committee,
                             committee_forces=committee, threads=threads, cancel=never,
-                            gamma=self.model.active_set is not None)
+                            gamma=getattr(self.model, "active_set", None) is not None)
         self.model.evaluate(zs[:5], grid[:5] * spacing, np.zeros((3, 3)), np.zeros(3, bool),
                             committee=committee, committee_forces=committee, threads=threads, cancel=never)
 
