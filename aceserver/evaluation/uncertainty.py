@@ -12,8 +12,9 @@ the largest factor by which putting b into the active set in place of one of its
 (pacemaker's thresholds, GAMMA_INTERPOLATION and GAMMA_RELIABLE_MAX). γ is dimensionless and
 unchanged by any invertible change of the columns (B M (A M)⁻¹ = B A⁻¹).
 
-Rows are made and used a chunk of atoms of one species at a time (`site_chunks`), so memory is
-O(chunk · L + L²) whatever the structure's size, and each chunk costs one BLAS product.
+Rows are made and used one block of atoms at a time (`SiteUncertainty.add`; the ace1 site pass
+writes them from the A and AA it has anyway), so memory is O(block · L + L²) whatever the
+structure's size, and each block costs one BLAS product per species.
 """
 from __future__ import annotations
 
@@ -24,7 +25,6 @@ import numpy as np
 
 GAMMA_INTERPOLATION = 1.0     # γ at or below: inside the active set's span (interpolation)
 GAMMA_RELIABLE_MAX = 5.0      # γ above: extrapolation the model should not be trusted with
-CHUNK_VALUES = 1 << 22        # descriptor values per chunk of rows (32 MiB of float64)
 
 
 @dataclass
@@ -49,14 +49,32 @@ def extrapolation_grade(B, A_inv) -> np.ndarray:
     return np.abs(B @ np.asarray(A_inv, dtype=np.float64)).max(axis=1)
 
 
-def site_chunks(z: np.ndarray, n_species: int, width: int) -> Iterator[tuple[int, np.ndarray]]:
-    """(species s, atom indices) covering every atom once: the atoms of each species in order, in
-    chunks of at most CHUNK_VALUES // width atoms."""
-    size = max(1, CHUNK_VALUES // max(1, width))
-    for s in range(n_species):
-        atoms = np.flatnonzero(z == s)
-        for lo in range(0, len(atoms), size):
-            yield s, atoms[lo:lo + size]
+class SiteUncertainty:
+    """Collects, block by block of descriptor rows, each atom's γ (from the inverses, one per
+    species index; None: not asked for) and every committee member's site energy E0 + D·W_k
+    (weights (K, nz, L); None: not asked for). Results in `gamma` (N,) and `energies` (K, N) eV."""
+
+    def __init__(self, z: np.ndarray, sizes: list[int], inverses=None, weights=None, e0=None):
+        self.z, self.sizes, self.inverses = z, sizes, inverses
+        self.weights, self.e0 = weights, e0
+        self.gamma = np.zeros(len(z)) if inverses is not None else None
+        self.energies = np.empty((len(weights), len(z))) if weights is not None else None
+
+    def add(self, start: int, stop: int, rows: np.ndarray) -> None:
+        """Rows (stop - start, width) of atoms start..stop-1."""
+        zb = self.z[start:stop]
+        species = np.unique(zb)
+        for s in species:
+            if len(species) == 1:
+                atoms, D = slice(start, stop), rows
+            else:
+                mask = zb == s
+                atoms, D = start + np.flatnonzero(mask), rows[mask]
+            D = D[:, :self.sizes[s]]
+            if self.gamma is not None:
+                self.gamma[atoms] = extrapolation_grade(D, self.inverses[s])
+            if self.energies is not None:
+                self.energies[:, atoms] = self.weights[:, s, :D.shape[1]] @ D.T + self.e0[s]
 
 
 def checked_inverses(inverses: dict, sizes: dict[str, int]) -> dict[str, np.ndarray]:
