@@ -74,13 +74,18 @@ def training_frames():
     return read(DATA / "Si_tiny.xyz", ":")
 
 
-@pytest.fixture(scope="module")
-def model():
+def model_with_active_set():
+    """`si_model` with the MaxVol active set of its descriptors of tests/data/Si_tiny.xyz attached."""
     m = si_model()
     blocks = [m.descriptors(a.numbers, a.positions, a.cell.array, a.pbc) for a in training_frames()]
     active = maxvol(blocks, tol=MAXVOL_TOL)
     m.attach_active_set({"Si": active.inverse}, m.sha256)
     return m
+
+
+@pytest.fixture(scope="module")
+def model():
+    return model_with_active_set()
 
 
 @pytest.fixture(scope="module")
