@@ -15,6 +15,9 @@ The model is a small ace1 Si model (order 2, totaldegree 6: 23 functions) with r
 of tests/data/Si_tiny.xyz. The structure is a compressed, rattled diamond cell, so that some atoms
 extrapolate (γ > 1) and the spreads are not small.
 
+A last test runs the real i-PI (4-bead PIMD) against the driver with a `max_gamma` extras
+trajectory and `gamma_every=3`, and checks what i-PI prints.
+
 Tolerances. The front ends read the same `Evaluation` fields, so HTTP (JSON floats round-trip
 exactly, msgpack carries the raw float64 bytes) and ASE agree bit for bit; i-PI sends the spreads
 in Hartree (Hartree/Bohr), one division and one multiplication back, each rounding by at most half
@@ -393,3 +396,44 @@ def test_ipi_command_refuses_gamma_it_cannot_send(tmp_path, structure, caplog):
     assert "need a model with an active set" in caplog.text and "aceserver activeset" in caplog.text
     assert main(base + ["--extras", "max_gamma", "--gamma-every", "0"]) == 2
     assert "gamma_every must be a positive integer, got 0" in caplog.text
+
+
+def test_real_ipi_prints_max_gamma_of_every_bead(tmp_path, model):
+    """i-PI 3 itself runs 4-bead PIMD against the driver (in this process, on the fixture model) with
+    `extra_type="max_gamma"` trajectories: the run finishes (the keys are the same for every bead,
+    also on calls without γ), and every printed value is either NaN (a call that skipped γ:
+    gamma_every=3 over 4 beads) or the max γ of that bead's positions as i-PI printed them."""
+    from ipi_support import Children, bead_frames, ipi_input, si_structure, unique_name, wait
+
+    from aceserver.serving.ipi import Address, Driver
+
+    structure = tmp_path / "init.extxyz"
+    si_structure().write(structure)
+    name = unique_name("gamma")
+    xml = ipi_input(tmp_path, structure, nbeads=4, steps=4, unix=name)
+    xml.write_text(xml.read_text().replace(
+        "</output>", "<trajectory filename='gamma' stride='1' extra_type='max_gamma'> extras </trajectory></output>"))
+    potential = ACEPotential.from_atoms(model, read(structure), extras=("max_gamma",), gamma_every=3)
+    driver = Driver(potential, Address.unix(name), connect_timeout=60, guard=False)
+    thread = threading.Thread(target=driver.run, daemon=True)
+    with Children(tmp_path) as children:
+        server = children.ipi(xml)
+        thread.start()
+        assert wait(server, 120) == 0, (tmp_path / "ipi.log").read_text()[-3000:]
+    thread.join(30)
+    assert driver.calls == 4 * 5                      # 4 beads, the initial step and 4 more
+    printed, expected = [], []
+    for bead in range(4):
+        values = [float(line.split()[0]) for line in (tmp_path / f"sim.gamma_{bead}").read_text().splitlines()
+                  if line.strip() and not line.lstrip().startswith("#")]
+        frames = bead_frames(tmp_path, bead)
+        assert len(values) == len(frames) == 5
+        for g, frame in zip(values, frames):
+            if not math.isnan(g):
+                # i-PI prints positions to 1e-8 Å relative (%.16e here, but in its Bohr): γ moves by
+                # |∂γ/∂x|·δx, well below 1e-6 for γ of O(1-10)
+                ref = model.evaluate(frame.numbers, frame.positions, frame.cell.array, frame.pbc, gamma=True)
+                printed.append(g)
+                expected.append(ref.max_gamma)
+    assert 0 < len(printed) < 20                      # some calls skipped γ, some did not
+    np.testing.assert_allclose(printed, expected, rtol=1e-6)
