@@ -20,10 +20,11 @@ class ACECalculator(Calculator):
     model file or pacemaker `.yace`).
 
     results: energy, free_energy (eV), forces (eV/Å), stress (eV/Å³, Voigt, periodic cells only),
-    energies (eV per atom); with a committee also energy_committee (eV, one per member),
-    energy_std (eV) and energies_std (N,) eV, the spread of each atom's site energy
-    (committee=False skips them), and with committee_forces=True forces_committee (K, N, 3) and
-    forces_std (N, 3) eV/Å. Every spread is the one HTTP and i-PI report: the population standard
+    energies (eV per atom); with a committee also energy_committee (eV, one per member) and
+    energy_std (eV) (committee=False skips them); with energies_std=True energies_std (N,) eV,
+    the spread of each atom's site energy (opt-in: it needs every site's descriptor row, 1.35-1.8×
+    the committee call on zuo-Si and Si-tiny); with committee_forces=True forces_committee
+    (K, N, 3) and forces_std (N, 3) eV/Å. Every spread is the one HTTP and i-PI report: the population standard
     deviation sqrt(Σ_k (x_k - x̄)² / K) over the K members (ddof 0;
     `aceserver.evaluation.postprocess.committee_spread`).
 
@@ -42,8 +43,8 @@ class ACECalculator(Calculator):
     implemented_properties = ["energy", "free_energy", "forces", "stress", "energies"]
 
     def __init__(self, model_or_path, *, committee: bool = True, committee_forces: bool = False,
-                 gamma: bool = False, gamma_every: int = 1, threads=None, skin: float = DEFAULT_SKIN,
-                 **kwargs):
+                 energies_std: bool = False, gamma: bool = False, gamma_every: int = 1, threads=None,
+                 skin: float = DEFAULT_SKIN, **kwargs):
         super().__init__(**kwargs)
         self.model = (model_or_path if isinstance(model_or_path, SitePotential)
                       else load_model(model_or_path))
@@ -55,6 +56,7 @@ class ACECalculator(Calculator):
                                    "gamma")
         self.committee = committee            # False skips the members' energies (faster MD)
         self.committee_forces = committee_forces
+        self.energies_std = energies_std
         self.gamma, self.gamma_every = gamma, gamma_every
         if gamma:       # so that get_property("max_gamma") works; ASE checks this list first
             self.implemented_properties = [*type(self).implemented_properties, "gamma", "max_gamma"]
@@ -92,14 +94,14 @@ class ACECalculator(Calculator):
         atoms = self.atoms
         if atoms is None:
             raise ValueError("no atoms: pass them to calculate() or to a get_* method")
-        with_committee = self.committee and self.model.committee is not None
+        with_spread = self.energies_std and self.model.committee is not None
         # γ on every gamma_every-th calculation, and whenever it is asked for by name
         with_gamma = self.gamma and (self.calculations % self.gamma_every == 0
                                      or "gamma" in properties or "max_gamma" in properties)
         res = self.model.evaluate(atoms.numbers, atoms.positions, atoms.cell[:], atoms.pbc,
                                   committee=self.committee,
                                   committee_forces=self.committee_forces,
-                                  energies_committee=with_committee, gamma=with_gamma,
+                                  energies_committee=with_spread, gamma=with_gamma,
                                   threads=self.threads, verlet=self.verlet)
         self.calculations += 1
         self.results = {"energy": res.energy, "free_energy": res.energy, "forces": res.forces,

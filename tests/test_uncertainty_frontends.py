@@ -210,7 +210,7 @@ def test_http_ase_and_ipi_agree_with_numpy(model, structure):
         assert r.status_code == 200, r.text
         packed = unpack_arrays(msgpack.unpackb(r.content, raw=False))["results"][0]
 
-    calc = ACECalculator(model, gamma=True, committee_forces=True)
+    calc = ACECalculator(model, gamma=True, committee_forces=True, energies_std=True)
     calc.calculate(atoms.copy(), ["energy", "forces"])
     ase = calc.results
 
@@ -253,6 +253,10 @@ def test_gamma_every_skips_calls_in_ase_and_ipi(model, structure):
         a.get_forces()                          # cached: not a new calculation
         seen.append("max_gamma" in calc.results)
     assert seen == [True, False, True, False] and calc.calculations == 4
+    # by default a committee model reports energy_std but not the (costlier) per-atom spread
+    plain = ACECalculator(model)
+    plain.calculate(atoms.copy(), ["energy"])
+    assert "energy_std" in plain.results and "energies_std" not in plain.results and "max_gamma" not in plain.results
 
     potential = ACEPotential.from_atoms(model, atoms, extras=("max_gamma",), gamma_every=3)
     maxima = [json.loads(potential.compute(h, q)[3])["max_gamma"] for _ in range(4)]
