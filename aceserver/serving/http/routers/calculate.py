@@ -80,7 +80,8 @@ def with_query_properties(doc, properties: str):
 @router.post(
     "/models/{name}/calculate",
     response_model=CalculateResponse,
-    summary="Energy (eV), forces (eV/Å), stress (eV/Å³), virial (eV), per-atom energies (eV) of structures",
+    summary="Energy (eV), forces (eV/Å), stress (eV/Å³), virial (eV), per-atom energies (eV) and uncertainty "
+            "(γ, committee spreads) of structures",
     responses={
         200: {"content": {codec.MSGPACK: {"schema": {"$ref": "#/components/schemas/CalculateResponse"}}},
               "description": "Results, one per structure; JSON or msgpack by the Accept header."},
