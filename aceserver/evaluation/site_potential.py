@@ -59,9 +59,10 @@ class SitePotential:
                     max_pairs=DEFAULT_MAX_PAIRS) -> np.ndarray:
         """Per-atom descriptor rows (n, max L_el): the values each site's energy is linear in
         (ace1: B_k(i), then the pair sums; see the family's `_descriptor_rows`), row k for atom
-        atoms[k] (all atoms if None); columns past L of the row's element are 0. Dimensionless
-        basis values (the energy is Σ_i D[i]·descriptor_weights()[z_i] + E0 in eV). Uses numba's
-        threads for large structures unless threads=1."""
+        atoms[k] (all atoms if None); columns past L of the row's element are 0. ace1: the
+        dimensionless basis values (E = Σ_i D[i]·descriptor_weights()[z_i] + ΣE0, eV); pacemaker:
+        the projections ∂E_i/∂s in eV (`pacemaker.projections`). Uses numba's threads for large
+        structures unless threads=1."""
         n = len(numbers) if np.ndim(numbers) == 1 else 0
         idx = np.arange(n, dtype=np.int64) if atoms is None else np.asarray(atoms, dtype=np.int64)
         if idx.ndim != 1 or (len(idx) and (idx.min() < 0 or idx.max() >= n)):
