@@ -21,7 +21,7 @@ UNITS = {
     "stress": "eV/Å³ (ASE Voigt order xx yy zz yz xz xy)",
     "virial": "eV (W = -V·σ)",
     "gamma": "dimensionless (extrapolation grade: ≤ 1 interpolation, 1-5 mild, > 5 unreliable)",
-    "descriptors": "as the model's basis functions (energy = Σ_i descriptors[i]·θ + Σ_i E0, eV)",
+    "descriptors": "aceserver models: dimensionless basis-function values; pacemaker .yace: eV (projections)",
 }
 
 # Coordinates (Å): finite (NaN and ±inf rejected) and at most MAX_COORDINATE in magnitude, so that no
@@ -187,7 +187,9 @@ class Result(BaseModel):
     descriptors: list[list[float]] | None = Field(
         None, description="Per-atom descriptors, shape (N, L), L = the largest of the model's `descriptor_sizes`: "
         "row i holds the values of the basis functions atom i's site energy is linear in (columns beyond its "
-        "species' size are zero). For aceserver models E = Σ_i descriptors[i]·θ[species(i)] + Σ_i E0, eV.")
+        "species' size are zero). aceserver models: dimensionless basis-function values, with "
+        "E = Σ_i descriptors[i]·θ[species(i)] + Σ_i E0 (eV); pacemaker .yace potentials: projections "
+        "∂E_i/∂s (eV) per C-tilde function and density.")
 
 
 class CalculateResponse(BaseModel):
