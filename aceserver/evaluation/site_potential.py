@@ -103,7 +103,8 @@ class SitePotential:
                     + (f" ({self.active_set_problem})" if self.active_set_problem else "")
                     + ": build one from its training data with `aceserver activeset MODEL DATA...`")
             inverses = [self.active_set.inverses.get(el) for el in self.elements]
-            missing = sorted({self.elements[s] for s in np.unique(z) if inverses[s] is None})
+            present = np.flatnonzero(np.bincount(z, minlength=len(self.elements)))
+            missing = [self.elements[s] for s in present if inverses[s] is None]
             if missing:
                 raise NoActiveSetError(f"the active set has no entry for {missing}, so their "
                                        f"atoms have no extrapolation grade γ")

@@ -77,7 +77,7 @@ class SiteUncertainty:
     def add(self, start: int, stop: int, rows: np.ndarray) -> None:
         """Rows (stop - start, width) of atoms start..stop-1."""
         zb = self.z[start:stop]
-        species = np.unique(zb)
+        species = np.flatnonzero(np.bincount(zb, minlength=len(self.sizes)))  # no sort
         for s in species:
             if len(species) == 1:
                 atoms, D = slice(start, stop), rows
