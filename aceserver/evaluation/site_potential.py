@@ -92,7 +92,8 @@ class SitePotential:
         self.active_set = uncertainty.ActiveSetInverse(checked, model_sha256)
         self.active_set_problem = None
 
-    def _uncertainty(self, z, gamma, energies_committee) -> uncertainty.SiteUncertainty | None:
+    def _uncertainty(self, z, gamma, energies_committee,
+                     threaded=False) -> uncertainty.SiteUncertainty | None:
         """The collector of what was asked for (None: nothing), checked before any work."""
         inverses = weights = e0 = None
         if gamma:
@@ -102,7 +103,8 @@ class SitePotential:
                     + (f" ({self.active_set_problem})" if self.active_set_problem else "")
                     + ": build one from its training data with `aceserver activeset MODEL DATA...`")
             inverses = [self.active_set.inverses.get(el) for el in self.elements]
-            missing = sorted({self.elements[s] for s in np.unique(z) if inverses[s] is None})
+            present = np.flatnonzero(np.bincount(z, minlength=len(self.elements)))
+            missing = [self.elements[s] for s in present if inverses[s] is None]
             if missing:
                 raise NoActiveSetError(f"the active set has no entry for {missing}, so their "
                                        f"atoms have no extrapolation grade γ")
@@ -112,7 +114,7 @@ class SitePotential:
         if inverses is None and weights is None:
             return None
         sizes = [self.descriptor_sizes[el] for el in self.elements]
-        return uncertainty.SiteUncertainty(z, sizes, inverses, weights, e0)
+        return uncertainty.SiteUncertainty(z, sizes, inverses, weights, e0, threaded)
 
     def _descriptor_tables(self, tables):
         """Tables for the site pass to write descriptor rows as it goes (None: this family or
@@ -160,7 +162,7 @@ class SitePotential:
             n_chunks = 4 * numba.get_num_threads() if parallel else 1
             z, first, nbr, R = self._neighbours(numbers, positions, cell, pbc, n_chunks=n_chunks,
                                                 verlet=verlet, max_pairs=max_pairs)
-            collect = self._uncertainty(z, gamma, energies_committee)
+            collect = self._uncertainty(z, gamma, energies_committee, parallel)
             row_tables = None if collect is None else self._descriptor_tables(tables)
             if row_tables is not None or (cancel is not None and not parallel):
                 out = K.fast_blocks(first, nbr, R, z, tables, forces, CANCEL_BLOCK_ATOMS,
