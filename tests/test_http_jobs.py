@@ -394,3 +394,52 @@ def test_jobs_need_the_token_when_the_server_has_one(tmp_path):
             assert time.monotonic() < deadline
             time.sleep(0.05)
         assert len(httpx.get(f"{s.url}/v1/jobs/{job}/frames", headers=auth).text.splitlines()) == 6
+
+
+def test_halt_on_max_gamma_over_http(tmp_path):
+    """A served model with an active set (in-process uvicorn, as tests/test_web_page.py serves one):
+    a hot, compressed cell halts on max_gamma at the first check step where the γ the same job
+    records exceeds the threshold, and the status reports that step."""
+    import threading
+
+    import uvicorn
+
+    from _http_support import free_port
+    from aceserver.serving.http import ModelRegistry, ServedModel, Settings, create_app
+    from test_jobs import small_model_with_active_set
+
+    model, _ = small_model_with_active_set()
+    app = create_app(ModelRegistry([ServedModel("si-gamma", model, None)]), Settings(jobs_dir=str(tmp_path / "j")))
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            try:
+                if httpx.get(url + "/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        atoms = bulk("Si", "diamond", a=5.43 * 0.93, cubic=True)
+        params = {"steps": 40, "temperature_K": 3000.0, "seed": 7}
+        recorded = submit(url, structure=structure(atoms), kind="md", parameters=params, record=["gamma"])
+        assert wait(url, recorded)["state"] == "done"
+        gamma = np.array([f["max_gamma"] for f in ndjson(url, recorded)])
+        assert gamma.shape == (41,)
+        threshold = float((gamma[0] + gamma.max()) / 2)
+        first = next(k for k in range(0, 41, 4) if gamma[k] > threshold)
+        halted = submit(url, structure=structure(atoms), kind="md", parameters=params, check_every=4,
+                        write_every=1000, halt={"max_gamma": threshold})
+        status = wait(url, halted)
+        assert status["state"] == "halted" and status["step"] == first > 0
+        assert status["halt"] == {"condition": "max_gamma", "value": gamma[first], "threshold": threshold,
+                                  "step": first}
+        assert f"step {first}" in status["reason"]
+    finally:
+        server.should_exit = True
+        thread.join(30)

@@ -145,6 +145,10 @@ def _args(at):
 
 @pytest.fixture(scope="module")
 def small_with_active_set():
+    return small_model_with_active_set()
+
+
+def small_model_with_active_set():
     """A small Si model (L = 31) and an active set from rattled, strained diamond cells (as
     tests/test_descriptors.py builds it); fitted-looking parameters are not needed for γ."""
     model = aceserver.ace1_model(elements=["Si"], order=3, totaldegree=6, rcut=5.0, E0={"Si": -158.5})
