@@ -1,0 +1,318 @@
+"""Many structures in one call: `evaluate_many` packs small structures into one neighbour list
+and runs one site pass and one force/virial scatter over all of them (threaded across
+structures), then hands back one `Evaluation` per structure (units as `Evaluation`).
+
+Which path a structure takes (the numbers of both agree with `SitePotential.evaluate`):
+
+* small structures (at most `BATCH_MAX_ATOMS` atoms, at most `BATCH_MAX_TESTS` pair tests, a
+  well-formed cell): the batched search (`kernels.batch_neighbours`, images enumerated in the
+  kernel) and the packed pass (`kernels.batch_pass`). Site energies, forces and virials are
+  what `evaluate` gives up to rounding: each atom's neighbours come in another order than the
+  cell list's, so a site's sums over neighbours add the same terms in another order
+  (1e-15-ish relative; tests/test_evaluate_many.py bounds it). Given the same neighbour list the
+  packed pass is `evaluate`'s serial pass bit for bit.
+* every other structure (large ones, cells or positions that the per-structure search checks
+  more closely, and every structure with a problem, so that its error is the one `evaluate`
+  raises): `potential.evaluate` itself, one call each.
+
+Input checks run once over the packed arrays (finite, in range, known elements); a structure
+that fails them is re-run through `evaluate` for its error. Errors are per structure: every
+structure that can be evaluated is, and `BatchError` carries the results (None where a structure
+failed) and the errors by index.
+"""
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from ..errors import ACEInputError, BatchError, EvaluationCancelled, TooManyPairsError
+from ..kernels import batch_neighbours as BN
+from ..kernels.batch_pass import many_pass
+from ..kernels.neighbours import DEFAULT_MAX_NEIGHBOURS, DEFAULT_MAX_PAIRS
+from ..structure import MAX_COORDINATE
+from .parallel import PARALLEL_LOCK, PARALLEL_MIN_ATOMS
+from .result import Evaluation
+
+BATCH_MAX_ATOMS = 64         # the batched search tests all N² pairs: ~1 µs/atom of tests at 64
+BATCH_MAX_TESTS = 1_000_000  # pair-image tests of one structure (a 1-atom cell 0.5 Å wide, rcut 6 Å)
+CHUNK_ATOMS = 1 << 16        # structures are packed this many atoms at a time (bounds the scratch)
+CANCEL_CHUNK_ATOMS = 1024    # ... and this many when the caller may cancel (looked at per chunk)
+COMMITTEE_CHUNK_BYTES = 1 << 26   # per-structure committee sums of one chunk
+
+
+def read_structure(s):
+    """(numbers, positions, cell, pbc) of an ASE Atoms or of such a tuple, as given."""
+    arrays = getattr(s, "arrays", None)
+    if arrays is not None:          # ase.Atoms: its own arrays, no copies
+        return arrays["numbers"], arrays["positions"], s.cell.array, s.pbc
+    try:
+        numbers, positions, cell, pbc = s
+    except (TypeError, ValueError):
+        raise ACEInputError("a structure must be an ase.Atoms or a (numbers, positions, cell, "
+                            f"pbc) tuple, got {type(s).__name__}") from None
+    return numbers, positions, cell, pbc
+
+
+def _plain(numbers, positions, cell, pbc) -> bool:
+    """Arrays that need no conversion (what ASE holds): checked over the whole batch at once."""
+    return (type(numbers) is np.ndarray and numbers.ndim == 1 and numbers.dtype == np.int64
+            and type(positions) is np.ndarray and positions.dtype == np.float64
+            and positions.shape == (numbers.shape[0], 3)
+            and type(cell) is np.ndarray and cell.dtype == np.float64 and cell.shape == (3, 3)
+            and type(pbc) is np.ndarray and pbc.dtype == np.bool_ and pbc.shape == (3,))
+
+
+class _Batch:
+    """Packed structures: sizes, offsets, numbers, positions, cells, pbc; `index` maps a packed
+    structure to the caller's index."""
+
+    def __init__(self, index, numbers, positions, cells, pbc):
+        self.index = index
+        self.sizes = np.fromiter((len(n) for n in numbers), dtype=np.int64, count=len(numbers))
+        self.offsets = np.zeros(len(numbers) + 1, dtype=np.int64)
+        np.cumsum(self.sizes, out=self.offsets[1:])
+        n = int(self.offsets[-1])
+        self.numbers = np.concatenate(numbers) if n else np.zeros(0, dtype=np.int64)
+        self.positions = np.concatenate(positions) if n else np.zeros((0, 3))
+        self.cells = np.array(cells, dtype=np.float64).reshape(-1, 3, 3)
+        self.pbc = np.array(pbc, dtype=np.bool_).reshape(-1, 3)
+
+    def owner(self, atom_mask) -> np.ndarray:
+        """Packed structures that hold any atom of the mask."""
+        atoms = np.flatnonzero(atom_mask)
+        return np.unique(np.searchsorted(self.offsets, atoms, side="right") - 1)
+
+    def per_structure(self, per_atom) -> np.ndarray:
+        """Sums of a per-atom integer array over each structure."""
+        c = np.zeros(len(per_atom) + 1, dtype=np.int64)
+        np.cumsum(per_atom, out=c[1:])
+        return c[self.offsets[1:]] - c[self.offsets[:-1]]
+
+
+def _blocks(cost, n_blocks) -> np.ndarray:
+    """Boundaries of n_blocks consecutive runs of structures of about equal total cost."""
+    c = np.cumsum(cost, dtype=np.float64)
+    total = c[-1] if len(c) else 0.0
+    cuts = np.searchsorted(c, np.linspace(0.0, total, n_blocks + 1)[1:-1], side="right")
+    return np.concatenate([[0], cuts, [len(cost)]]).astype(np.int64)
+
+
+class _Run:
+    """One evaluate_many call: options, results and errors by the caller's index, the budget."""
+
+    def __init__(self, potential, n, forces, committee, committee_forces, threads, max_pairs,
+                 cancel):
+        self.potential = potential
+        self.forces, self.threads, self.cancel = forces, threads, cancel
+        self.with_committee = committee and potential.committee is not None
+        self.committee, self.committee_forces = committee, committee_forces
+        self.tables = potential._tables(self.with_committee)
+        self.rcut = float(potential.rcut)
+        self.min_distance = float(potential.min_distance)
+        self.lookup = potential._lookup
+        self.results: list = [None] * n
+        self.errors: dict = {}
+        self.limit = int(max_pairs)
+        self.remaining = int(max_pairs)
+
+    def single(self, k, structure):
+        """Structure k through `evaluate` (its error, if any, recorded), within the budget left."""
+        numbers, positions, cell, pbc = structure
+        try:
+            ev = self.potential.evaluate(numbers, positions, cell, pbc, committee=self.committee,
+                                         committee_forces=self.committee_forces,
+                                         forces=self.forces, threads=self.threads,
+                                         max_pairs=self.remaining, cancel=self.cancel)
+        except ACEInputError as err:
+            self.errors[k] = err
+            return
+        self.remaining -= ev.pairs
+        self.results[k] = ev
+
+    def checked(self, batch: _Batch, raw) -> np.ndarray:
+        """Status per packed structure after the input checks: 0 ok, 2 failed (sent through
+        `single` for its error). Failed structures are neutralised in the packed arrays."""
+        S = len(batch.sizes)
+        bad = np.zeros(S, dtype=bool)
+        pos, num = batch.positions, batch.numbers
+        if len(pos) and not float(np.abs(pos).max()) <= MAX_COORDINATE:   # NaN compares false
+            bad[batch.owner(~(np.abs(pos) <= MAX_COORDINATE).all(axis=1))] = True
+        if S:
+            bad |= ~(np.abs(batch.cells).reshape(S, 9) <= MAX_COORDINATE).all(axis=1)
+        lk = self.lookup
+        ok = (num >= 0) & (num < len(lk))
+        z = lk[np.where(ok, num, 0)]
+        if not (ok.all() and (z >= 0).all()):
+            bad[batch.owner(~ok | (z < 0))] = True
+        batch.z = np.ascontiguousarray(z)
+        status = np.zeros(S, dtype=np.int64)
+        for s in np.flatnonzero(bad):
+            a, b = batch.offsets[s], batch.offsets[s + 1]
+            pos[a:b] = 0.0
+            batch.z[a:b] = 0
+            batch.cells[s] = 0.0
+            batch.pbc[s] = False
+            status[s] = 2
+        return status
+
+    def threaded(self, n_atoms) -> int:
+        """Blocks of structures for numba's threads (the caller then holds PARALLEL_LOCK and
+        releases it), or 0: serial (one thread asked for, too few atoms, or the lock is taken)."""
+        n_threads = numba.get_num_threads()
+        if (self.threads != 1 and n_threads > 1 and n_atoms >= PARALLEL_MIN_ATOMS
+                and PARALLEL_LOCK.acquire(blocking=False)):
+            return 4 * n_threads
+        return 0
+
+    def run_batch(self, batch: _Batch, raw) -> None:
+        """Search, budget, pass and results of one chunk of packed structures. The threads are
+        held for the kernels only: structures evaluated one by one may use them in between."""
+        status = self.checked(batch, raw)
+        n_atoms = len(batch.numbers)
+        n_blocks = self.threaded(n_atoms)
+        try:
+            B, D, P, box, tests, plan = BN.plan(batch.positions, batch.offsets, batch.cells,
+                                                batch.pbc, self.rcut, BATCH_MAX_ATOMS,
+                                                BATCH_MAX_TESTS)
+            status = np.where(status == 2, 2, plan)
+            args = (batch.positions, batch.offsets, status, B, D, P, self.rcut)
+            if n_blocks:
+                counts, closest = BN.count_pairs_parallel(
+                    *args, _blocks(tests + batch.sizes, min(len(tests), n_blocks)))
+            else:
+                counts, closest = BN.count_pairs(*args)
+        finally:
+            if n_blocks:
+                PARALLEL_LOCK.release()
+        # structures the per-structure search must judge: atoms too close, too many neighbours
+        odd = (status == 0) & (closest < (self.min_distance * (1 + 1e-6)) ** 2)
+        if len(counts) and counts.max() > DEFAULT_MAX_NEIGHBOURS:
+            odd[batch.owner(counts > DEFAULT_MAX_NEIGHBOURS)] = True
+        status[odd] = 1
+        pairs = batch.per_structure(counts)
+        self.spend(batch, raw, status, pairs)
+        ok = status == 0
+        if not ok.any():
+            return
+        for s in np.flatnonzero(~ok):
+            counts[batch.offsets[s]:batch.offsets[s + 1]] = 0
+        first = np.zeros(len(counts) + 1, dtype=np.int64)
+        np.cumsum(counts, out=first[1:])
+        nbr = np.empty(first[-1], dtype=np.int64)
+        R = np.empty((first[-1], 3))
+        n_blocks = self.threaded(n_atoms)
+        try:
+            if n_blocks:
+                BN.fill_pairs_parallel(*args, first, nbr, R,
+                                       _blocks(tests * ok + batch.sizes, min(len(tests), n_blocks)))
+                work = _blocks(pairs * ok + batch.sizes, min(len(pairs), n_blocks))
+            else:
+                BN.fill_pairs(*args, first, nbr, R)
+                work = None
+            E, _, F, W, committee = many_pass(batch.offsets, first, nbr, R, batch.z, self.tables,
+                                              self.forces, work)
+        finally:
+            if n_blocks:
+                PARALLEL_LOCK.release()
+        self.collect(batch, raw, status, pairs, E, F, W, committee, first, nbr, R)
+
+    def spend(self, batch, raw, status, pairs) -> None:
+        """The pair budget in the caller's order: a structure may use what the structures before
+        it left (as HTTP's per-request budget); the others go through `single` here."""
+        todo = status != 0
+        if not todo.any() and int(pairs.sum()) <= self.remaining:
+            self.remaining -= int(pairs.sum())
+            return
+        for s in range(len(status)):
+            k = batch.index[s]
+            if status[s] != 0:
+                self.single(k, raw[s])
+            elif pairs[s] > self.remaining:
+                status[s] = 3
+                field = "cell" if batch.pbc[s].any() else "positions"
+                self.errors[k] = TooManyPairsError(
+                    f"{int(pairs[s])} neighbour pairs within rcut = {self.rcut} Å, more than the "
+                    f"{self.remaining} left of max_pairs = {self.limit} for this batch",
+                    field, int(pairs[s]), self.remaining)
+            else:
+                self.remaining -= int(pairs[s])
+
+    def collect(self, batch, raw, status, pairs, E, F, W, committee, first, nbr, R) -> None:
+        """One `Evaluation` per structure of the chunk that the packed pass evaluated."""
+        if self.forces:
+            W = 0.5 * (W + W.transpose(0, 2, 1))
+        energies = E[0]
+        offsets = batch.offsets.tolist()
+        pairs = pairs.tolist()
+        for s in np.flatnonzero(status == 0).tolist():
+            a, b = offsets[s], offsets[s + 1]
+            e = energies[a:b]
+            ev = Evaluation(energy=float(e.sum()), forces=F[a:b], virial=W[s], energies=e,
+                            pairs=pairs[s])
+            if self.with_committee:
+                ev.energy_committee = committee[s]
+            if self.committee_forces and self.potential.committee is not None:
+                f = first[a:b + 1]
+                ev.forces_committee = self.potential._committee_forces(
+                    batch.z[a:b], f - f[0], nbr[f[0]:f[-1]] - a, R[f[0]:f[-1]])
+            self.results[batch.index[s]] = ev
+
+
+def evaluate_many(potential, structures, *, forces=True, committee=False, committee_forces=False,
+                  threads=None, max_pairs=DEFAULT_MAX_PAIRS, cancel=None) -> list[Evaluation]:
+    """One `Evaluation` per structure (energy eV, forces eV/Å, virial eV, per-atom energies eV,
+    committee energies eV), in the order given. structures: ASE `Atoms` or (numbers, positions Å,
+    cell Å, pbc) tuples.
+
+    threads=1 runs the serial kernels; otherwise numba's threads share the structures.
+    max_pairs: neighbour pairs summed over the batch, spent in order (a structure may use what
+    the ones before it left); a structure over it fails with `TooManyPairsError`.
+    cancel: a `threading.Event`, looked at between chunks of ~`CANCEL_CHUNK_ATOMS` atoms (and
+    inside structures evaluated one by one); once set, `EvaluationCancelled` is raised.
+
+    Raises `BatchError` when any structure fails: `.errors` maps the caller's index to its
+    `ACEInputError` (the one `evaluate` raises for it), `.results` holds the others' results.
+    """
+    if cancel is not None and cancel.is_set():
+        raise EvaluationCancelled("evaluation cancelled by its caller")
+    n = len(structures)
+    run = _Run(potential, n, forces, committee, committee_forces, threads, max_pairs, cancel)
+    chunk_atoms = CHUNK_ATOMS if cancel is None else CANCEL_CHUNK_ATOMS
+    max_structures = n
+    if run.with_committee:
+        t = run.tables
+        per = 8 * (t.coef[0].size + t.pair_spl[0].size)
+        max_structures = max(1, COMMITTEE_CHUNK_BYTES // max(per, 1))
+    index, raw, nums, poss, cells, pbcs = [], [], [], [], [], []
+    atoms = 0
+    for k, s in enumerate(structures):
+        try:
+            numbers, positions, cell, pbc = read_structure(s)
+        except ACEInputError as err:
+            run.errors[k] = err
+            continue
+        if not _plain(numbers, positions, cell, pbc):
+            run.single(k, (numbers, positions, cell, pbc))  # converts, checks, evaluates
+            continue
+        index.append(k)
+        raw.append((numbers, positions, cell, pbc))
+        nums.append(numbers)
+        poss.append(positions)
+        cells.append(cell)
+        pbcs.append(pbc)
+        atoms += len(numbers)
+        if atoms >= chunk_atoms or len(index) >= max_structures:
+            _chunk(run, index, raw, nums, poss, cells, pbcs)
+            index, raw, nums, poss, cells, pbcs = [], [], [], [], [], []
+            atoms = 0
+    if index:
+        _chunk(run, index, raw, nums, poss, cells, pbcs)
+    if run.errors:
+        raise BatchError(run.errors, run.results)
+    return run.results
+
+
+def _chunk(run, index, raw, nums, poss, cells, pbcs):
+    if run.cancel is not None and run.cancel.is_set():
+        raise EvaluationCancelled("evaluation cancelled by its caller")
+    run.run_batch(_Batch(index, nums, poss, cells, pbcs), raw)

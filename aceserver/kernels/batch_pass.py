@@ -1,0 +1,112 @@
+"""The site pass and the force/virial scatter over many structures packed into one neighbour
+list (numba), serially or over blocks of structures on numba's threads.
+
+Packing: atoms of structure s are ``offsets[s]:offsets[s+1]``; the CSR list (first, nbr, R) holds
+every structure's pairs with neighbour indices into the packed atoms, and no pair joins two
+structures. Sites are independent, so the site energies and pair gradients are those of
+`site_pass.fast_serial` on each structure's own list, bit for bit; forces and the virial are
+scattered structure by structure with `scatter`'s own loop, so they are `scatter_forces_virial`'s
+bits too, with one virial per structure. Committee sums (ace1 committees) are kept per structure,
+so each structure's committee energies come from its own sums, as in a call of its own.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from .scatter import _scatter_range
+from .site_pass import _fast_range, committee_energies
+
+
+@njit(cache=True, nogil=True)
+def _structures(lo, hi, offsets, first, nbr, R, zat, T, mode, with_grad, E, G, F, W, SAA, H):
+    """Structures lo..hi-1: site energies E[0, i], pair gradients G, and with with_grad their
+    forces F and virials W[s]. SAA, H: per-structure committee sums, or (1, 0, ...) without."""
+    if SAA.shape[1] == 0:
+        # no committee sums: one pass over the atoms of all these structures
+        _fast_range(offsets[lo], offsets[hi], first, nbr, R, zat, T, mode, with_grad, E, G,
+                    SAA[0], H[0])
+    else:
+        for s in range(lo, hi):
+            _fast_range(offsets[s], offsets[s + 1], first, nbr, R, zat, T, mode, with_grad, E, G,
+                        SAA[s], H[s])
+    if with_grad:
+        for s in range(lo, hi):
+            _scatter_range(offsets[s], offsets[s + 1], first, nbr, R, G, F, W[s])
+
+
+@njit(cache=True, nogil=True)
+def _outputs(first, R, T, mode, n_structures):
+    N = first.shape[0] - 1
+    E = np.empty((1, N))
+    G = np.empty((R.shape[0], 3))
+    F = np.zeros((N, 3))
+    W = np.zeros((n_structures, 3, 3))
+    if mode == 0 and T.coef.shape[0] > 1:     # ace1 committee: sums per structure
+        SAA = np.zeros((n_structures, T.coef.shape[1], T.coef.shape[2]))
+        H = np.zeros((n_structures,) + T.pair_spl.shape[1:])
+    else:
+        SAA = np.zeros((1, 0, 0))
+        H = np.zeros((1, 0, 0, 0, 0))
+    return E, G, F, W, SAA, H
+
+
+@njit(cache=True, nogil=True)
+def _serial(offsets, first, nbr, R, zat, T, with_grad, mode):
+    S = offsets.shape[0] - 1
+    E, G, F, W, SAA, H = _outputs(first, R, T, mode, S)
+    if S > 0:
+        _structures(0, S, offsets, first, nbr, R, zat, T, mode, with_grad, E, G, F, W, SAA, H)
+    return E, G, F, W, SAA, H
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _parallel(offsets, first, nbr, R, zat, T, with_grad, mode, bounds):
+    S = offsets.shape[0] - 1
+    E, G, F, W, SAA, H = _outputs(first, R, T, mode, S)
+    for c in prange(bounds.shape[0] - 1):
+        if bounds[c + 1] > bounds[c]:
+            _structures(bounds[c], bounds[c + 1], offsets, first, nbr, R, zat, T, mode, with_grad,
+                        E, G, F, W, SAA, H)
+    return E, G, F, W, SAA, H
+
+
+# One entry point per radial mode, as in site_pass: the mode is a compile-time constant.
+@njit(cache=True, nogil=True)
+def _serial_ace1(offsets, first, nbr, R, zat, T, with_grad):
+    return _serial(offsets, first, nbr, R, zat, T, with_grad, 0)
+
+
+@njit(cache=True, nogil=True)
+def _serial_tabulated(offsets, first, nbr, R, zat, T, with_grad):
+    return _serial(offsets, first, nbr, R, zat, T, with_grad, 1)
+
+
+@njit(cache=True, nogil=True)
+def _parallel_ace1(offsets, first, nbr, R, zat, T, with_grad, bounds):
+    return _parallel(offsets, first, nbr, R, zat, T, with_grad, 0, bounds)
+
+
+@njit(cache=True, nogil=True)
+def _parallel_tabulated(offsets, first, nbr, R, zat, T, with_grad, bounds):
+    return _parallel(offsets, first, nbr, R, zat, T, with_grad, 1, bounds)
+
+
+def many_pass(offsets, first, nbr, R, zat, T, with_grad, bounds=None):
+    """Site energies E (1, N), pair gradients G (pairs, 3), forces F (N, 3) eV/Å and virials
+    W (S, 3, 3) eV (W = -Σ G ⊗ R, not symmetrised; F and W zero without with_grad) of the S packed
+    structures, and per structure its committee energies (a list of (K,) arrays, None without
+    committee sets in T). bounds: blocks of structures bounds[c]:bounds[c+1] run on numba's
+    threads (None: serial); the numbers do not depend on it."""
+    if bounds is None:
+        out = (_serial_ace1 if T.mode == 0 else _serial_tabulated)(offsets, first, nbr, R, zat, T,
+                                                                  with_grad)
+    else:
+        out = (_parallel_ace1 if T.mode == 0 else _parallel_tabulated)(offsets, first, nbr, R,
+                                                                      zat, T, with_grad, bounds)
+    E, G, F, W, SAA, H = out
+    committee = None
+    if SAA.shape[1] > 0:
+        committee = [committee_energies(T, zat[offsets[s]:offsets[s + 1]], SAA[s], H[s])
+                     for s in range(len(offsets) - 1)]
+    return E, G, F, W, committee
