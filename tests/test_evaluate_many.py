@@ -1,0 +1,287 @@
+"""`evaluate_many` against per-structure `evaluate` (the reference): mixed sizes, species and
+periodicities, cells much smaller than the cut-off, skewed cells, clusters, isolated atoms,
+empty structures; errors reported by index; threads.
+
+Exactness. Given the same neighbour list the packed pass is `evaluate`'s serial pass bit for bit
+(`test_packed_pass_is_evaluate_bit_for_bit`), and structures evaluated one by one (large ones)
+are bit for bit. The batched image search lists each atom's neighbours in another order than
+the cell list (by j, then image), so a site's sums over its J neighbours add the same terms in
+another order: such a sum moves by at most ~J·u·Σ|terms| (u = 1.1e-16). The tests bound the
+energy by 32·J·u·Σ_i|E_i|, the forces by 32·J·u·Σ_p|G_p| (G the pair gradients: forces are
+signed sums of them) and the virial by 32·J·u·Σ_p|G_p||R_p|, J the most neighbours of a site;
+the 32 covers terms larger than the site energy they sum to (pacemaker: core repulsion against
+the embedding). Measured: Si-tiny and TiAl 4-10e-16 of those scales (not J-scaled), Cu-PBE
+(J = 143) 4.8e-14 of Σ|E_i| against an allowed 5e-13.
+"""
+import itertools
+import threading
+
+import numpy as np
+import pytest
+from ase import Atoms
+
+import aceserver
+from aceserver.errors import (ACEInputError, BatchError, EvaluationCancelled, TooManyPairsError,
+                              UnknownElementError)
+from aceserver.evaluation import many
+from aceserver.kernels import site_pass as K
+from aceserver.kernels.batch_pass import many_pass
+from aceserver.kernels.neighbours import neighbour_list
+
+SI_TINY = "models/Si-tiny/Si-tiny.json"
+TIAL = "models/TiAl-tutorial/TiAl-tutorial.json"
+CU_PACE = "tests/data/Cu-PBE-core-rep.yace"
+
+
+@pytest.fixture(scope="module")
+def si():
+    return aceserver.load_model(SI_TINY)
+
+
+@pytest.fixture(scope="module")
+def tial():
+    return aceserver.load_model(TIAL)
+
+
+def random_cell(rng, n, volume_per_atom, skew=0.3):
+    while True:
+        c = np.eye(3) + rng.normal(size=(3, 3)) * skew
+        v = abs(np.linalg.det(c))
+        if v > 0.3:
+            return c * (volume_per_atom * n / v) ** (1 / 3)
+
+
+def mixed(model, seed=0, count=120, vpa=17.0):
+    """Structures of every kind the batch must handle (see the module docstring)."""
+    from ase.data import atomic_numbers
+    rng = np.random.default_rng(seed)
+    Z = [atomic_numbers[e] for e in model.elements]
+    patterns = list(itertools.product([False, True], repeat=3))
+    out = []
+    for k in range(count):
+        n = int(rng.integers(1, 9))
+        c = random_cell(rng, n, vpa)
+        pos = rng.random((n, 3)) @ c + rng.integers(-3, 4, size=(n, 3)) @ c   # not wrapped
+        out.append(Atoms(numbers=rng.choice(Z, n), positions=pos, cell=c, pbc=patterns[k % 8]))
+    # a cell much smaller than the cut-off; a skewed one (reduced in the kernel); a slab, a wire
+    out.append(Atoms(numbers=[Z[0]], positions=[[0.1, 0.2, 0.3]], cell=np.eye(3) * 2.3, pbc=True))
+    a = 2.6
+    out.append(Atoms(numbers=[Z[-1]] * 2, positions=[[0, 0, 0], [1.2, 1.3, 1.1]],
+                     cell=[[a, 0, 0], [4 * a, a, 0], [-3 * a, 2 * a, a]], pbc=True))
+    out.append(Atoms(numbers=[Z[0]] * 2, positions=[[0, 0, 0], [1.5, 1.5, 1.0]],
+                     cell=[[2.7, 0, 0], [0.4, 2.9, 0], [0, 0, 0]], pbc=[True, True, False]))
+    out.append(Atoms(numbers=[Z[0]], positions=[[0, 0, 0]], cell=[[0, 0, 0], [0, 0, 0], [0, 0, 2.4]],
+                     pbc=[False, False, True]))
+    # an isolated atom, atoms with empty neighbour shells, an empty structure, a small cluster
+    out.append(Atoms(numbers=[Z[0]], positions=[[5.0, 5.0, 5.0]]))
+    out.append(Atoms(numbers=[Z[0], Z[-1]], positions=[[0, 0, 0], [0, 0, 12.0]]))
+    out.append(Atoms(numbers=[], positions=np.zeros((0, 3)), cell=np.eye(3) * 3.0, pbc=True))
+    out.append(Atoms(numbers=[Z[0]] * 4, positions=[[0, 0, 0], [2.3, 0, 0], [0, 2.4, 0], [0, 0, 2.2]]))
+    # larger than BATCH_MAX_ATOMS: evaluated one by one
+    n = many.BATCH_MAX_ATOMS + 6
+    c = random_cell(rng, n, vpa, skew=0.05)
+    out.append(Atoms(numbers=rng.choice(Z, n), positions=rng.random((n, 3)) @ c, cell=c, pbc=True))
+    return out
+
+
+def ev(model, a, **kw):
+    return model.evaluate(a.numbers, a.positions, a.cell.array, a.pbc, threads=1, **kw)
+
+
+def scales(model, a):
+    """Σ|E_i|, Σ_p|G_p|, Σ_p|G_p||R_p| and the most neighbours of a site (see the module docstring)."""
+    z, first, nbr, R = model._neighbours(a.numbers, a.positions, a.cell.array, a.pbc)
+    E, G, _ = K.fast_serial(first, nbr, R, z, model._tables(False), True)
+    g = np.abs(G).sum(axis=1)
+    J = int(np.diff(first).max(initial=0))
+    return np.abs(E).sum(), g.sum(), (g * np.linalg.norm(R, axis=1)).sum(), J
+
+
+def assert_close(model, a, got, want):
+    assert got.pairs == want.pairs
+    assert got.forces.shape == want.forces.shape and got.energies.shape == want.energies.shape
+    e_scale, g_scale, w_scale, J = scales(model, a)
+    TOL = 32 * J * 1.1e-16
+    assert abs(got.energy - want.energy) <= TOL * e_scale
+    assert np.abs(got.energies - want.energies).max(initial=0) <= TOL * e_scale
+    assert np.abs(got.forces - want.forces).max(initial=0) <= TOL * g_scale
+    assert np.abs(got.virial - want.virial).max() <= TOL * w_scale
+    assert np.array_equal(got.virial, got.virial.T)
+    if want.energy_committee is not None:
+        assert np.abs(got.energy_committee - want.energy_committee).max() <= TOL * e_scale
+    else:
+        assert got.energy_committee is None
+
+
+@pytest.mark.parametrize("name", ["si", "tial"])
+def test_matches_evaluate(name, request):
+    model = request.getfixturevalue(name)
+    structures = mixed(model)
+    got = model.evaluate_many(structures, threads=1, committee=True)
+    assert len(got) == len(structures)
+    for a, r in zip(structures, got):
+        assert_close(model, a, r, ev(model, a, committee=True))
+    big = structures[-1]
+    assert np.array_equal(got[-1].forces, ev(model, big, committee=True).forces)   # one by one
+
+
+def test_pacemaker_matches_evaluate():
+    model = aceserver.load_model(CU_PACE)
+    rng = np.random.default_rng(5)
+    structures = [Atoms("Cu" * n, positions=rng.random((n, 3)) @ c, cell=c, pbc=p)
+                  for n, c, p in [(1, random_cell(rng, 1, 11.8), True), (2, random_cell(rng, 2, 11.8), True),
+                                  (3, random_cell(rng, 3, 11.8), [True, False, True]),
+                                  (2, random_cell(rng, 2, 11.8), False)]]
+    for threads in (1, None):
+        for a, r in zip(structures, model.evaluate_many(structures, threads=threads)):
+            assert_close(model, a, r, ev(model, a))
+    with pytest.raises(ACEInputError, match="no committee"):
+        model.evaluate_many(structures, committee_forces=True)
+
+
+def test_packed_pass_is_evaluate_bit_for_bit(si):
+    """The packed site pass and scatter on the per-structure neighbour lists: evaluate's bits,
+    serially and in blocks of structures, committee energies included."""
+    structures = mixed(si, seed=3, count=40)
+    lists = [si._neighbours(a.numbers, a.positions, a.cell.array, a.pbc) for a in structures]
+    offsets = np.cumsum([0] + [len(z) for z, *_ in lists])
+    pair_offsets = np.cumsum([0] + [len(nbr) for _, _, nbr, _ in lists])
+    first = np.concatenate([[0]] + [f[1:] + p for (_, f, _, _), p in zip(lists, pair_offsets)])
+    nbr = np.concatenate([n + o for (_, _, n, _), o in zip(lists, offsets)])
+    R = np.concatenate([r for *_, r in lists])
+    z = np.concatenate([zz for zz, *_ in lists])
+    for bounds in (None, np.array([0, 5, 5, 17, 30, len(structures)])):
+        E, _, F, W, committee = many_pass(offsets, first, nbr, R, z, si._tables(True), True, bounds)
+        for s, a in enumerate(structures):
+            want = ev(si, a, committee=True)
+            atoms = slice(offsets[s], offsets[s + 1])
+            assert np.array_equal(E[0, atoms], want.energies)
+            assert float(E[0, atoms].sum()) == want.energy
+            assert np.array_equal(F[atoms], want.forces)
+            assert np.array_equal(0.5 * (W[s] + W[s].T), want.virial)
+            assert np.array_equal(committee[s], want.energy_committee)
+
+
+def test_batched_search_matches_neighbour_list(si):
+    """The same pairs (j and R) as the cell list, per atom as sets."""
+    from aceserver.kernels import batch_neighbours as BN
+    structures = mixed(si, seed=4, count=80)[:-1]
+    pos = np.concatenate([a.positions for a in structures])
+    offsets = np.cumsum([0] + [len(a) for a in structures])
+    cells = np.array([a.cell.array for a in structures])
+    pbc = np.array([a.pbc for a in structures])
+    B, D, P, box, tests, status = BN.plan(pos, offsets, cells, pbc, si.rcut, 64, 10**6)
+    assert (status == 0).all()
+    counts, closest = BN.count_pairs(pos, offsets, status, B, D, P, si.rcut)
+    first = np.concatenate([[0], np.cumsum(counts)])
+    nbr, R = np.empty(first[-1], dtype=np.int64), np.empty((first[-1], 3))
+    BN.fill_pairs(pos, offsets, status, B, D, P, si.rcut, first, nbr, R)
+    for s, a in enumerate(structures):
+        f, j, r = neighbour_list(a.positions, a.cell.array, a.pbc, si.rcut)
+        o = offsets[s]
+        for i in range(len(a)):
+            got = sorted(zip(nbr[first[o + i]:first[o + i + 1]] - o,
+                             map(tuple, np.round(R[first[o + i]:first[o + i + 1]], 9))))
+            want = sorted(zip(j[f[i]:f[i + 1]], map(tuple, np.round(r[f[i]:f[i + 1]], 9))))
+            assert got == want
+        if len(r):
+            assert closest[s] == pytest.approx(np.min(np.einsum("ij,ij->i", r, r)), rel=1e-12)
+
+
+def test_threads_give_the_same_numbers(si):
+    structures = mixed(si, seed=6, count=200)
+    one = si.evaluate_many(structures, threads=1, committee=True)
+    two = si.evaluate_many(structures, committee=True)
+    for a, b in zip(one, two):
+        assert a.energy == b.energy and np.array_equal(a.forces, b.forces)
+        assert np.array_equal(a.virial, b.virial)
+        assert np.array_equal(a.energy_committee, b.energy_committee)
+
+
+def test_options(si):
+    structures = mixed(si, seed=7, count=16)
+    no_forces = si.evaluate_many(structures, forces=False)
+    full = si.evaluate_many(structures)
+    for a, r, f in zip(structures, no_forces, full):
+        want = ev(si, a, forces=False)
+        assert np.array_equal(r.forces, want.forces) and np.array_equal(r.virial, want.virial)
+        assert r.energy == f.energy and r.energy_committee is None
+    with_cf = si.evaluate_many(structures[:6], committee=True, committee_forces=True)
+    for a, r in zip(structures, with_cf):
+        want = ev(si, a, committee=True, committee_forces=True)
+        _, g_scale, _, J = scales(si, a)
+        assert r.forces_committee.shape == want.forces_committee.shape
+        assert (np.abs(r.forces_committee - want.forces_committee).max(initial=0)
+                <= 32 * J * 1.1e-16 * g_scale * np.abs(si.committee).max() / np.abs(si.parameters).max())
+    tuples = [(a.numbers, a.positions, a.cell.array, a.pbc) for a in structures]
+    for r, t in zip(full, si.evaluate_many(tuples)):
+        assert r.energy == t.energy and np.array_equal(r.forces, t.forces)
+    # lists, scalar pbc and no cell go through the checks of `evaluate` and give its numbers
+    odd = [(a.numbers.tolist(), a.positions.tolist(), None, False) for a in structures[:4]]
+    for a, r in zip(structures, si.evaluate_many(odd)):
+        assert r.energy == si.evaluate(a.numbers, a.positions, threads=1).energy
+    assert si.evaluate_many([]) == []
+
+
+def error_of(call):
+    with pytest.raises(ACEInputError) as info:
+        call()
+    return info.value
+
+
+def test_errors_by_index(si):
+    good = mixed(si, seed=8, count=10)
+    bad = {
+        2: Atoms("SiC", positions=[[0, 0, 0], [1.5, 0, 0]]),                        # unknown element
+        4: Atoms("Si2", positions=[[0, 0, 0], [0, 0, 0]]),                          # on top
+        5: Atoms("Si", positions=[[np.nan, 0, 0]]),                                 # NaN
+        7: Atoms("Si", cell=[[2, 0, 0], [4, 0, 0], [0, 0, 2]], pbc=True),           # degenerate
+        9: (np.array([14]), np.zeros((2, 3)), np.eye(3), np.ones(3, bool)),         # shapes
+        11: "not a structure",
+        12: Atoms("Si2", positions=[[0, 0, 0], [0, 0, 1e9]]),                       # magnitude
+    }
+    structures = list(good)
+    for k in sorted(bad):
+        structures.insert(k, bad[k])
+    with pytest.raises(BatchError) as info:
+        si.evaluate_many(structures)
+    err = info.value
+    assert sorted(err.errors) == sorted(bad)
+    assert isinstance(err.errors[2], UnknownElementError)
+    for k, s in bad.items():
+        if k == 11:
+            assert "ase.Atoms" in str(err.errors[k])
+            continue
+        args = (s.numbers, s.positions, s.cell.array, s.pbc) if isinstance(s, Atoms) else s
+        want = error_of(lambda: si.evaluate(*args))
+        assert str(err.errors[k]) == str(want) and err.errors[k].field == want.field
+    assert str(err).startswith("structure 2: ")
+    rest = [r for k, r in enumerate(err.results) if k not in bad]
+    assert all(r is None for k, r in enumerate(err.results) if k in bad)
+    for a, r in zip(good, rest):
+        assert r.energy == si.evaluate_many([a])[0].energy
+
+
+def test_pair_budget_in_order(si):
+    structures = mixed(si, seed=9, count=12)[:12]
+    pairs = [r.pairs for r in si.evaluate_many(structures)]
+    limit = sum(pairs[:5]) + pairs[5] - 1          # structure 5 does not fit, 6.. may
+    with pytest.raises(BatchError) as info:
+        si.evaluate_many(structures, max_pairs=limit)
+    errors = info.value.errors
+    assert 5 in errors and isinstance(errors[5], TooManyPairsError)
+    assert errors[5].pairs == pairs[5] and errors[5].limit == pairs[5] - 1
+    used = sum(pairs[:5])
+    for k in range(6, 12):                      # each later one fits in what the earlier left
+        if used + pairs[k] <= limit:
+            assert k not in errors
+            used += pairs[k]
+        else:
+            assert k in errors
+
+
+def test_cancel(si):
+    stop = threading.Event()
+    stop.set()
+    with pytest.raises(EvaluationCancelled):
+        si.evaluate_many(mixed(si, count=4), cancel=stop)
