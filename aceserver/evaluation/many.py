@@ -2,18 +2,15 @@
 and runs one site pass and one force/virial scatter over all of them (threaded across
 structures), then hands back one `Evaluation` per structure (units as `Evaluation`).
 
-Which path a structure takes (the numbers of both agree with `SitePotential.evaluate`):
+Which path a structure takes (both give `SitePotential.evaluate`'s numbers bit for bit):
 
-* small structures (at most `BATCH_MAX_ATOMS` atoms, at most `BATCH_MAX_TESTS` pair tests, a
-  well-formed cell): the batched search (`kernels.batch_neighbours`, images enumerated in the
-  kernel) and the packed pass (`kernels.batch_pass`). Site energies, forces and virials are
-  what `evaluate` gives up to rounding: each atom's neighbours come in another order than the
-  cell list's, so a site's sums over neighbours add the same terms in another order
-  (1e-15-ish relative; tests/test_evaluate_many.py bounds it). Given the same neighbour list the
-  packed pass is `evaluate`'s serial pass bit for bit.
-* every other structure (large ones, cells or positions that the per-structure search checks
-  more closely, and every structure with a problem, so that its error is the one `evaluate`
-  raises): `potential.evaluate` itself, one call each.
+* small structures (at most `BATCH_MAX_ATOMS` atoms, a cell and positions that need no closer
+  look): packed. Their neighbour lists come from `kernels.batch_neighbours`, which runs the
+  per-structure search's own kernels and plan inside one numba call (the same pairs in the same
+  order, bit for bit); then one site pass and one scatter over all (`kernels.batch_pass`),
+  whose per-site work is that of the serial `evaluate`.
+* every other structure (large ones, and every structure with a problem, so that its error is
+  the one `evaluate` raises): `potential.evaluate` itself, one call each.
 
 Input checks run once over the packed arrays (finite, in range, known elements); a structure
 that fails them is re-run through `evaluate` for its error. Errors are per structure: every
@@ -33,8 +30,7 @@ from ..structure import MAX_COORDINATE
 from .parallel import PARALLEL_LOCK, PARALLEL_MIN_ATOMS
 from .result import Evaluation
 
-BATCH_MAX_ATOMS = 64         # the batched search tests all N² pairs: ~1 µs/atom of tests at 64
-BATCH_MAX_TESTS = 1_000_000  # pair-image tests of one structure (a 1-atom cell 0.5 Å wide, rcut 6 Å)
+BATCH_MAX_ATOMS = 64         # larger structures amortise their own set-up (~50-100 µs)
 CHUNK_ATOMS = 1 << 16        # structures are packed this many atoms at a time (bounds the scratch)
 CANCEL_CHUNK_ATOMS = 1024    # ... and this many when the caller may cancel (looked at per chunk)
 COMMITTEE_CHUNK_BYTES = 1 << 26   # per-structure committee sums of one chunk
@@ -168,47 +164,46 @@ class _Run:
         """Search, budget, pass and results of one chunk of packed structures. The threads are
         held for the kernels only: structures evaluated one by one may use them in between."""
         status = self.checked(batch, raw)
-        n_atoms = len(batch.numbers)
-        n_blocks = self.threaded(n_atoms)
+        basis, inv_basis, recip, ok = BN.bases(batch.cells, batch.pbc)
+        status[(status == 0) & ~ok] = 1
+        args = (batch.positions, batch.offsets, status, basis, inv_basis, recip, batch.pbc,
+                self.rcut, BATCH_MAX_ATOMS, self.limit, DEFAULT_MAX_NEIGHBOURS)
+        n_blocks = self.threaded(len(batch.numbers))
         try:
-            B, D, P, box, tests, plan = BN.plan(batch.positions, batch.offsets, batch.cells,
-                                                batch.pbc, self.rcut, BATCH_MAX_ATOMS,
-                                                BATCH_MAX_TESTS)
-            status = np.where(status == 2, 2, plan)
-            args = (batch.positions, batch.offsets, status, B, D, P, self.rcut)
             if n_blocks:
-                counts, closest = BN.count_pairs_parallel(
-                    *args, _blocks(tests + batch.sizes, min(len(tests), n_blocks)))
+                cost = batch.sizes * batch.sizes + 1
+                first, nbr, R = BN.search_parallel(*args, _blocks(cost, min(len(cost), n_blocks)))
             else:
-                counts, closest = BN.count_pairs(*args)
+                first, nbr, R = BN.search_serial(*args)
         finally:
             if n_blocks:
                 PARALLEL_LOCK.release()
-        # structures the per-structure search must judge: atoms too close, too many neighbours
-        odd = (status == 0) & (closest < (self.min_distance * (1 + 1e-6)) ** 2)
-        if len(counts) and counts.max() > DEFAULT_MAX_NEIGHBOURS:
-            odd[batch.owner(counts > DEFAULT_MAX_NEIGHBOURS)] = True
-        status[odd] = 1
+        counts = np.diff(first)
         pairs = batch.per_structure(counts)
+        # structures the per-structure search must judge: atoms (nearly) too close, too many
+        # neighbours of one atom
+        if len(R):
+            starts = first[batch.offsets[:-1]]
+            has = (pairs > 0) & (status == 0)
+            d2 = np.einsum("ij,ij->i", R, R)
+            closest = np.minimum.reduceat(d2, starts[has])
+            near = np.sqrt(closest) < self.min_distance * (1 + 1e-6)
+            status[np.flatnonzero(has)[near]] = 1
+            if counts.max() > DEFAULT_MAX_NEIGHBOURS:
+                status[batch.owner(counts > DEFAULT_MAX_NEIGHBOURS)] = 1
         self.spend(batch, raw, status, pairs)
         ok = status == 0
         if not ok.any():
             return
-        for s in np.flatnonzero(~ok):
-            counts[batch.offsets[s]:batch.offsets[s + 1]] = 0
-        first = np.zeros(len(counts) + 1, dtype=np.int64)
-        np.cumsum(counts, out=first[1:])
-        nbr = np.empty(first[-1], dtype=np.int64)
-        R = np.empty((first[-1], 3))
-        n_blocks = self.threaded(n_atoms)
+        if (pairs[~ok] > 0).any():            # drop the pairs of structures not evaluated here
+            keep = np.repeat(np.repeat(ok, batch.sizes), counts)
+            nbr, R = nbr[keep], R[keep]
+            first = np.zeros_like(first)
+            np.cumsum(counts * np.repeat(ok, batch.sizes), out=first[1:])
+        n_blocks = self.threaded(len(batch.numbers))
         try:
-            if n_blocks:
-                BN.fill_pairs_parallel(*args, first, nbr, R,
-                                       _blocks(tests * ok + batch.sizes, min(len(tests), n_blocks)))
-                work = _blocks(pairs * ok + batch.sizes, min(len(pairs), n_blocks))
-            else:
-                BN.fill_pairs(*args, first, nbr, R)
-                work = None
+            work = (_blocks(pairs * ok + batch.sizes, min(len(pairs), n_blocks)) if n_blocks
+                    else None)
             E, _, F, W, committee = many_pass(batch.offsets, first, nbr, R, batch.z, self.tables,
                                               self.forces, work)
         finally:
