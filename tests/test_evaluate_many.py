@@ -176,6 +176,18 @@ def test_batched_search_is_neighbour_list(si):
             assert np.array_equal(R[first[lo]:first[hi]], r)
 
 
+def test_larger_packed_structures(tial):
+    """9..64 atoms (the energy sum's blocks of 8), two species."""
+    rng = np.random.default_rng(13)
+    structures = []
+    for n in (9, 16, 17, 33, 64):
+        c = random_cell(rng, n, 17.0, skew=0.1)
+        structures.append(Atoms(numbers=rng.choice([13, 22], n), positions=rng.random((n, 3)) @ c,
+                                cell=c, pbc=True))
+    for a, r in zip(structures, tial.evaluate_many(structures)):
+        assert_same(r, ev(tial, a))
+
+
 def test_threads_give_the_same_numbers(si):
     structures = mixed(si, seed=6, count=200)
     one = si.evaluate_many(structures, threads=1, committee=True)

@@ -239,9 +239,12 @@ class _Run:
         energies = E[0]
         offsets = batch.offsets.tolist()
         pairs = pairs.tolist()
+        index = batch.index
+        results = self.results
         for s in np.flatnonzero(status == 0).tolist():
             a, b = offsets[s], offsets[s + 1]
             e = energies[a:b]
+            # e.sum(): numpy's pairwise sum, as evaluate (np.add.reduceat sums in another order)
             ev = Evaluation(energy=float(e.sum()), forces=F[a:b], virial=W[s], energies=e,
                             pairs=pairs[s])
             if self.with_committee:
@@ -250,7 +253,7 @@ class _Run:
                 f = first[a:b + 1]
                 ev.forces_committee = self.potential._committee_forces(
                     batch.z[a:b], f - f[0], nbr[f[0]:f[-1]] - a, R[f[0]:f[-1]])
-            self.results[batch.index[s]] = ev
+            results[index[s]] = ev
 
 
 def evaluate_many(potential, structures, *, forces=True, committee=False, committee_forces=False,
