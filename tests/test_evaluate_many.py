@@ -281,3 +281,68 @@ def test_cancel(si):
     stop.set()
     with pytest.raises(EvaluationCancelled):
         si.evaluate_many(mixed(si, count=4), cancel=stop)
+
+
+# ---- HTTP: a `structures` batch is one evaluate_many call; replies equal one-by-one replies ----
+
+def _request(structures, properties=None):
+    from aceserver.serving.http.schema import CalculateRequest
+    doc = {"structures": [{"numbers": a.numbers.tolist(), "positions": a.positions.tolist(),
+                           "cell": a.cell.array.tolist(), "pbc": a.pbc.tolist()} for a in structures]}
+    if properties:
+        doc["properties"] = properties
+    return CalculateRequest.model_validate(doc)
+
+
+def _one_by_one(model, request, max_pairs):
+    """The replies (or the error) of the per-structure path: `evaluate_structure` in order."""
+    from aceserver.serving.http import compute
+    props = compute.properties_for(request, model.committee is not None)
+    budget = compute.PairBudget(max_pairs)
+    return [compute.evaluate_structure(model, s, props, f"structures[{i}]", 1, budget)
+            for i, s in enumerate(request.structures)]
+
+
+def _same_reply(a, b):
+    assert a.keys() == b.keys()
+    for key in a:
+        if isinstance(a[key], np.ndarray) or isinstance(b[key], np.ndarray):
+            assert np.array_equal(a[key], b[key]), key
+        else:
+            assert a[key] == b[key], key
+
+
+def test_http_batch_equals_one_by_one(si):
+    from aceserver.serving.http import compute
+    structures = mixed(si, seed=14, count=30)[:-1]   # the empty structure is refused by the schema
+    structures = [a for a in structures if len(a)]
+    for properties in (None, ["energy", "forces", "stress", "virial", "energies", "committee",
+                              "forces_committee"]):
+        request = _request(structures, properties)
+        assert len(request.structures) > 1
+        batch = compute.evaluate_request(si, request, True, threads=1, max_pairs=10**7)
+        for got, want in zip(batch, _one_by_one(si, request, 10**7)):
+            _same_reply(got, want)
+
+
+@pytest.mark.parametrize("case", ["element", "overlap", "budget", "element_after_budget"])
+def test_http_batch_error_document_is_one_by_ones(si, case):
+    """The first failing structure names the reply, with the message of the one-by-one path."""
+    from aceserver.serving.http import compute
+    from aceserver.serving.http.error_replies import APIError
+    structures = [a for a in mixed(si, seed=15, count=12)[:-1] if len(a)]
+    pairs = [r.pairs for r in si.evaluate_many(structures)]
+    max_pairs = 10**7
+    if case in ("element", "element_after_budget"):
+        structures[7] = Atoms("SiSiC", positions=[[0, 0, 0], [2.3, 0, 0], [0, 2.3, 0]])
+    if case == "overlap":
+        structures[4] = Atoms("Si2", positions=[[0, 0, 0], [0, 0, 0]])
+    if case in ("budget", "element_after_budget"):
+        max_pairs = sum(pairs[:5]) + pairs[5] - 1
+    request = _request(structures)
+    with pytest.raises(APIError) as want:
+        _one_by_one(si, request, max_pairs)
+    with pytest.raises(APIError) as got:
+        compute.evaluate_request(si, request, True, threads=1, max_pairs=max_pairs)
+    assert got.value.body() == want.value.body()
+    assert got.value.status == want.value.status

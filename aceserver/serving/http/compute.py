@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from ase.data import chemical_symbols
 
-from aceserver.errors import ACEInputError, EvaluationCancelled, TooManyPairsError
+from aceserver.errors import ACEInputError, BatchError, EvaluationCancelled, TooManyPairsError
 
 from .error_replies import APIError
 from .schema import DEFAULT_PROPERTIES, CalculateRequest, Property, Structure
@@ -107,45 +107,47 @@ class PairBudget:
         self.remaining -= pairs
 
 
-def evaluate_structure(model: Any, s: Structure, props: set[Property], prefix: str, threads: int | None,
-                       budget: PairBudget | None = None, cancel: threading.Event | None = None) -> dict:
+def _arrays(model: Any, s: Structure, prefix: str):
+    """(numbers, positions, cell, pbc) of a validated structure, after the element check that
+    names the offending atom (422 unknown_element)."""
     numbers = np.asarray(s.atomic_numbers(), dtype=np.int64)
     species = set(model.elements)
-    for k, z in enumerate(numbers):
-        if chemical_symbols[z] not in species:
-            which = "numbers" if s.numbers is not None else "symbols"
-            raise APIError(422, "unknown_element",
-                           f"{prefix}.{which}[{k}]: element {chemical_symbols[z]} (Z={z}) is not in this model "
-                           f"(species: {', '.join(model.elements)})", f"{prefix}.{which}[{k}]")
+    known = np.array([chemical_symbols[z] in species for z in range(len(chemical_symbols))])
+    bad = np.flatnonzero(~known[numbers])
+    if len(bad):
+        k = int(bad[0])
+        z = int(numbers[k])
+        which = "numbers" if s.numbers is not None else "symbols"
+        raise APIError(422, "unknown_element",
+                       f"{prefix}.{which}[{k}]: element {chemical_symbols[z]} (Z={z}) is not in this model "
+                       f"(species: {', '.join(model.elements)})", f"{prefix}.{which}[{k}]")
     positions = np.asarray(s.positions, dtype=np.float64).reshape(-1, 3)
     cell = np.asarray(s.cell, dtype=np.float64) if s.cell is not None else np.zeros((3, 3))
     pbc = np.asarray(s.pbc, dtype=bool)
-    committee = bool(props & {Property.committee, Property.forces_committee})
-    limit = {} if budget is None else {"max_pairs": budget.remaining}
-    try:
-        ev = model.evaluate(numbers, positions, cell, pbc, committee=committee,
-                            committee_forces=Property.forces_committee in props, threads=threads,
-                            cancel=cancel, **limit)
-    except EvaluationCancelled:
-        raise Abandoned(f"stopped inside {prefix}") from None
-    except TooManyPairsError as ex:
-        if budget is None:
-            raise
-        used = budget.limit - budget.remaining
+    return numbers, positions, cell, pbc
+
+
+def _as_api_error(ex: Exception, prefix: str, budget: PairBudget | None, used: int) -> Exception:
+    """The reply to an evaluator error of one structure (`used`: pairs of the structures before it)."""
+    if isinstance(ex, EvaluationCancelled):
+        return Abandoned(f"stopped inside {prefix}")
+    if isinstance(ex, TooManyPairsError) and budget is not None:
         spent = f" ({used} used by the structures before it)" if used else ""
-        raise APIError(413, "too_large", f"{prefix}: {ex.pairs} neighbour pairs within the cutoff; a request may "
-                       f"use at most {budget.limit} (--max-pairs){spent}", prefix) from None
-    except ACEInputError as ex:
+        return APIError(413, "too_large", f"{prefix}: {ex.pairs} neighbour pairs within the cutoff; a request may "
+                        f"use at most {budget.limit} (--max-pairs){spent}", prefix)
+    if isinstance(ex, ACEInputError) and not isinstance(ex, TooManyPairsError):
         field = f"{prefix}.{ex.field}" if ex.field else prefix
-        raise APIError(422, "unknown_element" if type(ex).__name__ == "UnknownElementError" else "invalid_input",
-                       f"{field}: {ex}", field) from None
-    except (OverflowError, ZeroDivisionError, FloatingPointError) as ex:
+        return APIError(422, "unknown_element" if type(ex).__name__ == "UnknownElementError" else "invalid_input",
+                        f"{field}: {ex}", field)
+    if isinstance(ex, (OverflowError, ZeroDivisionError, FloatingPointError)):
         # numerically extreme geometry that the evaluator did not name; still the user's input, not a 5xx
         log.warning("evaluator arithmetic error on %s: %r", prefix, ex)
-        raise APIError(422, "invalid_input", f"{prefix}: geometry too extreme to evaluate "
-                       f"({type(ex).__name__}: {ex})", prefix) from None
-    if budget is not None:
-        budget.spend(ev.pairs)
+        return APIError(422, "invalid_input", f"{prefix}: geometry too extreme to evaluate "
+                        f"({type(ex).__name__}: {ex})", prefix)
+    return ex
+
+
+def _reply(ev, props: set[Property], cell, pbc, committee: bool) -> dict:
     out: dict[str, Any] = {}
     if Property.energy in props:
         out["energy"] = float(ev.energy)
@@ -168,12 +170,72 @@ def evaluate_structure(model: Any, s: Structure, props: set[Property], prefix: s
     return out
 
 
+def evaluate_structure(model: Any, s: Structure, props: set[Property], prefix: str, threads: int | None,
+                       budget: PairBudget | None = None, cancel: threading.Event | None = None) -> dict:
+    numbers, positions, cell, pbc = _arrays(model, s, prefix)
+    committee = bool(props & {Property.committee, Property.forces_committee})
+    limit = {} if budget is None else {"max_pairs": budget.remaining}
+    try:
+        ev = model.evaluate(numbers, positions, cell, pbc, committee=committee,
+                            committee_forces=Property.forces_committee in props, threads=threads,
+                            cancel=cancel, **limit)
+    except TooManyPairsError as ex:
+        if budget is None:
+            raise
+        raise _as_api_error(ex, prefix, budget, budget.limit - budget.remaining) from None
+    except (EvaluationCancelled, ACEInputError, OverflowError, ZeroDivisionError, FloatingPointError) as ex:
+        raise _as_api_error(ex, prefix, budget, 0) from None
+    if budget is not None:
+        budget.spend(ev.pairs)
+    return _reply(ev, props, cell, pbc, committee)
+
+
+def evaluate_batch(model: Any, structures: list[Structure], props: set[Property], threads: int | None,
+                   max_pairs: int, cancel: threading.Event | None = None) -> list[dict]:
+    """`structures[i]` in one `model.evaluate_many` call: the same replies, and the same error
+    document (the first failing structure's, with the budget the structures before it left) as
+    evaluating them one by one with `evaluate_structure`."""
+    inputs = []
+    first_error = None
+    for i, s in enumerate(structures):
+        try:
+            inputs.append(_arrays(model, s, f"structures[{i}]"))
+        except APIError as ex:       # nothing after it matters: the reply is this error or an earlier one
+            first_error = ex
+            break
+    committee = bool(props & {Property.committee, Property.forces_committee})
+    try:
+        results = model.evaluate_many(inputs, committee=committee,
+                                      committee_forces=Property.forces_committee in props,
+                                      threads=threads, cancel=cancel, max_pairs=max_pairs)
+    except EvaluationCancelled:
+        raise Abandoned("stopped inside the batch") from None
+    except BatchError as ex:
+        k = min(ex.errors)
+        used = sum(r.pairs for r in ex.results[:k])
+        raise _as_api_error(ex.errors[k], f"structures[{k}]", PairBudget(max_pairs), used) from None
+    except (OverflowError, ZeroDivisionError, FloatingPointError):
+        # not tied to a structure by the evaluator: one by one, to name it
+        budget = PairBudget(max_pairs)
+        return [evaluate_structure(model, s, props, f"structures[{i}]", threads, budget, cancel)
+                for i, s in enumerate(structures)]
+    if first_error is not None:
+        raise first_error
+    return [_reply(ev, props, cell, pbc, committee) for ev, (_, _, cell, pbc) in zip(results, inputs)]
+
+
 def evaluate_request(model: Any, request: CalculateRequest, has_committee: bool, threads: int | None = 1,
                      max_pairs: int | None = None, cancel: threading.Event | None = None) -> list[dict]:
-    """Results of every structure; `threads` goes to `model.evaluate` (1: serial kernel);
+    """Results of every structure; `threads` goes to the evaluator (1: serial kernel);
     `max_pairs` bounds the neighbour pairs summed over the request (None: only the evaluator's own
-    per-structure limit); once `cancel` is set, `Abandoned` is raised before the next structure."""
+    per-structure limit); once `cancel` is set, `Abandoned` is raised (before the next structure,
+    or the next chunk of a batch). A `structures` list under a pair budget is evaluated in one
+    `evaluate_many` call (the per-structure limit of a request without a budget stays per structure)."""
     props = properties_for(request, has_committee)
+    if cancel is not None and cancel.is_set():
+        raise Abandoned("stopped before the first structure")
+    if request.structure is None and len(request.structures) > 1 and max_pairs is not None:
+        return evaluate_batch(model, request.structures, props, threads, max_pairs, cancel)
     budget = None if max_pairs is None else PairBudget(max_pairs)
     named = ([("structure", request.structure)] if request.structure is not None else
              [(f"structures[{i}]", s) for i, s in enumerate(request.structures)])
