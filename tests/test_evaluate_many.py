@@ -118,7 +118,7 @@ def test_pacemaker_matches_evaluate():
 
 def test_packed_pass_is_evaluate_bit_for_bit(si):
     """The packed site pass and scatter on the per-structure neighbour lists: evaluate's bits,
-    serially and in blocks of structures, committee energies included."""
+    in one range and in several, committee energies included."""
     structures = mixed(si, seed=3, count=40)
     lists = [si._neighbours(a.numbers, a.positions, a.cell.array, a.pbc) for a in structures]
     offsets = np.cumsum([0] + [len(z) for z, *_ in lists])
@@ -162,18 +162,16 @@ def test_batched_search_is_neighbour_list(si):
         b, _, ib, r = binning_basis(a.cell.array.copy(), a.pbc.copy())
         assert np.array_equal(b, basis[s]) and np.array_equal(ib, inv_basis[s])
         assert np.array_equal(r, recip[s])
-    for parallel in (False, True):
-        status = np.zeros(len(structures), dtype=np.int64)
-        args = (pos, offsets, status, basis, inv_basis, recip, pbc, si.rcut, 64, 10**8, 20000)
-        first, nbr, R = (BN.search_parallel(*args, np.array([0, 17, 60, len(structures)]))
-                         if parallel else BN.search_serial(*args))
-        assert (status == 0).all()
-        for s, a in enumerate(structures):
-            f, j, r = neighbour_list(a.positions, a.cell.array, a.pbc, si.rcut, sort=False)
-            lo, hi = offsets[s], offsets[s + 1]
-            assert np.array_equal(first[lo:hi + 1] - first[lo], f)
-            assert np.array_equal(nbr[first[lo]:first[hi]] - lo, j)
-            assert np.array_equal(R[first[lo]:first[hi]], r)
+    status = np.zeros(len(structures), dtype=np.int64)
+    first, nbr, R = BN.search(pos, offsets, status, basis, inv_basis, recip, pbc, si.rcut, 64,
+                              10**8, 20000)
+    assert (status == 0).all()
+    for s, a in enumerate(structures):
+        f, j, r = neighbour_list(a.positions, a.cell.array, a.pbc, si.rcut, sort=False)
+        lo, hi = offsets[s], offsets[s + 1]
+        assert np.array_equal(first[lo:hi + 1] - first[lo], f)
+        assert np.array_equal(nbr[first[lo]:first[hi]] - lo, j)
+        assert np.array_equal(R[first[lo]:first[hi]], r)
 
 
 def test_larger_packed_structures(tial):
@@ -189,9 +187,10 @@ def test_larger_packed_structures(tial):
 
 
 def test_threads_give_the_same_numbers(si):
+    """Parts of the batch searched and passed on several threads (merged lists): the same bits."""
     structures = mixed(si, seed=6, count=200)
     one = si.evaluate_many(structures, threads=1, committee=True)
-    two = si.evaluate_many(structures, committee=True)
+    two = si.evaluate_many(structures, committee=True, threads=3)
     for a, b in zip(one, two):
         assert a.energy == b.energy and np.array_equal(a.forces, b.forces)
         assert np.array_equal(a.virial, b.virial)

@@ -19,15 +19,17 @@ failed) and the errors by index.
 """
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numba
 import numpy as np
 
 from ..errors import ACEInputError, BatchError, EvaluationCancelled, TooManyPairsError
 from ..kernels import batch_neighbours as BN
-from ..kernels.batch_pass import many_pass
+from ..kernels.batch_pass import committee_sums, outputs, pass_range
 from ..kernels.neighbours import DEFAULT_MAX_NEIGHBOURS, DEFAULT_MAX_PAIRS
 from ..structure import MAX_COORDINATE
-from .parallel import PARALLEL_LOCK, PARALLEL_MIN_ATOMS
+from .parallel import PARALLEL_MIN_ATOMS
 from .result import Evaluation
 
 BATCH_MAX_ATOMS = 64         # larger structures amortise their own set-up (~50-100 µs)
@@ -83,6 +85,20 @@ class _Batch:
         c = np.zeros(len(per_atom) + 1, dtype=np.int64)
         np.cumsum(per_atom, out=c[1:])
         return c[self.offsets[1:]] - c[self.offsets[:-1]]
+
+
+_POOL: list = []     # [ThreadPoolExecutor] shared by all calls, made on first threaded use
+
+
+def _run(fn, parts) -> list:
+    """fn(part) for every part, on the pool's threads when there are several."""
+    if len(parts) <= 1:
+        return [fn(p) for p in parts]
+    if not _POOL or _POOL[0]._max_workers < len(parts):
+        if _POOL:
+            _POOL[0].shutdown(wait=False)
+        _POOL[:] = [ThreadPoolExecutor(len(parts), thread_name_prefix="aceserver-many")]
+    return list(_POOL[0].map(fn, parts))
 
 
 def _blocks(cost, n_blocks) -> np.ndarray:
@@ -151,39 +167,46 @@ class _Run:
             status[s] = 2
         return status
 
-    def threaded(self, n_atoms) -> int:
-        """Blocks of structures for numba's threads (the caller then holds PARALLEL_LOCK and
-        releases it), or 0: serial (one thread asked for, too few atoms, or the lock is taken)."""
-        n_threads = numba.get_num_threads()
-        if (self.threads != 1 and n_threads > 1 and n_atoms >= PARALLEL_MIN_ATOMS
-                and PARALLEL_LOCK.acquire(blocking=False)):
-            return 4 * n_threads
-        return 0
+    def parts(self, cost, n_atoms) -> list[tuple[int, int]]:
+        """Runs of structures of about equal cost, one per thread (one without threads)."""
+        n = 1 if self.threads == 1 or n_atoms < PARALLEL_MIN_ATOMS else (
+            self.threads or numba.get_num_threads())
+        b = _blocks(cost, max(1, min(n, len(cost)))).tolist()
+        return [(lo, hi) for lo, hi in zip(b[:-1], b[1:]) if hi > lo]
 
     def run_batch(self, batch: _Batch, raw) -> None:
-        """Search, budget, pass and results of one chunk of packed structures. The threads are
-        held for the kernels only: structures evaluated one by one may use them in between."""
+        """Search, budget, pass and results of one chunk of packed structures; the kernels of
+        parts of it run at once on threads of a pool (they release the GIL)."""
         status = self.checked(batch, raw)
         basis, inv_basis, recip, ok = BN.bases(batch.cells, batch.pbc)
         status[(status == 0) & ~ok] = 1
-        args = (batch.positions, batch.offsets, status, basis, inv_basis, recip, batch.pbc,
-                self.rcut, BATCH_MAX_ATOMS, self.limit, DEFAULT_MAX_NEIGHBOURS)
-        n_blocks = self.threaded(len(batch.numbers))
-        try:
-            if n_blocks:
-                cost = batch.sizes * batch.sizes + 1
-                first, nbr, R = BN.search_parallel(*args, _blocks(cost, min(len(cost), n_blocks)))
-            else:
-                first, nbr, R = BN.search_serial(*args)
-        finally:
-            if n_blocks:
-                PARALLEL_LOCK.release()
+        offsets = batch.offsets
+
+        def search(part):
+            lo, hi = part
+            a0, a1 = offsets[lo], offsets[hi]
+            # private copies: numba counts references to arrays atomically, and threads that
+            # share an array would fight over its count for every view they take
+            return BN.search(batch.positions[a0:a1].copy(), offsets[lo:hi + 1] - a0,
+                             status[lo:hi], basis[lo:hi].copy(), inv_basis[lo:hi].copy(),
+                             recip[lo:hi].copy(), batch.pbc[lo:hi].copy(), self.rcut,
+                             BATCH_MAX_ATOMS, self.limit, DEFAULT_MAX_NEIGHBOURS)
+
+        parts = self.parts(batch.sizes * batch.sizes + 1, len(batch.numbers))
+        found = _run(search, parts)
+        if len(found) == 1:
+            first, nbr, R = found[0]
+        else:
+            shift = np.cumsum([0] + [len(f[1]) for f in found])
+            first = np.concatenate([[0]] + [f[0][1:] + p for f, p in zip(found, shift)])
+            nbr = np.concatenate([f[1] + offsets[lo] for f, (lo, _) in zip(found, parts)])
+            R = np.concatenate([f[2] for f in found])
         counts = np.diff(first)
         pairs = batch.per_structure(counts)
         # structures the per-structure search must judge: atoms (nearly) too close, too many
         # neighbours of one atom
         if len(R):
-            starts = first[batch.offsets[:-1]]
+            starts = first[offsets[:-1]]
             has = (pairs > 0) & (status == 0)
             d2 = np.einsum("ij,ij->i", R, R)
             closest = np.minimum.reduceat(d2, starts[has])
@@ -200,15 +223,15 @@ class _Run:
             nbr, R = nbr[keep], R[keep]
             first = np.zeros_like(first)
             np.cumsum(counts * np.repeat(ok, batch.sizes), out=first[1:])
-        n_blocks = self.threaded(len(batch.numbers))
-        try:
-            work = (_blocks(pairs * ok + batch.sizes, min(len(pairs), n_blocks)) if n_blocks
-                    else None)
-            E, _, F, W, committee = many_pass(batch.offsets, first, nbr, R, batch.z, self.tables,
-                                              self.forces, work)
-        finally:
-            if n_blocks:
-                PARALLEL_LOCK.release()
+        out = outputs(first, R, self.tables, len(batch.sizes))
+
+        def site_pass(part):
+            pass_range(part[0], part[1], offsets, first, nbr, R, batch.z, self.tables,
+                       self.forces, out)
+
+        _run(site_pass, self.parts(pairs * ok + batch.sizes, len(batch.numbers)))
+        committee = committee_sums(self.tables, batch.z, offsets, out, 0, len(batch.sizes))
+        E, _, F, W = out[:4]
         self.collect(batch, raw, status, pairs, E, F, W, committee, first, nbr, R)
 
     def spend(self, batch, raw, status, pairs) -> None:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from .neighbour_search import bin_and_count, frame, pairs, pairs_one_pass
 from .neighbours import (_BINS_PER_CUTOFF, _MAX_BIN_IMAGES, _ONE_PASS_MAX_VISITS, _SLACK,
@@ -201,39 +201,6 @@ def _grid(positions, basis, inv_basis, recip, periodic, rcut):
 
 
 @njit(cache=True, nogil=True)
-def _search(a, b, positions, basis, inv_basis, recip, periodic, rcut, max_pairs, max_neighbours,
-            fill, first, nbr, R, counts):
-    """The search of the structure with atoms a..b-1: with fill False the pair count of every
-    atom into counts[a:b] and its candidate visits (-1: status 1, see the module docstring);
-    with fill True its pairs into the slots first[a:b] (global neighbour indices)."""
-    pos = positions[a:b]
-    ok, cell_p, n, wrapped, s, lo, width, nb, m, rsearch = _grid(pos, basis, inv_basis, recip,
-                                                                  periodic, rcut)
-    if not ok:
-        return -1
-    cbin, start, order, visits, seen, cap = bin_and_count(s, lo, width, nb, m, periodic)
-    N = b - a
-    pair_limit = min(max_pairs, max_neighbours * N)
-    if visits > _WORK_PER_PAIR * pair_limit + _WORK_FREE or visits > _ONE_PASS_MAX_VISITS:
-        return -1
-    key_T = np.eye(3, dtype=np.int64)
-    key_H = np.zeros(3, dtype=np.int64)
-    key_sp = np.ones(3, dtype=np.int64)
-    f = first[a:b + 1]
-    if fill:
-        pairs(pos, wrapped, n, cell_p, cbin, start, order, nb, m, periodic, rsearch, rcut, True,
-              False, f, nbr, R, key_H, key_T, key_H, key_sp, cap)
-        for q in range(f[0], f[N]):
-            nbr[q] += a
-        return visits
-    c = pairs(pos, wrapped, n, cell_p, cbin, start, order, nb, m, periodic, rsearch, rcut, False,
-              False, f, nbr, R, key_H, key_T, key_H, key_sp, cap)
-    for i in range(N):
-        counts[a + i] = c[i]
-    return visits
-
-
-@njit(cache=True, nogil=True)
 def _one_pass(a, b, positions, basis, inv_basis, recip, periodic, rcut, max_pairs,
               max_neighbours, scratch_j, scratch_R, counts):
     """The search of one structure in one pass into scratch (as neighbour_list's serial path);
@@ -263,11 +230,12 @@ def _one_pass(a, b, positions, basis, inv_basis, recip, periodic, rcut, max_pair
 
 
 @njit(cache=True, nogil=True)
-def search_serial(positions, offsets, status, basis, inv_basis, recip, pbc, rcut, max_atoms,
+def search(positions, offsets, status, basis, inv_basis, recip, pbc, rcut, max_atoms,
                   max_pairs, max_neighbours):
     """All structures with status 0 (others are skipped; over max_atoms atoms, or a limit of
     the per-structure search: status set to 1), one pass each, appended to outputs grown by
-    doubling. Returns first (N+1), nbr, R, and the visits of every structure."""
+    doubling. Returns first (N+1), nbr, R. Callers search parts of a batch on threads of their
+    own (numba's threading layer made a two-pass threaded search slower than this one)."""
     S = offsets.shape[0] - 1
     N = positions.shape[0]
     counts = np.zeros(N, dtype=np.int64)
@@ -307,35 +275,3 @@ def search_serial(positions, offsets, status, basis, inv_basis, recip, pbc, rcut
             first[i + 1] = first[i] + counts[i]
         P += got
     return first, nbr[:P].copy(), R[:P].copy()
-
-
-@njit(cache=True, nogil=True, parallel=True)
-def search_parallel(positions, offsets, status, basis, inv_basis, recip, pbc, rcut, max_atoms,
-                    max_pairs, max_neighbours, bounds):
-    """search_serial over the blocks of structures bounds[c]:bounds[c+1] on numba's threads: a
-    counting pass and a filling pass (the same pairs in the same order)."""
-    S = offsets.shape[0] - 1
-    N = positions.shape[0]
-    counts = np.zeros(N, dtype=np.int64)
-    dummy_j = np.zeros(0, dtype=np.int64)
-    dummy_R = np.zeros((0, 3))
-    for c in prange(bounds.shape[0] - 1):
-        for s in range(bounds[c], bounds[c + 1]):
-            a, b = offsets[s], offsets[s + 1]
-            if status[s] != 0 or b == a:
-                continue
-            if b - a > max_atoms or _search(a, b, positions, basis[s], inv_basis[s], recip[s],
-                                            pbc[s], rcut, max_pairs, max_neighbours, False,
-                                            offsets, dummy_j, dummy_R, counts) < 0:
-                status[s] = 1
-    first = np.zeros(N + 1, dtype=np.int64)
-    for i in range(N):
-        first[i + 1] = first[i] + counts[i]
-    nbr = np.empty(first[N], dtype=np.int64)
-    R = np.empty((first[N], 3))
-    for c in prange(bounds.shape[0] - 1):
-        for s in range(bounds[c], bounds[c + 1]):
-            if status[s] == 0 and offsets[s + 1] > offsets[s]:
-                _search(offsets[s], offsets[s + 1], positions, basis[s], inv_basis[s], recip[s],
-                        pbc[s], rcut, max_pairs, max_neighbours, True, first, nbr, R, counts)
-    return first, nbr, R

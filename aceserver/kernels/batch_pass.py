@@ -1,5 +1,5 @@
 """The site pass and the force/virial scatter over many structures packed into one neighbour
-list (numba), serially or over blocks of structures on numba's threads.
+list (numba), over a range of structures per call: callers run ranges on threads of their own.
 
 Packing: atoms of structure s are ``offsets[s]:offsets[s+1]``; the CSR list (first, nbr, R) holds
 every structure's pairs with neighbour indices into the packed atoms, and no pair joins two
@@ -12,7 +12,7 @@ so each structure's committee energies come from its own sums, as in a call of i
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from .scatter import _scatter_range
 from .site_pass import _fast_range, committee_energies
@@ -36,13 +36,16 @@ def _structures(lo, hi, offsets, first, nbr, R, zat, T, mode, with_grad, E, G, F
 
 
 @njit(cache=True, nogil=True)
-def _outputs(first, R, T, mode, n_structures):
+def outputs(first, R, T, n_structures):
+    """Zeroed outputs for `pass_range`: site energies E (1, N), pair gradients G (pairs, 3),
+    forces F (N, 3), virials W (S, 3, 3) and the committee sums SAA, H (per structure for an
+    ace1 committee, else (1, 0, ...))."""
     N = first.shape[0] - 1
     E = np.empty((1, N))
     G = np.empty((R.shape[0], 3))
     F = np.zeros((N, 3))
     W = np.zeros((n_structures, 3, 3))
-    if mode == 0 and T.coef.shape[0] > 1:     # ace1 committee: sums per structure
+    if T.mode == 0 and T.coef.shape[0] > 1:     # ace1 committee: sums per structure
         SAA = np.zeros((n_structures, T.coef.shape[1], T.coef.shape[2]))
         H = np.zeros((n_structures,) + T.pair_spl.shape[1:])
     else:
@@ -51,62 +54,46 @@ def _outputs(first, R, T, mode, n_structures):
     return E, G, F, W, SAA, H
 
 
-@njit(cache=True, nogil=True)
-def _serial(offsets, first, nbr, R, zat, T, with_grad, mode):
-    S = offsets.shape[0] - 1
-    E, G, F, W, SAA, H = _outputs(first, R, T, mode, S)
-    if S > 0:
-        _structures(0, S, offsets, first, nbr, R, zat, T, mode, with_grad, E, G, F, W, SAA, H)
-    return E, G, F, W, SAA, H
-
-
-@njit(cache=True, nogil=True, parallel=True)
-def _parallel(offsets, first, nbr, R, zat, T, with_grad, mode, bounds):
-    S = offsets.shape[0] - 1
-    E, G, F, W, SAA, H = _outputs(first, R, T, mode, S)
-    for c in prange(bounds.shape[0] - 1):
-        if bounds[c + 1] > bounds[c]:
-            _structures(bounds[c], bounds[c + 1], offsets, first, nbr, R, zat, T, mode, with_grad,
-                        E, G, F, W, SAA, H)
-    return E, G, F, W, SAA, H
-
-
 # One entry point per radial mode, as in site_pass: the mode is a compile-time constant.
 @njit(cache=True, nogil=True)
-def _serial_ace1(offsets, first, nbr, R, zat, T, with_grad):
-    return _serial(offsets, first, nbr, R, zat, T, with_grad, 0)
+def _range_ace1(lo, hi, offsets, first, nbr, R, zat, T, with_grad, E, G, F, W, SAA, H):
+    _structures(lo, hi, offsets, first, nbr, R, zat, T, 0, with_grad, E, G, F, W, SAA, H)
 
 
 @njit(cache=True, nogil=True)
-def _serial_tabulated(offsets, first, nbr, R, zat, T, with_grad):
-    return _serial(offsets, first, nbr, R, zat, T, with_grad, 1)
+def _range_tabulated(lo, hi, offsets, first, nbr, R, zat, T, with_grad, E, G, F, W, SAA, H):
+    _structures(lo, hi, offsets, first, nbr, R, zat, T, 1, with_grad, E, G, F, W, SAA, H)
 
 
-@njit(cache=True, nogil=True)
-def _parallel_ace1(offsets, first, nbr, R, zat, T, with_grad, bounds):
-    return _parallel(offsets, first, nbr, R, zat, T, with_grad, 0, bounds)
+def pass_range(lo, hi, offsets, first, nbr, R, zat, T, with_grad, out):
+    """The site pass and scatter of structures lo..hi-1 into `out` (from `outputs`). Ranges
+    write disjoint parts of it, so callers may run several at once on threads of their own
+    (the kernels release the GIL)."""
+    if hi > lo:
+        (_range_ace1 if T.mode == 0 else _range_tabulated)(lo, hi, offsets, first, nbr, R, zat,
+                                                          T, with_grad, *out)
 
 
-@njit(cache=True, nogil=True)
-def _parallel_tabulated(offsets, first, nbr, R, zat, T, with_grad, bounds):
-    return _parallel(offsets, first, nbr, R, zat, T, with_grad, 1, bounds)
+def committee_sums(T, zat, offsets, out, lo, hi):
+    """Committee energies (K,) of structures lo..hi-1 from their sums (None without a committee)."""
+    SAA, H = out[4], out[5]
+    if SAA.shape[1] == 0:
+        return [None] * (hi - lo)
+    return [committee_energies(T, zat[offsets[s]:offsets[s + 1]], SAA[s], H[s])
+            for s in range(lo, hi)]
 
 
 def many_pass(offsets, first, nbr, R, zat, T, with_grad, bounds=None):
     """Site energies E (1, N), pair gradients G (pairs, 3), forces F (N, 3) eV/Å and virials
     W (S, 3, 3) eV (W = -Σ G ⊗ R, not symmetrised; F and W zero without with_grad) of the S packed
     structures, and per structure its committee energies (a list of (K,) arrays, None without
-    committee sets in T). bounds: blocks of structures bounds[c]:bounds[c+1] run on numba's
-    threads (None: serial); the numbers do not depend on it."""
-    if bounds is None:
-        out = (_serial_ace1 if T.mode == 0 else _serial_tabulated)(offsets, first, nbr, R, zat, T,
-                                                                  with_grad)
-    else:
-        out = (_parallel_ace1 if T.mode == 0 else _parallel_tabulated)(offsets, first, nbr, R,
-                                                                      zat, T, with_grad, bounds)
-    E, G, F, W, SAA, H = out
-    committee = None
-    if SAA.shape[1] > 0:
-        committee = [committee_energies(T, zat[offsets[s]:offsets[s + 1]], SAA[s], H[s])
-                     for s in range(len(offsets) - 1)]
-    return E, G, F, W, committee
+    committee sets in T). bounds: run as ranges bounds[c]:bounds[c+1] (one after the other here;
+    the numbers do not depend on it)."""
+    S = len(offsets) - 1
+    out = outputs(first, R, T, S)
+    bounds = np.array([0, S]) if bounds is None else bounds
+    for c in range(len(bounds) - 1):
+        pass_range(bounds[c], bounds[c + 1], offsets, first, nbr, R, zat, T, with_grad, out)
+    committee = committee_sums(T, zat, offsets, out, 0, S)
+    E, G, F, W = out[:4]
+    return E, G, F, W, (None if out[4].shape[1] == 0 else committee)
