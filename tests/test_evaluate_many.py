@@ -345,3 +345,17 @@ def test_http_batch_error_document_is_one_by_ones(si, case):
         compute.evaluate_request(si, request, True, threads=1, max_pairs=max_pairs)
     assert got.value.body() == want.value.body()
     assert got.value.status == want.value.status
+
+
+def test_batch_stresses_are_postprocess_stress(si):
+    from aceserver.evaluation import postprocess
+    structures = mixed(si, seed=16, count=40)
+    results = si.evaluate_many(structures)
+    got = postprocess.stresses(np.array([r.virial for r in results]),
+                               np.array([a.cell.array for a in structures]),
+                               np.array([a.pbc for a in structures]))
+    for a, r, s in zip(structures, results, got):
+        want = r.periodic_stress(a.cell.array, a.pbc)
+        assert (s is None) == (want is None)
+        if want is not None:
+            assert np.array_equal(s, want)

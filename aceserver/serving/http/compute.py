@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 from ase.data import chemical_symbols
 
+from aceserver.evaluation import postprocess
 from aceserver.errors import ACEInputError, BatchError, EvaluationCancelled, TooManyPairsError
 
 from .error_replies import APIError
@@ -107,12 +108,17 @@ class PairBudget:
         self.remaining -= pairs
 
 
-def _arrays(model: Any, s: Structure, prefix: str):
-    """(numbers, positions, cell, pbc) of a validated structure, after the element check that
-    names the offending atom (422 unknown_element)."""
-    numbers = np.asarray(s.atomic_numbers(), dtype=np.int64)
+def _known(model: Any) -> np.ndarray:
+    """known[Z]: whether the model has parameters for atomic number Z."""
     species = set(model.elements)
-    known = np.array([chemical_symbols[z] in species for z in range(len(chemical_symbols))])
+    return np.array([sym in species for sym in chemical_symbols])
+
+
+def _arrays(model: Any, s: Structure, prefix: str, known: np.ndarray | None = None):
+    """(numbers, positions, cell, pbc) of a validated structure, after the element check that
+    names the offending atom (422 unknown_element); known: `_known(model)`, if at hand."""
+    numbers = np.asarray(s.atomic_numbers(), dtype=np.int64)
+    known = _known(model) if known is None else known
     bad = np.flatnonzero(~known[numbers])
     if len(bad):
         k = int(bad[0])
@@ -147,7 +153,11 @@ def _as_api_error(ex: Exception, prefix: str, budget: PairBudget | None, used: i
     return ex
 
 
-def _reply(ev, props: set[Property], cell, pbc, committee: bool) -> dict:
+_UNSET = object()
+
+
+def _reply(ev, props: set[Property], cell, pbc, committee: bool, stress: Any = _UNSET) -> dict:
+    """The result document of one structure (stress: already computed, None where undefined)."""
     out: dict[str, Any] = {}
     if Property.energy in props:
         out["energy"] = float(ev.energy)
@@ -156,7 +166,7 @@ def _reply(ev, props: set[Property], cell, pbc, committee: bool) -> dict:
         out["forces"] = np.asarray(ev.forces)
     if Property.stress in props:
         # as ACECalculator: stress only for cells periodic in all three directions (else null)
-        out["stress"] = ev.periodic_stress(cell, pbc)
+        out["stress"] = ev.periodic_stress(cell, pbc) if stress is _UNSET else stress
     if Property.virial in props:
         out["virial"] = np.asarray(ev.virial)
     if Property.energies in props:
@@ -197,9 +207,10 @@ def evaluate_batch(model: Any, structures: list[Structure], props: set[Property]
     evaluating them one by one with `evaluate_structure`."""
     inputs = []
     first_error = None
+    known = _known(model)
     for i, s in enumerate(structures):
         try:
-            inputs.append(_arrays(model, s, f"structures[{i}]"))
+            inputs.append(_arrays(model, s, f"structures[{i}]", known))
         except APIError as ex:       # nothing after it matters: the reply is this error or an earlier one
             first_error = ex
             break
@@ -221,7 +232,12 @@ def evaluate_batch(model: Any, structures: list[Structure], props: set[Property]
                 for i, s in enumerate(structures)]
     if first_error is not None:
         raise first_error
-    return [_reply(ev, props, cell, pbc, committee) for ev, (_, _, cell, pbc) in zip(results, inputs)]
+    stress = None
+    if Property.stress in props:
+        stress = postprocess.stresses(np.array([ev.virial for ev in results]),
+                                      np.array([i[2] for i in inputs]), np.array([i[3] for i in inputs]))
+    return [_reply(ev, props, cell, pbc, committee, None if stress is None else stress[k])
+            for k, (ev, (_, _, cell, pbc)) in enumerate(zip(results, inputs))]
 
 
 def evaluate_request(model: Any, request: CalculateRequest, has_committee: bool, threads: int | None = 1,
