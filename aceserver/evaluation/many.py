@@ -174,9 +174,10 @@ class _Run:
         b = _blocks(cost, max(1, min(n, len(cost)))).tolist()
         return [(lo, hi) for lo, hi in zip(b[:-1], b[1:]) if hi > lo]
 
-    def run_batch(self, batch: _Batch, raw) -> None:
-        """Search, budget, pass and results of one chunk of packed structures; the kernels of
-        parts of it run at once on threads of a pool (they release the GIL)."""
+    def search_batch(self, batch: _Batch, raw):
+        """The neighbour lists of one chunk of packed structures (parts of it searched at once
+        on threads of a pool), after the budget: (status, pairs per structure, first, nbr, R)
+        with the pairs of the structures of status 0 only; None if there are none."""
         status = self.checked(batch, raw)
         basis, inv_basis, recip, ok = BN.bases(batch.cells, batch.pbc)
         status[(status == 0) & ~ok] = 1
@@ -217,12 +218,23 @@ class _Run:
         self.spend(batch, raw, status, pairs)
         ok = status == 0
         if not ok.any():
-            return
+            return None
         if (pairs[~ok] > 0).any():            # drop the pairs of structures not evaluated here
             keep = np.repeat(np.repeat(ok, batch.sizes), counts)
             nbr, R = nbr[keep], R[keep]
             first = np.zeros_like(first)
             np.cumsum(counts * np.repeat(ok, batch.sizes), out=first[1:])
+        return status, pairs, first, nbr, R
+
+    def run_batch(self, batch: _Batch, raw) -> None:
+        """Search, budget, pass and results of one chunk of packed structures; the kernels of
+        parts of it run at once on threads of a pool (they release the GIL)."""
+        found = self.search_batch(batch, raw)
+        if found is None:
+            return
+        status, pairs, first, nbr, R = found
+        ok = status == 0
+        offsets = batch.offsets
         out = outputs(first, R, self.tables, len(batch.sizes))
 
         def site_pass(part):
@@ -304,6 +316,14 @@ def evaluate_many(potential, structures, *, forces=True, committee=False, commit
         t = run.tables
         per = 8 * (t.coef[0].size + t.pair_spl[0].size)
         max_structures = max(1, COMMITTEE_CHUNK_BYTES // max(per, 1))
+    _drive(run, structures, chunk_atoms, max_structures)
+    if run.errors:
+        raise BatchError(run.errors, run.results)
+    return run.results
+
+
+def _drive(run, structures, chunk_atoms, max_structures) -> None:
+    """Read the structures and hand them to `run` in chunks (the others to `run.single`)."""
     index, raw, nums, poss, cells, pbcs = [], [], [], [], [], []
     atoms = 0
     for k, s in enumerate(structures):
@@ -328,6 +348,42 @@ def evaluate_many(potential, structures, *, forces=True, committee=False, commit
             atoms = 0
     if index:
         _chunk(run, index, raw, nums, poss, cells, pbcs)
+
+
+class _Lists(_Run):
+    """`neighbour_lists`: the search and its checks only; each structure's limit is its own."""
+
+    def single(self, k, structure):
+        try:
+            self.results[k] = self.potential._neighbours(*structure)
+        except ACEInputError as err:
+            self.errors[k] = err
+
+    def spend(self, batch, raw, status, pairs) -> None:
+        status[(status == 0) & (pairs > self.limit)] = 1     # the search raises it there
+        for s in np.flatnonzero(status != 0).tolist():
+            self.single(batch.index[s], raw[s])
+
+    def run_batch(self, batch: _Batch, raw) -> None:
+        found = self.search_batch(batch, raw)
+        if found is None:
+            return
+        status, _, first, nbr, R = found
+        offsets = batch.offsets.tolist()
+        for s in np.flatnonzero(status == 0).tolist():
+            a, b = offsets[s], offsets[s + 1]
+            f = first[a:b + 1]
+            self.results[batch.index[s]] = (batch.z[a:b], f - f[0], nbr[f[0]:f[-1]] - a,
+                                            R[f[0]:f[-1]])
+
+
+def neighbour_lists(potential, structures, *, threads=None) -> list:
+    """(z, first, nbr, R) of every structure, as `potential._neighbours` gives them one by one
+    (species indices; the CSR list of `kernels.neighbours.neighbour_list(sort=False)`, bit for
+    bit), small structures searched in one kernel call. Raises `BatchError` (errors by index,
+    the lists of the others in `.results`)."""
+    run = _Lists(potential, len(structures), False, False, False, threads, DEFAULT_MAX_PAIRS, None)
+    _drive(run, structures, CHUNK_ATOMS, len(structures))
     if run.errors:
         raise BatchError(run.errors, run.results)
     return run.results

@@ -11,10 +11,13 @@ cross-validation score candidates) and everything built on them use it.
 from __future__ import annotations
 
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 from aceserver.evaluation.postprocess import VOIGT
+from aceserver.evaluation.site_potential import SitePotential
 
 from .assembly import KIND_E, KIND_F, KIND_V
 from .data import Config
@@ -43,13 +46,25 @@ def kind_errors(r: np.ndarray, kind: np.ndarray, natoms: np.ndarray) -> dict:
 
 
 def predict(model, configs: list[Config], threads: int | None = None):
-    """[(energy eV, forces (N,3), virial (3,3))] for each configuration: one `evaluate_many`
-    call (small configurations packed into one kernel pass, threads across configurations; the
-    numbers of `evaluate`, bit for bit). A bad configuration raises `BatchError` naming it."""
-    results = model.evaluate_many([(c.numbers, c.positions, c.cell, c.pbc) for c in configs],
-                                  threads=threads)
-    return [(float(r.energy), np.asarray(r.forces, float), np.asarray(r.virial, float))
-            for r in results]
+    """[(energy eV, forces (N,3), virial (3,3))] for each configuration. A `SitePotential`: one
+    `evaluate_many` call (small configurations packed into one kernel pass, threads across
+    configurations; `evaluate`'s numbers bit for bit; a bad configuration raises `BatchError`
+    naming it); any other model of the fitting contract: `evaluate` per configuration, in threads."""
+    if isinstance(model, SitePotential):
+        results = model.evaluate_many([(c.numbers, c.positions, c.cell, c.pbc) for c in configs],
+                                      threads=threads)
+        return [(float(r.energy), np.asarray(r.forces, float), np.asarray(r.virial, float))
+                for r in results]
+
+    def one(c):
+        r = model.evaluate(c.numbers, c.positions, c.cell, c.pbc)
+        return float(r.energy), np.asarray(r.forces, float), np.asarray(r.virial, float)
+
+    nthreads = threads or os.cpu_count() or 1
+    if nthreads == 1 or len(configs) < 2:
+        return [one(c) for c in configs]
+    with ThreadPoolExecutor(max_workers=nthreads) as ex:
+        return list(ex.map(one, configs))
 
 
 def error_table(configs: list[Config], predictions) -> dict:
