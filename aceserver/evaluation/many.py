@@ -1,6 +1,8 @@
 """Many structures in one call: `evaluate_many` packs small structures into one neighbour list
-and runs one site pass and one force/virial scatter over all of them (threaded across
-structures), then hands back one `Evaluation` per structure (units as `Evaluation`).
+and runs one site pass and one force/virial scatter over all of them, then hands back one
+`Evaluation` per structure (units as `Evaluation`). With threads, the packed structures are
+split into runs of about equal work, searched and passed at once on a pool of threads (the
+kernels release the GIL); numba's own threading layer is not used for them.
 
 Which path a structure takes (both give `SitePotential.evaluate`'s numbers bit for bit):
 
@@ -297,7 +299,9 @@ def evaluate_many(potential, structures, *, forces=True, committee=False, commit
     committee energies eV), in the order given. structures: ASE `Atoms` or (numbers, positions Å,
     cell Å, pbc) tuples.
 
-    threads=1 runs the serial kernels; otherwise numba's threads share the structures.
+    threads: 1 runs everything on the calling thread; k > 1 (None: numba.get_num_threads())
+    splits the packed structures into k runs of about equal work, run at once on a thread pool
+    (the numbers do not depend on it; structures evaluated one by one get `evaluate(threads=...)`).
     max_pairs: neighbour pairs summed over the batch, spent in order (a structure may use what
     the ones before it left); a structure over it fails with `TooManyPairsError`.
     cancel: a `threading.Event`, looked at between chunks of ~`CANCEL_CHUNK_ATOMS` atoms (and
