@@ -25,10 +25,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numba
 import numpy as np
+from ase import Atoms
 
 from ..errors import ACEInputError, BatchError, EvaluationCancelled, TooManyPairsError
 from ..kernels import batch_neighbours as BN
-from ..kernels.batch_pass import committee_sums, outputs, pass_range
+from ..kernels.batch_pass import committee_sums, outputs, pass_range, structure_sums
 from ..kernels.neighbours import DEFAULT_MAX_NEIGHBOURS, DEFAULT_MAX_PAIRS
 from ..structure import MAX_COORDINATE
 from .parallel import PARALLEL_MIN_ATOMS
@@ -51,6 +52,11 @@ def read_structure(s):
         raise ACEInputError("a structure must be an ase.Atoms or a (numbers, positions, cell, "
                             f"pbc) tuple, got {type(s).__name__}") from None
     return numbers, positions, cell, pbc
+
+
+def is_atoms(s) -> bool:
+    """An ase.Atoms (its arrays have the types and shapes `_plain` asks for: ASE's setters keep them)."""
+    return type(s) is Atoms
 
 
 def _plain(numbers, positions, cell, pbc) -> bool:
@@ -274,6 +280,7 @@ class _Run:
         if self.forces:
             W = 0.5 * (W + W.transpose(0, 2, 1))
         energies = E[0]
+        total = structure_sums(energies, batch.offsets).tolist()   # e.sum()'s bits
         offsets = batch.offsets.tolist()
         pairs = pairs.tolist()
         index = batch.index
@@ -281,9 +288,8 @@ class _Run:
         for s in np.flatnonzero(status == 0).tolist():
             a, b = offsets[s], offsets[s + 1]
             e = energies[a:b]
-            # e.sum(): numpy's pairwise sum, as evaluate (np.add.reduceat sums in another order)
-            ev = Evaluation(energy=float(e.sum()), forces=F[a:b], virial=W[s], energies=e,
-                            pairs=pairs[s])
+            ev = Evaluation(energy=total[s] if b - a <= 128 else float(e.sum()), forces=F[a:b],
+                            virial=W[s], energies=e, pairs=pairs[s])
             if self.with_committee:
                 ev.energy_committee = committee[s]
             if self.committee_forces and self.potential.committee is not None:
@@ -336,7 +342,7 @@ def _drive(run, structures, chunk_atoms, max_structures) -> None:
         except ACEInputError as err:
             run.errors[k] = err
             continue
-        if not _plain(numbers, positions, cell, pbc):
+        if not (is_atoms(s) or _plain(numbers, positions, cell, pbc)):
             run.single(k, (numbers, positions, cell, pbc))  # converts, checks, evaluates
             continue
         index.append(k)
