@@ -20,7 +20,7 @@ from aceserver.errors import (ACEInputError, BatchError, EvaluationCancelled, To
                               UnknownElementError)
 from aceserver.evaluation import many
 from aceserver.kernels.batch_pass import many_pass
-from aceserver.kernels.neighbours import neighbour_list
+from aceserver.kernels.neighbours import min_distance, neighbour_list
 
 SI_TINY = "models/Si-tiny/Si-tiny.json"
 TIAL = "models/TiAl-tutorial/TiAl-tutorial.json"
@@ -163,8 +163,8 @@ def test_batched_search_is_neighbour_list(si):
         assert np.array_equal(b, basis[s]) and np.array_equal(ib, inv_basis[s])
         assert np.array_equal(r, recip[s])
     status = np.zeros(len(structures), dtype=np.int64)
-    first, nbr, R = BN.search(pos, offsets, status, basis, inv_basis, recip, pbc, si.rcut, 64,
-                              10**8, 20000)
+    first, nbr, R, closest = BN.search(pos, offsets, status, basis, inv_basis, recip, pbc,
+                                       si.rcut, 64, 10**8, 20000)
     assert (status == 0).all()
     for s, a in enumerate(structures):
         f, j, r = neighbour_list(a.positions, a.cell.array, a.pbc, si.rcut, sort=False)
@@ -172,6 +172,7 @@ def test_batched_search_is_neighbour_list(si):
         assert np.array_equal(first[lo:hi + 1] - first[lo], f)
         assert np.array_equal(nbr[first[lo]:first[hi]] - lo, j)
         assert np.array_equal(R[first[lo]:first[hi]], r)
+        assert np.sqrt(closest[s]) == min_distance(r)
 
 
 def test_structure_sums_are_numpys():

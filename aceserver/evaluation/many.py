@@ -204,25 +204,20 @@ class _Run:
         parts = self.parts(batch.sizes * batch.sizes + 1, len(batch.numbers))
         found = _run(search, parts)
         if len(found) == 1:
-            first, nbr, R = found[0]
+            first, nbr, R, closest = found[0]
         else:
             shift = np.cumsum([0] + [len(f[1]) for f in found])
             first = np.concatenate([[0]] + [f[0][1:] + p for f, p in zip(found, shift)])
             nbr = np.concatenate([f[1] + offsets[lo] for f, (lo, _) in zip(found, parts)])
             R = np.concatenate([f[2] for f in found])
+            closest = np.concatenate([f[3] for f in found])
         counts = np.diff(first)
         pairs = batch.per_structure(counts)
-        # structures the per-structure search must judge: atoms (nearly) too close, too many
-        # neighbours of one atom
-        if len(R):
-            starts = first[offsets[:-1]]
-            has = (pairs > 0) & (status == 0)
-            d2 = np.einsum("ij,ij->i", R, R)
-            closest = np.minimum.reduceat(d2, starts[has])
-            near = np.sqrt(closest) < self.min_distance * (1 + 1e-6)
-            status[np.flatnonzero(has)[near]] = 1
-            if counts.max() > DEFAULT_MAX_NEIGHBOURS:
-                status[batch.owner(counts > DEFAULT_MAX_NEIGHBOURS)] = 1
+        # structures the per-structure search must judge (it raises there): atoms too close
+        # (evaluate's own test on the same numbers), too many neighbours of one atom
+        status[(status == 0) & (np.sqrt(closest) < self.min_distance)] = 1
+        if len(counts) and counts.max() > DEFAULT_MAX_NEIGHBOURS:
+            status[batch.owner(counts > DEFAULT_MAX_NEIGHBOURS)] = 1
         self.spend(batch, raw, status, pairs)
         ok = status == 0
         if not ok.any():

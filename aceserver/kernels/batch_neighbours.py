@@ -234,7 +234,8 @@ def search(positions, offsets, status, basis, inv_basis, recip, pbc, rcut, max_a
                   max_pairs, max_neighbours):
     """All structures with status 0 (others are skipped; over max_atoms atoms, or a limit of
     the per-structure search: status set to 1), one pass each, appended to outputs grown by
-    doubling. Returns first (N+1), nbr, R. Callers search parts of a batch on threads of their
+    doubling. Returns first (N+1), nbr, R and the smallest |R|² of each structure (inf without
+    pairs, the sum of squares `neighbour_search.smallest_distance` forms). Callers search parts of a batch on threads of their
     own (numba's threading layer made a two-pass threaded search slower than this one)."""
     S = offsets.shape[0] - 1
     N = positions.shape[0]
@@ -244,6 +245,7 @@ def search(positions, offsets, status, basis, inv_basis, recip, pbc, rcut, max_a
     R = np.empty((nbr.shape[0], 3))
     sj = np.empty(0, dtype=np.int64)
     sR = np.empty((0, 3))
+    closest = np.full(S, np.inf)
     P = 0
     for s in range(S):
         a, b = offsets[s], offsets[s + 1]
@@ -266,12 +268,18 @@ def search(positions, offsets, status, basis, inv_basis, recip, pbc, rcut, max_a
             nbr2[:P] = nbr[:P]
             R2[:P] = R[:P]
             nbr, R = nbr2, R2
+        best = np.inf
         for q in range(got):
             nbr[P + q] = sj[q] + a
-            R[P + q, 0] = sR[q, 0]
-            R[P + q, 1] = sR[q, 1]
-            R[P + q, 2] = sR[q, 2]
+            r0, r1, r2 = sR[q, 0], sR[q, 1], sR[q, 2]
+            R[P + q, 0] = r0
+            R[P + q, 1] = r1
+            R[P + q, 2] = r2
+            r2 = r0 * r0 + r1 * r1 + r2 * r2      # as neighbour_search.smallest_distance
+            if r2 < best:
+                best = r2
+        closest[s] = best
         for i in range(a, b):
             first[i + 1] = first[i] + counts[i]
         P += got
-    return first, nbr[:P].copy(), R[:P].copy()
+    return first, nbr[:P].copy(), R[:P].copy(), closest
