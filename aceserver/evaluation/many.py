@@ -187,18 +187,19 @@ class _Run:
         on threads of a pool), after the budget: (status, pairs per structure, first, nbr, R)
         with the pairs of the structures of status 0 only; None if there are none."""
         status = self.checked(batch, raw)
-        basis, inv_basis, recip, ok = BN.bases(batch.cells, batch.pbc)
-        status[(status == 0) & ~ok] = 1
         offsets = batch.offsets
 
         def search(part):
             lo, hi = part
             a0, a1 = offsets[lo], offsets[hi]
+            # the bases on the part's thread too (numpy's stacked linear algebra releases the GIL)
+            basis, inv_basis, recip, ok = BN.bases(batch.cells[lo:hi], batch.pbc[lo:hi])
+            st = status[lo:hi]
+            st[(st == 0) & ~ok] = 1
             # private copies: numba counts references to arrays atomically, and threads that
             # share an array would fight over its count for every view they take
-            return BN.search(batch.positions[a0:a1].copy(), offsets[lo:hi + 1] - a0,
-                             status[lo:hi], basis[lo:hi].copy(), inv_basis[lo:hi].copy(),
-                             recip[lo:hi].copy(), batch.pbc[lo:hi].copy(), self.rcut,
+            return BN.search(batch.positions[a0:a1].copy(), offsets[lo:hi + 1] - a0, st, basis,
+                             inv_basis, recip, batch.pbc[lo:hi].copy(), self.rcut,
                              BATCH_MAX_ATOMS, self.limit, DEFAULT_MAX_NEIGHBOURS)
 
         parts = self.parts(batch.sizes * batch.sizes + 1, len(batch.numbers))
