@@ -289,6 +289,19 @@ def test_pair_budget_in_order(si):
             assert k in errors
 
 
+def test_pair_budget_in_order_with_converted_inputs(si):
+    """Structures that need conversion (lists) are evaluated one by one, in their place."""
+    structures = mixed(si, seed=10, count=8)[:8]
+    pairs = [r.pairs for r in si.evaluate_many(structures)]
+    mixed_inputs = [(a.numbers.tolist(), a.positions.tolist(), a.cell.array.tolist(), a.pbc.tolist())
+                    if k % 2 else a for k, a in enumerate(structures)]
+    limit = sum(pairs[:5]) + pairs[5] - 1
+    with pytest.raises(BatchError) as info:
+        si.evaluate_many(mixed_inputs, max_pairs=limit)
+    assert min(info.value.errors) == 5
+    assert info.value.errors[5].pairs == pairs[5]
+
+
 def test_cancel(si):
     stop = threading.Event()
     stop.set()

@@ -339,6 +339,10 @@ def _drive(run, structures, chunk_atoms, max_structures) -> None:
             run.errors[k] = err
             continue
         if not (is_atoms(s) or _plain(numbers, positions, cell, pbc)):
+            if index:       # the structures before it first: the pair budget is spent in order
+                _chunk(run, index, raw, nums, poss, cells, pbcs)
+                index, raw, nums, poss, cells, pbcs = [], [], [], [], [], []
+                atoms = 0
             run.single(k, (numbers, positions, cell, pbc))  # converts, checks, evaluates
             continue
         index.append(k)
