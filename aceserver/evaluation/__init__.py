@@ -7,7 +7,6 @@
                     both model families (ace1, pacemaker) derive from it
     many            `evaluate_many`: many structures packed into one kernel pass, an
                     `Evaluation` each, errors by index (`BatchError`); `neighbour_lists`
-    parallel        the lock around numba's threading layer, the size where threads pay
 
 Front ends (ASE calculator, HTTP, i-PI, CLI) call `potential.evaluate(...)` and read the
 `Evaluation`; none recomputes what `postprocess` defines.

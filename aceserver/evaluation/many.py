@@ -32,13 +32,13 @@ from ..kernels import batch_neighbours as BN
 from ..kernels.batch_pass import committee_sums, outputs, pass_range, structure_sums
 from ..kernels.neighbours import DEFAULT_MAX_NEIGHBOURS, DEFAULT_MAX_PAIRS
 from ..structure import MAX_COORDINATE
-from .parallel import PARALLEL_MIN_ATOMS
 from .result import Evaluation
 
 BATCH_MAX_ATOMS = 64         # larger structures amortise their own set-up (~50-100 µs)
 CHUNK_ATOMS = 1 << 16        # structures are packed this many atoms at a time (bounds the scratch)
 CANCEL_CHUNK_ATOMS = 1024    # ... and this many when the caller may cancel (looked at per chunk)
 COMMITTEE_CHUNK_BYTES = 1 << 26   # per-structure committee sums of one chunk
+THREADS_MIN_ATOMS = 256      # fewer atoms in a chunk: one thread (as evaluate's PARALLEL_MIN_ATOMS)
 
 
 def read_structure(s):
@@ -177,7 +177,7 @@ class _Run:
 
     def parts(self, cost, n_atoms) -> list[tuple[int, int]]:
         """Runs of structures of about equal cost, one per thread (one without threads)."""
-        n = 1 if self.threads == 1 or n_atoms < PARALLEL_MIN_ATOMS else (
+        n = 1 if self.threads == 1 or n_atoms < THREADS_MIN_ATOMS else (
             self.threads or numba.get_num_threads())
         b = _blocks(cost, max(1, min(n, len(cost)))).tolist()
         return [(lo, hi) for lo, hi in zip(b[:-1], b[1:]) if hi > lo]

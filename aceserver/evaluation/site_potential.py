@@ -8,6 +8,8 @@ Front ends (ASE calculator, HTTP, i-PI, bench) call only `evaluate`, `info()`, `
 """
 from __future__ import annotations
 
+import threading
+
 import numba
 import numpy as np
 
@@ -17,11 +19,13 @@ from ..kernels.neighbours import DEFAULT_MAX_PAIRS, min_distance, neighbour_list
 from ..kernels.scatter import scatter_forces_virial, scatter_forces_virial_parallel
 from ..structure import MIN_DISTANCE, prepare
 from . import many
-from .parallel import PARALLEL_LOCK as _PARALLEL_LOCK
-from .parallel import PARALLEL_MIN_ATOMS
 from .result import Evaluation
 
+# numba's default threading layer must not be entered by two threads at once: the parallel
+# kernel runs under this lock, and a caller that finds it taken uses the serial kernel.
+_PARALLEL_LOCK = threading.Lock()
 CANCEL_BLOCK_ATOMS = 1024   # a cancellable evaluation looks at its event this often (~10-50 ms of work)
+PARALLEL_MIN_ATOMS = 256   # below this, thread start-up and waits cost more than they save
 
 
 class SitePotential:
