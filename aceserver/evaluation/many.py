@@ -149,7 +149,7 @@ class _Run:
         self.remaining -= ev.pairs
         self.results[k] = ev
 
-    def checked(self, batch: _Batch, raw) -> np.ndarray:
+    def checked(self, batch: _Batch) -> np.ndarray:
         """Status per packed structure after the input checks: 0 ok, 2 failed (sent through
         `single` for its error). Failed structures are neutralised in the packed arrays."""
         S = len(batch.sizes)
@@ -186,7 +186,7 @@ class _Run:
         """The neighbour lists of one chunk of packed structures (parts of it searched at once
         on threads of a pool), after the budget: (status, pairs per structure, first, nbr, R)
         with the pairs of the structures of status 0 only; None if there are none."""
-        status = self.checked(batch, raw)
+        status = self.checked(batch)
         offsets = batch.offsets
 
         def search(part):
