@@ -386,3 +386,20 @@ def test_batch_stresses_are_postprocess_stress(si):
         assert (s is None) == (want is None)
         if want is not None:
             assert np.array_equal(s, want)
+
+
+# ---- fitting: error tables and assembly use the batch path, with the same numbers ----
+
+def test_error_tables_and_assembly_equal_one_by_one(si):
+    from aceserver.fitting import assembly, data, error_tables
+    configs = data.read_configs("tests/data/Si_tiny.xyz", data.Keys(), elements=si.elements)
+    predicted = error_tables.predict(si, configs, threads=2)
+    for c, (E, F, W) in zip(configs, predicted):
+        want = si.evaluate(c.numbers, c.positions, c.cell, c.pbc)
+        assert E == want.energy and np.array_equal(F, want.forces) and np.array_equal(W, want.virial)
+    system = assembly.assemble(si, configs, threads=1, progress=False)
+    weights = data.normalise_weights(None)
+    blocks = [assembly.config_block(si, c, data.config_weights(c.config_type, weights), dict(si.E0))
+              for c in configs]           # each configuration searched on its own
+    assert np.array_equal(system.A, np.vstack([b.A for b in blocks]))
+    assert np.array_equal(system.y, np.concatenate([b.y for b in blocks]))
