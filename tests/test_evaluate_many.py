@@ -403,3 +403,13 @@ def test_error_tables_and_assembly_equal_one_by_one(si):
               for c in configs]           # each configuration searched on its own
     assert np.array_equal(system.A, np.vstack([b.A for b in blocks]))
     assert np.array_equal(system.y, np.concatenate([b.y for b in blocks]))
+
+
+def test_chunks_give_the_same_numbers(si, monkeypatch):
+    """Chunks (by atoms, and by the memory of per-structure committee sums) change nothing."""
+    structures = mixed(si, seed=17, count=30)
+    whole = si.evaluate_many(structures, committee=True)
+    monkeypatch.setattr(many, "CHUNK_ATOMS", 7)
+    monkeypatch.setattr(many, "COMMITTEE_CHUNK_BYTES", 1)
+    for a, b in zip(whole, si.evaluate_many(structures, committee=True)):
+        assert_same(a, b)
