@@ -413,3 +413,16 @@ def test_chunks_give_the_same_numbers(si, monkeypatch):
     monkeypatch.setattr(many, "COMMITTEE_CHUNK_BYTES", 1)
     for a, b in zip(whole, si.evaluate_many(structures, committee=True)):
         assert_same(a, b)
+
+
+def test_without_a_budget_each_structure_has_its_own_limit(si, monkeypatch):
+    """max_pairs=None: no budget over the batch; a structure over evaluate's own limit fails alone."""
+    structures = mixed(si, seed=18, count=10)[:10]
+    pairs = [r.pairs for r in si.evaluate_many(structures)]
+    monkeypatch.setattr(many, "DEFAULT_MAX_PAIRS", max(pairs) - 1)
+    k = pairs.index(max(pairs))
+    with pytest.raises(BatchError) as info:
+        si.evaluate_many(structures)
+    assert list(info.value.errors) == [k] and isinstance(info.value.errors[k], TooManyPairsError)
+    monkeypatch.setattr(many, "DEFAULT_MAX_PAIRS", max(pairs))
+    assert [r.pairs for r in si.evaluate_many(structures)] == pairs     # sum(pairs) > the limit

@@ -132,8 +132,9 @@ class _Run:
         self.lookup = potential._lookup
         self.results: list = [None] * n
         self.errors: dict = {}
-        self.limit = int(max_pairs)
-        self.remaining = int(max_pairs)
+        self.budget = max_pairs is not None       # a pair budget over the batch, else per structure
+        self.limit = int(DEFAULT_MAX_PAIRS if max_pairs is None else max_pairs)
+        self.remaining = self.limit
 
     def single(self, k, structure):
         """Structure k through `evaluate` (its error, if any, recorded), within the budget left."""
@@ -146,7 +147,8 @@ class _Run:
         except ACEInputError as err:
             self.errors[k] = err
             return
-        self.remaining -= ev.pairs
+        if self.budget:
+            self.remaining -= ev.pairs
         self.results[k] = ev
 
     def checked(self, batch: _Batch) -> np.ndarray:
@@ -253,6 +255,11 @@ class _Run:
     def spend(self, batch, raw, status, pairs) -> None:
         """The pair budget in the caller's order: a structure may use what the structures before
         it left (as HTTP's per-request budget); the others go through `single` here."""
+        if not self.budget:                 # each structure within the limit on its own
+            status[(status == 0) & (pairs > self.limit)] = 1      # evaluate raises it there
+            for s in np.flatnonzero(status != 0).tolist():
+                self.single(batch.index[s], raw[s])
+            return
         todo = status != 0
         if not todo.any() and int(pairs.sum()) <= self.remaining:
             self.remaining -= int(pairs.sum())
@@ -296,16 +303,17 @@ class _Run:
 
 
 def evaluate_many(potential, structures, *, forces=True, committee=False, committee_forces=False,
-                  threads=None, max_pairs=DEFAULT_MAX_PAIRS, cancel=None) -> list[Evaluation]:
+                  threads=None, max_pairs=None, cancel=None) -> list[Evaluation]:
     """One `Evaluation` per structure (energy eV, forces eV/Å, virial eV, per-atom energies eV,
-    committee energies eV), in the order given. structures: ASE `Atoms` or (numbers, positions Å,
-    cell Å, pbc) tuples.
+    committee energies eV), in the order given. structures: a sequence of ASE `Atoms` or
+    (numbers, positions Å, cell Å, pbc) tuples.
 
     threads: 1 runs everything on the calling thread; k > 1 (None: numba.get_num_threads())
     splits the packed structures into k runs of about equal work, run at once on a thread pool
     (the numbers do not depend on it; structures evaluated one by one get `evaluate(threads=...)`).
-    max_pairs: neighbour pairs summed over the batch, spent in order (a structure may use what
-    the ones before it left); a structure over it fails with `TooManyPairsError`.
+    max_pairs: a budget of neighbour pairs summed over the batch, spent in order (a structure
+    may use what the ones before it left; HTTP's per-request budget); a structure over it fails
+    with `TooManyPairsError`. None: each structure has `evaluate`'s own limit (DEFAULT_MAX_PAIRS).
     cancel: a `threading.Event`, looked at between chunks of ~`CANCEL_CHUNK_ATOMS` atoms (and
     inside structures evaluated one by one); once set, `EvaluationCancelled` is raised.
 
@@ -392,7 +400,7 @@ def neighbour_lists(potential, structures, *, threads=None) -> list:
     (species indices; the CSR list of `kernels.neighbours.neighbour_list(sort=False)`, bit for
     bit), small structures searched in one kernel call. Raises `BatchError` (errors by index,
     the lists of the others in `.results`)."""
-    run = _Lists(potential, len(structures), False, False, False, threads, DEFAULT_MAX_PAIRS, None)
+    run = _Lists(potential, len(structures), False, False, False, threads, None, None)
     _drive(run, structures, CHUNK_ATOMS, len(structures))
     if run.errors:
         raise BatchError(run.errors, run.results)
