@@ -139,10 +139,13 @@ def test_packed_pass_is_evaluate_bit_for_bit(si):
             assert np.array_equal(committee[s], want.energy_committee)
 
 
-def test_batched_search_is_neighbour_list(si):
+def test_batched_search_is_neighbour_list(si, monkeypatch):
     """The binning bases of all cells at once are `binning_basis`'s, the lattice reduction
-    `_reduce_lattice`'s, and the packed lists `neighbour_list(sort=False)`'s, bit for bit."""
+    `_reduce_lattice`'s, and the packed lists `neighbour_list(sort=False)`'s (its plan in Python
+    and five kernel calls, as for large structures), bit for bit; so are neighbour_list's own
+    one-call lists of small structures."""
     from aceserver.kernels import batch_neighbours as BN
+    from aceserver.kernels import neighbours
     from aceserver.kernels.lattice import _reduce_lattice, binning_basis
     structures = mixed(si, seed=4, count=160)[:-1]
     rng = np.random.default_rng(4)
@@ -166,8 +169,13 @@ def test_batched_search_is_neighbour_list(si):
     first, nbr, R, closest = BN.search(pos, offsets, status, basis, inv_basis, recip, pbc,
                                        si.rcut, 64, 10**8, 20000)
     assert (status == 0).all()
+    one_call = [neighbour_list(a.positions, a.cell.array, a.pbc, si.rcut, sort=False)
+                for a in structures]
+    monkeypatch.setattr(neighbours, "ONE_CALL_MAX_ATOMS", 0)
     for s, a in enumerate(structures):
         f, j, r = neighbour_list(a.positions, a.cell.array, a.pbc, si.rcut, sort=False)
+        for x, y in zip(one_call[s], (f, j, r)):
+            assert np.array_equal(x, y)
         lo, hi = offsets[s], offsets[s + 1]
         assert np.array_equal(first[lo:hi + 1] - first[lo], f)
         assert np.array_equal(nbr[first[lo]:first[hi]] - lo, j)

@@ -23,9 +23,8 @@ import math
 import numpy as np
 from numba import njit
 
-from .neighbour_search import bin_and_count, frame, pairs, pairs_one_pass
-from .neighbours import (_BINS_PER_CUTOFF, _MAX_BIN_IMAGES, _ONE_PASS_MAX_VISITS, _SLACK,
-                         _WORK_FREE, _WORK_PER_PAIR)
+from .neighbour_search import (_BINS_PER_CUTOFF, _MAX_BIN_IMAGES, _ONE_PASS_MAX_VISITS, _SLACK,
+                               _WORK_FREE, _WORK_PER_PAIR, bin_and_count, frame, pairs_one_pass)
 
 _MIN_LENGTH = 1e-7   # Å: shorter periodic vectors go to the per-structure search (refused at 1e-8)
 _MIN_SINE = 1e-5     # normalised volume: flatter cells too (refused below 1e-6)
@@ -283,3 +282,21 @@ def search(positions, offsets, status, basis, inv_basis, recip, pbc, rcut, max_a
             first[i + 1] = first[i] + counts[i]
         P += got
     return first, nbr[:P].copy(), R[:P].copy(), closest
+
+
+@njit(cache=True, nogil=True)
+def search_one(positions, basis, inv_basis, recip, periodic, rcut, max_pairs, max_neighbours):
+    """One structure's search in one call (`neighbours.neighbour_list` for small structures):
+    (ok, first, j, R, counts); ok False where a check of the full path applies (it runs then)."""
+    N = positions.shape[0]
+    counts = np.zeros(N, dtype=np.int64)
+    sj = np.empty(0, dtype=np.int64)
+    sR = np.empty((0, 3))
+    got, sj, sR = _one_pass(0, N, positions, basis, inv_basis, recip, periodic, rcut, max_pairs,
+                            max_neighbours, sj, sR, counts)
+    first = np.zeros(N + 1, dtype=np.int64)
+    if got < 0:
+        return False, first, sj[:0].copy(), sR[:0].copy(), counts
+    for i in range(N):
+        first[i + 1] = first[i] + counts[i]
+    return True, first, sj[:got].copy(), sR[:got].copy(), counts
