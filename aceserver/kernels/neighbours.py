@@ -21,7 +21,9 @@ sized by the exact candidate count (per block of atoms when threaded), then copi
 searches count, then fill, so the output is allocated exactly once.
 
 Here: input checks, the grid plan and the limits; the numba kernels are in `neighbour_search`, the
-reduced lattice basis in `lattice`.
+reduced lattice basis in `lattice`. For small structures (serial, unsorted) the same plan runs in
+numba with the search, in one kernel call (`batch_neighbours.search_one`), which also searches
+many small structures at once for `evaluation.many`.
 """
 from __future__ import annotations
 
