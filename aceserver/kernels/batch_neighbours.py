@@ -11,6 +11,10 @@ steps of `lattice.binning_basis` on all cells at once, the lattice reduction in 
 of `neighbour_list` in numba) and the same numba search kernels (`neighbour_search`). Periodic
 images of cells much smaller than the cut-off are scanned there as bin images.
 
+Entry points: `bases` (all cells), `reduce_many`, `search` (many packed structures, one pass
+each into one growing list) and `search_one` (one structure: `neighbour_list`'s path for small
+structures).
+
 A structure the per-structure search would refuse or treat otherwise (more than ``max_atoms``
 atoms, a one-pass search over `_ONE_PASS_MAX_VISITS` candidates, the work or image limits,
 atoms many cells away) gets status 1 and no pairs here: the caller runs `neighbour_list` on it,
