@@ -27,6 +27,17 @@ class TooManyPairsError(ACEInputError):
         self.pairs, self.limit = pairs, limit
 
 
+class BatchError(ACEInputError):
+    """Some structures of a batch (`evaluate_many`) could not be evaluated: ``errors`` maps each
+    one's index to its ACEInputError; ``results`` holds the results of all, None where one failed."""
+
+    def __init__(self, errors: dict, results: list):
+        first = min(errors)
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        super().__init__(f"structure {first}: {errors[first]}{more}", errors[first].field)
+        self.errors, self.results = errors, results
+
+
 class ModelFileError(ValueError):
     """A model file is corrupted, truncated, of an unknown schema version or otherwise unreadable."""
 

@@ -25,8 +25,35 @@ def species_lookup(elements) -> np.ndarray:
     return table
 
 
+def _as_given(numbers, positions, cell, pbc) -> bool:
+    """Arrays that need no conversion (what ASE holds): C-contiguous int64 numbers (N,), float64
+    positions (N, 3) and cell (3, 3), bool pbc (3,)."""
+    return (type(numbers) is np.ndarray and numbers.dtype == np.int64 and numbers.ndim == 1
+            and type(positions) is np.ndarray and positions.dtype == np.float64
+            and positions.shape == (numbers.shape[0], 3) and positions.flags.c_contiguous
+            and type(cell) is np.ndarray and cell.dtype == np.float64 and cell.shape == (3, 3)
+            and cell.flags.c_contiguous and type(pbc) is np.ndarray and pbc.dtype == np.bool_
+            and pbc.shape == (3,))
+
+
 def prepare(numbers, positions, cell, pbc, lookup: np.ndarray, elements):
     """Checked, contiguous float64/int64 arrays: (species index per atom, positions, cell, pbc)."""
+    if _as_given(numbers, positions, cell, pbc):
+        # the usual call (an ASE Atoms' arrays): the checks below without the conversions
+        n = numbers.shape[0]
+        if (n and not float(np.abs(positions).max()) <= MAX_COORDINATE) or \
+                not float(np.abs(cell).max()) <= MAX_COORDINATE:
+            return _prepare(numbers, positions, cell, pbc, lookup, elements)   # names the problem
+        if n and not 0 <= int(numbers.min()) <= int(numbers.max()) < len(lookup):
+            return _prepare(numbers, positions, cell, pbc, lookup, elements)
+        z = lookup[numbers]
+        if n and int(z.min()) < 0:
+            return _prepare(numbers, positions, cell, pbc, lookup, elements)
+        return z, positions, cell, pbc.copy()
+    return _prepare(numbers, positions, cell, pbc, lookup, elements)
+
+
+def _prepare(numbers, positions, cell, pbc, lookup: np.ndarray, elements):
     try:
         numbers = np.asarray(numbers)
         positions = np.asarray(positions, dtype=np.float64)

@@ -183,11 +183,13 @@ class ACEModel(SitePotential):
                             s["parent"], s["node_a"], s["aa_node"], s["c_ptr"], s["c_idx"],
                             s["c_val"], s["pr_t"], s["pair_p"], s["pair_bspl"], with_grad)
 
-    def basis_rows(self, numbers, positions, cell=None, pbc=False, *, forces=True):
+    def basis_rows(self, numbers, positions, cell=None, pbc=False, *, forces=True, neighbours=None):
         """Design rows of θ (E0 excluded): e (L,) eV, f (N, 3, L) eV/Å, v (3, 3, L) eV, so that
         E = θ·e + ΣE0, F = f·θ, W = v·θ. Serial kernel; it releases the GIL, so callers can run
-        several structures on threads."""
-        z, first, nbr, R = self._neighbours(numbers, positions, cell, pbc)
+        several structures on threads. neighbours: this structure's (z, first, nbr, R) from
+        `evaluation.many.neighbour_lists` (many structures searched in one call), else searched here."""
+        z, first, nbr, R = (self._neighbours(numbers, positions, cell, pbc) if neighbours is None
+                            else neighbours)
         return self._basis_pass(z, first, nbr, R, with_grad=forces)
 
     # ---- per-atom descriptors (SitePotential.descriptors) -----------------------------------

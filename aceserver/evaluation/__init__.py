@@ -6,6 +6,8 @@
     verlet          `VerletList`, a neighbour list reused while atoms move less than skin/2
     site_potential  `SitePotential`: structure -> neighbour list -> site tables -> `Evaluation`;
                     both model families (ace1, pacemaker) derive from it
+    many            `evaluate_many`: many structures packed into one kernel pass, an
+                    `Evaluation` each, errors by index (`BatchError`); `neighbour_lists`
 
 Front ends (ASE calculator, HTTP, i-PI, CLI) call `potential.evaluate(...)` and read the
 `Evaluation`; none recomputes what `postprocess` defines.

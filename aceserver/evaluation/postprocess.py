@@ -41,6 +41,18 @@ def stress(virial, cell) -> np.ndarray:
     return voigt(-np.asarray(virial) / v)
 
 
+def stresses(virials, cells, pbc) -> list:
+    """`stress` of many structures at once, None where `has_stress` says there is none:
+    virials (S, 3, 3), cells (S, 3, 3), pbc (S, 3); the same operations in the same order as
+    one call each (elementwise), so the same bits."""
+    (a0, a1, a2), (b0, b1, b2), (c0, c1, c2) = np.moveaxis(np.asarray(cells, dtype=float), 0, -1)
+    v = np.abs(a0 * (b1 * c2 - b2 * c1) - a1 * (b0 * c2 - b2 * c0) + a2 * (b0 * c1 - b1 * c0))
+    ok = np.all(pbc, axis=1) & (v > 0.0)
+    i, j = np.array(VOIGT).T
+    sigma = (-np.asarray(virials) / np.where(ok, v, 1.0)[:, None, None])[:, i, j]
+    return [s if k else None for s, k in zip(sigma, ok.tolist())]
+
+
 def committee_spread(values, axis: int = 0):
     """Standard deviation over the committee axis (ddof 0, see the module docstring)."""
     return np.std(np.asarray(values), axis=axis, ddof=COMMITTEE_DDOF)

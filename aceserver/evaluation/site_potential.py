@@ -19,7 +19,7 @@ from ..kernels import site_pass as K
 from ..kernels.neighbours import DEFAULT_MAX_PAIRS, min_distance, neighbour_list
 from ..kernels.scatter import scatter_forces_virial, scatter_forces_virial_parallel
 from ..structure import MIN_DISTANCE, prepare
-from . import uncertainty
+from . import many, uncertainty
 from .result import Evaluation
 
 # numba's default threading layer must not be entered by two threads at once: the parallel
@@ -197,3 +197,8 @@ class SitePotential:
         if committee_forces and self.committee is not None:
             result.forces_committee = self._committee_forces(z, first, nbr, R)
         return result
+
+    def evaluate_many(self, structures, **options) -> list[Evaluation]:
+        """One `Evaluation` per structure (ASE Atoms or (numbers, positions, cell, pbc)), small
+        ones packed into one kernel pass: `aceserver.evaluation.many.evaluate_many`."""
+        return many.evaluate_many(self, structures, **options)

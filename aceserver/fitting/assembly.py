@@ -24,7 +24,9 @@ from dataclasses import dataclass
 import numpy as np
 from ase.data import chemical_symbols
 
+from aceserver.evaluation.many import neighbour_lists
 from aceserver.evaluation.postprocess import VOIGT
+from aceserver.evaluation.site_potential import SitePotential
 
 from .data import Config, config_weights, normalise_weights
 
@@ -75,11 +77,14 @@ def _e0_sum(cfg: Config, E0: dict[str, float]) -> float:
     return float(sum(E0[chemical_symbols[int(z)]] for z in cfg.numbers))
 
 
-def config_block(model, cfg: Config, w: dict[str, float], E0: dict[str, float] | None = None) -> Block:
-    """Design rows, targets and weights of one configuration (E0 from ``model.E0`` unless given)."""
+def config_block(model, cfg: Config, w: dict[str, float], E0: dict[str, float] | None = None,
+                 neighbours=None) -> Block:
+    """Design rows, targets and weights of one configuration (E0 from ``model.E0`` unless given;
+    ``neighbours``: its neighbour list from `evaluation.many.neighbour_lists`, else searched)."""
     E0 = model.E0 if E0 is None else E0
     n = cfg.natoms
-    e, f, v = model.basis_rows(cfg.numbers, cfg.positions, cfg.cell, cfg.pbc)
+    extra = {} if neighbours is None else {"neighbours": neighbours}
+    e, f, v = model.basis_rows(cfg.numbers, cfg.positions, cfg.cell, cfg.pbc, **extra)
     L = e.shape[0]
     rows, ys, ws, kinds = [], [], [], []
     sq = math.sqrt(n)
@@ -175,18 +180,25 @@ def assemble(model, configs: list[Config], weights: dict | None = None, threads:
     bar = tqdm(total=len(configs), desc="assembling", unit="config", disable=not progress)
     order = sorted(range(len(configs)), key=lambda i: -nrows[i])     # largest first, as upstream
     own = None
+    lists = [None] * len(configs)
     if executor is None:
         nthreads = threads or os.cpu_count() or 1
+        if isinstance(model, SitePotential):
+            # every neighbour list in one call (the search's set-up is most of a small cell's cost)
+            lists = neighbour_lists(model, [(c.numbers, c.positions, c.cell, c.pbc) for c in configs],
+                                    threads=nthreads)
         if nthreads == 1:
             for i in order:
-                put(i, config_block(model, configs[i], config_weights(configs[i].config_type, weights), E0))
+                put(i, config_block(model, configs[i], config_weights(configs[i].config_type, weights), E0,
+                                    lists[i]))
                 bar.update()
             bar.close()
             return LsqSystem(A, y, w, cfg_idx, kind, time.perf_counter() - t0)
         executor = own = ThreadPoolExecutor(max_workers=nthreads)
     try:
         futures = {executor.submit(config_block, model, configs[i],
-                                   config_weights(configs[i].config_type, weights), E0): i for i in order}
+                                   config_weights(configs[i].config_type, weights), E0, lists[i]): i
+                   for i in order}
         for fut in as_completed(futures):
             put(futures[fut], fut.result())
             bar.update()

@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from aceserver.evaluation.postprocess import VOIGT
+from aceserver.evaluation.site_potential import SitePotential
 
 from .assembly import KIND_E, KIND_F, KIND_V
 from .data import Config
@@ -45,7 +46,16 @@ def kind_errors(r: np.ndarray, kind: np.ndarray, natoms: np.ndarray) -> dict:
 
 
 def predict(model, configs: list[Config], threads: int | None = None):
-    """[(energy eV, forces (N,3), virial (3,3))] for each configuration, evaluated in threads."""
+    """[(energy eV, forces (N,3), virial (3,3))] for each configuration. A `SitePotential`: one
+    `evaluate_many` call (small configurations packed into one kernel pass, threads across
+    configurations; `evaluate`'s numbers bit for bit; a bad configuration raises `BatchError`
+    naming it); any other model of the fitting contract: `evaluate` per configuration, in threads."""
+    if isinstance(model, SitePotential):
+        results = model.evaluate_many([(c.numbers, c.positions, c.cell, c.pbc) for c in configs],
+                                      threads=threads)
+        return [(float(r.energy), np.asarray(r.forces, float), np.asarray(r.virial, float))
+                for r in results]
+
     def one(c):
         r = model.evaluate(c.numbers, c.positions, c.cell, c.pbc)
         return float(r.energy), np.asarray(r.forces, float), np.asarray(r.virial, float)

@@ -10,6 +10,20 @@ import math
 import numpy as np
 from numba import njit, prange
 
+# Limits and grid constants of the plan (`neighbours.neighbour_list`, `batch_neighbours`).
+_MAX_BIN_IMAGES = 50_000_000  # bins x scanned bin images, checked before any per-atom work
+_WORK_PER_PAIR = 64  # candidate visits allowed per permitted pair (~5-30 in practice) ...
+_WORK_FREE = 200_000_000  # ... plus this many (a fraction of a second) whatever the pair limits
+
+# Bins are 1/_BINS_PER_CUTOFF of the cutoff thick (when the cell allows): 2 scans (2*2+1)^3 bins of
+# (rcut/2)^3, ~40% less volume than 27 bins of rcut^3, for a little more loop overhead.
+_BINS_PER_CUTOFF = 2
+_ONE_PASS_MAX_VISITS = 2_000_000  # searches with at most this many candidate checks run in one
+                                  # pass, into scratch of that size (≤ 80 MB, a fifth written)
+# Relative slack on bin geometry and on the candidate test, so that rounding (in positions far from
+# the origin, or on bin boundaries) can never drop a pair; the final test on R is exact.
+_SLACK = 1e-8
+
 
 @njit(cache=True, nogil=True)
 def _fractional(positions, inv_basis, periodic, cell_p):

@@ -21,7 +21,9 @@ sized by the exact candidate count (per block of atoms when threaded), then copi
 searches count, then fill, so the output is allocated exactly once.
 
 Here: input checks, the grid plan and the limits; the numba kernels are in `neighbour_search`, the
-reduced lattice basis in `lattice`.
+reduced lattice basis in `lattice`. For small structures (serial, unsorted) the same plan runs in
+numba with the search, in one kernel call (`batch_neighbours.search_one`), which also searches
+many small structures at once for `evaluation.many`.
 """
 from __future__ import annotations
 
@@ -32,9 +34,11 @@ import numpy as np
 from aceserver.errors import ACEInputError, TooManyPairsError
 
 from .lattice import binning_basis
-from .neighbour_search import (bin_and_count, frame, pairs, pairs_one_pass, pairs_parallel,
-                               pairs_parallel_one_pass, refresh_pairs, smallest_distance, sort_pairs,
-                               sort_pairs_parallel)
+from .batch_neighbours import search_one
+from .neighbour_search import (_BINS_PER_CUTOFF, _MAX_BIN_IMAGES, _ONE_PASS_MAX_VISITS, _SLACK,
+                               _WORK_FREE, _WORK_PER_PAIR, bin_and_count, frame, pairs,
+                               pairs_one_pass, pairs_parallel, pairs_parallel_one_pass,
+                               refresh_pairs, smallest_distance, sort_pairs, sort_pairs_parallel)
 
 __all__ = ["neighbour_list", "min_distance", "refresh_pairs", "DEFAULT_MAX_PAIRS",
            "DEFAULT_MAX_NEIGHBOURS"]
@@ -43,18 +47,10 @@ __all__ = ["neighbour_list", "min_distance", "refresh_pairs", "DEFAULT_MAX_PAIRS
 # error instead of minutes of work or an out-of-memory crash. ~40 bytes per pair are allocated.
 DEFAULT_MAX_PAIRS = 50_000_000
 DEFAULT_MAX_NEIGHBOURS = 20_000  # per atom; dense solids at rcut ~10 Å have a few thousand
-_MAX_BIN_IMAGES = 50_000_000  # bins x scanned bin images, checked before any per-atom work
-_WORK_PER_PAIR = 64  # candidate visits allowed per permitted pair (~5-30 in practice) ...
-_WORK_FREE = 200_000_000  # ... plus this many (a fraction of a second) whatever the pair limits
-
-# Bins are 1/_BINS_PER_CUTOFF of the cutoff thick (when the cell allows): 2 scans (2*2+1)^3 bins of
-# (rcut/2)^3, ~40% less volume than 27 bins of rcut^3, for a little more loop overhead.
-_BINS_PER_CUTOFF = 2
-_ONE_PASS_MAX_VISITS = 2_000_000  # searches with at most this many candidate checks run in one
-                                  # pass, into scratch of that size (≤ 80 MB, a fifth written)
-# Relative slack on bin geometry and on the candidate test, so that rounding (in positions far from
-# the origin, or on bin boundaries) can never drop a pair; the final test on R is exact.
-_SLACK = 1e-8
+# The grid plan's constants (work and image limits, bins per cut-off, one-pass size, slack) live
+# with the kernels in `neighbour_search`, which `batch_neighbours` shares.
+ONE_CALL_MAX_ATOMS = 64   # smaller structures: the plan and the search in one kernel call (~8 µs
+                          # instead of ~36 µs for 2 atoms), the same pairs bit for bit
 
 
 def min_distance(R) -> float:
@@ -166,6 +162,12 @@ def neighbour_list(positions, cell, pbc, rcut, *, max_pairs=DEFAULT_MAX_PAIRS,
     basis, T, inv_basis, recip = binning_basis(cell, pbc)  # validates the cell even if N == 0
     if N == 0:
         return np.zeros(1, dtype=np.int64), np.zeros(0, dtype=np.int64), np.zeros((0, 3))
+    if N <= ONE_CALL_MAX_ATOMS and n_chunks <= 1 and not sort:
+        ok, first, out_j, out_R, counts = search_one(positions, basis, inv_basis, recip, pbc, rcut,
+                                                     int(max_pairs), int(max_neighbours))
+        if ok:     # else a check below applies: it raises there, or the search runs below
+            _check_counts(counts, rcut, max_pairs, max_neighbours, pbc)
+            return first, out_j, out_R
 
     # cell_p: the reduced lattice (zero rows along open directions, which never shift)
     cell_p, s, n, wrapped, reach, scale, s_min, s_max = frame(positions, inv_basis, pbc, basis)

@@ -127,6 +127,11 @@ class PACEPotential(SitePotential):
             raise ACEInputError("a pacemaker potential has no committee", "committee_forces")
         return super().evaluate(*args, committee=False, **kwargs)
 
+    def evaluate_many(self, structures, *, committee=False, committee_forces=False, **kwargs):
+        if committee_forces:
+            raise ACEInputError("a pacemaker potential has no committee", "committee_forces")
+        return super().evaluate_many(structures, committee=False, **kwargs)
+
     # ---- description and files ---------------------------------------------------------------
     def info(self) -> dict:
         s = self.spec

@@ -25,7 +25,8 @@ from typing import Any
 import numpy as np
 from ase.data import chemical_symbols
 
-from aceserver.errors import ACEInputError, EvaluationCancelled, TooManyPairsError
+from aceserver.evaluation import postprocess
+from aceserver.errors import ACEInputError, BatchError, EvaluationCancelled, TooManyPairsError
 
 from .error_replies import APIError
 from .registry import without_paths
@@ -137,49 +138,57 @@ class PairBudget:
         self.remaining -= pairs
 
 
-def evaluate_structure(model: Any, s: Structure, props: set[Property], prefix: str, threads: int | None,
-                       budget: PairBudget | None = None, cancel: threading.Event | None = None) -> dict:
-    numbers = np.asarray(s.atomic_numbers(), dtype=np.int64)
+def _known(model: Any) -> np.ndarray:
+    """known[Z]: whether the model has parameters for atomic number Z."""
     species = set(model.elements)
-    for k, z in enumerate(numbers):
-        if chemical_symbols[z] not in species:
-            which = "numbers" if s.numbers is not None else "symbols"
-            raise APIError(422, "unknown_element",
-                           f"{prefix}.{which}[{k}]: element {chemical_symbols[z]} (Z={z}) is not in this model "
-                           f"(species: {', '.join(model.elements)})", f"{prefix}.{which}[{k}]")
+    return np.array([sym in species for sym in chemical_symbols])
+
+
+def _arrays(model: Any, s: Structure, prefix: str, known: np.ndarray | None = None):
+    """(numbers, positions, cell, pbc) of a validated structure, after the element check that
+    names the offending atom (422 unknown_element); known: `_known(model)`, if at hand."""
+    numbers = np.asarray(s.atomic_numbers(), dtype=np.int64)
+    known = _known(model) if known is None else known
+    bad = np.flatnonzero(~known[numbers])
+    if len(bad):
+        k = int(bad[0])
+        z = int(numbers[k])
+        which = "numbers" if s.numbers is not None else "symbols"
+        raise APIError(422, "unknown_element",
+                       f"{prefix}.{which}[{k}]: element {chemical_symbols[z]} (Z={z}) is not in this model "
+                       f"(species: {', '.join(model.elements)})", f"{prefix}.{which}[{k}]")
     positions = np.asarray(s.positions, dtype=np.float64).reshape(-1, 3)
     cell = np.asarray(s.cell, dtype=np.float64) if s.cell is not None else np.zeros((3, 3))
     pbc = np.asarray(s.pbc, dtype=bool)
-    committee = bool(props & {Property.committee, Property.forces_committee})
-    committee_forces = bool(props & {Property.forces_committee, Property.forces_std})
-    limit = {} if budget is None else {"max_pairs": budget.remaining}
-    try:
-        ev = model.evaluate(numbers, positions, cell, pbc, committee=committee, committee_forces=committee_forces,
-                            energies_committee=Property.energies_std in props,
-                            gamma=bool(props & GAMMA_PROPERTIES), threads=threads, cancel=cancel, **limit)
-        # the same structure again, so the same pairs: the budget was checked (and is spent) once
-        descriptors = (model.descriptors(numbers, positions, cell, pbc, threads=threads, max_pairs=ev.pairs)
-                       if Property.descriptors in props else None)
-    except EvaluationCancelled:
-        raise Abandoned(f"stopped inside {prefix}") from None
-    except TooManyPairsError as ex:
-        if budget is None:
-            raise
-        used = budget.limit - budget.remaining
+    return numbers, positions, cell, pbc
+
+
+def _as_api_error(ex: Exception, prefix: str, budget: PairBudget | None, used: int) -> Exception:
+    """The reply to an evaluator error of one structure (`used`: pairs of the structures before it)."""
+    if isinstance(ex, EvaluationCancelled):
+        return Abandoned(f"stopped inside {prefix}")
+    if isinstance(ex, TooManyPairsError) and budget is not None:
         spent = f" ({used} used by the structures before it)" if used else ""
-        raise APIError(413, "too_large", f"{prefix}: {ex.pairs} neighbour pairs within the cutoff; a request may "
-                       f"use at most {budget.limit} (--max-pairs){spent}", prefix) from None
-    except ACEInputError as ex:
+        return APIError(413, "too_large", f"{prefix}: {ex.pairs} neighbour pairs within the cutoff; a request may "
+                        f"use at most {budget.limit} (--max-pairs){spent}", prefix)
+    if isinstance(ex, ACEInputError) and not isinstance(ex, TooManyPairsError):
         field = f"{prefix}.{ex.field}" if ex.field else prefix
-        raise APIError(422, "unknown_element" if type(ex).__name__ == "UnknownElementError" else "invalid_input",
-                       f"{field}: {ex}", field) from None
-    except (OverflowError, ZeroDivisionError, FloatingPointError) as ex:
+        return APIError(422, "unknown_element" if type(ex).__name__ == "UnknownElementError" else "invalid_input",
+                        f"{field}: {ex}", field)
+    if isinstance(ex, (OverflowError, ZeroDivisionError, FloatingPointError)):
         # numerically extreme geometry that the evaluator did not name; still the user's input, not a 5xx
         log.warning("evaluator arithmetic error on %s: %r", prefix, ex)
-        raise APIError(422, "invalid_input", f"{prefix}: geometry too extreme to evaluate "
-                       f"({type(ex).__name__}: {ex})", prefix) from None
-    if budget is not None:
-        budget.spend(ev.pairs)
+        return APIError(422, "invalid_input", f"{prefix}: geometry too extreme to evaluate "
+                        f"({type(ex).__name__}: {ex})", prefix)
+    return ex
+
+
+_UNSET = object()
+
+
+def _reply(ev, props: set[Property], cell, pbc, committee: bool, stress: Any = _UNSET,
+           descriptors: np.ndarray | None = None) -> dict:
+    """The result document of one structure (stress: already computed, None where undefined)."""
     out: dict[str, Any] = {}
     if Property.energy in props:
         out["energy"] = float(ev.energy)
@@ -188,7 +197,7 @@ def evaluate_structure(model: Any, s: Structure, props: set[Property], prefix: s
         out["forces"] = np.asarray(ev.forces)
     if Property.stress in props:
         # as ACECalculator: stress only for cells periodic in all three directions (else null)
-        out["stress"] = ev.periodic_stress(cell, pbc)
+        out["stress"] = ev.periodic_stress(cell, pbc) if stress is _UNSET else stress
     if Property.virial in props:
         out["virial"] = np.asarray(ev.virial)
     if Property.energies in props:
@@ -198,7 +207,7 @@ def evaluate_structure(model: Any, s: Structure, props: set[Property], prefix: s
         out["energy_std"] = ev.energy_std
     if Property.forces_committee in props and ev.forces_committee is not None:
         out["forces_committee"] = np.asarray(ev.forces_committee)
-    if committee_forces and ev.forces_committee is not None:
+    if props & {Property.forces_committee, Property.forces_std} and ev.forces_committee is not None:
         out["forces_std"] = ev.forces_std
     if Property.energies_std in props and ev.energies_committee is not None:
         out["energies_std"] = ev.energies_std
@@ -211,16 +220,93 @@ def evaluate_structure(model: Any, s: Structure, props: set[Property], prefix: s
     return out
 
 
+def evaluate_structure(model: Any, s: Structure, props: set[Property], prefix: str, threads: int | None,
+                       budget: PairBudget | None = None, cancel: threading.Event | None = None) -> dict:
+    numbers, positions, cell, pbc = _arrays(model, s, prefix)
+    committee = bool(props & {Property.committee, Property.forces_committee})
+    limit = {} if budget is None else {"max_pairs": budget.remaining}
+    try:
+        ev = model.evaluate(numbers, positions, cell, pbc, committee=committee,
+                            committee_forces=bool(props & {Property.forces_committee, Property.forces_std}),
+                            energies_committee=Property.energies_std in props,
+                            gamma=bool(props & GAMMA_PROPERTIES), threads=threads, cancel=cancel, **limit)
+        # the same structure again, so the same pairs: the budget was checked (and is spent) once
+        descriptors = (model.descriptors(numbers, positions, cell, pbc, threads=threads, max_pairs=ev.pairs)
+                       if Property.descriptors in props else None)
+    except TooManyPairsError as ex:
+        if budget is None:
+            raise
+        raise _as_api_error(ex, prefix, budget, budget.limit - budget.remaining) from None
+    except (EvaluationCancelled, ACEInputError, OverflowError, ZeroDivisionError, FloatingPointError) as ex:
+        raise _as_api_error(ex, prefix, budget, 0) from None
+    if budget is not None:
+        budget.spend(ev.pairs)
+    return _reply(ev, props, cell, pbc, committee, descriptors=descriptors)
+
+
+def evaluate_batch(model: Any, structures: list[Structure], props: set[Property], threads: int | None,
+                   max_pairs: int, cancel: threading.Event | None = None) -> list[dict]:
+    """`structures[i]` in one `model.evaluate_many` call: the same replies, and the same error
+    document (the first failing structure's, with the budget the structures before it left) as
+    evaluating them one by one with `evaluate_structure`."""
+    inputs = []
+    first_error = None
+    known = _known(model)
+    for i, s in enumerate(structures):
+        try:
+            inputs.append(_arrays(model, s, f"structures[{i}]", known))
+        except APIError as ex:       # nothing after it matters: the reply is this error or an earlier one
+            first_error = ex
+            break
+    committee = bool(props & {Property.committee, Property.forces_committee})
+    try:
+        results = model.evaluate_many(inputs, committee=committee,
+                                      committee_forces=bool(props & {Property.forces_committee,
+                                                                     Property.forces_std}),
+                                      threads=threads, cancel=cancel, max_pairs=max_pairs)
+    except EvaluationCancelled:
+        raise Abandoned("stopped inside the batch") from None
+    except BatchError as ex:
+        k = min(ex.errors)
+        used = sum(r.pairs for r in ex.results[:k])
+        raise _as_api_error(ex.errors[k], f"structures[{k}]", PairBudget(max_pairs), used) from None
+    except (OverflowError, ZeroDivisionError, FloatingPointError):
+        # not tied to a structure by the evaluator: one by one, to name it
+        budget = PairBudget(max_pairs)
+        return [evaluate_structure(model, s, props, f"structures[{i}]", threads, budget, cancel)
+                for i, s in enumerate(structures)]
+    if first_error is not None:
+        raise first_error
+    stress = None
+    if Property.stress in props:
+        stress = postprocess.stresses(np.array([ev.virial for ev in results]),
+                                      np.array([i[2] for i in inputs]), np.array([i[3] for i in inputs]))
+    return [_reply(ev, props, cell, pbc, committee, None if stress is None else stress[k])
+            for k, (ev, (_, _, cell, pbc)) in enumerate(zip(results, inputs))]
+
+
+# outputs `evaluate_many` does not make: requests asking for them go structure by structure
+PER_STRUCTURE_PROPERTIES = GAMMA_PROPERTIES | {Property.energies_std, Property.descriptors}
+
+
 def evaluate_request(model: Any, request: CalculateRequest, has_committee: bool, threads: int | None = 1,
                      max_pairs: int | None = None, cancel: threading.Event | None = None, *,
                      name: str = "this model", max_descriptor_values: int = 4_000_000) -> list[dict]:
-    """Results of every structure; `threads` goes to `model.evaluate` (1: serial kernel);
+    """Results of every structure; `threads` goes to the evaluator (1: serial kernel);
     `max_pairs` bounds the neighbour pairs summed over the request (None: only the evaluator's own
-    per-structure limit); once `cancel` is set, `Abandoned` is raised before the next structure.
-    `name` (the served model's) is quoted in errors; `max_descriptor_values`: `check_descriptors`."""
+    per-structure limit); once `cancel` is set, `Abandoned` is raised (before the next structure,
+    or the next chunk of a batch). A `structures` list under a pair budget is evaluated in one
+    `evaluate_many` call (the per-structure limit of a request without a budget stays per structure),
+    unless it asks for PER_STRUCTURE_PROPERTIES. `name` (the served model's) is quoted in errors;
+    `max_descriptor_values`: `check_descriptors`."""
     props = properties_for(request, has_committee, getattr(model, "active_set", None) is not None, name,
                            without_paths(getattr(model, "active_set_problem", None) or "") or None)
     check_descriptors(model, request, props, max_descriptor_values)
+    if cancel is not None and cancel.is_set():
+        raise Abandoned("stopped before the first structure")
+    if (request.structure is None and len(request.structures) > 1 and max_pairs is not None
+            and not props & PER_STRUCTURE_PROPERTIES):
+        return evaluate_batch(model, request.structures, props, threads, max_pairs, cancel)
     budget = None if max_pairs is None else PairBudget(max_pairs)
     named = ([("structure", request.structure)] if request.structure is not None else
              [(f"structures[{i}]", s) for i, s in enumerate(request.structures)])

@@ -1,0 +1,413 @@
+"""Many structures in one call: `evaluate_many` packs small structures into one neighbour list
+and runs one site pass and one force/virial scatter over all of them, then hands back one
+`Evaluation` per structure (units as `Evaluation`). With threads, the packed structures are
+split into runs of about equal work, searched and passed at once on a pool of threads (the
+kernels release the GIL); numba's own threading layer is not used for them.
+
+Which path a structure takes (both give `SitePotential.evaluate`'s numbers bit for bit):
+
+* small structures (at most `BATCH_MAX_ATOMS` atoms, a cell and positions that need no closer
+  look): packed. Their neighbour lists come from `kernels.batch_neighbours`, which runs the
+  per-structure search's own kernels and plan inside one numba call (the same pairs in the same
+  order, bit for bit); then one site pass and one scatter over all (`kernels.batch_pass`),
+  whose per-site work is that of the serial `evaluate`.
+* every other structure (large ones, and every structure with a problem, so that its error is
+  the one `evaluate` raises): `potential.evaluate` itself, one call each.
+
+Input checks run once over the packed arrays (finite, in range, known elements); a structure
+that fails them is re-run through `evaluate` for its error. Errors are per structure: every
+structure that can be evaluated is, and `BatchError` carries the results (None where a structure
+failed) and the errors by index.
+"""
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import numba
+import numpy as np
+from ase import Atoms
+
+from ..errors import ACEInputError, BatchError, EvaluationCancelled, TooManyPairsError
+from ..kernels import batch_neighbours as BN
+from ..kernels.batch_pass import committee_sums, outputs, pass_range, structure_sums
+from ..kernels.neighbours import DEFAULT_MAX_NEIGHBOURS, DEFAULT_MAX_PAIRS
+from ..structure import MAX_COORDINATE
+from .result import Evaluation
+
+BATCH_MAX_ATOMS = 64         # larger structures amortise their own set-up (~50-100 µs)
+CHUNK_ATOMS = 1 << 16        # structures are packed this many atoms at a time (bounds the scratch)
+CANCEL_CHUNK_ATOMS = 1024    # ... and this many when the caller may cancel (looked at per chunk)
+COMMITTEE_CHUNK_BYTES = 1 << 26   # per-structure committee sums of one chunk
+THREADS_MIN_ATOMS = 256      # fewer atoms in a chunk: one thread (as evaluate's PARALLEL_MIN_ATOMS)
+
+
+def read_structure(s):
+    """(numbers, positions, cell, pbc) of an ASE Atoms or of such a tuple, as given."""
+    arrays = getattr(s, "arrays", None)
+    if arrays is not None:          # ase.Atoms: its own arrays, no copies
+        return arrays["numbers"], arrays["positions"], s.cell.array, s.pbc
+    try:
+        numbers, positions, cell, pbc = s
+    except (TypeError, ValueError):
+        raise ACEInputError("a structure must be an ase.Atoms or a (numbers, positions, cell, "
+                            f"pbc) tuple, got {type(s).__name__}") from None
+    return numbers, positions, cell, pbc
+
+
+def is_atoms(s) -> bool:
+    """An ase.Atoms (its arrays have the types and shapes `_plain` asks for: ASE's setters keep them)."""
+    return type(s) is Atoms
+
+
+def _plain(numbers, positions, cell, pbc) -> bool:
+    """Arrays that need no conversion (what ASE holds): checked over the whole batch at once."""
+    return (type(numbers) is np.ndarray and numbers.ndim == 1 and numbers.dtype == np.int64
+            and type(positions) is np.ndarray and positions.dtype == np.float64
+            and positions.shape == (numbers.shape[0], 3)
+            and type(cell) is np.ndarray and cell.dtype == np.float64 and cell.shape == (3, 3)
+            and type(pbc) is np.ndarray and pbc.dtype == np.bool_ and pbc.shape == (3,))
+
+
+class _Batch:
+    """Packed structures: sizes, offsets, numbers, positions, cells, pbc; `index` maps a packed
+    structure to the caller's index."""
+
+    def __init__(self, index, numbers, positions, cells, pbc):
+        self.index = index
+        self.sizes = np.fromiter((len(n) for n in numbers), dtype=np.int64, count=len(numbers))
+        self.offsets = np.zeros(len(numbers) + 1, dtype=np.int64)
+        np.cumsum(self.sizes, out=self.offsets[1:])
+        n = int(self.offsets[-1])
+        self.numbers = np.concatenate(numbers) if n else np.zeros(0, dtype=np.int64)
+        self.positions = np.concatenate(positions) if n else np.zeros((0, 3))
+        self.cells = np.array(cells, dtype=np.float64).reshape(-1, 3, 3)
+        self.pbc = np.array(pbc, dtype=np.bool_).reshape(-1, 3)
+
+    def owner(self, atom_mask) -> np.ndarray:
+        """Packed structures that hold any atom of the mask."""
+        atoms = np.flatnonzero(atom_mask)
+        return np.unique(np.searchsorted(self.offsets, atoms, side="right") - 1)
+
+    def per_structure(self, per_atom) -> np.ndarray:
+        """Sums of a per-atom integer array over each structure."""
+        c = np.zeros(len(per_atom) + 1, dtype=np.int64)
+        np.cumsum(per_atom, out=c[1:])
+        return c[self.offsets[1:]] - c[self.offsets[:-1]]
+
+
+_POOL: list = []     # [ThreadPoolExecutor] shared by all calls, made on first threaded use
+
+
+def _run(fn, parts) -> list:
+    """fn(part) for every part, on the pool's threads when there are several."""
+    if len(parts) <= 1:
+        return [fn(p) for p in parts]
+    if not _POOL or _POOL[0]._max_workers < len(parts):
+        if _POOL:
+            _POOL[0].shutdown(wait=False)
+        _POOL[:] = [ThreadPoolExecutor(len(parts), thread_name_prefix="aceserver-many")]
+    return list(_POOL[0].map(fn, parts))
+
+
+def _blocks(cost, n_blocks) -> np.ndarray:
+    """Boundaries of n_blocks consecutive runs of structures of about equal total cost."""
+    c = np.cumsum(cost, dtype=np.float64)
+    total = c[-1] if len(c) else 0.0
+    cuts = np.searchsorted(c, np.linspace(0.0, total, n_blocks + 1)[1:-1], side="right")
+    return np.concatenate([[0], cuts, [len(cost)]]).astype(np.int64)
+
+
+class _Run:
+    """One evaluate_many call: options, results and errors by the caller's index, the budget."""
+
+    def __init__(self, potential, n, forces, committee, committee_forces, threads, max_pairs,
+                 cancel):
+        self.potential = potential
+        self.forces, self.threads, self.cancel = forces, threads, cancel
+        self.with_committee = committee and potential.committee is not None
+        self.committee, self.committee_forces = committee, committee_forces
+        self.tables = potential._tables(self.with_committee)
+        self.rcut = float(potential.rcut)
+        self.min_distance = float(potential.min_distance)
+        self.lookup = potential._lookup
+        self.results: list = [None] * n
+        self.errors: dict = {}
+        self.budget = max_pairs is not None       # a pair budget over the batch, else per structure
+        self.limit = int(DEFAULT_MAX_PAIRS if max_pairs is None else max_pairs)
+        self.remaining = self.limit
+
+    def single(self, k, structure):
+        """Structure k through `evaluate` (its error, if any, recorded), within the budget left."""
+        numbers, positions, cell, pbc = structure
+        try:
+            ev = self.potential.evaluate(numbers, positions, cell, pbc, committee=self.committee,
+                                         committee_forces=self.committee_forces,
+                                         forces=self.forces, threads=self.threads,
+                                         max_pairs=self.remaining, cancel=self.cancel)
+        except ACEInputError as err:
+            self.errors[k] = err
+            return
+        if self.budget:
+            self.remaining -= ev.pairs
+        self.results[k] = ev
+
+    def checked(self, batch: _Batch) -> np.ndarray:
+        """Status per packed structure after the input checks: 0 ok, 2 failed (sent through
+        `single` for its error). Failed structures are neutralised in the packed arrays."""
+        S = len(batch.sizes)
+        bad = np.zeros(S, dtype=bool)
+        pos, num = batch.positions, batch.numbers
+        if len(pos) and not float(np.abs(pos).max()) <= MAX_COORDINATE:   # NaN compares false
+            bad[batch.owner(~(np.abs(pos) <= MAX_COORDINATE).all(axis=1))] = True
+        if S:
+            bad |= ~(np.abs(batch.cells).reshape(S, 9) <= MAX_COORDINATE).all(axis=1)
+        lk = self.lookup
+        ok = (num >= 0) & (num < len(lk))
+        z = lk[np.where(ok, num, 0)]
+        if not (ok.all() and (z >= 0).all()):
+            bad[batch.owner(~ok | (z < 0))] = True
+        batch.z = np.ascontiguousarray(z)
+        status = np.zeros(S, dtype=np.int64)
+        for s in np.flatnonzero(bad):
+            a, b = batch.offsets[s], batch.offsets[s + 1]
+            pos[a:b] = 0.0
+            batch.z[a:b] = 0
+            batch.cells[s] = 0.0
+            batch.pbc[s] = False
+            status[s] = 2
+        return status
+
+    def parts(self, cost, n_atoms) -> list[tuple[int, int]]:
+        """Runs of structures of about equal cost, one per thread (one without threads)."""
+        n = 1 if self.threads == 1 or n_atoms < THREADS_MIN_ATOMS else (
+            self.threads or numba.get_num_threads())
+        b = _blocks(cost, max(1, min(n, len(cost)))).tolist()
+        return [(lo, hi) for lo, hi in zip(b[:-1], b[1:]) if hi > lo]
+
+    def search_batch(self, batch: _Batch, raw):
+        """The neighbour lists of one chunk of packed structures (parts of it searched at once
+        on threads of a pool), after the budget: (status, pairs per structure, first, nbr, R)
+        with the pairs of the structures of status 0 only; None if there are none."""
+        status = self.checked(batch)
+        offsets = batch.offsets
+
+        def search(part):
+            lo, hi = part
+            a0, a1 = offsets[lo], offsets[hi]
+            # the bases on the part's thread too (numpy's stacked linear algebra releases the GIL)
+            basis, inv_basis, recip, ok = BN.bases(batch.cells[lo:hi], batch.pbc[lo:hi])
+            st = status[lo:hi]
+            st[(st == 0) & ~ok] = 1
+            # private copies: numba counts references to arrays atomically, and threads that
+            # share an array would fight over its count for every view they take
+            return BN.search(batch.positions[a0:a1].copy(), offsets[lo:hi + 1] - a0, st, basis,
+                             inv_basis, recip, batch.pbc[lo:hi].copy(), self.rcut,
+                             BATCH_MAX_ATOMS, self.limit, DEFAULT_MAX_NEIGHBOURS)
+
+        parts = self.parts(batch.sizes * batch.sizes + 1, len(batch.numbers))
+        found = _run(search, parts)
+        if len(found) == 1:
+            first, nbr, R, closest = found[0]
+        else:
+            shift = np.cumsum([0] + [len(f[1]) for f in found])
+            first = np.concatenate([[0]] + [f[0][1:] + p for f, p in zip(found, shift)])
+            nbr = np.concatenate([f[1] + offsets[lo] for f, (lo, _) in zip(found, parts)])
+            R = np.concatenate([f[2] for f in found])
+            closest = np.concatenate([f[3] for f in found])
+        counts = np.diff(first)
+        pairs = batch.per_structure(counts)
+        # structures the per-structure search must judge (it raises there): atoms too close
+        # (evaluate's own test on the same numbers), too many neighbours of one atom
+        status[(status == 0) & (np.sqrt(closest) < self.min_distance)] = 1
+        if len(counts) and counts.max() > DEFAULT_MAX_NEIGHBOURS:
+            status[batch.owner(counts > DEFAULT_MAX_NEIGHBOURS)] = 1
+        self.spend(batch, raw, status, pairs)
+        ok = status == 0
+        if not ok.any():
+            return None
+        if (pairs[~ok] > 0).any():            # drop the pairs of structures not evaluated here
+            keep = np.repeat(np.repeat(ok, batch.sizes), counts)
+            nbr, R = nbr[keep], R[keep]
+            first = np.zeros_like(first)
+            np.cumsum(counts * np.repeat(ok, batch.sizes), out=first[1:])
+        return status, pairs, first, nbr, R
+
+    def run_batch(self, batch: _Batch, raw) -> None:
+        """Search, budget, pass and results of one chunk of packed structures; the kernels of
+        parts of it run at once on threads of a pool (they release the GIL)."""
+        found = self.search_batch(batch, raw)
+        if found is None:
+            return
+        status, pairs, first, nbr, R = found
+        ok = status == 0
+        offsets = batch.offsets
+        out = outputs(first, R, self.tables, len(batch.sizes))
+
+        def site_pass(part):
+            pass_range(part[0], part[1], offsets, first, nbr, R, batch.z, self.tables,
+                       self.forces, out)
+
+        _run(site_pass, self.parts(pairs * ok + batch.sizes, len(batch.numbers)))
+        committee = committee_sums(self.tables, batch.z, offsets, out, 0, len(batch.sizes))
+        E, _, F, W = out[:4]
+        self.collect(batch, raw, status, pairs, E, F, W, committee, first, nbr, R)
+
+    def spend(self, batch, raw, status, pairs) -> None:
+        """The pair budget in the caller's order: a structure may use what the structures before
+        it left (as HTTP's per-request budget); the others go through `single` here."""
+        if not self.budget:                 # each structure within the limit on its own
+            status[(status == 0) & (pairs > self.limit)] = 1      # evaluate raises it there
+            for s in np.flatnonzero(status != 0).tolist():
+                self.single(batch.index[s], raw[s])
+            return
+        todo = status != 0
+        if not todo.any() and int(pairs.sum()) <= self.remaining:
+            self.remaining -= int(pairs.sum())
+            return
+        for s in range(len(status)):
+            k = batch.index[s]
+            if status[s] != 0:
+                self.single(k, raw[s])
+            elif pairs[s] > self.remaining:
+                status[s] = 3
+                field = "cell" if batch.pbc[s].any() else "positions"
+                self.errors[k] = TooManyPairsError(
+                    f"{int(pairs[s])} neighbour pairs within rcut = {self.rcut} Å, more than the "
+                    f"{self.remaining} left of max_pairs = {self.limit} for this batch",
+                    field, int(pairs[s]), self.remaining)
+            else:
+                self.remaining -= int(pairs[s])
+
+    def collect(self, batch, raw, status, pairs, E, F, W, committee, first, nbr, R) -> None:
+        """One `Evaluation` per structure of the chunk that the packed pass evaluated."""
+        if self.forces:
+            W = 0.5 * (W + W.transpose(0, 2, 1))
+        energies = E[0]
+        total = structure_sums(energies, batch.offsets).tolist()   # e.sum()'s bits
+        offsets = batch.offsets.tolist()
+        pairs = pairs.tolist()
+        index = batch.index
+        results = self.results
+        for s in np.flatnonzero(status == 0).tolist():
+            a, b = offsets[s], offsets[s + 1]
+            e = energies[a:b]
+            ev = Evaluation(energy=total[s] if b - a <= 128 else float(e.sum()), forces=F[a:b],
+                            virial=W[s], energies=e, pairs=pairs[s])
+            if self.with_committee:
+                ev.energy_committee = committee[s]
+            if self.committee_forces and self.potential.committee is not None:
+                f = first[a:b + 1]
+                ev.forces_committee = self.potential._committee_forces(
+                    batch.z[a:b], f - f[0], nbr[f[0]:f[-1]] - a, R[f[0]:f[-1]])
+            results[index[s]] = ev
+
+
+def evaluate_many(potential, structures, *, forces=True, committee=False, committee_forces=False,
+                  threads=None, max_pairs=None, cancel=None) -> list[Evaluation]:
+    """One `Evaluation` per structure (energy eV, forces eV/Å, virial eV, per-atom energies eV,
+    committee energies eV), in the order given. structures: a sequence of ASE `Atoms` or
+    (numbers, positions Å, cell Å, pbc) tuples.
+
+    threads: 1 runs everything on the calling thread; k > 1 (None: numba.get_num_threads())
+    splits the packed structures into k runs of about equal work, run at once on a thread pool
+    (the numbers do not depend on it; structures evaluated one by one get `evaluate(threads=...)`).
+    max_pairs: a budget of neighbour pairs summed over the batch, spent in order (a structure
+    may use what the ones before it left; HTTP's per-request budget); a structure over it fails
+    with `TooManyPairsError`. None: each structure has `evaluate`'s own limit (DEFAULT_MAX_PAIRS).
+    cancel: a `threading.Event`, looked at between chunks of ~`CANCEL_CHUNK_ATOMS` atoms (and
+    inside structures evaluated one by one); once set, `EvaluationCancelled` is raised.
+
+    Raises `BatchError` when any structure fails: `.errors` maps the caller's index to its
+    `ACEInputError` (the one `evaluate` raises for it), `.results` holds the others' results.
+    """
+    if cancel is not None and cancel.is_set():
+        raise EvaluationCancelled("evaluation cancelled by its caller")
+    n = len(structures)
+    run = _Run(potential, n, forces, committee, committee_forces, threads, max_pairs, cancel)
+    chunk_atoms = CHUNK_ATOMS if cancel is None else CANCEL_CHUNK_ATOMS
+    max_structures = n
+    if run.with_committee:
+        t = run.tables
+        per = 8 * (t.coef[0].size + t.pair_spl[0].size)
+        max_structures = max(1, COMMITTEE_CHUNK_BYTES // max(per, 1))
+    _drive(run, structures, chunk_atoms, max_structures)
+    if run.errors:
+        raise BatchError(run.errors, run.results)
+    return run.results
+
+
+def _drive(run, structures, chunk_atoms, max_structures) -> None:
+    """Read the structures and hand them to `run` in chunks (the others to `run.single`)."""
+    index, raw, nums, poss, cells, pbcs = [], [], [], [], [], []
+    atoms = 0
+    for k, s in enumerate(structures):
+        try:
+            numbers, positions, cell, pbc = read_structure(s)
+        except ACEInputError as err:
+            run.errors[k] = err
+            continue
+        if not (is_atoms(s) or _plain(numbers, positions, cell, pbc)):
+            if index:       # the structures before it first: the pair budget is spent in order
+                _chunk(run, index, raw, nums, poss, cells, pbcs)
+                index, raw, nums, poss, cells, pbcs = [], [], [], [], [], []
+                atoms = 0
+            run.single(k, (numbers, positions, cell, pbc))  # converts, checks, evaluates
+            continue
+        index.append(k)
+        raw.append((numbers, positions, cell, pbc))
+        nums.append(numbers)
+        poss.append(positions)
+        cells.append(cell)
+        pbcs.append(pbc)
+        atoms += len(numbers)
+        if atoms >= chunk_atoms or len(index) >= max_structures:
+            _chunk(run, index, raw, nums, poss, cells, pbcs)
+            index, raw, nums, poss, cells, pbcs = [], [], [], [], [], []
+            atoms = 0
+    if index:
+        _chunk(run, index, raw, nums, poss, cells, pbcs)
+
+
+class _Lists(_Run):
+    """`neighbour_lists`: the search and its checks only; each structure's limit is its own."""
+
+    def single(self, k, structure):
+        try:
+            self.results[k] = self.potential._neighbours(*structure)
+        except ACEInputError as err:
+            self.errors[k] = err
+
+    def spend(self, batch, raw, status, pairs) -> None:
+        status[(status == 0) & (pairs > self.limit)] = 1     # the search raises it there
+        for s in np.flatnonzero(status != 0).tolist():
+            self.single(batch.index[s], raw[s])
+
+    def run_batch(self, batch: _Batch, raw) -> None:
+        found = self.search_batch(batch, raw)
+        if found is None:
+            return
+        status, _, first, nbr, R = found
+        offsets = batch.offsets.tolist()
+        for s in np.flatnonzero(status == 0).tolist():
+            a, b = offsets[s], offsets[s + 1]
+            f = first[a:b + 1]
+            self.results[batch.index[s]] = (batch.z[a:b], f - f[0], nbr[f[0]:f[-1]] - a,
+                                            R[f[0]:f[-1]])
+
+
+def neighbour_lists(potential, structures, *, threads=None) -> list:
+    """(z, first, nbr, R) of every structure, as `potential._neighbours` gives them one by one
+    (species indices; the CSR list of `kernels.neighbours.neighbour_list(sort=False)`, bit for
+    bit), small structures searched in one kernel call. Raises `BatchError` (errors by index,
+    the lists of the others in `.results`)."""
+    run = _Lists(potential, len(structures), False, False, False, threads, None, None)
+    _drive(run, structures, CHUNK_ATOMS, len(structures))
+    if run.errors:
+        raise BatchError(run.errors, run.results)
+    return run.results
+
+
+def _chunk(run, index, raw, nums, poss, cells, pbcs):
+    if run.cancel is not None and run.cancel.is_set():
+        raise EvaluationCancelled("evaluation cancelled by its caller")
+    run.run_batch(_Batch(index, nums, poss, cells, pbcs), raw)

@@ -1,0 +1,306 @@
+"""Neighbour lists of many small structures in one call (numba): `neighbours.neighbour_list`'s
+own search, structure after structure inside one kernel, with no Python set-up per structure.
+
+Structures are packed: atoms of structure s are ``offsets[s]:offsets[s+1]`` of ``positions``
+(Å), its cell ``cells[s]`` (rows are lattice vectors, Å) and periodicity ``pbc[s]``. The output
+is one CSR list over all atoms with neighbour indices into the packed atoms (structures never
+share a pair); each structure's part is, pair for pair and bit for bit, what
+``neighbour_list(..., sort=False)`` returns for it: the same binning basis (`bases`: the numpy
+steps of `lattice.binning_basis` on all cells at once, the lattice reduction in `reduce_many`,
+`lattice._reduce_lattice` without its allocations), the same grid plan (`_grid`, the Python plan
+of `neighbour_list` in numba) and the same numba search kernels (`neighbour_search`). Periodic
+images of cells much smaller than the cut-off are scanned there as bin images.
+
+Entry points: `bases` (all cells), `reduce_many`, `search` (many packed structures, one pass
+each into one growing list) and `search_one` (one structure: `neighbour_list`'s path for small
+structures).
+
+A structure the per-structure search would refuse or treat otherwise (more than ``max_atoms``
+atoms, a one-pass search over `_ONE_PASS_MAX_VISITS` candidates, the work or image limits,
+atoms many cells away) gets status 1 and no pairs here: the caller runs `neighbour_list` on it,
+which raises its error or searches it.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit
+
+from .neighbour_search import (_BINS_PER_CUTOFF, _MAX_BIN_IMAGES, _ONE_PASS_MAX_VISITS, _SLACK,
+                               _WORK_FREE, _WORK_PER_PAIR, bin_and_count, frame, pairs_one_pass)
+
+_MIN_LENGTH = 1e-7   # Å: shorter periodic vectors go to the per-structure search (refused at 1e-8)
+_MIN_SINE = 1e-5     # normalised volume: flatter cells too (refused below 1e-6)
+
+
+@njit(cache=True, nogil=True)
+def _row_into(T, k, vecs, v):
+    """v = row k of T @ vecs (as lattice._row, into v)."""
+    v[:] = 0.0
+    for a in range(T.shape[0]):
+        for c in range(3):
+            v[c] += T[k, a] * vecs[a, c]
+
+
+@njit(cache=True, nogil=True)
+def _reduce_into(vecs, T, va, vb, cand):
+    """`lattice._reduce_lattice(vecs)` into T (p x p), with its floating-point operations in
+    its order (same T), on scratch va, vb (3,) and cand (p,) instead of fresh arrays."""
+    p = vecs.shape[0]
+    for a in range(p):
+        for b in range(p):
+            T[a, b] = 1 if a == b else 0
+    for _ in range(100):
+        changed = False
+        for a in range(p):
+            for b in range(p):
+                if a == b:
+                    continue
+                _row_into(T, a, vecs, va)
+                _row_into(T, b, vecs, vb)
+                x = np.dot(vb, va) / np.dot(va, va)
+                if abs(x) > 0.5 + 1e-9:
+                    q = np.int64(math.floor(x + 0.5))
+                    for c in range(p):
+                        T[b, c] -= q * T[a, c]
+                    changed = True
+        if p == 3:
+            for k in range(3):
+                o1 = 1 if k == 0 else 0
+                o2 = 1 if k == 2 else 2
+                for s1 in (-1, 1):
+                    for s2 in (-1, 1):
+                        for a in range(3):
+                            cand[a] = T[k, a] + s1 * T[o1, a] + s2 * T[o2, a]
+                        va[:] = 0.0
+                        for a in range(3):
+                            for c in range(3):
+                                va[c] += cand[a] * vecs[a, c]
+                        _row_into(T, k, vecs, vb)
+                        if np.dot(va, va) < np.dot(vb, vb) * (1.0 - 1e-9):
+                            for a in range(3):
+                                T[k, a] = cand[a]
+                            changed = True
+        if not changed:
+            break
+
+
+@njit(cache=True, nogil=True)
+def reduce_many(vecs):
+    """`lattice._reduce_lattice` of every (p, 3) block of vecs (n, p, 3): T (n, p, p)."""
+    n, p = vecs.shape[0], vecs.shape[1]
+    T = np.empty((n, p, p), dtype=np.int64)
+    va = np.empty(3)
+    vb = np.empty(3)
+    cand = np.empty(p, dtype=np.int64)
+    for s in range(n):
+        _reduce_into(np.ascontiguousarray(vecs[s]), T[s], va, vb, cand)
+    return T
+
+
+def _norms(rows):
+    """np.linalg.norm of each row as a call of its own computes it (a dot product: numpy's
+    norm along an axis sums the squares in another order)."""
+    return np.array([np.linalg.norm(r) for r in rows])
+
+
+def bases(cells, pbc):
+    """`lattice.binning_basis` of every structure, its numpy steps done on all cells of one
+    periodicity at once (numpy's stacked inv, matmul, norm and cross give each matrix the bits
+    of a call of its own): basis (S, 3, 3), inv_basis, recip (S, 3) and ok (S,), False where the
+    per-structure search must judge the cell (nearly degenerate: it raises there)."""
+    S = len(cells)
+    basis = np.zeros((S, 3, 3))
+    ok = np.ones(S, dtype=bool)
+    if S == 0:
+        return basis, basis.copy(), np.zeros((0, 3)), ok
+    code = pbc[:, 0] * 4 + pbc[:, 1] * 2 + pbc[:, 2]
+    for pattern in np.unique(code).tolist():
+        idx = np.flatnonzero(code == pattern)
+        per = [k for k in range(3) if pattern >> (2 - k) & 1]
+        opn = [k for k in range(3) if not pattern >> (2 - k) & 1]
+        vecs = np.ascontiguousarray(cells[idx][:, per])          # (n, p, 3)
+        lengths = np.linalg.norm(vecs, axis=2)
+        good = (lengths >= _MIN_LENGTH).all(axis=1)
+        if len(per) >= 2:
+            gram = vecs @ vecs.transpose(0, 2, 1)
+            with np.errstate(all="ignore"):
+                sine = np.sqrt(np.maximum(np.linalg.det(gram), 0.0)) / np.prod(lengths, axis=1)
+            good &= sine >= _MIN_SINE
+        ok[idx[~good]] = False
+        idx, vecs, lengths = idx[good], vecs[good], lengths[good]
+        if len(idx) == 0:
+            continue
+        red = reduce_many(vecs) @ vecs
+        b = np.empty((len(idx), 3, 3))
+        b[:, per] = red
+        if len(per) == 2:
+            nrm = np.cross(red[:, 0], red[:, 1])
+            b[:, opn[0]] = nrm / _norms(nrm)[:, None]
+        elif len(per) == 1:
+            a = red[:, 0] / lengths[:, :1]
+            e = np.zeros_like(a)
+            pick = np.argmin(np.abs(a), axis=1)
+            e[np.arange(len(a)), pick] = 1.0
+            u = e - a[np.arange(len(a)), pick][:, None] * a
+            u /= _norms(u)[:, None]
+            b[:, opn[0]] = u
+            b[:, opn[1]] = np.cross(a, u)
+        elif len(per) == 0:
+            b[:] = np.eye(3)
+        basis[idx] = b
+    basis[~ok] = np.eye(3)
+    inv = np.linalg.inv(basis)
+    return basis, inv, np.linalg.norm(inv, axis=1), ok
+
+
+@njit(cache=True, nogil=True)
+def _grid(positions, basis, inv_basis, recip, periodic, rcut):
+    """`neighbour_list`'s grid plan for one structure (same operations, same order): returns
+    ok, and what the pair kernels take (see there). ok False: a limit or a check of the
+    per-structure search applies."""
+    N = positions.shape[0]
+    cell_p, s, n, wrapped, reach, scale, s_min, s_max = frame(positions, inv_basis, periodic, basis)
+    rsearch = rcut * (1.0 + _SLACK) + 1e-12 * scale
+    lo = np.zeros(3)
+    width = np.ones(3)
+    nb = np.ones(3, dtype=np.int64)
+    m = np.zeros(3, dtype=np.int64)
+    fail = (False, cell_p, n, wrapped, s, lo, width, nb, m, rsearch)
+    if reach > 1e12:
+        return fail
+    for k in range(3):
+        if periodic[k]:
+            nb[k] = max(1, int(math.floor(_BINS_PER_CUTOFF / (rsearch * recip[k] * (1.0 + 1e-6)))))
+            width[k] = 1.0 / nb[k]
+        else:
+            lo[k] = s_min[k]
+            width[k] = rsearch * (1.0 + 1e-6) / _BINS_PER_CUTOFF
+            span = math.floor((s_max[k] - lo[k]) / width[k])
+            if span > 1e15:
+                return fail
+            nb[k] = int(span) + 1
+    max_bins = 2 * N + 64
+    while float(nb[0]) * float(nb[1]) * float(nb[2]) > max_bins:
+        k = 0
+        for kk in range(1, 3):
+            if nb[kk] > nb[k]:
+                k = kk
+        if periodic[k]:
+            nb[k] = max(1, nb[k] // 2)
+            width[k] = 1.0 / nb[k]
+        else:
+            span = s_max[k] - lo[k]
+            width[k] *= 2.0
+            nb[k] = int(math.floor(span / width[k])) + 1
+    images = 1.0
+    for k in range(3):
+        m[k] = int(math.ceil(rsearch * recip[k] / width[k] * (1.0 + _SLACK)))
+        images *= (2 * m[k] + 1) if periodic[k] else min(2 * m[k] + 1, nb[k])
+    if images * float(nb[0]) * float(nb[1]) * float(nb[2]) > _MAX_BIN_IMAGES:
+        return fail
+    return (True, cell_p, n, wrapped, s, lo, width, nb, m, rsearch)
+
+
+@njit(cache=True, nogil=True)
+def _one_pass(a, b, positions, basis, inv_basis, recip, periodic, rcut, max_pairs,
+              max_neighbours, scratch_j, scratch_R, counts):
+    """The search of one structure in one pass into scratch (as neighbour_list's serial path);
+    returns the pairs written (-1: status 1)."""
+    pos = positions[a:b]
+    ok, cell_p, n, wrapped, s, lo, width, nb, m, rsearch = _grid(pos, basis, inv_basis, recip,
+                                                                  periodic, rcut)
+    if not ok:
+        return -1, scratch_j, scratch_R
+    cbin, start, order, visits, seen, cap = bin_and_count(s, lo, width, nb, m, periodic)
+    N = b - a
+    pair_limit = min(max_pairs, max_neighbours * N)
+    if visits > _WORK_PER_PAIR * pair_limit + _WORK_FREE or visits > _ONE_PASS_MAX_VISITS:
+        return -1, scratch_j, scratch_R
+    if scratch_j.shape[0] < visits:
+        scratch_j = np.empty(2 * visits, dtype=np.int64)
+        scratch_R = np.empty((2 * visits, 3))
+    key_T = np.eye(3, dtype=np.int64)
+    key_H = np.zeros(3, dtype=np.int64)
+    key_sp = np.ones(3, dtype=np.int64)
+    f = np.zeros(N + 1, dtype=np.int64)
+    c = pairs_one_pass(pos, wrapped, n, cell_p, cbin, start, order, nb, m, periodic, rsearch,
+                       rcut, False, f, scratch_j, scratch_R, key_H, key_T, key_H, key_sp, cap)
+    for i in range(N):
+        counts[a + i] = c[i]
+    return f[N], scratch_j, scratch_R
+
+
+@njit(cache=True, nogil=True)
+def search(positions, offsets, status, basis, inv_basis, recip, pbc, rcut, max_atoms,
+                  max_pairs, max_neighbours):
+    """All structures with status 0 (others are skipped; over max_atoms atoms, or a limit of
+    the per-structure search: status set to 1), one pass each, appended to outputs grown by
+    doubling. Returns first (N+1), nbr, R and the smallest |R|² of each structure (inf without
+    pairs, the sum of squares `neighbour_search.smallest_distance` forms). Callers search parts of a batch on threads of their
+    own (numba's threading layer made a two-pass threaded search slower than this one)."""
+    S = offsets.shape[0] - 1
+    N = positions.shape[0]
+    counts = np.zeros(N, dtype=np.int64)
+    first = np.zeros(N + 1, dtype=np.int64)
+    nbr = np.empty(64 * N + 64, dtype=np.int64)
+    R = np.empty((nbr.shape[0], 3))
+    sj = np.empty(0, dtype=np.int64)
+    sR = np.empty((0, 3))
+    closest = np.full(S, np.inf)
+    P = 0
+    for s in range(S):
+        a, b = offsets[s], offsets[s + 1]
+        got = -1
+        if status[s] == 0 and b == a:
+            continue
+        if status[s] == 0 and b - a <= max_atoms:
+            got, sj, sR = _one_pass(a, b, positions, basis[s], inv_basis[s], recip[s], pbc[s],
+                                    rcut, max_pairs, max_neighbours, sj, sR, counts)
+        if got < 0:
+            if status[s] == 0:
+                status[s] = 1
+            for i in range(a, b):
+                first[i + 1] = P
+            continue
+        if P + got > nbr.shape[0]:
+            grow = max(2 * nbr.shape[0], P + got)
+            nbr2 = np.empty(grow, dtype=np.int64)
+            R2 = np.empty((grow, 3))
+            nbr2[:P] = nbr[:P]
+            R2[:P] = R[:P]
+            nbr, R = nbr2, R2
+        best = np.inf
+        for q in range(got):
+            nbr[P + q] = sj[q] + a
+            r0, r1, r2 = sR[q, 0], sR[q, 1], sR[q, 2]
+            R[P + q, 0] = r0
+            R[P + q, 1] = r1
+            R[P + q, 2] = r2
+            r2 = r0 * r0 + r1 * r1 + r2 * r2      # as neighbour_search.smallest_distance
+            if r2 < best:
+                best = r2
+        closest[s] = best
+        for i in range(a, b):
+            first[i + 1] = first[i] + counts[i]
+        P += got
+    return first, nbr[:P].copy(), R[:P].copy(), closest
+
+
+@njit(cache=True, nogil=True)
+def search_one(positions, basis, inv_basis, recip, periodic, rcut, max_pairs, max_neighbours):
+    """One structure's search in one call (`neighbours.neighbour_list` for small structures):
+    (ok, first, j, R, counts); ok False where a check of the full path applies (it runs then)."""
+    N = positions.shape[0]
+    counts = np.zeros(N, dtype=np.int64)
+    sj = np.empty(0, dtype=np.int64)
+    sR = np.empty((0, 3))
+    got, sj, sR = _one_pass(0, N, positions, basis, inv_basis, recip, periodic, rcut, max_pairs,
+                            max_neighbours, sj, sR, counts)
+    first = np.zeros(N + 1, dtype=np.int64)
+    if got < 0:
+        return False, first, sj[:0].copy(), sR[:0].copy(), counts
+    for i in range(N):
+        first[i + 1] = first[i] + counts[i]
+    return True, first, sj[:got].copy(), sR[:got].copy(), counts
