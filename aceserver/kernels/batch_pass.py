@@ -15,21 +15,22 @@ import numpy as np
 from numba import njit
 
 from .scatter import _scatter_range
-from .site_pass import _fast_range, committee_energies
+from .site_pass import _fast_range, _no_rows, committee_energies
 
 
 @njit(cache=True, nogil=True)
 def _structures(lo, hi, offsets, first, nbr, R, zat, T, mode, with_grad, E, G, F, W, SAA, H):
     """Structures lo..hi-1: site energies E[0, i], pair gradients G, and with with_grad their
     forces F and virials W[s]. SAA, H: per-structure committee sums, or (1, 0, ...) without."""
+    D, DT = _no_rows()                  # no descriptor rows here (γ goes structure by structure)
     if SAA.shape[1] == 0:
         # no committee sums: one pass over the atoms of all these structures
         _fast_range(offsets[lo], offsets[hi], first, nbr, R, zat, T, mode, with_grad, E, G,
-                    SAA[0], H[0])
+                    SAA[0], H[0], D, 0, DT)
     else:
         for s in range(lo, hi):
             _fast_range(offsets[s], offsets[s + 1], first, nbr, R, zat, T, mode, with_grad, E, G,
-                        SAA[s], H[s])
+                        SAA[s], H[s], D, 0, DT)
     if with_grad:
         for s in range(lo, hi):
             _scatter_range(offsets[s], offsets[s + 1], first, nbr, R, G, F, W[s])
