@@ -53,6 +53,7 @@ class ActiveSet:
     source   (L, 2)  int, (block index, row index within that block) of each active row
     log_abs_det      log |det A|
     passes, swaps    passes over all blocks (the last one swapped nothing) and swaps made
+    max_gamma        the largest γ of any row in the last pass (≤ 1 + tol)
     """
     rows: np.ndarray
     inverse: np.ndarray
@@ -60,6 +61,7 @@ class ActiveSet:
     log_abs_det: float
     passes: int
     swaps: int
+    max_gamma: float = float("nan")
 
 
 def extrapolation_grade(B, A_inv) -> np.ndarray:
@@ -151,7 +153,7 @@ def maxvol(blocks, *, tol: float = 1e-9, rcond: float = 1e-12, pool_rows: int = 
     n_cols = A.shape[1]
     swaps = 0
     for passes in range(1, max_passes + 1):
-        pass_swaps, stale = 0, True
+        pass_swaps, stale, pass_max = 0, True, 0.0
         for k, block in enumerate(read()):
             B = _checked(block, k, n_cols)
             if B.shape[0] == 0:
@@ -163,6 +165,7 @@ def maxvol(blocks, *, tol: float = 1e-9, rcond: float = 1e-12, pool_rows: int = 
                 i, j = np.unravel_index(np.argmax(np.abs(G)), G.shape)
                 g = G[i, j]
                 if abs(g) <= 1.0 + tol:
+                    pass_max = max(pass_max, abs(g))
                     break
                 col = A_inv[:, j].copy()
                 u = G[i].copy()
@@ -176,7 +179,7 @@ def maxvol(blocks, *, tol: float = 1e-9, rcond: float = 1e-12, pool_rows: int = 
         swaps += pass_swaps
         if pass_swaps == 0:
             sign, logdet = np.linalg.slogdet(A)
-            return ActiveSet(A, A_inv, source, float(logdet), passes, swaps)
+            return ActiveSet(A, A_inv, source, float(logdet), passes, swaps, float(pass_max))
     raise ActiveSetError(f"MaxVol did not converge in {max_passes} passes ({swaps} swaps): with "
                          "tol below the rounding error of B A⁻¹ (about cond(A)·1e-16) swaps can "
                          "cycle; raise tol or max_passes")
