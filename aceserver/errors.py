@@ -34,3 +34,12 @@ class ModelFileError(ValueError):
 class EvaluationCancelled(RuntimeError):
     """An evaluation stopped because its caller asked it to (`evaluate(cancel=...)`): nobody waits
     for the result. Not an input error."""
+
+
+class NoActiveSetError(ACEInputError):
+    """The extrapolation grade γ was asked of a model that has no active set attached (or whose
+    active set was built for another model). Front ends answer it as a request the model cannot
+    serve; the message says how to build one (`aceserver activeset`)."""
+
+    def __init__(self, message: str, field: str | None = "properties"):
+        super().__init__(message, field)

@@ -15,7 +15,7 @@ from ..basis.products import a_dense_index, build_product_dag, prune_dag
 from ..errors import ModelFileError
 from ..evaluation.site_potential import SitePotential
 from ..io import modelfile
-from ..kernels.basis_rows import basis_rows
+from ..kernels.basis_rows import basis_rows, site_descriptors, site_descriptors_parallel
 from ..kernels.site_tables import SiteTables, a_fields, unused
 from ..structure import species_lookup
 
@@ -188,6 +188,33 @@ class ACEModel(SitePotential):
         several structures on threads."""
         z, first, nbr, R = self._neighbours(numbers, positions, cell, pbc)
         return self._basis_pass(z, first, nbr, R, with_grad=forces)
+
+    # ---- per-atom descriptors (SitePotential.descriptors) -----------------------------------
+    @property
+    def descriptor_sizes(self) -> dict[str, int]:
+        """Descriptor columns per element: the nB many-body functions and the n_pair pair ones."""
+        return {el: self.basis.n_b + self.basis.n_pair for el in self.basis.elements}
+
+    def descriptor_weights(self, theta=None) -> np.ndarray:
+        """(NZ, nB + n_pair): the block of θ (default: the model's parameters) that multiplies the
+        descriptor row of a site of each centre species, so E = Σ_i D[i]·W[z_i] + Σ_i E0(z_i)."""
+        b = self.basis
+        theta = self._theta if theta is None else np.asarray(theta, dtype=np.float64)
+        nz, nB, n_pair = b.nz, b.n_b, b.n_pair
+        return np.hstack([theta[: nz * nB].reshape(nz, nB),
+                          theta[nz * nB:].reshape(nz, n_pair)])
+
+    def _descriptor_rows(self, z, first, nbr, R, atoms, n_chunks=1):
+        s, b = self._static, self.basis
+        out = np.empty((len(atoms), b.n_b + b.n_pair))
+        args = (atoms, first, nbr, R, z, b.nz, s["mb_t"], s["mb_spl"], s["lmax"], s["parent"],
+                s["node_a"], s["aa_node"], s["c_ptr"], s["c_idx"], s["c_val"], s["pr_t"],
+                s["pair_p"], s["pair_bspl"], out)
+        if n_chunks > 1:
+            site_descriptors_parallel(*args, n_chunks)
+        else:
+            site_descriptors(*args)
+        return out
 
     # ---- files ------------------------------------------------------------------------------
     def to_document(self) -> dict:

@@ -2,6 +2,7 @@
 
     result          `Evaluation`, the one result type (units and shapes on every field)
     postprocess     stress, virial and Voigt conventions, the committee spread: defined once
+    uncertainty     the extrapolation grade γ (active-set inverses, thresholds, chunked rows)
     verlet          `VerletList`, a neighbour list reused while atoms move less than skin/2
     site_potential  `SitePotential`: structure -> neighbour list -> site tables -> `Evaluation`;
                     both model families (ace1, pacemaker) derive from it

@@ -21,6 +21,9 @@ class Evaluation:
     energy_committee: np.ndarray | None = None   # (K,) eV, one energy per committee member
     forces_committee: np.ndarray | None = None   # (K, N, 3) eV/Å, only when asked for
     pairs: int = 0                     # neighbour pairs (i, j, image) within rcut: the work done
+    gamma: np.ndarray | None = None    # (N,) extrapolation grade γ per atom (dimensionless, see
+                                       # `uncertainty`), only when asked for
+    energies_committee: np.ndarray | None = None  # (K, N) eV, every member's site energies
 
     def stress(self, cell: np.ndarray) -> np.ndarray:
         """ASE stress σ = -W/V in Voigt order (xx, yy, zz, yz, xz, xy), eV/Å³."""
@@ -36,6 +39,20 @@ class Evaluation:
         if self.energy_committee is None:
             return None
         return float(postprocess.committee_spread(self.energy_committee))
+
+    @property
+    def max_gamma(self) -> float | None:
+        """The largest γ of the structure (0 without atoms); None unless γ was asked for."""
+        if self.gamma is None:
+            return None
+        return float(self.gamma.max()) if len(self.gamma) else 0.0
+
+    @property
+    def energies_std(self) -> np.ndarray | None:
+        """Committee spread of each site energy, (N,) eV; None unless asked for."""
+        if self.energies_committee is None:
+            return None
+        return postprocess.committee_spread(self.energies_committee)
 
     @property
     def forces_std(self) -> np.ndarray | None:

@@ -2,9 +2,10 @@
 potential's SiteTables (serial or on numba's threads) and the force/virial assembly.
 
 Subclasses (ACEModel from an ace1 basis, PACEPotential from a pacemaker .yace file) provide
-`elements`, `rcut`, `_lookup`, `_tables(committee)` and, with a committee, `_committee_forces`.
-Front ends (ASE calculator, HTTP, i-PI, bench) call only `evaluate`, `info()`, `elements`,
-`rcut`, `sha256` and `committee`.
+`elements`, `rcut`, `_lookup`, `_tables(committee)`, `descriptor_sizes` and `_descriptor_rows`
+and, with a committee, `_committee_forces` and `descriptor_weights`.
+Front ends (ASE calculator, HTTP, i-PI, bench) call only `evaluate`, `descriptors`, `info()`,
+`elements`, `rcut`, `sha256`, `committee` and `active_set`.
 """
 from __future__ import annotations
 
@@ -13,11 +14,12 @@ import threading
 import numba
 import numpy as np
 
-from ..errors import ACEInputError, EvaluationCancelled
+from ..errors import ACEInputError, EvaluationCancelled, NoActiveSetError
 from ..kernels import site_pass as K
 from ..kernels.neighbours import DEFAULT_MAX_PAIRS, min_distance, neighbour_list
 from ..kernels.scatter import scatter_forces_virial, scatter_forces_virial_parallel
 from ..structure import MIN_DISTANCE, prepare
+from . import uncertainty
 from .result import Evaluation
 
 # numba's default threading layer must not be entered by two threads at once: the parallel
@@ -30,6 +32,8 @@ PARALLEL_MIN_ATOMS = 256   # below this, thread start-up and waits cost more tha
 class SitePotential:
     committee = None
     min_distance = MIN_DISTANCE      # Å; closer pairs are refused
+    active_set: uncertainty.ActiveSetInverse | None = None   # A⁻¹ per element, for γ
+    active_set_problem: str | None = None    # why none is attached (said when γ is asked for)
 
     def _neighbours(self, numbers, positions, cell, pbc, n_chunks=1, verlet=None,
                     max_pairs=DEFAULT_MAX_PAIRS):
@@ -50,9 +54,82 @@ class SitePotential:
                                 f"{np.sqrt(d2[k]):.3g} Å)", "positions")
         return z, first, nbr, R
 
+    # ---- per-atom descriptors and uncertainty -----------------------------------------------
+    def descriptors(self, numbers, positions, cell=None, pbc=False, *, atoms=None, threads=None,
+                    max_pairs=DEFAULT_MAX_PAIRS) -> np.ndarray:
+        """Per-atom descriptor rows (n, max L_el): the values each site's energy is linear in
+        (ace1: B_k(i), then the pair sums; see the family's `_descriptor_rows`), row k for atom
+        atoms[k] (all atoms if None); columns past L of the row's element are 0. Dimensionless
+        basis values (the energy is Σ_i D[i]·descriptor_weights()[z_i] + E0 in eV). Uses numba's
+        threads for large structures unless threads=1."""
+        n = len(numbers) if np.ndim(numbers) == 1 else 0
+        idx = np.arange(n, dtype=np.int64) if atoms is None else np.asarray(atoms, dtype=np.int64)
+        if idx.ndim != 1 or (len(idx) and (idx.min() < 0 or idx.max() >= n)):
+            raise ACEInputError(f"atoms must be indices 0..{n - 1} of the structure", "atoms")
+        parallel = threads != 1 and len(idx) >= PARALLEL_MIN_ATOMS and _PARALLEL_LOCK.acquire(
+            blocking=False)
+        try:
+            z, first, nbr, R = self._neighbours(numbers, positions, cell, pbc, max_pairs=max_pairs)
+            return self._descriptor_rows(z, first, nbr, R, idx, self._row_chunks(parallel))
+        finally:
+            if parallel:
+                _PARALLEL_LOCK.release()
+
+    @staticmethod
+    def _row_chunks(parallel: bool) -> int:
+        return 4 * numba.get_num_threads() if parallel else 1
+
+    def attach_active_set(self, inverses: dict, model_sha256: str | None = None) -> None:
+        """Attach A⁻¹ of each element's active set (what `.asi` files hold), in this model's
+        descriptor columns. model_sha256, when given, must be this model's sha256 (an active set
+        of another model would give meaningless γ). ValueError names what does not fit."""
+        if model_sha256 is not None and model_sha256 != self.sha256:
+            raise ValueError(f"the active set was built for model sha256 {model_sha256[:12]}…, "
+                             f"not this model ({self.sha256[:12]}…): rebuild it with "
+                             f"`aceserver activeset`")
+        checked = uncertainty.checked_inverses(inverses, self.descriptor_sizes)
+        self.active_set = uncertainty.ActiveSetInverse(checked, model_sha256)
+        self.active_set_problem = None
+
+    def _site_uncertainty(self, z, first, nbr, R, gamma, energies_committee, parallel, cancel):
+        """γ (N,) and the members' site energies (K, N), from descriptor rows made one chunk of
+        atoms of one species at a time (memory O(chunk · L + L²), see `uncertainty`)."""
+        n = len(z)
+        inverses = None
+        if gamma:
+            if self.active_set is None:
+                raise NoActiveSetError(
+                    "this model has no active set, so it has no extrapolation grade γ"
+                    + (f" ({self.active_set_problem})" if self.active_set_problem else "")
+                    + ": build one from its training data with `aceserver activeset MODEL DATA...`")
+            inverses = [self.active_set.inverses.get(el) for el in self.elements]
+        weights = None
+        if energies_committee and self.committee is not None:
+            weights = np.stack([self.descriptor_weights(theta) for theta in self.committee])
+            e0 = np.array([self.E0[el] for el in self.elements])
+        g = np.zeros(n) if gamma else None
+        ec = np.empty((len(weights), n)) if weights is not None else None
+        if g is None and ec is None:
+            return None, None
+        width = max(self.descriptor_sizes.values())
+        for s, atoms in uncertainty.site_chunks(z, len(self.elements), width):
+            if cancel is not None and cancel.is_set():
+                raise EvaluationCancelled("evaluation cancelled by its caller")
+            if g is not None and inverses[s] is None:
+                raise NoActiveSetError(f"the active set has no {self.elements[s]} entry, so "
+                                       f"{self.elements[s]} atoms have no extrapolation grade γ")
+            D = self._descriptor_rows(z, first, nbr, R, atoms, self._row_chunks(parallel))
+            L = self.descriptor_sizes[self.elements[s]]
+            if g is not None:
+                g[atoms] = uncertainty.extrapolation_grade(D[:, :L], inverses[s])
+            if ec is not None:
+                ec[:, atoms] = weights[:, s, :] @ D.T + e0[s]
+        return g, ec
+
     def evaluate(self, numbers, positions, cell=None, pbc=False, *, committee=False,
                  committee_forces=False, forces=True, threads=None, verlet=None,
-                 max_pairs=DEFAULT_MAX_PAIRS, cancel=None) -> Evaluation:
+                 max_pairs=DEFAULT_MAX_PAIRS, cancel=None, gamma=False,
+                 energies_committee=False) -> Evaluation:
         """Energy (eV), forces (eV/Å), virial (eV) and per-atom energies of one structure.
 
         threads=1 forces the serial kernel; otherwise large structures use numba's threads.
@@ -64,6 +141,10 @@ class SitePotential:
         cancel: a `threading.Event`; once it is set, the evaluation raises `EvaluationCancelled`
         at the next block of CANCEL_BLOCK_ATOMS atoms (serial kernel; the threaded kernel runs to
         its end, so there it is looked at only on entry). The numbers do not depend on it.
+        gamma: also the extrapolation grade γ of every atom (needs an attached active set, else
+        `NoActiveSetError`; costs ~L² flops per atom, see `uncertainty`); energies_committee:
+        every committee member's site energies (K, N) eV (models with a committee and
+        descriptor weights), whose spread is `Evaluation.energies_std`.
         """
         if cancel is not None and cancel.is_set():
             raise EvaluationCancelled("evaluation cancelled by its caller")
@@ -89,6 +170,8 @@ class SitePotential:
                 F, W = scatter_forces_virial_parallel(first, nbr, R, G, len(z), numba.get_num_threads())
             elif forces:
                 F, W = scatter_forces_virial(first, nbr, R, G, len(z))
+            g, e_members = self._site_uncertainty(z, first, nbr, R, gamma, energies_committee,
+                                                  parallel, cancel)
         finally:
             if parallel:
                 _PARALLEL_LOCK.release()
@@ -96,7 +179,8 @@ class SitePotential:
             W = 0.5 * (W + W.T)
         else:
             F, W = np.zeros((len(z), 3)), np.zeros((3, 3))
-        result = Evaluation(energy=float(E[0].sum()), forces=F, virial=W, energies=E[0], pairs=len(nbr))
+        result = Evaluation(energy=float(E[0].sum()), forces=F, virial=W, energies=E[0], pairs=len(nbr),
+                            gamma=g, energies_committee=e_members)
         if with_committee:
             result.energy_committee = ec
         if committee_forces and self.committee is not None:

@@ -39,6 +39,8 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.linalg
 
+from ..evaluation.uncertainty import extrapolation_grade
+
 
 class ActiveSetError(ValueError):
     """The rows cannot give an active set: fewer independent rows than columns, or bad values."""
@@ -62,17 +64,6 @@ class ActiveSet:
     passes: int
     swaps: int
     max_gamma: float = float("nan")
-
-
-def extrapolation_grade(B, A_inv) -> np.ndarray:
-    """γ (n,) = max_k |(B A⁻¹)_k| for rows B (n, L) and the active-set inverse A_inv (L, L):
-    one matrix product (BLAS), then a maximum along each row."""
-    B = np.asarray(B, dtype=np.float64)
-    if B.ndim == 1:
-        B = B[None, :]
-    if B.shape[0] == 0:
-        return np.zeros(0)
-    return np.abs(B @ np.asarray(A_inv, dtype=np.float64)).max(axis=1)
 
 
 def _block_source(blocks) -> Callable[[], Iterable]:

@@ -1,11 +1,15 @@
 """The basis form of the site pass, for fitting: B = C·AA and the pair sums per site, with
 forward-mode derivatives (∂AA/∂R_j by the product rule along the same DAG), assembled into energy,
 force and virial rows of every linear parameter (θ order, see `ace1.model`). Units: eV, eV/Å, eV.
+
+`site_descriptors` keeps the site rows apart instead (no derivatives): row i holds B_1(i)..B_nB(i)
+and then the pair sums Σ_j R^pair_n(r_ij) of neighbour channel z at column nB + n·nz + z, the
+values site i's energy is linear in (its centre species' block of θ, see `ace1.model`).
 """
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 from .atomic_base import accumulate_a, forward_aa, site_features, site_scratch, sort_neighbours
 from .radial import agnesi, pair_envelope, spline_eval_all
@@ -132,3 +136,70 @@ def _scatter_row(f, v, i, j, rv, col, g0, g1, g2):
         v[0, b, col] -= g0 * rv[b]
         v[1, b, col] -= g1 * rv[b]
         v[2, b, col] -= g2 * rv[b]
+
+
+@njit(cache=True, nogil=True)
+def _descriptor_range(lo, hi, atoms, first, nbr, R, zat, nz, mb_t, mb_spl, lmax, parent, node_a,
+                      aa_node, c_ptr, c_idx, c_val, pr_t, pair_p, pair_bspl, out):
+    """Rows out[k] of atoms[k] for lo <= k < hi (see the module docstring)."""
+    N = first.shape[0] - 1
+    nB = c_ptr.shape[0] - 1
+    n_pair_poly = pair_bspl.shape[2]
+    n_poly = mb_spl.shape[2]
+    nlm = (lmax + 1) ** 2
+    nN = parent.shape[0]
+    K, Q, C, S, zb, slot, zj, rhat, rr, rinv, Pm, dPm, Y, dY = site_scratch(first, 0, N, n_poly,
+                                                                              lmax, nz)
+    row_off = np.arange(n_poly)
+    row_lmax = np.full(n_poly, lmax)
+    poly = np.empty(n_pair_poly)
+    dpoly = np.empty(n_pair_poly)
+    A = np.empty((nz, n_poly, nlm))
+    Af = A.reshape(-1)
+    AA = np.empty(nN)
+    for k in range(lo, hi):
+        i = atoms[k]
+        row = out[k]
+        row[:] = 0.0
+        J = sort_neighbours(i, first, nbr, zat, zb, slot)
+        if J == 0:
+            continue
+        zi = zat[i]
+        site_features(i, J, slot, R, zat, nbr, mb_t, mb_spl, lmax, K, Q, C, S,
+                      zj, rhat, rr, rinv, Pm, dPm, Y, dY)
+        accumulate_a(zb, Pm, Y, A, row_off, row_lmax, 0)
+        forward_aa(Af, parent, node_a, AA, 0, nN)
+        for b in range(nB):
+            val = 0.0
+            for t in range(c_ptr[b], c_ptr[b + 1]):
+                val += c_val[t] * AA[aa_node[c_idx[t]]]
+            row[b] = val
+        for jj in range(J):
+            rv = R[slot[jj]]
+            r = np.sqrt(rv[0] * rv[0] + rv[1] * rv[1] + rv[2] * rv[2])
+            z = zj[jj]
+            y, _ = agnesi(r, pr_t, zi, z)
+            fe, _ = pair_envelope(r, pr_t[zi, z, 3], pr_t[zi, z, 5], pair_p)
+            spline_eval_all(pair_bspl, y, poly, dpoly)
+            for n in range(n_pair_poly):
+                row[nB + n * nz + z] += poly[n] * fe
+
+
+@njit(cache=True, nogil=True)
+def site_descriptors(atoms, first, nbr, R, zat, nz, mb_t, mb_spl, lmax, parent, node_a, aa_node,
+                     c_ptr, c_idx, c_val, pr_t, pair_p, pair_bspl, out):
+    """Descriptor rows out (len(atoms), nB + n_pair) of the sites atoms[k], serially."""
+    _descriptor_range(0, atoms.shape[0], atoms, first, nbr, R, zat, nz, mb_t, mb_spl, lmax,
+                      parent, node_a, aa_node, c_ptr, c_idx, c_val, pr_t, pair_p, pair_bspl, out)
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def site_descriptors_parallel(atoms, first, nbr, R, zat, nz, mb_t, mb_spl, lmax, parent, node_a,
+                              aa_node, c_ptr, c_idx, c_val, pr_t, pair_p, pair_bspl, out, n_chunks):
+    """As site_descriptors, over n_chunks blocks of rows on numba's threads (rows do not overlap)."""
+    n = atoms.shape[0]
+    n_chunks = max(1, min(n, n_chunks))
+    for c in prange(n_chunks):
+        _descriptor_range(c * n // n_chunks, (c + 1) * n // n_chunks, atoms, first, nbr, R, zat,
+                          nz, mb_t, mb_spl, lmax, parent, node_a, aa_node, c_ptr, c_idx, c_val,
+                          pr_t, pair_p, pair_bspl, out)
