@@ -64,7 +64,7 @@ def attach_active_set_file(model, path) -> None:
         if env.model_sha256 != model.sha256:
             raise ModelFileError(
                 f"{path.name} was built for the model with sha256 {env.model_sha256[:12]}…, not for "
-                f"this one ({str(model.sha256)[:12]}…); rebuild it with `aceserver activeset`")
+                f"this one ({str(model.sha256)[:12]}…)")
         model.attach_active_set(inverses_from_environments(model, env, path.name),
                                 model_sha256=env.model_sha256)
     else:
@@ -73,9 +73,9 @@ def attach_active_set_file(model, path) -> None:
 
 def active_set_rows(model, env: activeset_file.ActiveSetEnvironments) -> dict[str, np.ndarray]:
     """{element: A (L, L)}: the descriptor rows of the stored active atoms, in one call of the
-    model's descriptor hook. Each active atom is a centre whose neighbours are given by the stored
-    vectors (no positions are added or subtracted, so the rows are the ones MaxVol chose, up to
-    the order of the sums)."""
+    model's descriptor hook, then the floor rows. Each active atom is a centre whose neighbours
+    are given by the stored vectors (no positions are added or subtracted, so the rows are the
+    ones MaxVol chose, up to the order of the sums)."""
     if env.rcut != model.rcut:
         raise ModelFileError(f"the active-set environments were cut at {env.rcut} Å; the model's "
                              f"cutoff is {model.rcut} Å")
@@ -89,13 +89,20 @@ def active_set_rows(model, env: activeset_file.ActiveSetEnvironments) -> dict[st
                                np.arange(n, dtype=np.int64))
     sizes = model.descriptor_sizes
     out = {}
-    for el, sl in env.element_slices().items():
-        if el not in sizes or sizes[el] != sl.stop - sl.start:
-            raise ModelFileError(f"the active set of {el} has {sl.stop - sl.start} atoms; the "
-                                 f"model's {el} descriptors have {sizes.get(el)} columns")
-        if (z[sl] != model.elements.index(el)).any():
+    for el, (atoms, floor) in env.element_slices().items():
+        L = sizes.get(el)
+        if L is None or L != (atoms.stop - atoms.start) + (floor.stop - floor.start):
+            raise ModelFileError(f"the active set of {el} has {atoms.stop - atoms.start} atoms and "
+                                 f"{floor.stop - floor.start} floor rows; the model's {el} "
+                                 f"descriptors have {L} columns")
+        if (z[atoms] != model.elements.index(el)).any():
             raise ModelFileError(f"the active atoms listed for {el} are not all {el}")
-        out[el] = np.ascontiguousarray(D[sl, :sizes[el]])
+        cols = env.floor_columns[floor]
+        if len(cols) and cols.max() >= L:
+            raise ModelFileError(f"a floor row of {el} names column {cols.max()} of {L}")
+        F = np.zeros((len(cols), L))
+        F[np.arange(len(cols)), cols] = env.floor_values[floor]
+        out[el] = np.vstack([D[atoms, :L], F])
     return out
 
 

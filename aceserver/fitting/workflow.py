@@ -105,6 +105,9 @@ def fit_active_set(model, train, model_path, data_paths=(), out=None) -> dict:
     element than its descriptor columns) is a warning, not an error: the model stays usable,
     only γ is not available. Returns the report entry."""
     out = sys.stdout if out is None else out
+    if not hasattr(model, "descriptor_sizes"):
+        print("note: no active set: this model has no per-atom descriptors", file=out)
+        return {"error": "the model has no per-atom descriptors"}
     try:
         build = active_set_build.build_active_set(
             model, train, data_files=[Path(p).name for p in data_paths],
@@ -117,7 +120,9 @@ def fit_active_set(model, train, model_path, data_paths=(), out=None) -> dict:
     build.save(path)
     rows = active_set_build.summary(build)
     print(f"active set written to {path}: " + "; ".join(
-        f"{r['element']} {r['L']} of {r['atoms']} atoms" for r in rows), file=out)
+        f"{r['element']} L {r['L']} from {r['atoms']} atoms" + (
+            f" ({r['floor_rows']} floor rows: the data span only {r['L'] - r['floor_rows']} "
+            "directions)" if r["floor_rows"] else "") for r in rows), file=out)
     return {"file": path.name, "elements": rows}
 
 
