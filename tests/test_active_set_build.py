@@ -291,3 +291,29 @@ def test_recomputed_active_set_must_match_its_determinant(small, small_build, tm
     with pytest.raises(ModelFileError, match="log|det A|"):
         load_model(small, active_set=path)
     json.dumps(activeset_file.read(path).data_files)           # plain strings, no numpy types
+
+
+@pytest.mark.parametrize("active_set", [True, False])
+def test_aceserver_fit_writes_the_sidecar_unless_told_not_to(tmp_path, capsys, active_set):
+    import yaml
+    cfg = {"model": {"elements": ["Si"], "order": 2, "totaldegree": 6, "rcut": 5.0},
+           "E0": {"Si": -158.54496821},
+           "data": {"train": str(DATA / "Si_tiny.xyz"), "energy_key": "dft_energy",
+                    "force_key": "dft_force", "virial_key": "dft_virial"},
+           "solver": {"name": "qr"}, "output": {"model": "m.json", "plots": None,
+                                                "active_set": active_set}}
+    (tmp_path / "fit.yaml").write_text(yaml.safe_dump(cfg))
+    assert cli.main(["fit", str(tmp_path / "fit.yaml"), "--quiet", "--json-report",
+                     str(tmp_path / "r.json")]) == 0
+    report = json.loads((tmp_path / "r.json").read_text())
+    model = load_model(tmp_path / "m.json")
+    if active_set:
+        assert report["active_set"]["file"] == "m.activeset.npz"
+        assert model.active_set is not None and "active set written to" in capsys.readouterr().out
+    else:
+        assert report["active_set"] is None and model.active_set is None
+        assert not (tmp_path / "m.activeset.npz").exists()
+    cfg["output"]["active_set"] = "yes"
+    (tmp_path / "fit.yaml").write_text(yaml.safe_dump(cfg))
+    assert cli.main(["fit", str(tmp_path / "fit.yaml"), "--quiet"]) == 2
+    assert "'output.active_set' must be true or false" in capsys.readouterr().err

@@ -13,9 +13,10 @@ Modules, in data-flow order:
     error_tables  RMSE/MAE per config_type (the one RMSE/MAE computation), printed tables
     plots         parity plots
     active_set    D-optimal active sets by block-wise MaxVol; the extrapolation grade γ
+    active_set_build  a model's active sets from structures, streamed (``aceserver activeset``)
     config        YAML fit configurations
-    workflow      ``aceserver fit``/``eval`` as library calls: ``run_fit``, ``load_data``,
-                  ``estimate``, provenance, ``evaluate_errors``
+    workflow      ``aceserver fit``/``eval``/``activeset`` as library calls: ``run_fit``, ``load_data``,
+                  ``estimate``, provenance, ``evaluate_errors``, ``active_set_from_files``
     selection/    hyperparameter selection on one assembly: validation split, K-fold
                   cross-validation, nested bases, scoring rules
 

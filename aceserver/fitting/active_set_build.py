@@ -242,6 +242,9 @@ def build_active_set(model, structures, *, batch_atoms: int = BATCH_ATOMS, tol: 
     data_files, data_sha256   what the sidecar records of the data (file names, no folders)
     Raises `ActiveSetError` naming the element when its atoms cannot give an active set (no
     atoms; with floor=0, fewer linearly independent rows than its L descriptor columns)."""
+    if not hasattr(model, "descriptor_sizes"):
+        raise ActiveSetError(f"this model ({type(model).__name__}) has no per-atom descriptors, "
+                             "so no active set can be built for it")
     read = _source(structures)
     sets = {el: build_element(model, read, el, batch_atoms=batch_atoms, tol=tol, floor=floor,
                               pool_rows=pool_rows, block_rows=block_rows, progress=progress)

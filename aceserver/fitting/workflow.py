@@ -105,9 +105,6 @@ def fit_active_set(model, train, model_path, data_paths=(), out=None) -> dict:
     element than its descriptor columns) is a warning, not an error: the model stays usable,
     only γ is not available. Returns the report entry."""
     out = sys.stdout if out is None else out
-    if not hasattr(model, "descriptor_sizes"):
-        print("note: no active set: this model has no per-atom descriptors", file=out)
-        return {"error": "the model has no per-atom descriptors"}
     try:
         build = active_set_build.build_active_set(
             model, train, data_files=[Path(p).name for p in data_paths],
