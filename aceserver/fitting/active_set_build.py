@@ -43,7 +43,7 @@ from ase.data import atomic_numbers
 
 from aceserver.io import activeset_file, asi
 from aceserver.io.activeset_file import ActiveSetEnvironments
-from aceserver.loading import active_set_rows
+from aceserver.active_sets import active_set_rows
 
 from .active_set import ActiveSet, ActiveSetError, maxvol
 
