@@ -16,7 +16,8 @@ def add_arguments(parser):
                         help="sidecar file (default: <model stem>.activeset.npz beside the model)")
     parser.add_argument("--asi", metavar="OUT.asi", help="also write A⁻¹ per element as pacemaker's .asi")
     parser.add_argument("--batch-atoms", type=int, default=None, metavar="N",
-                        help="atoms per MaxVol block (memory N × L × 8 bytes; default 2048)")
+                        help="atoms per descriptor call (memory N × L × 8 bytes; default 1024); "
+                             "the result does not depend on it")
     parser.add_argument("--tol", type=float, default=1e-9,
                         help="stop when every atom of the data has γ ≤ 1 + tol (default 1e-9)")
     parser.add_argument("--floor", type=float, default=None,
