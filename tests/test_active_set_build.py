@@ -230,6 +230,21 @@ def test_shipped_si_tiny_extrapolates_outside_its_data(frames):
         assert g.max_gamma > 5
 
 
+def test_shipped_zuo_si_interpolates_diamond_and_flags_squeezed_and_hot():
+    """zuo-Si's active set (1624 of its 13233 training atoms and 10 floor rows): the perfect
+    diamond crystal lies inside its data (γ = 0.46), the compressed and the hot cell far outside
+    (γ ≈ 4e3 and 3e4)."""
+    model = load_model(REPO / "models" / "zuo-Si" / "zuo-Si.json")
+    assert model.active_set is not None, model.active_set_problem
+    squeezed = bulk("Si", "diamond", a=5.43 * 0.8, cubic=True)
+    hot = bulk("Si", "diamond", a=5.43, cubic=True).repeat(2)
+    hot.positions += np.random.default_rng(0).normal(scale=0.3, size=hot.positions.shape)
+    g = {k: model.evaluate(a.numbers, a.positions, a.cell.array, a.pbc, gamma=True).max_gamma
+         for k, a in {"diamond": bulk("Si", "diamond", a=5.43, cubic=True), "squeezed": squeezed,
+                      "hot": hot}.items()}
+    assert g["diamond"] < 1 and g["squeezed"] > 5 and g["hot"] > 5, g
+
+
 def test_command_end_to_end(small, frames, tmp_path, capsys):
     path = tmp_path / small.name
     shutil.copy(small, path)
