@@ -60,6 +60,12 @@ class PendingActiveSet:
         self._lock = threading.Lock()
 
     @property
+    def sizes(self) -> dict[str, int]:
+        """{element: L} without computing A⁻¹ (for model descriptions)."""
+        return {el: int(a + f) for el, a, f in zip(self._env.elements, self._env.atom_counts,
+                                                   self._env.floor_counts)}
+
+    @property
     def inverses(self) -> dict[str, np.ndarray]:
         with self._lock:
             model = self._model

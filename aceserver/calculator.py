@@ -1,12 +1,14 @@
 """ASE calculator for aceserver models: energy, free_energy, forces, stress, energies (per atom),
-plus the committee spread when the model carries a committee. Units: eV, Å, eV/Å, eV/Å³.
+plus the committee spreads when the model carries a committee and the extrapolation grade γ when
+it carries an active set. Units: eV, Å, eV/Å, eV/Å³; γ is dimensionless.
 
-Stress and committee spread are read from the `Evaluation` (`aceserver.evaluation.postprocess`
-defines them for every front end)."""
+Stress, committee spreads and γ are read from the `Evaluation` (`aceserver.evaluation` defines
+them for every front end); nothing is recomputed here."""
 from __future__ import annotations
 
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 
+from .errors import NoActiveSetError
 from .evaluation.site_potential import SitePotential
 from .evaluation.verlet import DEFAULT_SKIN, VerletList
 from .loading import load_model
@@ -18,11 +20,21 @@ class ACECalculator(Calculator):
     model file or pacemaker `.yace`).
 
     results: energy, free_energy (eV), forces (eV/Å), stress (eV/Å³, Voigt, periodic cells only),
-    energies (eV per atom); with a committee also energy_committee (eV, one per member),
-    energy_std (eV) (committee=False skips them), and with committee_forces=True
-    forces_committee (K, N, 3) eV/Å. energy_std is the committee spread as HTTP and i-PI report
-    it: the population standard deviation sqrt(Σ_k (E_k - Ē)² / K) over the K members (ddof 0;
+    energies (eV per atom); with a committee also energy_committee (eV, one per member) and
+    energy_std (eV) (committee=False skips them); with energies_std=True energies_std (N,) eV,
+    the spread of each atom's site energy (opt-in: it needs every site's descriptor row, 1.35-1.8×
+    the committee call on zuo-Si and Si-tiny); with committee_forces=True forces_committee
+    (K, N, 3) and forces_std (N, 3) eV/Å. Every spread is the one HTTP and i-PI report: the population standard
+    deviation sqrt(Σ_k (x_k - x̄)² / K) over the K members (ddof 0;
     `aceserver.evaluation.postprocess.committee_spread`).
+
+    gamma=True (the model needs an active set: `model.attach_active_set`, `aceserver activeset`)
+    adds gamma (N,), the extrapolation grade of each atom (γ ≤ 1 interpolates, 1-5 mild
+    extrapolation, > 5 unreliable), and max_gamma (float). It costs about n_functions² flops per
+    atom, so gamma_every=n computes it on every n-th calculation only (the 1st, the n+1-th, ...);
+    the other calculations leave gamma and max_gamma out of the results (read them with
+    ``calc.results.get("max_gamma")``). Asking for them by name (``calc.get_property("max_gamma",
+    atoms)``) computes them whatever gamma_every says.
 
     skin (Å, default 0.3): successive calls reuse the neighbour search while no atom has moved
     more than skin/2 since it ran (a Verlet list, see aceserver.verlet); 0 searches every call.
@@ -31,12 +43,24 @@ class ACECalculator(Calculator):
     implemented_properties = ["energy", "free_energy", "forces", "stress", "energies"]
 
     def __init__(self, model_or_path, *, committee: bool = True, committee_forces: bool = False,
-                 threads=None, skin: float = DEFAULT_SKIN, **kwargs):
+                 energies_std: bool = False, gamma: bool = False, gamma_every: int = 1, threads=None,
+                 skin: float = DEFAULT_SKIN, **kwargs):
         super().__init__(**kwargs)
         self.model = (model_or_path if isinstance(model_or_path, SitePotential)
                       else load_model(model_or_path))
+        if isinstance(gamma_every, bool) or not isinstance(gamma_every, int) or gamma_every < 1:
+            raise ValueError(f"gamma_every must be a positive integer, got {gamma_every!r}")
+        if gamma and self.model.active_set is None:
+            raise NoActiveSetError(f"gamma=True needs an active set, and this model has none: build one "
+                                   f"with `aceserver activeset MODEL DATA.xyz` (or `model.attach_active_set`)",
+                                   "gamma")
         self.committee = committee            # False skips the members' energies (faster MD)
         self.committee_forces = committee_forces
+        self.energies_std = energies_std
+        self.gamma, self.gamma_every = gamma, gamma_every
+        if gamma:       # so that get_property("max_gamma") works; ASE checks this list first
+            self.implemented_properties = [*type(self).implemented_properties, "gamma", "max_gamma"]
+        self.calculations = 0                 # calculations done; γ on those with index % gamma_every == 0
         self.threads = threads
         # Verlet list (Å skin; 0 searches every call): successive calls of MD or a relaxation
         # reuse the neighbour search while atoms move less than skin/2
@@ -70,10 +94,16 @@ class ACECalculator(Calculator):
         atoms = self.atoms
         if atoms is None:
             raise ValueError("no atoms: pass them to calculate() or to a get_* method")
+        with_spread = self.energies_std and self.model.committee is not None
+        # γ on every gamma_every-th calculation, and whenever it is asked for by name
+        with_gamma = self.gamma and (self.calculations % self.gamma_every == 0
+                                     or "gamma" in properties or "max_gamma" in properties)
         res = self.model.evaluate(atoms.numbers, atoms.positions, atoms.cell[:], atoms.pbc,
                                   committee=self.committee,
                                   committee_forces=self.committee_forces,
+                                  energies_committee=with_spread, gamma=with_gamma,
                                   threads=self.threads, verlet=self.verlet)
+        self.calculations += 1
         self.results = {"energy": res.energy, "free_energy": res.energy, "forces": res.forces,
                         "energies": res.energies}
         stress = res.periodic_stress(atoms.cell.array, atoms.pbc)
@@ -85,5 +115,11 @@ class ACECalculator(Calculator):
         if res.energy_committee is not None:
             self.results["energy_committee"] = res.energy_committee
             self.results["energy_std"] = res.energy_std
+        if res.energies_committee is not None:
+            self.results["energies_std"] = res.energies_std
         if res.forces_committee is not None:
             self.results["forces_committee"] = res.forces_committee
+            self.results["forces_std"] = res.forces_std
+        if res.gamma is not None:
+            self.results["gamma"] = res.gamma
+            self.results["max_gamma"] = res.max_gamma

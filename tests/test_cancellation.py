@@ -84,7 +84,7 @@ def test_server_warm_up_prepares_the_path_requests_take():
             "import aceserver; from aceserver.serving.http import ServedModel; "
             "from aceserver.kernels import site_pass; "
             "p = str(model_file('si')); ServedModel('si', aceserver.load_model(p), p).warm(1); "
-            "print(len(site_pass._block_ace1.signatures), len(site_pass.serial_outputs.signatures))")
+            "print(len(site_pass._block_ace1.signatures), len(site_pass.block_outputs.signatures))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
                          cwd=Path(__file__).resolve().parents[1])
     assert out.returncode == 0, out.stderr

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 
+
 import numpy as np
 import pytest
 from ase.build import bulk
@@ -108,6 +109,8 @@ def si_with_active_set():
     model = aceserver.ace1_model(elements=["Si"], order=3, totaldegree=6, rcut=5.0,
                                  E0={"Si": -158.5})
     rng = np.random.default_rng(11)
+    model.parameters = (np.random.default_rng(12).normal(size=model.length_basis)
+                        / (1 + np.arange(model.length_basis)))
     cells = []
     for k in range(12):
         a = bulk("Si", "diamond", a=5.43 * (1 + 0.04 * rng.uniform(-1, 1)), cubic=True)
@@ -181,3 +184,29 @@ def test_cancelled_before_the_uncertainty_rows(si_with_active_set):
     stop.set()
     with pytest.raises(EvaluationCancelled):
         model.evaluate(*args(cells[0]), gamma=True, cancel=stop)
+
+
+def test_site_pass_writes_the_same_rows(si_with_active_set):
+    """The rows the site pass writes as it goes (γ's path) are the descriptor kernel's, bit for
+    bit (the same A, AA and sums), and asking for γ leaves energies and forces as they were."""
+    from aceserver.kernels import site_pass
+    model = si_with_active_set[0]
+    at = rattled(bulk("Si", "diamond", a=5.43, cubic=True), np.random.default_rng(8), (4, 4, 3))
+    z, first, nbr, R = model._neighbours(*args(at))
+    got = np.zeros((len(at), model.descriptor_sizes["Si"]))
+
+    def keep(start, stop, rows):
+        got[start:stop] = rows
+
+    assert model._descriptor_tables(model._fast) is not None   # dense θ: the rows are fused
+    for n_chunks in (1, 4):
+        got[:] = np.nan
+        site_pass.fast_blocks(first, nbr, R, z, model._fast, True, 100, n_chunks=n_chunks,
+                              DT=model._descriptor_tables(model._fast), on_rows=keep)
+        np.testing.assert_array_equal(got, model.descriptors(*args(at), threads=1))
+    for threads in (1, None):
+        plain = model.evaluate(*args(at), threads=threads)
+        with_gamma = model.evaluate(*args(at), threads=threads, gamma=True)
+        np.testing.assert_array_equal(plain.energies, with_gamma.energies)
+        np.testing.assert_array_equal(plain.forces, with_gamma.forces)
+        np.testing.assert_array_equal(plain.virial, with_gamma.virial)

@@ -104,7 +104,8 @@ def _structures(draw):
 @given(structures=st.lists(_structures(), min_size=1, max_size=3), model=st.sampled_from(["si", "sic"]),
        binary=st.booleans(),
        properties=st.one_of(st.none(), st.lists(st.sampled_from(
-           ["energy", "forces", "stress", "virial", "energies", "committee", "forces_committee"]), max_size=4)))
+           ["energy", "forces", "stress", "virial", "energies", "committee", "forces_committee", "energies_std",
+            "forces_std", "descriptors", "gamma", "max_gamma"]), max_size=4)))
 def test_fuzz_structures_reach_evaluator(structures, model, binary, properties):
     server = shared_server()
     body = {"structures": structures}

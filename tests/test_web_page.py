@@ -4,7 +4,8 @@ Debian's chromedriver; nothing is downloaded).
 The page loads without console errors, shows the served model as the API describes it (sha256,
 species, cutoff, parity plots), its live charts fill from the server's own metrics, submitting the
 prefilled structure shows the energy the JSON API gives for the same structure, and a bad structure
-shows the server's own error message. A screenshot is kept outside the repository
+shows the server's own error message. For a model with an active set (served in-process) the
+card names it and the form shows the API's max γ. A screenshot is kept outside the repository
 ($ACESERVER_SCREENSHOT_DIR, default the test's temporary folder).
 """
 from __future__ import annotations
@@ -92,6 +93,18 @@ def test_web_page_in_headless_chromium():
                 "numbers": atoms.numbers.tolist(), "positions": atoms.positions.tolist(),
                 "cell": atoms.cell.array.tolist(), "pbc": atoms.pbc.tolist()}}).json()
             assert float(shown) == pytest.approx(api["results"][0]["energy"], rel=1e-12, abs=1e-9)
+            # max γ of the form's structure where the model has an active set, else the page says so
+            gamma = driver.find_element(By.ID, "calc-gamma")
+            if info["gamma_available"]:
+                assert "active set (γ)\nSi:" in text
+                expected = httpx.post(f"{server.url}/v1/models/{MODEL}/calculate", timeout=60, json={
+                    "structure": {"numbers": atoms.numbers.tolist(), "positions": atoms.positions.tolist(),
+                                  "cell": atoms.cell.array.tolist(), "pbc": atoms.pbc.tolist()},
+                    "properties": ["max_gamma"]}).json()["results"][0]["max_gamma"]
+                assert float(gamma.get_attribute("data-value")) == pytest.approx(expected, rel=1e-12)
+            else:
+                assert "active set (γ)\nnone" in text
+                assert "no active set" in gamma.text and gamma.get_attribute("data-value") == ""
             assert driver.find_element(By.ID, "calc-sha").text == info["sha256"]
             rows = driver.find_elements(By.CSS_SELECTOR, "#calc-forces tbody tr")
             assert len(rows) == len(atoms)
@@ -124,3 +137,54 @@ def test_web_page_in_headless_chromium():
             assert all("422" in m for m in _console_errors(driver))
         finally:
             driver.quit()
+
+
+def test_web_page_shows_max_gamma():
+    """A model with an active set (built as in test_uncertainty_frontends), served in-process by
+    uvicorn: the card names its active set and the form shows the API's max_gamma."""
+    import threading
+
+    import uvicorn
+    from selenium.webdriver.common.by import By
+
+    from _http_support import free_port
+    from aceserver.serving.http import ModelRegistry, ServedModel, create_app
+    from test_uncertainty_frontends import model_with_active_set
+
+    model = model_with_active_set()
+    port = free_port()
+    app = create_app(ModelRegistry([ServedModel("si-gamma", model, None)]))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait(lambda: _ready(url), timeout=300, what="the in-process server")
+        driver = _driver()
+        try:
+            driver.get(url + "/")
+            card = _wait(lambda: driver.find_elements(By.CSS_SELECTOR, '.model[data-model="si-gamma"]'),
+                         what="the model card")[0]
+            assert f"active set (γ)\nSi: {model.descriptor_sizes['Si']} rows" in card.text
+            xyz = driver.find_element(By.ID, "calc-xyz").get_attribute("value")
+            driver.find_element(By.ID, "calc-submit").click()
+            shown = _wait(lambda: driver.find_element(By.ID, "calc-gamma").get_attribute("data-value"),
+                          what="max γ")
+            expected = httpx.post(f"{url}/v1/models/si-gamma/calculate?properties=max_gamma", content=xyz,
+                                  headers={"Content-Type": "chemical/x-extxyz"}, timeout=60).json()
+            assert float(shown) == expected["results"][0]["max_gamma"]
+            assert any(w in driver.find_element(By.ID, "calc-gamma").text
+                       for w in ("interpolation", "mild extrapolation", "unreliable"))
+            assert _console_errors(driver) == []
+        finally:
+            driver.quit()
+    finally:
+        server.should_exit = True
+        thread.join(30)
+
+
+def _ready(url: str) -> bool:
+    try:
+        return httpx.get(url + "/readyz", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False

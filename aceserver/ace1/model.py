@@ -16,7 +16,7 @@ from ..errors import ModelFileError
 from ..evaluation.site_potential import SitePotential
 from ..io import modelfile
 from ..kernels.basis_rows import basis_rows, site_descriptors, site_descriptors_parallel
-from ..kernels.site_tables import SiteTables, a_fields, unused
+from ..kernels.site_tables import DescriptorTables, SiteTables, a_fields, unused
 from ..structure import species_lookup
 
 
@@ -116,7 +116,8 @@ class ACEModel(SitePotential):
             pair_bspl=natural_spline_coefficients(b.pair_poly_nodes),
             lmax=b.lmax,
             parent=parent, node_a=a_map[node_a], aa_node=aa_node,
-            c_ptr=b.coupling_indptr, c_idx=b.coupling_indices, c_val=b.coupling_data)
+            c_ptr=b.coupling_indptr, c_idx=b.coupling_indices, c_val=b.coupling_data,
+            c_node=np.ascontiguousarray(aa_node[b.coupling_indices]))
 
     def _merge(self, thetas: np.ndarray):
         """Fast form of parameter vectors thetas (M, L): coefficients per product node, set and
@@ -204,12 +205,22 @@ class ACEModel(SitePotential):
         return np.hstack([theta[: nz * nB].reshape(nz, nB),
                           theta[nz * nB:].reshape(nz, n_pair)])
 
+    @cached_property
+    def _row_tables(self) -> DescriptorTables:
+        s = self._static
+        return DescriptorTables(s["c_ptr"], s["c_node"], s["c_val"], s["pair_bspl"])
+
+    def _descriptor_tables(self, tables):
+        # the coupling addresses the full product DAG: usable by tables from which the merge
+        # pruned nothing (dense parameters keep every node, in order); else rows of their own
+        return self._row_tables if len(tables.parent) == len(self._static["parent"]) else None
+
     def _descriptor_rows(self, z, first, nbr, R, atoms, n_chunks=1):
         s, b = self._static, self.basis
         out = np.empty((len(atoms), b.n_b + b.n_pair))
         args = (atoms, first, nbr, R, z, b.nz, s["mb_t"], s["mb_spl"], s["lmax"], s["parent"],
-                s["node_a"], s["aa_node"], s["c_ptr"], s["c_idx"], s["c_val"], s["pr_t"],
-                s["pair_p"], s["pair_bspl"], out)
+                s["node_a"], s["c_ptr"], s["c_node"], s["c_val"], s["pr_t"], s["pair_p"],
+                s["pair_bspl"], out)
         if n_chunks > 1:
             site_descriptors_parallel(*args, n_chunks)
         else:

@@ -42,7 +42,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="comma-separated extras to send as a JSON object: 'committee' (committee_pot "
                              "and committee_uncertainty, Hartree; only if the model has a committee), "
                              "'energies' (per-atom energies, Hartree; costs ~0.3 µs per atom per call), "
+                             "'gamma' (per-atom extrapolation grade gamma and max_gamma, dimensionless; needs "
+                             "an active set), 'max_gamma' (only the largest), 'energies_std' (Hartree) and "
+                             "'forces_std' (Hartree/Bohr): per-atom committee spreads, "
                              "or 'none' (default: %(default)s)")
+    parser.add_argument("--gamma-every", type=int, default=None, metavar="N",
+                        help="compute gamma on every N-th force call of this process only (with P beads a "
+                             "step is P calls); the other calls send NaN for gamma and max_gamma. Needs "
+                             "'gamma' or 'max_gamma' in --extras (default: every call)")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: every message)")
     parser.add_argument("-q", "--quiet", action="store_true", help="log errors only")
 
@@ -68,7 +75,11 @@ def run(args: argparse.Namespace) -> int:
         extras = () if args.extras.strip() == "none" else [x.strip() for x in args.extras.split(",") if x.strip()]
         atoms = ase.io.read(args.structure, index=0)
         model = load_model(args.model)
-        potential = ACEPotential.from_atoms(model, atoms, extras=extras, template_name=args.structure)
+        if args.gamma_every is not None and not {"gamma", "max_gamma"} & set(extras):
+            raise ValueError("--gamma-every needs 'gamma' or 'max_gamma' in --extras "
+                             "(e.g. --extras committee,max_gamma)")
+        potential = ACEPotential.from_atoms(model, atoms, extras=extras, template_name=args.structure,
+                                            gamma_every=1 if args.gamma_every is None else args.gamma_every)
     except (ACEInputError, ModelFileError, ValueError, OSError) as exc:
         log.error("%s", exc)
         return 2

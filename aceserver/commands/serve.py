@@ -29,6 +29,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-pairs", type=int, default=10_000_000, metavar="N",
                         help="work budget of one request: neighbour pairs within the cutoff, summed over its "
                              "structures (default 10000000: about 0.5 GB and a few seconds; more: 413)")
+    parser.add_argument("--max-descriptor-values", type=int, default=4_000_000, metavar="N",
+                        help="most per-atom descriptor values one request may ask for (atoms × the model's "
+                             "largest descriptor size, summed over its structures; default 4000000, 32 MB as "
+                             "float64; more: 413)")
     parser.add_argument("--max-body-mb", type=float, default=64.0, metavar="MB",
                         help="largest request body in MiB (default 64; more: 413)")
     parser.add_argument("--workers", type=int, default=0, metavar="N",
@@ -95,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
     from aceserver.serving.http.server import make_server
 
     settings = Settings(token=token, max_atoms=args.max_atoms, max_structures=args.max_structures,
-                        max_pairs=args.max_pairs,
+                        max_pairs=args.max_pairs, max_descriptor_values=args.max_descriptor_values,
                         max_body_bytes=int(args.max_body_mb * 1024 * 1024), workers=args.workers,
                         kernel_threads=args.kernel_threads or None,
                         watch_interval=args.watch_interval if args.watch else 0.0,

@@ -59,9 +59,10 @@ class SitePotential:
                     max_pairs=DEFAULT_MAX_PAIRS) -> np.ndarray:
         """Per-atom descriptor rows (n, max L_el): the values each site's energy is linear in
         (ace1: B_k(i), then the pair sums; see the family's `_descriptor_rows`), row k for atom
-        atoms[k] (all atoms if None); columns past L of the row's element are 0. Dimensionless
-        basis values (the energy is Σ_i D[i]·descriptor_weights()[z_i] + E0 in eV). Uses numba's
-        threads for large structures unless threads=1."""
+        atoms[k] (all atoms if None); columns past L of the row's element are 0. ace1: the
+        dimensionless basis values (E = Σ_i D[i]·descriptor_weights()[z_i] + ΣE0, eV); pacemaker:
+        the projections ∂E_i/∂s in eV (`pacemaker.projections`). Uses numba's threads for large
+        structures unless threads=1."""
         n = len(numbers) if np.ndim(numbers) == 1 else 0
         idx = np.arange(n, dtype=np.int64) if atoms is None else np.asarray(atoms, dtype=np.int64)
         if idx.ndim != 1 or (len(idx) and (idx.min() < 0 or idx.max() >= n)):
@@ -91,11 +92,10 @@ class SitePotential:
         self.active_set = uncertainty.ActiveSetInverse(checked, model_sha256)
         self.active_set_problem = None
 
-    def _site_uncertainty(self, z, first, nbr, R, gamma, energies_committee, parallel, cancel):
-        """γ (N,) and the members' site energies (K, N), from descriptor rows made one chunk of
-        atoms of one species at a time (memory O(chunk · L + L²), see `uncertainty`)."""
-        n = len(z)
-        inverses = None
+    def _uncertainty(self, z, gamma, energies_committee,
+                     threaded=False) -> uncertainty.SiteUncertainty | None:
+        """The collector of what was asked for (None: nothing), checked before any work."""
+        inverses = weights = e0 = None
         if gamma:
             if self.active_set is None:
                 raise NoActiveSetError(
@@ -103,28 +103,34 @@ class SitePotential:
                     + (f" ({self.active_set_problem})" if self.active_set_problem else "")
                     + ": build one from its training data with `aceserver activeset MODEL DATA...`")
             inverses = [self.active_set.inverses.get(el) for el in self.elements]
-        weights = None
+            present = np.flatnonzero(np.bincount(z, minlength=len(self.elements)))
+            missing = [self.elements[s] for s in present if inverses[s] is None]
+            if missing:
+                raise NoActiveSetError(f"the active set has no entry for {missing}, so their "
+                                       f"atoms have no extrapolation grade γ")
         if energies_committee and self.committee is not None:
             weights = np.stack([self.descriptor_weights(theta) for theta in self.committee])
             e0 = np.array([self.E0[el] for el in self.elements])
-        g = np.zeros(n) if gamma else None
-        ec = np.empty((len(weights), n)) if weights is not None else None
-        if g is None and ec is None:
-            return None, None
-        width = max(self.descriptor_sizes.values())
-        for s, atoms in uncertainty.site_chunks(z, len(self.elements), width):
+        if inverses is None and weights is None:
+            return None
+        sizes = [self.descriptor_sizes[el] for el in self.elements]
+        return uncertainty.SiteUncertainty(z, sizes, inverses, weights, e0, threaded)
+
+    def _descriptor_tables(self, tables):
+        """Tables for the site pass to write descriptor rows as it goes (None: this family or
+        these tables cannot; the rows then take a pass of their own)."""
+        return None
+
+    def _rows_by_blocks(self, z, first, nbr, R, collect, parallel, cancel):
+        """Descriptor rows in a pass of their own, CANCEL_BLOCK_ATOMS atoms at a time."""
+        n = len(z)
+        for start in range(0, n, CANCEL_BLOCK_ATOMS):
             if cancel is not None and cancel.is_set():
                 raise EvaluationCancelled("evaluation cancelled by its caller")
-            if g is not None and inverses[s] is None:
-                raise NoActiveSetError(f"the active set has no {self.elements[s]} entry, so "
-                                       f"{self.elements[s]} atoms have no extrapolation grade γ")
-            D = self._descriptor_rows(z, first, nbr, R, atoms, self._row_chunks(parallel))
-            L = self.descriptor_sizes[self.elements[s]]
-            if g is not None:
-                g[atoms] = uncertainty.extrapolation_grade(D[:, :L], inverses[s])
-            if ec is not None:
-                ec[:, atoms] = weights[:, s, :] @ D.T + e0[s]
-        return g, ec
+            stop = min(n, start + CANCEL_BLOCK_ATOMS)
+            atoms = np.arange(start, stop, dtype=np.int64)
+            collect.add(start, stop, self._descriptor_rows(z, first, nbr, R, atoms,
+                                                           self._row_chunks(parallel)))
 
     def evaluate(self, numbers, positions, cell=None, pbc=False, *, committee=False,
                  committee_forces=False, forces=True, threads=None, verlet=None,
@@ -156,22 +162,26 @@ class SitePotential:
             n_chunks = 4 * numba.get_num_threads() if parallel else 1
             z, first, nbr, R = self._neighbours(numbers, positions, cell, pbc, n_chunks=n_chunks,
                                                 verlet=verlet, max_pairs=max_pairs)
-            if parallel:
-                E, G, ec = K.fast_parallel(first, nbr, R, z, tables, forces, n_chunks)
-            elif cancel is None:
-                E, G, ec = K.fast_serial(first, nbr, R, z, tables, forces)
-            else:
-                out = K.fast_serial_blocks(first, nbr, R, z, tables, forces, cancel.is_set,
-                                           CANCEL_BLOCK_ATOMS)
+            collect = self._uncertainty(z, gamma, energies_committee, parallel)
+            row_tables = None if collect is None else self._descriptor_tables(tables)
+            if row_tables is not None or (cancel is not None and not parallel):
+                out = K.fast_blocks(first, nbr, R, z, tables, forces, CANCEL_BLOCK_ATOMS,
+                                    stop_requested=None if cancel is None else cancel.is_set,
+                                    n_chunks=n_chunks, DT=row_tables,
+                                    on_rows=None if collect is None else collect.add)
                 if out is None:
                     raise EvaluationCancelled("evaluation cancelled by its caller")
                 E, G, ec = out
+            elif parallel:
+                E, G, ec = K.fast_parallel(first, nbr, R, z, tables, forces, n_chunks)
+            else:
+                E, G, ec = K.fast_serial(first, nbr, R, z, tables, forces)
+            if collect is not None and row_tables is None:
+                self._rows_by_blocks(z, first, nbr, R, collect, parallel, cancel)
             if forces and parallel:
                 F, W = scatter_forces_virial_parallel(first, nbr, R, G, len(z), numba.get_num_threads())
             elif forces:
                 F, W = scatter_forces_virial(first, nbr, R, G, len(z))
-            g, e_members = self._site_uncertainty(z, first, nbr, R, gamma, energies_committee,
-                                                  parallel, cancel)
         finally:
             if parallel:
                 _PARALLEL_LOCK.release()
@@ -179,8 +189,9 @@ class SitePotential:
             W = 0.5 * (W + W.T)
         else:
             F, W = np.zeros((len(z), 3)), np.zeros((3, 3))
-        result = Evaluation(energy=float(E[0].sum()), forces=F, virial=W, energies=E[0], pairs=len(nbr),
-                            gamma=g, energies_committee=e_members)
+        result = Evaluation(energy=float(E[0].sum()), forces=F, virial=W, energies=E[0], pairs=len(nbr))
+        if collect is not None:
+            result.gamma, result.energies_committee = collect.gamma, collect.energies
         if with_committee:
             result.energy_committee = ec
         if committee_forces and self.committee is not None:

@@ -5,6 +5,7 @@ split, E0 resolved, model built, :func:`fit_model.acefit`, model file, parity pl
     run_fit(cfg, ...)        -> (model, report): fit, print the summary, write the model and plots
     estimate(cfg, ...)       -> rows, basis size, memory of both paths, assembly time (nothing assembled)
     evaluate_errors(model, paths, keys)  -> the error table of a model on data files (``aceserver eval``)
+    read_data(model, paths, keys)        -> the configurations of those files
     active_set_from_files(model, paths)  -> the active sets of a model from data files (``aceserver activeset``)
     fit_active_set(model, train, path)   -> the sidecar written after a fit (``output.active_set``)
     provenance(cfg)          what the model file records of its fit (data by name and sha256 only)
@@ -82,12 +83,17 @@ def load_data(cfg):
     return train, validation, data.resolve_E0(cfg.E0, elements, train)
 
 
-def evaluate_errors(model, paths, keys: data.Keys, threads: int | None = None) -> dict:
-    """:func:`error_tables.compute_errors` of ``model`` on the configurations of extended-XYZ files."""
+def read_data(model, paths, keys: data.Keys) -> list:
+    """The configurations of extended-XYZ files, in order, checked against ``model``'s elements."""
     configs = []
     for p in paths:
         configs += data.read_configs(p, keys, elements=list(model.elements))
-    return error_tables.compute_errors(model, configs, threads)
+    return configs
+
+
+def evaluate_errors(model, paths, keys: data.Keys, threads: int | None = None) -> dict:
+    """:func:`error_tables.compute_errors` of ``model`` on the configurations of extended-XYZ files."""
+    return error_tables.compute_errors(model, read_data(model, paths, keys), threads)
 
 
 def active_set_from_files(model, paths, **kwargs) -> active_set_build.ActiveSetBuild:

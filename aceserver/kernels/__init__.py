@@ -12,4 +12,5 @@
     site_pass         the fast form: site energies and pair gradients (serial or threaded)
     scatter           forces and virial from the pair gradients
     basis_rows        the basis form for fitting: energy, force and virial rows per parameter
+    pace_projections  per-atom projections of pacemaker potentials (their descriptors, for γ)
 """

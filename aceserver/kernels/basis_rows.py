@@ -139,12 +139,32 @@ def _scatter_row(f, v, i, j, rv, col, g0, g1, g2):
 
 
 @njit(cache=True, nogil=True)
+def descriptor_row(J, zi, nz, AA, slot, R, zj, pr_t, pair_p, c_ptr, c_node, c_val, pair_bspl,
+                   poly, dpoly, row):
+    """One site's descriptor row (module docstring) from its product values AA (c_node indexes
+    them) and its J neighbours (pair slots slot[jj], species zj[jj]); row must be zero on entry."""
+    nB = c_ptr.shape[0] - 1
+    for b in range(nB):
+        val = 0.0
+        for t in range(c_ptr[b], c_ptr[b + 1]):
+            val += c_val[t] * AA[c_node[t]]
+        row[b] = val
+    for jj in range(J):
+        rv = R[slot[jj]]
+        r = np.sqrt(rv[0] * rv[0] + rv[1] * rv[1] + rv[2] * rv[2])
+        z = zj[jj]
+        y, _ = agnesi(r, pr_t, zi, z)
+        fe, _ = pair_envelope(r, pr_t[zi, z, 3], pr_t[zi, z, 5], pair_p)
+        spline_eval_all(pair_bspl, y, poly, dpoly)
+        for n in range(poly.shape[0]):
+            row[nB + n * nz + z] += poly[n] * fe
+
+
+@njit(cache=True, nogil=True)
 def _descriptor_range(lo, hi, atoms, first, nbr, R, zat, nz, mb_t, mb_spl, lmax, parent, node_a,
-                      aa_node, c_ptr, c_idx, c_val, pr_t, pair_p, pair_bspl, out):
+                      c_ptr, c_node, c_val, pr_t, pair_p, pair_bspl, out):
     """Rows out[k] of atoms[k] for lo <= k < hi (see the module docstring)."""
     N = first.shape[0] - 1
-    nB = c_ptr.shape[0] - 1
-    n_pair_poly = pair_bspl.shape[2]
     n_poly = mb_spl.shape[2]
     nlm = (lmax + 1) ** 2
     nN = parent.shape[0]
@@ -152,54 +172,41 @@ def _descriptor_range(lo, hi, atoms, first, nbr, R, zat, nz, mb_t, mb_spl, lmax,
                                                                               lmax, nz)
     row_off = np.arange(n_poly)
     row_lmax = np.full(n_poly, lmax)
-    poly = np.empty(n_pair_poly)
-    dpoly = np.empty(n_pair_poly)
+    poly = np.empty(pair_bspl.shape[2])
+    dpoly = np.empty(pair_bspl.shape[2])
     A = np.empty((nz, n_poly, nlm))
     Af = A.reshape(-1)
     AA = np.empty(nN)
     for k in range(lo, hi):
         i = atoms[k]
-        row = out[k]
-        row[:] = 0.0
+        out[k] = 0.0
         J = sort_neighbours(i, first, nbr, zat, zb, slot)
         if J == 0:
             continue
-        zi = zat[i]
         site_features(i, J, slot, R, zat, nbr, mb_t, mb_spl, lmax, K, Q, C, S,
                       zj, rhat, rr, rinv, Pm, dPm, Y, dY)
         accumulate_a(zb, Pm, Y, A, row_off, row_lmax, 0)
         forward_aa(Af, parent, node_a, AA, 0, nN)
-        for b in range(nB):
-            val = 0.0
-            for t in range(c_ptr[b], c_ptr[b + 1]):
-                val += c_val[t] * AA[aa_node[c_idx[t]]]
-            row[b] = val
-        for jj in range(J):
-            rv = R[slot[jj]]
-            r = np.sqrt(rv[0] * rv[0] + rv[1] * rv[1] + rv[2] * rv[2])
-            z = zj[jj]
-            y, _ = agnesi(r, pr_t, zi, z)
-            fe, _ = pair_envelope(r, pr_t[zi, z, 3], pr_t[zi, z, 5], pair_p)
-            spline_eval_all(pair_bspl, y, poly, dpoly)
-            for n in range(n_pair_poly):
-                row[nB + n * nz + z] += poly[n] * fe
+        descriptor_row(J, zat[i], nz, AA, slot, R, zj, pr_t, pair_p, c_ptr, c_node, c_val,
+                       pair_bspl, poly, dpoly, out[k])
 
 
 @njit(cache=True, nogil=True)
-def site_descriptors(atoms, first, nbr, R, zat, nz, mb_t, mb_spl, lmax, parent, node_a, aa_node,
-                     c_ptr, c_idx, c_val, pr_t, pair_p, pair_bspl, out):
-    """Descriptor rows out (len(atoms), nB + n_pair) of the sites atoms[k], serially."""
+def site_descriptors(atoms, first, nbr, R, zat, nz, mb_t, mb_spl, lmax, parent, node_a,
+                     c_ptr, c_node, c_val, pr_t, pair_p, pair_bspl, out):
+    """Descriptor rows out (len(atoms), nB + n_pair) of the sites atoms[k], serially; B_b sums
+    c_val[t]·AA[c_node[t]] over t in c_ptr[b]..c_ptr[b+1]-1 (c_node = aa_node[c_idx])."""
     _descriptor_range(0, atoms.shape[0], atoms, first, nbr, R, zat, nz, mb_t, mb_spl, lmax,
-                      parent, node_a, aa_node, c_ptr, c_idx, c_val, pr_t, pair_p, pair_bspl, out)
+                      parent, node_a, c_ptr, c_node, c_val, pr_t, pair_p, pair_bspl, out)
 
 
 @njit(cache=True, nogil=True, parallel=True)
 def site_descriptors_parallel(atoms, first, nbr, R, zat, nz, mb_t, mb_spl, lmax, parent, node_a,
-                              aa_node, c_ptr, c_idx, c_val, pr_t, pair_p, pair_bspl, out, n_chunks):
+                              c_ptr, c_node, c_val, pr_t, pair_p, pair_bspl, out, n_chunks):
     """As site_descriptors, over n_chunks blocks of rows on numba's threads (rows do not overlap)."""
     n = atoms.shape[0]
     n_chunks = max(1, min(n, n_chunks))
     for c in prange(n_chunks):
         _descriptor_range(c * n // n_chunks, (c + 1) * n // n_chunks, atoms, first, nbr, R, zat,
-                          nz, mb_t, mb_spl, lmax, parent, node_a, aa_node, c_ptr, c_idx, c_val,
-                          pr_t, pair_p, pair_bspl, out)
+                          nz, mb_t, mb_spl, lmax, parent, node_a, c_ptr, c_node, c_val, pr_t,
+                          pair_p, pair_bspl, out)

@@ -14,8 +14,10 @@ from numba import njit, prange
 
 from .atomic_base import (accumulate_a, dot_range, forward_aa, pullback_a, reverse_aa,
                           site_features, site_scratch, sort_neighbours)
+from .basis_rows import descriptor_row
 from .pace_features import embed, table_features
 from .radial import agnesi, pair_envelope, spline_eval_one, spline_interval
+from .site_tables import DescriptorTables
 from .ylm import project
 
 
@@ -125,9 +127,13 @@ def radial_layout(T, mode):
 
 
 @njit(cache=True, nogil=True)
-def _fast_range(start, stop, first, nbr, R, zat, T, mode, with_grad, E, G, SAA, H):
+def _fast_range(start, stop, first, nbr, R, zat, T, mode, with_grad, E, G, SAA, H, D, d_base, DT):
     """Fast form for atoms start..stop-1 over the site tables T (see `SiteTables`): site energies
     E[0, i] and the pair gradients G[p] = ∂E_i/∂R_ij of parameter set 0.
+
+    With rows D (non-empty, ace1 only) and descriptor tables DT (`site_tables.DescriptorTables`,
+    in T's DAG numbering), site i's descriptor row is written to D[i - d_base] from the same A
+    and AA (`basis_rows.descriptor_row`): γ then costs no second pass over the sites.
 
     Radial mode 0 (ace1): radials R_n(r) shared by every l, linear energy, ace1 pair term. With
     committee sets (SAA, H non-empty) the pass adds AA of every site to SAA[z_i] and the pair
@@ -161,6 +167,9 @@ def _fast_range(start, stop, first, nbr, R, zat, T, mode, with_grad, E, G, SAA, 
     dAA = np.empty(nN + 1)
     seed = np.zeros(M)
     rho = np.empty(M)
+    rows = mode == 0 and D.shape[0] > 0
+    poly = np.empty(DT.pair_bspl.shape[2])
+    dpoly = np.empty(DT.pair_bspl.shape[2])
     for i in range(start, stop):
         zi = zat[i]
         lo, hi = T.node_lo[zi], T.node_hi[zi]
@@ -170,6 +179,8 @@ def _fast_range(start, stop, first, nbr, R, zat, T, mode, with_grad, E, G, SAA, 
             G[p, 2] = 0.0
         E[0, i] = T.e0[zi]
         J = sort_neighbours(i, first, nbr, zat, zb, slot)
+        if rows:
+            D[i - d_base] = 0.0
         if J == 0:
             continue
         jstar = -1
@@ -181,6 +192,9 @@ def _fast_range(start, stop, first, nbr, R, zat, T, mode, with_grad, E, G, SAA, 
                                    drad, Y, dY, row)
         accumulate_a(zb, rad, Y, A, row_off, row_lmax, ls)
         forward_aa(Af, T.parent, T.node_a, AA, lo, hi)
+        if rows:
+            descriptor_row(J, zi, nz, AA, slot, R, zj, T.pr_t, T.pair_p, DT.c_ptr, DT.c_node,
+                           DT.c_val, DT.pair_bspl, poly, dpoly, D[i - d_base])
         llo, lhi = T.leaf_lo[zi], T.leaf_hi[zi]
         for mm in range(M if mode == 1 else 1):
             rho[mm] = dot_range(T.coef[mm, zi], AA, lo, hi)
@@ -235,37 +249,69 @@ def _committee_sums(T, mode, n):
 
 
 @njit(cache=True, nogil=True)
+def _no_rows():
+    """Empty descriptor rows and tables: the pass writes no rows."""
+    return np.zeros((0, 0)), DescriptorTables(np.zeros(1, dtype=np.int64),
+                                              np.zeros(0, dtype=np.int64), np.zeros(0),
+                                              np.zeros((1, 4, 0)))
+
+
+@njit(cache=True, nogil=True)
 def _serial(first, nbr, R, zat, T, with_grad, mode):
     N = first.shape[0] - 1
     E = np.empty((1, N))
     G = np.empty((R.shape[0], 3))
     SAA, H = _committee_sums(T, mode, 1)
-    _fast_range(0, N, first, nbr, R, zat, T, mode, with_grad, E, G, SAA[0], H[0])
+    D, DT = _no_rows()
+    _fast_range(0, N, first, nbr, R, zat, T, mode, with_grad, E, G, SAA[0], H[0], D, 0, DT)
     return E, G, SAA[0], H[0]
 
 
 @njit(cache=True, nogil=True)
-def serial_outputs(first, R, T):
-    """Zeroed outputs of the serial pass, for `fast_serial_blocks`: site energies E (1, N), pair
-    gradients G (pairs, 3) and the committee sums SAA, H (empty without committee sets)."""
+def block_outputs(first, R, T, n_chunks):
+    """Outputs of the pass by blocks, for `fast_blocks`: site energies E (1, N), pair gradients
+    G (pairs, 3) and the committee sums SAA, H of each of n_chunks threads' ranges (empty
+    without committee sets)."""
     E = np.empty((1, first.shape[0] - 1))
     G = np.empty((R.shape[0], 3))
-    SAA, H = _committee_sums(T, T.mode, 1)
-    return E, G, SAA[0], H[0]
+    SAA, H = _committee_sums(T, T.mode, n_chunks)
+    return E, G, SAA, H
 
 
 @njit(cache=True, nogil=True)
-def _block_ace1(start, stop, first, nbr, R, zat, T, with_grad, E, G, SAA, H):
-    _fast_range(start, stop, first, nbr, R, zat, T, 0, with_grad, E, G, SAA, H)
+def _block_ace1(start, stop, first, nbr, R, zat, T, with_grad, E, G, SAA, H, D, DT):
+    _fast_range(start, stop, first, nbr, R, zat, T, 0, with_grad, E, G, SAA[0], H[0], D, start,
+                DT)
 
 
 @njit(cache=True, nogil=True)
-def _block_tabulated(start, stop, first, nbr, R, zat, T, with_grad, E, G, SAA, H):
-    _fast_range(start, stop, first, nbr, R, zat, T, 1, with_grad, E, G, SAA, H)
+def _block_tabulated(start, stop, first, nbr, R, zat, T, with_grad, E, G, SAA, H, D, DT):
+    _fast_range(start, stop, first, nbr, R, zat, T, 1, with_grad, E, G, SAA[0], H[0], D, start,
+                DT)
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def _parallel(first, nbr, R, zat, T, with_grad, n_chunks, mode):
+def _parallel_block(start, stop, first, nbr, R, zat, T, with_grad, E, G, SAA, H, D, DT, mode):
+    n = stop - start
+    n_chunks = min(n, SAA.shape[0])
+    for c in prange(n_chunks):
+        _fast_range(start + c * n // n_chunks, start + (c + 1) * n // n_chunks, first, nbr, R,
+                    zat, T, mode, with_grad, E, G, SAA[c], H[c], D, start, DT)
+
+
+@njit(cache=True, nogil=True)
+def _parallel_block_ace1(start, stop, first, nbr, R, zat, T, with_grad, E, G, SAA, H, D, DT):
+    _parallel_block(start, stop, first, nbr, R, zat, T, with_grad, E, G, SAA, H, D, DT, 0)
+
+
+@njit(cache=True, nogil=True)
+def _parallel_block_tabulated(start, stop, first, nbr, R, zat, T, with_grad, E, G, SAA, H, D,
+                              DT):
+    _parallel_block(start, stop, first, nbr, R, zat, T, with_grad, E, G, SAA, H, D, DT, 1)
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _parallel(first, nbr, R, zat, T, with_grad, n_chunks, mode, D, DT):
     N = first.shape[0] - 1
     E = np.empty((1, N))
     G = np.empty((R.shape[0], 3))
@@ -273,7 +319,7 @@ def _parallel(first, nbr, R, zat, T, with_grad, n_chunks, mode):
     SAA, H = _committee_sums(T, mode, n_chunks)
     for c in prange(n_chunks):
         _fast_range(c * N // n_chunks, (c + 1) * N // n_chunks, first, nbr, R, zat, T, mode,
-                    with_grad, E, G, SAA[c], H[c])
+                    with_grad, E, G, SAA[c], H[c], D, 0, DT)
     return E, G, SAA.sum(axis=0), H.sum(axis=0)
 
 
@@ -292,12 +338,14 @@ def _serial_tabulated(first, nbr, R, zat, T, with_grad):
 
 @njit(cache=True, nogil=True)
 def _parallel_ace1(first, nbr, R, zat, T, with_grad, n_chunks):
-    return _parallel(first, nbr, R, zat, T, with_grad, n_chunks, 0)
+    D, DT = _no_rows()     # made here: a parallel function cannot build a namedtuple it uses
+    return _parallel(first, nbr, R, zat, T, with_grad, n_chunks, 0, D, DT)
 
 
 @njit(cache=True, nogil=True)
 def _parallel_tabulated(first, nbr, R, zat, T, with_grad, n_chunks):
-    return _parallel(first, nbr, R, zat, T, with_grad, n_chunks, 1)
+    D, DT = _no_rows()
+    return _parallel(first, nbr, R, zat, T, with_grad, n_chunks, 1, D, DT)
 
 
 def committee_energies(T, zat, SAA, H):
@@ -317,20 +365,34 @@ def fast_serial(first, nbr, R, zat, T, with_grad):
     return E, G, committee_energies(T, zat, SAA, H)
 
 
-def fast_serial_blocks(first, nbr, R, zat, T, with_grad, stop_requested, block_atoms):
-    """As fast_serial, block_atoms atoms at a time, asking `stop_requested()` before each block;
-    returns None once it says yes (the work is abandoned), else what fast_serial returns.
-    Consecutive blocks give fast_serial's bits (sites are independent; the committee sums
-    accumulate in the same order). One entry point per radial mode, as for `_serial_ace1`: the
-    constant mode lets the compiler drop the other mode's branches (1-3 % on small cells)."""
-    E, G, SAA, H = serial_outputs(first, R, T)
-    block = _block_ace1 if T.mode == 0 else _block_tabulated
+def fast_blocks(first, nbr, R, zat, T, with_grad, block_atoms, *, stop_requested=None,
+                n_chunks=1, DT=None, on_rows=None):
+    """As fast_serial (n_chunks 1) or fast_parallel (n_chunks ranges of each block on numba's
+    threads), block_atoms atoms at a time. stop_requested() is asked before each block; once it
+    says yes the work is abandoned and None returned. With descriptor tables DT (ace1 tables
+    only), each block's descriptor rows (stop - start, L) are handed to on_rows(start, stop,
+    rows) before the next block, so they never take more than one block's memory.
+    Serially, consecutive blocks give fast_serial's bits (sites are independent; the committee
+    sums accumulate in the same order). One entry point per radial mode, as for `_serial_ace1`:
+    the constant mode lets the compiler drop the other mode's branches (1-3 % on small cells)."""
+    E, G, SAA, H = block_outputs(first, R, T, n_chunks)
+    if n_chunks > 1:
+        block = _parallel_block_ace1 if T.mode == 0 else _parallel_block_tabulated
+    else:
+        block = _block_ace1 if T.mode == 0 else _block_tabulated
+    D, DTe = _no_rows()
+    if DT is not None:
+        D = np.empty((block_atoms, DT.c_ptr.shape[0] - 1 + DT.pair_bspl.shape[2] * T.e0.shape[0]))
+        DTe = DT
     n = first.shape[0] - 1
     for start in range(0, n, block_atoms):
-        if stop_requested():
+        if stop_requested is not None and stop_requested():
             return None
-        block(start, min(n, start + block_atoms), first, nbr, R, zat, T, with_grad, E, G, SAA, H)
-    return E, G, committee_energies(T, zat, SAA, H)
+        stop = min(n, start + block_atoms)
+        block(start, stop, first, nbr, R, zat, T, with_grad, E, G, SAA, H, D, DTe)
+        if DT is not None:
+            on_rows(start, stop, D[:stop - start])
+    return E, G, committee_energies(T, zat, SAA.sum(axis=0), H.sum(axis=0))
 
 
 def fast_parallel(first, nbr, R, zat, T, with_grad, n_chunks):

@@ -35,6 +35,18 @@ SiteTables = namedtuple("SiteTables", [
     "zin",             # (nz, nz, 2) inner cut-off r_in, Δ_in (ZBL switch)
 ])
 
+# What the site pass needs to also write each site's descriptor row (ace1, see
+# `basis_rows.site_descriptors`): B_b = Σ_t c_val[t] AA[c_node[t]] for b's entries
+# c_ptr[b]..c_ptr[b+1]-1 (c_node in the tables' own DAG numbering) and the unmerged pair splines
+# (n_int, 4, n_pair_poly). Empty arrays: no rows are written.
+DescriptorTables = namedtuple("DescriptorTables", ["c_ptr", "c_node", "c_val", "pair_bspl"])
+
+
+def no_descriptors() -> DescriptorTables:
+    return DescriptorTables(np.zeros(1, dtype=np.int64), np.zeros(0, dtype=np.int64), np.zeros(0),
+                            np.zeros((1, 4, 0)))
+
+
 INNER_TYPES = {"density": 0, "distance": 1, "zbl": 2}
 EMBEDDING_KINDS = {"FinnisSinclair": 0, "FinnisSinclairShiftedScaled": 1}
 

@@ -4,6 +4,7 @@
     radial_basis    pacemaker's radial basis g_k(r) (the one implementation), core repulsion, and
                     their cubic Hermite tables for the kernels
     ctilde          C-tilde coupling tables -> real product DAGs per species
+    projections     per-function products and DAG for the projection rows (descriptors, γ)
     potential       `PACEPotential`: a .yace potential compiled to the kernels' site tables
     export_radial   least-squares fit of ace1 radials in pacemaker's radial basis
     export_angular  ace1 real products -> pacemaker's complex C-tilde functions

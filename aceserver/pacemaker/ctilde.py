@@ -30,12 +30,31 @@ from ..kernels.site_tables import a_index
 def real_products(table, N, L, K):
     """(tuples, coef): every real product (sorted A indices, -1 padded, shape (U, rankmax)) of
     one species' C-tilde functions and its coefficient per density (U, P)."""
+    P = table.ctildes.shape[1]
+    rmax = table.mus.shape[1] if len(table) else 1
+    keys, coefs, _ = function_terms(table, N, L, K)
+    if not len(keys):
+        return np.zeros((0, rmax), dtype=np.int64), np.zeros((0, P))
+    uniq, inv = np.unique(keys, axis=0, return_inverse=True)
+    coef = np.zeros((len(uniq), P))
+    np.add.at(coef, inv.reshape(-1), coefs)
+    # exact cancellations leave rounding residue: drop products far below the largest coefficient
+    scale = np.abs(coef).max() if coef.size else 0.0
+    keep = np.abs(coef).max(axis=1) > 1e-14 * scale
+    return uniq[keep], coef[keep]
+
+
+def function_terms(table, N, L, K):
+    """(keys, coefs, owners): the real products of one species' C-tilde functions term by term,
+    before products shared by several m-combinations or functions are merged: sorted A indices
+    (T, rankmax) -1 padded, coefficient per density (T, P), and the function each term is from
+    (T,). Σ over a function's terms of coef·∏A is that function's Σ_ms c̃ ∏A^ACE (real part)."""
     n_rows = N + K
     P = table.ctildes.shape[1]
     rmax = table.mus.shape[1] if len(table) else 1
     owner = table.comb_owner
     ranks = table.rank[owner]
-    keys, coefs = [], []
+    keys, coefs, owners = [], [], []
     for nu in np.unique(ranks):
         sel = ranks == nu
         f = owner[sel]
@@ -46,6 +65,7 @@ def real_products(table, N, L, K):
             idx = a_index(mus, N + ns, 0, 0, n_rows, L)
             keys.append(np.pad(idx, ((0, 0), (0, rmax - 1)), constant_values=-1))
             coefs.append(ct * SQRT_4PI)
+            owners.append(f)
             continue
         am = np.abs(ms)
         # per factor: weight of the +|m| (cos) and -|m| (sin) real function, as (re, im) parts
@@ -64,17 +84,11 @@ def real_products(table, N, L, K):
             idx = np.sort(a_index(mus, ns, ls, m_real, n_rows, L)[live], axis=1)
             keys.append(np.pad(idx, ((0, 0), (0, rmax - nu)), constant_values=-1))
             coefs.append(ct[live] * w[live, None])
+            owners.append(f[live])
     if not keys:
-        return np.zeros((0, rmax), dtype=np.int64), np.zeros((0, P))
-    keys = np.concatenate(keys)
-    coefs = np.concatenate(coefs)
-    uniq, inv = np.unique(keys, axis=0, return_inverse=True)
-    coef = np.zeros((len(uniq), P))
-    np.add.at(coef, inv.reshape(-1), coefs)
-    # exact cancellations leave rounding residue: drop products far below the largest coefficient
-    scale = np.abs(coef).max() if coef.size else 0.0
-    keep = np.abs(coef).max(axis=1) > 1e-14 * scale
-    return uniq[keep], coef[keep]
+        return (np.zeros((0, rmax), dtype=np.int64), np.zeros((0, P)),
+                np.zeros(0, dtype=np.int64))
+    return np.concatenate(keys), np.concatenate(coefs), np.concatenate(owners)
 
 
 def split_leaves(parent, node_a, coef):

@@ -14,10 +14,12 @@ import numpy as np
 from ..errors import ACEInputError, ModelFileError
 from ..io import modelfile
 from .yace import YaceSpec, parse_document, read_yace
+from ..kernels.pace_projections import projection_rows, projection_rows_parallel
 from ..kernels.site_tables import EMBEDDING_KINDS, INNER_TYPES, SiteTables, unused
 from ..evaluation.site_potential import SitePotential
 from ..structure import MIN_DISTANCE, species_lookup
 from .ctilde import species_dags
+from .projections import projection_tables
 from .radial_basis import hermite_tables
 
 MODEL_KIND = "PACE"
@@ -93,6 +95,32 @@ class PACEPotential(SitePotential):
 
     def _tables(self, committee: bool) -> SiteTables:
         return self._compiled
+
+    # ---- descriptors: pacemaker's projections -----------------------------------------------
+    @property
+    def descriptor_sizes(self) -> dict[str, int]:
+        """Per element: its number of projection columns, ndensity × its C-tilde functions."""
+        s = self.spec
+        return {el: int(e.ndensity * len(t))
+                for el, e, t in zip(s.elements, s.embeddings, s.functions)}
+
+    @cached_property
+    def _projection_tables(self):
+        bonds = self.spec.bonds.values()
+        return projection_tables(self.spec, max(b.nradmax for b in bonds),
+                                 max(b.lmax for b in bonds), max(b.nradbase for b in bonds))
+
+    def _descriptor_rows(self, z, first, nbr, R, atoms, n_chunks=1):
+        """Projection rows (len(atoms), max L_el), eV: row r = atom atoms[r], column
+        p·n_functions + f = w_p F_p'(ρ_p) · Σ_ms c̃_{f,ms,p} Re ∏A (density-major, functions in
+        the .yace order; see `kernels.pace_projections`). n_chunks > 1: on numba's threads."""
+        atoms = np.ascontiguousarray(atoms, dtype=np.int64)
+        width = max(self.descriptor_sizes.values())
+        if n_chunks > 1:
+            return projection_rows_parallel(atoms, first, nbr, R, z, self._compiled,
+                                            self._projection_tables, width, n_chunks)
+        return projection_rows(atoms, first, nbr, R, z, self._compiled, self._projection_tables,
+                               width)
 
     def evaluate(self, *args, committee=False, committee_forces=False, **kwargs):
         if committee_forces:

@@ -70,6 +70,9 @@ function modelCard(m, isDefault) {
   fact("format", m.format || "aceserver-model (JSON)");
   fact("sha256", m.sha256, "mono sha");
   fact("committee", m.committee_size > 0 ? `${m.committee_size} members` : "none");
+  fact("active set (γ)", m.gamma_available && m.active_set
+    ? Object.entries(m.active_set).map(([el, n]) => `${el}: ${n} rows`).join(", ")
+    : "none (build one with aceserver activeset)");
   const card = el("div", { class: "model", "data-model": m.name },
     el("h3", {}, m.name, isDefault ? el("span", { class: "muted" }, " (default)") : ""), facts);
   if (m.fit_errors) card.append(el("div", {}, "Fit errors:"), errorTable(m.fit_errors, m.fit_error_units));
@@ -217,8 +220,12 @@ async function calculate(event) {
   const name = $("calc-model").value;
   $("calc-submit").disabled = true;
   $("calc-error").hidden = true;
+  // γ costs a matrix product per atom: asked for only where the model has an active set
+  const model = models.find((m) => m.name === name);
+  const withGamma = Boolean(model && model.gamma_available);
+  const query = withGamma ? "?properties=energy,forces,stress,virial,energies,max_gamma" : "";
   try {
-    const reply = await api(`/v1/models/${encodeURIComponent(name)}/calculate`, {
+    const reply = await api(`/v1/models/${encodeURIComponent(name)}/calculate${query}`, {
       method: "POST", body: $("calc-xyz").value,
       headers: { "Content-Type": "chemical/x-extxyz", Accept: "application/json" },
     });
@@ -230,6 +237,10 @@ async function calculate(event) {
     $("calc-natoms").textContent = String(n);
     $("calc-sha").textContent = reply.sha256;
     $("calc-stress").textContent = res.stress ? res.stress.map((s) => s.toExponential(4)).join("  ") : "– (not periodic in 3 directions)";
+    const gamma = res.max_gamma;
+    $("calc-gamma").textContent = (gamma === undefined || gamma === null) ? "– (the model has no active set)"
+      : `${gamma.toFixed(3)} (${gamma <= 1 ? "interpolation" : gamma <= 5 ? "mild extrapolation" : "unreliable"})`;
+    $("calc-gamma").dataset.value = (gamma === undefined || gamma === null) ? "" : String(gamma);
     const symbols = $("calc-xyz").value.trim().split("\n").slice(2, 2 + n).map((l) => l.trim().split(/\s+/)[0]);
     $("calc-forces").tBodies[0].replaceChildren(...res.forces.map((f, i) =>
       el("tr", {}, el("td", {}, i), el("td", {}, symbols[i] || ""), ...f.map((c) => el("td", {}, c.toFixed(5))))));

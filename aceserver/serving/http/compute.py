@@ -10,8 +10,11 @@ the evaluator looks at it every `CANCEL_BLOCK_ATOMS` atoms (`SitePotential.evalu
 serial kernel), so a large structure stops at its next block of atoms too.
 
 The results are read from the `Evaluation` as it defines them (`aceserver.evaluation`): the stress
-only where `postprocess.has_stress` says it exists, the committee spread as `energy_std` and
-`forces_std` (population standard deviation, ddof 0); nothing is recomputed here.
+only where `postprocess.has_stress` says it exists, the committee spreads `energy_std`,
+`energies_std` and `forces_std` (population standard deviation, ddof 0), the extrapolation grade
+`gamma` and `max_gamma`; nothing is recomputed here. `descriptors` come from `model.descriptors`,
+after `evaluate_request` has checked that atoms × descriptor columns, summed over the request, stay
+within `max_descriptor_values` (413 before any structure is evaluated).
 """
 from __future__ import annotations
 
@@ -25,7 +28,9 @@ from ase.data import chemical_symbols
 from aceserver.errors import ACEInputError, EvaluationCancelled, TooManyPairsError
 
 from .error_replies import APIError
-from .schema import DEFAULT_PROPERTIES, CalculateRequest, Property, Structure
+from .registry import without_paths
+from .schema import (COMMITTEE_PROPERTIES, DEFAULT_PROPERTIES, GAMMA_PROPERTIES, CalculateRequest, Property,
+                     Structure)
 
 log = logging.getLogger("aceserver.http")
 
@@ -34,17 +39,42 @@ class Abandoned(Exception):
     """The request was given up before this structure; no one waits for its results."""
 
 
-def properties_for(request: CalculateRequest, has_committee: bool) -> set[Property]:
+def properties_for(request: CalculateRequest, has_committee: bool, has_active_set: bool = False,
+                   name: str = "this model", problem: str | None = None) -> set[Property]:
+    """The properties to compute; 422 for those the model cannot give (no committee, no active set:
+    `problem` says why none is attached, where the model knows)."""
     if request.properties is None:
         props = set(DEFAULT_PROPERTIES)
         if has_committee:
             props.add(Property.committee)
         return props
     props = set(request.properties)
-    if not has_committee and props & {Property.committee, Property.forces_committee}:
-        raise APIError(422, "invalid_input", "properties: this model has no committee; "
-                       "`committee` and `forces_committee` are not available", "properties")
+    if not has_committee and props & COMMITTEE_PROPERTIES:
+        asked = ", ".join(f"`{p.value}`" for p in sorted(props & COMMITTEE_PROPERTIES, key=lambda p: p.value))
+        raise APIError(422, "invalid_input", f"properties: model {name!r} has no committee; {asked} "
+                       "need one (`committee`, `forces_committee`, `energies_std`, `forces_std`)", "properties")
+    if not has_active_set and props & GAMMA_PROPERTIES:
+        why = f" ({problem})" if problem else ""
+        raise APIError(422, "no_active_set", f"properties: model {name!r} has no active set{why}, so `gamma` and "
+                       "`max_gamma` are not available; build one with `aceserver activeset MODEL DATA.xyz` "
+                       "(the model's training data, extended XYZ; it writes the sidecar <model stem>.activeset.npz "
+                       "beside the model file) and reload the server", "properties")
     return props
+
+
+def check_descriptors(model: Any, request: CalculateRequest, props: set[Property], limit: int) -> None:
+    """Descriptors cost atoms × L values (L: the model's largest descriptor size) in memory and in the
+    reply: a request over `limit` of them, summed over its structures, is a 413 before any work."""
+    if Property.descriptors not in props:
+        return
+    sizes = getattr(model, "descriptor_sizes", None)
+    if not sizes:
+        raise APIError(422, "invalid_input", "properties: this model has no per-atom descriptors", "properties")
+    width = max(sizes.values())
+    atoms = sum(len(s.positions) for s in request.structure_list())
+    if atoms * width > limit:
+        raise _too_large("properties", f"`descriptors` of {atoms} atoms × {width} columns = {atoms * width} "
+                         f"values; a request may ask for at most {limit} (--max-descriptor-values)")
 
 
 def _too_large(field: str, what: str) -> APIError:
@@ -121,11 +151,15 @@ def evaluate_structure(model: Any, s: Structure, props: set[Property], prefix: s
     cell = np.asarray(s.cell, dtype=np.float64) if s.cell is not None else np.zeros((3, 3))
     pbc = np.asarray(s.pbc, dtype=bool)
     committee = bool(props & {Property.committee, Property.forces_committee})
+    committee_forces = bool(props & {Property.forces_committee, Property.forces_std})
     limit = {} if budget is None else {"max_pairs": budget.remaining}
     try:
-        ev = model.evaluate(numbers, positions, cell, pbc, committee=committee,
-                            committee_forces=Property.forces_committee in props, threads=threads,
-                            cancel=cancel, **limit)
+        ev = model.evaluate(numbers, positions, cell, pbc, committee=committee, committee_forces=committee_forces,
+                            energies_committee=Property.energies_std in props,
+                            gamma=bool(props & GAMMA_PROPERTIES), threads=threads, cancel=cancel, **limit)
+        # the same structure again, so the same pairs: the budget was checked (and is spent) once
+        descriptors = (model.descriptors(numbers, positions, cell, pbc, threads=threads, max_pairs=ev.pairs)
+                       if Property.descriptors in props else None)
     except EvaluationCancelled:
         raise Abandoned(f"stopped inside {prefix}") from None
     except TooManyPairsError as ex:
@@ -164,16 +198,29 @@ def evaluate_structure(model: Any, s: Structure, props: set[Property], prefix: s
         out["energy_std"] = ev.energy_std
     if Property.forces_committee in props and ev.forces_committee is not None:
         out["forces_committee"] = np.asarray(ev.forces_committee)
+    if committee_forces and ev.forces_committee is not None:
         out["forces_std"] = ev.forces_std
+    if Property.energies_std in props and ev.energies_committee is not None:
+        out["energies_std"] = ev.energies_std
+    if Property.gamma in props:
+        out["gamma"] = np.asarray(ev.gamma)
+    if props & GAMMA_PROPERTIES:
+        out["max_gamma"] = ev.max_gamma
+    if descriptors is not None:
+        out["descriptors"] = descriptors
     return out
 
 
 def evaluate_request(model: Any, request: CalculateRequest, has_committee: bool, threads: int | None = 1,
-                     max_pairs: int | None = None, cancel: threading.Event | None = None) -> list[dict]:
+                     max_pairs: int | None = None, cancel: threading.Event | None = None, *,
+                     name: str = "this model", max_descriptor_values: int = 4_000_000) -> list[dict]:
     """Results of every structure; `threads` goes to `model.evaluate` (1: serial kernel);
     `max_pairs` bounds the neighbour pairs summed over the request (None: only the evaluator's own
-    per-structure limit); once `cancel` is set, `Abandoned` is raised before the next structure."""
-    props = properties_for(request, has_committee)
+    per-structure limit); once `cancel` is set, `Abandoned` is raised before the next structure.
+    `name` (the served model's) is quoted in errors; `max_descriptor_values`: `check_descriptors`."""
+    props = properties_for(request, has_committee, getattr(model, "active_set", None) is not None, name,
+                           without_paths(getattr(model, "active_set_problem", None) or "") or None)
+    check_descriptors(model, request, props, max_descriptor_values)
     budget = None if max_pairs is None else PairBudget(max_pairs)
     named = ([("structure", request.structure)] if request.structure is not None else
              [(f"structures[{i}]", s) for i, s in enumerate(request.structures)])

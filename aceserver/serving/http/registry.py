@@ -1,7 +1,7 @@
 """The models a server serves, addressed by name; kernel warm-up; hot reload of model files.
 
 Only the public model API is used: `load_model`, `model.info()`, `model.elements`, `model.rcut`,
-`model.evaluate(...)`. Where MODEL arguments and shipped models are found is `aceserver.catalogue`.
+`model.active_set`, `model.descriptor_sizes`, `model.evaluate(...)`. Where MODEL arguments and shipped models are found is `aceserver.catalogue`.
 """
 from __future__ import annotations
 
@@ -59,6 +59,14 @@ class ServedModel:
             "fit_error_units": fit.get("units") if isinstance(fit.get("units"), dict) else None,
             "metadata": metadata,
         }
+        active = getattr(self.model, "active_set", None)
+        desc["gamma_available"] = active is not None
+        # a sidecar beside the model is inverted at the first γ request: its sizes are known before
+        as_sizes = getattr(active, "sizes", None) or (
+            None if active is None else {el: np.shape(a)[0] for el, a in active.inverses.items()})
+        desc["active_set"] = None if as_sizes is None else {str(el): int(n) for el, n in as_sizes.items()}
+        sizes = getattr(self.model, "descriptor_sizes", None)    # a family may have no descriptors
+        desc["descriptor_sizes"] = None if sizes is None else {str(el): int(n) for el, n in sizes.items()}
         if isinstance(info.get("units"), dict):
             desc["units"] = {str(k): str(v) for k, v in info["units"].items()}
         # validated once here, so that a model whose description does not fit the schema fails at start-up
@@ -75,8 +83,10 @@ class ServedModel:
         zs = np.array([numbers[i % len(numbers)] for i in range(len(grid))])
         cell = np.diag([4.0, 4.0, 3.0]) * spacing
         never = threading.Event()
+        # γ too where there is an active set: its descriptor kernel compiles on first use as well
         self.model.evaluate(zs, grid * spacing, cell, np.ones(3, bool), committee=committee,
-                            committee_forces=committee, threads=threads, cancel=never)
+                            committee_forces=committee, threads=threads, cancel=never,
+                            gamma=getattr(self.model, "active_set", None) is not None)
         self.model.evaluate(zs[:5], grid[:5] * spacing, np.zeros((3, 3)), np.zeros(3, bool),
                             committee=committee, committee_forces=committee, threads=threads, cancel=never)
 

@@ -20,6 +20,8 @@ UNITS = {
     "forces": "eV/Å",
     "stress": "eV/Å³ (ASE Voigt order xx yy zz yz xz xy)",
     "virial": "eV (W = -V·σ)",
+    "gamma": "dimensionless (extrapolation grade: ≤ 1 interpolation, 1-5 mild, > 5 unreliable)",
+    "descriptors": "aceserver models: dimensionless basis-function values; pacemaker .yace: eV (projections)",
 }
 
 # Coordinates (Å): finite (NaN and ±inf rejected) and at most MAX_COORDINATE in magnitude, so that no
@@ -66,6 +68,16 @@ class Property(str, Enum):
     energies = "energies"
     committee = "committee"
     forces_committee = "forces_committee"
+    energies_std = "energies_std"
+    forces_std = "forces_std"
+    gamma = "gamma"
+    max_gamma = "max_gamma"
+    descriptors = "descriptors"
+
+
+COMMITTEE_PROPERTIES = frozenset({Property.committee, Property.forces_committee, Property.energies_std,
+                                  Property.forces_std})
+GAMMA_PROPERTIES = frozenset({Property.gamma, Property.max_gamma})
 
 
 DEFAULT_PROPERTIES = (Property.energy, Property.forces, Property.stress, Property.virial, Property.energies)
@@ -126,7 +138,12 @@ class CalculateRequest(BaseModel):
     properties: list[Property] | None = Field(
         None, fail_fast=True, description="Outputs to return. Default: energy, forces, stress, virial, energies, "
         "and committee where the model has a committee. `committee` adds energy_committee and "
-        "energy_std; `forces_committee` adds forces_committee and forces_std.")
+        "energy_std; `forces_committee` adds forces_committee and forces_std; `energies_std` and "
+        "`forces_std` add only those per-atom spreads (models with a committee). `gamma` (per atom) and "
+        "`max_gamma` need a model with an active set (`GET /v1/models/{name}`: `gamma_available`). "
+        "`descriptors` returns each atom's basis-function values; atoms × the largest of the "
+        "model's `descriptor_sizes`, summed over the request, may not exceed the server's limit "
+        "(`--max-descriptor-values`, default 4 000 000): more is a 413 before any work.")
 
     @model_validator(mode="after")
     def _one_of(self) -> "CalculateRequest":
@@ -158,6 +175,21 @@ class Result(BaseModel):
     forces_std: list[list[float]] | None = Field(
         None, description="Committee spread of the forces, shape (N, 3), eV/Å: per component, the population "
         "standard deviation over the K members, sqrt(Σ_k (F_k - F_mean)² / K) (ddof 0).")
+    energies_std: list[float] | None = Field(
+        None, description="Committee spread of each atom's site energy, shape (N,), eV: the population standard "
+        "deviation over the K members, sqrt(Σ_k (E_ik - E_i,mean)² / K) (ddof 0).")
+    gamma: list[float] | None = Field(
+        None, description="Extrapolation grade of each atom, shape (N,), dimensionless: γ_i = max_k |(D_i A⁻¹)_k| "
+        "with D_i the atom's descriptors and A⁻¹ its species' active-set inverse (D-optimality, as pacemaker). "
+        "γ ≤ 1 interpolates the training data, 1-5 is mild extrapolation, > 5 unreliable.")
+    max_gamma: float | None = Field(
+        None, description="The largest `gamma` of the structure, dimensionless.")
+    descriptors: list[list[float]] | None = Field(
+        None, description="Per-atom descriptors, shape (N, L), L = the largest of the model's `descriptor_sizes`: "
+        "row i holds the values of the basis functions atom i's site energy is linear in (columns beyond its "
+        "species' size are zero). aceserver models: dimensionless basis-function values, with "
+        "E = Σ_i descriptors[i]·θ[species(i)] + Σ_i E0 (eV); pacemaker .yace potentials: projections "
+        "∂E_i/∂s (eV) per C-tilde function and density.")
 
 
 class CalculateResponse(BaseModel):
@@ -178,6 +210,13 @@ class ModelInfo(BaseModel):
     cutoffs: dict[str, float] | None = Field(
         None, description="Cutoff radius per ordered species pair `A-B` (centre-neighbour), Å.")
     committee_size: int = Field(..., description="Number of committee members (0: no committee).")
+    gamma_available: bool = Field(
+        False, description="Whether the model carries an active set, so that the properties `gamma` and "
+        "`max_gamma` can be asked for (build one with `aceserver activeset MODEL DATA.xyz`).")
+    active_set: dict[str, int] | None = Field(
+        None, description="Size L (rows = columns of A⁻¹) of the active set of each species; null without one.")
+    descriptor_sizes: dict[str, int] | None = Field(
+        None, description="Number of descriptor columns per species (the `descriptors` property).")
     fit_errors: dict[str, Any] | None = Field(
         None, description="Fit errors recorded in the model file, e.g. {train|validation: {rmse|mae: "
         "{config type: {E, F, V}}}}; units in `fit_error_units`.")

@@ -13,6 +13,8 @@ class Settings:
     max_body_bytes: int = 64 * 1024 * 1024   # request body size (413 above)
     max_pairs: int = 10_000_000              # neighbour pairs summed over a request (413 above): ~50 bytes
                                              # and 0.2-0.7 µs each, so ≤ ~0.5 GB and a few seconds
+    max_descriptor_values: int = 4_000_000   # atoms × descriptor columns summed over a request (413 above):
+                                             # 32 MB as float64, ~80 MB as JSON text
     workers: int = 0                         # evaluation threads (0: one per CPU this process may use)
     kernel_threads: int | None = 1           # threads inside one evaluation (1: serial kernel; None: numba's)
     watch_interval: float = 0.0              # poll model files every S seconds and hot-swap changed ones (0: off)

@@ -12,7 +12,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 from pydantic import ValidationError
 
@@ -23,7 +23,7 @@ from ..error_replies import APIError, DecodeError, error_responses, from_validat
 from ..counters import Metrics
 from ..lifecycle import until_done_or_gone
 from ..registry import ServedModel
-from ..schema import CalculateRequest, CalculateResponse
+from ..schema import CalculateRequest, CalculateResponse, Property
 from ..settings import Settings
 
 router = APIRouter(prefix="/v1")
@@ -32,13 +32,16 @@ CALC_BODY = {"$ref": "#/components/schemas/CalculateRequest"}
 
 
 def evaluate_body(m: ServedModel, body: bytes, codec_in: str, codec_out: str, settings: Settings,
-                  cancel: threading.Event | None = None) -> tuple[bytes, int, int, float]:
+                  cancel: threading.Event | None = None, properties: str | None = None) -> tuple[bytes, int, int, float]:
     """Decode, check the limits, validate, evaluate and encode one request (in a worker thread);
     returns the encoded reply, the atoms and structures evaluated, and the seconds in `evaluate`.
-    Once `cancel` is set, `compute.Abandoned` is raised before the next structure."""
+    Once `cancel` is set, `compute.Abandoned` is raised before the next structure. `properties`:
+    the query parameter (comma-separated), for bodies that cannot name them (extended XYZ)."""
     try:
         doc = codec.decode(body, codec_in, settings.max_atoms, settings.max_structures)
         check_document(doc, settings.max_atoms, settings.max_structures)
+        if properties is not None:
+            doc = with_query_properties(doc, properties)
         request = CalculateRequest.model_validate(doc)
     except DecodeError as ex:
         raise APIError(400, "malformed_body", str(ex), ex.field) from None
@@ -47,11 +50,29 @@ def evaluate_body(m: ServedModel, body: bytes, codec_in: str, codec_out: str, se
     check_limits(request, settings.max_atoms, settings.max_structures)
     t0 = time.perf_counter()
     results = evaluate_request(m.model, request, m.has_committee, settings.kernel_threads, settings.max_pairs,
-                               cancel)
+                               cancel, name=m.name, max_descriptor_values=settings.max_descriptor_values)
     seconds = time.perf_counter() - t0
     payload = {"model": m.name, "sha256": m.sha256, "results": results}
     atoms = sum(len(s.positions) for s in request.structure_list())
     return codec.encode(payload, codec_out), atoms, len(results), seconds
+
+
+MAX_QUERY_PROPERTIES = 2 * len(Property)
+
+
+def with_query_properties(doc, properties: str):
+    """The decoded document with the `properties` query parameter as its `properties` list; a body
+    that names them too is refused (one place says what is computed)."""
+    if not isinstance(doc, dict):
+        return doc                                  # the schema names the problem
+    if "properties" in doc:
+        raise APIError(422, "invalid_input", "properties: given both in the body and as a query parameter; "
+                       "give one", "properties")
+    names = [p.strip() for p in properties.split(",", MAX_QUERY_PROPERTIES) if p.strip()]
+    if len(names) > MAX_QUERY_PROPERTIES:
+        raise APIError(422, "invalid_input", f"properties: more than {MAX_QUERY_PROPERTIES} names in the query "
+                       "parameter", "properties")
+    return {**doc, "properties": names}
 
 
 # The dependencies run in the order given: the model is looked up (404) before readiness (503), the
@@ -59,7 +80,8 @@ def evaluate_body(m: ServedModel, body: bytes, codec_in: str, codec_out: str, se
 @router.post(
     "/models/{name}/calculate",
     response_model=CalculateResponse,
-    summary="Energy (eV), forces (eV/Å), stress (eV/Å³), virial (eV), per-atom energies (eV) of structures",
+    summary="Energy (eV), forces (eV/Å), stress (eV/Å³), virial (eV), per-atom energies (eV) and uncertainty "
+            "(γ, committee spreads) of structures",
     responses={
         200: {"content": {codec.MSGPACK: {"schema": {"$ref": "#/components/schemas/CalculateResponse"}}},
               "description": "Results, one per structure; JSON or msgpack by the Accept header."},
@@ -76,11 +98,15 @@ async def calculate(request: Request,
                     body: bytes = Depends(deps.limited_body),
                     settings: Settings = Depends(deps.settings),
                     metrics: Metrics = Depends(deps.metrics),
-                    executor: ThreadPoolExecutor = Depends(deps.executor)) -> Response:
+                    executor: ThreadPoolExecutor = Depends(deps.executor),
+                    properties: str | None = Query(
+                        None, max_length=1000, description="Outputs to return, comma-separated (e.g. "
+                        "`energy,forces,max_gamma`), as the body's `properties` list, for bodies that cannot "
+                        "name them (extended XYZ); not with a body that has `properties`.")) -> Response:
     codec_in, codec_out = codecs
     cancel = threading.Event()
     work = asyncio.get_running_loop().run_in_executor(
-        executor, evaluate_body, m, body, codec_in, codec_out, settings, cancel)
+        executor, evaluate_body, m, body, codec_in, codec_out, settings, cancel, properties)
     payload, atoms, structures, seconds = await until_done_or_gone(work, request.receive, cancel)
     metrics.count_evaluated(m.name, atoms, structures)
     # Server-Timing (ms): time in model.evaluate and in this handler, for clients measuring overhead
