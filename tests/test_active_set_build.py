@@ -346,3 +346,32 @@ def test_aceserver_fit_writes_the_sidecar_unless_told_not_to(tmp_path, capsys, a
     (tmp_path / "fit.yaml").write_text(yaml.safe_dump(cfg))
     assert cli.main(["fit", str(tmp_path / "fit.yaml"), "--quiet"]) == 2
     assert "'output.active_set' must be true or false" in capsys.readouterr().err
+
+
+def test_yace_potential_gets_a_sidecar_tied_to_its_file(tmp_path):
+    """A pacemaker .yace potential: descriptors are its projections (L = 1484 for
+    Cu-PBE-core-rep); 256 atoms of rattled fcc cells give 256 data rows and 1228 floor rows. The
+    sidecar beside the .yace is tied to the file's sha256: an edited .yace does not take it."""
+    path = tmp_path / "Cu.yace"
+    shutil.copy(DATA / "Cu-PBE-core-rep.yace", path)
+    model = load_model(path)
+    rng = np.random.default_rng(0)
+    cells = []
+    for _ in range(8):
+        a = bulk("Cu", "fcc", a=3.61 * (1 + rng.uniform(-0.05, 0.05)), cubic=True).repeat((2, 2, 2))
+        a.positions += rng.normal(scale=0.1, size=a.positions.shape)
+        cells.append(a)
+    b = build_active_set(model, cells)
+    e = b.elements["Cu"]
+    assert e.atoms_read == 256 and (e.columns < 0).sum() == 256 and e.floor_rows == 1484 - 256
+    b.save(activeset_file.sidecar_path(path))
+    loaded = load_model(path)
+    assert loaded.active_set is not None and loaded.active_set.model_sha256 == model.sha256
+    A = b.elements["Cu"].active_set.rows
+    kappa = np.linalg.cond(A / np.abs(A).max(axis=0))
+    assert gammas(loaded, cells).max() <= 1 + 1e-9 + 1484 * kappa * EPS
+    squeezed = bulk("Cu", "fcc", a=3.61 * 0.8, cubic=True)
+    assert loaded.evaluate(squeezed.numbers, squeezed.positions, squeezed.cell.array, True,
+                           gamma=True).max_gamma > 5
+    path.write_text(path.read_text().replace("elements:", "elements:  ", 1))   # another file
+    assert "was built for the model with sha256" in load_model(path).active_set_problem
