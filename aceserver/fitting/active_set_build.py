@@ -41,9 +41,9 @@ import ase.io
 import numpy as np
 from ase.data import atomic_numbers
 
+from aceserver.active_sets import active_set_rows
 from aceserver.io import activeset_file, asi
 from aceserver.io.activeset_file import ActiveSetEnvironments
-from aceserver.active_sets import active_set_rows
 
 from .active_set import ActiveSet, ActiveSetError, maxvol
 
@@ -74,6 +74,8 @@ class ElementActiveSet:
 
 @dataclass
 class ActiveSetBuild:
+    """What `build_active_set` returns: the set of every element and the environments of the
+    active atoms (the sidecar's contents)."""
     elements: dict[str, ElementActiveSet]
     environments: ActiveSetEnvironments
 
