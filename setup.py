@@ -1,7 +1,7 @@
 """Build hook: the wheel carries the shipped models.
 
 `models/<name>/` in the source tree is the one copy of truth (the fitting scripts write there);
-building a wheel copies each model file with its card and parity plots into
+building a wheel copies each model file with its active set, card and parity plots into
 `aceserver/data/models/<name>/`, where an installed `aceserver` finds them. Editable installs read
 `models/` of the checkout directly, so nothing is copied for them.
 """
@@ -10,8 +10,10 @@ from pathlib import Path
 from setuptools import setup
 from setuptools.command.build_py import build_py
 
-# what an installed model needs: the model file, its card and its parity plots (not fit inputs)
-SHIPPED = ("{name}.json", "{name}.yace", "model.json", "README.md", "report.json", "plots/*.png")
+# what an installed model needs: the model file, its active set (γ), its card and its parity plots
+# (not fit inputs)
+SHIPPED = ("{name}.json", "{name}.yace", "model.json", "{name}.activeset.npz", "README.md",
+           "report.json", "plots/*.png")
 
 
 def shipped_model_files(models: Path):

@@ -44,6 +44,12 @@ def test_tial_fit_save_load_eval(tmp_path, capsys):
     rc = eval_cmd.run(p.parse_args([str(tmp_path / "tial.json"), str(DATA / "TiAl_tutorial.xyz"), "--json"]))
     assert rc == 0
     js = json.loads(capsys.readouterr().out)
+    # the fit wrote the model's active set (output.active_set defaults to true), so eval also
+    # reports γ; on the training data itself every atom interpolates (MaxVol's tol 1e-9, plus
+    # the rounding of b A⁻¹, a few 1e-8 at κ(A_s) ≈ 1e8 of this basis)
+    gamma = js.pop("gamma")
+    assert set(gamma["species"]) == {"Ti", "Al"}
+    assert max(s["max"] for s in gamma["species"].values()) <= 1 + 1e-6
     assert js == train
     import aceserver
     loaded = aceserver.load_model(str(tmp_path / "tial.json"))

@@ -21,7 +21,7 @@ LAYERS = [
     ("aceserver.basis", 2), ("aceserver.io", 2), ("aceserver.benchmarking", 2),
     ("aceserver.evaluation", 3),
     ("aceserver.ace1", 4), ("aceserver.pacemaker", 4),
-    ("aceserver.loading", 5), ("aceserver.catalogue", 5),
+    ("aceserver.loading", 5), ("aceserver.catalogue", 5), ("aceserver.active_sets", 5),
     ("aceserver.calculator", 6), ("aceserver.fitting", 6),
     ("aceserver.jobs", 7),
     ("aceserver.serving", 8),

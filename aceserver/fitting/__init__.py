@@ -13,10 +13,11 @@ Modules, in data-flow order:
     error_tables  RMSE/MAE per config_type (the one RMSE/MAE computation), printed tables
     plots         parity plots
     active_set    D-optimal active sets by block-wise MaxVol; the extrapolation grade γ
+    active_set_build  a model's active sets from structures, streamed (``aceserver activeset``)
     gamma_report  γ statistics of a model over data, per species, and its most extrapolative frames
     config        YAML fit configurations
-    workflow      ``aceserver fit``/``eval`` as library calls: ``run_fit``, ``load_data``,
-                  ``estimate``, provenance, ``evaluate_errors``, ``read_data``
+    workflow      ``aceserver fit``/``eval``/``activeset`` as library calls: ``run_fit``, ``load_data``,
+                  ``estimate``, provenance, ``evaluate_errors``, ``read_data``, ``active_set_from_files``
     selection/    hyperparameter selection on one assembly: validation split, K-fold
                   cross-validation, nested bases, scoring rules
 

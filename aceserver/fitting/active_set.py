@@ -38,6 +38,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import scipy.linalg
+import scipy.linalg.blas
 
 from ..evaluation.uncertainty import extrapolation_grade
 
@@ -55,6 +56,7 @@ class ActiveSet:
     source   (L, 2)  int, (block index, row index within that block) of each active row
     log_abs_det      log |det A|
     passes, swaps    passes over all blocks (the last one swapped nothing) and swaps made
+    max_gamma        the largest γ of any row in the last pass (≤ 1 + tol)
     """
     rows: np.ndarray
     inverse: np.ndarray
@@ -62,6 +64,7 @@ class ActiveSet:
     log_abs_det: float
     passes: int
     swaps: int
+    max_gamma: float = float("nan")
 
 
 def _block_source(blocks) -> Callable[[], Iterable]:
@@ -125,6 +128,21 @@ def _greedy_start(read, rcond: float, pool_rows: int):
         "as functions): add training structures of this species or use a smaller basis")
 
 
+def _argmax_abs(G: np.ndarray) -> tuple[int, int]:
+    """(i, j) of the largest |G_ij|: the larger of max and -min (two reads, no |G| copy)."""
+    hi, lo = int(G.argmax()), int(G.argmin())
+    k = hi if G.flat[hi] >= -G.flat[lo] else lo
+    return divmod(k, G.shape[1])
+
+
+def _subtract_outer(M: np.ndarray, x: np.ndarray, y: np.ndarray) -> None:
+    """M -= outer(x, y) in place (BLAS dger on the transposed, Fortran-ordered view): no
+    (n, L) temporary per swap, 2-4x faster than numpy's outer product at n = 4096, L = 1634."""
+    out = scipy.linalg.blas.dger(-1.0, y, x, a=M.T, overwrite_a=True)
+    if not np.shares_memory(out, M):        # M was not C-contiguous float64: copy back
+        M[...] = out.T
+
+
 def maxvol(blocks, *, tol: float = 1e-9, rcond: float = 1e-12, pool_rows: int = 4096,
            max_passes: int = 50) -> ActiveSet:
     """The MaxVol active set of the rows in `blocks`.
@@ -142,7 +160,7 @@ def maxvol(blocks, *, tol: float = 1e-9, rcond: float = 1e-12, pool_rows: int = 
     n_cols = A.shape[1]
     swaps = 0
     for passes in range(1, max_passes + 1):
-        pass_swaps, stale = 0, True
+        pass_swaps, stale, pass_max = 0, True, 0.0
         for k, block in enumerate(read()):
             B = _checked(block, k, n_cols)
             if B.shape[0] == 0:
@@ -151,15 +169,17 @@ def maxvol(blocks, *, tol: float = 1e-9, rcond: float = 1e-12, pool_rows: int = 
                 A_inv, stale = np.linalg.inv(A), False
             G = B @ A_inv
             while True:
-                i, j = np.unravel_index(np.argmax(np.abs(G)), G.shape)
+                i, j = _argmax_abs(G)
                 g = G[i, j]
                 if abs(g) <= 1.0 + tol:
+                    pass_max = max(pass_max, abs(g))
                     break
                 col = A_inv[:, j].copy()
                 u = G[i].copy()
                 u[j] -= 1.0
-                A_inv -= np.outer(col, u / g)
-                G -= np.outer(G[:, j], u / g)
+                u /= g
+                _subtract_outer(A_inv, col, u)
+                _subtract_outer(G, G[:, j].copy(), u)
                 A[j] = B[i]
                 source[j] = (k, i)
                 pass_swaps += 1
@@ -167,7 +187,7 @@ def maxvol(blocks, *, tol: float = 1e-9, rcond: float = 1e-12, pool_rows: int = 
         swaps += pass_swaps
         if pass_swaps == 0:
             sign, logdet = np.linalg.slogdet(A)
-            return ActiveSet(A, A_inv, source, float(logdet), passes, swaps)
+            return ActiveSet(A, A_inv, source, float(logdet), passes, swaps, float(pass_max))
     raise ActiveSetError(f"MaxVol did not converge in {max_passes} passes ({swaps} swaps): with "
                          "tol below the rounding error of B A⁻¹ (about cond(A)·1e-16) swaps can "
                          "cycle; raise tol or max_passes")

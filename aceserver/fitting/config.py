@@ -32,6 +32,8 @@ Example (the upstream Si test; paths are relative to the YAML file)::
       model: Si-tiny.json       # the model file
       plots: plots              # directory for parity plots (null: none)
       report: null              # JSON report (also: --json-report)
+      active_set: true          # build the active sets (γ) from the training data and write
+                                # them beside the model as <model stem>.activeset.npz
 """
 from __future__ import annotations
 
@@ -52,7 +54,7 @@ TOP_KEYS = {"model", "E0", "data", "weights", "prior", "solver", "validation_fra
 DATA_KEYS = {"train", "validation", "energy_key", "force_key", "virial_key", "stress_key", "config_type_key",
              "relative_to", "source"}
 DATA_ENV = "ACESERVER_DATA"      # the data directory when --data-dir is not given
-OUTPUT_KEYS = {"model", "plots", "report"}
+OUTPUT_KEYS = {"model", "plots", "report", "active_set"}
 
 
 class FitConfigError(ValueError):
@@ -76,6 +78,7 @@ class FitConfig:
     output_model: Path | None = None
     output_plots: Path | None = None
     output_report: Path | None = None
+    output_active_set: bool = True
     name: str = ""
     raw: dict = field(default_factory=dict)
     path: Path | None = None
@@ -170,12 +173,15 @@ def parse_config(raw: dict, base: Path = Path("."), data_dir=None) -> FitConfig:
         raise FitConfigError("'output' must be a mapping")
     _unknown(out, OUTPUT_KEYS, "'output'")
     opath = lambda v: None if v in (None, False) else ((base / v).resolve() if not Path(v).is_absolute() else Path(v))
+    if not isinstance(out.get("active_set", True), bool):
+        raise FitConfigError("'output.active_set' must be true or false")
     dbase, src = data_base(d, base, data_dir), d.get("source")
     return FitConfig(model=model, E0=E0, train=_paths(d["train"], dbase, "'data.train'", src),
                      validation=_paths(d.get("validation"), dbase, "'data.validation'", src), keys=keys,
                      weights=weights, prior=prior, solver=solver, validation_fraction=vf, seed=seed,
                      threads=threads, memory_limit=mem, output_model=opath(out.get("model")),
                      output_plots=opath(out.get("plots")), output_report=opath(out.get("report")),
+                     output_active_set=out.get("active_set", True),
                      name=str(raw.get("name", "")), raw=raw)
 
 

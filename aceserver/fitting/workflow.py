@@ -6,6 +6,8 @@ split, E0 resolved, model built, :func:`fit_model.acefit`, model file, parity pl
     estimate(cfg, ...)       -> rows, basis size, memory of both paths, assembly time (nothing assembled)
     evaluate_errors(model, paths, keys)  -> the error table of a model on data files (``aceserver eval``)
     read_data(model, paths, keys)        -> the configurations of those files
+    active_set_from_files(model, paths)  -> the active sets of a model from data files (``aceserver activeset``)
+    fit_active_set(model, train, path)   -> the sidecar written after a fit (``output.active_set``)
     provenance(cfg)          what the model file records of its fit (data by name and sha256 only)
     portable_command(argv)   the command line without paths of the machine that fitted
     sha256_file(path)
@@ -20,8 +22,11 @@ import sys
 import time
 from pathlib import Path
 
-from . import assembly, cluster, data, error_tables, streaming
+from aceserver.io.activeset_file import sidecar_path
+
+from . import active_set_build, assembly, cluster, data, error_tables, streaming
 from . import config as fconfig
+from .active_set import ActiveSetError
 from .fit_model import acefit, jsonable
 from .plots import parity_plots
 
@@ -89,6 +94,39 @@ def read_data(model, paths, keys: data.Keys) -> list:
 def evaluate_errors(model, paths, keys: data.Keys, threads: int | None = None) -> dict:
     """:func:`error_tables.compute_errors` of ``model`` on the configurations of extended-XYZ files."""
     return error_tables.compute_errors(model, read_data(model, paths, keys), threads)
+
+
+def active_set_from_files(model, paths, **kwargs) -> active_set_build.ActiveSetBuild:
+    """`active_set_build.build_active_set` over the structures of extended-XYZ files, streamed
+    (`active_set_build.read_structures`); the sidecar records the files by name and sha256."""
+    paths = [Path(p) for p in paths]
+    return active_set_build.build_active_set(
+        model, active_set_build.read_structures(paths), data_files=[p.name for p in paths],
+        data_sha256=[sha256_file(p) for p in paths], **kwargs)
+
+
+def fit_active_set(model, train, model_path, data_paths=(), out=None) -> dict:
+    """After a fit: the active sets of the training configurations, written beside the model
+    file as `<stem>.activeset.npz`. Data that cannot give one (fewer independent atoms of an
+    element than its descriptor columns) is a warning, not an error: the model stays usable,
+    only γ is not available. Returns the report entry."""
+    out = sys.stdout if out is None else out
+    try:
+        build = active_set_build.build_active_set(
+            model, train, data_files=[Path(p).name for p in data_paths],
+            data_sha256=[sha256_file(p) for p in data_paths])
+    except ActiveSetError as err:
+        print(f"warning: no active set written (γ will not be available for this model): {err}",
+              file=out)
+        return {"error": str(err)}
+    path = sidecar_path(model_path)
+    build.save(path)
+    rows = active_set_build.summary(build)
+    print(f"active set written to {path}: " + "; ".join(
+        f"{r['element']} L {r['L']} from {r['atoms']} atoms" + (
+            f" ({r['floor_rows']} floor rows: the data span only {r['L'] - r['floor_rows']} "
+            "directions)" if r["floor_rows"] else "") for r in rows), file=out)
+    return {"file": path.name, "elements": rows}
 
 
 def run_fit(cfg, output=None, threads=None, plots=True, progress=None, out=None, prepared=None,
@@ -161,6 +199,9 @@ def run_fit(cfg, output=None, threads=None, plots=True, progress=None, out=None,
         model.save(str(output))
         print(f"model written to {output}" + (f" (sha256 {model.sha256})" if getattr(model, "sha256", None) else ""),
               file=out)
+    active_set = None
+    if output is not None and cfg.output_active_set:
+        active_set = fit_active_set(model, train, output, cfg.train, out)
     written = []
     if plots and cfg.output_plots is not None:
         sets = {"train": (train, res.predictions["train"])}
@@ -178,6 +219,7 @@ def run_fit(cfg, output=None, threads=None, plots=True, progress=None, out=None,
         "timings_s": dict(res.timings, model_build_s=t_build, total_s=time.perf_counter() - t_start),
         "assembly": res.run,
         "plots": [rel(p) for p in written],
+        "active_set": active_set,
     })
     return model, report
 

@@ -1,9 +1,12 @@
 """What the tools of this package share: where the shipped models live, the error table of a card,
-and equality of candidate specs."""
+equality of candidate specs, and the card's line on the active set."""
 from __future__ import annotations
 
 import json
 from pathlib import Path
+
+from aceserver.io import activeset_file
+from aceserver.io.activeset_file import sidecar_path
 
 MODELS = Path(__file__).resolve().parents[2] / "models"     # <repository>/models: one folder per model
 
@@ -27,3 +30,20 @@ def error_rows(errs: dict) -> list[str]:
         rows.append(f"| {ct} | {_fmt(r['E'], 1e3, 3)} | {_fmt(r['F'], 1)} | {_fmt(r['V'], 1e3, 3)} | "
                     f"{_fmt(m['E'], 1e3, 3)} | {_fmt(m['F'], 1)} | {_fmt(m['V'], 1e3, 3)} |")
     return rows
+
+
+def active_set_line(model_file: Path) -> str | None:
+    """The card's line on the model's active set (`<stem>.activeset.npz` beside it), or None."""
+    path = sidecar_path(model_file)
+    if not path.is_file():
+        return None
+    env = activeset_file.read(path)
+    parts = []
+    for el, n, m, seen in zip(env.elements, env.atom_counts, env.floor_counts, env.atoms_read):
+        parts.append(f"{el}: L {n + m} = {n} atoms chosen of {seen}" + (
+            f" + {m} floor rows (directions the data do not span)" if m else ""))
+    return (f"- active set (extrapolation grade γ): `{path.name}`, MaxVol over the training atoms "
+            f"({'; '.join(parts)}; floor {env.floor:g}); rebuild with "
+            "`python -m tools.shipped_models.active_sets "
+            + ("--data-dir DIR " if model_file.parent.name.startswith("zuo-") else "")
+            + f"{model_file.parent.name}`")

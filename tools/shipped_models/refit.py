@@ -24,7 +24,7 @@ from aceserver.fitting.config import load_config
 from aceserver.fitting.workflow import run_fit
 from aceserver.loading import load_model
 
-from .common import MODELS, error_rows
+from .common import MODELS, active_set_line, error_rows
 from .zuo_cards import write_card
 
 
@@ -39,6 +39,7 @@ def card(name: str, cfg_raw: dict, report: dict, model_file: Path, log: str) -> 
              "## Files", "",
              f"- model: `{model_file.name}` (sha256 of the file `{sha}`"
              + (f"; model identity `{report['sha256']}`" if report.get("sha256") else "") + ")",
+             *filter(None, [active_set_line(model_file)]),
              "- settings: `fit.yaml`; fit report: `report.json`; parity plots: `plots/`", "",
              "## Data", ""]
     for d in data:

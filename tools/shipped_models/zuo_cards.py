@@ -18,7 +18,7 @@ import yaml
 
 from aceserver.loading import load_model
 
-from .common import MODELS, error_rows, same
+from .common import MODELS, active_set_line, error_rows, same
 from .zuo_recipe import TARGETS, score
 
 
@@ -117,6 +117,7 @@ def write_card(el: str):
          "## Files", "",
          f"- model: `{model_file.name}` (sha256 of the file `{hashlib.sha256(model_file.read_bytes()).hexdigest()}`; "
          f"model identity `{report.get('sha256')}`)",
+         *filter(None, [active_set_line(model_file)]),
          "- settings: `fit.yaml`; fit report: `report.json`; CV results: `selection.json`"
          + ("; study: `study.json`" if (d / "study.json").exists() else "") + "; plots: `plots/`", "",
          "## Data", ""]

@@ -61,8 +61,10 @@ class ServedModel:
         }
         active = getattr(self.model, "active_set", None)
         desc["gamma_available"] = active is not None
-        desc["active_set"] = (None if active is None else
-                              {str(el): int(np.shape(a)[0]) for el, a in active.inverses.items()})
+        # a sidecar beside the model is inverted at the first γ request: its sizes are known before
+        as_sizes = getattr(active, "sizes", None) or (
+            None if active is None else {el: np.shape(a)[0] for el, a in active.inverses.items()})
+        desc["active_set"] = None if as_sizes is None else {str(el): int(n) for el, n in as_sizes.items()}
         sizes = getattr(self.model, "descriptor_sizes", None)    # a family may have no descriptors
         desc["descriptor_sizes"] = None if sizes is None else {str(el): int(n) for el, n in sizes.items()}
         if isinstance(info.get("units"), dict):
