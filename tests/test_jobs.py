@@ -203,8 +203,9 @@ def test_refusals_name_the_field(si_tiny, small_with_active_set, tmp_path):
     plain = aceserver.ace1_model(elements=["Si"], order=2, totaldegree=4, rcut=5.0)
     cases = [
         (plain, cell64(), md(10, halt={"max_energy_std": 0.1}), JobInputError, "halt.max_energy_std"),
-        (si_tiny, cell64(), md(10, halt={"max_gamma": 2.0}), JobInputError, "halt.max_gamma"),
-        (si_tiny, cell64(), md(10, record=["gamma"]), JobInputError, "record"),
+        # a model without an active set (the shipped Si-tiny carries one)
+        (plain, cell64(), md(10, halt={"max_gamma": 2.0}), JobInputError, "halt.max_gamma"),
+        (plain, cell64(), md(10, record=["gamma"]), JobInputError, "record"),
         (si_tiny, bulk("Cu", cubic=True), md(10), JobInputError, "structure.numbers[0]"),
         (si_tiny, cell64(), md(1001), JobTooLarge, "parameters.steps"),
         (si_tiny, cell64(), md(500, write_every=1), JobTooLarge, "write_every"),
