@@ -210,3 +210,18 @@ def test_site_pass_writes_the_same_rows(si_with_active_set):
         np.testing.assert_array_equal(plain.energies, with_gamma.energies)
         np.testing.assert_array_equal(plain.forces, with_gamma.forces)
         np.testing.assert_array_equal(plain.virial, with_gamma.virial)
+
+
+def test_site_pass_rows_of_two_species(tial_model, tial_cell):
+    """As above for two species (the pair columns are added in neighbour-list order by both)."""
+    from aceserver.kernels import site_pass
+    z, first, nbr, R = tial_model._neighbours(*args(tial_cell))
+    got = np.full((len(tial_cell), tial_model.descriptor_sizes["Ti"]), np.nan)
+
+    def keep(start, stop, rows):
+        got[start:stop] = rows
+
+    DT = tial_model._descriptor_tables(tial_model._fast)
+    assert DT is not None
+    site_pass.fast_blocks(first, nbr, R, z, tial_model._fast, True, 7, DT=DT, on_rows=keep)
+    np.testing.assert_array_equal(got, tial_model.descriptors(*args(tial_cell)))

@@ -12,7 +12,7 @@ import numpy as np
 from numba import njit, prange
 
 from .atomic_base import accumulate_a, forward_aa, site_features, site_scratch, sort_neighbours
-from .radial import agnesi, pair_envelope, spline_eval_all
+from .radial import agnesi, pair_envelope, spline_eval_all, spline_interval
 from .ylm import project
 
 
@@ -139,25 +139,31 @@ def _scatter_row(f, v, i, j, rv, col, g0, g1, g2):
 
 
 @njit(cache=True, nogil=True)
-def descriptor_row(J, zi, nz, AA, slot, R, zj, pr_t, pair_p, c_ptr, c_node, c_val, pair_bspl,
-                   poly, dpoly, row):
-    """One site's descriptor row (module docstring) from its product values AA (c_node indexes
-    them) and its J neighbours (pair slots slot[jj], species zj[jj]); row must be zero on entry."""
-    nB = c_ptr.shape[0] - 1
-    for b in range(nB):
+def manybody_row(AA, c_ptr, c_node, c_val, row):
+    """The many-body columns of a site's row, B_b = Σ_t c_val[t]·AA[c_node[t]] (module docstring)."""
+    for b in range(c_ptr.shape[0] - 1):
         val = 0.0
         for t in range(c_ptr[b], c_ptr[b + 1]):
             val += c_val[t] * AA[c_node[t]]
         row[b] = val
-    for jj in range(J):
-        rv = R[slot[jj]]
+
+
+@njit(cache=True, nogil=True)
+def pair_row(i, first, nbr, R, zat, nz, pr_t, pair_p, pair_bspl, nB, row):
+    """The pair columns of site i's row, row[nB + n·nz + z_j] += P_n(y_ij)·f_env(r_ij), over the
+    neighbours in list order (as the site pass's `pair_energy_grad` adds them, same bits)."""
+    zi = zat[i]
+    for p in range(first[i], first[i + 1]):
+        rv = R[p]
         r = np.sqrt(rv[0] * rv[0] + rv[1] * rv[1] + rv[2] * rv[2])
-        z = zj[jj]
+        z = zat[nbr[p]]
         y, _ = agnesi(r, pr_t, zi, z)
-        fe, _ = pair_envelope(r, pr_t[zi, z, 3], pr_t[zi, z, 5], pair_p)
-        spline_eval_all(pair_bspl, y, poly, dpoly)
-        for n in range(poly.shape[0]):
-            row[nB + n * nz + z] += poly[n] * fe
+        f, _ = pair_envelope(r, pr_t[zi, z, 3], pr_t[zi, z, 5], pair_p)
+        k, t = spline_interval(y, pair_bspl.shape[0])
+        c = pair_bspl[k]
+        col = nB + z
+        for n in range(c.shape[1]):
+            row[col + n * nz] += (((c[0, n] * t + c[1, n]) * t + c[2, n]) * t + c[3, n]) * f
 
 
 @njit(cache=True, nogil=True)
@@ -172,8 +178,6 @@ def _descriptor_range(lo, hi, atoms, first, nbr, R, zat, nz, mb_t, mb_spl, lmax,
                                                                               lmax, nz)
     row_off = np.arange(n_poly)
     row_lmax = np.full(n_poly, lmax)
-    poly = np.empty(pair_bspl.shape[2])
-    dpoly = np.empty(pair_bspl.shape[2])
     A = np.empty((nz, n_poly, nlm))
     Af = A.reshape(-1)
     AA = np.empty(nN)
@@ -187,8 +191,8 @@ def _descriptor_range(lo, hi, atoms, first, nbr, R, zat, nz, mb_t, mb_spl, lmax,
                       zj, rhat, rr, rinv, Pm, dPm, Y, dY)
         accumulate_a(zb, Pm, Y, A, row_off, row_lmax, 0)
         forward_aa(Af, parent, node_a, AA, 0, nN)
-        descriptor_row(J, zat[i], nz, AA, slot, R, zj, pr_t, pair_p, c_ptr, c_node, c_val,
-                       pair_bspl, poly, dpoly, out[k])
+        manybody_row(AA, c_ptr, c_node, c_val, out[k])
+        pair_row(i, first, nbr, R, zat, nz, pr_t, pair_p, pair_bspl, c_ptr.shape[0] - 1, out[k])
 
 
 @njit(cache=True, nogil=True)

@@ -14,7 +14,7 @@ from numba import njit, prange
 
 from .atomic_base import (accumulate_a, dot_range, forward_aa, pullback_a, reverse_aa,
                           site_features, site_scratch, sort_neighbours)
-from .basis_rows import descriptor_row
+from .basis_rows import manybody_row
 from .pace_features import embed, table_features
 from .radial import agnesi, pair_envelope, spline_eval_one, spline_interval
 from .site_tables import DescriptorTables
@@ -88,13 +88,17 @@ def seed_weights(seed, coef, zi, out, lo, hi):
 
 
 @njit(cache=True, nogil=True)
-def pair_energy_grad(i, first, nbr, R, zat, pr_t, pair_p, pair_spl, G, with_grad, E, H):
+def pair_energy_grad(i, first, nbr, R, zat, pr_t, pair_p, pair_spl, G, with_grad, E, H, row, nB,
+                     nz, pair_bspl):
     """Pair site energy Σ_j V_{z_i z_j}(r_ij) of parameter set 0 (merged splines) added to E[0, i]
     and its gradient (dV/dr r̂) to G. With committee sets (H non-empty), H[z_i, z_j, k, :] adds
     (t³, t², t, 1)·f_env of every pair on spline interval k: each set's pair energy is then one
-    contraction of its spline coefficients with H (`committee_energies`)."""
+    contraction of its spline coefficients with H (`committee_energies`). With a descriptor row
+    (non-empty), the pair columns row[nB + n·nz + z_j] add P_n(y)·f_env from the unmerged splines
+    pair_bspl on the same interval (as `basis_rows.pair_row`, in the same order)."""
     zi = zat[i]
     hist = H.shape[0] > 0
+    rows = row.shape[0] > 0
     for jj in range(first[i + 1] - first[i]):
         p = first[i] + jj
         rv = R[p]
@@ -109,6 +113,11 @@ def pair_energy_grad(i, first, nbr, R, zat, pr_t, pair_p, pair_spl, G, with_grad
             g = (ds * dy * f + s * df) / r
             for a in range(3):
                 G[p, a] += g * rv[a]
+        if rows:
+            c = pair_bspl[k]
+            col = nB + z
+            for n in range(c.shape[1]):
+                row[col + n * nz] += (((c[0, n] * t + c[1, n]) * t + c[2, n]) * t + c[3, n]) * f
         if hist:
             H[zi, z, k, 3] += f
             H[zi, z, k, 2] += t * f
@@ -133,7 +142,8 @@ def _fast_range(start, stop, first, nbr, R, zat, T, mode, with_grad, E, G, SAA, 
 
     With rows D (non-empty, ace1 only) and descriptor tables DT (`site_tables.DescriptorTables`,
     in T's DAG numbering), site i's descriptor row is written to D[i - d_base] from the same A
-    and AA (`basis_rows.descriptor_row`): γ then costs no second pass over the sites.
+    and AA (`basis_rows.manybody_row`, and the pair columns in `pair_energy_grad`): γ then costs
+    no second pass over the sites.
 
     Radial mode 0 (ace1): radials R_n(r) shared by every l, linear energy, ace1 pair term. With
     committee sets (SAA, H non-empty) the pass adds AA of every site to SAA[z_i] and the pair
@@ -168,8 +178,8 @@ def _fast_range(start, stop, first, nbr, R, zat, T, mode, with_grad, E, G, SAA, 
     seed = np.zeros(M)
     rho = np.empty(M)
     rows = mode == 0 and D.shape[0] > 0
-    poly = np.empty(DT.pair_bspl.shape[2])
-    dpoly = np.empty(DT.pair_bspl.shape[2])
+    no_row = np.zeros(0)
+    nB = DT.c_ptr.shape[0] - 1
     for i in range(start, stop):
         zi = zat[i]
         lo, hi = T.node_lo[zi], T.node_hi[zi]
@@ -192,9 +202,8 @@ def _fast_range(start, stop, first, nbr, R, zat, T, mode, with_grad, E, G, SAA, 
                                    drad, Y, dY, row)
         accumulate_a(zb, rad, Y, A, row_off, row_lmax, ls)
         forward_aa(Af, T.parent, T.node_a, AA, lo, hi)
-        if rows:
-            descriptor_row(J, zi, nz, AA, slot, R, zj, T.pr_t, T.pair_p, DT.c_ptr, DT.c_node,
-                           DT.c_val, DT.pair_bspl, poly, dpoly, D[i - d_base])
+        if rows:     # the many-body columns; pair_energy_grad adds the pair columns
+            manybody_row(AA, DT.c_ptr, DT.c_node, DT.c_val, D[i - d_base])
         llo, lhi = T.leaf_lo[zi], T.leaf_hi[zi]
         for mm in range(M if mode == 1 else 1):
             rho[mm] = dot_range(T.coef[mm, zi], AA, lo, hi)
@@ -236,7 +245,7 @@ def _fast_range(start, stop, first, nbr, R, zat, T, mode, with_grad, E, G, SAA, 
                 G[p, 2] += gr[jj] * u2 + g2
         if mode == 0:
             pair_energy_grad(i, first, nbr, R, zat, T.pr_t, T.pair_p, T.pair_spl, G, with_grad, E,
-                             H)
+                             H, D[i - d_base] if rows else no_row, nB, nz, DT.pair_bspl)
 
 
 @njit(cache=True, nogil=True)
