@@ -31,9 +31,11 @@ import time
 
 import numpy as np
 from ase.build import bulk
+from threadpoolctl import ThreadpoolController
 
 import aceserver
-from aceserver.evaluation.uncertainty import extrapolation_grade
+from aceserver.evaluation.site_potential import PARALLEL_MIN_ATOMS
+from aceserver.evaluation.uncertainty import BLAS_THREADS_MIN_FLOP, extrapolation_grade
 
 
 def structure(n: int):
@@ -59,6 +61,19 @@ def per_call(fn, reps: int) -> float:
     return (time.perf_counter() - t) / reps
 
 
+BLAS = ThreadpoolController()
+
+
+def product(D, A_inv, threads):
+    """max|D A⁻¹| under the BLAS thread rule `evaluate` uses (`uncertainty.SiteUncertainty`):
+    one thread unless the site pass is threaded and the product large."""
+    threaded = threads != 1 and D.shape[0] >= PARALLEL_MIN_ATOMS
+    if not threaded or 2.0 * D.shape[0] * D.shape[1] ** 2 < BLAS_THREADS_MIN_FLOP:
+        with BLAS.limit(limits=1, user_api="blas"):
+            return extrapolation_grade(D, A_inv)
+    return extrapolation_grade(D, A_inv)
+
+
 def bench(model, n: int, rounds: int, threads: int | None) -> dict:
     atoms = structure(n)
     args = (atoms.numbers, atoms.positions, atoms.cell.array, atoms.pbc)
@@ -68,7 +83,7 @@ def bench(model, n: int, rounds: int, threads: int | None) -> dict:
         "base": lambda: model.evaluate(*args, threads=threads),
         "gamma": lambda: model.evaluate(*args, threads=threads, gamma=True),
         "descriptors": lambda: model.descriptors(*args, threads=threads),
-        "blas": lambda: extrapolation_grade(D, A_inv),
+        "blas": lambda: product(D, A_inv, threads),
     }
     for fn in calls.values():            # compile and warm
         fn()
@@ -91,6 +106,7 @@ BIG = r'''
 import json, resource, sys, time
 import numpy as np
 from ase.build import bulk
+from threadpoolctl import ThreadpoolController
 import aceserver
 m = aceserver.load_model(sys.argv[1])
 n_target = int(sys.argv[2])

@@ -162,6 +162,8 @@ class SitePotential:
             n_chunks = 4 * numba.get_num_threads() if parallel else 1
             z, first, nbr, R = self._neighbours(numbers, positions, cell, pbc, n_chunks=n_chunks,
                                                 verlet=verlet, max_pairs=max_pairs)
+            # γ's products use BLAS threads only where the site pass uses numba's: on a busy
+            # machine threaded BLAS beside a serial call cost 10x (64 zuo-Si atoms, 2 cores)
             collect = self._uncertainty(z, gamma, energies_committee, parallel)
             row_tables = None if collect is None else self._descriptor_tables(tables)
             if row_tables is not None or (cancel is not None and not parallel):

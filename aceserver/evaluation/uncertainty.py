@@ -15,7 +15,8 @@ unchanged by any invertible change of the columns (B M (A M)⁻¹ = B A⁻¹).
 Rows are made and used one block of atoms at a time (`SiteUncertainty.add`; the ace1 site pass
 writes them from the A and AA it has anyway), so memory is O(block · L + L²) whatever the
 structure's size, and each block costs one BLAS product per species. A block's product runs on
-one BLAS thread when the evaluation is serial or the product is small (below BLAS_THREADS_MIN_FLOP):
+one BLAS thread unless the site pass ran on numba's threads and the product is large (at least
+BLAS_THREADS_MIN_FLOP):
 threaded BLAS on a few hundred rows costs more in start-up and waiting than it saves, and on a busy
 machine far more (measured 18-54 ms instead of 0.3-1 ms for 64 x 223 by 223 x 223).
 """
