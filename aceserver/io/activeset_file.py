@@ -37,13 +37,13 @@ neighbour pairs of all of them):
 """
 from __future__ import annotations
 
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import ModelFileError
+from . import npz
 
 FORMAT = "aceserver-activeset"
 VERSION = 1
@@ -97,24 +97,7 @@ def write(path, env: ActiveSetEnvironments) -> None:
 
 def read(path) -> ActiveSetEnvironments:
     path = Path(path)
-    try:
-        npz = np.load(path, allow_pickle=False)
-        if not isinstance(npz, np.lib.npyio.NpzFile):
-            raise ModelFileError(f"{path} is a single .npy array, not an active-set (.npz) file")
-        with npz:
-            arrays = {}
-            for key in npz.files:
-                try:
-                    arrays[key] = npz[key]
-                except ValueError as err:   # object arrays need pickle, which is refused
-                    raise ModelFileError(f"{path}: array {key!r} cannot be read without pickle "
-                                         f"(object array?): {err}") from None
-    except FileNotFoundError:
-        raise ModelFileError(f"active-set file {path} does not exist") from None
-    except ModelFileError:
-        raise
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
-        raise ModelFileError(f"{path} is not a readable active-set (.npz) file: {err}") from None
+    arrays = npz.read_arrays(path, "active-set")
     _validate(path, arrays)
     return ActiveSetEnvironments(
         model_sha256=str(arrays["model_sha256"]), elements=[str(e) for e in arrays["elements"]],

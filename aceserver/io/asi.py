@@ -8,12 +8,12 @@ real and finite. Problems raise `ModelFileError` naming the file and the key.
 from __future__ import annotations
 
 import re
-import zipfile
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import ModelFileError
+from . import npz
 
 _SYMBOL = re.compile(r"^[A-Z][a-z]{0,2}$")
 
@@ -34,25 +34,8 @@ def _check(path, key: str, a: np.ndarray) -> np.ndarray:
 def read(path) -> dict[str, np.ndarray]:
     """{element symbol: A⁻¹ (L, L) float64} from an `.asi` file."""
     path = Path(path)
-    try:
-        npz = np.load(path, allow_pickle=False)
-        if not isinstance(npz, np.lib.npyio.NpzFile):
-            raise ModelFileError(f"{path} is a single .npy array, not an .asi (.npz) archive")
-        with npz:
-            out = {}
-            for key in npz.files:
-                try:
-                    a = npz[key]
-                except ValueError as err:   # object arrays need pickle, which is refused
-                    raise ModelFileError(f"{path}: array {key!r} cannot be read without pickle "
-                                         f"(object array?): {err}") from None
-                out[key] = _check(path, key, a).astype(np.float64, copy=False)
-    except FileNotFoundError:
-        raise ModelFileError(f"active-set file {path} does not exist") from None
-    except ModelFileError:
-        raise
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
-        raise ModelFileError(f"{path} is not a readable .asi (.npz) file: {err}") from None
+    out = {key: _check(path, key, a).astype(np.float64, copy=False)
+           for key, a in npz.read_arrays(path, ".asi").items()}
     if not out:
         raise ModelFileError(f"{path} holds no active-set arrays")
     return out

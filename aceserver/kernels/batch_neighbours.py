@@ -7,7 +7,7 @@ is one CSR list over all atoms with neighbour indices into the packed atoms (str
 share a pair); each structure's part is, pair for pair and bit for bit, what
 ``neighbour_list(..., sort=False)`` returns for it: the same binning basis (`bases`: the numpy
 steps of `lattice.binning_basis` on all cells at once, the lattice reduction in `reduce_many`,
-`lattice._reduce_lattice` without its allocations), the same grid plan (`_grid`, the Python plan
+`lattice._reduce_into` on shared scratch), the same grid plan (`_grid`, the Python plan
 of `neighbour_list` in numba) and the same numba search kernels (`neighbour_search`). Periodic
 images of cells much smaller than the cut-off are scanned there as bin images.
 
@@ -27,6 +27,7 @@ import math
 import numpy as np
 from numba import njit
 
+from .lattice import _reduce_into
 from .neighbour_search import (_BINS_PER_CUTOFF, _MAX_BIN_IMAGES, _ONE_PASS_MAX_VISITS, _SLACK,
                                _WORK_FREE, _WORK_PER_PAIR, bin_and_count, frame, pairs_one_pass)
 
@@ -35,60 +36,8 @@ _MIN_SINE = 1e-5     # normalised volume: flatter cells too (refused below 1e-6)
 
 
 @njit(cache=True, nogil=True)
-def _row_into(T, k, vecs, v):
-    """v = row k of T @ vecs (as lattice._row, into v)."""
-    v[:] = 0.0
-    for a in range(T.shape[0]):
-        for c in range(3):
-            v[c] += T[k, a] * vecs[a, c]
-
-
-@njit(cache=True, nogil=True)
-def _reduce_into(vecs, T, va, vb, cand):
-    """`lattice._reduce_lattice(vecs)` into T (p x p), with its floating-point operations in
-    its order (same T), on scratch va, vb (3,) and cand (p,) instead of fresh arrays."""
-    p = vecs.shape[0]
-    for a in range(p):
-        for b in range(p):
-            T[a, b] = 1 if a == b else 0
-    for _ in range(100):
-        changed = False
-        for a in range(p):
-            for b in range(p):
-                if a == b:
-                    continue
-                _row_into(T, a, vecs, va)
-                _row_into(T, b, vecs, vb)
-                x = np.dot(vb, va) / np.dot(va, va)
-                if abs(x) > 0.5 + 1e-9:
-                    q = np.int64(math.floor(x + 0.5))
-                    for c in range(p):
-                        T[b, c] -= q * T[a, c]
-                    changed = True
-        if p == 3:
-            for k in range(3):
-                o1 = 1 if k == 0 else 0
-                o2 = 1 if k == 2 else 2
-                for s1 in (-1, 1):
-                    for s2 in (-1, 1):
-                        for a in range(3):
-                            cand[a] = T[k, a] + s1 * T[o1, a] + s2 * T[o2, a]
-                        va[:] = 0.0
-                        for a in range(3):
-                            for c in range(3):
-                                va[c] += cand[a] * vecs[a, c]
-                        _row_into(T, k, vecs, vb)
-                        if np.dot(va, va) < np.dot(vb, vb) * (1.0 - 1e-9):
-                            for a in range(3):
-                                T[k, a] = cand[a]
-                            changed = True
-        if not changed:
-            break
-
-
-@njit(cache=True, nogil=True)
 def reduce_many(vecs):
-    """`lattice._reduce_lattice` of every (p, 3) block of vecs (n, p, 3): T (n, p, p)."""
+    """The lattice reduction (`lattice._reduce_into`) of every (p, 3) block of vecs (n, p, 3): T (n, p, p)."""
     n, p = vecs.shape[0], vecs.shape[1]
     T = np.empty((n, p, p), dtype=np.int64)
     va = np.empty(3)

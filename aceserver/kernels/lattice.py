@@ -13,23 +13,25 @@ from aceserver.errors import ACEInputError
 
 
 @njit(cache=True, nogil=True)
-def _row(T, k, vecs):
-    """Row k of T @ vecs."""
-    v = np.zeros(3)
+def _row_into(T, k, vecs, v):
+    """v = row k of T @ vecs."""
+    v[:] = 0.0
     for a in range(T.shape[0]):
         for c in range(3):
             v[c] += T[k, a] * vecs[a, c]
-    return v
 
 
 @njit(cache=True, nogil=True)
-def _reduce_lattice(vecs):
-    """Integer unimodular T such that T @ vecs is a short, nearly orthogonal basis of the same
-    lattice. Binning a skewed cell in a reduced basis scans far fewer candidates; the pairs found
-    are the same since both bases generate the same translations. (numba only to keep the per-call
-    overhead small: this is 3x3 work.)"""
+def _reduce_into(vecs, T, va, vb, cand):
+    """Integer unimodular T (p x p, written in place) such that T @ vecs is a short, nearly
+    orthogonal basis of the same lattice, on scratch va, vb (3,) and cand (p,), so that many
+    cells can be reduced in one kernel call without allocations (`batch_neighbours`). Binning a
+    skewed cell in a reduced basis scans far fewer candidates; the pairs found are the same since
+    both bases generate the same translations."""
     p = vecs.shape[0]
-    T = np.eye(p, dtype=np.int64)
+    for a in range(p):
+        for b in range(p):
+            T[a, b] = 1 if a == b else 0
     for _ in range(100):
         changed = False
         # pairwise (Gauss) step: b -= q a shortens b whenever |b.a| > |a|^2 / 2
@@ -37,8 +39,8 @@ def _reduce_lattice(vecs):
             for b in range(p):
                 if a == b:
                     continue
-                va = _row(T, a, vecs)
-                vb = _row(T, b, vecs)
+                _row_into(T, a, vecs, va)
+                _row_into(T, b, vecs, vb)
                 x = np.dot(vb, va) / np.dot(va, va)
                 if abs(x) > 0.5 + 1e-9:
                     q = np.int64(math.floor(x + 0.5))
@@ -52,17 +54,28 @@ def _reduce_lattice(vecs):
                 o2 = 1 if k == 2 else 2
                 for s1 in (-1, 1):
                     for s2 in (-1, 1):
-                        cand = T[k] + s1 * T[o1] + s2 * T[o2]
-                        v = np.zeros(3)
+                        for a in range(3):
+                            cand[a] = T[k, a] + s1 * T[o1, a] + s2 * T[o2, a]
+                        va[:] = 0.0
                         for a in range(3):
                             for c in range(3):
-                                v[c] += cand[a] * vecs[a, c]
-                        vk = _row(T, k, vecs)
-                        if np.dot(v, v) < np.dot(vk, vk) * (1.0 - 1e-9):
-                            T[k] = cand
+                                va[c] += cand[a] * vecs[a, c]
+                        _row_into(T, k, vecs, vb)
+                        if np.dot(va, va) < np.dot(vb, vb) * (1.0 - 1e-9):
+                            for a in range(3):
+                                T[k, a] = cand[a]
                             changed = True
         if not changed:
             break
+
+
+@njit(cache=True, nogil=True)
+def _reduce_lattice(vecs):
+    """`_reduce_into` on fresh arrays: T (p x p). (numba only to keep the per-call overhead small:
+    this is 3x3 work.)"""
+    p = vecs.shape[0]
+    T = np.empty((p, p), dtype=np.int64)
+    _reduce_into(vecs, T, np.empty(3), np.empty(3), np.empty(p, dtype=np.int64))
     return T
 
 
