@@ -27,6 +27,15 @@ from aceserver.fitting import assembly, data, priors, solvers, sparse, streaming
 from aceserver.fitting import fit_model as driver          # noqa: E402
 
 EPS = np.finfo(float).eps
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_blas_thread():
+    """Many small factorisations: on a loaded machine, BLAS threads that spin-wait make them ~10x
+    slower; one thread gives the same numbers to rounding and keeps the test short."""
+    from threadpoolctl import threadpool_limits
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield
 DATA = Path(__file__).parent / "data"
 
 
