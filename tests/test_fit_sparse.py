@@ -270,3 +270,34 @@ def test_sparse_model_prunes_products_and_predicts_its_rows(si):
         E = model.evaluate(c.numbers, c.positions, c.cell, c.pbc).energy - c.natoms * SI["E0"]["Si"]
         # energy rows are E − ΣE0, unweighted; two summation orders of ≤ 100 site terms: 1e-10 relative
         assert E == pytest.approx(e_rows[k], rel=1e-10, abs=1e-9)
+
+
+# ---- aceserver fit with a sparse solver (toy pair model, as tests/test_fit_cli.py) -------------------
+
+from test_fit_cli import _args, toy_env   # noqa: E402,F401  (the fixture and the argument parser)
+
+
+@pytest.mark.parametrize("solver", [{"name": "asp", "select": {"byerror": 1.0}, "max_active": 3},
+                                    {"name": "ard", "threshold_lambda": 1e6}])
+def test_aceserver_fit_with_sparse_solver(toy_env, capsys, solver):
+    """fit.yaml's ``solver: {name: asp | ard, ...}`` runs end to end; ASP chooses on the validation
+    split; the model keeps only the solver's nonzero parameters, and its report says how many."""
+    import json
+
+    import yaml
+
+    from aceserver.commands import fit as fit_cmd
+    from fit_toy_model import ToyModel
+    cfg = yaml.safe_load((toy_env / "fit.yaml").read_text())
+    cfg["solver"] = solver
+    (toy_env / "fit.yaml").write_text(yaml.safe_dump(cfg))
+    rep = toy_env / "report.json"
+    rc = fit_cmd.run(_args(fit_cmd, [str(toy_env / "fit.yaml"), "--json-report", str(rep), "--quiet", "--no-plots"]))
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    info = json.loads(rep.read_text())["solver"]
+    assert info["solver"] == solver["name"] and f"solver {solver['name']}:" in out and "n_active" in out
+    model = ToyModel.load(toy_env / "out/toy.json")
+    assert np.count_nonzero(model.parameters) == info["n_active"] <= 4
+    if solver["name"] == "asp":
+        assert info["chosen_on"] == "validation" and info["n_active"] <= 3
