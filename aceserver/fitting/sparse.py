@@ -10,8 +10,8 @@ penalty on c̃ is Σ_k γ_k |c_k|, and ARD's starting precisions and pruning thr
 * ASP (ACEfit's ``ASP``, active-set pursuit): the homotopy of min_c̃ ½‖Ãc̃ − ỹ‖² + λ‖c̃‖₁ from
   λ = max|Ãᵀỹ| (empty model) down, one knot per event (a function enters, or leaves when its
   coefficient crosses zero), stopped at ``max_active`` active functions, ``min_lambda`` or
-  ``max_steps`` knots. The active columns R_A are kept as a QR factorisation (R_A = Q_A T_A, built by
-  classical Gram–Schmidt with reorthogonalisation), so the direction solves T_AᵀT_A d = sign never
+  ``max_steps`` knots. The active columns R_A are kept as a QR factorisation (R_A = Q_A T_A, extended by
+  classical Gram–Schmidt with reorthogonalisation, shrunk by Givens rotations), so the direction solves T_AᵀT_A d = sign never
   square the condition number. A knot is chosen by ACEfit's rules: ``final``, ``{"bysize": n}``
   (the best knot with at most n functions) or ``{"byerror": q}`` (the first knot whose error is
   within q times the smallest), the error being the validation residual when a validation system is
@@ -112,10 +112,11 @@ def lasso_homotopy(R: np.ndarray, qty: np.ndarray, max_active: int | None = None
         in_active[j] = True
         return True
 
-    def refactor():
+    def remove(pos):
+        """Drop active column ``pos`` from R_A = Q T by Givens rotations (O(r·k), not a new QR)."""
         k = len(active)
-        q, t = scipy.linalg.qr(R[:, active], mode="economic")
-        Q[:, :k], T[:k, :k] = q, t
+        q, t = scipy.linalg.qr_delete(Q[:, :k], T[:k, :k], pos, 1, which="col", check_finite=False)
+        Q[:, :k - 1], T[:k - 1, :k - 1] = q[:, :k - 1], t[:k - 1]    # k = r: scipy returns the full Q
 
     free = ~excluded
     if not free.any():
@@ -158,11 +159,11 @@ def lasso_homotopy(R: np.ndarray, qty: np.ndarray, max_active: int | None = None
             jd = active[kd]
             keep = [i for i in range(k) if i != kd]
             dropped_sign = sign[kd]
+            remove(kd)
             active[:] = [active[i] for i in keep]
             sign[:k - 1], beta[:k - 1] = sign[keep], beta[keep]
             in_active[jd] = False
             last_dropped = jd
-            refactor()
             events.append(("drop", jd))
         elif g == g_add and not full:
             if not add(j, 1.0 if g1[j] <= g2[j] else -1.0):
