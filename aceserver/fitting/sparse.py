@@ -133,7 +133,8 @@ def lasso_homotopy(R: np.ndarray, qty: np.ndarray, max_active: int | None = None
         k = len(active)
         full = k >= kmax
         Tk = T[:k, :k]
-        d = scipy.linalg.solve_triangular(Tk, scipy.linalg.solve_triangular(Tk, sign[:k], trans="T"))
+        d = scipy.linalg.solve_triangular(Tk, scipy.linalg.solve_triangular(Tk, sign[:k], trans="T", check_finite=False),
+                                          check_finite=False)
         a = R.T @ (Q[:, :k] @ (Tk @ d))     # change of the correlations per unit decrease of λ
         cand = ~(in_active | excluded)
         with np.errstate(divide="ignore", invalid="ignore"):
