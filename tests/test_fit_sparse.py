@@ -53,7 +53,7 @@ def _reduce(A, y):
 
 
 def _path_tol(A, path, scale):
-    kappa = max(np.linalg.cond(A[:, a]) for a in path.active if len(a))
+    kappa = max(np.linalg.cond(A[:, path.support(i)]) for i in range(len(path)) if path.sizes[i])
     return 10 * len(path) * kappa ** 2 * A.shape[1] * EPS * max(scale, 1.0)
 
 
@@ -134,6 +134,8 @@ def test_asp_validation_choice_and_tsvd_refit():
     R, qty, _ = _reduce(A, y)
     path = sparse.lasso_homotopy(R, qty)
     err = [np.linalg.norm(Av @ path.dense(i, 20) - yv) for i in range(len(path))]
+    part = sparse.lasso_homotopy(R, qty, store={3})                 # keeping one knot: the same numbers
+    assert set(part.stored) == {3} and np.array_equal(part.dense(3, 20), path.dense(3, 20))
     assert sol.info["chosen_on"] == "validation"
     assert sol.info["knot"] == int(np.argmin(err))
     np.testing.assert_allclose(sol.coef, path.dense(int(np.argmin(err)), 20), rtol=0, atol=1e-9)

@@ -40,33 +40,38 @@ import scipy.linalg
 
 
 class LassoPath:
-    """Knots of a lasso homotopy: λ, the active indices and their coefficients at each knot."""
+    """Knots of a lasso homotopy: λ, the number of active functions and the event at every knot; the
+    active indices and coefficients at the stored knots (``stored[i] = (indices, coefficients)``)."""
 
-    def __init__(self, lambdas, active, coefs, events):
+    def __init__(self, lambdas, sizes, events, stored):
         self.lambdas = np.asarray(lambdas, dtype=float)
-        self.active = active          # list of int arrays
-        self.coefs = coefs            # list of float arrays (same lengths)
-        self.events = events          # list of ("add" | "drop", index)
+        self.sizes = np.asarray(sizes, dtype=np.int64)
+        self.events = events          # list of ("add" | "drop" | "end", index)
+        self.stored = stored          # dict knot -> (int array, float array)
 
     def __len__(self):
         return len(self.lambdas)
 
+    def support(self, i: int) -> np.ndarray:
+        return self.stored[i][0]
+
     def dense(self, i: int, m: int) -> np.ndarray:
         c = np.zeros(m)
-        c[self.active[i]] = self.coefs[i]
+        a, v = self.stored[i]
+        c[a] = v
         return c
-
-    def sizes(self) -> np.ndarray:
-        return np.array([len(a) for a in self.active], dtype=np.int64)
 
 
 def lasso_homotopy(R: np.ndarray, qty: np.ndarray, max_active: int | None = None, min_lambda: float = 0.0,
-                   max_steps: int | None = None, dependent_rtol: float = 1e-10) -> LassoPath:
+                   max_steps: int | None = None, dependent_rtol: float = 1e-10, store=None,
+                   on_knot=None) -> LassoPath:
     """The lasso path of min_c ½‖Rc − qty‖² + λ‖c‖₁ (the same as for any (A, y) with AᵀA = RᵀR,
     Aᵀy = Rᵀqty). Knot 0 is λ_max with the first function entering (coefficient 0). A column whose
     part orthogonal to the active ones is below ``dependent_rtol`` of its norm is numerically
     dependent on them and never enters. Stops at ``max_active`` functions (default min(r, m)),
-    λ ≤ ``min_lambda``, or ``max_steps`` knots (default 8·max_active)."""
+    λ ≤ ``min_lambda``, or ``max_steps`` knots (default 8·max_active). ``store``: the knots whose
+    coefficients are kept (default all; a path of s knots holds up to s·max_active numbers, so long
+    paths keep a few and are re-run); ``on_knot(i, λ, indices, coefficients)`` sees every knot."""
     R = np.asarray(R, dtype=float)
     qty = np.asarray(qty, dtype=float)
     r, m = R.shape
@@ -85,7 +90,19 @@ def lasso_homotopy(R: np.ndarray, qty: np.ndarray, max_active: int | None = None
     in_active = np.zeros(m, dtype=bool)
     excluded = colnorm == 0.0
     c = R.T @ qty
-    lambdas, act_out, coef_out, events = [], [], [], []
+    lambdas, sizes, events, stored = [], [], [], {}
+
+    def knot(lam_):
+        k_ = len(active)
+        i = len(lambdas)
+        lambdas.append(lam_)
+        sizes.append(k_)
+        if store is None or i in store or on_knot is not None:
+            idx, val = np.array(active, dtype=np.int64), beta[:k_].copy()
+            if store is None or i in store:
+                stored[i] = (idx, val)
+            if on_knot is not None:
+                on_knot(i, lam_, idx, val)
 
     def orth(x):
         k = len(active)
@@ -124,10 +141,8 @@ def lasso_homotopy(R: np.ndarray, qty: np.ndarray, max_active: int | None = None
     j = int(np.argmax(np.where(free, np.abs(c), -1.0)))
     lam = float(abs(c[j]))
     add(j, math.copysign(1.0, c[j]))
-    lambdas.append(lam)
-    act_out.append(np.array(active, dtype=np.int64))
-    coef_out.append(beta[:1].copy())
     events.append(("add", j))
+    knot(lam)
     last_dropped, dropped_sign = -1, 0.0
     while len(lambdas) < max_steps and lam > min_lambda and active:
         k = len(active)
@@ -176,17 +191,15 @@ def lasso_homotopy(R: np.ndarray, qty: np.ndarray, max_active: int | None = None
             events.append(("end", -1))      # λ reached min_lambda, or a function would exceed max_active
         k = len(active)
         c = R.T @ (qty - Q[:, :k] @ (T[:k, :k] @ beta[:k]))   # recomputed, not updated: no drift
-        lambdas.append(lam)
-        act_out.append(np.array(active, dtype=np.int64))
-        coef_out.append(beta[:k].copy())
+        knot(lam)
         if events[-1][0] == "end":
             break
-    return LassoPath(lambdas, act_out, coef_out, events)
+    return LassoPath(lambdas, sizes, events, stored)
 
 
-def _path_sq_errors(path: LassoPath, R, qty, offset: float) -> np.ndarray:
-    """‖R c_i − qty‖² + offset at each knot (c_i sparse)."""
-    return np.array([float(np.sum((R[:, a] @ v - qty) ** 2)) + offset for a, v in zip(path.active, path.coefs)])
+def _sq_error(R, qty, offset, idx, val) -> float:
+    """‖R c − qty‖² + offset for c with coefficients ``val`` on columns ``idx``."""
+    return float(np.sum((R[:, idx] @ val - qty) ** 2)) + offset
 
 
 def _parse_select(select) -> tuple[str, float]:
@@ -227,41 +240,57 @@ def solve_asp(R, qty, resid: float = 0.0, validation=None, select="final", max_a
     (R_v, Q_vᵀỹ_v, ρ_v)``, reduced the same way (or the validation rows themselves with ρ_v = 0),
     measures the knots' errors for ``select`` (else the training residual does). ``refit(R_a, qty,
     R_va, qty_v, ρ_v) -> coefficients``: ACEfit's ``tsvd`` post-processing of ``nstore`` knots (the
-    caller passes the truncated SVD)."""
-    _parse_select(select)
+    caller passes the truncated SVD).
+
+    Two passes over the path, so that memory stays O(m·max_active): the first measures every knot's
+    error (or, with ``refit``, only the path's length), the second keeps the chosen knot (or the
+    ``nstore`` knots to refit)."""
+    kind, _ = _parse_select(select)
     R = np.asarray(R, dtype=float)
     qty = np.asarray(qty, dtype=float)
     m = R.shape[1]
-    path = lasso_homotopy(R, qty, max_active=max_active, min_lambda=min_lambda, max_steps=max_steps)
-    q = len(path)
-    if refit is not None:                         # ACEfit: nstore evenly spaced knots, each refitted
-        idx = np.unique(np.round(np.append(np.arange(0, q, max(1.0, q / int(nstore))), q - 1)).astype(int))
-        coefs = []
-        for i in idx:
-            a = path.active[i]
-            Av = yv = None
-            off = 0.0
-            if validation is not None:
-                Av, yv, off = validation[0][:, a], validation[1], validation[2]
-            coefs.append(np.asarray(refit(R[:, a], qty, Av, yv, off), dtype=float))
-        path = LassoPath(path.lambdas[idx], [path.active[i] for i in idx], coefs, [path.events[i] for i in idx])
     if validation is not None:
-        sq = _path_sq_errors(path, validation[0], validation[1], float(validation[2]))
-        on, has_err = "validation", True
+        eR, eq, eo, on = validation[0], validation[1], float(validation[2]), "validation"
     else:
-        has_err = _parse_select(select)[0] != "final"
-        sq = _path_sq_errors(path, R, qty, float(resid)) if has_err else np.zeros(len(path))
-        on = "training"
-    i = asp_select(sq, path.sizes(), select)
-    coef = path.dense(i, m)
-    sizes = path.sizes()
+        eR, eq, eo, on = R, qty, float(resid), "training"
+    has_err = validation is not None or kind != "final"
+    kw = dict(max_active=max_active, min_lambda=min_lambda, max_steps=max_steps)
+    if refit is None:
+        errs: list = []
+        first = lasso_homotopy(R, qty, store=set(), on_knot=(lambda i, lam, idx, val: errs.append(
+            _sq_error(eR, eq, eo, idx, val))) if has_err else None, **kw)
+        sq = np.array(errs) if has_err else np.zeros(len(first))
+        i = asp_select(sq, first.sizes, select)
+        path = lasso_homotopy(R, qty, store={i}, **dict(kw, max_steps=i + 1))
+        coef, lam, n_knots, sizes = path.dense(i, m), float(path.lambdas[i]), len(first), first.sizes
+        lambdas, shown = first.lambdas, np.arange(len(first))
+    else:                                         # ACEfit: nstore evenly spaced knots, each refitted
+        first = lasso_homotopy(R, qty, store=set(), **kw)
+        q = len(first)
+        idx = np.unique(np.round(np.append(np.arange(0, q, max(1.0, q / int(nstore))), q - 1)).astype(int))
+        path = lasso_homotopy(R, qty, store=set(idx.tolist()), **kw)
+        coefs = []
+        for k in idx:
+            a = path.support(k)
+            Av = yv = None
+            if validation is not None:
+                Av, yv = validation[0][:, a], validation[1]
+            coefs.append(np.asarray(refit(R[:, a], qty, Av, yv, eo if validation is not None else 0.0), dtype=float))
+        sq = np.array([_sq_error(eR, eq, eo, path.support(k), v) for k, v in zip(idx, coefs)])
+        sizes = first.sizes[idx]
+        j = asp_select(sq, sizes, select)
+        i, coef = int(idx[j]), np.zeros(m)
+        coef[path.support(i)] = coefs[j]
+        lam, n_knots, lambdas, shown = float(first.lambdas[i]), q, first.lambdas[idx], idx
     info = {"solver": "asp", "select": select if isinstance(select, str) else dict(select),
-            "n_active": int(np.count_nonzero(coef)), "n_params": int(m), "lambda": float(path.lambdas[i]),
-            "knot": int(i), "n_knots": int(len(path)), "chosen_on": on, "tsvd": refit is not None,
-            "max_active": int(sizes.max()), "residual": float(np.sqrt(sq[i])) if has_err else None}
-    show = np.unique(np.linspace(0, len(path) - 1, min(len(path), 50)).round().astype(int))
-    info["path"] = {"knot": show.tolist(), "n_active": sizes[show].tolist(), "lambda": path.lambdas[show].tolist(),
-                    "residual": np.sqrt(sq[show]).tolist() if has_err else None}   # ≤ 50 knots, for plots
+            "n_active": int(np.count_nonzero(coef)), "n_params": int(m), "lambda": lam, "knot": int(i),
+            "n_knots": int(n_knots), "chosen_on": on, "tsvd": refit is not None, "max_active": int(first.sizes.max()),
+            "residual": float(np.sqrt(_sq_error(eR, eq, eo, np.flatnonzero(coef), coef[coef != 0])))
+            if has_err or refit is not None else None}
+    pick = np.unique(np.linspace(0, len(shown) - 1, min(len(shown), 50)).round().astype(int))
+    info["path"] = {"knot": shown[pick].tolist(), "n_active": np.asarray(sizes)[pick].tolist(),
+                    "lambda": np.asarray(lambdas)[pick].tolist(),
+                    "residual": np.sqrt(np.asarray(sq)[pick]).tolist() if has_err or refit is not None else None}
     return coef, info
 
 
