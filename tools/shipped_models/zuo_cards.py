@@ -118,7 +118,8 @@ def write_card(el: str):
          f"- model: `{model_file.name}` (sha256 of the file `{hashlib.sha256(model_file.read_bytes()).hexdigest()}`; "
          f"model identity `{report.get('sha256')}`)",
          "- settings: `fit.yaml`; fit report: `report.json`; CV results: `selection.json`"
-         + ("; study: `study.json`" if (d / "study.json").exists() else "") + "; plots: `plots/`", "",
+         + ("; study: `study.json`" if (d / "study.json").exists() else "")
+         + ("; nested CV: `nested_cv.json`" if (d / "nested_cv.json").exists() else "") + "; plots: `plots/`", "",
          "## Data", ""]
     for x in meta.get("provenance", {}).get("data", []):
         L.append(f"- `{Path(x['file']).name}` sha256 `{x['sha256']}`")
@@ -231,8 +232,11 @@ def nested_section(el: str, nst: dict) -> list[str]:
          f"Paired gain of the procedure over the recipe: E {c['E']['mean_gain'] * 1e3:.3f} ± {c['E']['se'] * 1e3:.3f} "
          f"meV/atom, F {c['F']['mean_gain']:.4f} ± {c['F']['se']:.4f} eV/Å (mean ± standard error). Verdict by the "
          f"rule (gain above one standard error on both): ship the {'selected model' if c['procedure_wins'] else 'recipe'}.",
+         "Chosen per outer fold: " + "; ".join(
+             f"{f['chosen']['basis']}, {prior_name(f['chosen']['prior'])}, w_E {f['chosen']['weights']['default']['E']:g}, "
+             f"E0 {f['chosen']['E0'][el]:g}" for f in nst["outer"]) + ".",
          f"Run: `python -m tools.shipped_models.zuo_nested --data-dir DIR {el} --grid {nst['grid']}` "
-         f"({nst['timings_s']['total_s'] / 60:.0f} min on one thread of the 2-core build machine)."]
+         f"({nst['timings_s']['total_s'] / 60:.0f} min wall-clock, one thread, on the shared 2-core build machine)."]
     return L
 
 
