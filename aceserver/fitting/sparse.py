@@ -198,8 +198,12 @@ def lasso_homotopy(R: np.ndarray, qty: np.ndarray, max_active: int | None = None
 
 
 def _sq_error(R, qty, offset, idx, val) -> float:
-    """‖R c − qty‖² + offset for c with coefficients ``val`` on columns ``idx``."""
-    return float(np.sum((R[:, idx] @ val - qty) ** 2)) + offset
+    """‖R c − qty‖² + offset for c with coefficients ``val`` on columns ``idx`` (c scattered into a
+    full vector: one matrix-vector product, no copy of R's columns)."""
+    c = np.zeros(R.shape[1])
+    c[idx] = val
+    r = R @ c - qty
+    return float(r @ r) + offset
 
 
 def _parse_select(select) -> tuple[str, float]:
