@@ -235,6 +235,11 @@ def nested_section(el: str, nst: dict) -> list[str]:
          "Chosen per outer fold: " + "; ".join(
              f"{f['chosen']['basis']}, {prior_name(f['chosen']['prior'])}, w_E {f['chosen']['weights']['default']['E']:g}, "
              f"E0 {f['chosen']['E0'][el]:g}" for f in nst["outer"]) + ".",
+         *([] if "speed" not in nst else [
+             f"Speed (energy + forces + virial, {nst['speed']['structure']}, one thread, all parameters nonzero, "
+             "timed alternately in one run on the shared build machine, so the ratio is what carries over): " + "; ".join(
+                 f"{b}: {us:.1f} µs/atom ({nst['speed']['ratio_to_recipe'][b]:.2f}x the recipe's)"
+                 for b, us in nst["speed"]["us_per_atom"].items()) + "."]),
          f"Run: `python -m tools.shipped_models.zuo_nested --data-dir DIR {el} --grid {nst['grid']}` "
          f"({nst['timings_s']['total_s'] / 60:.0f} min wall-clock, one thread, on the shared 2-core build machine)."]
     return L

@@ -23,7 +23,8 @@ nested chain of bases assembled once (the largest) and factored per outer fold:
 
 Writes a JSON file (default models/zuo-<El>/nested_cv.json): per outer fold the chosen candidate and
 the outer errors of procedure and recipe, their means and spreads, the paired comparison and the
-verdict, and the timings.
+verdict, the timings, and the speed of the chosen bases against the recipe's (µs/atom, timed
+alternately in one process; ``--speed-only`` re-times an existing file).
 """
 from __future__ import annotations
 
@@ -35,12 +36,14 @@ from pathlib import Path
 
 import numpy as np
 
+import aceserver
+from aceserver.benchmarking import build_structure, time_calls
 from aceserver.fitting import data, selection
 from aceserver.fitting.fit_model import jsonable
 from aceserver.fitting.workflow import sha256_file
 
 from .common import MODELS
-from .zuo_recipe import E_WEIGHTS, K, PRIORS, SEED, SOURCE, TARGETS, basis_name, fold_score, score
+from .zuo_recipe import E_WEIGHTS, K, PRIORS, SEED, SOURCE, TARGETS, basis_name, fold_score, rcut_of, score
 from .zuo_select import Assembled, log
 
 RECIPE_BASIS = (3, [25, 21, 17])
@@ -69,6 +72,34 @@ def chooser(targets):
     """zuo_select's rule: paired one standard error on (E MAE/E target, F MAE/F target)."""
     return lambda results: selection.one_standard_error(results, lambda r: score(r, targets),
                                                         fold_score=lambda r: fold_score(r, targets))
+
+
+def speed(el: str, res: dict, rounds: int = 5, calls: int = 10) -> dict:
+    """µs/atom (energy+forces+virial, one numba thread) of the recipe's basis and of each basis the
+    procedure chose, all parameters nonzero (as a BLR fit), timed alternately on one rattled cell
+    (diamond64 for Si and Ge, else fcc108); medians over rounds, ratios to the recipe."""
+    import numba
+    numba.set_num_threads(1)
+    bases = [basis_name(*RECIPE_BASIS)] + sorted({f["chosen"]["basis"] for f in res["outer"]} - {basis_name(*RECIPE_BASIS)})
+    spec = {basis_name(o, td): (o, td) for o, td in GRIDS[res["grid"]]["chain"]}
+    rng = np.random.default_rng(0)
+    models = {}
+    for b in bases:
+        o, td = spec[b]
+        m = aceserver.ace1_model(elements=[el], order=o, totaldegree=td, rcut=rcut_of(el, RECIPE_FACTOR), E0={el: 0.0})
+        m.parameters = rng.standard_normal(m.length_basis) / m.length_basis
+        models[b] = m
+    name = "diamond64" if el in ("Si", "Ge") else "fcc108"
+    at = build_structure(name, [el])
+    times = {b: [] for b in bases}
+    for r in range(rounds):
+        for b in (bases if r % 2 == 0 else bases[::-1]):
+            m = models[b]
+            times[b].append(time_calls(lambda: m.evaluate(at.numbers, at.positions, at.cell[:], at.pbc), calls)
+                            / len(at) * 1e6)
+    med = {b: float(np.median(t)) for b, t in times.items()}
+    return {"structure": name, "rounds": rounds, "calls": calls, "us_per_atom": med,
+            "ratio_to_recipe": {b: med[b] / med[bases[0]] for b in bases}}
 
 
 def run(el: str, data_dir: Path, grid_name: str, out: Path, threads: int | None = 1):
@@ -111,6 +142,7 @@ def run(el: str, data_dir: Path, grid_name: str, out: Path, threads: int | None 
                    "paired gain (recipe MAE - procedure MAE over the same outer folds) above one standard error "
                    "of the paired gains; else ship the recipe")
     timings["total_s"] = time.perf_counter() - t_all
+    res["speed"] = speed(el, res)
     save()
     p, r = res["procedure"], res["recipe_estimate"]
     log(f"zuo-{el}: procedure E {p['mae_mean']['E'] * 1e3:.3f} ± {p['mae_std']['E'] * 1e3:.3f} meV/atom, "
@@ -128,7 +160,17 @@ def main(argv=None):
     ap.add_argument("--grid", choices=sorted(GRIDS), default="small", help="candidate grid (default small)")
     ap.add_argument("--out", default=None, help="output JSON (default models/zuo-<El>/nested_cv.json; one element)")
     ap.add_argument("--threads", type=int, default=1, help="assembly threads (default 1)")
+    ap.add_argument("--speed-only", action="store_true",
+                    help="only (re)time the recipe's and the chosen bases into an existing output file")
     args = ap.parse_args(argv)
+    if args.speed_only:
+        for el in args.elements:
+            out = Path(args.out) if args.out else MODELS / f"zuo-{el}" / "nested_cv.json"
+            res = json.loads(out.read_text())
+            res["speed"] = speed(el, res)
+            out.write_text(json.dumps(jsonable(res), indent=1))
+            log(f"zuo-{el}: {res['speed']}")
+        return
     if not args.data_dir:
         ap.error("give --data-dir DIR or set ACESERVER_DATA (the directory holding ZuoEtAl2020/)")
     if args.out and len(args.elements) > 1:
