@@ -253,6 +253,33 @@ def test_asp_fit_applies_the_prior_scaling(si):
     assert set(active_raw) != set(np.flatnonzero(fits[0][0]))
 
 
+def test_asp_validation_choice_streaming_equals_in_memory(si):
+    """With a validation set, the streaming path (validation reduced to its triangular factor) and the
+    in-memory path (validation rows) choose the same knot and the same coefficients (κ bound as above)."""
+    configs, system = si
+    ti = list(range(0, len(configs), 2)) + list(range(1, len(configs), 4))
+    train, val = [configs[i] for i in ti], configs[3::4]
+    spec = {"name": "asp", "select": {"byerror": 1.0}, "max_active": 15}
+    out = []
+    for kw in (dict(streaming=False), dict(streaming=True, threads=1)):
+        model = aceserver.ace1_model(**SI["model"], E0=dict(SI["E0"]))
+        res = driver.acefit(model, train, weights=SI["weights"], solver=spec, validation=val, compute_errors=False,
+                            progress=False, **kw)
+        out.append((model.parameters.copy(), res.solver_info))
+    (t1, i1), (t2, i2) = out
+    assert i1["chosen_on"] == i2["chosen_on"] == "validation" and i1["knot"] == i2["knot"]
+    assert i1["residual"] == pytest.approx(i2["residual"], rel=1e-8)
+    np.testing.assert_array_equal(np.flatnonzero(t1), np.flatnonzero(t2))
+    # the module doc's bound, κ of the chosen prior-scaled, weighted training columns
+    gamma = priors.make_prior(model.basis_labels, None)
+    rows = np.isin(system.config, ti)
+    w = assembly.row_weights(system, configs, SI["weights"])[rows]
+    S = np.flatnonzero(t1)
+    X = system.A[rows][:, S] * w[:, None] / gamma[None, S]
+    tol = 10 * i1["n_knots"] * np.linalg.cond(X) ** 2 * len(gamma) * EPS * np.abs(t1 * gamma).max()
+    np.testing.assert_allclose(t1 * gamma, t2 * gamma, rtol=0, atol=tol)
+
+
 def test_sparse_model_prunes_products_and_predicts_its_rows(si):
     """A sparse parameter vector keeps only the product nodes it needs (and their ancestors), and
     the pruned evaluator still predicts the fitting rows A·θ (energies, eV; basis_rows kernel)."""
