@@ -230,8 +230,10 @@ def nested_section(el: str, nst: dict) -> list[str]:
              f"({a['mae']['E'] * 1e3:.3f}, {a['mae']['F']:.4f}; {b['mae']['E'] * 1e3:.3f}, {b['mae']['F']:.4f})"
              for a, b in zip(p["folds"], r["folds"])) + ".",
          f"Paired gain of the procedure over the recipe: E {c['E']['mean_gain'] * 1e3:.3f} ± {c['E']['se'] * 1e3:.3f} "
-         f"meV/atom, F {c['F']['mean_gain']:.4f} ± {c['F']['se']:.4f} eV/Å (mean ± standard error). Verdict by the "
-         f"rule (gain above one standard error on both): ship the {'selected model' if c['procedure_wins'] else 'recipe'}.",
+         f"meV/atom, F {c['F']['mean_gain']:.5f} ± {c['F']['se']:.5f} eV/Å (mean ± standard error). Verdict by the "
+         f"rule (gain above one standard error on both): ship the {'selected model' if c['procedure_wins'] else 'recipe'}."
+         + ("" if c["procedure_wins"] else " The model on this card is still the one the full selection (with its "
+            "cutoff stage) chose; it has not been replaced by the recipe yet."),
          "Chosen per outer fold: " + "; ".join(
              f"{f['chosen']['basis']}, {prior_name(f['chosen']['prior'])}, w_E {f['chosen']['weights']['default']['E']:g}, "
              f"E0 {f['chosen']['E0'][el]:g}" for f in nst["outer"]) + ".",
