@@ -5,7 +5,8 @@ Modules, in data-flow order:
     data          reading extended XYZ, observation keys, per-config_type weights, E0
     assembly      weighted least-squares rows from ``model.basis_rows``; row groups (config_type, kind)
     priors        smoothness priors (the column scales γ)
-    solvers       QR, BLR, truncated SVD, rank-revealing QR; ``solve_from_svd`` on shared SVD factors
+    solvers       QR, BLR, truncated SVD, rank-revealing QR, ASP, ARD; ``solve_from_svd`` on shared SVD factors
+    sparse        ASP (lasso homotopy) and ARD on the triangular factor of the system
     streaming     the system reduced block by block to per-group triangular factors (fits larger
                   than memory); peak-memory measurement
     cluster       that reduction on Dask workers

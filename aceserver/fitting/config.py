@@ -24,6 +24,7 @@ Example (the upstream Si test; paths are relative to the YAML file)::
       liq: {E: 10, F: 0.66, V: 0.25}
     prior: {name: algebraic, p: 4}      # algebraic | exponential | gaussian | none
     solver: {name: blr, committee_size: 8}   # qr (lambda) | blr | tsvd (rtol) | rrqr (rtol)
+                                # | asp (select, max_active, tsvd) | ard (threshold_lambda, max_iter)
     validation_fraction: 0.0
     seed: 0
     threads: null               # default: all CPUs

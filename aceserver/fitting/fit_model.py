@@ -24,6 +24,7 @@ from . import streaming as stream
 from .data import DEFAULT_WEIGHTS, Config, normalise_weights
 
 log = logging.getLogger(__name__)
+VALIDATED = ("tsvd", "truncated_svd", "truncatedsvd", "asp")   # solvers that choose on the validation set
 
 
 def jsonable(obj):
@@ -119,7 +120,7 @@ def _solve_reduced(model, train, validation, weights, gamma, spec, seed, threads
     shape = (gf.total_rows, model.length_basis)
     del gf
     val = None
-    if validation and str(spec.get("name", "")).lower() in ("tsvd", "truncated_svd", "truncatedsvd"):
+    if validation and str(spec.get("name", "")).lower() in VALIDATED:
         val = stream.reduced_system(reduce(validation), weights, gamma)
     sol = red.solve(spec, validation=val, seed=seed)
     timings["solve_s"] = time.perf_counter() - t0
@@ -142,7 +143,7 @@ def _solve_dense(model, train, validation, weights, gamma, spec, seed, threads, 
     del system
 
     Av = yv = None
-    if validation and str(spec.get("name", "")).lower() in ("tsvd", "truncated_svd", "truncatedsvd"):
+    if validation and str(spec.get("name", "")).lower() in VALIDATED:
         if validation_system is None:
             vs = assembly.assemble(model, validation, weights, threads=threads, progress=progress,
                                    executor=executor, memory_limit=memory_limit)

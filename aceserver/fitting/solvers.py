@@ -12,6 +12,8 @@ c = c̃/γ). They are deterministic for a given seed.
 * ``tsvd``  truncated SVD: keep the k largest singular values; k minimises the residual on a
             validation set when one is given, else k = #{s_i/s_max > rtol}.
 * ``rrqr``  rank-revealing (column-pivoted) QR: columns whose |R_ii|/|R_11| ≤ rtol are dropped.
+* ``asp``   active-set pursuit (lasso homotopy) and ``ard`` (automatic relevance determination):
+            sparse solutions, on the triangular factor of the system (:mod:`.sparse`).
 
 The thin SVD is computed as QR then SVD of the small triangle R, so that U (n_obs × M) is never
 stored: only Uᵀỹ is needed.
@@ -25,6 +27,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.linalg
 import scipy.optimize
+
+from . import sparse
 
 log = logging.getLogger(__name__)
 
@@ -278,7 +282,7 @@ def solve_tsvd(A, y, A_val=None, y_val=None, rtol: float = 1e-9,
 # ---------------------------------------------------------------------------------------------
 
 
-SOLVERS = ("qr", "blr", "tsvd", "rrqr")
+SOLVERS = ("qr", "blr", "tsvd", "rrqr", "asp", "ard")
 
 
 def solve_from_svd(spec: dict | str | None, factors: SVDFactors, committee_size: int = 0, seed: int = 0,
@@ -337,9 +341,52 @@ def solve(spec: dict | str | None, A, y, A_val=None, y_val=None, seed: int = 0,
             rtol = float(spec.pop("rtol", 1e-12))
             _no_extra(name, spec)
             return solve_rrqr(A, y, rtol=rtol, overwrite_a=overwrite_a)
+        if name in ("asp", "ard"):
+            return _solve_sparse(name, spec, A, y, A_val, y_val, reduced, val_offset, overwrite_a)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"solver {name!r}: {exc}") from None
     raise ValueError(f"unknown solver {name!r}; choose one of {SOLVERS}")
+
+
+def _triangular(A, y, reduced, overwrite_a):
+    """(R, Qᵀy, least-squares residual, rows) of a system, or of an already reduced one."""
+    if reduced is not None:
+        return np.asarray(A, dtype=float), np.asarray(y, dtype=float), float(reduced[0]), int(reduced[1])
+    R, qty, S = qr_reduce(A, y, overwrite_a)
+    return R, qty[:, 0], float(S[0, 0]), int(np.shape(A)[0])
+
+
+def _solve_sparse(name, spec, A, y, A_val, y_val, reduced, val_offset, overwrite_a) -> Solution:
+    """ASP or ARD (:mod:`.sparse`) from the spec's parameters (ACEfit's names accepted: actMax,
+    itnMax)."""
+    if name == "asp":
+        select = spec.pop("select", {"byerror": 1.0})
+        max_active = spec.pop("max_active", spec.pop("actMax", None))
+        max_steps = spec.pop("max_steps", spec.pop("itnMax", None))
+        kw = dict(select=select, max_active=None if max_active is None else int(max_active),
+                  max_steps=None if max_steps is None else int(max_steps),
+                  min_lambda=float(spec.pop("min_lambda", 0.0)), nstore=int(spec.pop("nstore", 100)))
+        tsvd, rtol = bool(spec.pop("tsvd", False)), float(spec.pop("rtol", 1e-9))
+        _no_extra(name, spec)
+        R, qty, resid, _ = _triangular(A, y, reduced, overwrite_a)
+        val = None
+        if A_val is not None and y_val is not None and len(y_val):
+            val = (np.asarray(A_val, dtype=float), np.asarray(y_val, dtype=float), float(val_offset))
+            if reduced is None:     # validation rows reduced too: each knot's error costs O(m·k), not O(n_val·k)
+                Rv, qv, Sv = qr_reduce(val[0], val[1])
+                val = (Rv, qv[:, 0], float(Sv[0, 0]))
+        refit = None if not tsvd else (lambda Ra, q, Rv, qv, off: solve_tsvd(Ra, q, Rv, qv, rtol=rtol,
+                                                                           val_offset=off).coef)
+        coef, info = sparse.solve_asp(R, qty, resid, validation=val, refit=refit, **kw)
+        return Solution(coef=coef, info=info)
+    kw = {k: float(spec.pop(k)) for k in ("tol", "alpha_1", "alpha_2", "lambda_1", "lambda_2", "threshold_lambda")
+          if k in spec}
+    if "max_iter" in spec:
+        kw["max_iter"] = int(spec.pop("max_iter"))
+    _no_extra(name, spec)
+    R, qty, resid, n = _triangular(A, y, reduced, overwrite_a)
+    coef, info = sparse.solve_ard(R, qty, resid, n, **kw)
+    return Solution(coef=coef, info=info)
 
 
 def _reduced_factors(R, qty, reduced, overwrite_a) -> SVDFactors | None:

@@ -182,7 +182,7 @@ def run_fit(cfg, output=None, threads=None, plots=True, progress=None, out=None,
           f"{r['rss_before_gb']:.2f} GiB before assembly" + (" (this process; workers not counted)"
                                                             if r["path"] == "dask" else ""), file=out)
     desc = ", ".join(f"{k} = {v:.6g}" if isinstance(v, float) else f"{k} = {v}"
-                     for k, v in info.items() if k not in ("solver",))
+                     for k, v in info.items() if k != "solver" and isinstance(v, (int, float, str)))
     print(f"solver {info.get('solver')}: {desc}", file=out)
     print(error_tables.format_table(res.errors["train"], "training errors"), file=out)
     if "validation" in res.errors:

@@ -119,7 +119,8 @@ def write_card(el: str):
          f"model identity `{report.get('sha256')}`)",
          *filter(None, [active_set_line(model_file)]),
          "- settings: `fit.yaml`; fit report: `report.json`; CV results: `selection.json`"
-         + ("; study: `study.json`" if (d / "study.json").exists() else "") + "; plots: `plots/`", "",
+         + ("; study: `study.json`" if (d / "study.json").exists() else "")
+         + ("; nested CV: `nested_cv.json`" if (d / "nested_cv.json").exists() else "") + "; plots: `plots/`", "",
          "## Data", ""]
     for x in meta.get("provenance", {}).get("data", []):
         L.append(f"- `{Path(x['file']).name}` sha256 `{x['sha256']}`")
@@ -196,6 +197,8 @@ def write_card(el: str):
               "| training configurations | CV E MAE (meV/atom) | CV F MAE (eV/Å) |", "|---|---|---|"]
         L += [f"| {r['n_train_configs']:.0f} | {r['mae_mean']['E'] * 1e3:.3f} ± {r['mae_std']['E'] * 1e3:.3f} | "
               f"{r['mae_mean']['F']:.4f} ± {r['mae_std']['F']:.4f} |" for r in study["learning_curve"]]
+    if (d / "nested_cv.json").exists():
+        L += nested_section(el, json.loads((d / "nested_cv.json").read_text()))
     L += ["", "## Reproduce", "", "From the repository root, with the data placed under DIR (or $ACESERVER_DATA):",
           "", "```bash", f"aceserver fit models/zuo-{el}/fit.yaml --data-dir DIR             # this model",
           f"python -m tools.shipped_models.zuo_select --data-dir DIR {el}   # the CV numbers, the selection and the model",
@@ -208,6 +211,41 @@ def write_card(el: str):
              "written model against training energies). The CV numbers were not affected."
              if chosen["n_basis"] == max(sel["bases"].values()) else ""), ""]
     (d / "README.md").write_text("\n".join(L))
+
+
+def nested_section(el: str, nst: dict) -> list[str]:
+    """The card's section on nested cross-validation (``zuo_nested``): the procedure's and the upstream
+    recipe's outer-fold errors (mean ± sd), per fold, the paired comparison and the verdict."""
+    p, r, c = nst["procedure"], nst["recipe_estimate"], nst["comparison"]
+    row = lambda name, s: (f"| {name} | {s['mae_mean']['E'] * 1e3:.3f} ± {s['mae_std']['E'] * 1e3:.3f} | "  # noqa: E731
+                           f"{s['mae_mean']['F']:.4f} ± {s['mae_std']['F']:.4f} |")
+    L = ["", "## Nested cross-validation of the procedure", "",
+         f"Outer folds: the same {nst['outer_folds']} folds; in each, a selection over the {nst['n_candidates']}-candidate "
+         f"`{nst['grid']}` grid of `zuo_nested` (4-fold CV on the other folds, this card's rule) picks a model, "
+         "refitted on the other folds and scored on the held-out one; the upstream recipe (order 3, "
+         "totaldegree [25,21,17], rcut 2.5 bond lengths, E0 0, w_E 30, algebraic p 4, BLR) on the same folds. "
+         "This grid is smaller than the selection that chose this model (no cutoff stage).", "",
+         "| | outer E MAE (meV/atom) | outer F MAE (eV/Å) |", "|---|---|---|",
+         row("selection procedure", p), row("upstream recipe", r), "",
+         "Per outer fold (procedure; recipe), E meV/atom, F eV/Å: " + "; ".join(
+             f"({a['mae']['E'] * 1e3:.3f}, {a['mae']['F']:.4f}; {b['mae']['E'] * 1e3:.3f}, {b['mae']['F']:.4f})"
+             for a, b in zip(p["folds"], r["folds"])) + ".",
+         f"Paired gain of the procedure over the recipe: E {c['E']['mean_gain'] * 1e3:.3f} ± {c['E']['se'] * 1e3:.3f} "
+         f"meV/atom, F {c['F']['mean_gain']:.5f} ± {c['F']['se']:.5f} eV/Å (mean ± standard error). Verdict by the "
+         f"rule (gain above one standard error on both): ship the {'selected model' if c['procedure_wins'] else 'recipe'}."
+         + ("" if c["procedure_wins"] else " The model on this card is still the one the full selection (with its "
+            "cutoff stage) chose; it has not been replaced by the recipe yet."),
+         "Chosen per outer fold: " + "; ".join(
+             f"{f['chosen']['basis']}, {prior_name(f['chosen']['prior'])}, w_E {f['chosen']['weights']['default']['E']:g}, "
+             f"E0 {f['chosen']['E0'][el]:g}" for f in nst["outer"]) + ".",
+         *([] if "speed" not in nst else [
+             f"Speed (energy + forces + virial, {nst['speed']['structure']}, one thread, all parameters nonzero, "
+             "timed alternately in one run on the shared build machine, so the ratio is what carries over): " + "; ".join(
+                 f"{b}: {us:.1f} µs/atom ({nst['speed']['ratio_to_recipe'][b]:.2f}x the recipe's)"
+                 for b, us in nst["speed"]["us_per_atom"].items()) + "."]),
+         f"Run: `python -m tools.shipped_models.zuo_nested --data-dir DIR {el} --grid {nst['grid']}` "
+         f"({nst['timings_s']['total_s'] / 60:.0f} min wall-clock, one thread, on the shared 2-core build machine)."]
+    return L
 
 
 def readme_tables():

@@ -83,3 +83,65 @@ def learning_curve(factors: BlockFactors, parts: list[list[int]], train_always: 
             log(f"  learning curve {(j + 1) / S:.2f} ({r['n_train_configs']:.0f} configs): CV MAE E "
                 f"{r['mae_mean']['E'] * 1e3:.3f} meV/atom, F {r['mae_mean']['F']:.4f} eV/Å")
     return out
+
+
+def nested_cross_validate(factors: BlockFactors, blocks: list[int], train_always: list[int], candidates: list[dict],
+                          labels, sizes: dict, choose, reference: dict | None = None, log=print,
+                          on_fold=None) -> dict:
+    """Nested cross-validation of a selection PROCEDURE: outer fold o (a block) is held out; the
+    procedure runs on the other blocks alone (:func:`cross_validate` with each of them held out in
+    turn, ``choose(results) -> result`` picks a candidate), the winner is refitted on all the other
+    blocks (and ``train_always``) and scored on o. The held-out block enters neither the inner
+    fits, nor the inner scores, nor the choice. ``reference``: a fixed candidate (e.g. an upstream
+    recipe) fitted and scored on the same outer folds, for a paired comparison.
+
+    Returns {"outer": [{"fold", "chosen", "inner": inner CV means and spreads per candidate,
+    "procedure": errors, "reference": errors}],
+    "procedure": summary, "reference": summary} (summaries as :func:`scoring.summarise`: per-fold
+    errors, their mean and spread)."""
+    outer, per_proc, per_ref = [], [], []
+    for o in blocks:
+        inner = [b for b in blocks if b != o]
+        if log:
+            log(f" outer fold {o}: inner cross-validation over blocks {inner}")
+        results = cross_validate(factors, inner, train_always, candidates, labels, sizes, log=None)
+        chosen = choose(results)["candidate"]
+        combined = factors.combine(inner + list(train_always))
+        fold = {"fold": int(o), "chosen": chosen,
+                "inner": [{"mae_mean": r["mae_mean"], "mae_std": r["mae_std"]} for r in results]}
+        for what, cand, sink in (("procedure", chosen, per_proc), ("reference", reference, per_ref)):
+            if cand is None:
+                continue
+            ncols = int(sizes[cand["basis"]])
+            gamma = priors.make_prior(labels[:ncols], cand.get("prior"))
+            (theta, _, _), = factors.solve(combined, ncols, gamma, normalise_weights(cand.get("weights")),
+                                           [cand.get("E0")], cand.get("solver"))
+            fold[what] = factors.block_errors([o], theta, cand.get("E0"))
+            sink.append(fold[what])
+        outer.append(fold)
+        if on_fold:
+            on_fold(fold)
+        if log:
+            msg = f"  chosen {chosen}: outer MAE E {fold['procedure']['mae']['E'] * 1e3:.3f} meV/atom, " \
+                  f"F {fold['procedure']['mae']['F']:.4f} eV/Å"
+            if reference is not None:
+                msg += f"; reference E {fold['reference']['mae']['E'] * 1e3:.3f}, F {fold['reference']['mae']['F']:.4f}"
+            log(msg)
+    out = {"outer": outer, "procedure": summarise({"procedure": "inner selection"}, per_proc, 0)}
+    if reference is not None:
+        out["reference"] = summarise(reference, per_ref, int(sizes[reference["basis"]]))
+    return out
+
+
+def beats(procedure: dict, reference: dict, z: float = 1.0, kinds=("E", "F")) -> dict:
+    """Paired comparison over the same outer folds: per kind the mean of (reference MAE − procedure
+    MAE) and its standard error; the procedure beats the reference when that mean exceeds ``z``
+    standard errors for every kind in ``kinds`` (more than the outer folds' noise)."""
+    out, ok = {}, True
+    for k in kinds:
+        d = np.array([r["mae"][k] - p["mae"][k] for p, r in zip(procedure["folds"], reference["folds"])])
+        se = float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("inf")
+        out[k] = {"mean_gain": float(d.mean()), "se": se, "per_fold_gain": d.tolist()}
+        ok &= bool(d.mean() > z * se)
+    out["z"], out["procedure_wins"] = float(z), ok
+    return out
