@@ -15,7 +15,8 @@ from ase.build import bulk
 
 import aceserver
 from aceserver.errors import ModelFileError
-from aceserver.fitting.active_set import ActiveSetError, extrapolation_grade, maxvol
+from aceserver.evaluation.uncertainty import extrapolation_grade
+from aceserver.fitting.active_set import ActiveSetError, maxvol
 from aceserver.io import asi
 
 TOL = 1e-8

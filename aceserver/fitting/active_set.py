@@ -40,7 +40,6 @@ import numpy as np
 import scipy.linalg
 import scipy.linalg.blas
 
-from ..evaluation.uncertainty import extrapolation_grade
 
 
 class ActiveSetError(ValueError):
@@ -68,13 +67,14 @@ class ActiveSet:
     max_gamma: float = float("nan")
 
 
-def _block_source(blocks) -> Callable[[], Iterable]:
-    if callable(blocks):
-        return blocks
-    if iter(blocks) is blocks:
-        raise TypeError("maxvol reads the blocks several times: pass a sequence of arrays or a "
-                        "function returning a fresh iterable of them, not a one-shot iterator")
-    return lambda: blocks
+def rereadable(items, what: str, hint: str) -> Callable[[], Iterable]:
+    """A function returning a fresh iterable of `items` (a sequence, or already such a function):
+    `what` is read several times, so a one-shot iterator is refused (TypeError naming `hint`)."""
+    if callable(items):
+        return items
+    if iter(items) is items:
+        raise TypeError(f"{what} reads its input several times: pass {hint}, not a one-shot iterator")
+    return lambda: items
 
 
 def _checked(block, k: int, n_cols: int | None) -> np.ndarray:
@@ -159,11 +159,12 @@ def maxvol(blocks, *, tol: float = 1e-9, rcond: float = 1e-12, pool_rows: int = 
                 nearer the global optimum, at O(pool_rows × L) memory
     max_passes  `ActiveSetError` if the swaps have not converged after this many passes
     """
-    read = _block_source(blocks)
+    read = rereadable(blocks, "maxvol", "a sequence of arrays or a function returning a fresh "
+                      "iterable of them")
     A, source = _greedy_start(read, rcond, pool_rows)
     n_cols = A.shape[1]
     swaps, threshold = 0, 1.0 + tol
-    logdet, claimed = np.linalg.slogdet(A)[1], 0.0
+    logdet, claimed, pass_swap_max = np.linalg.slogdet(A)[1], 0.0, 0.0
     for passes in range(1, max_passes + 1):
         if claimed > 0.0:
             # each swap multiplied |det A| by its |g|: a pass whose swaps did not pay half of

@@ -45,7 +45,7 @@ from aceserver.active_sets import active_set_rows
 from aceserver.io import activeset_file, asi
 from aceserver.io.activeset_file import ActiveSetEnvironments
 
-from .active_set import ActiveSet, ActiveSetError, maxvol
+from .active_set import ActiveSet, ActiveSetError, maxvol, rereadable
 
 BATCH_ATOMS = 1024      # atoms per descriptor call (1024 × 1634 float64 = 13 MB)
 BLOCK_ROWS = 4096       # rows per MaxVol block (4096 × 1634 float64 = 54 MB)
@@ -114,12 +114,8 @@ def read_structures(paths, index: str = ":") -> Callable[[], Iterable]:
 
 
 def _source(structures) -> Callable[[], Iterable]:
-    if callable(structures):
-        return structures
-    if iter(structures) is structures:
-        raise TypeError("build_active_set reads the structures several times: pass a sequence or a "
-                        "function returning a fresh iterable (e.g. read_structures(paths))")
-    return lambda: structures
+    return rereadable(structures, "build_active_set", "a sequence or a function returning a fresh "
+                      "iterable (e.g. read_structures(paths))")
 
 
 class _ElementBlocks:
