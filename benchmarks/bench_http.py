@@ -30,6 +30,20 @@ from ase.build import bulk
 REPO = Path(__file__).resolve().parents[1]
 
 
+def wait_ready(url: str, proc: subprocess.Popen, seconds: float = 300) -> None:
+    """Poll /readyz until the server at url answers 200 (RuntimeError if proc exits or time runs out)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            if httpx.get(url + "/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline or proc.poll() is not None:
+            raise RuntimeError("server did not become ready")
+        time.sleep(0.1)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -124,16 +138,7 @@ def main() -> int:
         cmd += ["--workers", str(args.workers)]
     proc = subprocess.Popen(cmd, cwd=REPO, start_new_session=True)
     try:
-        deadline = time.monotonic() + 300
-        while True:
-            try:
-                if httpx.get(url + "/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline or proc.poll() is not None:
-                raise RuntimeError("server did not become ready")
-            time.sleep(0.1)
+        wait_ready(url, proc)
         calc_url = f"{url}/v1/models/si/calculate"
         for binary, name in ((True, "msgpack"), (False, "JSON")):
             ctype = "application/msgpack" if binary else "application/json"

@@ -34,7 +34,7 @@ from ase.build import bulk
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
-from bench_http import body, free_port  # noqa: E402
+from bench_http import body, free_port, wait_ready  # noqa: E402
 
 MODELS = {"Si-tiny": ("models/Si-tiny/Si-tiny.json", 14, 20.0),
           "Cu-PBE-core-rep": ("tests/data/Cu-PBE-core-rep.yace", 29, 11.8)}
@@ -155,16 +155,7 @@ def bench_http(path, cells, rounds, in_process):
            "--workers", "1"]
     proc = subprocess.Popen(cmd, cwd=REPO, start_new_session=True)
     try:
-        deadline = time.monotonic() + 300
-        while True:
-            try:
-                if httpx.get(url + "/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline or proc.poll() is not None:
-                raise RuntimeError("server did not become ready")
-            time.sleep(0.1)
+        wait_ready(url, proc)
         payload = body(cells, True)
         client = httpx.Client(timeout=600)
         headers = {"content-type": "application/msgpack", "accept": "application/msgpack"}
