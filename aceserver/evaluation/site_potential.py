@@ -16,9 +16,9 @@ import numpy as np
 
 from ..errors import ACEInputError, EvaluationCancelled, NoActiveSetError
 from ..kernels import site_pass as K
-from ..kernels.neighbours import DEFAULT_MAX_PAIRS, min_distance, neighbour_list
+from ..kernels.neighbours import DEFAULT_MAX_PAIRS, min_distance, neighbour_list, species_if_valid
 from ..kernels.scatter import scatter_forces_virial, scatter_forces_virial_parallel
-from ..structure import MIN_DISTANCE, prepare
+from ..structure import MAX_COORDINATE, MIN_DISTANCE, as_given, prepare
 from . import many, uncertainty
 from .result import Evaluation
 
@@ -37,7 +37,12 @@ class SitePotential:
 
     def _neighbours(self, numbers, positions, cell, pbc, n_chunks=1, verlet=None,
                     max_pairs=DEFAULT_MAX_PAIRS):
-        z, pos, cell, pbc = prepare(numbers, positions, cell, pbc, self._lookup, self.elements)
+        ok = False
+        if as_given(numbers, positions, cell, pbc):     # an ASE Atoms' arrays: checks in one kernel
+            ok, z = species_if_valid(numbers, positions, cell, self._lookup, MAX_COORDINATE)
+            pos, pbc = positions, pbc.copy()
+        if not ok:                                      # conversions, and the checks that name
+            z, pos, cell, pbc = prepare(numbers, positions, cell, pbc, self._lookup, self.elements)
         if verlet is None:
             first, nbr, R = neighbour_list(pos, cell, pbc, self.rcut, n_chunks=n_chunks, sort=False,
                                            max_pairs=max_pairs)
