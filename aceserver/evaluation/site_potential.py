@@ -61,13 +61,14 @@ class SitePotential:
 
     # ---- per-atom descriptors and uncertainty -----------------------------------------------
     def descriptors(self, numbers, positions, cell=None, pbc=False, *, atoms=None, threads=None,
-                    max_pairs=DEFAULT_MAX_PAIRS) -> np.ndarray:
+                    max_pairs=DEFAULT_MAX_PAIRS, neighbours=None) -> np.ndarray:
         """Per-atom descriptor rows (n, max L_el): the values each site's energy is linear in
         (ace1: B_k(i), then the pair sums; see the family's `_descriptor_rows`), row k for atom
         atoms[k] (all atoms if None); columns past L of the row's element are 0. ace1: the
         dimensionless basis values (E = Σ_i D[i]·descriptor_weights()[z_i] + ΣE0, eV); pacemaker:
         the projections ∂E_i/∂s in eV (`pacemaker.projections`). Uses numba's threads for large
-        structures unless threads=1."""
+        structures unless threads=1. neighbours: this structure's (z, first, nbr, R) as
+        `evaluation.many.neighbour_lists` gives them (the search then is not repeated)."""
         n = len(numbers) if np.ndim(numbers) == 1 else 0
         idx = np.arange(n, dtype=np.int64) if atoms is None else np.asarray(atoms, dtype=np.int64)
         if idx.ndim != 1 or (len(idx) and (idx.min() < 0 or idx.max() >= n)):
@@ -75,7 +76,8 @@ class SitePotential:
         parallel = threads != 1 and len(idx) >= PARALLEL_MIN_ATOMS and _PARALLEL_LOCK.acquire(
             blocking=False)
         try:
-            z, first, nbr, R = self._neighbours(numbers, positions, cell, pbc, max_pairs=max_pairs)
+            z, first, nbr, R = (self._neighbours(numbers, positions, cell, pbc, max_pairs=max_pairs)
+                                if neighbours is None else neighbours)
             return self._descriptor_rows(z, first, nbr, R, idx, self._row_chunks(parallel))
         finally:
             if parallel:
