@@ -11,6 +11,7 @@ import msgpack
 import numpy as np
 import pytest
 from ase import Atoms
+from ase.build import bulk
 
 from _http_support import make_model, shared_server, si_structures
 from aceclient.calculator import _pack_array, packed_batch, structure, unpack_results
@@ -50,7 +51,9 @@ def mixed():
     rng = np.random.default_rng(3)
     small = [Atoms("Si", positions=[[0, 0, 0]], cell=np.eye(3) * 2.6 + rng.normal(scale=0.1, size=(3, 3)), pbc=True)
              for _ in range(3)]
-    return si_structures() + small
+    big = bulk("Si", cubic=True).repeat(3)          # 216 atoms: evaluated on its own, not packed
+    big.rattle(0.05, seed=2)
+    return si_structures() + small + [big]
 
 
 @pytest.mark.parametrize("properties", [None, ["energy", "stress"], ["energy", "forces", "forces_committee", "virial"],
@@ -72,7 +75,7 @@ def test_packed_gives_the_structures_numbers_bit_for_bit(served, properties):
             for key in a:
                 assert np.array_equal(np.asarray(a[key], dtype=float), np.asarray(b[key], dtype=float)), (fmt, k, key)
     if properties is None or "stress" in properties:
-        assert np.isnan(got["stress"][-4]).all() and np.isnan(got["stress"][-5]).all()   # cluster, slab
+        assert np.isnan(got["stress"][-5]).all() and np.isnan(got["stress"][-6]).all()   # cluster, slab
 
 
 def test_refusals_of_sizes_and_bytes(served):
@@ -83,7 +86,7 @@ def test_refusals_of_sizes_and_bytes(served):
     def with_(**fields):
         return {"packed": {**base, **fields}}
 
-    e = error(served, with_(counts=_pack_array([len(a) for a in images[:-1]] + [2], "<i8")))
+    e = error(served, with_(counts=_pack_array([len(a) for a in images[:-1]] + [len(images[-1]) + 1], "<i8")))
     assert (e.status, e.field) == (422, "packed.counts") and f"add up to {n + 1}" in e.message
     e = error(served, with_(positions=_pack_array(np.zeros((n, 2)), "<f8")))
     assert (e.status, e.field) == (422, "packed.positions") and "(n, 3)" in e.message

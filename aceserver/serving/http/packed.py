@@ -98,10 +98,10 @@ def read_packed(packed: Any, max_atoms: int, max_structures: int) -> Packed:
     if S > max_structures:
         raise _invalid("packed.counts", f"{S} structures in one request (limit {max_structures})", 413, "too_large")
     if counts.min() < 1:
-        k = int(np.argmin(counts))
+        k = int(np.flatnonzero(counts < 1)[0])
         raise _invalid(f"structures[{k}].positions", f"{int(counts[k])} atoms; a structure has at least 1")
     if counts.max() > max_atoms:
-        k = int(np.argmax(counts))
+        k = int(np.flatnonzero(counts > max_atoms)[0])     # the first, as `structures` reports it
         raise _invalid(f"structures[{k}].positions", f"{int(counts[k])} atoms (limit {max_atoms} per structure)",
                        413, "too_large")
     numbers = _array(packed, "numbers", INTEGER_DTYPES, (None,))
@@ -113,7 +113,9 @@ def read_packed(packed: Any, max_atoms: int, max_structures: int) -> Packed:
     cells = (_array(packed, "cells", (np.dtype("<f8"),), (S, 3, 3)) if "cells" in packed
              else np.zeros((S, 3, 3)))
     pbc = _array(packed, "pbc", (np.dtype("?"),), (S, 3)) if "pbc" in packed else np.zeros((S, 3), dtype=bool)
-    batch = Packed(counts, numbers.astype(np.int64), positions, cells, pbc)
+    # own, writable copies (a few bytes per atom): the decoded arrays are read-only views of the
+    # body, which numba would compile its kernels for once more
+    batch = Packed(counts, numbers.astype(np.int64), positions.copy(), cells.copy(), pbc.copy())
     _check_values(batch)
     return batch
 
