@@ -37,7 +37,7 @@ def stored_copy(atoms):
     new._pbc = atoms._pbc.copy()
     new._celldisp = atoms._celldisp.copy()
     new.info = dict(atoms.info)
-    new._constraints = copy.deepcopy(atoms._constraints)
+    new._constraints = copy.deepcopy(atoms._constraints) if atoms._constraints else []
     new._calc = None
     return new
 

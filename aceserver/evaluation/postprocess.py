@@ -73,5 +73,5 @@ def energy_spread(members: np.ndarray) -> float:
     sum for the mean, the squared deviations, their pairwise sum, / K, the square root), so the
     same bits, without np.std's argument handling (~15 µs of a 2-atom calculator call)."""
     k = members.shape[0]
-    d = members - members.sum() / k
-    return math.sqrt((d * d).sum() / k)
+    d = members - np.add.reduce(members) / k        # ndarray.sum's reduction, without its wrapper
+    return math.sqrt(np.add.reduce(d * d) / k)
