@@ -211,3 +211,8 @@ class SitePotential:
         """One `Evaluation` per structure (ASE Atoms or (numbers, positions, cell, pbc)), small
         ones packed into one kernel pass: `aceserver.evaluation.many.evaluate_many`."""
         return many.evaluate_many(self, structures, **options)
+
+    def evaluate_packed(self, counts, numbers, positions, cells, pbc, **options) -> list[Evaluation]:
+        """`evaluate_many` of structures given as arrays: counts (S,), numbers (N,), positions
+        (N, 3) Å, cells (S, 3, 3) Å, pbc (S, 3): `aceserver.evaluation.many.evaluate_packed`."""
+        return many.evaluate_packed(self, counts, numbers, positions, cells, pbc, **options)

@@ -270,8 +270,8 @@ def evaluate_batch(model: Any, structures: list[Structure], props: set[Property]
             first_error = ex
             break
     committee = bool(props & {Property.committee, Property.forces_committee})
-    results = _evaluate_many(model, inputs, props, threads, max_pairs, cancel,
-                             lambda budget: [evaluate_structure(model, s, props, f"structures[{i}]", threads,
+    results = _evaluate_many(lambda **options: model.evaluate_many(inputs, **options), props, threads, max_pairs,
+                             cancel, lambda budget: [evaluate_structure(model, s, props, f"structures[{i}]", threads,
                                                                 budget, cancel)
                                              for i, s in enumerate(structures)])
     if first_error is not None:
@@ -290,15 +290,16 @@ def _stresses(results, inputs, props) -> list | None:
                                 np.array([i[2] for i in inputs]), np.array([i[3] for i in inputs]))
 
 
-def _evaluate_many(model: Any, inputs: list, props: set[Property], threads: int | None, max_pairs: int | None,
+def _evaluate_many(evaluate_many, props: set[Property], threads: int | None, max_pairs: int | None,
                    cancel: threading.Event | None, one_by_one) -> list:
-    """`model.evaluate_many` of (numbers, positions, cell, pbc) tuples, its errors as the reply of
-    the first failing structure; an arithmetic error it cannot tie to a structure: one_by_one(budget)."""
+    """evaluate_many(**options) (`model.evaluate_many` of the structures, or `model.evaluate_packed`),
+    its errors as the reply of the first failing structure; an arithmetic error it cannot tie to a
+    structure: one_by_one(budget)."""
     committee = bool(props & {Property.committee, Property.forces_committee})
     try:
-        return model.evaluate_many(inputs, committee=committee,
-                                   committee_forces=bool(props & {Property.forces_committee, Property.forces_std}),
-                                   threads=threads, cancel=cancel, max_pairs=max_pairs)
+        return evaluate_many(committee=committee,
+                             committee_forces=bool(props & {Property.forces_committee, Property.forces_std}),
+                             threads=threads, cancel=cancel, max_pairs=max_pairs)
     except EvaluationCancelled:
         raise Abandoned("stopped inside the batch") from None
     except BatchError as ex:
@@ -318,8 +319,8 @@ def evaluate_packed(model: Any, request: PackedRequest, batch: packed.Packed, ha
                     threads: int | None = 1,
                     max_pairs: int | None = None, cancel: threading.Event | None = None, *,
                     name: str = "this model") -> dict:
-    """The reply's `packed` map of a checked packed batch (`packed.py`): one `evaluate_many`
-    call, the numbers of the same structures sent as `structures` bit for bit, and the same error
+    """The reply's `packed` map of a checked packed batch (`packed.py`): one `model.evaluate_packed`
+    call (`evaluate_many` without a Python object per structure on the way in), the numbers of the same structures sent as `structures` bit for bit, and the same error
     document (the first failing structure's, by index)."""
     props = properties_for(request, has_committee, getattr(model, "active_set", None) is not None, name)
     per_structure = props & PER_STRUCTURE_PROPERTIES
@@ -331,13 +332,17 @@ def evaluate_packed(model: Any, request: PackedRequest, batch: packed.Packed, ha
         raise Abandoned("stopped before the first structure")
     unknown = packed.first_unknown_element(batch, _known(model), model.elements)
     stop = len(batch) if unknown is None else unknown[0]
-    inputs = [batch.structure(k) for k in range(stop)]
+    a = int(batch.offsets[stop])
 
     def one_by_one(budget):
-        return [_evaluate_arrays(model, arrays, props, f"structures[{k}]", threads, budget, cancel)
-                for k, arrays in enumerate(inputs)]
+        return [_evaluate_arrays(model, batch.structure(k), props, f"structures[{k}]", threads, budget, cancel)
+                for k in range(stop)]
 
-    results = _evaluate_many(model, inputs, props, threads, max_pairs, cancel, one_by_one)
+    def evaluate_many(**options):
+        return model.evaluate_packed(batch.counts[:stop], batch.numbers[:a], batch.positions[:a],
+                                     batch.cells[:stop], batch.pbc[:stop], **options)
+
+    results = _evaluate_many(evaluate_many, props, threads, max_pairs, cancel, one_by_one)
     if unknown is not None:
         raise unknown[1]
     if results and isinstance(results[0], tuple):     # one by one: (Evaluation, descriptors)
