@@ -161,7 +161,8 @@ class SitePotential:
         """
         if cancel is not None and cancel.is_set():
             raise EvaluationCancelled("evaluation cancelled by its caller")
-        n = len(numbers) if np.ndim(numbers) == 1 else 0
+        n = (numbers.shape[0] if numbers.ndim == 1 else 0) if type(numbers) is np.ndarray else (
+            len(numbers) if np.ndim(numbers) == 1 else 0)
         with_committee = committee and self.committee is not None
         tables = self._tables(with_committee)
         parallel = threads != 1 and n >= PARALLEL_MIN_ATOMS and _PARALLEL_LOCK.acquire(blocking=False)
@@ -171,7 +172,8 @@ class SitePotential:
                                                 verlet=verlet, max_pairs=max_pairs)
             # γ's products use BLAS threads only where the site pass uses numba's: on a busy
             # machine threaded BLAS beside a serial call cost 10x (64 zuo-Si atoms, 2 cores)
-            collect = self._uncertainty(z, gamma, energies_committee, parallel)
+            collect = (self._uncertainty(z, gamma, energies_committee, parallel)
+                       if gamma or energies_committee else None)
             row_tables = None if collect is None else self._descriptor_tables(tables)
             if row_tables is not None or (cancel is not None and not parallel):
                 out = K.fast_blocks(first, nbr, R, z, tables, forces, CANCEL_BLOCK_ATOMS,
@@ -198,7 +200,10 @@ class SitePotential:
             W = 0.5 * (W + W.T)
         else:
             F, W = np.zeros((len(z), 3)), np.zeros((3, 3))
-        result = Evaluation(energy=float(E[0].sum()), forces=F, virial=W, energies=E[0], pairs=len(nbr))
+        energies = E[0]
+        # np.add.reduce is what ndarray.sum runs (the same bits), without its Python wrapper
+        result = Evaluation(energy=float(np.add.reduce(energies)), forces=F, virial=W, energies=energies,
+                            pairs=len(nbr))
         if collect is not None:
             result.gamma, result.energies_committee = collect.gamma, collect.energies
         if with_committee:
