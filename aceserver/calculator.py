@@ -6,6 +6,11 @@ Stress, committee spreads and γ are read from the `Evaluation` (`aceserver.eval
 them for every front end); nothing is recomputed here."""
 from __future__ import annotations
 
+import copy
+
+import numpy as np
+from ase import Atoms
+from ase.cell import Cell
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 
 from .errors import NoActiveSetError
@@ -13,6 +18,28 @@ from .evaluation.site_potential import SitePotential
 from .evaluation.verlet import DEFAULT_SKIN, VerletList
 from .loading import load_model
 from .structure import same_array
+
+# what an ase.Atoms holds (ASE 3.23-3.29); `stored_copy` copies these, anything else uses Atoms.copy
+ATOMS_FIELDS = frozenset({"arrays", "_cellobj", "_pbc", "_celldisp", "info", "_constraints", "_calc"})
+_ARRAYS_COMPARED = tuple(p for p in all_changes if p not in ("cell", "pbc"))
+
+
+def stored_copy(atoms):
+    """What `atoms.copy()` gives (arrays, cell, pbc, celldisp and constraints copied, info
+    shallow-copied, no calculator), without Atoms' constructor: 5 µs instead of 20-45 µs, a
+    fifth of a 2-atom calculator call. Other classes, or an Atoms with other attributes (another
+    ASE version), get `atoms.copy()`."""
+    if type(atoms) is not Atoms or vars(atoms).keys() != ATOMS_FIELDS:
+        return atoms.copy()
+    new = Atoms.__new__(Atoms)
+    new.arrays = {name: a.copy() for name, a in atoms.arrays.items()}
+    new._cellobj = Cell(atoms._cellobj.array.copy())
+    new._pbc = atoms._pbc.copy()
+    new._celldisp = atoms._celldisp.copy()
+    new.info = dict(atoms.info)
+    new._constraints = copy.deepcopy(atoms._constraints) if atoms._constraints else []
+    new._calc = None
+    return new
 
 
 class ACECalculator(Calculator):
@@ -77,20 +104,46 @@ class ACECalculator(Calculator):
         changes = [] if same_array(old.cell.array, atoms.cell.array) else ["cell"]
         if not same_array(old.pbc, atoms.pbc):
             changes.append("pbc")
-        for prop in all_changes:
-            if prop not in ("cell", "pbc"):
-                a, b = old.arrays.get(prop), atoms.arrays.get(prop)
-                if (a is None) != (b is None) or (a is not None and not same_array(a, b)):
-                    changes.append(prop)
+        old_arrays, arrays = old.arrays, atoms.arrays
+        for prop in _ARRAYS_COMPARED:
+            a, b = old_arrays.get(prop), arrays.get(prop)
+            if a is not b and ((a is None) != (b is None) or not same_array(a, b)):
+                changes.append(prop)
         return changes
+
+    def get_property(self, name, atoms=None, allow_calculation=True):
+        """ASE's contract (`BaseCalculator.get_property`): the cached result when `check_state`
+        finds no change, else a calculation on a stored copy of the atoms; arrays are returned as
+        copies. The copy is `stored_copy` (the same content as atoms.copy(), 4-8x cheaper) and
+        `calculate` gets that copy, so it need not compare the atoms a second time."""
+        if name not in self.implemented_properties:
+            raise PropertyNotImplementedError(f"{name} property not implemented")
+        if atoms is None:
+            atoms, system_changes = self.atoms, []
+        else:
+            system_changes = self.check_state(atoms)
+            if system_changes:
+                self.atoms, self.results = None, {}
+        if name not in self.results:
+            if not allow_calculation:
+                return None
+            if self.use_cache:
+                self.atoms = stored_copy(atoms)
+                atoms = self.atoms
+            self.calculate(atoms, [name], system_changes)
+        if name not in self.results:
+            raise PropertyNotImplementedError(f"{name} not present in this calculation")
+        result = self.results[name]
+        return result.copy() if isinstance(result, np.ndarray) else result
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         # ASE's get_property has just stored a copy of these atoms (use_cache); the base class's
         # calculate would copy them again (a third of the calculator's overhead on a 64-atom
         # cell) and create a working directory this calculator never uses. Copy only when the
         # stored atoms differ (a direct call of calculate).
-        if atoms is not None and (self.atoms is None or self.check_state(atoms)):
-            self.atoms = atoms.copy()
+        if atoms is not None and atoms is not self.atoms and (self.atoms is None
+                                                              or self.check_state(atoms)):
+            self.atoms = stored_copy(atoms)
         atoms = self.atoms
         if atoms is None:
             raise ValueError("no atoms: pass them to calculate() or to a get_* method")
@@ -98,7 +151,8 @@ class ACECalculator(Calculator):
         # γ on every gamma_every-th calculation, and whenever it is asked for by name
         with_gamma = self.gamma and (self.calculations % self.gamma_every == 0
                                      or "gamma" in properties or "max_gamma" in properties)
-        res = self.model.evaluate(atoms.numbers, atoms.positions, atoms.cell[:], atoms.pbc,
+        arrays, cell, pbc = atoms.arrays, atoms.cell.array, atoms.pbc
+        res = self.model.evaluate(arrays["numbers"], arrays["positions"], cell, pbc,
                                   committee=self.committee,
                                   committee_forces=self.committee_forces,
                                   energies_committee=with_spread, gamma=with_gamma,
@@ -106,7 +160,7 @@ class ACECalculator(Calculator):
         self.calculations += 1
         self.results = {"energy": res.energy, "free_energy": res.energy, "forces": res.forces,
                         "energies": res.energies}
-        stress = res.periodic_stress(atoms.cell.array, atoms.pbc)
+        stress = res.periodic_stress(cell, pbc)
         if stress is not None:
             self.results["stress"] = stress
         elif "stress" in properties:

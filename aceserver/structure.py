@@ -25,7 +25,7 @@ def species_lookup(elements) -> np.ndarray:
     return table
 
 
-def _as_given(numbers, positions, cell, pbc) -> bool:
+def as_given(numbers, positions, cell, pbc) -> bool:
     """Arrays that need no conversion (what ASE holds): C-contiguous int64 numbers (N,), float64
     positions (N, 3) and cell (3, 3), bool pbc (3,)."""
     return (type(numbers) is np.ndarray and numbers.dtype == np.int64 and numbers.ndim == 1
@@ -38,7 +38,7 @@ def _as_given(numbers, positions, cell, pbc) -> bool:
 
 def prepare(numbers, positions, cell, pbc, lookup: np.ndarray, elements):
     """Checked, contiguous float64/int64 arrays: (species index per atom, positions, cell, pbc)."""
-    if _as_given(numbers, positions, cell, pbc):
+    if as_given(numbers, positions, cell, pbc):
         # the usual call (an ASE Atoms' arrays): the checks below without the conversions
         n = numbers.shape[0]
         if (n and not float(np.abs(positions).max()) <= MAX_COORDINATE) or \

@@ -375,3 +375,34 @@ def test_yace_potential_gets_a_sidecar_tied_to_its_file(tmp_path):
                            gamma=True).max_gamma > 5
     path.write_text(path.read_text().replace("elements:", "elements:  ", 1))   # another file
     assert "was built for the model with sha256" in load_model(path).active_set_problem
+
+
+def test_batched_neighbour_search_gives_the_per_frame_build_bit_for_bit(small, frames, monkeypatch):
+    """The descriptor rows are computed on neighbour lists searched many frames at a time
+    (`evaluation.many.neighbour_lists`, issue 25); the reference is the per-frame search, which
+    the builder falls back to when a chunk holds a bad frame (forced here): every array of the
+    result the same bits, and a chunk boundary inside the data (SEARCH_ATOMS small) changes nothing."""
+    from aceserver.errors import BatchError
+    from aceserver.fitting import active_set_build as build
+
+    model = load_model(small, active_set=False)
+    batched = build.build_active_set(model, frames)
+    monkeypatch.setattr(build, "SEARCH_ATOMS", 37)
+    chunked = build.build_active_set(model, frames)
+
+    def refuse(*args, **kwargs):
+        raise BatchError({0: aceserver.errors.ACEInputError("forced")}, [None])
+    monkeypatch.setattr(build, "neighbour_lists", refuse)
+    per_frame = build.build_active_set(model, frames)
+    for got in (batched, chunked):
+        a, b = got.elements["Si"], per_frame.elements["Si"]
+        assert np.array_equal(a.active_set.rows, b.active_set.rows)
+        assert np.array_equal(a.active_set.inverse, b.active_set.inverse)
+        assert a.active_set.log_abs_det == b.active_set.log_abs_det
+        assert np.array_equal(a.frames, b.frames) and np.array_equal(a.atoms, b.atoms)
+        assert np.array_equal(got.environments.vectors, per_frame.environments.vectors)
+    bad = [a.copy() for a in frames[:5]]
+    bad[3].positions[1] = bad[3].positions[0]             # atoms on top of each other in frame 3
+    monkeypatch.undo()
+    with pytest.raises(aceserver.errors.ACEInputError, match="on top of each other"):
+        build.build_active_set(model, bad)

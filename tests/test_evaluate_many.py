@@ -434,3 +434,68 @@ def test_without_a_budget_each_structure_has_its_own_limit(si, monkeypatch):
     assert list(info.value.errors) == [k] and isinstance(info.value.errors[k], TooManyPairsError)
     monkeypatch.setattr(many, "DEFAULT_MAX_PAIRS", max(pairs))
     assert [r.pairs for r in si.evaluate_many(structures)] == pairs     # sum(pairs) > the limit
+
+
+def packed_arrays(structures):
+    return ([len(a) for a in structures], np.concatenate([a.numbers for a in structures]),
+            np.concatenate([a.positions for a in structures]).reshape(-1, 3),
+            np.stack([a.cell.array for a in structures]), np.stack([a.pbc for a in structures]))
+
+
+@pytest.mark.parametrize("name", ["si", "tial"])
+def test_evaluate_packed_is_evaluate_many(name, request, monkeypatch):
+    """Structures given as arrays (the HTTP packed batch): evaluate_many's results bit for bit
+    (and so evaluate's), with the committee, in chunks (a small CHUNK_ATOMS), on threads; the
+    caller's arrays are left as they were."""
+    model = request.getfixturevalue(name)
+    structures = mixed(model, seed=12, count=60)
+    arrays = packed_arrays(structures)
+    copies = [np.array(a, copy=True) for a in arrays]
+    want = model.evaluate_many(structures, threads=1, committee=True, committee_forces=name == "si")
+    for chunk, threads in ((many.CHUNK_ATOMS, 1), (17, 1), (many.CHUNK_ATOMS, 2)):
+        monkeypatch.setattr(many, "CHUNK_ATOMS", chunk)
+        got = model.evaluate_packed(*arrays, threads=threads, committee=True, committee_forces=name == "si")
+        assert len(got) == len(want)
+        for g, w in zip(got, want):
+            assert_same(g, w)
+    for a, c in zip(arrays, copies):
+        assert np.array_equal(a, c)
+
+
+def test_evaluate_packed_errors_and_budget_are_evaluate_manys(si):
+    """Bad structures among good ones: the same errors by index (evaluate's messages and fields)
+    and the same results for the others; the pair budget spent in the same order."""
+    structures = mixed(si, seed=8, count=10)
+    structures.insert(2, Atoms("SiC", positions=[[0, 0, 0], [1.5, 0, 0]]))
+    structures.insert(4, Atoms("Si2", positions=[[0, 0, 0], [0, 0, 0]]))
+    structures.insert(5, Atoms("Si", positions=[[np.nan, 0, 0]]))
+    structures.insert(7, Atoms("Si", cell=[[2, 0, 0], [4, 0, 0], [0, 0, 2]], pbc=True))
+    structures.insert(8, Atoms("Si2", positions=[[0, 0, 0], [0, 0, 1e9]]))
+    infos = []
+    for call in (lambda: si.evaluate_many(structures), lambda: si.evaluate_packed(*packed_arrays(structures))):
+        with pytest.raises(BatchError) as info:
+            call()
+        infos.append(info.value)
+    want, got = infos
+    assert sorted(got.errors) == sorted(want.errors) == [2, 4, 5, 7, 8]
+    for k in want.errors:
+        assert type(got.errors[k]) is type(want.errors[k])
+        assert str(got.errors[k]) == str(want.errors[k]) and got.errors[k].field == want.errors[k].field
+    for g, w in zip(got.results, want.results):
+        assert (g is None) == (w is None)
+        if w is not None:
+            assert_same(g, w)
+    good = [a for k, a in enumerate(structures) if k not in want.errors]
+    pairs = [r.pairs for r in si.evaluate_many(good)]
+    limit = sum(pairs[:4]) + pairs[4] - 1
+    for kind in ("many", "packed"):
+        with pytest.raises(BatchError) as info:
+            if kind == "many":
+                si.evaluate_many(good, max_pairs=limit)
+            else:
+                si.evaluate_packed(*packed_arrays(good), max_pairs=limit)
+        infos.append(info.value)
+    assert sorted(infos[2].errors) == sorted(infos[3].errors) and 4 in infos[3].errors
+    counts, *rest = packed_arrays(good[:2])
+    with pytest.raises(ACEInputError, match="add up"):
+        si.evaluate_packed([counts[0], counts[1] + 1], *rest)

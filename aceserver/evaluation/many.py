@@ -14,6 +14,9 @@ Which path a structure takes (both give `SitePotential.evaluate`'s numbers bit f
 * every other structure (large ones, and every structure with a problem, so that its error is
   the one `evaluate` raises): `potential.evaluate` itself, one call each.
 
+`evaluate_packed` takes the structures already packed (counts, numbers, positions, cells, pbc:
+the HTTP packed batch) and runs the same chunks without a Python object per structure.
+
 Input checks run once over the packed arrays (finite, in range, known elements); a structure
 that fails them is re-run through `evaluate` for its error. Errors are per structure: every
 structure that can be evaluated is, and `BatchError` carries the results (None where a structure
@@ -83,6 +86,27 @@ class _Batch:
         self.cells = np.array(cells, dtype=np.float64).reshape(-1, 3, 3)
         self.pbc = np.array(pbc, dtype=np.bool_).reshape(-1, 3)
 
+    @classmethod
+    def packed(cls, lo, hi, offsets, numbers, positions, cells, pbc) -> "_Batch":
+        """Structures lo..hi-1 of a packed batch (`evaluate_packed`): the same arrays as
+        concatenating them one by one, as slices (numbers) and copies (what `checked` may zero)."""
+        self = cls.__new__(cls)
+        a0, a1 = int(offsets[lo]), int(offsets[hi])
+        self.index = range(lo, hi)
+        self.offsets = offsets[lo:hi + 1] - a0
+        self.sizes = np.diff(self.offsets)
+        self.numbers = numbers[a0:a1]
+        self.positions = positions[a0:a1].copy()
+        self.cells = cells[lo:hi].copy()
+        self.pbc = pbc[lo:hi].copy()
+        self.given = (self.numbers, positions[a0:a1], cells[lo:hi], pbc[lo:hi])   # the caller's
+        return self
+
+    def raw(self):
+        """Each structure's (numbers, positions, cell, pbc) as given (views), made when asked for
+        (the structures that `_Run.single` evaluates on their own)."""
+        return _Views(self.offsets, *self.given)
+
     def owner(self, atom_mask) -> np.ndarray:
         """Packed structures that hold any atom of the mask."""
         atoms = np.flatnonzero(atom_mask)
@@ -93,6 +117,19 @@ class _Batch:
         c = np.zeros(len(per_atom) + 1, dtype=np.int64)
         np.cumsum(per_atom, out=c[1:])
         return c[self.offsets[1:]] - c[self.offsets[:-1]]
+
+
+class _Views:
+    """raw[s] of a packed chunk: structure s's arrays, views of the caller's (which `checked`,
+    working on the batch's copies, leaves as they were)."""
+
+    def __init__(self, offsets, numbers, positions, cells, pbc):
+        self.offsets = offsets
+        self.numbers, self.positions, self.cells, self.pbc = numbers, positions, cells, pbc
+
+    def __getitem__(self, s):
+        a, b = self.offsets[s], self.offsets[s + 1]
+        return self.numbers[a:b], self.positions[a:b], self.cells[s], self.pbc[s]
 
 
 _POOL: list = []     # [ThreadPoolExecutor] shared by all calls, made on first threaded use
@@ -366,6 +403,49 @@ def _drive(run, structures, chunk_atoms, max_structures) -> None:
             atoms = 0
     if index:
         _chunk(run, index, raw, nums, poss, cells, pbcs)
+
+
+def evaluate_packed(potential, counts, numbers, positions, cells, pbc, *, forces=True, committee=False,
+                    committee_forces=False, threads=None, max_pairs=None, cancel=None) -> list[Evaluation]:
+    """`evaluate_many` of structures given packed: counts (S,) atoms of each structure, numbers
+    (N,) atomic numbers, positions (N, 3) Å, cells (S, 3, 3) Å, pbc (S, 3), N = sum(counts);
+    the same results (bit for bit), options and errors by index, without a Python object per
+    structure on the way in (the HTTP packed batch)."""
+    if cancel is not None and cancel.is_set():
+        raise EvaluationCancelled("evaluation cancelled by its caller")
+    counts = np.asarray(counts, dtype=np.int64).reshape(-1)
+    S = len(counts)
+    offsets = np.zeros(S + 1, dtype=np.int64)
+    np.cumsum(counts, out=offsets[1:])
+    try:
+        numbers = np.ascontiguousarray(numbers, dtype=np.int64).reshape(-1)
+        positions = np.ascontiguousarray(positions, dtype=np.float64).reshape(-1, 3)
+        cells = np.ascontiguousarray(cells, dtype=np.float64).reshape(S, 3, 3)
+        pbc = np.ascontiguousarray(pbc, dtype=np.bool_).reshape(S, 3)
+    except (TypeError, ValueError) as err:
+        raise ACEInputError(f"packed structures could not be read: {err}") from None
+    if (counts < 0).any() or len(numbers) != offsets[-1] or len(positions) != offsets[-1]:
+        raise ACEInputError(f"counts add up to {int(offsets[-1])} atoms, but there are {len(numbers)} numbers "
+                            f"and {len(positions)} positions", "positions")
+    run = _Run(potential, S, forces, committee, committee_forces, threads, max_pairs, cancel)
+    chunk_atoms = CHUNK_ATOMS if cancel is None else CANCEL_CHUNK_ATOMS
+    max_structures = S
+    if run.with_committee:
+        t = run.tables
+        max_structures = max(1, COMMITTEE_CHUNK_BYTES // max(8 * (t.coef[0].size + t.pair_spl[0].size), 1))
+    lo = 0
+    while lo < S:      # the chunks `_drive` makes: up to the structure that reaches chunk_atoms
+        hi = min(S, lo + max_structures,
+                 int(np.searchsorted(offsets, offsets[lo] + chunk_atoms, side="left")))
+        hi = max(hi, lo + 1)
+        if run.cancel is not None and run.cancel.is_set():
+            raise EvaluationCancelled("evaluation cancelled by its caller")
+        batch = _Batch.packed(lo, hi, offsets, numbers, positions, cells, pbc)
+        run.run_batch(batch, batch.raw())
+        lo = hi
+    if run.errors:
+        raise BatchError(run.errors, run.results)
+    return run.results
 
 
 class _Lists(_Run):

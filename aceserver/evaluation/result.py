@@ -31,14 +31,17 @@ class Evaluation:
 
     def periodic_stress(self, cell, pbc) -> np.ndarray | None:
         """The stress where it is defined (3-D periodic cell, non-zero volume), else None."""
-        return self.stress(cell) if postprocess.has_stress(cell, pbc) else None
+        return postprocess.periodic_stress(self.virial, cell, pbc)
 
     @property
     def energy_std(self) -> float | None:
         """Committee spread of the energy, eV (`postprocess.committee_spread`); None without one."""
-        if self.energy_committee is None:
+        ec = self.energy_committee
+        if ec is None:
             return None
-        return float(postprocess.committee_spread(self.energy_committee))
+        if type(ec) is np.ndarray and ec.dtype == np.float64 and ec.ndim == 1 and len(ec):
+            return postprocess.energy_spread(ec)     # the same bits, faster
+        return float(postprocess.committee_spread(ec))
 
     @property
     def max_gamma(self) -> float | None:

@@ -16,9 +16,9 @@ import numpy as np
 
 from ..errors import ACEInputError, EvaluationCancelled, NoActiveSetError
 from ..kernels import site_pass as K
-from ..kernels.neighbours import DEFAULT_MAX_PAIRS, min_distance, neighbour_list
+from ..kernels.neighbours import DEFAULT_MAX_PAIRS, min_distance, neighbour_list, species_if_valid
 from ..kernels.scatter import scatter_forces_virial, scatter_forces_virial_parallel
-from ..structure import MIN_DISTANCE, prepare
+from ..structure import MAX_COORDINATE, MIN_DISTANCE, as_given, prepare
 from . import many, uncertainty
 from .result import Evaluation
 
@@ -37,7 +37,12 @@ class SitePotential:
 
     def _neighbours(self, numbers, positions, cell, pbc, n_chunks=1, verlet=None,
                     max_pairs=DEFAULT_MAX_PAIRS):
-        z, pos, cell, pbc = prepare(numbers, positions, cell, pbc, self._lookup, self.elements)
+        ok = False
+        if as_given(numbers, positions, cell, pbc):     # an ASE Atoms' arrays: checks in one kernel
+            ok, z = species_if_valid(numbers, positions, cell, self._lookup, MAX_COORDINATE)
+            pos, pbc = positions, pbc.copy()
+        if not ok:                                      # conversions, and the checks that name
+            z, pos, cell, pbc = prepare(numbers, positions, cell, pbc, self._lookup, self.elements)
         if verlet is None:
             first, nbr, R = neighbour_list(pos, cell, pbc, self.rcut, n_chunks=n_chunks, sort=False,
                                            max_pairs=max_pairs)
@@ -56,13 +61,14 @@ class SitePotential:
 
     # ---- per-atom descriptors and uncertainty -----------------------------------------------
     def descriptors(self, numbers, positions, cell=None, pbc=False, *, atoms=None, threads=None,
-                    max_pairs=DEFAULT_MAX_PAIRS) -> np.ndarray:
+                    max_pairs=DEFAULT_MAX_PAIRS, neighbours=None) -> np.ndarray:
         """Per-atom descriptor rows (n, max L_el): the values each site's energy is linear in
         (ace1: B_k(i), then the pair sums; see the family's `_descriptor_rows`), row k for atom
         atoms[k] (all atoms if None); columns past L of the row's element are 0. ace1: the
         dimensionless basis values (E = Σ_i D[i]·descriptor_weights()[z_i] + ΣE0, eV); pacemaker:
         the projections ∂E_i/∂s in eV (`pacemaker.projections`). Uses numba's threads for large
-        structures unless threads=1."""
+        structures unless threads=1. neighbours: this structure's (z, first, nbr, R) as
+        `evaluation.many.neighbour_lists` gives them (the search then is not repeated)."""
         n = len(numbers) if np.ndim(numbers) == 1 else 0
         idx = np.arange(n, dtype=np.int64) if atoms is None else np.asarray(atoms, dtype=np.int64)
         if idx.ndim != 1 or (len(idx) and (idx.min() < 0 or idx.max() >= n)):
@@ -70,7 +76,8 @@ class SitePotential:
         parallel = threads != 1 and len(idx) >= PARALLEL_MIN_ATOMS and _PARALLEL_LOCK.acquire(
             blocking=False)
         try:
-            z, first, nbr, R = self._neighbours(numbers, positions, cell, pbc, max_pairs=max_pairs)
+            z, first, nbr, R = (self._neighbours(numbers, positions, cell, pbc, max_pairs=max_pairs)
+                                if neighbours is None else neighbours)
             return self._descriptor_rows(z, first, nbr, R, idx, self._row_chunks(parallel))
         finally:
             if parallel:
@@ -154,7 +161,8 @@ class SitePotential:
         """
         if cancel is not None and cancel.is_set():
             raise EvaluationCancelled("evaluation cancelled by its caller")
-        n = len(numbers) if np.ndim(numbers) == 1 else 0
+        n = (numbers.shape[0] if numbers.ndim == 1 else 0) if type(numbers) is np.ndarray else (
+            len(numbers) if np.ndim(numbers) == 1 else 0)
         with_committee = committee and self.committee is not None
         tables = self._tables(with_committee)
         parallel = threads != 1 and n >= PARALLEL_MIN_ATOMS and _PARALLEL_LOCK.acquire(blocking=False)
@@ -164,7 +172,8 @@ class SitePotential:
                                                 verlet=verlet, max_pairs=max_pairs)
             # γ's products use BLAS threads only where the site pass uses numba's: on a busy
             # machine threaded BLAS beside a serial call cost 10x (64 zuo-Si atoms, 2 cores)
-            collect = self._uncertainty(z, gamma, energies_committee, parallel)
+            collect = (self._uncertainty(z, gamma, energies_committee, parallel)
+                       if gamma or energies_committee else None)
             row_tables = None if collect is None else self._descriptor_tables(tables)
             if row_tables is not None or (cancel is not None and not parallel):
                 out = K.fast_blocks(first, nbr, R, z, tables, forces, CANCEL_BLOCK_ATOMS,
@@ -191,7 +200,10 @@ class SitePotential:
             W = 0.5 * (W + W.T)
         else:
             F, W = np.zeros((len(z), 3)), np.zeros((3, 3))
-        result = Evaluation(energy=float(E[0].sum()), forces=F, virial=W, energies=E[0], pairs=len(nbr))
+        energies = E[0]
+        # np.add.reduce is what ndarray.sum runs (the same bits), without its Python wrapper
+        result = Evaluation(energy=float(np.add.reduce(energies)), forces=F, virial=W, energies=energies,
+                            pairs=len(nbr))
         if collect is not None:
             result.gamma, result.energies_committee = collect.gamma, collect.energies
         if with_committee:
@@ -204,3 +216,8 @@ class SitePotential:
         """One `Evaluation` per structure (ASE Atoms or (numbers, positions, cell, pbc)), small
         ones packed into one kernel pass: `aceserver.evaluation.many.evaluate_many`."""
         return many.evaluate_many(self, structures, **options)
+
+    def evaluate_packed(self, counts, numbers, positions, cells, pbc, **options) -> list[Evaluation]:
+        """`evaluate_many` of structures given as arrays: counts (S,), numbers (N,), positions
+        (N, 3) Å, cells (S, 3, 3) Å, pbc (S, 3): `aceserver.evaluation.many.evaluate_packed`."""
+        return many.evaluate_packed(self, counts, numbers, positions, cells, pbc, **options)

@@ -1,5 +1,6 @@
 """Building a model's active sets from structures: per element, MaxVol (`active_set.maxvol`) over
-the descriptor rows (`model.descriptors`) of every atom of that element, read batch by batch.
+the descriptor rows (`model.descriptors`) of every atom of that element, read batch by batch (the
+frames' neighbour lists searched many small frames at a time, `evaluation.many.neighbour_lists`).
 
     build_active_set(model, structures, batch_atoms=..., tol=..., floor=...) -> ActiveSetBuild
 
@@ -42,6 +43,8 @@ import numpy as np
 from ase.data import atomic_numbers
 
 from aceserver.active_sets import active_set_rows
+from aceserver.errors import BatchError
+from aceserver.evaluation.many import neighbour_lists
 from aceserver.io import activeset_file, asi
 from aceserver.io.activeset_file import ActiveSetEnvironments
 
@@ -50,6 +53,7 @@ from .active_set import ActiveSet, ActiveSetError, maxvol, rereadable
 BATCH_ATOMS = 1024      # atoms per descriptor call (1024 × 1634 float64 = 13 MB)
 BLOCK_ROWS = 4096       # rows per MaxVol block (4096 × 1634 float64 = 54 MB)
 POOL_ROWS = 4096        # rows of MaxVol's greedy start
+SEARCH_ATOMS = 4096     # frames' atoms whose neighbour lists are searched in one batched call
 FLOOR = 1e-6            # floor rows: this fraction of each column's largest value (see above)
 
 
@@ -99,6 +103,35 @@ def _arrays(s):
     return s.numbers, s.positions, s.cell, s.pbc
 
 
+def _searched(model, structures, number: int):
+    """(frame, arrays, atoms of element `number`, neighbour list) of the frames that hold such atoms,
+    in order, their neighbour lists searched SEARCH_ATOMS atoms of frames at a time
+    (`evaluation.many.neighbour_lists`: the per-frame search's lists bit for bit, small frames in
+    one kernel call). A chunk with a bad frame gets None: `descriptors` then searches each frame
+    itself and raises that frame's error where it did before."""
+    chunk, atoms = [], 0
+    for frame, s in enumerate(structures):
+        arrays = _arrays(s)
+        mine = np.flatnonzero(np.asarray(arrays[0]) == number)
+        if not len(mine):
+            continue
+        chunk.append((frame, arrays, mine))
+        atoms += len(arrays[0])
+        if atoms >= SEARCH_ATOMS:
+            yield from _with_lists(model, chunk)
+            chunk, atoms = [], 0
+    yield from _with_lists(model, chunk)
+
+
+def _with_lists(model, chunk):
+    try:
+        lists = neighbour_lists(model, [arrays for _, arrays, _ in chunk], threads=1) if chunk else []
+    except BatchError:
+        lists = [None] * len(chunk)
+    for (frame, arrays, mine), found in zip(chunk, lists):
+        yield frame, arrays, mine, found
+
+
 def read_structures(paths, index: str = ":") -> Callable[[], Iterable]:
     """A function returning a fresh stream (ase.io.iread) of the structures in the files, in order:
     what `build_active_set` reads several times without holding the data in memory."""
@@ -136,12 +169,11 @@ class _ElementBlocks:
         self.reads, self.atoms_read = 0, 0
 
     def _batches(self):
-        for frame, s in enumerate(self.read()):
-            numbers, positions, cell, pbc = _arrays(s)
-            mine = np.flatnonzero(np.asarray(numbers) == self.number)
+        for frame, (numbers, positions, cell, pbc), mine, lists in _searched(self.model, self.read(),
+                                                                             self.number):
             for lo in range(0, len(mine), self.batch):
                 part = mine[lo:lo + self.batch]
-                D = self.model.descriptors(numbers, positions, cell, pbc, atoms=part)
+                D = self.model.descriptors(numbers, positions, cell, pbc, atoms=part, neighbours=lists)
                 yield D[:, :self.width], np.column_stack([np.full(len(part), frame), part])
 
     def __call__(self):

@@ -30,6 +30,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from numba import njit
 
 from aceserver.errors import ACEInputError, TooManyPairsError
 
@@ -40,8 +41,8 @@ from .neighbour_search import (_BINS_PER_CUTOFF, _MAX_BIN_IMAGES, _ONE_PASS_MAX_
                                pairs_one_pass, pairs_parallel, pairs_parallel_one_pass,
                                refresh_pairs, smallest_distance, sort_pairs, sort_pairs_parallel)
 
-__all__ = ["neighbour_list", "min_distance", "refresh_pairs", "DEFAULT_MAX_PAIRS",
-           "DEFAULT_MAX_NEIGHBOURS"]
+__all__ = ["neighbour_list", "min_distance", "refresh_pairs", "species_if_valid",
+           "DEFAULT_MAX_PAIRS", "DEFAULT_MAX_NEIGHBOURS"]
 
 # Limits that turn absurd inputs (a 0.1 Å periodic cell with rcut 6, a unit mix-up) into a clear
 # error instead of minutes of work or an out-of-memory crash. ~40 bytes per pair are allocated.
@@ -51,6 +52,28 @@ DEFAULT_MAX_NEIGHBOURS = 20_000  # per atom; dense solids at rcut ~10 Å have a 
 # with the kernels in `neighbour_search`, which `batch_neighbours` shares.
 ONE_CALL_MAX_ATOMS = 64   # smaller structures: the plan and the search in one kernel call (~8 µs
                           # instead of ~36 µs for 2 atoms), the same pairs bit for bit
+
+
+@njit(cache=True, nogil=True)
+def species_if_valid(numbers, positions, cell, lookup, max_coordinate):
+    """(True, lookup[numbers] as int64 (N,)) when every position and cell entry is within
+    ±max_coordinate (NaN is not) and every number has a species (0 <= n < len(lookup),
+    lookup[n] >= 0); else (False, an empty array), and the caller's checks name the problem.
+    One kernel call instead of six numpy reductions (~8 µs of a 2-atom evaluation)."""
+    bad = (False, np.empty(0, dtype=np.int64))
+    for v in cell.ravel():
+        if not abs(v) <= max_coordinate:
+            return bad
+    n = numbers.shape[0]
+    z = np.empty(n, dtype=np.int64)
+    for i in range(n):
+        for k in range(3):
+            if not abs(positions[i, k]) <= max_coordinate:
+                return bad
+        if numbers[i] < 0 or numbers[i] >= lookup.shape[0] or lookup[numbers[i]] < 0:
+            return bad
+        z[i] = lookup[numbers[i]]
+    return True, z
 
 
 def min_distance(R) -> float:

@@ -6,6 +6,7 @@ uvicorn server that `aceserver serve` runs.
     schema        request and response models: validation, OpenAPI document and API reference
     job_schema    the jobs API's requests (a job spec + model + structures) and job statuses
     codec         JSON and msgpack bodies (extxyz: extended XYZ requests)
+    packed        the packed (columnar) batch: its checks, errors by index and its reply
     compute       a validated request -> `model.evaluate` -> results (reads the `Evaluation`)
     error_replies `APIError` and the handlers that turn every failure into an `ErrorBody`
     registry      the served models by name, warm-up, hot reload (the catalogue: `aceserver.catalogue`)

@@ -5,6 +5,8 @@ msgpack carries every numeric array as a map ``{"dtype": "<f8", "shape": [N, 3],
 ``data`` holds the raw little-endian buffer in C order. Requests may use such maps or plain nested
 lists anywhere an array is expected; responses always use maps for arrays. dtypes accepted in
 requests: ``<f8`` (float64), ``<i8`` / ``<i4`` (integers), ``|b1`` (booleans). No pickle, no ext types.
+Array maps are read as numpy views of their bytes; a packed batch (a document with `packed`,
+`packed.py`) keeps them so, every other document gets them as lists for the schema.
 
 Limits apply while decoding, before anything is built per atom: an msgpack array larger than the
 largest per-structure field (positions, 3 × max_atoms values) is a 413 before its Python list is
@@ -65,7 +67,7 @@ class _Counter:
 
     def __init__(self, limits: tuple[int, int], max_values: int):
         self.max_lists, self.max_maps = limits
-        self.max_values, self.lists, self.maps = max_values, 0, 0
+        self.max_values, self.lists, self.maps, self.arrays = max_values, 0, 0, 0
 
     def list_hook(self, items: list) -> list:
         self.lists += 1
@@ -77,7 +79,10 @@ class _Counter:
         self.maps += 1
         if self.maps > self.max_maps:
             raise _too_many("maps", self.max_maps)
-        return _decode_array(obj, self.max_values)
+        array = _decode_array(obj)
+        if array is not obj:
+            self.arrays += 1
+        return array
 
 
 def _float(text: str) -> float:     # JSON number hooks: Python calls, where the GIL can switch
@@ -129,7 +134,8 @@ def _quality(params: list[str]) -> float:
     return 1.0
 
 
-def _decode_array(obj: dict, max_values: int) -> Any:
+def _decode_array(obj: dict) -> Any:
+    """An array map as a read-only numpy view of its bytes (no copy), other maps as they are."""
     if obj.keys() != ARRAY_KEYS:
         return obj
     dtype, shape, data = obj["dtype"], obj["shape"], obj["data"]
@@ -141,14 +147,26 @@ def _decode_array(obj: dict, max_values: int) -> Any:
     if not isinstance(data, bytes):
         raise DecodeError("array data must be msgpack bin (raw little-endian bytes)")
     dt = REQUEST_DTYPES[dtype]
-    if math.prod(shape) > max_values:
-        raise APIError(413, "too_large", f"an array of shape {shape} holds {math.prod(shape)} values, more than "
-                       f"any field of a structure within the limits may hold ({max_values})", "body")
     if len(data) != math.prod(shape) * dt.itemsize:
         raise DecodeError(f"array of shape {shape} and dtype {dtype} needs {math.prod(shape) * dt.itemsize} "
                           f"bytes, got {len(data)}")
-    # Validation works on plain Python values, so that JSON and msgpack go through the same checks.
-    return np.frombuffer(data, dtype=dt).reshape(shape).tolist()
+    return np.frombuffer(data, dtype=dt).reshape(shape)
+
+
+def _as_lists(obj: Any, max_values: int) -> Any:
+    """Array maps (numpy views) as plain lists, for the schema: validation works on Python values,
+    so that JSON and msgpack go through the same checks. An array larger than any field of a
+    structure within the limits is a 413 before its list is made."""
+    if isinstance(obj, np.ndarray):
+        if obj.size > max_values:
+            raise APIError(413, "too_large", f"an array of shape {list(obj.shape)} holds {obj.size} values, more "
+                           f"than any field of a structure within the limits may hold ({max_values})", "body")
+        return obj.tolist()
+    if isinstance(obj, dict):
+        return {k: _as_lists(v, max_values) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_as_lists(v, max_values) for v in obj]
+    return obj
 
 
 def decode(body: bytes, codec: str, max_atoms: int = 100_000, max_structures: int = 1_000) -> Any:
@@ -162,8 +180,11 @@ def decode(body: bytes, codec: str, max_atoms: int = 100_000, max_structures: in
         limits = max_containers(len(body), codec, max_structures)
         if codec == MSGPACK:
             hooks = _Counter(limits, 3 * max_atoms)
-            return msgpack.unpackb(body, raw=False, object_hook=hooks.object_hook, list_hook=hooks.list_hook,
-                                   strict_map_key=True, ext_hook=_reject_ext)
+            doc = msgpack.unpackb(body, raw=False, object_hook=hooks.object_hook, list_hook=hooks.list_hook,
+                                  strict_map_key=True, ext_hook=_reject_ext)
+            if isinstance(doc, dict) and "packed" in doc:
+                return doc                      # a packed batch keeps its arrays (`packed.py`)
+            return _as_lists(doc, hooks.max_values) if hooks.arrays else doc
         # brackets inside strings count too: the counts are never below the containers json.loads builds
         for what, count, limit in (("arrays", body.count(b"["), limits[0]), ("objects", body.count(b"{"), limits[1])):
             if count > limit:

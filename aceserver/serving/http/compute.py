@@ -28,10 +28,11 @@ from ase.data import chemical_symbols
 from aceserver.evaluation import postprocess
 from aceserver.errors import ACEInputError, BatchError, EvaluationCancelled, TooManyPairsError
 
+from . import packed
 from .error_replies import APIError
 from .registry import without_paths
-from .schema import (COMMITTEE_PROPERTIES, DEFAULT_PROPERTIES, GAMMA_PROPERTIES, CalculateRequest, Property,
-                     Structure)
+from .schema import (COMMITTEE_PROPERTIES, DEFAULT_PROPERTIES, GAMMA_PROPERTIES, CalculateRequest, PackedRequest,
+                     Property, Structure)
 
 log = logging.getLogger("aceserver.http")
 
@@ -223,6 +224,16 @@ def _reply(ev, props: set[Property], cell, pbc, committee: bool, stress: Any = _
 def evaluate_structure(model: Any, s: Structure, props: set[Property], prefix: str, threads: int | None,
                        budget: PairBudget | None = None, cancel: threading.Event | None = None) -> dict:
     numbers, positions, cell, pbc = _arrays(model, s, prefix)
+    ev, descriptors = _evaluate_arrays(model, (numbers, positions, cell, pbc), props, prefix, threads, budget,
+                                       cancel)
+    committee = bool(props & {Property.committee, Property.forces_committee})
+    return _reply(ev, props, cell, pbc, committee, descriptors=descriptors)
+
+
+def _evaluate_arrays(model: Any, arrays: tuple, props: set[Property], prefix: str, threads: int | None,
+                     budget: PairBudget | None, cancel: threading.Event | None):
+    """(Evaluation, descriptors or None) of one structure's checked arrays; errors as replies."""
+    numbers, positions, cell, pbc = arrays
     committee = bool(props & {Property.committee, Property.forces_committee})
     limit = {} if budget is None else {"max_pairs": budget.remaining}
     try:
@@ -241,7 +252,7 @@ def evaluate_structure(model: Any, s: Structure, props: set[Property], prefix: s
         raise _as_api_error(ex, prefix, budget, 0) from None
     if budget is not None:
         budget.spend(ev.pairs)
-    return _reply(ev, props, cell, pbc, committee, descriptors=descriptors)
+    return ev, descriptors
 
 
 def evaluate_batch(model: Any, structures: list[Structure], props: set[Property], threads: int | None,
@@ -259,30 +270,89 @@ def evaluate_batch(model: Any, structures: list[Structure], props: set[Property]
             first_error = ex
             break
     committee = bool(props & {Property.committee, Property.forces_committee})
+    results = _evaluate_many(lambda **options: model.evaluate_many(inputs, **options), props, threads, max_pairs,
+                             cancel, lambda budget: [evaluate_structure(model, s, props, f"structures[{i}]", threads,
+                                                                budget, cancel)
+                                             for i, s in enumerate(structures)])
+    if first_error is not None:
+        raise first_error
+    if isinstance(results[0], dict):        # the one-by-one replies
+        return results
+    stress = _stresses(results, inputs, props)
+    return [_reply(ev, props, cell, pbc, committee, None if stress is None else stress[k])
+            for k, (ev, (_, _, cell, pbc)) in enumerate(zip(results, inputs))]
+
+
+def _stresses(results, inputs, props) -> list | None:
+    if Property.stress not in props:
+        return None
+    return postprocess.stresses(np.array([ev.virial for ev in results]),
+                                np.array([i[2] for i in inputs]), np.array([i[3] for i in inputs]))
+
+
+def _evaluate_many(evaluate_many, props: set[Property], threads: int | None, max_pairs: int | None,
+                   cancel: threading.Event | None, one_by_one) -> list:
+    """evaluate_many(**options) (`model.evaluate_many` of the structures, or `model.evaluate_packed`),
+    its errors as the reply of the first failing structure; an arithmetic error it cannot tie to a
+    structure: one_by_one(budget)."""
+    committee = bool(props & {Property.committee, Property.forces_committee})
     try:
-        results = model.evaluate_many(inputs, committee=committee,
-                                      committee_forces=bool(props & {Property.forces_committee,
-                                                                     Property.forces_std}),
-                                      threads=threads, cancel=cancel, max_pairs=max_pairs)
+        return evaluate_many(committee=committee,
+                             committee_forces=bool(props & {Property.forces_committee, Property.forces_std}),
+                             threads=threads, cancel=cancel, max_pairs=max_pairs)
     except EvaluationCancelled:
         raise Abandoned("stopped inside the batch") from None
     except BatchError as ex:
         k = min(ex.errors)
         used = sum(r.pairs for r in ex.results[:k])
-        raise _as_api_error(ex.errors[k], f"structures[{k}]", PairBudget(max_pairs), used) from None
+        budget = None if max_pairs is None else PairBudget(max_pairs)
+        error = ex.errors[k]
+        if isinstance(error, TooManyPairsError) and budget is None:     # the evaluator's own limit
+            raise _too_large(f"structures[{k}]", str(error)) from None
+        raise _as_api_error(error, f"structures[{k}]", budget, used) from None
     except (OverflowError, ZeroDivisionError, FloatingPointError):
         # not tied to a structure by the evaluator: one by one, to name it
-        budget = PairBudget(max_pairs)
-        return [evaluate_structure(model, s, props, f"structures[{i}]", threads, budget, cancel)
-                for i, s in enumerate(structures)]
-    if first_error is not None:
-        raise first_error
+        return one_by_one(None if max_pairs is None else PairBudget(max_pairs))
+
+
+def evaluate_packed(model: Any, request: PackedRequest, batch: packed.Packed, has_committee: bool,
+                    threads: int | None = 1,
+                    max_pairs: int | None = None, cancel: threading.Event | None = None, *,
+                    name: str = "this model") -> dict:
+    """The reply's `packed` map of a checked packed batch (`packed.py`): one `model.evaluate_packed`
+    call (`evaluate_many` without a Python object per structure on the way in), the numbers of the same structures sent as `structures` bit for bit, and the same error
+    document (the first failing structure's, by index)."""
+    props = properties_for(request, has_committee, getattr(model, "active_set", None) is not None, name)
+    per_structure = props & PER_STRUCTURE_PROPERTIES
+    if per_structure:
+        asked = ", ".join(sorted(f"`{p.value}`" for p in per_structure))
+        raise APIError(422, "invalid_input", f"properties: {asked} are not given for packed batches; send "
+                       "`structures` for them", "properties")
+    if cancel is not None and cancel.is_set():
+        raise Abandoned("stopped before the first structure")
+    unknown = packed.first_unknown_element(batch, _known(model), model.elements)
+    stop = len(batch) if unknown is None else unknown[0]
+    a = int(batch.offsets[stop])
+
+    def one_by_one(budget):
+        return [_evaluate_arrays(model, batch.structure(k), props, f"structures[{k}]", threads, budget, cancel)
+                for k in range(stop)]
+
+    def evaluate_many(**options):
+        return model.evaluate_packed(batch.counts[:stop], batch.numbers[:a], batch.positions[:a],
+                                     batch.cells[:stop], batch.pbc[:stop], **options)
+
+    results = _evaluate_many(evaluate_many, props, threads, max_pairs, cancel, one_by_one)
+    if unknown is not None:
+        raise unknown[1]
+    if results and isinstance(results[0], tuple):     # one by one: (Evaluation, descriptors)
+        results = [ev for ev, _ in results]
+    committee = bool(props & {Property.committee, Property.forces_committee})
     stress = None
     if Property.stress in props:
-        stress = postprocess.stresses(np.array([ev.virial for ev in results]),
-                                      np.array([i[2] for i in inputs]), np.array([i[3] for i in inputs]))
-    return [_reply(ev, props, cell, pbc, committee, None if stress is None else stress[k])
-            for k, (ev, (_, _, cell, pbc)) in enumerate(zip(results, inputs))]
+        stress = postprocess.stresses(np.array([ev.virial for ev in results]), batch.cells, batch.pbc)
+    return packed.packed_reply(batch, results, stress, props, committee,
+                               bool(props & {Property.forces_committee, Property.forces_std}))
 
 
 # outputs `evaluate_many` does not make: requests asking for them go structure by structure

@@ -155,6 +155,20 @@ class CalculateRequest(BaseModel):
         return [self.structure] if self.structure is not None else self.structures
 
 
+class PackedRequest(BaseModel):
+    """Body of a packed batch (msgpack only): `packed`, the batch as a few arrays, checked by
+    `packed.read_packed` (fields, dtypes, shapes and units in `serving/http/packed.py` and
+    docs/serving.md), and the optional `properties`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    packed: dict[str, Any] = Field(..., description="counts (S,), numbers (N,), positions (N, 3) Å, cells "
+                                   "(S, 3, 3) Å, pbc (S, 3): msgpack array maps.")
+    properties: list[Property] | None = Field(
+        None, fail_fast=True, description="As for `structures`; gamma, max_gamma, energies_std and descriptors "
+        "are not given for packed batches.")
+
+
 class Result(BaseModel):
     """Results for one structure; properties that were not asked for are omitted."""
 

@@ -18,12 +18,13 @@ from pydantic import ValidationError
 
 from .. import codec
 from .. import dependencies as deps
-from ..compute import check_document, check_limits, evaluate_request
+from .. import packed
+from ..compute import check_document, check_limits, evaluate_packed, evaluate_request
 from ..error_replies import APIError, DecodeError, error_responses, from_validation_error
 from ..counters import Metrics
 from ..lifecycle import until_done_or_gone
 from ..registry import ServedModel
-from ..schema import CalculateRequest, CalculateResponse, Property
+from ..schema import CalculateRequest, CalculateResponse, PackedRequest, Property
 from ..settings import Settings
 
 router = APIRouter(prefix="/v1")
@@ -39,6 +40,8 @@ def evaluate_body(m: ServedModel, body: bytes, codec_in: str, codec_out: str, se
     the query parameter (comma-separated), for bodies that cannot name them (extended XYZ)."""
     try:
         doc = codec.decode(body, codec_in, settings.max_atoms, settings.max_structures)
+        if isinstance(doc, dict) and "packed" in doc:
+            return evaluate_packed_body(m, doc, codec_in, codec_out, settings, cancel, properties)
         check_document(doc, settings.max_atoms, settings.max_structures)
         if properties is not None:
             doc = with_query_properties(doc, properties)
@@ -55,6 +58,27 @@ def evaluate_body(m: ServedModel, body: bytes, codec_in: str, codec_out: str, se
     payload = {"model": m.name, "sha256": m.sha256, "results": results}
     atoms = sum(len(s.positions) for s in request.structure_list())
     return codec.encode(payload, codec_out), atoms, len(results), seconds
+
+
+def evaluate_packed_body(m: ServedModel, doc: dict, codec_in: str, codec_out: str, settings: Settings,
+                         cancel: threading.Event | None, properties: str | None) -> tuple[bytes, int, int, float]:
+    """`evaluate_body` for a packed batch (`packed.py`): msgpack in and out, no per-structure objects."""
+    if codec_in != codec.MSGPACK or codec_out != codec.MSGPACK:
+        raise APIError(422, "invalid_input", "packed: a packed batch is sent and answered in msgpack (Content-Type "
+                       "and Accept: application/msgpack)", "packed")
+    if properties is not None:
+        doc = with_query_properties(doc, properties)
+    try:
+        request = PackedRequest.model_validate(doc)
+    except ValidationError as ex:
+        raise from_validation_error(ex.errors(include_url=False)) from None
+    batch = packed.read_packed(request.packed, settings.max_atoms, settings.max_structures)
+    t0 = time.perf_counter()
+    reply = evaluate_packed(m.model, request, batch, m.has_committee, settings.kernel_threads, settings.max_pairs,
+                            cancel, name=m.name)
+    seconds = time.perf_counter() - t0
+    payload = {"model": m.name, "sha256": m.sha256, "packed": reply}
+    return codec.encode(payload, codec_out), int(batch.offsets[-1]), len(batch), seconds
 
 
 MAX_QUERY_PROPERTIES = 2 * len(Property)
