@@ -208,6 +208,9 @@ def _labeller(d: dict, base: Path) -> Labeller:
     if kwargs and kind != "calculator":
         raise LearnConfigError("'labeller.kwargs' is for 'calculator' labellers only")
     timeout = d.get("timeout_s")
+    if timeout is not None and kind != "command":
+        raise LearnConfigError("'labeller.timeout_s' is for 'command' labellers (a model or calculator "
+                               "runs in this process and cannot be stopped safely)")
     if timeout is not None:
         timeout = _number(d, "timeout_s", None, "labeller", float, 0, strict_lo=True)
     elif kind == "command":

@@ -100,7 +100,7 @@ class Learner:
 
     def _failure(self, record: dict) -> None:
         with open(self.dir / "failures.jsonl", "a") as fh:
-            fh.write(json.dumps(record) + "\n")
+            fh.write(json.dumps(record, default=store.plain) + "\n")
             fh.flush()
             os.fsync(fh.fileno())
 

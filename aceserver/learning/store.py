@@ -142,7 +142,7 @@ class State:
         tmp = path.with_suffix(".tmp")
         doc = dict(format=FORMAT, version=VERSION, **asdict(self))
         with open(tmp, "w") as fh:
-            json.dump(doc, fh, indent=1, default=_plain)
+            json.dump(doc, fh, indent=1, default=plain)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -160,7 +160,8 @@ class State:
                                           "stopped")})
 
 
-def _plain(obj):
+def plain(obj):
+    """numpy scalars and arrays as JSON numbers and lists."""
     if isinstance(obj, (np.floating, np.integer)):
         return obj.item()
     if isinstance(obj, np.ndarray):
