@@ -8,12 +8,15 @@ and fits. Every later iteration k:
               min(per_iteration, budget - labels) of them is chosen (`select`)
     label     each chosen frame labelled (`labellers`), appended durably to the data set; a failure
               (non-zero exit, NaN, timeout, ...) is reported with the frame and retried or skipped
-    fit       the model refitted on the data set, its active set rebuilt (γ for the next exploration)
+    fit       the model updated with the new frames (`fitting.incremental.update`: the cost of the
+              new rows, the parameters of a fit of all the data), its active set rebuilt from all
+              the data (γ for the next exploration)
 
 until the label budget is spent, no exploration run exceeds the threshold, or max_iterations.
 Everything lives in the output directory: `dataset.xyz`, `state.json`, `failures.jsonl`,
 `report.json` + `report.png`, and per iteration `iter_NNN/` with `explored.xyz` (every exploration
-frame, with γ), `selected.xyz`, `model.json` and its `model.activeset.npz`, `fit.log`. The state
+frame, with γ), `selected.xyz`, `model.json`, its `model.activeset.npz` and `model.fitstate.npz`
+(the least-squares state the next update starts from), `fit.log`. The state
 is saved after every phase and every labelled frame; rerunning the same command resumes.
 
 Units: eV, Å, eV/Å, eV/Å³; errors in reports meV/atom (energy) and eV/Å (forces).
@@ -29,10 +32,10 @@ from pathlib import Path
 
 import numpy as np
 
-from aceserver.fitting import active_set_build, workflow
-from aceserver.fitting.data import Keys
-from aceserver.io import activeset_file
 from aceserver.active_sets import active_set_rows
+from aceserver.fitting import active_set_build, error_tables, incremental, workflow
+from aceserver.fitting.data import Keys, config_from_atoms
+from aceserver.io import activeset_file
 from aceserver.io.activeset_file import sidecar_path
 from aceserver.loading import load_model
 
@@ -179,26 +182,50 @@ class Learner:
                 "skipped": sum(s["iteration"] == k for s in self.state.skipped)}
 
     def _fit(self, k: int) -> dict:
+        """Iteration 0: a fit of the data set keeping its least-squares state (`fit_with_state`);
+        later: `incremental.update` of model k-1 with iteration k's frames (the cost of the new rows;
+        the same parameters as a fit of the union). Then the active set of all the data."""
         cfg, it = self.cfg, self._it(k)
         if len(self.dataset) == 0:
             raise LearnError("no frame could be labelled: nothing to fit (see failures.jsonl)")
-        fcfg = cfg.fit_config(self.dataset.path)
+        elements = list(cfg.fit_raw["model"]["elements"])
+        configs = [config_from_atoms(a, KEYS, self.dataset.path.name, i, elements)
+                   for i, a in enumerate(self.dataset.frames)]
+        new = [c for c, a in zip(configs, self.dataset.frames) if int(a.info["iteration"]) == k]
         log = io.StringIO()
         t0 = time.perf_counter()
-        train, validation, E0 = workflow.load_data(fcfg)
         model_path = it / "model.json"
-        model, rep = workflow.run_fit(fcfg, output=model_path, threads=self.threads, plots=False, out=log)
-        build = active_set_build.build_active_set(model, train, data_files=[self.dataset.path.name],
+        prev = self.dir / f"iter_{k - 1:03d}" / "model.json"
+        if k == 0:
+            model, _, state = incremental.fit_with_state(cfg.fit_config(self.dataset.path), output=model_path,
+                                                         threads=self.threads, plots=False, out=log)
+            how = "fit"
+        elif new:
+            old = load_model(prev, active_set=False)
+            state = incremental.load_state(incremental.state_path(prev), model_sha256=old.sha256)
+            model, rep, state = incremental.update(old, state, new, name=f"iter_{k:03d}", threads=self.threads,
+                                                   compute_errors=False)
+            model.save(str(model_path))
+            incremental.save_state(state, incremental.state_path(model_path))
+            how = "incremental update"
+        else:                                   # every pick failed to label: the model stays
+            model = load_model(prev, active_set=False)
+            model.save(str(model_path))
+            incremental.save_state(incremental.load_state(incremental.state_path(prev), model.sha256),
+                                   incremental.state_path(model_path))
+            how = "unchanged (nothing labelled)"
+        fit_s = time.perf_counter() - t0
+        build = active_set_build.build_active_set(model, configs, data_files=[self.dataset.path.name],
                                                   data_sha256=[workflow.sha256_file(self.dataset.path)])
         build.save(sidecar_path(model_path))
         (it / "fit.log").write_text(log.getvalue())
-        entry = {"labels": len(self.dataset), "fit_s": time.perf_counter() - t0,
-                 "model_sha256": model.sha256,
-                 "train": _mae(rep["errors"]["train"])}
+        entry = {"labels": len(self.dataset), "fit": how, "fit_s": fit_s,
+                 "total_fit_s": time.perf_counter() - t0, "model_sha256": model.sha256,
+                 "train": _mae(error_tables.compute_errors(model, configs, self.threads))}
         if cfg.test:
             entry["test"] = _mae(workflow.evaluate_errors(model, cfg.test, KEYS, threads=self.threads))
         t = entry.get("test", entry["train"])
-        self._say(f"iteration {k}: fitted on {len(self.dataset)} labelled frames in {entry['fit_s']:.1f} s; "
+        self._say(f"iteration {k}: {how} on {len(self.dataset)} labelled frames in {fit_s:.1f} s; "
                   f"{'test' if 'test' in entry else 'training'} MAE E {t['E_meV_atom']:.3g} meV/atom, "
                   f"F {t['F_eV_A']:.3g} eV/Å")
         return entry
