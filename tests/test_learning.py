@@ -182,6 +182,24 @@ def test_resume_after_interruption(runs):
         Learner(other, progress=False)
 
 
+def test_cli(runs, capsys):
+    """`aceserver learn` on the finished run's configuration resumes to its end and says so; a bad
+    configuration is a clear error (exit status 2), not a traceback."""
+    import yaml
+    from aceserver import cli
+    cfg, res = runs["b"]
+    path = cfg.output.parent / "learn.yaml"
+    path.write_text(yaml.safe_dump(tiny_raw()))
+    assert cli.main(["learn", str(path), "--quiet"]) == 0
+    assert f"{res['labels']} labelled frames over 2 iterations" in capsys.readouterr().out
+    path.write_text(yaml.safe_dump(tiny_raw(budget=21)))
+    assert cli.main(["learn", str(path), "--quiet"]) == 2
+    assert "another configuration" in capsys.readouterr().err
+    path.write_text(yaml.safe_dump(tiny_raw(selection={"gamma_threshold": "high"})))
+    assert cli.main(["learn", str(path)]) == 2
+    assert "selection.gamma_threshold" in capsys.readouterr().err
+
+
 def test_complete_prefix():
     frame = b"2\nc\nCu 0 0 0\nCu 1 1 1\n"
     assert complete_prefix(frame * 2) == 2 * len(frame)
