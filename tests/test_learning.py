@@ -195,6 +195,9 @@ def test_cli(runs, capsys):
     path.write_text(yaml.safe_dump(tiny_raw(budget=21)))
     assert cli.main(["learn", str(path), "--quiet"]) == 2
     assert "another configuration" in capsys.readouterr().err
+    path.write_text(yaml.safe_dump(tiny_raw(budget=2, output="other")))
+    assert cli.main(["learn", str(path), "--quiet"]) == 2
+    assert "more than the budget of 2" in capsys.readouterr().err
     path.write_text(yaml.safe_dump(tiny_raw(selection={"gamma_threshold": "high"})))
     assert cli.main(["learn", str(path)]) == 2
     assert "selection.gamma_threshold" in capsys.readouterr().err

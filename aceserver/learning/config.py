@@ -34,6 +34,7 @@ says how to explore, select and label. File names are relative to the YAML file.
       retries: 1                        # extra attempts with on_failure: retry
     test: null                          # labelled extended XYZ: errors per iteration
     output: learn-out                   # directory: data set, models, state, report
+    gamma_tol: 1.0e-9                   # MaxVol's tolerance (active sets and the selection)
 
 Units: Å, eV, eV/Å, fs, K, GPa; strains are dimensionless.
 """

@@ -86,6 +86,10 @@ class Learner:
         self.seeds = [a for p in cfg.seeds for a in store.read_frames(p)]
         if not self.seeds:
             raise LearnError("the seed files hold no structures")
+        n0 = len(self.seeds) * (1 + cfg.initial_copies)
+        if n0 > cfg.budget:
+            raise LearnError(f"iteration 0 would label {n0} frames (the {len(self.seeds)} seeds and "
+                             f"{cfg.initial_copies} copies of each), more than the budget of {cfg.budget}")
         self.labeller = labeller if labeller is not None else labellers.make_labeller(
             cfg.labeller, workdir=self.dir, threads=threads)
 
