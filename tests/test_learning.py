@@ -377,3 +377,15 @@ def test_incremental_model_equals_a_fit_of_all_data(runs):
         g = got.evaluate(a.numbers, a.positions, a.cell.array, a.pbc)
         assert abs(g.energy - r.energy) <= 1e-9 * abs(r.energy)
         np.testing.assert_allclose(g.forces, r.forces, rtol=0, atol=1e-9 * max(1.0, np.abs(r.forces).max()))
+
+
+def test_plain_progress_lines():
+    """Without tqdm: one line per tenth of the work (and the last), never more."""
+    import io
+    from aceserver.learning.progress import _Plain
+    buf = io.StringIO()
+    p = _Plain(25, "exploring", buf)
+    for _ in range(25):
+        p.update(1)
+    # a line when ⌊10·done/25⌋ first reaches 0, 1, ..., 10: at 1, 3, 5, 8, 10, 13, 15, 18, 20, 23, 25
+    assert buf.getvalue().splitlines() == [f"exploring: {d}/25" for d in (1, 3, 5, 8, 10, 13, 15, 18, 20, 23, 25)]
