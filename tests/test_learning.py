@@ -389,3 +389,22 @@ def test_plain_progress_lines():
         p.update(1)
     # a line when ⌊10·done/25⌋ first reaches 0, 1, ..., 10: at 1, 3, 5, 8, 10, 13, 15, 18, 20, 23, 25
     assert buf.getvalue().splitlines() == [f"exploring: {d}/25" for d in (1, 3, 5, 8, 10, 13, 15, 18, 20, 23, 25)]
+
+
+def test_exploration_run_that_fails_is_reported(small_model, tmp_path):
+    """A run whose structure the evaluator refuses (two atoms on top of each other) is `failed`
+    with the evaluator's reason; the other runs go on and keep their frames."""
+    from aceserver.learning import explore
+    from aceserver.jobs.spec import MDJob, MDParameters
+    train = [_rattled(s, 0.02) for s in range(6)]
+    build = build_active_set(small_model, train)
+    small_model.attach_active_set(build.inverses())
+    bad = _rattled(7, 0.0)
+    bad.positions[1] = bad.positions[0]
+    spec = MDJob(kind="md", write_every=2, check_every=2, record=["gamma"],
+                 parameters=MDParameters(ensemble="nvt", steps=6, temperature_K=300, seed=1))
+    frames, runs = explore.explore(small_model, [("bad", bad, spec), ("good", _rattled(8, 0.02), spec)])
+    assert runs[0]["state"] == "failed" and "on top of each other" in runs[0]["reason"]
+    assert runs[0]["frames"] == 0 and runs[1]["state"] == "done" and runs[1]["frames"] == 4
+    assert [a.info["run"] for a in frames] == ["good"] * 4 and all("max_gamma" in a.info for a in frames)
+    small_model.active_set = None

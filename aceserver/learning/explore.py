@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 from ase import Atoms
 
+from aceserver.errors import ACEInputError
 from aceserver.jobs import runner
 from aceserver.jobs.frames import to_atoms
 from aceserver.jobs.spec import Halt, MDJob, MDParameters, RelaxJob, RelaxParameters
@@ -82,13 +83,20 @@ class _Collect:
 def explore(model, plan, progress=None) -> tuple[list[Atoms], list[dict]]:
     """Run every (name, atoms, spec) of `plan` with `model` (which needs its active set for γ);
     returns the frames of all runs, in order, and per run {run, state, steps, frames, max_gamma,
-    reason}. `progress(n)` after each step."""
+    reason}. `progress(n)` after each step. A run the evaluator refuses to go on with (atoms on
+    top of each other: `ACEInputError`) is state `failed` with the reason; its frames so far are
+    kept and the other runs go on."""
     frames, summary = [], []
     for name, atoms, spec in plan:
         sink = _Collect(name, progress)
-        out = runner.run(model, atoms, spec, sink)
+        try:
+            out = runner.run(model, atoms, spec, sink)
+            state, step, reason = out.state, out.step, out.reason
+        except ACEInputError as err:     # the model drove the atoms where it cannot evaluate
+            state, reason = "failed", str(err)
+            step = sink.frames[-1].info["step"] if sink.frames else 0
         gammas = [f.info.get("max_gamma", 0.0) for f in sink.frames]
-        summary.append({"run": name, "state": out.state, "steps": out.step, "frames": len(sink.frames),
-                        "max_gamma": float(max(gammas)) if gammas else None, "reason": out.reason})
+        summary.append({"run": name, "state": state, "steps": step, "frames": len(sink.frames),
+                        "max_gamma": float(max(gammas)) if gammas else None, "reason": reason})
         frames += sink.frames
     return frames, summary

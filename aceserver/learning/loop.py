@@ -130,9 +130,13 @@ class Learner:
         entry = {"iteration": k, "runs": runs, "explored_frames": len(frames), "candidates": len(cands),
                  "max_gamma_explored": max((r["max_gamma"] or 0.0 for r in runs), default=0.0),
                  "halted_runs": sum(r["state"] == "halted" for r in runs),
+                 "failed_runs": sum(r["state"] == "failed" for r in runs),
                  "explore_s": time.perf_counter() - t0}
+        for r in runs:
+            if r["state"] == "failed":
+                self._say(f"iteration {k}: run {r['run']} failed at step {r['steps']}: {r['reason']}")
         self._say(f"iteration {k}: {len(plan)} runs, {len(frames)} frames, {entry['halted_runs']} halted "
-                  f"(γ > {cfg.gamma_halt:g}); {len(cands)} candidates with γ > {cfg.gamma_threshold:g}; "
+                  f"(γ > {cfg.gamma_halt:g}), {entry['failed_runs']} failed; {len(cands)} candidates with γ > {cfg.gamma_threshold:g}; "
                   f"largest γ {entry['max_gamma_explored']:.3g}")
         n = min(cfg.per_iteration, cfg.budget - len(self.dataset))
         picks = []
