@@ -37,7 +37,7 @@ def run(args) -> int:
     except KeyboardInterrupt:
         print("aceserver learn: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
-    print(f"stopped: {result['stopped']}; {result['labels']} labelled frames over {result['iterations']} "
+    print(f"{result['labels']} labelled frames over {result['iterations']} "
           f"iterations; last model {result['model']} (in {cfg.output.name}/); report in "
           f"{cfg.output.name}/report.json")
     return 0

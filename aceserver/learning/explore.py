@@ -82,6 +82,7 @@ class _Collect:
 
 def explore(model, plan, progress=None) -> tuple[list[Atoms], list[dict]]:
     """Run every (name, atoms, spec) of `plan` with `model` (which needs its active set for γ);
+    step 0 (the start) counts as a step for `progress`;
     returns the frames of all runs, in order, and per run {run, state, steps, frames, max_gamma,
     reason}. `progress(n)` after each step. A run the evaluator refuses to go on with (atoms on
     top of each other: `ACEInputError`) is state `failed` with the reason; its frames so far are

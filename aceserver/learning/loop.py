@@ -121,7 +121,7 @@ class Learner:
             return {"iteration": 0, "selected": len(picks)}
         model = load_model(self.dir / f"iter_{k - 1:03d}" / "model.json")
         plan = explore.runs(cfg, self.seeds, k)
-        steps = bar(sum(s.steps for _, _, s in plan), f"iteration {k}: exploring", enabled=self.show)
+        steps = bar(sum(s.steps + 1 for _, _, s in plan), f"iteration {k}: exploring", enabled=self.show)
         t0 = time.perf_counter()
         frames, runs = explore.explore(model, plan, progress=steps.update)
         steps.close()
