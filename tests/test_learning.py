@@ -408,3 +408,51 @@ def test_exploration_run_that_fails_is_reported(small_model, tmp_path):
     assert runs[0]["frames"] == 0 and runs[1]["state"] == "done" and runs[1]["frames"] == 4
     assert [a.info["run"] for a in frames] == ["good"] * 4 and all("max_gamma" in a.info for a in frames)
     small_model.active_set = None
+
+
+def test_exploration_plan(tmp_path):
+    """One run per seed × strain × temperature × pressure (pressures only where they act: npt, and
+    relax with cell_filter), the cell and positions scaled by 1 + strain, a distinct MD seed per
+    run that a resume reproduces, γ recorded and the halt on max γ set."""
+    from aceserver.learning import explore
+    write_seed(tmp_path)
+    seed = ase.io.read(tmp_path / "seed.xyz")
+    ex = {"kind": "md", "ensemble": "npt", "steps": 10, "temperatures_K": [300, 900],
+          "pressures_GPa": [0, 2], "strains": [-0.02, 0.03]}
+    cfg = parse_config(tiny_raw(exploration=ex), tmp_path)
+    plan = explore.runs(cfg, [seed], 4)
+    assert len(plan) == 8 and len({name for name, _, _ in plan}) == 8
+    assert len({spec.parameters.seed for _, _, spec in plan}) == 8
+    assert [spec.parameters.seed for _, _, spec in explore.runs(cfg, [seed], 4)] == \
+        [spec.parameters.seed for _, _, spec in plan]
+    for name, atoms, spec in plan:
+        strain = -0.02 if "strain-0.02" in name else 0.03
+        np.testing.assert_allclose(atoms.cell.array, seed.cell.array * (1 + strain), rtol=1e-15)
+        np.testing.assert_allclose(atoms.positions, seed.positions * (1 + strain), rtol=1e-12, atol=1e-12)
+        assert spec.halt.max_gamma == cfg.gamma_halt and spec.record == ["gamma"]
+        assert spec.parameters.ensemble == "npt"
+    assert sorted({(s.parameters.temperature_K, s.parameters.pressure_GPa) for _, _, s in plan}) == \
+        [(300, 0), (300, 2), (900, 0), (900, 2)]
+    nvt = parse_config(tiny_raw(exploration=dict(ex, ensemble="nvt")), tmp_path)
+    assert len(explore.runs(nvt, [seed], 1)) == 4                  # pressures do not act in nvt
+    relax = parse_config(tiny_raw(exploration={"kind": "relax", "cell_filter": True, "steps": 5,
+                                               "pressures_GPa": [0, 1], "temperatures_K": [300, 900]}), tmp_path)
+    plan = explore.runs(relax, [seed], 1)
+    assert len(plan) == 2 and all(s.kind == "relax" and s.parameters.cell_filter for _, _, s in plan)
+
+
+def test_calculator_labeller(tmp_path):
+    from aceserver.learning.labellers import CalculatorLabeller
+    a = _rattled(9, 0.05)
+    got = CalculatorLabeller("ase.calculators.emt:EMT", {}).label(a)
+    ref = a.copy()
+    ref.calc = EMT()
+    assert got.energy == ref.get_potential_energy()
+    np.testing.assert_array_equal(got.forces, ref.get_forces())
+    np.testing.assert_array_equal(got.stress, ref.get_stress(voigt=True))
+    with pytest.raises(ValueError, match="cannot be imported"):
+        CalculatorLabeller("ase.calculators.emt:NoSuchCalculator")
+    with pytest.raises(ValueError, match="failed: TypeError"):
+        CalculatorLabeller("math:sqrt", {"no_such_keyword": 1})
+    with pytest.raises(ValueError, match="not an ASE calculator"):
+        CalculatorLabeller("builtins:dict")

@@ -121,6 +121,9 @@ class CalculatorLabeller:
         except Exception as exc:       # the user's class: say which and why
             raise ValueError(f"labeller calculator {target}(**{kwargs}) failed: "
                              f"{type(exc).__name__}: {exc}") from None
+        if not callable(getattr(self.calc, "get_potential_energy", None)):
+            raise ValueError(f"labeller calculator {target} made a {type(self.calc).__name__}, not an "
+                             "ASE calculator (no get_potential_energy)")
         self.name = target
 
     def label(self, atoms) -> Label:
