@@ -198,6 +198,10 @@ def test_cli(runs, capsys):
     path.write_text(yaml.safe_dump(tiny_raw(budget=2, output="other")))
     assert cli.main(["learn", str(path), "--quiet"]) == 2
     assert "more than the budget of 2" in capsys.readouterr().err
+    ase.io.write(cfg.output.parent / "ni.xyz", bulk("Ni", "fcc", a=3.52, cubic=True), format="extxyz")
+    path.write_text(yaml.safe_dump(tiny_raw(seeds=["seed.xyz", "ni.xyz"], output="other")))
+    assert cli.main(["learn", str(path), "--quiet"]) == 2
+    assert "seed structure 1 holds Ni" in capsys.readouterr().err
     path.write_text(yaml.safe_dump(tiny_raw(selection={"gamma_threshold": "high"})))
     assert cli.main(["learn", str(path)]) == 2
     assert "selection.gamma_threshold" in capsys.readouterr().err

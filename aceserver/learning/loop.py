@@ -86,6 +86,12 @@ class Learner:
         self.seeds = [a for p in cfg.seeds for a in store.read_frames(p)]
         if not self.seeds:
             raise LearnError("the seed files hold no structures")
+        elements = set(cfg.fit_raw["model"]["elements"])
+        for i, a in enumerate(self.seeds):
+            extra = sorted(set(a.get_chemical_symbols()) - elements)
+            if extra:
+                raise LearnError(f"seed structure {i} holds {', '.join(extra)}, not among the model's "
+                                 f"elements {sorted(elements)}")
         n0 = len(self.seeds) * (1 + cfg.initial_copies)
         if n0 > cfg.budget:
             raise LearnError(f"iteration 0 would label {n0} frames (the {len(self.seeds)} seeds and "
