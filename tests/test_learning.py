@@ -112,6 +112,8 @@ def test_run_end_to_end(runs):
     assert [int(a.info["pick"]) for a in frames if a.info["iteration"] == 1] == list(range(len(its) - 3))
     assert result["labels"] == len(frames) and result["iterations"] == 2
     assert result["stopped"].startswith("max_iterations")
+    for k in (0, 1):             # the model files name the data set by name only, no machine path
+        assert str(d) not in (d / f"iter_{k:03d}" / "model.json").read_text()
     # the labels are the teacher's (energy eV, forces eV/Å, stress eV/Å³) at the positions the file
     # holds (the structures were labelled as read back from selected.xyz, so the positions are the
     # same doubles); extended XYZ prints energy and stress in full, forces with 8 decimals

@@ -122,11 +122,13 @@ class LearnConfig:
     def fit_config(self, train: Path) -> fconfig.FitConfig:
         """The fit configuration of this run's data set `train` (an extended-XYZ file written with
         ASE's names: energy, forces, stress)."""
-        raw = dict(self.fit_raw, data={"train": str(train), "energy_key": "energy",
+        train = Path(train).resolve()
+        # the file by name, relative to its folder: the model's provenance records no machine path
+        raw = dict(self.fit_raw, data={"train": train.name, "energy_key": "energy",
                                        "force_key": "forces", "virial_key": "virial",
                                        "stress_key": "stress"},
                    output={"model": None, "plots": None, "active_set": False})
-        cfg = fconfig.parse_config(raw, self.path.parent if self.path else Path("."))
+        cfg = fconfig.parse_config(raw, train.parent)
         cfg.path = self.path
         return cfg
 
