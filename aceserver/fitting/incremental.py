@@ -317,7 +317,10 @@ def update_batches(model, state: FitState, batches, threads=None, progress=None,
     new = {}
     for key, cs in (("train", train), ("validation", val)):
         if cs and (key == "train" or state.validation is not None):
-            new[key] = streaming.reduce_configs(model, cs, threads=threads, progress=progress, E0=fit["E0"])
+            # leaves of about one basis size of rows: a batch of a few configurations still spreads
+            # over the threads (the leaves depend on the data only, so the numbers not on threads)
+            new[key] = streaming.reduce_configs(model, cs, threads=threads, progress=progress, E0=fit["E0"],
+                                                leaf_rows=max(model.length_basis, 256))
     timings["new_rows_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
