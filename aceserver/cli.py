@@ -9,7 +9,7 @@ import importlib
 import sys
 
 # Sub-command modules, in the order `aceserver --help` lists them.
-COMMANDS = ("basis", "bench", "fit", "eval", "activeset", "serve", "jobs", "ipi", "models", "convert")
+COMMANDS = ("basis", "bench", "fit", "eval", "activeset", "learn", "serve", "jobs", "ipi", "models", "convert")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -24,7 +24,7 @@ LAYERS = [
     ("aceserver.loading", 5), ("aceserver.catalogue", 5), ("aceserver.active_sets", 5),
     ("aceserver.calculator", 6), ("aceserver.fitting", 6),
     ("aceserver.jobs", 7),
-    ("aceserver.serving", 8),
+    ("aceserver.serving", 8), ("aceserver.learning", 8),
     ("aceserver.commands", 9), ("aceserver.cli", 9),
 ]
 # deprecated re-exports of old import paths, kept for one release: they import upwards by design
