@@ -23,7 +23,7 @@ LAYERS = [
     ("aceserver.ace1", 4), ("aceserver.pacemaker", 4),
     ("aceserver.loading", 5), ("aceserver.catalogue", 5), ("aceserver.active_sets", 5),
     ("aceserver.calculator", 6), ("aceserver.fitting", 6),
-    ("aceserver.jobs", 7),
+    ("aceserver.jobs", 7), ("aceserver.learning", 7),
     ("aceserver.serving", 8),
     ("aceserver.commands", 9), ("aceserver.cli", 9),
 ]

@@ -1,0 +1,208 @@
+"""The learning service of one served model: posted batches go to the data log (durable before the
+reply), a background thread folds them into the model's fit state and re-solves, one refit at a
+time; batches posted during a refit wait and go into the next one together. A refit writes the
+new model file and its state beside it (each atomically: a temporary file, fsync, rename) and
+hands the new model to the server (`publish`), which warms it and swaps it in. A refit that fails
+leaves the served model and both files as they were; the failure is in `status()` and the next
+post tries again from the state the served model was fitted on.
+
+The fit state is `fitting.incremental`'s (`fitter` is that module or an object with the same four
+functions: `state_path`, `load_state`, `save_state`, `update`); the posted batch of data version
+v is added to the state under the name `posted-v<v>` (`datalog.batch_name`), so a state's
+`data_version` is the last data version its model was fitted on. Units of the data: `datalog`.
+
+Between the two renames of a refit (microseconds) a crash leaves a model file and a state of two
+different fits; on the next start `load_state` refuses the pair (sha256 mismatch) and the model is
+served without learning, with that reason in the error.
+"""
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+import threading
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any, Callable
+
+from .datalog import DataLog, batch_name
+
+log = logging.getLogger("aceserver.learning")
+HISTORY = 20                      # served models kept in `status()["served"]`
+
+
+class LearningError(ValueError):
+    """A model cannot learn: no state beside it, or a state that does not belong to it or to the log."""
+
+
+class PendingFull(RuntimeError):
+    """Too many atoms wait for a refit (`max_pending_atoms`); retry once the refit has run."""
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def replace_durably(write: Callable[[Path], Any], dest: Path, suffix: str) -> None:
+    """`write(tmp)` a file beside `dest`, fsync it, rename it onto `dest`, fsync the directory: a
+    reader sees the old file or the new one, never a part of one."""
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp{suffix}")
+    try:
+        write(tmp)
+        _fsync(tmp)
+        os.replace(tmp, dest)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    _fsync(dest.parent)
+
+
+class Learner:
+    """One model's learning: its fit state, its data log entries and its refit thread."""
+
+    def __init__(self, name: str, model: Any, model_path: str | os.PathLike, log_: DataLog, fitter: Any,
+                 publish: Callable[[Any], Callable[[], None]], threads: int | None = 1,
+                 max_pending_atoms: int = 1_000_000):
+        self.name, self.model, self.path = name, model, Path(model_path)
+        self.log, self.fitter, self.publish, self.threads = log_, fitter, publish, threads
+        self.max_pending_atoms = max_pending_atoms
+        self.state_file = Path(fitter.state_path(self.path))
+        if not self.state_file.is_file():
+            raise LearningError(f"model {name!r} has no fit state ({self.state_file.name} beside the model file); "
+                                "fit it with `aceserver fit CONFIG.yaml --save-state`")
+        try:
+            self.state = fitter.load_state(self.state_file, model_sha256=model.sha256)
+        except (ValueError, OSError) as ex:
+            raise LearningError(f"model {name!r}: its fit state cannot be used: {ex}") from None
+        self._check_log()
+        self._cond = threading.Condition()
+        self._wanted = self._stop = False
+        self._pending_atoms = sum(b["atoms"] for b in log_.batches(name, self.state.data_version))
+        self.refit: dict[str, Any] = {"state": "idle", "versions": [], "error": None, "started": None,
+                                      "finished": None, "seconds": None}
+        self.served: deque[dict] = deque([{"sha256": model.sha256, "data_version": self.state.data_version,
+                                           "since": _now()}], maxlen=HISTORY)
+        self._thread = threading.Thread(target=self._run, name=f"ace-learn-{name}", daemon=True)
+
+    def _check_log(self) -> None:
+        """The log's batches up to the state's version must be the ones the state holds (by name):
+        a state from another lineage (a fresh fit over the same name) would mix two data sets."""
+        held = {k + 1: d.get("name") for k, d in enumerate(self.state.data)}
+        for b in self.log.batches(self.name):
+            if b["version"] > self.state.data_version:
+                break
+            if held.get(b["version"]) != b["name"]:
+                raise LearningError(
+                    f"model {self.name!r}: the data log's version {b['version']} ({b['name']}) is not in the "
+                    f"model's fit state (which holds {held.get(b['version'])!r} there): the state and the log "
+                    "belong to different fits; use another --learn-dir or refit from the logged data")
+
+    # -- the request side ---------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread.start()
+        if self.log.last_version(self.name) > self.state.data_version:     # left by a previous server
+            self.wake()
+
+    def stop(self, wait: float | None = None) -> None:
+        """Stop the refit thread; a refit in progress is dropped before it writes anything (the log keeps
+        its data for the next start). `wait`: seconds to wait for the thread to end."""
+        with self._cond:
+            self._stop = True
+            self._cond.notify_all()
+        if wait is not None and self._thread.is_alive():
+            self._thread.join(wait)
+
+    def wake(self) -> None:
+        with self._cond:
+            self._wanted = True
+            self._cond.notify_all()
+
+    def post(self, configs: list) -> dict:
+        """Append a validated batch to the log (durable on return) and ask for a refit; the batch's
+        entry (version, name, sha256, configs, atoms, added) and the status after it."""
+        atoms = sum(c.natoms for c in configs)
+        with self._cond:          # one post at a time per model: the pending count stays exact
+            if self._pending_atoms + atoms > self.max_pending_atoms:
+                raise PendingFull(f"{self._pending_atoms} atoms already wait for a refit of model {self.name!r}; "
+                                  f"{atoms} more would pass the limit of {self.max_pending_atoms} "
+                                  "(--learn-max-pending-atoms); retry once the refit has run")
+            entry = self.log.append(self.name, configs, after=self.state.data_version)
+            self._pending_atoms += atoms
+            self._wanted = True
+            self._cond.notify_all()
+        return entry
+
+    def status(self) -> dict:
+        """What the served model was fitted on, what waits, the last refit and the served models."""
+        fitted = self.state.data_version
+        pending = [b["version"] for b in self.log.batches(self.name, fitted)]
+        with self._cond:
+            refit = dict(self.refit, versions=list(self.refit["versions"]))
+            served = list(reversed(self.served))
+        return {"learnable": True, "sha256": served[0]["sha256"], "data_version": fitted,
+                "latest_version": max([fitted, *pending]), "pending": pending, "refit": refit, "served": served}
+
+    # -- the refit thread ---------------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not (self._stop or self._wanted):
+                    self._cond.wait()
+                if self._stop:
+                    return
+                self._wanted = False
+            try:
+                self._refit()
+            except Exception:            # _refit reports its own failures; never let the thread die
+                log.exception("learning thread of model %r", self.name)
+
+    def _refit(self) -> None:
+        batches = self.log.batches(self.name, self.state.data_version)
+        if not batches:
+            return
+        versions = [b["version"] for b in batches]
+        t0 = time.perf_counter()
+        with self._cond:
+            self.refit = {"state": "running", "versions": versions, "error": None, "started": _now(),
+                          "finished": None, "seconds": None}
+        log.info("model %r: refitting with data versions %s", self.name, versions)
+        try:
+            model, state = self.model, self.state
+            for b in batches:
+                configs = self.log.read(self.name, b["version"])
+                model, _report, state = self.fitter.update(model, state, configs, name=batch_name(b["version"]),
+                                                           threads=self.threads)
+                if state.data_version != b["version"]:
+                    raise LearningError(f"the fit state is at data version {state.data_version} after adding "
+                                        f"version {b['version']}")
+            swap = self.publish(model)          # warmed beside the served model; swapped in below
+            if self._stop:
+                log.info("model %r: the server stops; refit with data versions %s dropped", self.name, versions)
+                with self._cond:
+                    self.refit.update(state="idle", finished=_now())
+                return
+            replace_durably(lambda p: model.save(str(p)), self.path, self.path.suffix)
+            replace_durably(lambda p: self.fitter.save_state(state, p), self.state_file, ".npz")
+            swap()
+        except Exception as ex:
+            log.exception("model %r: refit with data versions %s failed; the served model stays", self.name, versions)
+            with self._cond:
+                self.refit.update(state="failed", error=f"{type(ex).__name__}: {ex}", finished=_now(),
+                                  seconds=round(time.perf_counter() - t0, 3))
+            return
+        with self._cond:
+            self.model, self.state = model, state
+            self._pending_atoms -= sum(b["atoms"] for b in batches)
+            self.served.append({"sha256": model.sha256, "data_version": state.data_version, "since": _now()})
+            self.refit.update(state="idle", finished=_now(), seconds=round(time.perf_counter() - t0, 3))
+        log.info("model %r: now serving sha256 %s, fitted on data version %d", self.name, model.sha256[:12],
+                 state.data_version)

@@ -1,0 +1,51 @@
+"""The learning service's server side: one `aceserver.learning.Learner` per model named by
+`--learn`, sharing one data log (`learning.sqlite` in `--learn-dir`, else in `--jobs-dir`), each
+handing its refitted models to the registry: warmed beside the served model (`ServedModel.warm`),
+then swapped in (`ModelRegistry.install`), as `--watch` does for changed files.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from aceserver.learning import DataLog, Learner
+
+from .counters import Metrics
+from .registry import ModelRegistry, ServedModel
+from .settings import Settings
+
+
+def publisher(registry: ModelRegistry, metrics: Metrics, name: str, path: str,
+              threads: int | None) -> Callable[[Any], Callable[[], None]]:
+    """`publish(model)` for a learner: warms the refitted model and returns the swap."""
+    def publish(model: Any) -> Callable[[], None]:
+        served = ServedModel(name, model, path)
+        served.warm(threads)
+
+        def swap() -> None:
+            registry.install(served)
+            metrics.count_reload(name, "swapped")
+        return swap
+    return publish
+
+
+def open_learners(registry: ModelRegistry, settings: Settings, metrics: Metrics, fitter: Any) -> dict[str, Learner]:
+    """The learners of the models `settings.learn` names; a ValueError with the reason (`LearningError`,
+    `DataLogError` among them) for a name that is not served or has no usable fit state, or a data log
+    that cannot be used."""
+    if not settings.learn:
+        return {}
+    directory = settings.learn_dir or settings.jobs_dir
+    if directory is None:
+        raise ValueError("--learn needs a directory for the data log: --learn-dir DIR (or --jobs-dir DIR)")
+    if fitter is None:
+        raise ValueError("--learn needs the incremental fitter (aceserver.fitting.incremental)")
+    log = DataLog(directory)
+    learners = {}
+    for name in settings.learn:
+        m = registry.get(name)
+        if m is None:
+            raise ValueError(f"--learn {name}: no served model has that name (served: {', '.join(registry.models)})")
+        learners[name] = Learner(name, m.model, m.path, log, fitter,
+                                 publisher(registry, metrics, name, m.path, settings.kernel_threads),
+                                 threads=settings.kernel_threads, max_pending_atoms=settings.learn_max_pending_atoms)
+    return learners
