@@ -143,6 +143,16 @@ class GroupFactors:
             self._push(label, other._R[label], other._QtY[label])
         return self
 
+    def copy(self) -> "GroupFactors":
+        """An independent copy (flushed): adding to it leaves this one unchanged."""
+        self.flush()
+        gf = GroupFactors(self.n_basis, self.n_targets, self.chunk_rows)
+        for g in self.labels:
+            gf._ensure(g)
+            gf._R[g], gf._QtY[g] = self._R[g].copy(), self._QtY[g].copy()
+            gf._resid[g], gf._rows[g] = self._resid[g].copy(), self._rows[g]
+        return gf
+
     # ---- reading --------------------------------------------------------------------------------
     @property
     def labels(self) -> list:
@@ -329,10 +339,12 @@ def tree_merge(parts):
     return gf
 
 
-def reduce_leaf(model, configs: list[Config], chunk_rows: int | None = None, on_config=None) -> GroupFactors:
-    """One leaf: the configurations' rows, in order, folded into per-(config_type, kind) factors."""
+def reduce_leaf(model, configs: list[Config], chunk_rows: int | None = None, on_config=None,
+                E0: dict | None = None) -> GroupFactors:
+    """One leaf: the configurations' rows, in order, folded into per-(config_type, kind) factors
+    (targets under ``E0``, eV; default the model's)."""
     elements = list(model.basis.elements)
-    E0 = dict(model.E0)
+    E0 = dict(model.E0 if E0 is None else E0)
     gf = GroupFactors(model.length_basis, 1 + len(elements), chunk_rows)
     for c in configs:
         for label, A, Y in config_rows(model, c, elements, E0):
@@ -343,8 +355,10 @@ def reduce_leaf(model, configs: list[Config], chunk_rows: int | None = None, on_
 
 
 def reduce_configs(model, configs: list[Config], threads: int | None = None, progress: bool | None = None,
-                   chunk_rows: int | None = None, leaf_rows: int | None = None, on_config=None) -> GroupFactors:
-    """Reduce the configurations' rows to per-(config_type, kind) factors.
+                   chunk_rows: int | None = None, leaf_rows: int | None = None, on_config=None,
+                   E0: dict | None = None) -> GroupFactors:
+    """Reduce the configurations' rows to per-(config_type, kind) factors (targets under ``E0``, eV;
+    default the model's).
 
     The leaves (:func:`leaves`) are reduced on ``threads`` threads (default: all CPUs), each with
     single-threaded BLAS, and merged by :func:`tree_merge`: the numbers depend neither on the thread
@@ -364,7 +378,7 @@ def reduce_configs(model, configs: list[Config], threads: int | None = None, pro
             if on_config is not None:
                 on_config()
 
-        parts = _ordered_map(lambda run: reduce_leaf(model, [configs[i] for i in run], chunk_rows, tick), cut,
+        parts = _ordered_map(lambda run: reduce_leaf(model, [configs[i] for i in run], chunk_rows, tick, E0), cut,
                              threads, ahead=1)
         return tree_merge(parts).flush()
 

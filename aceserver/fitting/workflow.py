@@ -29,6 +29,7 @@ from . import config as fconfig
 from .active_set import ActiveSetError
 from .fit_model import acefit, jsonable
 from .plots import parity_plots
+from .streaming import reduce_configs
 
 
 def portable_command(argv: list[str]) -> str:
@@ -129,14 +130,31 @@ def fit_active_set(model, train, model_path, data_paths=(), out=None) -> dict:
     return {"file": path.name, "elements": rows}
 
 
+class KeepingReducer:
+    """A reducer for :func:`fit_model.acefit` that keeps what it returns: ``kept`` gets the
+    :class:`streaming.GroupFactors` of each call (training set first, then validation, if reduced)."""
+
+    def __init__(self, inner, kept: list, path: str = "streaming"):
+        self.inner, self.kept, self.path = inner, kept, path
+
+    def __call__(self, configs):
+        gf = self.inner(configs)
+        self.kept.append(gf)
+        return gf
+
+
 def run_fit(cfg, output=None, threads=None, plots=True, progress=None, out=None, prepared=None,
-            streaming=None, memory_budget=None, client=None, on_task=None):
+            streaming=None, memory_budget=None, client=None, on_task=None, keep_factors=None,
+            provenance_extra=None):
     """Run a parsed :class:`FitConfig`; returns (model, report dict).
 
     ``prepared``: optional (model, train, validation, train_system, validation_system) already built
     from this configuration (as by :func:`load_data` and assembly), reused instead of rebuilding.
     ``streaming``/``memory_budget`` (bytes): see :func:`fit_model.acefit`. ``client``: a
     ``dask.distributed.Client`` whose workers compute the blocks (``on_task(done, total)`` after each task).
+    ``keep_factors``: a list; the fit then reduces (streaming or Dask path) and appends the factors
+    it solved from (:class:`KeepingReducer`). ``provenance_extra``: entries added to the model
+    file's provenance before it is written.
     """
     out = sys.stdout if out is None else out
 
@@ -167,6 +185,9 @@ def run_fit(cfg, output=None, threads=None, plots=True, progress=None, out=None,
     if client is not None:
         reducer = cluster.DaskReducer(client, cluster.model_definition(cfg.model, E0), cfg.keys,
                                       n_basis=model.length_basis, progress=progress, on_task=on_task)
+    if keep_factors is not None:
+        inner = reducer or (lambda cs: reduce_configs(model, cs, threads=threads, progress=progress))
+        reducer = KeepingReducer(inner, keep_factors, getattr(reducer, "path", "streaming"))
     budget = memory_budget if memory_budget is not None else cfg.memory_limit
     res = acefit(model, train, weights=cfg.weights, prior=cfg.prior, solver=cfg.solver,
                  validation=validation, seed=cfg.seed, threads=threads, progress=progress,
@@ -189,7 +210,7 @@ def run_fit(cfg, output=None, threads=None, plots=True, progress=None, out=None,
         print(error_tables.format_table(res.errors["validation"], "validation errors"), file=out)
 
     meta = model.metadata
-    meta["fit"]["provenance"] = jsonable(provenance(cfg))
+    meta["fit"]["provenance"] = jsonable(dict(provenance(cfg), **(provenance_extra or {})))
     meta["fit"]["timings_s"]["model_build_s"] = t_build
     model.metadata = jsonable(meta)
 

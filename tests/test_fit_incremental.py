@@ -1,0 +1,157 @@
+"""Incremental refit (aceserver.fitting.incremental) against a fit from scratch on the union.
+
+An update folds the new configurations' rows into the kept per-group triangular factors and solves
+again; a fit from scratch assembles all rows and factors them at once. Both solve the same
+least-squares problem, so they differ only by rounding in a different order: the first-order
+perturbation bounds of tests/lsq_bounds.py (2 η κ (...), η = √m ε, κ the condition number of the
+weighted, prior-scaled matrix in its regularised form). A bug (a lost row group, a wrong weight or
+E0, a row counted twice) moves the answer by orders of magnitude more. The data are split by
+extended-XYZ frames of tests/data/Si_tiny.xyz (upstream ACEpotentials.jl's Si test set).
+"""
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import aceserver
+from aceserver.fitting import assembly, data, error_tables, incremental, priors
+from aceserver.fitting import fit_model as driver
+from aceserver.fitting.config import parse_config
+
+from lsq_bounds import EPS, hyper_rel, lsq_bounds
+
+DATA = Path(__file__).parent / "data"
+MODEL = dict(elements=["Si"], order=3, totaldegree=12, rcut=5.5)
+KEYS = dict(energy_key="dft_energy", force_key="dft_force", virial_key="dft_virial")
+E0_SI = -158.54496821
+WEIGHTS = {"default": {"E": 30.0, "F": 1.0, "V": 1.0}, "liq": {"E": 10.0, "F": 0.66, "V": 0.25}}
+N_NEW = 8        # frames added by the update (taken from the end of Si_tiny.xyz)
+
+
+def frames(path) -> list[str]:
+    """The frames of an extended-XYZ file as text, unchanged (no re-formatting of numbers)."""
+    lines = Path(path).read_text().splitlines(keepends=True)
+    out, i = [], 0
+    while i < len(lines):
+        n = int(lines[i])
+        out.append("".join(lines[i:i + n + 2]))
+        i += n + 2
+    return out
+
+
+def write_frames(path, fr) -> Path:
+    Path(path).write_text("".join(fr))
+    return Path(path)
+
+
+def fit_config(tmp_path, solver, E0=None, old=None, **extra):
+    fr = frames(DATA / "Si_tiny.xyz")
+    old = fr[:-N_NEW] if old is None else old
+    write_frames(tmp_path / "old.xyz", old)
+    write_frames(tmp_path / "new.xyz", fr[-N_NEW:])
+    raw = {"model": MODEL, "data": dict(train="old.xyz", **KEYS), "weights": WEIGHTS, "solver": solver,
+           "seed": 3, "output": {"model": "si.json", "plots": None, "active_set": False}, **extra}
+    if E0 is not None:
+        raw["E0"] = E0
+    return parse_config(raw, tmp_path)
+
+
+def read(path):
+    return data.read_configs(path, data.Keys("dft_energy", "dft_force", "dft_virial"), elements=["Si"])
+
+
+def fit_and_update(tmp_path, solver, E0=None, old=None, **extra):
+    cfg = fit_config(tmp_path, solver, E0, old, **extra)
+    model, report, state = incremental.fit_with_state(cfg, plots=False, progress=False, threads=2,
+                                                      out=io.StringIO())
+    new = read(tmp_path / "new.xyz")
+    upd, rep, state2 = incremental.update(model, state, new, name="new.xyz", threads=2)
+    return cfg, model, state, upd, rep, state2
+
+
+def scratch(union, solver, E0, seed=3, validation=None):
+    """The reference: acefit on the assembled union (the in-memory path), and the weighted,
+    prior-scaled matrix and targets it solved."""
+    model = aceserver.ace1_model(**MODEL, E0=dict(E0))
+    system = assembly.assemble(model, union, WEIGHTS, progress=False)
+    res = driver.acefit(model, union, weights=WEIGHTS, solver=solver, seed=seed, system=system,
+                        validation=validation, compute_errors=False)
+    gamma = priors.make_prior(model.basis_labels, None)
+    w = assembly.row_weights(system, union, WEIGHTS)
+    return model, res, system.A * w[:, None] / gamma[None, :], w * system.y, gamma, system, w
+
+
+def rel(a, b):
+    return float(np.linalg.norm(np.asarray(a) - np.asarray(b)) / np.linalg.norm(np.asarray(b)))
+
+
+def predicted_rows(model, configs):
+    """The evaluator's energies and forces of ``model`` in the order of the assembled E and F rows."""
+    out = []
+    for c, (e, f, _) in zip(configs, error_tables.predict(model, configs)):
+        if c.energy is not None:
+            out.append([e])
+        if c.forces is not None:
+            out.append(np.asarray(f).ravel())
+    return np.concatenate(out)
+
+
+def check_predictions(upd, ref, union, system, w, fitted_abs):
+    """Energies (eV) and forces (eV/Å) of the two models by the evaluator, row by row. Row i of the
+    weighted fitted values moves by at most ‖Aw δc‖ ≤ ``fitted_abs`` (the fitted-value bound), so
+    its prediction by at most fitted_abs / w_i; each model's evaluator sums m terms, adding at
+    most m ε Σ_k |A_ik θ_k| (+ ε|E| for the E0 sum) to each."""
+    ef = system.kind != assembly.KIND_V
+    A, wi = system.A[ef], w[ef]
+    p1, p2 = predicted_rows(upd, union), predicted_rows(ref, union)
+    m = A.shape[1]
+    rounding = m * EPS * (np.abs(A) @ (np.abs(upd.parameters) + np.abs(ref.parameters))) + \
+        2 * EPS * np.maximum(np.abs(p1), np.abs(p2))
+    tol = fitted_abs / wi + rounding
+    assert np.all(np.abs(p1 - p2) <= tol), float(np.max(np.abs(p1 - p2) / tol))
+    return float(np.max(np.abs(p1 - p2) / np.abs(p2).max()))
+
+
+def test_update_equals_scratch_blr_committee(tmp_path):
+    """BLR with a committee of 5 (seed 3). The posterior mean is ridge with λ² = σ_e²/σ₀²: bounds with
+    κ_λ of [A; λI] (~2e6 here). The evidence is stationary at its maximum, so rounding moves the
+    hyperparameters to second order only (test_fit_streaming: 1e-10); a relative change δh of λ²
+    moves c by at most δh‖c‖. The committee is c plus a fixed linear map (the posterior covariance's
+    square root, as well determined as c) of the same draws."""
+    solver = {"name": "blr", "committee_size": 5}
+    cfg, model, state, upd, rep, state2 = fit_and_update(tmp_path, solver, E0={"Si": E0_SI})
+    union = read(tmp_path / "old.xyz") + read(tmp_path / "new.xyz")
+    ref, res, Aw, yw, gamma, system, w = scratch(union, solver, {"Si": E0_SI})
+    for k in ("sigma0_sq", "sigmae_sq", "log_evidence", "effective_parameters"):
+        assert rep["solver"][k] == pytest.approx(res.solver_info[k], rel=1e-10), k
+    c = gamma * ref.parameters
+    lam = np.sqrt(res.solver_info["sigmae_sq"] / res.solver_info["sigma0_sq"])
+    b = lsq_bounds(Aw, yw, c, lam=lam)
+    dh = hyper_rel(res.solver_info, rep["solver"])
+    assert rel(gamma * upd.parameters, c) < b.x_rel + dh
+    assert rel(upd.committee * gamma, ref.committee * gamma) < b.x_rel + dh
+    fitted = b.fitted_rel + dh * lam * np.linalg.norm(c) / 2 / np.linalg.norm(Aw @ c)
+    assert rel(Aw @ (gamma * upd.parameters), Aw @ c) < fitted
+    check_predictions(upd, ref, union, system, w, fitted * np.linalg.norm(Aw @ c))
+    # the bookkeeping: rows and configurations of the union, the data versions, the old state untouched
+    assert state2.factors.total_rows == Aw.shape[0] and state.factors.total_rows < Aw.shape[0]
+    assert state2.data_version == state.data_version + 1 == 2
+    assert state2.data[-1]["name"] == "new.xyz" and state2.data[-1]["configs"] == N_NEW
+    assert upd.metadata["fit"]["provenance"]["data_versions"] == state2.data
+    assert state2.model_sha256 == upd.sha256 and state.model_sha256 == model.sha256
+
+
+def test_update_equals_scratch_qr(tmp_path):
+    """Ridge QR with λ = 1: κ_λ = √((σ₁² + λ²)/(σ_m² + λ²)) is then small enough that the bound on
+    the parameters (2 η κ (2 + (κ+1)‖r‖/(‖A‖‖x‖))) is below 1e-8, the issue's target."""
+    solver = {"name": "qr", "lambda": 1.0}
+    cfg, model, state, upd, rep, state2 = fit_and_update(tmp_path, solver, E0={"Si": E0_SI})
+    union = read(tmp_path / "old.xyz") + read(tmp_path / "new.xyz")
+    ref, res, Aw, yw, gamma, system, w = scratch(union, solver, {"Si": E0_SI})
+    c = gamma * ref.parameters
+    b = lsq_bounds(Aw, yw, c, lam=1.0)
+    assert b.x_rel < 1e-8
+    assert rel(gamma * upd.parameters, c) < b.x_rel
+    assert rel(Aw @ (gamma * upd.parameters), Aw @ c) < b.fitted_rel
+    check_predictions(upd, ref, union, system, w, b.fitted_rel * np.linalg.norm(Aw @ c))
