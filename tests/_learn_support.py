@@ -83,13 +83,14 @@ class ScratchFitter:
             raise ValueError(f"the state belongs to model {doc['model_sha256'][:12]}, not {model_sha256[:12]}")
         return ScratchState(doc["data"], [[_config(c) for c in b] for b in doc["configs"]], doc["model_sha256"])
 
-    def update(self, model, state: ScratchState, configs: list[Config], name="posted", threads=None, progress=None):
+    def update(self, model, state: ScratchState, configs: list[Config], name="posted", threads=None, progress=None,
+               sha256=None):
         if any(c.config_type == "fail" for c in configs):
             raise RuntimeError("refused by the test fitter (config_type 'fail')")
         self.updates += 1
         batches = state.configs + [list(configs)]
         new = refit(model, [c for b in batches for c in b])
-        entry = {"version": state.data_version + 1, "name": name, "sha256": "-", "configs": len(configs),
+        entry = {"version": state.data_version + 1, "name": name, "sha256": sha256, "configs": len(configs),
                  "added": "-"}
         return new, {}, ScratchState(state.data + [entry], batches, new.sha256)
 
@@ -112,11 +113,10 @@ def fitted_model(folder: Path, n_initial: int = 30):
 
 
 def structure_doc(c: Config, config_type: str | None = None) -> dict:
-    """A labelled structure of the data route (JSON)."""
+    """A labelled structure of the data route (JSON); its config_type is the configuration's unless given."""
     doc = {"numbers": c.numbers.tolist(), "positions": c.positions.tolist(), "cell": c.cell.tolist(),
            "pbc": c.pbc.tolist(), "energy": c.energy, "forces": c.forces.tolist()}
     if c.virial is not None:
         doc["virial"] = c.virial.tolist()
-    if config_type is not None:
-        doc["config_type"] = config_type
+    doc["config_type"] = config_type or c.config_type
     return doc

@@ -2,7 +2,9 @@
 reply), a background thread folds them into the model's fit state and re-solves, one refit at a
 time; batches posted during a refit wait and go into the next one together. A refit writes the
 new model file and its state beside it (each atomically: a temporary file, fsync, rename) and
-hands the new model to the server (`publish`), which warms it and swaps it in. A refit that fails
+hands the new model to the server (`publish`), which warms it and swaps it in; a copy of every
+model served is kept as `models/<name>.<sha256>.json` in the log's directory (the last 20), so the
+sha256 that every calculate reply names leads to the parameters that computed it. A refit that fails
 leaves the served model and both files as they were; the failure is in `status()` and the next
 post tries again from the state the served model was fitted on.
 
@@ -96,18 +98,32 @@ class Learner:
     def _check_log(self) -> None:
         """The log's batches up to the state's version must be the ones the state holds (by name):
         a state from another lineage (a fresh fit over the same name) would mix two data sets."""
-        held = {k + 1: d.get("name") for k, d in enumerate(self.state.data)}
+        held = {k + 1: (d.get("name"), d.get("sha256")) for k, d in enumerate(self.state.data)}
         for b in self.log.batches(self.name):
             if b["version"] > self.state.data_version:
                 break
-            if held.get(b["version"]) != b["name"]:
+            if held.get(b["version"]) != (b["name"], b["sha256"]):
                 raise LearningError(
                     f"model {self.name!r}: the data log's version {b['version']} ({b['name']}) is not in the "
-                    f"model's fit state (which holds {held.get(b['version'])!r} there): the state and the log "
+                    f"model's fit state (which holds {held.get(b['version'], ('nothing',))[0]!r} there, or another "
+                    "sha256): the state and the log "
                     "belong to different fits; use another --learn-dir or refit from the logged data")
+
+    def _archive(self, model: Any) -> None:
+        """Keep the file of every model served (the last HISTORY), named by its sha256, in the log's
+        `models/` folder: the sha256 a calculate reply names finds the parameters that computed it."""
+        folder = self.log.directory / "models"
+        folder.mkdir(exist_ok=True)
+        dest = folder / f"{self.name}.{model.sha256}.json"
+        if not dest.exists():
+            replace_durably(lambda p: model.save(str(p)), dest, ".json")
+        kept = sorted(folder.glob(f"{self.name}.*.json"), key=lambda p: p.stat().st_mtime_ns)
+        for old in kept[:-HISTORY]:
+            old.unlink(missing_ok=True)
 
     # -- the request side ---------------------------------------------------------------------
     def start(self) -> None:
+        self._archive(self.model)
         self._thread.start()
         if self.log.last_version(self.name) > self.state.data_version:     # left by a previous server
             self.wake()
@@ -180,7 +196,7 @@ class Learner:
             for b in batches:
                 configs = self.log.read(self.name, b["version"])
                 model, _report, state = self.fitter.update(model, state, configs, name=batch_name(b["version"]),
-                                                           threads=self.threads)
+                                                           threads=self.threads, sha256=b["sha256"])
                 if state.data_version != b["version"]:
                     raise LearningError(f"the fit state is at data version {state.data_version} after adding "
                                         f"version {b['version']}")
@@ -193,6 +209,7 @@ class Learner:
             replace_durably(lambda p: model.save(str(p)), self.path, self.path.suffix)
             replace_durably(lambda p: self.fitter.save_state(state, p), self.state_file, ".npz")
             swap()
+            self._archive(model)
         except Exception as ex:
             log.exception("model %r: refit with data versions %s failed; the served model stays", self.name, versions)
             with self._cond:
