@@ -303,3 +303,38 @@ def test_log_survives_a_restart(base, tmp_path):
     c = rest[-1]
     assert served.evaluate(c.numbers, c.positions, c.cell, c.pbc).energy == \
         reference.evaluate(c.numbers, c.positions, c.cell, c.pbc).energy
+
+
+def test_pending_limit_and_a_model_replaced_by_hand(base, tmp_path):
+    path, rest = copy_model(base, tmp_path / "m")
+    fitter = BlockingFitter()
+    first = structure_doc(rest[0])
+    limit = 2 * len(first["numbers"])
+    app = app_for(path, tmp_path / "log", fitter, learn_max_pending_atoms=limit)
+    with TestClient(app) as client:
+        wait_ready(client)
+        assert client.post("/v1/models/si/data", json={"structure": first}, headers=AUTH).status_code == 202
+        assert fitter.entered.wait(60)
+        assert client.post("/v1/models/si/data", json={"structure": first}, headers=AUTH).status_code == 202
+        r = client.post("/v1/models/si/data", json={"structure": first}, headers=AUTH)
+        assert r.status_code == 503 and r.json()["kind"] == "too_much_pending", r.text
+        assert r.headers["Retry-After"] == "10"
+        assert client.get("/v1/models/si/data", headers=AUTH).json()["pending"] == [2, 3]
+        # meanwhile another model is swapped in by hand (what --watch or SIGHUP would do)
+        other = refit(load_model(str(path)), si_data()[:10])
+        app.state.registry.install(ServedModel("si", other, str(path)))
+        fitter.go.set()
+        status = wait_status(client, lambda s: s["refit"]["state"] == "failed")
+        assert "replaced outside the learning service" in status["refit"]["error"]
+        assert client.get("/v1/models/si", headers=AUTH).json()["sha256"] == other.sha256
+
+
+def test_a_log_of_another_fit_is_refused(base, tmp_path):
+    path, rest = copy_model(base, tmp_path / "m")
+    log = DataLog(tmp_path / "log")
+    log.append("si", rest[:2], after=1)                  # version 2, never fitted into this state
+    state = ScratchFitter.load_state(ScratchFitter.state_path(path))
+    state.data.append({"version": 2, "name": "posted-v2", "sha256": "0" * 64, "configs": 2, "added": "-"})
+    ScratchFitter.save_state(state, ScratchFitter.state_path(path))
+    with pytest.raises(ValueError, match="different fits"):
+        app_for(path, tmp_path / "log")

@@ -2,7 +2,9 @@
 reply), a background thread folds them into the model's fit state and re-solves, one refit at a
 time; batches posted during a refit wait and go into the next one together. A refit writes the
 new model file and its state beside it (each atomically: a temporary file, fsync, rename) and
-hands the new model to the server (`publish`), which warms it and swaps it in; a copy of every
+hands the new model to the server (`publish(model, sha256 of the model it replaces)`), which warms
+it and swaps it in, unless the served model is no longer the one the state belongs to (its file
+was replaced by hand and hot-swapped by `--watch`: that refit fails, saying so); a copy of every
 model served is kept as `models/<name>.<sha256>.json` in the log's directory (the last 20), so the
 sha256 that every calculate reply names leads to the parameters that computed it. A refit that fails
 leaves the served model and both files as they were; the failure is in `status()` and the next
@@ -72,7 +74,7 @@ class Learner:
     """One model's learning: its fit state, its data log entries and its refit thread."""
 
     def __init__(self, name: str, model: Any, model_path: str | os.PathLike, log_: DataLog, fitter: Any,
-                 publish: Callable[[Any], Callable[[], None]], threads: int | None = 1,
+                 publish: Callable[[Any, str], Callable[[], None]], threads: int | None = 1,
                  max_pending_atoms: int = 1_000_000):
         self.name, self.model, self.path = name, model, Path(model_path)
         self.log, self.fitter, self.publish, self.threads = log_, fitter, publish, threads
@@ -196,11 +198,12 @@ class Learner:
             for b in batches:
                 configs = self.log.read(self.name, b["version"])
                 model, _report, state = self.fitter.update(model, state, configs, name=batch_name(b["version"]),
-                                                           threads=self.threads, sha256=b["sha256"])
+                                                           threads=self.threads, sha256=b["sha256"],
+                                                           progress=False)
                 if state.data_version != b["version"]:
                     raise LearningError(f"the fit state is at data version {state.data_version} after adding "
                                         f"version {b['version']}")
-            swap = self.publish(model)          # warmed beside the served model; swapped in below
+            swap = self.publish(model, self.model.sha256)     # warmed beside the served model; swapped in below
             if self._stop:
                 log.info("model %r: the server stops; refit with data versions %s dropped", self.name, versions)
                 with self._cond:

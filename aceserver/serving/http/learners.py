@@ -15,9 +15,16 @@ from .settings import Settings
 
 
 def publisher(registry: ModelRegistry, metrics: Metrics, name: str, path: str,
-              threads: int | None) -> Callable[[Any], Callable[[], None]]:
-    """`publish(model)` for a learner: warms the refitted model and returns the swap."""
-    def publish(model: Any) -> Callable[[], None]:
+              threads: int | None) -> Callable[[Any, str], Callable[[], None]]:
+    """`publish(model, replaces)` for a learner: warms the refitted model and returns the swap;
+    refuses (RuntimeError) when the served model is not `replaces` (the sha256 of the model the
+    learner's state belongs to): the file was replaced outside the learning service."""
+    def publish(model: Any, replaces: str) -> Callable[[], None]:
+        current = registry.get(name).sha256
+        if current != replaces:
+            raise RuntimeError(f"the served model {name!r} (sha256 {current[:12]}) is not the one the fit state "
+                               f"belongs to ({replaces[:12]}): its file was replaced outside the learning service; "
+                               "restart the server to learn from the new model and its state")
         served = ServedModel(name, model, path)
         served.warm(threads)
 
