@@ -155,3 +155,151 @@ def test_update_equals_scratch_qr(tmp_path):
     assert rel(gamma * upd.parameters, c) < b.x_rel
     assert rel(Aw @ (gamma * upd.parameters), Aw @ c) < b.fitted_rel
     check_predictions(upd, ref, union, system, w, b.fitted_rel * np.linalg.norm(Aw @ c))
+
+
+def test_e0_from_a_new_isolated_atom(tmp_path):
+    """The old data have no isolated atom and no E0 (so E0 = 0); the update brings the isolated Si
+    atom, and a fit of the union takes E0 from it. The factors' targets stay under E0 = 0: the
+    update reaches the new E0 through the element-count target column (streaming.e0_alpha), which
+    is exact arithmetic on the same least-squares problem, so the bounds of a plain refit hold."""
+    fr = frames(DATA / "Si_tiny.xyz")
+    iso = [f for f in fr if "isolated_atom" in f]
+    rest = [f for f in fr if "isolated_atom" not in f]
+    cfg = fit_config(tmp_path, {"name": "qr", "lambda": 1.0}, old=rest[:-N_NEW + 1])
+    write_frames(tmp_path / "new.xyz", rest[-N_NEW + 1:] + iso)
+    model, _, state = incremental.fit_with_state(cfg, plots=False, progress=False, out=io.StringIO())
+    assert model.E0 == {"Si": 0.0}
+    new = read(tmp_path / "new.xyz")
+    upd, rep, state2 = incremental.update(model, state, new, name="new.xyz")
+    assert upd.E0 == {"Si": E0_SI} and state2.fit["E0"] == {"Si": 0.0}
+    union = read(tmp_path / "old.xyz") + new
+    ref, res, Aw, yw, gamma, system, w = scratch(union, {"name": "qr", "lambda": 1.0}, {"Si": E0_SI})
+    c = gamma * ref.parameters
+    b = lsq_bounds(Aw, yw, c, lam=1.0)
+    assert rel(gamma * upd.parameters, c) < b.x_rel
+    check_predictions(upd, ref, union, system, w, b.fitted_rel * np.linalg.norm(Aw @ c))
+
+
+def test_validation_split_of_new_data_and_tsvd(tmp_path):
+    """With validation_fraction, the fit's own split is kept and new configurations go to validation
+    by a hash of their content and the seed (incremental.split_new): independent of order and batch.
+    With tsvd (which chooses its truncation on the validation set) the update equals acefit on
+    (old train + new train, old validation + new validation): same truncation, fitted values within
+    the truncated problem's bound (κ_k = σ₁/σ_k times the gap factor, lsq_bounds)."""
+    solver = {"name": "tsvd", "rtol": 1e-9}
+    cfg = fit_config(tmp_path, solver, E0={"Si": E0_SI}, validation_fraction=0.3)
+    model, _, state = incremental.fit_with_state(cfg, plots=False, progress=False, out=io.StringIO())
+    assert state.validation is not None
+    new = read(tmp_path / "new.xyz")
+    tr, va = incremental.split_new(new, state.fit)
+    tr2, va2 = incremental.split_new(new[::-1], state.fit)
+    assert {id(c) for c in va} == {id(c) for c in va2} and len(tr) + len(va) == len(new)
+    upd, rep, state2 = incremental.update(model, state, new)
+    old_train, old_val = data.split_train_validation(read(tmp_path / "old.xyz"), 0.3, 3)
+    assert state2.fit["n_validation_configs"] == len(old_val) + len(va)
+    ref, res, Aw, yw, gamma, system, w = scratch(old_train + tr, solver, {"Si": E0_SI}, validation=old_val + va)
+    assert rep["solver"]["truncation"] == res.solver_info["truncation"]
+    c = gamma * ref.parameters
+    from lsq_bounds import solver_bounds
+    b = solver_bounds(Aw, yw, c, res.solver_info)
+    assert rel(Aw @ (gamma * upd.parameters), Aw @ c) < b.fitted_rel
+
+
+def test_state_file_round_trip_and_refusals(tmp_path):
+    """The file holds the factors bit for bit; a state of another model, a modified payload, a newer
+    format version and a malformed archive are refused with an error naming the problem."""
+    cfg = fit_config(tmp_path, {"name": "qr", "lambda": 1.0}, E0={"Si": E0_SI})
+    model, report, state = incremental.fit_with_state(cfg, plots=False, progress=False, out=io.StringIO())
+    path = tmp_path / "si.fitstate.npz"
+    assert report["state"] == path.name and path.is_file()
+    assert incremental.state_path(tmp_path / "si.json") == path
+    loaded = incremental.load_state(path, model_sha256=model.sha256)
+    assert loaded.factors.labels == state.factors.labels
+    for g in state.factors.labels:
+        for a, b in zip(loaded.factors.factor(g), state.factors.factor(g)):
+            assert np.array_equal(a, b)
+    assert loaded.fit == incremental.jsonable(state.fit) and loaded.data == state.data
+    # the saved model is the one the state names
+    assert aceserver.load_model(tmp_path / "si.json").sha256 == loaded.model_sha256
+
+    with pytest.raises(incremental.FitStateError, match="belongs to the model"):
+        incremental.load_state(path, model_sha256="0" * 64)
+    other = aceserver.ace1_model(**MODEL, E0={"Si": E0_SI})
+    with pytest.raises(incremental.FitStateError, match="belongs to the model"):
+        incremental.update(other, loaded, read(tmp_path / "new.xyz"))
+
+    arrays = dict(np.load(path, allow_pickle=False))
+    key = max((k for k in arrays if k.startswith("R_")), key=lambda k: np.abs(arrays[k]).sum())
+    R = arrays[key].copy()
+    R[0, 0] = np.nextafter(R[0, 0], np.inf)                    # one ulp
+    bad = dict(arrays, **{key: R})
+    np.savez(tmp_path / "tampered.fitstate.npz", **bad)
+    with pytest.raises(incremental.FitStateError, match="modified or damaged"):
+        incremental.load_state(tmp_path / "tampered.fitstate.npz")
+    newer = dict(arrays, version=np.array(2, dtype=np.int64))
+    np.savez(tmp_path / "newer.fitstate.npz", **newer)
+    with pytest.raises(incremental.FitStateError, match="newer aceserver"):
+        incremental.load_state(tmp_path / "newer.fitstate.npz")
+    (tmp_path / "junk.fitstate.npz").write_bytes(b"not a zip")
+    with pytest.raises(incremental.FitStateError, match="not a readable"):
+        incremental.load_state(tmp_path / "junk.fitstate.npz")
+    missing = {k: v for k, v in arrays.items() if k != "S_0"}
+    np.savez(tmp_path / "missing.fitstate.npz", **missing)
+    with pytest.raises(incremental.FitStateError):
+        incremental.load_state(tmp_path / "missing.fitstate.npz")
+
+
+def test_bad_labels_are_refused_and_nothing_changes(tmp_path):
+    cfg = fit_config(tmp_path, {"name": "qr", "lambda": 1.0}, E0={"Si": E0_SI})
+    model, _, state = incremental.fit_with_state(cfg, plots=False, progress=False, out=io.StringIO())
+    rows = state.factors.total_rows
+    new = read(tmp_path / "new.xyz")
+    nan = [data.Config(**{**c.__dict__}) for c in new]
+    nan[2].forces = nan[2].forces.copy()
+    nan[2].forces[0, 1] = np.nan
+    with pytest.raises(data.FitDataError, match="frame 2.*forces.*NaN"):
+        incremental.update(model, state, nan)
+    shape = [data.Config(**{**c.__dict__}) for c in new]
+    shape[1].forces = shape[1].forces[:-1]
+    with pytest.raises(data.FitDataError, match="frame 1.*forces.*shape"):
+        incremental.update(model, state, shape)
+    alien = [data.Config(**{**c.__dict__}) for c in new]
+    alien[0].numbers = alien[0].numbers.copy()
+    alien[0].numbers[0] = 6
+    with pytest.raises(data.FitDataError, match="element C is not in the model"):
+        incremental.update(model, state, alien)
+    with pytest.raises(data.FitDataError):
+        incremental.update(model, state, [])
+    assert state.factors.total_rows == rows and state.data_version == 1
+
+
+def test_cli_save_state_then_update(tmp_path, capsys):
+    """`aceserver fit --save-state` then `aceserver fit --update STATE NEW.xyz --output`: the new
+    model records the data versions by file name and sha256 (no paths), equals the library update,
+    and an update of the old model with the new state is refused."""
+    import yaml
+    from aceserver.cli import main
+    from aceserver.fitting.workflow import sha256_file
+    cfg = fit_config(tmp_path, {"name": "qr", "lambda": 1.0}, E0={"Si": E0_SI})
+    (tmp_path / "fit.yaml").write_text(yaml.safe_dump(cfg.raw))
+    assert main(["fit", str(tmp_path / "fit.yaml"), "--save-state", "--quiet", "--no-plots"]) == 0
+    assert (tmp_path / "si.fitstate.npz").is_file()
+    assert main(["fit", "--update", str(tmp_path / "si.fitstate.npz"), str(tmp_path / "new.xyz"),
+                 "--output", str(tmp_path / "si2.json"), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "data version 2" in out
+    m2 = aceserver.load_model(tmp_path / "si2.json")
+    versions = m2.metadata["fit"]["provenance"]["data_versions"]
+    assert [(v["version"], v["name"], v["sha256"]) for v in versions] == [
+        (1, "old.xyz", sha256_file(tmp_path / "old.xyz")), (2, "new.xyz", sha256_file(tmp_path / "new.xyz"))]
+    assert str(tmp_path) not in (tmp_path / "si2.json").read_text()
+    s2 = incremental.load_state(tmp_path / "si2.fitstate.npz", model_sha256=m2.sha256)
+    assert s2.data_version == 2
+    m1 = aceserver.load_model(tmp_path / "si.json")
+    lib, _, _ = incremental.update(m1, incremental.load_state(tmp_path / "si.fitstate.npz"),
+                                   read(tmp_path / "new.xyz"))
+    assert np.array_equal(lib.parameters, m2.parameters)      # same arithmetic, same order
+    # the old model with the new state: refused, and the command says why
+    assert main(["fit", "--update", str(tmp_path / "si2.fitstate.npz"), str(tmp_path / "new.xyz"),
+                 "--model", str(tmp_path / "si.json")]) == 2
+    assert "belongs to the model" in capsys.readouterr().err

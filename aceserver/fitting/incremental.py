@@ -41,6 +41,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import hashlib
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -55,7 +56,7 @@ from aceserver.io.fitstate_file import state_path
 
 from . import config as fconfig
 from . import error_tables, priors, streaming
-from .data import Config, FitDataError, Keys, normalise_weights, resolve_E0
+from .data import Config, FitDataError, Keys, normalise_weights, read_configs, resolve_E0
 from .fit_model import VALIDATED, jsonable
 from .workflow import load_data, run_fit, sha256_file
 
@@ -230,6 +231,9 @@ def fit_with_state(cfg, output=None, threads=None, plots=True, progress=None, ou
         report["state"] = path.name
         print(f"fit state written to {path} (data version {state.data_version})",
               file=out if out is not None else sys.stdout)
+    elif save:
+        print("warning: no model file (output.model or --output), so no fit state is written",
+              file=out if out is not None else sys.stdout)
     return model, report, state
 
 
@@ -277,6 +281,12 @@ def update(model, state: FitState, configs: list[Config], name: str = "posted", 
     ``state`` is modified. Report timings: new_rows_s (basis evaluation and QR of the new rows),
     merge_s (their factors folded into the old), solve_s (combination and solve), errors_s.
     """
+    return update_batches(model, state, [(name, sha256, configs)], threads, progress, compute_errors)
+
+
+def update_batches(model, state: FitState, batches, threads=None, progress=None, compute_errors=True):
+    """:func:`update` with several batches ``[(name, sha256 or None, configs)]`` at once: one data
+    version each, one solve for all."""
     t_start = time.perf_counter()
     if model.sha256 != state.model_sha256:
         raise FitStateError(f"the fit state belongs to the model with sha256 {state.model_sha256[:12]}..., "
@@ -284,11 +294,18 @@ def update(model, state: FitState, configs: list[Config], name: str = "posted", 
     fit = state.fit
     if list(model.elements) != fit["elements"] or model.length_basis != fit["n_basis"]:
         raise FitStateError("the fit state was made for another basis")
-    configs = list(configs)
+    configs, added = [], []
+    for name, sha, cs in batches:
+        cs = list(cs)
+        if not cs:
+            raise FitDataError(f"batch {name!r} holds no configurations")
+        check_configs(cs, fit["elements"])
+        tr, va = split_new(cs, fit)
+        added.append({"name": Path(str(name)).name or "posted", "sha256": sha or configs_sha256(cs),
+                      "configs": len(cs), "train": len(tr), "validation": len(va)})
+        configs += cs
     if not configs:
         raise FitDataError("no configurations to add")
-    check_configs(configs, fit["elements"])
-    name = Path(str(name)).name or "posted"
     train, val = split_new(configs, fit)
     timings = {}
 
@@ -323,9 +340,9 @@ def update(model, state: FitState, configs: list[Config], name: str = "posted", 
     ns.fit["isolated_atoms"] = isolated
     ns.fit["n_train_configs"] = fit["n_train_configs"] + len(train)
     ns.fit["n_validation_configs"] = fit["n_validation_configs"] + len(val)
-    ns.data.append({"version": len(ns.data) + 1, "name": name,
-                    "sha256": sha256 or configs_sha256(configs), "configs": len(configs),
-                    "train": len(train), "validation": len(val), "added": _now()})
+    now = _now()
+    for a in added:
+        ns.data.append(dict({"version": len(ns.data) + 1}, **a, added=now))
 
     errors = {}
     if compute_errors:
@@ -343,16 +360,61 @@ def update(model, state: FitState, configs: list[Config], name: str = "posted", 
                "n_validation_configs": ns.fit["n_validation_configs"],
                "n_observations": int(ns.factors.total_rows), "errors": {}, "timings_s": timings,
                "assembly": {"path": "incremental"}, "date": _now(),
-               "update": {"data_version": ns.data_version, "added": ns.data[-1], "errors": errors,
+               "update": {"data_version": ns.data_version, "added": ns.data[-len(added):], "errors": errors,
                           "units": {"E": "eV/atom", "F": "eV/Å", "V": "eV/atom",
                                     "train_factor_rms": "F eV/Å; E, V eV/√atom"}}})
     fm.setdefault("provenance", {})["data_versions"] = ns.data
     new_model.metadata = jsonable(meta)
     ns.model_sha256 = new_model.sha256
-    report = jsonable({"data_version": ns.data_version, "added": ns.data[-1], "sha256": ns.model_sha256,
+    report = jsonable({"data_version": ns.data_version, "added": ns.data[-len(added):], "sha256": ns.model_sha256,
                        "n_observations": int(ns.factors.total_rows), "length_basis": model.length_basis,
                        "solver": dict(sol.info), "E0": E0, "errors": errors, "timings_s": timings})
     return new_model, report, ns
+
+
+def model_path_of(state_file) -> Path:
+    """The model file a state file is conventionally beside: `<stem>.fitstate.npz` -> `<stem>.json`."""
+    p = Path(state_file)
+    name = p.name[:-len(fitstate_file.SUFFIX)] if p.name.endswith(fitstate_file.SUFFIX) else p.stem
+    return p.with_name(name + ".json")
+
+
+def update_files(state_file, data_files, model_file=None, output=None, threads=None, progress=None,
+                 out=None):
+    """``aceserver fit --update STATE NEW.xyz ...``: read the model (default :func:`model_path_of`)
+    and its state, add the configurations of the extended-XYZ files (read with the fit's keys; one
+    data version per file, recorded by file name and sha256), re-solve, and write the new model to
+    ``output`` (default: over the model, atomically) and its state beside it. Returns the report."""
+    out = sys.stdout if out is None else out
+    state_file = Path(state_file)
+    model_file = Path(model_file) if model_file else model_path_of(state_file)
+    if not model_file.is_file():
+        raise FitStateError(f"no model file {model_file.name} beside the state {state_file.name}; "
+                            "name it with --model")
+    model = fconfig.load_model_file(model_file)
+    state = load_state(state_file, model_sha256=model.sha256)
+    keys = keys_of(state)
+    batches = [(Path(p).name, sha256_file(p), read_configs(p, keys, elements=state.elements))
+               for p in data_files]
+    new_model, report, ns = update_batches(model, state, batches, threads, progress)
+    output = Path(output) if output else model_file
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_name(output.name + ".tmp")
+    new_model.save(tmp)
+    os.replace(tmp, output)
+    spath = state_path(output)
+    save_state(ns, spath)
+    t = report["timings_s"]
+    print(f"added {sum(a['configs'] for a in report['added'])} configurations "
+          f"({', '.join(a['name'] for a in report['added'])}): data version {ns.data_version}, "
+          f"{report['n_observations']} observations; new rows {t['new_rows_s']:.2f} s, merge {t['merge_s']:.2f} s, "
+          f"solve {t['solve_s']:.2f} s", file=out)
+    err = report["errors"].get("added_after")
+    if err:
+        print(error_tables.format_table(err, "errors on the added data after the update"), file=out)
+    print(f"model written to {output} (sha256 {new_model.sha256}); fit state to {spath}", file=out)
+    report = dict(report, model=output.name, state=spath.name)
+    return report
 
 
 # ---------------------------------------------------------------------------------------------
@@ -401,5 +463,6 @@ def keys_of(state: FitState) -> Keys:
     return Keys(**state.fit.get("keys", {}))
 
 
-__all__ = ["FitState", "FitStateError", "fit_with_state", "update", "save_state", "load_state", "state_path",
+__all__ = ["FitState", "FitStateError", "fit_with_state", "update", "update_batches", "update_files",
+           "model_path_of", "save_state", "load_state", "state_path",
            "split_new", "configs_sha256", "solve_state", "keys_of"]
