@@ -60,7 +60,7 @@ def _config(d: dict) -> Config:
 
 
 class ScratchFitter:
-    """`state_path`, `load_state`, `save_state`, `update` as `fitting.incremental` has them."""
+    """`state_path`, `load_state`, `save_state`, `update_batches` as `fitting.incremental` has them."""
 
     def __init__(self):
         self.updates = 0
@@ -83,16 +83,16 @@ class ScratchFitter:
             raise ValueError(f"the state belongs to model {doc['model_sha256'][:12]}, not {model_sha256[:12]}")
         return ScratchState(doc["data"], [[_config(c) for c in b] for b in doc["configs"]], doc["model_sha256"])
 
-    def update(self, model, state: ScratchState, configs: list[Config], name="posted", threads=None, progress=None,
-               sha256=None):
-        if any(c.config_type == "fail" for c in configs):
+    def update_batches(self, model, state: ScratchState, batches, threads=None, progress=None):
+        """`batches`: [(name, sha256, configs)], one data version each; one fit for all."""
+        if any(c.config_type == "fail" for _, _, cs in batches for c in cs):
             raise RuntimeError("refused by the test fitter (config_type 'fail')")
         self.updates += 1
-        batches = state.configs + [list(configs)]
-        new = refit(model, [c for b in batches for c in b])
-        entry = {"version": state.data_version + 1, "name": name, "sha256": sha256, "configs": len(configs),
-                 "added": "-"}
-        return new, {}, ScratchState(state.data + [entry], batches, new.sha256)
+        held = state.configs + [list(cs) for _, _, cs in batches]
+        new = refit(model, [c for b in held for c in b])
+        entries = [{"version": state.data_version + k + 1, "name": name, "sha256": sha, "configs": len(cs),
+                    "added": "-"} for k, (name, sha, cs) in enumerate(batches)]
+        return new, {}, ScratchState(state.data + entries, held, new.sha256)
 
 
 def fitted_model(folder: Path, n_initial: int = 30):

@@ -252,10 +252,10 @@ class BlockingFitter(ScratchFitter):
         super().__init__()
         self.go, self.entered = threading.Event(), threading.Event()
 
-    def update(self, *args, **kwargs):
+    def update_batches(self, *args, **kwargs):
         self.entered.set()
         self.go.wait(60)
-        return super().update(*args, **kwargs)
+        return super().update_batches(*args, **kwargs)
 
 
 def test_posts_during_a_refit_are_coalesced(base, tmp_path):
@@ -272,9 +272,9 @@ def test_posts_during_a_refit_are_coalesced(base, tmp_path):
         assert status["refit"]["state"] == "running" and status["pending"] == [2, 3, 4, 5]
         fitter.go.set()
         status = wait_status(client, lambda s: s["data_version"] == 5)
-        # one refit for version 2, then one for 3, 4, 5 together: two models swapped in
+        # one refit for version 2, then one for 3, 4, 5 together (one fit): two models swapped in
         assert [s["data_version"] for s in status["served"]] == [5, 2, 1]
-        assert status["refit"]["versions"] == [3, 4, 5]
+        assert status["refit"]["versions"] == [3, 4, 5] and fitter.updates == 2
 
 
 def test_log_survives_a_restart(base, tmp_path):

@@ -15,9 +15,10 @@ loaded 2-core AMD EPYC, an update of 10 configurations took 1.33 s with BLAS's d
 0.24 s with one (benchmarks/bench_learn.py), and the calculate threads keep the other cores.
 
 The fit state is `fitting.incremental`'s (`fitter` is that module or an object with the same four
-functions: `state_path`, `load_state`, `save_state`, `update`); the posted batch of data version
-v is added to the state under the name `posted-v<v>` (`datalog.batch_name`), so a state's
-`data_version` is the last data version its model was fitted on. Units of the data: `datalog`.
+functions: `state_path`, `load_state`, `save_state`, `update_batches`); a refit adds every pending
+batch in one `update_batches` call (one solve), the batch of data version v under the name
+`posted-v<v>` (`datalog.batch_name`) with the log's sha256, so a state's `data_version` is the
+last data version its model was fitted on. Units of the data: `datalog`.
 
 Between the two renames of a refit (microseconds) a crash leaves a model file and a state of two
 different fits; on the next start `load_state` refuses the pair (sha256 mismatch) and the model is
@@ -191,14 +192,12 @@ class Learner:
                 log.exception("learning thread of model %r", self.name)
 
     def _update(self, batches: list[dict], model: Any, state: Any) -> tuple[Any, Any]:
-        """The state with each batch added in order (one `update` per data version), and its model."""
-        for b in batches:
-            configs = self.log.read(self.name, b["version"])
-            model, _report, state = self.fitter.update(model, state, configs, name=batch_name(b["version"]),
-                                                       threads=self.threads, sha256=b["sha256"], progress=False)
-            if state.data_version != b["version"]:
-                raise LearningError(f"the fit state is at data version {state.data_version} after adding "
-                                    f"version {b['version']}")
+        """The state with the batches added in order (one data version each, one solve), and its model."""
+        named = [(batch_name(b["version"]), b["sha256"], self.log.read(self.name, b["version"])) for b in batches]
+        model, _report, state = self.fitter.update_batches(model, state, named, threads=self.threads, progress=False)
+        if state.data_version != batches[-1]["version"]:
+            raise LearningError(f"the fit state is at data version {state.data_version} after adding versions "
+                                f"{batches[0]['version']}-{batches[-1]['version']}")
         return model, state
 
     def _refit(self) -> None:
