@@ -58,8 +58,9 @@ def copy_model(base, folder):
 
 def app_for(path, logdir, fitter=None, **settings):
     registry = ModelRegistry([ServedModel("si", load_model(str(path)), str(path))])
-    settings = Settings(token=TOKEN, learn=("si",), learn_dir=str(logdir), max_atoms=200, max_structures=20,
-                        workers=2, **settings)
+    settings = dict(dict(token=TOKEN, learn=("si",), learn_dir=str(logdir), max_atoms=200, max_structures=20,
+                         workers=2, max_pairs=20_000), **settings)
+    settings = Settings(**settings)
     return create_app(registry, settings, fitter or ScratchFitter())
 
 
@@ -125,6 +126,9 @@ def _bad_documents(c, bad_element):
         doc = dict(good, **change)
         return {"structure": {k: v for k, v in doc.items() if v is not ...}}
 
+    grid = [[1.2 * i, 1.2 * j, 1.2 * k] for i in range(5) for j in range(5) for k in range(6)]    # 150 atoms
+    dense = {"numbers": [14] * 150, "positions": grid, "cell": [[6.0, 0, 0], [0, 6.0, 0], [0, 0, 7.2]],
+             "pbc": True, "energy": -1.0, "forces": [[0.0] * 3] * 150}     # ~360 neighbours each within 5 Å
     forces_nan = [row[:] for row in good["forces"]]
     forces_nan[1][2] = math.nan
     return [
@@ -141,6 +145,9 @@ def _bad_documents(c, bad_element):
         (w(virial=..., stress=[0.0] * 6, pbc=[True, True, False]), 422, "invalid_input", "structure.stress"),
         (w(virial=[[0.0] * 3] * 2), 422, "invalid_input", "structure.virial"),
         (w(config_type=""), 422, "invalid_input", "structure.config_type"),
+        (w(energy=-2e9), 422, "invalid_input", "structure.energy"),
+        (w(positions=[[0.0, 0.0, 0.0]] * n), 422, "invalid_input", "structure.positions"),        # atoms on top of each other
+        ({"structure": dense}, 413, "too_large", "structure"),                 # over the pair budget (--max-pairs)
         (w(charge=1), 422, "invalid_input", "structure.charge"),
         ({"structures": [good] * 21}, 413, "too_large", "structures"),
         ({"structure": dict(good, numbers=[14] * 201, positions=[[0.0, 0.0, float(i)] for i in range(201)],

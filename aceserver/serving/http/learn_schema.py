@@ -14,7 +14,10 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .schema import LearningStatus, Structure, _exactly, field_error
 
-Label = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+# finite and at most MAX_LABEL in magnitude (eV, eV/Å, eV/Å³): a label beyond it is a unit or sign error,
+# and it would swamp (or overflow) the least-squares system of every later refit
+MAX_LABEL = 1e9
+Label = Annotated[float, Field(strict=True, allow_inf_nan=False, ge=-MAX_LABEL, le=MAX_LABEL)]
 Row3 = Annotated[tuple[Label, Label, Label], _exactly(3, "components (x, y, z)")]
 Matrix3 = Annotated[tuple[Row3, Row3, Row3], _exactly(3, "rows")]
 LABEL_KEYS = ("energy", "forces", "virial", "stress", "config_type")

@@ -2,9 +2,10 @@
 model's learning state. Same token, body limit, codecs (JSON, msgpack) and error documents as
 calculate.
 
-Every structure of a post is checked (schema: shapes, NaN/inf, required labels; the model's
-elements; the server's size limits) before anything is logged: one refused structure refuses the
-post and nothing is appended. An accepted post is one batch, one data version, on disk (fsynced)
+Every structure of a post is checked (schema: shapes, NaN/inf, label magnitudes, required labels;
+the model's elements; the server's size limits; the model evaluates it within the request's pair
+budget, `--max-pairs`, as the refit will) before anything is logged: one refused structure refuses
+the post and nothing is appended. An accepted post is one batch, one data version, on disk (fsynced)
 before the 202 reply; the refit runs in the background (`aceserver.learning.Learner`).
 """
 from __future__ import annotations
@@ -19,11 +20,11 @@ from aceserver.learning import LabelError, Learner, PendingFull, labelled_config
 
 from .. import codec
 from .. import dependencies as deps
-from ..compute import _arrays, check_document
+from ..compute import PairBudget, _arrays, check_document, evaluate_structure
 from ..error_replies import APIError, DecodeError, error_responses, from_validation_error
 from ..learn_schema import REQUEST_KEYS, STRUCTURE_KEYS, DataPosted, DataRequest
 from ..registry import ServedModel, without_paths
-from ..schema import LearningStatus
+from ..schema import LearningStatus, Property
 from ..settings import Settings
 
 router = APIRouter(prefix="/v1", tags=["learning"])
@@ -67,8 +68,12 @@ def post_body(m: ServedModel, lrn: Learner, body: bytes, codec_in: str, settings
     except ValidationError as ex:
         raise from_validation_error(ex.errors(include_url=False)) from None
     configs = []
+    budget = PairBudget(settings.max_pairs)
     for k, (where, s) in enumerate(request.named()):
         numbers, positions, cell, pbc = _arrays(m.model, s, where)       # 422 unknown_element, naming the atom
+        # evaluated once as a calculate request would be: the refit will evaluate its basis there, so a
+        # structure the model cannot evaluate, or one over the pair budget, is refused now, not at the refit
+        evaluate_structure(m.model, s, {Property.energy}, where, settings.kernel_threads, budget)
         try:
             configs.append(labelled_config(numbers, positions, cell, pbc, s.energy, s.forces, virial=s.virial,
                                            stress=s.stress, config_type=s.config_type, elements=m.model.elements,
