@@ -121,6 +121,8 @@ def test_learning_under_load_swaps_and_equals_scratch(tmp_path):
                 t.join(120)
         info = httpx.get(f"{server.url}/v1/models/si", headers=AUTH, timeout=30).json()
 
+    print(f"{len(replies)} calculate replies, {len(errors)} failed; models served {len(status['served'])}, "
+          f"answering: {len({sha for sha, _, _ in replies})}; refits {[s['data_version'] for s in status['served']]}")
     assert not errors, errors[:5]
     served = {s["sha256"]: s["data_version"] for s in status["served"]}
     assert served[model.sha256] == 1 and status["data_version"] == 4 and status["pending"] == []

@@ -30,9 +30,8 @@ class LabelledStructure(Structure):
 
     model_config = ConfigDict(extra="forbid")
 
-    energy: Label | None = Field(None, description="Total energy, eV (required).")
-    forces: list[Row3] | None = Field(
-        None, fail_fast=True, description="Forces, shape (N, 3), eV/Å (required).")
+    energy: Label = Field(..., description="Total energy, eV (the one-body E0 terms included).")
+    forces: list[Row3] = Field(..., fail_fast=True, description="Forces, shape (N, 3), eV/Å.")
     virial: Matrix3 | None = Field(None, description="Virial W = -V·σ, shape (3, 3), eV (optional).")
     stress: list[Label] | list[Row3] | None = Field(
         None, description="Stress σ, eV/Å³, 6 numbers in ASE Voigt order xx yy zz yz xz xy or (3, 3) (optional; "
@@ -42,10 +41,6 @@ class LabelledStructure(Structure):
 
     @model_validator(mode="after")
     def _labels(self) -> "LabelledStructure":
-        if self.energy is None:
-            raise field_error("energy", "required: the total energy in eV")
-        if self.forces is None:
-            raise field_error("forces", "required: the forces in eV/Å, shape (N, 3)")
         if len(self.forces) != len(self.positions):
             raise field_error("forces", f"{len(self.forces)} rows but {len(self.positions)} atoms; shape must be (N, 3)")
         if self.stress is not None and len(self.stress) not in (3, 6):
