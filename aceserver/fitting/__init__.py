@@ -19,6 +19,8 @@ Modules, in data-flow order:
     config        YAML fit configurations
     workflow      ``aceserver fit``/``eval``/``activeset`` as library calls: ``run_fit``, ``load_data``,
                   ``estimate``, provenance, ``evaluate_errors``, ``read_data``, ``active_set_from_files``
+    incremental   a fit's kept state (the factors): ``fit_with_state``, ``update`` with new data,
+                  the data versions (``aceserver fit --save-state`` / ``--update``)
     selection/    hyperparameter selection on one assembly: validation split, K-fold
                   cross-validation, nested bases, scoring rules
 
