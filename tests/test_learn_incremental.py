@@ -26,7 +26,12 @@ import msgpack
 import numpy as np
 import pytest
 
+from aceclient import ACELearning, InvalidInputError
+from ase import Atoms
+from ase.calculators.singlepoint import SinglePointCalculator
+
 from aceserver.fitting import incremental
+from aceserver.learning import DataLog
 from aceserver.loading import load_model
 
 from _http_support import Server
@@ -153,13 +158,29 @@ def test_learning_under_load_swaps_and_equals_scratch(tmp_path):
     assert np.linalg.norm(gamma * final.parameters - c) / np.linalg.norm(c) < b.x_rel
     check_predictions(final, ref, union, system, w, b.fitted_rel * np.linalg.norm(Aw @ c))
 
-    # a restart: the log and the versions go on
-    with Server(args) as server:
-        status = _status(server)
+    # a restart: the log and the versions go on; this post goes through the client (aceclient.ACELearning),
+    # its labels as an ASE calculator's results, the stress (eV/Å³, Voigt) made from the frame's virial
+    c = next(c for c in old if c.virial is not None and c.natoms > 1)
+    atoms = Atoms(numbers=c.numbers, positions=c.positions, cell=c.cell, pbc=c.pbc)
+    sigma = -c.virial / atoms.get_volume()
+    atoms.calc = SinglePointCalculator(atoms, energy=c.energy, forces=c.forces,
+                                       stress=sigma.ravel()[[0, 4, 8, 5, 2, 1]])
+    with Server(args) as server, ACELearning(server.url, token=TOKEN) as learn:
+        status = learn.status("si")
         assert status["data_version"] == 4 and status["latest_version"] == 4 and status["sha256"] == final.sha256
-        r = httpx.post(f"{server.url}/v1/models/si/data", headers=AUTH, timeout=60,
-                       json={"structure": structure_doc(old[0], "posted")})
-        assert r.status_code == 202 and r.json()["version"] == 5, r.text
-        status = _wait_version(server, 5)
+        with pytest.raises(ValueError, match="energy"):
+            learn.post("si", Atoms("Si2", positions=[[0, 0, 0], [0, 0, 2.3]]))      # no labels: refused client-side
+        bad = atoms.copy()
+        bad.calc = SinglePointCalculator(bad, energy=c.energy, forces=np.full((len(bad), 3), np.nan))
+        with pytest.raises(InvalidInputError) as refused:                         # NaN forces: refused by the server
+            learn.post("si", bad)
+        assert refused.value.status == 422 and refused.value.field == "structures[0].forces[0][0]"
+        posted = learn.post("si", atoms, config_type="posted")
+        assert posted["version"] == 5
+        status = learn.wait("si", 5, timeout=300)
         assert status["refit"]["versions"] == [5] and status["sha256"] != final.sha256
     assert load_model(str(path)).sha256 == status["sha256"]
+    logged = DataLog(learn_dir).read("si", 5)[0]
+    # virial -> stress (client) -> virial (server): W = -V·σ twice, a few roundings of |W|
+    assert np.allclose(logged.virial, c.virial, rtol=0, atol=1e-13 * np.abs(c.virial).max())
+    assert logged.energy == c.energy and np.array_equal(logged.forces, c.forces)
