@@ -1,8 +1,8 @@
 """Helpers for the learning-service tests: a small Si model fitted on part of Si_tiny.xyz, labelled
 structures as request documents, and `ScratchFitter`, a fitter with `fitting.incremental`'s four
 functions that refits FROM SCRATCH (`acefit`, QR) on every batch it holds. It is the independent
-reference the service's models are compared with, and it can be told to fail (config_type "fail")
-to test failed refits.
+reference the service's models are compared with, and it can be told to fail (config_type "fail":
+a RuntimeError, a failed refit) or to refuse a batch as input (config_type "bad": a FitDataError).
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import numpy as np
 
 from aceserver.ace1.model import ACEModel
 from aceserver.fitting import acefit, read_configs
-from aceserver.fitting.data import Config, Keys
+from aceserver.fitting.data import Config, FitDataError, Keys
 
 DATA = Path(__file__).parent / "data" / "Si_tiny.xyz"
 KEYS = Keys("dft_energy", "dft_force", "dft_virial")
@@ -87,6 +87,8 @@ class ScratchFitter:
         """`batches`: [(name, sha256, configs)], one data version each; one fit for all."""
         if any(c.config_type == "fail" for _, _, cs in batches for c in cs):
             raise RuntimeError("refused by the test fitter (config_type 'fail')")
+        if any(c.config_type == "bad" for _, _, cs in batches for c in cs):
+            raise FitDataError("refused as input by the test fitter (config_type 'bad')")
         self.updates += 1
         held = state.configs + [list(cs) for _, _, cs in batches]
         new = refit(model, [c for b in held for c in b])

@@ -184,3 +184,33 @@ def test_learning_under_load_swaps_and_equals_scratch(tmp_path):
     # virial -> stress (client) -> virial (server): W = -V·σ twice, a few roundings of |W|
     assert np.allclose(logged.virial, c.virial, rtol=0, atol=1e-13 * np.abs(c.virial).max())
     assert logged.energy == c.energy and np.array_equal(logged.forces, c.forces)
+
+
+def test_an_isolated_atom_against_the_fits_e0_is_refused_and_learning_goes_on(tmp_path):
+    """E0 from the isolated atom of the data (the fit's rule): a posted isolated Si atom with another
+    energy contradicts it, and `update_batches` refuses that batch as input (FitDataError). The batch
+    is marked refused, the served model stays, and the next batch is fitted."""
+    cfg = fit_config(tmp_path, SOLVER)
+    model, _, _ = incremental.fit_with_state(cfg, plots=False, progress=False, threads=2, out=io.StringIO())
+    new = read(tmp_path / "new.xyz")
+    atom = {"numbers": [14], "positions": [[10.0, 10.0, 10.0]], "cell": [[20.0, 0, 0], [0, 20.0, 0], [0, 0, 20.0]],
+            "pbc": True, "energy": E0_SI + 1.0, "forces": [[0.0, 0.0, 0.0]], "config_type": "isolated_atom"}
+    args = [f"si={cfg.output_model}", "--learn", "si", "--learn-dir", str(tmp_path / "learn")]
+    with Server(args) as server:
+        r = httpx.post(f"{server.url}/v1/models/si/data", timeout=60,
+                       json={"structures": [atom, structure_doc(new[0])]})
+        assert r.status_code == 202 and r.json()["version"] == 2
+        deadline = time.monotonic() + 300
+        while not (status := httpx.get(f"{server.url}/v1/models/si/data", timeout=30).json())["refused"]:
+            assert time.monotonic() < deadline, status
+            time.sleep(0.1)
+        assert status["refused"][0]["version"] == 2 and "isolated-atom energies" in status["refused"][0]["reason"]
+        assert status["data_version"] == 1 and status["pending"] == [] and status["sha256"] == model.sha256
+        r = httpx.post(f"{server.url}/v1/models/si/data", timeout=60,
+                       json={"structures": [structure_doc(c) for c in new[1:3]]})
+        assert r.json()["version"] == 3
+        deadline = time.monotonic() + 300
+        while (status := httpx.get(f"{server.url}/v1/models/si/data", timeout=30).json())["data_version"] < 3:
+            assert time.monotonic() < deadline and status["refit"]["state"] != "failed", status
+            time.sleep(0.1)
+        assert status["sha256"] != model.sha256

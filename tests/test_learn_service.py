@@ -345,3 +345,33 @@ def test_a_log_of_another_fit_is_refused(base, tmp_path):
     ScratchFitter.save_state(state, ScratchFitter.state_path(path))
     with pytest.raises(ValueError, match="different fits"):
         app_for(path, tmp_path / "log")
+
+
+def test_a_batch_the_fitter_refuses_is_set_aside(base, tmp_path):
+    """Versions 3 (refused as input by the fitter) and 4 arrive during the refit of 2: the refit of 3
+    and 4 together is refused, so it is redone batch by batch; 3 is marked refused, 4 is fitted; 3
+    is never pending again, also after a restart, and the numbering goes on."""
+    path, rest = copy_model(base, tmp_path / "m")
+    fitter = BlockingFitter()
+    with TestClient(app_for(path, tmp_path / "log", fitter)) as client:
+        wait_ready(client)
+        post = lambda doc: client.post("/v1/models/si/data", json={"structure": doc}, headers=AUTH).json()  # noqa
+        assert post(structure_doc(rest[0]))["version"] == 2
+        assert fitter.entered.wait(60)
+        assert post(structure_doc(rest[1], "bad"))["version"] == 3
+        assert post(structure_doc(rest[2]))["version"] == 4
+        fitter.go.set()
+        status = wait_status(client, lambda s: s["data_version"] == 4)
+        assert status["pending"] == [] and [r["version"] for r in status["refused"]] == [3]
+        assert "refused as input by the test fitter" in status["refused"][0]["reason"]
+        assert [s["data_version"] for s in status["served"]] == [4, 2, 1]
+    state = ScratchFitter.load_state(ScratchFitter.state_path(path))
+    assert [d["name"] for d in state.data[1:]] == ["posted-v2", "posted-v4"]
+    with TestClient(app_for(path, tmp_path / "log")) as client:
+        wait_ready(client)
+        status = client.get("/v1/models/si/data", headers=AUTH).json()
+        assert status["data_version"] == 4 and status["pending"] == [] and status["refused"][0]["version"] == 3
+        assert client.post("/v1/models/si/data", json={"structure": structure_doc(rest[3], "bad")},
+                           headers=AUTH).json()["version"] == 5
+        status = wait_status(client, lambda s: len(s["refused"]) == 2)
+        assert status["data_version"] == 4 and status["pending"] == [] and status["refit"]["state"] == "idle"

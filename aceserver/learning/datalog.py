@@ -10,7 +10,8 @@ reading the batches after a version is one indexed query. The journal is WAL wit
 acknowledged survives a process kill and an OS crash. `to_atoms` turns a logged configuration
 into `ase.Atoms` with its labels, for writing the log out as extended XYZ.
 
-Tables: `batches` (model, version, name, sha256, configs, atoms, added: ISO-8601 UTC) and
+Tables: `batches` (model, version, name, sha256, configs, atoms, added: ISO-8601 UTC, refused:
+why the fitter refused the batch, or NULL) and
 `configs` (model, version, index in the batch, config_type, the arrays as raw little-endian bytes:
 numbers int64, positions (N, 3) Å, cell (3, 3) Å, pbc 3 flags, energy eV, forces (N, 3) eV/Å,
 virial (3, 3) eV (W = -V·σ) or NULL). No pickle. Each batch's sha256 covers those bytes in order
@@ -33,7 +34,7 @@ from aceserver.fitting.data import Config
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS batches (
     model TEXT NOT NULL, version INTEGER NOT NULL, name TEXT NOT NULL, sha256 TEXT NOT NULL,
-    configs INTEGER NOT NULL, atoms INTEGER NOT NULL, added TEXT NOT NULL,
+    configs INTEGER NOT NULL, atoms INTEGER NOT NULL, added TEXT NOT NULL, refused TEXT,
     PRIMARY KEY (model, version)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS configs (
     model TEXT NOT NULL, version INTEGER NOT NULL, idx INTEGER NOT NULL, config_type TEXT NOT NULL,
@@ -113,7 +114,7 @@ class DataLog:
                 (last,) = db.execute("SELECT max(version) FROM batches WHERE model = ?", (model,)).fetchone()
                 version = max(last or 0, after) + 1
                 name = batch_name(version)
-                db.execute("INSERT INTO batches VALUES (?, ?, ?, ?, ?, ?, ?)",
+                db.execute("INSERT INTO batches VALUES (?, ?, ?, ?, ?, ?, ?, NULL)",
                            (model, version, name, digest, len(rows), atoms, added))
                 db.executemany("INSERT INTO configs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                                [(model, version, i, *r) for i, r in enumerate(rows)])
@@ -125,11 +126,18 @@ class DataLog:
                 "added": added}
 
     def batches(self, model: str, after: int = 0) -> list[dict]:
-        """The entries of `model`'s batches with a version above `after`, in order."""
+        """The entries of `model`'s batches with a version above `after`, in order; `refused` holds why
+        the fitter refused a batch (`mark_refused`), else None."""
         with self._lock:
-            rows = self._db.execute("SELECT version, name, sha256, configs, atoms, added FROM batches "
+            rows = self._db.execute("SELECT version, name, sha256, configs, atoms, added, refused FROM batches "
                                     "WHERE model = ? AND version > ? ORDER BY version", (model, after)).fetchall()
-        return [dict(zip(("version", "name", "sha256", "configs", "atoms", "added"), r)) for r in rows]
+        return [dict(zip(("version", "name", "sha256", "configs", "atoms", "added", "refused"), r)) for r in rows]
+
+    def mark_refused(self, model: str, version: int, reason: str) -> None:
+        """Record (durably) that the fitter refused a batch: it stays in the log, and is not pending."""
+        with self._lock:
+            self._db.execute("UPDATE batches SET refused = ? WHERE model = ? AND version = ?",
+                             (reason, model, version))
 
     def last_version(self, model: str) -> int:
         with self._lock:

@@ -10,6 +10,12 @@ sha256 that every calculate reply names leads to the parameters that computed it
 leaves the served model and both files as they were; the failure is in `status()` and the next
 post tries again from the state the served model was fitted on.
 
+A batch the fitter refuses as input (an `ACEInputError` of `update_batches`, e.g. an isolated atom
+whose energy contradicts the fit's E0 rule) would make every later refit fail; so a refit whose
+batches are refused together is redone batch by batch, the refused ones marked in the log
+(`DataLog.mark_refused`, with the reason: kept, never pending again, listed in `status()`) and
+the others fitted.
+
 The refit's BLAS runs on `threads` threads (the server's --kernel-threads, 1 by default): on a
 loaded 2-core AMD EPYC, an update of 10 configurations took 1.33 s with BLAS's default threads and
 0.24 s with one (benchmarks/bench_learn.py), and the calculate threads keep the other cores.
@@ -17,8 +23,9 @@ loaded 2-core AMD EPYC, an update of 10 configurations took 1.33 s with BLAS's d
 The fit state is `fitting.incremental`'s (`fitter` is that module or an object with the same four
 functions: `state_path`, `load_state`, `save_state`, `update_batches`); a refit adds every pending
 batch in one `update_batches` call (one solve), the batch of data version v under the name
-`posted-v<v>` (`datalog.batch_name`) with the log's sha256, so a state's `data_version` is the
-last data version its model was fitted on. Units of the data: `datalog`.
+`posted-v<v>` (`datalog.batch_name`) with the log's sha256. The data version a model was fitted on
+(`fitted_version`) is the largest posted version its state holds, or the state's own count of
+batches (its training files) before any post. Units of the data: `datalog`.
 
 Between the two renames of a refit (microseconds) a crash leaves a model file and a state of two
 different fits; on the next start `load_state` refuses the pair (sha256 mismatch) and the model is
@@ -38,6 +45,8 @@ from typing import Any, Callable
 
 from threadpoolctl import threadpool_limits
 
+from aceserver.errors import ACEInputError
+
 from .datalog import DataLog, batch_name
 
 log = logging.getLogger("aceserver.learning")
@@ -50,6 +59,13 @@ class LearningError(ValueError):
 
 class PendingFull(RuntimeError):
     """Too many atoms wait for a refit (`max_pending_atoms`); retry once the refit has run."""
+
+
+def fitted_version(state: Any) -> int:
+    """The data version a state's model was fitted on (see the module docstring)."""
+    posted = [int(d["name"][len("posted-v"):]) for d in state.data
+              if str(d.get("name", "")).startswith("posted-v") and d["name"][len("posted-v"):].isdigit()]
+    return max([state.data_version, *posted])
 
 
 def _now() -> str:
@@ -95,29 +111,34 @@ class Learner:
             self.state = fitter.load_state(self.state_file, model_sha256=model.sha256)
         except (ValueError, OSError) as ex:
             raise LearningError(f"model {name!r}: its fit state cannot be used: {ex}") from None
+        self.fitted = fitted_version(self.state)
         self._check_log()
         self._cond = threading.Condition()
         self._wanted = self._stop = False
-        self._pending_atoms = sum(b["atoms"] for b in log_.batches(name, self.state.data_version))
+        self._pending_atoms = sum(b["atoms"] for b in self._pending())
         self.refit: dict[str, Any] = {"state": "idle", "versions": [], "error": None, "started": None,
                                       "finished": None, "seconds": None}
-        self.served: deque[dict] = deque([{"sha256": model.sha256, "data_version": self.state.data_version,
+        self.served: deque[dict] = deque([{"sha256": model.sha256, "data_version": self.fitted,
                                            "since": _now()}], maxlen=HISTORY)
         self._thread = threading.Thread(target=self._run, name=f"ace-learn-{name}", daemon=True)
 
     def _check_log(self) -> None:
-        """The log's batches up to the state's version must be the ones the state holds (by name):
-        a state from another lineage (a fresh fit over the same name) would mix two data sets."""
-        held = {k + 1: (d.get("name"), d.get("sha256")) for k, d in enumerate(self.state.data)}
+        """The log's batches up to the fitted version must be the ones the state holds (by name and
+        sha256; refused ones absent): a state from another lineage (a fresh fit saved over the model)
+        would mix two data sets."""
+        held = {d.get("name"): d.get("sha256") for d in self.state.data}
         for b in self.log.batches(self.name):
-            if b["version"] > self.state.data_version:
+            if b["version"] > self.fitted:
                 break
-            if held.get(b["version"]) != (b["name"], b["sha256"]):
+            expected = None if b["refused"] else b["sha256"]
+            if held.get(b["name"]) != expected:
                 raise LearningError(
-                    f"model {self.name!r}: the data log's version {b['version']} ({b['name']}) is not in the "
-                    f"model's fit state (which holds {held.get(b['version'], ('nothing',))[0]!r} there, or another "
-                    "sha256): the state and the log "
-                    "belong to different fits; use another --learn-dir or refit from the logged data")
+                    f"model {self.name!r}: the data log's version {b['version']} ({b['name']}"
+                    f"{', refused' if b['refused'] else ''}) does not match the model's fit state: the state and "
+                    "the log belong to different fits; use another --learn-dir or refit from the logged data")
+
+    def _pending(self) -> list[dict]:
+        return [b for b in self.log.batches(self.name, self.fitted) if not b["refused"]]
 
     def _archive(self, model: Any) -> None:
         """Keep the file of every model served (the last HISTORY), named by its sha256, in the log's
@@ -135,7 +156,7 @@ class Learner:
     def start(self) -> None:
         self._archive(self.model)
         self._thread.start()
-        if self.log.last_version(self.name) > self.state.data_version:     # left by a previous server
+        if self._pending():                                                   # left by a previous server
             self.wake()
 
     def stop(self, wait: float | None = None) -> None:
@@ -161,7 +182,7 @@ class Learner:
                 raise PendingFull(f"{self._pending_atoms} atoms already wait for a refit of model {self.name!r}; "
                                   f"{atoms} more would pass the limit of {self.max_pending_atoms} "
                                   "(--learn-max-pending-atoms); retry once the refit has run")
-            entry = self.log.append(self.name, configs, after=self.state.data_version)
+            entry = self.log.append(self.name, configs, after=self.fitted)
             self._pending_atoms += atoms
             self._wanted = True
             self._cond.notify_all()
@@ -169,13 +190,16 @@ class Learner:
 
     def status(self) -> dict:
         """What the served model was fitted on, what waits, the last refit and the served models."""
-        fitted = self.state.data_version
-        pending = [b["version"] for b in self.log.batches(self.name, fitted)]
+        fitted = self.fitted
+        batches = self.log.batches(self.name)
+        pending = [b["version"] for b in batches if b["version"] > fitted and not b["refused"]]
+        refused = [{"version": b["version"], "reason": b["refused"]} for b in batches if b["refused"]]
         with self._cond:
             refit = dict(self.refit, versions=list(self.refit["versions"]))
             served = list(reversed(self.served))
         return {"learnable": True, "sha256": served[0]["sha256"], "data_version": fitted,
-                "latest_version": max([fitted, *pending]), "pending": pending, "refit": refit, "served": served}
+                "latest_version": max([fitted, *(b["version"] for b in batches)]), "pending": pending,
+                "refused": refused[-HISTORY:], "refit": refit, "served": served}
 
     # -- the refit thread ---------------------------------------------------------------------
     def _run(self) -> None:
@@ -191,17 +215,27 @@ class Learner:
             except Exception:            # _refit reports its own failures; never let the thread die
                 log.exception("learning thread of model %r", self.name)
 
-    def _update(self, batches: list[dict], model: Any, state: Any) -> tuple[Any, Any]:
-        """The state with the batches added in order (one data version each, one solve), and its model."""
-        named = [(batch_name(b["version"]), b["sha256"], self.log.read(self.name, b["version"])) for b in batches]
-        model, _report, state = self.fitter.update_batches(model, state, named, threads=self.threads, progress=False)
-        if state.data_version != batches[-1]["version"]:
-            raise LearningError(f"the fit state is at data version {state.data_version} after adding versions "
-                                f"{batches[0]['version']}-{batches[-1]['version']}")
-        return model, state
+    def _update(self, batches: list[dict], model: Any, state: Any) -> tuple[Any, Any, list[dict]]:
+        """The state with the batches added in order (one data version each, one solve), and its model;
+        if the fitter refuses them as input, batch by batch, skipping (and returning) the refused ones."""
+        def add(bs, model, state):
+            named = [(batch_name(b["version"]), b["sha256"], self.log.read(self.name, b["version"])) for b in bs]
+            return self.fitter.update_batches(model, state, named, threads=self.threads, progress=False)[::2]
+        try:
+            return (*add(batches, model, state), [])
+        except ACEInputError as ex:
+            if len(batches) == 1:
+                return model, state, [dict(batches[0], refused=f"{type(ex).__name__}: {ex}")]
+        refused = []
+        for b in batches:
+            try:
+                model, state = add([b], model, state)
+            except ACEInputError as ex:
+                refused.append(dict(b, refused=f"{type(ex).__name__}: {ex}"))
+        return model, state, refused
 
     def _refit(self) -> None:
-        batches = self.log.batches(self.name, self.state.data_version)
+        batches = self._pending()
         if not batches:
             return
         versions = [b["version"] for b in batches]
@@ -211,9 +245,16 @@ class Learner:
                           "finished": None, "seconds": None}
         log.info("model %r: refitting with data versions %s", self.name, versions)
         try:
-            model, state = self.model, self.state
             with threadpool_limits(limits=self.threads, user_api="blas") if self.threads else nullcontext():
-                model, state = self._update(batches, model, state)
+                model, state, refused = self._update(batches, self.model, self.state)
+            for b in refused:         # durable before the state that skips them is written
+                log.error("model %r: data version %d refused by the fitter: %s", self.name, b["version"], b["refused"])
+                self.log.mark_refused(self.name, b["version"], b["refused"])
+            if len(refused) == len(batches):
+                with self._cond:
+                    self._pending_atoms -= sum(b["atoms"] for b in batches)
+                    self.refit.update(state="idle", finished=_now(), seconds=round(time.perf_counter() - t0, 3))
+                return
             swap = self.publish(model, self.model.sha256)     # warmed beside the served model; swapped in below
             if self._stop:
                 log.info("model %r: the server stops; refit with data versions %s dropped", self.name, versions)
@@ -231,9 +272,9 @@ class Learner:
                                   seconds=round(time.perf_counter() - t0, 3))
             return
         with self._cond:
-            self.model, self.state = model, state
+            self.model, self.state, self.fitted = model, state, fitted_version(state)
             self._pending_atoms -= sum(b["atoms"] for b in batches)
-            self.served.append({"sha256": model.sha256, "data_version": state.data_version, "since": _now()})
+            self.served.append({"sha256": model.sha256, "data_version": self.fitted, "since": _now()})
             self.refit.update(state="idle", finished=_now(), seconds=round(time.perf_counter() - t0, 3))
         log.info("model %r: now serving sha256 %s, fitted on data version %d", self.name, model.sha256[:12],
-                 state.data_version)
+                 self.fitted)

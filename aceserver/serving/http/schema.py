@@ -245,6 +245,11 @@ class ServedVersion(BaseModel):
     since: str = Field(..., description="When it was swapped in (ISO-8601 UTC).")
 
 
+class RefusedVersion(BaseModel):
+    version: int = Field(..., description="A posted data version the fitter refused.")
+    reason: str = Field(..., description="Why (e.g. an isolated atom whose energy contradicts the fit's E0).")
+
+
 class LearningStatus(BaseModel):
     """Learning state of a model served with `--learn` (`POST /v1/models/{name}/data`)."""
 
@@ -256,6 +261,8 @@ class LearningStatus(BaseModel):
     latest_version: int | None = Field(None, description="The last data version in the log.")
     pending: list[int] = Field(default_factory=list, description="Posted data versions not yet in the served "
                                "model (a refit is running or about to).")
+    refused: list[RefusedVersion] = Field(default_factory=list, description="Posted versions the fitter refused "
+                                          "as input (kept in the log, never pending again; the last 20).")
     refit: RefitStatus | None = None
     served: list[ServedVersion] = Field(default_factory=list, description="The models served since the server "
                                         "started (at most 20, newest first) and the data version of each.")

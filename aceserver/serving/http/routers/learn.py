@@ -52,6 +52,8 @@ def learning_status(name: str, request: Request) -> dict:
     status = found.status()
     if status["refit"]["error"]:
         status["refit"]["error"] = without_paths(status["refit"]["error"])
+    for r in status["refused"]:
+        r["reason"] = without_paths(r["reason"])
     return status
 
 
