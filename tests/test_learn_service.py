@@ -337,6 +337,8 @@ def test_pending_limit_and_a_model_replaced_by_hand(base, tmp_path):
 
 
 def test_a_log_of_another_fit_is_refused(base, tmp_path):
+    """Two ways a fit state and a log can belong to different fits: the log's version 2 is not the one
+    the state holds; the state's training files are not those of the fit the log's posts extend."""
     path, rest = copy_model(base, tmp_path / "m")
     log = DataLog(tmp_path / "log")
     log.append("si", rest[:2], after=1)                  # version 2, never fitted into this state
@@ -344,6 +346,13 @@ def test_a_log_of_another_fit_is_refused(base, tmp_path):
     state.data.append({"version": 2, "name": "posted-v2", "sha256": "0" * 64, "configs": 2, "added": "-"})
     ScratchFitter.save_state(state, ScratchFitter.state_path(path))
     with pytest.raises(ValueError, match="different fits"):
+        app_for(path, tmp_path / "log")
+    state.data = state.data[:1]                          # the same fit again: the log is fine with it
+    ScratchFitter.save_state(state, ScratchFitter.state_path(path))
+    app_for(path, tmp_path / "log").state.learners["si"].log.close()
+    state.data[0]["name"] = "other.xyz"                 # a fit of other files, the same model name
+    ScratchFitter.save_state(state, ScratchFitter.state_path(path))
+    with pytest.raises(ValueError, match="extends another fit"):
         app_for(path, tmp_path / "log")
 
 

@@ -14,7 +14,8 @@ Tables: `batches` (model, version, name, sha256, configs, atoms, added: ISO-8601
 why the fitter refused the batch, or NULL) and
 `configs` (model, version, index in the batch, config_type, the arrays as raw little-endian bytes:
 numbers int64, positions (N, 3) Å, cell (3, 3) Å, pbc 3 flags, energy eV, forces (N, 3) eV/Å,
-virial (3, 3) eV (W = -V·σ) or NULL). No pickle. Each batch's sha256 covers those bytes in order
+virial (3, 3) eV (W = -V·σ) or NULL), `lineage` (per model, a digest of the training files of
+the fit the posts extend). No pickle. Each batch's sha256 covers those bytes in order
 and is checked when the batch is read back.
 """
 from __future__ import annotations
@@ -41,6 +42,7 @@ CREATE TABLE IF NOT EXISTS configs (
     numbers BLOB NOT NULL, positions BLOB NOT NULL, cell BLOB NOT NULL, pbc INTEGER NOT NULL,
     energy REAL NOT NULL, forces BLOB NOT NULL, virial BLOB,
     PRIMARY KEY (model, version, idx)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS lineage (model TEXT PRIMARY KEY, base TEXT NOT NULL) WITHOUT ROWID;
 """
 FILE = "learning.sqlite"
 
@@ -133,6 +135,14 @@ class DataLog:
                                     "WHERE model = ? AND version > ? ORDER BY version", (model, after)).fetchall()
         return [dict(zip(("version", "name", "sha256", "configs", "atoms", "added", "refused"), r)) for r in rows]
 
+    def lineage(self, model: str, base: str) -> str:
+        """The base fit `model`'s batches were posted to (a digest of its training files): recorded the
+        first time, returned as recorded afterwards (a caller compares it with its own)."""
+        with self._lock:
+            self._db.execute("INSERT OR IGNORE INTO lineage VALUES (?, ?)", (model, base))
+            (recorded,) = self._db.execute("SELECT base FROM lineage WHERE model = ?", (model,)).fetchone()
+        return recorded
+
     def mark_refused(self, model: str, version: int, reason: str) -> None:
         """Record (durably) that the fitter refused a batch: it stays in the log, and is not pending."""
         with self._lock:
@@ -160,9 +170,12 @@ class DataLog:
         return [_config(r, batch_name(version), i) for i, r in enumerate(rows)]
 
 
+POSTED = "posted-v"
+
+
 def batch_name(version: int) -> str:
     """The name a posted batch has in the model's fit state (`FitState.data[k]["name"]`)."""
-    return f"posted-v{version}"
+    return f"{POSTED}{version}"
 
 
 def to_atoms(c: Config):

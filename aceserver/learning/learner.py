@@ -34,6 +34,8 @@ served without learning, with that reason in the error.
 from __future__ import annotations
 
 import datetime
+import hashlib
+import json
 import logging
 import os
 import threading
@@ -47,7 +49,7 @@ from threadpoolctl import threadpool_limits
 
 from aceserver.errors import ACEInputError
 
-from .datalog import DataLog, batch_name
+from .datalog import POSTED, DataLog, batch_name
 
 log = logging.getLogger("aceserver.learning")
 HISTORY = 20                      # served models kept in `status()["served"]`
@@ -63,8 +65,8 @@ class PendingFull(RuntimeError):
 
 def fitted_version(state: Any) -> int:
     """The data version a state's model was fitted on (see the module docstring)."""
-    posted = [int(d["name"][len("posted-v"):]) for d in state.data
-              if str(d.get("name", "")).startswith("posted-v") and d["name"][len("posted-v"):].isdigit()]
+    posted = [int(d["name"][len(POSTED):]) for d in state.data
+              if str(d.get("name", "")).startswith(POSTED) and d["name"][len(POSTED):].isdigit()]
     return max([state.data_version, *posted])
 
 
@@ -127,6 +129,11 @@ class Learner:
         sha256; refused ones absent): a state from another lineage (a fresh fit saved over the model)
         would mix two data sets."""
         held = {d.get("name"): d.get("sha256") for d in self.state.data}
+        files = [[d.get("name"), d.get("sha256")] for d in self.state.data if not str(d.get("name")).startswith(POSTED)]
+        base = hashlib.sha256(json.dumps(files).encode()).hexdigest()
+        if self.log.lineage(self.name, base) != base:
+            raise LearningError(f"model {self.name!r}: the data log extends another fit (other training files) than "
+                                "the model's fit state: use another --learn-dir for this fit")
         for b in self.log.batches(self.name):
             if b["version"] > self.fitted:
                 break
