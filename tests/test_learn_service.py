@@ -384,3 +384,15 @@ def test_a_batch_the_fitter_refuses_is_set_aside(base, tmp_path):
                            headers=AUTH).json()["version"] == 5
         status = wait_status(client, lambda s: len(s["refused"]) == 2)
         assert status["data_version"] == 4 and status["pending"] == [] and status["refit"]["state"] == "idle"
+
+
+def test_a_log_that_cannot_be_written_is_a_503_and_the_server_serves_on(base, tmp_path):
+    path, rest = copy_model(base, tmp_path / "m")
+    app = app_for(path, tmp_path / "log")
+    with TestClient(app) as client:
+        wait_ready(client)
+        app.state.learners["si"].log.close()             # as a failing disk would: every write raises
+        r = client.post("/v1/models/si/data", json={"structure": structure_doc(rest[0])}, headers=AUTH)
+        assert r.status_code == 503 and r.json()["kind"] == "log_unavailable", r.text
+        assert "/" not in r.json()["message"]            # no path of the server in the reply
+        assert client.post("/v1/models/si/calculate", json=calc_doc(rest[:1]), headers=AUTH).status_code == 200

@@ -110,20 +110,27 @@ class DataLog:
         added = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
         atoms = sum(len(c.numbers) for c in configs)
         with self._lock:
-            db = self._db
-            db.execute("BEGIN IMMEDIATE")
             try:
-                (last,) = db.execute("SELECT max(version) FROM batches WHERE model = ?", (model,)).fetchone()
-                version = max(last or 0, after) + 1
-                name = batch_name(version)
-                db.execute("INSERT INTO batches VALUES (?, ?, ?, ?, ?, ?, ?, NULL)",
-                           (model, version, name, digest, len(rows), atoms, added))
-                db.executemany("INSERT INTO configs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                               [(model, version, i, *r) for i, r in enumerate(rows)])
-                db.execute("COMMIT")
-            except BaseException:
+                return self._append(model, rows, digest, added, atoms, after)
+            except sqlite3.Error as ex:        # disk full, read-only, locked by another process, ...
+                raise DataLogError(f"cannot append to the learning data log: {ex}") from None
+
+    def _append(self, model: str, rows: list[tuple], digest: str, added: str, atoms: int, after: int) -> dict:
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            (last,) = db.execute("SELECT max(version) FROM batches WHERE model = ?", (model,)).fetchone()
+            version = max(last or 0, after) + 1
+            name = batch_name(version)
+            db.execute("INSERT INTO batches VALUES (?, ?, ?, ?, ?, ?, ?, NULL)",
+                       (model, version, name, digest, len(rows), atoms, added))
+            db.executemany("INSERT INTO configs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                           [(model, version, i, *r) for i, r in enumerate(rows)])
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
                 db.execute("ROLLBACK")
-                raise
+            raise
         return {"version": version, "name": name, "sha256": digest, "configs": len(rows), "atoms": atoms,
                 "added": added}
 

@@ -161,7 +161,10 @@ class Learner:
 
     # -- the request side ---------------------------------------------------------------------
     def start(self) -> None:
-        self._archive(self.model)
+        try:
+            self._archive(self.model)
+        except OSError:               # the copy is for tracing replies; learning works without it
+            log.exception("model %r: cannot keep a copy of the served model in the learning directory", self.name)
         self._thread.start()
         if self._pending():                                                   # left by a previous server
             self.wake()
@@ -257,9 +260,10 @@ class Learner:
             for b in refused:         # durable before the state that skips them is written
                 log.error("model %r: data version %d refused by the fitter: %s", self.name, b["version"], b["refused"])
                 self.log.mark_refused(self.name, b["version"], b["refused"])
+                with self._cond:
+                    self._pending_atoms -= b["atoms"]
             if len(refused) == len(batches):
                 with self._cond:
-                    self._pending_atoms -= sum(b["atoms"] for b in batches)
                     self.refit.update(state="idle", finished=_now(), seconds=round(time.perf_counter() - t0, 3))
                 return
             swap = self.publish(model, self.model.sha256)     # warmed beside the served model; swapped in below
@@ -268,19 +272,20 @@ class Learner:
                 with self._cond:
                     self.refit.update(state="idle", finished=_now())
                 return
+            self._archive(model)      # before the swap: every model that answers has its kept copy
             replace_durably(lambda p: model.save(str(p)), self.path, self.path.suffix)
             replace_durably(lambda p: self.fitter.save_state(state, p), self.state_file, ".npz")
-            swap()
-            self._archive(model)
+            swap()                    # nothing after this can fail: the served model and the files agree
         except Exception as ex:
             log.exception("model %r: refit with data versions %s failed; the served model stays", self.name, versions)
             with self._cond:
                 self.refit.update(state="failed", error=f"{type(ex).__name__}: {ex}", finished=_now(),
                                   seconds=round(time.perf_counter() - t0, 3))
             return
+        done = {b["version"] for b in refused}
         with self._cond:
             self.model, self.state, self.fitted = model, state, fitted_version(state)
-            self._pending_atoms -= sum(b["atoms"] for b in batches)
+            self._pending_atoms -= sum(b["atoms"] for b in batches if b["version"] not in done)
             self.served.append({"sha256": model.sha256, "data_version": self.fitted, "since": _now()})
             self.refit.update(state="idle", finished=_now(), seconds=round(time.perf_counter() - t0, 3))
         log.info("model %r: now serving sha256 %s, fitted on data version %d", self.name, model.sha256[:12],

@@ -11,12 +11,13 @@ before the 202 reply; the refit runs in the background (`aceserver.learning.Lear
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
-from aceserver.learning import LabelError, Learner, PendingFull, labelled_config
+from aceserver.learning import DataLogError, LabelError, Learner, PendingFull, labelled_config
 
 from .. import codec
 from .. import dependencies as deps
@@ -28,6 +29,7 @@ from ..schema import LearningStatus, Property
 from ..settings import Settings
 
 router = APIRouter(prefix="/v1", tags=["learning"])
+log = logging.getLogger("aceserver.http")
 DATA_BODY = {"$ref": "#/components/schemas/DataRequest"}
 
 
@@ -86,6 +88,9 @@ def post_body(m: ServedModel, lrn: Learner, body: bytes, codec_in: str, settings
         entry = lrn.post(configs)
     except PendingFull as ex:
         raise APIError(503, "too_much_pending", str(ex), headers={"Retry-After": "10"}) from None
+    except DataLogError as ex:        # logged for the operator with its path; the reply names none
+        log.error("model %r: %s", m.name, ex)
+        raise APIError(503, "log_unavailable", without_paths(str(ex)), headers={"Retry-After": "30"}) from None
     return entry
 
 
