@@ -7,10 +7,12 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+from fastapi import Request
+
 from aceserver.learning import DataLog, Learner
 
 from .counters import Metrics
-from .registry import ModelRegistry, ServedModel
+from .registry import ModelRegistry, ServedModel, without_paths
 from .settings import Settings
 
 
@@ -56,3 +58,21 @@ def open_learners(registry: ModelRegistry, settings: Settings, metrics: Metrics,
                                  publisher(registry, metrics, name, m.path, settings.kernel_threads),
                                  threads=settings.kernel_threads, max_pending_atoms=settings.learn_max_pending_atoms)
     return learners
+
+
+def not_learnable(name: str) -> dict:
+    reason = (f"model {name!r} is served without learning: start the server with `--learn {name}` (the model "
+              "needs its fit state beside it: `aceserver fit CONFIG.yaml --save-state`)")
+    return {"learnable": False, "reason": reason}
+
+
+def learning_status(name: str, request: Request) -> dict:
+    found = request.app.state.learners.get(name)
+    if found is None:
+        return not_learnable(name)
+    status = found.status()
+    if status["refit"]["error"]:
+        status["refit"]["error"] = without_paths(status["refit"]["error"])
+    for r in status["refused"]:
+        r["reason"] = without_paths(r["reason"])
+    return status

@@ -24,6 +24,7 @@ from .. import dependencies as deps
 from ..compute import PairBudget, _arrays, check_document, evaluate_structure
 from ..error_replies import APIError, DecodeError, error_responses, from_validation_error
 from ..learn_schema import REQUEST_KEYS, STRUCTURE_KEYS, DataPosted, DataRequest
+from ..learners import learning_status, not_learnable
 from ..registry import ServedModel, without_paths
 from ..schema import LearningStatus, Property
 from ..settings import Settings
@@ -33,30 +34,12 @@ log = logging.getLogger("aceserver.http")
 DATA_BODY = {"$ref": "#/components/schemas/DataRequest"}
 
 
-def not_learnable(name: str) -> dict:
-    reason = (f"model {name!r} is served without learning: start the server with `--learn {name}` (the model "
-              "needs its fit state beside it: `aceserver fit CONFIG.yaml --save-state`)")
-    return {"learnable": False, "reason": reason}
-
-
 async def learner(name: str, request: Request) -> Learner:
     """The model's learner; 409 `not_learnable` for a model served without `--learn`."""
     found = request.app.state.learners.get(name)
     if found is None:
         raise APIError(409, "not_learnable", not_learnable(name)["reason"], "name")
     return found
-
-
-def learning_status(name: str, request: Request) -> dict:
-    found = request.app.state.learners.get(name)
-    if found is None:
-        return not_learnable(name)
-    status = found.status()
-    if status["refit"]["error"]:
-        status["refit"]["error"] = without_paths(status["refit"]["error"])
-    for r in status["refused"]:
-        r["reason"] = without_paths(r["reason"])
-    return status
 
 
 def post_body(m: ServedModel, lrn: Learner, body: bytes, codec_in: str, settings: Settings) -> dict:

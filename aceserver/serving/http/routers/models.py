@@ -12,8 +12,8 @@ from fastapi.responses import FileResponse
 from .. import dependencies as deps
 from ..error_replies import APIError, error_responses
 from ..registry import ModelRegistry, ServedModel
+from ..learners import learning_status
 from ..schema import ModelInfo, ModelList
-from .learn import learning_status
 
 PLOT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,100}\.png$")
 
