@@ -246,6 +246,7 @@ def test_failed_refit_keeps_the_served_model(base, tmp_path):
         assert r.status_code == 202
         status = wait_status(client, lambda s: s["refit"]["state"] == "failed")
         assert "refused by the test fitter" in status["refit"]["error"]
+        assert 'aceserver_learning_refits_total{model="si",result="failed"} 1' in client.get("/metrics").text
         assert status["data_version"] == 1 and status["pending"] == [2] and status["sha256"] == old_sha
         reply = client.post("/v1/models/si/calculate", json=calc_doc(rest[:1]), headers=AUTH)
         assert reply.status_code == 200 and reply.json()["sha256"] == old_sha
@@ -384,6 +385,8 @@ def test_a_batch_the_fitter_refuses_is_set_aside(base, tmp_path):
                            headers=AUTH).json()["version"] == 5
         status = wait_status(client, lambda s: len(s["refused"]) == 2)
         assert status["data_version"] == 4 and status["pending"] == [] and status["refit"]["state"] == "idle"
+        metrics = client.get("/metrics").text
+        assert 'aceserver_learning_refits_total{model="si",result="refused"} 1' in metrics
 
 
 def test_a_log_that_cannot_be_written_is_a_503_and_the_server_serves_on(base, tmp_path):

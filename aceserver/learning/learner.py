@@ -101,8 +101,9 @@ class Learner:
 
     def __init__(self, name: str, model: Any, model_path: str | os.PathLike, log_: DataLog, fitter: Any,
                  publish: Callable[[Any, str], Callable[[], None]], threads: int | None = 1,
-                 max_pending_atoms: int = 1_000_000):
+                 max_pending_atoms: int = 1_000_000, on_refit: Callable[[str], None] | None = None):
         self.name, self.model, self.path = name, model, Path(model_path)
+        self.on_refit = on_refit or (lambda result: None)     # "swapped", "failed", "refused" (metrics)
         self.log, self.fitter, self.publish, self.threads = log_, fitter, publish, threads
         self.max_pending_atoms = max_pending_atoms
         self.state_file = Path(fitter.state_path(self.path))
@@ -259,6 +260,7 @@ class Learner:
                 model, state, refused = self._update(batches, self.model, self.state)
             for b in refused:         # durable before the state that skips them is written
                 log.error("model %r: data version %d refused by the fitter: %s", self.name, b["version"], b["refused"])
+                self.on_refit("refused")          # counted before the status shows it
                 self.log.mark_refused(self.name, b["version"], b["refused"])
                 with self._cond:
                     self._pending_atoms -= b["atoms"]
@@ -278,11 +280,13 @@ class Learner:
             swap()                    # nothing after this can fail: the served model and the files agree
         except Exception as ex:
             log.exception("model %r: refit with data versions %s failed; the served model stays", self.name, versions)
+            self.on_refit("failed")
             with self._cond:
                 self.refit.update(state="failed", error=f"{type(ex).__name__}: {ex}", finished=_now(),
                                   seconds=round(time.perf_counter() - t0, 3))
             return
         done = {b["version"] for b in refused}
+        self.on_refit("swapped")
         with self._cond:
             self.model, self.state, self.fitted = model, state, fitted_version(state)
             self._pending_atoms -= sum(b["atoms"] for b in batches if b["version"] not in done)

@@ -56,7 +56,8 @@ def open_learners(registry: ModelRegistry, settings: Settings, metrics: Metrics,
             raise ValueError(f"--learn {name}: no served model has that name (served: {', '.join(registry.models)})")
         learners[name] = Learner(name, m.model, m.path, log, fitter,
                                  publisher(registry, metrics, name, m.path, settings.kernel_threads),
-                                 threads=settings.kernel_threads, max_pending_atoms=settings.learn_max_pending_atoms)
+                                 threads=settings.kernel_threads, max_pending_atoms=settings.learn_max_pending_atoms,
+                                 on_refit=lambda result, name=name: metrics.count_refit(name, result))
     return learners
 
 
