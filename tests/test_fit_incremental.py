@@ -303,3 +303,26 @@ def test_cli_save_state_then_update(tmp_path, capsys):
     assert main(["fit", "--update", str(tmp_path / "si2.fitstate.npz"), str(tmp_path / "new.xyz"),
                  "--model", str(tmp_path / "si.json")]) == 2
     assert "belongs to the model" in capsys.readouterr().err
+
+
+def test_chained_updates_through_the_file(tmp_path):
+    """Two updates in a row, the state written and read between them (as the learning loop does),
+    equal one update with both batches: the same rows in a different reduction order, so the
+    ridge-QR bound of a refit applies; the data versions count the batches in order."""
+    solver = {"name": "qr", "lambda": 1.0}
+    cfg = fit_config(tmp_path, solver, E0={"Si": E0_SI})
+    model, _, state = incremental.fit_with_state(cfg, plots=False, progress=False, out=io.StringIO())
+    new = read(tmp_path / "new.xyz")
+    m1, _, s1 = incremental.update(model, state, new[:3], name="a.xyz", compute_errors=False)
+    incremental.save_state(s1, tmp_path / "s1.fitstate.npz")
+    s1 = incremental.load_state(tmp_path / "s1.fitstate.npz", model_sha256=m1.sha256)
+    m2, _, s2 = incremental.update(m1, s1, new[3:], name="b.xyz", compute_errors=False)
+    both, _, s3 = incremental.update_batches(model, state, [("a.xyz", None, new[:3]), ("b.xyz", None, new[3:])],
+                                             compute_errors=False)
+    assert [d["name"] for d in s2.data] == [d["name"] for d in s3.data] == ["old.xyz", "a.xyz", "b.xyz"]
+    assert [d["sha256"] for d in s2.data] == [d["sha256"] for d in s3.data]
+    assert s2.factors.total_rows == s3.factors.total_rows
+    union = read(tmp_path / "old.xyz") + new
+    ref, res, Aw, yw, gamma, system, w = scratch(union, solver, {"Si": E0_SI})
+    b = lsq_bounds(Aw, yw, gamma * ref.parameters, lam=1.0)
+    assert rel(gamma * m2.parameters, gamma * both.parameters) < b.x_rel

@@ -175,15 +175,15 @@ def _isolated(configs: list[Config]) -> list[dict]:
     """The isolated-atom candidates of :func:`data.isolated_atom_energies` (one-atom configurations
     with an energy), kept so that an update resolves E0 as a fit of the union would."""
     return [{"Z": int(c.numbers[0]), "energy": float(c.energy), "config_type": c.config_type,
-             "where": f"{Path(c.source).name}, frame {c.frame}"}
+             "source": Path(c.source).name, "frame": int(c.frame)}
             for c in configs if c.natoms == 1 and c.energy is not None]
 
 
 def _as_configs(cands: list[dict]) -> list[Config]:
+    """One-atom configurations of the candidates, for :func:`data.resolve_E0`."""
     return [Config(numbers=np.array([d["Z"]]), positions=np.zeros((1, 3)), cell=np.zeros((3, 3)),
                    pbc=np.zeros(3, bool), energy=d["energy"], config_type=d["config_type"],
-                   source=d["where"].split(", frame")[0], frame=int(d["where"].rsplit(" ", 1)[1]))
-            for d in cands]
+                   source=d["source"], frame=d["frame"]) for d in cands]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -317,7 +317,10 @@ def update_batches(model, state: FitState, batches, threads=None, progress=None,
     new = {}
     for key, cs in (("train", train), ("validation", val)):
         if cs and (key == "train" or state.validation is not None):
-            new[key] = streaming.reduce_configs(model, cs, threads=threads, progress=progress, E0=fit["E0"])
+            # leaves of about one basis size of rows: a batch of a few configurations still spreads
+            # over the threads (the leaves depend on the data only, so the numbers not on threads)
+            new[key] = streaming.reduce_configs(model, cs, threads=threads, progress=progress, E0=fit["E0"],
+                                                leaf_rows=max(model.length_basis, 256))
     timings["new_rows_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
