@@ -13,7 +13,8 @@ while client threads keep sending calculate requests. Then:
   union (acefit, in memory) within the first-order perturbation bounds of two backward-stable
   least-squares solves (tests/lsq_bounds.py; test_fit_incremental's `check_predictions`);
 * the model file and state on disk are the final ones (data version 4, batches posted-v2..v4);
-* after a restart the log and versions go on: the next post is version 5 and is refitted.
+* after a restart the log and versions go on: the next post is version 5 and is refitted; a post
+  acknowledged just before the server is killed (SIGKILL) is fitted by the next server.
 """
 from __future__ import annotations
 
@@ -180,6 +181,18 @@ def test_learning_under_load_swaps_and_equals_scratch(tmp_path):
         status = learn.wait("si", 5, timeout=300)
         assert status["refit"]["versions"] == [5] and status["sha256"] != final.sha256
     assert load_model(str(path)).sha256 == status["sha256"]
+
+    # SIGKILL right after the 202 (before the refit can have finished): the batch is on disk, and the
+    # next server fits it
+    server = Server(args).wait_ready()
+    try:
+        r = httpx.post(f"{server.url}/v1/models/si/data", headers=AUTH, timeout=60,
+                       json={"structures": [structure_doc(c) for c in old[4:6]]})
+        assert r.status_code == 202 and r.json()["version"] == 6, r.text
+    finally:
+        server.stop()                                    # SIGKILL
+    with Server(args) as server, ACELearning(server.url, token=TOKEN) as learn:
+        assert learn.wait("si", 6, timeout=300)["data_version"] == 6
     logged = DataLog(learn_dir).read("si", 5)[0]
     # virial -> stress (client) -> virial (server): W = -V·σ twice, a few roundings of |W|
     assert np.allclose(logged.virial, c.virial, rtol=0, atol=1e-13 * np.abs(c.virial).max())

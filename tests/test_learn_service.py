@@ -399,3 +399,23 @@ def test_a_log_that_cannot_be_written_is_a_503_and_the_server_serves_on(base, tm
         assert r.status_code == 503 and r.json()["kind"] == "log_unavailable", r.text
         assert "/" not in r.json()["message"]            # no path of the server in the reply
         assert client.post("/v1/models/si/calculate", json=calc_doc(rest[:1]), headers=AUTH).status_code == 200
+
+
+def test_a_refit_cut_between_its_renames_is_recovered(base, tmp_path):
+    """The state is renamed before the model file: a crash between the two leaves the new state beside
+    the old model. The next start puts the new model back from its kept copy and learns on."""
+    path, rest = copy_model(base, tmp_path / "m")
+    old_bytes = path.read_bytes()
+    with TestClient(app_for(path, tmp_path / "log")) as client:
+        wait_ready(client)
+        client.post("/v1/models/si/data", json={"structure": structure_doc(rest[0])}, headers=AUTH)
+        new_sha = wait_status(client, lambda s: s["data_version"] == 2)["sha256"]
+    path.write_bytes(old_bytes)                          # as if the model file's rename had not happened
+    assert load_model(str(path)).sha256 != new_sha
+    with TestClient(app_for(path, tmp_path / "log")) as client:
+        wait_ready(client)
+        status = client.get("/v1/models/si/data", headers=AUTH).json()
+        assert status["sha256"] == new_sha and status["data_version"] == 2
+        reply = client.post("/v1/models/si/calculate", json=calc_doc(rest[:1]), headers=AUTH).json()
+        assert reply["sha256"] == new_sha
+    assert load_model(str(path)).sha256 == new_sha

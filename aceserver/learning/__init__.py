@@ -8,6 +8,6 @@ the routes are `serving/http/routers/learn.py`).
 """
 from .datalog import DataLog, DataLogError
 from .labels import LabelError, labelled_config
-from .learner import Learner, LearningError, PendingFull
+from .learner import Learner, LearningError, PendingFull, recover
 
-__all__ = ["DataLog", "DataLogError", "LabelError", "Learner", "LearningError", "PendingFull", "labelled_config"]
+__all__ = ["DataLog", "DataLogError", "LabelError", "Learner", "LearningError", "PendingFull", "labelled_config", "recover"]

@@ -27,9 +27,9 @@ batch in one `update_batches` call (one solve), the batch of data version v unde
 (`fitted_version`) is the largest posted version its state holds, or the state's own count of
 batches (its training files) before any post. Units of the data: `datalog`.
 
-Between the two renames of a refit (microseconds) a crash leaves a model file and a state of two
-different fits; on the next start `load_state` refuses the pair (sha256 mismatch) and the model is
-served without learning, with that reason in the error.
+A refit writes the copy of the new model first, then the state, then the model file: a crash
+between the two renames leaves the new state beside the old model file, and `recover` (run before
+the model is loaded) puts the new model back from its copy, so the pair always agrees.
 """
 from __future__ import annotations
 
@@ -96,6 +96,33 @@ def replace_durably(write: Callable[[Path], Any], dest: Path, suffix: str) -> No
     _fsync(dest.parent)
 
 
+def kept_copy(log_: DataLog, name: str, sha256: str) -> Path:
+    """Where the copy of model `name` with this sha256 is kept (`Learner._archive`)."""
+    return log_.directory / "models" / f"{name}.{sha256}.json"
+
+
+def recover(name: str, model_path: str | os.PathLike, log_: DataLog, fitter: Any, model_sha256: str) -> bool:
+    """Before a learning model is served: if its fit state belongs to another model than the file
+    (`model_sha256`) and the copy of that model is kept (a refit was cut between its two renames),
+    put the copy in place of the file (atomically); whether it did. Anything else is left for
+    `Learner` to judge."""
+    path = Path(model_path)
+    state_file = Path(fitter.state_path(path))
+    if not state_file.is_file():
+        return False
+    try:
+        state = fitter.load_state(state_file)
+    except (ValueError, OSError):
+        return False
+    copy = kept_copy(log_, name, state.model_sha256)
+    if state.model_sha256 == model_sha256 or not copy.is_file():
+        return False
+    log.warning("model %r: the fit state belongs to the kept model %s, not to the file (a refit was cut short); "
+                "restoring that model", name, state.model_sha256[:12])
+    replace_durably(lambda p: p.write_bytes(copy.read_bytes()), path, path.suffix)
+    return True
+
+
 class Learner:
     """One model's learning: its fit state, its data log entries and its refit thread."""
 
@@ -151,9 +178,9 @@ class Learner:
     def _archive(self, model: Any) -> None:
         """Keep the file of every model served (the last HISTORY), named by its sha256, in the log's
         `models/` folder: the sha256 a calculate reply names finds the parameters that computed it."""
-        folder = self.log.directory / "models"
+        dest = kept_copy(self.log, self.name, model.sha256)
+        folder = dest.parent
         folder.mkdir(exist_ok=True)
-        dest = folder / f"{self.name}.{model.sha256}.json"
         if not dest.exists():
             replace_durably(lambda p: model.save(str(p)), dest, ".json")
         kept = sorted(folder.glob(f"{self.name}.*.json"), key=lambda p: p.stat().st_mtime_ns)
@@ -274,9 +301,9 @@ class Learner:
                 with self._cond:
                     self.refit.update(state="idle", finished=_now())
                 return
-            self._archive(model)      # before the swap: every model that answers has its kept copy
-            replace_durably(lambda p: model.save(str(p)), self.path, self.path.suffix)
+            self._archive(model)      # first: every model that answers has its copy, and `recover` needs it
             replace_durably(lambda p: self.fitter.save_state(state, p), self.state_file, ".npz")
+            replace_durably(lambda p: model.save(str(p)), self.path, self.path.suffix)
             swap()                    # nothing after this can fail: the served model and the files agree
         except Exception as ex:
             log.exception("model %r: refit with data versions %s failed; the served model stays", self.name, versions)

@@ -9,7 +9,8 @@ from typing import Any, Callable
 
 from fastapi import Request
 
-from aceserver.learning import DataLog, Learner
+from aceserver.learning import DataLog, Learner, recover
+from aceserver.loading import load_model
 
 from .counters import Metrics
 from .registry import ModelRegistry, ServedModel, without_paths
@@ -54,6 +55,9 @@ def open_learners(registry: ModelRegistry, settings: Settings, metrics: Metrics,
         m = registry.get(name)
         if m is None:
             raise ValueError(f"--learn {name}: no served model has that name (served: {', '.join(registry.models)})")
+        if recover(name, m.path, log, fitter, m.sha256):      # not warmed yet: the lifespan warms all models
+            m = ServedModel(name, load_model(m.path), m.path)
+            registry.install(m)
         learners[name] = Learner(name, m.model, m.path, log, fitter,
                                  publisher(registry, metrics, name, m.path, settings.kernel_threads),
                                  threads=settings.kernel_threads, max_pending_atoms=settings.learn_max_pending_atoms,
