@@ -21,6 +21,8 @@ from __future__ import annotations
 import json
 import math
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 
@@ -419,3 +421,19 @@ def test_a_refit_cut_between_its_renames_is_recovered(base, tmp_path):
         reply = client.post("/v1/models/si/calculate", json=calc_doc(rest[:1]), headers=AUTH).json()
         assert reply["sha256"] == new_sha
     assert load_model(str(path)).sha256 == new_sha
+
+
+def test_serve_command_refuses_bad_learning_options(base, tmp_path):
+    """`aceserver serve --learn` exits with 2 and the reason, before serving anything."""
+    path, _ = copy_model(base, tmp_path / "m")
+    stale = path.with_name(f".{path.name}.123.tmp.json")           # left by a refit cut short
+    stale.write_text("{")
+    for args, reason in (([f"si={path}", "--learn", "si"], "--learn-dir"),
+                         ([f"si={path}", "--learn", "other", "--learn-dir", str(tmp_path / "log")], "no served model"),
+                         ([f"si={path}", "--learn", "si", "--learn-dir", str(tmp_path / "log")], "no fit state")):
+        if reason == "no fit state":
+            ScratchFitter.state_path(path).unlink()
+        done = subprocess.run([sys.executable, "-m", "aceserver.cli", "serve", *args, "--port", "1"],
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 2 and reason in done.stderr, done.stderr[-2000:]
+    assert not stale.exists()                                      # cleaned by the start with --learn-dir

@@ -102,12 +102,15 @@ def kept_copy(log_: DataLog, name: str, sha256: str) -> Path:
 
 
 def recover(name: str, model_path: str | os.PathLike, log_: DataLog, fitter: Any, model_sha256: str) -> bool:
-    """Before a learning model is served: if its fit state belongs to another model than the file
-    (`model_sha256`) and the copy of that model is kept (a refit was cut between its two renames),
-    put the copy in place of the file (atomically); whether it did. Anything else is left for
-    `Learner` to judge."""
+    """Before a learning model is served: remove the temporary files of a refit that was cut short;
+    if the fit state belongs to another model than the file (`model_sha256`) and the copy of that
+    model is kept (a refit was cut between its two renames), put the copy in place of the file
+    (atomically); whether it did. Anything else is left for `Learner` to judge."""
     path = Path(model_path)
     state_file = Path(fitter.state_path(path))
+    for dest in (path, state_file):       # temporary files of a refit that was cut short (`replace_durably`)
+        for tmp in dest.parent.glob(f".{dest.name}.*.tmp*"):
+            tmp.unlink(missing_ok=True)
     if not state_file.is_file():
         return False
     try:
