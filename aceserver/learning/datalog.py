@@ -142,6 +142,13 @@ class DataLog:
                                     "WHERE model = ? AND version > ? ORDER BY version", (model, after)).fetchall()
         return [dict(zip(("version", "name", "sha256", "configs", "atoms", "added", "refused"), r)) for r in rows]
 
+    def refused(self, model: str, last: int) -> list[dict]:
+        """The `last` latest batches of `model` the fitter refused: [{version, reason}], oldest first."""
+        with self._lock:
+            rows = self._db.execute("SELECT version, refused FROM batches WHERE model = ? AND refused IS NOT NULL "
+                                    "ORDER BY version DESC LIMIT ?", (model, last)).fetchall()
+        return [{"version": v, "reason": r} for v, r in reversed(rows)]
+
     def lineage(self, model: str, base: str) -> str:
         """The base fit `model`'s batches were posted to (a digest of its training files): recorded the
         first time, returned as recorded afterwards (a caller compares it with its own)."""

@@ -231,16 +231,14 @@ class Learner:
 
     def status(self) -> dict:
         """What the served model was fitted on, what waits, the last refit and the served models."""
-        fitted = self.fitted
-        batches = self.log.batches(self.name)
-        pending = [b["version"] for b in batches if b["version"] > fitted and not b["refused"]]
-        refused = [{"version": b["version"], "reason": b["refused"]} for b in batches if b["refused"]]
+        fitted = self.fitted                 # reads of the log's index: the pending and the latest refused only
+        pending = [b["version"] for b in self.log.batches(self.name, fitted) if not b["refused"]]
         with self._cond:
             refit = dict(self.refit, versions=list(self.refit["versions"]))
             served = list(reversed(self.served))
         return {"learnable": True, "sha256": served[0]["sha256"], "data_version": fitted,
-                "latest_version": max([fitted, *(b["version"] for b in batches)]), "pending": pending,
-                "refused": refused[-HISTORY:], "refit": refit, "served": served}
+                "latest_version": max(fitted, self.log.last_version(self.name)), "pending": pending,
+                "refused": self.log.refused(self.name, HISTORY), "refit": refit, "served": served}
 
     # -- the refit thread ---------------------------------------------------------------------
     def _run(self) -> None:
