@@ -77,6 +77,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="run the jobs on the workers of this dask.distributed scheduler (e.g. tcp://host:8786), "
                            "which must see the model files at the same paths; --max-jobs then bounds the jobs in "
                            "flight on the cluster")
+    learn = parser.add_argument_group("learning (labelled data posted to a model: POST /v1/models/NAME/data)")
+    learn.add_argument("--learn", action="append", default=[], metavar="NAME",
+                       help="let the served model NAME take labelled data: each post is logged durably, folded "
+                            "into the model's fit state (<model stem>.fitstate.npz beside it, from `aceserver fit "
+                            "--save-state`) and refitted in the background; the new model file and state replace "
+                            "the old ones and the server swaps the model in. Repeat for several models")
+    learn.add_argument("--learn-dir", metavar="DIR",
+                       help="keep the posted data in DIR (an SQLite database, learning.sqlite; default: --jobs-dir)")
+    learn.add_argument("--learn-max-pending-atoms", type=int, default=1_000_000, metavar="N",
+                       help="most atoms posted to one model and waiting for its refit (default 1000000; more: 503)")
     parser.add_argument("--warm-only", action="store_true",
                         help="load the models, compile/cache the kernels, and exit (e.g. while building an image)")
 
@@ -123,13 +133,18 @@ def run(args: argparse.Namespace) -> int:
                         body_timeout=args.body_timeout, keep_alive_timeout=args.keep_alive_timeout,
                         max_connections=args.max_connections, jobs_dir=args.jobs_dir, max_jobs=args.max_jobs,
                         jobs_ttl_hours=args.jobs_ttl, jobs_max_atom_steps=args.jobs_max_atom_steps,
-                        jobs_max_frame_atoms=args.jobs_max_frame_atoms, scheduler=args.scheduler)
+                        jobs_max_frame_atoms=args.jobs_max_frame_atoms, scheduler=args.scheduler,
+                        learn=tuple(args.learn), learn_dir=args.learn_dir,
+                        learn_max_pending_atoms=args.learn_max_pending_atoms)
     if args.host not in ("127.0.0.1", "localhost", "::1") and token is None:
         print(f"aceserver serve: warning: listening on {args.host} without --token-file: anyone who can reach "
               "this port can use the server", file=sys.stderr)
+    fitter = None
+    if args.learn:
+        from aceserver.fitting import incremental as fitter
     try:
-        app = create_app(registry, settings)
-    except (OSError, ValueError) as ex:      # the jobs directory or the scheduler
+        app = create_app(registry, settings, fitter)
+    except (OSError, ValueError) as ex:      # the jobs directory, the scheduler, the learning models or data log
         print(f"aceserver serve: {ex}", file=sys.stderr)
         return 2
     server = make_server(app, args.host, args.port, args.log_level, args.access_log)

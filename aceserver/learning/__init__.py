@@ -1,7 +1,8 @@
-"""Active learning (``aceserver learn``): explore with the current model, pick where it
-extrapolates, label, refit, repeat. Beside serving (it runs jobs in this process and imports no
-HTTP code).
+"""Active learning: the loop (``aceserver learn``) and learning as a service (labelled structures
+posted to a served model). No HTTP here: the routes are `serving/http/routers/learn.py`, and the loop
+runs its exploration jobs in this process.
 
+The loop:
     config     the YAML configuration (the fit sections checked by `fitting.config`)
     explore    MD/relax runs through `jobs.runner`, halted on max γ; frames with γ
     select     a greedy D-optimal subset of the candidates (MaxVol over their descriptor rows)
@@ -11,9 +12,20 @@ HTTP code).
     report     report.json and report.png (errors and γ per iteration)
     progress   tqdm progress bars, plain lines without it
 
+The service:
+    datalog    the durable data log (SQLite, fsynced commits): numbered batches (data versions)
+    labels     one posted labelled structure -> a validated training `Config`
+    learner    `ModelLearner`: one served model's learning: post, status, the refit thread,
+               atomic model/state writes
+
 Units: eV, Å, eV/Å, eV/Å³, fs, K, GPa; reported errors meV/atom and eV/Å.
 """
 from .config import LearnConfig, LearnConfigError, load_config
+from .datalog import DataLog, DataLogError
+from .labels import PostedLabelError, labelled_config
+from .learner import LearningError, ModelLearner, PendingFull, recover
 from .loop import Learner, LearnError
 
-__all__ = ["LearnConfig", "LearnConfigError", "LearnError", "Learner", "load_config"]
+__all__ = ["DataLog", "DataLogError", "LearnConfig", "LearnConfigError", "LearnError", "Learner",
+           "LearningError", "ModelLearner", "PendingFull", "PostedLabelError", "labelled_config",
+           "load_config", "recover"]

@@ -6,10 +6,14 @@
     jobs = ACEJobs("http://127.0.0.1:8000")            # relaxations and MD on the server
     images = jobs.run(atoms, "md", parameters={"steps": 1000, "temperature_K": 300, "seed": 1})
 
+    learn = ACELearning("http://127.0.0.1:8000")       # labelled data for a `serve --learn` model
+    learn.wait("Si", learn.post("Si", dft_frames)["version"])
+
 Units as on the server: energies eV, lengths Å, forces eV/Å, stress eV/Å³ (ASE convention).
 """
 from .calculator import ACEServerCalculator
 from .jobs import ACEJobs, JobFailedError
+from .learning import ACELearning
 from .errors import (
     ACEServerConnectionError,
     ACEServerError,
@@ -24,6 +28,7 @@ __version__ = "0.1.0"
 __all__ = [
     "ACEServerCalculator",
     "ACEJobs",
+    "ACELearning",
     "JobFailedError",
     "ACEServerError",
     "ACEServerConnectionError",

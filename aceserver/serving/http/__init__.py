@@ -5,6 +5,8 @@ uvicorn server that `aceserver serve` runs.
 
     schema        request and response models: validation, OpenAPI document and API reference
     job_schema    the jobs API's requests (a job spec + model + structures) and job statuses
+    learn_schema  the data route's labelled structures (energy eV, forces eV/Å, virial eV or stress eV/Å³)
+    learners      the learners of `--learn` models, handing refitted models to the registry
     codec         JSON and msgpack bodies (extxyz: extended XYZ requests)
     packed        the packed (columnar) batch: its checks, errors by index and its reply
     compute       a validated request -> `model.evaluate` -> results (reads the `Evaluation`)

@@ -30,7 +30,9 @@ from .dependencies import require_token
 from .error_replies import error_responses, install_handlers
 from .lifecycle import Drain, DrainMiddleware
 from .registry import ModelRegistry, without_paths
-from .routers import calculate, jobs, models, probes, web
+from .learners import open_learners
+from .learn_schema import DataRequest
+from .routers import calculate, jobs, learn, models, probes, web
 from .routers import metrics as metrics_routes
 from .job_schema import MDJobRequest, RelaxJobRequest
 from .schema import CalculateRequest
@@ -46,7 +48,9 @@ DESCRIPTION = (
     "data: <raw little-endian bytes>}.")
 
 
-def create_app(registry: ModelRegistry, settings: Settings | None = None) -> FastAPI:
+def create_app(registry: ModelRegistry, settings: Settings | None = None, fitter: Any = None) -> FastAPI:
+    """The application. `fitter`: the incremental fitter (`aceserver.fitting.incremental`), needed when
+    `settings.learn` names models (the commands pass it; tests may pass another with its four functions)."""
     settings = settings or Settings()
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     # the API reference routes are `web.reference`'s, so that they can carry the token check
@@ -62,6 +66,7 @@ def create_app(registry: ModelRegistry, settings: Settings | None = None) -> Fas
             settings.jobs_dir, settings.max_jobs or max(1, cpus // 2), settings.jobs_ttl_hours,
             JobLimits(settings.jobs_max_atom_steps, settings.jobs_max_frame_atoms, settings.jobs_max_queued), client)
         app.state.jobs.owns_client = client is not None
+    app.state.learners = open_learners(registry, settings, app.state.metrics, fitter)
     install_handlers(app, on_error=app.state.metrics.count_error)
     app.add_middleware(DrainMiddleware, drain=app.state.drain, on_error=app.state.metrics.count_error)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)   # outermost: it sees the drain's 503s
@@ -72,6 +77,7 @@ def create_app(registry: ModelRegistry, settings: Settings | None = None) -> Fas
     app.include_router(models.router, **v1)
     app.include_router(calculate.router, **v1)
     app.include_router(jobs.router, **v1)
+    app.include_router(learn.router, **v1)
     app.include_router(web.router)
     app.include_router(web.reference, dependencies=token)
     app.mount("/ui", StaticFiles(directory=web.WEB_DIR), name="ui")
@@ -99,6 +105,8 @@ async def lifespan(app: FastAPI):
             return
         state.ready = metrics.ready = True
         log.info("ready: serving %s", ", ".join(registry.models))
+        for learner in app.state.learners.values():      # refits of data left by a previous server start now
+            learner.start()
 
     reloader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ace-reload")
 
@@ -138,6 +146,8 @@ async def lifespan(app: FastAPI):
             asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
         for t in list(tasks):
             t.cancel()
+        for learner in app.state.learners.values():      # a refit in progress finishes or is dropped; the log
+            learner.stop()                                 # keeps its data for the next start
         if app.state.jobs is not None:      # running jobs stop after their current step: `interrupted`
             await asyncio.to_thread(app.state.jobs.shutdown)
         executor.shutdown(wait=not app.state.drain.expired, cancel_futures=app.state.drain.expired)
@@ -153,7 +163,7 @@ def openapi(app: FastAPI) -> dict[str, Any]:
         extra = CalculateRequest.model_json_schema(ref_template="#/components/schemas/{model}")
         components.update(extra.pop("$defs", {}))
         components["CalculateRequest"] = extra
-        for cls in (RelaxJobRequest, MDJobRequest):     # the jobs route reads its body itself too
+        for cls in (RelaxJobRequest, MDJobRequest, DataRequest):     # the jobs and data routes read their bodies too
             extra = cls.model_json_schema(ref_template="#/components/schemas/{model}")
             components.update(extra.pop("$defs", {}))
             components[cls.__name__] = extra

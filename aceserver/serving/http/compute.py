@@ -95,12 +95,14 @@ def _check_keys(obj: dict, known: tuple[str, ...], where: str) -> None:
                        f"(unknown: {str(extra)[:80]!r})", where)
 
 
-def check_document(doc: Any, max_atoms: int, max_structures: int) -> None:
+def check_document(doc: Any, max_atoms: int, max_structures: int, request_keys: tuple[str, ...] = REQUEST_KEYS,
+                   structure_keys: tuple[str, ...] = STRUCTURE_KEYS) -> None:
     """The structure and atom limits on the decoded document, before schema validation (which
-    builds a model per atom): list lengths only, so the check costs microseconds."""
+    builds a model per atom): list lengths only, so the check costs microseconds. The keys a body
+    and a structure may have: a calculate request's unless told (the data route's add labels)."""
     if not isinstance(doc, dict):
         return                                  # the schema names the problem
-    _check_keys(doc, REQUEST_KEYS, "body")
+    _check_keys(doc, request_keys, "body")
     structures = doc.get("structures")
     if isinstance(structures, list):
         if len(structures) > max_structures:
@@ -111,8 +113,8 @@ def check_document(doc: Any, max_atoms: int, max_structures: int) -> None:
     for where, s in items:
         if not isinstance(s, dict):
             continue
-        _check_keys(s, STRUCTURE_KEYS, where)
-        for key in ("positions", "numbers", "symbols"):
+        _check_keys(s, structure_keys, where)
+        for key in ("positions", "numbers", "symbols", "forces"):
             value = s.get(key)
             if isinstance(value, (list, tuple)) and len(value) > max_atoms:
                 raise _too_large(f"{where}.{key}", f"{len(value)} atoms (limit {max_atoms} per structure)")

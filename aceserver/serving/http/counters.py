@@ -3,7 +3,7 @@
 Series: aceserver_http_requests_total{method,route,status}, aceserver_http_request_duration_seconds
 (histogram by route), aceserver_http_requests_in_flight, aceserver_atoms_evaluated_total{model},
 aceserver_structures_evaluated_total{model}, aceserver_errors_total{kind}, aceserver_ready,
-aceserver_model_reloads_total{model,result}. `snapshot()` gives the same counters as JSON, with
+aceserver_model_reloads_total{model,result}, aceserver_learning_refits_total{model,result}. `snapshot()` gives the same counters as JSON, with
 latency percentiles of the latest calculate requests, for the web page.
 """
 from __future__ import annotations
@@ -38,6 +38,7 @@ class Metrics:
         self.in_flight = 0
         self.ready = False
         self.reloads: dict[tuple[str, str], int] = defaultdict(int)
+        self.refits: dict[tuple[str, str], int] = defaultdict(int)
         self.recent: deque[tuple[float, float]] = deque(maxlen=RECENT)   # (unix time, seconds) of calculates
         self.started = time.time()
 
@@ -62,6 +63,10 @@ class Metrics:
     def count_reload(self, model: str, result: str) -> None:
         with self._lock:
             self.reloads[(model, result)] += 1
+
+    def count_refit(self, model: str, result: str) -> None:
+        with self._lock:
+            self.refits[(model, result)] += 1
 
     def snapshot(self) -> dict:
         """Counters and latency percentiles (ms) of the latest calculate requests, for the web page."""
@@ -118,6 +123,11 @@ class Metrics:
                     "(swapped, refused).", "# TYPE aceserver_model_reloads_total counter"]
             out += [f"aceserver_model_reloads_total{_labels(model=m, result=r)} {n}"
                     for (m, r), n in sorted(self.reloads.items())]
+            out += ["# HELP aceserver_learning_refits_total Background refits of learning models (--learn), by model "
+                    "and result (swapped; failed: the served model stayed; refused: the fitter refused a posted "
+                    "batch as input).", "# TYPE aceserver_learning_refits_total counter"]
+            out += [f"aceserver_learning_refits_total{_labels(model=m, result=r)} {n}"
+                    for (m, r), n in sorted(self.refits.items())]
             out += ["# HELP aceserver_ready 1 once all models are loaded and warmed.",
                     "# TYPE aceserver_ready gauge", f"aceserver_ready {int(self.ready)}"]
         return "\n".join(out) + "\n"

@@ -173,6 +173,19 @@ class ModelRegistry:
             self.reloads.extend(done)
         return done
 
+    def install(self, new: ServedModel) -> None:
+        """Serve `new` under its name from now on (a refit of the learning service, already warmed and
+        written to `new.path`): requests already holding the old model finish on it; the file watcher
+        takes the file as it is now as seen."""
+        with self._reload_lock:
+            old = self.models[new.name]
+            new.stamp = file_stamp(new.path)
+            self._attempted[new.name] = new.stamp
+            self.models = {**self.models, new.name: new}
+            self.reloads.append(Reload(new.name, "swapped", old.sha256, new.sha256, "refitted with posted data"))
+        log.info("model %r swapped: sha256 %s -> %s (refitted with posted data)", new.name, old.sha256[:12],
+                 new.sha256[:12])
+
     @classmethod
     def load(cls, specs: list[str]) -> "ModelRegistry":
         """Load the models named on the command line (none: the shipped default)."""

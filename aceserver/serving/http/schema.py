@@ -238,6 +238,49 @@ class ModelInfo(BaseModel):
         None, description="Units of `fit_errors`, e.g. {E: eV/atom, F: eV/Å, V: eV/atom}.")
     metadata: dict[str, Any] = Field(default_factory=dict, description="Free-form metadata of the model file.")
     units: dict[str, str] = Field(default_factory=lambda: dict(UNITS), description="Units of all quantities.")
+    learning: LearningStatus | None = Field(
+        None, description="Learning state (`POST /v1/models/{name}/data`): data versions of the served model and of "
+        "the pending data; null on the model list and for models served without `--learn`.")
+
+
+class RefitStatus(BaseModel):
+    state: str = Field(..., description="`idle`, `running` or `failed` (the served model stayed; the next post "
+                       "tries again).")
+    versions: list[int] = Field(default_factory=list, description="Data versions of the running or last refit.")
+    error: str | None = Field(None, description="Why the last refit failed.")
+    started: str | None = Field(None, description="When the last refit started (ISO-8601 UTC).")
+    finished: str | None = Field(None, description="When it finished (ISO-8601 UTC).")
+    seconds: float | None = Field(None, description="How long it took, s.")
+
+
+class ServedVersion(BaseModel):
+    sha256: str = Field(..., description="sha256 of a model this server has served (calculate replies name it).")
+    data_version: int = Field(..., description="The data version that model was fitted on.")
+    since: str = Field(..., description="When it was swapped in (ISO-8601 UTC).")
+
+
+class RefusedVersion(BaseModel):
+    version: int = Field(..., description="A posted data version the fitter refused.")
+    reason: str = Field(..., description="Why (e.g. an isolated atom whose energy contradicts the fit's E0).")
+
+
+class LearningStatus(BaseModel):
+    """Learning state of a model served with `--learn` (`POST /v1/models/{name}/data`)."""
+
+    learnable: bool = Field(..., description="Whether the model takes posted data.")
+    sha256: str | None = Field(None, description="sha256 of the model now served.")
+    data_version: int | None = Field(
+        None, description="Data version the served model was fitted on: the batches of its fit (`aceserver fit`) "
+        "and every posted batch up to this number.")
+    latest_version: int | None = Field(None, description="The last data version in the log.")
+    pending: list[int] = Field(default_factory=list, description="Posted data versions not yet in the served "
+                               "model (a refit is running or about to).")
+    refused: list[RefusedVersion] = Field(default_factory=list, description="Posted versions the fitter refused "
+                                          "as input (kept in the log, never pending again; the last 20).")
+    refit: RefitStatus | None = None
+    served: list[ServedVersion] = Field(default_factory=list, description="The models served since the server "
+                                        "started (at most 20, newest first) and the data version of each.")
+    reason: str | None = Field(None, description="Why the model does not learn, where it does not.")
 
 
 class ModelList(BaseModel):

@@ -32,6 +32,10 @@ class Settings:
     jobs_max_frame_atoms: int = 2_000_000    # atoms × frames of one job, ~88 bytes each (413 above)
     jobs_max_queued: int = 1_000             # jobs waiting at once (503 `too_many_jobs` above)
     scheduler: str | None = None             # run jobs on this dask.distributed scheduler (None: here)
+    # learning (`aceserver.learning`, routers/learn.py); models named here take POST /v1/models/{name}/data
+    learn: tuple[str, ...] = ()              # names of served models that learn (each needs its fit state beside it)
+    learn_dir: str | None = None             # the data log's directory (None: jobs_dir)
+    learn_max_pending_atoms: int = 1_000_000  # atoms posted but not yet refitted, per model (503 above)
 
 
 class State:

@@ -3,6 +3,7 @@
     models      /v1/models, /v1/models/{name}, the model's parity plots
     calculate   POST /v1/models/{name}/calculate
     jobs        /v1/jobs: relaxations and MD on the server (`aceserver.jobs`), frame streams, cancel
+    learn       /v1/models/{name}/data: labelled data for a learning model (`aceserver.learning`), its status
     probes      /healthz, /livez, /readyz
     metrics     /metrics (Prometheus), /metrics.json (the web page's feed)
     web         the web page at /; the API reference (/openapi.json, /docs, /redoc)

@@ -2,15 +2,17 @@
 model file, as `aceserver fit` and the shipped models lay them out). Included under /v1."""
 from __future__ import annotations
 
+import asyncio
 import re
 from pathlib import Path
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import FileResponse
 
 from .. import dependencies as deps
 from ..error_replies import APIError, error_responses
 from ..registry import ModelRegistry, ServedModel
+from ..learners import learning_status
 from ..schema import ModelInfo, ModelList
 
 PLOT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,100}\.png$")
@@ -28,9 +30,12 @@ async def list_models(registry: ModelRegistry = Depends(deps.registry)) -> dict:
 
 
 @router.get("/models/{name}", response_model=ModelInfo, responses=error_responses(404),
-            summary="Describe one model: species, cutoff (Å), basis size, sha256, fit errors, units")
-async def model_info(model: ServedModel = Depends(deps.served_model)) -> dict:
-    return model.info()
+            summary="Describe one model: species, cutoff (Å), basis size, sha256, fit errors, units, learning state "
+            "(data versions)")
+async def model_info(request: Request, model: ServedModel = Depends(deps.served_model)) -> dict:
+    info = model.info()
+    info["learning"] = await asyncio.to_thread(learning_status, model.name, request)
+    return info
 
 
 @router.get("/models/{name}/plots", summary="Names of the model's parity plots (PNG)")
