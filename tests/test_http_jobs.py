@@ -396,6 +396,11 @@ def test_jobs_need_the_token_when_the_server_has_one(tmp_path):
             assert time.monotonic() < deadline
             time.sleep(0.05)
         assert len(httpx.get(f"{s.url}/v1/jobs/{job}/frames", headers=auth).text.splitlines()) == 6
+        # aceclient.ACEJobs sends the token with every request, submits (POST) included
+        from aceclient import ACEJobs
+        with ACEJobs(s.url, token="s3cret") as jobs:
+            images = jobs.run(cell64(), "md", parameters={"steps": 5})
+            assert [im.info["step"] for im in images] == [0, 1, 2, 3, 4, 5]
 
 
 def test_halt_on_max_gamma_over_http(tmp_path):

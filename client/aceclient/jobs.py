@@ -60,14 +60,15 @@ class ACEJobs:
 
     def __init__(self, url: str = "http://127.0.0.1:8000", token: str | None = None, *, timeout: float = 300.0):
         self.url = url.rstrip("/")
-        headers = {"Accept": JSON}
+        self._headers = {"Accept": JSON}
         if token:
-            headers["Authorization"] = f"Bearer {token}"
-        self._http = urllib3.PoolManager(num_pools=1, maxsize=4, headers=headers, retries=False,
+            self._headers["Authorization"] = f"Bearer {token}"
+        self._http = urllib3.PoolManager(num_pools=1, maxsize=4, headers=self._headers, retries=False,
                                          timeout=urllib3.Timeout(connect=min(timeout, 10.0), read=timeout))
 
     def _request(self, method: str, path: str, body: Any = None, **kw) -> Any:
-        headers = {"Content-Type": MSGPACK} if body is not None else None
+        # a request's own headers replace the pool's in urllib3: the token goes with every request
+        headers = {**self._headers, "Content-Type": MSGPACK} if body is not None else self._headers
         try:
             r = self._http.request(method, self.url + path, headers=headers,
                                    body=None if body is None else msgpack.packb(body, use_bin_type=True), **kw)
