@@ -306,7 +306,18 @@ def _grid_results(sel: dict) -> list[dict]:
     return sel["results"] + [r for r in sel.get("cutoff_results", []) if r["candidate"]["rcut_bond_lengths"] != kept]
 
 
-def accuracy_speed_plot(el: str, sel: dict, nst: dict) -> str:
+def sparse_points(nst: dict, sparse: dict | None) -> list[tuple[str, dict, float]]:
+    """(kind, CV result, µs/atom) of the sparse candidates of sparse_cv.json (``zuo_sparse``), their
+    time the recipe's µs/atom of the speed run times their ratio to the dense recipe in their own run."""
+    if not sparse:
+        return []
+    rec = next(m for m in nst["speed"]["models"] if "recipe" in m["roles"])
+    ratio = sparse["speed"]["ratio_to_dense"]
+    return [(r["candidate"]["solver"]["name"], r, rec["us_per_atom"] * ratio[str(r["candidate"]["solver"]["max_active"])])
+            for r in sparse["results"] if str(r["candidate"]["solver"]["max_active"]) in ratio]
+
+
+def accuracy_speed_plot(el: str, sel: dict, nst: dict, sparse: dict | None = None) -> str:
     """plots/cv_accuracy_speed.png: 5-fold CV MAE (E, F) of every candidate of the selection grid and of
     the recipe against the µs/atom of its basis and cutoff (nested_cv.json's speed run)."""
     import matplotlib
@@ -328,6 +339,11 @@ def accuracy_speed_plot(el: str, sel: dict, nst: dict) -> str:
                     color="tab:red", capsize=3, label="zuo_select's choice")
         ax.errorbar([xr], [rec["mae_mean"][k] * scale], yerr=[rec["mae_std"][k] * scale], fmt="s", color="k",
                     capsize=3, label="upstream recipe")
+        for kind, mark, color in (("asp", "v", "tab:blue"), ("asp+blr", "^", "tab:green")):
+            pts = [(x_, r) for k_, r, x_ in sparse_points(nst, sparse) if k_ == kind]
+            if pts:
+                ax.scatter([p[0] for p in pts], [p[1]["mae_mean"][k] * scale for p in pts], marker=mark, color=color,
+                           label=f"sparse on the recipe basis: {'ASP' if kind == 'asp' else 'ASP support + BLR'}")
         ax.axhline(tgt, color="k", ls="--", lw=1, label="target (best published test MAE)")
         ax.set_yscale("log")
         ax.set_xlabel(f"µs/atom (E+F+virial, {nst['speed']['structure']}, 1 thread)")
@@ -364,7 +380,9 @@ def speed_section(el: str, sel: dict, nst: dict, recipe: bool) -> list[str]:
          "| model | basis | functions | µs/atom | × recipe |", "|---|---|---|---|---|",
          *[f"| {name} | {short(m)} | {m['n_basis']} | {m['us_per_atom']:.1f} | {m['ratio_to_recipe']:.2f} |"
            for name, m in rows], ""]
-    plot = accuracy_speed_plot(el, sel, nst)
+    sp_file = MODELS / f"zuo-{el}" / "sparse_cv.json"
+    sparse = json.loads(sp_file.read_text()) if sp_file.exists() else None
+    plot = accuracy_speed_plot(el, sel, nst, sparse)
     t = sel["targets"]
     us = {_speed_key(m["basis"], m["rcut_bond_lengths"]): m for m in sp["models"]}
     groups: dict = {}
@@ -372,9 +390,10 @@ def speed_section(el: str, sel: dict, nst: dict, recipe: bool) -> list[str]:
         groups.setdefault(_speed_key(r["candidate"]["basis"], r["candidate"]["rcut_bond_lengths"]), []).append(r)
     L += ["## Accuracy against speed", "",
           f"`{plot}`: the 5-fold CV MAE of every candidate of `zuo_select`'s grid (selection.json) and of the "
-          "upstream recipe (nested_cv.json) against the µs/atom of its basis and cutoff (the run above). All are "
-          "dense BLR models; no sparse (ASP/ARD) candidate has been cross-validated on these data yet. Per basis "
-          "and cutoff, the best candidate by score:", "",
+          "upstream recipe (nested_cv.json) against the µs/atom of its basis and cutoff (the run above)"
+          + (", and the sparse candidates on the recipe's basis (sparse_cv.json, next table)." if sparse else
+             ". All are dense BLR models; no sparse (ASP/ARD) candidate has been cross-validated for this element.")
+          + " Per basis and cutoff, the best candidate by score:", "",
           "| basis | rcut (bl) | functions | µs/atom | × recipe | CV E MAE (meV/atom) | CV F MAE (eV/Å) | score ± SE |",
           "|---|---|---|---|---|---|---|---|"]
     for key in sorted(groups, key=lambda k: us[k]["us_per_atom"] if k in us else 0.0):
@@ -391,6 +410,25 @@ def speed_section(el: str, sel: dict, nst: dict, recipe: bool) -> list[str]:
     L += [f"| recipe: {rec['basis'].replace('order ', '').replace(', totaldegree ', ' ')} | {rec['rcut_bond_lengths']:g} | "
           f"{rec['n_basis']} | {rec['us_per_atom']:.1f} | 1.00 | {r['mae_mean']['E'] * 1e3:.3f} ± {r['mae_std']['E'] * 1e3:.3f} | "
           f"{r['mae_mean']['F']:.4f} ± {r['mae_std']['F']:.4f} | {m:.3f} ± {se:.3f} |", ""]
+    if sparse:
+        sps = sparse["speed"]
+        d = sparse["dense"]
+        L += [f"Sparse candidates on the recipe's basis (`python -m tools.shipped_models.zuo_sparse --data-dir DIR {el}`): "
+              "one lasso homotopy (ACEfit's ASP path) per fold on the recipe's prior-scaled system, the last knot with "
+              "at most n active functions scored with its lasso coefficients (ASP) and with its support refitted by "
+              "BLR (ASP + BLR); speed: the support of each n on the whole training split, timed against the dense "
+              f"recipe alternately in one run ({sps['structure']}, one thread; the evaluator skips zero functions). "
+              f"Dense recipe in that run: CV E {d['mae_mean']['E'] * 1e3:.3f} ± {d['mae_std']['E'] * 1e3:.3f} meV/atom, "
+              f"F {d['mae_mean']['F']:.4f} ± {d['mae_std']['F']:.4f} eV/Å, {sps['us_per_atom']['dense']:.1f} µs/atom.", "",
+              "| solver | at most n active | active (mean over folds) | × dense recipe time | CV E MAE (meV/atom) | "
+              "CV F MAE (eV/Å) | score ± SE |", "|---|---|---|---|---|---|---|"]
+        for kind, r, _ in sparse_points(nst, sparse):
+            n = r["candidate"]["solver"]["max_active"]
+            m, se = _score(r, t)
+            L.append(f"| {'ASP' if kind == 'asp' else 'ASP + BLR'} | {n} | {r['n_active_mean']:.0f} | "
+                     f"{sps['ratio_to_dense'][str(n)]:.2f} | {r['mae_mean']['E'] * 1e3:.3f} ± {r['mae_std']['E'] * 1e3:.3f} | "
+                     f"{r['mae_mean']['F']:.4f} ± {r['mae_std']['F']:.4f} | {m:.3f} ± {se:.3f} |")
+        L += [""]
     return L
 
 

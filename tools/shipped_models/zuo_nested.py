@@ -189,6 +189,7 @@ def main(argv=None):
     ap.add_argument("--grid", choices=sorted(GRIDS), default="small", help="candidate grid (default small)")
     ap.add_argument("--out", default=None, help="output JSON (default models/zuo-<El>/nested_cv.json; one element)")
     ap.add_argument("--threads", type=int, default=1, help="assembly threads (default 1)")
+    ap.add_argument("--rounds", type=int, default=5, help="timing rounds of the speed run (default 5)")
     ap.add_argument("--speed-only", action="store_true",
                     help="only (re)time the recipe, the chosen bases and the selection's grid into an existing output file")
     args = ap.parse_args(argv)
@@ -196,7 +197,7 @@ def main(argv=None):
         for el in args.elements:
             out = Path(args.out) if args.out else MODELS / f"zuo-{el}" / "nested_cv.json"
             res = json.loads(out.read_text())
-            res["speed"] = speed(el, res)
+            res["speed"] = speed(el, res, rounds=args.rounds)
             out.write_text(json.dumps(jsonable(res), indent=1))
             log(f"zuo-{el}: {res['speed']}")
         return
