@@ -436,7 +436,8 @@ def speed_section(el: str, sel: dict, nst: dict, recipe: bool) -> list[str]:
         L += ["", "Paired gain: the dense recipe's MAE minus the candidate's, fold by fold (mean ± standard error; "
               "positive: the sparse model is better). These candidates were scored on the folds that would choose "
               "among them, so the best of them is an optimistic pick; shipping one would take the nested CV "
-              "(`zuo_nested`) with sparse candidates in its grid, which is not done.", ""]
+              "(`zuo_nested`) with sparse candidates in its grid (`selection.BlockFactors` takes ASP and ARD "
+              "candidates), which has not been run.", ""]
     return L
 
 

@@ -17,7 +17,8 @@ with at most n active functions (the least shrunk one) is scored on the held-out
 The support of each size on the whole training split is timed against the dense recipe
 (µs/atom, energy + forces + virial, one thread, the evaluator skipping zero functions; timed
 alternately in one run). Writes models/zuo-<El>/sparse_cv.json; ``zuo_cards`` plots it on the
-accuracy-versus-speed plot.
+accuracy-versus-speed plot. (``selection.cross_validate`` also takes ``{"name": "asp", ...}``
+candidates, one path per candidate and fold; this tool runs one path per fold for all sizes.)
 """
 from __future__ import annotations
 
