@@ -1,7 +1,7 @@
 """Streaming and Dask fits against the in-memory fit: peak memory and wall time; prints numbers.
 
-The Zuo Cu training split with the shipped zuo-Cu recipe (models/zuo-Cu/fit.yaml: 827 functions since
-the CV refit, 2029 before; with 2029
+The Zuo Cu training split with the shipped zuo-Cu recipe (models/zuo-Cu/fit.yaml: 1041 functions, the
+upstream recipe, since the nested CV; 827 after the CV refit, 2029 before; with 2029
 the dense matrix alone is about 1.1 GiB). Each mode runs in a fresh process (so its peak memory is
 its own) and reports the process's resident memory before assembly and its peak during assembly
 and solve (:class:`aceserver.fitting.streaming.PeakMemory`), the reduction/assembly time and the

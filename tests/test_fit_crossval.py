@@ -158,3 +158,46 @@ def test_cv_on_one_assembly_equals_refitting_each_fold(case, si, tial):
     smax = [max(f["mae"]["E"] / 1e-3, f["mae"]["F"] / 0.05) for f in r0["folds"]]
     m, se = selection.target_score(r0, (1e-3, 0.05), combine="max")
     assert m == pytest.approx(np.mean(smax)) and se == pytest.approx(np.std(smax, ddof=1) / np.sqrt(3))
+
+
+def test_cv_asp_candidate_is_the_lasso_of_the_held_in_rows(si):
+    """An ASP candidate in cross-validation (BlockFactors.solve takes the QR of the fold's stacked
+    factors) is the lasso of the fold's held-in rows: scikit-learn's lars_path on the dense weighted,
+    prior-scaled rows diag(w)·A·diag(1/γ), stopped at the λ of our final knot (sklearn's α = λ/rows),
+    gives the same support and coefficients; the CV errors are those of that reference. Tolerance as
+    in test_fit_sparse: two backward-stable solves of each knot's normal equations differ by about
+    κ(X_S)²·m·ε·‖c̃‖, carried from knot to knot (times the knots, times 10 for the constants)."""
+    lm = pytest.importorskip("sklearn.linear_model")
+    model = aceserver.ace1_model(elements=["Si"], order=2, totaldegree=[8, 6], rcut=5.0)
+    E0 = {"Si": -158.54496821}
+    model.E0 = E0
+    system = assembly.assemble(model, si, None, threads=1)
+    folds = selection.kfold(si, 3, seed=1)
+    always = [np.array([i for i, c in enumerate(si) if c.natoms == 1], dtype=np.int64)]
+    f = selection.BlockFactors(system, si, folds + always, ["Si"], E0)
+    m = model.length_basis
+    weights = {"default": {"E": 30, "F": 1, "V": 1}, "liq": {"E": 10, "F": 0.66, "V": 0.25}}
+    cand = {"basis": "b", "prior": {"name": "algebraic", "p": 4}, "weights": weights, "E0": E0,
+            "solver": {"name": "asp", "select": "final", "max_active": 12}}
+    res = selection.cross_validate(f, [0, 1, 2], [3], [cand], model.basis_labels, {"b": m}, log=None)[0]
+    gamma = priors.make_prior(model.basis_labels, cand["prior"])
+    eps = np.finfo(float).eps
+    for k in range(3):
+        held = np.isin(system.config, folds[k])
+        X, y = scaled_system(system, si, weights, gamma, rows=~held)
+        comb = f.combine([b for b in range(3) if b != k] + [3])
+        theta, comm, info = f.solve(comb, m, gamma, data.normalise_weights(weights), [E0], cand["solver"])[0]
+        assert comm is None and info["n_active"] == 12
+        alphas, _, coefs = lm.lars_path(X, y, method="lasso", alpha_min=info["lambda"] / len(y))
+        ref = coefs[:, -1]
+        support = np.flatnonzero(ref)
+        np.testing.assert_array_equal(np.flatnonzero(theta), support)
+        kappa = np.linalg.cond(X[:, support])
+        tol = 10 * len(alphas) * kappa ** 2 * m * eps * max(np.linalg.norm(ref), 1.0)
+        np.testing.assert_allclose(theta * gamma, ref, rtol=0, atol=tol)
+        # the CV errors of fold k are the reference's held-out errors (to the same tolerance, carried
+        # through the held-out rows: |ΔMAE| ≤ max row norm of A·diag(1/γ) · ‖Δc̃‖)
+        want = f.block_errors([k], ref / gamma, E0)
+        bound = prediction_bound(system.A[held], gamma, ref, tol * np.sqrt(m) / max(np.linalg.norm(ref), 1e-300))
+        for key in ("E", "F", "V"):
+            assert res["folds"][k]["mae"][key] == pytest.approx(want["mae"][key], rel=0, abs=bound), (k, key)

@@ -23,8 +23,9 @@ nested chain of bases assembled once (the largest) and factored per outer fold:
 
 Writes a JSON file (default models/zuo-<El>/nested_cv.json): per outer fold the chosen candidate and
 the outer errors of procedure and recipe, their means and spreads, the paired comparison and the
-verdict, the timings, and the speed of the chosen bases against the recipe's (µs/atom, timed
-alternately in one process; ``--speed-only`` re-times an existing file).
+verdict, the timings, and the speed (µs/atom, timed alternately in one process) of the recipe, of the
+bases the procedure chose, of ``zuo_select``'s choice and of the bases and cutoffs of its CV grid
+(selection.json, where there is one); ``--speed-only`` re-times an existing file.
 """
 from __future__ import annotations
 
@@ -43,7 +44,8 @@ from aceserver.fitting.fit_model import jsonable
 from aceserver.fitting.workflow import sha256_file
 
 from .common import MODELS
-from .zuo_recipe import E_WEIGHTS, K, PRIORS, SEED, SOURCE, TARGETS, basis_name, fold_score, rcut_of, score
+from .zuo_recipe import (E_WEIGHTS, K, PRIORS, SEED, SOURCE, TARGETS, basis_name, fold_score, parse_basis, rcut_of,
+                         score)
 from .zuo_select import Assembled, log
 
 RECIPE_BASIS = (3, [25, 21, 17])
@@ -74,32 +76,59 @@ def chooser(targets):
                                                         fold_score=lambda r: fold_score(r, targets))
 
 
+def speed_specs(el: str, res: dict) -> list[dict]:
+    """The (basis, rcut) pairs to time, each with its roles: "recipe", "nested" (chosen in an outer
+    fold), "selected" (``zuo_select``'s choice, selection.json) and "candidate" (a basis and cutoff of
+    that selection's CV grid, for the accuracy-versus-speed plot)."""
+    specs: dict = {}
+
+    def add(basis, factor, role):
+        specs.setdefault((basis, float(factor)), set()).add(role)
+
+    add(res["recipe"]["basis"], res["recipe"]["rcut_bond_lengths"], "recipe")
+    for f in res["outer"]:
+        add(f["chosen"]["basis"], f["chosen"].get("rcut_bond_lengths", RECIPE_FACTOR), "nested")
+    sel_file = MODELS / f"zuo-{el}" / "selection.json"
+    if sel_file.is_file():
+        sel = json.loads(sel_file.read_text())
+        for r in sel["results"] + sel.get("cutoff_results", []):
+            add(r["candidate"]["basis"], r["candidate"]["rcut_bond_lengths"], "candidate")
+        if "chosen" in sel:
+            add(sel["chosen"]["basis"], sel["chosen"]["rcut_bond_lengths"], "selected")
+    return [{"basis": b, "rcut_bond_lengths": f, "roles": sorted(roles)} for (b, f), roles in specs.items()]
+
+
 def speed(el: str, res: dict, rounds: int = 5, calls: int = 10) -> dict:
-    """µs/atom (energy+forces+virial, one numba thread) of the recipe's basis and of each basis the
-    procedure chose, all parameters nonzero (as a BLR fit), timed alternately on one rattled cell
-    (diamond64 for Si and Ge, else fcc108); medians over rounds, ratios to the recipe."""
+    """µs/atom (energy+forces+virial, one numba thread) of every basis and cutoff of
+    :func:`speed_specs` (the recipe, the nested choices, ``zuo_select``'s choice and its CV grid), all
+    parameters nonzero (as a BLR fit), timed alternately (forward, then reversed order) on one
+    rattled cell (diamond64 for Si and Ge, else fcc108); medians over rounds, ratios to the recipe."""
     import numba
     numba.set_num_threads(1)
-    bases = [basis_name(*RECIPE_BASIS)] + sorted({f["chosen"]["basis"] for f in res["outer"]} - {basis_name(*RECIPE_BASIS)})
-    spec = {basis_name(o, td): (o, td) for o, td in GRIDS[res["grid"]]["chain"]}
+    specs = speed_specs(el, res)
     rng = np.random.default_rng(0)
-    models = {}
-    for b in bases:
-        o, td = spec[b]
-        m = aceserver.ace1_model(elements=[el], order=o, totaldegree=td, rcut=rcut_of(el, RECIPE_FACTOR), E0={el: 0.0})
+    models = []
+    for s in specs:
+        o, td = parse_basis(s["basis"])
+        m = aceserver.ace1_model(elements=[el], order=o, totaldegree=td, rcut=rcut_of(el, s["rcut_bond_lengths"]),
+                                 E0={el: 0.0})
         m.parameters = rng.standard_normal(m.length_basis) / m.length_basis
-        models[b] = m
+        s["n_basis"] = m.length_basis
+        models.append(m)
     name = "diamond64" if el in ("Si", "Ge") else "fcc108"
     at = build_structure(name, [el])
-    times = {b: [] for b in bases}
+    times = [[] for _ in specs]
+    idx = list(range(len(specs)))
     for r in range(rounds):
-        for b in (bases if r % 2 == 0 else bases[::-1]):
-            m = models[b]
-            times[b].append(time_calls(lambda: m.evaluate(at.numbers, at.positions, at.cell[:], at.pbc), calls)
+        for i in (idx if r % 2 == 0 else idx[::-1]):
+            m = models[i]
+            times[i].append(time_calls(lambda: m.evaluate(at.numbers, at.positions, at.cell[:], at.pbc), calls)
                             / len(at) * 1e6)
-    med = {b: float(np.median(t)) for b, t in times.items()}
-    return {"structure": name, "rounds": rounds, "calls": calls, "us_per_atom": med,
-            "ratio_to_recipe": {b: med[b] / med[bases[0]] for b in bases}}
+    ref = next(float(np.median(t)) for s, t in zip(specs, times) if "recipe" in s["roles"])
+    for s, t in zip(specs, times):
+        s["us_per_atom"] = float(np.median(t))
+        s["ratio_to_recipe"] = s["us_per_atom"] / ref
+    return {"structure": name, "rounds": rounds, "calls": calls, "threads": 1, "models": specs}
 
 
 def run(el: str, data_dir: Path, grid_name: str, out: Path, threads: int | None = 1):
@@ -160,14 +189,15 @@ def main(argv=None):
     ap.add_argument("--grid", choices=sorted(GRIDS), default="small", help="candidate grid (default small)")
     ap.add_argument("--out", default=None, help="output JSON (default models/zuo-<El>/nested_cv.json; one element)")
     ap.add_argument("--threads", type=int, default=1, help="assembly threads (default 1)")
+    ap.add_argument("--rounds", type=int, default=5, help="timing rounds of the speed run (default 5)")
     ap.add_argument("--speed-only", action="store_true",
-                    help="only (re)time the recipe's and the chosen bases into an existing output file")
+                    help="only (re)time the recipe, the chosen bases and the selection's grid into an existing output file")
     args = ap.parse_args(argv)
     if args.speed_only:
         for el in args.elements:
             out = Path(args.out) if args.out else MODELS / f"zuo-{el}" / "nested_cv.json"
             res = json.loads(out.read_text())
-            res["speed"] = speed(el, res)
+            res["speed"] = speed(el, res, rounds=args.rounds)
             out.write_text(json.dumps(jsonable(res), indent=1))
             log(f"zuo-{el}: {res['speed']}")
         return

@@ -6,6 +6,8 @@ standard error over the folds (:func:`aceserver.fitting.selection.target_score`,
 """
 from __future__ import annotations
 
+import re
+
 from aceserver.basis.bondlengths import pair_r0
 from aceserver.fitting.selection import fold_ratios, target_score
 
@@ -29,6 +31,14 @@ SOURCE = ("ACEData repository (github.com/ACEsuit/ACEData), minibenchmarks/ZuoEt
 
 def basis_name(order, td) -> str:
     return f"order {order}, totaldegree {list(td)}"
+
+
+def parse_basis(name: str) -> tuple[int, list[int]]:
+    """The inverse of :func:`basis_name`: 'order 3, totaldegree [25, 21, 17]' -> (3, [25, 21, 17])."""
+    m = re.fullmatch(r"order (\d+), totaldegree \[([\d, ]+)\]", name)
+    if not m:
+        raise ValueError(f"not a basis name: {name!r}")
+    return int(m.group(1)), [int(x) for x in m.group(2).split(",")]
 
 
 def score(result, targets: tuple[float, float]) -> tuple[float, float]:

@@ -207,15 +207,17 @@ def select_and_fit(el: str, data_dir: Path, threads: int | None = None):
     log(f"zuo-{el} done in {timings['total_s']:.0f} s")
 
 
-def write_fit_yaml(el, basis, rcut, cand):
+def write_fit_yaml(el, basis, rcut, cand, why=None, chosen_by="hyperparameters chosen by 5-fold cross-validation"):
+    """models/zuo-<El>/fit.yaml for candidate ``cand`` (basis (order, totaldegree), rcut in Å); ``why``:
+    the header's lines on how it was chosen (default: by ``zuo_select``)."""
     o, td = basis
-    head = (f"# Zuo et al. 2020 benchmark, {el}: chosen by 5-fold cross-validation on the training split\n"
-            f"# (`python -m tools.shipped_models.zuo_select --data-dir DIR {el}`; rule and candidates in selection.json).\n"
-            f"# Data: {SOURCE}.\n"
+    why = why or ["chosen by 5-fold cross-validation on the training split",
+                  f"(`python -m tools.shipped_models.zuo_select --data-dir DIR {el}`; rule and candidates in selection.json)."]
+    head = (f"# Zuo et al. 2020 benchmark, {el}: {why[0]}\n" + "".join(f"# {x}\n" for x in why[1:])
+            + f"# Data: {SOURCE}.\n"
             f"# Refit from the repository root:  aceserver fit models/zuo-{el}/fit.yaml --data-dir DIR\n")
     raw = {"name": f"zuo-{el}",
-           "description": f"Zuo et al. 2020 {el} training split, BLR with a 10-member committee; "
-                          "hyperparameters chosen by 5-fold cross-validation",
+           "description": f"Zuo et al. 2020 {el} training split, BLR with a 10-member committee; {chosen_by}",
            "model": {"elements": [el], "order": o, "totaldegree": list(td), "rcut": rcut},
            "E0": dict(cand["E0"]),
            "data": {"relative_to": "data_dir", "train": f"ZuoEtAl2020/{el}_train.xyz", "source": SOURCE,

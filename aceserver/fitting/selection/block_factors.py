@@ -7,7 +7,8 @@ configuration on energy rows, so that any E0 is a linear combination of the stor
 training system of a fold is then the stack of the other blocks' factors, reduced again; weights
 scale whole groups, a prior scales columns, and a nested smaller basis is a leading block of
 columns (its R is the leading block of R), so every candidate costs one SVD of a matrix with about
-as many rows as parameters and the design matrix is never re-assembled.
+as many rows as parameters (one QR for the sparse solvers ASP and ARD, which work on the triangular
+factor) and the design matrix is never re-assembled.
 
 Errors: energy per atom (eV/atom), force components (eV/Å), virial per atom (eV/atom).
 """
@@ -98,11 +99,15 @@ class BlockFactors:
 
     def solve(self, combined: dict, ncols: int, prior_gamma: np.ndarray, weights: dict,
               E0s: list, solver=None, committee_size: int = 0, seed: int = 0) -> list:
-        """Fit the leading ``ncols`` columns for each E0 in ``E0s`` (one SVD for all);
-        returns [(θ (ncols,), committee (K, ncols) or None, solver info)]."""
+        """Fit the leading ``ncols`` columns for each E0 in ``E0s`` (one SVD for all, or for the sparse
+        solvers ``asp``/``ard`` one QR: they take the triangular factor); returns [(θ (ncols,),
+        committee (K, ncols) or None, solver info)]."""
         gamma = np.asarray(prior_gamma, dtype=float)[:ncols]
         c = {g: assembly.group_factor(*self.groups[g], weights) for g in combined}
         stack = np.vstack([c[g] * combined[g][0][:ncols, :ncols] for g in combined]) / gamma[None, :]
+        name = solver if isinstance(solver, str) or solver is None else solver.get("name", "blr")
+        if str(name).lower() in ("asp", "ard"):
+            return self._solve_sparse(stack, c, combined, ncols, gamma, E0s, solver)
         Ur, sv, Vt = scipy.linalg.svd(stack, full_matrices=False, lapack_driver="gesdd")
         del stack
         n = int(sum(combined[g][3] for g in combined))
@@ -116,6 +121,23 @@ class BlockFactors:
                                          what="cross-validation")
             comm = None if sol.committee is None else sol.committee / gamma[None, :]
             out.append((sol.coef / gamma, comm, sol.info))
+        return out
+
+    def _solve_sparse(self, stack, c, combined, ncols, gamma, E0s, solver) -> list:
+        """ASP or ARD (:func:`aceserver.fitting.solvers.solve` on the reduced system) of the
+        prior-scaled ``stack``: its QR gives R and, per E0, Qᵀỹ and the least-squares residual
+        ‖ỹ‖² − ‖Qᵀỹ‖² (the rows the blocks reduced away, and the stack's own)."""
+        Q, R = scipy.linalg.qr(stack, mode="economic", overwrite_a=True)
+        n = int(sum(combined[g][3] for g in combined))
+        out = []
+        for E0 in E0s:
+            wv = self.rhs_weights(E0)
+            bs = np.concatenate([c[g] * (wv @ combined[g][1][:, :ncols]) for g in combined])
+            yy = float(sum(c[g] ** 2 * (wv @ combined[g][2] @ wv) for g in combined))
+            qty = Q.T @ bs
+            resid = max(yy - float(qty @ qty), 0.0)
+            sol = solvers.solve(solver, R, qty, reduced=(resid, n))
+            out.append((sol.coef / gamma, None, sol.info))
         return out
 
     def block_errors(self, blocks, theta: np.ndarray, E0: dict | None) -> dict:

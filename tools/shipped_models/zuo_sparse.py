@@ -1,0 +1,190 @@
+"""Sparse (ASP) candidates on the upstream recipe's basis, cross-validated on the zuo folds.
+
+    python -m tools.shipped_models.zuo_sparse --data-dir DIR Mo [--sizes 100 200 400 600 800]
+
+(from the repository root; DIR holds ZuoEtAl2020/<El>_train.xyz, default $ACESERVER_DATA; the Zuo test
+splits are never read). The recipe's basis (order 3, totaldegree [25,21,17], rcut 2.5 bond lengths),
+prior (algebraic p = 4) and weights (E 30 / F 1), assembled once and reduced per fold
+(:class:`aceserver.fitting.selection.BlockFactors`, the 5 seeded folds of ``zuo_select``). Per fold,
+on the other folds' prior-scaled system (its triangular factor R and Qᵀy), one lasso homotopy
+(:func:`aceserver.fitting.sparse.lasso_homotopy`, ACEfit's ASP path); for each size n, the last knot
+with at most n active functions (the least shrunk one) is scored on the held-out fold twice:
+
+* ``asp``: its lasso coefficients;
+* ``asp+blr``: its support refitted by BLR (evidence maximisation on those columns only, a
+  "relaxed lasso": the support chosen by the path, the shrinkage removed).
+
+The support of each size on the whole training split is timed against the dense recipe
+(µs/atom, energy + forces + virial, one thread, the evaluator skipping zero functions; timed
+alternately in one run). Writes models/zuo-<El>/sparse_cv.json; ``zuo_cards`` plots it on the
+accuracy-versus-speed plot. (``selection.cross_validate`` also takes ``{"name": "asp", ...}``
+candidates, one path per candidate and fold; this tool runs one path per fold for all sizes.)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import scipy.linalg
+
+import aceserver
+from aceserver.benchmarking import build_structure, time_calls
+from aceserver.fitting import assembly, data, priors, selection, solvers
+from aceserver.fitting.data import normalise_weights
+from aceserver.fitting.fit_model import jsonable
+from aceserver.fitting.selection.scoring import summarise
+from aceserver.fitting.sparse import lasso_homotopy
+from aceserver.fitting.workflow import sha256_file
+
+from .common import MODELS
+from .zuo_nested import RECIPE_BASIS, RECIPE_FACTOR, recipe_candidate
+from .zuo_recipe import K, SEED, SOURCE, TARGETS, rcut_of
+from .zuo_select import Assembled, log
+
+
+def scaled_system(factors, combined: dict, ncols: int, gamma: np.ndarray, weights: dict, E0: dict):
+    """The weighted, prior-scaled system of ``combined`` blocks reduced to (R, Qᵀỹ, ‖ỹ‖², rows): the
+    stack that :meth:`BlockFactors.solve` decomposes by SVD, here by QR (the lasso path needs R)."""
+    c = {g: assembly.group_factor(*factors.groups[g], weights) for g in combined}
+    stack = np.vstack([c[g] * combined[g][0][:ncols, :ncols] for g in combined]) / gamma[None, :ncols]
+    wv = factors.rhs_weights(E0)
+    bs = np.concatenate([c[g] * (wv @ combined[g][1][:, :ncols]) for g in combined])
+    yy = float(sum(c[g] ** 2 * (wv @ combined[g][2] @ wv) for g in combined))
+    qty, R = scipy.linalg.qr_multiply(np.asfortranarray(stack), bs, mode="right", overwrite_a=True)
+    return R, qty, yy, int(sum(combined[g][3] for g in combined))
+
+
+def path_supports(R, qty, sizes) -> dict:
+    """{n: (indices, lasso coefficients)} at the last knot with at most n active functions."""
+    sizes = sorted(sizes)
+    out: dict = {}
+    last: dict = {}
+
+    def on_knot(i, lam, idx, val):
+        k = len(idx)
+        for n in sizes:
+            if k <= n:
+                last[n] = (np.array(idx, dtype=np.int64), np.array(val, dtype=float))
+
+    lasso_homotopy(R, qty, max_active=max(sizes) + 1, store=set(), on_knot=on_knot)
+    for n in sizes:
+        if n in last:
+            out[n] = last[n]
+    return out
+
+
+def blr_on_support(R, qty, yy, n_obs, idx) -> np.ndarray:
+    """BLR (evidence maximisation) on the columns ``idx`` of the reduced system."""
+    U, s, Vt = scipy.linalg.svd(R[:, idx], full_matrices=False, lapack_driver="gesdd")
+    sol = solvers.solve_from_svd({"name": "blr"}, solvers.SVDFactors(s=s, Vt=Vt, b=U.T @ qty, yy=yy, n_obs=n_obs))
+    return sol.coef
+
+
+def run(el: str, data_dir: Path, sizes: list[int], threads: int | None = 1) -> dict:
+    t_all = time.perf_counter()
+    timings: dict = {}
+    path = data_dir / "ZuoEtAl2020" / f"{el}_train.xyz"
+    if not path.is_file():
+        raise SystemExit(f"missing data file {path}; get it from: {SOURCE}")
+    train = data.read_configs(path, data.Keys(energy="energy", force="force"), elements=[el])
+    folds = selection.kfold(train, K, SEED)
+    always = np.array([i for i, c in enumerate(train) if c.natoms == 1], dtype=np.int64)
+    rec = recipe_candidate(el)
+    a = Assembled(el, train, [RECIPE_BASIS], RECIPE_FACTOR, folds, always, threads, timings, "sparse")
+    m = a.sizes[rec["basis"]]
+    gamma = priors.make_prior(a.labels[:m], rec["prior"])
+    w = normalise_weights(rec["weights"])
+    per: dict = {(kind, n): [] for kind in ("asp", "asp+blr") for n in sizes}
+    dense = []
+    t0 = time.perf_counter()
+    for k in range(K):
+        comb = a.factors.combine([b for b in range(K) if b != k] + [K])
+        R, qty, yy, n_obs = scaled_system(a.factors, comb, m, gamma, w, rec["E0"])
+        theta = a.factors.solve(comb, m, gamma, w, [rec["E0"]], rec["solver"])[0][0]
+        dense.append(a.factors.block_errors([k], theta, rec["E0"]))
+        for n, (idx, val) in path_supports(R, qty, sizes).items():
+            for kind, v in (("asp", val), ("asp+blr", blr_on_support(R, qty, yy, n_obs, idx))):
+                c = np.zeros(m)
+                c[idx] = v
+                e = a.factors.block_errors([k], c / gamma[:m], rec["E0"])
+                e["n_active"] = int(len(idx))
+                per[kind, n].append(e)
+        log(f"  fold {k}: dense E {dense[-1]['mae']['E'] * 1e3:.3f} meV/atom; " + ", ".join(
+            f"{kind} {n}: E {per[kind, n][-1]['mae']['E'] * 1e3:.3f} F {per[kind, n][-1]['mae']['F']:.4f}"
+            for kind in ("asp", "asp+blr") for n in sizes if len(per[kind, n]) == k + 1))
+    timings["cv_s"] = time.perf_counter() - t0
+    results = [summarise(dict(rec, solver={"name": kind, "max_active": n}), per[kind, n], m)
+               for kind in ("asp", "asp+blr") for n in sizes if len(per[kind, n]) == K]
+    for r in results:
+        r["n_active_mean"] = float(np.mean([f["n_active"] for f in per[r["candidate"]["solver"]["name"],
+                                                                         r["candidate"]["solver"]["max_active"]]]))
+    # supports on the whole training split, timed against the dense recipe
+    comb = a.factors.combine(list(range(K + 1)))
+    R, qty, *_ = scaled_system(a.factors, comb, m, gamma, w, rec["E0"])
+    whole = path_supports(R, qty, sizes)
+    res = {"element": el, "data": {"file": path.name, "sha256": sha256_file(path)}, "folds": K, "seed": SEED,
+           "recipe": rec, "sizes": sizes, "dense": summarise(rec, dense, m), "results": results,
+           "speed": speed(el, a, whole), "timings_s": timings, "units": {"E": "eV/atom", "F": "eV/Å"}}
+    timings["total_s"] = time.perf_counter() - t_all
+    return res
+
+
+def speed(el: str, a, supports: dict, rounds: int = 5, calls: int = 10) -> dict:
+    """µs/atom of the recipe model with all parameters nonzero and with only each support's, timed
+    alternately (forward, then reversed) in one run; medians over rounds."""
+    import numba
+    numba.set_num_threads(1)
+    model = a.models[-1]
+    rng = np.random.default_rng(0)
+    full = rng.standard_normal(model.length_basis) / model.length_basis
+    variants = {"dense": full}
+    for n, (idx, _) in supports.items():
+        p = np.zeros(model.length_basis)
+        cols = a.order[idx]                       # BlockFactors column order -> model parameter index
+        p[cols] = full[cols]
+        variants[n] = p
+    name = "diamond64" if el in ("Si", "Ge") else "fcc108"
+    at = build_structure(name, [el])
+    models = {}
+    for key, p in variants.items():
+        mm = aceserver.ace1_model(elements=[el], order=RECIPE_BASIS[0], totaldegree=RECIPE_BASIS[1],
+                                  rcut=rcut_of(el, RECIPE_FACTOR), E0={el: 0.0})
+        mm.parameters = p
+        models[key] = mm
+    keys = list(models)
+    times = {key: [] for key in keys}
+    for r in range(rounds):
+        for key in (keys if r % 2 == 0 else keys[::-1]):
+            mm = models[key]
+            times[key].append(time_calls(lambda: mm.evaluate(at.numbers, at.positions, at.cell[:], at.pbc), calls)
+                              / len(at) * 1e6)
+    med = {key: float(np.median(t)) for key, t in times.items()}
+    return {"structure": name, "rounds": rounds, "calls": calls, "threads": 1,
+            "us_per_atom": {str(key): v for key, v in med.items()},
+            "n_active": {str(n): int(len(supports[n][0])) for n in supports},
+            "ratio_to_dense": {str(key): v / med["dense"] for key, v in med.items()}}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="python -m tools.shipped_models.zuo_sparse", description=__doc__.split("\n\n")[0])
+    ap.add_argument("elements", nargs="+", choices=sorted(TARGETS))
+    ap.add_argument("--data-dir", default=os.environ.get("ACESERVER_DATA"),
+                    help="directory holding ZuoEtAl2020/<El>_train.xyz (default $ACESERVER_DATA)")
+    ap.add_argument("--sizes", type=int, nargs="+", default=[100, 200, 400, 600, 800],
+                    help="numbers of active functions (default 100 200 400 600 800)")
+    ap.add_argument("--threads", type=int, default=1, help="assembly threads (default 1)")
+    args = ap.parse_args(argv)
+    if not args.data_dir:
+        ap.error("give --data-dir DIR or set ACESERVER_DATA (the directory holding ZuoEtAl2020/)")
+    for el in args.elements:
+        res = run(el, Path(args.data_dir), sorted(args.sizes), args.threads)
+        (MODELS / f"zuo-{el}" / "sparse_cv.json").write_text(json.dumps(jsonable(res), indent=1))
+        log(f"zuo-{el}: sparse CV done in {res['timings_s']['total_s']:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
