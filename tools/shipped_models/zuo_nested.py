@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from pathlib import Path
 
@@ -39,13 +38,13 @@ import numpy as np
 
 import aceserver
 from aceserver.benchmarking import build_structure, time_calls
-from aceserver.fitting import data, selection
+from aceserver.fitting import selection
 from aceserver.fitting.fit_model import jsonable
 from aceserver.fitting.workflow import sha256_file
 
 from .common import MODELS
-from .zuo_recipe import (E_WEIGHTS, K, PRIORS, SEED, SOURCE, TARGETS, basis_name, fold_score, parse_basis, rcut_of,
-                         score)
+from .zuo_recipe import (E_WEIGHTS, K, PRIORS, SEED, TARGETS, add_data_dir, basis_name, data_dir_of, fold_score,
+                         parse_basis, rcut_of, score, training_split)
 from .zuo_select import Assembled, log
 
 RECIPE_BASIS = (3, [25, 21, 17])
@@ -134,12 +133,7 @@ def speed(el: str, res: dict, rounds: int = 5, calls: int = 10) -> dict:
 def run(el: str, data_dir: Path, grid_name: str, out: Path, threads: int | None = 1):
     t_all = time.perf_counter()
     timings: dict = {}
-    path = data_dir / "ZuoEtAl2020" / f"{el}_train.xyz"
-    if not path.is_file():
-        raise SystemExit(f"missing data file {path}; get it from: {SOURCE}")
-    train = data.read_configs(path, data.Keys(energy="energy", force="force"), elements=[el])
-    folds = selection.kfold(train, K, SEED)
-    always = np.array([i for i, c in enumerate(train) if c.natoms == 1], dtype=np.int64)
+    path, train, folds, always = training_split(el, data_dir)
     e_mean = round(float(np.mean([c.energy / c.natoms for c in train])), 6)
     grid = GRIDS[grid_name]
     cands = grid_candidates(el, grid, e_mean)
@@ -184,8 +178,7 @@ def run(el: str, data_dir: Path, grid_name: str, out: Path, threads: int | None 
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m tools.shipped_models.zuo_nested", description=__doc__.split("\n\n")[0])
     ap.add_argument("elements", nargs="+", choices=sorted(TARGETS))
-    ap.add_argument("--data-dir", default=os.environ.get("ACESERVER_DATA"),
-                    help="directory holding ZuoEtAl2020/<El>_train.xyz (default $ACESERVER_DATA)")
+    add_data_dir(ap)
     ap.add_argument("--grid", choices=sorted(GRIDS), default="small", help="candidate grid (default small)")
     ap.add_argument("--out", default=None, help="output JSON (default models/zuo-<El>/nested_cv.json; one element)")
     ap.add_argument("--threads", type=int, default=1, help="assembly threads (default 1)")
@@ -201,13 +194,12 @@ def main(argv=None):
             out.write_text(json.dumps(jsonable(res), indent=1))
             log(f"zuo-{el}: {res['speed']}")
         return
-    if not args.data_dir:
-        ap.error("give --data-dir DIR or set ACESERVER_DATA (the directory holding ZuoEtAl2020/)")
+    data_dir = data_dir_of(ap, args)
     if args.out and len(args.elements) > 1:
         ap.error("--out takes one element")
     for el in args.elements:
         out = Path(args.out) if args.out else MODELS / f"zuo-{el}" / "nested_cv.json"
-        run(el, Path(args.data_dir), args.grid, out, args.threads)
+        run(el, data_dir, args.grid, out, args.threads)
 
 
 if __name__ == "__main__":

@@ -6,9 +6,14 @@ standard error over the folds (:func:`aceserver.fitting.selection.target_score`,
 """
 from __future__ import annotations
 
+import os
 import re
+from pathlib import Path
+
+import numpy as np
 
 from aceserver.basis.bondlengths import pair_r0
+from aceserver.fitting import data, selection
 from aceserver.fitting.selection import fold_ratios, target_score
 
 CHAIN = [(3, [12, 10, 8]), (3, [16, 12, 10]), (3, [20, 16, 12]), (3, [24, 20, 16]),
@@ -54,3 +59,29 @@ def fold_score(result, targets: tuple[float, float]):
 def rcut_of(el: str, factor: float) -> float:
     """``factor`` bond lengths of ``el`` in Å."""
     return float(factor * pair_r0(el, el))
+
+
+def training_split(el: str, data_dir: Path):
+    """(file, configurations, K seeded folds, indices of the isolated atoms, kept in every training
+    set) of the element's Zuo training split ``DIR/ZuoEtAl2020/<El>_train.xyz`` (the test split is
+    never read)."""
+    path = Path(data_dir) / "ZuoEtAl2020" / f"{el}_train.xyz"
+    if not path.is_file():
+        raise SystemExit(f"missing data file {path}; get it from: {SOURCE}")
+    train = data.read_configs(path, data.Keys(energy="energy", force="force"), elements=[el])
+    folds = selection.kfold(train, K, SEED)
+    always = np.array([i for i, c in enumerate(train) if c.natoms == 1], dtype=np.int64)
+    return path, train, folds, always
+
+
+def add_data_dir(ap) -> None:
+    """The tools' ``--data-dir`` option (default $ACESERVER_DATA)."""
+    ap.add_argument("--data-dir", default=os.environ.get("ACESERVER_DATA"),
+                    help="directory holding ZuoEtAl2020/<El>_train.xyz (default $ACESERVER_DATA)")
+
+
+def data_dir_of(ap, args) -> Path:
+    """``--data-dir`` as a path, or the parser's error when neither it nor $ACESERVER_DATA is set."""
+    if not args.data_dir:
+        ap.error("give --data-dir DIR or set ACESERVER_DATA (the directory holding ZuoEtAl2020/)")
+    return Path(args.data_dir)

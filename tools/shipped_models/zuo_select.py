@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import os
 import time
 from contextlib import redirect_stdout
 from pathlib import Path
@@ -46,14 +45,15 @@ import numpy as np
 import yaml
 
 import aceserver
-from aceserver.fitting import assembly, data, selection
+from aceserver.fitting import assembly, selection
 from aceserver.fitting import config as fconfig
 from aceserver.fitting.fit_model import jsonable
 from aceserver.fitting.workflow import run_fit, sha256_file
 
 from .common import MODELS, same
 from .zuo_recipe import (CHAIN, COMBINE, CUTOFFS, E_WEIGHTS, K, LC_PARTS, N_STAGE2, PRIORS, SEED, SOURCE,
-                         STAGE1, STUDY, TARGETS, basis_name, fold_score, rcut_of, score)
+                         STAGE1, STUDY, TARGETS, add_data_dir, basis_name, data_dir_of, fold_score, rcut_of,
+                         score, training_split)
 
 
 def log(msg):
@@ -93,14 +93,9 @@ def select_and_fit(el: str, data_dir: Path, threads: int | None = None):
     tg = TARGETS[el]
     t_all = time.perf_counter()
     timings = {}
-    path = data_dir / "ZuoEtAl2020" / f"{el}_train.xyz"
-    if not path.is_file():
-        raise SystemExit(f"missing data file {path}; get it from: {SOURCE}")
-    train = data.read_configs(path, data.Keys(energy="energy", force="force"), elements=[el])
+    path, train, folds, always = training_split(el, data_dir)
     names = [basis_name(o, td) for o, td in CHAIN]
     log(f"zuo-{el}: {len(train)} configurations, {sum(c.natoms for c in train)} atoms")
-    folds = selection.kfold(train, K, SEED)
-    always = np.array([i for i, c in enumerate(train) if c.natoms == 1], dtype=np.int64)
 
     e_mean = round(float(np.mean([c.energy / c.natoms for c in train])), 6)
     E0s = [{el: 0.0}, {el: e_mean}]
@@ -233,14 +228,12 @@ def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m tools.shipped_models.zuo_select",
                                  description=__doc__.split("\n\n")[0])
     ap.add_argument("elements", nargs="+", choices=sorted(TARGETS))
-    ap.add_argument("--data-dir", default=os.environ.get("ACESERVER_DATA"),
-                    help="directory holding ZuoEtAl2020/<El>_train.xyz (default $ACESERVER_DATA)")
+    add_data_dir(ap)
     ap.add_argument("--threads", type=int, default=None, help="assembly threads (default: all CPUs)")
     args = ap.parse_args(argv)
-    if not args.data_dir:
-        ap.error("give --data-dir DIR or set ACESERVER_DATA (the directory holding ZuoEtAl2020/)")
+    data_dir = data_dir_of(ap, args)
     for el in args.elements:
-        select_and_fit(el, Path(args.data_dir), args.threads)
+        select_and_fit(el, data_dir, args.threads)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import os
 import time
 from contextlib import redirect_stdout
 from pathlib import Path
@@ -28,7 +27,7 @@ from aceserver.fitting.workflow import run_fit
 
 from .common import MODELS
 from .zuo_cards import write_card
-from .zuo_recipe import TARGETS, parse_basis, rcut_of
+from .zuo_recipe import TARGETS, add_data_dir, data_dir_of, parse_basis, rcut_of
 from .zuo_select import log, write_fit_yaml
 
 
@@ -61,14 +60,12 @@ def ship(el: str, data_dir: Path, threads: int | None = None) -> dict | None:
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m tools.shipped_models.zuo_ship", description=__doc__.split("\n\n")[0])
     ap.add_argument("elements", nargs="+", choices=sorted(TARGETS))
-    ap.add_argument("--data-dir", default=os.environ.get("ACESERVER_DATA"),
-                    help="directory holding ZuoEtAl2020/<El>_train.xyz (default $ACESERVER_DATA)")
+    add_data_dir(ap)
     ap.add_argument("--threads", type=int, default=None, help="assembly threads (default: all CPUs)")
     args = ap.parse_args(argv)
-    if not args.data_dir:
-        ap.error("give --data-dir DIR or set ACESERVER_DATA (the directory holding ZuoEtAl2020/)")
+    data_dir = data_dir_of(ap, args)
     for el in args.elements:
-        ship(el, Path(args.data_dir), args.threads)
+        ship(el, data_dir, args.threads)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from pathlib import Path
 
@@ -33,7 +32,7 @@ import scipy.linalg
 
 import aceserver
 from aceserver.benchmarking import build_structure, time_calls
-from aceserver.fitting import assembly, data, priors, selection, solvers
+from aceserver.fitting import assembly, priors, solvers
 from aceserver.fitting.data import normalise_weights
 from aceserver.fitting.fit_model import jsonable
 from aceserver.fitting.selection.scoring import summarise
@@ -42,7 +41,7 @@ from aceserver.fitting.workflow import sha256_file
 
 from .common import MODELS
 from .zuo_nested import RECIPE_BASIS, RECIPE_FACTOR, recipe_candidate
-from .zuo_recipe import K, SEED, SOURCE, TARGETS, rcut_of
+from .zuo_recipe import K, SEED, TARGETS, add_data_dir, data_dir_of, rcut_of, training_split
 from .zuo_select import Assembled, log
 
 
@@ -87,12 +86,7 @@ def blr_on_support(R, qty, yy, n_obs, idx) -> np.ndarray:
 def run(el: str, data_dir: Path, sizes: list[int], threads: int | None = 1) -> dict:
     t_all = time.perf_counter()
     timings: dict = {}
-    path = data_dir / "ZuoEtAl2020" / f"{el}_train.xyz"
-    if not path.is_file():
-        raise SystemExit(f"missing data file {path}; get it from: {SOURCE}")
-    train = data.read_configs(path, data.Keys(energy="energy", force="force"), elements=[el])
-    folds = selection.kfold(train, K, SEED)
-    always = np.array([i for i, c in enumerate(train) if c.natoms == 1], dtype=np.int64)
+    path, train, folds, always = training_split(el, data_dir)
     rec = recipe_candidate(el)
     a = Assembled(el, train, [RECIPE_BASIS], RECIPE_FACTOR, folds, always, threads, timings, "sparse")
     m = a.sizes[rec["basis"]]
@@ -172,16 +166,14 @@ def speed(el: str, a, supports: dict, rounds: int = 5, calls: int = 10) -> dict:
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m tools.shipped_models.zuo_sparse", description=__doc__.split("\n\n")[0])
     ap.add_argument("elements", nargs="+", choices=sorted(TARGETS))
-    ap.add_argument("--data-dir", default=os.environ.get("ACESERVER_DATA"),
-                    help="directory holding ZuoEtAl2020/<El>_train.xyz (default $ACESERVER_DATA)")
+    add_data_dir(ap)
     ap.add_argument("--sizes", type=int, nargs="+", default=[100, 200, 400, 600, 800],
                     help="numbers of active functions (default 100 200 400 600 800)")
     ap.add_argument("--threads", type=int, default=1, help="assembly threads (default 1)")
     args = ap.parse_args(argv)
-    if not args.data_dir:
-        ap.error("give --data-dir DIR or set ACESERVER_DATA (the directory holding ZuoEtAl2020/)")
+    data_dir = data_dir_of(ap, args)
     for el in args.elements:
-        res = run(el, Path(args.data_dir), sorted(args.sizes), args.threads)
+        res = run(el, data_dir, sorted(args.sizes), args.threads)
         (MODELS / f"zuo-{el}" / "sparse_cv.json").write_text(json.dumps(jsonable(res), indent=1))
         log(f"zuo-{el}: sparse CV done in {res['timings_s']['total_s']:.0f} s")
 
