@@ -113,15 +113,21 @@ class BlockFactors:
         n = int(sum(combined[g][3] for g in combined))
         out = []
         for E0 in E0s:
-            wv = self.rhs_weights(E0)
-            bs = np.concatenate([c[g] * (wv @ combined[g][1][:, :ncols]) for g in combined])
-            yy = float(sum(c[g] ** 2 * (wv @ combined[g][2] @ wv) for g in combined))
+            bs, yy = self._rhs(c, combined, ncols, E0)
             f = solvers.SVDFactors(s=sv, Vt=Vt, b=Ur.T @ bs, yy=yy, n_obs=n)
             sol = solvers.solve_from_svd(solver, f, committee_size=committee_size, seed=seed,
                                          what="cross-validation")
             comm = None if sol.committee is None else sol.committee / gamma[None, :]
             out.append((sol.coef / gamma, comm, sol.info))
         return out
+
+    def _rhs(self, c, combined, ncols, E0) -> tuple[np.ndarray, float]:
+        """The stacked, weighted right-hand side Qᵀ(W·y) of the groups' factors under E0, and the
+        weighted sum of its groups' squared residuals."""
+        wv = self.rhs_weights(E0)
+        bs = np.concatenate([c[g] * (wv @ combined[g][1][:, :ncols]) for g in combined])
+        yy = float(sum(c[g] ** 2 * (wv @ combined[g][2] @ wv) for g in combined))
+        return bs, yy
 
     def _solve_sparse(self, stack, c, combined, ncols, gamma, E0s, solver) -> list:
         """ASP or ARD (:func:`aceserver.fitting.solvers.solve` on the reduced system) of the
@@ -131,9 +137,7 @@ class BlockFactors:
         n = int(sum(combined[g][3] for g in combined))
         out = []
         for E0 in E0s:
-            wv = self.rhs_weights(E0)
-            bs = np.concatenate([c[g] * (wv @ combined[g][1][:, :ncols]) for g in combined])
-            yy = float(sum(c[g] ** 2 * (wv @ combined[g][2] @ wv) for g in combined))
+            bs, yy = self._rhs(c, combined, ncols, E0)
             qty = Q.T @ bs
             resid = max(yy - float(qty @ qty), 0.0)
             sol = solvers.solve(solver, R, qty, reduced=(resid, n))
