@@ -139,6 +139,73 @@ def test_run_end_to_end(runs):
         assert a.info["max_gamma"] == pytest.approx(grade(a), rel=1e-6)
 
 
+def window_raw(**selection) -> dict:
+    """The tiny run with a gentler exploration (more, more rattled initial frames; 300 and 600 K,
+    unstrained and +1 %) whose frames' γ spread over 0.85-1.9: a window inside them cuts."""
+    raw = tiny_raw(initial={"copies": 4, "rattle_A": 0.1, "strain": 0.03, "seed": 1},
+                   exploration={"kind": "md", "ensemble": "nvt", "steps": 40, "timestep_fs": 2.0,
+                                "temperatures_K": [300, 600], "strains": [0.0, 0.01], "write_every": 2})
+    raw["selection"] = dict(raw["selection"], **selection)
+    return raw
+
+
+@pytest.fixture(scope="module")
+def window_base(tmp_path_factory):
+    """That run without a window: its iteration-1 exploration and picks."""
+    tmp = tmp_path_factory.mktemp("window")
+    write_seed(tmp)
+    cfg = parse_config(window_raw(), tmp)
+    Learner(cfg, progress=False, threads=1).run()
+    return cfg
+
+
+def _explored_gamma(cfg) -> np.ndarray:
+    return np.array([a.info["max_gamma"] for a in ase.io.read(cfg.output / "iter_001" / "explored.xyz", index=":")])
+
+
+def test_gamma_window(window_base, tmp_path):
+    """`selection.gamma_max`: only frames with threshold < max γ <= gamma_max are candidates. The
+    run repeats the base run's iteration 0 and exploration (the same fit and MD seeds), with
+    gamma_max at the median γ of the base run's candidates; γ recomputed with numpy from model
+    0's active set (as in test_run_end_to_end)."""
+    g = _explored_gamma(window_base)
+    above = np.sort(g[g > window_base.gamma_threshold])
+    gmax = float(above[len(above) // 2])         # the window holds the lower half of the candidates
+    assert above[-1] > gmax > window_base.gamma_threshold
+    write_seed(tmp_path)
+    cfg = parse_config(window_raw(gamma_max=gmax), tmp_path)
+    Learner(cfg, progress=False, threads=1).run()
+    d = cfg.output
+    np.testing.assert_array_equal(_explored_gamma(cfg), g)                  # the same exploration
+    m0 = load_model(d / "iter_000" / "model.json", active_set=False)
+    A_inv = np.linalg.inv(active_set_rows(m0, activeset_file.read(sidecar_path(d / "iter_000" / "model.json")))["Cu"])
+    grade = lambda a: np.abs(m0.descriptors(a.numbers, a.positions, a.cell.array, a.pbc) @ A_inv).max()
+    picks = ase.io.read(d / "iter_001" / "selected.xyz", index=":")
+    assert picks
+    # every pick inside the window (1e-6: γ on the 8-decimal positions, as in test_run_end_to_end)
+    for a in picks:
+        assert cfg.gamma_threshold < grade(a) <= gmax * (1 + 1e-6)
+    ours = ase.io.read(d / "iter_001" / "explored.xyz", index=":")
+    inside = [grade(a) for a, x in zip(ours, g) if cfg.gamma_threshold < x <= gmax]
+    assert picks[0].info["gamma_pick"] == pytest.approx(max(inside), rel=1e-6)   # the top γ inside
+    hist = json.loads((d / "report.json").read_text())["iterations"]
+    assert hist[1]["in_window"] == hist[1]["candidates"] == len(inside)
+
+
+def test_gamma_window_empty_falls_back(window_base, tmp_path):
+    """Where no explored frame lies in the window (gamma_max below the smallest γ above the
+    threshold), the candidates are all frames above the threshold: the picks are the base run's."""
+    g = _explored_gamma(window_base)
+    low = g[g > window_base.gamma_threshold].min()
+    write_seed(tmp_path)
+    cfg = parse_config(window_raw(gamma_max=0.5 * (window_base.gamma_threshold + low)), tmp_path)
+    Learner(cfg, progress=False, threads=1).run()
+    key = lambda d: [(a.info["run"], a.info["step"]) for a in ase.io.read(d / "iter_001" / "selected.xyz", index=":")]
+    assert key(cfg.output) == key(window_base.output) and key(cfg.output)
+    hist = json.loads((cfg.output / "report.json").read_text())["iterations"]
+    assert hist[1]["in_window"] == 0 and hist[1]["candidates"] == int((g > cfg.gamma_threshold).sum())
+
+
 def test_report_matches_the_models(runs):
     cfg, _ = runs["a"]
     d = cfg.output
@@ -351,6 +418,8 @@ if first and count == 3: a.calc = EMT(); a.get_potential_energy(); a.calc.result
     ({"labeller": {"model": str(TEACHER), "on_failure": "ignore"}}, "skip' or 'retry"),
     ({"selection": {"gamma_threshold": 5, "gamma_halt": 4}}, "gamma_halt"),
     ({"selection": {"gamma_threshold": 0.5}}, "gamma_threshold"),
+    ({"selection": {"gamma_threshold": 2, "gamma_max": 2}}, "gamma_max"),
+    ({"selection": {"gamma_threshold": 2, "gamma_halt": 10, "gamma_max": 11}}, "gamma_max"),
     ({"exploration": {"ensemble": "npe"}}, "ensemble"),
     ({"exploration": {"steps": 1.5}}, "integer"),
     ({"budget": 0}, "budget"),

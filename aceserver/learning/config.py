@@ -23,6 +23,9 @@ says how to explore, select and label. File names are relative to the YAML file.
     selection:
       gamma_threshold: 2.0              # candidates: frames with max γ above this
       gamma_halt: 20.0                  # a run stops at a frame with max γ above this
+      gamma_max: null                   # the window's upper bound: frames with max γ above this
+                                        # are not candidates unless none lies in the window
+                                        # (null: no bound; at most gamma_halt)
       per_iteration: 8                  # labels per iteration (at most)
     budget: 40                          # labels in all (the initial ones included)
     max_iterations: 10
@@ -56,7 +59,7 @@ TOP_KEYS = FIT_KEYS | {"seeds", "initial", "exploration", "selection", "budget",
 INITIAL_KEYS = {"copies", "rattle_A", "strain", "seed"}
 EXPLORE_KEYS = {"kind", "ensemble", "steps", "timestep_fs", "temperatures_K", "pressures_GPa",
                 "strains", "write_every", "optimizer", "fmax", "cell_filter", "friction_per_fs"}
-SELECT_KEYS = {"gamma_threshold", "gamma_halt", "per_iteration"}
+SELECT_KEYS = {"gamma_threshold", "gamma_halt", "gamma_max", "per_iteration"}
 LABEL_KEYS = {"model", "calculator", "kwargs", "command", "timeout_s", "on_failure", "retries"}
 
 
@@ -108,6 +111,7 @@ class LearnConfig:
     test: list[Path]
     output: Path
     gamma_tol: float = 1e-9
+    gamma_max: float = float("inf")    # candidates: gamma_threshold < max γ <= gamma_max
     raw: dict = field(default_factory=dict)
     path: Path | None = None
 
@@ -269,6 +273,9 @@ def parse_config(raw: dict, base: Path = Path(".")) -> LearnConfig:
     threshold = _number(sel, "gamma_threshold", 2.0, "selection", float, 1.0)
     halt = _number(sel, "gamma_halt", max(10.0, 5 * threshold), "selection", float, threshold,
                    strict_lo=True)
+    gamma_max = float("inf")
+    if sel.get("gamma_max") is not None:
+        gamma_max = _number(sel, "gamma_max", None, "selection", float, threshold, halt, strict_lo=True)
     budget = _number(raw, "budget", 50, "", int, 1, 1_000_000)
     out = raw.get("output", "learn-out")
     if not isinstance(out, str) or not out:
@@ -287,7 +294,7 @@ def parse_config(raw: dict, base: Path = Path(".")) -> LearnConfig:
         budget=budget, max_iterations=_number(raw, "max_iterations", 10, "", int, 1, 10_000),
         labeller=_labeller(_mapping(raw, "labeller"), base), test=_files(raw.get("test"), base, "test"),
         output=Path(out) if Path(out).is_absolute() else (base / out).resolve(),
-        gamma_tol=_number(raw, "gamma_tol", 1e-9, "", float, 0), raw=raw)
+        gamma_tol=_number(raw, "gamma_tol", 1e-9, "", float, 0), gamma_max=gamma_max, raw=raw)
 
 
 def load_config(path) -> LearnConfig:

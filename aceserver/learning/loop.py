@@ -4,7 +4,8 @@ Iteration 0 labels the seed structures and `initial.copies` rattled, strained co
 and fits. Every later iteration k:
 
     explore   MD/relax runs with model k-1 (`explore`), halted where max γ > gamma_halt
-    select    frames with max γ > gamma_threshold are candidates; a D-optimal subset of at most
+    select    frames with gamma_threshold < max γ <= gamma_max are candidates (all those above the
+              threshold where none lies in that window); a D-optimal subset of at most
               min(per_iteration, budget - labels) of them is chosen (`select`)
     label     each chosen frame labelled (`labellers`), appended durably to the data set; a failure
               (non-zero exit, NaN, timeout, ...) is reported with the frame and retried or skipped
@@ -132,8 +133,14 @@ class Learner:
         frames, runs = explore.explore(model, plan, progress=steps.update)
         steps.close()
         store.write_frames(it / "explored.xyz", frames)
-        cands = [a for a in frames if a.info.get("max_gamma", 0.0) > cfg.gamma_threshold]
+        # the γ window: above the threshold (new), at most gamma_max (beyond it, frames of a run
+        # already far outside what the model knows: often unphysical, a label wasted on them); where
+        # no frame lies in it (early on, every run leaves it at once) all frames above the threshold
+        above = [a for a in frames if a.info.get("max_gamma", 0.0) > cfg.gamma_threshold]
+        inside = [a for a in above if a.info["max_gamma"] <= cfg.gamma_max]
+        cands = inside or above
         entry = {"iteration": k, "runs": runs, "explored_frames": len(frames), "candidates": len(cands),
+                 "in_window": len(inside),
                  "max_gamma_explored": max((r["max_gamma"] or 0.0 for r in runs), default=0.0),
                  "halted_runs": sum(r["state"] == "halted" for r in runs),
                  "failed_runs": sum(r["state"] == "failed" for r in runs),
@@ -142,7 +149,9 @@ class Learner:
             if r["state"] == "failed":
                 self._say(f"iteration {k}: run {r['run']} failed at step {r['steps']}: {r['reason']}")
         self._say(f"iteration {k}: {len(plan)} runs, {len(frames)} frames, {entry['halted_runs']} halted "
-                  f"(γ > {cfg.gamma_halt:g}), {entry['failed_runs']} failed; {len(cands)} candidates with γ > {cfg.gamma_threshold:g}; "
+                  f"(γ > {cfg.gamma_halt:g}), {entry['failed_runs']} failed; {len(above)} frames with γ > {cfg.gamma_threshold:g}"
+                  + (f" ({len(inside)} of them ≤ gamma_max {cfg.gamma_max:g})" if cfg.gamma_max < float("inf") else "")
+                  + "; "
                   f"largest γ {entry['max_gamma_explored']:.3g}")
         n = min(cfg.per_iteration, cfg.budget - len(self.dataset))
         picks = []
