@@ -13,7 +13,6 @@ max_gamma); per-atom γ, when recorded, in `atoms.arrays["gamma"]`.
 """
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -21,12 +20,12 @@ from urllib.parse import quote, urlencode
 
 import msgpack
 import numpy as np
-import urllib3
 from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
 
-from .calculator import MSGPACK, JSON, _unpack, structure
-from .errors import ACEServerConnectionError, ACEServerError, from_response
+from ._api import APIClient
+from .calculator import _unpack, structure
+from .errors import ACEServerError
 
 FINISHED = ("done", "halted", "failed", "cancelled", "interrupted")
 
@@ -55,32 +54,8 @@ def frame_atoms(frame: dict) -> Atoms:
     return atoms
 
 
-class ACEJobs:
+class ACEJobs(APIClient):
     """Client of the jobs API. url: the server; token: its bearer token, if it has one."""
-
-    def __init__(self, url: str = "http://127.0.0.1:8000", token: str | None = None, *, timeout: float = 300.0):
-        self.url = url.rstrip("/")
-        self._headers = {"Accept": JSON}
-        if token:
-            self._headers["Authorization"] = f"Bearer {token}"
-        self._http = urllib3.PoolManager(num_pools=1, maxsize=4, headers=self._headers, retries=False,
-                                         timeout=urllib3.Timeout(connect=min(timeout, 10.0), read=timeout))
-
-    def _request(self, method: str, path: str, body: Any = None, **kw) -> Any:
-        # a request's own headers replace the pool's in urllib3: the token goes with every request
-        headers = {**self._headers, "Content-Type": MSGPACK} if body is not None else self._headers
-        try:
-            r = self._http.request(method, self.url + path, headers=headers,
-                                   body=None if body is None else msgpack.packb(body, use_bin_type=True), **kw)
-        except urllib3.exceptions.HTTPError as ex:
-            raise ACEServerConnectionError(f"{method} {self.url}{path} failed: {type(ex).__name__}: {ex}") from ex
-        if r.status >= 400:
-            try:
-                data = json.loads(r.data)
-            except ValueError:
-                data = r.data.decode("utf-8", "replace")
-            raise from_response(r.status, data)
-        return r
 
     # -- jobs ---------------------------------------------------------------------------------
     def submit(self, atoms: Atoms | Sequence[Atoms], kind: str, *, model: str | None = None,
@@ -99,20 +74,20 @@ class ACEJobs:
                 body[key] = value
         if record:
             body["record"] = list(record)
-        ids = json.loads(self._request("POST", "/v1/jobs", body).data)["ids"]
+        ids = self._json("POST", "/v1/jobs", body)["ids"]
         return ids[0] if isinstance(atoms, Atoms) else ids
 
     def status(self, job: str) -> dict:
         """State (queued, running, done, halted, failed, cancelled, interrupted), progress, timings."""
-        return json.loads(self._request("GET", f"/v1/jobs/{quote(job, safe='')}").data)
+        return self._json("GET", f"/v1/jobs/{quote(job, safe='')}")
 
     def list(self, state: str | None = None, limit: int = 100) -> list[dict]:
         query = urlencode({"limit": limit, **({"state": state} if state else {})})
-        return json.loads(self._request("GET", f"/v1/jobs?{query}").data)["jobs"]
+        return self._json("GET", f"/v1/jobs?{query}")["jobs"]
 
     def cancel(self, job: str) -> dict:
         """Cancel (a running job stops after its current step); the job's status."""
-        return json.loads(self._request("DELETE", f"/v1/jobs/{quote(job, safe='')}").data)
+        return self._json("DELETE", f"/v1/jobs/{quote(job, safe='')}")
 
     def wait(self, job: str, timeout: float | None = None, poll: float = 0.2) -> dict:
         """Block until the job has finished; its status (TimeoutError after `timeout` seconds)."""
@@ -161,12 +136,3 @@ class ACEJobs:
         for image in images:
             image.info["job"] = job
         return images
-
-    def close(self) -> None:
-        self._http.clear()
-
-    def __enter__(self) -> "ACEJobs":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()

@@ -13,19 +13,16 @@ default. Bodies go as msgpack, arrays as raw little-endian buffers.
 """
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Sequence
-from typing import Any
 from urllib.parse import quote
 
-import msgpack
 import numpy as np
-import urllib3
 from ase import Atoms
 
-from .calculator import JSON, MSGPACK, _pack_array, structure
-from .errors import ACEServerConnectionError, ACEServerError, from_response
+from ._api import APIClient
+from .calculator import _pack_array, structure
+from .errors import ACEServerError
 
 
 def labelled(atoms: Atoms, config_type: str | None = None) -> dict:
@@ -50,43 +47,22 @@ def labelled(atoms: Atoms, config_type: str | None = None) -> dict:
     return doc
 
 
-class ACELearning:
+class ACELearning(APIClient):
     """Client of the learning API. url: the server; token: its bearer token, if it has one."""
 
     def __init__(self, url: str = "http://127.0.0.1:8000", token: str | None = None, *, timeout: float = 300.0):
-        self.url = url.rstrip("/")
-        self._headers = {"Accept": JSON}
-        if token:
-            self._headers["Authorization"] = f"Bearer {token}"
-        self._http = urllib3.PoolManager(num_pools=1, maxsize=2, retries=False,
-                                         timeout=urllib3.Timeout(connect=min(timeout, 10.0), read=timeout))
-
-    def _request(self, method: str, path: str, body: Any = None) -> Any:
-        # a request's own headers replace the pool's in urllib3: the token goes with every request here
-        headers = {**self._headers, "Content-Type": MSGPACK} if body is not None else self._headers
-        try:
-            r = self._http.request(method, self.url + path, headers=headers,
-                                   body=None if body is None else msgpack.packb(body, use_bin_type=True))
-        except urllib3.exceptions.HTTPError as ex:
-            raise ACEServerConnectionError(f"{method} {self.url}{path} failed: {type(ex).__name__}: {ex}") from ex
-        try:
-            data = json.loads(r.data)
-        except ValueError:
-            data = r.data.decode("utf-8", "replace")
-        if r.status >= 400:
-            raise from_response(r.status, data)
-        return data
+        super().__init__(url, token, timeout=timeout, maxsize=2)
 
     def post(self, model: str, images: Atoms | Sequence[Atoms], config_type: str | None = None) -> dict:
         """Post labelled structures as one batch; the reply (`version`, `sha256`, `configs`, `atoms`, `added`,
         `learning`). Raises `InvalidInputError` naming the bad label, nothing being logged."""
         images = [images] if isinstance(images, Atoms) else list(images)
         body = {"structures": [labelled(a, config_type) for a in images]}
-        return self._request("POST", f"/v1/models/{quote(model, safe='')}/data", body)
+        return self._json("POST", f"/v1/models/{quote(model, safe='')}/data", body)
 
     def status(self, model: str) -> dict:
         """The learning state: `data_version` of the served model, `pending`, `refit`, `served`."""
-        return self._request("GET", f"/v1/models/{quote(model, safe='')}/data")
+        return self._json("GET", f"/v1/models/{quote(model, safe='')}/data")
 
     def wait(self, model: str, version: int, timeout: float | None = None, poll: float = 0.2) -> dict:
         """Wait until the served model is fitted on data version `version` (or later); the status.
@@ -103,12 +79,3 @@ class ACELearning:
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"model {model!r} is not fitted on data version {version} after {timeout} s")
             time.sleep(poll)
-
-    def close(self) -> None:
-        self._http.clear()
-
-    def __enter__(self) -> "ACELearning":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
