@@ -53,6 +53,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def ready(url: str) -> bool:
+    """Whether the server at url answers /readyz with 200 (False while it cannot be reached)."""
+    try:
+        return httpx.get(url + "/readyz", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
 def serve_command() -> list[str]:
     return [sys.executable, "-m", "aceserver.cli", "serve"]
 
@@ -77,9 +85,8 @@ class Server:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.output()}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(self.url + "/readyz", timeout=2).status_code == 200:
-                    return self
+            if ready(self.url):
+                return self
             time.sleep(0.1)
         self.stop()
         raise TimeoutError(f"server not ready after {timeout} s:\n{self.output()}")

@@ -411,7 +411,7 @@ def test_halt_on_max_gamma_over_http(tmp_path):
 
     import uvicorn
 
-    from _http_support import free_port
+    from _http_support import free_port, ready
     from aceserver.serving.http import ModelRegistry, ServedModel, Settings, create_app
     from test_jobs import small_model_with_active_set
 
@@ -424,12 +424,7 @@ def test_halt_on_max_gamma_over_http(tmp_path):
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 300
-        while True:
-            try:
-                if httpx.get(url + "/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
+        while not ready(url):
             assert time.monotonic() < deadline
             time.sleep(0.1)
         atoms = bulk("Si", "diamond", a=5.43 * 0.93, cubic=True)

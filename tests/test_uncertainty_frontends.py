@@ -42,6 +42,7 @@ import pytest
 from ase.build import bulk
 from ase.io import read
 from fastapi.testclient import TestClient
+from ipi_support import recv_exact
 
 import aceserver
 from aceserver.calculator import ACECalculator
@@ -133,16 +134,16 @@ def ipi_extras(potential, h, q) -> dict:
     try:
         hdr = lambda s: s.encode().ljust(12)       # noqa: E731
         server.sendall(hdr("STATUS"))
-        assert recv(server, 12) == b"NEEDINIT    "
+        assert recv_exact(server, 12) == b"NEEDINIT    "
         server.sendall(hdr("INIT") + struct.pack("<ii", 0, 0) + hdr("STATUS"))
-        assert recv(server, 12) == b"READY       "
+        assert recv_exact(server, 12) == b"READY       "
         nat = len(q)
         server.sendall(hdr("POSDATA") + np.ascontiguousarray(h).tobytes() + np.zeros(9).tobytes()
                        + struct.pack("<i", nat) + np.ascontiguousarray(q).tobytes() + hdr("GETFORCE"))
-        head = recv(server, 12 + 8 + 4 + 24 * nat + 72 + 4)
+        head = recv_exact(server, 12 + 8 + 4 + 24 * nat + 72 + 4)
         assert head[:12] == b"FORCEREADY  "
         (length,) = struct.unpack("<i", head[-4:])
-        text = recv(server, length).decode()
+        text = recv_exact(server, length).decode()
         server.sendall(hdr("EXIT"))
         thread.join(10)
     finally:
@@ -151,15 +152,6 @@ def ipi_extras(potential, h, q) -> dict:
     extras = json.loads(text)
     assert isinstance(extras, dict) and "raw" not in extras      # what i-PI's parse_extra accepts
     return extras
-
-
-def recv(sock, n) -> bytes:
-    data = b""
-    while len(data) < n:
-        chunk = sock.recv(n - len(data))
-        assert chunk, f"EOF after {len(data)} of {n} bytes"
-        data += chunk
-    return data
 
 
 # ---------------------------------------------------------------------------------- references

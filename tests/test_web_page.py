@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from _http_support import TMP, Server
+from _http_support import TMP, Server, ready
 
 pytestmark = pytest.mark.timeout(300)
 MODEL = "Si-tiny"       # shipped, with fit errors and parity plots
@@ -190,7 +190,7 @@ def test_web_page_shows_max_gamma():
     thread.start()
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait(lambda: _ready(url), timeout=300, what="the in-process server")
+        _wait(lambda: ready(url), timeout=300, what="the in-process server")
         driver = _driver()
         try:
             driver.get(url + "/")
@@ -214,8 +214,3 @@ def test_web_page_shows_max_gamma():
         thread.join(30)
 
 
-def _ready(url: str) -> bool:
-    try:
-        return httpx.get(url + "/readyz", timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
