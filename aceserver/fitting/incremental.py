@@ -41,7 +41,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import hashlib
-import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -52,6 +51,7 @@ from ase.data import chemical_symbols
 
 from aceserver.errors import ModelFileError
 from aceserver.io import fitstate_file
+from aceserver.io.durable import replace_durably
 from aceserver.io.fitstate_file import state_path
 
 from . import config as fconfig
@@ -402,9 +402,7 @@ def update_files(state_file, data_files, model_file=None, output=None, threads=N
     new_model, report, ns = update_batches(model, state, batches, threads, progress)
     output = Path(output) if output else model_file
     output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(output.name + ".tmp")
-    new_model.save(tmp)
-    os.replace(tmp, output)
+    replace_durably(lambda tmp: new_model.save(str(tmp)), output, output.suffix)
     spath = state_path(output)
     save_state(ns, spath)
     t = report["timings_s"]

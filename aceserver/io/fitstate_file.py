@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,6 +34,7 @@ import numpy as np
 
 from ..errors import ModelFileError
 from . import npz
+from .durable import replace_durably
 
 FORMAT = "aceserver-fitstate"
 VERSION = 1
@@ -91,13 +91,7 @@ def write(path, state: FitStateFile) -> str:
         arrays[f"S_{i}"] = np.asarray(g.S, dtype=np.float64)
     arrays["payload_sha256"] = np.array(payload_hash(arrays))
     _validate(path, arrays)
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        np.savez(fh, **arrays)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    replace_durably(lambda tmp: np.savez(tmp, **arrays), path, ".npz")
     return str(arrays["payload_sha256"])
 
 

@@ -48,6 +48,7 @@ from typing import Any, Callable
 from threadpoolctl import threadpool_limits
 
 from aceserver.errors import ACEInputError
+from aceserver.io.durable import leftovers, replace_durably
 
 from .datalog import POSTED, DataLog, batch_name
 
@@ -74,28 +75,6 @@ def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def replace_durably(write: Callable[[Path], Any], dest: Path, suffix: str) -> None:
-    """`write(tmp)` a file beside `dest`, fsync it, rename it onto `dest`, fsync the directory: a
-    reader sees the old file or the new one, never a part of one."""
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp{suffix}")
-    try:
-        write(tmp)
-        _fsync(tmp)
-        os.replace(tmp, dest)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    _fsync(dest.parent)
-
-
 def kept_copy(log_: DataLog, name: str, sha256: str) -> Path:
     """Where the copy of model `name` with this sha256 is kept (`ModelLearner._archive`)."""
     return log_.directory / "models" / f"{name}.{sha256}.json"
@@ -109,7 +88,7 @@ def recover(name: str, model_path: str | os.PathLike, log_: DataLog, fitter: Any
     path = Path(model_path)
     state_file = Path(fitter.state_path(path))
     for dest in (path, state_file):       # temporary files of a refit that was cut short (`replace_durably`)
-        for tmp in dest.parent.glob(f".{dest.name}.*.tmp*"):
+        for tmp in leftovers(dest):
             tmp.unlink(missing_ok=True)
     if not state_file.is_file():
         return False

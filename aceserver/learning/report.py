@@ -7,12 +7,12 @@ Errors are mean absolute errors: energy meV/atom, forces eV/Å. γ is dimensionl
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 
 from aceserver.fitting.fit_model import jsonable
+from aceserver.io.durable import replace_durably
 
 
 def write(directory, history: list[dict], stopped: str | None) -> tuple[Path, Path | None]:
@@ -21,9 +21,8 @@ def write(directory, history: list[dict], stopped: str | None) -> tuple[Path, Pa
     doc = {"units": {"E": "meV/atom (MAE)", "F": "eV/Å (MAE)", "gamma": "dimensionless"},
            "stopped": stopped, "iterations": history}
     path = directory / "report.json"
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(jsonable(doc), indent=1))
-    os.replace(tmp, path)
+    text = json.dumps(jsonable(doc), indent=1)
+    replace_durably(lambda tmp: tmp.write_text(text), path)
     return path, plot(directory / "report.png", history)
 
 

@@ -23,18 +23,9 @@ import ase.io
 import numpy as np
 from ase.calculators.singlepoint import SinglePointCalculator
 
+from aceserver.io.durable import fsync_dir, replace_durably
+
 FORMAT, VERSION = "aceserver-learn-state", 1
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _extxyz(frames) -> bytes:
@@ -68,14 +59,8 @@ def complete_prefix(data: bytes) -> int:
 
 def write_frames(path, frames) -> None:
     """Frames (ase.Atoms) to an extended-XYZ file, written whole then renamed into place."""
-    path = Path(path)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(_extxyz(frames))
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    data = _extxyz(frames)
+    replace_durably(lambda tmp: tmp.write_bytes(data), path)
 
 
 def read_frames(path) -> list:
@@ -124,7 +109,7 @@ class Dataset:
             fh.flush()
             os.fsync(fh.fileno())
         if len(self.frames) == 0:
-            _fsync_dir(self.path.parent)
+            fsync_dir(self.path.parent)
         self.frames.append(ase.io.read(io.StringIO(blob.decode()), format="extxyz"))
 
 
@@ -138,15 +123,8 @@ class State:
     stopped: str | None = None
 
     def save(self, path) -> None:
-        path = Path(path)
-        tmp = path.with_suffix(".tmp")
-        doc = dict(format=FORMAT, version=VERSION, **asdict(self))
-        with open(tmp, "w") as fh:
-            json.dump(doc, fh, indent=1, default=plain)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        text = json.dumps(dict(format=FORMAT, version=VERSION, **asdict(self)), indent=1, default=plain)
+        replace_durably(lambda tmp: tmp.write_text(text), path)
 
     @classmethod
     def load(cls, path) -> State:
