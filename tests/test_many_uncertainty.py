@@ -1,0 +1,218 @@
+"""`evaluate_many(gamma=..., energies_committee=..., descriptors=...)` against per-structure
+`evaluate(gamma=True, energies_committee=True)` and `descriptors` (the reference), for mixed sizes,
+two species, clusters, cells smaller than the cut-off, isolated atoms, empty structures, a `.yace`
+potential, bad structures in the batch, threads; the HTTP batch against per-structure replies.
+
+Exactness. Energies, forces, virials and the descriptor rows are bit for bit (the same kernels on
+the same pairs: `many_uncertainty`). γ = max_k |(b A⁻¹)_k| and the committee site energies
+E0 + W_k·b are BLAS products whose summation order may depend on the number of rows in one product
+(gemv for a one-atom structure, blocked gemm for a chunk), so they are compared within the
+rounding bound of an L-term dot product computed in two orders: each order is within
+γ_L·(|b|·|M|)_k of the exact value (γ_L = L·u/(1 - L·u), u = 2⁻⁵³, with or without FMA), so
+
+    |Δγ| ≤ max_k |Δ(b A⁻¹)_k| ≤ 2·γ_L·max_k (|b|·|A⁻¹|)_k,
+    |ΔE_k| ≤ 2·γ_L·(|W_k|·|b|) + 2u·|E_k|        (the E0 add rounds once more on each side),
+    |Δ energies_std| ≤ max_k |ΔE_k| + 4·K·u·max_k |E_k|   (the population std is 1-Lipschitz in
+                                                          the max norm; its own rounding on top).
+
+These hold on any CPU and any thread count.
+"""
+import threading
+
+import numpy as np
+import pytest
+from ase import Atoms
+from fastapi.testclient import TestClient
+
+import aceserver
+from aceserver.errors import BatchError, NoActiveSetError
+from aceserver.evaluation import many
+from aceserver.fitting.active_set_build import build_active_set
+from test_evaluate_many import CU_PACE, SI_TINY, TIAL, mixed, random_cell
+
+U = 2.0 ** -53
+
+
+@pytest.fixture(scope="module")
+def si():
+    m = aceserver.load_model(SI_TINY)
+    assert m.active_set is not None and m.committee is not None
+    return m
+
+
+@pytest.fixture(scope="module")
+def tial():
+    m = aceserver.load_model(TIAL)
+    assert set(m.active_set.inverses) == {"Ti", "Al"} and m.committee is not None
+    return m
+
+
+def gamma_L(L):
+    return L * U / (1 - L * U)
+
+
+def reference(model, a):
+    ev = model.evaluate(a.numbers, a.positions, a.cell.array, a.pbc, threads=1, gamma=model.active_set is not None,
+                        energies_committee=True)
+    return ev, model.descriptors(a.numbers, a.positions, a.cell.array, a.pbc, threads=1)
+
+
+def assert_close(model, got, want, rows, numbers):
+    """got (evaluate_many) against want (evaluate) for one structure; rows: its descriptors."""
+    assert got.pairs == want.pairs and got.energy == want.energy
+    assert np.array_equal(got.forces, want.forces) and np.array_equal(got.virial, want.virial)
+    assert np.array_equal(got.energies, want.energies)
+    assert got.descriptors is not None and got.descriptors.shape == rows.shape
+    assert np.array_equal(got.descriptors, rows)
+    sizes = [model.descriptor_sizes[el] for el in model.elements]
+    species = model._lookup[np.asarray(numbers, dtype=np.int64)]
+    if want.gamma is None:
+        assert got.gamma is None
+    else:
+        assert got.gamma.shape == want.gamma.shape
+        for i, s in enumerate(species):
+            L = sizes[s]
+            A_inv = model.active_set.inverses[model.elements[s]]
+            bound = 2 * gamma_L(L) * (np.abs(rows[i, :L]) @ np.abs(A_inv)).max()
+            assert abs(got.gamma[i] - want.gamma[i]) <= bound, (i, got.gamma[i], want.gamma[i], bound)
+        assert got.max_gamma == pytest.approx(want.max_gamma, abs=max(
+            [2 * gamma_L(sizes[s]) * (np.abs(rows[i, :sizes[s]]) @ np.abs(
+                model.active_set.inverses[model.elements[s]])).max() for i, s in enumerate(species)] + [0.0]))
+    if want.energies_committee is None:
+        assert got.energies_committee is None
+        return
+    W = np.stack([model.descriptor_weights(t) for t in model.committee])       # (K, nz, L)
+    E = want.energies_committee
+    assert got.energies_committee.shape == E.shape
+    for i, s in enumerate(species):
+        L = sizes[s]
+        bound = 2 * gamma_L(L) * (np.abs(W[:, s, :L]) @ np.abs(rows[i, :L])) + 2 * U * np.abs(E[:, i])
+        assert (np.abs(got.energies_committee[:, i] - E[:, i]) <= bound).all(), i
+        K = len(E)
+        std_bound = bound.max() + 4 * K * U * np.abs(E[:, i]).max()
+        assert abs(got.energies_std[i] - want.energies_std[i]) <= std_bound
+
+
+def check_batch(model, structures, threads=1, **kw):
+    got = model.evaluate_many(structures, threads=threads, gamma=model.active_set is not None,
+                              energies_committee=True, descriptors=True, **kw)
+    assert len(got) == len(structures)
+    for a, r in zip(structures, got):
+        want, rows = reference(model, a)
+        assert_close(model, r, want, rows, a.numbers)
+    return got
+
+
+@pytest.mark.parametrize("name", ["si", "tial"])
+def test_matches_evaluate(name, request):
+    """Mixed sizes (1-8 atoms and one above BATCH_MAX_ATOMS), both species, every periodicity,
+    cells much smaller than the cut-off, skewed cells, slabs, wires, isolated atoms, empty shells,
+    an empty structure and a cluster (`test_evaluate_many.mixed`), serial and on two threads."""
+    model = request.getfixturevalue(name)
+    structures = mixed(model, seed=11, count=80)
+    for threads in (1, 2):
+        check_batch(model, structures, threads)
+
+
+def test_blocks_and_chunks(si, monkeypatch):
+    """Rows made in blocks that cut the batch anywhere (tiny blocks and chunks) give the same."""
+    structures = mixed(si, seed=12, count=40)
+    monkeypatch.setattr("aceserver.evaluation.many_uncertainty.BLOCK_ATOMS", 7)
+    monkeypatch.setattr(many, "CHUNK_ATOMS", 50)
+    check_batch(si, structures, threads=2)
+
+
+def test_rows_pass_of_its_own(si, monkeypatch):
+    """Tables the site pass cannot write rows from: the rows pass of its own gives the same."""
+    monkeypatch.setattr(type(si), "_descriptor_tables", lambda self, tables: None)
+    check_batch(si, mixed(si, seed=13, count=30))
+
+
+def test_packed_matches(tial):
+    structures = [a for a in mixed(tial, seed=14, count=30) if len(a)]
+    counts = [len(a) for a in structures]
+    got = tial.evaluate_packed(counts, np.concatenate([a.numbers for a in structures]),
+                               np.concatenate([a.positions for a in structures]),
+                               np.stack([a.cell.array for a in structures]), np.stack([a.pbc for a in structures]),
+                               threads=1, gamma=True, energies_committee=True, descriptors=True)
+    for a, r in zip(structures, got):
+        want, rows = reference(tial, a)
+        assert_close(tial, r, want, rows, a.numbers)
+
+
+@pytest.fixture(scope="module")
+def cu():
+    """Cu-PBE-core-rep.yace (tests/data) with an active set built here from a few small cells
+    (floor rows complete its 1484 columns: `fitting.active_set_build`)."""
+    model = aceserver.load_model(CU_PACE)
+    rng = np.random.default_rng(21)
+    frames = [Atoms("Cu" * n, positions=rng.random((n, 3)) @ c, cell=c, pbc=True)
+              for n in (2, 3, 4) for c in [random_cell(rng, n, 11.8, skew=0.1)]]
+    model.attach_active_set(build_active_set(model, frames).inverses(), model.sha256)
+    return model
+
+
+def test_pacemaker_matches(cu):
+    rng = np.random.default_rng(22)
+    structures = [Atoms("Cu" * n, positions=rng.random((n, 3)) @ c, cell=c, pbc=p)
+                  for n, c, p in [(1, random_cell(rng, 1, 11.8), True), (2, random_cell(rng, 2, 11.8), True),
+                                  (3, random_cell(rng, 3, 11.8), [True, False, True]),
+                                  (2, random_cell(rng, 2, 11.8), False)]]
+    structures.append(Atoms("Cu", positions=[[0, 0, 0]]))                  # isolated
+    for threads in (1, 2):
+        got = check_batch(cu, structures, threads)
+    assert all(r.energies_committee is None for r in got)                  # no committee
+
+
+def test_bad_structures_by_index(tial):
+    """A structure that fails (atoms on top of each other; an element the active set lacks) is
+    reported by index with evaluate's error; the others keep their γ."""
+    structures = mixed(tial, seed=15, count=12)
+    structures[3] = Atoms("Ti2", positions=[[0, 0, 0], [0, 0, 0]])
+    with pytest.raises(BatchError) as info:
+        tial.evaluate_many(structures, threads=1, gamma=True, energies_committee=True)
+    assert set(info.value.errors) == {3} and "on top of each other" in str(info.value.errors[3])
+    for k, (a, r) in enumerate(zip(structures, info.value.results)):
+        if k != 3:
+            want, rows = reference(tial, a)
+            r.descriptors = rows          # not asked for here
+            assert_close(tial, r, want, rows, a.numbers)
+    # an active set with Ti only: structures with Al fail as evaluate fails them, Ti-only ones pass
+    ti_only = aceserver.load_model(TIAL, active_set=False)
+    ti_only.attach_active_set({"Ti": tial.active_set.inverses["Ti"]})
+    batch = [Atoms("Ti2", positions=[[0, 0, 0], [2.5, 0, 0]]), Atoms("TiAl", positions=[[0, 0, 0], [2.6, 0, 0]]),
+             Atoms("Ti", positions=[[0, 0, 0]], cell=np.eye(3) * 2.9, pbc=True)]
+    with pytest.raises(BatchError) as info:
+        ti_only.evaluate_many(batch, gamma=True)
+    assert set(info.value.errors) == {1}
+    with pytest.raises(NoActiveSetError) as single:
+        ti_only.evaluate(batch[1].numbers, batch[1].positions, gamma=True)
+    assert type(info.value.errors[1]) is NoActiveSetError and str(info.value.errors[1]) == str(single.value)
+    for k in (0, 2):
+        a = batch[k]
+        want = ti_only.evaluate(a.numbers, a.positions, a.cell.array, a.pbc, gamma=True)
+        assert info.value.results[k].gamma.shape == want.gamma.shape
+        assert np.allclose(info.value.results[k].gamma, want.gamma, rtol=1e-12, atol=0)
+
+
+def test_no_active_set_error():
+    plain = aceserver.load_model(SI_TINY, active_set=False)
+    a = Atoms("Si2", positions=[[0, 0, 0], [2.3, 0, 0]])
+    with pytest.raises(NoActiveSetError) as single:
+        plain.evaluate(a.numbers, a.positions, gamma=True)
+    for call in (lambda: plain.evaluate_many([a, a], gamma=True),
+                 lambda: plain.evaluate_packed([2], a.numbers, a.positions, np.zeros((1, 3, 3)),
+                                               np.zeros((1, 3), bool), gamma=True)):
+        with pytest.raises(NoActiveSetError) as batch:
+            call()
+        assert str(batch.value) == str(single.value)
+    # energies_committee without a committee: None, as evaluate gives
+    cu = aceserver.load_model(CU_PACE)
+    assert cu.evaluate_many([Atoms("Cu", positions=[[0, 0, 0]])], energies_committee=True)[0].energies_committee is None
+
+
+def test_cancel_between_chunks(si):
+    done = threading.Event()
+    done.set()
+    with pytest.raises(aceserver.errors.EvaluationCancelled):
+        si.evaluate_many(mixed(si, count=5), gamma=True, cancel=done)
