@@ -216,3 +216,81 @@ def test_cancel_between_chunks(si):
     done.set()
     with pytest.raises(aceserver.errors.EvaluationCancelled):
         si.evaluate_many(mixed(si, count=5), gamma=True, cancel=done)
+
+
+HTTP_PROPERTIES = ["energy", "forces", "stress", "energies", "committee", "energies_std", "gamma", "max_gamma",
+                   "descriptors"]
+
+
+def http_post(served, doc, settings=None):
+    import msgpack
+    from aceserver.serving.http import codec
+    from aceserver.serving.http.routers.calculate import evaluate_body
+    from aceserver.serving.http.settings import Settings
+    body = msgpack.packb(doc, use_bin_type=True)
+    out, *_ = evaluate_body(served, body, codec.MSGPACK, codec.MSGPACK, settings or Settings())
+    return codec.unpack_arrays(msgpack.unpackb(out))
+
+
+def assert_reply_close(model, got: dict, want: dict, numbers):
+    """An HTTP result (batch) against the per-structure one: equal but for γ and energies_std,
+    which are within the bounds of the module docstring (rows: the reply's descriptors)."""
+    assert set(got) == set(want)
+    rows = np.asarray(want["descriptors"])
+    for key in want:
+        if key not in ("gamma", "max_gamma", "energies_std"):
+            assert np.array_equal(np.asarray(got[key], dtype=float), np.asarray(want[key], dtype=float),
+                                  equal_nan=want[key] is None), key
+    species = model._lookup[np.asarray(numbers)]
+    sizes = [model.descriptor_sizes[el] for el in model.elements]
+    gb = np.array([2 * gamma_L(sizes[s]) * (np.abs(rows[i, :sizes[s]]) @ np.abs(
+        model.active_set.inverses[model.elements[s]])).max() for i, s in enumerate(species)])
+    assert (np.abs(np.asarray(got["gamma"]) - np.asarray(want["gamma"])) <= gb).all()
+    assert abs(got["max_gamma"] - want["max_gamma"]) <= gb.max(initial=0.0)
+    W = np.stack([model.descriptor_weights(t) for t in model.committee])
+    e0 = np.array([model.E0[el] for el in model.elements])
+    E = np.stack([W[:, s, :sizes[s]] @ rows[i, :sizes[s]] + e0[s] for i, s in enumerate(species)], axis=1)
+    K = len(W)
+    eb = np.array([(2 * gamma_L(sizes[s]) * (np.abs(W[:, s, :sizes[s]]) @ np.abs(rows[i, :sizes[s]]))
+                    + 2 * U * np.abs(E[:, i])).max() + 4 * K * U * np.abs(E[:, i]).max()
+                   for i, s in enumerate(species)])
+    assert (np.abs(np.asarray(got["energies_std"]) - np.asarray(want["energies_std"])) <= eb).all()
+
+
+def test_http_batch_matches_per_structure(si):
+    """`structures` (one evaluate_many call under the request's pair budget) and the packed form
+    against each structure sent on its own (`evaluate`, `descriptors`)."""
+    from aceclient.calculator import packed_batch, structure, unpack_results
+    from aceserver.serving.http.registry import ServedModel
+    served = ServedModel("si", si)
+    structures = [a for a in mixed(si, seed=16, count=24) if len(a)]
+    one = [http_post(served, {"structure": structure(a, True), "properties": HTTP_PROPERTIES})["results"][0]
+           for a in structures]
+    batch = http_post(served, {"structures": [structure(a, True) for a in structures],
+                               "properties": HTTP_PROPERTIES})["results"]
+    reply = http_post(served, {"packed": packed_batch(structures), "properties": HTTP_PROPERTIES})["packed"]
+    assert reply["gamma"].shape == (sum(map(len, structures)),) and reply["max_gamma"].shape == (len(structures),)
+    assert reply["descriptors"].shape == (sum(map(len, structures)), si.descriptor_sizes["Si"])
+    packed = unpack_results(reply, np.array([len(a) for a in structures]))
+    for a, o, b, p in zip(structures, one, batch, packed):
+        assert_reply_close(si, b, o, a.numbers)
+        o = {k: v for k, v in o.items() if k not in ("free_energy", "stress", "energy_committee", "energy_std")}
+        p = {k: v for k, v in p.items() if k not in ("free_energy", "stress", "energy_committee", "energy_std")}
+        assert_reply_close(si, p, o, a.numbers)
+    # the same limits: descriptors of the whole request, and errors by index
+    from aceserver.serving.http.error_replies import APIError
+    from aceserver.serving.http.settings import Settings
+    atoms = sum(map(len, structures))
+    small = Settings(max_descriptor_values=atoms * si.descriptor_sizes["Si"] - 1)
+    for doc in ({"structures": [structure(a, True) for a in structures]}, {"packed": packed_batch(structures)}):
+        with pytest.raises(APIError) as info:
+            http_post(served, {**doc, "properties": ["descriptors"]}, small)
+        assert info.value.status == 413 and "max-descriptor-values" in info.value.message
+    bad = list(structures)
+    bad[2] = Atoms("Si2", positions=[[0, 0, 0], [0, 0, 0]])
+    errors = []
+    for doc in ({"structures": [structure(a, True) for a in bad]}, {"packed": packed_batch(bad)}):
+        with pytest.raises(APIError) as info:
+            http_post(served, {**doc, "properties": ["gamma"]})
+        errors.append((info.value.status, info.value.field, info.value.message))
+    assert errors[0] == errors[1] and errors[0][1].startswith("structures[2]") and "on top" in errors[0][2]

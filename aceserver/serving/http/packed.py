@@ -8,16 +8,20 @@ Request (`Content-Type` and `Accept: application/msgpack`; arrays as msgpack arr
                 "positions": (N, 3)     <f8          Å
                 "cells":     (S, 3, 3)  <f8          Å, rows a, b, c (optional: zeros, clusters)
                 "pbc":       (S, 3)     |b1          (optional: all False)},
-     "properties": [...]}       # optional: energy, forces, stress, virial, energies, committee,
-                                # forces_committee, forces_std (as for `structures`)
+     "properties": [...]}       # optional, as for `structures`: energy, forces, stress, virial,
+                                # energies, committee, forces_committee, forces_std, energies_std,
+                                # gamma, max_gamma, descriptors
 
 Reply ``{"model", "sha256", "packed": {...}}`` with the arrays of what was asked for (the default:
 energy, forces, stress, virial, energies, and the committee where the model has one):
 ``counts`` (S,) <i8; ``energy`` (S,) eV; ``forces`` (N, 3) eV/Å; ``stress`` (S, 6) eV/Å³ in ASE's
 Voigt order xx yy zz yz xz xy, NaN rows where a structure has none (not periodic in all three
 directions); ``virial`` (S, 3, 3) eV (W = -V·σ); ``energies`` (N,) eV; ``energy_committee`` (S, K)
-eV and ``energy_std`` (S,) eV; ``forces_committee`` (K, N, 3) eV/Å and ``forces_std`` (N, 3) eV/Å.
-The numbers are those of the same structures sent as `structures`, bit for bit.
+eV and ``energy_std`` (S,) eV; ``forces_committee`` (K, N, 3) eV/Å and ``forces_std`` (N, 3) eV/Å;
+``energies_std`` (N,) eV; ``gamma`` (N,) and ``max_gamma`` (S,) (dimensionless); ``descriptors``
+(N, L) (L: the model's largest descriptor size; ace1 dimensionless, pacemaker eV).
+The numbers are those of the same structures sent as `structures`, bit for bit (γ and
+``energies_std`` within the rounding of their BLAS products: `evaluation.many_uncertainty`).
 
 Checks, before anything is built per structure (nothing is allocated per atom but the arrays
 themselves, which the body already holds): the fields, dtypes and shapes (422 ``packed.<field>``),
@@ -194,4 +198,12 @@ def packed_reply(batch: Packed, results: list, stress: list | None, props: set, 
         if Property.forces_committee in props:
             out["forces_committee"] = fc
         out["forces_std"] = np.concatenate([ev.forces_std for ev in results])
+    if Property.energies_std in props and results and results[0].energies_committee is not None:
+        out["energies_std"] = np.concatenate([ev.energies_std for ev in results])
+    if Property.gamma in props:
+        out["gamma"] = np.concatenate([ev.gamma for ev in results])
+    if props & {Property.gamma, Property.max_gamma}:
+        out["max_gamma"] = np.array([ev.max_gamma for ev in results], dtype=np.float64)
+    if Property.descriptors in props:
+        out["descriptors"] = np.concatenate([ev.descriptors for ev in results])
     return out

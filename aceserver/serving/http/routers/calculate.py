@@ -75,7 +75,7 @@ def evaluate_packed_body(m: ServedModel, doc: dict, codec_in: str, codec_out: st
     batch = packed.read_packed(request.packed, settings.max_atoms, settings.max_structures)
     t0 = time.perf_counter()
     reply = evaluate_packed(m.model, request, batch, m.has_committee, settings.kernel_threads, settings.max_pairs,
-                            cancel, name=m.name)
+                            cancel, name=m.name, max_descriptor_values=settings.max_descriptor_values)
     seconds = time.perf_counter() - t0
     payload = {"model": m.name, "sha256": m.sha256, "packed": reply}
     return codec.encode(payload, codec_out), int(batch.offsets[-1]), len(batch), seconds
