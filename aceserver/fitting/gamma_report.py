@@ -3,15 +3,12 @@
     gamma_report(model, configs)  -> γ statistics per species and the most extrapolative frames
     format_gamma_report(report)   -> the table ``aceserver eval`` prints
 
-γ (dimensionless) is read from ``model.evaluate(gamma=True)`` (`Evaluation.gamma`), one call per
-configuration; nothing is recomputed here. Thresholds as pacemaker's: γ ≤ 1 interpolates, 1-5 is
+γ (dimensionless) is read from ``model.evaluate_many(gamma=True)`` (`Evaluation.gamma`; small
+configurations packed into one pass, `evaluation.many_uncertainty`); nothing is recomputed here. Thresholds as pacemaker's: γ ≤ 1 interpolates, 1-5 is
 mild extrapolation, > 5 unreliable (`aceserver.evaluation.uncertainty`). Memory: one float per atom
 of the data (the statistics are exact quantiles, not sketches).
 """
 from __future__ import annotations
-
-import os
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from ase.data import chemical_symbols
@@ -22,14 +19,10 @@ from .data import Config
 
 
 def _gammas(model, configs: list[Config], threads: int | None) -> list[np.ndarray]:
-    def one(c):
-        return np.asarray(model.evaluate(c.numbers, c.positions, c.cell, c.pbc, forces=False, gamma=True).gamma)
-
-    nthreads = threads or os.cpu_count() or 1
-    if nthreads == 1 or len(configs) < 2:
-        return [one(c) for c in configs]
-    with ThreadPoolExecutor(max_workers=nthreads) as ex:
-        return list(ex.map(one, configs))
+    """γ of every configuration: one `evaluate_many` call (threads as its own; None: numba's)."""
+    results = model.evaluate_many([(c.numbers, c.positions, c.cell, c.pbc) for c in configs], forces=False,
+                                  gamma=True, threads=threads)
+    return [np.asarray(ev.gamma) for ev in results]
 
 
 def gamma_report(model, configs: list[Config], threads: int | None = None, top: int = 10) -> dict:
