@@ -294,3 +294,35 @@ def test_http_batch_matches_per_structure(si):
             http_post(served, {**doc, "properties": ["gamma"]})
         errors.append((info.value.status, info.value.field, info.value.message))
     assert errors[0] == errors[1] and errors[0][1].startswith("structures[2]") and "on top" in errors[0][2]
+
+
+def test_openapi_describes_the_packed_batch(si):
+    """/openapi.json names the packed body and reply: their fields, dtypes, shapes and units."""
+    from aceserver.serving.http.app import create_app
+    from aceserver.serving.http.registry import ModelRegistry, ServedModel
+    from aceserver.serving.http.settings import Settings
+    with TestClient(create_app(ModelRegistry([ServedModel("si", si)]), Settings())) as client:
+        spec = client.get("/openapi.json").json()
+    calc = spec["paths"]["/v1/models/{name}/calculate"]["post"]
+    body = calc["requestBody"]["content"]["application/msgpack"]["schema"]
+    assert {"$ref": "#/components/schemas/PackedRequest"} in body["oneOf"]
+    assert {"$ref": "#/components/schemas/CalculateRequest"} in body["oneOf"]
+    reply = calc["responses"]["200"]["content"]["application/msgpack"]["schema"]
+    assert {"$ref": "#/components/schemas/PackedResponse"} in reply["oneOf"]
+    schemas = spec["components"]["schemas"]
+    assert schemas["PackedRequest"]["properties"]["packed"] == {"$ref": "#/components/schemas/PackedStructures"}
+    fields = schemas["PackedStructures"]["properties"]
+    assert set(fields) == {"counts", "numbers", "positions", "cells", "pbc"}
+    assert set(schemas["PackedStructures"]["required"]) == {"counts", "numbers", "positions"}
+    assert fields["positions"]["x-dtype"] == ["<f8"] and fields["positions"]["x-shape"] == "(N, 3)"
+    assert "Å" in fields["positions"]["description"] and "Å" in fields["cells"]["description"]
+    assert fields["counts"]["x-dtype"] == ["<i8", "<i4"] and fields["pbc"]["x-dtype"] == ["|b1"]
+    out = schemas["PackedResponse"]["properties"]["packed"]
+    assert out == {"$ref": "#/components/schemas/PackedResults"}
+    results = schemas["PackedResults"]["properties"]
+    for field, unit, shape in [("energy", "eV", "(S,)"), ("forces", "eV/Å", "(N, 3)"), ("stress", "eV/Å³", "(S, 6)"),
+                               ("virial", "eV", "(S, 3, 3)"), ("energies_std", "eV", "(N,)"),
+                               ("gamma", "dimensionless", "(N,)"), ("max_gamma", "dimensionless", "(S,)")]:
+        assert unit in results[field]["description"] and results[field]["x-shape"] == shape, field
+    assert {"dtype", "shape", "data"} == set(schemas["MsgpackArray"]["required"])
+    assert "Property" in schemas            # the properties list refers to it

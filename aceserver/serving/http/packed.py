@@ -166,6 +166,76 @@ def first_unknown_element(batch: Packed, known: np.ndarray, species) -> tuple[in
                        f"model (species: {', '.join(species)})", field)
 
 
+# The packed form for the OpenAPI document (`openapi_components`): field -> (dtypes, shape, unit and meaning).
+REQUEST_ARRAYS = {
+    "counts": (("<i8", "<i4"), "(S,)", "atoms of each structure, in order (each >= 1)"),
+    "numbers": (("<i8", "<i4"), "(N,), N = sum(counts)", "atomic numbers, structure after structure"),
+    "positions": (("<f8",), "(N, 3)", "Å"),
+    "cells": (("<f8",), "(S, 3, 3)", "Å, rows a, b, c (optional: zeros, clusters)"),
+    "pbc": (("|b1",), "(S, 3)", "periodic along a, b, c (optional: all false)"),
+}
+REPLY_ARRAYS = {
+    "counts": (("<i8",), "(S,)", "atoms of each structure, as sent"),
+    "energy": (("<f8",), "(S,)", "eV, total energy (includes the one-body E0 terms)"),
+    "forces": (("<f8",), "(N, 3)", "eV/Å"),
+    "stress": (("<f8",), "(S, 6)", "eV/Å³, ASE Voigt order xx yy zz yz xz xy; NaN rows where a structure has "
+               "none (not periodic in all three directions)"),
+    "virial": (("<f8",), "(S, 3, 3)", "eV, W = -V·σ"),
+    "energies": (("<f8",), "(N,)", "eV, per-atom site energies"),
+    "energy_committee": (("<f8",), "(S, K)", "eV, the energy of every committee member"),
+    "energy_std": (("<f8",), "(S,)", "eV, committee spread of the energy (population std)"),
+    "forces_committee": (("<f8",), "(K, N, 3)", "eV/Å, the forces of every committee member"),
+    "forces_std": (("<f8",), "(N, 3)", "eV/Å, committee spread of the forces"),
+    "energies_std": (("<f8",), "(N,)", "eV, committee spread of each site energy"),
+    "gamma": (("<f8",), "(N,)", "dimensionless extrapolation grade γ per atom (models with an active set)"),
+    "max_gamma": (("<f8",), "(S,)", "dimensionless, the largest γ of each structure"),
+    "descriptors": (("<f8",), "(N, L)", "per-atom descriptor rows, L the model's largest descriptor size "
+                    "(ace1: dimensionless basis values; pacemaker: eV)"),
+}
+
+
+def _array_schema(dtypes, shape: str, meaning: str) -> dict:
+    return {"$ref": "#/components/schemas/MsgpackArray",
+            "description": f"dtype {' or '.join(dtypes)}, shape {shape}: {meaning}.",
+            "x-dtype": list(dtypes), "x-shape": shape}
+
+
+def openapi_components() -> dict:
+    """OpenAPI schemas of the packed batch (the calculate route reads its body itself, so FastAPI
+    cannot derive them): MsgpackArray, PackedStructures, PackedRequest, PackedResults,
+    PackedResponse."""
+    properties = {"type": "array", "items": {"$ref": "#/components/schemas/Property"},
+                  "description": "Outputs to return, as for `structures` (default: energy, forces, stress, virial, "
+                  "energies, and the committee where the model has one)."}
+    return {
+        "MsgpackArray": {
+            "type": "object", "title": "MsgpackArray", "required": ["dtype", "shape", "data"],
+            "description": "A numpy array as a msgpack map: its raw little-endian C-order bytes.",
+            "properties": {"dtype": {"type": "string", "description": "numpy dtype string, e.g. <f8, <i8, |b1"},
+                           "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+                           # msgpack bin, which OpenAPI has no type for (its `format: binary` is a file)
+                           "data": {"description": "msgpack bin: prod(shape) × itemsize bytes"}}},
+        "PackedStructures": {
+            "type": "object", "title": "PackedStructures", "required": list(REQUIRED), "additionalProperties": False,
+            "description": "Many structures as a few arrays: S structures, N atoms in all.",
+            "properties": {k: _array_schema(*v) for k, v in REQUEST_ARRAYS.items()}},
+        "PackedRequest": {
+            "type": "object", "title": "PackedRequest", "required": ["packed"], "additionalProperties": False,
+            "description": "A packed batch (msgpack only: Content-Type and Accept application/msgpack); the "
+                           "numbers are those of the same structures sent as `structures`.",
+            "properties": {"packed": {"$ref": "#/components/schemas/PackedStructures"}, "properties": properties}},
+        "PackedResults": {
+            "type": "object", "title": "PackedResults", "required": ["counts"], "additionalProperties": False,
+            "description": "One array per property asked for, over all structures.",
+            "properties": {k: _array_schema(*v) for k, v in REPLY_ARRAYS.items()}},
+        "PackedResponse": {
+            "type": "object", "title": "PackedResponse", "required": ["model", "sha256", "packed"],
+            "properties": {"model": {"type": "string", "description": "Name of the model that evaluated them."},
+                           "sha256": {"type": "string", "description": "sha256 of the model file content."},
+                           "packed": {"$ref": "#/components/schemas/PackedResults"}}},
+    }
+
+
 def _ints(a) -> dict:
     a = np.ascontiguousarray(a, dtype="<i8")
     return {"dtype": "<i8", "shape": list(a.shape), "data": a.tobytes()}
