@@ -18,11 +18,19 @@ from aceserver.evaluation.uncertainty import GAMMA_INTERPOLATION, GAMMA_RELIABLE
 from .data import Config
 
 
+CONFIGS_PER_CALL = 4096     # configurations per evaluate_many call: its other outputs are dropped after each
+
+
 def _gammas(model, configs: list[Config], threads: int | None) -> list[np.ndarray]:
-    """γ of every configuration: one `evaluate_many` call (threads as its own; None: numba's)."""
-    results = model.evaluate_many([(c.numbers, c.positions, c.cell, c.pbc) for c in configs], forces=False,
-                                  gamma=True, threads=threads)
-    return [np.asarray(ev.gamma) for ev in results]
+    """γ of every configuration, through `evaluate_many` (threads as its own; None: numba's),
+    CONFIGS_PER_CALL at a time; each kept as a copy of its own, so only γ stays in memory."""
+    out = []
+    for k in range(0, len(configs), CONFIGS_PER_CALL):
+        part = configs[k:k + CONFIGS_PER_CALL]
+        results = model.evaluate_many([(c.numbers, c.positions, c.cell, c.pbc) for c in part], forces=False,
+                                      gamma=True, threads=threads)
+        out += [np.array(ev.gamma) for ev in results]
+    return out
 
 
 def gamma_report(model, configs: list[Config], threads: int | None = None, top: int = 10) -> dict:
