@@ -119,7 +119,10 @@ def test_blocks_and_chunks(si, monkeypatch):
     structures = mixed(si, seed=12, count=40)
     monkeypatch.setattr("aceserver.evaluation.many_uncertainty.BLOCK_ATOMS", 7)
     monkeypatch.setattr(many, "CHUNK_ATOMS", 50)
-    check_batch(si, structures, threads=2)
+    got = check_batch(si, structures, threads=2, committee=True)     # with the committee's per-structure sums
+    for a, r in zip(structures, got):
+        want = si.evaluate(a.numbers, a.positions, a.cell.array, a.pbc, threads=1, committee=True)
+        assert np.array_equal(r.energy_committee, want.energy_committee)
 
 
 def test_rows_pass_of_its_own(si, monkeypatch):

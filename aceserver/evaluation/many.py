@@ -14,6 +14,9 @@ Which path a structure takes (both give `SitePotential.evaluate`'s numbers bit f
 * every other structure (large ones, and every structure with a problem, so that its error is
   the one `evaluate` raises): `potential.evaluate` itself, one call each.
 
+γ, committee site energies and descriptors (gamma=, energies_committee=, descriptors=) of the
+packed structures come from one rows pass per chunk: `many_uncertainty`.
+
 `evaluate_packed` takes the structures already packed (counts, numbers, positions, cells, pbc:
 the HTTP packed batch) and runs the same chunks without a Python object per structure.
 
