@@ -15,11 +15,20 @@ The models carry no shipped active set, so a random well-conditioned A⁻¹ (L �
 cost of γ does not depend on A⁻¹'s values (a dense product either way). Structures: rattled
 diamond Si, 64 atoms (2×2×2 cubic cells) and 1000 atoms (5×5×5).
 
+`--many N` also times γ of N random 1-2-atom Si-tiny cells (`bench_small.random_cells`; Si-tiny's
+shipped active set), one thread, rounds alternating the three calls, medians of process CPU time
+(the box may be busy) and of each round's ratios:
+
+    many_gamma  model.evaluate_many(cells, threads=1, gamma=True)
+    loop_gamma  model.evaluate(cell, threads=1, gamma=True) for every cell   (per-structure path)
+    many        model.evaluate_many(cells, threads=1)                         (no γ)
+
 `--big N` also computes the descriptors (and γ) of N atoms of Si-tiny in a fresh process and
 reports its peak RSS (ru_maxrss) against the process before the call.
 
     python benchmarks/bench_gamma.py [--models models/Si-tiny/Si-tiny.json models/zuo-Si/zuo-Si.json]
                                      [--sizes 64 1000] [--rounds 7] [--threads 1] [--big 100000]
+                                     [--many 1000]
 """
 from __future__ import annotations
 
@@ -28,6 +37,7 @@ import json
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 from ase.build import bulk
@@ -135,6 +145,40 @@ print(json.dumps(out))
 '''
 
 
+def bench_many(count: int, rounds: int) -> dict:
+    """γ of `count` small Si-tiny cells: evaluate_many against the per-structure loop and against
+    evaluate_many without γ (module docstring); CPU seconds per call and the medians of the ratios."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_small import random_cells
+
+    model = aceserver.load_model(str(Path(__file__).resolve().parents[1] / "models/Si-tiny/Si-tiny.json"))
+    cells = random_cells(14, 20.0, count)
+    calls = {
+        "many_gamma": lambda: model.evaluate_many(cells, threads=1, gamma=True),
+        "loop_gamma": lambda: [model.evaluate(a.numbers, a.positions, a.cell.array, a.pbc, threads=1, gamma=True)
+                               for a in cells],
+        "many": lambda: model.evaluate_many(cells, threads=1),
+    }
+    for fn in calls.values():          # compile and warm
+        fn()
+    cpu = {k: [] for k in calls}
+    ratios = {"loop_gamma/many_gamma": [], "many_gamma/many": []}
+    names = list(calls)
+    for r in range(rounds):
+        order = names if r % 2 == 0 else names[::-1]
+        t = {}
+        for k in order:
+            c0 = time.process_time()
+            calls[k]()
+            t[k] = time.process_time() - c0
+            cpu[k].append(t[k])
+        ratios["loop_gamma/many_gamma"].append(t["loop_gamma"] / t["many_gamma"])
+        ratios["many_gamma/many"].append(t["many_gamma"] / t["many"])
+    return {"cells": count, "atoms": sum(len(a) for a in cells),
+            "cpu_ms": {k: 1e3 * float(np.median(v)) for k, v in cpu.items()},
+            "ratios": {k: float(np.median(v)) for k, v in ratios.items()}}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+", default=["models/Si-tiny/Si-tiny.json", "models/zuo-Si/zuo-Si.json"])
@@ -142,6 +186,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--threads", type=int, default=1, help="threads of each call (0: numba's default)")
     ap.add_argument("--big", type=int, default=0, help="also the descriptors of this many atoms (Si-tiny)")
+    ap.add_argument("--many", type=int, default=0, help="also γ of this many small Si-tiny cells, batched")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     threads = args.threads or None
@@ -159,6 +204,14 @@ def main() -> None:
                   f"  ratio {r['gamma_over_base']:5.2f}  (extra {r['extra_ms']:7.2f} ms = BLAS {ms['blas']:7.2f} ms "
                   f"({r['blas_gflops']:.1f} GFLOP/s) + rows {r['extra_ms'] - ms['blas']:7.2f} ms; descriptors alone "
                   f"{ms['descriptors']:7.2f} ms)", flush=True)
+    many = None
+    if args.many:
+        many = bench_many(args.many, args.rounds)
+        ms, q = many["cpu_ms"], many["ratios"]
+        print(f"γ of {many['cells']} 1-2-atom Si-tiny cells ({many['atoms']} atoms), one thread, CPU: evaluate_many "
+              f"{ms['many_gamma']:.2f} ms ({1e3 * ms['many_gamma'] / many['cells']:.1f} µs/cell), per-structure loop "
+              f"{ms['loop_gamma']:.2f} ms, evaluate_many without γ {ms['many']:.2f} ms; loop/many "
+              f"{q['loop_gamma/many_gamma']:.2f}x, many γ/no γ {q['many_gamma/many']:.2f}x", flush=True)
     big = None
     if args.big:
         tiny = next((p for p in args.models if "Si-tiny" in p), "models/Si-tiny/Si-tiny.json")
@@ -170,7 +223,7 @@ def main() -> None:
               f"{big['rss_before_mib']:.0f} MiB); evaluate(gamma=True) {big['gamma_call_s']:.2f} s, peak RSS "
               f"{big['peak_after_gamma_call_mib']:.0f} MiB")
     if args.json:
-        print(json.dumps({"rows": rows, "big": big}))
+        print(json.dumps({"rows": rows, "big": big, "many": many}))
 
 
 if __name__ == "__main__":

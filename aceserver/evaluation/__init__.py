@@ -8,6 +8,8 @@
                     both model families (ace1, pacemaker) derive from it
     many            `evaluate_many`: many structures packed into one kernel pass, an
                     `Evaluation` each, errors by index (`BatchError`); `neighbour_lists`
+    many_uncertainty  γ, committee site energies and descriptors of packed structures (one
+                    rows pass per chunk, products by species in blocks)
 
 Front ends (ASE calculator, HTTP, i-PI, CLI) call `potential.evaluate(...)` and read the
 `Evaluation`; none recomputes what `postprocess` defines.

@@ -14,6 +14,9 @@ Which path a structure takes (both give `SitePotential.evaluate`'s numbers bit f
 * every other structure (large ones, and every structure with a problem, so that its error is
   the one `evaluate` raises): `potential.evaluate` itself, one call each.
 
+γ, committee site energies and descriptors (gamma=, energies_committee=, descriptors=) of the
+packed structures come from one rows pass per chunk: `many_uncertainty`.
+
 `evaluate_packed` takes the structures already packed (counts, numbers, positions, cells, pbc:
 the HTTP packed batch) and runs the same chunks without a Python object per structure.
 
@@ -35,6 +38,7 @@ from ..kernels import batch_neighbours as BN
 from ..kernels.batch_pass import committee_sums, outputs, pass_range, structure_sums
 from ..kernels.neighbours import DEFAULT_MAX_NEIGHBOURS, DEFAULT_MAX_PAIRS
 from ..structure import MAX_COORDINATE
+from .many_uncertainty import PackedUncertainty
 from .result import Evaluation
 
 BATCH_MAX_ATOMS = 64         # larger structures amortise their own set-up (~50-100 µs)
@@ -158,8 +162,12 @@ class _Run:
     """One evaluate_many call: options, results and errors by the caller's index, the budget."""
 
     def __init__(self, potential, n, forces, committee, committee_forces, threads, max_pairs,
-                 cancel):
+                 cancel, gamma=False, energies_committee=False, descriptors=False):
         self.potential = potential
+        self.gamma, self.energies_committee, self.descriptors = gamma, energies_committee, descriptors
+        # γ, committee site energies, descriptors: many_uncertainty (its checks run here, first)
+        self.extra = (PackedUncertainty(potential, gamma, energies_committee, descriptors)
+                      if gamma or energies_committee or descriptors else None)
         self.forces, self.threads, self.cancel = forces, threads, cancel
         self.with_committee = committee and potential.committee is not None
         self.committee, self.committee_forces = committee, committee_forces
@@ -180,7 +188,11 @@ class _Run:
             ev = self.potential.evaluate(numbers, positions, cell, pbc, committee=self.committee,
                                          committee_forces=self.committee_forces,
                                          forces=self.forces, threads=self.threads,
-                                         max_pairs=self.remaining, cancel=self.cancel)
+                                         max_pairs=self.remaining, cancel=self.cancel,
+                                         gamma=self.gamma, energies_committee=self.energies_committee)
+            if self.descriptors:      # the same structure again, so the same pairs
+                ev.descriptors = self.potential.descriptors(numbers, positions, cell, pbc,
+                                                            threads=self.threads, max_pairs=ev.pairs)
         except ACEInputError as err:
             self.errors[k] = err
             return
@@ -203,6 +215,9 @@ class _Run:
         z = lk[np.where(ok, num, 0)]
         if not (ok.all() and (z >= 0).all()):
             bad[batch.owner(~ok | (z < 0))] = True
+        refused = None if self.extra is None else self.extra.refused(z)
+        if refused is not None:              # no active-set entry for γ: evaluate's error
+            bad[batch.owner(refused)] = True
         batch.z = np.ascontiguousarray(z)
         status = np.zeros(S, dtype=np.int64)
         for s in np.flatnonzero(bad):
@@ -284,10 +299,16 @@ class _Run:
             pass_range(part[0], part[1], offsets, first, nbr, R, batch.z, self.tables,
                        self.forces, out)
 
-        _run(site_pass, self.parts(pairs * ok + batch.sizes, len(batch.numbers)))
+        parts = self.parts(pairs * ok + batch.sizes, len(batch.numbers))
+        if self.extra is None:
+            _run(site_pass, parts)
+        else:
+            extras = self.extra.run(self, batch, first, nbr, R, out, parts, _run)
         committee = committee_sums(self.tables, batch.z, offsets, out, 0, len(batch.sizes))
         E, _, F, W = out[:4]
         self.collect(batch, raw, status, pairs, E, F, W, committee, first, nbr, R)
+        if self.extra is not None:
+            self.extra.attach(self.results, batch, status, extras)
 
     def spend(self, batch, raw, status, pairs) -> None:
         """The pair budget in the caller's order: a structure may use what the structures before
@@ -340,7 +361,8 @@ class _Run:
 
 
 def evaluate_many(potential, structures, *, forces=True, committee=False, committee_forces=False,
-                  threads=None, max_pairs=None, cancel=None) -> list[Evaluation]:
+                  threads=None, max_pairs=None, cancel=None, gamma=False, energies_committee=False,
+                  descriptors=False) -> list[Evaluation]:
     """One `Evaluation` per structure (energy eV, forces eV/Å, virial eV, per-atom energies eV,
     committee energies eV), in the order given. structures: a sequence of ASE `Atoms` or
     (numbers, positions Å, cell Å, pbc) tuples.
@@ -353,6 +375,11 @@ def evaluate_many(potential, structures, *, forces=True, committee=False, commit
     with `TooManyPairsError`. None: each structure has `evaluate`'s own limit (DEFAULT_MAX_PAIRS).
     cancel: a `threading.Event`, looked at between chunks of ~`CANCEL_CHUNK_ATOMS` atoms (and
     inside structures evaluated one by one); once set, `EvaluationCancelled` is raised.
+    gamma, energies_committee: as `evaluate` (`Evaluation.gamma`, `.energies_committee`; γ of a
+    model without an active set raises its `NoActiveSetError` before any work); descriptors:
+    also `Evaluation.descriptors`, each structure's `SitePotential.descriptors` rows. Packed
+    structures get them from one rows pass over the chunk (`many_uncertainty`: rows bit for bit,
+    γ and committee site energies within the rounding of their BLAS products).
 
     Raises `BatchError` when any structure fails: `.errors` maps the caller's index to its
     `ACEInputError` (the one `evaluate` raises for it), `.results` holds the others' results.
@@ -360,7 +387,8 @@ def evaluate_many(potential, structures, *, forces=True, committee=False, commit
     if cancel is not None and cancel.is_set():
         raise EvaluationCancelled("evaluation cancelled by its caller")
     n = len(structures)
-    run = _Run(potential, n, forces, committee, committee_forces, threads, max_pairs, cancel)
+    run = _Run(potential, n, forces, committee, committee_forces, threads, max_pairs, cancel,
+               gamma, energies_committee, descriptors)
     chunk_atoms = CHUNK_ATOMS if cancel is None else CANCEL_CHUNK_ATOMS
     max_structures = n
     if run.with_committee:
@@ -406,7 +434,8 @@ def _drive(run, structures, chunk_atoms, max_structures) -> None:
 
 
 def evaluate_packed(potential, counts, numbers, positions, cells, pbc, *, forces=True, committee=False,
-                    committee_forces=False, threads=None, max_pairs=None, cancel=None) -> list[Evaluation]:
+                    committee_forces=False, threads=None, max_pairs=None, cancel=None, gamma=False,
+                    energies_committee=False, descriptors=False) -> list[Evaluation]:
     """`evaluate_many` of structures given packed: counts (S,) atoms of each structure, numbers
     (N,) atomic numbers, positions (N, 3) Å, cells (S, 3, 3) Å, pbc (S, 3), N = sum(counts);
     the same results (bit for bit), options and errors by index, without a Python object per
@@ -427,7 +456,8 @@ def evaluate_packed(potential, counts, numbers, positions, cells, pbc, *, forces
     if (counts < 0).any() or len(numbers) != offsets[-1] or len(positions) != offsets[-1]:
         raise ACEInputError(f"counts add up to {int(offsets[-1])} atoms, but there are {len(numbers)} numbers "
                             f"and {len(positions)} positions", "positions")
-    run = _Run(potential, S, forces, committee, committee_forces, threads, max_pairs, cancel)
+    run = _Run(potential, S, forces, committee, committee_forces, threads, max_pairs, cancel,
+               gamma, energies_committee, descriptors)
     chunk_atoms = CHUNK_ATOMS if cancel is None else CANCEL_CHUNK_ATOMS
     max_structures = S
     if run.with_committee:

@@ -24,6 +24,8 @@ class Evaluation:
     gamma: np.ndarray | None = None    # (N,) extrapolation grade γ per atom (dimensionless, see
                                        # `uncertainty`), only when asked for
     energies_committee: np.ndarray | None = None  # (K, N) eV, every member's site energies
+    descriptors: np.ndarray | None = None   # (N, max L) `SitePotential.descriptors` rows, only
+                                            # when asked for (`evaluate_many(descriptors=True)`)
 
     def stress(self, cell: np.ndarray) -> np.ndarray:
         """ASE stress σ = -W/V in Voigt order (xx, yy, zz, yz, xz, xy), eV/Å³."""

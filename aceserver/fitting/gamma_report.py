@@ -3,15 +3,12 @@
     gamma_report(model, configs)  -> γ statistics per species and the most extrapolative frames
     format_gamma_report(report)   -> the table ``aceserver eval`` prints
 
-γ (dimensionless) is read from ``model.evaluate(gamma=True)`` (`Evaluation.gamma`), one call per
-configuration; nothing is recomputed here. Thresholds as pacemaker's: γ ≤ 1 interpolates, 1-5 is
+γ (dimensionless) is read from ``model.evaluate_many(gamma=True)`` (`Evaluation.gamma`; small
+configurations packed into one pass, `evaluation.many_uncertainty`); nothing is recomputed here. Thresholds as pacemaker's: γ ≤ 1 interpolates, 1-5 is
 mild extrapolation, > 5 unreliable (`aceserver.evaluation.uncertainty`). Memory: one float per atom
 of the data (the statistics are exact quantiles, not sketches).
 """
 from __future__ import annotations
-
-import os
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from ase.data import chemical_symbols
@@ -21,15 +18,19 @@ from aceserver.evaluation.uncertainty import GAMMA_INTERPOLATION, GAMMA_RELIABLE
 from .data import Config
 
 
-def _gammas(model, configs: list[Config], threads: int | None) -> list[np.ndarray]:
-    def one(c):
-        return np.asarray(model.evaluate(c.numbers, c.positions, c.cell, c.pbc, forces=False, gamma=True).gamma)
+CONFIGS_PER_CALL = 4096     # configurations per evaluate_many call: its other outputs are dropped after each
 
-    nthreads = threads or os.cpu_count() or 1
-    if nthreads == 1 or len(configs) < 2:
-        return [one(c) for c in configs]
-    with ThreadPoolExecutor(max_workers=nthreads) as ex:
-        return list(ex.map(one, configs))
+
+def _gammas(model, configs: list[Config], threads: int | None) -> list[np.ndarray]:
+    """γ of every configuration, through `evaluate_many` (threads as its own; None: numba's),
+    CONFIGS_PER_CALL at a time; each kept as a copy of its own, so only γ stays in memory."""
+    out = []
+    for k in range(0, len(configs), CONFIGS_PER_CALL):
+        part = configs[k:k + CONFIGS_PER_CALL]
+        results = model.evaluate_many([(c.numbers, c.positions, c.cell, c.pbc) for c in part], forces=False,
+                                      gamma=True, threads=threads)
+        out += [np.array(ev.gamma) for ev in results]
+    return out
 
 
 def gamma_report(model, configs: list[Config], threads: int | None = None, top: int = 10) -> dict:

@@ -19,18 +19,21 @@ from .site_pass import _fast_range, _no_rows, committee_energies
 
 
 @njit(cache=True, nogil=True)
-def _structures(lo, hi, offsets, first, nbr, R, zat, T, mode, with_grad, E, G, F, W, SAA, H):
+def _structures(lo, hi, offsets, first, nbr, R, zat, T, mode, with_grad, E, G, F, W, SAA, H, D,
+                DT):
     """Structures lo..hi-1: site energies E[0, i], pair gradients G, and with with_grad their
-    forces F and virials W[s]. SAA, H: per-structure committee sums, or (1, 0, ...) without."""
-    D, DT = _no_rows()                  # no descriptor rows here (γ goes structure by structure)
+    forces F and virials W[s]. SAA, H: per-structure committee sums, or (1, 0, ...) without.
+    D, DT: descriptor rows of these atoms (D[i - offsets[lo]], ace1 only) and their tables, or
+    `_no_rows()` (no rows)."""
+    d_base = offsets[lo]
     if SAA.shape[1] == 0:
         # no committee sums: one pass over the atoms of all these structures
         _fast_range(offsets[lo], offsets[hi], first, nbr, R, zat, T, mode, with_grad, E, G,
-                    SAA[0], H[0], D, 0, DT)
+                    SAA[0], H[0], D, d_base, DT)
     else:
         for s in range(lo, hi):
             _fast_range(offsets[s], offsets[s + 1], first, nbr, R, zat, T, mode, with_grad, E, G,
-                        SAA[s], H[s], D, 0, DT)
+                        SAA[s], H[s], D, d_base, DT)
     if with_grad:
         for s in range(lo, hi):
             _scatter_range(offsets[s], offsets[s + 1], first, nbr, R, G, F, W[s])
@@ -58,12 +61,19 @@ def outputs(first, R, T, n_structures):
 # One entry point per radial mode, as in site_pass: the mode is a compile-time constant.
 @njit(cache=True, nogil=True)
 def _range_ace1(lo, hi, offsets, first, nbr, R, zat, T, with_grad, E, G, F, W, SAA, H):
-    _structures(lo, hi, offsets, first, nbr, R, zat, T, 0, with_grad, E, G, F, W, SAA, H)
+    D, DT = _no_rows()
+    _structures(lo, hi, offsets, first, nbr, R, zat, T, 0, with_grad, E, G, F, W, SAA, H, D, DT)
 
 
 @njit(cache=True, nogil=True)
 def _range_tabulated(lo, hi, offsets, first, nbr, R, zat, T, with_grad, E, G, F, W, SAA, H):
-    _structures(lo, hi, offsets, first, nbr, R, zat, T, 1, with_grad, E, G, F, W, SAA, H)
+    D, DT = _no_rows()
+    _structures(lo, hi, offsets, first, nbr, R, zat, T, 1, with_grad, E, G, F, W, SAA, H, D, DT)
+
+
+@njit(cache=True, nogil=True)
+def _rows_ace1(lo, hi, offsets, first, nbr, R, zat, T, with_grad, D, DT, E, G, F, W, SAA, H):
+    _structures(lo, hi, offsets, first, nbr, R, zat, T, 0, with_grad, E, G, F, W, SAA, H, D, DT)
 
 
 @njit(cache=True, nogil=True)
@@ -110,6 +120,15 @@ def pass_range(lo, hi, offsets, first, nbr, R, zat, T, with_grad, out):
     if hi > lo:
         (_range_ace1 if T.mode == 0 else _range_tabulated)(lo, hi, offsets, first, nbr, R, zat,
                                                           T, with_grad, *out)
+
+
+def pass_range_rows(lo, hi, offsets, first, nbr, R, zat, T, with_grad, out, D, DT):
+    """`pass_range` of ace1 tables that also writes the descriptor rows of structures lo..hi-1
+    to D[i - offsets[lo]] (D: (atoms, nB + pair columns), DT: `site_tables.DescriptorTables`),
+    from the same A and AA (`site_pass._fast_range`): the rows `basis_rows.site_descriptors`
+    makes, and the energies and gradients `pass_range` makes, bit for bit."""
+    if hi > lo:
+        _rows_ace1(lo, hi, offsets, first, nbr, R, zat, T, with_grad, D, DT, *out)
 
 
 def committee_sums(T, zat, offsets, out, lo, hi):

@@ -68,9 +68,9 @@ def packed_batch(images: Sequence[Atoms]) -> dict:
             "pbc": _pack_array(np.stack([a.pbc for a in images]), "|b1")}
 
 
-PER_STRUCTURE = ("energy", "energy_std")             # (S,)
+PER_STRUCTURE = ("energy", "energy_std", "max_gamma")             # (S,)
 PER_STRUCTURE_ROWS = ("stress", "virial", "energy_committee")   # (S, ...)
-PER_ATOM = ("forces", "energies", "forces_std")       # (N, ...)
+PER_ATOM = ("forces", "energies", "forces_std", "energies_std", "gamma", "descriptors")       # (N, ...)
 
 
 def unpack_results(packed: dict, counts: np.ndarray) -> list[dict]:

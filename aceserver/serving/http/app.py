@@ -25,6 +25,7 @@ import aceserver
 from aceserver.jobs import JobLimits, JobManager
 from aceserver.jobs import cluster as jobs_cluster
 
+from . import packed
 from .counters import Metrics, MetricsMiddleware
 from .dependencies import require_token
 from .error_replies import error_responses, install_handlers
@@ -163,6 +164,7 @@ def openapi(app: FastAPI) -> dict[str, Any]:
         extra = CalculateRequest.model_json_schema(ref_template="#/components/schemas/{model}")
         components.update(extra.pop("$defs", {}))
         components["CalculateRequest"] = extra
+        components.update(packed.openapi_components())      # the packed batch (msgpack)
         for cls in (RelaxJobRequest, MDJobRequest, DataRequest):     # the jobs and data routes read their bodies too
             extra = cls.model_json_schema(ref_template="#/components/schemas/{model}")
             components.update(extra.pop("$defs", {}))

@@ -12,9 +12,10 @@ serial kernel), so a large structure stops at its next block of atoms too.
 The results are read from the `Evaluation` as it defines them (`aceserver.evaluation`): the stress
 only where `postprocess.has_stress` says it exists, the committee spreads `energy_std`,
 `energies_std` and `forces_std` (population standard deviation, ddof 0), the extrapolation grade
-`gamma` and `max_gamma`; nothing is recomputed here. `descriptors` come from `model.descriptors`,
-after `evaluate_request` has checked that atoms × descriptor columns, summed over the request, stay
-within `max_descriptor_values` (413 before any structure is evaluated).
+`gamma` and `max_gamma`; nothing is recomputed here. `descriptors` come from `model.descriptors`
+(one structure) or `Evaluation.descriptors` (a batch: `evaluate_many(descriptors=True)`, the same
+rows), after `check_descriptors` has checked that atoms × descriptor columns, summed over the
+request, stay within `max_descriptor_values` (413 before any structure is evaluated).
 """
 from __future__ import annotations
 
@@ -64,16 +65,19 @@ def properties_for(request: CalculateRequest, has_committee: bool, has_active_se
     return props
 
 
-def check_descriptors(model: Any, request: CalculateRequest, props: set[Property], limit: int) -> None:
+def check_descriptors(model: Any, request: CalculateRequest | None, props: set[Property], limit: int,
+                      atoms: int | None = None) -> None:
     """Descriptors cost atoms × L values (L: the model's largest descriptor size) in memory and in the
-    reply: a request over `limit` of them, summed over its structures, is a 413 before any work."""
+    reply: a request over `limit` of them, summed over its structures, is a 413 before any work.
+    atoms: the request's atoms, where it is not a `CalculateRequest` (a packed batch)."""
     if Property.descriptors not in props:
         return
     sizes = getattr(model, "descriptor_sizes", None)
     if not sizes:
         raise APIError(422, "invalid_input", "properties: this model has no per-atom descriptors", "properties")
     width = max(sizes.values())
-    atoms = sum(len(s.positions) for s in request.structure_list())
+    if atoms is None:
+        atoms = sum(len(s.positions) for s in request.structure_list())
     if atoms * width > limit:
         raise _too_large("properties", f"`descriptors` of {atoms} atoms × {width} columns = {atoms * width} "
                          f"values; a request may ask for at most {limit} (--max-descriptor-values)")
@@ -281,7 +285,9 @@ def evaluate_batch(model: Any, structures: list[Structure], props: set[Property]
     if isinstance(results[0], dict):        # the one-by-one replies
         return results
     stress = _stresses(results, inputs, props)
-    return [_reply(ev, props, cell, pbc, committee, None if stress is None else stress[k])
+    rows = Property.descriptors in props
+    return [_reply(ev, props, cell, pbc, committee, None if stress is None else stress[k],
+                   ev.descriptors if rows else None)
             for k, (ev, (_, _, cell, pbc)) in enumerate(zip(results, inputs))]
 
 
@@ -301,6 +307,8 @@ def _evaluate_many(evaluate_many, props: set[Property], threads: int | None, max
     try:
         return evaluate_many(committee=committee,
                              committee_forces=bool(props & {Property.forces_committee, Property.forces_std}),
+                             energies_committee=Property.energies_std in props, gamma=bool(props & GAMMA_PROPERTIES),
+                             descriptors=Property.descriptors in props,
                              threads=threads, cancel=cancel, max_pairs=max_pairs)
     except EvaluationCancelled:
         raise Abandoned("stopped inside the batch") from None
@@ -320,16 +328,15 @@ def _evaluate_many(evaluate_many, props: set[Property], threads: int | None, max
 def evaluate_packed(model: Any, request: PackedRequest, batch: packed.Packed, has_committee: bool,
                     threads: int | None = 1,
                     max_pairs: int | None = None, cancel: threading.Event | None = None, *,
-                    name: str = "this model") -> dict:
+                    name: str = "this model", max_descriptor_values: int = 4_000_000) -> dict:
     """The reply's `packed` map of a checked packed batch (`packed.py`): one `model.evaluate_packed`
-    call (`evaluate_many` without a Python object per structure on the way in), the numbers of the same structures sent as `structures` bit for bit, and the same error
-    document (the first failing structure's, by index)."""
-    props = properties_for(request, has_committee, getattr(model, "active_set", None) is not None, name)
-    per_structure = props & PER_STRUCTURE_PROPERTIES
-    if per_structure:
-        asked = ", ".join(sorted(f"`{p.value}`" for p in per_structure))
-        raise APIError(422, "invalid_input", f"properties: {asked} are not given for packed batches; send "
-                       "`structures` for them", "properties")
+    call (`evaluate_many` without a Python object per structure on the way in), the numbers of the
+    same structures sent as `structures` (γ and the committee spreads within the rounding of their
+    BLAS products: `evaluation.many_uncertainty`), and the same error document (the first failing
+    structure's, by index); `max_descriptor_values`: `check_descriptors`."""
+    props = properties_for(request, has_committee, getattr(model, "active_set", None) is not None, name,
+                           without_paths(getattr(model, "active_set_problem", None) or "") or None)
+    check_descriptors(model, None, props, max_descriptor_values, int(batch.offsets[-1]))
     if cancel is not None and cancel.is_set():
         raise Abandoned("stopped before the first structure")
     unknown = packed.first_unknown_element(batch, _known(model), model.elements)
@@ -348,6 +355,8 @@ def evaluate_packed(model: Any, request: PackedRequest, batch: packed.Packed, ha
     if unknown is not None:
         raise unknown[1]
     if results and isinstance(results[0], tuple):     # one by one: (Evaluation, descriptors)
+        for ev, rows in results:
+            ev.descriptors = rows
         results = [ev for ev, _ in results]
     committee = bool(props & {Property.committee, Property.forces_committee})
     stress = None
@@ -355,10 +364,6 @@ def evaluate_packed(model: Any, request: PackedRequest, batch: packed.Packed, ha
         stress = postprocess.stresses(np.array([ev.virial for ev in results]), batch.cells, batch.pbc)
     return packed.packed_reply(batch, results, stress, props, committee,
                                bool(props & {Property.forces_committee, Property.forces_std}))
-
-
-# outputs `evaluate_many` does not make: requests asking for them go structure by structure
-PER_STRUCTURE_PROPERTIES = GAMMA_PROPERTIES | {Property.energies_std, Property.descriptors}
 
 
 def evaluate_request(model: Any, request: CalculateRequest, has_committee: bool, threads: int | None = 1,
@@ -369,15 +374,14 @@ def evaluate_request(model: Any, request: CalculateRequest, has_committee: bool,
     per-structure limit); once `cancel` is set, `Abandoned` is raised (before the next structure,
     or the next chunk of a batch). A `structures` list under a pair budget is evaluated in one
     `evaluate_many` call (the per-structure limit of a request without a budget stays per structure),
-    unless it asks for PER_STRUCTURE_PROPERTIES. `name` (the served model's) is quoted in errors;
+    γ, committee spreads and descriptors included. `name` (the served model's) is quoted in errors;
     `max_descriptor_values`: `check_descriptors`."""
     props = properties_for(request, has_committee, getattr(model, "active_set", None) is not None, name,
                            without_paths(getattr(model, "active_set_problem", None) or "") or None)
     check_descriptors(model, request, props, max_descriptor_values)
     if cancel is not None and cancel.is_set():
         raise Abandoned("stopped before the first structure")
-    if (request.structure is None and len(request.structures) > 1 and max_pairs is not None
-            and not props & PER_STRUCTURE_PROPERTIES):
+    if request.structure is None and len(request.structures) > 1 and max_pairs is not None:
         return evaluate_batch(model, request.structures, props, threads, max_pairs, cancel)
     budget = None if max_pairs is None else PairBudget(max_pairs)
     named = ([("structure", request.structure)] if request.structure is not None else

@@ -8,16 +8,20 @@ Request (`Content-Type` and `Accept: application/msgpack`; arrays as msgpack arr
                 "positions": (N, 3)     <f8          Å
                 "cells":     (S, 3, 3)  <f8          Å, rows a, b, c (optional: zeros, clusters)
                 "pbc":       (S, 3)     |b1          (optional: all False)},
-     "properties": [...]}       # optional: energy, forces, stress, virial, energies, committee,
-                                # forces_committee, forces_std (as for `structures`)
+     "properties": [...]}       # optional, as for `structures`: energy, forces, stress, virial,
+                                # energies, committee, forces_committee, forces_std, energies_std,
+                                # gamma, max_gamma, descriptors
 
 Reply ``{"model", "sha256", "packed": {...}}`` with the arrays of what was asked for (the default:
 energy, forces, stress, virial, energies, and the committee where the model has one):
 ``counts`` (S,) <i8; ``energy`` (S,) eV; ``forces`` (N, 3) eV/Å; ``stress`` (S, 6) eV/Å³ in ASE's
 Voigt order xx yy zz yz xz xy, NaN rows where a structure has none (not periodic in all three
 directions); ``virial`` (S, 3, 3) eV (W = -V·σ); ``energies`` (N,) eV; ``energy_committee`` (S, K)
-eV and ``energy_std`` (S,) eV; ``forces_committee`` (K, N, 3) eV/Å and ``forces_std`` (N, 3) eV/Å.
-The numbers are those of the same structures sent as `structures`, bit for bit.
+eV and ``energy_std`` (S,) eV; ``forces_committee`` (K, N, 3) eV/Å and ``forces_std`` (N, 3) eV/Å;
+``energies_std`` (N,) eV; ``gamma`` (N,) and ``max_gamma`` (S,) (dimensionless); ``descriptors``
+(N, L) (L: the model's largest descriptor size; ace1 dimensionless, pacemaker eV).
+The numbers are those of the same structures sent as `structures`, bit for bit (γ and
+``energies_std`` within the rounding of their BLAS products: `evaluation.many_uncertainty`).
 
 Checks, before anything is built per structure (nothing is allocated per atom but the arrays
 themselves, which the body already holds): the fields, dtypes and shapes (422 ``packed.<field>``),
@@ -162,6 +166,76 @@ def first_unknown_element(batch: Packed, known: np.ndarray, species) -> tuple[in
                        f"model (species: {', '.join(species)})", field)
 
 
+# The packed form for the OpenAPI document (`openapi_components`): field -> (dtypes, shape, unit and meaning).
+REQUEST_ARRAYS = {
+    "counts": (("<i8", "<i4"), "(S,)", "atoms of each structure, in order (each >= 1)"),
+    "numbers": (("<i8", "<i4"), "(N,), N = sum(counts)", "atomic numbers, structure after structure"),
+    "positions": (("<f8",), "(N, 3)", "Å"),
+    "cells": (("<f8",), "(S, 3, 3)", "Å, rows a, b, c (optional: zeros, clusters)"),
+    "pbc": (("|b1",), "(S, 3)", "periodic along a, b, c (optional: all false)"),
+}
+REPLY_ARRAYS = {
+    "counts": (("<i8",), "(S,)", "atoms of each structure, as sent"),
+    "energy": (("<f8",), "(S,)", "eV, total energy (includes the one-body E0 terms)"),
+    "forces": (("<f8",), "(N, 3)", "eV/Å"),
+    "stress": (("<f8",), "(S, 6)", "eV/Å³, ASE Voigt order xx yy zz yz xz xy; NaN rows where a structure has "
+               "none (not periodic in all three directions)"),
+    "virial": (("<f8",), "(S, 3, 3)", "eV, W = -V·σ"),
+    "energies": (("<f8",), "(N,)", "eV, per-atom site energies"),
+    "energy_committee": (("<f8",), "(S, K)", "eV, the energy of every committee member"),
+    "energy_std": (("<f8",), "(S,)", "eV, committee spread of the energy (population std)"),
+    "forces_committee": (("<f8",), "(K, N, 3)", "eV/Å, the forces of every committee member"),
+    "forces_std": (("<f8",), "(N, 3)", "eV/Å, committee spread of the forces"),
+    "energies_std": (("<f8",), "(N,)", "eV, committee spread of each site energy"),
+    "gamma": (("<f8",), "(N,)", "dimensionless extrapolation grade γ per atom (models with an active set)"),
+    "max_gamma": (("<f8",), "(S,)", "dimensionless, the largest γ of each structure"),
+    "descriptors": (("<f8",), "(N, L)", "per-atom descriptor rows, L the model's largest descriptor size "
+                    "(ace1: dimensionless basis values; pacemaker: eV)"),
+}
+
+
+def _array_schema(dtypes, shape: str, meaning: str) -> dict:
+    return {"$ref": "#/components/schemas/MsgpackArray",
+            "description": f"dtype {' or '.join(dtypes)}, shape {shape}: {meaning}.",
+            "x-dtype": list(dtypes), "x-shape": shape}
+
+
+def openapi_components() -> dict:
+    """OpenAPI schemas of the packed batch (the calculate route reads its body itself, so FastAPI
+    cannot derive them): MsgpackArray, PackedStructures, PackedRequest, PackedResults,
+    PackedResponse."""
+    properties = {"type": "array", "items": {"$ref": "#/components/schemas/Property"},
+                  "description": "Outputs to return, as for `structures` (default: energy, forces, stress, virial, "
+                  "energies, and the committee where the model has one)."}
+    return {
+        "MsgpackArray": {
+            "type": "object", "title": "MsgpackArray", "required": ["dtype", "shape", "data"],
+            "description": "A numpy array as a msgpack map: its raw little-endian C-order bytes.",
+            "properties": {"dtype": {"type": "string", "description": "numpy dtype string, e.g. <f8, <i8, |b1"},
+                           "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+                           # msgpack bin, which OpenAPI has no type for (its `format: binary` is a file)
+                           "data": {"description": "msgpack bin: prod(shape) × itemsize bytes"}}},
+        "PackedStructures": {
+            "type": "object", "title": "PackedStructures", "required": list(REQUIRED), "additionalProperties": False,
+            "description": "Many structures as a few arrays: S structures, N atoms in all.",
+            "properties": {k: _array_schema(*v) for k, v in REQUEST_ARRAYS.items()}},
+        "PackedRequest": {
+            "type": "object", "title": "PackedRequest", "required": ["packed"], "additionalProperties": False,
+            "description": "A packed batch (msgpack only: Content-Type and Accept application/msgpack); the "
+                           "numbers are those of the same structures sent as `structures`.",
+            "properties": {"packed": {"$ref": "#/components/schemas/PackedStructures"}, "properties": properties}},
+        "PackedResults": {
+            "type": "object", "title": "PackedResults", "required": ["counts"], "additionalProperties": False,
+            "description": "One array per property asked for, over all structures.",
+            "properties": {k: _array_schema(*v) for k, v in REPLY_ARRAYS.items()}},
+        "PackedResponse": {
+            "type": "object", "title": "PackedResponse", "required": ["model", "sha256", "packed"],
+            "properties": {"model": {"type": "string", "description": "Name of the model that evaluated them."},
+                           "sha256": {"type": "string", "description": "sha256 of the model file content."},
+                           "packed": {"$ref": "#/components/schemas/PackedResults"}}},
+    }
+
+
 def _ints(a) -> dict:
     a = np.ascontiguousarray(a, dtype="<i8")
     return {"dtype": "<i8", "shape": list(a.shape), "data": a.tobytes()}
@@ -194,4 +268,12 @@ def packed_reply(batch: Packed, results: list, stress: list | None, props: set, 
         if Property.forces_committee in props:
             out["forces_committee"] = fc
         out["forces_std"] = np.concatenate([ev.forces_std for ev in results])
+    if Property.energies_std in props and results and results[0].energies_committee is not None:
+        out["energies_std"] = np.concatenate([ev.energies_std for ev in results])
+    if Property.gamma in props:
+        out["gamma"] = np.concatenate([ev.gamma for ev in results])
+    if props & {Property.gamma, Property.max_gamma}:
+        out["max_gamma"] = np.array([ev.max_gamma for ev in results], dtype=np.float64)
+    if Property.descriptors in props:
+        out["descriptors"] = np.concatenate([ev.descriptors for ev in results])
     return out

@@ -165,8 +165,7 @@ class PackedRequest(BaseModel):
     packed: dict[str, Any] = Field(..., description="counts (S,), numbers (N,), positions (N, 3) Å, cells "
                                    "(S, 3, 3) Å, pbc (S, 3): msgpack array maps.")
     properties: list[Property] | None = Field(
-        None, fail_fast=True, description="As for `structures`; gamma, max_gamma, energies_std and descriptors "
-        "are not given for packed batches.")
+        None, fail_fast=True, description="As for `structures` (the reply has one array per property).")
 
 
 class Result(BaseModel):

@@ -30,6 +30,10 @@ from ..settings import Settings
 router = APIRouter(prefix="/v1")
 
 CALC_BODY = {"$ref": "#/components/schemas/CalculateRequest"}
+# msgpack bodies are a `structures`/`structure` request or a packed batch (`packed.py`)
+MSGPACK_BODY = {"oneOf": [CALC_BODY, {"$ref": "#/components/schemas/PackedRequest"}]}
+MSGPACK_REPLY = {"oneOf": [{"$ref": "#/components/schemas/CalculateResponse"},
+                           {"$ref": "#/components/schemas/PackedResponse"}]}
 
 
 def evaluate_body(m: ServedModel, body: bytes, codec_in: str, codec_out: str, settings: Settings,
@@ -75,7 +79,7 @@ def evaluate_packed_body(m: ServedModel, doc: dict, codec_in: str, codec_out: st
     batch = packed.read_packed(request.packed, settings.max_atoms, settings.max_structures)
     t0 = time.perf_counter()
     reply = evaluate_packed(m.model, request, batch, m.has_committee, settings.kernel_threads, settings.max_pairs,
-                            cancel, name=m.name)
+                            cancel, name=m.name, max_descriptor_values=settings.max_descriptor_values)
     seconds = time.perf_counter() - t0
     payload = {"model": m.name, "sha256": m.sha256, "packed": reply}
     return codec.encode(payload, codec_out), int(batch.offsets[-1]), len(batch), seconds
@@ -107,12 +111,13 @@ def with_query_properties(doc, properties: str):
     summary="Energy (eV), forces (eV/Å), stress (eV/Å³), virial (eV), per-atom energies (eV) and uncertainty "
             "(γ, committee spreads) of structures",
     responses={
-        200: {"content": {codec.MSGPACK: {"schema": {"$ref": "#/components/schemas/CalculateResponse"}}},
-              "description": "Results, one per structure; JSON or msgpack by the Accept header."},
+        200: {"content": {codec.MSGPACK: {"schema": MSGPACK_REPLY}},
+              "description": "Results, one per structure; JSON or msgpack by the Accept header. A packed batch "
+                             "is answered packed (PackedResponse: one array per property)."},
         **error_responses(400, 404, 413, 415, 503),
     },
     openapi_extra={"requestBody": {"required": True, "content": {
-        "application/json": {"schema": CALC_BODY}, codec.MSGPACK: {"schema": CALC_BODY}}}},
+        "application/json": {"schema": CALC_BODY}, codec.MSGPACK: {"schema": MSGPACK_BODY}}}},
 )
 async def calculate(request: Request,
                     start: float = Depends(deps.started_at),
