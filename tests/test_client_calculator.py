@@ -15,6 +15,8 @@ for bit.
 """
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 from ase import units
@@ -22,7 +24,7 @@ from ase.build import bulk
 from ase.calculators.calculator import PropertyNotImplementedError
 from ase.md.verlet import VelocityVerlet
 
-from _http_support import REPO, Server, model_file, si_structures
+from _http_support import REPO, TMP, Server, model_file, si_structures
 from test_many_uncertainty import assert_reply_close
 
 pytestmark = pytest.mark.timeout(600)
@@ -30,10 +32,27 @@ SI_TINY = REPO / "models" / "Si-tiny" / "Si-tiny.json"
 OPTIONS = dict(committee_forces=True, energies_std=True, gamma=True, gamma_every=2)
 
 
+def stale_model():
+    """Si-tiny with its parameters scaled by 1.0001 and Si-tiny's active-set sidecar beside it: the
+    sidecar names another model's sha256, so the model loads without an active set, the reason
+    in `active_set_problem`."""
+    import aceserver
+
+    path = TMP / "client-stale" / "stale.json"
+    if not path.exists():
+        path.parent.mkdir(exist_ok=True)
+        model = aceserver.load_model(str(SI_TINY))
+        model.parameters = model.parameters * 1.0001
+        model.save(str(path))
+        shutil.copy(SI_TINY.with_suffix(".activeset.npz"), path.with_suffix(".activeset.npz"))
+    return path
+
+
 @pytest.fixture(scope="module")
 def server():
-    # tiny: a committee and an active set; si: neither (random parameters)
-    with Server([f"tiny={SI_TINY}", f"si={model_file('si')}", "--max-atoms", "2000", "--workers", "2"]) as s:
+    # tiny: a committee and an active set; si: neither (random parameters); stale: a refused sidecar
+    with Server([f"tiny={SI_TINY}", f"si={model_file('si')}", f"stale={stale_model()}", "--max-atoms", "2000",
+                 "--workers", "2"]) as s:
         yield s
 
 
@@ -163,3 +182,17 @@ def test_gamma_without_active_set_raises_the_servers_reason(server):
     for bad in (0, -1, 1.5, True):
         with pytest.raises(ValueError, match="gamma_every must be a positive integer"):
             ACEServerCalculator(server.url, model="tiny", gamma=True, gamma_every=bad)
+
+
+def test_gamma_with_a_refused_sidecar_raises_its_reason(server):
+    import aceserver
+    from aceclient import ACEServerCalculator, InvalidInputError
+    from aceserver.errors import NoActiveSetError
+
+    with pytest.raises(NoActiveSetError, match="stale.activeset.npz was built for the model with sha256"):
+        aceserver.ACECalculator(str(stale_model()), gamma=True)
+    with pytest.raises(InvalidInputError) as info:
+        ACEServerCalculator(server.url, model="stale", gamma=True)
+    assert info.value.kind == "no_active_set"
+    assert "stale.activeset.npz was built for the model with sha256" in info.value.message
+    assert str(TMP) not in info.value.message          # the server names no path of its machine
