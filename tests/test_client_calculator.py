@@ -196,3 +196,81 @@ def test_gamma_with_a_refused_sidecar_raises_its_reason(server):
     assert info.value.kind == "no_active_set"
     assert "stale.activeset.npz was built for the model with sha256" in info.value.message
     assert str(TMP) not in info.value.message          # the server names no path of its machine
+
+
+class WarmingServer:
+    """A loopback HTTP/1.1 server speaking the calculate API's shape: 503 `not_ready` to the first
+    `cold` calculate requests, then a one-atom result (energy -1.5 eV); it records the client port of
+    every request (one port: one kept-alive connection)."""
+
+    def __init__(self, cold: int):
+        import http.server
+        import threading
+
+        import msgpack
+
+        state = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def reply(self, status, doc):
+                data = msgpack.packb(doc, use_bin_type=True)
+                self.send_response(status)
+                self.send_header("Content-Type", "application/msgpack")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self):
+                state.ports.append(self.client_address[1])
+                if self.path == "/v1/models":
+                    self.reply(200, {"default": "m"})
+                else:
+                    self.reply(200, {"name": "m", "species": ["Si"], "committee_size": 0, "gamma_available": False})
+
+            def do_POST(self):
+                state.ports.append(self.client_address[1])
+                self.rfile.read(int(self.headers["Content-Length"]))
+                state.posts += 1
+                if state.posts <= state.cold:
+                    self.reply(503, {"kind": "not_ready", "message": "models are still warming up; retry shortly",
+                                     "field": None, "details": []})
+                else:
+                    zeros = {"dtype": "<f8", "shape": [1, 3], "data": bytes(24)}
+                    self.reply(200, {"model": "m", "sha256": "0", "results": [
+                        {"energy": -1.5, "free_energy": -1.5, "forces": zeros,
+                         "energies": {"dtype": "<f8", "shape": [1], "data": np.array([-1.5]).tobytes()}}]})
+
+        self.cold, self.posts, self.ports = cold, 0, []
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def test_retries_while_the_server_warms_up_on_one_connection():
+    from ase import Atoms
+
+    from aceclient import ACEServerCalculator, ServerNotReadyError
+
+    server = WarmingServer(cold=2)
+    try:
+        atoms = Atoms("Si", positions=[[0, 0, 0]])
+        with ACEServerCalculator(server.url, ready_timeout=30) as calc:
+            assert calc.get_potential_energy(atoms) == -1.5
+            assert server.posts == 3 and len(server.ports) == 5 and len(set(server.ports)) == 1
+        server.posts = 0
+        with ACEServerCalculator(server.url, ready_timeout=0) as calc:
+            with pytest.raises(ServerNotReadyError, match="warming up"):
+                calc.get_potential_energy(atoms)
+            assert server.posts == 1
+    finally:
+        server.close()
