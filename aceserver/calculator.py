@@ -78,7 +78,9 @@ class ACECalculator(Calculator):
         if isinstance(gamma_every, bool) or not isinstance(gamma_every, int) or gamma_every < 1:
             raise ValueError(f"gamma_every must be a positive integer, got {gamma_every!r}")
         if gamma and self.model.active_set is None:
-            raise NoActiveSetError(f"gamma=True needs an active set, and this model has none: build one "
+            # why none is attached (a refused sidecar), as the HTTP 422 and the jobs say it
+            why = f" ({self.model.active_set_problem})" if self.model.active_set_problem else ""
+            raise NoActiveSetError(f"gamma=True needs an active set, and this model has none{why}: build one "
                                    f"with `aceserver activeset MODEL DATA.xyz` (or `model.attach_active_set`)",
                                    "gamma")
         self.committee = committee            # False skips the members' energies (faster MD)

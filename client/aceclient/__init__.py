@@ -2,6 +2,8 @@
 
     from aceclient import ACEServerCalculator
     atoms.calc = ACEServerCalculator("http://127.0.0.1:8000")
+    # the options and results of aceserver.ACECalculator: committee spreads, γ every 10th calculation
+    calc = ACEServerCalculator(url, gamma=True, gamma_every=10, energies_std=True, committee_forces=True)
 
     jobs = ACEJobs("http://127.0.0.1:8000")            # relaxations and MD on the server
     images = jobs.run(atoms, "md", parameters={"steps": 1000, "temperature_K": 300, "seed": 1})

@@ -23,8 +23,8 @@ import numpy as np
 from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
 
-from ._api import APIClient
-from .calculator import _unpack, structure
+from ._api import APIClient, _unpack
+from .calculator import structure
 from .errors import ACEServerError
 
 FINISHED = ("done", "halted", "failed", "cancelled", "interrupted")

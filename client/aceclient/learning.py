@@ -20,8 +20,8 @@ from urllib.parse import quote
 import numpy as np
 from ase import Atoms
 
-from ._api import APIClient
-from .calculator import _pack_array, structure
+from ._api import APIClient, _pack_array
+from .calculator import structure
 from .errors import ACEServerError
 
 
