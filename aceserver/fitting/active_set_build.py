@@ -280,6 +280,12 @@ def build_active_set(model, structures, *, batch_atoms: int = BATCH_ATOMS, tol: 
                               pool_rows=pool_rows, block_rows=block_rows, progress=progress)
             for el in model.elements}
     env = _environments(model, read, sets, floor, data_files, data_sha256)
+    return checked_build(model, sets, env)
+
+
+def checked_build(model, sets: dict[str, ElementActiveSet], env: ActiveSetEnvironments) -> ActiveSetBuild:
+    """The build of `sets` and their environments, once the rows recomputed from the environments
+    (`active_set_rows`, as a sidecar is read) are found equal to each set's rows A."""
     for el, rows in active_set_rows(model, env).items():
         e = sets[el]
         A = e.active_set.rows[np.argsort(e.columns >= 0, kind="stable")]   # data rows first
@@ -300,23 +306,7 @@ def _environments(model, read, sets: dict[str, ElementActiveSet], floor: float, 
     data = {el: sets[el].columns < 0 for el in els}
     frames = np.concatenate([sets[el].frames[data[el]] for el in els])
     atoms = np.concatenate([sets[el].atoms[data[el]] for el in els])
-    wanted: dict[int, list[int]] = {}
-    for k, f in enumerate(frames):
-        wanted.setdefault(int(f), []).append(k)
-    vectors, numbers = [None] * len(frames), [None] * len(frames)
-    centre = np.zeros(len(frames), dtype=np.int64)
-    for frame, s in enumerate(read()):
-        if frame not in wanted:
-            continue
-        nums, positions, cell, pbc = _arrays(s)
-        nums = np.asarray(nums, dtype=np.int64)
-        _, first, nbr, R = model._neighbours(nums, positions, cell, pbc)
-        for k in wanted.pop(frame):
-            a = atoms[k]
-            lo, hi = first[a], first[a + 1]
-            vectors[k], numbers[k], centre[k] = R[lo:hi].copy(), nums[nbr[lo:hi]], nums[a]
-    if wanted:
-        raise ActiveSetError(f"the data changed between reads: frames {sorted(wanted)[:5]} are gone")
+    vectors, numbers, centre = neighbour_environments(model, read, frames, atoms)
     counts = np.array([len(v) for v in vectors], dtype=np.int64)
     floor_cols = [sets[el].columns[~data[el]] for el in els]
     floor_vals = [sets[el].active_set.rows[~data[el]].max(axis=1) for el in els]
@@ -334,6 +324,33 @@ def _environments(model, read, sets: dict[str, ElementActiveSet], floor: float, 
         floor_values=np.concatenate(floor_vals).astype(np.float64),
         source_frame=frames.astype(np.int64), source_atom=atoms.astype(np.int64),
         data_files=[str(f) for f in data_files], data_sha256=[str(h) for h in data_sha256])
+
+
+def neighbour_environments(model, read, frames, atoms) -> tuple[list, list, np.ndarray]:
+    """(vectors (p_k, 3) Å, neighbour numbers (p_k,), centre numbers (n,)) of atom atoms[k] of
+    frame frames[k] of the structures `read()` streams: one read, a neighbour list only for the
+    frames named; frames[k] < 0 is skipped (None, None, 0)."""
+    wanted: dict[int, list[int]] = {}
+    for k, f in enumerate(frames):
+        if f >= 0:
+            wanted.setdefault(int(f), []).append(k)
+    vectors, numbers = [None] * len(frames), [None] * len(frames)
+    centre = np.zeros(len(frames), dtype=np.int64)
+    for frame, s in enumerate(read() if wanted else ()):
+        if frame not in wanted:
+            continue
+        nums, positions, cell, pbc = _arrays(s)
+        nums = np.asarray(nums, dtype=np.int64)
+        _, first, nbr, R = model._neighbours(nums, positions, cell, pbc)
+        for k in wanted.pop(frame):
+            a = atoms[k]
+            lo, hi = first[a], first[a + 1]
+            vectors[k], numbers[k], centre[k] = R[lo:hi].copy(), nums[nbr[lo:hi]], nums[a]
+        if not wanted:
+            break
+    if wanted:
+        raise ActiveSetError(f"the data changed between reads: frames {sorted(wanted)[:5]} are gone")
+    return vectors, numbers, centre
 
 
 def summary(build: ActiveSetBuild) -> list[dict]:
