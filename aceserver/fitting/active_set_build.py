@@ -303,10 +303,19 @@ def _environments(model, read, sets: dict[str, ElementActiveSet], floor: float, 
     in the model's order and each element's atoms in active-set row order, and the floor rows:
     one more read of the data, a neighbour list only for the frames that hold active atoms."""
     els = list(model.elements)
-    data = {el: sets[el].columns < 0 for el in els}
-    frames = np.concatenate([sets[el].frames[data[el]] for el in els])
-    atoms = np.concatenate([sets[el].atoms[data[el]] for el in els])
+    frames = np.concatenate([sets[el].frames[sets[el].columns < 0] for el in els])
+    atoms = np.concatenate([sets[el].atoms[sets[el].columns < 0] for el in els])
     vectors, numbers, centre = neighbour_environments(model, read, frames, atoms)
+    return environments_of(model, sets, floor, vectors, numbers, centre, frames, atoms, data_files, data_sha256)
+
+
+def environments_of(model, sets: dict[str, ElementActiveSet], floor: float, vectors, numbers, centre,
+                    source_frame, source_atom, data_files, data_sha256) -> ActiveSetEnvironments:
+    """The sidecar contents of `sets`: the data rows' environments (`vectors`, `numbers` per
+    atom, `centre` numbers, elements in the model's order, each element's atoms in row order),
+    and each set's floor rows, log |det A| and atoms read."""
+    els = list(model.elements)
+    data = {el: sets[el].columns < 0 for el in els}
     counts = np.array([len(v) for v in vectors], dtype=np.int64)
     floor_cols = [sets[el].columns[~data[el]] for el in els]
     floor_vals = [sets[el].active_set.rows[~data[el]].max(axis=1) for el in els]
@@ -322,7 +331,7 @@ def _environments(model, read, sets: dict[str, ElementActiveSet], floor: float, 
         numbers=np.concatenate(numbers) if numbers else np.zeros(0, dtype=np.int64),
         floor_columns=np.concatenate(floor_cols).astype(np.int64),
         floor_values=np.concatenate(floor_vals).astype(np.float64),
-        source_frame=frames.astype(np.int64), source_atom=atoms.astype(np.int64),
+        source_frame=np.asarray(source_frame, dtype=np.int64), source_atom=np.asarray(source_atom, dtype=np.int64),
         data_files=[str(f) for f in data_files], data_sha256=[str(h) for h in data_sha256])
 
 

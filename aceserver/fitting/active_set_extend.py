@@ -42,7 +42,7 @@ from aceserver.io.activeset_file import ActiveSetEnvironments
 
 from .active_set import ActiveSetError, maxvol
 from .active_set_build import (BATCH_ATOMS, BLOCK_ROWS, ActiveSetBuild, ElementActiveSet, _ElementBlocks,
-                               _source, checked_build, neighbour_environments)
+                               _source, checked_build, environments_of, neighbour_environments)
 
 
 @dataclass
@@ -151,25 +151,10 @@ def _environments(model, read, env: ActiveSetEnvironments, sets: dict[str, Exten
     for k in np.flatnonzero(old >= 0):
         lo, hi = env.offsets[old[k]], env.offsets[old[k] + 1]
         vectors[k], numbers[k], centre[k] = env.vectors[lo:hi], env.numbers[lo:hi], env.centre_numbers[old[k]]
-    counts = np.array([len(v) for v in vectors], dtype=np.int64)
-    floor_cols = [sets[el].columns[~data[el]] for el in els]
-    floor_vals = [sets[el].active_set.rows[~data[el]].max(axis=1) for el in els]
     source_frame = np.where(old >= 0, env.source_frame[np.maximum(old, 0)], frames)
     source_atom = np.where(old >= 0, env.source_atom[np.maximum(old, 0)], atoms)
-    return ActiveSetEnvironments(
-        model_sha256=str(model.sha256), elements=els,
-        atom_counts=np.array([int(data[el].sum()) for el in els], dtype=np.int64),
-        floor_counts=np.array([len(c) for c in floor_cols], dtype=np.int64),
-        atoms_read=np.array([sets[el].atoms_read for el in els], dtype=np.int64),
-        log_abs_det=np.array([sets[el].active_set.log_abs_det for el in els]),
-        rcut=float(model.rcut), floor=float(env.floor), centre_numbers=centre,
-        offsets=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
-        vectors=np.vstack(vectors) if vectors else np.zeros((0, 3)),
-        numbers=np.concatenate(numbers) if numbers else np.zeros(0, dtype=np.int64),
-        floor_columns=np.concatenate(floor_cols).astype(np.int64),
-        floor_values=np.concatenate(floor_vals).astype(np.float64),
-        source_frame=source_frame.astype(np.int64), source_atom=source_atom.astype(np.int64),
-        data_files=[*env.data_files, *map(str, data_files)], data_sha256=[*env.data_sha256, *map(str, data_sha256)])
+    return environments_of(model, sets, env.floor, vectors, numbers, centre, source_frame, source_atom,
+                           [*env.data_files, *data_files], [*env.data_sha256, *data_sha256])
 
 
 __all__ = ["ExtendedElement", "extend_active_set"]
