@@ -301,6 +301,10 @@ class ModelLearner:
                 refused.append(dict(b, refused=f"{type(ex).__name__}: {ex}"))
         return model, state, refused
 
+    def _blas(self):
+        """The refit's BLAS threads (`threads`, the module docstring says why)."""
+        return threadpool_limits(limits=self.threads, user_api="blas") if self.threads else nullcontext()
+
     def _carry_active_set(self, model: Any, batches: list[dict]) -> dict[str, Any]:
         """Give the refitted `model` the served model's active set extended by the batches' structures
         (module docstring): its sidecar written beside the model's kept copy and attached from there.
@@ -344,7 +348,7 @@ class ModelLearner:
                           "finished": None, "seconds": None}
         log.info("model %r: refitting with data versions %s", self.name, versions)
         try:
-            with threadpool_limits(limits=self.threads, user_api="blas") if self.threads else nullcontext():
+            with self._blas():
                 model, state, refused = self._update(batches, self.model, self.state)
             for b in refused:         # durable before the state that skips them is written
                 log.error("model %r: data version %d refused by the fitter: %s", self.name, b["version"], b["refused"])
@@ -357,7 +361,8 @@ class ModelLearner:
                     self.refit.update(state="idle", finished=_now(), seconds=round(time.perf_counter() - t0, 3))
                 return
             done = {b["version"] for b in refused}
-            active_set = self._carry_active_set(model, [b for b in batches if b["version"] not in done])
+            with self._blas():
+                active_set = self._carry_active_set(model, [b for b in batches if b["version"] not in done])
             swap = self.publish(model, self.model.sha256)     # warmed beside the served model; swapped in below
             if self._stop:
                 log.info("model %r: the server stops; refit with data versions %s dropped", self.name, versions)
