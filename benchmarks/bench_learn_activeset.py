@@ -14,7 +14,12 @@ refit runs on --kernel-threads, 1 by default):
     extend    extend_active_set(refitted, old sidecar, batch, previous=shipped model)
     attach    the sidecar written, then attached from the file (rows recomputed, LU, log|det| check)
 
+With --rebuild, the extended set is then compared with a rebuild over the training data and the
+posted batch (`build_active_set`, what the service cannot do: it does not have the training files):
+log |det A| of both, and γ of the training atoms under each (the extension does not re-read them).
+
     python benchmarks/bench_learn_activeset.py --data-dir DIR [--rounds 3] [--new 10] [--threads 1]
+                                               [--strain 0.95] [--rebuild]
 """
 from __future__ import annotations
 
@@ -37,6 +42,7 @@ from aceserver.active_sets import attach_active_set_file  # noqa: E402
 from aceserver.evaluation.uncertainty import extrapolation_grade  # noqa: E402
 from aceserver.fitting import data, incremental  # noqa: E402
 from aceserver.fitting import config as fconfig  # noqa: E402
+from aceserver.fitting.active_set_build import build_active_set  # noqa: E402
 from aceserver.fitting.active_set_extend import extend_active_set  # noqa: E402
 from aceserver.io import activeset_file  # noqa: E402
 from aceserver.loading import load_model  # noqa: E402
@@ -59,6 +65,7 @@ def main(argv=None):
     ap.add_argument("--strain", type=float, default=None,
                     help="scale the posted copies by this factor (e.g. 0.95), labelled by the shipped model "
                          "(energy, forces): rows outside the old set, so MaxVol swaps")
+    ap.add_argument("--rebuild", action="store_true", help="compare with a rebuild over the training data + batch")
     a = ap.parse_args(argv)
 
     cfg = fconfig.load_config(ROOT / "models/zuo-Cu/fit.yaml", data_dir=a.data_dir)
@@ -113,6 +120,16 @@ def main(argv=None):
     g = extrapolation_grade(D, e.active_set.inverse)
     print(f"log|det A| {old_logdet:.3f} -> {e.active_set.log_abs_det:.3f}; rows added {e.added}, swaps "
           f"{e.active_set.swaps}, passes {e.active_set.passes}; max γ of the posted atoms {g.max():.9f}")
+    if a.rebuild:
+        t = time.perf_counter()
+        full = build_active_set(upd, train + new).elements["Cu"].active_set
+        print(f"rebuild over {len(train)} + {len(new)} configurations: {time.perf_counter() - t:.1f} s, "
+              f"log|det A| {full.log_abs_det:.3f} (extended {e.active_set.log_abs_det:.3f})")
+        D = np.vstack([upd.descriptors(c.numbers, c.positions, c.cell, c.pbc) for c in train])
+        for what, inv in (("extended", e.active_set.inverse), ("rebuilt", full.inverse)):
+            g = extrapolation_grade(D, inv)
+            print(f"γ of the {len(D)} training atoms under the {what} set: max {g.max():.6f}, "
+                  f"above 1 + 1e-8: {(g > 1 + 1e-8).sum()}, above 1.1: {(g > 1.1).sum()}")
 
 
 if __name__ == "__main__":

@@ -142,3 +142,18 @@ def test_nothing_new_keeps_the_set_and_another_basis_is_refused(case):
     assert other.descriptor_sizes == after.descriptor_sizes
     with pytest.raises(ActiveSetError, match="another basis"):
         extend_active_set(other, build.environments, new, previous=before)
+
+
+def test_maxvol_from_a_start_keeps_or_raises_its_volume():
+    """`maxvol(start=)`: random rows, a start of L of them; every row ends with γ ≤ 1 + tol (numpy's
+    solve), |det A| is not below the start's, and a singular start is refused."""
+    from aceserver.fitting.active_set import maxvol
+    rng = np.random.default_rng(5)
+    B = rng.normal(size=(200, 12))
+    start = B[:12].copy()
+    s = maxvol([B[:100], B[100:]], start=start, tol=1e-9)
+    assert s.log_abs_det >= np.linalg.slogdet(start)[1]
+    assert grades(B, s.rows).max() <= 1 + TOL + bound(s.rows)
+    assert s.swaps > 0 and (s.source[:, 0] >= -1).all()
+    with pytest.raises(ActiveSetError, match="invertible"):
+        maxvol([B], start=np.vstack([B[:11], np.zeros(12)]))      # rank 11: a zero pivot, on any CPU

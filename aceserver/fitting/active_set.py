@@ -168,8 +168,11 @@ def maxvol(blocks, *, tol: float = 1e-9, rcond: float = 1e-12, pool_rows: int = 
         A, source = _greedy_start(read, rcond, pool_rows)
     else:
         A = _checked(start, -1, None).copy()
-        if A.shape[0] != A.shape[1] or not np.isfinite(np.linalg.slogdet(A)[1]):
-            raise ActiveSetError(f"the start rows (shape {A.shape}) are not a square, invertible matrix")
+        d = np.abs(np.diag(scipy.linalg.qr(A.T, mode="r", pivoting=True)[0])) if A.size else np.zeros(0)
+        # singular to working precision (an active set read back is invertible; this catches garbage)
+        if A.shape[0] != A.shape[1] or not len(d) or not (d > len(d) * np.finfo(float).eps * d[0]).all():
+            raise ActiveSetError(f"the start rows (shape {A.shape}) are not a square matrix invertible to "
+                                 "working precision")
         source = np.column_stack([np.full(len(A), -1), np.arange(len(A))]).astype(np.int64)
     n_cols = A.shape[1]
     swaps, threshold, A_inv = 0, 1.0 + tol, None
