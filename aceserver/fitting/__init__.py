@@ -15,6 +15,7 @@ Modules, in data-flow order:
     plots         parity plots
     active_set    D-optimal active sets by block-wise MaxVol; the extrapolation grade γ
     active_set_build  a model's active sets from structures, streamed (``aceserver activeset``)
+    active_set_extend a refitted model's active set: the old one extended by new structures
     gamma_report  γ statistics of a model over data, per species, and its most extrapolative frames
     config        YAML fit configurations
     workflow      ``aceserver fit``/``eval``/``activeset`` as library calls: ``run_fit``, ``load_data``,

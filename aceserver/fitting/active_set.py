@@ -145,7 +145,7 @@ def _subtract_outer(M: np.ndarray, x: np.ndarray, y: np.ndarray) -> None:
 
 
 def maxvol(blocks, *, tol: float = 1e-9, rcond: float = 1e-12, pool_rows: int = 4096,
-           max_passes: int = 50) -> ActiveSet:
+           max_passes: int = 50, start: np.ndarray | None = None) -> ActiveSet:
     """The MaxVol active set of the rows in `blocks`.
 
     blocks      a sequence of arrays (n_k, L), or a function returning a fresh iterable of them
@@ -158,12 +158,24 @@ def maxvol(blocks, *, tol: float = 1e-9, rcond: float = 1e-12, pool_rows: int = 
     pool_rows   rows gathered for the greedy start's QR (at least L): a larger pool gives a start
                 nearer the global optimum, at O(pool_rows × L) memory
     max_passes  `ActiveSetError` if the swaps have not converged after this many passes
+    start       (L, L) rows to start the swaps from instead of the greedy start (an earlier active
+                set, extended by the rows of `blocks`); their `source` is (-1, row of start).
+                Every swap raises |det A|, so the result's |det A| is not below start's
     """
     read = rereadable(blocks, "maxvol", "a sequence of arrays or a function returning a fresh "
                       "iterable of them")
-    A, source = _greedy_start(read, rcond, pool_rows)
+    if start is None:
+        A, source = _greedy_start(read, rcond, pool_rows)
+    else:
+        A = _checked(start, -1, None).copy()
+        d = np.abs(np.diag(scipy.linalg.qr(A.T, mode="r", pivoting=True)[0])) if A.size else np.zeros(0)
+        # singular to working precision (an active set read back is invertible; this catches garbage)
+        if A.shape[0] != A.shape[1] or not len(d) or not (d > len(d) * np.finfo(float).eps * d[0]).all():
+            raise ActiveSetError(f"the start rows (shape {A.shape}) are not a square matrix invertible to "
+                                 "working precision")
+        source = np.column_stack([np.full(len(A), -1), np.arange(len(A))]).astype(np.int64)
     n_cols = A.shape[1]
-    swaps, threshold = 0, 1.0 + tol
+    swaps, threshold, A_inv = 0, 1.0 + tol, None
     logdet, claimed, pass_swap_max = np.linalg.slogdet(A)[1], 0.0, 0.0
     for passes in range(1, max_passes + 1):
         if claimed > 0.0:
@@ -204,6 +216,8 @@ def maxvol(blocks, *, tol: float = 1e-9, rcond: float = 1e-12, pool_rows: int = 
         swaps += pass_swaps
         if pass_swaps == 0:
             sign, logdet = np.linalg.slogdet(A)
+            if A_inv is None:                # no block held a row (a start and nothing to add)
+                A_inv = np.linalg.inv(A)
             return ActiveSet(A, A_inv, source, float(logdet), passes, swaps, float(pass_max))
     raise ActiveSetError(f"MaxVol did not converge in {max_passes} passes ({swaps} swaps); raise "
                          "max_passes or tol")

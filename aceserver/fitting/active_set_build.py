@@ -280,6 +280,12 @@ def build_active_set(model, structures, *, batch_atoms: int = BATCH_ATOMS, tol: 
                               pool_rows=pool_rows, block_rows=block_rows, progress=progress)
             for el in model.elements}
     env = _environments(model, read, sets, floor, data_files, data_sha256)
+    return checked_build(model, sets, env)
+
+
+def checked_build(model, sets: dict[str, ElementActiveSet], env: ActiveSetEnvironments) -> ActiveSetBuild:
+    """The build of `sets` and their environments, once the rows recomputed from the environments
+    (`active_set_rows`, as a sidecar is read) are found equal to each set's rows A."""
     for el, rows in active_set_rows(model, env).items():
         e = sets[el]
         A = e.active_set.rows[np.argsort(e.columns >= 0, kind="stable")]   # data rows first
@@ -297,26 +303,19 @@ def _environments(model, read, sets: dict[str, ElementActiveSet], floor: float, 
     in the model's order and each element's atoms in active-set row order, and the floor rows:
     one more read of the data, a neighbour list only for the frames that hold active atoms."""
     els = list(model.elements)
+    frames = np.concatenate([sets[el].frames[sets[el].columns < 0] for el in els])
+    atoms = np.concatenate([sets[el].atoms[sets[el].columns < 0] for el in els])
+    vectors, numbers, centre = neighbour_environments(model, read, frames, atoms)
+    return environments_of(model, sets, floor, vectors, numbers, centre, frames, atoms, data_files, data_sha256)
+
+
+def environments_of(model, sets: dict[str, ElementActiveSet], floor: float, vectors, numbers, centre,
+                    source_frame, source_atom, data_files, data_sha256) -> ActiveSetEnvironments:
+    """The sidecar contents of `sets`: the data rows' environments (`vectors`, `numbers` per
+    atom, `centre` numbers, elements in the model's order, each element's atoms in row order),
+    and each set's floor rows, log |det A| and atoms read."""
+    els = list(model.elements)
     data = {el: sets[el].columns < 0 for el in els}
-    frames = np.concatenate([sets[el].frames[data[el]] for el in els])
-    atoms = np.concatenate([sets[el].atoms[data[el]] for el in els])
-    wanted: dict[int, list[int]] = {}
-    for k, f in enumerate(frames):
-        wanted.setdefault(int(f), []).append(k)
-    vectors, numbers = [None] * len(frames), [None] * len(frames)
-    centre = np.zeros(len(frames), dtype=np.int64)
-    for frame, s in enumerate(read()):
-        if frame not in wanted:
-            continue
-        nums, positions, cell, pbc = _arrays(s)
-        nums = np.asarray(nums, dtype=np.int64)
-        _, first, nbr, R = model._neighbours(nums, positions, cell, pbc)
-        for k in wanted.pop(frame):
-            a = atoms[k]
-            lo, hi = first[a], first[a + 1]
-            vectors[k], numbers[k], centre[k] = R[lo:hi].copy(), nums[nbr[lo:hi]], nums[a]
-    if wanted:
-        raise ActiveSetError(f"the data changed between reads: frames {sorted(wanted)[:5]} are gone")
     counts = np.array([len(v) for v in vectors], dtype=np.int64)
     floor_cols = [sets[el].columns[~data[el]] for el in els]
     floor_vals = [sets[el].active_set.rows[~data[el]].max(axis=1) for el in els]
@@ -332,8 +331,35 @@ def _environments(model, read, sets: dict[str, ElementActiveSet], floor: float, 
         numbers=np.concatenate(numbers) if numbers else np.zeros(0, dtype=np.int64),
         floor_columns=np.concatenate(floor_cols).astype(np.int64),
         floor_values=np.concatenate(floor_vals).astype(np.float64),
-        source_frame=frames.astype(np.int64), source_atom=atoms.astype(np.int64),
+        source_frame=np.asarray(source_frame, dtype=np.int64), source_atom=np.asarray(source_atom, dtype=np.int64),
         data_files=[str(f) for f in data_files], data_sha256=[str(h) for h in data_sha256])
+
+
+def neighbour_environments(model, read, frames, atoms) -> tuple[list, list, np.ndarray]:
+    """(vectors (p_k, 3) Å, neighbour numbers (p_k,), centre numbers (n,)) of atom atoms[k] of
+    frame frames[k] of the structures `read()` streams: one read, a neighbour list only for the
+    frames named; frames[k] < 0 is skipped (None, None, 0)."""
+    wanted: dict[int, list[int]] = {}
+    for k, f in enumerate(frames):
+        if f >= 0:
+            wanted.setdefault(int(f), []).append(k)
+    vectors, numbers = [None] * len(frames), [None] * len(frames)
+    centre = np.zeros(len(frames), dtype=np.int64)
+    for frame, s in enumerate(read() if wanted else ()):
+        if frame not in wanted:
+            continue
+        nums, positions, cell, pbc = _arrays(s)
+        nums = np.asarray(nums, dtype=np.int64)
+        _, first, nbr, R = model._neighbours(nums, positions, cell, pbc)
+        for k in wanted.pop(frame):
+            a = atoms[k]
+            lo, hi = first[a], first[a + 1]
+            vectors[k], numbers[k], centre[k] = R[lo:hi].copy(), nums[nbr[lo:hi]], nums[a]
+        if not wanted:
+            break
+    if wanted:
+        raise ActiveSetError(f"the data changed between reads: frames {sorted(wanted)[:5]} are gone")
+    return vectors, numbers, centre
 
 
 def summary(build: ActiveSetBuild) -> list[dict]:

@@ -30,6 +30,18 @@ batches (its training files) before any post. Units of the data: `datalog`.
 A refit writes the copy of the new model first, then the state, then the model file: a crash
 between the two renames leaves the new state beside the old model file, and `recover` (run before
 the model is loaded) puts the new model back from its copy, so the pair always agrees.
+
+Active sets (γ). A refit changes the model's sha256, so the active-set sidecar `<stem>.activeset.npz`
+of the model it replaces no longer attaches. Before the swap, the old sidecar (if it belongs to the
+served model) is extended with the refit's posted structures (`fitting.active_set_extend`: MaxVol
+from the old set, the descriptor rows of an ace1 model not depending on its parameters) and keyed
+to the new sha256; it is written beside the kept copy (`models/<name>.<sha256>.activeset.npz`),
+attached to the new model from that file (A recomputed and inverted, its log |det A| checked), and
+after the state it is written beside the model file, before the model file itself; `recover`
+puts the kept sidecar back where a crash left another model's. A model served without an active set
+stays without one. An extension that fails does not stop the refit: the new model is swapped in
+without an active set, `model.active_set_problem` (quoted by γ's 422 `no_active_set`) and
+`status()["active_set"]` say why, and the log has the traceback.
 """
 from __future__ import annotations
 
@@ -47,7 +59,10 @@ from typing import Any, Callable
 
 from threadpoolctl import threadpool_limits
 
+from aceserver.active_sets import attach_active_set_file
 from aceserver.errors import ACEInputError
+from aceserver.fitting.active_set_extend import extend_active_set
+from aceserver.io import activeset_file
 from aceserver.io.durable import leftovers, replace_durably
 
 from .datalog import POSTED, DataLog, batch_name
@@ -80,29 +95,51 @@ def kept_copy(log_: DataLog, name: str, sha256: str) -> Path:
     return log_.directory / "models" / f"{name}.{sha256}.json"
 
 
+def _sidecar_sha256(path: Path) -> str | None:
+    """The model sha256 an active-set sidecar names; None if there is no usable file."""
+    try:
+        return activeset_file.read(path).model_sha256 if path.is_file() else None
+    except (ValueError, OSError):
+        return None
+
+
+def _copy_durably(src: Path, dest: Path) -> None:
+    replace_durably(lambda p: p.write_bytes(src.read_bytes()), dest, dest.suffix)
+
+
 def recover(name: str, model_path: str | os.PathLike, log_: DataLog, fitter: Any, model_sha256: str) -> bool:
     """Before a learning model is served: remove the temporary files of a refit that was cut short;
     if the fit state belongs to another model than the file (`model_sha256`) and the copy of that
     model is kept (a refit was cut between its two renames), put the copy in place of the file
-    (atomically); whether it did. Anything else is left for `ModelLearner` to judge."""
+    (atomically). Then, where the active-set sidecar beside the model file belongs to another model
+    (or is missing after a restored model) and the kept copy of the served model's sidecar exists,
+    put that in its place. Whether it changed either file (the model is then loaded again).
+    Anything else is left for `ModelLearner` to judge."""
     path = Path(model_path)
     state_file = Path(fitter.state_path(path))
-    for dest in (path, state_file):       # temporary files of a refit that was cut short (`replace_durably`)
+    sidecar = activeset_file.sidecar_path(path)
+    for dest in (path, state_file, sidecar):    # temporary files of a refit that was cut short (`replace_durably`)
         for tmp in leftovers(dest):
             tmp.unlink(missing_ok=True)
-    if not state_file.is_file():
-        return False
-    try:
-        state = fitter.load_state(state_file)
-    except (ValueError, OSError):
-        return False
-    copy = kept_copy(log_, name, state.model_sha256)
-    if state.model_sha256 == model_sha256 or not copy.is_file():
-        return False
-    log.warning("model %r: the fit state belongs to the kept model %s, not to the file (a refit was cut short); "
-                "restoring that model", name, state.model_sha256[:12])
-    replace_durably(lambda p: p.write_bytes(copy.read_bytes()), path, path.suffix)
-    return True
+    restored = False
+    if state_file.is_file():
+        try:
+            state = fitter.load_state(state_file)
+        except (ValueError, OSError):
+            state = None
+        copy = None if state is None else kept_copy(log_, name, state.model_sha256)
+        if copy is not None and state.model_sha256 != model_sha256 and copy.is_file():
+            log.warning("model %r: the fit state belongs to the kept model %s, not to the file (a refit was cut "
+                        "short); restoring that model", name, state.model_sha256[:12])
+            _copy_durably(copy, path)
+            model_sha256, restored = state.model_sha256, True
+    kept = activeset_file.sidecar_path(kept_copy(log_, name, model_sha256))
+    beside = _sidecar_sha256(sidecar)
+    if kept.is_file() and beside != model_sha256 and (beside is not None or restored):
+        log.warning("model %r: restoring the active set of model %s beside the model file", name, model_sha256[:12])
+        _copy_durably(kept, sidecar)
+        return True
+    return restored
 
 
 class ModelLearner:
@@ -130,6 +167,12 @@ class ModelLearner:
         self._pending_atoms = sum(b["atoms"] for b in self._pending())
         self.refit: dict[str, Any] = {"state": "idle", "versions": [], "error": None, "started": None,
                                       "finished": None, "seconds": None}
+        self.sidecar = activeset_file.sidecar_path(self.path)
+        self.active_set: dict[str, Any] = {
+            "available": getattr(model, "active_set", None) is not None, "seconds": None, "added": None,
+            "reason": None if getattr(model, "active_set", None) is not None else (
+                getattr(model, "active_set_problem", None) or "the model was served without an active set (no "
+                f"{self.sidecar.name} beside it); refitted models are served without one too")}
         self.served: deque[dict] = deque([{"sha256": model.sha256, "data_version": self.fitted,
                                            "since": _now()}], maxlen=HISTORY)
         self._thread = threading.Thread(target=self._run, name=f"ace-learn-{name}", daemon=True)
@@ -168,11 +211,15 @@ class ModelLearner:
         kept = sorted(folder.glob(f"{self.name}.*.json"), key=lambda p: p.stat().st_mtime_ns)
         for old in kept[:-HISTORY]:
             old.unlink(missing_ok=True)
+            activeset_file.sidecar_path(old).unlink(missing_ok=True)
 
     # -- the request side ---------------------------------------------------------------------
     def start(self) -> None:
         try:
             self._archive(self.model)
+            kept = activeset_file.sidecar_path(kept_copy(self.log, self.name, self.model.sha256))
+            if not kept.exists() and _sidecar_sha256(self.sidecar) == self.model.sha256:
+                _copy_durably(self.sidecar, kept)       # `recover` can put it back beside the model file
         except OSError:               # the copy is for tracing replies; learning works without it
             log.exception("model %r: cannot keep a copy of the served model in the learning directory", self.name)
         self._thread.start()
@@ -214,10 +261,12 @@ class ModelLearner:
         pending = [b["version"] for b in self.log.batches(self.name, fitted) if not b["refused"]]
         with self._cond:
             refit = dict(self.refit, versions=list(self.refit["versions"]))
+            active_set = dict(self.active_set)
             served = list(reversed(self.served))
         return {"learnable": True, "sha256": served[0]["sha256"], "data_version": fitted,
                 "latest_version": max(fitted, self.log.last_version(self.name)), "pending": pending,
-                "refused": self.log.refused(self.name, HISTORY), "refit": refit, "served": served}
+                "refused": self.log.refused(self.name, HISTORY), "refit": refit, "active_set": active_set,
+                "served": served}
 
     # -- the refit thread ---------------------------------------------------------------------
     def _run(self) -> None:
@@ -252,6 +301,42 @@ class ModelLearner:
                 refused.append(dict(b, refused=f"{type(ex).__name__}: {ex}"))
         return model, state, refused
 
+    def _blas(self):
+        """The refit's BLAS threads (`threads`, the module docstring says why)."""
+        return threadpool_limits(limits=self.threads, user_api="blas") if self.threads else nullcontext()
+
+    def _carry_active_set(self, model: Any, batches: list[dict]) -> dict[str, Any]:
+        """Give the refitted `model` the served model's active set extended by the batches' structures
+        (module docstring): its sidecar written beside the model's kept copy and attached from there.
+        The status entry for `model`; a failure leaves `model` without an active set, saying why."""
+        if _sidecar_sha256(self.sidecar) != self.model.sha256:
+            reason = self.active_set["reason"] if not self.active_set["available"] else (
+                f"{self.sidecar.name} beside the model file no longer belongs to the served model")
+            model.active_set, model.active_set_problem = None, reason
+            return {"available": False, "reason": reason, "seconds": None, "added": None}
+        t0 = time.perf_counter()
+        try:
+            def structures():
+                for b in batches:
+                    yield from self.log.read(self.name, b["version"])
+            build = extend_active_set(model, activeset_file.read(self.sidecar), structures, previous=self.model,
+                                      data_files=[batch_name(b["version"]) for b in batches],
+                                      data_sha256=[b["sha256"] for b in batches])
+            kept = activeset_file.sidecar_path(kept_copy(self.log, self.name, model.sha256))
+            kept.parent.mkdir(exist_ok=True)
+            replace_durably(build.save, kept, ".npz")
+            attach_active_set_file(model, kept)     # A recomputed from the file, inverted, log |det A| checked
+        except Exception as ex:
+            log.exception("model %r: the active set could not be carried over to the refitted model %s; it is served "
+                          "without one (no γ) until `aceserver activeset` builds one", self.name, model.sha256[:12])
+            reason = f"the active set was not carried over by the learning refit: {type(ex).__name__}: {ex}"
+            model.active_set, model.active_set_problem = None, reason
+            return {"available": False, "reason": reason, "seconds": round(time.perf_counter() - t0, 3), "added": None}
+        added = {el: int(e.added) for el, e in build.elements.items()}
+        log.info("model %r: active set extended in %.3f s (rows from the posted data: %s)", self.name,
+                 time.perf_counter() - t0, added)
+        return {"available": True, "reason": None, "seconds": round(time.perf_counter() - t0, 3), "added": added}
+
     def _refit(self) -> None:
         batches = self._pending()
         if not batches:
@@ -263,7 +348,7 @@ class ModelLearner:
                           "finished": None, "seconds": None}
         log.info("model %r: refitting with data versions %s", self.name, versions)
         try:
-            with threadpool_limits(limits=self.threads, user_api="blas") if self.threads else nullcontext():
+            with self._blas():
                 model, state, refused = self._update(batches, self.model, self.state)
             for b in refused:         # durable before the state that skips them is written
                 log.error("model %r: data version %d refused by the fitter: %s", self.name, b["version"], b["refused"])
@@ -275,6 +360,9 @@ class ModelLearner:
                 with self._cond:
                     self.refit.update(state="idle", finished=_now(), seconds=round(time.perf_counter() - t0, 3))
                 return
+            done = {b["version"] for b in refused}
+            with self._blas():
+                active_set = self._carry_active_set(model, [b for b in batches if b["version"] not in done])
             swap = self.publish(model, self.model.sha256)     # warmed beside the served model; swapped in below
             if self._stop:
                 log.info("model %r: the server stops; refit with data versions %s dropped", self.name, versions)
@@ -283,6 +371,8 @@ class ModelLearner:
                 return
             self._archive(model)      # first: every model that answers has its copy, and `recover` needs it
             replace_durably(lambda p: self.fitter.save_state(state, p), self.state_file, ".npz")
+            if active_set["available"]:   # before the model file: `recover` restores both from their copies
+                _copy_durably(activeset_file.sidecar_path(kept_copy(self.log, self.name, model.sha256)), self.sidecar)
             replace_durably(lambda p: model.save(str(p)), self.path, self.path.suffix)
             swap()                    # nothing after this can fail: the served model and the files agree
         except Exception as ex:
@@ -292,10 +382,10 @@ class ModelLearner:
                 self.refit.update(state="failed", error=f"{type(ex).__name__}: {ex}", finished=_now(),
                                   seconds=round(time.perf_counter() - t0, 3))
             return
-        done = {b["version"] for b in refused}
         self.on_refit("swapped")
         with self._cond:
             self.model, self.state, self.fitted = model, state, fitted_version(state)
+            self.active_set = active_set
             self._pending_atoms -= sum(b["atoms"] for b in batches if b["version"] not in done)
             self.served.append({"sha256": model.sha256, "data_version": self.fitted, "since": _now()})
             self.refit.update(state="idle", finished=_now(), seconds=round(time.perf_counter() - t0, 3))

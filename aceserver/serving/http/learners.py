@@ -80,4 +80,6 @@ def learning_status(name: str, request: Request) -> dict:
         status["refit"]["error"] = without_paths(status["refit"]["error"])
     for r in status["refused"]:
         r["reason"] = without_paths(r["reason"])
+    if status["active_set"]["reason"]:
+        status["active_set"]["reason"] = without_paths(status["active_set"]["reason"])
     return status

@@ -252,6 +252,17 @@ class RefitStatus(BaseModel):
     seconds: float | None = Field(None, description="How long it took, s.")
 
 
+class LearnedActiveSet(BaseModel):
+    available: bool = Field(..., description="Whether the served model has an active set (γ, `max_gamma`): after a "
+                            "refit, the previous model's set extended by MaxVol with the posted structures.")
+    reason: str | None = Field(None, description="Why not, where it has none (served without one from the start, "
+                               "or the last extension failed).")
+    seconds: float | None = Field(None, description="Time of the last refit's extension of the active set, s "
+                                  "(part of the refit's `seconds`).")
+    added: dict[str, int] | None = Field(None, description="Rows of each species' active set that came from the "
+                                         "posted structures, after the last refit.")
+
+
 class ServedVersion(BaseModel):
     sha256: str = Field(..., description="sha256 of a model this server has served (calculate replies name it).")
     data_version: int = Field(..., description="The data version that model was fitted on.")
@@ -277,6 +288,8 @@ class LearningStatus(BaseModel):
     refused: list[RefusedVersion] = Field(default_factory=list, description="Posted versions the fitter refused "
                                           "as input (kept in the log, never pending again; the last 20).")
     refit: RefitStatus | None = None
+    active_set: LearnedActiveSet | None = Field(None, description="The served model's active set as the learning "
+                                                "keeps it across refits.")
     served: list[ServedVersion] = Field(default_factory=list, description="The models served since the server "
                                         "started (at most 20, newest first) and the data version of each.")
     reason: str | None = Field(None, description="Why the model does not learn, where it does not.")
