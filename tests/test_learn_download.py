@@ -25,7 +25,7 @@ import pytest
 from ase import Atoms
 from ase.io import read as ase_read
 
-from aceclient import ACELearning
+from aceclient import ACELearning, InvalidInputError
 from aceserver.fitting import incremental
 from aceserver.learning import DataLog, DataLogError, export
 from aceserver.fitting.data import Config
@@ -117,12 +117,22 @@ def test_download_from_a_learning_server(tmp_path):
                for q in ("format=xyz", "since=-1", "until=0", "since=3&until=3", "since=x")}
         unauthorised = httpx.get(f"{server.url}{ROUTE}", timeout=60)
         unknown = httpx.get(f"{server.url}/v1/models/nope/data/configurations", headers=AUTH, timeout=60)
+        with pytest.raises(InvalidInputError, match="format"):        # the client raises the error document
+            learn.download("si", tmp_path / "bad.xyz", format="xyz")
+        assert not list(tmp_path.glob("bad.xyz*"))                     # and leaves no file
+        spec = httpx.get(f"{server.url}/openapi.json", headers=AUTH, timeout=60).json()
+    route = spec["paths"]["/v1/models/{name}/data/configurations"]["get"]
+    assert {p["name"] for p in route["parameters"]} >= {"name", "format", "since", "until"}
+    assert set(route["responses"]["200"]["content"]) == {"chemical/x-extxyz", "application/msgpack"}
+    for unit in ("Å", "eV", "eV/Å", "W = -V·σ", "17 significant digits", "pending", "refused"):
+        assert unit in route["description"], unit
     expected = [(v, k, c) for v, cs in posted.items() for k, c in enumerate(cs)]
 
     frames = ase_read(str(xyz), ":", format="extxyz")
     assert [(a.info["data_version"], a.info["status"]) for a in frames] == \
         [(2, "fitted"), (2, "fitted"), (3, "refused"), (3, "refused"), (4, "fitted"), (4, "fitted")]
-    assert [a.info["config_type"] for a in frames] == ["first", "first", "isolated_atom", new[2].config_type, "third", "third"]
+    assert [a.info["config_type"] for a in frames] == \
+        ["first", "first", "isolated_atom", new[2].config_type, "third", "third"]
     assert all("isolated-atom energies" in a.info["refused_reason"] for a in frames[2:4])
     assert all("refused_reason" not in a.info for a in frames[:2] + frames[4:])
     for a, (_, _, c) in zip(frames, expected):

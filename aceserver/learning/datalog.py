@@ -48,6 +48,13 @@ CREATE TABLE IF NOT EXISTS lineage (model TEXT PRIMARY KEY, base TEXT NOT NULL) 
 FILE = "learning.sqlite"
 BATCH_KEYS = ("version", "name", "sha256", "configs", "atoms", "added", "refused")
 PAGE = 64                   # configurations read per query by `DataLog.configs`
+# the next page after (version, idx), keyset-paginated: the primary key's order, no OFFSET rescans
+PAGE_QUERY = """
+SELECT c.version, c.idx, b.name, b.sha256, b.configs, b.atoms, b.added, b.refused,
+       c.config_type, c.numbers, c.positions, c.cell, c.pbc, c.energy, c.forces, c.virial
+FROM configs c JOIN batches b ON b.model = c.model AND b.version = c.version
+WHERE c.model = ? AND (c.version, c.idx) > (?, ?) AND c.version <= ?
+ORDER BY c.version, c.idx LIMIT ?"""
 
 
 class DataLogError(ValueError):
@@ -208,11 +215,7 @@ class DataLog:
                                 "modified or corrupted)")
         while True:
             with self._lock:
-                rows = self._db.execute(
-                    "SELECT c.version, c.idx, b.name, b.sha256, b.configs, b.atoms, b.added, b.refused, c.config_type, "
-                    "c.numbers, c.positions, c.cell, c.pbc, c.energy, c.forces, c.virial FROM configs c JOIN batches "
-                    "b ON b.model = c.model AND b.version = c.version WHERE c.model = ? AND (c.version, c.idx) > (?, ?) "
-                    "AND c.version <= ? ORDER BY c.version, c.idx LIMIT ?", (model, version, idx, until, page)).fetchall()
+                rows = self._db.execute(PAGE_QUERY, (model, version, idx, until, page)).fetchall()
             for r in rows:
                 if r[0] != version:
                     if batch is not None and idx != batch["configs"] - 1:

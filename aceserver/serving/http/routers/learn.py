@@ -139,7 +139,7 @@ def _stream(lrn: ModelLearner, fmt: str, since: int, until: int | None) -> Itera
 
 
 @router.get(
-    "/models/{name}/data/configurations", description=CONFIGURATIONS_DOC,
+    "/models/{name}/data/configurations", description=CONFIGURATIONS_DOC, response_class=StreamingResponse,
     summary="The model's posted labelled configurations as a training file (extxyz or msgpack), streamed",
     responses={200: {"content": {v: {} for v in MEDIA.values()}, "description": CONFIGURATIONS_DOC},
                **error_responses(400, 404, 409)})
