@@ -7,16 +7,20 @@
   posted label BIT FOR BIT in both forms (the posted labels are float64 sent raw as msgpack; the
   extxyz form writes 17 significant digits, which read back to the same float64), versions and
   statuses (fitted, refused with its reason) are right; since/until select versions; bad parameters
-  are 4xx with the error document; no path of the server's directories is in any reply;
+  are 4xx with the error document; no path of the server's directories is in any reply; a row
+  modified behind the server's back cuts the reply short and the client raises (no file left);
 * the log is read a page of rows at a time (`DataLog.configs`): after the first record only one
   page has been queried, a batch appended while a reader is half-way is read after the others (the
   lock is not held between pages), and a modified row fails its batch's sha256 check;
-* the statuses of `export.status`, pending included.
+* the statuses of `export.status`, pending included; the route's body is those records, joined into
+  chunks of about `CHUNK` bytes.
 """
 from __future__ import annotations
 
 import dataclasses
 import io
+import sqlite3
+import types
 
 import httpx
 import msgpack
@@ -25,10 +29,11 @@ import pytest
 from ase import Atoms
 from ase.io import read as ase_read
 
-from aceclient import ACELearning, InvalidInputError
+from aceclient import ACELearning, ACEServerConnectionError, InvalidInputError
 from aceserver.fitting import incremental
-from aceserver.learning import DataLog, DataLogError, export
 from aceserver.fitting.data import Config
+from aceserver.learning import DataLog, DataLogError, export
+from aceserver.serving.http.routers import learn as learn_router
 
 from _http_support import Server
 from _learn_support import structure_doc
@@ -121,6 +126,13 @@ def test_download_from_a_learning_server(tmp_path):
             learn.download("si", tmp_path / "bad.xyz", format="xyz")
         assert not list(tmp_path.glob("bad.xyz*"))                     # and leaves no file
         spec = httpx.get(f"{server.url}/openapi.json", headers=AUTH, timeout=60).json()
+        # a row modified behind the server's back: the reply is cut at that batch, and the client raises
+        with sqlite3.connect(learn_dir / "learning.sqlite") as db:
+            db.execute("UPDATE configs SET energy = energy + 1 WHERE version = 4 AND idx = 1")
+        with pytest.raises(ACEServerConnectionError, match="cut short"):
+            learn.download("si", tmp_path / "cut.xyz")
+        assert not list(tmp_path.glob("cut.xyz*"))
+        assert "data version 4 of model 'si' fails its sha256 check" in server.output()
     route = spec["paths"]["/v1/models/{name}/data/configurations"]["get"]
     assert {p["name"] for p in route["parameters"]} >= {"name", "format", "since", "until"}
     assert set(route["responses"]["200"]["content"]) == {"chemical/x-extxyz", "application/msgpack"}
@@ -165,7 +177,7 @@ def _config(k: int, n: int = 3) -> Config:
                   virial=rng.normal(size=(3, 3)) if k % 2 else None, config_type=f"t{k}")
 
 
-def test_the_log_is_read_a_page_at_a_time(tmp_path):
+def test_the_log_is_read_a_page_at_a_time(tmp_path, monkeypatch):
     log = DataLog(tmp_path)
     batches = [[_config(10 * b + i) for i in range(3)] for b in range(4)]
     for b in batches:
@@ -191,6 +203,13 @@ def test_the_log_is_read_a_page_at_a_time(tmp_path):
         _same(_from_xyz(a), c)                                       # 17 digits: the same float64
     paged = [(b["version"], c.frame) for b, c in log.configs("m", 1, 4, page=2)]
     assert paged == [(v, i) for v in (2, 3, 4) for i in range(3)]
+
+    # the route's body: the same records, joined into chunks of about CHUNK bytes, the last one short
+    monkeypatch.setattr(learn_router, "CHUNK", 2000)
+    learner = types.SimpleNamespace(name="m", log=log, fitted=2)
+    chunks = list(learn_router._stream(learner, "msgpack", 0, None))
+    assert len(chunks) > 3 and all(len(c) >= 2000 for c in chunks[:-1])
+    assert b"".join(chunks) == export.header("m") + b"".join(export.to_msgpack(r) for r in got)
 
     log._db.execute("UPDATE configs SET energy = energy + 1e-12 WHERE model = 'm' AND version = 2 AND idx = 1")
     reader = log.configs("m", 1, page=2)

@@ -39,6 +39,7 @@ from ..settings import Settings
 router = APIRouter(prefix="/v1", tags=["learning"])
 log = logging.getLogger("aceserver.http")
 DATA_BODY = {"$ref": "#/components/schemas/DataRequest"}
+CHUNK = 1 << 16                 # bytes of encoded configurations sent per step of a download
 MEDIA = {"extxyz": codec.EXTXYZ, "msgpack": codec.MSGPACK}
 CONFIGURATIONS_DOC = (
     "Every logged configuration of the model's posted batches, in data-version order (then in the order posted), "
@@ -126,16 +127,21 @@ async def get_data(request: Request, m: ServedModel = Depends(deps.served_model)
 
 
 def _stream(lrn: ModelLearner, fmt: str, since: int, until: int | None) -> Iterator[bytes]:
-    """The reply body, one configuration per chunk (Starlette runs each step in a worker thread)."""
-    if fmt == "msgpack":
-        yield export.header(lrn.name)
+    """The reply body in chunks of about CHUNK bytes (Starlette runs each step in a worker thread: one
+    step per small configuration would cost more in thread hops than in encoding)."""
     encode = export.to_msgpack if fmt == "msgpack" else export.to_extxyz
+    parts, size = ([export.header(lrn.name)] if fmt == "msgpack" else []), 0
     try:
         for rec in export.records(lrn.log, lrn.name, lrn.fitted, since, until):
-            yield encode(rec)
+            parts.append(encode(rec))
+            size += len(parts[-1])
+            if size >= CHUNK:
+                yield b"".join(parts)
+                parts, size = [], 0
     except DataLogError as ex:    # headers are sent: the reply is cut short, the client sees an incomplete body
         log.error("model %r: download of its data stopped: %s", lrn.name, ex)
         raise
+    yield b"".join(parts)
 
 
 @router.get(
