@@ -182,7 +182,7 @@ def test_the_log_is_read_a_page_at_a_time(tmp_path, monkeypatch):
     batches = [[_config(10 * b + i) for i in range(3)] for b in range(4)]
     for b in batches:
         log.append("m", b)
-    log.mark_refused("m", 3, "no")
+    log.mark_refused("m", 3, f"no: {tmp_path / 'state.npz'} is not usable")
     queries = []
     log._db.set_trace_callback(queries.append)
     reader = export.records(log, "m", fitted=2, after=0)
@@ -195,7 +195,7 @@ def test_the_log_is_read_a_page_at_a_time(tmp_path, monkeypatch):
     assert [(r["version"], r["index"], r["status"]) for r in got] == \
         [(v, i, s) for v, s in ((1, "fitted"), (2, "fitted"), (3, "refused"), (4, "pending")) for i in range(3)] + \
         [(5, 0, "pending")]
-    assert got[6]["reason"] == "no"
+    assert got[6]["reason"] == f"no: {tmp_path / 'state.npz'} is not usable"
     for r, c in zip(got, [c for b in batches for c in b] + [_config(99)]):
         _same(r, c)
     text = b"".join(export.to_extxyz(r) for r in got).decode()
@@ -209,7 +209,10 @@ def test_the_log_is_read_a_page_at_a_time(tmp_path, monkeypatch):
     learner = types.SimpleNamespace(name="m", log=log, fitted=2)
     chunks = list(learn_router._stream(learner, "msgpack", 0, None))
     assert len(chunks) > 3 and all(len(c) >= 2000 for c in chunks[:-1])
+    for r in got[6:9]:                                               # the route shows no path of the server
+        r["reason"] = "no: state.npz is not usable"
     assert b"".join(chunks) == export.header("m") + b"".join(export.to_msgpack(r) for r in got)
+    assert str(tmp_path).encode() not in b"".join(chunks)
 
     log._db.execute("UPDATE configs SET energy = energy + 1e-12 WHERE model = 'm' AND version = 2 AND idx = 1")
     reader = log.configs("m", 1, page=2)

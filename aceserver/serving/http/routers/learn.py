@@ -133,6 +133,8 @@ def _stream(lrn: ModelLearner, fmt: str, since: int, until: int | None) -> Itera
     parts, size = ([export.header(lrn.name)] if fmt == "msgpack" else []), 0
     try:
         for rec in export.records(lrn.log, lrn.name, lrn.fitted, since, until):
+            if rec["reason"] is not None:          # the fitter's words may name the server's files
+                rec["reason"] = without_paths(rec["reason"])
             parts.append(encode(rec))
             size += len(parts[-1])
             if size >= CHUNK:
