@@ -197,6 +197,8 @@ def test_model_without_learning_and_without_state(base, tmp_path):
         wait_ready(client)
         r = client.post("/v1/models/si/data", json={"structure": structure_doc(rest[0])})
         assert r.status_code == 409 and r.json()["kind"] == "not_learnable" and "--learn si" in r.json()["message"]
+        r = client.get("/v1/models/si/data/configurations")
+        assert r.status_code == 409 and r.json()["kind"] == "not_learnable"
         info = client.get("/v1/models/si").json()
         assert info["learning"]["learnable"] is False
     ScratchFitter.state_path(path).unlink()

@@ -14,6 +14,7 @@ The loop:
 
 The service:
     datalog    the durable data log (SQLite, fsynced commits): numbered batches (data versions)
+    export     the log written out a record at a time: extended XYZ (lossless), msgpack
     labels     one posted labelled structure -> a validated training `Config`
     learner    `ModelLearner`: one served model's learning: post, status, the refit thread,
                atomic model/state writes

@@ -26,6 +26,7 @@ import sqlite3
 import struct
 import threading
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 from ase import Atoms
@@ -45,6 +46,15 @@ CREATE TABLE IF NOT EXISTS configs (
 CREATE TABLE IF NOT EXISTS lineage (model TEXT PRIMARY KEY, base TEXT NOT NULL) WITHOUT ROWID;
 """
 FILE = "learning.sqlite"
+BATCH_KEYS = ("version", "name", "sha256", "configs", "atoms", "added", "refused")
+PAGE = 64                   # configurations read per query by `DataLog.configs`
+# the next page after (version, idx), keyset-paginated: the primary key's order, no OFFSET rescans
+PAGE_QUERY = """
+SELECT c.version, c.idx, b.name, b.sha256, b.configs, b.atoms, b.added, b.refused,
+       c.config_type, c.numbers, c.positions, c.cell, c.pbc, c.energy, c.forces, c.virial
+FROM configs c JOIN batches b ON b.model = c.model AND b.version = c.version
+WHERE c.model = ? AND (c.version, c.idx) > (?, ?) AND c.version <= ?
+ORDER BY c.version, c.idx LIMIT ?"""
 
 
 class DataLogError(ValueError):
@@ -60,12 +70,18 @@ def _row(c: Config) -> tuple:
             pbc, float(c.energy), np.ascontiguousarray(c.forces, "<f8").tobytes(), virial)
 
 
+def _hash_row(h, row: tuple) -> None:
+    """Feed one stored row to a batch's sha256 (the batch's digest is its rows fed in order)."""
+    config_type, numbers, positions, cell, pbc, energy, forces, virial = row
+    ct = config_type.encode()
+    h.update(struct.pack("<q", len(ct)) + ct + struct.pack("<q", len(numbers)) + numbers + positions + cell)
+    h.update(struct.pack("<qd", pbc, energy) + forces + (b"\x01" + virial if virial is not None else b"\x00"))
+
+
 def _digest(rows: list[tuple]) -> str:
     h = hashlib.sha256()
-    for config_type, numbers, positions, cell, pbc, energy, forces, virial in rows:
-        ct = config_type.encode()
-        h.update(struct.pack("<q", len(ct)) + ct + struct.pack("<q", len(numbers)) + numbers + positions + cell)
-        h.update(struct.pack("<qd", pbc, energy) + forces + (b"\x01" + virial if virial is not None else b"\x00"))
+    for row in rows:
+        _hash_row(h, row)
     return h.hexdigest()
 
 
@@ -140,7 +156,7 @@ class DataLog:
         with self._lock:
             rows = self._db.execute("SELECT version, name, sha256, configs, atoms, added, refused FROM batches "
                                     "WHERE model = ? AND version > ? ORDER BY version", (model, after)).fetchall()
-        return [dict(zip(("version", "name", "sha256", "configs", "atoms", "added", "refused"), r)) for r in rows]
+        return [dict(zip(BATCH_KEYS, r)) for r in rows]
 
     def refused(self, model: str, last: int) -> list[dict]:
         """The `last` latest batches of `model` the fitter refused: [{version, reason}], oldest first."""
@@ -182,6 +198,38 @@ class DataLog:
             raise DataLogError(f"data version {version} of model {model!r} fails its sha256 check (the log was "
                                "modified or corrupted)")
         return [_config(r, batch_name(version), i) for i, r in enumerate(rows)]
+
+
+    def configs(self, model: str, after: int = 0, until: int | None = None,
+                page: int = PAGE) -> Iterator[tuple[dict, Config]]:
+        """Every configuration of `model`'s batches with a version above `after` (and at most `until`),
+        in version and batch order, as (the batch's entry, the config), read `page` rows per query: at
+        most a page of rows in memory, and the lock is not held between pages (posts go on). Each
+        batch's sha256 is checked as its last row is read; a mismatch raises DataLogError there (after
+        the batch's earlier rows were yielded: a streamed reply is cut, never completed wrongly)."""
+        until = (1 << 62) if until is None else until
+        version, idx, h, batch = after, 1 << 62, None, None    # (version, idx) > (after, any idx)
+
+        def broken() -> DataLogError:
+            return DataLogError(f"data version {version} of model {model!r} fails its sha256 check (the log was "
+                                "modified or corrupted)")
+        while True:
+            with self._lock:
+                rows = self._db.execute(PAGE_QUERY, (model, version, idx, until, page)).fetchall()
+            for r in rows:
+                if r[0] != version:
+                    if batch is not None and idx != batch["configs"] - 1:
+                        raise broken()             # rows missing at the end of the previous batch
+                    h, batch = hashlib.sha256(), dict(zip(BATCH_KEYS, (r[0], *r[2:8])))
+                version, idx = r[0], r[1]
+                _hash_row(h, r[8:])
+                if idx == batch["configs"] - 1 and h.hexdigest() != batch["sha256"]:
+                    raise broken()
+                yield batch, _config(r[8:], batch["name"], idx)
+            if not rows:
+                if batch is not None and idx != batch["configs"] - 1:
+                    raise broken()
+                return
 
 
 POSTED = "posted-v"

@@ -4,6 +4,7 @@
     learn = ACELearning("http://127.0.0.1:8000", token=TOKEN)
     posted = learn.post("Si", frames)             # ase.Atoms with energy and forces (a DFT calculator's results)
     learn.wait("Si", posted["version"])           # until the served model is fitted on that data version
+    learn.download("Si", "posted.xyz")            # every posted configuration back, as extended XYZ
 
 Labels are read from each `Atoms`' calculator results (`atoms.calc`: energy eV, forces eV/Å, stress
 eV/Å³ in ASE's Voigt order, if it has one), else from `atoms.info["energy"]` (eV),
@@ -13,16 +14,21 @@ default. Bodies go as msgpack, arrays as raw little-endian buffers.
 """
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Sequence
+from typing import BinaryIO
 from urllib.parse import quote
 
 import numpy as np
+import urllib3
 from ase import Atoms
 
 from ._api import APIClient, _pack_array
 from .calculator import structure
-from .errors import ACEServerError
+from .errors import ACEServerConnectionError, ACEServerError
+
+CHUNK = 1 << 16
 
 
 def labelled(atoms: Atoms, config_type: str | None = None) -> dict:
@@ -79,3 +85,41 @@ class ACELearning(APIClient):
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"model {model!r} is not fitted on data version {version} after {timeout} s")
             time.sleep(poll)
+
+    def download(self, model: str, path_or_file: str | os.PathLike | BinaryIO, format: str = "extxyz",
+                 since: int = 0, until: int | None = None) -> int:
+        """Write the model's posted configurations (data versions above `since`, up to `until`) to a path
+        or a binary file, streamed; the bytes written. `format`: "extxyz" (extended XYZ, floats with 17
+        significant digits: lossless; `ase.io.read(path, ":")`) or "msgpack" (a header map, then one map per
+        configuration, arrays as raw float64; `msgpack.Unpacker`). Units: Å, eV, eV/Å, virial eV (W = -V·σ).
+        Each configuration says its `data_version`, `config_type` and `status` (fitted, pending or refused).
+        To a path, the file appears only once the whole reply has arrived (written beside it, then renamed)."""
+        query = f"format={quote(format)}&since={int(since)}" + ("" if until is None else f"&until={int(until)}")
+        r = self._request("GET", f"/v1/models/{quote(model, safe='')}/data/configurations?{query}",
+                          preload_content=False)
+        try:
+            if hasattr(path_or_file, "write"):
+                return _copy(r, path_or_file)
+            part = f"{os.fspath(path_or_file)}.part"
+            try:
+                with open(part, "wb") as out:
+                    written = _copy(r, out)
+                os.replace(part, path_or_file)
+            finally:
+                if os.path.exists(part):
+                    os.unlink(part)
+            return written
+        finally:
+            r.release_conn()
+
+
+def _copy(r, out: BinaryIO) -> int:
+    """A streamed reply's body into `out`; a reply cut short (the server failed mid-way) raises."""
+    written = 0
+    try:
+        for chunk in r.stream(CHUNK):
+            out.write(chunk)
+            written += len(chunk)
+    except urllib3.exceptions.HTTPError as ex:
+        raise ACEServerConnectionError(f"the download was cut short after {written} bytes: {ex}") from ex
+    return written
