@@ -10,9 +10,9 @@
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
+
+from ..kernels.committee import spread
 
 VOIGT = ((0, 0), (1, 1), (2, 2), (1, 2), (0, 2), (0, 1))   # xx yy zz yz xz xy
 _VOIGT_I, _VOIGT_J = (np.array(k) for k in zip(*VOIGT))
@@ -44,11 +44,15 @@ def stress(virial, cell) -> np.ndarray:
 
 
 def periodic_stress(virial, cell, pbc) -> np.ndarray | None:
-    """`stress` where `has_stress` says it exists, else None (the volume computed once)."""
+    """`stress` where `has_stress` says it exists, else None (the volume computed once).
+    Python floats for the 9 + 6 numbers: the same operations as numpy's, a third of its cost."""
     if cell is None or not bool(np.asarray(pbc).all()):
         return None
     v = volume(cell)
-    return voigt(-np.asarray(virial) / v) if v > 0.0 else None
+    if not v > 0.0:
+        return None
+    (xx, xy, xz), (_, yy, yz), (_, _, zz) = np.asarray(virial, dtype=float).tolist()
+    return np.array([-xx / v, -yy / v, -zz / v, -yz / v, -xz / v, -xy / v])
 
 
 def stresses(virials, cells, pbc) -> list:
@@ -69,9 +73,6 @@ def committee_spread(values, axis: int = 0):
 
 
 def energy_spread(members: np.ndarray) -> float:
-    """`committee_spread` of a float64 vector (K,), as a float: np.std's own steps (the pairwise
-    sum for the mean, the squared deviations, their pairwise sum, / K, the square root), so the
-    same bits, without np.std's argument handling (~15 µs of a 2-atom calculator call)."""
-    k = members.shape[0]
-    d = members - np.add.reduce(members) / k        # ndarray.sum's reduction, without its wrapper
-    return math.sqrt(np.add.reduce(d * d) / k)
+    """`committee_spread` of a float64 vector (K,), as a float: np.std's own steps and sums in one
+    kernel (`kernels.committee.spread`), so the same bits, ~0.5 µs instead of np.std's ~15 µs."""
+    return spread(np.ascontiguousarray(members))

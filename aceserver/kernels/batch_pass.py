@@ -14,8 +14,9 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from .committee import committee_totals_many, numpy_sum
 from .scatter import _scatter_range
-from .site_pass import _fast_range, _no_rows, committee_energies
+from .site_pass import _fast_range, _no_rows
 
 
 @njit(cache=True, nogil=True)
@@ -69,37 +70,13 @@ def _range_tabulated(lo, hi, offsets, first, nbr, R, zat, T, with_grad, E, G, F,
 @njit(cache=True, nogil=True)
 def structure_sums(e, offsets):
     """Σ e over each structure's atoms, summed as numpy's e[a:b].sum() sums up to 128 terms
-    (eight interleaved partial sums combined as a tree, the rest added after; fewer than eight
-    in order), so the energies are `evaluate`'s bit for bit. Longer runs: NaN (the caller sums
-    those with numpy; tests/test_evaluate_many.py checks the rule against numpy)."""
+    (`committee.numpy_sum`), so the energies are `evaluate`'s bit for bit. Longer runs: NaN (the
+    caller sums those with numpy; tests/test_evaluate_many.py checks the rule against numpy)."""
     S = offsets.shape[0] - 1
     out = np.empty(S)
-    r = np.empty(8)
     for s in range(S):
         a, b = offsets[s], offsets[s + 1]
-        m = b - a
-        if m > 128:
-            out[s] = np.nan
-        elif m == 0:
-            out[s] = 0.0
-        elif m < 8:
-            t = -0.0
-            for i in range(a, b):
-                t += e[i]
-            out[s] = t
-        else:
-            for k in range(8):
-                r[k] = e[a + k]
-            i = a + 8
-            while i + 8 <= b:
-                for k in range(8):
-                    r[k] += e[i + k]
-                i += 8
-            t = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]))
-            while i < b:
-                t += e[i]
-                i += 1
-            out[s] = t
+        out[s] = np.nan if b - a > 128 else (0.0 if b == a else numpy_sum(e, a, b))
     return out
 
 
@@ -117,8 +94,7 @@ def committee_sums(T, zat, offsets, out, lo, hi):
     SAA, H = out[4], out[5]
     if SAA.shape[1] == 0:
         return [None] * (hi - lo)
-    return [committee_energies(T, zat[offsets[s]:offsets[s + 1]], SAA[s], H[s])
-            for s in range(lo, hi)]
+    return list(committee_totals_many(T.coef, T.pair_spl, T.e0, zat, offsets, lo, hi, SAA, H))
 
 
 def many_pass(offsets, first, nbr, R, zat, T, with_grad, bounds=None):
