@@ -18,6 +18,7 @@ from ..errors import ACEInputError, EvaluationCancelled, NoActiveSetError
 from ..kernels import site_pass as K
 from ..kernels.neighbours import DEFAULT_MAX_PAIRS, min_distance, neighbour_list, species_if_valid
 from ..kernels.scatter import scatter_forces_virial, scatter_forces_virial_parallel
+from ..kernels.sums import numpy_sum
 from ..structure import MAX_COORDINATE, MIN_DISTANCE, as_given, prepare
 from . import many, uncertainty
 from .result import Evaluation
@@ -45,7 +46,7 @@ class SitePotential:
             z, pos, cell, pbc = prepare(numbers, positions, cell, pbc, self._lookup, self.elements)
         if verlet is None:
             first, nbr, R = neighbour_list(pos, cell, pbc, self.rcut, n_chunks=n_chunks, sort=False,
-                                           max_pairs=max_pairs)
+                                           max_pairs=max_pairs, checked=True)
         else:
             first, nbr, R = verlet.pairs(z, pos, cell, pbc, self.rcut, n_chunks=n_chunks)
         if len(R) and min_distance(R) < self.min_distance:
@@ -201,9 +202,9 @@ class SitePotential:
         else:
             F, W = np.zeros((len(z), 3)), np.zeros((3, 3))
         energies = E[0]
-        # np.add.reduce is what ndarray.sum runs (the same bits), without its Python wrapper
-        result = Evaluation(energy=float(np.add.reduce(energies)), forces=F, virial=W, energies=energies,
-                            pairs=len(nbr))
+        # energies.sum()'s bits (numpy's pairwise order) in one kernel call
+        result = Evaluation(energy=numpy_sum(energies, 0, len(z)) if len(z) else 0.0, forces=F,
+                            virial=W, energies=energies, pairs=len(nbr))
         if collect is not None:
             result.gamma, result.energies_committee = collect.gamma, collect.energies
         if with_committee:

@@ -41,7 +41,7 @@ class VerletList:
             if near:
                 return first, nbr, R
         first, nbr, R = neighbour_list(positions, cell, pbc, rcut + self.skin, n_chunks=n_chunks,
-                                       sort=False)
+                                       sort=False, checked=True)
         self.searches += 1
         self._ref = dict(rcut=rcut, z=z.copy(), cell=cell.copy(), pbc=pbc.copy(),
                          positions=positions.copy(), first=first, nbr=nbr, R=R)

@@ -14,9 +14,9 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .committee import committee_totals_many, numpy_sum
+from .sums import numpy_sum
 from .scatter import _scatter_range
-from .site_pass import _fast_range, _no_rows
+from .site_pass import _fast_range, _no_rows, committee_energies
 
 
 @njit(cache=True, nogil=True)
@@ -70,7 +70,7 @@ def _range_tabulated(lo, hi, offsets, first, nbr, R, zat, T, with_grad, E, G, F,
 @njit(cache=True, nogil=True)
 def structure_sums(e, offsets):
     """Σ e over each structure's atoms, summed as numpy's e[a:b].sum() sums up to 128 terms
-    (`committee.numpy_sum`), so the energies are `evaluate`'s bit for bit. Longer runs: NaN (the
+    (`sums.numpy_sum`), so the energies are `evaluate`'s bit for bit. Longer runs: NaN (the
     caller sums those with numpy; tests/test_evaluate_many.py checks the rule against numpy)."""
     S = offsets.shape[0] - 1
     out = np.empty(S)
@@ -94,7 +94,8 @@ def committee_sums(T, zat, offsets, out, lo, hi):
     SAA, H = out[4], out[5]
     if SAA.shape[1] == 0:
         return [None] * (hi - lo)
-    return list(committee_totals_many(T.coef, T.pair_spl, T.e0, zat, offsets, lo, hi, SAA, H))
+    return [committee_energies(T, zat[offsets[s]:offsets[s + 1]], SAA[s], H[s])
+            for s in range(lo, hi)]
 
 
 def many_pass(offsets, first, nbr, R, zat, T, with_grad, bounds=None):

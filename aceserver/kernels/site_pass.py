@@ -15,7 +15,7 @@ from numba import njit, prange
 from .atomic_base import (accumulate_a, dot_range, forward_aa, pullback_a, reverse_aa,
                           site_features, site_scratch, sort_neighbours)
 from .basis_rows import manybody_row
-from .committee import committee_totals
+from .sums import e0_total
 from .pace_features import embed, table_features
 from .radial import agnesi, pair_envelope, spline_eval_one, spline_interval
 from .site_tables import DescriptorTables
@@ -359,11 +359,12 @@ def _parallel_tabulated(first, nbr, R, zat, T, with_grad, n_chunks):
 
 
 def committee_energies(T, zat, SAA, H):
-    """Total energies (eV) of parameter sets 1.. (the committee) from the pass's sums
-    (`committee.committee_totals`: one kernel call instead of two einsums, ~8 µs less)."""
+    """Total energies (eV) of parameter sets 1.. (the committee) from the pass's sums."""
     if SAA.shape[1] == 0:
         return None
-    return committee_totals(T.coef, T.pair_spl, T.e0, zat, SAA, H)
+    mb = np.einsum("mzk,zk->m", T.coef[1:], SAA)
+    pair = np.einsum("mabkc,abkc->m", T.pair_spl[1:], H)
+    return mb + pair + e0_total(T.e0, zat)        # float(T.e0[zat].sum())'s bits
 
 
 def fast_serial(first, nbr, R, zat, T, with_grad):
