@@ -15,11 +15,16 @@ from numba import njit, prange
 from .atomic_base import (accumulate_a, dot_range, forward_aa, pullback_a, reverse_aa,
                           site_features, site_scratch, sort_neighbours)
 from .basis_rows import manybody_row
-from .sums import e0_total
 from .pace_features import embed, table_features
 from .radial import agnesi, pair_envelope, spline_eval_one, spline_interval
 from .site_tables import DescriptorTables
+from .sums import e0_total
 from .ylm import project
+
+try:    # what np.einsum runs (optimize=False), without its ~2 µs of argument dispatch per call
+    from numpy._core.multiarray import c_einsum as _einsum
+except ImportError:     # another numpy layout: the public function, the same numbers
+    _einsum = np.einsum
 
 
 @njit(cache=True, nogil=True)   # no fastmath: it vectorises the sums with gathers, 1.6x slower
@@ -362,8 +367,8 @@ def committee_energies(T, zat, SAA, H):
     """Total energies (eV) of parameter sets 1.. (the committee) from the pass's sums."""
     if SAA.shape[1] == 0:
         return None
-    mb = np.einsum("mzk,zk->m", T.coef[1:], SAA)
-    pair = np.einsum("mabkc,abkc->m", T.pair_spl[1:], H)
+    mb = _einsum("mzk,zk->m", T.coef[1:], SAA)
+    pair = _einsum("mabkc,abkc->m", T.pair_spl[1:], H)
     return mb + pair + e0_total(T.e0, zat)        # float(T.e0[zat].sum())'s bits
 
 
