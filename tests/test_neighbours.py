@@ -488,3 +488,14 @@ def test_checked_arrays_give_the_same_pairs(pbc):
         got = neighbour_list(positions, cell, pbc_arr, 4.5, sort=False, checked=True)
         for a, b in zip(got, want):
             assert a.dtype == b.dtype and np.array_equal(a, b)
+
+
+def test_lattice_norms_are_numpys():
+    """lattice._norms (Python floats, used for a new cell's lengths and the reciprocal lengths
+    that size the bins) gives np.linalg.norm's bits along either axis of a 3x3 matrix."""
+    from aceserver.kernels.lattice import _norms
+    rng = np.random.default_rng(11)
+    for _ in range(3000):
+        m = rng.normal(size=(3, 3)) * 10.0 ** rng.uniform(-3, 3, size=(3, 1))
+        assert np.array_equal(np.array(_norms(m.tolist())), np.linalg.norm(m, axis=1))
+        assert np.array_equal(np.array(_norms(m.T.tolist())), np.linalg.norm(m, axis=0))

@@ -14,9 +14,9 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .sums import numpy_sum
 from .scatter import _scatter_range
 from .site_pass import _fast_range, _no_rows, committee_energies
+from .sums import numpy_sum
 
 
 @njit(cache=True, nogil=True)
