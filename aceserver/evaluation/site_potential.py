@@ -16,7 +16,8 @@ import numpy as np
 
 from ..errors import ACEInputError, EvaluationCancelled, NoActiveSetError
 from ..kernels import site_pass as K
-from ..kernels.neighbours import DEFAULT_MAX_PAIRS, min_distance, neighbour_list, species_if_valid
+from ..kernels.neighbour_search import smallest_distance
+from ..kernels.neighbours import DEFAULT_MAX_PAIRS, neighbour_list, species_if_valid
 from ..kernels.scatter import scatter_forces_virial, scatter_forces_virial_parallel
 from ..kernels.sums import numpy_sum
 from ..structure import MAX_COORDINATE, MIN_DISTANCE, as_given, prepare
@@ -49,7 +50,7 @@ class SitePotential:
                                            max_pairs=max_pairs, checked=True)
         else:
             first, nbr, R = verlet.pairs(z, pos, cell, pbc, self.rcut, n_chunks=n_chunks)
-        if len(R) and min_distance(R) < self.min_distance:
+        if len(R) and smallest_distance(R) < self.min_distance:    # R: the search's float64 (P, 3)
             d2 = np.einsum("ij,ij->i", R, R)
             k = int(np.argmin(d2))
             i = int(np.searchsorted(first, k, side="right") - 1)
