@@ -1,6 +1,7 @@
 """postprocess.periodic_stress: the kernel path (`kernels.scatter.stress_voigt`, float64 arrays)
 gives numpy's σ = -W/V in Voigt order bit for bit (the same operations), and None where the
-stress is not defined (a cell not periodic in 3-D, or of zero volume)."""
+stress is not defined (a cell not periodic in 3-D, or of zero volume); the virial's
+symmetrisation kernel gives numpy's 0.5 (W + Wᵀ) bit for bit."""
 from __future__ import annotations
 
 import numpy as np
@@ -25,3 +26,11 @@ def test_no_stress_where_undefined():
     assert P.periodic_stress(W, np.zeros((3, 3)), np.ones(3, dtype=bool)) is None
     assert P.periodic_stress(W, np.eye(3), np.array([True, True, False])) is None
     assert P.periodic_stress(W, None, False) is None
+
+
+def test_symmetrised_is_numpys_bits():
+    from aceserver.kernels.scatter import symmetrised
+    rng = np.random.default_rng(2)
+    for _ in range(1000):
+        W = rng.normal(size=(3, 3)) * 10 ** rng.uniform(-3, 3)
+        assert np.array_equal(symmetrised(W), 0.5 * (W + W.T))

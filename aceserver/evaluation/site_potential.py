@@ -18,7 +18,7 @@ from ..errors import ACEInputError, EvaluationCancelled, NoActiveSetError
 from ..kernels import site_pass as K
 from ..kernels.neighbour_search import smallest_distance
 from ..kernels.neighbours import DEFAULT_MAX_PAIRS, neighbour_list, species_if_valid
-from ..kernels.scatter import scatter_forces_virial, scatter_forces_virial_parallel
+from ..kernels.scatter import scatter_forces_virial, scatter_forces_virial_parallel, symmetrised
 from ..kernels.sums import numpy_sum
 from ..structure import MAX_COORDINATE, MIN_DISTANCE, as_given, prepare
 from . import many, uncertainty
@@ -199,7 +199,7 @@ class SitePotential:
             if parallel:
                 _PARALLEL_LOCK.release()
         if forces:
-            W = 0.5 * (W + W.T)
+            W = symmetrised(W)          # 0.5 (W + Wᵀ)
         else:
             F, W = np.zeros((len(z), 3)), np.zeros((3, 3))
         energies = E[0]

@@ -1,5 +1,6 @@
 """Forces and virial from the site pass's pair gradients G[p] = ∂E_i/∂R_ij (eV/Å):
-F_i += G, F_j -= G, W -= G ⊗ R_ij (eV), serially or over blocks of atoms on numba's threads;
+F_i += G, F_j -= G, W -= G ⊗ R_ij (eV), serially or over blocks of atoms on numba's threads,
+the symmetrised virial (`symmetrised`);
 and the stress σ = -W/V (eV/Å³) of a periodic cell from its virial (`stress_voigt`).
 """
 from __future__ import annotations
@@ -71,6 +72,17 @@ def scatter_forces_virial_parallel(first, nbr, R, G, n_atoms, n_blocks):
     for b in range(n_blocks):
         W += Wb[b]
     return F, W
+
+
+@njit(cache=True, nogil=True)
+def symmetrised(W):
+    """0.5 (W + Wᵀ) of a (3, 3) virial, elementwise as numpy forms it (the same bits), in one
+    call instead of three numpy operations (~1 µs of a small evaluation)."""
+    S = np.empty((3, 3))
+    for a in range(3):
+        for b in range(3):
+            S[a, b] = 0.5 * (W[a, b] + W[b, a])
+    return S
 
 
 @njit(cache=True, nogil=True)
