@@ -473,3 +473,29 @@ def test_visit_count_equals_a_direct_count():
                 c = [c[k] % nb[k] for k in range(3)]
                 want[np.ravel_multi_index(b, nb)] += occ[np.ravel_multi_index(c, nb)]
         np.testing.assert_array_equal(_bin_visits(start, nb, m, periodic), want)
+
+
+@pytest.mark.parametrize("pbc", [(True, True, True), (True, False, True), (False, False, False)])
+def test_checked_arrays_give_the_same_pairs(pbc):
+    """checked=True (the evaluator's arrays, already checked) skips the checks and copies only:
+    the same pairs, in the same order, with the same bits, for small and larger structures."""
+    rng = np.random.default_rng(5)
+    for n in (1, 2, 7, 80):
+        cell = np.eye(3) * (2.0 + n ** (1 / 3) * 2.5) + rng.normal(size=(3, 3)) * 0.4
+        positions = rng.random((n, 3)) @ cell
+        pbc_arr = np.array(pbc)
+        want = neighbour_list(positions, cell, pbc_arr, 4.5, sort=False)
+        got = neighbour_list(positions, cell, pbc_arr, 4.5, sort=False, checked=True)
+        for a, b in zip(got, want):
+            assert a.dtype == b.dtype and np.array_equal(a, b)
+
+
+def test_lattice_norms_are_numpys():
+    """lattice._norms (Python floats, used for a new cell's lengths and the reciprocal lengths
+    that size the bins) gives np.linalg.norm's bits along either axis of a 3x3 matrix."""
+    from aceserver.kernels.lattice import _norms
+    rng = np.random.default_rng(11)
+    for _ in range(3000):
+        m = rng.normal(size=(3, 3)) * 10.0 ** rng.uniform(-3, 3, size=(3, 1))
+        assert np.array_equal(np.array(_norms(m.tolist())), np.linalg.norm(m, axis=1))
+        assert np.array_equal(np.array(_norms(m.T.tolist())), np.linalg.norm(m, axis=0))

@@ -10,9 +10,10 @@
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
+
+from ..kernels.scatter import stress_voigt
+from ..kernels.sums import spread
 
 VOIGT = ((0, 0), (1, 1), (2, 2), (1, 2), (0, 2), (0, 1))   # xx yy zz yz xz xy
 _VOIGT_I, _VOIGT_J = (np.array(k) for k in zip(*VOIGT))
@@ -44,7 +45,16 @@ def stress(virial, cell) -> np.ndarray:
 
 
 def periodic_stress(virial, cell, pbc) -> np.ndarray | None:
-    """`stress` where `has_stress` says it exists, else None (the volume computed once)."""
+    """`stress` where `has_stress` says it exists, else None (the volume computed once).
+    float64 arrays (what `evaluate` and ASE hold) go through one kernel call with the same
+    operations (`kernels.scatter.stress_voigt`); anything else through numpy."""
+    if (type(virial) is np.ndarray and type(cell) is np.ndarray and type(pbc) is np.ndarray
+            and virial.dtype == cell.dtype == np.float64 and virial.shape == cell.shape == (3, 3)
+            and pbc.shape == (3,)):
+        if not all(pbc.tolist()):       # ndarray.all() costs ~1 µs on 3 values
+            return None
+        sigma = stress_voigt(virial, cell)
+        return sigma if len(sigma) else None
     if cell is None or not bool(np.asarray(pbc).all()):
         return None
     v = volume(cell)
@@ -69,9 +79,6 @@ def committee_spread(values, axis: int = 0):
 
 
 def energy_spread(members: np.ndarray) -> float:
-    """`committee_spread` of a float64 vector (K,), as a float: np.std's own steps (the pairwise
-    sum for the mean, the squared deviations, their pairwise sum, / K, the square root), so the
-    same bits, without np.std's argument handling (~15 µs of a 2-atom calculator call)."""
-    k = members.shape[0]
-    d = members - np.add.reduce(members) / k        # ndarray.sum's reduction, without its wrapper
-    return math.sqrt(np.add.reduce(d * d) / k)
+    """`committee_spread` of a float64 vector (K,), as a float: np.std's own steps and sums in one
+    kernel (`kernels.sums.spread`), so the same bits, ~0.5 µs instead of np.std's ~15 µs."""
+    return spread(np.ascontiguousarray(members))

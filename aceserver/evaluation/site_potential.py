@@ -16,8 +16,10 @@ import numpy as np
 
 from ..errors import ACEInputError, EvaluationCancelled, NoActiveSetError
 from ..kernels import site_pass as K
-from ..kernels.neighbours import DEFAULT_MAX_PAIRS, min_distance, neighbour_list, species_if_valid
-from ..kernels.scatter import scatter_forces_virial, scatter_forces_virial_parallel
+from ..kernels.neighbour_search import smallest_distance
+from ..kernels.neighbours import DEFAULT_MAX_PAIRS, neighbour_list, species_if_valid
+from ..kernels.scatter import scatter_forces_virial, scatter_forces_virial_parallel, symmetrised
+from ..kernels.sums import numpy_sum
 from ..structure import MAX_COORDINATE, MIN_DISTANCE, as_given, prepare
 from . import many, uncertainty
 from .result import Evaluation
@@ -45,10 +47,10 @@ class SitePotential:
             z, pos, cell, pbc = prepare(numbers, positions, cell, pbc, self._lookup, self.elements)
         if verlet is None:
             first, nbr, R = neighbour_list(pos, cell, pbc, self.rcut, n_chunks=n_chunks, sort=False,
-                                           max_pairs=max_pairs)
+                                           max_pairs=max_pairs, checked=True)
         else:
             first, nbr, R = verlet.pairs(z, pos, cell, pbc, self.rcut, n_chunks=n_chunks)
-        if len(R) and min_distance(R) < self.min_distance:
+        if len(R) and smallest_distance(R) < self.min_distance:    # R: the search's float64 (P, 3)
             d2 = np.einsum("ij,ij->i", R, R)
             k = int(np.argmin(d2))
             i = int(np.searchsorted(first, k, side="right") - 1)
@@ -197,13 +199,13 @@ class SitePotential:
             if parallel:
                 _PARALLEL_LOCK.release()
         if forces:
-            W = 0.5 * (W + W.T)
+            W = symmetrised(W)          # 0.5 (W + Wᵀ)
         else:
             F, W = np.zeros((len(z), 3)), np.zeros((3, 3))
         energies = E[0]
-        # np.add.reduce is what ndarray.sum runs (the same bits), without its Python wrapper
-        result = Evaluation(energy=float(np.add.reduce(energies)), forces=F, virial=W, energies=energies,
-                            pairs=len(nbr))
+        # energies.sum()'s bits (numpy's pairwise order) in one kernel call
+        result = Evaluation(energy=numpy_sum(energies, 0, len(z)) if len(z) else 0.0, forces=F,
+                            virial=W, energies=energies, pairs=len(nbr))
         if collect is not None:
             result.gamma, result.energies_committee = collect.gamma, collect.energies
         if with_committee:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..kernels.neighbour_search import refresh_near
 from ..kernels.neighbours import neighbour_list, refresh_pairs
 from ..structure import same_array
 
@@ -35,11 +36,12 @@ class VerletList:
         same = (ref is not None and ref["rcut"] == rcut and same_array(ref["z"], z)
                 and same_array(ref["cell"], cell) and same_array(ref["pbc"], pbc))
         if same:
-            disp = positions - ref["positions"]
-            if len(disp) == 0 or np.einsum("ij,ij->i", disp, disp).max() <= (0.5 * self.skin) ** 2:
-                return refresh_pairs(ref["first"], ref["nbr"], ref["R"], disp, rcut)
+            near, first, nbr, R = refresh_near(ref["first"], ref["nbr"], ref["R"], positions,
+                                               ref["positions"], rcut, (0.5 * self.skin) ** 2)
+            if near:
+                return first, nbr, R
         first, nbr, R = neighbour_list(positions, cell, pbc, rcut + self.skin, n_chunks=n_chunks,
-                                       sort=False)
+                                       sort=False, checked=True)
         self.searches += 1
         self._ref = dict(rcut=rcut, z=z.copy(), cell=cell.copy(), pbc=pbc.copy(),
                          positions=positions.copy(), first=first, nbr=nbr, R=R)

@@ -16,6 +16,7 @@ from numba import njit
 
 from .scatter import _scatter_range
 from .site_pass import _fast_range, _no_rows, committee_energies
+from .sums import numpy_sum
 
 
 @njit(cache=True, nogil=True)
@@ -79,37 +80,13 @@ def _rows_ace1(lo, hi, offsets, first, nbr, R, zat, T, with_grad, D, DT, E, G, F
 @njit(cache=True, nogil=True)
 def structure_sums(e, offsets):
     """Σ e over each structure's atoms, summed as numpy's e[a:b].sum() sums up to 128 terms
-    (eight interleaved partial sums combined as a tree, the rest added after; fewer than eight
-    in order), so the energies are `evaluate`'s bit for bit. Longer runs: NaN (the caller sums
-    those with numpy; tests/test_evaluate_many.py checks the rule against numpy)."""
+    (`sums.numpy_sum`), so the energies are `evaluate`'s bit for bit. Longer runs: NaN (the
+    caller sums those with numpy; tests/test_evaluate_many.py checks the rule against numpy)."""
     S = offsets.shape[0] - 1
     out = np.empty(S)
-    r = np.empty(8)
     for s in range(S):
         a, b = offsets[s], offsets[s + 1]
-        m = b - a
-        if m > 128:
-            out[s] = np.nan
-        elif m == 0:
-            out[s] = 0.0
-        elif m < 8:
-            t = -0.0
-            for i in range(a, b):
-                t += e[i]
-            out[s] = t
-        else:
-            for k in range(8):
-                r[k] = e[a + k]
-            i = a + 8
-            while i + 8 <= b:
-                for k in range(8):
-                    r[k] += e[i + k]
-                i += 8
-            t = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]))
-            while i < b:
-                t += e[i]
-                i += 1
-            out[s] = t
+        out[s] = np.nan if b - a > 128 else (0.0 if b == a else numpy_sum(e, a, b))
     return out
 
 

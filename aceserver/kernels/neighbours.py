@@ -152,7 +152,7 @@ def _check_counts(counts, rcut, max_pairs, max_neighbours, pbc) -> int:
 
 
 def neighbour_list(positions, cell, pbc, rcut, *, max_pairs=DEFAULT_MAX_PAIRS,
-                   max_neighbours=DEFAULT_MAX_NEIGHBOURS, n_chunks=1, sort=True):
+                   max_neighbours=DEFAULT_MAX_NEIGHBOURS, n_chunks=1, sort=True, checked=False):
     """Full neighbour list within ``rcut`` (Å), in CSR form grouped by centre atom.
 
     Parameters
@@ -179,8 +179,14 @@ def neighbour_list(positions, cell, pbc, rcut, *, max_pairs=DEFAULT_MAX_PAIRS,
         kernels (safe from any thread). The result does not depend on it.
     sort : order each atom's pairs by (j, S). Without it the order is that of the bin scan: still
         the same for the same input, and cheaper (the evaluator does not need the order).
+    checked : the caller has checked the arrays (C-contiguous float64 positions (N, 3) and cell
+        (3, 3), finite, bool pbc (3,): what `structure.prepare` gives) and keeps them unchanged
+        while this runs; their checks and copies are skipped (~6 µs of a small new cell).
     """
-    positions, cell, pbc, rcut = _validate(positions, cell, pbc, rcut)
+    if checked:
+        rcut = float(rcut)
+    else:
+        positions, cell, pbc, rcut = _validate(positions, cell, pbc, rcut)
     N = positions.shape[0]
     basis, T, inv_basis, recip = binning_basis(cell, pbc)  # validates the cell even if N == 0
     if N == 0:

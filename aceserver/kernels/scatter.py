@@ -1,5 +1,7 @@
 """Forces and virial from the site pass's pair gradients G[p] = ∂E_i/∂R_ij (eV/Å):
-F_i += G, F_j -= G, W -= G ⊗ R_ij (eV), serially or over blocks of atoms on numba's threads.
+F_i += G, F_j -= G, W -= G ⊗ R_ij (eV), serially or over blocks of atoms on numba's threads,
+the symmetrised virial (`symmetrised`);
+and the stress σ = -W/V (eV/Å³) of a periodic cell from its virial (`stress_voigt`).
 """
 from __future__ import annotations
 
@@ -70,3 +72,35 @@ def scatter_forces_virial_parallel(first, nbr, R, G, n_atoms, n_blocks):
     for b in range(n_blocks):
         W += Wb[b]
     return F, W
+
+
+@njit(cache=True, nogil=True)
+def symmetrised(W):
+    """0.5 (W + Wᵀ) of a (3, 3) virial, elementwise as numpy forms it (the same bits), in one
+    call instead of three numpy operations (~1 µs of a small evaluation)."""
+    S = np.empty((3, 3))
+    for a in range(3):
+        for b in range(3):
+            S[a, b] = 0.5 * (W[a, b] + W[b, a])
+    return S
+
+
+@njit(cache=True, nogil=True)
+def stress_voigt(virial, cell):
+    """σ = -W/V (eV/Å³) in Voigt order xx yy zz yz xz xy, V = |a·(b×c)| (Å³) formed as
+    `evaluation.postprocess.volume` forms it (the same operations, so the same bits); an empty
+    array where V is 0. One call instead of ~15 Python-level operations (~2 µs per call)."""
+    a0, a1, a2 = cell[0, 0], cell[0, 1], cell[0, 2]
+    b0, b1, b2 = cell[1, 0], cell[1, 1], cell[1, 2]
+    c0, c1, c2 = cell[2, 0], cell[2, 1], cell[2, 2]
+    v = abs(a0 * (b1 * c2 - b2 * c1) - a1 * (b0 * c2 - b2 * c0) + a2 * (b0 * c1 - b1 * c0))
+    if not v > 0.0:
+        return np.empty(0)
+    out = np.empty(6)
+    out[0] = -virial[0, 0] / v
+    out[1] = -virial[1, 1] / v
+    out[2] = -virial[2, 2] / v
+    out[3] = -virial[1, 2] / v
+    out[4] = -virial[0, 2] / v
+    out[5] = -virial[0, 1] / v
+    return out

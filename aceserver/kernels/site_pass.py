@@ -18,7 +18,13 @@ from .basis_rows import manybody_row
 from .pace_features import embed, table_features
 from .radial import agnesi, pair_envelope, spline_eval_one, spline_interval
 from .site_tables import DescriptorTables
+from .sums import e0_total
 from .ylm import project
+
+try:    # what np.einsum runs (optimize=False), without its ~2 µs of argument dispatch per call
+    from numpy._core.multiarray import c_einsum as _einsum
+except ImportError:     # another numpy layout: the public function, the same numbers
+    _einsum = np.einsum
 
 
 @njit(cache=True, nogil=True)   # no fastmath: it vectorises the sums with gathers, 1.6x slower
@@ -361,9 +367,9 @@ def committee_energies(T, zat, SAA, H):
     """Total energies (eV) of parameter sets 1.. (the committee) from the pass's sums."""
     if SAA.shape[1] == 0:
         return None
-    mb = np.einsum("mzk,zk->m", T.coef[1:], SAA)
-    pair = np.einsum("mabkc,abkc->m", T.pair_spl[1:], H)
-    return mb + pair + float(T.e0[zat].sum())
+    mb = _einsum("mzk,zk->m", T.coef[1:], SAA)
+    pair = _einsum("mabkc,abkc->m", T.pair_spl[1:], H)
+    return mb + pair + e0_total(T.e0, zat)        # float(T.e0[zat].sum())'s bits
 
 
 def fast_serial(first, nbr, R, zat, T, with_grad):
