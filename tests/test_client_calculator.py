@@ -5,13 +5,20 @@ options (committee, committee_forces, energies_std, gamma, gamma_every), through
 Exactness. One calculation is one `model.evaluate` of the same arrays on either side (the server
 evaluates a one-structure request on its own, on the serial kernel, as the local calculator does
 below 256 atoms), and both codecs carry float64 exactly: msgpack as raw bytes, JSON as Python's
-shortest round-trip repr, which `json.loads` reads back to the same double. So every result is
-compared bit for bit, γ and the committee spreads included. The local calculator runs with skin=0:
+shortest round-trip repr, which `json.loads` reads back to the same double. But the two sides are
+two processes, and numba's machine code for the fastmath kernels (kernels/ylm.py,
+kernels/atomic_base.py) differs in the last bits between a fresh compile and the same kernel loaded
+from numba's cache (LLVM reassociates the inlined sums differently; measured: forces 4.4e-16 eV/Å
+apart on this 16-atom cell; without fastmath the two agree bit for bit). Which side compiled and which
+loaded depends on the cache's state (a fresh clone: this process compiles, the server loads), so
+numbers are compared within the bound of one reassociated evaluation (`close`): each output is a sum
+over ≤ 64 neighbours of L-term products, so two orders differ by at most 2·64·L·ε times the sum of
+the magnitudes, taken here as the array's largest magnitude times the number of summed outputs
+(atoms for the energy). Everything discrete (keys, shapes, which calls have γ, counts) is exact. The local calculator runs with skin=0:
 its Verlet list's refreshed pair vectors (R + Δ) round differently from a fresh neighbour search,
 which a server of unrelated structures always does. `calculate_many` goes through the server's
-batch (`evaluate_many`), whose γ and energies_std are BLAS products over other row counts: those
-two are compared within the rounding bound derived in tests/test_many_uncertainty.py, the rest bit
-for bit.
+batch (`evaluate_many`), whose γ and energies_std are BLAS products over other row counts, a
+rounding well inside the same bound.
 """
 from __future__ import annotations
 
@@ -25,7 +32,6 @@ from ase.calculators.calculator import PropertyNotImplementedError
 from ase.md.verlet import VelocityVerlet
 
 from _http_support import REPO, TMP, Server, model_file, si_structures
-from test_many_uncertainty import assert_reply_close
 
 pytestmark = pytest.mark.timeout(600)
 SI_TINY = REPO / "models" / "Si-tiny" / "Si-tiny.json"
@@ -71,14 +77,47 @@ def local_calculator(model, **options):
     return aceserver.ACECalculator(model, skin=0, **options)
 
 
-def assert_same_results(got: dict, want: dict):
+EPS = np.finfo(float).eps
+
+
+def close(got, want, model, scale=None) -> bool:
+    """Equal within one reassociated evaluation (module docstring): |Δ| ≤ 2·64·L·ε·scale, scale
+    max|want| unless given (the magnitude the differing sums are made of)."""
+    got, want = np.asarray(got, dtype=float), np.asarray(want, dtype=float)
+    if scale is None:
+        scale = np.abs(want).max(initial=0.0)
+    return got.shape == want.shape and bool((np.abs(got - want) <= 2 * 64 * model.length_basis * EPS * scale).all())
+
+
+def scales(model, atoms, results: dict) -> dict:
+    """What each result's rounding is made of. Energies: sums over the atoms. Spreads: a spread moves
+    by at most the largest move of its members, so the members' magnitudes. γ = max_k |(b A⁻¹)_k| and
+    the committee site energies W_k·b: |b|·|A⁻¹| and |W_k|·|b| (b the atom's descriptor row)."""
+    n = len(atoms)
+    out = {key: n * np.abs(results[key]).max() for key in ("energy", "free_energy", "energy_committee")
+           if key in results}
+    if "energy_committee" in results:
+        out["energy_std"] = out["energy_committee"]
+    if "forces_committee" in results:
+        out["forces_std"] = np.abs(results["forces_committee"]).max()
+    rows = model.descriptors(atoms.numbers, atoms.positions, atoms.cell.array, atoms.pbc, threads=1)
+    if "gamma" in results:
+        out["gamma"] = out["max_gamma"] = (np.abs(rows) @ np.abs(model.active_set.inverses["Si"])).max()
+    if "energies_std" in results:
+        W = np.stack([model.descriptor_weights(t)[0] for t in model.committee])     # one species
+        out["energies_std"] = (np.abs(W) @ np.abs(rows).T).max()
+    return out
+
+
+def assert_same_results(got: dict, want: dict, model, atoms):
     assert set(got) == set(want)
+    scale = scales(model, atoms, want)
     for key, value in want.items():
         if isinstance(value, np.ndarray):
             assert isinstance(got[key], np.ndarray) and got[key].dtype == value.dtype == np.float64, key
         else:
             assert isinstance(got[key], float) and isinstance(value, float), key
-        assert np.array_equal(got[key], value), key
+        assert close(got[key], value, model, scale.get(key)), key
 
 
 def md_run(calc, steps=5):
@@ -91,7 +130,7 @@ def md_run(calc, steps=5):
     seen = []
     dyn = VelocityVerlet(atoms, timestep=1.0 * units.fs)
     dyn.attach(lambda: seen.append((calc.calculations, {k: np.copy(v) if isinstance(v, np.ndarray) else v
-                                                         for k, v in calc.results.items()})))
+                                                         for k, v in calc.results.items()}, atoms.copy())))
     dyn.run(steps)
     return atoms, seen
 
@@ -105,22 +144,24 @@ def test_md_with_gamma_every_equals_local(server, tiny, binary):
     with ACEServerCalculator(server.url, model="tiny", binary=binary, **OPTIONS) as remote:
         a_remote, seen_remote = md_run(remote)
         assert len(seen_remote) == len(seen_local) == 6
-        for (n_remote, got), (n_local, want) in zip(seen_remote, seen_local):
+        for (n_remote, got, _), (n_local, want, observed) in zip(seen_remote, seen_local):
             assert n_remote == n_local
             # γ on the 1st, 3rd, 5th calculation (index % gamma_every == 0), nowhere else
             assert ("gamma" in want) == ((n_local - 1) % 2 == 0)
             assert {"energy_committee", "energy_std", "energies_std", "forces_committee", "forces_std",
                     "stress"} <= set(want)
             assert want["forces_committee"].shape == (len(tiny.committee), 16, 3)
-            assert_same_results(got, want)
-        assert np.array_equal(a_remote.positions, a_local.positions)
-        assert np.array_equal(a_remote.get_velocities(), a_local.get_velocities())
+            assert_same_results(got, want, tiny, observed)
+        # 5 steps of 1 fs moved by forces within the bound above: far below 1e-12 Å and Å/fs
+        assert np.abs(a_remote.positions - a_local.positions).max() < 1e-12
+        assert np.abs(a_remote.get_velocities() - a_local.get_velocities()).max() < 1e-12
         # the last calculation had no γ; asked for by name it is computed there and then
         assert "max_gamma" not in remote.results and "max_gamma" not in local.results
         g_remote = remote.get_property("max_gamma", a_remote)
         g_local = local.get_property("max_gamma", a_local)
-        assert isinstance(g_remote, float) and g_remote == g_local
-        assert np.array_equal(remote.get_property("gamma", a_remote), local.get_property("gamma", a_local))
+        g_scale = scales(tiny, a_local, {"gamma": None})["gamma"]
+        assert isinstance(g_remote, float) and close(g_remote, g_local, tiny, g_scale)
+        assert close(remote.get_property("gamma", a_remote), local.get_property("gamma", a_local), tiny, g_scale)
         assert remote.calculations == local.calculations == 7
 
 
@@ -135,13 +176,13 @@ def test_committee_false_keeps_only_what_was_asked(server, tiny, binary):
     with ACEServerCalculator(server.url, model="tiny", binary=binary, **options) as remote:
         remote.get_potential_energy(atoms)
         assert "energy_committee" not in remote.results and "forces_std" in remote.results
-        assert_same_results(remote.results, want.results)
+        assert_same_results(remote.results, want.results, tiny, atoms)
     with ACEServerCalculator(server.url, model="tiny", binary=binary, committee=False) as remote:
         remote.get_potential_energy(atoms)
         plain = local_calculator(tiny, committee=False)
         plain.get_potential_energy(atoms)
         assert set(remote.results) == {"energy", "free_energy", "forces", "stress", "energies"}
-        assert_same_results(remote.results, plain.results)
+        assert_same_results(remote.results, plain.results, tiny, atoms)
 
 
 @pytest.mark.parametrize("binary", [True, False])
@@ -157,9 +198,9 @@ def test_calculate_many_with_gamma_equals_local(server, tiny, binary):
         local.get_potential_energy(atoms)
         want = dict(local.results)
         assert "gamma" in got and "gamma" in want
-        # the bound of assert_reply_close is made from the descriptor rows of the structure
-        rows = tiny.descriptors(atoms.numbers, atoms.positions, atoms.cell.array, atoms.pbc, threads=1)
-        assert_reply_close(tiny, {**got, "descriptors": rows}, {**want, "descriptors": rows}, atoms.numbers)
+        # a batch's γ and energies_std are BLAS products over other row counts
+        # (tests/test_many_uncertainty.py): within the cross-process bound of `scales` too
+        assert_same_results(got, want, tiny, atoms)
 
 
 def test_gamma_without_active_set_raises_the_servers_reason(server):
