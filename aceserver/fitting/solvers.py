@@ -358,7 +358,7 @@ def _triangular(A, y, reduced, overwrite_a):
 
 def _solve_sparse(name, spec, A, y, A_val, y_val, reduced, val_offset, overwrite_a) -> Solution:
     """ASP or ARD (:mod:`.sparse`) from the spec's parameters (ACEfit's names accepted: actMax,
-    itnMax)."""
+    itnMax); ASP's ``refit: blr`` refits the chosen support by BLR (:func:`blr_on_support`)."""
     if name == "asp":
         select = spec.pop("select", {"byerror": 1.0})
         max_active = spec.pop("max_active", spec.pop("actMax", None))
@@ -367,8 +367,13 @@ def _solve_sparse(name, spec, A, y, A_val, y_val, reduced, val_offset, overwrite
                   max_steps=None if max_steps is None else int(max_steps),
                   min_lambda=float(spec.pop("min_lambda", 0.0)), nstore=int(spec.pop("nstore", 100)))
         tsvd, rtol = bool(spec.pop("tsvd", False)), float(spec.pop("rtol", 1e-9))
+        post = spec.pop("refit", None)
+        if post not in (None, "blr"):
+            raise ValueError(f"refit must be 'blr' (BLR on the chosen support) or absent, not {post!r}")
+        floors = dict(var0_floor=float(spec.pop("sig_0_floor", 1e-4)) ** 2,
+                      vare_floor=float(spec.pop("sig_e_floor", 1e-4)) ** 2)
         _no_extra(name, spec)
-        R, qty, resid, _ = _triangular(A, y, reduced, overwrite_a)
+        R, qty, resid, n = _triangular(A, y, reduced, overwrite_a)
         val = None
         if A_val is not None and y_val is not None and len(y_val):
             val = (np.asarray(A_val, dtype=float), np.asarray(y_val, dtype=float), float(val_offset))
@@ -378,6 +383,8 @@ def _solve_sparse(name, spec, A, y, A_val, y_val, reduced, val_offset, overwrite
         refit = None if not tsvd else (lambda Ra, q, Rv, qv, off: solve_tsvd(Ra, q, Rv, qv, rtol=rtol,
                                                                            val_offset=off).coef)
         coef, info = sparse.solve_asp(R, qty, resid, validation=val, refit=refit, **kw)
+        if post == "blr":
+            coef, info = blr_on_support(R, qty, resid, n, np.flatnonzero(coef), **floors), dict(info, refit="blr")
         return Solution(coef=coef, info=info)
     kw = {k: float(spec.pop(k)) for k in ("tol", "alpha_1", "alpha_2", "lambda_1", "lambda_2", "threshold_lambda")
           if k in spec}
@@ -387,6 +394,23 @@ def _solve_sparse(name, spec, A, y, A_val, y_val, reduced, val_offset, overwrite
     R, qty, resid, n = _triangular(A, y, reduced, overwrite_a)
     coef, info = sparse.solve_ard(R, qty, resid, n, **kw)
     return Solution(coef=coef, info=info)
+
+
+def blr_on_support(R, qty, resid: float, n_obs: int, support: np.ndarray, var0_floor: float = 1e-8,
+                   vare_floor: float = 1e-8) -> np.ndarray:
+    """BLR on the columns ``support`` of a reduced system (R, Qᵀỹ, least-squares residual ``resid``
+    of all columns, ``n_obs`` rows), zero elsewhere: ASP's ``refit: blr`` (a relaxed lasso: the path
+    chooses the support, evidence maximisation removes the lasso's shrinkage). The support's own
+    least-squares residual is ``resid`` plus that of Qᵀỹ against R[:, support] (summed from squares
+    by :func:`svd_factors`, not by subtraction)."""
+    coef = np.zeros(R.shape[1])
+    if not len(support):
+        return coef
+    f = svd_factors(R[:, support], qty)
+    f.resid = float(resid) + (f.residual if f.resid is not None else max(float(qty @ qty - f.b @ f.b), 0.0))
+    f.yy, f.n_obs = float(resid) + float(qty @ qty), int(n_obs)
+    coef[support] = solve_blr(None, None, factors=f, var0_floor=var0_floor, vare_floor=vare_floor).coef
+    return coef
 
 
 def _reduced_factors(R, qty, reduced, overwrite_a) -> SVDFactors | None:
