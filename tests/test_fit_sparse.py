@@ -157,6 +157,8 @@ def test_sparse_spec_errors():
     A, y = _problem(0, 40, 10)
     with pytest.raises(ValueError, match="unknown parameter"):
         solvers.solve({"name": "asp", "lamda": 1}, A, y)
+    with pytest.raises(ValueError, match="refit must be 'blr'"):
+        solvers.solve({"name": "asp", "refit": "tsvd"}, A, y)
     with pytest.raises(ValueError, match="select"):
         solvers.solve({"name": "asp", "select": {"byerror": 0.5}}, A, y)
     with pytest.raises(ValueError, match="unknown parameter"):

@@ -384,7 +384,8 @@ def _solve_sparse(name, spec, A, y, A_val, y_val, reduced, val_offset, overwrite
                                                                            val_offset=off).coef)
         coef, info = sparse.solve_asp(R, qty, resid, validation=val, refit=refit, **kw)
         if post == "blr":
-            coef, info = blr_on_support(R, qty, resid, n, np.flatnonzero(coef), **floors), dict(info, refit="blr")
+            sol = blr_on_support(R, qty, resid, n, np.flatnonzero(coef), **floors)
+            coef, info = sol.coef, dict(info, refit="blr", refit_info=sol.info)
         return Solution(coef=coef, info=info)
     kw = {k: float(spec.pop(k)) for k in ("tol", "alpha_1", "alpha_2", "lambda_1", "lambda_2", "threshold_lambda")
           if k in spec}
@@ -397,20 +398,22 @@ def _solve_sparse(name, spec, A, y, A_val, y_val, reduced, val_offset, overwrite
 
 
 def blr_on_support(R, qty, resid: float, n_obs: int, support: np.ndarray, var0_floor: float = 1e-8,
-                   vare_floor: float = 1e-8) -> np.ndarray:
+                   vare_floor: float = 1e-8) -> Solution:
     """BLR on the columns ``support`` of a reduced system (R, Qᵀỹ, least-squares residual ``resid``
-    of all columns, ``n_obs`` rows), zero elsewhere: ASP's ``refit: blr`` (a relaxed lasso: the path
-    chooses the support, evidence maximisation removes the lasso's shrinkage). The support's own
-    least-squares residual is ``resid`` plus that of Qᵀỹ against R[:, support] (summed from squares
-    by :func:`svd_factors`, not by subtraction)."""
-    coef = np.zeros(R.shape[1])
+    of all columns, ``n_obs`` rows), coefficients zero elsewhere: ASP's ``refit: blr`` (a relaxed
+    lasso: the path chooses the support, evidence maximisation removes the lasso's shrinkage). The
+    support's own least-squares residual is ``resid`` plus that of Qᵀỹ against R[:, support]
+    (summed from squares by :func:`svd_factors`, not by subtraction)."""
+    support = np.asarray(support, dtype=np.int64)
     if not len(support):
-        return coef
+        raise ValueError("BLR on an empty support")
     f = svd_factors(R[:, support], qty)
     f.resid = float(resid) + (f.residual if f.resid is not None else max(float(qty @ qty - f.b @ f.b), 0.0))
     f.yy, f.n_obs = float(resid) + float(qty @ qty), int(n_obs)
-    coef[support] = solve_blr(None, None, factors=f, var0_floor=var0_floor, vare_floor=vare_floor).coef
-    return coef
+    sol = solve_blr(None, None, factors=f, var0_floor=var0_floor, vare_floor=vare_floor)
+    coef = np.zeros(R.shape[1])
+    coef[support] = sol.coef
+    return Solution(coef=coef, info=sol.info)
 
 
 def _reduced_factors(R, qty, reduced, overwrite_a) -> SVDFactors | None:

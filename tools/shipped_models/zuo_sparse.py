@@ -94,7 +94,7 @@ def run(el: str, data_dir: Path, sizes: list[int], threads: int | None = 1) -> d
         dense.append(a.factors.block_errors([k], theta, rec["E0"]))
         resid = max(yy - float(qty @ qty), 0.0)
         for n, (idx, val) in path_supports(R, qty, sizes).items():
-            for kind, v in (("asp", val), ("asp+blr", solvers.blr_on_support(R, qty, resid, n_obs, idx)[idx])):
+            for kind, v in (("asp", val), ("asp+blr", solvers.blr_on_support(R, qty, resid, n_obs, idx).coef[idx])):
                 c = np.zeros(m)
                 c[idx] = v
                 e = a.factors.block_errors([k], c / gamma[:m], rec["E0"])
