@@ -126,6 +126,7 @@ def write_card(el: str):
     report = json.loads((d / "report.json").read_text())
     sel = json.loads((d / "selection.json").read_text())
     nst = json.loads((d / "nested_cv.json").read_text()) if (d / "nested_cv.json").exists() else None
+    nsp = json.loads((d / "nested_cv_sparse.json").read_text()) if (d / "nested_cv_sparse.json").exists() else None
     recipe = is_recipe(el, raw, nst)
     model_file = d / raw["output"]["model"]
     meta = load_model(model_file).metadata.get("fit", {})
@@ -150,11 +151,20 @@ def write_card(el: str):
               "than the folds' noise on both energy and forces (paired gain of the procedure "
               f"E {c['E']['mean_gain'] * 1e3:.3f} ± {c['E']['se'] * 1e3:.3f} meV/atom, F {c['F']['mean_gain']:.5f} "
               f"± {c['F']['se']:.5f} eV/Å, mean ± standard error; the rule asks for a gain above one standard "
-              "error on both), so the recipe is shipped.", "",
+              "error on both), so the recipe is shipped."
+              + ("" if nsp is None else
+                 (" Nor did the selection over sparse (ASP) and larger candidates (second nested CV, section below): "
+                  if not nsp["comparison"]["procedure_wins"] else
+                  " The selection over sparse (ASP) and larger candidates (second nested CV, section below) did beat "
+                  "the recipe, but its model has not been fitted and shipped yet: ")
+                 + f"paired gain E {nsp['comparison']['E']['mean_gain'] * 1e3:.3f} ± {nsp['comparison']['E']['se'] * 1e3:.3f} "
+                 f"meV/atom, F {nsp['comparison']['F']['mean_gain']:.5f} ± {nsp['comparison']['F']['se']:.5f} eV/Å."), "",
               "| nested CV, outer folds | E MAE (meV/atom, mean ± sd) | F MAE (eV/Å, mean ± sd) |", "|---|---|---|",
               *[f"| {name} | {s['mae_mean']['E'] * 1e3:.3f} ± {s['mae_std']['E'] * 1e3:.3f} | "
                 f"{s['mae_mean']['F']:.4f} ± {s['mae_std']['F']:.4f} |"
-                for name, s in (("selection procedure", nst["procedure"]), ("upstream recipe (this model)", nst["recipe_estimate"]))],
+                for name, s in (("selection procedure", nst["procedure"]),)
+                + ((("selection procedure, sparse and larger candidates", nsp["procedure"]),) if nsp else ())
+                + (("upstream recipe (this model)", nst["recipe_estimate"]),)],
               f"| target (best published test MAE) | {t['E'] * 1e3:g} | {t['F']:g} |", "",
               "## Cross-validated error against the targets", "",
               f"{folds_line}, this model's settings. These are the nested CV's outer folds (the folds of "
@@ -199,6 +209,8 @@ def write_card(el: str):
     L += error_rows(report["errors"]["train"])
     if nst is not None:
         L += nested_section(el, nst, recipe)
+    if nsp is not None:
+        L += sparse_nested_section(el, nsp)
     L += selection_section(el, d, sel, res, chosen, best, (cm, cse), (bm, bse), tm, t, recipe)
     L += ["", "## Reproduce", "", "From the repository root, with the data placed under DIR (or $ACESERVER_DATA):",
           "", "```bash", f"aceserver fit models/zuo-{el}/fit.yaml --data-dir DIR             # this model"]
@@ -470,6 +482,64 @@ def nested_section(el: str, nst: dict, recipe: bool = False) -> list[str]:
              f"E0 {f['chosen']['E0'][el]:g}" for f in nst["outer"]) + ".",
          f"Run: `python -m tools.shipped_models.zuo_nested --data-dir DIR {el} --grid {nst['grid']}` "
          f"({nst['timings_s']['total_s'] / 60:.0f} min wall-clock, one thread, on the shared 2-core build machine)."]
+    return L
+
+
+def _solver_name(c: dict) -> str:
+    sol = c.get("solver") or {"name": "blr"}
+    if sol["name"] == "asp":
+        return f"ASP ≤ {sol['max_active']} + BLR" if sol.get("refit") == "blr" else f"ASP ≤ {sol['max_active']}"
+    return sol["name"].upper()
+
+
+def sparse_nested_section(el: str, nsp: dict) -> list[str]:
+    """The card's section on the nested CV with sparse and larger candidates (``zuo_nested --grid
+    sparse``, nested_cv_sparse.json): both estimates, the verdict, each candidate's inner-CV error
+    (mean over the outer folds) and its speed against the recipe, timed in one run."""
+    p, r, c = nsp["procedure"], nsp["recipe_estimate"], nsp["comparison"]
+    row = lambda name, s: (f"| {name} | {s['mae_mean']['E'] * 1e3:.3f} ± {s['mae_std']['E'] * 1e3:.3f} | "  # noqa: E731
+                           f"{s['mae_mean']['F']:.4f} ± {s['mae_std']['F']:.4f} |")
+    short = lambda b: b.replace("order ", "").replace(", totaldegree ", " ")  # noqa: E731
+    sp = nsp["speed"]
+    speed_of = {}
+    for m in sp["models"]:
+        key = (m["basis"], json.dumps(m["solver"] if m["solver"] != "blr" else {"name": "blr"}, sort_keys=True))
+        speed_of[key] = m
+    cands = nsp["candidates"]
+    inner = [[f["inner"][i] for f in nsp["outer"]] for i in range(len(cands))]
+    L = ["", "## Nested cross-validation with sparse and larger candidates", "",
+         f"The same {nsp['outer_folds']} outer folds; in each, the selection runs over the {nsp['n_candidates']} "
+         "candidates of `zuo_nested`'s `sparse` grid (4-fold CV on the other folds, the same rule; the simplest "
+         "candidate is the one with the fewest nonzero functions): dense BLR on the recipe's basis and on two "
+         "larger order-4 bases, with the recipe's settings and with the small grid's most chosen ones; and ASP "
+         "(the lasso path on the fold's prior-scaled factors to at most n functions, ACEfit's active-set pursuit) "
+         "with its support refitted by BLR, on the recipe's basis and on the largest one.", "",
+         "| | outer E MAE (meV/atom) | outer F MAE (eV/Å) |", "|---|---|---|",
+         row("selection procedure (sparse grid)", p), row("upstream recipe", r), "",
+         f"Paired gain of the procedure over the recipe: E {c['E']['mean_gain'] * 1e3:.3f} ± {c['E']['se'] * 1e3:.3f} "
+         f"meV/atom, F {c['F']['mean_gain']:.5f} ± {c['F']['se']:.5f} eV/Å (mean ± standard error). Verdict by the "
+         f"rule: ship the {'selected model' if c['procedure_wins'] else 'recipe'}.",
+         "Chosen per outer fold: " + "; ".join(
+             f"{short(f['chosen']['basis'])}, {_solver_name(f['chosen'])}, {prior_name(f['chosen']['prior'])}, "
+             f"w_E {f['chosen']['weights']['default']['E']:g}, E0 {f['chosen']['E0'][el]:g}" for f in nsp["outer"]) + ".",
+         "", "Each candidate: its inner-CV MAE averaged over the 5 outer folds (each inner CV on 4 folds; "
+         "optimistic for the best of them, as any score that chooses), and its speed: energy + forces + virial on "
+         f"{sp['structure']}, one thread, timed alternately with the recipe in one run (an ASP candidate: its "
+         "support fitted on the whole training split, the evaluator skipping the zero functions).", "",
+         "| basis | solver | prior | w_E | E0 (eV) | functions | × recipe time | inner-CV E MAE (meV/atom) | "
+         "inner-CV F MAE (eV/Å) |", "|---|---|---|---|---|---|---|---|---|"]
+    for cand, inn in zip(cands, inner):
+        sol = cand.get("solver") or {"name": "blr"}
+        m = speed_of.get((cand["basis"], json.dumps(sol if sol["name"] != "blr" else {"name": "blr"}, sort_keys=True)))
+        E = sum(x["mae_mean"]["E"] for x in inn) / len(inn)
+        F = sum(x["mae_mean"]["F"] for x in inn) / len(inn)
+        speed = f"{m['n_active']} | {m['ratio_to_recipe']:.2f}" if m else "– | –"
+        L.append(f"| {short(cand['basis'])} | {_solver_name(cand)} | {prior_name(cand['prior'])} | "
+                 f"{cand['weights']['default']['E']:g} | {cand['E0'][el]:g} | {speed} | {E * 1e3:.3f} | {F:.4f} |")
+    L += ["", f"Run: `python -m tools.shipped_models.zuo_nested --data-dir DIR {el} --grid sparse` "
+          f"({nsp['timings_s']['total_s'] / 60:.0f} min wall-clock, one thread"
+          + (f", peak memory {nsp['peak_rss_mib'] / 1024:.1f} GiB" if nsp.get("peak_rss_mib") else "")
+          + ", on the shared 2-core build machine); results in `nested_cv_sparse.json`."]
     return L
 
 

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import time
 from pathlib import Path
 
@@ -219,7 +220,7 @@ def run(el: str, data_dir: Path, grid_name: str, out: Path, threads: int | None 
     log(f"zuo-{el} nested CV: {len(train)} configurations, {K} outer folds, grid {grid_name!r} "
         f"({len(cands)} candidates)")
     res = {"element": el, "data": {"file": path.name, "sha256": sha256_file(path)}, "outer_folds": K, "seed": SEED,
-           "grid": grid_name, "n_candidates": len(cands), "targets": {"E": TARGETS[el][0], "F": TARGETS[el][1]},
+           "grid": grid_name, "n_candidates": len(cands), "candidates": cands, "targets": {"E": TARGETS[el][0], "F": TARGETS[el][1]},
            "recipe": recipe, "outer": [], "timings_s": timings,
            "units": {"E": "eV/atom", "F": "eV/Å"}}
 
@@ -244,6 +245,7 @@ def run(el: str, data_dir: Path, grid_name: str, out: Path, threads: int | None 
                    "of the paired gains; else ship the recipe")
     timings["total_s"] = time.perf_counter() - t_all
     res["speed"] = sparse_speed(el, a, cands) if "asp_sizes" in grid else speed(el, res)
+    res["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024   # Linux: KiB
     save()
     p, r = res["procedure"], res["recipe_estimate"]
     log(f"zuo-{el}: procedure E {p['mae_mean']['E'] * 1e3:.3f} ± {p['mae_std']['E'] * 1e3:.3f} meV/atom, "
@@ -264,6 +266,9 @@ def main(argv=None):
     ap.add_argument("--speed-only", action="store_true",
                     help="only (re)time the recipe, the chosen bases and the selection's grid into an existing output file")
     args = ap.parse_args(argv)
+    if args.speed_only and args.grid == "sparse":
+        ap.error("--speed-only re-times nested_cv.json; the sparse grid's supports are fitted from the data "
+                 "(run it with --data-dir)")
     if args.speed_only:
         for el in args.elements:
             out = Path(args.out) if args.out else MODELS / f"zuo-{el}" / "nested_cv.json"
