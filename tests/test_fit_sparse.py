@@ -337,6 +337,7 @@ from test_fit_cli import _args, toy_env   # noqa: E402,F401  (the fixture and th
 
 
 @pytest.mark.parametrize("solver", [{"name": "asp", "select": {"byerror": 1.0}, "max_active": 3},
+                                    {"name": "asp", "select": {"byerror": 1.0}, "max_active": 3, "refit": "blr"},
                                     {"name": "ard", "threshold_lambda": 1e6}])
 def test_aceserver_fit_with_sparse_solver(toy_env, capsys, solver):
     """fit.yaml's ``solver: {name: asp | ard, ...}`` runs end to end; ASP chooses on the validation
@@ -360,3 +361,5 @@ def test_aceserver_fit_with_sparse_solver(toy_env, capsys, solver):
     assert np.count_nonzero(model.parameters) == info["n_active"] <= 4
     if solver["name"] == "asp":
         assert info["chosen_on"] == "validation" and info["n_active"] <= 3
+    if solver.get("refit"):
+        assert info["refit"] == "blr" and info["refit_info"]["solver"] == "blr"

@@ -389,7 +389,8 @@ def _solve_sparse(name, spec, A, y, A_val, y_val, reduced, val_offset, overwrite
         coef, info = sparse.solve_asp(R, qty, resid, validation=val, refit=refit, **kw)
         if post == "blr":
             sol = blr_on_support(R, qty, resid, n, np.flatnonzero(coef), committee_size=K, seed=seed, **floors)
-            return Solution(coef=sol.coef, committee=sol.committee, info=dict(info, refit="blr", refit_info=sol.info))
+            return Solution(coef=sol.coef, committee=sol.committee,
+                            info=dict(info, refit="blr", refit_info=sol.info, committee_size=K))
         return Solution(coef=coef, info=info)
     kw = {k: float(spec.pop(k)) for k in ("tol", "alpha_1", "alpha_2", "lambda_1", "lambda_2", "threshold_lambda")
           if k in spec}
