@@ -31,7 +31,7 @@ from aceserver.fitting.fit_model import jsonable
 from aceserver.fitting.workflow import run_fit
 from aceserver.loading import load_model
 
-from .common import MODELS, time_alternating
+from .common import MODELS, same, time_alternating
 from .zuo_cards import write_card
 from .zuo_nested import GRIDS, RECIPE_FACTOR, chooser
 from .zuo_recipe import K, TARGETS, add_data_dir, data_dir_of, parse_basis, rcut_of, training_split
@@ -50,11 +50,12 @@ def final_selection(el: str, data_dir: Path, nsp: dict) -> dict:
     return {"chosen": chooser(TARGETS[el])(results)["candidate"], "results": results, "timings_s": timings}
 
 
-def ship_sparse(el: str, data_dir: Path, threads: int | None = None) -> dict:
+def ship_sparse(el: str, data_dir: Path, threads: int | None = None) -> dict | None:
     """Where nested_cv_sparse.json's verdict is "selected": run its procedure on the whole training
     split (:func:`final_selection`), fit the winner with a 10-member committee (an ASP winner: its
     support refitted by BLR) through `aceserver fit`'s code path, and time the new model against
-    the recipe model it replaces, alternately in one run."""
+    the recipe model it replaces, alternately in one run. A winner slower than the recipe (the
+    grid's speed run) is not shipped."""
     d = MODELS / f"zuo-{el}"
     f_nsp = d / "nested_cv_sparse.json"
     nsp = json.loads(f_nsp.read_text())
@@ -63,9 +64,16 @@ def ship_sparse(el: str, data_dir: Path, threads: int | None = None) -> dict:
     f_nsp.write_text(json.dumps(jsonable(nsp), indent=1))
     chosen = nsp["final_selection"]["chosen"]
     log(f"zuo-{el}: the sparse grid's procedure on the whole training split chose {chosen}")
+    sol = chosen["solver"]
+    speed = next(m for m in nsp["speed"]["models"] if m["basis"] == chosen["basis"]
+                 and same(m["solver"], sol if sol["name"] != "blr" else "blr"))
+    if speed["ratio_to_recipe"] > 1.0:                 # shipped models are no slower than the recipe
+        nsp["final_selection"]["refused"] = f"{speed['ratio_to_recipe']:.2f} x the recipe's time"
+        f_nsp.write_text(json.dumps(jsonable(nsp), indent=1))
+        log(f"zuo-{el}: not shipped: {speed['ratio_to_recipe']:.2f} x the recipe's time; the recipe stays")
+        return None
     old_raw = yaml.safe_load((d / "fit.yaml").read_text())
     previous = load_model(d / old_raw["output"]["model"], active_set=False)
-    sol = chosen["solver"]
     solver = dict(sol, committee_size=10) if sol["name"] == "asp" else {"name": "blr", "committee_size": 10}
     write_fit_yaml(el, parse_basis(chosen["basis"]), rcut_of(el, chosen["rcut_bond_lengths"]), chosen, solver=solver,
                    why=["chosen by the selection over sparse (ASP) and larger candidates, shipped because nested",
