@@ -1,6 +1,6 @@
 """Nested cross-validation of the Zuo selection PROCEDURE against the fixed upstream recipe.
 
-    python -m tools.shipped_models.zuo_nested --data-dir DIR Si [--grid small|full|sparse] [--out FILE]
+    python -m tools.shipped_models.zuo_nested --data-dir DIR Si [--grid small|full|sparse|fast] [--out FILE]
 
 (from the repository root; DIR holds ZuoEtAl2020/<El>_train.xyz, default $ACESERVER_DATA; the Zuo
 test splits are never read). Outer folds: the 5 seeded, stratified folds of ``zuo_select``. For each
@@ -27,7 +27,10 @@ nested chain of bases assembled once (the largest) and factored per outer fold:
   (``{"name": "asp", "max_active": n, "refit": "blr"}``); the simplest candidate of the
   one-standard-error rule is the one with the fewest nonzero functions. Written to
   nested_cv_sparse.json, with the speed of every dense basis and of each ASP support (fitted on
-  the whole training split) against the recipe.
+  the whole training split) against the recipe;
+* ``fast``: the candidates of ``sparse`` that were no slower than the recipe in its speed run for Mo
+  (dense on the recipe's basis, ASP 400 and 700 on it, ASP 600 on the 2140 basis), so that its
+  winner can ship (shipped models are no slower than the recipe): nested_cv_fast.json.
 
 Writes a JSON file (default models/zuo-<El>/nested_cv.json): per outer fold the chosen candidate and
 the outer errors of procedure and recipe, their means and spreads, the paired comparison and the
