@@ -117,6 +117,24 @@ def is_sparse_choice(el: str, raw: dict, nsp: dict | None) -> bool:
             and same(sol, c["solver"] if c["solver"]["name"] != "blr" else {"name": "blr"}))
 
 
+GRID_WORDS = {"sparse": "sparse (ASP) and larger candidates",
+              "fast": "the sparse and larger candidates no slower than the recipe"}
+
+
+def _grid_verdict(x: dict) -> str:
+    """A sentence on a further nested CV (``sparse`` or ``fast`` grid) where the recipe ships."""
+    c, fs = x["comparison"], x.get("final_selection", {})
+    gain = (f"paired gain E {c['E']['mean_gain'] * 1e3:.3f} ± {c['E']['se'] * 1e3:.3f} meV/atom, "
+            f"F {c['F']['mean_gain']:.5f} ± {c['F']['se']:.5f} eV/Å")
+    head = f" The selection over {GRID_WORDS[x['grid']]} (`{x['grid']}` grid, section below)"
+    if not c["procedure_wins"]:
+        return f"{head} did not beat the recipe on both either ({gain})."
+    if fs.get("refused"):
+        return (f"{head} did beat the recipe ({gain}), but its choice on the whole training split is "
+                f"{fs['refused']}, and shipped models are no slower than the recipe, so the recipe stays.")
+    return f"{head} did beat the recipe ({gain}); its model has not been fitted and shipped yet."
+
+
 def sparse_choice_head(el: str, nst: dict, nsp: dict, t: dict) -> list[str]:
     """The card's opening where the sparse grid's procedure is shipped: why, both nested estimates,
     the final 5-fold CV of the choice and its speed against the recipe it replaced."""
@@ -125,7 +143,7 @@ def sparse_choice_head(el: str, nst: dict, nsp: dict, t: dict) -> list[str]:
     res = next(r for r in fs["results"] if same(r["candidate"], ch))
     sp = nsp["ship_speed"]
     return ["## Why this model: nested-CV-validated selection over sparse and larger candidates", "",
-            f"This model is the choice of the selection over the `sparse` grid of `zuo_nested` ({nsp['n_candidates']} "
+            f"This model is the choice of the selection over the `{nsp['grid']}` grid of `zuo_nested` ({nsp['n_candidates']} "
             f"candidates, section below) run on the whole training split: {ch['basis']}, {_solver_name(ch)}, "
             f"{prior_name(ch['prior'])}, w_E {ch['weights']['default']['E']:g}, E0 {ch['E0'][el]:g} eV. Nested "
             "cross-validation estimated the error of that procedure and compared it, fold by fold, with the "
@@ -136,7 +154,7 @@ def sparse_choice_head(el: str, nst: dict, nsp: dict, t: dict) -> list[str]:
             "| nested CV, outer folds | E MAE (meV/atom, mean ± sd) | F MAE (eV/Å, mean ± sd) |", "|---|---|---|",
             *[f"| {name} | {x['mae_mean']['E'] * 1e3:.3f} ± {x['mae_std']['E'] * 1e3:.3f} | "
               f"{x['mae_mean']['F']:.4f} ± {x['mae_std']['F']:.4f} |"
-              for name, x in (("selection procedure, sparse and larger candidates (this model's)", nsp["procedure"]),
+              for name, x in ((f"selection procedure, `{nsp['grid']}` grid (this model's)", nsp["procedure"]),
                               ("selection procedure, small grid", nst["procedure"]),
                               ("upstream recipe", nsp["recipe_estimate"]))],
             f"| target (best published test MAE) | {t['E'] * 1e3:g} | {t['F']:g} |", "",
@@ -174,7 +192,9 @@ def write_card(el: str):
     report = json.loads((d / "report.json").read_text())
     sel = json.loads((d / "selection.json").read_text())
     nst = json.loads((d / "nested_cv.json").read_text()) if (d / "nested_cv.json").exists() else None
-    nsp = json.loads((d / "nested_cv_sparse.json").read_text()) if (d / "nested_cv_sparse.json").exists() else None
+    nsps = [json.loads((d / f"nested_cv_{g}.json").read_text()) for g in ("sparse", "fast")
+            if (d / f"nested_cv_{g}.json").exists()]
+    nsp = nsps[-1] if nsps else None       # the last grid run (fast: the sparse grid's candidates that may ship)
     recipe = is_recipe(el, raw, nst)
     model_file = d / raw["output"]["model"]
     meta = load_model(model_file).metadata.get("fit", {})
@@ -188,7 +208,8 @@ def write_card(el: str):
     folds_line = (f"5-fold cross-validation over the {sum(sel['fold_sizes'])} configurations of the training split "
                   f"(folds of {sel['fold_sizes']} configurations, seed {sel['seed']})")
     L = [f"# zuo-{el}", "", raw.get("description", ""), ""]
-    sparse_choice = is_sparse_choice(el, raw, nsp)
+    sparse_choice = any(is_sparse_choice(el, raw, x) for x in nsps)
+    nsp = next((x for x in nsps if is_sparse_choice(el, raw, x)), nsp)
     if sparse_choice:
         L += sparse_choice_head(el, nst, nsp, t)
     elif recipe:
@@ -203,22 +224,12 @@ def write_card(el: str):
               f"E {c['E']['mean_gain'] * 1e3:.3f} ± {c['E']['se'] * 1e3:.3f} meV/atom, F {c['F']['mean_gain']:.5f} "
               f"± {c['F']['se']:.5f} eV/Å, mean ± standard error; the rule asks for a gain above one standard "
               "error on both), so the recipe is shipped."
-              + ("" if nsp is None else
-                 (" Nor did the selection over sparse (ASP) and larger candidates (second nested CV, section below): "
-                  if not nsp["comparison"]["procedure_wins"] else
-                  " The selection over sparse (ASP) and larger candidates (second nested CV, section below) did beat "
-                  "the recipe, but "
-                  + (f"its choice on the whole training split is {nsp['final_selection']['refused']}, and shipped "
-                     "models are no slower than the recipe, so the recipe stays: "
-                     if nsp.get("final_selection", {}).get("refused") else
-                     "its model has not been fitted and shipped yet: "))
-                 + f"paired gain E {nsp['comparison']['E']['mean_gain'] * 1e3:.3f} ± {nsp['comparison']['E']['se'] * 1e3:.3f} "
-                 f"meV/atom, F {nsp['comparison']['F']['mean_gain']:.5f} ± {nsp['comparison']['F']['se']:.5f} eV/Å."), "",
+              + "".join(_grid_verdict(x) for x in nsps), "",
               "| nested CV, outer folds | E MAE (meV/atom, mean ± sd) | F MAE (eV/Å, mean ± sd) |", "|---|---|---|",
               *[f"| {name} | {s['mae_mean']['E'] * 1e3:.3f} ± {s['mae_std']['E'] * 1e3:.3f} | "
                 f"{s['mae_mean']['F']:.4f} ± {s['mae_std']['F']:.4f} |"
                 for name, s in (("selection procedure", nst["procedure"]),)
-                + ((("selection procedure, sparse and larger candidates", nsp["procedure"]),) if nsp else ())
+                + tuple((f"selection procedure, `{x['grid']}` grid", x["procedure"]) for x in nsps)
                 + (("upstream recipe (this model)", nst["recipe_estimate"]),)],
               f"| target (best published test MAE) | {t['E'] * 1e3:g} | {t['F']:g} |", "",
               "## Cross-validated error against the targets", "",
@@ -268,8 +279,8 @@ def write_card(el: str):
     if nst is not None:
         L += nested_section(el, nst, recipe, note=" This card's model is the choice of the selection over sparse and "
                             "larger candidates (next section)." if sparse_choice else None)
-    if nsp is not None:
-        L += sparse_nested_section(el, nsp)
+    for x in nsps:
+        L += sparse_nested_section(el, x)
     L += selection_section(el, d, sel, res, chosen, best, (cm, cse), (bm, bse), tm, t, recipe or sparse_choice,
                            "model" if sparse_choice else "recipe")
     L += ["", "## Reproduce", "", "From the repository root, with the data placed under DIR (or $ACESERVER_DATA):",
@@ -574,15 +585,18 @@ def sparse_nested_section(el: str, nsp: dict) -> list[str]:
         speed_of[key] = m
     cands = nsp["candidates"]
     inner = [[f["inner"][i] for f in nsp["outer"]] for i in range(len(cands))]
-    L = ["", "## Nested cross-validation with sparse and larger candidates", "",
+    what = ("dense BLR on the recipe's basis and on two larger order-4 bases, with the recipe's settings and with "
+            "the small grid's most chosen ones; and ASP (the lasso path on the fold's prior-scaled factors to at most "
+            "n functions, ACEfit's active-set pursuit) with its support refitted by BLR, on the recipe's basis and on "
+            "the largest one" if nsp["grid"] == "sparse" else
+            "the candidates of the `sparse` grid that were no slower than the recipe in its speed run (so that the "
+            "winner may ship): dense BLR on the recipe's basis, ASP + BLR on it and on the 2140-function basis")
+    L = ["", f"## Nested cross-validation with {GRID_WORDS[nsp['grid']]}", "",
          f"The same {nsp['outer_folds']} outer folds; in each, the selection runs over the {nsp['n_candidates']} "
-         "candidates of `zuo_nested`'s `sparse` grid (4-fold CV on the other folds, the same rule; the simplest "
-         "candidate is the one with the fewest nonzero functions): dense BLR on the recipe's basis and on two "
-         "larger order-4 bases, with the recipe's settings and with the small grid's most chosen ones; and ASP "
-         "(the lasso path on the fold's prior-scaled factors to at most n functions, ACEfit's active-set pursuit) "
-         "with its support refitted by BLR, on the recipe's basis and on the largest one.", "",
+         f"candidates of `zuo_nested`'s `{nsp['grid']}` grid (4-fold CV on the other folds, the same rule; the "
+         f"simplest candidate is the one with the fewest nonzero functions): {what}.", "",
          "| | outer E MAE (meV/atom) | outer F MAE (eV/Å) |", "|---|---|---|",
-         row("selection procedure (sparse grid)", p), row("upstream recipe", r), "",
+         row(f"selection procedure (`{nsp['grid']}` grid)", p), row("upstream recipe", r), "",
          f"Paired gain of the procedure over the recipe: E {c['E']['mean_gain'] * 1e3:.3f} ± {c['E']['se'] * 1e3:.3f} "
          f"meV/atom, F {c['F']['mean_gain']:.5f} ± {c['F']['se']:.5f} eV/Å (mean ± standard error). Verdict by the "
          f"rule: ship the {'selected model' if c['procedure_wins'] else 'recipe'}.",

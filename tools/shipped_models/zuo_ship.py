@@ -43,21 +43,20 @@ def final_selection(el: str, data_dir: Path, nsp: dict) -> dict:
     nested_cv_sparse.json on the same folds, the same rule; returns {"chosen", "results", "timings_s"}."""
     _, train, folds, always = training_split(el, data_dir)
     timings: dict = {}
-    a = Assembled(el, train, GRIDS["sparse"]["chain"], RECIPE_FACTOR, folds, always, 1, timings, "final")
+    a = Assembled(el, train, GRIDS[nsp["grid"]]["chain"], RECIPE_FACTOR, folds, always, 1, timings, "final")
     t0 = time.perf_counter()
     results = selection.cross_validate(a.factors, list(range(K)), [K], nsp["candidates"], a.labels, a.sizes, log=log)
     timings["cv_s"] = time.perf_counter() - t0
     return {"chosen": chooser(TARGETS[el])(results)["candidate"], "results": results, "timings_s": timings}
 
 
-def ship_sparse(el: str, data_dir: Path, threads: int | None = None) -> dict | None:
+def ship_sparse(el: str, data_dir: Path, f_nsp: Path, threads: int | None = None) -> dict | None:
     """Where nested_cv_sparse.json's verdict is "selected": run its procedure on the whole training
     split (:func:`final_selection`), fit the winner with a 10-member committee (an ASP winner: its
     support refitted by BLR) through `aceserver fit`'s code path, and time the new model against
     the recipe model it replaces, alternately in one run. A winner slower than the recipe (the
     grid's speed run) is not shipped."""
     d = MODELS / f"zuo-{el}"
-    f_nsp = d / "nested_cv_sparse.json"
     nsp = json.loads(f_nsp.read_text())
     t0 = time.perf_counter()
     nsp["final_selection"] = final_selection(el, data_dir, nsp)
@@ -78,8 +77,8 @@ def ship_sparse(el: str, data_dir: Path, threads: int | None = None) -> dict | N
     write_fit_yaml(el, parse_basis(chosen["basis"]), rcut_of(el, chosen["rcut_bond_lengths"]), chosen, solver=solver,
                    why=["chosen by the selection over sparse (ASP) and larger candidates, shipped because nested",
                         "cross-validation found that procedure better than the upstream recipe on both E and F",
-                        f"(`python -m tools.shipped_models.zuo_nested --data-dir DIR {el} --grid sparse`; verdict and",
-                        "the final selection in nested_cv_sparse.json; "
+                        f"(`python -m tools.shipped_models.zuo_nested --data-dir DIR {el} --grid {nsp['grid']}`; verdict",
+                        f"and the final selection in {f_nsp.name}; "
                         f"`python -m tools.shipped_models.zuo_ship --data-dir DIR {el}` writes this file and the model)."],
                    chosen_by="chosen by nested-CV-validated selection over sparse and larger candidates")
     report = _fit(el, d, data_dir, threads)
@@ -110,9 +109,10 @@ def _fit(el: str, d: Path, data_dir: Path, threads) -> dict:
 
 def ship(el: str, data_dir: Path, threads: int | None = None) -> dict | None:
     d = MODELS / f"zuo-{el}"
-    f_nsp = d / "nested_cv_sparse.json"
-    if f_nsp.is_file() and json.loads(f_nsp.read_text()).get("ship") == "selected":
-        return ship_sparse(el, data_dir, threads)
+    for f_nsp in (d / "nested_cv_fast.json", d / "nested_cv_sparse.json"):   # the fast grid's verdict first
+        nsp = json.loads(f_nsp.read_text()) if f_nsp.is_file() else {}
+        if nsp.get("ship") == "selected" and not nsp.get("final_selection", {}).get("refused"):
+            return ship_sparse(el, data_dir, f_nsp, threads)
     nst = json.loads((d / "nested_cv.json").read_text())
     if nst["ship"] != "recipe":
         log(f"zuo-{el}: nested CV verdict {nst['ship']!r}; the zuo_select model stays")
