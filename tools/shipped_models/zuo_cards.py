@@ -589,8 +589,9 @@ def sparse_nested_section(el: str, nsp: dict) -> list[str]:
             "the small grid's most chosen ones; and ASP (the lasso path on the fold's prior-scaled factors to at most "
             "n functions, ACEfit's active-set pursuit) with its support refitted by BLR, on the recipe's basis and on "
             "the largest one" if nsp["grid"] == "sparse" else
-            "the candidates of the `sparse` grid that were no slower than the recipe in its speed run (so that the "
-            "winner may ship): dense BLR on the recipe's basis, ASP + BLR on it and on the 2140-function basis")
+            "the candidates of the `sparse` grid that were no slower than the recipe in its speed run for Mo (so "
+            "that the winner may ship; this element's own times are in the table below): dense BLR on the recipe's "
+            "basis, ASP + BLR on it and on the 2140-function basis")
     L = ["", f"## Nested cross-validation with {GRID_WORDS[nsp['grid']]}", "",
          f"The same {nsp['outer_folds']} outer folds; in each, the selection runs over the {nsp['n_candidates']} "
          f"candidates of `zuo_nested`'s `{nsp['grid']}` grid (4-fold CV on the other folds, the same rule; the "
