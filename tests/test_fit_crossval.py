@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 import aceserver
-from aceserver.fitting import assembly, data, priors, selection
+from aceserver.fitting import assembly, data, priors, selection, solvers
 from aceserver.fitting import error_tables as errors
 from aceserver.fitting import fit_model as driver
-from lsq_bounds import hyper_rel, prediction_bound, scaled_system, solver_bounds
+from lsq_bounds import hyper_rel, perturbation_estimate, prediction_bound, scaled_system, solver_bounds
 
 DATA = Path(__file__).parent / "data"
 SI_KEYS = data.Keys(energy="dft_energy", force="dft_force", virial="dft_virial")
@@ -160,7 +160,23 @@ def test_cv_on_one_assembly_equals_refitting_each_fold(case, si, tial):
     assert m == pytest.approx(np.mean(smax)) and se == pytest.approx(np.std(smax, ddof=1) / np.sqrt(3))
 
 
-def test_cv_asp_candidate_is_the_lasso_of_the_held_in_rows(si):
+SPARSE_WEIGHTS = {"default": {"E": 30, "F": 1, "V": 1}, "liq": {"E": 10, "F": 0.66, "V": 0.25}}
+
+
+@pytest.fixture(scope="module")
+def si_folds(si):
+    """Si_tiny on an order-2 basis, assembled once, with 3 folds (+ the isolated atom, always
+    trained on) as BlockFactors: (model, system, folds, factors, E0)."""
+    model = aceserver.ace1_model(elements=["Si"], order=2, totaldegree=[8, 6], rcut=5.0)
+    E0 = {"Si": -158.54496821}
+    model.E0 = E0
+    system = assembly.assemble(model, si, None, threads=1)
+    folds = selection.kfold(si, 3, seed=1)
+    always = [np.array([i for i, c in enumerate(si) if c.natoms == 1], dtype=np.int64)]
+    return model, system, folds, selection.BlockFactors(system, si, folds + always, ["Si"], E0), E0
+
+
+def test_cv_asp_candidate_is_the_lasso_of_the_held_in_rows(si, si_folds):
     """An ASP candidate in cross-validation (BlockFactors.solve takes the QR of the fold's stacked
     factors) is the lasso of the fold's held-in rows: scikit-learn's lars_path on the dense weighted,
     prior-scaled rows diag(w)·A·diag(1/γ), stopped at the λ of our final knot (sklearn's α = λ/rows),
@@ -168,15 +184,9 @@ def test_cv_asp_candidate_is_the_lasso_of_the_held_in_rows(si):
     in test_fit_sparse: two backward-stable solves of each knot's normal equations differ by about
     κ(X_S)²·m·ε·‖c̃‖, carried from knot to knot (times the knots, times 10 for the constants)."""
     lm = pytest.importorskip("sklearn.linear_model")
-    model = aceserver.ace1_model(elements=["Si"], order=2, totaldegree=[8, 6], rcut=5.0)
-    E0 = {"Si": -158.54496821}
-    model.E0 = E0
-    system = assembly.assemble(model, si, None, threads=1)
-    folds = selection.kfold(si, 3, seed=1)
-    always = [np.array([i for i, c in enumerate(si) if c.natoms == 1], dtype=np.int64)]
-    f = selection.BlockFactors(system, si, folds + always, ["Si"], E0)
+    model, system, folds, f, E0 = si_folds
     m = model.length_basis
-    weights = {"default": {"E": 30, "F": 1, "V": 1}, "liq": {"E": 10, "F": 0.66, "V": 0.25}}
+    weights = SPARSE_WEIGHTS
     cand = {"basis": "b", "prior": {"name": "algebraic", "p": 4}, "weights": weights, "E0": E0,
             "solver": {"name": "asp", "select": "final", "max_active": 12}}
     res = selection.cross_validate(f, [0, 1, 2], [3], [cand], model.basis_labels, {"b": m}, log=None)[0]
@@ -201,3 +211,77 @@ def test_cv_asp_candidate_is_the_lasso_of_the_held_in_rows(si):
         bound = prediction_bound(system.A[held], gamma, ref, tol * np.sqrt(m) / max(np.linalg.norm(ref), 1e-300))
         for key in ("E", "F", "V"):
             assert res["folds"][k]["mae"][key] == pytest.approx(want["mae"][key], rel=0, abs=bound), (k, key)
+
+
+def test_cv_ard_candidate_is_ard_of_the_held_in_rows(si, si_folds):
+    """An ARD candidate in cross-validation (BlockFactors.solve: one QR of the fold's stacked,
+    weighted, prior-scaled block factors, then ARD on (R, Qᵀỹ, ρ, N)) is ARD of the fold's held-in
+    rows: the same solver on the dense diag(w)·A·diag(1/γ), w∘y of exactly those rows (which
+    solvers.solve reduces by a Householder QR of its own) gives the same pruned support and
+    coefficients, and the CV errors are that reference's held-out errors. (The ARD iteration itself is
+    checked against scikit-learn's ARDRegression in test_fit_sparse; sklearn cannot be the reference
+    here: it starts from α = 1/var(ỹ), not N/‖ỹ‖², and ỹ, of energies near −10 eV/atom, is far from
+    centred, so it stops elsewhere within its 300 iterations.)
+
+    Tolerance: the two inputs differ by the backward errors of the QR reductions, of order
+    √m·ε·‖X‖; how far that moves ARD's iterates (a non-linear map, up to 300 iterations) has no
+    closed form, so it is measured with random perturbations of that size
+    (lsq_bounds.perturbation_estimate), times 20 (two solutions; random directions underestimate the
+    worst case). Without the prior scaling (ARD on diag(w)·A) or on another fold's rows the
+    coefficients move by far more than that, which the test checks too."""
+    model, system, folds, f, E0 = si_folds
+    m = model.length_basis
+    cand = {"basis": "b", "prior": {"name": "algebraic", "p": 4}, "weights": SPARSE_WEIGHTS, "E0": E0,
+            "solver": {"name": "ard"}}
+    res = selection.cross_validate(f, [0, 1, 2], [3], [cand], model.basis_labels, {"b": m}, log=None)[0]
+    gamma = priors.make_prior(model.basis_labels, cand["prior"])
+    ard = lambda X, y: solvers.solve({"name": "ard"}, X, y)
+    for k in range(3):
+        held = np.isin(system.config, folds[k])
+        X, y = scaled_system(system, si, SPARSE_WEIGHTS, gamma, rows=~held)
+        comb = f.combine([b for b in range(3) if b != k] + [3])
+        theta, comm, info = f.solve(comb, m, gamma, data.normalise_weights(SPARSE_WEIGHTS), [E0], cand["solver"])[0]
+        ref = ard(X, y)
+        assert comm is None and info["solver"] == "ard" and info["n_active"] == ref.info["n_active"]
+        np.testing.assert_array_equal(theta != 0, ref.coef != 0)
+        tol = 20 * perturbation_estimate(X, lambda A: float(np.linalg.norm(ard(A, y).coef - ref.coef)))
+        tol = max(tol, 4 * m * np.finfo(float).eps * np.linalg.norm(ref.coef))    # never below rounding
+        assert np.linalg.norm(theta * gamma - ref.coef) <= tol, k
+        want = f.block_errors([k], ref.coef / gamma, E0)
+        bound = prediction_bound(system.A[held], gamma, ref.coef, tol / np.linalg.norm(ref.coef))
+        for key in ("E", "F", "V"):
+            assert res["folds"][k]["mae"][key] == pytest.approx(want["mae"][key], rel=0, abs=bound), (k, key)
+        # the comparison has teeth: ARD without the prior scaling, or on the held-out fold's rows
+        unscaled = ard(X * gamma[None, :], y).coef * gamma              # in c̃ = γ·c coordinates
+        assert np.linalg.norm(unscaled - ref.coef) > 1e3 * tol
+        Xo, yo = scaled_system(system, si, SPARSE_WEIGHTS, gamma, rows=held)
+        assert np.linalg.norm(ard(Xo, yo).coef - ref.coef) > 1e3 * tol
+
+
+def test_cv_asp_blr_refit_is_blr_on_the_lasso_support(si, si_folds):
+    """ASP with ``refit: blr`` in cross-validation keeps the final knot's support (that of the plain
+    ASP candidate) and there has the coefficients of BLR on the fold's dense held-in rows restricted
+    to those columns (solvers.solve blr on X[:, S]: its own QR, SVD and evidence maximisation), zero
+    elsewhere. Tolerance: lsq_bounds for the ridge problem with the fit's λ² = σ_e²/σ₀² (two
+    backward-stable solves, solver_bounds) plus the relative difference of the two evidence optima
+    (hyper_rel). The refit differs from the lasso's shrunk coefficients by far more than that."""
+    model, system, folds, f, E0 = si_folds
+    m = model.length_basis
+    prior = {"name": "algebraic", "p": 4}
+    asp = {"name": "asp", "select": "final", "max_active": 12}
+    gamma = priors.make_prior(model.basis_labels, prior)
+    w = data.normalise_weights(SPARSE_WEIGHTS)
+    for k in range(3):
+        held = np.isin(system.config, folds[k])
+        X, y = scaled_system(system, si, SPARSE_WEIGHTS, gamma, rows=~held)
+        comb = f.combine([b for b in range(3) if b != k] + [3])
+        lasso = f.solve(comb, m, gamma, w, [E0], asp)[0][0]
+        theta, _, info = f.solve(comb, m, gamma, w, [E0], dict(asp, refit="blr"))[0]
+        S = np.flatnonzero(lasso)
+        np.testing.assert_array_equal(np.flatnonzero(theta), S)
+        ref = solvers.solve("blr", X[:, S], y)
+        assert info["refit"] == "blr" and info["n_active"] == len(S) == 12
+        b = solver_bounds(X[:, S], y, ref.coef, ref.info)
+        tol = (b.x_rel + hyper_rel(ref.info, info["refit_info"])) * np.linalg.norm(ref.coef)
+        assert np.linalg.norm(theta[S] * gamma[S] - ref.coef) <= tol, k
+        assert np.linalg.norm((theta[S] - lasso[S]) * gamma[S]) > 100 * tol

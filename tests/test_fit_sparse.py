@@ -25,6 +25,7 @@ sklearn_lm = pytest.importorskip("sklearn.linear_model")
 import aceserver                                           # noqa: E402
 from aceserver.fitting import assembly, data, priors, solvers, sparse, streaming   # noqa: E402
 from aceserver.fitting import fit_model as driver          # noqa: E402
+from lsq_bounds import hyper_rel, solver_bounds             # noqa: E402
 
 EPS = np.finfo(float).eps
 
@@ -153,10 +154,39 @@ def test_asp_max_active():
     assert sol.info["n_active"] == 7 and sol.info["max_active"] == 7
 
 
+def test_asp_blr_refit_and_committee_on_the_support():
+    """ASP with ``refit: blr`` and a committee, on a dense system and on its reduced form (R, Qᵀy, ρ,
+    N): on the lasso's final support, the mean and the committee are those of BLR on A[:, S] with the
+    same seed (solvers.solve blr: its own QR, SVD and evidence); zero elsewhere. Members are
+    μ + M ξ with M = V diag(√covar) Vᵀ a smooth spectral function of A_SᵀA_S (so no SVD sign or
+    rotation ambiguity), perturbed to first order as the ridge solution μ is: tolerance from
+    lsq_bounds.solver_bounds plus the evidence optima's relative difference (hyper_rel), times each
+    member's norm."""
+    A, y = _problem(3, 120, 25)
+    spec = {"name": "asp", "select": "final", "max_active": 8, "refit": "blr", "committee_size": 5}
+    R, qty, rho = _reduce(A, y)
+    for sol in (solvers.solve(spec, A, y, seed=3), solvers.solve(spec, R, qty, reduced=(rho, len(y)), seed=3)):
+        S = np.flatnonzero(sol.coef)
+        lasso = solvers.solve({"name": "asp", "select": "final", "max_active": 8}, A, y)
+        np.testing.assert_array_equal(S, np.flatnonzero(lasso.coef))
+        ref = solvers.solve({"name": "blr", "committee_size": 5}, A[:, S], y, seed=3)
+        b = solver_bounds(A[:, S], y, ref.coef, ref.info)
+        rel = b.x_rel + hyper_rel(ref.info, sol.info["refit_info"])
+        assert np.linalg.norm(sol.coef[S] - ref.coef) <= rel * np.linalg.norm(ref.coef)
+        assert sol.committee.shape == (5, A.shape[1]) and not sol.committee[:, np.setdiff1d(np.arange(25), S)].any()
+        for k in range(5):
+            assert np.linalg.norm(sol.committee[k, S] - ref.committee[k]) <= rel * np.linalg.norm(ref.committee[k])
+        assert np.linalg.norm(sol.coef - lasso.coef) > 100 * rel * np.linalg.norm(ref.coef)   # the shrinkage is gone
+    with pytest.raises(ValueError, match="needs refit: blr"):
+        solvers.solve({"name": "asp", "committee_size": 5}, A, y)
+
+
 def test_sparse_spec_errors():
     A, y = _problem(0, 40, 10)
     with pytest.raises(ValueError, match="unknown parameter"):
         solvers.solve({"name": "asp", "lamda": 1}, A, y)
+    with pytest.raises(ValueError, match="refit must be 'blr'"):
+        solvers.solve({"name": "asp", "refit": "tsvd"}, A, y)
     with pytest.raises(ValueError, match="select"):
         solvers.solve({"name": "asp", "select": {"byerror": 0.5}}, A, y)
     with pytest.raises(ValueError, match="unknown parameter"):
@@ -307,6 +337,7 @@ from test_fit_cli import _args, toy_env   # noqa: E402,F401  (the fixture and th
 
 
 @pytest.mark.parametrize("solver", [{"name": "asp", "select": {"byerror": 1.0}, "max_active": 3},
+                                    {"name": "asp", "select": {"byerror": 1.0}, "max_active": 3, "refit": "blr"},
                                     {"name": "ard", "threshold_lambda": 1e6}])
 def test_aceserver_fit_with_sparse_solver(toy_env, capsys, solver):
     """fit.yaml's ``solver: {name: asp | ard, ...}`` runs end to end; ASP chooses on the validation
@@ -330,3 +361,5 @@ def test_aceserver_fit_with_sparse_solver(toy_env, capsys, solver):
     assert np.count_nonzero(model.parameters) == info["n_active"] <= 4
     if solver["name"] == "asp":
         assert info["chosen_on"] == "validation" and info["n_active"] <= 3
+    if solver.get("refit"):
+        assert info["refit"] == "blr" and info["refit_info"]["solver"] == "blr"

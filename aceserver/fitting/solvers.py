@@ -342,7 +342,7 @@ def solve(spec: dict | str | None, A, y, A_val=None, y_val=None, seed: int = 0,
             _no_extra(name, spec)
             return solve_rrqr(A, y, rtol=rtol, overwrite_a=overwrite_a)
         if name in ("asp", "ard"):
-            return _solve_sparse(name, spec, A, y, A_val, y_val, reduced, val_offset, overwrite_a)
+            return _solve_sparse(name, spec, A, y, A_val, y_val, reduced, val_offset, overwrite_a, seed)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"solver {name!r}: {exc}") from None
     raise ValueError(f"unknown solver {name!r}; choose one of {SOLVERS}")
@@ -356,9 +356,10 @@ def _triangular(A, y, reduced, overwrite_a):
     return R, qty[:, 0], float(S[0, 0]), int(np.shape(A)[0])
 
 
-def _solve_sparse(name, spec, A, y, A_val, y_val, reduced, val_offset, overwrite_a) -> Solution:
+def _solve_sparse(name, spec, A, y, A_val, y_val, reduced, val_offset, overwrite_a, seed=0) -> Solution:
     """ASP or ARD (:mod:`.sparse`) from the spec's parameters (ACEfit's names accepted: actMax,
-    itnMax)."""
+    itnMax); ASP's ``refit: blr`` refits the chosen support by BLR (:func:`blr_on_support`), with
+    a committee of ``committee_size`` posterior draws on that support."""
     if name == "asp":
         select = spec.pop("select", {"byerror": 1.0})
         max_active = spec.pop("max_active", spec.pop("actMax", None))
@@ -367,8 +368,16 @@ def _solve_sparse(name, spec, A, y, A_val, y_val, reduced, val_offset, overwrite
                   max_steps=None if max_steps is None else int(max_steps),
                   min_lambda=float(spec.pop("min_lambda", 0.0)), nstore=int(spec.pop("nstore", 100)))
         tsvd, rtol = bool(spec.pop("tsvd", False)), float(spec.pop("rtol", 1e-9))
+        post = spec.pop("refit", None)
+        if post not in (None, "blr"):
+            raise ValueError(f"refit must be 'blr' (BLR on the chosen support) or absent, not {post!r}")
+        floors = dict(var0_floor=float(spec.pop("sig_0_floor", 1e-4)) ** 2,
+                      vare_floor=float(spec.pop("sig_e_floor", 1e-4)) ** 2)
+        K = int(spec.pop("committee_size", 0))
+        if K and post != "blr":
+            raise ValueError("a committee (committee_size) needs refit: blr")
         _no_extra(name, spec)
-        R, qty, resid, _ = _triangular(A, y, reduced, overwrite_a)
+        R, qty, resid, n = _triangular(A, y, reduced, overwrite_a)
         val = None
         if A_val is not None and y_val is not None and len(y_val):
             val = (np.asarray(A_val, dtype=float), np.asarray(y_val, dtype=float), float(val_offset))
@@ -378,6 +387,10 @@ def _solve_sparse(name, spec, A, y, A_val, y_val, reduced, val_offset, overwrite
         refit = None if not tsvd else (lambda Ra, q, Rv, qv, off: solve_tsvd(Ra, q, Rv, qv, rtol=rtol,
                                                                            val_offset=off).coef)
         coef, info = sparse.solve_asp(R, qty, resid, validation=val, refit=refit, **kw)
+        if post == "blr":
+            sol = blr_on_support(R, qty, resid, n, np.flatnonzero(coef), committee_size=K, seed=seed, **floors)
+            return Solution(coef=sol.coef, committee=sol.committee,
+                            info=dict(info, refit="blr", refit_info=sol.info, committee_size=K))
         return Solution(coef=coef, info=info)
     kw = {k: float(spec.pop(k)) for k in ("tol", "alpha_1", "alpha_2", "lambda_1", "lambda_2", "threshold_lambda")
           if k in spec}
@@ -387,6 +400,30 @@ def _solve_sparse(name, spec, A, y, A_val, y_val, reduced, val_offset, overwrite
     R, qty, resid, n = _triangular(A, y, reduced, overwrite_a)
     coef, info = sparse.solve_ard(R, qty, resid, n, **kw)
     return Solution(coef=coef, info=info)
+
+
+def blr_on_support(R, qty, resid: float, n_obs: int, support: np.ndarray, var0_floor: float = 1e-8,
+                   vare_floor: float = 1e-8, committee_size: int = 0, seed: int = 0) -> Solution:
+    """BLR on the columns ``support`` of a reduced system (R, Qᵀỹ, least-squares residual ``resid``
+    of all columns, ``n_obs`` rows), coefficients zero elsewhere: ASP's ``refit: blr`` (a relaxed
+    lasso: the path chooses the support, evidence maximisation removes the lasso's shrinkage). The
+    support's own least-squares residual is ``resid`` plus that of Qᵀỹ against R[:, support]
+    (summed from squares by :func:`svd_factors`, not by subtraction)."""
+    support = np.asarray(support, dtype=np.int64)
+    if not len(support):
+        raise ValueError("BLR on an empty support")
+    f = svd_factors(R[:, support], qty)
+    f.resid = float(resid) + (f.residual if f.resid is not None else max(float(qty @ qty - f.b @ f.b), 0.0))
+    f.yy, f.n_obs = float(resid) + float(qty @ qty), int(n_obs)
+    sol = solve_blr(None, None, factors=f, var0_floor=var0_floor, vare_floor=vare_floor,
+                    committee_size=committee_size, seed=seed)
+    coef = np.zeros(R.shape[1])
+    coef[support] = sol.coef
+    committee = None
+    if sol.committee is not None:
+        committee = np.zeros((len(sol.committee), R.shape[1]))
+        committee[:, support] = sol.committee
+    return Solution(coef=coef, committee=committee, info=sol.info)
 
 
 def _reduced_factors(R, qty, reduced, overwrite_a) -> SVDFactors | None:

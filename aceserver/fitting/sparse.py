@@ -248,7 +248,7 @@ def solve_asp(R, qty, resid: float = 0.0, validation=None, select="final", max_a
 
     Two passes over the path, so that memory stays O(m·max_active): the first measures every knot's
     error (or, with ``refit``, only the path's length), the second keeps the chosen knot (or the
-    ``nstore`` knots to refit)."""
+    ``nstore`` knots to refit). ``select="final"`` without validation needs one pass."""
     kind, _ = _parse_select(select)
     R = np.asarray(R, dtype=float)
     qty = np.asarray(qty, dtype=float)
@@ -259,7 +259,15 @@ def solve_asp(R, qty, resid: float = 0.0, validation=None, select="final", max_a
         eR, eq, eo, on = R, qty, float(resid), "training"
     has_err = validation is not None or kind != "final"
     kw = dict(max_active=max_active, min_lambda=min_lambda, max_steps=max_steps)
-    if refit is None:
+    if refit is None and not has_err:             # the final knot: one pass, keeping the latest knot
+        last: dict = {}
+        first = lasso_homotopy(R, qty, store=set(), on_knot=lambda i, lam, idx, val: last.update(idx=idx, val=val),
+                               **kw)
+        sq, i = np.zeros(len(first)), len(first) - 1
+        coef, lam, n_knots, sizes = np.zeros(m), float(first.lambdas[i]), len(first), first.sizes
+        coef[last["idx"]] = last["val"]
+        lambdas, shown = first.lambdas, np.arange(len(first))
+    elif refit is None:
         errs: list = []
         first = lasso_homotopy(R, qty, store=set(), on_knot=(lambda i, lam, idx, val: errs.append(
             _sq_error(eR, eq, eo, idx, val))) if has_err else None, **kw)

@@ -1,9 +1,13 @@
 """What the tools of this package share: where the shipped models live, the error table of a card,
-equality of candidate specs, and the card's line on the active set."""
+equality of candidate specs, the card's line on the active set, and timing models alternately."""
 from __future__ import annotations
 
 import json
 from pathlib import Path
+
+import numpy as np
+
+from aceserver.benchmarking import build_structure, time_calls
 
 from aceserver.io import activeset_file
 from aceserver.io.activeset_file import sidecar_path
@@ -47,3 +51,21 @@ def active_set_line(model_file: Path) -> str | None:
             "`python -m tools.shipped_models.active_sets "
             + ("--data-dir DIR " if model_file.parent.name.startswith("zuo-") else "")
             + f"{model_file.parent.name}`")
+
+
+def time_alternating(el: str, models: list, rounds: int = 5, calls: int = 10) -> tuple[str, list[float]]:
+    """(structure, median µs/atom of each model): energy + forces + virial on one cell (diamond64
+    for Si and Ge, else fcc108), one numba thread, the models timed alternately (forward, then
+    reversed order, round by round) so that a change of machine load hits all of them alike."""
+    import numba
+    numba.set_num_threads(1)
+    name = "diamond64" if el in ("Si", "Ge") else "fcc108"
+    at = build_structure(name, [el])
+    times = [[] for _ in models]
+    idx = list(range(len(models)))
+    for r in range(rounds):
+        for i in (idx if r % 2 == 0 else idx[::-1]):
+            m = models[i]
+            times[i].append(time_calls(lambda: m.evaluate(at.numbers, at.positions, at.cell[:], at.pbc), calls)
+                            / len(at) * 1e6)
+    return name, [float(np.median(t)) for t in times]

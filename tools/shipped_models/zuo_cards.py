@@ -100,7 +100,73 @@ def is_recipe(el: str, raw: dict, nst: dict | None) -> bool:
     o, td = parse_basis(rec["basis"])
     m = raw["model"]
     return (m["order"] == o and list(m["totaldegree"]) == td and abs(m["rcut"] - rcut_of(el, rec["rcut_bond_lengths"])) < 1e-9
-            and same(raw["prior"], rec["prior"]) and same(raw["weights"], rec["weights"]) and same(raw["E0"], rec["E0"]))
+            and same(raw["prior"], rec["prior"]) and same(raw["weights"], rec["weights"]) and same(raw["E0"], rec["E0"])
+            and raw["solver"]["name"] == "blr")
+
+
+def is_sparse_choice(el: str, raw: dict, nsp: dict | None) -> bool:
+    """Whether fit.yaml holds the final choice of the sparse grid's procedure (nested_cv_sparse.json)."""
+    if nsp is None or "final_selection" not in nsp:
+        return False
+    c = nsp["final_selection"]["chosen"]
+    o, td = parse_basis(c["basis"])
+    m = raw["model"]
+    sol = {k: v for k, v in raw["solver"].items() if k != "committee_size"}
+    return (m["order"] == o and list(m["totaldegree"]) == td and same(raw["prior"], c["prior"])
+            and same(raw["weights"], c["weights"]) and same(raw["E0"], c["E0"])
+            and same(sol, c["solver"] if c["solver"]["name"] != "blr" else {"name": "blr"}))
+
+
+GRID_WORDS = {"sparse": "sparse (ASP) and larger candidates",
+              "fast": "the sparse and larger candidates no slower than the recipe"}
+
+
+def _grid_verdict(x: dict) -> str:
+    """A sentence on a further nested CV (``sparse`` or ``fast`` grid) where the recipe ships."""
+    c, fs = x["comparison"], x.get("final_selection", {})
+    gain = (f"paired gain E {c['E']['mean_gain'] * 1e3:.3f} ± {c['E']['se'] * 1e3:.3f} meV/atom, "
+            f"F {c['F']['mean_gain']:.5f} ± {c['F']['se']:.5f} eV/Å")
+    head = f" The selection over {GRID_WORDS[x['grid']]} (`{x['grid']}` grid, section below)"
+    if not c["procedure_wins"]:
+        return f"{head} did not beat the recipe on both either ({gain})."
+    if fs.get("refused"):
+        return (f"{head} did beat the recipe ({gain}), but its choice on the whole training split is "
+                f"{fs['refused']}, and shipped models are no slower than the recipe, so the recipe stays.")
+    return f"{head} did beat the recipe ({gain}); its model has not been fitted and shipped yet."
+
+
+def sparse_choice_head(el: str, nst: dict, nsp: dict, t: dict) -> list[str]:
+    """The card's opening where the sparse grid's procedure is shipped: why, both nested estimates,
+    the final 5-fold CV of the choice and its speed against the recipe it replaced."""
+    c, fs = nsp["comparison"], nsp["final_selection"]
+    ch = fs["chosen"]
+    res = next(r for r in fs["results"] if same(r["candidate"], ch))
+    sp = nsp["ship_speed"]
+    return ["## Why this model: nested-CV-validated selection over sparse and larger candidates", "",
+            f"This model is the choice of the selection over the `{nsp['grid']}` grid of `zuo_nested` ({nsp['n_candidates']} "
+            f"candidates, section below) run on the whole training split: {ch['basis']}, {_solver_name(ch)}, "
+            f"{prior_name(ch['prior'])}, w_E {ch['weights']['default']['E']:g}, E0 {ch['E0'][el]:g} eV. Nested "
+            "cross-validation estimated the error of that procedure and compared it, fold by fold, with the "
+            "upstream recipe on the same outer folds: it beat the recipe by more than the folds' noise on both "
+            f"energy and forces (paired gain E {c['E']['mean_gain'] * 1e3:.3f} ± {c['E']['se'] * 1e3:.3f} meV/atom, "
+            f"F {c['F']['mean_gain']:.5f} ± {c['F']['se']:.5f} eV/Å, mean ± standard error; the rule asks for a "
+            "gain above one standard error on both), so it is shipped.", "",
+            "| nested CV, outer folds | E MAE (meV/atom, mean ± sd) | F MAE (eV/Å, mean ± sd) |", "|---|---|---|",
+            *[f"| {name} | {x['mae_mean']['E'] * 1e3:.3f} ± {x['mae_std']['E'] * 1e3:.3f} | "
+              f"{x['mae_mean']['F']:.4f} ± {x['mae_std']['F']:.4f} |"
+              for name, x in ((f"selection procedure, `{nsp['grid']}` grid (this model's)", nsp["procedure"]),
+                              ("selection procedure, small grid", nst["procedure"]),
+                              ("upstream recipe", nsp["recipe_estimate"]))],
+            f"| target (best published test MAE) | {t['E'] * 1e3:g} | {t['F']:g} |", "",
+            f"Speed: {sp['us_per_atom']['shipped']:.1f} µs/atom against {sp['us_per_atom']['recipe']:.1f} for the "
+            f"recipe model it replaced ({sp['ratio_to_recipe']:.2f} ×; {sp['n_active']} nonzero parameters; energy + "
+            f"forces + virial on {sp['structure']}, one thread, both fitted models timed alternately in one run, "
+            f"medians of {sp['rounds']} rounds).", "",
+            "## Cross-validated error against the targets", "",
+            "5-fold CV of this model's settings on the folds of `zuo_select` (the final selection's own score, "
+            "optimistic as any score that chooses; the nested estimate above is the one to trust):", "",
+            *cv_table(res, t),
+            "These are estimates from the training split; the Zuo test split was not read.", ""]
 
 
 def cv_table(r: dict, t: dict) -> list[str]:
@@ -126,6 +192,9 @@ def write_card(el: str):
     report = json.loads((d / "report.json").read_text())
     sel = json.loads((d / "selection.json").read_text())
     nst = json.loads((d / "nested_cv.json").read_text()) if (d / "nested_cv.json").exists() else None
+    nsps = [json.loads((d / f"nested_cv_{g}.json").read_text()) for g in ("sparse", "fast")
+            if (d / f"nested_cv_{g}.json").exists()]
+    nsp = nsps[-1] if nsps else None       # the last grid run (fast: the sparse grid's candidates that may ship)
     recipe = is_recipe(el, raw, nst)
     model_file = d / raw["output"]["model"]
     meta = load_model(model_file).metadata.get("fit", {})
@@ -139,7 +208,11 @@ def write_card(el: str):
     folds_line = (f"5-fold cross-validation over the {sum(sel['fold_sizes'])} configurations of the training split "
                   f"(folds of {sel['fold_sizes']} configurations, seed {sel['seed']})")
     L = [f"# zuo-{el}", "", raw.get("description", ""), ""]
-    if recipe:
+    sparse_choice = any(is_sparse_choice(el, raw, x) for x in nsps)
+    nsp = next((x for x in nsps if is_sparse_choice(el, raw, x)), nsp)
+    if sparse_choice:
+        L += sparse_choice_head(el, nst, nsp, t)
+    elif recipe:
         c = nst["comparison"]
         L += ["## Why this model: the upstream recipe", "",
               "This model is the upstream recipe (ACEpotentials.jl `examples/zuobench/error_table.jl`, \"lge\": "
@@ -150,11 +223,14 @@ def write_card(el: str):
               "than the folds' noise on both energy and forces (paired gain of the procedure "
               f"E {c['E']['mean_gain'] * 1e3:.3f} ± {c['E']['se'] * 1e3:.3f} meV/atom, F {c['F']['mean_gain']:.5f} "
               f"± {c['F']['se']:.5f} eV/Å, mean ± standard error; the rule asks for a gain above one standard "
-              "error on both), so the recipe is shipped.", "",
+              "error on both), so the recipe is shipped."
+              + "".join(_grid_verdict(x) for x in nsps), "",
               "| nested CV, outer folds | E MAE (meV/atom, mean ± sd) | F MAE (eV/Å, mean ± sd) |", "|---|---|---|",
               *[f"| {name} | {s['mae_mean']['E'] * 1e3:.3f} ± {s['mae_std']['E'] * 1e3:.3f} | "
                 f"{s['mae_mean']['F']:.4f} ± {s['mae_std']['F']:.4f} |"
-                for name, s in (("selection procedure", nst["procedure"]), ("upstream recipe (this model)", nst["recipe_estimate"]))],
+                for name, s in (("selection procedure", nst["procedure"]),)
+                + tuple((f"selection procedure, `{x['grid']}` grid", x["procedure"]) for x in nsps)
+                + (("upstream recipe (this model)", nst["recipe_estimate"]),)],
               f"| target (best published test MAE) | {t['E'] * 1e3:g} | {t['F']:g} |", "",
               "## Cross-validated error against the targets", "",
               f"{folds_line}, this model's settings. These are the nested CV's outer folds (the folds of "
@@ -167,7 +243,7 @@ def write_card(el: str):
               *cv_table(chosen, t),
               "These are estimates from the training split; the Zuo test split was not read. Reproduce them "
               f"(and this model) with `python -m tools.shipped_models.zuo_select --data-dir DIR {el}` from the repository root.", ""]
-    if nst is not None and "models" in nst.get("speed", {}):
+    if nst is not None and "models" in nst.get("speed", {}) and not sparse_choice:
         L += speed_section(el, sel, nst, recipe)
     L += ["## Files", "",
           f"- model: `{model_file.name}` (sha256 of the file `{hashlib.sha256(model_file.read_bytes()).hexdigest()}`; "
@@ -188,21 +264,35 @@ def write_card(el: str):
     L += yaml.safe_dump({k: raw[k] for k in ("model", "E0", "weights", "prior", "solver", "seed") if k in raw},
                         sort_keys=False).rstrip().splitlines()
     s = report["solver"]
+    if s.get("refit") == "blr":       # ASP, support refitted by BLR: the BLR numbers are the refit's
+        s = dict(s["refit_info"], solver=f"asp ({s['n_active']} of {report['shape'][1]} functions) + blr",
+                 committee_size=s.get("committee_size"))
     L += ["```", "", "## Fit on the whole training split", "",
           f"`{s.get('solver')}` on {report['shape'][0]} observations x {report['shape'][1]} parameters; "
           f"sigma0_sq {s.get('sigma0_sq', 0):.4g}, sigmae_sq {s.get('sigmae_sq', 0):.4g}, effective parameters "
           f"{s.get('effective_parameters', 0):.0f}, committee of {s.get('committee_size')}."
           + (f" Fitted by `zuo_ship` in {report['timings_s']['total_s'] / 60:.1f} min on the shared 2-core build "
              f"machine (assembly {report['timings_s']['assembly_s']:.0f} s, solve {report['timings_s']['solve_s']:.0f} s; "
-             "the rest: error tables, the active set and the parity plots)." if recipe else ""), "",
+             "the rest: error tables, the active set and the parity plots)." if recipe or sparse_choice else ""), "",
           "Training errors (in-sample; the CV numbers above are the estimate of generalisation):", ""]
     L += error_rows(report["errors"]["train"])
     if nst is not None:
-        L += nested_section(el, nst, recipe)
-    L += selection_section(el, d, sel, res, chosen, best, (cm, cse), (bm, bse), tm, t, recipe)
+        L += nested_section(el, nst, recipe, note=" This card's model is the choice of the selection over sparse and "
+                            "larger candidates (next section)." if sparse_choice else None)
+    for x in nsps:
+        L += sparse_nested_section(el, x)
+    L += selection_section(el, d, sel, res, chosen, best, (cm, cse), (bm, bse), tm, t, recipe or sparse_choice,
+                           "model" if sparse_choice else "recipe")
     L += ["", "## Reproduce", "", "From the repository root, with the data placed under DIR (or $ACESERVER_DATA):",
           "", "```bash", f"aceserver fit models/zuo-{el}/fit.yaml --data-dir DIR             # this model"]
-    if recipe:
+    if sparse_choice:
+        L += [f"python -m tools.shipped_models.zuo_nested --data-dir DIR {el} --grid sparse   # nested CV, the verdict",
+              f"python -m tools.shipped_models.zuo_ship --data-dir DIR {el}     # final selection, fit.yaml, this model, speed",
+              f"python -m tools.shipped_models.zuo_nested --data-dir DIR {el}   # the small grid's nested CV",
+              f"python -m tools.shipped_models.zuo_select --data-dir DIR {el}   # the earlier selection (history)", "```", "",
+              "`zuo_ship` writes `fit.yaml` and fits it with `aceserver fit`'s code path (model file, report, "
+              "parity plots, active set).", ""]
+    elif recipe:
         L += [f"python -m tools.shipped_models.zuo_nested --data-dir DIR {el}   # nested CV, the verdict and the speed",
               f"python -m tools.shipped_models.zuo_ship --data-dir DIR {el}     # fit.yaml and this model, on the verdict",
               f"python -m tools.shipped_models.zuo_select --data-dir DIR {el}   # the earlier selection (history)", "```", "",
@@ -221,7 +311,7 @@ def write_card(el: str):
     (d / "README.md").write_text("\n".join(L))
 
 
-def selection_section(el, d, sel, res, chosen, best, cs, bs, tm, t, recipe) -> list[str]:
+def selection_section(el, d, sel, res, chosen, best, cs, bs, tm, t, recipe, replaced_by="recipe") -> list[str]:
     """The card's section on ``zuo_select``'s selection (selection.json, study.json): the model's own
     where it chose it, history where the recipe replaced it."""
     (cm, cse), (bm, bse) = cs, bs
@@ -239,7 +329,7 @@ def selection_section(el, d, sel, res, chosen, best, cs, bs, tm, t, recipe) -> l
     secs = {"assembly": sum(v for k, v in tm.items() if k.endswith("assembly_s")),
             "block factors": sum(v for k, v in tm.items() if k.endswith("block_qr_s"))}
     if recipe:
-        L = ["", "## History: the selection this recipe replaced", "",
+        L = ["", f"## History: the selection this {replaced_by} replaced", "",
              "Until the nested-CV verdict, this card's model was the choice of `zuo_select` (5-fold CV over "
              f"the grid below): {cand_desc(chosen['candidate'], el)} ({chosen['n_basis']} functions), CV E MAE "
              f"{chosen['mae_mean']['E'] * 1e3:.3f} ± {chosen['mae_std']['E'] * 1e3:.3f} meV/atom, F MAE "
@@ -441,7 +531,7 @@ def speed_section(el: str, sel: dict, nst: dict, recipe: bool) -> list[str]:
     return L
 
 
-def nested_section(el: str, nst: dict, recipe: bool = False) -> list[str]:
+def nested_section(el: str, nst: dict, recipe: bool = False, note: str | None = None) -> list[str]:
     """The card's section on nested cross-validation (``zuo_nested``): the procedure's and the upstream
     recipe's outer-fold errors (mean ± sd), per fold, the paired comparison and the verdict."""
     p, r, c = nst["procedure"], nst["recipe_estimate"], nst["comparison"]
@@ -461,7 +551,7 @@ def nested_section(el: str, nst: dict, recipe: bool = False) -> list[str]:
          f"Paired gain of the procedure over the recipe: E {c['E']['mean_gain'] * 1e3:.3f} ± {c['E']['se'] * 1e3:.3f} "
          f"meV/atom, F {c['F']['mean_gain']:.5f} ± {c['F']['se']:.5f} eV/Å (mean ± standard error). Verdict by the "
          f"rule (gain above one standard error on both): ship the {'selected model' if c['procedure_wins'] else 'recipe'}."
-         + (" This card's model is the recipe." if recipe else " This card's model is the one the full selection of "
+         + (note if note else " This card's model is the recipe." if recipe else " This card's model is the one the full selection of "
             "`zuo_select` (with its cutoff stage) chose." if c["procedure_wins"] else
             " The model on this card is still the one the full selection (with its cutoff stage) chose; it has not "
             "been replaced by the recipe yet (`python -m tools.shipped_models.zuo_ship` does that)."),
@@ -470,6 +560,78 @@ def nested_section(el: str, nst: dict, recipe: bool = False) -> list[str]:
              f"E0 {f['chosen']['E0'][el]:g}" for f in nst["outer"]) + ".",
          f"Run: `python -m tools.shipped_models.zuo_nested --data-dir DIR {el} --grid {nst['grid']}` "
          f"({nst['timings_s']['total_s'] / 60:.0f} min wall-clock, one thread, on the shared 2-core build machine)."]
+    return L
+
+
+def _solver_name(c: dict) -> str:
+    sol = c.get("solver") or {"name": "blr"}
+    if sol["name"] == "asp":
+        return f"ASP ≤ {sol['max_active']} + BLR" if sol.get("refit") == "blr" else f"ASP ≤ {sol['max_active']}"
+    return sol["name"].upper()
+
+
+def sparse_nested_section(el: str, nsp: dict) -> list[str]:
+    """The card's section on the nested CV with sparse and larger candidates (``zuo_nested --grid
+    sparse``, nested_cv_sparse.json): both estimates, the verdict, each candidate's inner-CV error
+    (mean over the outer folds) and its speed against the recipe, timed in one run."""
+    p, r, c = nsp["procedure"], nsp["recipe_estimate"], nsp["comparison"]
+    row = lambda name, s: (f"| {name} | {s['mae_mean']['E'] * 1e3:.3f} ± {s['mae_std']['E'] * 1e3:.3f} | "  # noqa: E731
+                           f"{s['mae_mean']['F']:.4f} ± {s['mae_std']['F']:.4f} |")
+    short = lambda b: b.replace("order ", "").replace(", totaldegree ", " ")  # noqa: E731
+    sp = nsp["speed"]
+    speed_of = {}
+    for m in sp["models"]:
+        key = (m["basis"], json.dumps(m["solver"] if m["solver"] != "blr" else {"name": "blr"}, sort_keys=True))
+        speed_of[key] = m
+    cands = nsp["candidates"]
+    inner = [[f["inner"][i] for f in nsp["outer"]] for i in range(len(cands))]
+    what = ("dense BLR on the recipe's basis and on two larger order-4 bases, with the recipe's settings and with "
+            "the small grid's most chosen ones; and ASP (the lasso path on the fold's prior-scaled factors to at most "
+            "n functions, ACEfit's active-set pursuit) with its support refitted by BLR, on the recipe's basis and on "
+            "the largest one" if nsp["grid"] == "sparse" else
+            "the candidates of the `sparse` grid that were no slower than the recipe in its speed run for Mo (so "
+            "that the winner may ship; this element's own times are in the table below): dense BLR on the recipe's "
+            "basis, ASP + BLR on it and on the 2140-function basis")
+    L = ["", f"## Nested cross-validation with {GRID_WORDS[nsp['grid']]}", "",
+         f"The same {nsp['outer_folds']} outer folds; in each, the selection runs over the {nsp['n_candidates']} "
+         f"candidates of `zuo_nested`'s `{nsp['grid']}` grid (4-fold CV on the other folds, the same rule; the "
+         f"simplest candidate is the one with the fewest nonzero functions): {what}.", "",
+         "| | outer E MAE (meV/atom) | outer F MAE (eV/Å) |", "|---|---|---|",
+         row(f"selection procedure (`{nsp['grid']}` grid)", p), row("upstream recipe", r), "",
+         f"Paired gain of the procedure over the recipe: E {c['E']['mean_gain'] * 1e3:.3f} ± {c['E']['se'] * 1e3:.3f} "
+         f"meV/atom, F {c['F']['mean_gain']:.5f} ± {c['F']['se']:.5f} eV/Å (mean ± standard error). Verdict by the "
+         f"rule: ship the {'selected model' if c['procedure_wins'] else 'recipe'}.",
+         "Chosen per outer fold: " + "; ".join(
+             f"{short(f['chosen']['basis'])}, {_solver_name(f['chosen'])}, {prior_name(f['chosen']['prior'])}, "
+             f"w_E {f['chosen']['weights']['default']['E']:g}, E0 {f['chosen']['E0'][el]:g}" for f in nsp["outer"]) + ".",
+         "", "Each candidate: its inner-CV MAE averaged over the 5 outer folds (each inner CV on 4 folds; "
+         "optimistic for the best of them, as any score that chooses), and its speed: energy + forces + virial on "
+         f"{sp['structure']}, one thread, timed alternately with the recipe in one run (an ASP candidate: its "
+         "support fitted on the whole training split, the evaluator skipping the zero functions).", "",
+         "| basis | solver | prior | w_E | E0 (eV) | functions | × recipe time | inner-CV E MAE (meV/atom) | "
+         "inner-CV F MAE (eV/Å) |", "|---|---|---|---|---|---|---|---|---|"]
+    for cand, inn in zip(cands, inner):
+        sol = cand.get("solver") or {"name": "blr"}
+        m = speed_of.get((cand["basis"], json.dumps(sol if sol["name"] != "blr" else {"name": "blr"}, sort_keys=True)))
+        E = sum(x["mae_mean"]["E"] for x in inn) / len(inn)
+        F = sum(x["mae_mean"]["F"] for x in inn) / len(inn)
+        speed = f"{m['n_active']} | {m['ratio_to_recipe']:.2f}" if m else "– | –"
+        L.append(f"| {short(cand['basis'])} | {_solver_name(cand)} | {prior_name(cand['prior'])} | "
+                 f"{cand['weights']['default']['E']:g} | {cand['E0'][el]:g} | {speed} | {E * 1e3:.3f} | {F:.4f} |")
+    fs = nsp.get("final_selection")
+    if fs:
+        ch = fs["chosen"]
+        r0 = next(x for x in fs["results"] if same(x["candidate"], ch))
+        L += ["", f"The procedure on the whole training split (5-fold CV of the same candidates, `zuo_ship`) chose "
+              f"{short(ch['basis'])}, {_solver_name(ch)}, {prior_name(ch['prior'])}, w_E {ch['weights']['default']['E']:g}, "
+              f"E0 {ch['E0'][el]:g}: CV E {r0['mae_mean']['E'] * 1e3:.3f} ± {r0['mae_std']['E'] * 1e3:.3f} meV/atom, "
+              f"F {r0['mae_mean']['F']:.4f} ± {r0['mae_std']['F']:.4f} eV/Å."
+              + (f" It is {fs['refused']} (table above), so it is not shipped: shipped models are no slower than "
+                 "the recipe." if fs.get("refused") else "")]
+    L += ["", f"Run: `python -m tools.shipped_models.zuo_nested --data-dir DIR {el} --grid {nsp['grid']}` "
+          f"({nsp['timings_s']['total_s'] / 60:.0f} min wall-clock, one thread"
+          + (f", peak memory {nsp['peak_rss_mib'] / 1024:.1f} GiB" if nsp.get("peak_rss_mib") else "")
+          + f", on the shared 2-core build machine); results in `nested_cv_{nsp['grid']}.json`."]
     return L
 
 

@@ -1,6 +1,6 @@
 """Nested cross-validation of the Zuo selection PROCEDURE against the fixed upstream recipe.
 
-    python -m tools.shipped_models.zuo_nested --data-dir DIR Si [--grid small|full] [--out FILE]
+    python -m tools.shipped_models.zuo_nested --data-dir DIR Si [--grid small|full|sparse|fast] [--out FILE]
 
 (from the repository root; DIR holds ZuoEtAl2020/<El>_train.xyz, default $ACESERVER_DATA; the Zuo
 test splits are never read). Outer folds: the 5 seeded, stratified folds of ``zuo_select``. For each
@@ -19,7 +19,18 @@ nested chain of bases assembled once (the largest) and factored per outer fold:
 * ``small``: bases order 3 [20,16,12], [25,21,17], order 4 [26,22,18,14]; prior algebraic p ∈ {2, 4};
   w_E ∈ {10, 30, 100}; E0 ∈ {0, mean energy per atom}: 36 candidates;
 * ``full``: the order-3 bases of ``zuo_select`` with [25,21,17] added, and order 4 [26,22,18,14];
-  its priors, energy weights and E0: 240 candidates.
+  its priors, energy weights and E0: 240 candidates;
+* ``sparse``: the recipe's basis, order 4 [26,22,18,14] (1634 functions) and order 4 [27,23,19,15]
+  (2140), each dense (BLR) with the recipe's settings and with the small grid's most chosen ones (E0
+  0 and mean); and ASP on the recipe's basis (400, 700 functions) and on the 2140 basis (600, 900):
+  the lasso path to n functions on the fold's prior-scaled factors, its support refitted by BLR
+  (``{"name": "asp", "max_active": n, "refit": "blr"}``); the simplest candidate of the
+  one-standard-error rule is the one with the fewest nonzero functions. Written to
+  nested_cv_sparse.json, with the speed of every dense basis and of each ASP support (fitted on
+  the whole training split) against the recipe;
+* ``fast``: the candidates of ``sparse`` that were no slower than the recipe in its speed run for Mo
+  (dense on the recipe's basis, ASP 400 and 700 on it, ASP 600 on the 2140 basis), so that its
+  winner can ship (shipped models are no slower than the recipe): nested_cv_fast.json.
 
 Writes a JSON file (default models/zuo-<El>/nested_cv.json): per outer fold the chosen candidate and
 the outer errors of procedure and recipe, their means and spreads, the paired comparison and the
@@ -31,18 +42,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import time
 from pathlib import Path
 
 import numpy as np
 
 import aceserver
-from aceserver.benchmarking import build_structure, time_calls
-from aceserver.fitting import selection
+from aceserver.fitting import priors, selection
+from aceserver.fitting.data import normalise_weights
 from aceserver.fitting.fit_model import jsonable
 from aceserver.fitting.workflow import sha256_file
 
-from .common import MODELS
+from .common import MODELS, same, time_alternating
 from .zuo_recipe import (E_WEIGHTS, K, PRIORS, SEED, TARGETS, add_data_dir, basis_name, data_dir_of, fold_score,
                          parse_basis, rcut_of, score, training_split)
 from .zuo_select import Assembled, log
@@ -54,7 +66,14 @@ GRIDS = {
                   priors=({"name": "algebraic", "p": 2}, {"name": "algebraic", "p": 4}), e_weights=(10.0, 30.0, 100.0)),
     "full": dict(chain=[(3, [12, 10, 8]), (3, [16, 12, 10]), (3, [20, 16, 12]), (3, [24, 20, 16]), RECIPE_BASIS,
                         (4, [26, 22, 18, 14])], priors=PRIORS, e_weights=E_WEIGHTS),
+    "sparse": dict(chain=[RECIPE_BASIS, (4, [26, 22, 18, 14]), (4, [27, 23, 19, 15])],
+                   asp_sizes=[(RECIPE_BASIS, (400, 700)), ((4, [27, 23, 19, 15]), (600, 900))]),
+    # the candidates of "sparse" no slower than the recipe in its speed run (Mo: the larger dense bases
+    # 1.27 and 1.70 x, ASP 900 of 2140 1.11 x; ASP 600 of 2140 0.93 x)
+    "fast": dict(chain=[RECIPE_BASIS, (4, [27, 23, 19, 15])], dense=[RECIPE_BASIS],
+                 asp_sizes=[(RECIPE_BASIS, (400, 700)), ((4, [27, 23, 19, 15]), (600,))]),
 }
+RECIPE_SETTINGS = ({"name": "algebraic", "p": 4}, {"default": {"E": 30.0, "F": 1.0, "V": 1.0}})
 
 
 def recipe_candidate(el: str) -> dict:
@@ -69,9 +88,45 @@ def grid_candidates(el: str, grid: dict, e_mean: float) -> list[dict]:
             for o, td in grid["chain"] for pr in grid["priors"] for we in grid["e_weights"] for E0 in E0s]
 
 
+def small_grid_best(el: str, e_mean: float) -> tuple[dict, dict, dict]:
+    """(prior, weights, E0) chosen most often over the outer folds of the small grid's nested CV
+    (models/zuo-<El>/nested_cv.json); the recipe's settings where there is none."""
+    f = MODELS / f"zuo-{el}" / "nested_cv.json"
+    if not f.is_file() or json.loads(f.read_text()).get("grid") != "small":
+        return RECIPE_SETTINGS + ({el: 0.0},)
+    chosen = [(c["prior"], c["weights"], c["E0"]) for c in (o["chosen"] for o in json.loads(f.read_text())["outer"])]
+    tags = [json.dumps(c, sort_keys=True) for c in chosen]
+    pr, w, E0 = chosen[max(range(len(tags)), key=lambda i: (tags.count(tags[i]), -i))]
+    return pr, w, ({el: e_mean} if E0[el] != 0.0 else {el: 0.0})
+
+
+def sparse_candidates(el: str, grid: dict, e_mean: float) -> list[dict]:
+    """Grid ``sparse``: on every basis of the chain, dense BLR with the recipe's settings and with the
+    small grid's most chosen settings (each with E0 0 and the mean energy per atom); and ASP (lasso
+    path to n functions, support refitted by BLR) with the small grid's settings at the sizes of
+    ``asp_sizes``."""
+    pr, w, E0 = small_grid_best(el, e_mean)
+    settings = [RECIPE_SETTINGS] + ([(pr, w)] if not same((pr, w), RECIPE_SETTINGS) else [])
+    out = [{"basis": basis_name(o, td), "rcut_bond_lengths": RECIPE_FACTOR, "prior": p_, "weights": w_, "E0": e0,
+            "solver": {"name": "blr"}} for o, td in grid.get("dense", grid["chain"]) for p_, w_ in settings
+           for e0 in ({el: 0.0}, {el: e_mean})]
+    for (o, td), sizes in grid["asp_sizes"]:
+        out += [{"basis": basis_name(o, td), "rcut_bond_lengths": RECIPE_FACTOR, "prior": pr, "weights": w, "E0": E0,
+                 "solver": {"name": "asp", "max_active": n, "select": "final", "refit": "blr"}} for n in sizes]
+    return out
+
+
+def n_functions(result: dict) -> int:
+    """Nonzero functions of a CV result's candidate: the basis size, or an ASP candidate's support."""
+    sol = result["candidate"].get("solver") or {}
+    return min(result["n_basis"], int(sol["max_active"])) if sol.get("name") == "asp" else result["n_basis"]
+
+
 def chooser(targets):
-    """zuo_select's rule: paired one standard error on (E MAE/E target, F MAE/F target)."""
-    return lambda results: selection.one_standard_error(results, lambda r: score(r, targets),
+    """zuo_select's rule: paired one standard error on (E MAE/E target, F MAE/F target); the simplest
+    candidate is the one with the fewest nonzero functions (an ASP candidate's support size)."""
+    return lambda results: selection.one_standard_error([dict(r, n_basis=n_functions(r)) for r in results],
+                                                        lambda r: score(r, targets),
                                                         fold_score=lambda r: fold_score(r, targets))
 
 
@@ -102,8 +157,6 @@ def speed(el: str, res: dict, rounds: int = 5, calls: int = 10) -> dict:
     :func:`speed_specs` (the recipe, the nested choices, ``zuo_select``'s choice and its CV grid), all
     parameters nonzero (as a BLR fit), timed alternately (forward, then reversed order) on one
     rattled cell (diamond64 for Si and Ge, else fcc108); medians over rounds, ratios to the recipe."""
-    import numba
-    numba.set_num_threads(1)
     specs = speed_specs(el, res)
     rng = np.random.default_rng(0)
     models = []
@@ -114,20 +167,53 @@ def speed(el: str, res: dict, rounds: int = 5, calls: int = 10) -> dict:
         m.parameters = rng.standard_normal(m.length_basis) / m.length_basis
         s["n_basis"] = m.length_basis
         models.append(m)
-    name = "diamond64" if el in ("Si", "Ge") else "fcc108"
-    at = build_structure(name, [el])
-    times = [[] for _ in specs]
-    idx = list(range(len(specs)))
-    for r in range(rounds):
-        for i in (idx if r % 2 == 0 else idx[::-1]):
-            m = models[i]
-            times[i].append(time_calls(lambda: m.evaluate(at.numbers, at.positions, at.cell[:], at.pbc), calls)
-                            / len(at) * 1e6)
-    ref = next(float(np.median(t)) for s, t in zip(specs, times) if "recipe" in s["roles"])
-    for s, t in zip(specs, times):
-        s["us_per_atom"] = float(np.median(t))
-        s["ratio_to_recipe"] = s["us_per_atom"] / ref
+    name, med = time_alternating(el, models, rounds, calls)
+    ref = next(t for s, t in zip(specs, med) if "recipe" in s["roles"])
+    for s, t in zip(specs, med):
+        s["us_per_atom"] = t
+        s["ratio_to_recipe"] = t / ref
     return {"structure": name, "rounds": rounds, "calls": calls, "threads": 1, "models": specs}
+
+
+def sparse_speed(el: str, a, cands: list[dict], rounds: int = 5, calls: int = 10) -> dict:
+    """µs/atom of the recipe and of each basis of the sparse grid's chain with all parameters nonzero,
+    and of each ASP candidate's support fitted on the whole training split (that basis with only its
+    support's parameters nonzero: the evaluator prunes the rest), timed alternately in one run
+    (:func:`common.time_alternating`); ratios to the recipe."""
+    comb = a.factors.combine(list(range(K + 1)))
+    rng = np.random.default_rng(0)
+    specs, models = [], []
+
+    def variant(name, p):
+        o, td = parse_basis(name)
+        m = aceserver.ace1_model(elements=[el], order=o, totaldegree=td, rcut=rcut_of(el, RECIPE_FACTOR), E0={el: 0.0})
+        m.parameters = p
+        models.append(m)
+
+    for b, name in enumerate(a.names):
+        ncols = a.sizes[name]
+        full = rng.standard_normal(ncols) / ncols
+        variant(name, full)
+        specs.append({"basis": name, "solver": "blr", "n_active": ncols,
+                      "roles": ["recipe"] if name == basis_name(*RECIPE_BASIS) else ["candidate"]})
+        inv = np.empty(ncols, dtype=np.int64)          # factor column -> this basis's parameter index
+        inv[a.where[b]] = np.arange(ncols)
+        for c in cands:
+            if c["basis"] != name or c["solver"]["name"] != "asp":
+                continue
+            gamma = priors.make_prior(a.labels[:ncols], c["prior"])
+            (theta, _, _), = a.factors.solve(comb, ncols, gamma, normalise_weights(c["weights"]), [c["E0"]],
+                                             c["solver"])
+            p = np.zeros(ncols)
+            cols = inv[np.flatnonzero(theta)]
+            p[cols] = full[cols]
+            variant(name, p)
+            specs.append({"basis": name, "solver": c["solver"], "n_active": int(len(cols)), "roles": ["candidate"]})
+    structure, med = time_alternating(el, models, rounds, calls)
+    ref = next(t for s_, t in zip(specs, med) if "recipe" in s_["roles"])
+    for s_, t in zip(specs, med):
+        s_["us_per_atom"], s_["ratio_to_recipe"] = t, t / ref
+    return {"structure": structure, "rounds": rounds, "calls": calls, "threads": 1, "models": specs}
 
 
 def run(el: str, data_dir: Path, grid_name: str, out: Path, threads: int | None = 1):
@@ -136,12 +222,12 @@ def run(el: str, data_dir: Path, grid_name: str, out: Path, threads: int | None 
     path, train, folds, always = training_split(el, data_dir)
     e_mean = round(float(np.mean([c.energy / c.natoms for c in train])), 6)
     grid = GRIDS[grid_name]
-    cands = grid_candidates(el, grid, e_mean)
+    cands = sparse_candidates(el, grid, e_mean) if "asp_sizes" in grid else grid_candidates(el, grid, e_mean)
     recipe = recipe_candidate(el)
     log(f"zuo-{el} nested CV: {len(train)} configurations, {K} outer folds, grid {grid_name!r} "
         f"({len(cands)} candidates)")
     res = {"element": el, "data": {"file": path.name, "sha256": sha256_file(path)}, "outer_folds": K, "seed": SEED,
-           "grid": grid_name, "n_candidates": len(cands), "targets": {"E": TARGETS[el][0], "F": TARGETS[el][1]},
+           "grid": grid_name, "n_candidates": len(cands), "candidates": cands, "targets": {"E": TARGETS[el][0], "F": TARGETS[el][1]},
            "recipe": recipe, "outer": [], "timings_s": timings,
            "units": {"E": "eV/atom", "F": "eV/Å"}}
 
@@ -165,7 +251,8 @@ def run(el: str, data_dir: Path, grid_name: str, out: Path, threads: int | None 
                    "paired gain (recipe MAE - procedure MAE over the same outer folds) above one standard error "
                    "of the paired gains; else ship the recipe")
     timings["total_s"] = time.perf_counter() - t_all
-    res["speed"] = speed(el, res)
+    res["speed"] = sparse_speed(el, a, cands) if "asp_sizes" in grid else speed(el, res)
+    res["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024   # Linux: KiB
     save()
     p, r = res["procedure"], res["recipe_estimate"]
     log(f"zuo-{el}: procedure E {p['mae_mean']['E'] * 1e3:.3f} ± {p['mae_std']['E'] * 1e3:.3f} meV/atom, "
@@ -186,6 +273,9 @@ def main(argv=None):
     ap.add_argument("--speed-only", action="store_true",
                     help="only (re)time the recipe, the chosen bases and the selection's grid into an existing output file")
     args = ap.parse_args(argv)
+    if args.speed_only and args.grid in ("sparse", "fast"):
+        ap.error("--speed-only re-times nested_cv.json; the sparse grid's supports are fitted from the data "
+                 "(run it with --data-dir)")
     if args.speed_only:
         for el in args.elements:
             out = Path(args.out) if args.out else MODELS / f"zuo-{el}" / "nested_cv.json"
@@ -198,7 +288,8 @@ def main(argv=None):
     if args.out and len(args.elements) > 1:
         ap.error("--out takes one element")
     for el in args.elements:
-        out = Path(args.out) if args.out else MODELS / f"zuo-{el}" / "nested_cv.json"
+        out = Path(args.out) if args.out else MODELS / f"zuo-{el}" / (
+            f"nested_cv_{args.grid}.json" if args.grid in ("sparse", "fast") else "nested_cv.json")
         run(el, data_dir, args.grid, out, args.threads)
 
 

@@ -202,9 +202,14 @@ def select_and_fit(el: str, data_dir: Path, threads: int | None = None):
     log(f"zuo-{el} done in {timings['total_s']:.0f} s")
 
 
-def write_fit_yaml(el, basis, rcut, cand, why=None, chosen_by="hyperparameters chosen by 5-fold cross-validation"):
+def write_fit_yaml(el, basis, rcut, cand, why=None, chosen_by="hyperparameters chosen by 5-fold cross-validation",
+                   solver=None):
     """models/zuo-<El>/fit.yaml for candidate ``cand`` (basis (order, totaldegree), rcut in Å); ``why``:
-    the header's lines on how it was chosen (default: by ``zuo_select``)."""
+    the header's lines on how it was chosen (default: by ``zuo_select``); ``solver``: default BLR with
+    a 10-member committee."""
+    solver = solver or {"name": "blr", "committee_size": 10}
+    how = ("BLR" if solver["name"] == "blr" else
+           f"ASP (lasso path to {solver['max_active']} functions), its support refitted by BLR")
     o, td = basis
     why = why or ["chosen by 5-fold cross-validation on the training split",
                   f"(`python -m tools.shipped_models.zuo_select --data-dir DIR {el}`; rule and candidates in selection.json)."]
@@ -212,13 +217,13 @@ def write_fit_yaml(el, basis, rcut, cand, why=None, chosen_by="hyperparameters c
             + f"# Data: {SOURCE}.\n"
             f"# Refit from the repository root:  aceserver fit models/zuo-{el}/fit.yaml --data-dir DIR\n")
     raw = {"name": f"zuo-{el}",
-           "description": f"Zuo et al. 2020 {el} training split, BLR with a 10-member committee; {chosen_by}",
+           "description": f"Zuo et al. 2020 {el} training split, {how} with a 10-member committee; {chosen_by}",
            "model": {"elements": [el], "order": o, "totaldegree": list(td), "rcut": rcut},
            "E0": dict(cand["E0"]),
            "data": {"relative_to": "data_dir", "train": f"ZuoEtAl2020/{el}_train.xyz", "source": SOURCE,
                     "energy_key": "energy", "force_key": "force"},
            "weights": cand["weights"], "prior": cand["prior"],
-           "solver": {"name": "blr", "committee_size": 10},
+           "solver": solver,
            "validation_fraction": 0.0, "seed": 0,
            "output": {"model": f"zuo-{el}.json", "plots": "plots", "report": "report.json"}}
     (MODELS / f"zuo-{el}" / "fit.yaml").write_text(head + yaml.safe_dump(raw, sort_keys=False, allow_unicode=True))

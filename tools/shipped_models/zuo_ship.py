@@ -1,5 +1,5 @@
 """Ship what the nested cross-validation says: the upstream recipe where the selection procedure does
-not beat it.
+not beat it; the sparse grid's choice where its nested CV (nested_cv_sparse.json) beats the recipe.
 
     python -m tools.shipped_models.zuo_ship --data-dir DIR Cu [Mo ...]
 
@@ -22,17 +22,97 @@ import time
 from contextlib import redirect_stdout
 from pathlib import Path
 
-from aceserver.fitting import config as fconfig
-from aceserver.fitting.workflow import run_fit
+import numpy as np
+import yaml
 
-from .common import MODELS
+from aceserver.fitting import config as fconfig
+from aceserver.fitting import selection
+from aceserver.fitting.fit_model import jsonable
+from aceserver.fitting.workflow import run_fit
+from aceserver.loading import load_model
+
+from .common import MODELS, same, time_alternating
 from .zuo_cards import write_card
-from .zuo_recipe import TARGETS, add_data_dir, data_dir_of, parse_basis, rcut_of
-from .zuo_select import log, write_fit_yaml
+from .zuo_nested import GRIDS, RECIPE_FACTOR, chooser
+from .zuo_recipe import K, TARGETS, add_data_dir, data_dir_of, parse_basis, rcut_of, training_split
+from .zuo_select import Assembled, log, write_fit_yaml
+
+
+def final_selection(el: str, data_dir: Path, nsp: dict) -> dict:
+    """The sparse grid's procedure on the whole training split: 5-fold CV of every candidate of
+    nested_cv_sparse.json on the same folds, the same rule; returns {"chosen", "results", "timings_s"}."""
+    _, train, folds, always = training_split(el, data_dir)
+    timings: dict = {}
+    a = Assembled(el, train, GRIDS[nsp["grid"]]["chain"], RECIPE_FACTOR, folds, always, 1, timings, "final")
+    t0 = time.perf_counter()
+    results = selection.cross_validate(a.factors, list(range(K)), [K], nsp["candidates"], a.labels, a.sizes, log=log)
+    timings["cv_s"] = time.perf_counter() - t0
+    return {"chosen": chooser(TARGETS[el])(results)["candidate"], "results": results, "timings_s": timings}
+
+
+def ship_sparse(el: str, data_dir: Path, f_nsp: Path, threads: int | None = None) -> dict | None:
+    """Where nested_cv_sparse.json's verdict is "selected": run its procedure on the whole training
+    split (:func:`final_selection`), fit the winner with a 10-member committee (an ASP winner: its
+    support refitted by BLR) through `aceserver fit`'s code path, and time the new model against
+    the recipe model it replaces, alternately in one run. A winner slower than the recipe (the
+    grid's speed run) is not shipped."""
+    d = MODELS / f"zuo-{el}"
+    nsp = json.loads(f_nsp.read_text())
+    t0 = time.perf_counter()
+    nsp["final_selection"] = final_selection(el, data_dir, nsp)
+    f_nsp.write_text(json.dumps(jsonable(nsp), indent=1))
+    chosen = nsp["final_selection"]["chosen"]
+    log(f"zuo-{el}: the sparse grid's procedure on the whole training split chose {chosen}")
+    sol = chosen["solver"]
+    speed = next(m for m in nsp["speed"]["models"] if m["basis"] == chosen["basis"]
+                 and same(m["solver"], sol if sol["name"] != "blr" else "blr"))
+    if speed["ratio_to_recipe"] > 1.0:                 # shipped models are no slower than the recipe
+        nsp["final_selection"]["refused"] = f"{speed['ratio_to_recipe']:.2f} x the recipe's time"
+        f_nsp.write_text(json.dumps(jsonable(nsp), indent=1))
+        log(f"zuo-{el}: not shipped: {speed['ratio_to_recipe']:.2f} x the recipe's time; the recipe stays")
+        return None
+    old_raw = yaml.safe_load((d / "fit.yaml").read_text())
+    previous = load_model(d / old_raw["output"]["model"], active_set=False)
+    solver = dict(sol, committee_size=10) if sol["name"] == "asp" else {"name": "blr", "committee_size": 10}
+    write_fit_yaml(el, parse_basis(chosen["basis"]), rcut_of(el, chosen["rcut_bond_lengths"]), chosen, solver=solver,
+                   why=["chosen by the selection over sparse (ASP) and larger candidates, shipped because nested",
+                        "cross-validation found that procedure better than the upstream recipe on both E and F",
+                        f"(`python -m tools.shipped_models.zuo_nested --data-dir DIR {el} --grid {nsp['grid']}`; verdict",
+                        f"and the final selection in {f_nsp.name}; "
+                        f"`python -m tools.shipped_models.zuo_ship --data-dir DIR {el}` writes this file and the model)."],
+                   chosen_by="chosen by nested-CV-validated selection over sparse and larger candidates")
+    report = _fit(el, d, data_dir, threads)
+    model = load_model(d / old_raw["output"]["model"], active_set=False)
+    structure, (t_new, t_old) = time_alternating(el, [model, previous], rounds=9)
+    nsp["ship_speed"] = {"structure": structure, "rounds": 9, "calls": 10, "threads": 1,
+                         "us_per_atom": {"shipped": t_new, "recipe": t_old}, "ratio_to_recipe": t_new / t_old,
+                         "n_active": int(np.count_nonzero(model.parameters))}
+    nsp["timings_s"]["ship_s"] = time.perf_counter() - t0
+    f_nsp.write_text(json.dumps(jsonable(nsp), indent=1))
+    log(f"zuo-{el}: shipped model {t_new:.1f} µs/atom, recipe {t_old:.1f} ({t_new / t_old:.2f} x)")
+    write_card(el)
+    return report
+
+
+def _fit(el: str, d: Path, data_dir: Path, threads) -> dict:
+    """Fit models/zuo-<El>/fit.yaml with `aceserver fit`'s code path; write report.json."""
+    cfg = fconfig.load_config(d / "fit.yaml", data_dir=data_dir)
+    t0 = time.perf_counter()
+    buf = io.StringIO()
+    with redirect_stdout(buf):
+        model, report = run_fit(cfg, threads=threads, progress=False)
+    print(buf.getvalue(), flush=True)
+    cfg.output_report.write_text(json.dumps(report, indent=2))
+    log(f"zuo-{el}: fitted ({model.length_basis} functions) in {time.perf_counter() - t0:.0f} s")
+    return report
 
 
 def ship(el: str, data_dir: Path, threads: int | None = None) -> dict | None:
     d = MODELS / f"zuo-{el}"
+    for f_nsp in (d / "nested_cv_fast.json", d / "nested_cv_sparse.json"):   # the fast grid's verdict first
+        nsp = json.loads(f_nsp.read_text()) if f_nsp.is_file() else {}
+        if nsp.get("ship") == "selected" and not nsp.get("final_selection", {}).get("refused"):
+            return ship_sparse(el, data_dir, f_nsp, threads)
     nst = json.loads((d / "nested_cv.json").read_text())
     if nst["ship"] != "recipe":
         log(f"zuo-{el}: nested CV verdict {nst['ship']!r}; the zuo_select model stays")
@@ -45,14 +125,7 @@ def ship(el: str, data_dir: Path, threads: int | None = None) -> dict | None:
                         f"(`python -m tools.shipped_models.zuo_nested --data-dir DIR {el}`; verdict in nested_cv.json;",
                         f"`python -m tools.shipped_models.zuo_ship --data-dir DIR {el}` writes this file and the model)."],
                    chosen_by="the upstream recipe (ACEpotentials.jl zuobench), shipped on the nested-CV verdict")
-    cfg = fconfig.load_config(d / "fit.yaml", data_dir=data_dir)
-    t0 = time.perf_counter()
-    buf = io.StringIO()
-    with redirect_stdout(buf):
-        model, report = run_fit(cfg, threads=threads, progress=False)
-    print(buf.getvalue(), flush=True)
-    cfg.output_report.write_text(json.dumps(report, indent=2))
-    log(f"zuo-{el}: recipe fitted ({model.length_basis} functions) in {time.perf_counter() - t0:.0f} s")
+    report = _fit(el, d, data_dir, threads)
     write_card(el)
     return report
 

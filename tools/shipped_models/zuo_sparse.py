@@ -31,7 +31,6 @@ import numpy as np
 import scipy.linalg
 
 import aceserver
-from aceserver.benchmarking import build_structure, time_calls
 from aceserver.fitting import assembly, priors, solvers
 from aceserver.fitting.data import normalise_weights
 from aceserver.fitting.fit_model import jsonable
@@ -39,7 +38,7 @@ from aceserver.fitting.selection.scoring import summarise
 from aceserver.fitting.sparse import lasso_homotopy
 from aceserver.fitting.workflow import sha256_file
 
-from .common import MODELS
+from .common import MODELS, time_alternating
 from .zuo_nested import RECIPE_BASIS, RECIPE_FACTOR, recipe_candidate
 from .zuo_recipe import K, SEED, TARGETS, add_data_dir, data_dir_of, rcut_of, training_split
 from .zuo_select import Assembled, log
@@ -76,13 +75,6 @@ def path_supports(R, qty, sizes) -> dict:
     return out
 
 
-def blr_on_support(R, qty, yy, n_obs, idx) -> np.ndarray:
-    """BLR (evidence maximisation) on the columns ``idx`` of the reduced system."""
-    U, s, Vt = scipy.linalg.svd(R[:, idx], full_matrices=False, lapack_driver="gesdd")
-    sol = solvers.solve_from_svd({"name": "blr"}, solvers.SVDFactors(s=s, Vt=Vt, b=U.T @ qty, yy=yy, n_obs=n_obs))
-    return sol.coef
-
-
 def run(el: str, data_dir: Path, sizes: list[int], threads: int | None = 1) -> dict:
     t_all = time.perf_counter()
     timings: dict = {}
@@ -100,8 +92,9 @@ def run(el: str, data_dir: Path, sizes: list[int], threads: int | None = 1) -> d
         R, qty, yy, n_obs = scaled_system(a.factors, comb, m, gamma, w, rec["E0"])
         theta = a.factors.solve(comb, m, gamma, w, [rec["E0"]], rec["solver"])[0][0]
         dense.append(a.factors.block_errors([k], theta, rec["E0"]))
+        resid = max(yy - float(qty @ qty), 0.0)
         for n, (idx, val) in path_supports(R, qty, sizes).items():
-            for kind, v in (("asp", val), ("asp+blr", blr_on_support(R, qty, yy, n_obs, idx))):
+            for kind, v in (("asp", val), ("asp+blr", solvers.blr_on_support(R, qty, resid, n_obs, idx).coef[idx])):
                 c = np.zeros(m)
                 c[idx] = v
                 e = a.factors.block_errors([k], c / gamma[:m], rec["E0"])
@@ -130,8 +123,6 @@ def run(el: str, data_dir: Path, sizes: list[int], threads: int | None = 1) -> d
 def speed(el: str, a, supports: dict, rounds: int = 5, calls: int = 10) -> dict:
     """µs/atom of the recipe model with all parameters nonzero and with only each support's, timed
     alternately (forward, then reversed) in one run; medians over rounds."""
-    import numba
-    numba.set_num_threads(1)
     model = a.models[-1]
     rng = np.random.default_rng(0)
     full = rng.standard_normal(model.length_basis) / model.length_basis
@@ -141,22 +132,14 @@ def speed(el: str, a, supports: dict, rounds: int = 5, calls: int = 10) -> dict:
         cols = a.order[idx]                       # BlockFactors column order -> model parameter index
         p[cols] = full[cols]
         variants[n] = p
-    name = "diamond64" if el in ("Si", "Ge") else "fcc108"
-    at = build_structure(name, [el])
     models = {}
     for key, p in variants.items():
         mm = aceserver.ace1_model(elements=[el], order=RECIPE_BASIS[0], totaldegree=RECIPE_BASIS[1],
                                   rcut=rcut_of(el, RECIPE_FACTOR), E0={el: 0.0})
         mm.parameters = p
         models[key] = mm
-    keys = list(models)
-    times = {key: [] for key in keys}
-    for r in range(rounds):
-        for key in (keys if r % 2 == 0 else keys[::-1]):
-            mm = models[key]
-            times[key].append(time_calls(lambda: mm.evaluate(at.numbers, at.positions, at.cell[:], at.pbc), calls)
-                              / len(at) * 1e6)
-    med = {key: float(np.median(t)) for key, t in times.items()}
+    name, t = time_alternating(el, list(models.values()), rounds, calls)
+    med = dict(zip(models, t))
     return {"structure": name, "rounds": rounds, "calls": calls, "threads": 1,
             "us_per_atom": {str(key): v for key, v in med.items()},
             "n_active": {str(n): int(len(supports[n][0])) for n in supports},
