@@ -63,7 +63,7 @@ def test_openapi_fuzz_no_server_errors(mode):
             # an operation without inputs (e.g. GET /healthz) has no invalid requests to generate
             assert mode == GenerationMode.NEGATIVE and not operation.body and not operation.path_parameters
         print(operation.label, f"{time.perf_counter() - t0:.1f} s")
-    assert operations == 17        # 6, issue 13's plots (2), /metrics.json, /livez, issue 23's jobs (5), issue 24's data (2)
+    assert operations == 18        # 6, issue 13's plots (2), /metrics.json, /livez, issue 23's jobs (5), issue 24's data (3)
     print(mode, dict(sorted(statuses.items())))
     assert server.proc.poll() is None
 
