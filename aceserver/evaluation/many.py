@@ -182,6 +182,17 @@ class _Run:
         self.limit = int(DEFAULT_MAX_PAIRS if max_pairs is None else max_pairs)
         self.remaining = self.limit
 
+    def chunking(self, n: int) -> tuple[int, int]:
+        """(atoms, structures) per chunk of n structures: CHUNK_ATOMS atoms (CANCEL_CHUNK_ATOMS when
+        the caller may cancel), and with committee sums as many structures as COMMITTEE_CHUNK_BYTES
+        of per-structure sums allow."""
+        chunk_atoms = CHUNK_ATOMS if self.cancel is None else CANCEL_CHUNK_ATOMS
+        if not self.with_committee:
+            return chunk_atoms, n
+        t = self.tables
+        per = 8 * (t.coef[0].size + t.pair_spl[0].size)
+        return chunk_atoms, max(1, COMMITTEE_CHUNK_BYTES // max(per, 1))
+
     def single(self, k, structure):
         """Structure k through `evaluate` (its error, if any, recorded), within the budget left."""
         numbers, positions, cell, pbc = structure
@@ -390,13 +401,7 @@ def evaluate_many(potential, structures, *, forces=True, committee=False, commit
     n = len(structures)
     run = _Run(potential, n, forces, committee, committee_forces, threads, max_pairs, cancel,
                gamma, energies_committee, descriptors)
-    chunk_atoms = CHUNK_ATOMS if cancel is None else CANCEL_CHUNK_ATOMS
-    max_structures = n
-    if run.with_committee:
-        t = run.tables
-        per = 8 * (t.coef[0].size + t.pair_spl[0].size)
-        max_structures = max(1, COMMITTEE_CHUNK_BYTES // max(per, 1))
-    _drive(run, structures, chunk_atoms, max_structures)
+    _drive(run, structures, *run.chunking(n))
     if run.errors:
         raise BatchError(run.errors, run.results)
     return run.results
@@ -480,11 +485,7 @@ def evaluate_packed(potential, counts, numbers, positions, cells, pbc, *, forces
                             f"and {len(positions)} positions", "positions")
     run = _Run(potential, S, forces, committee, committee_forces, threads, max_pairs, cancel,
                gamma, energies_committee, descriptors)
-    chunk_atoms = CHUNK_ATOMS if cancel is None else CANCEL_CHUNK_ATOMS
-    max_structures = S
-    if run.with_committee:
-        t = run.tables
-        max_structures = max(1, COMMITTEE_CHUNK_BYTES // max(8 * (t.coef[0].size + t.pair_spl[0].size), 1))
+    chunk_atoms, max_structures = run.chunking(S)
     lo = 0
     while lo < S:      # the chunks `_drive` makes: up to the structure that reaches chunk_atoms
         hi = min(S, lo + max_structures,
