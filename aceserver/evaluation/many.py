@@ -360,9 +360,8 @@ class _Run:
         results = self.results
         for s in np.flatnonzero(status == 0).tolist():
             a, b = offsets[s], offsets[s + 1]
-            e = energies[a:b]
-            ev = Evaluation(energy=total[s] if b - a <= 128 else float(e.sum()), forces=F[a:b],
-                            virial=W[s], energies=e, pairs=pairs[s])
+            ev = Evaluation(energy=total[s], forces=F[a:b], virial=W[s], energies=energies[a:b],
+                            pairs=pairs[s])
             if self.with_committee:
                 ev.energy_committee = committee[s]
             if self.committee_forces and self.potential.committee is not None:

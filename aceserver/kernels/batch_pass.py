@@ -79,14 +79,13 @@ def _rows_ace1(lo, hi, offsets, first, nbr, R, zat, T, with_grad, D, DT, E, G, F
 
 @njit(cache=True, nogil=True)
 def structure_sums(e, offsets):
-    """Σ e over each structure's atoms, summed as numpy's e[a:b].sum() sums up to 128 terms
-    (`sums.numpy_sum`), so the energies are `evaluate`'s bit for bit. Longer runs: NaN (the
-    caller sums those with numpy; tests/test_evaluate_many.py checks the rule against numpy)."""
+    """Σ e over each structure's atoms, summed as numpy's e[a:b].sum() sums them
+    (`sums.numpy_sum`, any length), so the energies are `evaluate`'s bit for bit."""
     S = offsets.shape[0] - 1
     out = np.empty(S)
     for s in range(S):
         a, b = offsets[s], offsets[s + 1]
-        out[s] = np.nan if b - a > 128 else (0.0 if b == a else numpy_sum(e, a, b))
+        out[s] = 0.0 if b == a else numpy_sum(e, a, b)
     return out
 
 
