@@ -43,7 +43,7 @@ def frame_atoms(frame: dict) -> Atoms:
     if frame.get("gamma") is not None:
         atoms.new_array("gamma", np.asarray(frame["gamma"], dtype=float))
     for key in ("index", "step", "time_fs", "kinetic_energy", "temperature_K", "max_force", "energy_std",
-                "max_gamma"):
+                "max_gamma", "structure"):
         if frame.get(key) is not None:
             atoms.info[key] = frame[key]
     results = {"energy": frame["energy"], "free_energy": frame["energy"], "forces": frame["forces"],
