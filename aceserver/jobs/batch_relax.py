@@ -31,7 +31,6 @@ from ase.filters import FrechetCellFilter
 from aceserver.calculator import calculator_results
 from aceserver.errors import BatchError
 from aceserver.evaluation.site_potential import SitePotential
-from aceserver.structure import same_array
 
 from . import frames
 from .runner import OPTIMIZERS, Sink, error_document, halt_message, halt_reason, needs_committee, needs_gamma
@@ -56,12 +55,13 @@ class Served(Calculator):
         self.at = None
 
     def serve(self, atoms: Atoms, results: dict) -> None:
-        self.at = (atoms.numbers.copy(), atoms.positions.copy(), atoms.cell.array.copy(), atoms.pbc.copy())
+        # the structure's bytes (float64 positions and cell, int64 numbers, bool pbc: ASE keeps these
+        # dtypes, so equal bytes are equal arrays); asked for twice per step, compared positions first
+        self.at = _key(atoms)
         self.results = results
 
     def _here(self, atoms: Atoms) -> bool:
-        return self.at is not None and all(map(same_array, self.at, (atoms.numbers, atoms.positions,
-                                                                     atoms.cell.array, atoms.pbc)))
+        return self.at == _key(atoms)
 
     def get_property(self, name, atoms=None, allow_calculation=True):
         if atoms is not None and not self._here(atoms):
@@ -71,6 +71,12 @@ class Served(Calculator):
                                               "periodic in all three directions)")
         value = self.results[name]
         return value.copy() if hasattr(value, "copy") else value
+
+
+def _key(atoms: Atoms) -> tuple:
+    a = atoms.arrays
+    return (a["positions"].tobytes(), atoms.cell.array.tobytes(), a["numbers"].tobytes(), atoms.pbc.tobytes(),
+            a["positions"].dtype, a["numbers"].dtype)
 
 
 @dataclass
