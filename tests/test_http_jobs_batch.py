@@ -16,17 +16,14 @@ import pytest
 from ase.build import bulk
 
 from _http_support import REPO, TMP, Server
+from _http_support import structure_json as structure
+from _http_support import wait_job as wait
 
 from aceserver.jobs import RelaxJob, runner
 from aceserver.loading import load_model
 
 pytestmark = pytest.mark.timeout(600)
 SI_TINY = REPO / "models" / "Si-tiny" / "Si-tiny.json"
-
-
-def structure(atoms):
-    return {"numbers": atoms.numbers.tolist(), "positions": atoms.positions.tolist(),
-            "cell": atoms.cell.array.tolist(), "pbc": atoms.pbc.tolist()}
 
 
 def cells():
@@ -46,16 +43,6 @@ def server():
     with Server([str(SI_TINY), "--jobs-dir", str(TMP / "jobs-batch"), "--max-jobs", "1", "--max-atoms", "200",
                  "--jobs-max-atom-steps", "1000000"]) as s:
         yield s
-
-
-def wait(url, job, timeout=300):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        status = httpx.get(f"{url}/v1/jobs/{job}", timeout=30).json()
-        if status["state"] not in ("queued", "running"):
-            return status
-        time.sleep(0.05)
-    raise TimeoutError(job)
 
 
 class Frames:
