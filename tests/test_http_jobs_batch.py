@@ -114,6 +114,25 @@ def test_relax_many_equals_single_jobs_and_reports_bad_structures(server):
         assert len(traj) == len(request) and traj[1] == [] and [im.info["step"] for im in traj[0]][0] == 0
 
 
+def test_command_line_submits_one_batched_job(server, tmp_path):
+    import subprocess
+    import sys
+
+    from ase.io import write
+
+    path = tmp_path / "cells.xyz"
+    write(path, cells(), format="extxyz")
+    out = subprocess.run([sys.executable, "-m", "aceserver.cli", "jobs", "submit", str(path), "--kind", "relax_many",
+                          "--param", "fmax=0.05", "--param", "optimizer=FIRE", "--write-every", "1000", "--url",
+                          server.url], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    ids = out.stdout.split()
+    assert len(ids) == 1
+    status = wait(server.url, ids[0])
+    assert status["state"] == "done" and len(status["structures"]) == len(cells())
+    assert {s["state"] for s in status["structures"]} == {"converged"}
+
+
 @pytest.mark.parametrize("body, status, field", [
     ({"kind": "relax_many", "structure": "ONE"}, 422, "structures"),
     ({"kind": "relax_many", "structures": "TWO", "parameters": {"max_steps": 200_000}}, 413,

@@ -156,7 +156,7 @@ def check_against_single(model, structures, optimizer, cell_filter, max_steps=60
     return out, per
 
 
-@pytest.mark.parametrize("optimizer", ["FIRE", "BFGS"])
+@pytest.mark.parametrize("optimizer", ["FIRE", "BFGS", "LBFGS"])
 def test_batch_equals_single_jobs_si(si, optimizer):
     out, per = check_against_single(si, si_structures(), optimizer, False)
     assert out.state == "done"
@@ -292,10 +292,16 @@ def test_manager_runs_stores_and_cancels(si, tmp_path):
     assert status["state"] == "cancelled" and {s["state"] for s in status["structures"]} == {"cancelled"}
     frames = [F.decode(b) for b in manager.store.frames(job)]
     assert all(frames[s["frame"]]["step"] == s["steps"] == status["step"] for s in status["structures"])
+    # a server that stops while one runs: every structure ends cancelled, the job interrupted
+    job2 = manager.submit_many(si, "m", si.sha256, si_structures(), long)
+    while manager.status(job2)["step"] < 2:
+        time.sleep(0.01)
     manager.shutdown()
     # the outcomes survive a restart (durable, the store's JSON column)
     again = JobManager(tmp_path)
     assert again.status(job)["structures"] == status["structures"]
+    stopped = again.status(job2)
+    assert stopped["state"] == "interrupted" and {s["state"] for s in stopped["structures"]} == {"cancelled"}
     again.shutdown()
 
 
