@@ -170,6 +170,29 @@ def test_jobs_list_and_live_energy_plot(tmp_path):
             driver.quit()
 
 
+def test_relax_many_job_plots_one_line_per_structure(tmp_path):
+    """A relax_many job's frames interleave its structures: the plot draws one E_pot line each."""
+    from ase.build import bulk
+    from selenium.webdriver.common.by import By
+
+    cells = [bulk("Si", "diamond", a=a) for a in (5.3, 5.43, 5.6)]
+    body = {"kind": "relax_many", "parameters": {"fmax": 0.01, "cell_filter": True},
+            "structures": [{"numbers": c.numbers.tolist(), "positions": c.positions.tolist(),
+                            "cell": c.cell.array.tolist(), "pbc": True} for c in cells]}
+    with Server([MODEL, "--jobs-dir", str(tmp_path / "jobs")]) as server:
+        job = httpx.post(f"{server.url}/v1/jobs", json=body, timeout=30).json()["ids"][0]
+        driver = _driver()
+        try:
+            driver.get(server.url + "/")
+            link = _wait(lambda: driver.find_elements(By.CSS_SELECTOR, f'tr[data-job="{job}"] a'), what="the job row")
+            link[0].click()
+            _wait(lambda: "ended" in driver.find_element(By.ID, "job-plot-title").text, what="the whole stream")
+            assert len(driver.find_elements(By.CSS_SELECTOR, "#job-plot polyline")) == len(cells)
+            assert _console_errors(driver) == []
+        finally:
+            driver.quit()
+
+
 def test_web_page_shows_max_gamma():
     """A model with an active set (built as in test_uncertainty_frontends), served in-process by
     uvicorn: the card names its active set and the form shows the API's max_gamma."""
