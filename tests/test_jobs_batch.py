@@ -334,6 +334,14 @@ def test_limits_name_the_field(si):
     with pytest.raises(JobTooLarge) as ex:
         check_many(si, structures, spec, JobLimits(max_frame_atoms=atoms * 1000))
     assert ex.value.field == "write_every"
+    # BFGS's Hessians: (3N + 9)² float64 per structure with the cell filter, summed
+    hessians = 8 * sum((3 * len(a) + 9) ** 2 for a in structures)
+    bfgs = spec_of("relax_many", "BFGS", True)
+    check_many(si, structures, bfgs, JobLimits(max_hessian_bytes=hessians))
+    with pytest.raises(JobTooLarge, match=r"structures\[4\]") as ex:       # the 16-atom cell is the largest
+        check_many(si, structures, bfgs, JobLimits(max_hessian_bytes=hessians - 1))
+    assert ex.value.field == "parameters.optimizer"
+    check_many(si, structures, spec_of("relax_many", "LBFGS", True), JobLimits(max_hessian_bytes=hessians - 1))
     cu = load_model(str(ROOT / "tests" / "data" / "Cu-PBE-core-rep.yace"))     # no committee, no active set
     copper = [bulk("Cu", "fcc", a=3.6)]
     for halt, field in (({"max_energy_std": 1.0}, "halt.max_energy_std"), ({"max_gamma": 5.0}, "halt.max_gamma")):

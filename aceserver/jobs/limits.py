@@ -43,6 +43,7 @@ class JobLimits:
     max_batch_structures: int = 10_000  # structures of one relax_many job
     max_batch_atoms: int = 200_000      # atoms of one relax_many job, all structures together
     max_batch_pairs: int = 20_000_000   # neighbour pairs of one relax_many step, summed (~50 bytes each: ~1 GB)
+    max_hessian_bytes: int = 1 << 31    # BFGS's dense Hessians of one relax_many job, (3N [+9])² float64 each
 
 
 def frame_count(spec: RelaxJob | MDJob | RelaxManyJob) -> int:
@@ -115,6 +116,14 @@ def check_many(model: SitePotential, structures: list[Atoms], spec: RelaxManyJob
     if total > limits.max_batch_atoms:
         raise JobTooLarge(f"{where}: {total} atoms in all; a relax_many job may hold at most {limits.max_batch_atoms}",
                           where)
+    if spec.parameters.optimizer == "BFGS":     # ASE's BFGS keeps a dense (3N, 3N) Hessian per structure
+        dims = [3 * n + (9 if spec.parameters.cell_filter else 0) for n in sizes]
+        hessians = 8 * sum(d * d for d in dims)
+        if hessians > limits.max_hessian_bytes:
+            big = int(np.argmax(dims))
+            raise JobTooLarge(f"parameters.optimizer: BFGS would keep {hessians / 1e6:.0f} MB of Hessians (the largest "
+                              f"{dims[big]}² for structures[{big}]); a relax_many job may keep at most "
+                              f"{limits.max_hessian_bytes / 1e6:.0f} MB: use FIRE or LBFGS", "parameters.optimizer")
     _check_model(model, spec)
     _check_work(total, spec, limits)
     bad = {}
