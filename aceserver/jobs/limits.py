@@ -1,7 +1,7 @@
 """What a job may ask for, checked before it is queued: the model can evaluate the structure and
 the halt conditions, the ensemble or cell filter has the cell it needs, and the work and the disk
 it will take are bounded (atoms × steps, atoms × frames). A relax_many job (`check_many`) is
-bounded as a whole (structures, atoms, atoms × steps, atoms × frames; its steps' pairs by
+bounded as a whole (structures, atoms, atoms × steps, atoms × frames, BFGS Hessians; its steps' pairs by
 `max_batch_pairs`), and a structure that cannot run is reported by its index, not refused.
 
 Errors name the offending field of the job request (`structure.numbers[3]`, `parameters.steps`,
