@@ -160,22 +160,30 @@ class ACECalculator(Calculator):
                                   energies_committee=with_spread, gamma=with_gamma,
                                   threads=self.threads, verlet=self.verlet)
         self.calculations += 1
-        self.results = {"energy": res.energy, "free_energy": res.energy, "forces": res.forces,
-                        "energies": res.energies}
-        stress = res.periodic_stress(cell, pbc)
-        if stress is not None:
-            self.results["stress"] = stress
-        elif "stress" in properties:
+        self.results = calculator_results(res, cell, pbc)
+        if "stress" in properties and "stress" not in self.results:
             raise PropertyNotImplementedError("stress needs a cell that is periodic in all three "
                                               "directions")
-        if res.energy_committee is not None:
-            self.results["energy_committee"] = res.energy_committee
-            self.results["energy_std"] = res.energy_std
-        if res.energies_committee is not None:
-            self.results["energies_std"] = res.energies_std
-        if res.forces_committee is not None:
-            self.results["forces_committee"] = res.forces_committee
-            self.results["forces_std"] = res.forces_std
-        if res.gamma is not None:
-            self.results["gamma"] = res.gamma
-            self.results["max_gamma"] = res.max_gamma
+
+
+def calculator_results(res, cell, pbc) -> dict:
+    """An `Evaluation` of a structure with this cell and pbc as ASE calculator results (the names
+    and units of `ACECalculator.results`; stress only for 3-D periodic cells). Also what the jobs'
+    batched relaxation serves its optimisers."""
+    results = {"energy": res.energy, "free_energy": res.energy, "forces": res.forces,
+               "energies": res.energies}
+    stress = res.periodic_stress(cell, pbc)
+    if stress is not None:
+        results["stress"] = stress
+    if res.energy_committee is not None:
+        results["energy_committee"] = res.energy_committee
+        results["energy_std"] = res.energy_std
+    if res.energies_committee is not None:
+        results["energies_std"] = res.energies_std
+    if res.forces_committee is not None:
+        results["forces_committee"] = res.forces_committee
+        results["forces_std"] = res.forces_std
+    if res.gamma is not None:
+        results["gamma"] = res.gamma
+        results["max_gamma"] = res.max_gamma
+    return results

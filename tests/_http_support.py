@@ -150,3 +150,20 @@ def si_structures():
     cluster.positions += rng.normal(scale=0.05, size=cluster.positions.shape)
     out.append(cluster)
     return out
+
+
+def structure_json(atoms) -> dict:
+    """An ase.Atoms as the JSON structure of a request (numbers, positions Å, cell Å, pbc)."""
+    return {"numbers": atoms.numbers.tolist(), "positions": atoms.positions.tolist(),
+            "cell": atoms.cell.array.tolist(), "pbc": atoms.pbc.tolist()}
+
+
+def wait_job(url: str, job: str, timeout: float = 300) -> dict:
+    """Poll GET /v1/jobs/{job} until the job has left queued and running; its status."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = httpx.get(f"{url}/v1/jobs/{job}", timeout=30).json()
+        if status["state"] not in ("queued", "running"):
+            return status
+        time.sleep(0.05)
+    raise TimeoutError(job)

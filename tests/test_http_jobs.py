@@ -21,17 +21,14 @@ from ase.md.velocitydistribution import Stationary, thermalize_momenta
 from ase.md.verlet import VelocityVerlet
 
 from _http_support import REPO, TMP, Server, model_file
+from _http_support import structure_json as structure
+from _http_support import wait_job as wait
 
 from aceserver.calculator import ACECalculator
 from aceserver.loading import load_model
 
 pytestmark = pytest.mark.timeout(600)
 SI_TINY = REPO / "models" / "Si-tiny" / "Si-tiny.json"
-
-
-def structure(atoms):
-    return {"numbers": atoms.numbers.tolist(), "positions": atoms.positions.tolist(),
-            "cell": atoms.cell.array.tolist(), "pbc": atoms.pbc.tolist()}
 
 
 def cell64():
@@ -55,16 +52,6 @@ def submit(url, **body):
     r = httpx.post(f"{url}/v1/jobs", json=body, timeout=60)
     assert r.status_code == 202, r.text
     return r.json()["ids"][0]
-
-
-def wait(url, job, timeout=300):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        status = httpx.get(f"{url}/v1/jobs/{job}", timeout=30).json()
-        if status["state"] not in ("queued", "running"):
-            return status
-        time.sleep(0.05)
-    raise TimeoutError(job)
 
 
 def ndjson(url, job):

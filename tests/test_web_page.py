@@ -10,6 +10,7 @@ card names it and the form shows the API's max γ. A screenshot is kept outside 
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -19,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from _http_support import TMP, Server, ready
+from _http_support import TMP, Server, ready, structure_json
 
 pytestmark = pytest.mark.timeout(300)
 MODEL = "Si-tiny"       # shipped, with fit errors and parity plots
@@ -140,6 +141,25 @@ def test_web_page_in_headless_chromium():
             driver.quit()
 
 
+@contextlib.contextmanager
+def _job_clicked(tmp_path, body):
+    """A server with jobs, the job of `body` submitted, the page open and the job's row clicked:
+    (server, driver, job id); the page must have logged no console errors by the end."""
+    from selenium.webdriver.common.by import By
+
+    with Server([MODEL, "--jobs-dir", str(tmp_path / "jobs")]) as server:
+        job = httpx.post(f"{server.url}/v1/jobs", json=body, timeout=30).json()["ids"][0]
+        driver = _driver()
+        try:
+            driver.get(server.url + "/")
+            link = _wait(lambda: driver.find_elements(By.CSS_SELECTOR, f'tr[data-job="{job}"] a'), what="the job row")
+            link[0].click()
+            yield server, driver, job
+            assert _console_errors(driver) == []
+        finally:
+            driver.quit()
+
+
 def test_jobs_list_and_live_energy_plot(tmp_path):
     """A running MD job is listed; clicking it plots its energies from the frame stream as they come
     (the plotted last energy is a frame's energy per atom as the API gives it)."""
@@ -148,26 +168,29 @@ def test_jobs_list_and_live_energy_plot(tmp_path):
 
     atoms = bulk("Si", "diamond", a=5.43, cubic=True).repeat(2)
     body = {"kind": "md", "write_every": 20, "parameters": {"steps": 200_000, "seed": 1},
-            "structure": {"numbers": atoms.numbers.tolist(), "positions": atoms.positions.tolist(),
-                          "cell": atoms.cell.array.tolist(), "pbc": True}}
-    with Server([MODEL, "--jobs-dir", str(tmp_path / "jobs")]) as server:
-        job = httpx.post(f"{server.url}/v1/jobs", json=body, timeout=30).json()["ids"][0]
-        driver = _driver()
-        try:
-            driver.get(server.url + "/")
-            link = _wait(lambda: driver.find_elements(By.CSS_SELECTOR, f'tr[data-job="{job}"] a'), what="the job row")
-            link[0].click()
-            _wait(lambda: int(driver.find_element(By.ID, "job-plot").get_attribute("data-frames") or 0) >= 3,
-                  what="three frames plotted")
-            assert len(driver.find_elements(By.CSS_SELECTOR, "#job-plot polyline")) == 2   # E_pot and E_tot
-            shown = float(driver.find_element(By.ID, "job-plot").get_attribute("data-last-energy"))
-            httpx.delete(f"{server.url}/v1/jobs/{job}", timeout=30)
-            lines = httpx.get(f"{server.url}/v1/jobs/{job}/frames", timeout=60).text.splitlines()
-            energies = {json.loads(x)["energy"] / len(atoms) for x in lines}
-            assert shown in energies
-            assert _console_errors(driver) == []
-        finally:
-            driver.quit()
+            "structure": structure_json(atoms)}
+    with _job_clicked(tmp_path, body) as (server, driver, job):
+        _wait(lambda: int(driver.find_element(By.ID, "job-plot").get_attribute("data-frames") or 0) >= 3,
+              what="three frames plotted")
+        assert len(driver.find_elements(By.CSS_SELECTOR, "#job-plot polyline")) == 2   # E_pot and E_tot
+        shown = float(driver.find_element(By.ID, "job-plot").get_attribute("data-last-energy"))
+        httpx.delete(f"{server.url}/v1/jobs/{job}", timeout=30)
+        lines = httpx.get(f"{server.url}/v1/jobs/{job}/frames", timeout=60).text.splitlines()
+        energies = {json.loads(x)["energy"] / len(atoms) for x in lines}
+        assert shown in energies
+
+
+def test_relax_many_job_plots_one_line_per_structure(tmp_path):
+    """A relax_many job's frames interleave its structures: the plot draws one E_pot line each."""
+    from ase.build import bulk
+    from selenium.webdriver.common.by import By
+
+    cells = [bulk("Si", "diamond", a=a) for a in (5.3, 5.43, 5.6)]
+    body = {"kind": "relax_many", "parameters": {"fmax": 0.01, "cell_filter": True},
+            "structures": [structure_json(c) for c in cells]}
+    with _job_clicked(tmp_path, body) as (server, driver, job):
+        _wait(lambda: "ended" in driver.find_element(By.ID, "job-plot-title").text, what="the whole stream")
+        assert len(driver.find_elements(By.CSS_SELECTOR, "#job-plot polyline")) == len(cells)
 
 
 def test_web_page_shows_max_gamma():

@@ -33,9 +33,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     common.add_argument("--url", default="http://127.0.0.1:8000", help="the server (default http://127.0.0.1:8000)")
     common.add_argument("--token-file", metavar="F", help="file holding the server's bearer token")
     sub = parser.add_subparsers(dest="action", required=True)
-    p = sub.add_parser("submit", parents=[common], help="start a job per structure of a file; prints the ids")
-    p.add_argument("structures", metavar="FILE", help="structure file ASE can read (all its frames: one job each)")
-    p.add_argument("--kind", choices=["relax", "md"], help="relax or md (or from --spec)")
+    p = sub.add_parser("submit", parents=[common], help="start a job per structure of a file (relax_many: one job "
+                       "for all); prints the ids")
+    p.add_argument("structures", metavar="FILE", help="structure file ASE can read (all its frames: one job each, "
+                   "or one relax_many job)")
+    p.add_argument("--kind", choices=["relax", "md", "relax_many"], help="relax, md or relax_many (every frame of "
+                   "FILE relaxed in one batched job) (or from --spec)")
     p.add_argument("--spec", metavar="FILE", help="JSON or YAML job spec: kind, parameters, write_every, "
                    "check_every, halt, record (flags override it)")
     p.add_argument("--model", help="served model name (default: the server's default)")
@@ -78,7 +81,7 @@ def _spec(args) -> dict:
         if getattr(args, key) is not None:
             spec[key] = getattr(args, key)
     if "kind" not in spec:
-        raise SystemExit("aceserver jobs submit: give --kind relax|md (or `kind` in --spec)")
+        raise SystemExit("aceserver jobs submit: give --kind relax|md|relax_many (or `kind` in --spec)")
     return spec
 
 
@@ -102,9 +105,9 @@ def run(args: argparse.Namespace) -> int:
             ids = jobs.submit(images, spec.pop("kind"), model=args.model, **spec)
             print("\n".join(ids))
         elif args.action == "list":
-            print(f"{'id':16}  {'kind':5}  {'state':11}  {'step':>9}  {'frames':>7}  model")
+            print(f"{'id':16}  {'kind':10}  {'state':11}  {'step':>9}  {'frames':>7}  model")
             for j in jobs.list(args.state, args.limit):
-                print(f"{j['id']:16}  {j['kind']:5}  {j['state']:11}  {j['step']:>9}  {j['frames']:>7}  {j['model']}")
+                print(f"{j['id']:16}  {j['kind']:10}  {j['state']:11}  {j['step']:>9}  {j['frames']:>7}  {j['model']}")
         elif args.action == "watch":
             print(f"{'step':>9}  {'time/fs':>10}  {'E_pot/eV':>16}  {'E_kin/eV':>12}  {'T/K':>9}  {'max F/(eV/Å)':>12}")
             for a in jobs.frames(args.job):

@@ -6,7 +6,8 @@ both None for a relaxation), `max_force` (eV/Å), `energy_std` (eV), `max_gamma`
 Arrays: `numbers` (N,), `positions` (N, 3) Å, `momenta` (N, 3) amu·Å/(ASE time unit) as ASE
 stores them (None for a relaxation), `cell` (3, 3) Å (rows a, b, c), `pbc` (3,), `forces` (N, 3)
 eV/Å, `energies` (N,) eV, `stress` (6,) eV/Å³ Voigt xx yy zz yz xz xy (None unless 3-D periodic),
-`gamma` (N,) (None unless recorded). Absent quantities are None.
+`gamma` (N,) (None unless recorded). Absent quantities are None. A frame of a relax_many job
+also has `structure`, the index of its structure in the job's list.
 
 Stored and sent as msgpack: every array a map {dtype: "<f8"|"<i8"|"|b1", shape, data: raw
 little-endian C-order bytes}, the convention of the calculate API; `to_json` gives nested lists.
@@ -101,7 +102,7 @@ def to_atoms(frame: dict) -> Atoms:
     if frame.get("gamma") is not None:
         atoms.new_array("gamma", np.asarray(frame["gamma"], dtype=float))
     for key in ("index", "step", "time_fs", "kinetic_energy", "temperature_K", "max_force", "energy_std",
-                "max_gamma"):
+                "max_gamma", "structure"):
         if frame.get(key) is not None:
             atoms.info[key] = frame[key]
     results = {"energy": frame["energy"], "forces": np.asarray(frame["forces"], dtype=float),

@@ -4,6 +4,9 @@ up a short request: the kernels release the GIL), keeps every job and frame in t
 tells subscribers (the HTTP frame streams) when a frame or a final state arrives, and cancels a
 job between two steps.
 
+A relax_many job runs all its structures on one job thread (`batch_relax`), also when the
+other jobs go to a cluster: its steps are batched evaluations, not separate tasks.
+
 On start the store's unfinished jobs become `interrupted` and finished jobs older than the time
 to live are deleted; expired jobs are deleted again on every submit. `shutdown` stops the running
 jobs after their current step (state `interrupted`) and marks the queued ones the same way.
@@ -25,9 +28,9 @@ from ase import Atoms
 from aceserver.errors import ACEInputError
 from aceserver.evaluation.site_potential import SitePotential
 
-from . import cluster, frames, runner
-from .limits import JobInputError, JobLimits, JobQueueFull, check
-from .spec import MDJob, RelaxJob
+from . import batch_relax, cluster, frames, runner
+from .limits import JobInputError, JobLimits, JobQueueFull, check, check_many
+from .spec import MDJob, RelaxJob, RelaxManyJob
 from .store import JobStore
 
 log = logging.getLogger("aceserver.jobs")
@@ -106,6 +109,19 @@ class JobManager:
         """Queue a job; its id. Raises `JobInputError` / `JobTooLarge` (naming the field) or `JobQueueFull`.
         source: the model's file (what cluster workers load; needed with a client)."""
         self.check(model, atoms, spec, where, source)
+        return self._queue(model, model_name, sha256, atoms.copy(), spec, len(atoms), source)
+
+    def submit_many(self, model: SitePotential, model_name: str, sha256: str, structures: list[Atoms],
+                    spec: RelaxManyJob, where: str = "structures") -> str:
+        """Queue one relax_many job over `structures`; its id. Raises as `submit` for the job as a
+        whole (`limits.check_many`); a structure that cannot run is reported failed by its index in
+        the job's `structures` when it ends. Runs on this server's job threads, also with a cluster."""
+        bad = check_many(model, structures, spec, self.limits, where)
+        work = ([a.copy() for a in structures], bad)
+        return self._queue(model, model_name, sha256, work, spec, sum(map(len, structures)), None)
+
+    def _queue(self, model: SitePotential, model_name: str, sha256: str, work, spec, n_atoms: int,
+               source: str | None) -> str:
         self.store.expire(self.ttl_s)
         with self._lock:
             if self._closing:
@@ -113,13 +129,24 @@ class JobManager:
             if self.store.count(("queued",)) >= self.limits.max_queued:
                 raise JobQueueFull(f"{self.limits.max_queued} jobs are already queued; retry later")
             job_id = secrets.token_hex(8)
-            self.store.create(job_id, spec.kind, model_name, sha256, spec.model_dump(mode="json"), len(atoms),
+            self.store.create(job_id, spec.kind, model_name, sha256, spec.model_dump(mode="json"), n_atoms,
                               spec.steps)
             live = self._live[job_id] = _Live()
-            live.future = self._pool.submit(self._run, job_id, model, atoms.copy(), spec, live, source)
+            live.future = self._pool.submit(self._run, job_id, model, work, spec, live, source)
         return job_id
 
-    def _run(self, job_id: str, model: SitePotential, atoms: Atoms, spec: RelaxJob | MDJob, live: _Live,
+    def _execute(self, job_id: str, model: SitePotential, work, spec, live: _Live, source: str | None,
+                 sink: _Sink) -> dict:
+        """Run the job (here or on the cluster); its outcome as a dict."""
+        if isinstance(spec, RelaxManyJob):
+            structures, bad = work
+            return dataclasses.asdict(batch_relax.run(model, structures, spec, sink, live.cancel, bad,
+                                                      max_pairs=self.limits.max_batch_pairs))
+        if self.client is None:
+            return dataclasses.asdict(runner.run(model, work, spec, sink, live.cancel))
+        return cluster.run(self.client, job_id, model, source, work, spec, live.cancel, sink.blob)
+
+    def _run(self, job_id: str, model: SitePotential, work, spec: RelaxJob | MDJob | RelaxManyJob, live: _Live,
              source: str | None = None) -> None:
         try:
             if live.cancel.is_set():       # cancelled (or the server stopping) between queue and start
@@ -132,10 +159,7 @@ class JobManager:
             sink = _Sink(self, job_id, live)
             try:
                 try:
-                    if self.client is None:
-                        out = dataclasses.asdict(runner.run(model, atoms, spec, sink, live.cancel))
-                    else:
-                        out = cluster.run(self.client, job_id, model, source, atoms, spec, live.cancel, sink.blob)
+                    out = self._execute(job_id, model, work, spec, live, source, sink)
                 finally:
                     sink.flush()                 # every frame made is stored before the final state
             except Exception as ex:
@@ -149,10 +173,10 @@ class JobManager:
                 self.store.finish(job_id, "failed", live.step, error=out["error"])
             elif out["state"] == "cancelled" and self._closing:
                 self.store.finish(job_id, "interrupted", out["step"], "the server stopped while the job was running",
-                                  converged=out["converged"])
+                                  converged=out["converged"], structures=out.get("structures"))
             else:
                 self.store.finish(job_id, out["state"], out["step"], out["reason"], out["halt"],
-                                  converged=out["converged"])
+                                  converged=out["converged"], structures=out.get("structures"))
         finally:
             with self._lock:
                 self._live.pop(job_id, None)
@@ -194,7 +218,11 @@ class JobManager:
         return describe(job)
 
     def list(self, state: str | None = None, limit: int = 100, offset: int = 0) -> list[dict[str, Any]]:
-        return [self.status(j["id"]) or describe(j) for j in self.store.list(state, limit, offset)]
+        """Statuses, newest first, without relax_many's per-structure outcomes (GET one job for those)."""
+        out = [self.status(j["id"]) or describe(j) for j in self.store.list(state, limit, offset)]
+        for job in out:
+            job["structures"] = None
+        return out
 
     def subscribe(self, job_id: str, callback: Callable[[], None]) -> Callable[[], None]:
         """Call `callback()` (from a job thread: keep it short) after every frame and at the job's end;
@@ -238,7 +266,8 @@ class JobManager:
 def describe(job: dict[str, Any]) -> dict[str, Any]:
     """A job's public status: the stored row plus progress and timings (seconds)."""
     out = {k: job[k] for k in ("id", "kind", "model", "model_sha256", "state", "reason", "halt", "error",
-                               "converged", "n_atoms", "steps", "step", "frames", "created", "started", "finished")}
+                               "converged", "n_atoms", "steps", "step", "frames", "created", "started", "finished",
+                               "structures")}
     out["parameters"] = job["spec"]
     out["progress"] = min(1.0, job["step"] / job["steps"]) if job["steps"] else 0.0
     end = job["finished"] if job["finished"] is not None else time.time()

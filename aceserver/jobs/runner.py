@@ -23,6 +23,7 @@ from ase.optimize import BFGS, FIRE, LBFGS
 from aceserver.calculator import ACECalculator
 from aceserver.errors import ACEInputError, TooManyPairsError
 from aceserver.evaluation.site_potential import SitePotential
+from aceserver.evaluation.verlet import DEFAULT_SKIN
 
 from . import frames
 from .spec import Halt, MDJob, MDParameters, RelaxJob
@@ -82,12 +83,21 @@ def halt_reason(halt: Halt, frame: dict) -> dict | None:
     return None
 
 
+def halt_message(halt: dict) -> str:
+    """A halt (`halt_reason`) in words, with units."""
+    unit = UNITS[halt["condition"]]
+    return (f"{halt['condition']}: {halt['value']:.6g}{unit} > {halt['threshold']:.6g}{unit} "
+            f"at step {halt['step']}")
+
+
 def run(model: SitePotential, atoms: Atoms, spec: RelaxJob | MDJob, sink: Sink,
-        cancel: threading.Event | None = None) -> Outcome:
+        cancel: threading.Event | None = None, skin: float = DEFAULT_SKIN) -> Outcome:
     """Run `spec` on a copy of `atoms` with `model`; frames go to `sink`. Raises what the evaluator
-    raises on bad geometry (`aceserver.errors.ACEInputError`)."""
+    raises on bad geometry (`aceserver.errors.ACEInputError`). skin: the calculator's Verlet skin, Å
+    (0: a fresh neighbour search every step, whose forces are those of `evaluate_many` bit for bit;
+    a reused search orders the pairs differently, ~1e-16 relative)."""
     atoms = atoms.copy()
-    atoms.calc = calc = ACECalculator(model, committee=needs_committee(spec), gamma=needs_gamma(spec))
+    atoms.calc = calc = ACECalculator(model, committee=needs_committee(spec), gamma=needs_gamma(spec), skin=skin)
     md = isinstance(spec, MDJob)
     if md:
         p = spec.parameters
@@ -122,10 +132,7 @@ def run(model: SitePotential, atoms: Atoms, spec: RelaxJob | MDJob, sink: Sink,
         if gamma_every is not None:          # for the evaluation of the next step, made inside irun
             calc.gamma = (step + 1) % gamma_every == 0
         if halt is not None:
-            unit = UNITS[halt["condition"]]
-            reason = (f"{halt['condition']}: {halt['value']:.6g}{unit} > {halt['threshold']:.6g}{unit} "
-                      f"at step {step}")
-            return Outcome("halted", step, reason, halt, None if md else bool(converged), written)
+            return Outcome("halted", step, halt_message(halt), halt, None if md else bool(converged), written)
         if stop:
             return Outcome("cancelled", step, None, None, None if md else bool(converged), written)
     return Outcome("done", step, None, None, None if md else bool(converged), written)
@@ -139,12 +146,13 @@ def needs_gamma(spec: RelaxJob | MDJob) -> bool:
     return spec.halt.max_gamma is not None or "gamma" in spec.record
 
 
-def error_document(ex: BaseException) -> dict[str, Any]:
-    """A failed job's error, in the shape of the API's error documents (kind, message, field)."""
+def error_document(ex: BaseException, where: str = "structure") -> dict[str, Any]:
+    """A failed job's error, in the shape of the API's error documents (kind, message, field);
+    where: the request's field of the structure (`structures[3]` in a batch)."""
     if isinstance(ex, TooManyPairsError):
-        return {"kind": "too_large", "message": str(ex), "field": "structure"}
+        return {"kind": "too_large", "message": str(ex), "field": where}
     if isinstance(ex, ACEInputError):
-        field = f"structure.{ex.field}" if ex.field else "structure"
+        field = f"{where}.{ex.field}" if ex.field else where
         return {"kind": "invalid_input", "message": f"{field}: {ex}", "field": field}
     return {"kind": "internal", "message": f"internal error ({type(ex).__name__}); see the server log",
             "field": None}

@@ -2,7 +2,8 @@
 written and halt conditions checked, and the halt conditions themselves (pydantic models: the
 validation, and the schema the HTTP API documents). Units: eV, Å, eV/Å, fs, K, GPa.
 
-A job spec is `RelaxJob` or `MDJob`, told apart by `kind` (`JobSpec`, a discriminated union).
+A job spec is `RelaxJob`, `MDJob` or `RelaxManyJob` (many structures relaxed together, each step
+of all of them one batched evaluation), told apart by `kind` (`JobSpec`, a discriminated union).
 """
 from __future__ import annotations
 
@@ -109,4 +110,19 @@ class MDJob(_Common):
         return self.parameters.steps
 
 
-JobSpec = Annotated[Union[RelaxJob, MDJob], Field(discriminator="kind")]
+class RelaxManyJob(_Common):
+    """Many structures relaxed in one job, each by its own optimiser with the same parameters; every
+    step of the structures still running is one batched evaluation (`batch_relax.py`). The halt
+    conditions, `write_every`, `check_every` and `record` apply to each structure on its own: a
+    structure that trips a halt condition stops (`halted`), the others go on."""
+
+    kind: Literal["relax_many"] = Field(description="`relax_many`: many geometry optimisations in one job "
+                                        "(give `structures`).")
+    parameters: RelaxParameters = Field(default_factory=RelaxParameters)
+
+    @property
+    def steps(self) -> int:
+        return self.parameters.max_steps
+
+
+JobSpec = Annotated[Union[RelaxJob, MDJob, RelaxManyJob], Field(discriminator="kind")]

@@ -1,7 +1,7 @@
 """The durable job store: one SQLite database (`jobs.sqlite` in the jobs directory, WAL journal).
 
 Tables: `jobs` (one row per job: kind, model, state, reason, halt, error document, spec, progress,
-timings as Unix seconds) and `frames` (job, index, step, the frame as msgpack bytes, `frames.py`).
+timings as Unix seconds, a relax_many job's outcome per structure as JSON) and `frames` (job, index, step, the frame as msgpack bytes, `frames.py`).
 A frame is committed before the job's frame count says it exists (and before any stream sends it),
 so every frame a reader has seen survives the process being killed (SIGKILL); WAL with synchronous=NORMAL loses nothing on a
 process crash (only an OS crash or power loss can lose the last transactions).
@@ -29,15 +29,15 @@ CREATE TABLE IF NOT EXISTS jobs (
     state TEXT NOT NULL, reason TEXT, halt TEXT, error TEXT, converged INTEGER,
     spec TEXT NOT NULL, n_atoms INTEGER NOT NULL, steps INTEGER NOT NULL,
     step INTEGER NOT NULL DEFAULT 0, frames INTEGER NOT NULL DEFAULT 0,
-    created REAL NOT NULL, started REAL, finished REAL);
+    created REAL NOT NULL, started REAL, finished REAL, structures TEXT);
 CREATE INDEX IF NOT EXISTS jobs_finished ON jobs (finished);
 CREATE TABLE IF NOT EXISTS frames (
     job TEXT NOT NULL, idx INTEGER NOT NULL, step INTEGER NOT NULL, data BLOB NOT NULL,
     PRIMARY KEY (job, idx)) WITHOUT ROWID;
 """
 COLUMNS = ("id", "kind", "model", "model_sha256", "state", "reason", "halt", "error", "converged", "spec",
-           "n_atoms", "steps", "step", "frames", "created", "started", "finished")
-JSON_COLUMNS = ("halt", "error", "spec")
+           "n_atoms", "steps", "step", "frames", "created", "started", "finished", "structures")
+JSON_COLUMNS = ("halt", "error", "spec", "structures")
 
 
 class JobStore:
@@ -52,6 +52,8 @@ class JobStore:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(SCHEMA)
+            if "structures" not in {r[1] for r in self._db.execute("PRAGMA table_info(jobs)")}:
+                self._db.execute("ALTER TABLE jobs ADD COLUMN structures TEXT")   # a database made before relax_many
         except sqlite3.Error as ex:       # not writable, not a database, ...
             raise OSError(f"cannot use {self.directory / 'jobs.sqlite'} as the jobs database: {ex}") from None
 
@@ -100,16 +102,18 @@ class JobStore:
         return cur.rowcount == 1
 
     def finish(self, job_id: str, state: str, step: int | None = None, reason: str | None = None,
-               halt: dict | None = None, error: dict | None = None, converged: bool | None = None) -> bool:
-        """Give a queued or running job its final state; False if it already had one."""
+               halt: dict | None = None, error: dict | None = None, converged: bool | None = None,
+               structures: list | None = None) -> bool:
+        """Give a queued or running job its final state; False if it already had one. structures:
+        a relax_many job's outcome per structure."""
         assert state in FINISHED
         with self._lock:
             cur = self._db.execute(
                 "UPDATE jobs SET state = ?, step = COALESCE(?, step), reason = ?, halt = ?, error = ?, converged = ?, "
-                "finished = ? WHERE id = ? AND state IN ('queued', 'running')",
+                "finished = ?, structures = COALESCE(?, structures) WHERE id = ? AND state IN ('queued', 'running')",
                 (state, step, reason, None if halt is None else json.dumps(halt),
                  None if error is None else json.dumps(error), None if converged is None else int(converged),
-                 time.time(), job_id))
+                 time.time(), None if structures is None else json.dumps(structures), job_id))
         return cur.rowcount == 1
 
     def mark_interrupted(self) -> int:

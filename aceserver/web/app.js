@@ -247,7 +247,9 @@ function drawSeries(svg, xs, series, unit) {
   if (!all.length || !xs.length) return;
   let lo = Math.min(...all), hi = Math.max(...all);
   if (hi - lo < 1e-9) { lo -= 1e-6; hi += 1e-6; }
-  const x0 = xs[0], x1 = Math.max(xs[xs.length - 1], x0 + 1);
+  // xs: steps in the order the frames came (a relax_many job interleaves its structures' steps)
+  const first = xs.reduce((a, b) => Math.min(a, b)), last = xs.reduce((a, b) => Math.max(a, b));
+  const x0 = first, x1 = Math.max(last, x0 + 1);
   const x = (v) => left + (w - left - 4) * (v - x0) / (x1 - x0);
   const y = (v) => top + (h - top - bottom) * (1 - (v - lo) / (hi - lo));
   const ns = "http://www.w3.org/2000/svg";
@@ -260,9 +262,10 @@ function drawSeries(svg, xs, series, unit) {
   const parts = [node("text", { x: 2, y: y(hi) + 8 }, `${hi.toFixed(5)} ${unit}`),
                  node("text", { x: 2, y: y(lo) }, `${lo.toFixed(5)} ${unit}`),
                  node("text", { x: left, y: h - 3 }, `step ${x0}`),
-                 node("text", { x: w - 80, y: h - 3 }, `step ${xs[xs.length - 1]}`)];
+                 node("text", { x: w - 80, y: h - 3 }, `step ${last}`)];
   for (const s of series) {
-    const pts = s.values.map((v, i) => (v === null ? null : `${x(xs[i]).toFixed(1)},${y(v).toFixed(1)}`)).filter(Boolean);
+    const sx = s.xs || xs;      // a series with its own steps (one structure of a relax_many job)
+    const pts = s.values.map((v, i) => (v === null ? null : `${x(sx[i]).toFixed(1)},${y(v).toFixed(1)}`)).filter(Boolean);
     if (pts.length) parts.push(node("polyline", { points: pts.join(" "), fill: "none", stroke: s.color, "stroke-width": 1.5 }));
   }
   svg.replaceChildren(...parts);
@@ -274,6 +277,8 @@ async function watchJob(id) {
   const controller = new AbortController();
   watching = { id, controller };
   const steps = [], epot = [], etot = [];
+  const structures = new Map();   // relax_many: structure index -> its steps and E_pot per atom, one line each
+  const palette = ["#2462a8", "#b3261e", "#2e7d32", "#8e24aa", "#ef6c00", "#00838f"];
   const svg = $("job-plot");
   svg.dataset.frames = "0";
   svg.replaceChildren();
@@ -297,8 +302,16 @@ async function watchJob(id) {
         steps.push(f.step);
         epot.push(f.energy / n);
         etot.push(f.kinetic_energy === null ? null : (f.energy + f.kinetic_energy) / n);
+        if (f.structure !== undefined && f.structure !== null) {
+          if (!structures.has(f.structure)) structures.set(f.structure, { xs: [], values: [] });
+          structures.get(f.structure).xs.push(f.step);
+          structures.get(f.structure).values.push(f.energy / n);
+        }
       }
-      drawSeries(svg, steps, [{ values: epot, color: "#2462a8" }, { values: etot, color: "#b3261e" }], "eV/atom");
+      const series = structures.size
+        ? [...structures.values()].map((t, i) => ({ xs: t.xs, values: t.values, color: palette[i % palette.length] }))
+        : [{ values: epot, color: "#2462a8" }, { values: etot, color: "#b3261e" }];
+      if (steps.length) drawSeries(svg, steps, series, "eV/atom");
       svg.dataset.frames = String(steps.length);
       svg.dataset.lastEnergy = String(epot[epot.length - 1]);
     }

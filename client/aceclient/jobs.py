@@ -5,11 +5,13 @@
     for frame in jobs.frames(job):          # ase.Atoms, streamed as the server makes them
         print(frame.info["step"], frame.get_potential_energy())
     images = jobs.run(atoms, "relax", parameters={"fmax": 0.01})   # submit, wait, all frames
+    finals = jobs.relax_many(cells, parameters={"optimizer": "FIRE", "fmax": 0.05})   # one batched job
 
 Frames come back as `ase.Atoms` with momenta (MD), a SinglePointCalculator holding energy (eV),
 forces (eV/Å), per-atom energies (eV) and stress (eV/Å³, 3-D periodic cells), and the scalars in
 `atoms.info` (step, time_fs, kinetic_energy eV, temperature_K, max_force eV/Å, energy_std eV,
-max_gamma); per-atom γ, when recorded, in `atoms.arrays["gamma"]`.
+max_gamma, and `structure` for a relax_many job's frames); per-atom γ, when recorded, in
+`atoms.arrays["gamma"]`.
 """
 from __future__ import annotations
 
@@ -43,7 +45,7 @@ def frame_atoms(frame: dict) -> Atoms:
     if frame.get("gamma") is not None:
         atoms.new_array("gamma", np.asarray(frame["gamma"], dtype=float))
     for key in ("index", "step", "time_fs", "kinetic_energy", "temperature_K", "max_force", "energy_std",
-                "max_gamma"):
+                "max_gamma", "structure"):
         if frame.get(key) is not None:
             atoms.info[key] = frame[key]
     results = {"energy": frame["energy"], "free_energy": frame["energy"], "forces": frame["forces"],
@@ -64,18 +66,51 @@ class ACEJobs(APIClient):
         """Start a job (`kind` "relax" or "md"; parameters as the server's OpenAPI document states,
         e.g. {"steps": 1000, "timestep_fs": 1, "temperature_K": 300, "seed": 1}; halt e.g.
         {"max_force": 10.0}); its id, or a list of ids for a list of structures."""
-        body: dict[str, Any] = {"kind": kind, "write_every": write_every, "check_every": check_every}
-        if isinstance(atoms, Atoms):
-            body["structure"] = structure(atoms, binary=True)
-        else:
-            body["structures"] = [structure(a, binary=True) for a in atoms]
-        for key, value in (("model", model), ("parameters", parameters), ("halt", halt)):
-            if value is not None:
-                body[key] = value
-        if record:
-            body["record"] = list(record)
+        body = _body(atoms, kind, model, parameters, write_every, check_every, halt, record)
         ids = self._json("POST", "/v1/jobs", body)["ids"]
         return ids[0] if isinstance(atoms, Atoms) else ids
+
+    def submit_many(self, structures: Sequence[Atoms], *, model: str | None = None, parameters: dict | None = None,
+                    write_every: int = 1, check_every: int = 1, halt: dict | None = None,
+                    record: Sequence[str] = ()) -> str:
+        """Start ONE `relax_many` job relaxing all `structures` (each its own optimiser, every step one
+        batched evaluation on the server; parameters as for "relax", e.g. {"optimizer": "FIRE",
+        "fmax": 0.05, "cell_filter": True}); its id."""
+        body = _body(list(structures), "relax_many", model, parameters, write_every, check_every, halt, record)
+        return self._json("POST", "/v1/jobs", body)["ids"][0]
+
+    def relax_many(self, structures: Sequence[Atoms], **kw) -> list[Atoms | None]:
+        """Relax `structures` in one `relax_many` job (keywords as `submit_many`), wait, and return
+        each one's final structure (its last frame as `ase.Atoms`: positions Å, cell Å, energy eV,
+        forces eV/Å, stress eV/Å³ with the cell filter) with `info["state"]` (converged,
+        not_converged, halted, failed), `info["steps"]`, `info["reason"]` and `info["job"]`; None
+        for a structure that failed (`status(job)["structures"][i]["error"]` says why). Raises
+        `JobFailedError` if the job as a whole failed, was cancelled or interrupted."""
+        job = self.submit_many(structures, **kw)
+        finals: dict[int, Atoms] = {}
+        for image in self.frames(job):          # each structure's last frame is its final structure
+            finals[image.info["structure"]] = image
+        status = self.status(job)
+        if status["state"] != "done":
+            error = status.get("error") or {}
+            raise JobFailedError(f"job {job} {status['state']}: {error.get('message') or status.get('reason')}",
+                                 kind=error.get("kind"), field=error.get("field"))
+        out: list[Atoms | None] = []
+        for s in status["structures"]:
+            image = finals.get(s["index"]) if s["frame"] is not None else None
+            if image is not None:
+                image.info.update(state=s["state"], steps=s["steps"], reason=s["reason"], job=job)
+            out.append(image)
+        return out
+
+    def trajectories(self, job: str) -> list[list[Atoms]]:
+        """A relax_many job's frames grouped by structure (index i: the frames of `structures[i]`),
+        waiting for it to finish."""
+        grouped: dict[int, list[Atoms]] = {}
+        for image in self.frames(job):
+            grouped.setdefault(image.info["structure"], []).append(image)
+        n = len(self.status(job)["structures"] or ())
+        return [grouped.get(i, []) for i in range(n)]
 
     def status(self, job: str) -> dict:
         """State (queued, running, done, halted, failed, cancelled, interrupted), progress, timings."""
@@ -136,3 +171,18 @@ class ACEJobs(APIClient):
         for image in images:
             image.info["job"] = job
         return images
+
+
+def _body(atoms, kind, model, parameters, write_every, check_every, halt, record) -> dict[str, Any]:
+    """A job request: the structure(s) in the binary array form, the spec's fields given."""
+    body: dict[str, Any] = {"kind": kind, "write_every": write_every, "check_every": check_every}
+    if isinstance(atoms, Atoms):
+        body["structure"] = structure(atoms, binary=True)
+    else:
+        body["structures"] = [structure(a, binary=True) for a in atoms]
+    for key, value in (("model", model), ("parameters", parameters), ("halt", halt)):
+        if value is not None:
+            body[key] = value
+    if record:
+        body["record"] = list(record)
+    return body

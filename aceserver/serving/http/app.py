@@ -35,7 +35,7 @@ from .learners import open_learners
 from .learn_schema import DataRequest
 from .routers import calculate, jobs, learn, models, probes, web
 from .routers import metrics as metrics_routes
-from .job_schema import MDJobRequest, RelaxJobRequest
+from .job_schema import MDJobRequest, RelaxJobRequest, RelaxManyJobRequest
 from .schema import CalculateRequest
 from .settings import Settings, State
 
@@ -165,7 +165,7 @@ def openapi(app: FastAPI) -> dict[str, Any]:
         components.update(extra.pop("$defs", {}))
         components["CalculateRequest"] = extra
         components.update(packed.openapi_components())      # the packed batch (msgpack)
-        for cls in (RelaxJobRequest, MDJobRequest, DataRequest):     # the jobs and data routes read their bodies too
+        for cls in (RelaxJobRequest, MDJobRequest, RelaxManyJobRequest, DataRequest):     # the jobs and data routes read their bodies too
             extra = cls.model_json_schema(ref_template="#/components/schemas/{model}")
             components.update(extra.pop("$defs", {}))
             components[cls.__name__] = extra

@@ -8,12 +8,12 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError, model_validator
 
-from aceserver.jobs.spec import MDJob, RelaxJob
+from aceserver.jobs.spec import MDJob, RelaxJob, RelaxManyJob
 
 from .error_replies import APIError, from_validation_error
 from .schema import Structure, field_error
 
-TAGS = ("relax", "md")
+TAGS = ("relax", "md", "relax_many")
 
 
 class _Target(BaseModel):
@@ -42,7 +42,19 @@ class MDJobRequest(MDJob, _Target):
     """A molecular dynamics job: `kind: md`."""
 
 
-JobRequest = Annotated[Union[RelaxJobRequest, MDJobRequest], Field(discriminator="kind")]
+class RelaxManyJobRequest(RelaxManyJob, _Target):
+    """Many relaxations in ONE job: `kind: relax_many` with `structures`. Each structure gets its own
+    optimiser (same parameters) and every step of all those still running is one batched evaluation;
+    the status's `structures` gives each one's outcome, its frames carry `structure` (its index)."""
+
+    @model_validator(mode="after")
+    def _many(self):
+        if self.structures is None:
+            raise field_error("structures", "a relax_many job takes `structures` (a list), not `structure`")
+        return self
+
+
+JobRequest = Annotated[Union[RelaxJobRequest, MDJobRequest, RelaxManyJobRequest], Field(discriminator="kind")]
 _ADAPTER = TypeAdapter(JobRequest)
 
 
@@ -55,16 +67,16 @@ def validate_request(doc: Any) -> RelaxJobRequest | MDJobRequest:
         for e in ex.errors(include_url=False):
             loc = tuple(e.get("loc", ()))
             if e.get("type", "").startswith("union_tag"):
-                e = {**e, "loc": ("kind",), "msg": "`kind` must be `relax` or `md`"}
+                e = {**e, "loc": ("kind",), "msg": "`kind` must be `relax`, `md` or `relax_many`"}
             elif loc and loc[0] in TAGS:           # the discriminated union's tag is not a field of the body
                 e = {**e, "loc": loc[1:]}
             errors.append(e)
         raise from_validation_error(errors) from None
 
 
-def job_spec(request: RelaxJobRequest | MDJobRequest) -> RelaxJob | MDJob:
+def job_spec(request: RelaxJobRequest | MDJobRequest | RelaxManyJobRequest) -> RelaxJob | MDJob | RelaxManyJob:
     """The request's job spec, without the model and structures (what the jobs layer runs)."""
-    cls = RelaxJob if request.kind == "relax" else MDJob
+    cls = {"relax": RelaxJob, "md": MDJob, "relax_many": RelaxManyJob}[request.kind]
     return cls.model_validate(request.model_dump(include=set(cls.model_fields)))
 
 
@@ -90,9 +102,26 @@ class JobError(BaseModel):
     field: str | None = None
 
 
+class StructureOutcome(BaseModel):
+    """How one structure of a relax_many job ended. Its final positions (Å), cell (Å), forces (eV/Å),
+    per-atom energies (eV) and stress (eV/Å³, Voigt xx yy zz yz xz xy; 3-D periodic cells) are in its
+    last frame, `frame` (GET .../frames?start=frame)."""
+    index: int = Field(..., description="The structure's index in `structures`.")
+    state: Literal["converged", "not_converged", "halted", "failed", "cancelled"] = Field(
+        ..., description="converged (fmax reached), not_converged (max_steps done), halted (see `halt`), "
+        "failed (see `error`), cancelled (the job was cancelled or the server stopped).")
+    steps: int = Field(..., description="Optimiser steps done (its last step).")
+    reason: str | None = Field(None, description="Why it halted.")
+    halt: JobHalt | None = Field(None, description="The halt condition that stopped it.")
+    error: JobError | None = Field(None, description="Why it failed (`field` names it: `structures[i]...`).")
+    frame: int | None = Field(None, description="Index of its last frame (the final structure), if written.")
+    energy: float | None = Field(None, description="Potential energy at its last step, eV.")
+    max_force: float | None = Field(None, description="Largest atomic force at its last step, eV/Å.")
+
+
 class JobStatus(BaseModel):
     id: str
-    kind: Literal["relax", "md"]
+    kind: Literal["relax", "md", "relax_many"]
     model: str = Field(..., description="Name of the model the job runs on.")
     model_sha256: str = Field(..., description="sha256 of the model (identifies its parameters).")
     state: State = Field(..., description="queued, running, done, halted (see `halt`), failed (see `error`), "
@@ -100,8 +129,12 @@ class JobStatus(BaseModel):
     reason: str | None = Field(None, description="Why it halted, was cancelled or interrupted.")
     halt: JobHalt | None = Field(None, description="The halt condition that stopped the job.")
     error: JobError | None = Field(None, description="Why it failed, as an error document.")
-    converged: bool | None = Field(None, description="Relaxations: whether `fmax` was reached.")
-    n_atoms: int
+    converged: bool | None = Field(None, description="Relaxations: whether `fmax` was reached (relax_many: by "
+                                   "every structure).")
+    structures: list[StructureOutcome] | None = Field(
+        None, description="relax_many, once it has ended: each structure's outcome, in request order (GET "
+        "/v1/jobs/{id} only; null in lists).")
+    n_atoms: int = Field(..., description="Atoms of the job (relax_many: of all its structures).")
     steps: int = Field(..., description="Steps asked for (`steps`, or `max_steps` of a relaxation).")
     step: int = Field(..., description="The last step done.")
     frames: int = Field(..., description="Frames written so far (GET .../frames).")
@@ -131,4 +164,6 @@ FRAME_DOC = (
     "unit) = ASE's `get_momenta()` (null for a relaxation), `cell` (3, 3) Å, `pbc`, `energy` (potential, eV), "
     "`kinetic_energy` eV, `temperature_K` K, `forces` (N, 3) eV/Å, `energies` (N,) eV per atom, `stress` (6,) "
     "eV/Å³ Voigt xx yy zz yz xz xy (null unless 3-D periodic), `max_force` eV/Å, `energy_std` eV, `gamma` (N,) "
-    "and `max_gamma` (dimensionless), null where not recorded.")
+    "and `max_gamma` (dimensionless), null where not recorded. relax_many: the frames of all structures in one "
+    "stream, each with `structure` (its index in `structures`), written every `write_every` steps of that "
+    "structure plus its first and last.")

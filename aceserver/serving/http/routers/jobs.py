@@ -1,4 +1,4 @@
-"""/v1/jobs: relaxations and MD runs as server-side jobs (`aceserver.jobs`), their status, their
+"""/v1/jobs: relaxations, MD runs and batched relaxations (`relax_many`) as server-side jobs (`aceserver.jobs`), their status, their
 frames streamed as they are made, and cancellation. Same token, body limit and error documents as
 calculate. Jobs run on the job manager's own threads (`--max-jobs`), not on the calculate threads.
 
@@ -36,7 +36,8 @@ from ..settings import Settings
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 HEARTBEAT_S = 15.0              # an SSE comment this often while a job makes no frames (keeps proxies open)
 JOB_BODY = {"oneOf": [{"$ref": "#/components/schemas/RelaxJobRequest"},
-                      {"$ref": "#/components/schemas/MDJobRequest"}],
+                      {"$ref": "#/components/schemas/MDJobRequest"},
+                      {"$ref": "#/components/schemas/RelaxManyJobRequest"}],
             "discriminator": {"propertyName": "kind"}}
 JobId = Path(..., pattern="^[0-9a-f]{16}$", description="A job's id (16 hex digits), as POST /v1/jobs gave it.")
 MEDIA = {"ndjson": "application/x-ndjson", "sse": "text/event-stream", "msgpack": codec.MSGPACK,
@@ -76,6 +77,8 @@ def submit_body(jobs: JobManager, registry: ModelRegistry, body: bytes, codec_in
     spec = job_spec(request)
     named = [(where, _atoms(s)) for where, s in request.named_structures()]
     try:
+        if spec.kind == "relax_many":    # one job; a structure that cannot run is reported in it by index
+            return [jobs.submit_many(m.model, m.name, m.sha256, [atoms for _, atoms in named], spec)]
         for where, atoms in named:       # every structure is checked before any is queued
             jobs.check(m.model, atoms, spec, where, m.path)
         return [jobs.submit(m.model, m.name, m.sha256, atoms, spec, where, m.path) for where, atoms in named]
@@ -89,7 +92,8 @@ def submit_body(jobs: JobManager, registry: ModelRegistry, body: bytes, codec_in
 
 @router.post(
     "", status_code=202, response_model=JobSubmitted,
-    summary="Start relaxations or MD runs on the server (one job per structure); answers at once with the ids",
+    summary="Start relaxations or MD runs on the server (one job per structure; `relax_many`: one job relaxing "
+    "all `structures` in batched steps); answers at once with the ids",
     responses={**error_responses(400, 404, 413, 415, 503)},
     openapi_extra={"requestBody": {"required": True, "content": {
         "application/json": {"schema": JOB_BODY}, codec.MSGPACK: {"schema": JOB_BODY}}}},
