@@ -30,6 +30,7 @@ class VerletList:
         self.searches = 0      # how often the full search ran (for tests and benchmarks)
         self._ref = None
         self._arrays = None    # the reference as `step` hands it to its kernel
+        self._tables = self._fields = None      # the last tables `step` saw, and tuple(tables)
 
     def step(self, numbers, positions, cell, pbc, lookup, rcut, min_distance, tables):
         """An evaluation's Verlet step and serial site pass with forces, in one kernel call
@@ -42,8 +43,11 @@ class VerletList:
         if self._ref is None or self._ref["rcut"] != rcut or not as_given(numbers, positions,
                                                                              cell, pbc):
             return None
+        if self._tables is not tables:          # the tables' fields, made once per tables
+            self._tables, self._fields = tables, tuple(tables)
         out = reuse_pass(numbers, positions, cell, pbc, lookup, self._arrays,
-                         (MAX_COORDINATE, float(rcut), (0.5 * self.skin) ** 2, float(min_distance)), tables)
+                         (MAX_COORDINATE, float(rcut), (0.5 * self.skin) ** 2, float(min_distance)),
+                         tables, self._fields)
         return out if out[0] == REUSED else None
 
     def pairs(self, z, positions, cell, pbc, rcut, n_chunks=1):

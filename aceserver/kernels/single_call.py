@@ -16,6 +16,7 @@ from .neighbour_search import refresh_near, smallest_distance
 from .neighbours import species_if_valid
 from .scatter import _scatter_range, symmetrised
 from .site_pass import _serial
+from .site_tables import SiteTables
 from .sums import e0_total, numpy_sum
 
 REUSED, CHECK, SEARCH = 0, 1, 2     # verlet_reuse's status: pairs refreshed; checks to name; search
@@ -90,27 +91,30 @@ def _reuse_pass(numbers, positions, cell, pbc, lookup, ref_z, ref_cell, ref_pbc,
     return status, E, F, W, energy, e0, SAA, H, nbr.shape[0]
 
 
-# one entry point per radial mode, as site_pass's: the mode is a compile-time constant there
+# One entry point per radial mode, as site_pass's: the mode is a compile-time constant there.
+# The tables come as a plain tuple: numba checks a tuple's types in C (~1.8 µs for the site
+# tables) but a namedtuple's in Python (~4.7 µs), and the namedtuple is rebuilt inside.
 @njit(cache=True, nogil=True)
 def _reuse_pass_ace1(numbers, positions, cell, pbc, lookup, ref_z, ref_cell, ref_pbc,
-                     ref_positions, first_ref, nbr_ref, R_ref, limits, T):
+                     ref_positions, first_ref, nbr_ref, R_ref, limits, t):
     return _reuse_pass(numbers, positions, cell, pbc, lookup, ref_z, ref_cell, ref_pbc,
-                       ref_positions, first_ref, nbr_ref, R_ref, limits, T, 0)
+                       ref_positions, first_ref, nbr_ref, R_ref, limits, SiteTables(*t), 0)
 
 
 @njit(cache=True, nogil=True)
 def _reuse_pass_tabulated(numbers, positions, cell, pbc, lookup, ref_z, ref_cell, ref_pbc,
-                          ref_positions, first_ref, nbr_ref, R_ref, limits, T):
+                          ref_positions, first_ref, nbr_ref, R_ref, limits, t):
     return _reuse_pass(numbers, positions, cell, pbc, lookup, ref_z, ref_cell, ref_pbc,
-                       ref_positions, first_ref, nbr_ref, R_ref, limits, T, 1)
+                       ref_positions, first_ref, nbr_ref, R_ref, limits, SiteTables(*t), 1)
 
 
-def reuse_pass(numbers, positions, cell, pbc, lookup, ref, limits, T):
+def reuse_pass(numbers, positions, cell, pbc, lookup, ref, limits, T, fields=None):
     """A Verlet step and the serial site pass with forces in one kernel call: `verlet_reuse`,
     site_pass's serial pass over the tables T, then `assemble`. ref: the Verlet list's
     (z, cell, pbc, positions, first, nbr, R) of its last search; limits: (max_coordinate Å,
-    rcut Å, max_move2 Å², min_distance Å). Returns (status, E (1, N), F (N, 3), W (3, 3)
-    symmetrised, energy, Σ e0[z_i], SAA, H, pairs); status REUSED, else `verlet_reuse`'s CHECK
-    or SEARCH (also CHECK when a pair is closer than min_distance) and nothing computed."""
+    rcut Å, max_move2 Å², min_distance Å); fields: tuple(T) when the caller keeps it (else made
+    here). Returns (status, E (1, N), F (N, 3), W (3, 3) symmetrised, energy, Σ e0[z_i], SAA,
+    H, pairs); status REUSED, else `verlet_reuse`'s CHECK or SEARCH (also CHECK when a pair is
+    closer than min_distance) and nothing computed."""
     return (_reuse_pass_ace1 if T.mode == 0 else _reuse_pass_tabulated)(
-        numbers, positions, cell, pbc, lookup, *ref, limits, T)
+        numbers, positions, cell, pbc, lookup, *ref, limits, tuple(T) if fields is None else fields)
