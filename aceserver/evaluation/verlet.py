@@ -40,8 +40,10 @@ class VerletList:
         structure to search again): the caller then takes the general path. numbers, positions,
         cell, pbc as given to `evaluate`; lookup: the model's species table; tables: its
         SiteTables."""
-        if self._ref is None or self._ref["rcut"] != rcut or not as_given(numbers, positions,
-                                                                             cell, pbc):
+        ref = self._ref
+        # another cell (screening: a new cell every call) is known without the kernel call
+        if (ref is None or ref["rcut"] != rcut or not as_given(numbers, positions, cell, pbc)
+                or not same_array(ref["cell"], cell)):
             return None
         if self._tables is not tables:          # the tables' fields, made once per tables
             self._tables, self._fields = tables, tuple(tables)
