@@ -19,7 +19,6 @@ from ..kernels import site_pass as K
 from ..kernels.neighbour_search import smallest_distance
 from ..kernels.neighbours import DEFAULT_MAX_PAIRS, neighbour_list, species_if_valid
 from ..kernels.scatter import scatter_forces_virial, scatter_forces_virial_parallel, symmetrised
-from ..kernels.single_call import assemble
 from ..kernels.sums import numpy_sum
 from ..structure import MAX_COORDINATE, MIN_DISTANCE, as_given, prepare
 from . import many, uncertainty
@@ -180,7 +179,6 @@ class SitePotential:
                     result.energy_committee = K.committee_energies(tables, None, SAA, H, e0)
                 return result
         parallel = threads != 1 and n >= PARALLEL_MIN_ATOMS and _PARALLEL_LOCK.acquire(blocking=False)
-        energy = None         # set by the serial path with forces, which assembles in one call
         try:
             n_chunks = 4 * numba.get_num_threads() if parallel else 1
             z, first, nbr, R = self._neighbours(numbers, positions, cell, pbc, n_chunks=n_chunks,
@@ -200,31 +198,25 @@ class SitePotential:
                 E, G, ec = out
             elif parallel:
                 E, G, ec = K.fast_parallel(first, nbr, R, z, tables, forces, n_chunks)
-            elif forces:
-                # the serial pass, then scatter, symmetrised virial, energy sum and Σ E0 in one
-                # kernel call (`kernels.single_call.assemble`: the same kernels, the same bits)
-                E, G, SAA, H = K.serial_sums(first, nbr, R, z, tables, True)
-                F, W, energy, e0 = assemble(first, nbr, R, G, E, tables.e0, z)
-                ec = K.committee_energies(tables, z, SAA, H, e0)
             else:
                 E, G, ec = K.fast_serial(first, nbr, R, z, tables, forces)
             if collect is not None and row_tables is None:
                 self._rows_by_blocks(z, first, nbr, R, collect, parallel, cancel)
-            if forces and energy is None:
-                F, W = (scatter_forces_virial_parallel(first, nbr, R, G, len(z), numba.get_num_threads())
-                        if parallel else scatter_forces_virial(first, nbr, R, G, len(z)))
+            if forces and parallel:
+                F, W = scatter_forces_virial_parallel(first, nbr, R, G, len(z), numba.get_num_threads())
+            elif forces:
+                F, W = scatter_forces_virial(first, nbr, R, G, len(z))
         finally:
             if parallel:
                 _PARALLEL_LOCK.release()
+        if forces:
+            W = symmetrised(W)          # 0.5 (W + Wᵀ)
+        else:
+            F, W = np.zeros((len(z), 3)), np.zeros((3, 3))
         energies = E[0]
-        if energy is None:
-            if forces:
-                W = symmetrised(W)          # 0.5 (W + Wᵀ)
-            else:
-                F, W = np.zeros((len(z), 3)), np.zeros((3, 3))
-            # energies.sum()'s bits (numpy's pairwise order) in one kernel call
-            energy = numpy_sum(energies, 0, len(z)) if len(z) else 0.0
-        result = Evaluation(energy=energy, forces=F, virial=W, energies=energies, pairs=len(nbr))
+        # energies.sum()'s bits (numpy's pairwise order) in one kernel call
+        result = Evaluation(energy=numpy_sum(energies, 0, len(z)) if len(z) else 0.0, forces=F,
+                            virial=W, energies=energies, pairs=len(nbr))
         if collect is not None:
             result.gamma, result.energies_committee = collect.gamma, collect.energies
         if with_committee:

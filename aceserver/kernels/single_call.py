@@ -3,7 +3,7 @@ a numba call costs ~0.5-2 µs of argument checks (~5 µs for the site tables), a
 work of a 2-atom cell. `reuse_pass` does an MD step whose Verlet list still holds: the species
 and coordinate checks, the reuse test and refresh, the closest-pair distance (`verlet_reuse`),
 the serial site pass and `assemble` (force/virial scatter, symmetrised virial, energy sum,
-one-body total), all in one call; `assemble` alone follows the serial pass of other calls.
+one-body total), all in one call.
 Each step is the kernel the general path calls, so the numbers are the same bits.
 Units: Å, eV, eV/Å.
 """

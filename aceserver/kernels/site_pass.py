@@ -373,12 +373,6 @@ def committee_energies(T, zat, SAA, H, e0=None):
     return mb + pair + (e0_total(T.e0, zat) if e0 is None else e0)   # float(T.e0[zat].sum())'s bits
 
 
-def serial_sums(first, nbr, R, zat, T, with_grad):
-    """fast_serial's pass without the committee energies: E (1, N), G (pairs, 3) and the committee
-    sums SAA, H for `committee_energies` (empty without committee sets)."""
-    return (_serial_ace1 if T.mode == 0 else _serial_tabulated)(first, nbr, R, zat, T, with_grad)
-
-
 def fast_serial(first, nbr, R, zat, T, with_grad):
     """Site energies E (1, N) and pair gradients G (pairs, 3) of the potential over the site
     tables T, and the committee's total energies (None without committee sets)."""
