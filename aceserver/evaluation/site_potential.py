@@ -167,11 +167,30 @@ class SitePotential:
             len(numbers) if np.ndim(numbers) == 1 else 0)
         with_committee = committee and self.committee is not None
         tables = self._tables(with_committee)
+        neighbours = None
+        if (verlet is not None and forces and cancel is None and not gamma and not energies_committee
+                and not committee_forces and (threads == 1 or n < PARALLEL_MIN_ATOMS)):
+            # MD's usual step: the Verlet list answers, serial pass; one kernel call for all of it
+            step = verlet.step(numbers, positions, cell, pbc, self._lookup, self.rcut,
+                               self.min_distance, tables)
+            if step is None:
+                # the general search (or its named errors), after which the list answers with
+                # zero displacements: the same pairs, and MD keeps to one compiled site pass
+                neighbours = self._neighbours(numbers, positions, cell, pbc, verlet=verlet,
+                                              max_pairs=max_pairs)
+                step = verlet.step(numbers, positions, cell, pbc, self._lookup, self.rcut,
+                                   self.min_distance, tables)
+            if step is not None:
+                _, E, F, W, energy, e0, SAA, H, pairs = step
+                result = Evaluation(energy=energy, forces=F, virial=W, energies=E[0], pairs=pairs)
+                if with_committee:
+                    result.energy_committee = K.committee_energies(tables, None, SAA, H, e0)
+                return result
         parallel = threads != 1 and n >= PARALLEL_MIN_ATOMS and _PARALLEL_LOCK.acquire(blocking=False)
         try:
             n_chunks = 4 * numba.get_num_threads() if parallel else 1
-            z, first, nbr, R = self._neighbours(numbers, positions, cell, pbc, n_chunks=n_chunks,
-                                                verlet=verlet, max_pairs=max_pairs)
+            z, first, nbr, R = neighbours or self._neighbours(
+                numbers, positions, cell, pbc, n_chunks=n_chunks, verlet=verlet, max_pairs=max_pairs)
             # γ's products use BLAS threads only where the site pass uses numba's: on a busy
             # machine threaded BLAS beside a serial call cost 10x (64 zuo-Si atoms, 2 cores)
             collect = (self._uncertainty(z, gamma, energies_committee, parallel)

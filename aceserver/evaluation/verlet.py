@@ -14,7 +14,8 @@ import numpy as np
 
 from ..kernels.neighbour_search import refresh_near
 from ..kernels.neighbours import neighbour_list, refresh_pairs
-from ..structure import same_array
+from ..kernels.single_call import REUSED, reuse_pass
+from ..structure import MAX_COORDINATE, as_given, same_array
 
 DEFAULT_SKIN = 0.3   # Å: MD steps move atoms ~0.01 Å, so a search lasts tens of steps
 
@@ -28,6 +29,28 @@ class VerletList:
         self.skin = float(skin)
         self.searches = 0      # how often the full search ran (for tests and benchmarks)
         self._ref = None
+        self._arrays = None    # the reference as `step` hands it to its kernel
+        self._tables = self._fields = None      # the last tables `step` saw, and tuple(tables)
+
+    def step(self, numbers, positions, cell, pbc, lookup, rcut, min_distance, tables):
+        """An evaluation's Verlet step and serial site pass with forces, in one kernel call
+        (`kernels.single_call.reuse_pass`: its result tuple), when this list answers the
+        structure as `pairs` would; None when it does not (no search yet, arrays that need
+        conversion, checks that must name a problem, a pair closer than min_distance Å, or a
+        structure to search again): the caller then takes the general path. numbers, positions,
+        cell, pbc as given to `evaluate`; lookup: the model's species table; tables: its
+        SiteTables."""
+        ref = self._ref
+        # another cell (screening: a new cell every call) is known without the kernel call
+        if (ref is None or ref["rcut"] != rcut or not as_given(numbers, positions, cell, pbc)
+                or not same_array(ref["cell"], cell)):
+            return None
+        if self._tables is not tables:          # the tables' fields, made once per tables
+            self._tables, self._fields = tables, tuple(tables)
+        out = reuse_pass(numbers, positions, cell, pbc, lookup, self._arrays,
+                         (MAX_COORDINATE, float(rcut), (0.5 * self.skin) ** 2, float(min_distance)),
+                         tables, self._fields)
+        return out if out[0] == REUSED else None
 
     def pairs(self, z, positions, cell, pbc, rcut, n_chunks=1):
         """CSR (first, nbr, R) of the pairs within rcut, as neighbour_list(sort=False) gives them
@@ -45,4 +68,6 @@ class VerletList:
         self.searches += 1
         self._ref = dict(rcut=rcut, z=z.copy(), cell=cell.copy(), pbc=pbc.copy(),
                          positions=positions.copy(), first=first, nbr=nbr, R=R)
+        ref = self._ref
+        self._arrays = (ref["z"], ref["cell"], ref["pbc"], ref["positions"], first, nbr, R)
         return refresh_pairs(first, nbr, R, np.zeros_like(positions), rcut)

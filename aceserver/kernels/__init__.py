@@ -12,6 +12,7 @@
     atomic_base       per site: neighbours by species, features, A and AA (DAG) and their pullbacks
     site_pass         the fast form: site energies and pair gradients (serial or threaded)
     scatter           forces and virial from the pair gradients
+    single_call       one small serial evaluation's steps fused into one call (Verlet step, pass, scatter)
     sums              sums in numpy's order (energies, the committee spread, the one-body energy)
     batch_pass        site pass and scatter over many packed structures (a virial per structure)
     basis_rows        the basis form for fitting: energy, force and virial rows per parameter

@@ -363,13 +363,14 @@ def _parallel_tabulated(first, nbr, R, zat, T, with_grad, n_chunks):
     return _parallel(first, nbr, R, zat, T, with_grad, n_chunks, 1, D, DT)
 
 
-def committee_energies(T, zat, SAA, H):
-    """Total energies (eV) of parameter sets 1.. (the committee) from the pass's sums."""
+def committee_energies(T, zat, SAA, H, e0=None):
+    """Total energies (eV) of parameter sets 1.. (the committee) from the pass's sums; e0: Σ e0[z_i]
+    when the caller has it (`e0_total`'s value)."""
     if SAA.shape[1] == 0:
         return None
     mb = _einsum("mzk,zk->m", T.coef[1:], SAA)
     pair = _einsum("mabkc,abkc->m", T.pair_spl[1:], H)
-    return mb + pair + e0_total(T.e0, zat)        # float(T.e0[zat].sum())'s bits
+    return mb + pair + (e0_total(T.e0, zat) if e0 is None else e0)   # float(T.e0[zat].sum())'s bits
 
 
 def fast_serial(first, nbr, R, zat, T, with_grad):
