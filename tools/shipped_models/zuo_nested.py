@@ -274,19 +274,30 @@ def run(el: str, data_dir: Path, grid_name: str, out: Path, threads: int | None 
         ra = Assembled(el, train, [RECIPE_BASIS], RECIPE_FACTOR, folds, always, threads, timings, "recipe")
         reference, = selection.cross_validate(ra.factors, list(range(K)), [K], [recipe], ra.labels, ra.sizes, log=None)
         del ra
-    a = Assembled(el, train, grid["chain"], grid.get("rcut", RECIPE_FACTOR), folds, always, threads, timings, "nested", basis_kw=kw)
-    t0 = time.perf_counter()
+    prev = json.loads(out.read_text()) if out.is_file() else {}
+    if own and prev.get("data") == res["data"] and same(prev.get("candidates"), jsonable(cands)) and len(
+            prev.get("outer", [])) == K:
+        # resume: a run that stopped after its outer folds (their choices and errors are all kept)
+        res["outer"], a = prev["outer"], None
+        timings.update({k: v for k, v in prev["timings_s"].items() if k.startswith(("nested_", "outer_"))}, resumed=True)
+        procedure = selection.summarise({"procedure": "inner selection"}, [f["procedure"] for f in res["outer"]], 0)
+        log(f"  the {K} outer folds kept from the earlier run ({out.name})")
+    else:
+        a = Assembled(el, train, grid["chain"], grid.get("rcut", RECIPE_FACTOR), folds, always, threads, timings,
+                      "nested", basis_kw=kw)
+        t0 = time.perf_counter()
 
-    def on_fold(f):
-        res["outer"].append(f)
-        timings["outer_s"] = time.perf_counter() - t0
-        save()
+        def on_fold(f):
+            res["outer"].append(f)
+            timings["outer_s"] = time.perf_counter() - t0
+            save()
 
-    nested = selection.nested_cross_validate(a.factors, list(range(K)), [K], cands, a.labels, a.sizes,
-                                             chooser(TARGETS[el]), reference=None if own else recipe, log=log,
-                                             on_fold=on_fold)
-    res["procedure"], res["recipe_estimate"] = nested["procedure"], reference or nested["reference"]
-    res["comparison"] = selection.beats(nested["procedure"], nested["reference"])
+        nested = selection.nested_cross_validate(a.factors, list(range(K)), [K], cands, a.labels, a.sizes,
+                                                 chooser(TARGETS[el]), reference=None if own else recipe, log=log,
+                                                 on_fold=on_fold)
+        procedure, reference = nested["procedure"], reference or nested["reference"]
+    res["procedure"], res["recipe_estimate"] = procedure, reference
+    res["comparison"] = selection.beats(procedure, reference)
     res["ship"] = "selected" if res["comparison"]["procedure_wins"] else "recipe"
     res["rule"] = ("ship the selected model only where the procedure beats the recipe on both E and F: mean "
                    "paired gain (recipe MAE - procedure MAE over the same outer folds) above one standard error "

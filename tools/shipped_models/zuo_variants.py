@@ -133,9 +133,13 @@ def nested_lines(el: str, x: dict) -> list[str]:
 
     meets = p["mae_mean"]["E"] <= t["E"] and p["mae_mean"]["F"] <= t["F"]
     sp = {m["roles"][0]: m for m in x["speed"]["models"]}
-    kw = x["candidates"][0]["basis_kw"]
+    tm = x["timings_s"]    # a resumed run: its total is the stopped run's parts plus the resumption's
+    run_s = tm["total_s"] + (sum(v for k, v in tm.items() if k.startswith(("nested_", "outer_"))) if tm.get("resumed") else 0)
+    c0 = x["candidates"][0]
+    what = ", ".join([f"the many-body transform Agnesi {tuple(c0['basis_kw']['transform'][1:])}"]
+                     * ("transform" in c0.get("basis_kw", {})) + [f"rcut {c0['rcut_bond_lengths']:g} bond lengths"])
     return ["", f"Nested CV of the lead family (`python -m tools.shipped_models.zuo_nested --data-dir DIR {el} --grid "
-            f"{x['grid']}`, `nested_cv_{x['grid']}.json`): the recipe's basis with {kw}, the selection over its "
+            f"{x['grid']}`, `nested_cv_{x['grid']}.json`): the recipe's basis with {what}, the selection over its "
             f"{x['n_candidates']} settings (algebraic p ∈ {{2, 4}} × w_E ∈ {{10, 20, 30}} × E0 ∈ {{0, mean}}; "
             "4-fold CV on the other folds, the same rule) run in each of the same 5 outer folds; the recipe's "
             "outer folds from "
@@ -146,8 +150,10 @@ def nested_lines(el: str, x: dict) -> list[str]:
             f"| target (best published test MAE) | {t['E'] * 1e3:g} | {t['F']:g} |", "",
             f"Paired gain of the procedure over the recipe: E {c['E']['mean_gain'] * 1e3:.3f} ± "
             f"{c['E']['se'] * 1e3:.3f} meV/atom, F {c['F']['mean_gain']:.5f} ± {c['F']['se']:.5f} eV/Å (mean ± "
-            "standard error). Verdict by the rule: "
-            f"{'the procedure beats the recipe' if c['procedure_wins'] else 'ship the recipe'}; its estimate "
+            "standard error). Verdict by the rule: the procedure "
+            + ("beats the recipe on both" if c["procedure_wins"] else
+               "does not beat the recipe on both (a gain above one standard error on E and on F)")
+            + f"; its estimate "
             f"{'meets' if meets else 'does not meet'} both targets, so "
             + ("it may ship." if c["procedure_wins"] and meets else "the recipe stays.")
             + f" Speed ({x['speed']['structure']}, one thread, alternately in one run): "
@@ -156,8 +162,10 @@ def nested_lines(el: str, x: dict) -> list[str]:
             "Chosen per outer fold: " + "; ".join(
                 f"alg p {f['chosen']['prior']['p']}, w_E {f['chosen']['weights']['default']['E']:g}, "
                 f"E0 {list(f['chosen']['E0'].values())[0]:g}" for f in x["outer"]) + "."
-            + f" Run: {x['timings_s']['total_s'] / 60:.0f} min wall-clock, one thread"
+            + f" Run: {run_s / 60:.0f} min wall-clock, one thread"
             + (f", peak memory {x['peak_rss_mib'] / 1024:.1f} GiB" if x.get("peak_rss_mib") else "")
+            + ("; stopped after its outer folds by an error in the final comparison, fixed, and resumed from "
+               "them (peak memory of the resumption)" if tm.get("resumed") else "")
             + ", on the shared 2-core build machine."]
 
 
