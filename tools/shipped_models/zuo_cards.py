@@ -26,6 +26,7 @@ from aceserver.loading import load_model
 
 from .common import MODELS, active_set_line, error_rows, same
 from .zuo_recipe import TARGETS, parse_basis, rcut_of, score
+from .zuo_variants import card_section as variants_section
 
 
 def _score(r, targets):
@@ -281,6 +282,8 @@ def write_card(el: str):
                             "larger candidates (next section)." if sparse_choice else None)
     for x in nsps:
         L += sparse_nested_section(el, x)
+    if (d / "variants_cv.json").exists():
+        L += variants_section(el, json.loads((d / "variants_cv.json").read_text()))
     L += selection_section(el, d, sel, res, chosen, best, (cm, cse), (bm, bse), tm, t, recipe or sparse_choice,
                            "model" if sparse_choice else "recipe")
     L += ["", "## Reproduce", "", "From the repository root, with the data placed under DIR (or $ACESERVER_DATA):",
@@ -409,9 +412,36 @@ def sparse_points(nst: dict, sparse: dict | None) -> list[tuple[str, dict, float
             for r in sparse["results"] if str(r["candidate"]["solver"]["max_active"]) in ratio]
 
 
-def accuracy_speed_plot(el: str, sel: dict, nst: dict, sparse: dict | None = None) -> str:
+def nested_grid_points(nst: dict, nsps: list[dict]) -> list[tuple[str, dict, float]]:
+    """("dense" or "asp", {"mae_mean": ...}, µs/atom) of each candidate of the nested sparse/fast grids
+    (nested_cv_sparse.json, nested_cv_fast.json) other than the recipe's own basis with BLR: its inner-CV
+    MAE averaged over the outer folds, its time the recipe's µs/atom of nested_cv.json's speed run times
+    its ratio to the recipe in its grid's own run; a candidate in several grids once."""
+    rec_us = next(m for m in nst["speed"]["models"] if "recipe" in m["roles"])["us_per_atom"]
+    out, seen = [], set()
+    for x in nsps:
+        ratio = {}
+        for m in x["speed"]["models"]:
+            sol = m["solver"] if m["solver"] != "blr" else {"name": "blr"}
+            ratio[(m["basis"], json.dumps(sol, sort_keys=True))] = m["ratio_to_recipe"]
+        for i, c in enumerate(x["candidates"]):
+            sol = c.get("solver") or {"name": "blr"}
+            key = (c["basis"], json.dumps(sol if sol["name"] != "blr" else {"name": "blr"}, sort_keys=True))
+            tag = json.dumps(c, sort_keys=True)
+            if key not in ratio or tag in seen or (sol["name"] == "blr" and ratio[key] == 1.0):
+                continue
+            seen.add(tag)
+            inner = [f["inner"][i]["mae_mean"] for f in x["outer"]]
+            mae = {k: sum(v[k] for v in inner) / len(inner) for k in ("E", "F")}
+            out.append(("asp" if sol["name"] == "asp" else "dense", {"mae_mean": mae}, rec_us * ratio[key]))
+    return out
+
+
+def accuracy_speed_plot(el: str, sel: dict, nst: dict, sparse: dict | None = None, nsps: list | None = None) -> str:
     """plots/cv_accuracy_speed.png: 5-fold CV MAE (E, F) of every candidate of the selection grid and of
-    the recipe against the µs/atom of its basis and cutoff (nested_cv.json's speed run)."""
+    the recipe against the µs/atom of its basis and cutoff (nested_cv.json's speed run); the sparse
+    candidates of sparse_cv.json and the candidates of the nested sparse/fast grids (``nsps``, their
+    inner-CV MAE), each kind with its own marker."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -423,7 +453,7 @@ def accuracy_speed_plot(el: str, sel: dict, nst: dict, sparse: dict | None = Non
     chosen = next(r for r in sel["results"] if same(r["candidate"], sel["chosen"]))
     rec = nst["recipe_estimate"]
     xr = us[_speed_key(nst["recipe"]["basis"], nst["recipe"]["rcut_bond_lengths"])]
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.8))
+    fig, axes = plt.subplots(1, 2, figsize=(9, 5.2))
     for ax, k, scale, unit, tgt in ((axes[0], "E", 1e3, "meV/atom", t["E"] * 1e3), (axes[1], "F", 1.0, "eV/Å", t["F"])):
         ax.scatter([x(r) for r in grid], [r["mae_mean"][k] * scale for r in grid], s=8, c="0.6",
                    label=f"zuo_select grid ({len(grid)} dense BLR candidates)")
@@ -436,16 +466,22 @@ def accuracy_speed_plot(el: str, sel: dict, nst: dict, sparse: dict | None = Non
             if pts:
                 ax.scatter([p[0] for p in pts], [p[1]["mae_mean"][k] * scale for p in pts], marker=mark, color=color,
                            label=f"sparse on the recipe basis: {'ASP' if kind == 'asp' else 'ASP support + BLR'}")
+        for kind, mark, color, what in (("dense", "D", "tab:purple", "larger dense bases, BLR"),
+                                        ("asp", "P", "tab:orange", "ASP support + BLR")):
+            pts = [(x_, r) for k_, r, x_ in nested_grid_points(nst, nsps or []) if k_ == kind]
+            if pts:
+                ax.scatter([p[0] for p in pts], [p[1]["mae_mean"][k] * scale for p in pts], marker=mark, color=color,
+                           s=22, label=f"nested grids: {what} (inner CV, mean over outer folds)")
         ax.axhline(tgt, color="k", ls="--", lw=1, label="target (best published test MAE)")
         ax.set_yscale("log")
         ax.set_xlabel(f"µs/atom (E+F+virial, {nst['speed']['structure']}, 1 thread)")
         ax.set_ylabel(f"5-fold CV {k} MAE ({unit})")
-    axes[0].legend(fontsize=7)
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="lower center", ncol=2, fontsize=7)   # below both panels
     fig.suptitle(f"zuo-{el}: cross-validated error against evaluation speed")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.22, 1, 1))
     d = MODELS / f"zuo-{el}" / "plots"
     d.mkdir(exist_ok=True)
-    fig.savefig(d / "cv_accuracy_speed.png", dpi=110)
+    fig.savefig(d / "cv_accuracy_speed.png", dpi=110, bbox_inches="tight")
     plt.close(fig)
     return "plots/cv_accuracy_speed.png"
 
@@ -474,16 +510,24 @@ def speed_section(el: str, sel: dict, nst: dict, recipe: bool) -> list[str]:
            for name, m in rows], ""]
     sp_file = MODELS / f"zuo-{el}" / "sparse_cv.json"
     sparse = json.loads(sp_file.read_text()) if sp_file.exists() else None
-    plot = accuracy_speed_plot(el, sel, nst, sparse)
+    nsps = [json.loads(f.read_text()) for f in (MODELS / f"zuo-{el}" / f"nested_cv_{g}.json" for g in ("sparse", "fast"))
+            if f.exists()]
+    plot = accuracy_speed_plot(el, sel, nst, sparse, nsps)
     t = sel["targets"]
     us = {_speed_key(m["basis"], m["rcut_bond_lengths"]): m for m in sp["models"]}
     groups: dict = {}
     for r in _grid_results(sel):
         groups.setdefault(_speed_key(r["candidate"]["basis"], r["candidate"]["rcut_bond_lengths"]), []).append(r)
+    nsp_files = ", ".join(f"nested_cv_{x['grid']}.json" for x in nsps)
     L += ["## Accuracy against speed", "",
           f"`{plot}`: the 5-fold CV MAE of every candidate of `zuo_select`'s grid (selection.json) and of the "
           "upstream recipe (nested_cv.json) against the µs/atom of its basis and cutoff (the run above)"
-          + (", and the sparse candidates on the recipe's basis (sparse_cv.json, next table)." if sparse else
+          + (", and the sparse candidates on the recipe's basis (sparse_cv.json, next table)" if sparse else "")
+          + (f"; and, with their own markers, the candidates of the nested {' and '.join(x['grid'] for x in nsps)} "
+             f"grid{'s' if len(nsps) > 1 else ''} other than the recipe (ASP + BLR supports and larger dense bases; their inner-CV MAE averaged "
+             "over the outer folds, their time the recipe's above times their ratio to the recipe in that grid's "
+             f"own speed run; {nsp_files}, "
+             "sections below)." if nsps else "." if sparse else
              ". All are dense BLR models; no sparse (ASP/ARD) candidate has been cross-validated for this element.")
           + " Per basis and cutoff, the best candidate by score:", "",
           "| basis | rcut (bl) | functions | µs/atom | × recipe | CV E MAE (meV/atom) | CV F MAE (eV/Å) | score ± SE |",

@@ -1,6 +1,6 @@
 """Nested cross-validation of the Zuo selection PROCEDURE against the fixed upstream recipe.
 
-    python -m tools.shipped_models.zuo_nested --data-dir DIR Si [--grid small|full|sparse|fast] [--out FILE]
+    python -m tools.shipped_models.zuo_nested --data-dir DIR Si [--grid small|full|sparse|fast|transform] [--out FILE]
 
 (from the repository root; DIR holds ZuoEtAl2020/<El>_train.xyz, default $ACESERVER_DATA; the Zuo
 test splits are never read). Outer folds: the 5 seeded, stratified folds of ``zuo_select``. For each
@@ -30,7 +30,12 @@ nested chain of bases assembled once (the largest) and factored per outer fold:
   the whole training split) against the recipe;
 * ``fast``: the candidates of ``sparse`` that were no slower than the recipe in its speed run for Mo
   (dense on the recipe's basis, ASP 400 and 700 on it, ASP 600 on the 2140 basis), so that its
-  winner can ship (shipped models are no slower than the recipe): nested_cv_fast.json.
+  winner can ship (shipped models are no slower than the recipe): nested_cv_fast.json;
+* ``transform``: the recipe's basis with the many-body radial transform Agnesi (2, 6) in place of
+  (2, 4) and rcut 2.25 bond lengths (the force screen of ``zuo_variants``), prior algebraic p ∈ {2, 4},
+  w_E ∈ {10, 20, 30}, E0 ∈ {0, mean}: 12 candidates, each with exactly the recipe's functions and
+  fewer neighbours (timed with the recipe in the same run); the recipe's outer folds from its own
+  assembly; nested_cv_transform.json.
 
 Writes a JSON file (default models/zuo-<El>/nested_cv.json): per outer fold the chosen candidate and
 the outer errors of procedure and recipe, their means and spreads, the paired comparison and the
@@ -73,6 +78,12 @@ GRIDS = {
     "fast": dict(chain=[RECIPE_BASIS, (4, [27, 23, 19, 15])], dense=[RECIPE_BASIS],
                  asp_sizes=[(RECIPE_BASIS, (400, 700)), ((4, [27, 23, 19, 15]), (600,))]),
 }
+# the force screen's lead (zuo_variants, variants_cv.json): the recipe's basis with the many-body
+# radial transform Agnesi (2, 6) and rcut 2.25 bond lengths lowered the CV force MAE of every setting,
+# fold by fold, with fewer neighbours; the small grid's settings with w_E 20 in place of 100: 12
+# candidates, each with the recipe's functions and splines (timed with the recipe)
+GRIDS["transform"] = dict(chain=[RECIPE_BASIS], rcut=2.25, basis_kw={"transform": ["agnesi", 2, 6]},
+                          priors=GRIDS["small"]["priors"], e_weights=(10.0, 20.0, 30.0))
 RECIPE_SETTINGS = ({"name": "algebraic", "p": 4}, {"default": {"E": 30.0, "F": 1.0, "V": 1.0}})
 
 
@@ -83,7 +94,8 @@ def recipe_candidate(el: str) -> dict:
 
 def grid_candidates(el: str, grid: dict, e_mean: float) -> list[dict]:
     E0s = [{el: 0.0}, {el: e_mean}]
-    return [{"basis": basis_name(o, td), "rcut_bond_lengths": RECIPE_FACTOR, "prior": pr,
+    kw = {"basis_kw": grid["basis_kw"]} if "basis_kw" in grid else {}
+    return [{"basis": basis_name(o, td), "rcut_bond_lengths": grid.get("rcut", RECIPE_FACTOR), **kw, "prior": pr,
              "weights": {"default": {"E": we, "F": 1.0, "V": 1.0}}, "E0": E0, "solver": {"name": "blr"}}
             for o, td in grid["chain"] for pr in grid["priors"] for we in grid["e_weights"] for E0 in E0s]
 
@@ -216,6 +228,27 @@ def sparse_speed(el: str, a, cands: list[dict], rounds: int = 5, calls: int = 10
     return {"structure": structure, "rounds": rounds, "calls": calls, "threads": 1, "models": specs}
 
 
+def kw_speed(el: str, grid: dict, rounds: int = 9, calls: int = 10) -> dict:
+    """µs/atom of the recipe and of each basis of a grid with further ace1_model keywords
+    (``basis_kw``), all parameters nonzero (the same random ones where the sizes agree), timed
+    alternately in one run; ratios to the recipe."""
+    rng = np.random.default_rng(0)
+    factor = grid.get("rcut", RECIPE_FACTOR)
+    specs = [(RECIPE_BASIS, RECIPE_FACTOR, {}, ["recipe"])] + [((o, td), factor, grid.get("basis_kw", {}), ["candidate"])
+                                                               for o, td in grid["chain"]]
+    models, params = [], {}
+    for (o, td), f, kw, _ in specs:
+        m = aceserver.ace1_model(elements=[el], order=o, totaldegree=td, rcut=rcut_of(el, f), E0={el: 0.0}, **kw)
+        p = params.setdefault(m.length_basis, rng.standard_normal(m.length_basis) / m.length_basis)
+        m.parameters = p
+        models.append(m)
+    structure, med = time_alternating(el, models, rounds, calls)
+    out = [{"basis": basis_name(*b), "rcut_bond_lengths": f, "basis_kw": kw, "solver": "blr", "n_active": m.length_basis,
+            "roles": roles, "us_per_atom": t, "ratio_to_recipe": t / med[0]}
+           for (b, f, kw, roles), m, t in zip(specs, models, med)]
+    return {"structure": structure, "rounds": rounds, "calls": calls, "threads": 1, "models": out}
+
+
 def run(el: str, data_dir: Path, grid_name: str, out: Path, threads: int | None = 1):
     t_all = time.perf_counter()
     timings: dict = {}
@@ -234,24 +267,44 @@ def run(el: str, data_dir: Path, grid_name: str, out: Path, threads: int | None 
     def save():
         out.write_text(json.dumps(jsonable(res), indent=1))
 
-    a = Assembled(el, train, grid["chain"], RECIPE_FACTOR, folds, always, threads, timings, "nested")
-    t0 = time.perf_counter()
+    kw = grid.get("basis_kw")
+    own = bool(kw) or grid.get("rcut", RECIPE_FACTOR) != RECIPE_FACTOR
+    reference = None
+    if own:     # the recipe's basis is not among this grid's columns: its outer folds from its own assembly
+        ra = Assembled(el, train, [RECIPE_BASIS], RECIPE_FACTOR, folds, always, threads, timings, "recipe")
+        reference, = selection.cross_validate(ra.factors, list(range(K)), [K], [recipe], ra.labels, ra.sizes, log=None)
+        del ra
+    prev = json.loads(out.read_text()) if out.is_file() else {}
+    if own and prev.get("data") == res["data"] and same(prev.get("candidates"), jsonable(cands)) and len(
+            prev.get("outer", [])) == K:
+        # resume: a run that stopped after its outer folds (their choices and errors are all kept)
+        res["outer"], a = prev["outer"], None
+        timings.update({k: v for k, v in prev["timings_s"].items() if k.startswith(("nested_", "outer_"))}, resumed=True)
+        procedure = selection.summarise({"procedure": "inner selection"}, [f["procedure"] for f in res["outer"]], 0)
+        log(f"  the {K} outer folds kept from the earlier run ({out.name})")
+    else:
+        a = Assembled(el, train, grid["chain"], grid.get("rcut", RECIPE_FACTOR), folds, always, threads, timings,
+                      "nested", basis_kw=kw)
+        t0 = time.perf_counter()
 
-    def on_fold(f):
-        res["outer"].append(f)
-        timings["outer_s"] = time.perf_counter() - t0
-        save()
+        def on_fold(f):
+            res["outer"].append(f)
+            timings["outer_s"] = time.perf_counter() - t0
+            save()
 
-    nested = selection.nested_cross_validate(a.factors, list(range(K)), [K], cands, a.labels, a.sizes,
-                                             chooser(TARGETS[el]), reference=recipe, log=log, on_fold=on_fold)
-    res["procedure"], res["recipe_estimate"] = nested["procedure"], nested["reference"]
-    res["comparison"] = selection.beats(nested["procedure"], nested["reference"])
+        nested = selection.nested_cross_validate(a.factors, list(range(K)), [K], cands, a.labels, a.sizes,
+                                                 chooser(TARGETS[el]), reference=None if own else recipe, log=log,
+                                                 on_fold=on_fold)
+        procedure, reference = nested["procedure"], reference or nested["reference"]
+    res["procedure"], res["recipe_estimate"] = procedure, reference
+    res["comparison"] = selection.beats(procedure, reference)
     res["ship"] = "selected" if res["comparison"]["procedure_wins"] else "recipe"
     res["rule"] = ("ship the selected model only where the procedure beats the recipe on both E and F: mean "
                    "paired gain (recipe MAE - procedure MAE over the same outer folds) above one standard error "
                    "of the paired gains; else ship the recipe")
     timings["total_s"] = time.perf_counter() - t_all
-    res["speed"] = sparse_speed(el, a, cands) if "asp_sizes" in grid else speed(el, res)
+    res["speed"] = (sparse_speed(el, a, cands) if "asp_sizes" in grid else kw_speed(el, grid) if own
+                    else speed(el, res))
     res["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024   # Linux: KiB
     save()
     p, r = res["procedure"], res["recipe_estimate"]
@@ -273,7 +326,7 @@ def main(argv=None):
     ap.add_argument("--speed-only", action="store_true",
                     help="only (re)time the recipe, the chosen bases and the selection's grid into an existing output file")
     args = ap.parse_args(argv)
-    if args.speed_only and args.grid in ("sparse", "fast"):
+    if args.speed_only and args.grid not in ("small", "full"):
         ap.error("--speed-only re-times nested_cv.json; the sparse grid's supports are fitted from the data "
                  "(run it with --data-dir)")
     if args.speed_only:
@@ -289,7 +342,7 @@ def main(argv=None):
         ap.error("--out takes one element")
     for el in args.elements:
         out = Path(args.out) if args.out else MODELS / f"zuo-{el}" / (
-            f"nested_cv_{args.grid}.json" if args.grid in ("sparse", "fast") else "nested_cv.json")
+            "nested_cv.json" if args.grid in ("small", "full") else f"nested_cv_{args.grid}.json")
         run(el, data_dir, args.grid, out, args.threads)
 
 

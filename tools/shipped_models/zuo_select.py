@@ -63,9 +63,10 @@ def log(msg):
 class Assembled:
     """One cutoff's nested chain of bases: the largest assembled, block factors per fold."""
 
-    def __init__(self, el, train, chain, factor, folds, always, threads, timings, tag):
-        self.models = [aceserver.ace1_model(elements=[el], order=o, totaldegree=td, rcut=rcut_of(el, factor))
-                       for o, td in chain]
+    def __init__(self, el, train, chain, factor, folds, always, threads, timings, tag, basis_kw=None):
+        # basis_kw: further ace1_model keywords (pair_degree, transform, ...) shared by the chain
+        self.models = [aceserver.ace1_model(elements=[el], order=o, totaldegree=td, rcut=rcut_of(el, factor),
+                                            **(basis_kw or {})) for o, td in chain]
         self.names = [basis_name(o, td) for o, td in chain]
         top = self.models[-1]
         self.order, self.where = selection.prefix_order(self.models[:-1], top)
