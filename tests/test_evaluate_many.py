@@ -499,3 +499,46 @@ def test_evaluate_packed_errors_and_budget_are_evaluate_manys(si):
     counts, *rest = packed_arrays(good[:2])
     with pytest.raises(ACEInputError, match="add up"):
         si.evaluate_packed([counts[0], counts[1] + 1], *rest)
+
+
+def test_pieces_on_threads_give_the_same_results_and_errors(si, monkeypatch):
+    """Threaded chunks run as pieces (`_Run.pieces`: each packed, searched, passed and collected
+    on a thread of its own), here forced on small batches: the results of threads=1 bit for bit,
+    the same errors by index (bad structures of every kind among good ones, some evaluated one
+    by one after the pieces), for Atoms, tuples that need converting and packed arrays."""
+    monkeypatch.setattr(many, "THREADS_MIN_ATOMS", 4)
+    pieces = []
+    real = many._Run.run_pieces
+    monkeypatch.setattr(many._Run, "run_pieces",
+                        lambda self, piece, cuts: (pieces.append(len(cuts) - 1), real(self, piece, cuts)))
+    structures = mixed(si, seed=14, count=40)
+    for k, bad in ((3, Atoms("SiC", positions=[[0, 0, 0], [1.5, 0, 0]])),
+                   (9, Atoms("Si2", positions=[[0, 0, 0], [0, 0, 0]])),
+                   (20, Atoms("Si", positions=[[np.nan, 0, 0]])),
+                   (31, Atoms("Si", cell=[[2, 0, 0], [4, 0, 0], [0, 0, 2]], pbc=True)),
+                   (33, (np.array([14]), [[0.0, 0.0, 0.0]], None, False))):
+        structures.insert(k, bad)
+    good = [s for s in structures if isinstance(s, Atoms)]
+    failed = {}
+    for kind, call in {"atoms": lambda f: f(good), "mixed": lambda f: f(structures)}.items():
+        infos = []
+        for threads in (1, 2, 3):
+            with pytest.raises(BatchError) as info:
+                call(lambda s: si.evaluate_many(s, threads=threads, committee=True))
+            infos.append(info.value)
+        want = failed[kind] = infos[0]
+        for got in infos[1:]:
+            assert list(got.errors) == list(want.errors) and len(got.errors) >= 4
+            for k in want.errors:
+                assert str(got.errors[k]) == str(want.errors[k])
+            for g, w in zip(got.results, want.results):
+                assert (g is None) == (w is None)
+                if w is not None:
+                    assert_same(g, w)
+    ok = [a for k, a in enumerate(good) if k not in failed["atoms"].errors][:30]
+    want = si.evaluate_many(ok, threads=1, committee=True, committee_forces=True)
+    for got in (si.evaluate_many(ok, threads=2, committee=True, committee_forces=True),
+                si.evaluate_packed(*packed_arrays(ok), threads=2, committee=True, committee_forces=True)):
+        for g, w in zip(got, want):
+            assert_same(g, w)
+    assert len(pieces) >= 6 and min(pieces) >= 2     # the pieces path did run
