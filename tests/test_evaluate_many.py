@@ -542,3 +542,27 @@ def test_pieces_on_threads_give_the_same_results_and_errors(si, monkeypatch):
         for g, w in zip(got, want):
             assert_same(g, w)
     assert len(pieces) >= 6 and min(pieces) >= 2     # the pieces path did run
+
+
+def test_well_shaped_is_the_numpy_test():
+    """`batch_neighbours.well_shaped` (scalar arithmetic) against the numpy test it replaced
+    (norms, sqrt(det Gram) / Π lengths) for 1, 2 and 3 periodic vectors: random, skewed, nearly
+    dependent, zero, very short and NaN vectors. The two may differ only where the sine or a
+    length lies within rounding (1e-9 relative) of its threshold; none of these does."""
+    from aceserver.kernels import batch_neighbours as BN
+    rng = np.random.default_rng(15)
+    for p in (1, 2, 3):
+        v = rng.normal(size=(3000, p, 3))
+        v[::5, -1] = v[::5, 0] * 2.0 + rng.choice([1e-3, 1e-5, 1e-7], size=(600, 1)) * rng.normal(size=(600, 3))
+        v[1::9, 0] = 0.0
+        v[2::11, 0] *= rng.choice([1e-6, 1e-7, 1e-8], size=(len(v[2::11]), 1))
+        v[4::17, 0, 1] = np.nan
+        lengths = np.linalg.norm(v, axis=2)
+        want = (lengths >= BN._MIN_LENGTH).all(axis=1)
+        if p >= 2:
+            with np.errstate(all="ignore"):
+                sine = np.sqrt(np.maximum(np.linalg.det(v @ v.transpose(0, 2, 1)), 0.0)) / lengths.prod(axis=1)
+            want &= sine >= BN._MIN_SINE
+        got = BN.well_shaped(np.ascontiguousarray(v))
+        assert np.array_equal(got, want) and 0 < want.sum() < len(want)
+    assert BN.well_shaped(np.zeros((0, 3, 3))).shape == (0,)
