@@ -285,7 +285,7 @@ class _Run:
         n = min(PIECES_PER_THREAD * k, int(sizes.sum()) // THREADS_MIN_ATOMS, len(sizes))
         if k <= 1 or n < 2:
             return None
-        return _blocks(sizes * sizes + 8, n).tolist()
+        return _blocks(sizes + 2, n).tolist()     # work: the atoms and a fixed cost per structure
 
     def run_pieces(self, piece, cuts) -> None:
         """piece(lo, hi) -> (batch, raw) of structures lo..hi-1 of the chunk, for every run of
