@@ -1,8 +1,11 @@
 """Many structures in one call: `evaluate_many` packs small structures into one neighbour list
 and runs one site pass and one force/virial scatter over all of them, then hands back one
-`Evaluation` per structure (units as `Evaluation`). With threads, the packed structures are
-split into runs of about equal work, searched and passed at once on a pool of threads (the
-kernels release the GIL); numba's own threading layer is not used for them.
+`Evaluation` per structure (units as `Evaluation`). With threads, a chunk of structures is cut
+into pieces of about equal work (`_Run.pieces`), each packed, searched, passed and turned into
+results on one thread of a pool, so that the Python stages of one piece overlap the kernels of
+the others (the kernels release the GIL); with a pair budget (spent in the caller's order) the
+chunk stays whole and only its kernels are split across the threads. numba's own threading
+layer is not used for them. The numbers do not depend on the threads.
 
 Which path a structure takes (both give `SitePotential.evaluate`'s numbers bit for bit):
 
