@@ -51,7 +51,7 @@ CHUNK_ATOMS = 1 << 16        # structures are packed this many atoms at a time (
 CANCEL_CHUNK_ATOMS = 1024    # ... and this many when the caller may cancel (looked at per chunk)
 COMMITTEE_CHUNK_BYTES = 1 << 26   # per-structure committee sums of one chunk
 THREADS_MIN_ATOMS = 256      # fewer atoms in a chunk: one thread (as evaluate's PARALLEL_MIN_ATOMS)
-PIECES_PER_THREAD = 2        # a threaded chunk is run as this many pieces per thread (`_Run.pieces`)
+PIECES_PER_THREAD = 1        # pieces per thread of a threaded chunk (`_Run.pieces`): more cost CPU
 
 
 def read_structure(s):
