@@ -181,6 +181,38 @@ def _run(fn, parts, workers=None) -> list:
     return out
 
 
+_PRIVATE: dict = {}   # id(tables) -> (tables, [private copies]): see `_private_tables`
+
+
+def _copy_tables(T):
+    """A copy of every C-contiguous array of the tables T (a namedtuple), with its writeable flag
+    (so that the kernels see the same types and need no new compile)."""
+    out = []
+    for x in T:
+        if isinstance(x, np.ndarray) and x.flags.c_contiguous:
+            c = x.copy()
+            c.flags.writeable = x.flags.writeable
+            x = c
+        out.append(x)
+    return type(T)(*out)
+
+
+def _private_tables(T, n) -> list:
+    """n sets of the tables T, one per piece run at once: T itself and n - 1 copies, kept for
+    later calls. numba counts references to an array atomically at every view a kernel takes,
+    and two cores that count on one set of tables slow each other down (Si-tiny: two threads
+    no faster than one); copies hold the same numbers, so the results are the same bits."""
+    hit = _PRIVATE.get(id(T))
+    if hit is None or hit[0] is not T:
+        if len(_PRIVATE) >= 8:
+            _PRIVATE.clear()
+        hit = _PRIVATE[id(T)] = (T, [])
+    copies = hit[1]
+    while len(copies) < n - 1:
+        copies.append(_copy_tables(T))
+    return [T] + copies[:n - 1]
+
+
 def _blocks(cost, n_blocks) -> np.ndarray:
     """Boundaries of n_blocks consecutive runs of structures of about equal total cost."""
     c = np.cumsum(cost, dtype=np.float64)
@@ -295,16 +327,19 @@ class _Run:
         cuts, at once on the pool: each piece on one thread (its kernels unsplit), and the
         structures that `single` evaluates on their own afterwards on this thread, in order
         (their `evaluate` may use threads of its own)."""
-        sub = copy.copy(self)           # the same results, errors and options; one thread each
-        sub.threads = 1
         deferred = []
-        sub.single = lambda k, structure: deferred.append((k, structure))
+        parts = [(lo, hi) for lo, hi in zip(cuts[:-1], cuts[1:]) if hi > lo]
+        subs = []
+        for tables in _private_tables(self.tables, len(parts)):
+            sub = copy.copy(self)       # the same results, errors and options; one thread each
+            sub.threads, sub.tables = 1, tables
+            sub.single = lambda k, structure: deferred.append((k, structure))
+            subs.append(sub)
 
-        def run(part):
-            sub.run_batch(*piece(*part))
+        def run(i):
+            subs[i].run_batch(*piece(*parts[i]))
 
-        _run(run, [(lo, hi) for lo, hi in zip(cuts[:-1], cuts[1:]) if hi > lo],
-             self.threads or numba.get_num_threads())
+        _run(run, list(range(len(parts))), self.threads or numba.get_num_threads())
         for k, structure in sorted(deferred, key=lambda d: d[0]):
             self.single(k, structure)
 
