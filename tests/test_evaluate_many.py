@@ -566,3 +566,21 @@ def test_well_shaped_is_the_numpy_test():
         got = BN.well_shaped(np.ascontiguousarray(v))
         assert np.array_equal(got, want) and 0 < want.sum() < len(want)
     assert BN.well_shaped(np.zeros((0, 3, 3))).shape == (0,)
+
+
+def test_private_tables_are_copies(si):
+    """Each piece's kernel tables (`many._private_tables`): the model's own for the first, then
+    copies kept between calls, equal array for array, with the same dtype, layout and flags."""
+    T = si._tables(True)
+    sets = many._private_tables(T, 3)
+    assert sets[0] is T and len(sets) == 3 and many._private_tables(T, 2)[1] is sets[1]
+    for copy_ in sets[1:]:
+        assert type(copy_) is type(T)
+        for a, b in zip(T, copy_):
+            if isinstance(a, np.ndarray):
+                assert (b is not a) == a.flags.c_contiguous     # others are shared
+                assert b.dtype == a.dtype and np.array_equal(a, b)
+                assert b.flags.c_contiguous == a.flags.c_contiguous
+                assert b.flags.writeable == a.flags.writeable
+            else:
+                assert b == a
