@@ -499,3 +499,88 @@ def test_evaluate_packed_errors_and_budget_are_evaluate_manys(si):
     counts, *rest = packed_arrays(good[:2])
     with pytest.raises(ACEInputError, match="add up"):
         si.evaluate_packed([counts[0], counts[1] + 1], *rest)
+
+
+def test_pieces_on_threads_give_the_same_results_and_errors(si, monkeypatch):
+    """Threaded chunks run as pieces (`_Run.pieces`: each packed, searched, passed and collected
+    on a thread of its own), here forced on small batches: the results of threads=1 bit for bit,
+    the same errors by index (bad structures of every kind among good ones, some evaluated one
+    by one after the pieces), for Atoms, tuples that need converting and packed arrays."""
+    monkeypatch.setattr(many, "THREADS_MIN_ATOMS", 4)
+    pieces = []
+    real = many._Run.run_pieces
+    monkeypatch.setattr(many._Run, "run_pieces",
+                        lambda self, piece, cuts: (pieces.append(len(cuts) - 1), real(self, piece, cuts)))
+    structures = mixed(si, seed=14, count=40)
+    for k, bad in ((3, Atoms("SiC", positions=[[0, 0, 0], [1.5, 0, 0]])),
+                   (9, Atoms("Si2", positions=[[0, 0, 0], [0, 0, 0]])),
+                   (20, Atoms("Si", positions=[[np.nan, 0, 0]])),
+                   (31, Atoms("Si", cell=[[2, 0, 0], [4, 0, 0], [0, 0, 2]], pbc=True)),
+                   (33, (np.array([14]), [[0.0, 0.0, 0.0]], None, False))):
+        structures.insert(k, bad)
+    good = [s for s in structures if isinstance(s, Atoms)]
+    failed = {}
+    for kind, call in {"atoms": lambda f: f(good), "mixed": lambda f: f(structures)}.items():
+        infos = []
+        for threads in (1, 2, 3):
+            with pytest.raises(BatchError) as info:
+                call(lambda s: si.evaluate_many(s, threads=threads, committee=True))
+            infos.append(info.value)
+        want = failed[kind] = infos[0]
+        for got in infos[1:]:
+            assert list(got.errors) == list(want.errors) and len(got.errors) >= 4
+            for k in want.errors:
+                assert str(got.errors[k]) == str(want.errors[k])
+            for g, w in zip(got.results, want.results):
+                assert (g is None) == (w is None)
+                if w is not None:
+                    assert_same(g, w)
+    ok = [a for k, a in enumerate(good) if k not in failed["atoms"].errors][:30]
+    want = si.evaluate_many(ok, threads=1, committee=True, committee_forces=True)
+    for got in (si.evaluate_many(ok, threads=2, committee=True, committee_forces=True),
+                si.evaluate_packed(*packed_arrays(ok), threads=2, committee=True, committee_forces=True)):
+        for g, w in zip(got, want):
+            assert_same(g, w)
+    assert len(pieces) >= 6 and min(pieces) >= 2     # the pieces path did run
+
+
+def test_well_shaped_is_the_numpy_test():
+    """`batch_neighbours.well_shaped` (scalar arithmetic) against the numpy test it replaced
+    (norms, sqrt(det Gram) / Π lengths) for 1, 2 and 3 periodic vectors: random, skewed, nearly
+    dependent, zero, very short and NaN vectors. The two may differ only where the sine or a
+    length lies within rounding (1e-9 relative) of its threshold; none of these does."""
+    from aceserver.kernels import batch_neighbours as BN
+    rng = np.random.default_rng(15)
+    for p in (1, 2, 3):
+        v = rng.normal(size=(3000, p, 3))
+        v[::5, -1] = v[::5, 0] * 2.0 + rng.choice([1e-3, 1e-5, 1e-7], size=(600, 1)) * rng.normal(size=(600, 3))
+        v[1::9, 0] = 0.0
+        v[2::11, 0] *= rng.choice([1e-6, 1e-7, 1e-8], size=(len(v[2::11]), 1))
+        v[4::17, 0, 1] = np.nan
+        lengths = np.linalg.norm(v, axis=2)
+        want = (lengths >= BN._MIN_LENGTH).all(axis=1)
+        if p >= 2:
+            with np.errstate(all="ignore"):
+                sine = np.sqrt(np.maximum(np.linalg.det(v @ v.transpose(0, 2, 1)), 0.0)) / lengths.prod(axis=1)
+            want &= sine >= BN._MIN_SINE
+        got = BN.well_shaped(np.ascontiguousarray(v))
+        assert np.array_equal(got, want) and 0 < want.sum() < len(want)
+    assert BN.well_shaped(np.zeros((0, 3, 3))).shape == (0,)
+
+
+def test_private_tables_are_copies(si):
+    """Each piece's kernel tables (`many._private_tables`): the model's own for the first, then
+    copies kept between calls, equal array for array, with the same dtype, layout and flags."""
+    T = si._tables(True)
+    sets = many._private_tables(T, 3)
+    assert sets[0] is T and len(sets) == 3 and many._private_tables(T, 2)[1] is sets[1]
+    for copy_ in sets[1:]:
+        assert type(copy_) is type(T)
+        for a, b in zip(T, copy_):
+            if isinstance(a, np.ndarray):
+                assert (b is not a) == a.flags.c_contiguous     # others are shared
+                assert b.dtype == a.dtype and np.array_equal(a, b)
+                assert b.flags.c_contiguous == a.flags.c_contiguous
+                assert b.flags.writeable == a.flags.writeable
+            else:
+                assert b == a

@@ -329,3 +329,15 @@ def test_openapi_describes_the_packed_batch(si):
         assert unit in results[field]["description"] and results[field]["x-shape"] == shape, field
     assert {"dtype", "shape", "data"} == set(schemas["MsgpackArray"]["required"])
     assert "Property" in schemas            # the properties list refers to it
+
+
+def test_pieces_on_threads(si, monkeypatch):
+    """Threaded chunks cut into pieces (`many._Run.pieces`, forced here on a small batch): γ,
+    committee site energies and descriptor rows as `evaluate` gives them, as on one thread."""
+    monkeypatch.setattr(many, "THREADS_MIN_ATOMS", 4)
+    cuts = []
+    real = many._Run.run_pieces
+    monkeypatch.setattr(many._Run, "run_pieces",
+                        lambda self, piece, c: (cuts.append(c), real(self, piece, c)))
+    check_batch(si, mixed(si, seed=16, count=30), threads=2)
+    assert cuts and len(cuts[0]) >= 3

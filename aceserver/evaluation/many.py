@@ -1,8 +1,11 @@
 """Many structures in one call: `evaluate_many` packs small structures into one neighbour list
 and runs one site pass and one force/virial scatter over all of them, then hands back one
-`Evaluation` per structure (units as `Evaluation`). With threads, the packed structures are
-split into runs of about equal work, searched and passed at once on a pool of threads (the
-kernels release the GIL); numba's own threading layer is not used for them.
+`Evaluation` per structure (units as `Evaluation`). With threads, a chunk of structures is cut
+into pieces of about equal work (`_Run.pieces`), each packed, searched, passed and turned into
+results on one thread of a pool, so that the Python stages of one piece overlap the kernels of
+the others (the kernels release the GIL); with a pair budget (spent in the caller's order) the
+chunk stays whole and only its kernels are split across the threads. numba's own threading
+layer is not used for them. The numbers do not depend on the threads.
 
 Which path a structure takes (both give `SitePotential.evaluate`'s numbers bit for bit):
 
@@ -27,7 +30,9 @@ failed) and the errors by index.
 """
 from __future__ import annotations
 
+import copy
 from concurrent.futures import ThreadPoolExecutor
+from itertools import repeat
 
 import numba
 import numpy as np
@@ -46,6 +51,7 @@ CHUNK_ATOMS = 1 << 16        # structures are packed this many atoms at a time (
 CANCEL_CHUNK_ATOMS = 1024    # ... and this many when the caller may cancel (looked at per chunk)
 COMMITTEE_CHUNK_BYTES = 1 << 26   # per-structure committee sums of one chunk
 THREADS_MIN_ATOMS = 256      # fewer atoms in a chunk: one thread (as evaluate's PARALLEL_MIN_ATOMS)
+PIECES_PER_THREAD = 1        # pieces per thread of a threaded chunk (`_Run.pieces`): more cost CPU
 
 
 def read_structure(s):
@@ -79,9 +85,9 @@ class _Batch:
     """Packed structures: sizes, offsets, numbers, positions, cells, pbc; `index` maps a packed
     structure to the caller's index."""
 
-    def __init__(self, index, numbers, positions, cells, pbc):
+    def __init__(self, index, numbers, positions, cells, pbc, sizes):
         self.index = index
-        self.sizes = np.fromiter(map(len, numbers), dtype=np.int64, count=len(numbers))
+        self.sizes = sizes
         self.offsets = np.zeros(len(numbers) + 1, dtype=np.int64)
         np.cumsum(self.sizes, out=self.offsets[1:])
         n = int(self.offsets[-1])
@@ -137,18 +143,74 @@ class _Views:
         return self.numbers[a:b], self.positions[a:b], self.cells[s], self.pbc[s]
 
 
+class _Given:
+    """raw[s] of a chunk of Atoms: structure s's (numbers, positions, cell, pbc), made when
+    asked for (only structures that `_Run.single` evaluates on their own are)."""
+
+    def __init__(self, nums, poss, cells, pbcs):
+        self.lists = nums, poss, cells, pbcs
+
+    def __getitem__(self, s):
+        return tuple(x[s] for x in self.lists)
+
+
 _POOL: list = []     # [ThreadPoolExecutor] shared by all calls, made on first threaded use
 
 
-def _run(fn, parts) -> list:
-    """fn(part) for every part, on the pool's threads when there are several."""
+def _run(fn, parts, workers=None) -> list:
+    """fn(part) for every part, on the pool's threads when there are several (at most workers
+    at once; None: one per part)."""
     if len(parts) <= 1:
         return [fn(p) for p in parts]
-    if not _POOL or _POOL[0]._max_workers < len(parts):
+    workers = min(len(parts), workers or len(parts))
+    if not _POOL or _POOL[0]._max_workers < workers:
         if _POOL:
             _POOL[0].shutdown(wait=False)
-        _POOL[:] = [ThreadPoolExecutor(len(parts), thread_name_prefix="aceserver-many")]
-    return list(_POOL[0].map(fn, parts))
+        _POOL[:] = [ThreadPoolExecutor(workers, thread_name_prefix="aceserver-many")]
+    if _POOL[0]._max_workers == workers:
+        return list(_POOL[0].map(fn, parts))
+    # a larger pool than asked for: `workers` runners, each taking the next part
+    todo = iter(enumerate(parts))
+    out = [None] * len(parts)
+
+    def runner(_):
+        for i, p in todo:          # next() of a shared iterator: one part each, under the GIL
+            out[i] = fn(p)
+
+    list(_POOL[0].map(runner, range(workers)))
+    return out
+
+
+_PRIVATE: dict = {}   # id(tables) -> (tables, [private copies]): see `_private_tables`
+
+
+def _copy_tables(T):
+    """A copy of every C-contiguous array of the tables T (a namedtuple), with its writeable flag
+    (so that the kernels see the same types and need no new compile)."""
+    out = []
+    for x in T:
+        if isinstance(x, np.ndarray) and x.flags.c_contiguous:
+            c = x.copy()
+            c.flags.writeable = x.flags.writeable
+            x = c
+        out.append(x)
+    return type(T)(*out)
+
+
+def _private_tables(T, n) -> list:
+    """n sets of the tables T, one per piece run at once: T itself and n - 1 copies, kept for
+    later calls. numba counts references to an array atomically at every view a kernel takes,
+    and two cores that count on one set of tables slow each other down (Si-tiny: two threads
+    no faster than one); copies hold the same numbers, so the results are the same bits."""
+    hit = _PRIVATE.get(id(T))
+    if hit is None or hit[0] is not T:
+        if len(_PRIVATE) >= 8:
+            _PRIVATE.clear()
+        hit = _PRIVATE[id(T)] = (T, [])
+    copies = hit[1]
+    while len(copies) < n - 1:
+        copies.append(_copy_tables(T))
+    return [T] + copies[:n - 1]
 
 
 def _blocks(cost, n_blocks) -> np.ndarray:
@@ -247,6 +309,39 @@ class _Run:
             self.threads or numba.get_num_threads())
         b = _blocks(cost, max(1, min(n, len(cost)))).tolist()
         return [(lo, hi) for lo, hi in zip(b[:-1], b[1:]) if hi > lo]
+
+    def pieces(self, sizes) -> list | None:
+        """Cuts of a chunk of structures (sizes: atoms of each) into pieces of about equal work,
+        each packed and run whole (search, pass, results) on one thread of the pool, so that one
+        piece's Python stages overlap the others' kernels; None: the chunk is run as one, its
+        kernels split across threads (one thread, few atoms, or a pair budget, which is spent in
+        the caller's order)."""
+        k = 1 if self.threads == 1 or self.budget else (self.threads or numba.get_num_threads())
+        n = min(PIECES_PER_THREAD * k, int(sizes.sum()) // THREADS_MIN_ATOMS, len(sizes))
+        if k <= 1 or n < 2:
+            return None
+        return _blocks(sizes + 2, n).tolist()     # work: the atoms and a fixed cost per structure
+
+    def run_pieces(self, piece, cuts) -> None:
+        """piece(lo, hi) -> (batch, raw) of structures lo..hi-1 of the chunk, for every run of
+        cuts, at once on the pool: each piece on one thread (its kernels unsplit), and the
+        structures that `single` evaluates on their own afterwards on this thread, in order
+        (their `evaluate` may use threads of its own)."""
+        deferred = []
+        parts = [(lo, hi) for lo, hi in zip(cuts[:-1], cuts[1:]) if hi > lo]
+        subs = []
+        for tables in _private_tables(self.tables, len(parts)):
+            sub = copy.copy(self)       # the same results, errors and options; one thread each
+            sub.threads, sub.tables = 1, tables
+            sub.single = lambda k, structure: deferred.append((k, structure))
+            subs.append(sub)
+
+        def run(i):
+            subs[i].run_batch(*piece(*parts[i]))
+
+        _run(run, list(range(len(parts))), self.threads or numba.get_num_threads())
+        for k, structure in sorted(deferred, key=lambda d: d[0]):
+            self.single(k, structure)
 
     def search_batch(self, batch: _Batch, raw):
         """The neighbour lists of one chunk of packed structures (parts of it searched at once
@@ -358,13 +453,24 @@ class _Run:
         pairs = pairs.tolist()
         index = batch.index
         results = self.results
+        with_cf = self.committee_forces and self.potential.committee is not None
+        if not with_cf and type(index) is range and bool((status == 0).all()):
+            # the usual chunk (every structure packed, the caller's order): the same fields as
+            # below, made by C-level iteration (views of F, W and E; Evaluation's field order:
+            # energy, forces, virial, energies, energy_committee, forces_committee, pairs)
+            lo, hi = offsets[:-1], offsets[1:]    # slices made twice: none kept (fewer GC passes)
+            results[index.start:index.stop] = map(
+                Evaluation, total, map(F.__getitem__, map(slice, lo, hi)), W,
+                map(energies.__getitem__, map(slice, lo, hi)),
+                committee if self.with_committee else repeat(None), repeat(None), pairs)
+            return
         for s in np.flatnonzero(status == 0).tolist():
             a, b = offsets[s], offsets[s + 1]
             ev = Evaluation(energy=total[s], forces=F[a:b], virial=W[s], energies=energies[a:b],
                             pairs=pairs[s])
             if self.with_committee:
                 ev.energy_committee = committee[s]
-            if self.committee_forces and self.potential.committee is not None:
+            if with_cf:
                 f = first[a:b + 1]
                 ev.forces_committee = self.potential._committee_forces(
                     batch.z[a:b], f - f[0], nbr[f[0]:f[-1]] - a, R[f[0]:f[-1]])
@@ -402,7 +508,7 @@ def evaluate_many(potential, structures, *, forces=True, committee=False, commit
                gamma, energies_committee, descriptors)
     _drive(run, structures, *run.chunking(n))
     if run.errors:
-        raise BatchError(run.errors, run.results)
+        raise BatchError(dict(sorted(run.errors.items())), run.results)
     return run.results
 
 
@@ -410,7 +516,7 @@ def _drive(run, structures, chunk_atoms, max_structures) -> None:
     """Read the structures and hand them to `run` in chunks (the others to `run.single`)."""
     if all(map(is_atoms, structures)):
         return _drive_atoms(run, structures, chunk_atoms, max_structures)
-    index, raw, nums, poss, cells, pbcs = [], [], [], [], [], []
+    index, nums, poss, cells, pbcs = [], [], [], [], []
     atoms = 0
     for k, s in enumerate(structures):
         try:
@@ -420,24 +526,23 @@ def _drive(run, structures, chunk_atoms, max_structures) -> None:
             continue
         if not (is_atoms(s) or _plain(numbers, positions, cell, pbc)):
             if index:       # the structures before it first: the pair budget is spent in order
-                _chunk(run, index, raw, nums, poss, cells, pbcs)
-                index, raw, nums, poss, cells, pbcs = [], [], [], [], [], []
+                _chunk(run, index, nums, poss, cells, pbcs)
+                index, nums, poss, cells, pbcs = [], [], [], [], []
                 atoms = 0
             run.single(k, (numbers, positions, cell, pbc))  # converts, checks, evaluates
             continue
         index.append(k)
-        raw.append((numbers, positions, cell, pbc))
         nums.append(numbers)
         poss.append(positions)
         cells.append(cell)
         pbcs.append(pbc)
         atoms += len(numbers)
         if atoms >= chunk_atoms or len(index) >= max_structures:
-            _chunk(run, index, raw, nums, poss, cells, pbcs)
-            index, raw, nums, poss, cells, pbcs = [], [], [], [], [], []
+            _chunk(run, index, nums, poss, cells, pbcs)
+            index, nums, poss, cells, pbcs = [], [], [], [], []
             atoms = 0
     if index:
-        _chunk(run, index, raw, nums, poss, cells, pbcs)
+        _chunk(run, index, nums, poss, cells, pbcs)
 
 
 def _drive_atoms(run, structures, chunk_atoms, max_structures) -> None:
@@ -454,8 +559,7 @@ def _drive_atoms(run, structures, chunk_atoms, max_structures) -> None:
         atoms += n
         if atoms >= chunk_atoms or k + 1 - lo >= max_structures or k + 1 == len(nums):
             hi = k + 1
-            raw = list(zip(nums[lo:hi], poss[lo:hi], cells[lo:hi], pbcs[lo:hi]))
-            _chunk(run, range(lo, hi), raw, nums[lo:hi], poss[lo:hi], cells[lo:hi], pbcs[lo:hi])
+            _chunk(run, range(lo, hi), nums[lo:hi], poss[lo:hi], cells[lo:hi], pbcs[lo:hi])
             lo, atoms = hi, 0
 
 
@@ -492,11 +596,19 @@ def evaluate_packed(potential, counts, numbers, positions, cells, pbc, *, forces
         hi = max(hi, lo + 1)
         if run.cancel is not None and run.cancel.is_set():
             raise EvaluationCancelled("evaluation cancelled by its caller")
-        batch = _Batch.packed(lo, hi, offsets, numbers, positions, cells, pbc)
-        run.run_batch(batch, batch.raw())
+        cuts = run.pieces(counts[lo:hi])
+        if cuts is None:
+            batch = _Batch.packed(lo, hi, offsets, numbers, positions, cells, pbc)
+            run.run_batch(batch, batch.raw())
+        else:
+            def piece(a, b, lo=lo):
+                batch = _Batch.packed(lo + a, lo + b, offsets, numbers, positions, cells, pbc)
+                return batch, batch.raw()
+
+            run.run_pieces(piece, cuts)
         lo = hi
     if run.errors:
-        raise BatchError(run.errors, run.results)
+        raise BatchError(dict(sorted(run.errors.items())), run.results)
     return run.results
 
 
@@ -535,11 +647,23 @@ def neighbour_lists(potential, structures, *, threads=None) -> list:
     run = _Lists(potential, len(structures), False, False, False, threads, None, None)
     _drive(run, structures, CHUNK_ATOMS, len(structures))
     if run.errors:
-        raise BatchError(run.errors, run.results)
+        raise BatchError(dict(sorted(run.errors.items())), run.results)
     return run.results
 
 
-def _chunk(run, index, raw, nums, poss, cells, pbcs):
+def _chunk(run, index, nums, poss, cells, pbcs):
+    """One chunk of structures given one by one (the caller's index, their arrays), packed
+    whole or in pieces (`_Run.pieces`)."""
     if run.cancel is not None and run.cancel.is_set():
         raise EvaluationCancelled("evaluation cancelled by its caller")
-    run.run_batch(_Batch(index, nums, poss, cells, pbcs), raw)
+    sizes = np.fromiter(map(len, nums), dtype=np.int64, count=len(nums))
+    cuts = run.pieces(sizes)
+    if cuts is None:
+        run.run_batch(_Batch(index, nums, poss, cells, pbcs, sizes), _Given(nums, poss, cells, pbcs))
+        return
+
+    def piece(lo, hi):
+        n_, p_, c_, b_ = nums[lo:hi], poss[lo:hi], cells[lo:hi], pbcs[lo:hi]
+        return _Batch(index[lo:hi], n_, p_, c_, b_, sizes[lo:hi]), _Given(n_, p_, c_, b_)
+
+    run.run_pieces(piece, cuts)

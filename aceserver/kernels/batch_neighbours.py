@@ -48,6 +48,37 @@ def reduce_many(vecs):
     return T
 
 
+@njit(cache=True, nogil=True)
+def well_shaped(vecs):
+    """Whether the (p, 3) periodic vectors of each of vecs (n, p, 3) are long enough (>=
+    _MIN_LENGTH) and far enough from linearly dependent (sqrt(det Gram) / Π lengths >=
+    _MIN_SINE) for the batched search; only compared with thresholds above the ones at which
+    the per-structure search refuses a cell, so scalar arithmetic will do (a cell near them is
+    searched one by one, with the same pairs). NaN: False."""
+    n, p = vecs.shape[0], vecs.shape[1]
+    good = np.empty(n, dtype=np.bool_)
+    for s in range(n):
+        v = vecs[s]
+        ok = True
+        prod = 1.0
+        for a in range(p):
+            length = math.sqrt(v[a, 0] * v[a, 0] + v[a, 1] * v[a, 1] + v[a, 2] * v[a, 2])
+            ok = ok and length >= _MIN_LENGTH
+            prod *= length
+        if ok and p == 2:
+            aa = v[0, 0] * v[0, 0] + v[0, 1] * v[0, 1] + v[0, 2] * v[0, 2]
+            bb = v[1, 0] * v[1, 0] + v[1, 1] * v[1, 1] + v[1, 2] * v[1, 2]
+            ab = v[0, 0] * v[1, 0] + v[0, 1] * v[1, 1] + v[0, 2] * v[1, 2]
+            ok = math.sqrt(max(aa * bb - ab * ab, 0.0)) / prod >= _MIN_SINE
+        elif ok and p == 3:
+            vol = (v[0, 0] * (v[1, 1] * v[2, 2] - v[1, 2] * v[2, 1])
+                   - v[0, 1] * (v[1, 0] * v[2, 2] - v[1, 2] * v[2, 0])
+                   + v[0, 2] * (v[1, 0] * v[2, 1] - v[1, 1] * v[2, 0]))
+            ok = abs(vol) / prod >= _MIN_SINE
+        good[s] = ok
+    return good
+
+
 def _norms(rows):
     """np.linalg.norm of each row as a call of its own computes it (a dot product: numpy's
     norm along an axis sums the squares in another order)."""
@@ -70,15 +101,10 @@ def bases(cells, pbc):
         per = [k for k in range(3) if pattern >> (2 - k) & 1]
         opn = [k for k in range(3) if not pattern >> (2 - k) & 1]
         vecs = np.ascontiguousarray(cells[idx][:, per])          # (n, p, 3)
-        lengths = np.linalg.norm(vecs, axis=2)
-        good = (lengths >= _MIN_LENGTH).all(axis=1)
-        if len(per) >= 2:
-            gram = vecs @ vecs.transpose(0, 2, 1)
-            with np.errstate(all="ignore"):
-                sine = np.sqrt(np.maximum(np.linalg.det(gram), 0.0)) / np.prod(lengths, axis=1)
-            good &= sine >= _MIN_SINE
-        ok[idx[~good]] = False
-        idx, vecs, lengths = idx[good], vecs[good], lengths[good]
+        good = well_shaped(vecs)
+        if not good.all():
+            ok[idx[~good]] = False
+            idx, vecs = idx[good], vecs[good]
         if len(idx) == 0:
             continue
         red = reduce_many(vecs) @ vecs
@@ -88,7 +114,7 @@ def bases(cells, pbc):
             nrm = np.cross(red[:, 0], red[:, 1])
             b[:, opn[0]] = nrm / _norms(nrm)[:, None]
         elif len(per) == 1:
-            a = red[:, 0] / lengths[:, :1]
+            a = red[:, 0] / np.linalg.norm(vecs, axis=2)
             e = np.zeros_like(a)
             pick = np.argmin(np.abs(a), axis=1)
             e[np.arange(len(a)), pick] = 1.0
@@ -105,17 +131,18 @@ def bases(cells, pbc):
 
 
 @njit(cache=True, nogil=True)
-def _grid(positions, basis, inv_basis, recip, periodic, rcut):
-    """`neighbour_list`'s grid plan for one structure (same operations, same order): returns
-    ok, and what the pair kernels take (see there). ok False: a limit or a check of the
-    per-structure search applies."""
+def _grid(positions, basis, inv_basis, recip, periodic, rcut, lo, width, nb, m):
+    """`neighbour_list`'s grid plan for one structure (same operations, same order) into lo,
+    width (3,) and nb, m (3,) int64 (scratch, set here): returns ok, and what the pair kernels
+    take (see there). ok False: a limit or a check of the per-structure search applies."""
     N = positions.shape[0]
     cell_p, s, n, wrapped, reach, scale, s_min, s_max = frame(positions, inv_basis, periodic, basis)
     rsearch = rcut * (1.0 + _SLACK) + 1e-12 * scale
-    lo = np.zeros(3)
-    width = np.ones(3)
-    nb = np.ones(3, dtype=np.int64)
-    m = np.zeros(3, dtype=np.int64)
+    for k in range(3):
+        lo[k] = 0.0
+        width[k] = 1.0
+        nb[k] = 1
+        m[k] = 0
     fail = (False, cell_p, n, wrapped, s, lo, width, nb, m, rsearch)
     if reach > 1e12:
         return fail
@@ -153,13 +180,23 @@ def _grid(positions, basis, inv_basis, recip, periodic, rcut):
 
 
 @njit(cache=True, nogil=True)
+def _fixed(max_atoms):
+    """Scratch that `_one_pass` uses for every structure (reused, not allocated per structure):
+    the grid plan's lo, width, nb, m; the unit keys of the unkeyed pass; first (max_atoms + 1)."""
+    return (np.zeros(3), np.ones(3), np.ones(3, dtype=np.int64), np.zeros(3, dtype=np.int64),
+            np.eye(3, dtype=np.int64), np.zeros(3, dtype=np.int64), np.ones(3, dtype=np.int64),
+            np.zeros(max_atoms + 1, dtype=np.int64))
+
+
+@njit(cache=True, nogil=True)
 def _one_pass(a, b, positions, basis, inv_basis, recip, periodic, rcut, max_pairs,
-              max_neighbours, scratch_j, scratch_R, counts):
-    """The search of one structure in one pass into scratch (as neighbour_list's serial path);
-    returns the pairs written (-1: status 1)."""
+              max_neighbours, scratch_j, scratch_R, counts, fixed):
+    """The search of one structure in one pass into scratch (as neighbour_list's serial path;
+    fixed: `_fixed`'s arrays, with room for b - a atoms); returns the pairs written (-1: status 1)."""
     pos = positions[a:b]
+    lo, width, nb, m, key_T, key_H, key_sp, f_all = fixed
     ok, cell_p, n, wrapped, s, lo, width, nb, m, rsearch = _grid(pos, basis, inv_basis, recip,
-                                                                  periodic, rcut)
+                                                                  periodic, rcut, lo, width, nb, m)
     if not ok:
         return -1, scratch_j, scratch_R
     cbin, start, order, visits, seen, cap = bin_and_count(s, lo, width, nb, m, periodic)
@@ -170,10 +207,8 @@ def _one_pass(a, b, positions, basis, inv_basis, recip, periodic, rcut, max_pair
     if scratch_j.shape[0] < visits:
         scratch_j = np.empty(2 * visits, dtype=np.int64)
         scratch_R = np.empty((2 * visits, 3))
-    key_T = np.eye(3, dtype=np.int64)
-    key_H = np.zeros(3, dtype=np.int64)
-    key_sp = np.ones(3, dtype=np.int64)
-    f = np.zeros(N + 1, dtype=np.int64)
+    f = f_all[:N + 1]
+    f[:] = 0
     c = pairs_one_pass(pos, wrapped, n, cell_p, cbin, start, order, nb, m, periodic, rsearch,
                        rcut, False, f, scratch_j, scratch_R, key_H, key_T, key_H, key_sp, cap)
     for i in range(N):
@@ -198,6 +233,7 @@ def search(positions, offsets, status, basis, inv_basis, recip, pbc, rcut, max_a
     sj = np.empty(0, dtype=np.int64)
     sR = np.empty((0, 3))
     closest = np.full(S, np.inf)
+    fixed = _fixed(max_atoms)
     P = 0
     for s in range(S):
         a, b = offsets[s], offsets[s + 1]
@@ -206,7 +242,7 @@ def search(positions, offsets, status, basis, inv_basis, recip, pbc, rcut, max_a
             continue
         if status[s] == 0 and b - a <= max_atoms:
             got, sj, sR = _one_pass(a, b, positions, basis[s], inv_basis[s], recip[s], pbc[s],
-                                    rcut, max_pairs, max_neighbours, sj, sR, counts)
+                                    rcut, max_pairs, max_neighbours, sj, sR, counts, fixed)
         if got < 0:
             if status[s] == 0:
                 status[s] = 1
@@ -246,7 +282,7 @@ def search_one(positions, basis, inv_basis, recip, periodic, rcut, max_pairs, ma
     sj = np.empty(0, dtype=np.int64)
     sR = np.empty((0, 3))
     got, sj, sR = _one_pass(0, N, positions, basis, inv_basis, recip, periodic, rcut, max_pairs,
-                            max_neighbours, sj, sR, counts)
+                            max_neighbours, sj, sR, counts, _fixed(N))
     first = np.zeros(N + 1, dtype=np.int64)
     if got < 0:
         return False, first, sj[:0].copy(), sR[:0].copy(), counts
