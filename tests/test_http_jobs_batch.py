@@ -56,6 +56,27 @@ class Frames:
         pass
 
 
+def arr(f, key):
+    a = f[key]
+    return np.frombuffer(a["data"], a["dtype"]).reshape(a["shape"])
+
+
+def relax_many(url, structures, params):
+    """One relax_many job (frames every 3rd step) run to its end: its status and msgpack frames."""
+    r = httpx.post(f"{url}/v1/jobs", json={"kind": "relax_many", "structures": [structure(a) for a in structures],
+                                           "parameters": params, "write_every": 3}, timeout=60)
+    assert r.status_code == 202, r.text
+    assert len(r.json()["ids"]) == 1
+    status = wait(url, r.json()["ids"][0])
+    assert status["state"] == "done" and status["kind"] == "relax_many"
+    r = httpx.get(f"{url}/v1/jobs/{status['id']}/frames?format=msgpack", timeout=60)
+    unpacker = msgpack.Unpacker(raw=False)
+    unpacker.feed(r.content)
+    frames = list(unpacker)
+    assert [f["index"] for f in frames] == list(range(status["frames"]))
+    return status, frames
+
+
 def test_relax_many_equals_single_jobs_and_reports_bad_structures(server):
     structures = cells()
     oxygen = structures[0].copy()
@@ -64,39 +85,36 @@ def test_relax_many_equals_single_jobs_and_reports_bad_structures(server):
     on_top.positions[1] = on_top.positions[0]
     request = [structures[0], oxygen, structures[1], on_top, structures[2], structures[3]]
     params = {"optimizer": "BFGS", "fmax": 0.05, "max_steps": 80, "cell_filter": True}
-    r = httpx.post(f"{server.url}/v1/jobs", json={"kind": "relax_many", "structures": [structure(a) for a in request],
-                                                 "parameters": params, "write_every": 3}, timeout=60)
-    assert r.status_code == 202, r.text
-    assert len(r.json()["ids"]) == 1
-    job = r.json()["ids"][0]
-    status = wait(server.url, job)
-    assert status["state"] == "done" and status["kind"] == "relax_many"
+    status, frames = relax_many(server.url, request, params)
     assert status["n_atoms"] == sum(map(len, request))
     outcomes = status["structures"]
     assert [s["index"] for s in outcomes] == list(range(len(request)))
     assert outcomes[1]["state"] == "failed" and outcomes[1]["error"]["field"] == "structures[1].numbers[0]"
     assert outcomes[3]["state"] == "failed" and outcomes[3]["error"]["field"] == "structures[3].positions"
-    r = httpx.get(f"{server.url}/v1/jobs/{job}/frames?format=msgpack", timeout=60)
-    unpacker = msgpack.Unpacker(raw=False)
-    unpacker.feed(r.content)
-    frames = list(unpacker)
-    assert [f["index"] for f in frames] == list(range(status["frames"]))
-
-    def arr(f, key):
-        a = f[key]
-        return np.frombuffer(a["data"], a["dtype"]).reshape(a["shape"])
 
     model = load_model(str(SI_TINY))
     spec = RelaxJob.model_validate({"kind": "relax", "parameters": params, "write_every": 3})
     for k in (0, 2, 4, 5):
         mine = [f for f in frames if f["structure"] == k]
+        # bit for bit: the same server relaxing structure k alone (the same compiled kernels)
+        _, alone = relax_many(server.url, [request[k]], params)
+        assert [f["step"] for f in mine] == [f["step"] for f in alone]
+        for got, want in zip(mine, alone):
+            for key in ("positions", "cell", "forces", "stress", "energies"):
+                assert np.array_equal(arr(got, key), arr(want, key)), (k, key, got["step"])
+            assert got["energy"] == want["energy"]
+        # the in-process single relax job (test_jobs_batch.py shows it bit for bit in one process).
+        # Across processes numba's fastmath kernels can differ in the last bit (compiled afresh in
+        # one, loaded from the cache in the other), and the optimiser carries that along: BFGS over
+        # <= 80 steps amplifies a 1e-16 relative force difference by at most its Hessian's condition
+        # (~1e4 here), so 1e-9 (Å, eV/Å, eV, eV/Å³) bounds rounding and is far below a step (~1e-3 Å)
         ref = Frames()
         out = runner.run(model, request[k], spec, ref, skin=0)
         assert [f["step"] for f in mine] == [f["step"] for f in ref.frames]
         for got, want in zip(mine, ref.frames):
             for key in ("positions", "cell", "forces", "stress"):
-                assert np.array_equal(arr(got, key), want[key]), (k, key, got["step"])
-            assert got["energy"] == want["energy"]
+                np.testing.assert_allclose(arr(got, key), want[key], rtol=0, atol=1e-9, err_msg=f"{k} {key}")
+            assert abs(got["energy"] - want["energy"]) <= 1e-9
         s = outcomes[k]
         assert s["steps"] == out.step and s["state"] == ("converged" if out.converged else "not_converged")
         assert s["frame"] == mine[-1]["index"] and s["energy"] == mine[-1]["energy"]
