@@ -183,8 +183,13 @@ def test_cancel_mid_run_and_openapi(server):
     assert httpx.delete(f"{server.url}/v1/jobs/{job}", timeout=30).status_code == 200
     status = wait(server.url, job)
     assert status["state"] == "cancelled" and 5 <= status["step"] < 40_000
-    assert [s["state"] for s in status["structures"]] == ["cancelled"] * len(structures)
-    assert all(s["steps"] == status["step"] and s["frame"] is not None for s in status["structures"])
+    # a structure may reach even fmax 1e-9 before the cancel lands (the 2-atom cell did in a CI run):
+    # it keeps `converged` from an earlier step; every one still running at the cancel ends cancelled
+    states = [s["state"] for s in status["structures"]]
+    assert set(states) <= {"converged", "cancelled"} and "cancelled" in states, states
+    for s in status["structures"]:
+        assert s["frame"] is not None
+        assert s["steps"] == status["step"] if s["state"] == "cancelled" else s["steps"] < status["step"]
     listed = httpx.get(f"{server.url}/v1/jobs", timeout=30).json()["jobs"]
     assert any(j["id"] == job and j["structures"] is None for j in listed)
     doc = httpx.get(f"{server.url}/openapi.json", timeout=30).json()
