@@ -274,6 +274,17 @@ def test_cancel_between_steps(si):
         assert_same_frames(per[k], [ref[0], ref[4]])
 
 
+def stopped_running(status, frames):
+    """Every structure still running when the job stopped ends cancelled at its last step, with a
+    final frame there; one that reached even fmax 1e-9 before the stop landed (the 2-atom cell can,
+    on a slow machine) keeps `converged` from an earlier step."""
+    states = [s["state"] for s in status["structures"]]
+    assert set(states) <= {"converged", "cancelled"} and "cancelled" in states, states
+    for s in status["structures"]:
+        assert frames[s["frame"]]["step"] == s["steps"]
+        assert s["steps"] == status["step"] if s["state"] == "cancelled" else s["steps"] < status["step"]
+
+
 def test_manager_runs_stores_and_cancels(si, tmp_path):
     manager = JobManager(tmp_path)
     structures = si_structures(periodic_only=True)
@@ -302,9 +313,9 @@ def test_manager_runs_stores_and_cancels(si, tmp_path):
         time.sleep(0.01)
     status = manager.cancel(job)
     status = manager.wait(job, timeout=120)
-    assert status["state"] == "cancelled" and {s["state"] for s in status["structures"]} == {"cancelled"}
+    assert status["state"] == "cancelled"
     frames = [F.decode(b) for b in manager.store.frames(job)]
-    assert all(frames[s["frame"]]["step"] == s["steps"] == status["step"] for s in status["structures"])
+    stopped_running(status, frames)
     # a server that stops while one runs: every structure ends cancelled, the job interrupted
     job2 = manager.submit_many(si, "m", si.sha256, si_structures(), long)
     while manager.status(job2)["step"] < 2:
@@ -314,7 +325,8 @@ def test_manager_runs_stores_and_cancels(si, tmp_path):
     again = JobManager(tmp_path)
     assert again.status(job)["structures"] == status["structures"]
     stopped = again.status(job2)
-    assert stopped["state"] == "interrupted" and {s["state"] for s in stopped["structures"]} == {"cancelled"}
+    assert stopped["state"] == "interrupted"
+    stopped_running(stopped, [F.decode(b) for b in again.store.frames(job2)])
     again.shutdown()
 
 
