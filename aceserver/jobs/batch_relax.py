@@ -24,16 +24,16 @@ import threading
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from ase import Atoms, units
+from ase import Atoms
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError
-from ase.filters import FrechetCellFilter
 
 from aceserver.calculator import calculator_results
 from aceserver.errors import BatchError
 from aceserver.evaluation.site_potential import SitePotential
 
 from . import frames
-from .runner import OPTIMIZERS, Sink, error_document, halt_message, halt_reason, needs_committee, needs_gamma
+from .runner import (Sink, error_document, halt_message, halt_reason, needs_committee, needs_gamma,
+                     optimizer)
 from .spec import RelaxManyJob
 
 ENDED = ("converged", "not_converged", "halted", "failed", "cancelled")     # a structure's final states
@@ -112,12 +112,10 @@ class BatchOutcome:
 
 
 def _item(k: int, atoms: Atoms, spec: RelaxManyJob) -> _Item:
-    p = spec.parameters
     atoms = atoms.copy()
     atoms.calc = calc = Served()
-    target = FrechetCellFilter(atoms, scalar_pressure=p.pressure_GPa * units.GPa) if p.cell_filter else atoms
-    opt = OPTIMIZERS[p.optimizer](target, logfile=None)
-    opt.fmax = p.fmax                   # what irun(fmax=...) sets
+    opt = optimizer(atoms, spec.parameters)
+    opt.fmax = spec.parameters.fmax     # what irun(fmax=...) sets
     return _Item(k, atoms, calc, opt)
 
 

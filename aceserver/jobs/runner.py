@@ -26,7 +26,7 @@ from aceserver.evaluation.site_potential import SitePotential
 from aceserver.evaluation.verlet import DEFAULT_SKIN
 
 from . import frames
-from .spec import Halt, MDJob, MDParameters, RelaxJob
+from .spec import Halt, MDJob, MDParameters, RelaxJob, RelaxParameters
 
 try:                    # ASE >= 3.29; before it the same draw was MaxwellBoltzmannDistribution (deprecated since)
     from ase.md.velocitydistribution import thermalize_momenta
@@ -72,6 +72,13 @@ def integrator(atoms: Atoms, p: MDParameters):
                            pdamp=(p.pdamp_fs or 1000 * p.timestep_fs) * units.fs)
 
 
+def optimizer(atoms: Atoms, p: RelaxParameters):
+    """The ASE optimiser a relaxation runs on atoms: on a `FrechetCellFilter` (at the scalar
+    pressure, GPa) when the cell relaxes too; no log."""
+    target = FrechetCellFilter(atoms, scalar_pressure=p.pressure_GPa * units.GPa) if p.cell_filter else atoms
+    return OPTIMIZERS[p.optimizer](target, logfile=None)
+
+
 def halt_reason(halt: Halt, frame: dict) -> dict | None:
     """The first condition of `halt` that the frame's values exceed, as {condition, value, threshold}."""
     values = {"max_gamma": frame.get("max_gamma"), "max_energy_std": frame.get("energy_std"),
@@ -106,8 +113,7 @@ def run(model: SitePotential, atoms: Atoms, spec: RelaxJob | MDJob, sink: Sink,
         loop, last, dt_fs = dyn.irun(p.steps), p.steps, p.timestep_fs
     else:
         p = spec.parameters
-        target = FrechetCellFilter(atoms, scalar_pressure=p.pressure_GPa * units.GPa) if p.cell_filter else atoms
-        dyn = OPTIMIZERS[p.optimizer](target, logfile=None)
+        dyn = optimizer(atoms, p)
         loop, last, dt_fs = dyn.irun(fmax=p.fmax, steps=p.max_steps), p.max_steps, None
     written, step, converged = 0, 0, False
     checks = spec.halt.active()
