@@ -7,6 +7,9 @@ job between two steps.
 A relax_many job runs all its structures on one job thread (`batch_relax`), also when the
 other jobs go to a cluster: its steps are batched evaluations, not separate tasks.
 
+A relax_many structure's outcome is stored with its last frame, so after a kill the finished
+structures keep theirs and the running ones become `interrupted` (`JobStore.mark_interrupted`).
+
 On start the store's unfinished jobs become `interrupted` and finished jobs older than the time
 to live are deleted; expired jobs are deleted again on every submit. `shutdown` stops the running
 jobs after their current step (state `interrupted`) and marks the queued ones the same way.
@@ -46,14 +49,21 @@ class _Live:
 
 
 class _Sink:
-    """runner.Sink for one job: frames into the store, then a word to the subscribers. Frames are
-    committed together at most every COMMIT_INTERVAL_S (one SQLite commit costs ~0.2 ms, a 64-atom
-    MD step ~1.5 ms) and at the end; nothing is streamed or counted before its commit."""
+    """runner.Sink (and batch_relax's `outcome`) for one job: frames into the store, then a word to
+    the subscribers. Frames are committed together at most every COMMIT_INTERVAL_S (one SQLite
+    commit costs ~0.2 ms, a 64-atom MD step ~1.5 ms) and at the end; nothing is streamed or counted
+    before its commit. A relax_many structure's outcome goes into the commit of the frames made
+    after it was reported (its last frame comes right after it)."""
 
     def __init__(self, manager: "JobManager", job_id: str, live: _Live):
         self.manager, self.job_id, self.live = manager, job_id, live
         self.pending: list[tuple[int, int, bytes]] = []
+        self.outcomes: dict[int, dict] = {}
         self.last = time.monotonic()
+
+    def outcome(self, summary: dict) -> None:
+        """A relax_many structure's outcome so far (`batch_relax`); the latest per structure is kept."""
+        self.outcomes[summary["index"]] = summary
 
     def frame(self, frame: dict) -> None:
         self._add(frame["index"], frame["step"], frames.encode(frame))
@@ -70,9 +80,9 @@ class _Sink:
             self.flush()
 
     def flush(self) -> None:
-        if self.pending:
-            self.manager.store.add_frames(self.job_id, self.pending)
-            self.pending = []
+        if self.pending or self.outcomes:
+            self.manager.store.add_frames(self.job_id, self.pending, list(self.outcomes.values()))
+            self.pending, self.outcomes = [], {}
             self.manager._notify(self.live)
         self.last = time.monotonic()
 
