@@ -220,7 +220,7 @@ def test_sigkill_mid_batch_keeps_every_finished_outcome(tmp_path):
     with Server(args) as s:
         r = httpx.post(f"{s.url}/v1/jobs", json={
             "kind": "relax_many", "structures": [structure(a) for a in request], "write_every": 20,
-            "parameters": {"optimizer": "FIRE", "fmax": 1e-9, "max_steps": 400_000}}, timeout=60)
+            "parameters": {"optimizer": "FIRE", "fmax": 1e-9, "max_steps": 300_000}}, timeout=60)
         assert r.status_code == 202, r.text
         job = r.json()["ids"][0]
         deadline = time.monotonic() + 120
@@ -235,11 +235,11 @@ def test_sigkill_mid_batch_keeps_every_finished_outcome(tmp_path):
     unpacker = msgpack.Unpacker(raw=False)
     unpacker.feed(r.content)
     frames = list(unpacker)
-    assert status["state"] == "interrupted" and "running" in status["reason"]
+    assert status["state"] == "interrupted" and "running" in status["reason"], status
     assert len(frames) == status["frames"] >= 12
     outcomes = status["structures"]
-    assert [o["index"] for o in outcomes] == list(range(len(request)))
-    assert outcomes[0]["state"] == "converged" and outcomes[0]["steps"] == 0
+    assert outcomes is not None and [o["index"] for o in outcomes] == list(range(len(request))), status
+    assert outcomes[0]["state"] == "converged" and outcomes[0]["steps"] == 0, outcomes
     assert frames[outcomes[0]["frame"]]["structure"] == 0 and frames[outcomes[0]["frame"]]["step"] == 0
     assert outcomes[1]["state"] == "failed" and outcomes[1]["error"]["field"] == "structures[1].numbers[0]"
     assert outcomes[2]["state"] == "failed" and outcomes[2]["error"]["field"] == "structures[2].positions"
@@ -250,7 +250,7 @@ def test_sigkill_mid_batch_keeps_every_finished_outcome(tmp_path):
     assert "interrupted" in {outcomes[k]["state"] for k in (3, 4)}
     for k in (3, 4):
         o, mine = outcomes[k], [f for f in frames if f["structure"] == k]
-        assert o["frame"] == mine[-1]["index"] and o["steps"] == mine[-1]["step"] >= 20
+        assert o["frame"] == mine[-1]["index"] and o["steps"] == mine[-1]["step"] >= 20, (o, mine[-1]["step"])
         assert o["energy"] == mine[-1]["energy"] and o["max_force"] == mine[-1]["max_force"]
         if o["state"] == "converged":
             assert o["max_force"] < 1e-9

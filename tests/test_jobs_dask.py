@@ -30,6 +30,15 @@ def client():
         yield c
 
 
+def cancel_after(manager, job, frames):
+    """Cancel `job` once `frames` of its frames are stored; its status when it has stopped."""
+    deadline = time.monotonic() + 120
+    while manager.status(job)["frames"] < frames and time.monotonic() < deadline:
+        time.sleep(0.05)
+    manager.cancel(job)
+    return manager.wait(job, 120)
+
+
 def test_cluster_frames_equal_local_frames_and_cancel(client, tmp_path):
     model = load_model(SI_TINY)
     atoms = bulk("Si", "diamond", a=5.43, cubic=True).repeat(2)
@@ -44,11 +53,7 @@ def test_cluster_frames_equal_local_frames_and_cancel(client, tmp_path):
     # cancel: the worker stops between steps once it sees the distributed event
     job = remote.submit(model, "Si-tiny", model.sha256, atoms, MDJob.model_validate(
         {"kind": "md", "write_every": 50, "parameters": {"steps": 200_000}}), source=SI_TINY)
-    deadline = time.monotonic() + 120
-    while remote.status(job)["frames"] < 2 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    remote.cancel(job)
-    status = remote.wait(job, 120)
+    status = cancel_after(remote, job, 2)
     assert status["state"] == "cancelled" and status["step"] < 200_000
     assert status["frames"] == len(list(remote.store.frames(job)))
     # a model without a file cannot go to the workers; a worker error becomes the job's error document
@@ -104,11 +109,7 @@ def test_relax_many_runs_on_the_cluster(client, tmp_path):
     long = RelaxManyJob.model_validate({"kind": "relax_many", "write_every": 1000, "parameters": {
         "optimizer": "FIRE", "fmax": 1e-300, "max_steps": 100_000}})
     job = remote.submit_many(model, "Si-tiny", model.sha256, structures[:3], long, source=SI_TINY)
-    deadline = time.monotonic() + 120
-    while remote.status(job)["frames"] < 3 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    remote.cancel(job)
-    status = remote.wait(job, 120)
+    status = cancel_after(remote, job, 3)
     assert status["state"] == "cancelled" and status["step"] < 100_000
     frames = [F.decode(x) for x in remote.store.frames(job)]
     assert status["frames"] == len(frames)
