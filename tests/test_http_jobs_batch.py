@@ -3,7 +3,9 @@ structures whose frames (msgpack, bit for bit) and per-structure outcomes equal 
 single relax job of each structure (`runner.run` with a fresh neighbour search, as
 tests/test_jobs_batch.py explains); a structure the model cannot take is reported by index while
 the others run; `ACEJobs.relax_many`; bad requests name the field (422/413); cancel mid-run; the
-OpenAPI document describes the kind and the outcomes with units.
+OpenAPI document describes the kind and the outcomes with units; a server killed with SIGKILL
+mid-batch and restarted on its database still reports how each finished structure ended and the
+running ones as interrupted at their last stored frame.
 """
 from __future__ import annotations
 
@@ -200,3 +202,57 @@ def test_cancel_mid_run_and_openapi(server):
     assert "eV" in outcome["energy"]["description"] and "eV/Å" in outcome["max_force"]["description"]
     body = doc["paths"]["/v1/jobs"]["post"]["requestBody"]["content"]["application/json"]["schema"]["oneOf"]
     assert {"$ref": "#/components/schemas/RelaxManyJobRequest"} in body
+
+
+def test_sigkill_mid_batch_keeps_every_finished_outcome(tmp_path):
+    """Structures that end at different times (perfect diamond: zero forces by symmetry, converged at
+    step 0; an element the model lacks: failed before the run; two atoms on one site: failed at step
+    0 without a frame; rattled 8-atom cells still far from fmax 1e-9 at the kill), then SIGKILL (no
+    shutdown code runs) and a new server on the same database: the finished structures keep their
+    outcomes, each running one is interrupted at its last stored frame."""
+    args = [str(SI_TINY), "--jobs-dir", str(tmp_path / "jobs"), "--max-jobs", "1", "--max-atoms", "200",
+            "--jobs-max-atom-steps", "10000000"]
+    perfect = bulk("Si", "diamond", a=5.43)
+    oxygen, on_top = cells()[0], cells()[1]
+    oxygen.numbers[0] = 8
+    on_top.positions[1] = on_top.positions[0]
+    request = [perfect, oxygen, on_top, cells()[1], cells()[2]]
+    with Server(args) as s:
+        r = httpx.post(f"{s.url}/v1/jobs", json={
+            "kind": "relax_many", "structures": [structure(a) for a in request], "write_every": 20,
+            "parameters": {"optimizer": "FIRE", "fmax": 1e-9, "max_steps": 300_000}}, timeout=60)
+        assert r.status_code == 202, r.text
+        job = r.json()["ids"][0]
+        deadline = time.monotonic() + 120
+        while httpx.get(f"{s.url}/v1/jobs/{job}", timeout=30).json()["frames"] < 12:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        s.proc.kill()
+        s.proc.wait(30)
+    with Server(args) as s:
+        status = httpx.get(f"{s.url}/v1/jobs/{job}", timeout=30).json()
+        r = httpx.get(f"{s.url}/v1/jobs/{job}/frames?format=msgpack", timeout=60)
+    unpacker = msgpack.Unpacker(raw=False)
+    unpacker.feed(r.content)
+    frames = list(unpacker)
+    assert status["state"] == "interrupted" and "running" in status["reason"], status
+    assert len(frames) == status["frames"] >= 12
+    outcomes = status["structures"]
+    assert outcomes is not None and [o["index"] for o in outcomes] == list(range(len(request))), status
+    assert outcomes[0]["state"] == "converged" and outcomes[0]["steps"] == 0, outcomes
+    assert frames[outcomes[0]["frame"]]["structure"] == 0 and frames[outcomes[0]["frame"]]["step"] == 0
+    assert outcomes[1]["state"] == "failed" and outcomes[1]["error"]["field"] == "structures[1].numbers[0]"
+    assert outcomes[2]["state"] == "failed" and outcomes[2]["error"]["field"] == "structures[2].positions"
+    assert outcomes[1]["frame"] is None and outcomes[2]["frame"] is None and outcomes[2]["steps"] == 0
+    assert not any(f["structure"] in (1, 2) for f in frames)
+    # running at the kill: interrupted at their last stored frame (one may have reached fmax 1e-9
+    # before it, on a fast machine: then converged, its last frame under fmax)
+    assert "interrupted" in {outcomes[k]["state"] for k in (3, 4)}
+    for k in (3, 4):
+        o, mine = outcomes[k], [f for f in frames if f["structure"] == k]
+        assert o["frame"] == mine[-1]["index"] and o["steps"] == mine[-1]["step"] >= 20, (o, mine[-1]["step"])
+        assert o["energy"] == mine[-1]["energy"] and o["max_force"] == mine[-1]["max_force"]
+        if o["state"] == "converged":
+            assert o["max_force"] < 1e-9
+        else:
+            assert o["state"] == "interrupted" and "running" in o["reason"], o

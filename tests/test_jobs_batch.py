@@ -415,3 +415,39 @@ INSERT INTO jobs (id, kind, model, model_sha256, state, spec, n_atoms, steps, cr
     assert store.finish("00000000000000bb", "done", 3, structures=outcome)
     assert store.get("00000000000000bb")["structures"] == outcome
     store.close()
+
+
+def test_store_keeps_outcomes_with_frames_and_folds_them(tmp_path):
+    """Outcomes stored with frames (one transaction) are folded into `structures` at the job's end:
+    by `finish` without structures (the running ones take the job's state and error: a job that
+    failed as a whole) and by `mark_interrupted` on a new store (a server that died: interrupted,
+    with the reason single jobs get); a later report of a structure replaces its earlier one."""
+    from aceserver.jobs.store import STOPPED, JobStore
+
+    def summary(k, state, steps, frame):
+        return {"index": k, "state": state, "steps": steps, "reason": None, "halt": None, "error": None,
+                "frame": frame, "energy": -1.5 * k if frame is not None else None, "max_force": None}
+
+    store = JobStore(tmp_path)
+    for job in ("a" * 16, "b" * 16):
+        store.create(job, "relax_many", "m", "x", {}, 10, 5)
+        assert store.start(job)
+        store.add_frames(job, [], [summary(0, None, 0, None), summary(1, None, 0, None), summary(2, None, 0, None)])
+        store.add_frames(job, [(0, 0, b"f0"), (1, 0, b"f1")], [summary(0, "converged", 0, 0), summary(1, None, 0, 1)])
+        store.add_frames(job, [(2, 4, b"f2")], [summary(1, None, 4, 2)])
+    error = {"kind": "internal", "message": "internal error (RuntimeError); see the server log", "field": None}
+    assert store.finish("a" * 16, "failed", 4, error=error)
+    got = store.get("a" * 16)
+    assert got["frames"] == 3 and [s["state"] for s in got["structures"]] == ["converged", "failed", "failed"]
+    assert got["structures"][1] == {**summary(1, "failed", 4, 2), "error": error}
+    assert got["structures"][2] == {**summary(2, "failed", 0, None), "error": error}
+    store.close()
+    again = JobStore(tmp_path)               # "b" was left running, as by a killed server
+    assert again.mark_interrupted() == 1
+    got = again.get("b" * 16)
+    assert got["state"] == "interrupted" and got["reason"] == STOPPED
+    assert got["structures"] == [summary(0, "converged", 0, 0), {**summary(1, "interrupted", 4, 2), "reason": STOPPED},
+                                 {**summary(2, "interrupted", 0, None), "reason": STOPPED}]
+    assert again.get("a" * 16)["structures"][0]["state"] == "converged"      # a finished job is left as it was
+    assert again._db.execute("SELECT COUNT(*) FROM outcomes").fetchone()[0] == 0
+    again.close()

@@ -1,7 +1,9 @@
 """Jobs on a dask.distributed cluster (`JobManager(client=...)`, `jobs/cluster.py`): the frames a
 worker makes (streamed back through the scheduler) are bit for bit those of the same job run in
-the server's own threads, and cancel reaches the worker. A local cluster of thread workers in this
-process stands for the machines."""
+the server's own threads, and cancel reaches the worker; the same for a relax_many job (one task:
+its frames and per-structure outcomes, structures failed before and during the run by index). A
+local cluster of thread workers in this process stands for the machines (one process, so the same
+compiled kernels: bit for bit is the right test)."""
 from __future__ import annotations
 
 import time
@@ -10,7 +12,8 @@ from pathlib import Path
 import pytest
 from ase.build import bulk
 
-from aceserver.jobs import JobInputError, JobManager, MDJob
+from aceserver.jobs import JobInputError, JobManager, MDJob, RelaxManyJob
+from aceserver.jobs import frames as F
 from aceserver.loading import load_model
 
 pytest.importorskip("distributed")
@@ -27,6 +30,15 @@ def client():
         yield c
 
 
+def cancel_after(manager, job, frames):
+    """Cancel `job` once `frames` of its frames are stored; its status when it has stopped."""
+    deadline = time.monotonic() + 120
+    while manager.status(job)["frames"] < frames and time.monotonic() < deadline:
+        time.sleep(0.05)
+    manager.cancel(job)
+    return manager.wait(job, 120)
+
+
 def test_cluster_frames_equal_local_frames_and_cancel(client, tmp_path):
     model = load_model(SI_TINY)
     atoms = bulk("Si", "diamond", a=5.43, cubic=True).repeat(2)
@@ -41,11 +53,7 @@ def test_cluster_frames_equal_local_frames_and_cancel(client, tmp_path):
     # cancel: the worker stops between steps once it sees the distributed event
     job = remote.submit(model, "Si-tiny", model.sha256, atoms, MDJob.model_validate(
         {"kind": "md", "write_every": 50, "parameters": {"steps": 200_000}}), source=SI_TINY)
-    deadline = time.monotonic() + 120
-    while remote.status(job)["frames"] < 2 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    remote.cancel(job)
-    status = remote.wait(job, 120)
+    status = cancel_after(remote, job, 2)
     assert status["state"] == "cancelled" and status["step"] < 200_000
     assert status["frames"] == len(list(remote.store.frames(job)))
     # a model without a file cannot go to the workers; a worker error becomes the job's error document
@@ -60,6 +68,64 @@ def test_cluster_frames_equal_local_frames_and_cancel(client, tmp_path):
     remote.shutdown()
 
 
+def relax_many_structures():
+    """Rattled 2-, 8- and 4-atom Si cells, one with an element Si-tiny lacks (refused before the
+    run) and one with two atoms on one site (refused by the evaluator at step 0)."""
+    import numpy as np
+
+    prim, cubic = bulk("Si", "diamond", a=5.43), bulk("Si", "diamond", a=5.43, cubic=True)
+    out = []
+    for k, a in enumerate((prim, cubic, prim * (2, 1, 1), cubic, prim)):
+        a = a.copy()
+        a.positions += np.random.default_rng(k).normal(scale=0.06, size=a.positions.shape)
+        out.append(a)
+    out[3].positions[1] = out[3].positions[0]
+    out[4].numbers[0] = 8
+    return out
+
+
+def test_relax_many_runs_on_the_cluster(client, tmp_path):
+    model = load_model(SI_TINY)
+    structures = relax_many_structures()
+    spec = RelaxManyJob.model_validate({"kind": "relax_many", "write_every": 4, "parameters": {
+        "optimizer": "BFGS", "fmax": 0.05, "max_steps": 60, "cell_filter": True}})
+    local, remote = JobManager(tmp_path / "local"), JobManager(tmp_path / "remote", client=client)
+    a = local.submit_many(model, "Si-tiny", model.sha256, structures, spec)
+    b = remote.submit_many(model, "Si-tiny", model.sha256, structures, spec, source=SI_TINY)
+    sa, sb = local.wait(a, 300), remote.wait(b, 300)
+    assert sa["state"] == sb["state"] == "done" and sa["frames"] == sb["frames"] > len(structures)
+    assert sb["structures"] == sa["structures"]
+    assert [s["state"] for s in sb["structures"]][3:] == ["failed", "failed"]
+    assert sb["structures"][3]["error"]["field"] == "structures[3].positions"
+    assert sb["structures"][4]["error"]["field"] == "structures[4].numbers[0]"
+    assert {s["state"] for s in sb["structures"][:3]} <= {"converged", "not_converged"}
+    assert list(local.store.frames(a)) == list(remote.store.frames(b))     # the msgpack bytes, bit for bit
+    ran = client.run_on_scheduler(lambda dask_scheduler: [k for k in dask_scheduler.transition_log
+                                                          if str(k[0]) == f"aceserver-job-{b}"])
+    assert ran            # it went to the cluster as one task
+    # cancel: the worker stops between steps (it looks every 0.5 s, hundreds of steps of these cells,
+    # so fmax 1e-300: a force no optimiser reaches short of exactly zero); every structure still
+    # running ends cancelled with a frame at the job's last step
+    long = RelaxManyJob.model_validate({"kind": "relax_many", "write_every": 1000, "parameters": {
+        "optimizer": "FIRE", "fmax": 1e-300, "max_steps": 100_000}})
+    job = remote.submit_many(model, "Si-tiny", model.sha256, structures[:3], long, source=SI_TINY)
+    status = cancel_after(remote, job, 3)
+    assert status["state"] == "cancelled" and status["step"] < 100_000
+    frames = [F.decode(x) for x in remote.store.frames(job)]
+    assert status["frames"] == len(frames)
+    states = [s["state"] for s in status["structures"]]
+    assert set(states) <= {"converged", "cancelled"} and "cancelled" in states, states
+    for s in status["structures"]:
+        assert frames[s["frame"]]["step"] == s["steps"] and frames[s["frame"]]["structure"] == s["index"]
+        assert s["steps"] == status["step"] if s["state"] == "cancelled" else s["steps"] < status["step"]
+    # a model without a file cannot go to the workers
+    with pytest.raises(JobInputError) as info:
+        remote.submit_many(model, "Si-tiny", model.sha256, structures, spec)
+    assert info.value.field == "model"
+    local.shutdown()
+    remote.shutdown()
+
+
 def test_server_with_scheduler_runs_jobs_on_the_cluster(tmp_path):
     """`aceserver serve --scheduler ADDRESS`: the job runs on a worker of that scheduler (here thread
     workers of this test process) and its frames stream back as from a local job."""
@@ -68,7 +134,7 @@ def test_server_with_scheduler_runs_jobs_on_the_cluster(tmp_path):
     import httpx
     from distributed import Client, LocalCluster
 
-    from _http_support import Server
+    from _http_support import Server, structure_json, wait_job
 
     atoms = bulk("Si", "diamond", a=5.43, cubic=True).repeat(2)
     body = {"kind": "md", "write_every": 10, "parameters": {"steps": 50, "seed": 9},
@@ -82,9 +148,17 @@ def test_server_with_scheduler_runs_jobs_on_the_cluster(tmp_path):
             frames = [json.loads(x) for x in httpx.get(f"{s.url}/v1/jobs/{job}/frames", timeout=120).text.splitlines()]
             status = httpx.get(f"{s.url}/v1/jobs/{job}").json()
             assert status["state"] == "done" and [f["step"] for f in frames] == [0, 10, 20, 30, 40, 50]
-        ran = c.run_on_scheduler(lambda dask_scheduler: [k for k in dask_scheduler.transition_log
-                                                         if str(k[0]).startswith("aceserver-job-")])
-        assert ran            # the task went through this cluster's scheduler
+            # relax_many too: one task on the cluster, its outcomes by index
+            many = {"kind": "relax_many", "structures": [structure_json(a) for a in relax_many_structures()],
+                    "parameters": {"optimizer": "FIRE", "fmax": 0.05, "max_steps": 60}, "write_every": 1000}
+            r = httpx.post(f"{s.url}/v1/jobs", json=many, timeout=30)
+            assert r.status_code == 202, r.text
+            batch = wait_job(s.url, r.json()["ids"][0], 120)
+            assert batch["state"] == "done" and len(batch["structures"]) == 5
+            assert [o["state"] for o in batch["structures"]][3:] == ["failed", "failed"]
+        ran = c.run_on_scheduler(lambda dask_scheduler: {str(k[0]) for k in dask_scheduler.transition_log
+                                                         if str(k[0]).startswith("aceserver-job-")})
+        assert ran == {f"aceserver-job-{job}", f"aceserver-job-{batch['id']}"}    # both went through this scheduler
     # the same job here: the same frames
     model = load_model(SI_TINY)
     local = JobManager(tmp_path / "local")

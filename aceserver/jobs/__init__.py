@@ -6,7 +6,7 @@ threads, kept durably, streamed back as frames, halted on conditions. Knows noth
     batch_relax  relax_many: an optimiser per structure, each step of all of them one evaluate_many call
     frames    a frame (the structure at a step and its results) and its encodings (msgpack, extxyz, traj)
     limits    checks before a job is queued: model, cell, work (atoms × steps), disk (atoms × frames)
-    store     the SQLite store of jobs and frames (WAL): states, progress, expiry
+    store     the SQLite store of jobs, frames and relax_many outcomes (WAL): states, progress, expiry
     manager   `JobManager`: the job threads, submit, cancel, status, subscribers, shutdown
     cluster   jobs on a dask.distributed cluster (`--scheduler`): frames back through a Queue, cancel by an Event
 

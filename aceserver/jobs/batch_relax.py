@@ -17,6 +17,11 @@ Per structure: frames every `write_every` steps (its first and last always), hal
 `structure` (its index in the request). A structure the evaluator refuses (atoms too close, more
 pairs than the step's budget) ends `failed` with its error document; the others go on. Cancel (and
 server shutdown) is looked at between steps: every running structure ends `cancelled` with a frame.
+
+A sink with an `outcome(summary)` method (the job manager's) is told every structure's outcome so
+far (`_Item.summary`, state None while it runs) at the start, right before each of its frames and
+when it fails, so that the store keeps it in the transaction of its last frame and a server killed
+mid-batch still knows how every structure ended or how far it got.
 """
 from __future__ import annotations
 
@@ -131,6 +136,9 @@ def run(model: SitePotential, structures: Sequence[Atoms], spec: RelaxManyJob, s
     p, checks = spec.parameters, spec.halt.active()
     committee, record_gamma, gamma = needs_committee(spec), "gamma" in spec.record, needs_gamma(spec)
     live, step, written, cancelled = items, 0, 0, False
+    report = getattr(sink, "outcome", None) or (lambda summary: None)
+    for it in sorted([*ended.values(), *items], key=lambda it: it.index):      # every structure, from the start
+        report(it.summary())
     while live:
         # γ on the steps that check it, or on every step when frames record it (as runner.run)
         with_gamma = gamma and (record_gamma or step % spec.check_every == 0)
@@ -144,6 +152,7 @@ def run(model: SitePotential, structures: Sequence[Atoms], spec: RelaxManyJob, s
             it.steps = step
             if j in errors:
                 it.state, it.error = "failed", error_document(errors[j], f"structures[{it.index}]")
+                report(it.summary())
                 continue
             it.calc.serve(it.atoms, calculator_results(evaluations[j], it.atoms.cell.array, it.atoms.pbc))
             converged = bool(it.opt.converged())
@@ -156,15 +165,16 @@ def run(model: SitePotential, structures: Sequence[Atoms], spec: RelaxManyJob, s
                                     it.calc.results.get("gamma"))
                 frame["structure"] = it.index
             halt = halt_reason(spec.halt, frame) if check else None
-            if write or halt is not None or cancelled:
-                sink.frame(frame)
-                it.frame, written = frame, written + 1
             if halt is not None:
                 it.state, it.halt, it.reason = "halted", halt, halt_message(halt)
             elif cancelled:
                 it.state = "cancelled"
             elif final:
                 it.state = "converged" if converged else "not_converged"
+            if write or halt is not None or cancelled:
+                it.frame, written = frame, written + 1
+                report(it.summary())        # before its frame: the sink keeps both in one commit
+                sink.frame(frame)
         sink.step(step)
         live = [it for it in live if it.state is None]
         for it in live:                 # irun's next step: step() on the forces just served, then count it

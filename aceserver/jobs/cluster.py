@@ -1,12 +1,14 @@
 """Jobs on the workers of a dask.distributed cluster (`aceserver serve --scheduler ADDRESS`), the
-engine distributed fitting uses: each job is one task, so many MD runs spread over machines while
-the server keeps the store, the streams and the API.
+engine distributed fitting uses: each job is one task (a relax_many job too: its batched steps run
+on one worker), so many MD runs spread over machines while the server keeps the store, the streams
+and the API.
 
 Only plain data travels to a worker: the model file's path (on a filesystem the workers share
 with the server, as for distributed fitting) and sha256 (the worker refuses another file), the
-active set's A⁻¹ arrays when the model has one, the structure's arrays and the job spec as JSON.
+active set's A⁻¹ arrays when the model has one, the structures' arrays and the job spec as JSON.
 Back come the frames as msgpack bytes, through a distributed `Queue` named after the job, as the
-worker makes them, and the outcome as a dict. Cancelling sets a distributed `Event` that the
+worker makes them (relax_many's per-structure outcomes with the frame after them), and the
+outcome as a dict. Cancelling sets a distributed `Event` that the
 worker looks at between steps, at most every CANCEL_POLL_S seconds. A task is never retried (its
 frames are already stored): a worker that dies fails the job. Dask pickles its own messages and
 the task function (by reference: workers import aceserver); run it on a network you trust.
@@ -27,8 +29,8 @@ from pydantic import TypeAdapter
 from aceserver.evaluation.site_potential import SitePotential
 from aceserver.loading import load_model
 
-from . import runner
-from .spec import JobSpec, MDJob, RelaxJob
+from . import batch_relax, runner
+from .spec import JobSpec, MDJob, RelaxJob, RelaxManyJob
 
 CANCEL_POLL_S = 0.5             # a worker asks the scheduler whether its job was cancelled this often
 _MODELS: dict[tuple[str, str], SitePotential] = {}     # per worker process: (path, sha256) -> model
@@ -70,56 +72,86 @@ class _RemoteCancel:
 
 
 class _QueueSink:
+    """Frames into the job's Queue as msgpack bytes; relax_many's outcomes travel with the next frame
+    (a message `[outcomes, frame bytes]`), so the server stores them in that frame's commit."""
+
     def __init__(self, queue):
-        self.queue = queue
+        self.queue, self.outcomes = queue, []
 
     def frame(self, frame: dict) -> None:
-        self.queue.put(runner.frames.encode(frame))
+        blob = runner.frames.encode(frame)
+        self.queue.put([self.outcomes, blob] if self.outcomes else blob)
+        self.outcomes = []
+
+    def outcome(self, summary: dict) -> None:
+        self.outcomes.append(summary)
 
     def step(self, step: int) -> None:
         pass
 
 
-def remote_job(job_id: str, model_path: str, sha256: str, active: dict | None, numbers, positions, cell, pbc,
-               spec: dict) -> dict[str, Any]:
-    """The task a worker runs: the job, its frames into the job's Queue; the outcome as a dict
-    (`state` failed with `error`, an error document, when it failed)."""
+def _structure(atoms: Atoms) -> tuple:
+    return atoms.numbers, atoms.positions, atoms.cell.array, atoms.pbc
+
+
+def remote_job(job_id: str, model_path: str, sha256: str, active: dict | None, structures: list[tuple], spec: dict,
+               failed: dict[int, dict] | None = None, max_pairs: int | None = None) -> dict[str, Any]:
+    """The task a worker runs: the job (structures: (numbers, positions Å, cell Å, pbc) each, one
+    for relax and md; relax_many's `failed` and `max_pairs` as `batch_relax.run`'s), its frames into
+    the job's Queue; the outcome as a dict (`state` failed with `error`, an error document, when it
+    failed)."""
     from distributed import Event, Queue
 
     try:
         model = worker_model(model_path, sha256)
         if active is not None and model.active_set is None:
             model.attach_active_set(active, sha256)
-        atoms = Atoms(numbers=numbers, positions=positions, cell=cell, pbc=pbc)
-        out = runner.run(model, atoms, _SPEC.validate_python(spec), _QueueSink(Queue(job_id)),
-                         _RemoteCancel(Event(f"{job_id}-cancel")))
+        atoms = [Atoms(numbers=n, positions=x, cell=c, pbc=p) for n, x, c, p in structures]
+        job, sink = _SPEC.validate_python(spec), _QueueSink(Queue(job_id))
+        cancel = _RemoteCancel(Event(f"{job_id}-cancel"))
+        if isinstance(job, RelaxManyJob):
+            out = batch_relax.run(model, atoms, job, sink, cancel, {int(k): v for k, v in (failed or {}).items()},
+                                  max_pairs=max_pairs)
+        else:
+            out = runner.run(model, atoms[0], job, sink, cancel)
     except Exception as ex:
         return {"state": "failed", "error": runner.error_document(ex), "detail": f"{type(ex).__name__}: {ex}"}
     return dataclasses.asdict(out)
 
 
-def run(client, job_id: str, model: SitePotential, model_path: str, atoms: Atoms, spec: RelaxJob | MDJob,
-        cancel: threading.Event, on_frame: Callable[[bytes], None]) -> dict[str, Any]:
-    """Run a job on the cluster of `client`, handing each frame's bytes to `on_frame` (in order) as
-    it comes; passes `cancel` on; the outcome dict of `remote_job`."""
+def run(client, job_id: str, model: SitePotential, model_path: str, work, spec: RelaxJob | MDJob | RelaxManyJob,
+        cancel: threading.Event, sink, max_pairs: int | None = None) -> dict[str, Any]:
+    """Run a job on the cluster of `client` (work: the Atoms, or relax_many's (structures, failed)),
+    handing each frame's bytes to `sink.blob` (in order) as it comes, relax_many's outcomes to
+    `sink.outcome` before the frame they came with; passes `cancel` on; the outcome dict of
+    `remote_job`."""
     from distributed import Event, Queue
 
+    structures, failed = work if isinstance(spec, RelaxManyJob) else ([work], None)
     queue, remote_cancel = Queue(job_id, client=client), Event(f"{job_id}-cancel", client=client)
     active = None if model.active_set is None else {k: np.asarray(v) for k, v in model.active_set.inverses.items()}
-    future = client.submit(remote_job, job_id, str(model_path), model.sha256, active, atoms.numbers,
-                           atoms.positions, atoms.cell.array, atoms.pbc, spec.model_dump(mode="json"),
+    future = client.submit(remote_job, job_id, str(model_path), model.sha256, active,
+                           [_structure(a) for a in structures], spec.model_dump(mode="json"), failed, max_pairs,
                            key=f"aceserver-job-{job_id}", pure=False, retries=0)
+
+    def take(item) -> None:
+        if not isinstance(item, bytes):         # [outcomes, frame bytes]
+            outcomes, item = item
+            for summary in outcomes:
+                sink.outcome(summary)
+        sink.blob(item)
+
     try:
         while True:
             if cancel.is_set() and not remote_cancel.is_set():
                 remote_cancel.set()
             try:
-                on_frame(queue.get(timeout=CANCEL_POLL_S))
+                take(queue.get(timeout=CANCEL_POLL_S))
             except (TimeoutError, asyncio.TimeoutError):      # one and the same from Python 3.11
                 if future.done():
                     break
-        for blob in queue.get(batch=True):     # put before the task returned
-            on_frame(blob)
+        for item in queue.get(batch=True):     # put before the task returned
+            take(item)
         return future.result()
     finally:
         future.release()

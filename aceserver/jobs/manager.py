@@ -4,8 +4,12 @@ up a short request: the kernels release the GIL), keeps every job and frame in t
 tells subscribers (the HTTP frame streams) when a frame or a final state arrives, and cancels a
 job between two steps.
 
-A relax_many job runs all its structures on one job thread (`batch_relax`), also when the
-other jobs go to a cluster: its steps are batched evaluations, not separate tasks.
+A relax_many job runs all its structures in one place (`batch_relax`): on a job thread here, or
+as one task on a cluster's worker when the other jobs go there: its steps are batched evaluations,
+not separate tasks.
+
+A relax_many structure's outcome is stored with its last frame, so after a kill the finished
+structures keep theirs and the running ones become `interrupted` (`JobStore.mark_interrupted`).
 
 On start the store's unfinished jobs become `interrupted` and finished jobs older than the time
 to live are deleted; expired jobs are deleted again on every submit. `shutdown` stops the running
@@ -46,14 +50,21 @@ class _Live:
 
 
 class _Sink:
-    """runner.Sink for one job: frames into the store, then a word to the subscribers. Frames are
-    committed together at most every COMMIT_INTERVAL_S (one SQLite commit costs ~0.2 ms, a 64-atom
-    MD step ~1.5 ms) and at the end; nothing is streamed or counted before its commit."""
+    """runner.Sink (and batch_relax's `outcome`) for one job: frames into the store, then a word to
+    the subscribers. Frames are committed together at most every COMMIT_INTERVAL_S (one SQLite
+    commit costs ~0.2 ms, a 64-atom MD step ~1.5 ms) and at the end; nothing is streamed or counted
+    before its commit. A relax_many structure's outcome goes into the commit of the frames made
+    after it was reported (its last frame comes right after it)."""
 
     def __init__(self, manager: "JobManager", job_id: str, live: _Live):
         self.manager, self.job_id, self.live = manager, job_id, live
         self.pending: list[tuple[int, int, bytes]] = []
+        self.outcomes: dict[int, dict] = {}
         self.last = time.monotonic()
+
+    def outcome(self, summary: dict) -> None:
+        """A relax_many structure's outcome so far (`batch_relax`); the latest per structure is kept."""
+        self.outcomes[summary["index"]] = summary
 
     def frame(self, frame: dict) -> None:
         self._add(frame["index"], frame["step"], frames.encode(frame))
@@ -70,9 +81,9 @@ class _Sink:
             self.flush()
 
     def flush(self) -> None:
-        if self.pending:
-            self.manager.store.add_frames(self.job_id, self.pending)
-            self.pending = []
+        if self.pending or self.outcomes:
+            self.manager.store.add_frames(self.job_id, self.pending, list(self.outcomes.values()))
+            self.pending, self.outcomes = [], {}
             self.manager._notify(self.live)
         self.last = time.monotonic()
 
@@ -101,6 +112,9 @@ class JobManager:
               source: str | None = None) -> None:
         """What `submit` checks first (`limits.check`): raises `JobInputError` / `JobTooLarge`."""
         check(model, atoms, spec, self.limits, where)
+        self._check_source(source)
+
+    def _check_source(self, source: str | None) -> None:
         if self.client is not None and source is None:
             raise JobInputError("model: this model has no file the cluster's workers could load", "model")
 
@@ -112,13 +126,14 @@ class JobManager:
         return self._queue(model, model_name, sha256, atoms.copy(), spec, len(atoms), source)
 
     def submit_many(self, model: SitePotential, model_name: str, sha256: str, structures: list[Atoms],
-                    spec: RelaxManyJob, where: str = "structures") -> str:
+                    spec: RelaxManyJob, where: str = "structures", source: str | None = None) -> str:
         """Queue one relax_many job over `structures`; its id. Raises as `submit` for the job as a
         whole (`limits.check_many`); a structure that cannot run is reported failed by its index in
-        the job's `structures` when it ends. Runs on this server's job threads, also with a cluster."""
+        the job's `structures` when it ends. source: as `submit`'s (the whole job is one task)."""
         bad = check_many(model, structures, spec, self.limits, where)
+        self._check_source(source)
         work = ([a.copy() for a in structures], bad)
-        return self._queue(model, model_name, sha256, work, spec, sum(map(len, structures)), None)
+        return self._queue(model, model_name, sha256, work, spec, sum(map(len, structures)), source)
 
     def _queue(self, model: SitePotential, model_name: str, sha256: str, work, spec, n_atoms: int,
                source: str | None) -> str:
@@ -138,13 +153,14 @@ class JobManager:
     def _execute(self, job_id: str, model: SitePotential, work, spec, live: _Live, source: str | None,
                  sink: _Sink) -> dict:
         """Run the job (here or on the cluster); its outcome as a dict."""
+        if self.client is not None:
+            return cluster.run(self.client, job_id, model, source, work, spec, live.cancel, sink,
+                               self.limits.max_batch_pairs)
         if isinstance(spec, RelaxManyJob):
             structures, bad = work
             return dataclasses.asdict(batch_relax.run(model, structures, spec, sink, live.cancel, bad,
                                                       max_pairs=self.limits.max_batch_pairs))
-        if self.client is None:
-            return dataclasses.asdict(runner.run(model, work, spec, sink, live.cancel))
-        return cluster.run(self.client, job_id, model, source, work, spec, live.cancel, sink.blob)
+        return dataclasses.asdict(runner.run(model, work, spec, sink, live.cancel))
 
     def _run(self, job_id: str, model: SitePotential, work, spec: RelaxJob | MDJob | RelaxManyJob, live: _Live,
              source: str | None = None) -> None:

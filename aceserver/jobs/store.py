@@ -1,13 +1,18 @@
 """The durable job store: one SQLite database (`jobs.sqlite` in the jobs directory, WAL journal).
 
 Tables: `jobs` (one row per job: kind, model, state, reason, halt, error document, spec, progress,
-timings as Unix seconds, a relax_many job's outcome per structure as JSON) and `frames` (job, index, step, the frame as msgpack bytes, `frames.py`).
+timings as Unix seconds, a relax_many job's outcome per structure as JSON), `frames` (job, index,
+step, the frame as msgpack bytes, `frames.py`) and `outcomes` (a running relax_many job's outcome
+so far per structure, JSON: state null while it runs, with its last frame; folded into
+`jobs.structures` when the job gets its final state).
 A frame is committed before the job's frame count says it exists (and before any stream sends it),
-so every frame a reader has seen survives the process being killed (SIGKILL); WAL with synchronous=NORMAL loses nothing on a
+and a structure's outcome in the transaction of its last frame, so every frame and outcome a reader
+has seen survives the process being killed (SIGKILL); WAL with synchronous=NORMAL loses nothing on a
 process crash (only an OS crash or power loss can lose the last transactions).
 
 States: queued, running, then one of done, halted, failed, cancelled, interrupted (the server
-stopped or died while the job was queued or running; `mark_interrupted` on start-up).
+stopped or died while the job was queued or running; `mark_interrupted` on start-up: a relax_many
+job's finished structures keep their outcomes, the ones still running become `interrupted`).
 Expiry: `expire(ttl_s)` deletes finished jobs (and their frames) that finished more than ttl_s ago.
 """
 from __future__ import annotations
@@ -34,10 +39,13 @@ CREATE INDEX IF NOT EXISTS jobs_finished ON jobs (finished);
 CREATE TABLE IF NOT EXISTS frames (
     job TEXT NOT NULL, idx INTEGER NOT NULL, step INTEGER NOT NULL, data BLOB NOT NULL,
     PRIMARY KEY (job, idx)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS outcomes (
+    job TEXT NOT NULL, idx INTEGER NOT NULL, data TEXT NOT NULL, PRIMARY KEY (job, idx)) WITHOUT ROWID;
 """
 COLUMNS = ("id", "kind", "model", "model_sha256", "state", "reason", "halt", "error", "converged", "spec",
            "n_atoms", "steps", "step", "frames", "created", "started", "finished", "structures")
 JSON_COLUMNS = ("halt", "error", "spec", "structures")
+STOPPED = "the server stopped while the job was running"
 
 
 class JobStore:
@@ -105,23 +113,50 @@ class JobStore:
                halt: dict | None = None, error: dict | None = None, converged: bool | None = None,
                structures: list | None = None) -> bool:
         """Give a queued or running job its final state; False if it already had one. structures:
-        a relax_many job's outcome per structure."""
+        a relax_many job's outcome per structure; without it, the stored `outcomes` are kept, those
+        of structures still running given the job's state (failed with its error, cancelled, or
+        interrupted)."""
         assert state in FINISHED
         with self._lock:
+            self._db.execute("BEGIN")
+            if structures is None:
+                structures = self._fold(job_id, state if state in ("failed", "cancelled") else "interrupted",
+                                        reason, error)
             cur = self._db.execute(
                 "UPDATE jobs SET state = ?, step = COALESCE(?, step), reason = ?, halt = ?, error = ?, converged = ?, "
                 "finished = ?, structures = COALESCE(?, structures) WHERE id = ? AND state IN ('queued', 'running')",
                 (state, step, reason, None if halt is None else json.dumps(halt),
                  None if error is None else json.dumps(error), None if converged is None else int(converged),
                  time.time(), None if structures is None else json.dumps(structures), job_id))
+            self._db.execute("DELETE FROM outcomes WHERE job = ?", (job_id,))
+            self._db.execute("COMMIT")
         return cur.rowcount == 1
 
+    def _fold(self, job_id: str, state: str, reason: str | None, error: dict | None) -> list | None:
+        """The job's stored outcomes in index order, those still running (state null) ended as
+        `state` with `reason` and `error` (None: none stored). Call inside a transaction."""
+        rows = self._db.execute("SELECT data FROM outcomes WHERE job = ? ORDER BY idx", (job_id,)).fetchall()
+        out = [json.loads(r[0]) for r in rows]
+        for s in out:
+            if s["state"] is None:
+                s["state"], s["reason"], s["error"] = state, reason, error
+        return out or None
+
     def mark_interrupted(self) -> int:
-        """On start-up: jobs left queued or running by a server that stopped are `interrupted`."""
+        """On start-up: jobs left queued or running by a server that stopped are `interrupted` (a
+        relax_many job's structures that had not ended too, with their last stored frame)."""
         with self._lock:
+            self._db.execute("BEGIN")
+            for (job_id,) in self._db.execute("SELECT DISTINCT job FROM outcomes WHERE job IN "
+                                              "(SELECT id FROM jobs WHERE state = 'running')").fetchall():
+                folded = self._fold(job_id, "interrupted", STOPPED, None)
+                self._db.execute("UPDATE jobs SET structures = ? WHERE id = ?", (json.dumps(folded), job_id))
+            self._db.execute("DELETE FROM outcomes WHERE job IN (SELECT id FROM jobs WHERE state IN "
+                             "('queued', 'running'))")
             cur = self._db.execute("UPDATE jobs SET state = 'interrupted', finished = ?, reason = "
                                    "'the server stopped while the job was ' || state WHERE state IN "
                                    "('queued', 'running')", (time.time(),))
+            self._db.execute("COMMIT")
         return cur.rowcount
 
     def expire(self, ttl_s: float) -> int:
@@ -139,15 +174,21 @@ class JobStore:
         """Keep a frame and count it, in one transaction (committed on return)."""
         self.add_frames(job_id, [(index, step, blob)])
 
-    def add_frames(self, job_id: str, rows: list[tuple[int, int, bytes]]) -> None:
-        """Keep frames (index, step, bytes; consecutive indices) and count them, in one transaction."""
-        if not rows:
+    def add_frames(self, job_id: str, rows: list[tuple[int, int, bytes]], outcomes: list[dict] = ()) -> None:
+        """Keep frames (index, step, bytes; consecutive indices) and count them, and a relax_many
+        job's outcomes so far (`index` each, replacing that structure's), in one transaction."""
+        if not rows and not outcomes:
             return
         with self._lock:
             self._db.execute("BEGIN")
-            self._db.executemany("INSERT INTO frames (job, idx, step, data) VALUES (?, ?, ?, ?)",
-                                 [(job_id, i, st, b) for i, st, b in rows])
-            self._db.execute("UPDATE jobs SET frames = ?, step = ? WHERE id = ?", (rows[-1][0] + 1, rows[-1][1], job_id))
+            if rows:
+                self._db.executemany("INSERT INTO frames (job, idx, step, data) VALUES (?, ?, ?, ?)",
+                                     [(job_id, i, st, b) for i, st, b in rows])
+                self._db.execute("UPDATE jobs SET frames = ?, step = ? WHERE id = ?",
+                                 (rows[-1][0] + 1, rows[-1][1], job_id))
+            if outcomes:
+                self._db.executemany("INSERT OR REPLACE INTO outcomes (job, idx, data) VALUES (?, ?, ?)",
+                                     [(job_id, s["index"], json.dumps(s)) for s in outcomes])
             self._db.execute("COMMIT")
 
     def frames(self, job_id: str, start: int = 0, stop: int | None = None) -> Iterator[bytes]:

@@ -107,10 +107,12 @@ class StructureOutcome(BaseModel):
     per-atom energies (eV) and stress (eV/Å³, Voigt xx yy zz yz xz xy; 3-D periodic cells) are in its
     last frame, `frame` (GET .../frames?start=frame)."""
     index: int = Field(..., description="The structure's index in `structures`.")
-    state: Literal["converged", "not_converged", "halted", "failed", "cancelled"] = Field(
+    state: Literal["converged", "not_converged", "halted", "failed", "cancelled", "interrupted"] = Field(
         ..., description="converged (fmax reached), not_converged (max_steps done), halted (see `halt`), "
-        "failed (see `error`), cancelled (the job was cancelled or the server stopped).")
-    steps: int = Field(..., description="Optimiser steps done (its last step).")
+        "failed (see `error`), cancelled (the job was cancelled or the server stopped), interrupted (the "
+        "server was killed while it ran: `steps` and `frame` are those of its last stored frame).")
+    steps: int = Field(..., description="Optimiser steps done (its last step; interrupted: its last stored "
+                       "frame's).")
     reason: str | None = Field(None, description="Why it halted.")
     halt: JobHalt | None = Field(None, description="The halt condition that stopped it.")
     error: JobError | None = Field(None, description="Why it failed (`field` names it: `structures[i]...`).")
@@ -132,8 +134,8 @@ class JobStatus(BaseModel):
     converged: bool | None = Field(None, description="Relaxations: whether `fmax` was reached (relax_many: by "
                                    "every structure).")
     structures: list[StructureOutcome] | None = Field(
-        None, description="relax_many, once it has ended: each structure's outcome, in request order (GET "
-        "/v1/jobs/{id} only; null in lists).")
+        None, description="relax_many, once it has ended (also when the server was killed): each structure's "
+        "outcome, in request order (GET /v1/jobs/{id} only; null in lists).")
     n_atoms: int = Field(..., description="Atoms of the job (relax_many: of all its structures).")
     steps: int = Field(..., description="Steps asked for (`steps`, or `max_steps` of a relaxation).")
     step: int = Field(..., description="The last step done.")

@@ -78,7 +78,8 @@ def submit_body(jobs: JobManager, registry: ModelRegistry, body: bytes, codec_in
     named = [(where, _atoms(s)) for where, s in request.named_structures()]
     try:
         if spec.kind == "relax_many":    # one job; a structure that cannot run is reported in it by index
-            return [jobs.submit_many(m.model, m.name, m.sha256, [atoms for _, atoms in named], spec)]
+            return [jobs.submit_many(m.model, m.name, m.sha256, [atoms for _, atoms in named], spec,
+                                     source=m.path)]
         for where, atoms in named:       # every structure is checked before any is queued
             jobs.check(m.model, atoms, spec, where, m.path)
         return [jobs.submit(m.model, m.name, m.sha256, atoms, spec, where, m.path) for where, atoms in named]
