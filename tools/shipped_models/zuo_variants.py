@@ -177,9 +177,12 @@ def nested_lines(el: str, x: dict) -> list[str]:
             f"{'meets' if meets else 'does not meet'} both targets, so "
             + ("it may ship." if c["procedure_wins"] and meets else "the recipe stays.")
             + f" Speed ({x['speed']['structure']}, one thread, alternately in one run): "
-            + ", ".join(f"{m['us_per_atom']:.1f} µs/atom" + ("" if one else f" ({m['n_active']} functions)")
+            + ", ".join(f"{m['us_per_atom']:.1f} µs/atom" + ("" if one else f" for {m['n_active']} functions")
                         + f" ({m['ratio_to_recipe']:.2f} x)" for m in cand_sp)
             + f" against the recipe's {rec_sp['us_per_atom']:.1f}.",
+            "Per outer fold (procedure; recipe), E meV/atom, F eV/Å: " + "; ".join(
+                f"({a['E'] * 1e3:.3f}, {a['F']:.4f}; {b['E'] * 1e3:.3f}, {b['F']:.4f})"
+                for a, b in zip((f["mae"] for f in p["folds"]), (f["mae"] for f in r["folds"]))) + ".",
             "Chosen per outer fold: " + "; ".join(
                 ("" if one else f"{f['chosen']['basis'].replace('order ', '').replace(', totaldegree', '')}, ")
                 + f"alg p {f['chosen']['prior']['p']}, w_E {f['chosen']['weights']['default']['E']:g}, "
