@@ -3,7 +3,7 @@
     python -m tools.shipped_models.zuo_variants --data-dir DIR Mo [--only NAME ...] [--threads 1]
 
 (from the repository root; DIR holds ZuoEtAl2020/<El>_train.xyz, default $ACESERVER_DATA; the Zuo test
-splits are never read). Each variant of :data:`VARIANTS` changes one or two things of the recipe's
+splits are never read). Each variant of :data:`VARIANTS` changes one to three things of the recipe's
 basis (order 3, totaldegree [25,21,17], rcut 2.5 bond lengths, ace1 defaults): the pair basis degree, the
 many-body radial transform (Agnesi p, q), the per-order degrees, the cutoff. Each is assembled once
 and cross-validated on the 5 seeded folds of ``zuo_select`` (the nested CV's outer folds) with BLR
@@ -53,6 +53,10 @@ VARIANTS = {
     "rcut 2.25, 4 [26, 22, 18, 14]": (4, [26, 22, 18, 14], 2.25, {}),
     "degrees 3 [27, 22, 16], pair 35": (3, [27, 22, 16], 2.5, {"pair_degree": 35}),
     "transform agnesi 2 10": (3, [25, 21, 17], 2.5, {"transform": ["agnesi", 2, 10]}),
+    # the two leads combined, and larger order-4 bases with them (2140: 1.45 x the recipe's time, 2806: 3.3 x)
+    "rcut 2.25, transform agnesi 2 6, 4 [26, 22, 18, 14]": (4, [26, 22, 18, 14], 2.25, {"transform": ["agnesi", 2, 6]}),
+    "rcut 2.25, transform agnesi 2 6, 4 [27, 23, 19, 15]": (4, [27, 23, 19, 15], 2.25, {"transform": ["agnesi", 2, 6]}),
+    "rcut 2.25, transform agnesi 2 6, 4 [28, 24, 20, 16]": (4, [28, 24, 20, 16], 2.25, {"transform": ["agnesi", 2, 6]}),
 }
 PRIORS = ({"name": "algebraic", "p": 2}, {"name": "algebraic", "p": 4})
 E_WEIGHTS = (10.0, 20.0, 30.0)
@@ -90,7 +94,7 @@ def card_section(el: str, res: dict) -> list[str]:
                         else f"{r['mae_mean'][k]:.4f} ± {r['mae_std'][k]:.4f}")
     L = ["", "## Screen of basis variants for forces", "",
          "Plain 5-fold CV on the outer folds (`python -m tools.shipped_models.zuo_variants --data-dir DIR "
-         f"{el}`): each variant changes one or two things of the recipe's basis (order 3, totaldegree "
+         f"{el}`): each variant changes one to three things of the recipe's basis (order 3, totaldegree "
          "[25,21,17], rcut 2.5 bond lengths, ace1 defaults: pair degree = the first totaldegree, many-body "
          "transform Agnesi (2, 4)), is "
          "assembled once and fitted by BLR over algebraic p ∈ {2, 4} × w_E ∈ {10, 20, 30} × E0 ∈ {0, mean}; "
@@ -121,10 +125,15 @@ def card_section(el: str, res: dict) -> list[str]:
              f"build machine; peak memory {res['peak_rss_mib'] / 1024:.1f} GiB (the last of the resumed runs). "
              "The recipe is timed twice (the reference and its own row): their ratio shows the timing noise."
              if tm else "")]
-    f = MODELS / f"zuo-{el}" / "nested_cv_transform.json"
-    if f.is_file():
-        L += nested_lines(el, json.loads(f.read_text()))
+    for g in NESTED_GRIDS:
+        f = MODELS / f"zuo-{el}" / f"nested_cv_{g}.json"
+        if f.is_file():
+            L += nested_lines(el, json.loads(f.read_text()))
     return L
+
+
+# the nested CVs (``zuo_nested --grid``) of the screen's leads, in the order they were run
+NESTED_GRIDS = ("transform", "transform_large")
 
 
 def nested_lines(el: str, x: dict) -> list[str]:
@@ -135,17 +144,25 @@ def nested_lines(el: str, x: dict) -> list[str]:
                 f"{s['mae_mean']['F']:.4f} ± {s['mae_std']['F']:.4f} |")
 
     meets = p["mae_mean"]["E"] <= t["E"] and p["mae_mean"]["F"] <= t["F"]
-    sp = {m["roles"][0]: m for m in x["speed"]["models"]}
+    rec_sp = next(m for m in x["speed"]["models"] if "recipe" in m["roles"])
+    cand_sp = [m for m in x["speed"]["models"] if "candidate" in m["roles"]]
+    bases = list(dict.fromkeys(c["basis"] for c in x["candidates"]))
+    one = len(bases) == 1
     tm = x["timings_s"]    # a resumed run: its total is the stopped run's parts plus the resumption's
     run_s = tm["total_s"] + (sum(v for k, v in tm.items() if k.startswith(("nested_", "outer_"))) if tm.get("resumed") else 0)
     c0 = x["candidates"][0]
     what = ", ".join([f"the many-body transform Agnesi {tuple(c0['basis_kw']['transform'][1:])}"]
                      * ("transform" in c0.get("basis_kw", {})) + [f"rcut {c0['rcut_bond_lengths']:g} bond lengths"])
-    return ["", f"Nested CV of the lead family (`python -m tools.shipped_models.zuo_nested --data-dir DIR {el} --grid "
-            f"{x['grid']}`, `nested_cv_{x['grid']}.json`): the recipe's basis with {what}, the selection over its "
-            f"{x['n_candidates']} settings (algebraic p ∈ {{2, 4}} × w_E ∈ {{10, 20, 30}} × E0 ∈ {{0, mean}}; "
-            "4-fold CV on the other folds, the same rule) run in each of the same 5 outer folds; the recipe's "
-            "outer folds from "
+    on = ("the recipe's basis" if one and bases[0] == basis_name(*RECIPE_BASIS) else "the bases " + " and ".join(
+        f"{b.replace('order ', '').replace(', totaldegree', '')} ({m['n_active']} functions)"
+        for b, m in zip(bases, cand_sp)))
+    return ["", f"Nested CV of a lead family (`python -m tools.shipped_models.zuo_nested --data-dir DIR {el} --grid "
+            f"{x['grid']}`, `nested_cv_{x['grid']}.json`): {on} with {what}, the selection over its "
+            f"{x['n_candidates']} candidates (" + ("" if one else "each basis with ")
+            + "algebraic p ∈ {2, 4} × w_E ∈ {10, 20, 30} × E0 ∈ {0, mean}; "
+            "4-fold CV on the other folds, the same rule" + ("" if one else ", the simplest candidate the one with "
+                                                            "fewer functions")
+            + ") run in each of the same 5 outer folds; the recipe's outer folds from "
             "its own assembly. The family itself was picked by the screen above on all 5 folds, so this estimate "
             "is still somewhat optimistic.", "",
             "| | outer E MAE (meV/atom) | outer F MAE (eV/Å) |", "|---|---|---|",
@@ -160,10 +177,15 @@ def nested_lines(el: str, x: dict) -> list[str]:
             f"{'meets' if meets else 'does not meet'} both targets, so "
             + ("it may ship." if c["procedure_wins"] and meets else "the recipe stays.")
             + f" Speed ({x['speed']['structure']}, one thread, alternately in one run): "
-            f"{sp['candidate']['us_per_atom']:.1f} µs/atom against the recipe's {sp['recipe']['us_per_atom']:.1f} "
-            f"({sp['candidate']['ratio_to_recipe']:.2f} x).",
+            + ", ".join(f"{m['us_per_atom']:.1f} µs/atom" + ("" if one else f" for {m['n_active']} functions")
+                        + f" ({m['ratio_to_recipe']:.2f} x)" for m in cand_sp)
+            + f" against the recipe's {rec_sp['us_per_atom']:.1f}.",
+            "Per outer fold (procedure; recipe), E meV/atom, F eV/Å: " + "; ".join(
+                f"({a['E'] * 1e3:.3f}, {a['F']:.4f}; {b['E'] * 1e3:.3f}, {b['F']:.4f})"
+                for a, b in zip((f["mae"] for f in p["folds"]), (f["mae"] for f in r["folds"]))) + ".",
             "Chosen per outer fold: " + "; ".join(
-                f"alg p {f['chosen']['prior']['p']}, w_E {f['chosen']['weights']['default']['E']:g}, "
+                ("" if one else f"{f['chosen']['basis'].replace('order ', '').replace(', totaldegree', '')}, ")
+                + f"alg p {f['chosen']['prior']['p']}, w_E {f['chosen']['weights']['default']['E']:g}, "
                 f"E0 {list(f['chosen']['E0'].values())[0]:g}" for f in x["outer"]) + "."
             + f" Run: {run_s / 60:.0f} min wall-clock, one thread"
             + (f", peak memory {x['peak_rss_mib'] / 1024:.1f} GiB" if x.get("peak_rss_mib") else "")
