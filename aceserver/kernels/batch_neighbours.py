@@ -8,8 +8,9 @@ share a pair); each structure's part is, pair for pair and bit for bit, what
 ``neighbour_list(..., sort=False)`` returns for it: the same binning basis (`bases`: the numpy
 steps of `lattice.binning_basis` on all cells at once; the lattice reduction in `reduce_many`
 takes `lattice._reduce_into`'s decisions with scalar dots where they are certain), the same
-grid plan (`_grid`, the Python plan of `neighbour_list` in numba) and the same numba search kernels (`neighbour_search`). Periodic
-images of cells much smaller than the cut-off are scanned there as bin images.
+grid plan (`_grid`, the Python plan of `neighbour_list` in numba) and the same numba search
+kernels (`neighbour_search`). Periodic images of cells much smaller than the cut-off are
+scanned there as bin images.
 
 Entry points: `bases` (all cells), `reduce_many`, `search` (many packed structures, one pass
 each into one growing list) and `search_one` (one structure: `neighbour_list`'s path for small
