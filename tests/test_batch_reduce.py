@@ -11,7 +11,8 @@ CPU and BLAS it takes the decisions ddot takes; everything nearer is handed to `
 The cells: random, skewed by unimodular shears (several reduction steps), built to sit on the
 decision thresholds (x within 3e-16 of 0.5 + 1e-9 or of a half-integer: the fallback must run
 and agree), and near-cubic cells with rounded entries and exact (signed) zeros, for 1, 2 and 3
-periodic vectors: over 100k cells of each periodicity.
+periodic vectors: over 100k cells of each periodicity. And `bases` (the whole binning basis of a
+batch) against `lattice.binning_basis`, bit for bit.
 """
 import numpy as np
 import pytest
@@ -73,3 +74,34 @@ def test_uncertain_decisions_go_to_reduce_into(p):
     assert BN._reduce_sure(off, T, np.empty(p, dtype=np.int64))
     assert np.array_equal(T, _reduce_lattice(off))
     assert BN.reduce_many(np.zeros((0, p, 3))).shape == (0, p, p)
+
+
+@pytest.mark.parametrize("pattern", ["all periodic", "mixed"])
+def test_bases_are_binning_basis(pattern):
+    """`bases` of a batch (all cells periodic: one pass without the pattern split; mixed: one
+    pass per pbc pattern) against `lattice.binning_basis` cell by cell, bit for bit: basis,
+    inverse and the inverse's column lengths (`_column_norms`); degenerate cells (a zero
+    vector, two dependent vectors) come back not ok, and the others are unaffected by them."""
+    from aceserver.kernels.lattice import binning_basis
+    rng = np.random.default_rng(11)
+    S = 3000
+    cells = np.eye(3) + rng.normal(size=(S, 3, 3)) * 0.3
+    cells[::4] = (np.triu(rng.integers(-4, 5, (3, 3)), 1) + np.eye(3)) @ cells[::4]
+    cells[5::50] = np.round(cells[5::50], 1)
+    cells *= rng.uniform(0.5, 4.0, size=(S, 1, 1))
+    pbc = (np.ones((S, 3), dtype=bool) if pattern == "all periodic"
+           else rng.random((S, 3)) < 0.6)
+    cells[7::97, 1] = 0.0
+    cells[9::101, 2] = cells[9::101, 0] * 3.0
+    bad = np.zeros(S, dtype=bool)
+    bad[7::97] = pbc[7::97, 1]
+    bad[9::101] = pbc[9::101, 0] & pbc[9::101, 2]
+    basis, inv, recip, ok = BN.bases(cells, pbc)
+    assert np.array_equal(ok, ~bad) and bad.any()
+    for s in np.flatnonzero(ok):
+        b, _, ib, r = binning_basis(cells[s].copy(), pbc[s].copy())
+        assert np.array_equal(b, basis[s]) and np.array_equal(ib, inv[s]), s
+        assert np.array_equal(r, recip[s]), s
+    assert (basis[bad] == np.eye(3)).all()
+    empty = BN.bases(np.zeros((0, 3, 3)), np.zeros((0, 3), dtype=bool))
+    assert [x.shape for x in empty] == [(0, 3, 3), (0, 3, 3), (0, 3), (0,)]

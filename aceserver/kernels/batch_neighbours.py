@@ -190,16 +190,49 @@ def _norms(rows):
     return np.array([np.linalg.norm(r) for r in rows])
 
 
+@njit(cache=True, nogil=True)
+def _column_norms(inv):
+    """|column j| of each inv[s] (S, 3, 3): sqrt(x0² + x1² + x2²) summed in order, as
+    `lattice._norms` and numpy's norm(axis=1) (a sequential add.reduce of 3) form it."""
+    S = inv.shape[0]
+    out = np.empty((S, 3))
+    for s in range(S):
+        for j in range(3):
+            x0, x1, x2 = inv[s, 0, j], inv[s, 1, j], inv[s, 2, j]
+            out[s, j] = math.sqrt(x0 * x0 + x1 * x1 + x2 * x2)
+    return out
+
+
 def bases(cells, pbc):
     """`lattice.binning_basis` of every structure, its numpy steps done on all cells of one
     periodicity at once (numpy's stacked inv, matmul, norm and cross give each matrix the bits
     of a call of its own): basis (S, 3, 3), inv_basis, recip (S, 3) and ok (S,), False where the
     per-structure search must judge the cell (nearly degenerate: it raises there)."""
     S = len(cells)
+    if S == 0:
+        return np.zeros((0, 3, 3)), np.zeros((0, 3, 3)), np.zeros((0, 3)), np.ones(0, dtype=bool)
+    if pbc.all():
+        # the usual batch (bulk cells): the reduced vectors are the bases, no pattern split
+        vecs = np.ascontiguousarray(cells)
+        ok = well_shaped(vecs)
+        if ok.all():
+            basis = reduce_many(vecs) @ vecs
+        else:                           # the reduction only of cells it may divide by
+            basis = np.empty((S, 3, 3))
+            basis[:] = np.eye(3)
+            good = np.ascontiguousarray(vecs[ok])
+            basis[ok] = reduce_many(good) @ good
+    else:
+        basis, ok = _mixed_bases(cells, pbc)
+    inv = np.linalg.inv(basis)
+    return basis, inv, _column_norms(inv), ok
+
+
+def _mixed_bases(cells, pbc):
+    """`bases`' basis and ok for any periodicities: one pass per pbc pattern."""
+    S = len(cells)
     basis = np.zeros((S, 3, 3))
     ok = np.ones(S, dtype=bool)
-    if S == 0:
-        return basis, basis.copy(), np.zeros((0, 3)), ok
     code = pbc[:, 0] * 4 + pbc[:, 1] * 2 + pbc[:, 2]
     for pattern in np.unique(code).tolist():
         idx = np.flatnonzero(code == pattern)
@@ -231,8 +264,7 @@ def bases(cells, pbc):
             b[:] = np.eye(3)
         basis[idx] = b
     basis[~ok] = np.eye(3)
-    inv = np.linalg.inv(basis)
-    return basis, inv, np.linalg.norm(inv, axis=1), ok
+    return basis, ok
 
 
 @njit(cache=True, nogil=True)
