@@ -535,13 +535,16 @@ def _drive_atoms(run, structures, chunk_atoms, max_structures) -> None:
     poss = [a["positions"] for a in arrays]
     cells = [s.cell.array for s in structures]
     pbcs = [s.pbc for s in structures]
-    lo = atoms = 0
-    for k, n in enumerate(map(len, nums)):
-        atoms += n
-        if atoms >= chunk_atoms or k + 1 - lo >= max_structures or k + 1 == len(nums):
-            hi = k + 1
-            _chunk(run, range(lo, hi), nums[lo:hi], poss[lo:hi], cells[lo:hi], pbcs[lo:hi])
-            lo, atoms = hi, 0
+    sizes = np.fromiter(map(len, nums), dtype=np.int64, count=len(nums))
+    ends = np.cumsum(sizes)
+    lo = 0
+    while lo < len(nums):       # the chunk ends at the structure that reaches chunk_atoms
+        start = int(ends[lo - 1]) if lo else 0
+        hi = min(len(nums), lo + max_structures,
+                 int(np.searchsorted(ends, start + chunk_atoms, side="left")) + 1)
+        _chunk(run, range(lo, hi), nums[lo:hi], poss[lo:hi], cells[lo:hi], pbcs[lo:hi],
+               sizes[lo:hi])
+        lo = hi
 
 
 def evaluate_packed(potential, counts, numbers, positions, cells, pbc, *, forces=True, committee=False,
@@ -632,12 +635,13 @@ def neighbour_lists(potential, structures, *, threads=None) -> list:
     return run.results
 
 
-def _chunk(run, index, nums, poss, cells, pbcs):
-    """One chunk of structures given one by one (the caller's index, their arrays), packed
-    whole or in pieces (`_Run.pieces`)."""
+def _chunk(run, index, nums, poss, cells, pbcs, sizes=None):
+    """One chunk of structures given one by one (the caller's index, their arrays; sizes: atoms
+    of each, if known), packed whole or in pieces (`_Run.pieces`)."""
     if run.cancel is not None and run.cancel.is_set():
         raise EvaluationCancelled("evaluation cancelled by its caller")
-    sizes = np.fromiter(map(len, nums), dtype=np.int64, count=len(nums))
+    if sizes is None:
+        sizes = np.fromiter(map(len, nums), dtype=np.int64, count=len(nums))
     cuts = run.pieces(sizes)
     if cuts is None:
         run.run_batch(_Batch(index, nums, poss, cells, pbcs, sizes), _Given(nums, poss, cells, pbcs))
