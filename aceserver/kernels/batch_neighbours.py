@@ -28,7 +28,7 @@ import math
 import numpy as np
 from numba import njit
 
-from .lattice import _reduce_into
+from .lattice import _candidate, _identity, _reduce_into, _shear
 from .neighbour_search import (_BINS_PER_CUTOFF, _MAX_BIN_IMAGES, _ONE_PASS_MAX_VISITS, _SLACK,
                                _WORK_FREE, _WORK_PER_PAIR, bin_and_count, frame, pairs_one_pass)
 
@@ -75,9 +75,7 @@ def _reduce_sure(vecs, T, cand):
     `_reduce_into` takes, so T is its T exactly (rows are formed as `_row_into` forms them;
     only the dots differ)."""
     p = vecs.shape[0]
-    for a in range(p):
-        for b in range(p):
-            T[a, b] = 1 if a == b else 0
+    _identity(T)
     for _ in range(100):
         changed = False
         for a in range(p):
@@ -101,18 +99,13 @@ def _reduce_sure(vecs, T, cand):
                     mt = mx + 4.5e-16 * (abs(t) + 1.0)
                     if not (frac > mt and frac < 1.0 - mt):
                         return False
-                    q = np.int64(math.floor(t))
-                    for c in range(p):
-                        T[b, c] -= q * T[a, c]
+                    _shear(T, a, b, np.int64(math.floor(t)))
                     changed = True
         if p == 3:
             for k in range(3):
-                o1 = 1 if k == 0 else 0
-                o2 = 1 if k == 2 else 2
                 for s1 in (-1, 1):
                     for s2 in (-1, 1):
-                        for a in range(3):
-                            cand[a] = T[k, a] + s1 * T[o1, a] + s2 * T[o2, a]
+                        _candidate(T, k, s1, s2, cand)
                         c0 = 0.0
                         c1 = 0.0
                         c2 = 0.0
