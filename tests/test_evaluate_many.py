@@ -423,6 +423,30 @@ def test_chunks_give_the_same_numbers(si, monkeypatch):
         assert_same(a, b)
 
 
+
+@pytest.mark.parametrize("chunk_atoms, max_structures",
+                         [(7, 10**9), (1, 10**9), (30, 4), (10**6, 10**9)])
+def test_atoms_chunks_end_where_the_atoms_reach_chunk_atoms(si, monkeypatch, chunk_atoms,
+                                                            max_structures):
+    """`_drive_atoms` cuts (searchsorted on the sizes' running sum) are those of a loop over the
+    structures: a chunk ends at the structure whose atoms bring it to chunk_atoms, or after
+    max_structures structures (empty structures included)."""
+    structures = mixed(si, seed=19, count=40)
+    structures[3] = Atoms()
+    structures[4] = Atoms()
+    got = []
+    monkeypatch.setattr(many, "_chunk",
+                        lambda run, index, *rest: got.append((index.start, index.stop)))
+    many._drive_atoms(None, structures, chunk_atoms, max_structures)
+    want, lo, atoms = [], 0, 0
+    for k, a in enumerate(structures):
+        atoms += len(a)
+        if atoms >= chunk_atoms or k + 1 - lo >= max_structures or k + 1 == len(structures):
+            want.append((lo, k + 1))
+            lo, atoms = k + 1, 0
+    assert got == want
+    assert len(want) > 1 or chunk_atoms == 10**6
+
 def test_without_a_budget_each_structure_has_its_own_limit(si, monkeypatch):
     """max_pairs=None: no budget over the batch; a structure over evaluate's own limit fails alone."""
     structures = mixed(si, seed=18, count=10)[:10]

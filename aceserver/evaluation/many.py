@@ -40,6 +40,7 @@ from ase import Atoms
 
 from ..errors import ACEInputError, BatchError, EvaluationCancelled, TooManyPairsError
 from ..kernels import batch_neighbours as BN
+from ..kernels.batch_checks import after_search, check_packed
 from ..kernels.batch_pass import committee_sums, outputs, pass_range, structure_sums
 from ..kernels.neighbours import DEFAULT_MAX_NEIGHBOURS, DEFAULT_MAX_PAIRS
 from ..structure import MAX_COORDINATE
@@ -122,12 +123,6 @@ class _Batch:
         """Packed structures that hold any atom of the mask."""
         atoms = np.flatnonzero(atom_mask)
         return np.unique(np.searchsorted(self.offsets, atoms, side="right") - 1)
-
-    def per_structure(self, per_atom) -> np.ndarray:
-        """Sums of a per-atom integer array over each structure."""
-        c = np.zeros(len(per_atom) + 1, dtype=np.int64)
-        np.cumsum(per_atom, out=c[1:])
-        return c[self.offsets[1:]] - c[self.offsets[:-1]]
 
 
 class _Views:
@@ -277,30 +272,18 @@ class _Run:
     def checked(self, batch: _Batch) -> np.ndarray:
         """Status per packed structure after the input checks: 0 ok, 2 failed (sent through
         `single` for its error). Failed structures are neutralised in the packed arrays."""
-        S = len(batch.sizes)
-        bad = np.zeros(S, dtype=bool)
-        pos, num = batch.positions, batch.numbers
-        if len(pos) and not float(np.abs(pos).max()) <= MAX_COORDINATE:   # NaN compares false
-            bad[batch.owner(~(np.abs(pos) <= MAX_COORDINATE).all(axis=1))] = True
-        if S:
-            bad |= ~(np.abs(batch.cells).reshape(S, 9) <= MAX_COORDINATE).all(axis=1)
-        lk = self.lookup
-        ok = (num >= 0) & (num < len(lk))
-        z = lk[np.where(ok, num, 0)]
-        if not (ok.all() and (z >= 0).all()):
-            bad[batch.owner(~ok | (z < 0))] = True
+        z, status = check_packed(batch.numbers, batch.positions, batch.cells, batch.pbc,
+                                 batch.offsets, self.lookup, MAX_COORDINATE)
+        batch.z = z
         refused = None if self.extra is None else self.extra.refused(z)
         if refused is not None:              # no active-set entry for γ: evaluate's error
-            bad[batch.owner(refused)] = True
-        batch.z = np.ascontiguousarray(z)
-        status = np.zeros(S, dtype=np.int64)
-        for s in np.flatnonzero(bad):
-            a, b = batch.offsets[s], batch.offsets[s + 1]
-            pos[a:b] = 0.0
-            batch.z[a:b] = 0
-            batch.cells[s] = 0.0
-            batch.pbc[s] = False
-            status[s] = 2
+            for s in batch.owner(refused).tolist():
+                a, b = batch.offsets[s], batch.offsets[s + 1]
+                batch.positions[a:b] = 0.0
+                z[a:b] = 0
+                batch.cells[s] = 0.0
+                batch.pbc[s] = False
+                status[s] = 2
         return status
 
     def parts(self, cost, n_atoms) -> list[tuple[int, int]]:
@@ -373,18 +356,16 @@ class _Run:
             nbr = np.concatenate([f[1] + offsets[lo] for f, (lo, _) in zip(found, parts)])
             R = np.concatenate([f[2] for f in found])
             closest = np.concatenate([f[3] for f in found])
-        counts = np.diff(first)
-        pairs = batch.per_structure(counts)
         # structures the per-structure search must judge (it raises there): atoms too close
         # (evaluate's own test on the same numbers), too many neighbours of one atom
-        status[(status == 0) & (np.sqrt(closest) < self.min_distance)] = 1
-        if len(counts) and counts.max() > DEFAULT_MAX_NEIGHBOURS:
-            status[batch.owner(counts > DEFAULT_MAX_NEIGHBOURS)] = 1
+        pairs = after_search(first, offsets, closest, status, self.min_distance,
+                             DEFAULT_MAX_NEIGHBOURS)
         self.spend(batch, raw, status, pairs)
         ok = status == 0
         if not ok.any():
             return None
         if (pairs[~ok] > 0).any():            # drop the pairs of structures not evaluated here
+            counts = np.diff(first)
             keep = np.repeat(np.repeat(ok, batch.sizes), counts)
             nbr, R = nbr[keep], R[keep]
             first = np.zeros_like(first)
@@ -554,13 +535,16 @@ def _drive_atoms(run, structures, chunk_atoms, max_structures) -> None:
     poss = [a["positions"] for a in arrays]
     cells = [s.cell.array for s in structures]
     pbcs = [s.pbc for s in structures]
-    lo = atoms = 0
-    for k, n in enumerate(map(len, nums)):
-        atoms += n
-        if atoms >= chunk_atoms or k + 1 - lo >= max_structures or k + 1 == len(nums):
-            hi = k + 1
-            _chunk(run, range(lo, hi), nums[lo:hi], poss[lo:hi], cells[lo:hi], pbcs[lo:hi])
-            lo, atoms = hi, 0
+    sizes = np.fromiter(map(len, nums), dtype=np.int64, count=len(nums))
+    ends = np.cumsum(sizes)
+    lo = 0
+    while lo < len(nums):       # the chunk ends at the structure that reaches chunk_atoms
+        start = int(ends[lo - 1]) if lo else 0
+        hi = min(len(nums), lo + max_structures,
+                 int(np.searchsorted(ends, start + chunk_atoms, side="left")) + 1)
+        _chunk(run, range(lo, hi), nums[lo:hi], poss[lo:hi], cells[lo:hi], pbcs[lo:hi],
+               sizes[lo:hi])
+        lo = hi
 
 
 def evaluate_packed(potential, counts, numbers, positions, cells, pbc, *, forces=True, committee=False,
@@ -651,12 +635,13 @@ def neighbour_lists(potential, structures, *, threads=None) -> list:
     return run.results
 
 
-def _chunk(run, index, nums, poss, cells, pbcs):
-    """One chunk of structures given one by one (the caller's index, their arrays), packed
-    whole or in pieces (`_Run.pieces`)."""
+def _chunk(run, index, nums, poss, cells, pbcs, sizes=None):
+    """One chunk of structures given one by one (the caller's index, their arrays; sizes: atoms
+    of each, if known), packed whole or in pieces (`_Run.pieces`)."""
     if run.cancel is not None and run.cancel.is_set():
         raise EvaluationCancelled("evaluation cancelled by its caller")
-    sizes = np.fromiter(map(len, nums), dtype=np.int64, count=len(nums))
+    if sizes is None:
+        sizes = np.fromiter(map(len, nums), dtype=np.int64, count=len(nums))
     cuts = run.pieces(sizes)
     if cuts is None:
         run.run_batch(_Batch(index, nums, poss, cells, pbcs, sizes), _Given(nums, poss, cells, pbcs))

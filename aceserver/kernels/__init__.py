@@ -5,6 +5,7 @@
     neighbour_search  the cell-list search kernels (binning, scan, pairs, sort, Verlet refresh)
     lattice           reduced basis of the periodic lattice for binning (cached per cell)
     batch_neighbours  the same search for many small structures inside one kernel call
+    batch_checks      a packed batch's input checks and its checks after the search
     ylm               real spherical harmonics and gradients (SpheriCart order, no Condon-Shortley)
     radial            ace1 radials: Agnesi transform, splines, pair envelope
     pace_features     pacemaker radials from Hermite tables, embedding, core repulsion / ZBL

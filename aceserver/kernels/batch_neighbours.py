@@ -6,10 +6,11 @@ Structures are packed: atoms of structure s are ``offsets[s]:offsets[s+1]`` of `
 is one CSR list over all atoms with neighbour indices into the packed atoms (structures never
 share a pair); each structure's part is, pair for pair and bit for bit, what
 ``neighbour_list(..., sort=False)`` returns for it: the same binning basis (`bases`: the numpy
-steps of `lattice.binning_basis` on all cells at once, the lattice reduction in `reduce_many`,
-`lattice._reduce_into` on shared scratch), the same grid plan (`_grid`, the Python plan
-of `neighbour_list` in numba) and the same numba search kernels (`neighbour_search`). Periodic
-images of cells much smaller than the cut-off are scanned there as bin images.
+steps of `lattice.binning_basis` on all cells at once; the lattice reduction in `reduce_many`
+takes `lattice._reduce_into`'s decisions with scalar dots where they are certain), the same
+grid plan (`_grid`, the Python plan of `neighbour_list` in numba) and the same numba search
+kernels (`neighbour_search`). Periodic images of cells much smaller than the cut-off are
+scanned there as bin images.
 
 Entry points: `bases` (all cells), `reduce_many`, `search` (many packed structures, one pass
 each into one growing list) and `search_one` (one structure: `neighbour_list`'s path for small
@@ -27,7 +28,7 @@ import math
 import numpy as np
 from numba import njit
 
-from .lattice import _reduce_into
+from .lattice import _candidate, _identity, _reduce_into, _shear
 from .neighbour_search import (_BINS_PER_CUTOFF, _MAX_BIN_IMAGES, _ONE_PASS_MAX_VISITS, _SLACK,
                                _WORK_FREE, _WORK_PER_PAIR, bin_and_count, frame, pairs_one_pass)
 
@@ -35,16 +36,113 @@ _MIN_LENGTH = 1e-7   # Å: shorter periodic vectors go to the per-structure sear
 _MIN_SINE = 1e-5     # normalised volume: flatter cells too (refused below 1e-6)
 
 
+# Bound on |d - d'| for two roundings d, d' of one 3-term dot product (any order, with or
+# without FMA: each within γ3·Σ|x_i y_i| of the exact value, γ3 = 3u/(1 - 3u) ≈ 3.3e-16), with a
+# factor ~3 of slack; and an absolute term for products in the subnormal range.
+_DOT_REL = 2e-15
+_DOT_ABS = 1e-290
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _dot3(x0, x1, x2, y0, y1, y2):
+    """x.y summed in order as scalars, and a bound on its distance to any other rounding of it."""
+    p0, p1, p2 = x0 * y0, x1 * y1, x2 * y2
+    return p0 + p1 + p2, _DOT_REL * (abs(p0) + abs(p1) + abs(p2)) + _DOT_ABS
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _row3(T, k, vecs):
+    """Row k of T @ vecs as `lattice._row_into` forms it (the same operations in the same
+    order), as three scalars: no array passed to a call per row (that cost 16 ns a row)."""
+    x0 = 0.0
+    x1 = 0.0
+    x2 = 0.0
+    for a in range(T.shape[0]):
+        t = T[k, a]
+        x0 += t * vecs[a, 0]
+        x1 += t * vecs[a, 1]
+        x2 += t * vecs[a, 2]
+    return x0, x1, x2
+
+
+@njit(cache=True, nogil=True)
+def _reduce_sure(vecs, T, cand):
+    """`lattice._reduce_into` with scalar dot products instead of BLAS ddot (which takes most
+    of its time on 3-vectors), written into T; returns False if a decision of the reduction
+    (|x| against 0.5 + 1e-9, the rounding of x, a candidate's length against the row's) lies
+    within the rounding bound of the dots, where ddot might decide otherwise: T is then
+    unfinished and the caller runs `_reduce_into`. Returning True, every decision is the one
+    `_reduce_into` takes, so T is its T exactly (rows are formed as `_row_into` forms them;
+    only the dots differ)."""
+    p = vecs.shape[0]
+    _identity(T)
+    for _ in range(100):
+        changed = False
+        for a in range(p):
+            for b in range(p):
+                if a == b:
+                    continue
+                a0, a1, a2 = _row3(T, a, vecs)
+                b0, b1, b2 = _row3(T, b, vecs)
+                num, en = _dot3(b0, b1, b2, a0, a1, a2)
+                den, ed = _dot3(a0, a1, a2, a0, a1, a2)
+                if not den - ed > 0.0:
+                    return False
+                x = num / den
+                # |x - x'| for ddot's x': the dots' bounds through the division, two roundings
+                mx = 2.0 * ((en + abs(x) * ed) / (den - ed) + 4.5e-16 * abs(x)) + _DOT_ABS
+                if not abs(abs(x) - (0.5 + 1e-9)) > mx:
+                    return False
+                if abs(x) > 0.5 + 1e-9:
+                    t = x + 0.5
+                    frac = t - math.floor(t)
+                    mt = mx + 4.5e-16 * (abs(t) + 1.0)
+                    if not (frac > mt and frac < 1.0 - mt):
+                        return False
+                    _shear(T, a, b, np.int64(math.floor(t)))
+                    changed = True
+        if p == 3:
+            for k in range(3):
+                for s1 in (-1, 1):
+                    for s2 in (-1, 1):
+                        _candidate(T, k, s1, s2, cand)
+                        c0 = 0.0
+                        c1 = 0.0
+                        c2 = 0.0
+                        for a in range(3):
+                            t = cand[a]
+                            c0 += t * vecs[a, 0]
+                            c1 += t * vecs[a, 1]
+                            c2 += t * vecs[a, 2]
+                        b0, b1, b2 = _row3(T, k, vecs)
+                        A, eA = _dot3(c0, c1, c2, c0, c1, c2)
+                        B, eB = _dot3(b0, b1, b2, b0, b1, b2)
+                        shrink = 1.0 - 1e-9
+                        if not abs(A - B * shrink) > 2.0 * (eA + eB + 2.3e-16 * B) + _DOT_ABS:
+                            return False
+                        if A < B * shrink:
+                            for a in range(3):
+                                T[k, a] = cand[a]
+                            changed = True
+        if not changed:
+            return True
+    return True
+
+
 @njit(cache=True, nogil=True)
 def reduce_many(vecs):
-    """The lattice reduction (`lattice._reduce_into`) of every (p, 3) block of vecs (n, p, 3): T (n, p, p)."""
+    """The lattice reduction (`lattice._reduce_into`) of every (p, 3) block of vecs (n, p, 3): T
+    (n, p, p), bit for bit: by `_reduce_sure` where its decisions are certain (nearly every
+    cell; several times faster), else by `_reduce_into` itself."""
     n, p = vecs.shape[0], vecs.shape[1]
     T = np.empty((n, p, p), dtype=np.int64)
     va = np.empty(3)
     vb = np.empty(3)
     cand = np.empty(p, dtype=np.int64)
     for s in range(n):
-        _reduce_into(np.ascontiguousarray(vecs[s]), T[s], va, vb, cand)
+        v = np.ascontiguousarray(vecs[s])
+        if not _reduce_sure(v, T[s], cand):
+            _reduce_into(v, T[s], va, vb, cand)
     return T
 
 
@@ -85,16 +183,49 @@ def _norms(rows):
     return np.array([np.linalg.norm(r) for r in rows])
 
 
+@njit(cache=True, nogil=True)
+def _column_norms(inv):
+    """|column j| of each inv[s] (S, 3, 3): sqrt(x0² + x1² + x2²) summed in order, as
+    `lattice._norms` and numpy's norm(axis=1) (a sequential add.reduce of 3) form it."""
+    S = inv.shape[0]
+    out = np.empty((S, 3))
+    for s in range(S):
+        for j in range(3):
+            x0, x1, x2 = inv[s, 0, j], inv[s, 1, j], inv[s, 2, j]
+            out[s, j] = math.sqrt(x0 * x0 + x1 * x1 + x2 * x2)
+    return out
+
+
 def bases(cells, pbc):
     """`lattice.binning_basis` of every structure, its numpy steps done on all cells of one
     periodicity at once (numpy's stacked inv, matmul, norm and cross give each matrix the bits
     of a call of its own): basis (S, 3, 3), inv_basis, recip (S, 3) and ok (S,), False where the
     per-structure search must judge the cell (nearly degenerate: it raises there)."""
     S = len(cells)
+    if S == 0:
+        return np.zeros((0, 3, 3)), np.zeros((0, 3, 3)), np.zeros((0, 3)), np.ones(0, dtype=bool)
+    if pbc.all():
+        # the usual batch (bulk cells): the reduced vectors are the bases, no pattern split
+        vecs = np.ascontiguousarray(cells)
+        ok = well_shaped(vecs)
+        if ok.all():
+            basis = reduce_many(vecs) @ vecs
+        else:                           # the reduction only of cells it may divide by
+            basis = np.empty((S, 3, 3))
+            basis[:] = np.eye(3)
+            good = np.ascontiguousarray(vecs[ok])
+            basis[ok] = reduce_many(good) @ good
+    else:
+        basis, ok = _mixed_bases(cells, pbc)
+    inv = np.linalg.inv(basis)
+    return basis, inv, _column_norms(inv), ok
+
+
+def _mixed_bases(cells, pbc):
+    """`bases`' basis and ok for any periodicities: one pass per pbc pattern."""
+    S = len(cells)
     basis = np.zeros((S, 3, 3))
     ok = np.ones(S, dtype=bool)
-    if S == 0:
-        return basis, basis.copy(), np.zeros((0, 3)), ok
     code = pbc[:, 0] * 4 + pbc[:, 1] * 2 + pbc[:, 2]
     for pattern in np.unique(code).tolist():
         idx = np.flatnonzero(code == pattern)
@@ -126,8 +257,7 @@ def bases(cells, pbc):
             b[:] = np.eye(3)
         basis[idx] = b
     basis[~ok] = np.eye(3)
-    inv = np.linalg.inv(basis)
-    return basis, inv, np.linalg.norm(inv, axis=1), ok
+    return basis, ok
 
 
 @njit(cache=True, nogil=True)

@@ -21,6 +21,30 @@ def _row_into(T, k, vecs, v):
             v[c] += T[k, a] * vecs[a, c]
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _identity(T):
+    """T = the identity (p x p, integer), in place."""
+    for a in range(T.shape[0]):
+        for b in range(T.shape[1]):
+            T[a, b] = 1 if a == b else 0
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _shear(T, a, b, q):
+    """Row b of T -= q times row a (the pairwise step of the reduction)."""
+    for c in range(T.shape[0]):
+        T[b, c] -= q * T[a, c]
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _candidate(T, k, s1, s2, cand):
+    """cand = row k of T + s1 row o1 + s2 row o2 (o1 < o2 the other two rows of a 3x3 T)."""
+    o1 = 1 if k == 0 else 0
+    o2 = 1 if k == 2 else 2
+    for a in range(3):
+        cand[a] = T[k, a] + s1 * T[o1, a] + s2 * T[o2, a]
+
+
 @njit(cache=True, nogil=True)
 def _reduce_into(vecs, T, va, vb, cand):
     """Integer unimodular T (p x p, written in place) such that T @ vecs is a short, nearly
@@ -29,9 +53,7 @@ def _reduce_into(vecs, T, va, vb, cand):
     skewed cell in a reduced basis scans far fewer candidates; the pairs found are the same since
     both bases generate the same translations."""
     p = vecs.shape[0]
-    for a in range(p):
-        for b in range(p):
-            T[a, b] = 1 if a == b else 0
+    _identity(T)
     for _ in range(100):
         changed = False
         # pairwise (Gauss) step: b -= q a shortens b whenever |b.a| > |a|^2 / 2
@@ -43,19 +65,14 @@ def _reduce_into(vecs, T, va, vb, cand):
                 _row_into(T, b, vecs, vb)
                 x = np.dot(vb, va) / np.dot(va, va)
                 if abs(x) > 0.5 + 1e-9:
-                    q = np.int64(math.floor(x + 0.5))
-                    for c in range(p):
-                        T[b, c] -= q * T[a, c]
+                    _shear(T, a, b, np.int64(math.floor(x + 0.5)))
                     changed = True
         if p == 3:
             # the pairwise step can miss a shorter c +- a +- b
             for k in range(3):
-                o1 = 1 if k == 0 else 0
-                o2 = 1 if k == 2 else 2
                 for s1 in (-1, 1):
                     for s2 in (-1, 1):
-                        for a in range(3):
-                            cand[a] = T[k, a] + s1 * T[o1, a] + s2 * T[o2, a]
+                        _candidate(T, k, s1, s2, cand)
                         va[:] = 0.0
                         for a in range(3):
                             for c in range(3):
