@@ -257,3 +257,14 @@ def test_sigkill_mid_batch_keeps_every_finished_outcome(tmp_path):
         assert o["frame"] == mine[-1]["index"] and o["steps"] == mine[-1]["step"] >= 20, (o, mine[-1]["step"])
         assert o["energy"] == mine[-1]["energy"] and o["max_force"] == mine[-1]["max_force"]
         assert o["state"] == "interrupted" and "running" in o["reason"], o
+    # the client: the job as a whole was interrupted, and its error carries what each structure reached
+    from aceclient import ACEJobs, JobFailedError
+    with Server(args) as s, ACEJobs(s.url) as jobs, pytest.raises(JobFailedError) as failed:
+        jobs.results(job)
+    got = failed.value.structures
+    assert [g is None for g in got] == [False, True, True, False, False]
+    for k in (0, 3, 4):
+        last = frames[outcomes[k]["frame"]]
+        assert got[k].info["state"] == outcomes[k]["state"] and got[k].info["steps"] == outcomes[k]["steps"]
+        assert np.array_equal(got[k].positions, arr(last, "positions"))
+        assert got[k].get_potential_energy() == last["energy"]

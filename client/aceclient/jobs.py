@@ -34,7 +34,11 @@ FINISHED = ("done", "halted", "failed", "cancelled", "interrupted")
 
 class JobFailedError(ACEServerError):
     """The job ended `failed` (its error document is in `kind`, `field`, `message`) or was cancelled
-    or interrupted when `run` waited for its frames."""
+    or interrupted when `run` waited for its frames. `structures`: for a relax_many job, what each
+    structure reached before that (as `ACEJobs.results` gives them: finished ones final, the
+    others at their last frame with info["state"] cancelled / interrupted); else None."""
+
+    structures: list | None = None
 
 
 def frame_atoms(frame: dict) -> Atoms:
@@ -81,26 +85,33 @@ class ACEJobs(APIClient):
 
     def relax_many(self, structures: Sequence[Atoms], **kw) -> list[Atoms | None]:
         """Relax `structures` in one `relax_many` job (keywords as `submit_many`), wait, and return
-        each one's final structure (its last frame as `ase.Atoms`: positions Å, cell Å, energy eV,
-        forces eV/Å, stress eV/Å³ with the cell filter) with `info["state"]` (converged,
-        not_converged, halted, failed), `info["steps"]`, `info["reason"]` and `info["job"]`; None
-        for a structure that failed (`status(job)["structures"][i]["error"]` says why). Raises
-        `JobFailedError` if the job as a whole failed, was cancelled or interrupted."""
-        job = self.submit_many(structures, **kw)
+        each one's final structure (`results`)."""
+        return self.results(self.submit_many(structures, **kw))
+
+    def results(self, job: str) -> list[Atoms | None]:
+        """Wait for the relax_many `job` and return each structure's final structure (its last frame
+        as `ase.Atoms`: positions Å, cell Å, energy eV, forces eV/Å, stress eV/Å³ with the cell
+        filter) with `info["state"]` (converged, not_converged, halted, failed), `info["steps"]`,
+        `info["reason"]` and `info["job"]`; None for a structure without a frame (one that failed:
+        `status(job)["structures"][i]["error"]` says why). Raises `JobFailedError` if the job as a
+        whole failed, was cancelled or interrupted, with the structures' results so far in its
+        `structures` (nothing that finished is lost)."""
         finals: dict[int, Atoms] = {}
         for image in self.frames(job):          # each structure's last frame is its final structure
             finals[image.info["structure"]] = image
         status = self.status(job)
-        if status["state"] != "done":
-            error = status.get("error") or {}
-            raise JobFailedError(f"job {job} {status['state']}: {error.get('message') or status.get('reason')}",
-                                 kind=error.get("kind"), field=error.get("field"))
         out: list[Atoms | None] = []
-        for s in status["structures"]:
+        for s in status.get("structures") or ():
             image = finals.get(s["index"]) if s["frame"] is not None else None
             if image is not None:
                 image.info.update(state=s["state"], steps=s["steps"], reason=s["reason"], job=job)
             out.append(image)
+        if status["state"] != "done":
+            error = status.get("error") or {}
+            failed = JobFailedError(f"job {job} {status['state']}: {error.get('message') or status.get('reason')}",
+                                    kind=error.get("kind"), field=error.get("field"))
+            failed.structures = out if status.get("structures") else None
+            raise failed
         return out
 
     def trajectories(self, job: str) -> list[list[Atoms]]:
