@@ -99,12 +99,18 @@ def bench_model(name, rounds, count, http):
     def many(threads):
         return lambda: model.evaluate_many(cells, threads=threads)
 
-    def big_pair(threaded):
-        # two large cells, one after the other or on two Python threads at once (the kernels
-        # release the GIL): the machine's own 2-thread ceiling for this potential's kernels
+    def big_pair(threaded, calls=10):
+        # large cells, 2 x `calls` one after the other or `calls` on each of two Python threads
+        # at once (the kernels release the GIL): the machine's own 2-thread ceiling for this
+        # potential's kernels. Each thread runs about as long as the batch (~25 ms): on a VM a
+        # single pair of 2.4 ms calls read x1.06 where longer runs read x1.4-1.6 (an idle vCPU
+        # wakes late), so short runs understate the ceiling.
+        def some():
+            for _ in range(calls):
+                big_call()
         if not threaded:
-            return lambda: (big_call(), big_call())
-        return lambda: list(_PAIR_POOL.map(lambda _: big_call(), range(2)))
+            return lambda: (some(), some())
+        return lambda: list(_PAIR_POOL.map(lambda _: some(), range(2)))
 
     def loop():
         for a in loop_cells:
@@ -135,8 +141,8 @@ def bench_model(name, rounds, count, http):
     rows = {k: [] for k in ("big", "many1", "many2", "loop", "md", "fresh", "pair1", "pair2")}
     for _ in range(rounds):
         rows["big"].append(clock(big_call, 5))
-        rows["pair1"].append(clock(big_pair(False), 3))
-        rows["pair2"].append(clock(big_pair(True), 3))
+        rows["pair1"].append(clock(big_pair(False)))
+        rows["pair2"].append(clock(big_pair(True)))
         rows["many1"].append(clock(many(1)))
         rows["many2"].append(clock(many(None)))
         rows["loop"].append(clock(loop))
