@@ -40,7 +40,7 @@ from ase import Atoms
 
 from ..errors import ACEInputError, BatchError, EvaluationCancelled, TooManyPairsError
 from ..kernels import batch_neighbours as BN
-from ..kernels.batch_checks import after_search, check_packed
+from ..kernels.batch_checks import after_search, check_packed, neutralise
 from ..kernels.batch_pass import committee_sums, outputs, pass_range, structure_sums
 from ..kernels.neighbours import DEFAULT_MAX_NEIGHBOURS, DEFAULT_MAX_PAIRS
 from ..structure import MAX_COORDINATE
@@ -277,13 +277,8 @@ class _Run:
         batch.z = z
         refused = None if self.extra is None else self.extra.refused(z)
         if refused is not None:              # no active-set entry for γ: evaluate's error
-            for s in batch.owner(refused).tolist():
-                a, b = batch.offsets[s], batch.offsets[s + 1]
-                batch.positions[a:b] = 0.0
-                z[a:b] = 0
-                batch.cells[s] = 0.0
-                batch.pbc[s] = False
-                status[s] = 2
+            neutralise(batch.owner(refused), batch.offsets, batch.positions, z, batch.cells, batch.pbc,
+                       status)
         return status
 
     def parts(self, cost, n_atoms) -> list[tuple[int, int]]:

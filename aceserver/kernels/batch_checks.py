@@ -33,11 +33,27 @@ def check_packed(numbers, positions, cells, pbc, offsets, lookup, max_coordinate
         if ok:
             z[a:b] = zs
         else:
-            status[s] = 2
-            positions[a:b] = 0.0
-            cells[s] = 0.0
-            pbc[s] = False
+            _neutralise(s, offsets, positions, z, cells, pbc, status)
     return z, status
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _neutralise(s, offsets, positions, z, cells, pbc, status):
+    """Structure s failed a check (status 2): positions and cell 0, pbc False, z 0, so that the
+    search skips it and the caller evaluates it alone for its error."""
+    a, b = offsets[s], offsets[s + 1]
+    positions[a:b] = 0.0
+    z[a:b] = 0
+    cells[s] = 0.0
+    pbc[s] = False
+    status[s] = 2
+
+
+@njit(cache=True, nogil=True)
+def neutralise(structures, offsets, positions, z, cells, pbc, status):
+    """`_neutralise` each of `structures` (indices): those a later check refused."""
+    for s in structures:
+        _neutralise(s, offsets, positions, z, cells, pbc, status)
 
 
 @njit(cache=True, nogil=True)
