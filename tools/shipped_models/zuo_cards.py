@@ -27,6 +27,7 @@ from aceserver.loading import load_model
 from .common import MODELS, active_set_line, error_rows, same
 from .zuo_recipe import TARGETS, parse_basis, rcut_of, score
 from .zuo_variants import card_section as variants_section
+from .zuo_weights import card_section as weights_section
 
 
 def _score(r, targets):
@@ -284,6 +285,8 @@ def write_card(el: str):
         L += sparse_nested_section(el, x)
     if (d / "variants_cv.json").exists():
         L += variants_section(el, json.loads((d / "variants_cv.json").read_text()))
+    if (d / "weights_cv.json").exists():
+        L += weights_section(el, json.loads((d / "weights_cv.json").read_text()))
     L += selection_section(el, d, sel, res, chosen, best, (cm, cse), (bm, bse), tm, t, recipe or sparse_choice,
                            "model" if sparse_choice else "recipe")
     L += ["", "## Reproduce", "", "From the repository root, with the data placed under DIR (or $ACESERVER_DATA):",
