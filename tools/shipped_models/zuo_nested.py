@@ -1,6 +1,6 @@
 """Nested cross-validation of the Zuo selection PROCEDURE against the fixed upstream recipe.
 
-    python -m tools.shipped_models.zuo_nested --data-dir DIR Si [--grid small|full|sparse|fast|transform|transform_large] [--out FILE]
+    python -m tools.shipped_models.zuo_nested --data-dir DIR Si [--grid small|full|sparse|fast|transform|transform_large|transform_large_weighted] [--out FILE]
 
 (from the repository root; DIR holds ZuoEtAl2020/<El>_train.xyz, default $ACESERVER_DATA; the Zuo
 test splits are never read). Outer folds: the 5 seeded, stratified folds of ``zuo_select``. For each
@@ -40,6 +40,10 @@ nested chain of bases assembled once (the largest) and factored per outer fold:
   [26,22,18,14] (1634 functions) and [27,23,19,15] (2140): 24 candidates, the simplest of the rule the
   one with fewer functions; each basis timed with the recipe in the same run (a dense model may be
   up to about 1.5 x the recipe's time); nested_cv_transform_large.json.
+* ``transform_large_weighted``: ``transform_large`` with force-magnitude weights as a further choice,
+  β ∈ {0, 0.5} (``zuo_weights``: configurations grouped by RMS-force quartile, each group's force
+  rows weighted by (median RMS force / the group's median)^β; the quartiles are those of the whole
+  training split): 48 candidates; nested_cv_transform_large_weighted.json.
 
 Writes a JSON file (default models/zuo-<El>/nested_cv.json): per outer fold the chosen candidate and
 the outer errors of procedure and recipe, their means and spreads, the paired comparison and the
@@ -65,7 +69,7 @@ from aceserver.fitting.workflow import sha256_file
 
 from .common import MODELS, same, time_alternating
 from .zuo_recipe import (E_WEIGHTS, K, PRIORS, SEED, TARGETS, add_data_dir, basis_name, data_dir_of, fold_score,
-                         parse_basis, rcut_of, score, training_split)
+                         force_groups, parse_basis, weights_of, rcut_of, score, training_split)
 from .zuo_select import Assembled, log
 
 RECIPE_BASIS = (3, [25, 21, 17])
@@ -92,6 +96,10 @@ GRIDS["transform"] = dict(chain=[RECIPE_BASIS], rcut=2.25, basis_kw={"transform"
 # 2140 functions lowered the CV force MAE beyond the transform family's, fold by fold (2140: 1.45 x
 # the recipe's time); the same 12 settings per basis: 24 candidates
 GRIDS["transform_large"] = dict(GRIDS["transform"], chain=[(4, [26, 22, 18, 14]), (4, [27, 23, 19, 15])])
+# the weights screen (zuo_weights, weights_cv.json): force rows weighted by (RMS force)^-0.5 per RMS-force
+# quartile lowered the CV E and F MAE on the recipe's basis and on the transform lead alike; that family's
+# grid with β ∈ {0, 0.5}: 48 candidates
+GRIDS["transform_large_weighted"] = dict(GRIDS["transform_large"], force_betas=(0.0, 0.5))
 RECIPE_SETTINGS = ({"name": "algebraic", "p": 4}, {"default": {"E": 30.0, "F": 1.0, "V": 1.0}})
 
 
@@ -100,12 +108,18 @@ def recipe_candidate(el: str) -> dict:
             "weights": {"default": {"E": 30.0, "F": 1.0, "V": 1.0}}, "E0": {el: 0.0}, "solver": {"name": "blr"}}
 
 
-def grid_candidates(el: str, grid: dict, e_mean: float) -> list[dict]:
+def grid_candidates(el: str, grid: dict, e_mean: float, groups: tuple | None = None) -> list[dict]:
+    """The grid's candidates; with ``force_betas``, each also with force-magnitude weights
+    (``zuo_weights.weights_of``; groups: the (medians, overall) RMS forces of ``zuo_weights.force_groups``)."""
     E0s = [{el: 0.0}, {el: e_mean}]
     kw = {"basis_kw": grid["basis_kw"]} if "basis_kw" in grid else {}
+
+    def weights(we, beta):
+        return {"default": {"E": we, "F": 1.0, "V": 1.0}} if beta == 0.0 else weights_of(beta, we, *groups)
     return [{"basis": basis_name(o, td), "rcut_bond_lengths": grid.get("rcut", RECIPE_FACTOR), **kw, "prior": pr,
-             "weights": {"default": {"E": we, "F": 1.0, "V": 1.0}}, "E0": E0, "solver": {"name": "blr"}}
-            for o, td in grid["chain"] for pr in grid["priors"] for we in grid["e_weights"] for E0 in E0s]
+             "weights": weights(we, beta), "E0": E0, "solver": {"name": "blr"}}
+            for o, td in grid["chain"] for beta in grid.get("force_betas", (0.0,)) for pr in grid["priors"]
+            for we in grid["e_weights"] for E0 in E0s]
 
 
 def small_grid_best(el: str, e_mean: float) -> tuple[dict, dict, dict]:
@@ -263,7 +277,12 @@ def run(el: str, data_dir: Path, grid_name: str, out: Path, threads: int | None 
     path, train, folds, always = training_split(el, data_dir)
     e_mean = round(float(np.mean([c.energy / c.natoms for c in train])), 6)
     grid = GRIDS[grid_name]
-    cands = sparse_candidates(el, grid, e_mean) if "asp_sizes" in grid else grid_candidates(el, grid, e_mean)
+    groups = None
+    if "force_betas" in grid:     # configurations labelled by RMS-force quartile (config_type), as zuo_weights
+        _, medians, overall = force_groups(train)
+        groups = (medians, overall)
+    cands = (sparse_candidates(el, grid, e_mean) if "asp_sizes" in grid
+             else grid_candidates(el, grid, e_mean, groups))
     recipe = recipe_candidate(el)
     log(f"zuo-{el} nested CV: {len(train)} configurations, {K} outer folds, grid {grid_name!r} "
         f"({len(cands)} candidates)")

@@ -85,3 +85,26 @@ def data_dir_of(ap, args) -> Path:
     if not args.data_dir:
         ap.error("give --data-dir DIR or set ACESERVER_DATA (the directory holding ZuoEtAl2020/)")
     return Path(args.data_dir)
+
+
+# force-magnitude weights (the screen zuo_weights, zuo_nested's weighted grid): the Zuo files have no
+# config_type, so configurations are grouped by RMS force and weighted per group
+N_GROUPS = 4
+
+
+def force_groups(train) -> tuple[np.ndarray, list[float], float]:
+    """Each configuration's group (0..N_GROUPS-1, quartiles of its RMS force, eV/Å), the groups' median
+    RMS forces and the median of all; sets each configuration's config_type to f"rms{group}"."""
+    rms = np.array([float(np.sqrt(np.mean(c.forces ** 2))) if c.forces is not None and c.natoms else 0.0
+                    for c in train])
+    edges = np.quantile(rms, np.linspace(0.0, 1.0, N_GROUPS + 1)[1:-1])
+    group = np.searchsorted(edges, rms, side="right")
+    for c, g in zip(train, group):
+        c.config_type = f"rms{g}"
+    return group, [float(np.median(rms[group == g])) for g in range(N_GROUPS)], float(np.median(rms))
+
+
+def weights_of(beta: float, w_E: float, medians: list[float], overall: float) -> dict:
+    w = {f"rms{g}": {"E": w_E, "F": float((overall / m) ** beta), "V": 1.0} for g, m in enumerate(medians)}
+    w["default"] = {"E": w_E, "F": 1.0, "V": 1.0}
+    return w

@@ -37,33 +37,15 @@ from aceserver.fitting.workflow import sha256_file
 
 from .common import MODELS, same
 from .zuo_nested import RECIPE_BASIS, RECIPE_FACTOR, recipe_candidate
-from .zuo_recipe import K, SEED, TARGETS, add_data_dir, basis_name, data_dir_of, training_split
+from .zuo_recipe import (K, N_GROUPS, SEED, TARGETS, add_data_dir, basis_name, data_dir_of, force_groups,
+                         training_split, weights_of)
 from .zuo_select import Assembled, log
 from .zuo_variants import E_WEIGHTS, PRIORS, best_by_forces
 
 BETAS = (0.0, 0.25, 0.5, 0.75, 1.0)
-N_GROUPS = 4
 # name: (rcut in bond lengths, further ace1_model keywords), each on the recipe's functions
 BASES = {"recipe": (RECIPE_FACTOR, {}),
          "rcut 2.25, transform agnesi 2 6": (2.25, {"transform": ["agnesi", 2, 6]})}
-
-
-def force_groups(train) -> tuple[np.ndarray, list[float], float]:
-    """Each configuration's group (0..N_GROUPS-1, quartiles of its RMS force, eV/Å), the groups' median
-    RMS forces and the median of all; sets each configuration's config_type to f"rms{group}"."""
-    rms = np.array([float(np.sqrt(np.mean(c.forces ** 2))) if c.forces is not None and c.natoms else 0.0
-                    for c in train])
-    edges = np.quantile(rms, np.linspace(0.0, 1.0, N_GROUPS + 1)[1:-1])
-    group = np.searchsorted(edges, rms, side="right")
-    for c, g in zip(train, group):
-        c.config_type = f"rms{g}"
-    return group, [float(np.median(rms[group == g])) for g in range(N_GROUPS)], float(np.median(rms))
-
-
-def weights_of(beta: float, w_E: float, medians: list[float], overall: float) -> dict:
-    w = {f"rms{g}": {"E": w_E, "F": float((overall / m) ** beta), "V": 1.0} for g, m in enumerate(medians)}
-    w["default"] = {"E": w_E, "F": 1.0, "V": 1.0}
-    return w
 
 
 def candidates(el, factor, kw, e_mean, medians, overall) -> list[dict]:
