@@ -1,0 +1,194 @@
+"""The serial share of one `evaluate_many` call: how much of the batch holds the GIL, and the
+2-thread speed-up that allows. Prints numbers, asserts nothing.
+
+    python benchmarks/profile_small.py [--rounds 7] [--count 1000] [--model Si-tiny]
+
+The batch is bench_small's (`--count` random 1-2-atom periodic cells). Each round runs the call
+with threads=1 and threads=2 untraced, then both traced: the stages of `evaluation.many` and the
+kernels they call are wrapped (in this process only) with a timer that books each call's own
+CPU time (its callees' taken off) to its stage on its thread. CPU time (`time.thread_time`) is
+used because it does not count the time a thread waits for a core or for the GIL, so it holds on
+a shared machine. Kernels (numba, nogil) and numpy's stacked inv/matmul in
+`batch_neighbours.bases` (their loops release the GIL) are the parallel part; everything else
+holds the GIL (each kernel's numba dispatch, a few µs, is booked to the kernel). Medians over
+rounds, µs.
+
+threads=1: serial share s = GIL-held / total; Amdahl's bound for 2 threads 1 / (s + (1 - s) / 2).
+threads=2: the main thread's own work before and after the pool, and each pool thread's
+GIL-held and kernel time; then that run replayed on two free cores with one GIL (each pool
+thread's GIL-held and kernel stretches in their order, a GIL stretch waiting for the GIL, first
+come first served): the wall time and the speed-up over the threads=1 CPU time that the code
+allows on a machine with two free cores, beside the speed-up measured here (which a busy
+machine caps: bench_small prints the ceiling).
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import threading
+import time
+from collections import defaultdict
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+from bench_small import MODELS, random_cells  # noqa: E402
+
+import aceserver  # noqa: E402
+from aceserver.evaluation import many  # noqa: E402
+
+BN = many.BN
+# stages of this and of earlier versions of `many` (absent ones are skipped, so that a base
+# checkout can be timed by the same script); stage None: parallel
+TRACED = [(many, "_drive_atoms", "read the Atoms"), (many, "_read_atoms", "read the Atoms"),
+          (many, "_chunk", "chunk"), (many._Batch, "__init__", "pack (_Batch)"),
+          (many._Run, "checked", "checks"), (many._Run, "search_batch", "search glue"),
+          (many._Run, "spend", "budget"), (many._Run, "run_batch", "pass glue"),
+          (many._Run, "collect", "Evaluation objects"), (many._Run, "run_pieces", "pieces glue"),
+          (many, "committee_sums", "pass glue"), (many, "_run", "pool"), (BN, "bases", None)]
+TRACED += [(many, n, None) for n in ("check_packed", "after_search", "neutralise", "outputs",
+                                     "pass_range", "structure_sums")]
+TRACED += [(BN, n, None) for n in ("search", "well_shaped", "reduce_many", "_column_norms")]
+_local = threading.local()
+_book: dict = defaultdict(float)     # (thread name, stage) -> µs of own CPU time
+_spans: dict = defaultdict(list)     # (thread name, "top" | "kernel" | "pool") -> [(start, end)]
+
+
+def _traced(fn, stage):
+    def wrapper(*args, **kwargs):
+        stack = _local.__dict__.setdefault("stack", [])     # [own stage, callees' CPU time]
+        outer = stage is None and not any(st is None for st, _ in stack)
+        stack.append([stage, 0.0])
+        c0 = time.thread_time()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            c1 = time.thread_time()
+            inner = stack.pop()[1]
+            name = threading.current_thread().name
+            if stack:
+                stack[-1][1] += c1 - c0
+            else:
+                _spans[name, "top"].append((c0, c1))
+            if outer:                                        # a parallel stretch
+                _spans[name, "kernel"].append((c0, c1))
+            elif stage == "pool" and name == threading.main_thread().name:
+                _spans[name, "pool"].append((c0, c1))
+            _book[name, stage or "parallel"] += (c1 - c0 - inner) * 1e6
+    return wrapper
+
+
+def _trace(on: bool, saved={}):
+    for owner, name, stage in TRACED:
+        if not hasattr(owner, name):
+            continue
+        if on:
+            saved[owner, name] = getattr(owner, name)
+            setattr(owner, name, _traced(saved[owner, name], stage))
+        else:
+            setattr(owner, name, saved[owner, name])
+
+
+def _stretches(name) -> list:
+    """A pool thread's work in order: ("gil" | "kernel", µs), from its first traced call's start
+    to its last one's end (what no kernel spans held the GIL)."""
+    top, kernels = _spans[name, "top"], sorted(_spans[name, "kernel"])
+    out, at = [], top[0][0]
+    for a, b in kernels:
+        out += [("gil", (a - at) * 1e6), ("kernel", (b - a) * 1e6)]
+        at = b
+    return out + [("gil", (max(e for _, e in top) - at) * 1e6)]
+
+
+def _two_cores(before, threads, after) -> float:
+    """Wall µs of a threads=2 call on two free cores and one GIL: the main thread's `before`,
+    the pool threads' stretches (a GIL stretch starts when the GIL is free, first come first
+    served), then `after`."""
+    gil, ready = before, {th: before for th in threads}
+    todo = {th: list(s) for th, s in threads.items()}
+    while any(todo.values()):
+        th = min((t for t in todo if todo[t]), key=ready.get)
+        kind, d = todo[th].pop(0)
+        start = max(ready[th], gil) if kind == "gil" else ready[th]
+        ready[th] = start + d
+        if kind == "gil":
+            gil = ready[th]
+    return max([gil, *ready.values()]) + after
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--count", type=int, default=1000)
+    ap.add_argument("--model", default="Si-tiny", choices=list(MODELS))
+    ap.add_argument("--pieces", type=int, help="many.PIECES_PER_THREAD for this run")
+    args = ap.parse_args()
+    if args.pieces:
+        many.PIECES_PER_THREAD = args.pieces
+    path, Z, vpa = MODELS[args.model]
+    model = aceserver.load_model(str(REPO / path))
+    cells = random_cells(Z, vpa, args.count)
+    main_name = threading.main_thread().name
+    rows = defaultdict(list)
+    for r in range(args.rounds + 1):         # round 0 warms up (compiles, the pool, the caches)
+        for traced in (False, True):
+            if traced:
+                _trace(True)
+            for threads in (1, 2):
+                _book.clear()
+                _spans.clear()
+                t0, c0 = time.perf_counter(), time.thread_time()
+                results = model.evaluate_many(cells, threads=threads)
+                t1, c1 = time.perf_counter(), time.thread_time()
+                del results          # freed outside the timing
+                if not r:
+                    continue
+                row = {"wall": (t1 - t0) * 1e6, "cpu": (c1 - c0) * 1e6, "book": dict(_book)}
+                if traced and threads == 2:
+                    pool = _spans[main_name, "pool"]
+                    row["before"] = ((pool[0][0] if pool else c1) - c0) * 1e6
+                    row["after"] = ((c1 - pool[-1][1]) if pool else 0.0) * 1e6
+                    row["threads"] = {th: _stretches(th) for th, kind in _spans
+                                      if kind == "top" and th != main_name}
+                    row["sim"] = _two_cores(row["before"], row["threads"], row["after"])
+                    row["work"] = row["before"] + row["after"] + sum(
+                        d for st in row["threads"].values() for _, d in st)   # on one core
+                rows[traced, threads].append(row)
+            if traced:
+                _trace(False)
+    _report(args, cells, rows, main_name)
+    return 0
+
+
+def _report(args, cells, rows, main_name):
+    med = statistics.median
+    print(f"{args.model}: {sum(map(len, cells))} atoms in {args.count} cells, {args.rounds} rounds, "
+          f"{many.PIECES_PER_THREAD} piece(s) per thread; "
+          f"medians, µs of CPU time unless marked wall")
+    u1, t1, u2, t2 = rows[False, 1], rows[True, 1], rows[False, 2], rows[True, 2]
+    par = med([r["book"].get((main_name, "parallel"), 0.0) for r in t1])
+    s = med([1 - r["book"].get((main_name, "parallel"), 0.0) / r["cpu"] for r in t1])
+    print(f"threads=1: {med([r['cpu'] for r in u1]):.0f} (wall {med([r['wall'] for r in u1]):.0f}); "
+          f"traced {med([r['cpu'] for r in t1]):.0f}: parallel {par:.0f}, GIL-held "
+          f"{med([r['cpu'] for r in t1]) - par:.0f}, s = {s:.3f}: Amdahl's bound for 2 threads "
+          f"x{1 / (s + (1 - s) / 2):.2f}")
+    stages = sorted({st for r in t1 for th, st in r["book"] if th == main_name} - {"parallel"})
+    by = [(med([r["book"].get((main_name, st), 0.0) for r in t1]), st) for st in stages]
+    by.append((med([r["cpu"] - sum(v for (th, _), v in r["book"].items() if th == main_name)
+                    for r in t1]), "untraced (evaluate_many itself)"))
+    print("  GIL-held by stage: " + ", ".join(f"{st} {t:.0f}" for t, st in sorted(by, reverse=True)))
+    print(f"threads=2: wall {med([r['wall'] for r in u2]):.0f} here; the main thread alone: before "
+          f"the pool {med([r['before'] for r in t2]):.0f}, after it {med([r['after'] for r in t2]):.0f}")
+    for th in sorted({th for r in t2 for th in r["threads"]}):
+        g = med([sum(d for k, d in r["threads"].get(th, []) if k == "gil") for r in t2])
+        k = med([sum(d for k, d in r["threads"].get(th, []) if k == "kernel") for r in t2])
+        print(f"  {th}: GIL-held {g:.0f} + kernels {k:.0f}")
+    print(f"  replayed on two free cores, one GIL: wall {med([r['sim'] for r in t2]):.0f}, "
+          f"x{med([r['work'] / r['sim'] for r in t2]):.2f} of its work on one core "
+          f"({med([r['work'] for r in t2]):.0f}); measured here (wall, per-round ratios) "
+          f"x{med([a['wall'] / b['wall'] for a, b in zip(u1, u2)]):.2f}")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
