@@ -474,6 +474,22 @@ def test_concat_is_numpys_concatenate():
         many._concat([np.zeros((2, 3)), np.zeros((2, 2))], np.dtype(np.float64), 12)
 
 
+def test_parts_are_the_blocks_of_equal_cost(si):
+    """`_Run.parts` (one part without threads, taken without `_blocks`' numpy) gives the runs
+    that `_blocks` cuts for every thread count, cost length and atom count."""
+    rng = np.random.default_rng(23)
+    for threads in (1, 2, 3, None):
+        run = many._Run(si, 0, True, False, False, threads, None, None)
+        n = 1 if threads == 1 else (threads or many.numba.get_num_threads())
+        for length in (0, 1, 2, 5, 40):
+            cost = rng.integers(1, 9, size=length)
+            for n_atoms in (many.THREADS_MIN_ATOMS - 1, many.THREADS_MIN_ATOMS):
+                k = 1 if n_atoms < many.THREADS_MIN_ATOMS else n
+                b = many._blocks(cost, max(1, min(k, length))).tolist()
+                want = [(lo, hi) for lo, hi in zip(b[:-1], b[1:]) if hi > lo]
+                assert run.parts(cost, n_atoms) == want
+
+
 def test_atoms_with_arrays_ase_does_not_make(si, monkeypatch):
     """Atoms whose arrays were replaced behind ASE's setters (a Fortran-ordered or strided
     positions array, float32 positions, a Fortran-ordered cell) go through np.concatenate

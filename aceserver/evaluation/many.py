@@ -310,7 +310,9 @@ class _Run:
         """Runs of structures of about equal cost, one per thread (one without threads)."""
         n = 1 if self.threads == 1 or n_atoms < THREADS_MIN_ATOMS else (
             self.threads or numba.get_num_threads())
-        b = _blocks(cost, max(1, min(n, len(cost)))).tolist()
+        if n == 1 or len(cost) <= 1:         # what _blocks(cost, 1) gives, without its numpy
+            return [(0, len(cost))] if len(cost) else []
+        b = _blocks(cost, min(n, len(cost))).tolist()
         return [(lo, hi) for lo, hi in zip(b[:-1], b[1:]) if hi > lo]
 
     def pieces(self, sizes) -> list | None:
