@@ -10,16 +10,19 @@ CPU time (its callees' taken off) to its stage on its thread. CPU time (`time.th
 used because it does not count the time a thread waits for a core or for the GIL, so it holds on
 a shared machine. Kernels (numba, nogil) and numpy's stacked inv/matmul in
 `batch_neighbours.bases` (their loops release the GIL) are the parallel part; everything else
-holds the GIL (each kernel's numba dispatch, a few µs, is booked to the kernel). Medians over
-rounds, µs.
+holds the GIL (each kernel's numba dispatch, a few µs, is booked to the kernel; the timer's
+own cost, ~2 µs a wrapped call, to the GIL-held stages: traced minus untraced CPU time shows it,
+so s below is an upper bound). Medians over rounds, µs.
 
 threads=1: serial share s = GIL-held / total; Amdahl's bound for 2 threads 1 / (s + (1 - s) / 2).
 threads=2: the main thread's own work before and after the pool, and each pool thread's
-GIL-held and kernel time; then that run replayed on two free cores with one GIL (each pool
-thread's GIL-held and kernel stretches in their order, a GIL stretch waiting for the GIL, first
-come first served): the wall time and the speed-up over the threads=1 CPU time that the code
-allows on a machine with two free cores, beside the speed-up measured here (which a busy
-machine caps: bench_small prints the ceiling).
+GIL-held and kernel time; then that run replayed on two free cores with one GIL (the pieces in
+their order, each taken by the first free worker as the pool's queue hands them out, each
+piece's GIL-held and kernel stretches in their order, a GIL stretch waiting for the GIL, first
+come first served): the wall time and the speed-up over the same work on one core that the
+code allows on a machine with two free cores (the kernels' own scaling, memory bandwidth and
+clock aside), beside the speed-up measured here (which a busy machine caps: bench_small prints
+the ceiling).
 """
 from __future__ import annotations
 
@@ -52,7 +55,7 @@ TRACED += [(many, n, None) for n in ("check_packed", "after_search", "neutralise
 TRACED += [(BN, n, None) for n in ("search", "well_shaped", "reduce_many", "_column_norms")]
 _local = threading.local()
 _book: dict = defaultdict(float)     # (thread name, stage) -> µs of own CPU time
-_spans: dict = defaultdict(list)     # (thread name, "top" | "kernel" | "pool") -> [(start, end)]
+_spans: dict = defaultdict(list)     # (thread name, "top" | "kernel" | "pool") -> [(start, end, stage)]
 
 
 def _traced(fn, stage):
@@ -70,11 +73,13 @@ def _traced(fn, stage):
             if stack:
                 stack[-1][1] += c1 - c0
             else:
-                _spans[name, "top"].append((c0, c1))
+                batch = args[1] if stage == "pass glue" and len(args) > 1 else None   # run_batch
+                first = getattr(batch, "index", None)
+                _spans[name, "top"].append((c0, c1, stage, first[0] if first else None))
             if outer:                                        # a parallel stretch
-                _spans[name, "kernel"].append((c0, c1))
+                _spans[name, "kernel"].append((c0, c1, stage))
             elif stage == "pool" and name == threading.main_thread().name:
-                _spans[name, "pool"].append((c0, c1))
+                _spans[name, "pool"].append((c0, c1, stage))
             _book[name, stage or "parallel"] += (c1 - c0 - inner) * 1e6
     return wrapper
 
@@ -90,31 +95,44 @@ def _trace(on: bool, saved={}):
             setattr(owner, name, saved[owner, name])
 
 
-def _stretches(name) -> list:
-    """A pool thread's work in order: ("gil" | "kernel", µs), from its first traced call's start
-    to its last one's end (what no kernel spans held the GIL)."""
-    top, kernels = _spans[name, "top"], sorted(_spans[name, "kernel"])
-    out, at = [], top[0][0]
-    for a, b in kernels:
-        out += [("gil", (a - at) * 1e6), ("kernel", (b - a) * 1e6)]
-        at = b
-    return out + [("gil", (max(e for _, e in top) - at) * 1e6)]
+def _pieces(name) -> list:
+    """A pool thread's pieces: (its first structure, its work as ("gil" | "kernel", µs)
+    stretches in order); a piece ends with its `run_batch` (its top calls before that are its
+    reading and packing); what no kernel spans held the GIL."""
+    kernels = sorted(_spans[name, "kernel"])
+    out, start = [], None
+    for c0, c1, stage, first in _spans[name, "top"]:
+        start = c0 if start is None else start
+        if stage != "pass glue":
+            continue
+        piece, at = [], start
+        for a, b, _ in kernels:
+            if start <= a < c1:
+                piece += [("gil", (a - at) * 1e6), ("kernel", (b - a) * 1e6)]
+                at = b
+        out.append((first, piece + [("gil", (c1 - at) * 1e6)]))
+        start = None
+    return out
 
 
-def _two_cores(before, threads, after) -> float:
+def _two_cores(before, pieces, after) -> float:
     """Wall µs of a threads=2 call on two free cores and one GIL: the main thread's `before`,
-    the pool threads' stretches (a GIL stretch starts when the GIL is free, first come first
-    served), then `after`."""
-    gil, ready = before, {th: before for th in threads}
-    todo = {th: list(s) for th, s in threads.items()}
-    while any(todo.values()):
-        th = min((t for t in todo if todo[t]), key=ready.get)
-        kind, d = todo[th].pop(0)
-        start = max(ready[th], gil) if kind == "gil" else ready[th]
-        ready[th] = start + d
+    then the pieces in order, each taken by the first of two workers to be free (the pool's
+    queue), a GIL stretch starting when the GIL is free (first come first served), then `after`."""
+    gil, ready, todo, pieces = before, [before, before], [[], []], list(pieces)
+    while True:
+        live = [w for w in (0, 1) if todo[w] or pieces]
+        if not live:
+            return max([gil, *ready]) + after
+        w = min(live, key=lambda w: ready[w])
+        if not todo[w]:
+            todo[w] = list(pieces.pop(0))
+            continue
+        kind, d = todo[w].pop(0)
+        start = max(ready[w], gil) if kind == "gil" else ready[w]
+        ready[w] = start + d
         if kind == "gil":
-            gil = ready[th]
-    return max([gil, *ready.values()]) + after
+            gil = ready[w]
 
 
 def main() -> int:
@@ -149,11 +167,12 @@ def main() -> int:
                     pool = _spans[main_name, "pool"]
                     row["before"] = ((pool[0][0] if pool else c1) - c0) * 1e6
                     row["after"] = ((c1 - pool[-1][1]) if pool else 0.0) * 1e6
-                    row["threads"] = {th: _stretches(th) for th, kind in _spans
+                    row["threads"] = {th: _pieces(th) for th, kind in _spans
                                       if kind == "top" and th != main_name}
-                    row["sim"] = _two_cores(row["before"], row["threads"], row["after"])
+                    pieces = [p for _, p in sorted(p for ps in row["threads"].values() for p in ps)]
+                    row["sim"] = _two_cores(row["before"], pieces, row["after"])
                     row["work"] = row["before"] + row["after"] + sum(
-                        d for st in row["threads"].values() for _, d in st)   # on one core
+                        d for p in pieces for _, d in p)                     # on one core
                 rows[traced, threads].append(row)
             if traced:
                 _trace(False)
@@ -181,8 +200,9 @@ def _report(args, cells, rows, main_name):
     print(f"threads=2: wall {med([r['wall'] for r in u2]):.0f} here; the main thread alone: before "
           f"the pool {med([r['before'] for r in t2]):.0f}, after it {med([r['after'] for r in t2]):.0f}")
     for th in sorted({th for r in t2 for th in r["threads"]}):
-        g = med([sum(d for k, d in r["threads"].get(th, []) if k == "gil") for r in t2])
-        k = med([sum(d for k, d in r["threads"].get(th, []) if k == "kernel") for r in t2])
+        g = med([sum(d for _, p in r["threads"].get(th, []) for k, d in p if k == "gil") for r in t2])
+        k = med([sum(d for _, p in r["threads"].get(th, []) for k, d in p if k == "kernel")
+                 for r in t2])
         print(f"  {th}: GIL-held {g:.0f} + kernels {k:.0f}")
     print(f"  replayed on two free cores, one GIL: wall {med([r['sim'] for r in t2]):.0f}, "
           f"x{med([r['work'] / r['sim'] for r in t2]):.2f} of its work on one core "
