@@ -14,7 +14,10 @@ holds the GIL (each kernel's numba dispatch, a few µs, is booked to the kernel;
 own cost, ~2 µs a wrapped call, to the GIL-held stages: traced minus untraced CPU time shows it,
 so s below is an upper bound). Medians over rounds, µs.
 
-threads=1: serial share s = GIL-held / total; Amdahl's bound for 2 threads 1 / (s + (1 - s) / 2).
+threads=1: serial share s = GIL-held / total; Amdahl's bound for 2 threads 1 / (s + (1 - s) / 2);
+the cyclic garbage collector's part of it (GC-tracked `Evaluation`s, one a structure, trigger
+collections; with --keep N the results of the last N calls stay alive, as a caller's would, and
+full collections over every object of the process, numba's included, come every few dozen calls).
 threads=2: the main thread's own work before and after the pool, and each pool thread's
 GIL-held and kernel time; then that run replayed on two free cores with one GIL (the pieces in
 their order, each taken by the first free worker as the pool's queue hands them out, each
@@ -27,6 +30,7 @@ the ceiling).
 from __future__ import annotations
 
 import argparse
+import gc
 import statistics
 import sys
 import threading
@@ -82,6 +86,17 @@ def _traced(fn, stage):
                 _spans[name, "pool"].append((c0, c1, stage))
             _book[name, stage or "parallel"] += (c1 - c0 - inner) * 1e6
     return wrapper
+
+
+_gc: dict = defaultdict(float)       # µs in the cyclic garbage collector, collections by generation
+
+
+def _collector(phase, info, started=[0.0]):
+    if phase == "start":
+        started[0] = time.perf_counter()
+    else:
+        _gc["µs"] += (time.perf_counter() - started[0]) * 1e6
+        _gc[info["generation"]] += 1
 
 
 def _trace(on: bool, saved={}):
@@ -141,6 +156,9 @@ def main() -> int:
     ap.add_argument("--count", type=int, default=1000)
     ap.add_argument("--model", default="Si-tiny", choices=list(MODELS))
     ap.add_argument("--pieces", type=int, help="many.PIECES_PER_THREAD for this run")
+    ap.add_argument("--keep", type=int, default=0,
+                    help="keep the results of the last KEEP calls alive, as a caller that collects "
+                         "them does (0: each call's results are freed after its timing)")
     args = ap.parse_args()
     if args.pieces:
         many.PIECES_PER_THREAD = args.pieces
@@ -148,7 +166,8 @@ def main() -> int:
     model = aceserver.load_model(str(REPO / path))
     cells = random_cells(Z, vpa, args.count)
     main_name = threading.main_thread().name
-    rows = defaultdict(list)
+    rows, kept = defaultdict(list), []
+    gc.callbacks.append(_collector)
     for r in range(args.rounds + 1):         # round 0 warms up (compiles, the pool, the caches)
         for traced in (False, True):
             if traced:
@@ -157,12 +176,15 @@ def main() -> int:
                 _book.clear()
                 _spans.clear()
                 t0, c0 = time.perf_counter(), time.thread_time()
+                _gc.clear()
                 results = model.evaluate_many(cells, threads=threads)
                 t1, c1 = time.perf_counter(), time.thread_time()
-                del results          # freed outside the timing
+                kept.append(results)          # freed outside the timing
+                del results, kept[:-args.keep or None]
                 if not r:
                     continue
-                row = {"wall": (t1 - t0) * 1e6, "cpu": (c1 - c0) * 1e6, "book": dict(_book)}
+                row = {"wall": (t1 - t0) * 1e6, "cpu": (c1 - c0) * 1e6, "book": dict(_book),
+                       "gc": dict(_gc)}
                 if traced and threads == 2:
                     pool = _spans[main_name, "pool"]
                     row["before"] = ((pool[0][0] if pool else c1) - c0) * 1e6
@@ -192,6 +214,10 @@ def _report(args, cells, rows, main_name):
           f"traced {med([r['cpu'] for r in t1]):.0f}: parallel {par:.0f}, GIL-held "
           f"{med([r['cpu'] for r in t1]) - par:.0f}, s = {s:.3f}: Amdahl's bound for 2 threads "
           f"x{1 / (s + (1 - s) / 2):.2f}")
+    print(f"  of which the garbage collector (untraced calls, "
+          f"{'results freed after each call' if not args.keep else f'the last {args.keep} calls kept'}): "
+          f"{med([r['gc'].get('µs', 0.0) for r in u1]):.0f}; collections per call by generation "
+          + "/".join(f"{sum(r['gc'].get(g, 0) for r in u1) / len(u1):.2f}" for g in range(3)))
     stages = sorted({st for r in t1 for th, st in r["book"] if th == main_name} - {"parallel"})
     by = [(med([r["book"].get((main_name, st), 0.0) for r in t1]), st) for st in stages]
     by.append((med([r["cpu"] - sum(v for (th, _), v in r["book"].items() if th == main_name)
