@@ -85,10 +85,29 @@ def _traced(fn, stage):
             elif stage == "pool" and name == threading.main_thread().name:
                 _spans[name, "pool"].append((c0, c1, stage))
             _book[name, stage or "parallel"] += (c1 - c0 - inner) * 1e6
+            _book[name, "calls"] += 1
     return wrapper
 
 
 _gc: dict = defaultdict(float)       # µs in the cyclic garbage collector, collections by generation
+
+
+def _timer_cost(n=20000) -> float:
+    """µs of CPU time that wrapping adds to one call (the timer itself): an empty function called
+    n times from a wrapped one, wrapped and bare."""
+    def loop(fn):
+        for _ in range(n):
+            fn()
+    bare = lambda: None  # noqa: E731
+    wrapped = _traced(bare, "timer")
+    took = {}
+    for fn in (bare, wrapped, bare, wrapped):
+        c0 = time.thread_time()
+        _traced(loop, "timer")(fn)
+        took[fn] = min(took.get(fn, 1e9), time.thread_time() - c0)
+    _book.clear()
+    _spans.clear()
+    return (took[wrapped] - took[bare]) / n * 1e6
 
 
 def _collector(phase, info, started=[0.0]):
@@ -167,6 +186,7 @@ def main() -> int:
     cells = random_cells(Z, vpa, args.count)
     main_name = threading.main_thread().name
     rows, kept = defaultdict(list), []
+    args.timer = _timer_cost()
     gc.callbacks.append(_collector)
     for r in range(args.rounds + 1):         # round 0 warms up (compiles, the pool, the caches)
         for traced in (False, True):
@@ -210,17 +230,22 @@ def _report(args, cells, rows, main_name):
     u1, t1, u2, t2 = rows[False, 1], rows[True, 1], rows[False, 2], rows[True, 2]
     par = med([r["book"].get((main_name, "parallel"), 0.0) for r in t1])
     s = med([1 - r["book"].get((main_name, "parallel"), 0.0) / r["cpu"] for r in t1])
+    timer = med([r["book"].get((main_name, "calls"), 0) for r in t1]) * args.timer
+    s0 = med([1 - r["book"].get((main_name, "parallel"), 0.0) / (r["cpu"] - timer) for r in t1])
     print(f"threads=1: {med([r['cpu'] for r in u1]):.0f} (wall {med([r['wall'] for r in u1]):.0f}); "
           f"traced {med([r['cpu'] for r in t1]):.0f}: parallel {par:.0f}, GIL-held "
           f"{med([r['cpu'] for r in t1]) - par:.0f}, s = {s:.3f}: Amdahl's bound for 2 threads "
           f"x{1 / (s + (1 - s) / 2):.2f}")
+    print(f"  the timer's own cost {timer:.0f} ({args.timer:.1f} a wrapped call); without it s = {s0:.3f}, "
+          f"Amdahl's bound x{1 / (s0 + (1 - s0) / 2):.2f}")
     print(f"  of which the garbage collector (untraced calls, "
           f"{'results freed after each call' if not args.keep else f'the last {args.keep} calls kept'}): "
           f"{med([r['gc'].get('µs', 0.0) for r in u1]):.0f}; collections per call by generation "
           + "/".join(f"{sum(r['gc'].get(g, 0) for r in u1) / len(u1):.2f}" for g in range(3)))
-    stages = sorted({st for r in t1 for th, st in r["book"] if th == main_name} - {"parallel"})
+    stages = sorted({st for r in t1 for th, st in r["book"] if th == main_name} - {"parallel", "calls"})
     by = [(med([r["book"].get((main_name, st), 0.0) for r in t1]), st) for st in stages]
-    by.append((med([r["cpu"] - sum(v for (th, _), v in r["book"].items() if th == main_name)
+    by.append((med([r["cpu"] - sum(v for (th, st), v in r["book"].items()
+                                   if th == main_name and st != "calls")
                     for r in t1]), "untraced (evaluate_many itself)"))
     print("  GIL-held by stage: " + ", ".join(f"{st} {t:.0f}" for t, st in sorted(by, reverse=True)))
     print(f"threads=2: wall {med([r['wall'] for r in u2]):.0f} here; the main thread alone: before "
