@@ -447,6 +447,73 @@ def test_atoms_chunks_end_where_the_atoms_reach_chunk_atoms(si, monkeypatch, chu
     assert got == want
     assert len(want) > 1 or chunk_atoms == 10**6
 
+def test_concat_is_numpys_concatenate():
+    """`many._concat` (the packed arrays as one bytes join) gives np.concatenate's elements bit
+    for bit (compared as integers: -0.0, NaN and inf included), as a writeable aligned array (the
+    kernels' types), and hands what it cannot join (another dtype, an array that is not
+    C-contiguous, sizes that do not add up) to np.concatenate itself."""
+    rng = np.random.default_rng(21)
+    pos = [rng.normal(size=(n, 3)) * 10.0 for n in (1, 2, 0, 5, 64)]
+    pos[0][0] = [-0.0, np.nan, np.inf]
+    numbers = [rng.integers(1, 100, size=len(p)) for p in pos]
+    pbc = [rng.random(3) < 0.5 for _ in pos]
+    for arrays, dtype, bits in ((pos, np.float64, np.uint64), (numbers, np.int64, np.int64),
+                                (pbc, np.bool_, np.uint8)):
+        want = np.concatenate(arrays).reshape(-1)
+        got = many._concat(arrays, np.dtype(dtype), want.size)
+        assert got.dtype == want.dtype and got.flags.writeable and got.flags.aligned
+        assert np.array_equal(got.view(bits), want.view(bits))
+    odd = [pos + [np.asfortranarray(rng.normal(size=(3, 3)))],     # not C-contiguous
+           pos + [rng.normal(size=(2, 3)).astype(np.float32)],      # converted by concatenate
+           pos + [rng.normal(size=(4, 6))[:, ::2]]]                 # a strided view
+    for arrays in odd:
+        want = np.concatenate(arrays).reshape(-1)
+        got = many._concat(arrays, np.dtype(np.float64), want.size)
+        assert got.dtype == want.dtype and np.array_equal(got.view(np.uint64), want.view(np.uint64))
+    with pytest.raises(ValueError):      # a size that does not add up: concatenate's own error
+        many._concat([np.zeros((2, 3)), np.zeros((2, 2))], np.dtype(np.float64), 12)
+
+
+def test_parts_are_the_blocks_of_equal_cost(si):
+    """`_Run.parts` (one part without threads, taken without `_blocks`' numpy) gives the runs
+    that `_blocks` cuts for every thread count, cost length and atom count."""
+    rng = np.random.default_rng(23)
+    for threads in (1, 2, 3, None):
+        run = many._Run(si, 0, True, False, False, threads, None, None)
+        n = 1 if threads == 1 else (threads or many.numba.get_num_threads())
+        for length in (0, 1, 2, 5, 40):
+            cost = rng.integers(1, 9, size=length)
+            for n_atoms in (many.THREADS_MIN_ATOMS - 1, many.THREADS_MIN_ATOMS):
+                k = 1 if n_atoms < many.THREADS_MIN_ATOMS else n
+                b = many._blocks(cost, max(1, min(k, length))).tolist()
+                want = [(lo, hi) for lo, hi in zip(b[:-1], b[1:]) if hi > lo]
+                assert run.parts(cost, n_atoms) == want
+
+
+def test_atoms_with_arrays_ase_does_not_make(si, monkeypatch):
+    """Atoms whose arrays were replaced behind ASE's setters (a Fortran-ordered or strided
+    positions array, float32 positions, a Fortran-ordered cell) go through np.concatenate
+    (`_concat`'s fallback) and still give `evaluate`'s numbers bit for bit, on one thread and
+    in pieces on two (each piece reads its own structures)."""
+    monkeypatch.setattr(many, "THREADS_MIN_ATOMS", 4)
+    rng = np.random.default_rng(22)
+    odd = [("positions", lambda a: np.asfortranarray(a.positions)),
+           ("positions", lambda a: np.repeat(a.positions, 2, axis=1)[:, ::2]),
+           ("positions", lambda a: a.positions.astype(np.float32)),
+           ("cell", lambda a: np.asfortranarray(a.cell.array + rng.normal(size=(3, 3)) * 0.01))]
+    for name, make in odd:           # one odd structure in a batch (a chunk joins all or none)
+        structures = mixed(si, seed=22, count=24)[:24]
+        a = structures[5]
+        assert len(a) > 1
+        if name == "cell":
+            a.cell.array = make(a)
+        else:
+            a.arrays[name] = make(a)
+        for threads in (1, 2):
+            for got, a in zip(si.evaluate_many(structures, threads=threads), structures):
+                assert_same(got, ev(si, a))
+
+
 def test_without_a_budget_each_structure_has_its_own_limit(si, monkeypatch):
     """max_pairs=None: no budget over the batch; a structure over evaluate's own limit fails alone."""
     structures = mixed(si, seed=18, count=10)[:10]
