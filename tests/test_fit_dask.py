@@ -123,3 +123,32 @@ def test_local_fit_imports_no_dask(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
+
+
+def test_force_groups_reach_the_workers(client, tmp_path):
+    """Workers read the frames again from the files: the configurations' labels from `force_groups`
+    (not in the file) must reach them, so the Dask fit equals the serial one, and both differ from
+    the fit that ignores the groups' weights."""
+    import re
+    import yaml
+    (tmp_path / "si.xyz").write_text(re.sub(r" config_type=\S+", "", (DATA / "Si_tiny.xyz").read_text()))
+
+    def cfg(weights):
+        raw = {"model": {"elements": ["Si"], "order": 3, "totaldegree": 8, "rcut": 5.5}, "E0": {"Si": -158.54496821},
+               "data": {"train": "si.xyz", "energy_key": "dft_energy", "force_key": "dft_force",
+                        "virial_key": "dft_virial", "force_groups": 3},
+               "weights": weights, "prior": {"name": "algebraic", "p": 4}, "solver": {"name": "qr", "lambda": 1e-3},
+               "output": {"plots": None, "active_set": False}}
+        (tmp_path / "fit.yaml").write_text(yaml.safe_dump(raw))
+        return load_config(tmp_path / "fit.yaml")
+    weighted = {"default": {"E": 30}, "rms0": {"E": 30, "F": 3.0}, "rms2": {"E": 30, "F": 0.3}}
+    quiet = open(os.devnull, "w")
+    serial, _ = run_fit(cfg(weighted), output=tmp_path / "s.json", plots=False, progress=False, streaming=True,
+                        threads=1, out=quiet)
+    remote, report = run_fit(cfg(weighted), output=tmp_path / "d.json", plots=False, progress=False, client=client,
+                             out=quiet)
+    assert report["assembly"]["path"] == "dask"
+    plain, _ = run_fit(cfg({"default": {"E": 30}}), output=tmp_path / "p.json", plots=False, progress=False,
+                       client=client, out=quiet)
+    assert _rel(remote.parameters, serial.parameters) < 1e-10
+    assert _rel(plain.parameters, serial.parameters) > 1e-3

@@ -70,13 +70,18 @@ def read_frames(path: str, frames: list[int], keys: Keys, elements: list[str]) -
 
 
 def reduce_task(defn: dict, keys: dict, sources: list, chunk_rows: int | None = None) -> dict:
-    """Worker task: read ``sources`` = [(file, [frames])] (one leaf) and return its factors as a payload."""
+    """Worker task: read ``sources`` = [(file, [frames], [config_types])] (one leaf) and return its
+    factors as a payload. The config_types are the caller's (which may have relabelled the
+    configurations, e.g. by `data.group_by_force`), not the file's."""
     model = worker_model(defn)
     k = Keys(**keys)
     elements = list(model.basis.elements)
     configs = []
-    for path, frames in sources:
-        configs += read_frames(path, frames, k, elements)
+    for path, frames, types in sources:
+        read = read_frames(path, frames, k, elements)
+        for c, t in zip(read, types):
+            c.config_type = t
+        configs += read
     from threadpoolctl import threadpool_limits
     with threadpool_limits(limits=1, user_api="blas"):      # the numbers of a local fit, whatever BLAS
         return streaming.reduce_leaf(model, configs, chunk_rows).to_payload()
@@ -91,15 +96,16 @@ def merge_task(a: dict, b: dict) -> dict:
 
 
 def _sources(configs: list[Config]) -> list:
-    """[(file, [frames])] runs of one leaf, in order."""
+    """[(file, [frames], [config_types])] runs of one leaf, in order."""
     out = []
     for c in configs:
         if not c.source or c.frame < 0:
             raise ValueError("distributed assembly needs configurations read from files (source and frame)")
         if out and out[-1][0] == c.source:
             out[-1][1].append(c.frame)
+            out[-1][2].append(c.config_type)
         else:
-            out.append((c.source, [c.frame]))
+            out.append((c.source, [c.frame], [c.config_type]))
     return out
 
 

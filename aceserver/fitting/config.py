@@ -19,6 +19,8 @@ Example (the upstream Si test; paths are relative to the YAML file)::
       relative_to: config       # "config": file names relative to this YAML file; "data_dir": relative
                                 # to the data directory (--data-dir or $ACESERVER_DATA)
       source: null              # where to get the files (shown when one is missing)
+      force_groups: null        # N: label configurations rms0 .. rms<N-1> by RMS force (N equal-sized
+                                # groups of the training set, in place of config_type) for weights
     weights:                    # per config_type; "default" for the rest (upstream: E 30, F 1, V 1)
       default: {E: 30, F: 1, V: 1}
       liq: {E: 10, F: 0.66, V: 0.25}
@@ -48,12 +50,12 @@ import yaml
 from aceserver.ace1.model import ace1_model
 from aceserver.loading import load_model
 
-from .data import DEFAULT_WEIGHTS, Keys, normalise_weights
+from .data import DEFAULT_WEIGHTS, MAX_FORCE_GROUPS, Keys, normalise_weights
 
 TOP_KEYS = {"model", "E0", "data", "weights", "prior", "solver", "validation_fraction", "seed",
             "threads", "memory_limit_gb", "output", "name", "description"}
 DATA_KEYS = {"train", "validation", "energy_key", "force_key", "virial_key", "stress_key", "config_type_key",
-             "relative_to", "source"}
+             "relative_to", "source", "force_groups"}
 DATA_ENV = "ACESERVER_DATA"      # the data directory when --data-dir is not given
 OUTPUT_KEYS = {"model", "plots", "report", "active_set"}
 
@@ -80,6 +82,7 @@ class FitConfig:
     output_plots: Path | None = None
     output_report: Path | None = None
     output_active_set: bool = True
+    force_groups: int | None = None  # configurations labelled rms0.. by RMS force (data.group_by_force)
     name: str = ""
     raw: dict = field(default_factory=dict)
     path: Path | None = None
@@ -176,13 +179,18 @@ def parse_config(raw: dict, base: Path = Path("."), data_dir=None) -> FitConfig:
     opath = lambda v: None if v in (None, False) else ((base / v).resolve() if not Path(v).is_absolute() else Path(v))
     if not isinstance(out.get("active_set", True), bool):
         raise FitConfigError("'output.active_set' must be true or false")
+    groups = d.get("force_groups")
+    if groups is not None and (isinstance(groups, bool) or not isinstance(groups, int)
+                               or not 2 <= groups <= MAX_FORCE_GROUPS):
+        raise FitConfigError(f"'data.force_groups' must be an integer from 2 to {MAX_FORCE_GROUPS} (or null), "
+                             f"got {groups!r}")
     dbase, src = data_base(d, base, data_dir), d.get("source")
     return FitConfig(model=model, E0=E0, train=_paths(d["train"], dbase, "'data.train'", src),
                      validation=_paths(d.get("validation"), dbase, "'data.validation'", src), keys=keys,
                      weights=weights, prior=prior, solver=solver, validation_fraction=vf, seed=seed,
                      threads=threads, memory_limit=mem, output_model=opath(out.get("model")),
                      output_plots=opath(out.get("plots")), output_report=opath(out.get("report")),
-                     output_active_set=out.get("active_set", True),
+                     output_active_set=out.get("active_set", True), force_groups=groups,
                      name=str(raw.get("name", "")), raw=raw)
 
 

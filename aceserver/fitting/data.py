@@ -250,6 +250,38 @@ def normalise_weights(weights: dict | None) -> dict[str, dict[str, float]]:
     return out
 
 
+MAX_FORCE_GROUPS = 100
+
+
+def rms_force(config: Config) -> float:
+    """The configuration's root-mean-square force component, eV/Å (0 without forces or atoms)."""
+    F = config.forces
+    return float(np.sqrt(np.mean(F ** 2))) if F is not None and F.size else 0.0
+
+
+def group_by_force(configs: list[Config], n_groups: int, edges: np.ndarray | None = None) -> np.ndarray:
+    """Label configurations by their RMS force (`rms_force`), so that weights can differ between
+    near-equilibrium and hot or compressed ones: config_type "rms0" (smallest forces) to
+    f"rms{n_groups - 1}", split at ``edges`` (eV/Å, ascending, n_groups - 1 of them; default: the
+    quantiles of these configurations' RMS forces, equal-sized groups). Returns the edges used
+    (label other sets, e.g. validation, with the training set's). The labels replace config_type,
+    so configurations that carry one of their own are refused."""
+    if isinstance(n_groups, bool) or not isinstance(n_groups, (int, np.integer)) or not 2 <= n_groups <= MAX_FORCE_GROUPS:
+        raise ValueError(f"force_groups must be an integer from 2 to {MAX_FORCE_GROUPS}, got {n_groups!r}")
+    typed = sorted({c.config_type for c in configs} - {DEFAULT_CONFIG_TYPE})
+    if typed:
+        raise ValueError(f"force_groups labels configurations by RMS force in place of their config_type, and "
+                         f"these have their own ({', '.join(map(repr, typed[:5]))}); use per-config_type weights "
+                         "or remove the config_type key")
+    rms = np.array([rms_force(c) for c in configs])
+    if edges is None:
+        edges = np.quantile(rms, np.linspace(0.0, 1.0, n_groups + 1)[1:-1]) if len(rms) else np.zeros(n_groups - 1)
+    edges = np.asarray(edges, dtype=float)
+    for c, g in zip(configs, np.searchsorted(edges, rms, side="right")):
+        c.config_type = f"rms{g}"
+    return edges
+
+
 def config_weights(config_type: str, weights: dict[str, dict[str, float]]) -> dict[str, float]:
     """Upstream's rule: the matching config_type entry, else "default", else E = F = V = 1."""
     k = _find_key(weights, config_type)

@@ -81,6 +81,12 @@ def load_data(cfg):
             validation += data.read_configs(p, cfg.keys, elements=elements)
     else:
         train, validation = data.split_train_validation(train, cfg.validation_fraction, cfg.seed)
+    if cfg.force_groups:        # groups of the training set's RMS forces; validation by the same edges
+        try:
+            edges = data.group_by_force(train, cfg.force_groups)
+            data.group_by_force(validation, cfg.force_groups, edges)
+        except ValueError as exc:
+            raise fconfig.FitConfigError(f"'data.force_groups': {exc}") from None
     return train, validation, data.resolve_E0(cfg.E0, elements, train)
 
 

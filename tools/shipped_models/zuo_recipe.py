@@ -94,13 +94,11 @@ N_GROUPS = 4
 
 def force_groups(train) -> tuple[np.ndarray, list[float], float]:
     """Each configuration's group (0..N_GROUPS-1, quartiles of its RMS force, eV/Å), the groups' median
-    RMS forces and the median of all; sets each configuration's config_type to f"rms{group}"."""
-    rms = np.array([float(np.sqrt(np.mean(c.forces ** 2))) if c.forces is not None and c.natoms else 0.0
-                    for c in train])
-    edges = np.quantile(rms, np.linspace(0.0, 1.0, N_GROUPS + 1)[1:-1])
-    group = np.searchsorted(edges, rms, side="right")
-    for c, g in zip(train, group):
-        c.config_type = f"rms{g}"
+    RMS forces and the median of all; labels each configuration's config_type f"rms{group}" as a fit
+    configuration's ``data.force_groups: 4`` does (`aceserver.fitting.data.group_by_force`)."""
+    data.group_by_force(train, N_GROUPS)
+    rms = np.array([data.rms_force(c) for c in train])
+    group = np.array([int(c.config_type[3:]) for c in train])
     return group, [float(np.median(rms[group == g])) for g in range(N_GROUPS)], float(np.median(rms))
 
 

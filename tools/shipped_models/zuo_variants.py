@@ -133,7 +133,7 @@ def card_section(el: str, res: dict) -> list[str]:
 
 
 # the nested CVs (``zuo_nested --grid``) of the screen's leads, in the order they were run
-NESTED_GRIDS = ("transform", "transform_large")
+NESTED_GRIDS = ("transform", "transform_large", "transform_large_weighted")
 
 
 def nested_lines(el: str, x: dict) -> list[str]:
@@ -151,6 +151,7 @@ def nested_lines(el: str, x: dict) -> list[str]:
     tm = x["timings_s"]    # a resumed run: its total is the stopped run's parts plus the resumption's
     run_s = tm["total_s"] + (sum(v for k, v in tm.items() if k.startswith(("nested_", "outer_"))) if tm.get("resumed") else 0)
     c0 = x["candidates"][0]
+    weighted = any("rms0" in c["weights"] for c in x["candidates"])
     what = ", ".join([f"the many-body transform Agnesi {tuple(c0['basis_kw']['transform'][1:])}"]
                      * ("transform" in c0.get("basis_kw", {})) + [f"rcut {c0['rcut_bond_lengths']:g} bond lengths"])
     on = ("the recipe's basis" if one and bases[0] == basis_name(*RECIPE_BASIS) else "the bases " + " and ".join(
@@ -159,7 +160,8 @@ def nested_lines(el: str, x: dict) -> list[str]:
     return ["", f"Nested CV of a lead family (`python -m tools.shipped_models.zuo_nested --data-dir DIR {el} --grid "
             f"{x['grid']}`, `nested_cv_{x['grid']}.json`): {on} with {what}, the selection over its "
             f"{x['n_candidates']} candidates (" + ("" if one else "each basis with ")
-            + "algebraic p ∈ {2, 4} × w_E ∈ {10, 20, 30} × E0 ∈ {0, mean}; "
+            + "algebraic p ∈ {2, 4} × w_E ∈ {10, 20, 30} × E0 ∈ {0, mean}"
+            + (" × force-magnitude weights β ∈ {0, 0.5} (the screen below)" if weighted else "") + "; "
             "4-fold CV on the other folds, the same rule" + ("" if one else ", the simplest candidate the one with "
                                                             "fewer functions")
             + ") run in each of the same 5 outer folds; the recipe's outer folds from "
@@ -186,7 +188,9 @@ def nested_lines(el: str, x: dict) -> list[str]:
             "Chosen per outer fold: " + "; ".join(
                 ("" if one else f"{f['chosen']['basis'].replace('order ', '').replace(', totaldegree', '')}, ")
                 + f"alg p {f['chosen']['prior']['p']}, w_E {f['chosen']['weights']['default']['E']:g}, "
-                f"E0 {list(f['chosen']['E0'].values())[0]:g}" for f in x["outer"]) + "."
+                f"E0 {list(f['chosen']['E0'].values())[0]:g}"
+                + ((", β 0.5" if "rms0" in f["chosen"]["weights"] else ", β 0") if weighted else "")
+                for f in x["outer"]) + "."
             + f" Run: {run_s / 60:.0f} min wall-clock, one thread"
             + (f", peak memory {x['peak_rss_mib'] / 1024:.1f} GiB" if x.get("peak_rss_mib") else "")
             + ("; stopped after its outer folds by an error in the final comparison, fixed, and resumed from "
