@@ -107,20 +107,26 @@ def is_recipe(el: str, raw: dict, nst: dict | None) -> bool:
 
 
 def is_sparse_choice(el: str, raw: dict, nsp: dict | None) -> bool:
-    """Whether fit.yaml holds the final choice of the sparse grid's procedure (nested_cv_sparse.json)."""
+    """Whether fit.yaml holds the final choice of a further grid's procedure (nested_cv_<grid>.json:
+    its basis, cutoff, basis keywords, prior, weights, E0 and solver)."""
     if nsp is None or "final_selection" not in nsp:
         return False
     c = nsp["final_selection"]["chosen"]
     o, td = parse_basis(c["basis"])
     m = raw["model"]
+    kw = {k: v for k, v in m.items() if k not in ("elements", "order", "totaldegree", "rcut")}
     sol = {k: v for k, v in raw["solver"].items() if k != "committee_size"}
     return (m["order"] == o and list(m["totaldegree"]) == td and same(raw["prior"], c["prior"])
+            and abs(m["rcut"] - rcut_of(el, c.get("rcut_bond_lengths", 2.5))) < 1e-9 and same(kw, c.get("basis_kw", {}))
             and same(raw["weights"], c["weights"]) and same(raw["E0"], c["E0"])
             and same(sol, c["solver"] if c["solver"]["name"] != "blr" else {"name": "blr"}))
 
 
 GRID_WORDS = {"sparse": "sparse (ASP) and larger candidates",
-              "fast": "the sparse and larger candidates no slower than the recipe"}
+              "fast": "the sparse and larger candidates no slower than the recipe",
+              "transform_large_weighted": "the force screen's lead family (many-body transform Agnesi (2, 6), rcut "
+                                          "2.25 bond lengths, order-4 bases) with force-magnitude weights"}
+LEAD_GRIDS = ("transform_large_weighted",)     # nested CVs of the screens' leads (their sections: the screens')
 
 
 def _grid_verdict(x: dict) -> str:
@@ -144,9 +150,13 @@ def sparse_choice_head(el: str, nst: dict, nsp: dict, t: dict) -> list[str]:
     ch = fs["chosen"]
     res = next(r for r in fs["results"] if same(r["candidate"], ch))
     sp = nsp["ship_speed"]
-    return ["## Why this model: nested-CV-validated selection over sparse and larger candidates", "",
+    extra = (f", rcut {ch['rcut_bond_lengths']:g} bond lengths"
+             + (f", many-body transform {tuple(ch['basis_kw']['transform'])}" if "transform" in ch.get("basis_kw", {}) else "")
+             + (", force rows weighted per RMS-force quartile (β 0.5, `data.force_groups: 4`)" if "rms0" in ch["weights"]
+                else ""))
+    return [f"## Why this model: nested-CV-validated selection over {GRID_WORDS[nsp['grid']]}", "",
             f"This model is the choice of the selection over the `{nsp['grid']}` grid of `zuo_nested` ({nsp['n_candidates']} "
-            f"candidates, section below) run on the whole training split: {ch['basis']}, {_solver_name(ch)}, "
+            f"candidates, section below) run on the whole training split: {ch['basis']}{extra}, {_solver_name(ch)}, "
             f"{prior_name(ch['prior'])}, w_E {ch['weights']['default']['E']:g}, E0 {ch['E0'][el]:g} eV. Nested "
             "cross-validation estimated the error of that procedure and compared it, fold by fold, with the "
             "upstream recipe on the same outer folds: it beat the recipe by more than the folds' noise on both "
@@ -188,6 +198,12 @@ def cand_desc(c: dict, el: str) -> str:
             f"w_E {c['weights']['default']['E']:g}, E0 {c['E0'][el]:g}")
 
 
+def further_grids(d: Path) -> list[dict]:
+    """The finished nested CVs of the further grids (sparse, fast and the screens' lead grids)."""
+    files = (d / f"nested_cv_{g}.json" for g in ("sparse", "fast") + LEAD_GRIDS)
+    return [x for x in (json.loads(f.read_text()) for f in files if f.exists()) if "procedure" in x]
+
+
 def write_card(el: str):
     d = MODELS / f"zuo-{el}"
     raw = yaml.safe_load((d / "fit.yaml").read_text())
@@ -210,8 +226,8 @@ def write_card(el: str):
     folds_line = (f"5-fold cross-validation over the {sum(sel['fold_sizes'])} configurations of the training split "
                   f"(folds of {sel['fold_sizes']} configurations, seed {sel['seed']})")
     L = [f"# zuo-{el}", "", raw.get("description", ""), ""]
-    sparse_choice = any(is_sparse_choice(el, raw, x) for x in nsps)
-    nsp = next((x for x in nsps if is_sparse_choice(el, raw, x)), nsp)
+    sparse_choice = any(is_sparse_choice(el, raw, x) for x in further_grids(d))
+    nsp = next((x for x in further_grids(d) if is_sparse_choice(el, raw, x)), nsp)
     if sparse_choice:
         L += sparse_choice_head(el, nst, nsp, t)
     elif recipe:
@@ -279,8 +295,10 @@ def write_card(el: str):
           "Training errors (in-sample; the CV numbers above are the estimate of generalisation):", ""]
     L += error_rows(report["errors"]["train"])
     if nst is not None:
-        L += nested_section(el, nst, recipe, note=" This card's model is the choice of the selection over sparse and "
-                            "larger candidates (next section)." if sparse_choice else None)
+        L += nested_section(el, nst, recipe, note=(
+            f" This card's model is the choice of the selection over {GRID_WORDS[nsp['grid']]} ("
+            + ("the screen of basis variants, below)." if nsp["grid"] in LEAD_GRIDS else "next section).")
+            if sparse_choice else None))
     for x in nsps:
         L += sparse_nested_section(el, x)
     if (d / "variants_cv.json").exists():
@@ -292,7 +310,7 @@ def write_card(el: str):
     L += ["", "## Reproduce", "", "From the repository root, with the data placed under DIR (or $ACESERVER_DATA):",
           "", "```bash", f"aceserver fit models/zuo-{el}/fit.yaml --data-dir DIR             # this model"]
     if sparse_choice:
-        L += [f"python -m tools.shipped_models.zuo_nested --data-dir DIR {el} --grid sparse   # nested CV, the verdict",
+        L += [f"python -m tools.shipped_models.zuo_nested --data-dir DIR {el} --grid {nsp['grid']}   # nested CV, the verdict",
               f"python -m tools.shipped_models.zuo_ship --data-dir DIR {el}     # final selection, fit.yaml, this model, speed",
               f"python -m tools.shipped_models.zuo_nested --data-dir DIR {el}   # the small grid's nested CV",
               f"python -m tools.shipped_models.zuo_select --data-dir DIR {el}   # the earlier selection (history)", "```", "",
@@ -704,7 +722,15 @@ def readme_tables():
         secs = sel["timings_s"].get("total_s", 0.0)
         total += secs
         how, rcut, fb, secs_ship = "`zuo_select`", f"{sel['rcut']:.3g} ({sel['rcut_bond_lengths']:g} bl)", r["n_basis"], secs
-        if is_recipe(el, raw, nst):
+        further = next((x for x in further_grids(d) if is_sparse_choice(el, raw, x)), None)
+        if further is not None:      # a further grid's choice: the nested estimate of its procedure
+            rep = json.loads((d / "report.json").read_text())
+            ch = further["final_selection"]["chosen"]
+            r, fb = dict(further["procedure"], candidate=ch), rep["length_basis"]
+            rcut = f"{raw['model']['rcut']:.3g} ({ch['rcut_bond_lengths']:g} bl)"
+            how = f"nested-CV selection (`{further['grid']}` grid)"
+            secs_ship = further["timings_s"]["total_s"] + further["timings_s"].get("ship_s", 0.0)
+        elif is_recipe(el, raw, nst):
             rep = json.loads((d / "report.json").read_text())
             r = dict(nst["recipe_estimate"], candidate=nst["recipe"])
             fb = rep["length_basis"]
@@ -730,12 +756,13 @@ def readme_tables():
                          + ", ".join(f"{x['n_train_configs']:.0f} configs: {x['mae_mean']['E'] * 1e3:.2f} / "
                                      f"{x['mae_mean']['F']:.4f}" for x in lc) + ".")
     rows += ["", "CV MAE: mean ± standard deviation over the same 5 folds (for the recipe: its outer-fold "
-             "estimate of the nested CV, which is its plain 5-fold CV). Targets: the best published test-set MAE "
+             "estimate of the nested CV, which is its plain 5-fold CV; for a further grid's choice: the nested CV's "
+             "estimate of that grid's selection procedure). Targets: the best published test-set MAE "
              "(GAP, MTP, ACEpotentials.jl). rcut in Å and in bond lengths (bl). Shipped: `zuo_select`'s choice "
-             "where the nested CV found the selection procedure better than the recipe on both E and F, else the "
-             "upstream recipe. Time on a 2-core machine: the selection (`zuo_select`), or the nested CV "
-             "(`zuo_nested`) and the fit (`zuo_ship`) for the recipe; the six selections alone sum to "
-             f"{total / 60:.0f} min."]
+             "where the nested CV found the selection procedure better than the recipe on both E and F, or a "
+             "further grid's choice where its nested CV did, else the upstream recipe. Time on a 2-core machine: "
+             "the selection (`zuo_select`), or the nested CV (`zuo_nested`) and the fit (`zuo_ship`); the six "
+             f"selections alone sum to {total / 60:.0f} min."]
     text = (MODELS / "README.md").read_text()
     for tag, body in (("zuo-table", rows), ("study-summary", study)):
         text = re.sub(f"<!-- {tag} -->.*?<!-- /{tag} -->", f"<!-- {tag} -->\n" + "\n".join(body) + f"\n<!-- /{tag} -->",

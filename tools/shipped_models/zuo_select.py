@@ -51,7 +51,7 @@ from aceserver.fitting.fit_model import jsonable
 from aceserver.fitting.workflow import run_fit, sha256_file
 
 from .common import MODELS, same
-from .zuo_recipe import (CHAIN, COMBINE, CUTOFFS, E_WEIGHTS, K, LC_PARTS, N_STAGE2, PRIORS, SEED, SOURCE,
+from .zuo_recipe import (CHAIN, COMBINE, CUTOFFS, E_WEIGHTS, K, LC_PARTS, N_GROUPS, N_STAGE2, PRIORS, SEED, SOURCE,
                          STAGE1, STUDY, TARGETS, add_data_dir, basis_name, data_dir_of, fold_score, rcut_of,
                          score, training_split)
 
@@ -205,9 +205,10 @@ def select_and_fit(el: str, data_dir: Path, threads: int | None = None):
 
 def write_fit_yaml(el, basis, rcut, cand, why=None, chosen_by="hyperparameters chosen by 5-fold cross-validation",
                    solver=None):
-    """models/zuo-<El>/fit.yaml for candidate ``cand`` (basis (order, totaldegree), rcut in Å); ``why``:
-    the header's lines on how it was chosen (default: by ``zuo_select``); ``solver``: default BLR with
-    a 10-member committee."""
+    """models/zuo-<El>/fit.yaml for candidate ``cand`` (basis (order, totaldegree), rcut in Å; its
+    ``basis_kw``, further ace1_model keywords, if any; weights naming the RMS-force groups rms0.. get
+    ``data.force_groups``); ``why``: the header's lines on how it was chosen (default: by
+    ``zuo_select``); ``solver``: default BLR with a 10-member committee."""
     solver = solver or {"name": "blr", "committee_size": 10}
     how = ("BLR" if solver["name"] == "blr" else
            f"ASP (lasso path to {solver['max_active']} functions), its support refitted by BLR")
@@ -219,10 +220,11 @@ def write_fit_yaml(el, basis, rcut, cand, why=None, chosen_by="hyperparameters c
             f"# Refit from the repository root:  aceserver fit models/zuo-{el}/fit.yaml --data-dir DIR\n")
     raw = {"name": f"zuo-{el}",
            "description": f"Zuo et al. 2020 {el} training split, {how} with a 10-member committee; {chosen_by}",
-           "model": {"elements": [el], "order": o, "totaldegree": list(td), "rcut": rcut},
+           "model": {"elements": [el], "order": o, "totaldegree": list(td), "rcut": rcut, **cand.get("basis_kw", {})},
            "E0": dict(cand["E0"]),
            "data": {"relative_to": "data_dir", "train": f"ZuoEtAl2020/{el}_train.xyz", "source": SOURCE,
-                    "energy_key": "energy", "force_key": "force"},
+                    "energy_key": "energy", "force_key": "force",
+                    **({"force_groups": N_GROUPS} if "rms0" in cand["weights"] else {})},
            "weights": cand["weights"], "prior": cand["prior"],
            "solver": solver,
            "validation_fraction": 0.0, "seed": 0,

@@ -1,5 +1,6 @@
 """Ship what the nested cross-validation says: the upstream recipe where the selection procedure does
-not beat it; the sparse grid's choice where its nested CV (nested_cv_sparse.json) beats the recipe.
+not beat it; a further grid's choice where its nested CV (nested_cv_<grid>.json: the force screen's
+weighted lead family, the fast or the sparse grid, in that order) beats the recipe.
 
     python -m tools.shipped_models.zuo_ship --data-dir DIR Cu [Mo ...]
 
@@ -32,30 +33,39 @@ from aceserver.fitting.workflow import run_fit
 from aceserver.loading import load_model
 
 from .common import MODELS, same, time_alternating
-from .zuo_cards import write_card
+from .zuo_cards import GRID_WORDS, write_card
 from .zuo_nested import GRIDS, RECIPE_FACTOR, chooser
-from .zuo_recipe import K, TARGETS, add_data_dir, data_dir_of, parse_basis, rcut_of, training_split
+from .zuo_recipe import K, TARGETS, add_data_dir, data_dir_of, force_groups, parse_basis, rcut_of, training_split
 from .zuo_select import Assembled, log, write_fit_yaml
 
 
+# further nested grids whose winner ships where their verdict is "selected", in the order they are looked at
+FURTHER_GRIDS = ("transform_large_weighted", "fast", "sparse")
+
+
 def final_selection(el: str, data_dir: Path, nsp: dict) -> dict:
-    """The sparse grid's procedure on the whole training split: 5-fold CV of every candidate of
-    nested_cv_sparse.json on the same folds, the same rule; returns {"chosen", "results", "timings_s"}."""
+    """A further grid's procedure on the whole training split: 5-fold CV of every candidate of its
+    nested_cv_<grid>.json on the same folds (its cutoff, basis keywords and force groups), the same
+    rule; returns {"chosen", "results", "timings_s"}."""
     _, train, folds, always = training_split(el, data_dir)
+    grid = GRIDS[nsp["grid"]]
+    if "force_betas" in grid:
+        force_groups(train)
     timings: dict = {}
-    a = Assembled(el, train, GRIDS[nsp["grid"]]["chain"], RECIPE_FACTOR, folds, always, 1, timings, "final")
+    a = Assembled(el, train, grid["chain"], grid.get("rcut", RECIPE_FACTOR), folds, always, 1, timings, "final",
+                  basis_kw=grid.get("basis_kw"))
     t0 = time.perf_counter()
     results = selection.cross_validate(a.factors, list(range(K)), [K], nsp["candidates"], a.labels, a.sizes, log=log)
     timings["cv_s"] = time.perf_counter() - t0
     return {"chosen": chooser(TARGETS[el])(results)["candidate"], "results": results, "timings_s": timings}
 
 
-def ship_sparse(el: str, data_dir: Path, f_nsp: Path, threads: int | None = None) -> dict | None:
-    """Where nested_cv_sparse.json's verdict is "selected": run its procedure on the whole training
-    split (:func:`final_selection`), fit the winner with a 10-member committee (an ASP winner: its
-    support refitted by BLR) through `aceserver fit`'s code path, and time the new model against
-    the recipe model it replaces, alternately in one run. A winner slower than the recipe (the
-    grid's speed run) is not shipped."""
+def ship_further(el: str, data_dir: Path, f_nsp: Path, threads: int | None = None) -> dict | None:
+    """Where a further grid's verdict (nested_cv_<grid>.json) is "selected": run its procedure on the
+    whole training split (:func:`final_selection`), fit the winner with a 10-member committee (an ASP
+    winner: its support refitted by BLR) through `aceserver fit`'s code path, and time the new model
+    against the recipe model it replaces, alternately in one run. A winner slower than the grid's
+    ``max_time_ratio`` to the recipe (default 1: the sparse grids; the grid's speed run) is not shipped."""
     d = MODELS / f"zuo-{el}"
     nsp = json.loads(f_nsp.read_text())
     t0 = time.perf_counter()
@@ -66,7 +76,7 @@ def ship_sparse(el: str, data_dir: Path, f_nsp: Path, threads: int | None = None
     sol = chosen["solver"]
     speed = next(m for m in nsp["speed"]["models"] if m["basis"] == chosen["basis"]
                  and same(m["solver"], sol if sol["name"] != "blr" else "blr"))
-    if speed["ratio_to_recipe"] > 1.0:                 # shipped models are no slower than the recipe
+    if speed["ratio_to_recipe"] > GRIDS[nsp["grid"]].get("max_time_ratio", 1.0):
         nsp["final_selection"]["refused"] = f"{speed['ratio_to_recipe']:.2f} x the recipe's time"
         f_nsp.write_text(json.dumps(jsonable(nsp), indent=1))
         log(f"zuo-{el}: not shipped: {speed['ratio_to_recipe']:.2f} x the recipe's time; the recipe stays")
@@ -74,13 +84,14 @@ def ship_sparse(el: str, data_dir: Path, f_nsp: Path, threads: int | None = None
     old_raw = yaml.safe_load((d / "fit.yaml").read_text())
     previous = load_model(d / old_raw["output"]["model"], active_set=False)
     solver = dict(sol, committee_size=10) if sol["name"] == "asp" else {"name": "blr", "committee_size": 10}
+    words = GRID_WORDS[nsp["grid"]]
     write_fit_yaml(el, parse_basis(chosen["basis"]), rcut_of(el, chosen["rcut_bond_lengths"]), chosen, solver=solver,
-                   why=["chosen by the selection over sparse (ASP) and larger candidates, shipped because nested",
+                   why=[f"chosen by the selection over {words}, shipped because nested",
                         "cross-validation found that procedure better than the upstream recipe on both E and F",
                         f"(`python -m tools.shipped_models.zuo_nested --data-dir DIR {el} --grid {nsp['grid']}`; verdict",
                         f"and the final selection in {f_nsp.name}; "
                         f"`python -m tools.shipped_models.zuo_ship --data-dir DIR {el}` writes this file and the model)."],
-                   chosen_by="chosen by nested-CV-validated selection over sparse and larger candidates")
+                   chosen_by=f"chosen by nested-CV-validated selection over {words}")
     report = _fit(el, d, data_dir, threads)
     model = load_model(d / old_raw["output"]["model"], active_set=False)
     structure, (t_new, t_old) = time_alternating(el, [model, previous], rounds=9)
@@ -109,10 +120,10 @@ def _fit(el: str, d: Path, data_dir: Path, threads) -> dict:
 
 def ship(el: str, data_dir: Path, threads: int | None = None) -> dict | None:
     d = MODELS / f"zuo-{el}"
-    for f_nsp in (d / "nested_cv_fast.json", d / "nested_cv_sparse.json"):   # the fast grid's verdict first
+    for f_nsp in (d / f"nested_cv_{g}.json" for g in FURTHER_GRIDS):
         nsp = json.loads(f_nsp.read_text()) if f_nsp.is_file() else {}
         if nsp.get("ship") == "selected" and not nsp.get("final_selection", {}).get("refused"):
-            return ship_sparse(el, data_dir, f_nsp, threads)
+            return ship_further(el, data_dir, f_nsp, threads)
     nst = json.loads((d / "nested_cv.json").read_text())
     if nst["ship"] != "recipe":
         log(f"zuo-{el}: nested CV verdict {nst['ship']!r}; the zuo_select model stays")

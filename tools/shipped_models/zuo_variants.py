@@ -127,8 +127,9 @@ def card_section(el: str, res: dict) -> list[str]:
              if tm else "")]
     for g in NESTED_GRIDS:
         f = MODELS / f"zuo-{el}" / f"nested_cv_{g}.json"
-        if f.is_file():
-            L += nested_lines(el, json.loads(f.read_text()))
+        x = json.loads(f.read_text()) if f.is_file() else {}
+        if "procedure" in x:          # a finished run (a running one writes its outer folds as it goes)
+            L += nested_lines(el, x)
     return L
 
 
