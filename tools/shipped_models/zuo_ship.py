@@ -69,8 +69,9 @@ def ship_further(el: str, data_dir: Path, f_nsp: Path, threads: int | None = Non
     d = MODELS / f"zuo-{el}"
     nsp = json.loads(f_nsp.read_text())
     t0 = time.perf_counter()
-    nsp["final_selection"] = final_selection(el, data_dir, nsp)
-    f_nsp.write_text(json.dumps(jsonable(nsp), indent=1))
+    if "final_selection" not in nsp:     # (a stopped ship run's is kept: zuo_nested rewrites the file without it)
+        nsp["final_selection"] = final_selection(el, data_dir, nsp)
+        f_nsp.write_text(json.dumps(jsonable(nsp), indent=1))
     chosen = nsp["final_selection"]["chosen"]
     log(f"zuo-{el}: the sparse grid's procedure on the whole training split chose {chosen}")
     sol = chosen["solver"]
