@@ -50,7 +50,7 @@ import yaml
 from aceserver.ace1.model import ace1_model
 from aceserver.loading import load_model
 
-from .data import DEFAULT_WEIGHTS, MAX_FORCE_GROUPS, Keys, normalise_weights
+from .data import DEFAULT_WEIGHTS, MAX_FORCE_GROUPS, Keys, check_force_groups, normalise_weights
 
 TOP_KEYS = {"model", "E0", "data", "weights", "prior", "solver", "validation_fraction", "seed",
             "threads", "memory_limit_gb", "output", "name", "description"}
@@ -180,10 +180,12 @@ def parse_config(raw: dict, base: Path = Path("."), data_dir=None) -> FitConfig:
     if not isinstance(out.get("active_set", True), bool):
         raise FitConfigError("'output.active_set' must be true or false")
     groups = d.get("force_groups")
-    if groups is not None and (isinstance(groups, bool) or not isinstance(groups, int)
-                               or not 2 <= groups <= MAX_FORCE_GROUPS):
-        raise FitConfigError(f"'data.force_groups' must be an integer from 2 to {MAX_FORCE_GROUPS} (or null), "
-                             f"got {groups!r}")
+    if groups is not None:
+        try:
+            groups = check_force_groups(groups)
+        except ValueError:
+            raise FitConfigError(f"'data.force_groups' must be an integer from 2 to {MAX_FORCE_GROUPS} (or null), "
+                                 f"got {groups!r}") from None
     dbase, src = data_base(d, base, data_dir), d.get("source")
     return FitConfig(model=model, E0=E0, train=_paths(d["train"], dbase, "'data.train'", src),
                      validation=_paths(d.get("validation"), dbase, "'data.validation'", src), keys=keys,

@@ -259,6 +259,13 @@ def rms_force(config: Config) -> float:
     return float(np.sqrt(np.mean(F ** 2))) if F is not None and F.size else 0.0
 
 
+def check_force_groups(n_groups) -> int:
+    """``n_groups`` if it is a valid number of RMS-force groups (an integer, 2..MAX_FORCE_GROUPS), else ValueError."""
+    if isinstance(n_groups, bool) or not isinstance(n_groups, (int, np.integer)) or not 2 <= n_groups <= MAX_FORCE_GROUPS:
+        raise ValueError(f"force_groups must be an integer from 2 to {MAX_FORCE_GROUPS}, got {n_groups!r}")
+    return int(n_groups)
+
+
 def group_by_force(configs: list[Config], n_groups: int, edges: np.ndarray | None = None) -> np.ndarray:
     """Label configurations by their RMS force (`rms_force`), so that weights can differ between
     near-equilibrium and hot or compressed ones: config_type "rms0" (smallest forces) to
@@ -266,8 +273,7 @@ def group_by_force(configs: list[Config], n_groups: int, edges: np.ndarray | Non
     quantiles of these configurations' RMS forces, equal-sized groups). Returns the edges used
     (label other sets, e.g. validation, with the training set's). The labels replace config_type,
     so configurations that carry one of their own are refused."""
-    if isinstance(n_groups, bool) or not isinstance(n_groups, (int, np.integer)) or not 2 <= n_groups <= MAX_FORCE_GROUPS:
-        raise ValueError(f"force_groups must be an integer from 2 to {MAX_FORCE_GROUPS}, got {n_groups!r}")
+    check_force_groups(n_groups)
     typed = sorted({c.config_type for c in configs} - {DEFAULT_CONFIG_TYPE})
     if typed:
         raise ValueError(f"force_groups labels configurations by RMS force in place of their config_type, and "

@@ -33,14 +33,14 @@ from aceserver.fitting.workflow import run_fit
 from aceserver.loading import load_model
 
 from .common import MODELS, same, time_alternating
-from .zuo_cards import GRID_WORDS, write_card
+from .zuo_cards import GRID_WORDS, LEAD_GRIDS, write_card
 from .zuo_nested import GRIDS, RECIPE_FACTOR, chooser
 from .zuo_recipe import K, TARGETS, add_data_dir, data_dir_of, force_groups, parse_basis, rcut_of, training_split
 from .zuo_select import Assembled, log, write_fit_yaml
 
 
 # further nested grids whose winner ships where their verdict is "selected", in the order they are looked at
-FURTHER_GRIDS = ("transform_large_weighted", "fast", "sparse")
+FURTHER_GRIDS = LEAD_GRIDS + ("fast", "sparse")
 
 
 def final_selection(el: str, data_dir: Path, nsp: dict) -> dict:
