@@ -273,10 +273,10 @@ def kw_speed(el: str, grid: dict, rounds: int = 9, calls: int = 10) -> dict:
     return {"structure": structure, "rounds": rounds, "calls": calls, "threads": 1, "models": out}
 
 
-def run(el: str, data_dir: Path, grid_name: str, out: Path, threads: int | None = 1):
+def run(el: str, data_dir: Path, grid_name: str, out: Path, threads: int | None = 1, seed: int = SEED):
     t_all = time.perf_counter()
     timings: dict = {}
-    path, train, folds, always = training_split(el, data_dir)
+    path, train, folds, always = training_split(el, data_dir, seed)
     e_mean = round(float(np.mean([c.energy / c.natoms for c in train])), 6)
     grid = GRIDS[grid_name]
     groups = None
@@ -288,7 +288,7 @@ def run(el: str, data_dir: Path, grid_name: str, out: Path, threads: int | None 
     recipe = recipe_candidate(el)
     log(f"zuo-{el} nested CV: {len(train)} configurations, {K} outer folds, grid {grid_name!r} "
         f"({len(cands)} candidates)")
-    res = {"element": el, "data": {"file": path.name, "sha256": sha256_file(path)}, "outer_folds": K, "seed": SEED,
+    res = {"element": el, "data": {"file": path.name, "sha256": sha256_file(path)}, "outer_folds": K, "seed": seed,
            "grid": grid_name, "n_candidates": len(cands), "candidates": cands, "targets": {"E": TARGETS[el][0], "F": TARGETS[el][1]},
            "recipe": recipe, "outer": [], "timings_s": timings,
            "units": {"E": "eV/atom", "F": "eV/Å"}}
@@ -344,6 +344,13 @@ def run(el: str, data_dir: Path, grid_name: str, out: Path, threads: int | None 
     return res
 
 
+def nested_file_name(grid: str, seed: int = SEED) -> str:
+    """The default output file of a grid's nested CV: nested_cv.json (small, full), else
+    nested_cv_<grid>.json; on fresh outer folds (seed other than SEED) ..._seed<seed>.json."""
+    base = "nested_cv" if grid in ("small", "full") else f"nested_cv_{grid}"
+    return f"{base}.json" if seed == SEED else f"{base}_seed{seed}.json"
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m tools.shipped_models.zuo_nested", description=__doc__.split("\n\n")[0])
     ap.add_argument("elements", nargs="+", choices=sorted(TARGETS))
@@ -351,6 +358,10 @@ def main(argv=None):
     ap.add_argument("--grid", choices=sorted(GRIDS), default="small", help="candidate grid (default small)")
     ap.add_argument("--out", default=None, help="output JSON (default models/zuo-<El>/nested_cv.json; one element)")
     ap.add_argument("--threads", type=int, default=1, help="assembly threads (default 1)")
+    ap.add_argument("--seed", type=int, default=SEED,
+                    help=f"seed of the outer folds (default {SEED}, zuo_select's folds); another seed gives fresh "
+                         "folds, to confirm a grid designed after a run on the default ones (default output "
+                         "nested_cv_<grid>_seed<seed>.json)")
     ap.add_argument("--rounds", type=int, default=5, help="timing rounds of the speed run (default 5)")
     ap.add_argument("--speed-only", action="store_true",
                     help="only (re)time the recipe, the chosen bases and the selection's grid into an existing output file")
@@ -370,9 +381,8 @@ def main(argv=None):
     if args.out and len(args.elements) > 1:
         ap.error("--out takes one element")
     for el in args.elements:
-        out = Path(args.out) if args.out else MODELS / f"zuo-{el}" / (
-            "nested_cv.json" if args.grid in ("small", "full") else f"nested_cv_{args.grid}.json")
-        run(el, data_dir, args.grid, out, args.threads)
+        out = Path(args.out) if args.out else MODELS / f"zuo-{el}" / nested_file_name(args.grid, args.seed)
+        run(el, data_dir, args.grid, out, args.threads, args.seed)
 
 
 if __name__ == "__main__":

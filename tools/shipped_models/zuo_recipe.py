@@ -61,15 +61,15 @@ def rcut_of(el: str, factor: float) -> float:
     return float(factor * pair_r0(el, el))
 
 
-def training_split(el: str, data_dir: Path):
+def training_split(el: str, data_dir: Path, seed: int = SEED):
     """(file, configurations, K seeded folds, indices of the isolated atoms, kept in every training
     set) of the element's Zuo training split ``DIR/ZuoEtAl2020/<El>_train.xyz`` (the test split is
-    never read)."""
+    never read). ``seed`` other than SEED gives fresh folds (zuo_nested's confirmation runs)."""
     path = Path(data_dir) / "ZuoEtAl2020" / f"{el}_train.xyz"
     if not path.is_file():
         raise SystemExit(f"missing data file {path}; get it from: {SOURCE}")
     train = data.read_configs(path, data.Keys(energy="energy", force="force"), elements=[el])
-    folds = selection.kfold(train, K, SEED)
+    folds = selection.kfold(train, K, seed)
     always = np.array([i for i, c in enumerate(train) if c.natoms == 1], dtype=np.int64)
     return path, train, folds, always
 
