@@ -25,6 +25,7 @@ from aceserver.fitting import selection
 from aceserver.loading import load_model
 
 from .common import MODELS, active_set_line, error_rows, same
+from .zuo_nested import deciding_file
 from .zuo_recipe import TARGETS, parse_basis, rcut_of, score
 from .zuo_variants import card_section as variants_section
 from .zuo_weights import card_section as weights_section
@@ -147,6 +148,10 @@ def sparse_choice_head(el: str, nst: dict, nsp: dict, t: dict) -> list[str]:
     """The card's opening where the sparse grid's procedure is shipped: why, both nested estimates,
     the final 5-fold CV of the choice and its speed against the recipe it replaced."""
     c, fs = nsp["comparison"], nsp["final_selection"]
+    seed = nsp.get("seed", 0)
+    first = (json.loads((MODELS / f"zuo-{el}" / f"nested_cv_{nsp['grid']}.json").read_text()) if seed else None)
+    fresh = (f" on fresh outer folds (seed {seed}; the grid was designed after its run on the folds of `zuo_select`, "
+             "so, as fixed before this run, these folds decide)" if seed else " on the same outer folds")
     ch = fs["chosen"]
     res = next(r for r in fs["results"] if same(r["candidate"], ch))
     sp = nsp["ship_speed"]
@@ -159,16 +164,19 @@ def sparse_choice_head(el: str, nst: dict, nsp: dict, t: dict) -> list[str]:
             f"candidates, section below) run on the whole training split: {ch['basis']}{extra}, {_solver_name(ch)}, "
             f"{prior_name(ch['prior'])}, w_E {ch['weights']['default']['E']:g}, E0 {ch['E0'][el]:g} eV. Nested "
             "cross-validation estimated the error of that procedure and compared it, fold by fold, with the "
-            "upstream recipe on the same outer folds: it beat the recipe by more than the folds' noise on both "
+            f"upstream recipe{fresh}: it beat the recipe by more than the folds' noise on both "
             f"energy and forces (paired gain E {c['E']['mean_gain'] * 1e3:.3f} ± {c['E']['se'] * 1e3:.3f} meV/atom, "
             f"F {c['F']['mean_gain']:.5f} ± {c['F']['se']:.5f} eV/Å, mean ± standard error; the rule asks for a "
             "gain above one standard error on both), so it is shipped.", "",
             "| nested CV, outer folds | E MAE (meV/atom, mean ± sd) | F MAE (eV/Å, mean ± sd) |", "|---|---|---|",
             *[f"| {name} | {x['mae_mean']['E'] * 1e3:.3f} ± {x['mae_std']['E'] * 1e3:.3f} | "
               f"{x['mae_mean']['F']:.4f} ± {x['mae_std']['F']:.4f} |"
-              for name, x in ((f"selection procedure, `{nsp['grid']}` grid (this model's)", nsp["procedure"]),
-                              ("selection procedure, small grid", nst["procedure"]),
-                              ("upstream recipe", nsp["recipe_estimate"]))],
+              for name, x in ((f"selection procedure, `{nsp['grid']}` grid (this model's)" + (f", seed {seed} folds" if seed else ""),
+                               nsp["procedure"]),
+                              ("upstream recipe" + (f", seed {seed} folds" if seed else ""), nsp["recipe_estimate"]))
+              + ((f"selection procedure, `{nsp['grid']}` grid, seed 0 folds", first["procedure"]),
+                 ("upstream recipe, seed 0 folds", first["recipe_estimate"])) * bool(first)
+              + ((f"selection procedure, small grid{', seed 0 folds' if seed else ''}", nst["procedure"]),)],
             f"| target (best published test MAE) | {t['E'] * 1e3:g} | {t['F']:g} |", "",
             f"Speed: {sp['us_per_atom']['shipped']:.1f} µs/atom against {sp['us_per_atom']['recipe']:.1f} for the "
             f"recipe model it replaced ({sp['ratio_to_recipe']:.2f} ×; {sp['n_active']} nonzero parameters; energy + "
@@ -199,8 +207,9 @@ def cand_desc(c: dict, el: str) -> str:
 
 
 def further_grids(d: Path) -> list[dict]:
-    """The finished nested CVs of the further grids (sparse, fast and the screens' lead grids)."""
-    files = (d / f"nested_cv_{g}.json" for g in ("sparse", "fast") + LEAD_GRIDS)
+    """The finished nested CVs that decide the further grids (sparse, fast and the screens' lead grids:
+    a run on fresh outer folds where there is one, `zuo_nested.deciding_file`)."""
+    files = (deciding_file(d, g) for g in ("sparse", "fast") + LEAD_GRIDS)
     return [x for x in (json.loads(f.read_text()) for f in files if f.exists()) if "procedure" in x]
 
 

@@ -34,7 +34,7 @@ from aceserver.loading import load_model
 
 from .common import MODELS, same, time_alternating
 from .zuo_cards import GRID_WORDS, LEAD_GRIDS, write_card
-from .zuo_nested import GRIDS, RECIPE_FACTOR, chooser
+from .zuo_nested import GRIDS, RECIPE_FACTOR, chooser, deciding_file
 from .zuo_recipe import K, TARGETS, add_data_dir, data_dir_of, force_groups, parse_basis, rcut_of, training_split
 from .zuo_select import Assembled, log, write_fit_yaml
 
@@ -73,7 +73,7 @@ def ship_further(el: str, data_dir: Path, f_nsp: Path, threads: int | None = Non
         nsp["final_selection"] = final_selection(el, data_dir, nsp)
         f_nsp.write_text(json.dumps(jsonable(nsp), indent=1))
     chosen = nsp["final_selection"]["chosen"]
-    log(f"zuo-{el}: the sparse grid's procedure on the whole training split chose {chosen}")
+    log(f"zuo-{el}: the {nsp['grid']} grid's procedure on the whole training split chose {chosen}")
     sol = chosen["solver"]
     speed = next(m for m in nsp["speed"]["models"] if m["basis"] == chosen["basis"]
                  and same(m["solver"], sol if sol["name"] != "blr" else "blr"))
@@ -89,7 +89,8 @@ def ship_further(el: str, data_dir: Path, f_nsp: Path, threads: int | None = Non
     write_fit_yaml(el, parse_basis(chosen["basis"]), rcut_of(el, chosen["rcut_bond_lengths"]), chosen, solver=solver,
                    why=[f"chosen by the selection over {words}, shipped because nested",
                         "cross-validation found that procedure better than the upstream recipe on both E and F",
-                        f"(`python -m tools.shipped_models.zuo_nested --data-dir DIR {el} --grid {nsp['grid']}`; verdict",
+                        f"(`python -m tools.shipped_models.zuo_nested --data-dir DIR {el} --grid {nsp['grid']}"
+                        + (f" --seed {nsp['seed']}" if nsp.get("seed", 0) else "") + "`; verdict",
                         f"and the final selection in {f_nsp.name}; "
                         f"`python -m tools.shipped_models.zuo_ship --data-dir DIR {el}` writes this file and the model)."],
                    chosen_by=f"chosen by nested-CV-validated selection over {words}")
@@ -121,7 +122,7 @@ def _fit(el: str, d: Path, data_dir: Path, threads) -> dict:
 
 def ship(el: str, data_dir: Path, threads: int | None = None) -> dict | None:
     d = MODELS / f"zuo-{el}"
-    for f_nsp in (d / f"nested_cv_{g}.json" for g in FURTHER_GRIDS):
+    for f_nsp in (deciding_file(d, g) for g in FURTHER_GRIDS):
         nsp = json.loads(f_nsp.read_text()) if f_nsp.is_file() else {}
         if nsp.get("ship") == "selected" and not nsp.get("final_selection", {}).get("refused"):
             return ship_further(el, data_dir, f_nsp, threads)
