@@ -44,6 +44,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="BLAS threads of the whole process, set once at start (default 1: requests run in "
                              "parallel on the evaluation threads, so more BLAS threads only compete for the cores; "
                              "a relax job's cell filter costs ~10x on a busy machine with more)")
+    parser.add_argument("--no-gc-freeze", action="store_true",
+                        help="do not freeze the heap after warm-up (by default the objects start-up made, "
+                             "numba's and the models', are kept out of the garbage collector's full passes; "
+                             "a model swapped out is still freed)")
     parser.add_argument("--drain-timeout", type=float, default=30.0, metavar="S",
                         help="on SIGTERM/SIGINT, wait at most S seconds for requests in flight; those not "
                              "answered by then get a 503 `shutting_down` and the process exits (default 30)")
@@ -139,6 +143,7 @@ def run(args: argparse.Namespace) -> int:
                         max_pairs=args.max_pairs, max_descriptor_values=args.max_descriptor_values,
                         max_body_bytes=int(args.max_body_mb * 1024 * 1024), workers=args.workers,
                         kernel_threads=args.kernel_threads or None, blas_threads=args.blas_threads,
+                        gc_freeze=not args.no_gc_freeze,
                         watch_interval=args.watch_interval if args.watch else 0.0,
                         drain_timeout=args.drain_timeout, header_timeout=args.header_timeout,
                         body_timeout=args.body_timeout, keep_alive_timeout=args.keep_alive_timeout,
