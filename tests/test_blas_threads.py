@@ -8,10 +8,12 @@
 * with one count, every number is reproduced bit for bit; between 1 and 2 threads energies,
   forces, virials and per-atom energies (numba's kernels) are too, but γ and the committee site
   energies are BLAS products, and OpenBLAS 0.3.31's dgemm sums in another order on one thread
-  (its small-matrix kernels) than on two: measured, γ of a 216-atom cell differs in 102 of 216
-  atoms by up to 1.2e-12 relative (a raw 216 x 223 by 223 x 223 product by ~6e-16 of its largest
-  entry). So those two are held to the rounding bound of an L-term dot product summed in another
-  order (as tests/test_many_uncertainty.py does for evaluate_many against evaluate).
+  than on two: measured, γ of a 216-atom cell differs in 102 of 216 atoms by up to 1.2e-12
+  relative (a raw 216 x 223 by 223 x 223 product by ~6e-16 of its largest entry), and in a batch
+  a 4-atom cell packed with it by up to 3.5e-12; the committee site energies (10 x 223 by
+  223 x n) came out equal, but nothing promises it. So those two are held to the rounding bound of
+  an L-term dot product summed in another order (as tests/test_many_uncertainty.py does for
+  evaluate_many against evaluate).
   The evaluations run in a worker thread, as in a server, under a count set from the main thread.
 """
 from __future__ import annotations
