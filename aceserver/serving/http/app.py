@@ -26,8 +26,8 @@ from fastapi.staticfiles import StaticFiles
 
 import aceserver
 from aceserver.jobs import JobLimits, JobManager
-from aceserver.serving.process import Heap
 from aceserver.jobs import cluster as jobs_cluster
+from aceserver.serving.process import Heap
 
 from . import packed
 from .counters import Metrics, MetricsMiddleware
