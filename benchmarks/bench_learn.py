@@ -9,9 +9,10 @@ tests/data/Si_tiny.xyz less 10 frames, serves it with --learn, and measures:
      for 1 and for 10 configurations;
   3. calculate latency (one 64-atom Si cell, sequential requests) while a refit runs, as a ratio to
      the latency with no refit, alternating the two in every round (medians);
-  0. first, in process: one `incremental.update` of 10 configurations with BLAS limited to one thread
-     (what the server's refit thread does with --kernel-threads 1) against BLAS's default threads,
-     alternating (medians).
+  0. first, in process: one `incremental.update` of 10 configurations with the process's BLAS set
+     to one thread (the server's default, `--blas-threads 1`) against `--blas-threads-other` threads
+     (default 2), set from the main thread as the server does, alternating (medians). `--blas-only`
+     stops there.
 """
 from __future__ import annotations
 
@@ -56,33 +57,36 @@ def fitted(folder: Path):
     return cfg.output_model, read_configs(folder / "new.xyz", Keys("dft_energy", "dft_force", "dft_virial"))
 
 
-def blas_one_vs_default(path, new, rounds: int) -> None:
-    from threadpoolctl import threadpool_limits
-
+def blas_one_vs_other(path, new, rounds: int, other: int) -> None:
     from aceserver.loading import load_model
+    from aceserver.serving.process import set_blas_threads
     model = load_model(str(path))
     state = incremental.load_state(incremental.state_path(path), model.sha256)
-    times = {"one": [], "default": []}
+    times = {1: [], other: []}
     for _ in range(rounds):
-        for kind in ("default", "one"):
+        for n in (other, 1):
+            set_blas_threads(n)
             t0 = time.perf_counter()
-            with threadpool_limits(limits=1 if kind == "one" else None, user_api="blas"):
-                incremental.update(model, state, new, threads=1, progress=False)
-            times[kind].append(time.perf_counter() - t0)
-    one, default = statistics.median(times["one"]), statistics.median(times["default"])
-    print(f"update of 10 configs in process: BLAS 1 thread {one:.3f} s, default threads {default:.3f} s "
-          f"(default / one = {default / one:.2f})", flush=True)
+            incremental.update(model, state, new, threads=1, progress=False)
+            times[n].append(time.perf_counter() - t0)
+    one, many = statistics.median(times[1]), statistics.median(times[other])
+    print(f"update of 10 configs in process: BLAS 1 thread {one:.3f} s, {other} threads {many:.3f} s "
+          f"({other} / 1 = {many / one:.2f}; medians of {rounds})", flush=True)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--requests", type=int, default=20, help="calculate requests per phase and round")
+    ap.add_argument("--blas-threads-other", type=int, default=2, help="BLAS threads compared with 1 in step 0")
+    ap.add_argument("--blas-only", action="store_true", help="run step 0 only")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         path, new = fitted(folder)
-        blas_one_vs_default(path, new, args.rounds)
+        blas_one_vs_other(path, new, args.rounds, args.blas_threads_other)
+        if args.blas_only:
+            return
         port = free_port()
         url = f"http://127.0.0.1:{port}"
         proc = subprocess.Popen([sys.executable, "-m", "aceserver.cli", "serve", f"si={path}", "--learn", "si",

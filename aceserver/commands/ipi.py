@@ -50,6 +50,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="compute gamma on every N-th force call of this process only (with P beads a "
                              "step is P calls); the other calls send NaN for gamma and max_gamma. Needs "
                              "'gamma' or 'max_gamma' in --extras (default: every call)")
+    parser.add_argument("--blas-threads", type=int, default=1, metavar="N",
+                        help="BLAS threads of the whole process, set once at start (default 1: the "
+                             "connections run in parallel threads, so more BLAS threads only compete for the "
+                             "cores)")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: every message)")
     parser.add_argument("-q", "--quiet", action="store_true", help="log errors only")
 
@@ -63,8 +67,15 @@ def run(args: argparse.Namespace) -> int:
 
     from aceserver import load_model
     from aceserver.errors import ACEInputError, ModelFileError
+    from aceserver.serving import process
     from aceserver.serving.ipi import ACEPotential, Address, Driver
 
+    try:      # once, from the main thread, before the connection threads start (serving.process says why)
+        blas = process.set_blas_threads(args.blas_threads)
+    except ValueError as exc:
+        log.error("--blas-threads: %s", exc)
+        return 2
+    log.info("BLAS threads %d (%s)", args.blas_threads, process.describe_blas(blas))
     try:
         if not args.read_timeout > 0:
             raise ValueError(f"--read-timeout must be > 0 s (or inf), got {args.read_timeout}")

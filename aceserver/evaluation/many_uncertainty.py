@@ -8,9 +8,9 @@ structures), so the descriptor rows are made for a whole chunk of packed structu
 atoms (whole structures) at a time: with ace1 tables that allow it the site pass writes them from
 its own A and AA (`batch_pass.pass_range_rows`), else a rows pass of their own on the same list
 (`potential._descriptor_rows`, what `evaluate` does then). Each block's products go through
-`SiteUncertainty` (one BLAS product per species, on one BLAS thread), so the memory beside the
-outputs is O(BLOCK_ATOMS · L + L²). With threads, each thread's run of structures makes and uses
-its own blocks.
+`SiteUncertainty` (one BLAS product per species, on one BLAS thread when called from the main
+thread: `uncertainty.one_blas_thread`), so the memory beside the outputs is O(BLOCK_ATOMS · L + L²).
+With threads, each thread's run of structures makes and uses its own blocks.
 
 Exactness: the rows, and so `descriptors`, are `evaluate`'s bit for bit (the same kernels on the
 same pairs). γ = max_k |(b A⁻¹)_k| and the committee site energies E0 + W_k·b are BLAS products
@@ -94,9 +94,9 @@ class PackedUncertainty:
                     keep[a0:a1] = rows[:, :self.width]
                 s = e
 
-        # one BLAS thread for the whole chunk (each block's product is small; SiteUncertainty's
-        # own limit, per block, is then a no-op that cannot race between the part threads)
-        with uncertainty._blas().limit(limits=1, user_api="blas"):
+        # one BLAS thread for the whole chunk when called from the main thread (each block's product
+        # is small); the part threads' own limits (SiteUncertainty's, per block) change nothing
+        with uncertainty.one_blas_thread():
             on_threads(part, parts)
         if collect is None:
             return None, None, keep

@@ -191,8 +191,9 @@ class SitePotential:
             n_chunks = 4 * numba.get_num_threads() if parallel else 1
             z, first, nbr, R = neighbours or self._neighbours(
                 numbers, positions, cell, pbc, n_chunks=n_chunks, verlet=verlet, max_pairs=max_pairs)
-            # γ's products use BLAS threads only where the site pass uses numba's: on a busy
-            # machine threaded BLAS beside a serial call cost 10x (64 zuo-Si atoms, 2 cores)
+            # called from the main thread, γ's products use BLAS threads only where the site pass
+            # uses numba's: on a busy machine threaded BLAS beside a serial call cost 10x (64 zuo-Si
+            # atoms, 2 cores); elsewhere the process's count (`uncertainty.one_blas_thread`)
             collect = (self._uncertainty(z, gamma, energies_committee, parallel)
                        if gamma or energies_committee else None)
             row_tables = None if collect is None else self._descriptor_tables(tables)

@@ -14,15 +14,19 @@ unchanged by any invertible change of the columns (B M (A M)⁻¹ = B A⁻¹).
 
 Rows are made and used one block of atoms at a time (`SiteUncertainty.add`; the ace1 site pass
 writes them from the A and AA it has anyway), so memory is O(block · L + L²) whatever the
-structure's size, and each block costs one BLAS product per species. A block's product runs on
-one BLAS thread unless the site pass ran on numba's threads and the product is large (at least
-BLAS_THREADS_MIN_FLOP):
-threaded BLAS on a few hundred rows costs more in start-up and waiting than it saves, and on a busy
-machine far more (measured 18-54 ms instead of 0.3-1 ms for 64 x 223 by 223 x 223).
+structure's size, and each block costs one BLAS product per species. Called from the main
+thread (library use), a block's product runs on one BLAS thread unless the site pass ran on numba's
+threads and the product is large (at least BLAS_THREADS_MIN_FLOP): threaded BLAS on a few hundred
+rows costs more in start-up and waiting than it saves, and on a busy machine far more (measured
+18-54 ms instead of 0.3-1 ms for 64 x 223 by 223 x 223). In any other thread the products run with
+the process's BLAS thread count as it is: OpenBLAS has one count per process, and limits entered
+around calls in concurrent threads undo each other (`one_blas_thread`); servers set the count once
+at start (`aceserver serve --blas-threads`, 1 by default).
 """
 from __future__ import annotations
 
 import contextlib
+import threading
 from dataclasses import dataclass
 from functools import cache
 
@@ -39,6 +43,17 @@ def _blas() -> ThreadpoolController:
     """One controller per process: making one inspects the loaded libraries (~ms); limiting
     through it costs ~8 µs."""
     return ThreadpoolController()
+
+
+def one_blas_thread(wanted: bool = True):
+    """A context that runs BLAS on one thread while it is on, if `wanted` and this is the main
+    thread; else it changes nothing. The limit is the process's (OpenBLAS keeps one thread count):
+    entered and left in concurrent threads, such limits restore each other's saved counts, so a cap
+    is lost part-way and the process can be left with another count (benchmarks/blas_threads_check.py);
+    only one main thread exists, so its limits never overlap one another."""
+    if wanted and threading.current_thread() is threading.main_thread():
+        return _blas().limit(limits=1, user_api="blas")
+    return contextlib.nullcontext()
 
 
 @dataclass
@@ -87,8 +102,7 @@ class SiteUncertainty:
                 atoms, D = start + np.flatnonzero(mask), rows[mask]
             D = D[:, :self.sizes[s]]
             flop = 2.0 * D.shape[0] * D.shape[1] * D.shape[1]
-            one_thread = not self.threaded or flop < BLAS_THREADS_MIN_FLOP
-            with _blas().limit(limits=1, user_api="blas") if one_thread else contextlib.nullcontext():
+            with one_blas_thread(not self.threaded or flop < BLAS_THREADS_MIN_FLOP):
                 self._products(atoms, s, D)
 
     def _products(self, atoms, s: int, D: np.ndarray) -> None:

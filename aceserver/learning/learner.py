@@ -16,9 +16,10 @@ batches are refused together is redone batch by batch, the refused ones marked i
 (`DataLog.mark_refused`, with the reason: kept, never pending again, listed in `status()`) and
 the others fitted.
 
-The refit's BLAS runs on `threads` threads (the server's --kernel-threads, 1 by default): on a
-loaded 2-core AMD EPYC, an update of 10 configurations took 1.33 s with BLAS's default threads and
-0.24 s with one (benchmarks/bench_learn.py), and the calculate threads keep the other cores.
+The refit thread sets no BLAS limit: OpenBLAS keeps one thread count per process, and a limit
+entered around a refit would race with the calculate threads' (`serving.process`); the refit runs
+with the count the server set at start (`aceserver serve --blas-threads`, 1 by default). `threads`
+(the server's --kernel-threads) is the fitter's own thread count.
 
 The fit state is `fitting.incremental`'s (`fitter` is that module or an object with the same four
 functions: `state_path`, `load_state`, `save_state`, `update_batches`); a refit adds every pending
@@ -53,11 +54,8 @@ import os
 import threading
 import time
 from collections import deque
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Callable
-
-from threadpoolctl import threadpool_limits
 
 from aceserver.active_sets import attach_active_set_file
 from aceserver.errors import ACEInputError
@@ -301,10 +299,6 @@ class ModelLearner:
                 refused.append(dict(b, refused=f"{type(ex).__name__}: {ex}"))
         return model, state, refused
 
-    def _blas(self):
-        """The refit's BLAS threads (`threads`, the module docstring says why)."""
-        return threadpool_limits(limits=self.threads, user_api="blas") if self.threads else nullcontext()
-
     def _carry_active_set(self, model: Any, batches: list[dict]) -> dict[str, Any]:
         """Give the refitted `model` the served model's active set extended by the batches' structures
         (module docstring): its sidecar written beside the model's kept copy and attached from there.
@@ -348,8 +342,7 @@ class ModelLearner:
                           "finished": None, "seconds": None}
         log.info("model %r: refitting with data versions %s", self.name, versions)
         try:
-            with self._blas():
-                model, state, refused = self._update(batches, self.model, self.state)
+            model, state, refused = self._update(batches, self.model, self.state)
             for b in refused:         # durable before the state that skips them is written
                 log.error("model %r: data version %d refused by the fitter: %s", self.name, b["version"], b["refused"])
                 self.on_refit("refused")          # counted before the status shows it
@@ -361,8 +354,7 @@ class ModelLearner:
                     self.refit.update(state="idle", finished=_now(), seconds=round(time.perf_counter() - t0, 3))
                 return
             done = {b["version"] for b in refused}
-            with self._blas():
-                active_set = self._carry_active_set(model, [b for b in batches if b["version"] not in done])
+            active_set = self._carry_active_set(model, [b for b in batches if b["version"] not in done])
             swap = self.publish(model, self.model.sha256)     # warmed beside the served model; swapped in below
             if self._stop:
                 log.info("model %r: the server stops; refit with data versions %s dropped", self.name, versions)

@@ -3,4 +3,5 @@
 
     http/   the HTTP service (FastAPI under uvicorn): JSON and msgpack, model registry, web page
     ipi/    the i-PI socket driver (i-PI, ASE's SocketIOCalculator)
+    process.py  process-wide settings of a server: BLAS threads, the frozen heap (`Heap`)
 """

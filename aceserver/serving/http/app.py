@@ -1,6 +1,8 @@
 """The FastAPI application: `create_app` puts the server's objects on `app.state`, installs the
 error handlers, the metrics and drain middleware, includes the routers (`routers/`), and
-documents the API; `lifespan` warms the models, watches their files and drains on shutdown.
+documents the API; `lifespan` warms the models, watches their files and drains on shutdown; with
+`settings.gc_freeze` it freezes the heap once warm and again after each model swap, when the model
+swapped out is gone (`serving.process.Heap`).
 
 With a token, everything but the probes (/healthz, /livez, /readyz), /metrics and the web page's
 own files (/, /ui/) asks for it: /v1, /metrics.json, /openapi.json, /docs and /redoc.
@@ -8,6 +10,7 @@ own files (/, /ui/) asks for it: /v1, /metrics.json, /openapi.json, /docs and /r
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -24,6 +27,7 @@ from fastapi.staticfiles import StaticFiles
 import aceserver
 from aceserver.jobs import JobLimits, JobManager
 from aceserver.jobs import cluster as jobs_cluster
+from aceserver.serving.process import Heap
 
 from . import packed
 from .counters import Metrics, MetricsMiddleware
@@ -58,7 +62,7 @@ def create_app(registry: ModelRegistry, settings: Settings | None = None, fitter
     app = FastAPI(title="aceserver HTTP API", version=aceserver.__version__, description=DESCRIPTION,
                   lifespan=lifespan, openapi_url=None, docs_url=None, redoc_url=None)
     app.state.registry, app.state.settings, app.state.metrics = registry, settings, Metrics()
-    app.state.server_state, app.state.drain = State(), Drain()
+    app.state.server_state, app.state.drain, app.state.heap = State(), Drain(), Heap()
     app.state.executor = ThreadPoolExecutor(max_workers=settings.workers or cpus, thread_name_prefix="ace-eval")
     app.state.jobs = None
     if settings.jobs_dir is not None:
@@ -95,11 +99,36 @@ async def lifespan(app: FastAPI):
     (the watcher, SIGHUP); on shutdown the evaluations in flight have finished, or were cut at
     the drain deadline (`server.Server`, `lifecycle.Drain`): those are not waited for."""
     registry, settings, metrics = app.state.registry, app.state.settings, app.state.metrics
-    state, executor = app.state.server_state, app.state.executor
+    state, executor, heap = app.state.server_state, app.state.executor, app.state.heap
+    loop = asyncio.get_running_loop()
+    heap.install()
+    refreezing: asyncio.Task | None = None
+
+    async def refreeze() -> None:
+        # a freeze waits while a swapped-out model is alive (a request or job still on it)
+        delay = 0.5
+        while not heap.frozen:
+            if not await asyncio.to_thread(heap.freeze):
+                await asyncio.sleep(delay)
+                delay = min(2 * delay, 30.0)
+        log.info("garbage collector: %d objects frozen", gc.get_freeze_count())
+
+    def swapped_out(old) -> None:          # on the loop: registry.on_swap, from the reload or refit thread
+        nonlocal refreezing
+        heap.release(old.model)
+        if refreezing is None or refreezing.done():
+            refreezing = asyncio.ensure_future(refreeze())
+            tasks.add(refreezing)
+            refreezing.add_done_callback(tasks.discard)
+
+    if settings.gc_freeze:
+        registry.on_swap = lambda old: loop.call_soon_threadsafe(swapped_out, old)
 
     async def warm() -> None:
         try:
             await asyncio.get_running_loop().run_in_executor(executor, registry.warm, settings.kernel_threads)
+            if settings.gc_freeze:    # what start-up made lives as long as the process
+                await refreeze()
         except Exception as ex:  # readiness reports it; the server stays up for /healthz
             log.exception("warm-up failed")
             state.failure = without_paths(f"warm-up failed: {type(ex).__name__}: {ex}")
@@ -153,6 +182,8 @@ async def lifespan(app: FastAPI):
             await asyncio.to_thread(app.state.jobs.shutdown)
         executor.shutdown(wait=not app.state.drain.expired, cancel_futures=app.state.drain.expired)
         reloader.shutdown(wait=False, cancel_futures=True)
+        registry.on_swap = None
+        heap.uninstall()                    # thawed: a process that embeds the app is left as it was
 
 
 def openapi(app: FastAPI) -> dict[str, Any]:

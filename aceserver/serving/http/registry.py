@@ -12,7 +12,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 from ase.data import atomic_numbers
@@ -141,6 +141,7 @@ class ModelRegistry:
         self._reload_lock = threading.Lock()
         self._attempted: dict[str, tuple[int, int] | None] = {m.name: m.stamp for m in models}
         self.reloads: deque[Reload] = deque(maxlen=100)    # the latest, for the web page
+        self.on_swap: Callable[[ServedModel], None] | None = None   # called with each model swapped out
 
     def reload(self, force: bool = False, threads: int | None = 1) -> list[Reload]:
         """Load every served model file that changed since it was last tried (`force`: every file),
@@ -166,6 +167,7 @@ class ModelRegistry:
                               name, old.path, r.message, old.sha256[:12])
                 else:
                     self.models = {**self.models, name: new}
+                    self._swapped_out(old)
                     r = Reload(name, "swapped", old.sha256, new.sha256)
                     log.info("model %r swapped: sha256 %s -> %s (%s)", name, old.sha256[:12], new.sha256[:12],
                              old.path)
@@ -182,9 +184,14 @@ class ModelRegistry:
             new.stamp = file_stamp(new.path)
             self._attempted[new.name] = new.stamp
             self.models = {**self.models, new.name: new}
+            self._swapped_out(old)
             self.reloads.append(Reload(new.name, "swapped", old.sha256, new.sha256, "refitted with posted data"))
         log.info("model %r swapped: sha256 %s -> %s (refitted with posted data)", new.name, old.sha256[:12],
                  new.sha256[:12])
+
+    def _swapped_out(self, old: ServedModel) -> None:
+        if self.on_swap is not None:
+            self.on_swap(old)
 
     @classmethod
     def load(cls, specs: list[str]) -> "ModelRegistry":

@@ -17,6 +17,10 @@ class Settings:
                                              # 32 MB as float64, ~80 MB as JSON text
     workers: int = 0                         # evaluation threads (0: one per CPU this process may use)
     kernel_threads: int | None = 1           # threads inside one evaluation (1: serial kernel; None: numba's)
+    blas_threads: int | None = None          # BLAS threads the command set for the process (`serving.process`;
+                                             # None: not set here, BLAS's own)
+    gc_freeze: bool = False                  # freeze the heap after warm-up and again after each model swap
+                                             # (`serving.process.Heap`; `aceserver serve` turns it on)
     watch_interval: float = 0.0              # poll model files every S seconds and hot-swap changed ones (0: off)
     # connections and shutdown (`server.py`, `lifecycle.py`); seconds
     drain_timeout: float = 30.0              # on SIGTERM, requests not answered by then get a 503 `shutting_down`
