@@ -21,3 +21,16 @@ def tial_model():
     rng = np.random.default_rng(11)
     m.parameters = rng.normal(size=m.length_basis) / (1 + np.arange(m.length_basis)) ** 0.5 * 0.1
     return m
+
+
+@pytest.fixture(scope="module")
+def server_blas_threads():
+    """BLAS on one thread for the whole process while a module runs, as `aceserver serve` sets it
+    (--blas-threads, default 1; `aceserver.serving.process`): the jobs modules run the server's
+    JobManager in this process, and ASE's cell filter (`scipy.linalg.logm` every step) and γ's
+    products on OpenBLAS's default threads cost 5-10x as much on a busy machine (the modules took
+    147-164 s instead of 33 s on a 2-core box with one core busy). Set from the main thread, where
+    pytest runs the tests; restored afterwards, so other modules keep the libraries' defaults."""
+    from threadpoolctl import threadpool_limits
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield

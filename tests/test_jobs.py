@@ -31,7 +31,8 @@ from aceserver.jobs.store import JobStore
 from aceserver.loading import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.timeout(600)
+# BLAS on one thread as `aceserver serve` runs jobs (conftest's server_blas_threads)
+pytestmark = [pytest.mark.timeout(600), pytest.mark.usefixtures("server_blas_threads")]
 
 
 @pytest.fixture(scope="module")

@@ -36,7 +36,8 @@ from aceserver.kernels.neighbours import neighbour_list
 from aceserver.loading import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.timeout(900)
+# BLAS on one thread as `aceserver serve` runs jobs (conftest's server_blas_threads)
+pytestmark = [pytest.mark.timeout(900), pytest.mark.usefixtures("server_blas_threads")]
 ARRAYS = ("positions", "cell", "forces", "energies", "stress", "numbers", "pbc")
 SCALARS = ("step", "energy", "max_force", "energy_std")
 

@@ -93,7 +93,12 @@ class _Sink:
 
 class JobManager:
     """Jobs in `directory`; at most `max_jobs` run at once, here, or with a dask.distributed `client`
-    on its cluster (`cluster.py`; then max_jobs bounds the jobs in flight on the cluster)."""
+    on its cluster (`cluster.py`; then max_jobs bounds the jobs in flight on the cluster).
+
+    Jobs run on this manager's threads with the process's BLAS thread count: a program that runs
+    one should set it once from its main thread, as `aceserver serve` does (`--blas-threads`, 1;
+    `serving.process` says why): on OpenBLAS's default threads ASE's cell filter and γ's products
+    cost several times as much on a busy machine."""
 
     def __init__(self, directory: str | Path, max_jobs: int = 1, ttl_hours: float = 168.0,
                  limits: JobLimits | None = None, client=None):
