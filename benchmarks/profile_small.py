@@ -1,7 +1,7 @@
 """The serial share of one `evaluate_many` call: how much of the batch holds the GIL, and the
 2-thread speed-up that allows. Prints numbers, asserts nothing.
 
-    python benchmarks/profile_small.py [--rounds 7] [--count 1000] [--model Si-tiny]
+    python benchmarks/profile_small.py [--rounds 7] [--count 1000] [--model Si-tiny] [--keep N] [--freeze]
 
 The batch is bench_small's (`--count` random 1-2-atom periodic cells). Each round runs the call
 with threads=1 and threads=2 untraced, then both traced: the stages of `evaluation.many` and the
@@ -17,7 +17,8 @@ so s below is an upper bound). Medians over rounds, µs.
 threads=1: serial share s = GIL-held / total; Amdahl's bound for 2 threads 1 / (s + (1 - s) / 2);
 the cyclic garbage collector's part of it (GC-tracked `Evaluation`s, one a structure, trigger
 collections; with --keep N the results of the last N calls stay alive, as a caller's would, and
-full collections over every object of the process, numba's included, come every few dozen calls).
+full collections over every object of the process, numba's included, come every few dozen calls;
+--freeze freezes the heap after the warm-up round, as `aceserver serve` does once its models are warm).
 threads=2: the main thread's own work before and after the pool, and each pool thread's
 GIL-held and kernel time; then that run replayed on two free cores with one GIL (the pieces in
 their order, each taken by the first free worker as the pool's queue hands them out, each
@@ -178,6 +179,8 @@ def main() -> int:
     ap.add_argument("--keep", type=int, default=0,
                     help="keep the results of the last KEEP calls alive, as a caller that collects "
                          "them does (0: each call's results are freed after its timing)")
+    ap.add_argument("--freeze", action="store_true",
+                    help="gc.freeze() after the warm-up round, as `aceserver serve` does once warm")
     args = ap.parse_args()
     if args.pieces:
         many.PIECES_PER_THREAD = args.pieces
@@ -218,6 +221,9 @@ def main() -> int:
                 rows[traced, threads].append(row)
             if traced:
                 _trace(False)
+        if not r and args.freeze:           # what start-up made, out of the collector's passes
+            gc.collect()
+            gc.freeze()
     _report(args, cells, rows, main_name)
     return 0
 
@@ -239,7 +245,8 @@ def _report(args, cells, rows, main_name):
     print(f"  the timer's own cost {timer:.0f} ({args.timer:.1f} a wrapped call); without it s = {s0:.3f}, "
           f"Amdahl's bound x{1 / (s0 + (1 - s0) / 2):.2f}")
     print(f"  of which the garbage collector (untraced calls, "
-          f"{'results freed after each call' if not args.keep else f'the last {args.keep} calls kept'}): "
+          f"{'results freed after each call' if not args.keep else f'the last {args.keep} calls kept'}"
+          f"{', heap frozen after warm-up' if args.freeze else ''}): "
           f"{med([r['gc'].get('µs', 0.0) for r in u1]):.0f}; collections per call by generation "
           + "/".join(f"{sum(r['gc'].get(g, 0) for r in u1) / len(u1):.2f}" for g in range(3)))
     stages = sorted({st for r in t1 for th, st in r["book"] if th == main_name} - {"parallel", "calls"})
