@@ -135,7 +135,8 @@ def _grid_verdict(x: dict) -> str:
     c, fs = x["comparison"], x.get("final_selection", {})
     gain = (f"paired gain E {c['E']['mean_gain'] * 1e3:.3f} ± {c['E']['se'] * 1e3:.3f} meV/atom, "
             f"F {c['F']['mean_gain']:.5f} ± {c['F']['se']:.5f} eV/Å")
-    head = f" The selection over {GRID_WORDS[x['grid']]} (`{x['grid']}` grid, section below)"
+    head = (f" The selection over {GRID_WORDS[x['grid']]} (`{x['grid']}` grid, section below"
+            + (f"; judged on fresh outer folds, seed {x['seed']}" if x.get("seed", 0) else "") + ")")
     if not c["procedure_wins"]:
         return f"{head} did not beat the recipe on both either ({gain})."
     if fs.get("refused"):
@@ -223,6 +224,7 @@ def write_card(el: str):
             if (d / f"nested_cv_{g}.json").exists()]
     nsp = nsps[-1] if nsps else None       # the last grid run (fast: the sparse grid's candidates that may ship)
     recipe = is_recipe(el, raw, nst)
+    leads = [x for x in further_grids(d) if x["grid"] in LEAD_GRIDS]     # their sections: the screens'
     model_file = d / raw["output"]["model"]
     meta = load_model(model_file).metadata.get("fit", {})
     t = sel["targets"]
@@ -251,13 +253,18 @@ def write_card(el: str):
               f"E {c['E']['mean_gain'] * 1e3:.3f} ± {c['E']['se'] * 1e3:.3f} meV/atom, F {c['F']['mean_gain']:.5f} "
               f"± {c['F']['se']:.5f} eV/Å, mean ± standard error; the rule asks for a gain above one standard "
               "error on both), so the recipe is shipped."
-              + "".join(_grid_verdict(x) for x in nsps), "",
+              + "".join(_grid_verdict(x) for x in nsps + leads), "",
               "| nested CV, outer folds | E MAE (meV/atom, mean ± sd) | F MAE (eV/Å, mean ± sd) |", "|---|---|---|",
               *[f"| {name} | {s['mae_mean']['E'] * 1e3:.3f} ± {s['mae_std']['E'] * 1e3:.3f} | "
                 f"{s['mae_mean']['F']:.4f} ± {s['mae_std']['F']:.4f} |"
                 for name, s in (("selection procedure", nst["procedure"]),)
                 + tuple((f"selection procedure, `{x['grid']}` grid", x["procedure"]) for x in nsps)
-                + (("upstream recipe (this model)", nst["recipe_estimate"]),)],
+                + (("upstream recipe (this model)", nst["recipe_estimate"]),)
+                + tuple(r for x in leads for r in (
+                    (f"selection procedure, `{x['grid']}` grid" + (f", seed {x['seed']} folds" if x.get("seed", 0) else ""),
+                     x["procedure"]),
+                    ("upstream recipe (this model)" + (f", seed {x['seed']} folds" if x.get("seed", 0) else ""),
+                     x["recipe_estimate"])))],
               f"| target (best published test MAE) | {t['E'] * 1e3:g} | {t['F']:g} |", "",
               "## Cross-validated error against the targets", "",
               f"{folds_line}, this model's settings. These are the nested CV's outer folds (the folds of "

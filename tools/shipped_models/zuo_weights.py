@@ -110,7 +110,7 @@ def card_section(el: str, res: dict) -> list[str]:
          "(median RMS force / the group's median)^β, so that β = 1 fits residuals proportional to the forces "
          "(the mean absolute error's weighting) and β = 0 is the recipe; per β the candidate with the lowest mean "
          "CV F MAE among those (algebraic p ∈ {2, 4} × w_E ∈ {10, 20, 30} × E0 ∈ {0, mean}) whose mean E MAE is "
-         "no higher than the recipe's; gain: the recipe's MAE minus the candidate's, fold by fold (mean ± "
+         "no higher than the recipe's (of all of them where none is); gain: the recipe's MAE minus the candidate's, fold by fold (mean ± "
          "standard error). Both bases have the recipe's functions (the same time as the recipe, or less).", "",
          "| basis | β | settings | CV E (meV/atom) | CV F (eV/Å) | gain E (meV/atom) | gain F (eV/Å) |",
          "|---|---|---|---|---|---|---|"]
