@@ -351,13 +351,18 @@ def nested_file_name(grid: str, seed: int = SEED) -> str:
     return f"{base}.json" if seed == SEED else f"{base}_seed{seed}.json"
 
 
+def fresh_runs(d: Path, grid: str) -> list[Path]:
+    """A grid's finished nested CVs on fresh outer folds in model folder ``d``
+    (nested_cv_<grid>_seed<s>.json), by seed (a running one has no "procedure" yet)."""
+    return sorted((f for f in d.glob(f"nested_cv_{grid}_seed*.json") if "procedure" in json.loads(f.read_text())),
+                  key=lambda f: int(f.stem.rsplit("_seed", 1)[1]))
+
+
 def deciding_file(d: Path, grid: str) -> Path:
     """The nested CV whose verdict decides whether a grid's winner ships, in model folder ``d``: its
-    finished run on fresh outer folds (nested_cv_<grid>_seed<s>.json, the highest seed) where there is one
-    (a grid designed after its run on ``zuo_select``'s folds is judged on folds it has not seen), else
-    nested_cv_<grid>.json."""
-    fresh = sorted((f for f in d.glob(f"nested_cv_{grid}_seed*.json") if "procedure" in json.loads(f.read_text())),
-                   key=lambda f: int(f.stem.rsplit("_seed", 1)[1]))
+    last finished run on fresh outer folds (`fresh_runs`) where there is one (a grid designed after its
+    run on ``zuo_select``'s folds is judged on folds it has not seen), else nested_cv_<grid>.json."""
+    fresh = fresh_runs(d, grid)
     return fresh[-1] if fresh else d / nested_file_name(grid)
 
 

@@ -33,7 +33,7 @@ from aceserver.fitting.fit_model import jsonable
 from aceserver.fitting.workflow import sha256_file
 
 from .common import MODELS, same, time_alternating
-from .zuo_nested import RECIPE_BASIS, RECIPE_FACTOR, recipe_candidate
+from .zuo_nested import RECIPE_BASIS, RECIPE_FACTOR, fresh_runs, nested_file_name, recipe_candidate
 from .zuo_recipe import K, SEED, TARGETS, add_data_dir, basis_name, data_dir_of, rcut_of, training_split
 from .zuo_select import Assembled, log
 
@@ -127,10 +127,10 @@ def card_section(el: str, res: dict) -> list[str]:
              if tm else "")]
     d = MODELS / f"zuo-{el}"
     for g in NESTED_GRIDS:            # each grid's run on zuo_select's folds, then any on fresh folds
-        runs = [json.loads(f.read_text()) for f in [d / f"nested_cv_{g}.json"] + sorted(d.glob(f"nested_cv_{g}_seed*.json"))
-                if f.is_file()]
+        first = d / nested_file_name(g)
+        runs = [json.loads(f.read_text()) for f in [first] * first.is_file() + fresh_runs(d, g)]
         runs = [x for x in runs if "procedure" in x]     # finished (a running one writes its outer folds as it goes)
-        for i, x in enumerate(runs):
+        for i, x in enumerate(runs):                     # the last one decides (zuo_nested.deciding_file)
             L += nested_lines(el, x, decides=i == len(runs) - 1)
     return L
 
