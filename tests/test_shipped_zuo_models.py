@@ -18,8 +18,8 @@ MODELS = Path(__file__).resolve().parents[1] / "models"
 ELEMENTS = ("Ni", "Cu", "Li", "Mo", "Si", "Ge")
 # further nested grids (tools/shipped_models/zuo_ship.py FURTHER_GRIDS) and the time ratio to the recipe
 # their winner may have (the lead grids' dense bases; the sparse grids': no slower than the recipe)
-FURTHER = ("transform_large_weighted", "fast", "sparse")
-MAX_TIME_RATIO = {"transform_large_weighted": 1.5}
+FURTHER = ("transform_large_weighted", "transform_smooth", "fast", "sparse")
+MAX_TIME_RATIO = {"transform_large_weighted": 1.5, "transform_smooth": 1.5}
 
 
 def _deciding_runs(d):

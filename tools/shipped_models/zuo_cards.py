@@ -126,8 +126,10 @@ def is_sparse_choice(el: str, raw: dict, nsp: dict | None) -> bool:
 GRID_WORDS = {"sparse": "sparse (ASP) and larger candidates",
               "fast": "the sparse and larger candidates no slower than the recipe",
               "transform_large_weighted": "the force screen's lead family (many-body transform Agnesi (2, 6), rcut "
-                                          "2.25 bond lengths, order-4 bases) with force-magnitude weights"}
-LEAD_GRIDS = ("transform_large_weighted",)     # nested CVs of the screens' leads (their sections: the screens')
+                                          "2.25 bond lengths, order-4 bases) with force-magnitude weights",
+              "transform_smooth": "the force screen's lead (order 4, 2140 functions, many-body transform Agnesi "
+                                  "(2, 6), rcut 2.25 bond lengths, force-magnitude weights β 0.5) with smoother priors"}
+LEAD_GRIDS = ("transform_large_weighted", "transform_smooth")     # nested CVs of the screens' leads (their sections: the screens')
 
 
 def _grid_verdict(x: dict) -> str:

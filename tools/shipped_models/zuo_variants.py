@@ -136,7 +136,7 @@ def card_section(el: str, res: dict) -> list[str]:
 
 
 # the nested CVs (``zuo_nested --grid``) of the screen's leads, in the order they were run
-NESTED_GRIDS = ("transform", "transform_large", "transform_large_weighted")
+NESTED_GRIDS = ("transform", "transform_large", "transform_large_weighted", "transform_smooth")
 
 
 def nested_lines(el: str, x: dict, decides: bool = True) -> list[str]:
@@ -164,9 +164,18 @@ def nested_lines(el: str, x: dict, decides: bool = True) -> list[str]:
     seed = x.get("seed", 0)
     run = f"--grid {x['grid']}" + (f" --seed {seed}" if seed else "")
     name = f"nested_cv_{x['grid']}" + (f"_seed{seed}" if seed else "") + ".json"
-    folds = (f"5 fresh outer folds (seed {seed}: this grid was designed after its run on the folds of `zuo_select`, "
-             "above, so, as fixed before this run, these folds decide whether it ships)" if seed
+    first_run = (MODELS / f"zuo-{el}" / nested_file_name(x["grid"])).is_file()
+    folds = (f"5 fresh outer folds (seed {seed}: this grid was designed after "
+             + ("its run on the folds of `zuo_select`, above" if first_run else "screens on the folds of `zuo_select`")
+             + ", so, as fixed before this run, these folds decide whether it ships)" if seed
              else "the same 5 outer folds")
+    ps = sorted({c["prior"]["p"] for c in x["candidates"]})
+    wes = sorted({c["weights"]["default"]["E"] for c in x["candidates"]})
+    betas = sorted({0.5 if "rms0" in c["weights"] else 0.0 for c in x["candidates"]})
+    settings = (f"algebraic p ∈ {{{', '.join(map(str, ps))}}} × w_E ∈ {{{', '.join(f'{w:g}' for w in wes)}}} "
+                "× E0 ∈ {0, mean}" + (f" × force-magnitude weights β ∈ {{{', '.join(f'{b:g}' for b in betas)}}} "
+                                      "(the screen below)" if len(betas) > 1 else
+                                      ", force-magnitude weights β 0.5 (the screen below)" if weighted else ""))
     caveat = ("The screens that picked the family used all of the training split, so even on fresh folds this "
               "estimate is somewhat optimistic." if seed else
               "The family itself was picked by the screen above on all 5 folds, so this estimate is still "
@@ -174,8 +183,7 @@ def nested_lines(el: str, x: dict, decides: bool = True) -> list[str]:
     return ["", f"Nested CV of a lead family (`python -m tools.shipped_models.zuo_nested --data-dir DIR {el} "
             f"{run}`, `{name}`): {on} with {what}, the selection over its "
             f"{x['n_candidates']} candidates (" + ("" if one else "each basis with ")
-            + "algebraic p ∈ {2, 4} × w_E ∈ {10, 20, 30} × E0 ∈ {0, mean}"
-            + (" × force-magnitude weights β ∈ {0, 0.5} (the screen below)" if weighted else "") + "; "
+            + settings + "; "
             "4-fold CV on the other folds, the same rule" + ("" if one else ", the simplest candidate the one with "
                                                             "fewer functions")
             + f") run in each of {folds}; the recipe's outer folds from its own assembly. {caveat}", "",
@@ -201,7 +209,7 @@ def nested_lines(el: str, x: dict, decides: bool = True) -> list[str]:
                 ("" if one else f"{f['chosen']['basis'].replace('order ', '').replace(', totaldegree', '')}, ")
                 + f"alg p {f['chosen']['prior']['p']}, w_E {f['chosen']['weights']['default']['E']:g}, "
                 f"E0 {list(f['chosen']['E0'].values())[0]:g}"
-                + ((", β 0.5" if "rms0" in f["chosen"]["weights"] else ", β 0") if weighted else "")
+                + ((", β 0.5" if "rms0" in f["chosen"]["weights"] else ", β 0") if len(betas) > 1 else "")
                 for f in x["outer"]) + "."
             + f" Run: {run_s / 60:.0f} min wall-clock, one thread"
             + (f", peak memory {x['peak_rss_mib'] / 1024:.1f} GiB" if x.get("peak_rss_mib") else "")
