@@ -22,9 +22,11 @@ from pathlib import Path
 import yaml
 
 from aceserver.fitting import selection
+from aceserver.fitting.workflow import sha256_file
 from aceserver.loading import load_model
 
 from .common import MODELS, active_set_line, error_rows, same
+from .zuo_breakdown import card_section as breakdown_section
 from .zuo_nested import deciding_file
 from .zuo_recipe import TARGETS, parse_basis, rcut_of, score
 from .zuo_variants import card_section as variants_section
@@ -279,6 +281,12 @@ def write_card(el: str):
               *cv_table(chosen, t),
               "These are estimates from the training split; the Zuo test split was not read. Reproduce them "
               f"(and this model) with `python -m tools.shipped_models.zuo_select --data-dir DIR {el}` from the repository root.", ""]
+    breakdown = d / "cv_breakdown.json"
+    bd = json.loads(breakdown.read_text()) if breakdown.is_file() else None
+    if bd is not None and bd["fit_yaml_sha256"] != sha256_file(d / "fit.yaml"):    # of other settings: left out
+        bd = None
+    if bd is not None:
+        L += breakdown_section(bd) + [""]
     if nst is not None and "models" in nst.get("speed", {}) and not sparse_choice:
         L += speed_section(el, sel, nst, recipe)
     L += ["## Files", "",
@@ -289,7 +297,8 @@ def write_card(el: str):
           + ("; nested CV and speed: `nested_cv.json`" if nst is not None else "")
           + ("; history, the earlier selection of `zuo_select` that this recipe replaced: its CV results "
              "`selection.json`" if recipe else "; CV results of `zuo_select`: `selection.json`")
-          + ("; its study: `study.json`" if (d / "study.json").exists() else "") + "; plots: `plots/`", "",
+          + ("; its study: `study.json`" if (d / "study.json").exists() else "")
+          + ("; CV error by kind of structure: `cv_breakdown.json`" if bd is not None else "") + "; plots: `plots/`", "",
           "## Data", ""]
     for x in meta.get("provenance", {}).get("data", []):
         L.append(f"- `{Path(x['file']).name}` sha256 `{x['sha256']}`")
