@@ -80,11 +80,14 @@ def held_out_gamma(model, train, held: np.ndarray) -> dict[int, float]:
     return {int(i): float(np.max(ev.gamma)) for i, ev in zip(idx, evs)}
 
 
-def cv_errors(model, train, weights: dict, prior, always: np.ndarray, folds, threads=None, gamma_too=False):
+def cv_errors(model, train, weights: dict, prior, always: np.ndarray, folds, threads=None, gamma_too=False,
+              system: assembly.LsqSystem | None = None):
     """Per configuration, its held-out energy error (eV/atom, signed), force MAE (eV/Å, nan
     without forces) and, with ``gamma_too``, max γ (`held_out_gamma`; else nan): BLR with ``prior``
-    on the other folds, one assembly of all configurations."""
-    S = assembly.assemble(model, train, weights, threads=threads, progress=False)
+    and ``weights`` on the other folds, from one assembly of all configurations (``system``: one
+    already assembled for this model, reused under any weights)."""
+    S = assembly.assemble(model, train, weights, threads=threads, progress=False) if system is None else system
+    w = assembly.row_weights(S, train, weights)
     gamma = priors.make_prior(model.basis_labels, prior)
     natoms = np.array([c.natoms for c in train], dtype=float)
     e_err = np.full(len(train), np.nan)
@@ -98,7 +101,7 @@ def cv_errors(model, train, weights: dict, prior, always: np.ndarray, folds, thr
             for i, g in held_out_gamma(model, train, held).items():
                 max_gamma[i] = g
         rows = ~held[S.config]
-        sol = solvers.solve_blr(S.A[rows] * (S.w[rows, None] / gamma[None, :]), S.y[rows] * S.w[rows])
+        sol = solvers.solve_blr(S.A[rows] * (w[rows, None] / gamma[None, :]), S.y[rows] * w[rows])
         theta = sol.coef / gamma
         r = S.A[~rows] @ theta - S.y[~rows]
         cfg, kind = S.config[~rows], S.kind[~rows]
