@@ -19,6 +19,7 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 from aceserver.fitting import selection
@@ -27,7 +28,7 @@ from aceserver.loading import load_model
 
 from .common import MODELS, active_set_line, error_rows, same
 from .zuo_breakdown import card_section as breakdown_section
-from .zuo_nested import deciding_file
+from .zuo_nested import deciding_file, fresh_runs
 from .zuo_recipe import TARGETS, parse_basis, rcut_of, score
 from .zuo_variants import card_section as variants_section
 from .zuo_weights import card_section as weights_section
@@ -154,9 +155,11 @@ def sparse_choice_head(el: str, nst: dict, nsp: dict, t: dict) -> list[str]:
     the final 5-fold CV of the choice and its speed against the recipe it replaced."""
     c, fs = nsp["comparison"], nsp["final_selection"]
     seed = nsp.get("seed", 0)
-    first = (json.loads((MODELS / f"zuo-{el}" / f"nested_cv_{nsp['grid']}.json").read_text()) if seed else None)
-    fresh = (f" on fresh outer folds (seed {seed}; the grid was designed after its run on the folds of `zuo_select`, "
-             "so, as fixed before this run, these folds decide)" if seed else " on the same outer folds")
+    f_first = MODELS / f"zuo-{el}" / f"nested_cv_{nsp['grid']}.json"
+    first = json.loads(f_first.read_text()) if seed and f_first.is_file() else None
+    fresh = (f" on fresh outer folds (seed {seed}; the grid was designed after "
+             + ("its run on the folds of `zuo_select`" if first else "screens on the folds of `zuo_select`")
+             + ", so, as fixed before this run, these folds decide)" if seed else " on the same outer folds")
     ch = fs["chosen"]
     res = next(r for r in fs["results"] if same(r["candidate"], ch))
     sp = nsp["ship_speed"]
@@ -172,7 +175,7 @@ def sparse_choice_head(el: str, nst: dict, nsp: dict, t: dict) -> list[str]:
             f"upstream recipe{fresh}: it beat the recipe by more than the folds' noise on both "
             f"energy and forces (paired gain E {c['E']['mean_gain'] * 1e3:.3f} ± {c['E']['se'] * 1e3:.3f} meV/atom, "
             f"F {c['F']['mean_gain']:.5f} ± {c['F']['se']:.5f} eV/Å, mean ± standard error; the rule asks for a "
-            "gain above one standard error on both), so it is shipped.", "",
+            "gain above one standard error on both), so it is shipped." + other_fresh_runs(el, nsp), "",
             "| nested CV, outer folds | E MAE (meV/atom, mean ± sd) | F MAE (eV/Å, mean ± sd) |", "|---|---|---|",
             *[f"| {name} | {x['mae_mean']['E'] * 1e3:.3f} ± {x['mae_std']['E'] * 1e3:.3f} | "
               f"{x['mae_mean']['F']:.4f} ± {x['mae_std']['F']:.4f} |"
@@ -192,6 +195,37 @@ def sparse_choice_head(el: str, nst: dict, nsp: dict, t: dict) -> list[str]:
             "optimistic as any score that chooses; the nested estimate above is the one to trust):", "",
             *cv_table(res, t),
             "These are estimates from the training split; the Zuo test split was not read.", ""]
+
+
+def _family(chosen: dict) -> str:
+    """What a chosen candidate's model is, apart from w_E and E0 (basis, cutoff, transform, prior, weights kind)."""
+    return json.dumps([chosen["basis"], chosen["rcut_bond_lengths"], chosen.get("basis_kw", {}), chosen["prior"],
+                       "rms0" in chosen["weights"]], sort_keys=True)
+
+
+def other_fresh_runs(el: str, nsp: dict) -> str:
+    """Sentences on the other lead grids' runs on fresh outer folds, where there are any: their
+    verdicts, and where every outer fold of them and of ``nsp`` chose the same family of model
+    (`_family`), the paired gains over all their outer folds together."""
+    d = MODELS / f"zuo-{el}"
+    runs = [x for g in LEAD_GRIDS if g != nsp["grid"] for x in (json.loads(f.read_text()) for f in fresh_runs(d, g))]
+    if not runs:
+        return ""
+    out = " Other lead grids judged on other fresh folds: " + "; ".join(
+        f"`{x['grid']}` (seed {x['seed']}): " + ("beat" if x["comparison"]["procedure_wins"] else "did not beat")
+        + f" the recipe on both (E {x['comparison']['E']['mean_gain'] * 1e3:.3f} ± {x['comparison']['E']['se'] * 1e3:.3f} "
+        f"meV/atom, F {x['comparison']['F']['mean_gain']:.5f} ± {x['comparison']['F']['se']:.5f} eV/Å)" for x in runs) + "."
+    every = runs + [nsp]
+    if len({_family(o["chosen"]) for x in every for o in x["outer"]}) == 1:
+        gains = {k: np.concatenate([x["comparison"][k]["per_fold_gain"] for x in every]) for k in ("E", "F")}
+        se = {k: v.std(ddof=1) / np.sqrt(len(v)) for k, v in gains.items()}
+        out += (f" Every outer fold of those runs and of this one chose the same model family (w_E and E0 apart), so "
+                f"their {len(gains['E'])} outer folds together measure it once more: paired gain E "
+                f"{gains['E'].mean() * 1e3:.3f} ± {se['E'] * 1e3:.3f} meV/atom, F {gains['F'].mean():.5f} ± "
+                f"{se['F']:.5f} eV/Å (mean ± standard error), "
+                + ("above" if all(gains[k].mean() > se[k] for k in se) else "not above")
+                + " one standard error on both.")
+    return out
 
 
 def cv_table(r: dict, t: dict) -> list[str]:
