@@ -208,7 +208,7 @@ def card_section(res: dict) -> list[str]:
          "|---|---|---|---|---|---|---|"]
     g = res.get("by_gamma") is not None
     if g:
-        L[-2] += " | median max γ | max γ > 1"
+        L[-2] += " median max γ | configurations with max γ > 1 |"
         L[-1] += "---|---|"
     for c in res["classes"]:
         f = "–" if c["F_mae"] is None else f"{c['F_mae']:.4f}"
@@ -218,7 +218,7 @@ def card_section(res: dict) -> list[str]:
                  + (f" {c['median_max_gamma']:.2f} | {c['above_1']} |" if g else ""))
     L.append(f"| all | {sum(c['configurations'] for c in res['classes'])} | {sum(c['atoms'] for c in res['classes'])} | "
              f"{t['E_mae'] * 1e3:.3f} | 100% | {t['F_mae']:.4f} | 100% |"
-             + (f" | {sum(c['above_1'] for c in res['classes'])} |" if g else ""))
+             + (f" – | {sum(c['above_1'] for c in res['classes'])} |" if g else ""))
     if g:
         L += ["", "Max γ: the largest extrapolation grade of a held-out configuration's atoms against the active set "
               "(MaxVol) of its fold's training atoms, what a user of a model fitted without it would see (γ ≤ 1 "
