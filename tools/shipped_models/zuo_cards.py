@@ -182,8 +182,8 @@ def sparse_choice_head(el: str, nst: dict, nsp: dict, t: dict) -> list[str]:
               for name, x in ((f"selection procedure, `{nsp['grid']}` grid (this model's)" + (f", seed {seed} folds" if seed else ""),
                                nsp["procedure"]),
                               ("upstream recipe" + (f", seed {seed} folds" if seed else ""), nsp["recipe_estimate"]))
-              + ((f"selection procedure, `{nsp['grid']}` grid, seed 0 folds", first["procedure"]),
-                 ("upstream recipe, seed 0 folds", first["recipe_estimate"])) * bool(first)
+              + (((f"selection procedure, `{nsp['grid']}` grid, seed 0 folds", first["procedure"]),
+                  ("upstream recipe, seed 0 folds", first["recipe_estimate"])) if first else ())
               + ((f"selection procedure, small grid{', seed 0 folds' if seed else ''}", nst["procedure"]),)],
             f"| target (best published test MAE) | {t['E'] * 1e3:g} | {t['F']:g} |", "",
             f"Speed: {sp['us_per_atom']['shipped']:.1f} µs/atom against {sp['us_per_atom']['recipe']:.1f} for the "
