@@ -371,7 +371,8 @@ def write_card(el: str):
     L += ["", "## Reproduce", "", "From the repository root, with the data placed under DIR (or $ACESERVER_DATA):",
           "", "```bash", f"aceserver fit models/zuo-{el}/fit.yaml --data-dir DIR             # this model"]
     if sparse_choice:
-        L += [f"python -m tools.shipped_models.zuo_nested --data-dir DIR {el} --grid {nsp['grid']}   # nested CV, the verdict",
+        L += [f"python -m tools.shipped_models.zuo_nested --data-dir DIR {el} --grid {nsp['grid']}"
+              + (f" --seed {nsp['seed']}" if nsp.get("seed", 0) else "") + "   # nested CV, the verdict",
               f"python -m tools.shipped_models.zuo_ship --data-dir DIR {el}     # final selection, fit.yaml, this model, speed",
               f"python -m tools.shipped_models.zuo_nested --data-dir DIR {el}   # the small grid's nested CV",
               f"python -m tools.shipped_models.zuo_select --data-dir DIR {el}   # the earlier selection (history)", "```", "",
