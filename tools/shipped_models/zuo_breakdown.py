@@ -21,7 +21,6 @@ of the total, CV F MAE and its share; per configuration: class, atoms, errors);
 """
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
@@ -37,7 +36,7 @@ from aceserver.fitting.selection import kfold
 from aceserver.fitting.workflow import load_data, sha256_file
 
 from .common import MODELS
-from .zuo_recipe import K, SEED, TARGETS, add_data_dir, data_dir_of
+from .zuo_recipe import elements_parser, K, SEED, TARGETS, data_dir_of
 from .zuo_select import log
 
 REST_RMS_FORCE = 0.05     # eV/Å: below it a bulk cell counts as at rest
@@ -233,10 +232,7 @@ def card_section(res: dict) -> list[str]:
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(prog="python -m tools.shipped_models.zuo_breakdown", description=__doc__.split("\n\n")[0])
-    ap.add_argument("elements", nargs="+", choices=sorted(TARGETS))
-    add_data_dir(ap)
-    ap.add_argument("--threads", type=int, default=None, help="assembly threads (default: all CPUs)")
+    ap = elements_parser("zuo_breakdown", __doc__)
     ap.add_argument("--gamma", action="store_true",
                     help="also each held-out configuration's max γ against its fold's active set (MaxVol over "
                          "the other folds' atoms: minutes per fold)")

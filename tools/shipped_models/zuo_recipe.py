@@ -6,6 +6,7 @@ standard error over the folds (:func:`aceserver.fitting.selection.target_score`,
 """
 from __future__ import annotations
 
+import argparse
 import os
 import re
 from pathlib import Path
@@ -78,6 +79,16 @@ def add_data_dir(ap) -> None:
     """The tools' ``--data-dir`` option (default $ACESERVER_DATA)."""
     ap.add_argument("--data-dir", default=os.environ.get("ACESERVER_DATA"),
                     help="directory holding ZuoEtAl2020/<El>_train.xyz (default $ACESERVER_DATA)")
+
+
+def elements_parser(module: str, doc: str, **elements_kw) -> argparse.ArgumentParser:
+    """The Zuo tools' common command line: elements, ``--data-dir`` and ``--threads`` (assembly
+    threads, default all CPUs); ``elements_kw`` overrides the elements argument's nargs/default."""
+    ap = argparse.ArgumentParser(prog=f"python -m tools.shipped_models.{module}", description=doc.split("\n\n")[0])
+    ap.add_argument("elements", choices=sorted(TARGETS), **({"nargs": "+"} | elements_kw))
+    add_data_dir(ap)
+    ap.add_argument("--threads", type=int, default=None, help="assembly threads (default: all CPUs)")
+    return ap
 
 
 def data_dir_of(ap, args) -> Path:

@@ -16,7 +16,6 @@ written. The earlier selection's selection.json and study.json stay as history: 
 """
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import time
@@ -35,7 +34,7 @@ from aceserver.loading import load_model
 from .common import MODELS, same, time_alternating
 from .zuo_cards import GRID_WORDS, LEAD_GRIDS, write_card
 from .zuo_nested import GRIDS, RECIPE_FACTOR, chooser, deciding_file
-from .zuo_recipe import K, TARGETS, add_data_dir, data_dir_of, force_groups, parse_basis, rcut_of, training_split
+from .zuo_recipe import elements_parser, K, TARGETS, data_dir_of, force_groups, parse_basis, rcut_of, training_split
 from .zuo_select import Assembled, log, write_fit_yaml
 
 
@@ -144,10 +143,7 @@ def ship(el: str, data_dir: Path, threads: int | None = None) -> dict | None:
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(prog="python -m tools.shipped_models.zuo_ship", description=__doc__.split("\n\n")[0])
-    ap.add_argument("elements", nargs="+", choices=sorted(TARGETS))
-    add_data_dir(ap)
-    ap.add_argument("--threads", type=int, default=None, help="assembly threads (default: all CPUs)")
+    ap = elements_parser("zuo_ship", __doc__)
     args = ap.parse_args(argv)
     data_dir = data_dir_of(ap, args)
     for el in args.elements:

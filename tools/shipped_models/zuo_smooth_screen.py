@@ -13,7 +13,6 @@ outer folds. Writes models/zuo-<El>/smooth_screen.json.
 """
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 import time
@@ -27,7 +26,7 @@ from aceserver.fitting.fit_model import jsonable
 from .common import MODELS
 from .zuo_breakdown import CLASSES, cv_errors, structure_class
 from .zuo_nested import RECIPE_BASIS, RECIPE_FACTOR, recipe_candidate
-from .zuo_recipe import TARGETS, add_data_dir, data_dir_of, force_groups, rcut_of, training_split, weights_of
+from .zuo_recipe import elements_parser, TARGETS, data_dir_of, force_groups, rcut_of, training_split, weights_of
 from .zuo_select import log
 
 LEAD = dict(order=4, totaldegree=[27, 23, 19, 15], factor=2.25, transform=["agnesi", 2, 6])
@@ -80,11 +79,7 @@ def run(el: str, data_dir, threads, out) -> dict:
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(prog="python -m tools.shipped_models.zuo_smooth_screen",
-                                 description=__doc__.split("\n\n")[0])
-    ap.add_argument("elements", nargs="*", default=["Mo"], choices=sorted(TARGETS))
-    add_data_dir(ap)
-    ap.add_argument("--threads", type=int, default=None, help="assembly threads (default: all CPUs)")
+    ap = elements_parser("zuo_smooth_screen", __doc__, nargs="*", default=["Mo"])
     args = ap.parse_args(argv)
     data_dir = data_dir_of(ap, args)
     for el in args.elements:
