@@ -32,11 +32,10 @@ from aceserver.fitting.active_set_build import build_active_set
 from aceserver.fitting import config as fconfig
 from aceserver.fitting.assembly import KIND_E, KIND_F
 from aceserver.fitting.fit_model import jsonable
-from aceserver.fitting.selection import kfold
 from aceserver.fitting.workflow import load_data, sha256_file
 
 from .common import MODELS
-from .zuo_recipe import elements_parser, K, SEED, TARGETS, data_dir_of
+from .zuo_recipe import elements_parser, K, SEED, TARGETS, data_dir_of, training_split
 from .zuo_select import log
 
 REST_RMS_FORCE = 0.05     # eV/Å: below it a bulk cell counts as at rest
@@ -160,8 +159,11 @@ def run(el: str, data_dir: Path, threads: int | None, out: Path, gamma_too: bool
     cfg = fconfig.load_config(d / "fit.yaml", data_dir=data_dir)
     train, _, E0 = load_data(cfg)
     model = fconfig.build_model(cfg.model, E0)
-    folds = kfold(train, K, SEED)
-    always = np.array([i for i, c in enumerate(train) if c.natoms == 1], dtype=np.int64)
+    # zuo_select's folds, drawn before any force-group labels (kfold stratifies by config_type, and
+    # load_data has already labelled the configurations rms0.. where fit.yaml has force_groups)
+    _, plain, folds, always = training_split(el, data_dir)
+    if [c.energy for c in plain] != [c.energy for c in train]:
+        raise SystemExit(f"zuo-{el}: fit.yaml's training data are not the Zuo training split in its order")
     rcut = float(cfg.model["rcut"])
     classes = [structure_class(c, rcut) for c in train]
     log(f"zuo-{el}: {len(train)} configurations; classes " + ", ".join(
