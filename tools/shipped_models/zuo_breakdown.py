@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from aceserver.fitting import assembly, priors, solvers
+from aceserver.fitting import assembly, data, priors, solvers
 from aceserver.fitting.active_set_build import build_active_set
 from aceserver.fitting import config as fconfig
 from aceserver.fitting.assembly import KIND_E, KIND_F
@@ -62,8 +62,7 @@ def structure_class(cfg, rcut: float) -> str:
     """The class of one configuration (module docstring)."""
     if vacuum_gap(cfg.cell, cfg.positions, cfg.pbc) > rcut:
         return CLASSES[0]
-    rms = float(np.sqrt(np.mean(cfg.forces ** 2))) if cfg.forces is not None else 0.0
-    return CLASSES[1] if rms < REST_RMS_FORCE else CLASSES[2]
+    return CLASSES[1] if data.rms_force(cfg) < REST_RMS_FORCE else CLASSES[2]
 
 
 def held_out_gamma(model, train, held: np.ndarray) -> dict[int, float]:
