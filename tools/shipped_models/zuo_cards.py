@@ -31,6 +31,7 @@ from .zuo_breakdown import card_section as breakdown_section
 from .zuo_nested import deciding_file, fresh_runs
 from .zuo_recipe import TARGETS, parse_basis, rcut_of, score
 from .zuo_variants import card_section as variants_section
+from .zuo_variants import designed_after
 from .zuo_weights import card_section as weights_section
 
 
@@ -157,9 +158,8 @@ def sparse_choice_head(el: str, nst: dict, nsp: dict, t: dict) -> list[str]:
     seed = nsp.get("seed", 0)
     f_first = MODELS / f"zuo-{el}" / f"nested_cv_{nsp['grid']}.json"
     first = json.loads(f_first.read_text()) if seed and f_first.is_file() else None
-    fresh = (f" on fresh outer folds (seed {seed}; the grid was designed after "
-             + ("its run on the folds of `zuo_select`" if first else "screens on the folds of `zuo_select`")
-             + ", so, as fixed before this run, these folds decide)" if seed else " on the same outer folds")
+    fresh = (f" on fresh outer folds (seed {seed}; {designed_after(el, nsp['grid'])}, so, as fixed before this "
+             "run, these folds decide)" if seed else " on the same outer folds")
     ch = fs["chosen"]
     res = next(r for r in fs["results"] if same(r["candidate"], ch))
     sp = nsp["ship_speed"]

@@ -139,6 +139,14 @@ def card_section(el: str, res: dict) -> list[str]:
 NESTED_GRIDS = ("transform", "transform_large", "transform_large_weighted", "transform_smooth")
 
 
+def designed_after(el: str, grid: str, where: str = "") -> str:
+    """Why a grid is judged on fresh outer folds: what it was designed after (its own run on the folds of
+    ``zuo_select``, followed by ``where``, or screens on them)."""
+    if (MODELS / f"zuo-{el}" / nested_file_name(grid)).is_file():
+        return f"this grid was designed after its run on the folds of `zuo_select`{where}"
+    return "this grid was designed after screens on the folds of `zuo_select`"
+
+
 def nested_lines(el: str, x: dict, decides: bool = True) -> list[str]:
     """The card's lines on the nested CV of the screen's lead family (``zuo_nested --grid transform``);
     ``decides``: False where a later run of the grid on fresh outer folds decides instead."""
@@ -164,11 +172,8 @@ def nested_lines(el: str, x: dict, decides: bool = True) -> list[str]:
     seed = x.get("seed", 0)
     run = f"--grid {x['grid']}" + (f" --seed {seed}" if seed else "")
     name = f"nested_cv_{x['grid']}" + (f"_seed{seed}" if seed else "") + ".json"
-    first_run = (MODELS / f"zuo-{el}" / nested_file_name(x["grid"])).is_file()
-    folds = (f"5 fresh outer folds (seed {seed}: this grid was designed after "
-             + ("its run on the folds of `zuo_select`, above" if first_run else "screens on the folds of `zuo_select`")
-             + ", so, as fixed before this run, these folds decide whether it ships)" if seed
-             else "the same 5 outer folds")
+    folds = (f"5 fresh outer folds (seed {seed}: {designed_after(el, x['grid'], ', above')}, so, as fixed before "
+             "this run, these folds decide whether it ships)" if seed else "the same 5 outer folds")
     ps = sorted({c["prior"]["p"] for c in x["candidates"]})
     wes = sorted({c["weights"]["default"]["E"] for c in x["candidates"]})
     betas = sorted({0.5 if "rms0" in c["weights"] else 0.0 for c in x["candidates"]})
